@@ -1,0 +1,691 @@
+//! `linux_system`: run a command, describe the machine (seed 002).
+//!
+//! The method implementations are `pub(crate)` so `build_server`, which
+//! offers the same two methods, runs exactly this code.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+use sysinfo::{CpuRefreshKind, System};
+use testbed_core::agent::{MethodSpec, PluginSpec};
+use testbed_core::task::TaskStatus;
+
+use crate::plugin::{Plugin, PluginError, PluginOutput, TaskContext};
+use crate::process::{self, CommandSpec, ProcessOutcome};
+
+/// Seed 002's description of both methods, kept verbatim because clients of
+/// `/v2.1/slaves` show it.
+pub const SEED_DESCRIPTION: &str =
+    "parameters is dict. command key is linux cmd. args key is parameters of linux cmd";
+
+/// The plugin `linux_system`: `run_shell` and `system_information`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinuxSystem;
+
+pub const NAME: &str = "linux_system";
+
+#[async_trait]
+impl Plugin for LinuxSystem {
+    fn spec(&self) -> PluginSpec {
+        PluginSpec {
+            name: NAME.to_string(),
+            methods: vec![run_shell_method(), system_information_method()],
+        }
+    }
+
+    async fn invoke(
+        &self,
+        method: &str,
+        params: Value,
+        ctx: &TaskContext,
+    ) -> Result<PluginOutput, PluginError> {
+        match method {
+            "run_shell" => run_shell(params, ctx).await,
+            "system_information" => system_information(params, ctx).await,
+            _ => Err(unknown_method(method, &self.spec())),
+        }
+    }
+}
+
+pub(crate) fn unknown_method(method: &str, spec: &PluginSpec) -> PluginError {
+    PluginError::UnknownMethod {
+        method: method.to_string(),
+        available: spec
+            .methods
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+pub(crate) fn run_shell_method() -> MethodSpec {
+    MethodSpec {
+        name: "run_shell".to_string(),
+        description: SEED_DESCRIPTION.to_string(),
+        schema: json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "command": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "The program to run, looked up in PATH (not a command line: arguments go in `args`)."
+                },
+                "args": {
+                    "type": ["string", "array"],
+                    "items": {"type": "string"},
+                    "description": "Arguments: a string split like a shell splits words (quotes, backslashes; no variables, globs or operators), or an array of strings passed as they are."
+                },
+                "cwd": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "Working directory; relative to the task's work directory, which is the default."
+                },
+                "env": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "Extra environment variables."
+                },
+                "timeout": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "Seconds after which the command and everything it started are killed."
+                },
+                "shell": {
+                    "type": "boolean",
+                    "default": false,
+                    "description": "Run `command args` through /bin/sh -c. Refused unless the agent allows shell mode (allow_shell)."
+                },
+                "stdin": {
+                    "type": "string",
+                    "description": "Text written to the command's standard input (otherwise it reads /dev/null)."
+                }
+            },
+            "required": ["command"],
+            "additionalProperties": false
+        }),
+    }
+}
+
+pub(crate) fn system_information_method() -> MethodSpec {
+    MethodSpec {
+        name: "system_information".to_string(),
+        description: SEED_DESCRIPTION.to_string(),
+        schema: json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "command": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "Optionally also run this program (as run_shell does); its result is returned under `command_output`."
+                },
+                "args": {
+                    "type": "string",
+                    "description": "Arguments of `command`, split like shell words."
+                }
+            },
+            "additionalProperties": false
+        }),
+    }
+}
+
+/// `run_shell`: runs one command; the task succeeds iff it exits with 0.
+pub(crate) async fn run_shell(
+    params: Value,
+    ctx: &TaskContext,
+) -> Result<PluginOutput, PluginError> {
+    let mut p = Params::new(
+        params,
+        &["command", "args", "cwd", "env", "timeout", "shell", "stdin"],
+    )?;
+    let request = ShellRequest {
+        command: p.required_str("command")?,
+        args: p.args("args")?,
+        cwd: p.str("cwd")?.map(PathBuf::from),
+        env: p.env("env")?,
+        timeout: p.timeout("timeout")?,
+        shell: p.bool("shell")?.unwrap_or(false),
+        stdin: p.str("stdin")?,
+    };
+    request.run(ctx).await
+}
+
+/// One command to run on behalf of a task, as `run_shell` takes it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ShellRequest {
+    pub command: String,
+    pub args: Option<Args>,
+    /// Relative paths are taken from the task's work directory.
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub timeout: Option<Duration>,
+    pub shell: bool,
+    pub stdin: Option<String>,
+}
+
+/// Arguments as given: a string to split, or a ready argv.
+#[derive(Debug, Clone)]
+pub(crate) enum Args {
+    Words(String),
+    List(Vec<String>),
+}
+
+impl ShellRequest {
+    /// The command to run, or why it may not run.
+    pub fn to_command(&self, ctx: &TaskContext) -> Result<CommandSpec, PluginError> {
+        let mut spec = if self.shell {
+            shell_command(&self.command, self.args.as_ref(), ctx)?
+        } else {
+            let args = match &self.args {
+                None => Vec::new(),
+                Some(Args::Words(words)) => split_words("args", words)?,
+                Some(Args::List(list)) => list.clone(),
+            };
+            CommandSpec::new(&self.command).args(args)
+        };
+        spec.cwd = Some(match &self.cwd {
+            Some(dir) => ctx.work_dir.join(dir),
+            None => ctx.work_dir.clone(),
+        });
+        spec.env = self.env.clone();
+        spec.stdin = self.stdin.as_ref().map(|s| s.as_bytes().to_vec());
+        spec.timeout = self.timeout;
+        Ok(spec)
+    }
+
+    pub async fn run(&self, ctx: &TaskContext) -> Result<PluginOutput, PluginError> {
+        let spec = self.to_command(ctx)?;
+        let argv = spec.argv();
+        let outcome = process::run(spec, ctx).await.map_err(|e| self.explain(e))?;
+        if outcome.cancelled {
+            return Err(PluginError::Cancelled);
+        }
+        Ok(command_output(&outcome, &argv))
+    }
+
+    /// The seed's examples put a program in `command` and its arguments in
+    /// `args`; someone writing `"command": "ls -l"` needs to be told that.
+    fn explain(&self, e: PluginError) -> PluginError {
+        match e {
+            PluginError::Failed(msg)
+                if !self.shell
+                    && msg.starts_with("command not found")
+                    && self.command.contains(char::is_whitespace) =>
+            {
+                PluginError::Failed(format!(
+                    "{msg} (`command` is one program; put its arguments in `args`)"
+                ))
+            }
+            e => e,
+        }
+    }
+}
+
+/// `/bin/sh -c "command args"`, if this agent allows shell mode.
+pub(crate) fn shell_command(
+    command: &str,
+    args: Option<&Args>,
+    ctx: &TaskContext,
+) -> Result<CommandSpec, PluginError> {
+    if !ctx.settings.allow_shell {
+        return Err(PluginError::Refused(
+            "shell mode (\"shell\": true) is disabled on this agent; enable allow_shell in its \
+             configuration, or pass the command as an argv"
+                .to_string(),
+        ));
+    }
+    let mut script = command.to_string();
+    match args {
+        Some(Args::Words(words)) if !words.is_empty() => {
+            script.push(' ');
+            script.push_str(words);
+        }
+        // An argv keeps its meaning in shell mode: every element is one word.
+        Some(Args::List(list)) if !list.is_empty() => {
+            script.push(' ');
+            script.push_str(&shell_words::join(list));
+        }
+        _ => {}
+    }
+    Ok(CommandSpec::new("/bin/sh").arg("-c").arg(script))
+}
+
+pub(crate) fn split_words(field: &str, words: &str) -> Result<Vec<String>, PluginError> {
+    shell_words::split(words).map_err(|e| PluginError::InvalidParams {
+        field: field.to_string(),
+        message: format!("cannot split `{words}` into words: {e}"),
+    })
+}
+
+/// The result of a finished command, as `run_shell` reports it.
+pub(crate) fn command_output(outcome: &ProcessOutcome, argv: &[String]) -> PluginOutput {
+    PluginOutput {
+        status: if outcome.success() {
+            TaskStatus::Succeeded
+        } else {
+            TaskStatus::Failed
+        },
+        exit_code: outcome.exit_code,
+        result: json!({
+            "exit_code": outcome.exit_code,
+            "signal": outcome.signal,
+            "timed_out": outcome.timed_out,
+            "stdout_tail": outcome.stdout_tail,
+            "duration_ms": outcome.duration_ms,
+            "command": argv,
+        }),
+    }
+}
+
+/// `system_information`: a description of the machine, optionally with the
+/// output of a command.
+pub(crate) async fn system_information(
+    params: Value,
+    ctx: &TaskContext,
+) -> Result<PluginOutput, PluginError> {
+    let mut p = Params::new(params, &["command", "args"])?;
+    let command = p.str("command")?;
+    let args = p.str("args")?;
+    if command.as_deref() == Some("") {
+        return Err(PluginError::InvalidParams {
+            field: "command".to_string(),
+            message: "must not be empty".to_string(),
+        });
+    }
+
+    let info = tokio::task::spawn_blocking(collect_system_information)
+        .await
+        .map_err(|e| PluginError::Failed(format!("collecting system information failed: {e}")))?;
+    for line in info.summary() {
+        ctx.log.line(&line);
+    }
+    let mut result = info.to_json();
+
+    let Some(command) = command else {
+        return Ok(PluginOutput::success(result));
+    };
+    let output = ShellRequest {
+        command,
+        args: args.map(Args::Words),
+        ..ShellRequest::default()
+    }
+    .run(ctx)
+    .await?;
+    if let Value::Object(map) = &mut result {
+        map.insert("command_output".to_string(), output.result);
+    }
+    Ok(PluginOutput {
+        status: output.status,
+        exit_code: output.exit_code,
+        result,
+    })
+}
+
+struct SystemInformation {
+    hostname: String,
+    os_name: Option<String>,
+    os_version: Option<String>,
+    long_os_version: Option<String>,
+    kernel_version: Option<String>,
+    arch: String,
+    uptime_secs: u64,
+    boot_time: u64,
+    cpu_count: usize,
+    physical_cores: Option<usize>,
+    cpu_brand: String,
+    cpu_vendor: String,
+    cpu_frequency_mhz: u64,
+    memory_total: u64,
+    memory_used: u64,
+    memory_available: u64,
+    swap_total: u64,
+    swap_used: u64,
+    load: (f64, f64, f64),
+}
+
+fn collect_system_information() -> SystemInformation {
+    let mut sys = System::new();
+    sys.refresh_memory();
+    sys.refresh_cpu_list(CpuRefreshKind::nothing().with_frequency());
+    let cpus = sys.cpus();
+    let first = cpus.first();
+    let load = System::load_average();
+    SystemInformation {
+        hostname: System::host_name().unwrap_or_default(),
+        os_name: System::name(),
+        os_version: System::os_version(),
+        long_os_version: System::long_os_version(),
+        kernel_version: System::kernel_version(),
+        arch: System::cpu_arch(),
+        uptime_secs: System::uptime(),
+        boot_time: System::boot_time(),
+        cpu_count: cpus.len(),
+        physical_cores: sys.physical_core_count(),
+        cpu_brand: first
+            .map(|c| c.brand().trim().to_string())
+            .unwrap_or_default(),
+        cpu_vendor: first.map(|c| c.vendor_id().to_string()).unwrap_or_default(),
+        cpu_frequency_mhz: first.map(|c| c.frequency()).unwrap_or_default(),
+        memory_total: sys.total_memory(),
+        memory_used: sys.used_memory(),
+        memory_available: sys.available_memory(),
+        swap_total: sys.total_swap(),
+        swap_used: sys.used_swap(),
+        load: (load.one, load.five, load.fifteen),
+    }
+}
+
+impl SystemInformation {
+    fn to_json(&self) -> Value {
+        json!({
+            "hostname": self.hostname,
+            "os": {
+                "name": self.os_name,
+                "version": self.os_version,
+                "long_version": self.long_os_version,
+                "kernel_version": self.kernel_version,
+                "arch": self.arch,
+            },
+            "uptime_secs": self.uptime_secs,
+            "boot_time": self.boot_time,
+            "cpu": {
+                "count": self.cpu_count,
+                "physical_cores": self.physical_cores,
+                "brand": self.cpu_brand,
+                "vendor": self.cpu_vendor,
+                "frequency_mhz": self.cpu_frequency_mhz,
+            },
+            "memory": {
+                "total_bytes": self.memory_total,
+                "used_bytes": self.memory_used,
+                "available_bytes": self.memory_available,
+                "swap_total_bytes": self.swap_total,
+                "swap_used_bytes": self.swap_used,
+            },
+            "load_average": {
+                "one": self.load.0,
+                "five": self.load.1,
+                "fifteen": self.load.2,
+            },
+        })
+    }
+
+    fn summary(&self) -> Vec<String> {
+        let os = self
+            .long_os_version
+            .clone()
+            .or_else(|| self.os_name.clone())
+            .unwrap_or_else(|| "unknown".to_string());
+        let kernel = self.kernel_version.as_deref().unwrap_or("unknown");
+        let cores = match self.physical_cores {
+            Some(n) => format!(" ({n} physical cores)"),
+            None => String::new(),
+        };
+        vec![
+            format!("host:    {}", self.hostname),
+            format!("os:      {os}, kernel {kernel}, {}", self.arch),
+            format!("uptime:  {}", human_duration(self.uptime_secs)),
+            format!(
+                "cpu:     {} × {}{cores}",
+                self.cpu_count,
+                if self.cpu_brand.is_empty() {
+                    "unknown"
+                } else {
+                    &self.cpu_brand
+                }
+            ),
+            format!(
+                "memory:  {} used of {} ({} available)",
+                human_bytes(self.memory_used),
+                human_bytes(self.memory_total),
+                human_bytes(self.memory_available)
+            ),
+            format!(
+                "load:    {:.2} {:.2} {:.2}",
+                self.load.0, self.load.1, self.load.2
+            ),
+        ]
+    }
+}
+
+fn human_duration(secs: u64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    if d > 0 {
+        format!("{d}d {h}h {m}m")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else {
+        format!("{m}m {}s", secs % 60)
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Reads a method's parameters field by field. The server has validated
+/// them against the schema already; this repeats the checks that matter
+/// because a plugin can also be invoked directly, and a clear
+/// `InvalidParams` naming the field beats a confusing failure later.
+pub(crate) struct Params {
+    map: Map<String, Value>,
+}
+
+impl Params {
+    /// `null` stands for "no parameters"; fields not in `allowed` are refused
+    /// (the schemas say `additionalProperties: false`).
+    pub fn new(params: Value, allowed: &[&str]) -> Result<Self, PluginError> {
+        let map = match params {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            other => {
+                return Err(PluginError::InvalidParams {
+                    field: "parameters".to_string(),
+                    message: format!("must be an object, not {}", type_name(&other)),
+                })
+            }
+        };
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(PluginError::InvalidParams {
+                field: unknown.clone(),
+                message: format!(
+                    "unknown parameter (expected one of: {})",
+                    allowed.join(", ")
+                ),
+            });
+        }
+        Ok(Params { map })
+    }
+
+    fn invalid(field: &str, message: impl Into<String>) -> PluginError {
+        PluginError::InvalidParams {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn take(&mut self, field: &str) -> Option<Value> {
+        match self.map.remove(field) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    pub fn str(&mut self, field: &str) -> Result<Option<String>, PluginError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(Self::invalid(
+                field,
+                format!("must be a string, not {}", type_name(&other)),
+            )),
+        }
+    }
+
+    pub fn required_str(&mut self, field: &str) -> Result<String, PluginError> {
+        match self.str(field)? {
+            None => Err(Self::invalid(field, "is required")),
+            Some(s) if s.is_empty() => Err(Self::invalid(field, "must not be empty")),
+            Some(s) => Ok(s),
+        }
+    }
+
+    pub fn bool(&mut self, field: &str) -> Result<Option<bool>, PluginError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(other) => Err(Self::invalid(
+                field,
+                format!("must be true or false, not {}", type_name(&other)),
+            )),
+        }
+    }
+
+    /// A string of shell words or an array of strings.
+    pub fn args(&mut self, field: &str) -> Result<Option<Args>, PluginError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => {
+                // Split now so unbalanced quotes are reported before
+                // anything runs, even in shell mode where sh would choke.
+                split_words(field, &s)?;
+                Ok(Some(Args::Words(s)))
+            }
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(Self::invalid(
+                        &format!("{field}/{i}"),
+                        format!("must be a string, not {}", type_name(&other)),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|list| Some(Args::List(list))),
+            Some(other) => Err(Self::invalid(
+                field,
+                format!(
+                    "must be a string or an array of strings, not {}",
+                    type_name(&other)
+                ),
+            )),
+        }
+    }
+
+    pub fn env(&mut self, field: &str) -> Result<Vec<(String, String)>, PluginError> {
+        let map = match self.take(field) {
+            None => return Ok(Vec::new()),
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                return Err(Self::invalid(
+                    field,
+                    format!("must be an object of strings, not {}", type_name(&other)),
+                ))
+            }
+        };
+        map.into_iter()
+            .map(|(key, value)| {
+                let name = format!("{field}/{key}");
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    return Err(Self::invalid(
+                        &name,
+                        "is not a valid environment variable name",
+                    ));
+                }
+                match value {
+                    Value::String(s) if s.contains('\0') => {
+                        Err(Self::invalid(&name, "must not contain NUL"))
+                    }
+                    Value::String(s) => Ok((key, s)),
+                    other => Err(Self::invalid(
+                        &name,
+                        format!("must be a string, not {}", type_name(&other)),
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    /// Seconds, a number greater than zero.
+    pub fn timeout(&mut self, field: &str) -> Result<Option<Duration>, PluginError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::Number(n)) => {
+                let secs = n.as_f64().unwrap_or(f64::NAN);
+                if secs.is_nan() || secs <= 0.0 {
+                    return Err(Self::invalid(field, "must be a number of seconds above 0"));
+                }
+                Duration::try_from_secs_f64(secs)
+                    .map(Some)
+                    .map_err(|_| Self::invalid(field, "is too large"))
+            }
+            Some(other) => Err(Self::invalid(
+                field,
+                format!("must be a number of seconds, not {}", type_name(&other)),
+            )),
+        }
+    }
+}
+
+pub(crate) fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_are_valid() {
+        for m in LinuxSystem.spec().methods {
+            testbed_core::schema::check_schema(&m.schema).unwrap();
+        }
+    }
+
+    #[test]
+    fn params_name_the_field() {
+        let err = Params::new(json!({"bogus": 1}), &["command"])
+            .err()
+            .unwrap();
+        assert!(matches!(err, PluginError::InvalidParams { field, .. } if field == "bogus"));
+        let mut p = Params::new(json!({"timeout": 0}), &["timeout"]).unwrap();
+        assert!(p.timeout("timeout").is_err());
+        let mut p = Params::new(json!({"args": "'a"}), &["args"]).unwrap();
+        assert!(
+            matches!(p.args("args"), Err(PluginError::InvalidParams { field, .. }) if field == "args")
+        );
+        let mut p = Params::new(json!({"env": {"A=B": "x"}}), &["env"]).unwrap();
+        assert!(p.env("env").is_err());
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
+        assert_eq!(human_duration(90_061), "1d 1h 1m");
+        assert_eq!(human_duration(59), "0m 59s");
+    }
+}

@@ -1,0 +1,749 @@
+//! The agent's life: dial the server, announce plugins, run assigned tasks,
+//! reconnect with back-off, and never lose a log line or a result.
+//!
+//! Everything a task produces goes first to local state (its log file under
+//! `state_dir/tasks`, its outcome in the outbox) and only then to whatever
+//! session is current. After a reconnect the agent replays that state: logs
+//! from offset 0 (the server merges overlapping chunks) and results until the
+//! server acknowledges them. So a server restart or a network cut between
+//! agent and server costs nothing but time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use testbed_core::agent::PluginSpec;
+use testbed_core::protocol::{AgentMessage, Hello, ServerMessage, PROTOCOL_VERSION};
+use testbed_core::task::{Artifact, Task, TaskOutcome, TaskStatus};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::AgentConfig;
+use crate::metrics::{hostname, Sampler};
+use crate::plugin::{ArtifactSink, DynPlugin, ExecSettings, LogSink, PluginError, TaskContext};
+use crate::plugins;
+
+/// Largest log message sent at once; bigger output is split.
+const LOG_CHUNK: usize = 32 * 1024;
+/// How long output is batched before it is sent.
+const LOG_FLUSH: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("unknown plugin `{name}` (built in: {builtin}; exec plugins found: {exec})")]
+    UnknownPlugin {
+        name: String,
+        builtin: String,
+        exec: String,
+    },
+    #[error("exec plugins: {0}")]
+    ExecPlugins(String),
+    #[error("run_as: {0}")]
+    RunAs(String),
+    #[error("state directory {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("connecting to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("server refused the session: {0}")]
+    Refused(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// What the agent remembers about itself between runs.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Identity {
+    uuid: Option<Uuid>,
+}
+
+enum Entry {
+    Running { cancel: CancellationToken },
+    Finished { outcome: TaskOutcome },
+}
+
+struct Shared {
+    config: AgentConfig,
+    plugins: BTreeMap<String, DynPlugin>,
+    settings: Arc<ExecSettings>,
+    http: reqwest::Client,
+    /// Tasks this process has accepted (running or awaiting an ack).
+    tasks: Mutex<HashMap<Uuid, Entry>>,
+    /// Every task id this process has accepted, so a duplicate `assign`
+    /// (after a reconnect) never runs a task twice.
+    seen: Mutex<HashSet<Uuid>>,
+    /// The current session's outgoing queue, if connected.
+    outgoing: Mutex<Option<mpsc::UnboundedSender<AgentMessage>>>,
+    identity: Mutex<Identity>,
+    credential: Mutex<Option<String>>,
+    slots: Arc<Semaphore>,
+}
+
+/// A configured agent, ready to [`Agent::run`].
+#[derive(Clone)]
+pub struct Agent {
+    shared: Arc<Shared>,
+}
+
+enum SessionEnd {
+    Shutdown,
+    Disconnected(String),
+}
+
+impl Agent {
+    /// Loads plugins and identity. Fails on an unknown plugin name, a broken
+    /// exec plugin or an unusable state directory.
+    pub async fn build(config: AgentConfig) -> Result<Agent, AgentError> {
+        let mut loaded: BTreeMap<String, DynPlugin> = BTreeMap::new();
+        let exec = match &config.plugin_dir {
+            Some(dir) => plugins::load_exec_plugins(dir)
+                .await
+                .map_err(|e| AgentError::ExecPlugins(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let exec_names: Vec<String> = exec.iter().map(|p| p.spec().name).collect();
+        for name in &config.plugins {
+            let plugin = plugins::builtin(name)
+                .or_else(|| exec.iter().find(|p| &p.spec().name == name).cloned())
+                .ok_or_else(|| AgentError::UnknownPlugin {
+                    name: name.clone(),
+                    builtin: plugins::BUILTIN.join(", "),
+                    exec: if exec_names.is_empty() {
+                        "none".into()
+                    } else {
+                        exec_names.join(", ")
+                    },
+                })?;
+            loaded.insert(name.clone(), plugin);
+        }
+        // Every exec plugin in the directory is carried: dropping a file
+        // there is how an operator adds a capability.
+        for p in exec {
+            loaded.entry(p.spec().name).or_insert(p);
+        }
+
+        let root = nix::unistd::geteuid().is_root();
+        let run_as = match &config.run_as {
+            Some(user) => Some(crate::process::resolve_run_as(user).map_err(AgentError::RunAs)?),
+            None => None,
+        };
+        if root && run_as.is_none() {
+            tracing::warn!(
+                "agent `{}` runs as ROOT and so will every task it is given: \
+                 set run_as to drop tasks' privileges",
+                config.name
+            );
+        }
+        let settings = Arc::new(ExecSettings {
+            allow_shell: config.allow_shell,
+            run_as,
+        });
+
+        for sub in ["tasks", "work"] {
+            let dir = config.state_dir.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|source| AgentError::State {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let identity = read_identity(&config.state_dir);
+        let slots = Arc::new(Semaphore::new(config.capacity as usize));
+        Ok(Agent {
+            shared: Arc::new(Shared {
+                config,
+                plugins: loaded,
+                settings,
+                http: reqwest::Client::new(),
+                tasks: Mutex::new(HashMap::new()),
+                seen: Mutex::new(HashSet::new()),
+                outgoing: Mutex::new(None),
+                identity: Mutex::new(identity),
+                credential: Mutex::new(None),
+                slots,
+            }),
+        })
+    }
+
+    pub fn plugin_specs(&self) -> Vec<PluginSpec> {
+        self.shared.plugins.values().map(|p| p.spec()).collect()
+    }
+
+    /// The uuid the server gave this agent, once known.
+    pub fn uuid(&self) -> Option<Uuid> {
+        lock(&self.shared.identity).uuid
+    }
+
+    /// Serves the server until `shutdown` fires, reconnecting with
+    /// exponential back-off (with jitter) whenever the connection drops.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            match self.session(&shutdown).await {
+                Ok(SessionEnd::Shutdown) => break,
+                Ok(SessionEnd::Disconnected(why)) => {
+                    tracing::warn!(agent = %self.shared.config.name, "disconnected: {why}");
+                }
+                Err(AgentError::Refused(msg)) => return Err(AgentError::Refused(msg)),
+                Err(e) => {
+                    tracing::warn!(agent = %self.shared.config.name, "session failed: {e}");
+                }
+            }
+            *lock(&self.shared.outgoing) = None;
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff + jitter) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        // Running tasks do not outlive the agent: kill their process groups.
+        for entry in lock(&self.shared.tasks).values() {
+            if let Entry::Running { cancel } = entry {
+                cancel.cancel();
+            }
+        }
+        Ok(())
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> Result<SessionEnd, AgentError> {
+        let cfg = &self.shared.config;
+        let url = ws_url(&cfg.server);
+        let credential = lock(&self.shared.credential).clone();
+        let token = credential.clone().unwrap_or_else(|| cfg.token.clone());
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| AgentError::Connect {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        let auth =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| AgentError::Connect {
+                url: url.clone(),
+                message: format!("token is not a valid header value: {e}"),
+            })?;
+        request.headers_mut().insert("authorization", auth);
+        let (ws, _) = match tokio_tungstenite::connect_async(request).await {
+            Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp))
+                if resp.status().as_u16() == 401 =>
+            {
+                if credential.is_some() {
+                    // Our own credential expired or the server's secret changed:
+                    // fall back to the join token on the next attempt.
+                    *lock(&self.shared.credential) = None;
+                    return Ok(SessionEnd::Disconnected("credential refused".into()));
+                }
+                return Err(AgentError::Refused("join token refused (401)".into()));
+            }
+            Err(e) => {
+                return Err(AgentError::Connect {
+                    url,
+                    message: e.to_string(),
+                })
+            }
+        };
+        let (mut sink, mut stream) = ws.split();
+
+        let (running, unacked) = {
+            let tasks = lock(&self.shared.tasks);
+            let mut running = Vec::new();
+            let mut unacked = Vec::new();
+            for (id, e) in tasks.iter() {
+                match e {
+                    Entry::Running { .. } => running.push(*id),
+                    Entry::Finished { .. } => unacked.push(*id),
+                }
+            }
+            (running, unacked)
+        };
+        let hello = AgentMessage::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            uuid: lock(&self.shared.identity).uuid,
+            name: cfg.name.clone(),
+            host: cfg.host.clone().unwrap_or_else(hostname),
+            labels: cfg.labels.clone(),
+            groups: cfg.groups.clone(),
+            plugins: self.plugin_specs(),
+            capacity: cfg.capacity,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            root: nix::unistd::geteuid().is_root(),
+            run_as: self.shared.settings.run_as.as_ref().map(|r| r.user.clone()),
+            running,
+            unacked,
+        });
+        send(&mut sink, &hello).await?;
+
+        let welcome = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .map_err(|_| AgentError::Protocol("no welcome within 10 s".into()))?;
+        let heartbeat = match welcome {
+            Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
+                Ok(ServerMessage::Welcome {
+                    uuid,
+                    credential,
+                    heartbeat_secs,
+                    id,
+                    ..
+                }) => {
+                    tracing::info!(agent = %cfg.name, %uuid, id, "connected to {}", cfg.server);
+                    *lock(&self.shared.credential) = Some(credential);
+                    let changed = {
+                        let mut ident = lock(&self.shared.identity);
+                        let changed = ident.uuid != Some(uuid);
+                        ident.uuid = Some(uuid);
+                        changed
+                    };
+                    if changed {
+                        write_identity(&cfg.state_dir, uuid)?;
+                    }
+                    Duration::from_secs(heartbeat_secs.max(1))
+                }
+                Ok(ServerMessage::Error { message }) => return Err(AgentError::Refused(message)),
+                Ok(other) => {
+                    return Err(AgentError::Protocol(format!(
+                        "expected welcome, got {other:?}"
+                    )))
+                }
+                Err(e) => return Err(AgentError::Protocol(format!("bad welcome: {e}"))),
+            },
+            Some(Ok(other)) => {
+                return Err(AgentError::Protocol(format!(
+                    "expected welcome, got {other:?}"
+                )))
+            }
+            Some(Err(e)) => return Ok(SessionEnd::Disconnected(e.to_string())),
+            None => return Ok(SessionEnd::Disconnected("closed before welcome".into())),
+        };
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        *lock(&self.shared.outgoing) = Some(tx.clone());
+        self.replay(&tx).await;
+
+        let mut sampler = Sampler::new();
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
+                _ = tick.tick() => {
+                    let running = self.running_ids();
+                    let msg = AgentMessage::Heartbeat { metrics: sampler.sample(), running };
+                    if let Err(e) = send(&mut sink, &msg).await {
+                        return Ok(SessionEnd::Disconnected(e.to_string()));
+                    }
+                }
+                out = rx.recv() => {
+                    let Some(msg) = out else { continue };
+                    if let Err(e) = send(&mut sink, &msg).await {
+                        return Ok(SessionEnd::Disconnected(e.to_string()));
+                    }
+                }
+                incoming = stream.next() => match incoming {
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
+                        Ok(msg) => self.handle(msg, &tx),
+                        Err(e) => tracing::warn!("ignoring unreadable server message: {e}"),
+                    },
+                    Some(Ok(Message::Close(frame))) => {
+                        return Ok(SessionEnd::Disconnected(format!("server closed: {frame:?}")));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Ok(SessionEnd::Disconnected(e.to_string())),
+                    None => return Ok(SessionEnd::Disconnected("connection closed".into())),
+                },
+            }
+        }
+    }
+
+    fn running_ids(&self) -> Vec<Uuid> {
+        lock(&self.shared.tasks)
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Running { .. }))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Resends what the server may have missed while we were apart.
+    async fn replay(&self, tx: &mpsc::UnboundedSender<AgentMessage>) {
+        let snapshot: Vec<(Uuid, Option<TaskOutcome>)> = lock(&self.shared.tasks)
+            .iter()
+            .map(|(id, e)| match e {
+                Entry::Running { .. } => (*id, None),
+                Entry::Finished { outcome } => (*id, Some(outcome.clone())),
+            })
+            .collect();
+        for (id, outcome) in snapshot {
+            let path = self.log_path(&id);
+            if let Ok(bytes) = tokio::fs::read(&path).await {
+                let text = String::from_utf8_lossy(&bytes);
+                let mut offset = 0usize;
+                for piece in split_utf8(&text, LOG_CHUNK) {
+                    let _ = tx.send(AgentMessage::Log {
+                        task_id: id,
+                        offset: offset as u64,
+                        data: piece.to_string(),
+                    });
+                    offset += piece.len();
+                }
+            }
+            if let Some(outcome) = outcome {
+                let _ = tx.send(AgentMessage::Result {
+                    task_id: id,
+                    outcome,
+                });
+            }
+        }
+    }
+
+    fn handle(&self, msg: ServerMessage, tx: &mpsc::UnboundedSender<AgentMessage>) {
+        match msg {
+            ServerMessage::Assign { task } => {
+                let fresh = lock(&self.shared.seen).insert(task.id);
+                if !fresh {
+                    // Already running or done here; if done and unacked, the
+                    // result is resent so the server can settle it.
+                    if let Some(Entry::Finished { outcome }) =
+                        lock(&self.shared.tasks).get(&task.id)
+                    {
+                        let _ = tx.send(AgentMessage::Result {
+                            task_id: task.id,
+                            outcome: outcome.clone(),
+                        });
+                    }
+                    return;
+                }
+                let cancel = CancellationToken::new();
+                lock(&self.shared.tasks).insert(
+                    task.id,
+                    Entry::Running {
+                        cancel: cancel.clone(),
+                    },
+                );
+                let agent = self.clone();
+                tokio::spawn(async move { agent.run_task(*task, cancel).await });
+            }
+            ServerMessage::Cancel { task_id } => {
+                if let Some(Entry::Running { cancel }) = lock(&self.shared.tasks).get(&task_id) {
+                    tracing::info!(%task_id, "cancel requested");
+                    cancel.cancel();
+                }
+            }
+            ServerMessage::Ack { task_id } => {
+                let removed = lock(&self.shared.tasks).remove(&task_id);
+                if removed.is_some() {
+                    let path = self.log_path(&task_id);
+                    tokio::spawn(async move {
+                        let _ = tokio::fs::remove_file(path).await;
+                    });
+                }
+            }
+            ServerMessage::Welcome { .. } => {}
+            ServerMessage::Error { message } => tracing::warn!("server: {message}"),
+        }
+    }
+
+    fn log_path(&self, task: &Uuid) -> PathBuf {
+        self.shared
+            .config
+            .state_dir
+            .join("tasks")
+            .join(format!("{task}.log"))
+    }
+
+    fn emit(&self, msg: AgentMessage) {
+        if let Some(tx) = lock(&self.shared.outgoing).as_ref() {
+            let _ = tx.send(msg);
+        }
+    }
+
+    async fn run_task(&self, task: Task, cancel: CancellationToken) {
+        let id = task.id;
+        let permit = tokio::select! {
+            p = self.shared.slots.clone().acquire_owned() => p.ok(),
+            _ = cancel.cancelled() => None,
+        };
+        let started_at = testbed_core::now();
+        let (log, rx) = LogSink::channel();
+        let pump = tokio::spawn(pump_log(self.clone(), id, self.log_path(&id), rx));
+        let work_dir = self
+            .shared
+            .config
+            .state_dir
+            .join("work")
+            .join(id.to_string());
+
+        let result = if permit.is_none() {
+            Err(PluginError::Cancelled)
+        } else if let Err(e) = tokio::fs::create_dir_all(&work_dir).await {
+            Err(PluginError::io(
+                format!("creating {}", work_dir.display()),
+                e,
+            ))
+        } else {
+            self.emit(AgentMessage::Started {
+                task_id: id,
+                started_at,
+            });
+            match self.shared.plugins.get(&task.plugin) {
+                None => Err(PluginError::Refused(format!(
+                    "this agent does not carry plugin `{}`",
+                    task.plugin
+                ))),
+                Some(plugin) => {
+                    let ctx = TaskContext {
+                        task_id: id,
+                        log: log.clone(),
+                        cancel: cancel.clone(),
+                        work_dir: work_dir.clone(),
+                        settings: self.shared.settings.clone(),
+                        artifacts: Arc::new(HttpArtifacts {
+                            agent: self.clone(),
+                        }),
+                    };
+                    plugin
+                        .invoke(&task.method, task.parameters.clone(), &ctx)
+                        .await
+                }
+            }
+        };
+        let (status, exit_code, value, error) = match result {
+            Ok(out) => (out.status, out.exit_code, Some(out.result), None),
+            Err(PluginError::Cancelled) => {
+                log.line("[testbed] task cancelled");
+                (
+                    TaskStatus::Cancelled,
+                    None,
+                    None,
+                    Some("cancelled".to_string()),
+                )
+            }
+            Err(e) => {
+                log.line(&format!("[testbed] error: {e}"));
+                (TaskStatus::Error, None, None, Some(e.to_string()))
+            }
+        };
+        drop(log);
+        let log_bytes = pump.await.unwrap_or(0);
+        let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        drop(permit);
+        let outcome = TaskOutcome {
+            status,
+            exit_code,
+            result: value,
+            error,
+            started_at: Some(started_at),
+            finished_at: testbed_core::now(),
+            log_bytes,
+        };
+        lock(&self.shared.tasks).insert(
+            id,
+            Entry::Finished {
+                outcome: outcome.clone(),
+            },
+        );
+        self.emit(AgentMessage::Result {
+            task_id: id,
+            outcome,
+        });
+    }
+}
+
+/// Moves a task's output to its log file and, batched, to the server.
+/// Returns the log's total length in bytes.
+async fn pump_log(
+    agent: Agent,
+    task: Uuid,
+    path: PathBuf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> u64 {
+    let mut file = match tokio::fs::File::create(&path).await {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!("cannot keep log of {task} at {}: {e}", path.display());
+            None
+        }
+    };
+    let mut offset: u64 = 0;
+    let mut pending = String::new();
+    let mut open = true;
+    while open {
+        let deadline = tokio::time::sleep(LOG_FLUSH);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                chunk = rx.recv() => match chunk {
+                    Some(bytes) => {
+                        pending.push_str(&String::from_utf8_lossy(&bytes));
+                        if pending.len() >= LOG_CHUNK { break; }
+                    }
+                    None => { open = false; break; }
+                },
+                _ = &mut deadline, if !pending.is_empty() => break,
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        if let Some(f) = file.as_mut() {
+            if let Err(e) = f.write_all(pending.as_bytes()).await {
+                tracing::warn!("writing log of {task}: {e}");
+            }
+        }
+        for piece in split_utf8(&pending, LOG_CHUNK) {
+            agent.emit(AgentMessage::Log {
+                task_id: task,
+                offset,
+                data: piece.to_string(),
+            });
+            offset += piece.len() as u64;
+        }
+        pending.clear();
+    }
+    if let Some(mut f) = file {
+        let _ = f.flush().await;
+    }
+    offset
+}
+
+/// Splits `s` into pieces of at most `max` bytes on char boundaries.
+fn split_utf8(s: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(max);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (a, b) = rest.split_at(end);
+        out.push(a);
+        rest = b;
+    }
+    out
+}
+
+struct HttpArtifacts {
+    agent: Agent,
+}
+
+#[async_trait]
+impl ArtifactSink for HttpArtifacts {
+    async fn upload(&self, task: Uuid, name: &str, path: &Path) -> Result<Artifact, PluginError> {
+        let shared = &self.agent.shared;
+        let credential = lock(&shared.credential)
+            .clone()
+            .ok_or_else(|| PluginError::Failed("not connected to a server".into()))?;
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| PluginError::io(format!("opening artifact {}", path.display()), e))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let url = format!(
+            "{}/api/agent/tasks/{task}/artifacts/{}",
+            shared.config.server.trim_end_matches('/'),
+            url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+        );
+        let resp = shared
+            .http
+            .put(&url)
+            .bearer_auth(credential)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| PluginError::Failed(format!("uploading artifact `{name}`: {e}")))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(PluginError::Failed(format!(
+                "uploading artifact `{name}`: {status}: {text}"
+            )));
+        }
+        resp.json::<Artifact>()
+            .await
+            .map_err(|e| PluginError::Failed(format!("uploading artifact `{name}`: {e}")))
+    }
+}
+
+async fn send<S>(sink: &mut S, msg: &AgentMessage) -> Result<(), AgentError>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let text = serde_json::to_string(msg).map_err(|e| AgentError::Protocol(e.to_string()))?;
+    sink.send(Message::Text(text.into()))
+        .await
+        .map_err(|e| AgentError::Protocol(e.to_string()))
+}
+
+fn ws_url(server: &str) -> String {
+    let base = server.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_string()
+    };
+    format!("{base}/ws/agent")
+}
+
+fn read_identity(state_dir: &Path) -> Identity {
+    std::fs::read(state_dir.join("identity.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write_identity(state_dir: &Path, uuid: Uuid) -> Result<(), AgentError> {
+    let path = state_dir.join("identity.json");
+    let tmp = state_dir.join("identity.json.tmp");
+    let body = serde_json::to_vec(&Identity { uuid: Some(uuid) })
+        .map_err(|e| AgentError::Protocol(e.to_string()))?;
+    // Write-then-rename so a kill mid-write never leaves a torn identity.
+    std::fs::write(&tmp, body)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|source| AgentError::State { path, source })
+}
+
+/// Locks a std mutex, recovering the data if a panicking thread poisoned it:
+/// the maps here stay consistent because every update is a single insert or
+/// remove.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_char_boundaries() {
+        let s = "aé".repeat(10);
+        let parts = split_utf8(&s, 4);
+        assert_eq!(parts.concat(), s);
+        assert!(parts.iter().all(|p| p.len() <= 4));
+    }
+
+    #[test]
+    fn ws_url_from_http() {
+        assert_eq!(ws_url("http://h:1/"), "ws://h:1/ws/agent");
+        assert_eq!(ws_url("https://h"), "wss://h/ws/agent");
+    }
+}

@@ -1,0 +1,128 @@
+//! `testbed server`: one server replica over redb or etcd.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use testbed_server::blobs::Blobs;
+use testbed_server::{ServerConfig, Settings};
+use testbed_store::EtcdOptions;
+
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// `redb:PATH` or `etcd://HOST:PORT[,HOST:PORT…]` (`etcds://` for TLS).
+    #[arg(long, default_value = "redb:testbed-data/testbed.redb")]
+    pub store: String,
+    /// etcd user (with --etcd-password).
+    #[arg(long, env = "TESTBED_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    #[arg(long, env = "TESTBED_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// CA certificate that signed etcd's server certificate.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate and key for etcd mutual TLS.
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+    /// Root prefix of every key in etcd.
+    #[arg(long, default_value = "")]
+    pub etcd_prefix: String,
+}
+
+impl StoreArgs {
+    pub fn etcd_options(&self) -> EtcdOptions {
+        EtcdOptions {
+            username: self.etcd_user.clone(),
+            password: self.etcd_password.clone(),
+            ca_file: self.etcd_ca.clone(),
+            cert_file: self.etcd_cert.clone(),
+            key_file: self.etcd_key.clone(),
+            prefix: self.etcd_prefix.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Address to serve the API and WebSockets on.
+    #[arg(long, default_value = "127.0.0.1:8774")]
+    pub listen: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Directory for logs and artifacts (shared by all replicas of a
+    /// cluster). Defaults to `blobs/` beside a redb file, else
+    /// `testbed-blobs`.
+    #[arg(long)]
+    pub blobs: Option<PathBuf>,
+    /// Seconds an agent may stay silent before it is declared gone.
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Hours a login token stays valid.
+    #[arg(long, default_value_t = 12)]
+    pub token_hours: u64,
+    /// Largest JSON request body, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+    /// Name of this replica (default: host:port it listens on).
+    #[arg(long)]
+    pub replica: Option<String>,
+}
+
+pub fn default_blobs(store: &str) -> PathBuf {
+    match store.strip_prefix("redb:") {
+        Some(path) => PathBuf::from(path)
+            .parent()
+            .map(|p| p.join("blobs"))
+            .unwrap_or_else(|| PathBuf::from("blobs")),
+        None => PathBuf::from("testbed-blobs"),
+    }
+}
+
+pub async fn start(args: &ServerArgs) -> anyhow::Result<testbed_server::Server> {
+    if args.lease_ttl == 0 {
+        anyhow::bail!("--lease-ttl must be at least 1 second");
+    }
+    let store = testbed_store::open(&args.store.store, args.store.etcd_options())
+        .await
+        .with_context(|| format!("opening store {}", args.store.store))?;
+    let blob_dir = args.blobs.clone().unwrap_or_else(|| default_blobs(&args.store.store));
+    let blobs = Blobs::local(&blob_dir).context("opening blob store")?;
+    let config = ServerConfig {
+        listen: args.listen.clone(),
+        store,
+        blobs,
+        settings: Settings {
+            lease_ttl: Duration::from_secs(args.lease_ttl),
+            max_body: args.max_body,
+            ..Settings::default()
+        },
+        admin_password: std::env::var("TESTBED_ADMIN_PASSWORD").ok(),
+        join_token: std::env::var("TESTBED_JOIN_TOKEN").ok(),
+        token_ttl: Duration::from_secs(args.token_hours.max(1) * 3600),
+        replica: args.replica.clone().unwrap_or_else(|| args.listen.clone()),
+    };
+    Ok(testbed_server::start(config).await?)
+}
+
+pub fn print_banner(server: &testbed_server::Server) {
+    println!("Testbed is listening on {}", server.url());
+    match &server.generated_admin_password {
+        Some(p) => println!("admin login: admin / {p}   (generated; shown only this once)"),
+        None if server.admin_created => println!("admin login: admin / $TESTBED_ADMIN_PASSWORD"),
+        None => println!("admin login: admin (existing user; password unchanged)"),
+    }
+    println!("agent join token: {}", server.join_token);
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let server = start(&args).await?;
+    print_banner(&server);
+    super::terminated().await;
+    println!("shutting down");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

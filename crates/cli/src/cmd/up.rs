@@ -1,0 +1,85 @@
+//! `testbed up`: the whole platform in one process, nothing to install.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use testbed_agent::{Agent, AgentConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::server::{ServerArgs, StoreArgs};
+
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Address to serve the API and WebSockets on.
+    #[arg(long, default_value = "127.0.0.1:8774")]
+    pub listen: String,
+    /// Where the embedded store, logs and artifacts live.
+    #[arg(long, default_value = "testbed-data")]
+    pub data_dir: PathBuf,
+    /// Local agents to start (each carries linux_system and build_server).
+    #[arg(long, default_value_t = 1)]
+    pub agents: u32,
+    /// Seconds an agent may stay silent before it is declared gone.
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Let the local agents' run_shell use /bin/sh on request.
+    #[arg(long)]
+    pub allow_shell: bool,
+    /// Directory of exec plugins for the local agents.
+    #[arg(long)]
+    pub plugin_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let server_args = ServerArgs {
+        listen: args.listen.clone(),
+        store: StoreArgs {
+            store: format!("redb:{}", args.data_dir.join("testbed.redb").display()),
+            etcd_user: None,
+            etcd_password: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_prefix: String::new(),
+        },
+        blobs: Some(args.data_dir.join("blobs")),
+        lease_ttl: args.lease_ttl,
+        token_hours: 12,
+        max_body: 1024 * 1024,
+        replica: None,
+    };
+    let server = super::server::start(&server_args).await?;
+    super::server::print_banner(&server);
+
+    let shutdown = CancellationToken::new();
+    let mut agents = Vec::new();
+    for i in 1..=args.agents {
+        let name = format!("local-{i}");
+        let mut cfg = AgentConfig::new(&server.url(), &server.join_token, &name);
+        cfg.plugins = vec!["linux_system".into(), "build_server".into()];
+        cfg.state_dir = args.data_dir.join("agents").join(&name);
+        cfg.allow_shell = args.allow_shell;
+        cfg.plugin_dir = args.plugin_dir.clone();
+        let agent = Agent::build(cfg).await?;
+        let stop = shutdown.clone();
+        agents.push(tokio::spawn(async move {
+            if let Err(e) = agent.run(stop).await {
+                tracing::error!(agent = %name, "{e}");
+            }
+        }));
+    }
+    println!("{} local agent(s) started; Ctrl-C stops everything", args.agents);
+
+    super::terminated().await;
+    println!("shutting down");
+    shutdown.cancel();
+    for a in agents {
+        let _ = a.await;
+    }
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

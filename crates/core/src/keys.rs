@@ -1,0 +1,118 @@
+//! The store key layout of DESIGN.md, in one place so no caller spells a key
+//! by hand. Keys are relative to the store's root prefix, which the store
+//! itself applies.
+
+use uuid::Uuid;
+
+pub const AGENTS: &str = "/agents/";
+pub const TASKS: &str = "/tasks/";
+pub const ASSIGN: &str = "/assign/";
+pub const USERS: &str = "/users/";
+pub const CONFIG: &str = "/config/";
+pub const COUNTERS: &str = "/counters/";
+pub const LEADER_CONTROLLER: &str = "/leader/controller";
+
+pub fn agent(uuid: &Uuid) -> String {
+    format!("/agents/{uuid}")
+}
+
+pub fn agent_alive(uuid: &Uuid) -> String {
+    format!("/agents/{uuid}/alive")
+}
+
+/// Is this key an agent's liveness key? Returns the agent's uuid.
+pub fn parse_agent_alive(key: &str) -> Option<Uuid> {
+    let rest = key.strip_prefix(AGENTS)?;
+    let uuid = rest.strip_suffix("/alive")?;
+    uuid.parse().ok()
+}
+
+/// Is this key an agent registration (not its liveness key)?
+pub fn parse_agent(key: &str) -> Option<Uuid> {
+    let rest = key.strip_prefix(AGENTS)?;
+    if rest.contains('/') {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+pub fn task(id: &Uuid) -> String {
+    format!("/tasks/{id}")
+}
+
+pub fn assign_prefix(agent: &Uuid) -> String {
+    format!("/assign/{agent}/")
+}
+
+pub fn assign(agent: &Uuid, task: &Uuid) -> String {
+    format!("/assign/{agent}/{task}")
+}
+
+/// `/assign/{agent}/{task}` → (agent, task).
+pub fn parse_assign(key: &str) -> Option<(Uuid, Uuid)> {
+    let rest = key.strip_prefix(ASSIGN)?;
+    let (a, t) = rest.split_once('/')?;
+    Some((a.parse().ok()?, t.parse().ok()?))
+}
+
+pub fn user(name: &str) -> String {
+    format!("/users/{name}")
+}
+
+pub fn config(name: &str) -> String {
+    format!("/config/{name}")
+}
+
+pub fn counter(name: &str) -> String {
+    format!("/counters/{name}")
+}
+
+/// Blob path of one chunk of a task's log, by the byte offset it starts at.
+/// Zero-padded so that listing order is offset order.
+pub fn log_chunk_blob(task: &Uuid, offset: u64) -> String {
+    format!("tasks/{task}/log/{offset:020}")
+}
+
+pub fn log_chunks_prefix(task: &Uuid) -> String {
+    format!("tasks/{task}/log/")
+}
+
+/// Blob path of a finished task's whole log.
+pub fn log_blob(task: &Uuid) -> String {
+    format!("tasks/{task}/log.txt")
+}
+
+pub fn artifact_blob(task: &Uuid, name: &str) -> String {
+    format!("tasks/{task}/artifacts/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_keys_round_trip() {
+        let id = Uuid::new_v4();
+        assert_eq!(parse_agent_alive(&agent_alive(&id)), Some(id));
+        assert_eq!(parse_agent(&agent(&id)), Some(id));
+        assert_eq!(parse_agent(&agent_alive(&id)), None);
+        assert_eq!(parse_agent_alive(&agent(&id)), None);
+    }
+
+    #[test]
+    fn assign_keys_round_trip() {
+        let (a, t) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(parse_assign(&assign(&a, &t)), Some((a, t)));
+        assert!(assign(&a, &t).starts_with(&assign_prefix(&a)));
+        assert_eq!(parse_assign("/assign/nonsense"), None);
+    }
+
+    #[test]
+    fn log_chunks_sort_by_offset() {
+        let t = Uuid::new_v4();
+        let mut keys = [log_chunk_blob(&t, 100), log_chunk_blob(&t, 9), log_chunk_blob(&t, 0)];
+        keys.sort();
+        assert!(keys[0].ends_with("00000000000000000000"));
+        assert!(keys[2].ends_with("00000000000000000100"));
+    }
+}

@@ -1,0 +1,18 @@
+//! The vocabulary every other Testbed crate speaks: agents and their plugins,
+//! tasks, users, the agent wire protocol and the store key layout.
+//!
+//! Nothing here does I/O, so the model can be used by the server, the agent,
+//! the CLI and tests alike without pulling in a runtime.
+
+pub mod agent;
+pub mod keys;
+pub mod protocol;
+pub mod schema;
+pub mod task;
+pub mod user;
+
+/// Current time as an RFC 3339 timestamp in UTC, the format of every time
+/// field Testbed stores or returns.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}

@@ -1,0 +1,383 @@
+//! The server's end of the agent protocol (see `testbed_core::protocol`).
+//!
+//! One task per connected agent. Liveness is the agent's store lease: it is
+//! refreshed by each heartbeat the agent sends, so an agent that hangs or
+//! vanishes loses `/agents/{uuid}/alive` one TTL after its last heartbeat,
+//! whatever happens to the TCP connection. A dropped connection does not
+//! revoke the lease, which gives the agent one TTL to reconnect (to any
+//! replica) without its tasks being declared lost.
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::request::Parts;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use testbed_core::agent::{AgentLiveness, AgentRecord};
+use testbed_core::keys;
+use testbed_core::protocol::{AgentMessage, Hello, ServerMessage, PROTOCOL_VERSION};
+use testbed_core::task::{Task, TaskStatus};
+use testbed_core::user::Role;
+use testbed_store::{LeaseId, StoreError};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::auth::{bearer, Subject};
+use crate::dispatch::{self, Assignment};
+use crate::error::ApiError;
+use crate::records::{self, RecordError};
+use crate::state::AppState;
+
+/// How long an agent credential is valid; renewed on every connection.
+const CREDENTIAL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Who opened the socket.
+enum Joiner {
+    Token,
+    Agent(Uuid),
+}
+
+/// `GET /ws/agent`: authenticate, then upgrade.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    parts: Parts,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let token = bearer(&parts).ok_or_else(|| ApiError::unauthorized("missing join token"))?;
+    let joiner = if state.auth.is_join_token(&token) {
+        Joiner::Token
+    } else {
+        let claims = state.auth.verify(&token)?;
+        if claims.typ != Subject::Agent {
+            return Err(ApiError::unauthorized("not a join token or agent credential"));
+        }
+        Joiner::Agent(
+            claims
+                .sub
+                .parse()
+                .map_err(|_| ApiError::unauthorized("invalid agent credential"))?,
+        )
+    };
+    Ok(ws
+        .max_message_size(4 * 1024 * 1024)
+        .on_upgrade(move |socket| async move {
+            if let Err(e) = serve(state, socket, joiner).await {
+                tracing::warn!("agent session ended: {e}");
+            }
+        }))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Api(String),
+}
+
+impl From<ApiError> for SessionError {
+    fn from(e: ApiError) -> Self {
+        SessionError::Api(e.message)
+    }
+}
+
+async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(), SessionError> {
+    let (mut sink, mut stream) = socket.split();
+    let hello = match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<AgentMessage>(&text) {
+            Ok(AgentMessage::Hello(h)) => h,
+            Ok(_) => return refuse(&mut sink, "the first message must be hello").await,
+            Err(e) => return refuse(&mut sink, &format!("unreadable hello: {e}")).await,
+        },
+        _ => return Err(SessionError::Protocol("no hello within 10 s".into())),
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        return refuse(
+            &mut sink,
+            &format!(
+                "protocol {} not supported (server speaks {PROTOCOL_VERSION})",
+                hello.protocol
+            ),
+        )
+        .await;
+    }
+    for p in &hello.plugins {
+        for m in &p.methods {
+            if let Err(e) = testbed_core::schema::check_schema(&m.schema) {
+                return refuse(&mut sink, &format!("{}.{}: invalid schema: {e}", p.name, m.name)).await;
+            }
+        }
+    }
+    let uuid = match (&joiner, hello.uuid) {
+        (Joiner::Agent(id), _) => *id,
+        (Joiner::Token, Some(id)) => id,
+        (Joiner::Token, None) => Uuid::new_v4(),
+    };
+
+    let record = register(&state, uuid, &hello).await?;
+    let lease = state.store.grant_lease(state.settings.lease_ttl).await?;
+    let alive_key = keys::agent_alive(&uuid);
+    let mut liveness = AgentLiveness {
+        kind: AgentLiveness::KIND.into(),
+        v: 1,
+        replica: state.replica.clone(),
+        connected_at: testbed_core::now(),
+        heartbeat_at: testbed_core::now(),
+        running: hello.running.len() as u32,
+        metrics: Default::default(),
+    };
+    records::put(&state.store, &alive_key, &liveness, Some(lease)).await?;
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let session = state.hub.attach(uuid, tx.clone());
+    let credential = state
+        .auth
+        .issue(&uuid.to_string(), Role::Viewer, Subject::Agent, CREDENTIAL_TTL)?;
+    let ttl = state.settings.lease_ttl.as_secs().max(1);
+    let welcome = ServerMessage::Welcome {
+        uuid,
+        id: record.id,
+        credential,
+        lease_ttl_secs: ttl,
+        heartbeat_secs: (ttl / 3).max(1),
+    };
+    send(&mut sink, &welcome).await?;
+    tracing::info!(agent = %record.name, %uuid, id = record.id, "agent connected");
+
+    reconcile(&state, uuid, &hello, &tx).await?;
+
+    let mut lease = lease;
+    let end = loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                let _ = sink.send(Message::Close(None)).await;
+                break End::Shutdown;
+            }
+            out = rx.recv() => {
+                let Some(msg) = out else { break End::Replaced };
+                if send(&mut sink, &msg).await.is_err() {
+                    break End::Dropped;
+                }
+            }
+            incoming = stream.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    let msg = match serde_json::from_str::<AgentMessage>(&text) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(%uuid, "unreadable agent message: {e}");
+                            continue;
+                        }
+                    };
+                    match msg {
+                        AgentMessage::Heartbeat { metrics, running } => {
+                            liveness.heartbeat_at = testbed_core::now();
+                            liveness.running = running.len() as u32;
+                            liveness.metrics = metrics;
+                            lease = keep_alive(&state, lease, &alive_key, &liveness).await?;
+                        }
+                        other => handle(&state, uuid, other, &tx).await?,
+                    }
+                }
+                Some(Ok(Message::Close(_))) => break End::Closed,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break End::Dropped,
+            },
+        }
+    };
+    state.hub.detach(uuid, session);
+    match end {
+        // The agent said goodbye: it is gone now, not one TTL from now.
+        End::Closed => {
+            let _ = state.store.revoke_lease(lease).await;
+            tracing::info!(agent = %record.name, "agent disconnected");
+        }
+        End::Dropped | End::Shutdown | End::Replaced => {
+            tracing::info!(agent = %record.name, "agent connection lost; lease runs out in {ttl} s unless it reconnects");
+        }
+    }
+    Ok(())
+}
+
+enum End {
+    Closed,
+    Dropped,
+    Shutdown,
+    Replaced,
+}
+
+async fn refuse<S>(sink: &mut S, message: &str) -> Result<(), SessionError>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let msg = ServerMessage::Error {
+        message: message.to_string(),
+    };
+    if let Ok(text) = serde_json::to_string(&msg) {
+        let _ = sink.send(Message::Text(text.into())).await;
+    }
+    let _ = sink.send(Message::Close(None)).await;
+    Err(SessionError::Protocol(message.to_string()))
+}
+
+async fn send<S>(sink: &mut S, msg: &ServerMessage) -> Result<(), SessionError>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let text = serde_json::to_string(msg).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    sink.send(Message::Text(text.into()))
+        .await
+        .map_err(|_| SessionError::Protocol("send failed".into()))
+}
+
+/// Refreshes the lease; if it already expired (the agent was silent too
+/// long, or the store lost it), takes a new one and re-announces liveness.
+async fn keep_alive(
+    state: &AppState,
+    lease: LeaseId,
+    alive_key: &str,
+    liveness: &AgentLiveness,
+) -> Result<LeaseId, SessionError> {
+    let lease = match state.store.keep_alive(lease).await {
+        Ok(()) => lease,
+        Err(StoreError::LeaseNotFound(_)) => state.store.grant_lease(state.settings.lease_ttl).await?,
+        Err(e) => return Err(e.into()),
+    };
+    records::put(&state.store, alive_key, liveness, Some(lease)).await?;
+    Ok(lease)
+}
+
+/// Creates or refreshes `/agents/{uuid}`, keeping its numeric id.
+async fn register(state: &AppState, uuid: Uuid, hello: &Hello) -> Result<AgentRecord, SessionError> {
+    let key = keys::agent(&uuid);
+    let now = testbed_core::now();
+    let apply = |r: &mut AgentRecord| {
+        r.name = hello.name.clone();
+        r.host = hello.host.clone();
+        r.labels = hello.labels.clone();
+        r.plugins = hello.plugins.clone();
+        r.capacity = hello.capacity;
+        r.version = hello.version.clone();
+        r.root = hello.root;
+        r.run_as = hello.run_as.clone();
+        r.last_seen_at = now;
+        // Groups set through the API are the server's; the agent's
+        // configured groups are merged in.
+        for g in &hello.groups {
+            if !r.groups.contains(g) {
+                r.groups.push(g.clone());
+            }
+        }
+    };
+    loop {
+        if let Some(r) = records::update::<AgentRecord, _>(&state.store, &key, |r| {
+            apply(r);
+            true
+        })
+        .await?
+        {
+            return Ok(r);
+        }
+        let id = records::next_counter(&state.store, &keys::counter("agent_id")).await?;
+        let mut record = AgentRecord {
+            kind: AgentRecord::KIND.into(),
+            v: 1,
+            uuid,
+            id,
+            name: String::new(),
+            host: String::new(),
+            labels: Default::default(),
+            groups: Vec::new(),
+            plugins: Vec::new(),
+            capacity: 1,
+            version: String::new(),
+            root: false,
+            run_as: None,
+            registered_at: now,
+            last_seen_at: now,
+        };
+        apply(&mut record);
+        if records::create(&state.store, &key, &record, None).await? {
+            return Ok(record);
+        }
+    }
+}
+
+/// After (re)connecting: resend what the agent should be running and settle
+/// what it can no longer report.
+async fn reconcile(
+    state: &AppState,
+    uuid: Uuid,
+    hello: &Hello,
+    tx: &mpsc::UnboundedSender<ServerMessage>,
+) -> Result<(), SessionError> {
+    let assigned: Vec<(String, Assignment)> =
+        records::list(&state.store, &keys::assign_prefix(&uuid), |_| true).await?;
+    for (_, a) in assigned {
+        let Some((task, _)) = records::get::<Task>(&state.store, &keys::task(&a.task_id)).await? else {
+            // An assignment without a task: its dispatch was interrupted.
+            state.store.delete(&keys::assign(&uuid, &a.task_id)).await?;
+            continue;
+        };
+        let known = hello.running.contains(&task.id) || hello.unacked.contains(&task.id);
+        match task.status {
+            _ if known => {
+                if a.cancel || task.cancel_requested {
+                    let _ = tx.send(ServerMessage::Cancel { task_id: task.id });
+                }
+            }
+            TaskStatus::Queued if a.cancel || task.cancel_requested => {
+                dispatch::finish_without_agent(state, task.id, TaskStatus::Cancelled, "cancelled before it started").await?;
+            }
+            TaskStatus::Queued => {
+                let _ = tx.send(ServerMessage::Assign { task: Box::new(task) });
+            }
+            TaskStatus::Running => {
+                // The agent restarted and forgot it: it will never report.
+                dispatch::finish_without_agent(state, task.id, TaskStatus::Lost, "agent restarted while the task ran").await?;
+            }
+            _ => {
+                state.store.delete(&keys::assign(&uuid, &task.id)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn handle(
+    state: &AppState,
+    agent: Uuid,
+    msg: AgentMessage,
+    tx: &mpsc::UnboundedSender<ServerMessage>,
+) -> Result<(), SessionError> {
+    match msg {
+        AgentMessage::Started { task_id, started_at } => {
+            dispatch::started(state, task_id, started_at).await?;
+        }
+        AgentMessage::Log { task_id, offset, data } => {
+            if let Err(e) = state.blobs.put_log_chunk(&task_id, offset, &data).await {
+                tracing::warn!(%task_id, "storing log chunk: {e}");
+            }
+            state.hub.task_changed(task_id);
+        }
+        AgentMessage::Result { task_id, outcome } => {
+            let belongs = records::get::<Task>(&state.store, &keys::task(&task_id))
+                .await?
+                .is_some_and(|(t, _)| t.agent_uuid == agent);
+            if belongs {
+                dispatch::settle(state, task_id, outcome).await?;
+            }
+            // Acked even when unknown, so the agent stops resending it.
+            let _ = tx.send(ServerMessage::Ack { task_id });
+        }
+        AgentMessage::Hello(_) => {
+            return Err(SessionError::Protocol("hello sent twice".into()));
+        }
+        AgentMessage::Heartbeat { .. } => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! `/api/agents`: every registered agent, online or not.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use testbed_core::agent::{AgentStatus, PluginSpec, SystemMetrics};
+use testbed_core::keys;
+use testbed_core::user::Role;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::dispatch::{self, AgentView};
+use crate::error::{ApiError, ApiResult, ErrorBody, Json};
+use crate::records;
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentInfo {
+    pub uuid: Uuid,
+    pub id: u64,
+    pub name: String,
+    pub host: String,
+    pub labels: BTreeMap<String, String>,
+    pub groups: Vec<String>,
+    pub status: AgentStatus,
+    pub plugins: Vec<PluginSpec>,
+    pub capacity: u32,
+    /// Tasks assigned and not finished.
+    pub outstanding: usize,
+    /// Tasks running, as of the last heartbeat.
+    pub running: u32,
+    pub metrics: Option<SystemMetrics>,
+    pub heartbeat_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub replica: Option<String>,
+    pub version: String,
+    pub root: bool,
+    pub run_as: Option<String>,
+    pub registered_at: chrono::DateTime<chrono::Utc>,
+    pub last_seen_at: chrono::DateTime<chrono::Utc>,
+}
+
+async fn info(state: &AppState, a: AgentView) -> ApiResult<AgentInfo> {
+    let outstanding = records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
+    let r = a.record;
+    Ok(AgentInfo {
+        uuid: r.uuid,
+        id: r.id,
+        name: r.name,
+        host: r.host,
+        labels: r.labels,
+        groups: r.groups,
+        status: if a.alive.is_some() {
+            AgentStatus::Online
+        } else {
+            AgentStatus::Offline
+        },
+        plugins: r.plugins,
+        capacity: r.capacity,
+        outstanding,
+        running: a.alive.as_ref().map_or(0, |l| l.running),
+        metrics: a.alive.as_ref().map(|l| l.metrics.clone()),
+        heartbeat_at: a.alive.as_ref().map(|l| l.heartbeat_at),
+        replica: a.alive.as_ref().map(|l| l.replica.clone()),
+        version: r.version,
+        root: r.root,
+        run_as: r.run_as,
+        registered_at: r.registered_at,
+        last_seen_at: r.last_seen_at,
+    })
+}
+
+/// Every registered agent with its status, load and latest metrics.
+#[utoipa::path(get, path = "/api/agents", tag = "agents",
+    responses((status = 200, body = Vec<AgentInfo>), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(State(state): State<AppState>, _caller: Caller) -> ApiResult<Json<Vec<AgentInfo>>> {
+    let mut out = Vec::new();
+    for a in dispatch::agents(&state.store).await? {
+        out.push(info(&state, a).await?);
+    }
+    Ok(Json(out))
+}
+
+/// One agent by numeric id, uuid or name.
+#[utoipa::path(get, path = "/api/agents/{id}", tag = "agents",
+    params(("id" = String, Path, description = "numeric id, uuid or name")),
+    responses((status = 200, body = AgentInfo), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AgentInfo>> {
+    let agents = dispatch::agents(&state.store).await?;
+    let a = super::slaves::find(&agents, &id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no agent `{id}`")))?;
+    Ok(Json(info(&state, a).await?))
+}
+
+/// Forget an offline agent (admin).
+#[utoipa::path(delete, path = "/api/agents/{id}", tag = "agents",
+    params(("id" = String, Path, description = "numeric id, uuid or name")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "agent is online")),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    let agents = dispatch::agents(&state.store).await?;
+    let a = super::slaves::find(&agents, &id).ok_or_else(|| ApiError::not_found(format!("no agent `{id}`")))?;
+    if a.alive.is_some() {
+        return Err(ApiError::conflict(format!("agent `{id}` is online; stop it first")));
+    }
+    state.store.delete(&keys::agent(&a.record.uuid)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

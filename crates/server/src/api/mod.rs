@@ -1,0 +1,126 @@
+//! The HTTP + WebSocket API and its OpenAPI document, generated from the
+//! handlers' annotations so the two cannot drift apart.
+
+pub mod agents;
+pub mod auth;
+pub mod slaves;
+pub mod tasks;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorBody, Json};
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Testbed API", description = "Distributed test platform: agents, plugins, tasks."),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub store: String,
+    pub revision: i64,
+    pub replica: String,
+    /// Agents connected to this replica.
+    pub agents_connected: usize,
+}
+
+/// Liveness and store reachability (no auth).
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let revision = state
+        .store
+        .revision()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("store: {e}")))?;
+    Ok(Json(Health {
+        status: "ok".into(),
+        store: state.store.describe(),
+        revision,
+        replica: state.replica.clone(),
+        agents_connected: state.hub.connected(),
+    }))
+}
+
+/// Builds the router and the OpenAPI document.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.max_body;
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::me))
+        .routes(routes!(auth::create_user, auth::list_users))
+        .routes(routes!(auth::delete_user))
+        .routes(routes!(slaves::detail))
+        .routes(routes!(slaves::show))
+        .routes(routes!(slaves::submit))
+        .routes(routes!(agents::list))
+        .routes(routes!(agents::show, agents::delete))
+        .routes(routes!(tasks::list))
+        .routes(routes!(tasks::show))
+        .routes(routes!(tasks::log))
+        .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::artifact))
+        .routes(routes!(tasks::upload_artifact))
+        .routes(routes!(tasks::follow))
+        .split_for_parts();
+    let openapi_json = openapi.clone();
+    router
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let doc = openapi_json.clone();
+                async move { axum::Json(doc) }
+            }),
+        )
+        .route("/ws/agent", get(crate::agent_session::upgrade))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// The OpenAPI document alone (for `testbed openapi` and tests).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .split_for_parts();
+    api
+}
+
+async fn not_found(uri: axum::http::Uri) -> impl IntoResponse {
+    ApiError::not_found(format!("no such endpoint: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> impl IntoResponse {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

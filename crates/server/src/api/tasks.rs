@@ -1,0 +1,342 @@
+//! `/api/tasks`: status, logs (stored and live) and artifacts of tasks.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use testbed_core::keys;
+use testbed_core::task::{Artifact, Task, TaskStatus};
+use testbed_core::user::Role;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::{AgentCaller, Caller};
+use crate::dispatch;
+use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
+use crate::records;
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    #[serde(flatten)]
+    pub task: Task,
+    pub duration_ms: Option<i64>,
+    pub log_url: String,
+}
+
+impl From<Task> for TaskView {
+    fn from(task: Task) -> Self {
+        TaskView {
+            duration_ms: task.duration_ms(),
+            log_url: format!("/api/tasks/{}/log", task.id),
+            task,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only tasks in this status.
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this agent (uuid or name).
+    pub agent: Option<String>,
+    #[serde(default = "one")]
+    pub page: usize,
+    #[serde(default = "twenty")]
+    pub page_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn twenty() -> usize {
+    20
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskPage {
+    pub total: usize,
+    pub page: usize,
+    pub page_size: usize,
+    pub results: Vec<TaskView>,
+}
+
+/// Tasks, newest first.
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks",
+    params(ListQuery),
+    responses((status = 200, body = TaskPage), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<TaskPage>> {
+    if q.page == 0 || q.page_size == 0 || q.page_size > 1000 {
+        return Err(ApiError::bad_request("page must be ≥ 1 and page_size 1..=1000"));
+    }
+    let all: Vec<(String, Task)> = records::list(&state.store, keys::TASKS, |_| true).await?;
+    let mut tasks: Vec<Task> = all
+        .into_iter()
+        .map(|(_, t)| t)
+        .filter(|t| q.status.is_none_or(|s| t.status == s))
+        .filter(|t| {
+            q.agent
+                .as_ref()
+                .is_none_or(|a| t.agent_name == *a || t.agent_uuid.to_string() == *a)
+        })
+        .collect();
+    tasks.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    let total = tasks.len();
+    let results = tasks
+        .into_iter()
+        .skip((q.page - 1) * q.page_size)
+        .take(q.page_size)
+        .map(TaskView::from)
+        .collect();
+    Ok(Json(TaskPage {
+        total,
+        page: q.page,
+        page_size: q.page_size,
+        results,
+    }))
+}
+
+fn parse_id(id: &str) -> ApiResult<Uuid> {
+    id.parse()
+        .map_err(|_| ApiError::not_found(format!("no task `{id}` (task ids are uuids)")))
+}
+
+async fn load(state: &AppState, id: &Uuid) -> ApiResult<Task> {
+    records::get::<Task>(&state.store, &keys::task(id))
+        .await?
+        .map(|(t, _)| t)
+        .ok_or_else(|| ApiError::not_found(format!("no task {id}")))
+}
+
+/// Status, exit code, timings and result of a task.
+#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path)),
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show(State(state): State<AppState>, _caller: Caller, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
+    let id = parse_id(&id)?;
+    Ok(Json(load(&state, &id).await?.into()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Skip the first `offset` bytes (to poll for what is new).
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// The task's log as plain text — while it runs and after. The
+/// `X-Task-Status` header tells whether more may come.
+#[utoipa::path(get, path = "/api/tasks/{id}/log", tag = "tasks",
+    params(("id" = String, Path), LogQuery),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn log(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let task = load(&state, &id).await?;
+    let body = state
+        .blobs
+        .read_log(&id, q.offset)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Ok(v) = HeaderValue::from_str(task.status.as_str()) {
+        headers.insert("x-task-status", v);
+    }
+    Ok((headers, body).into_response())
+}
+
+/// Cancel a task: the agent kills its whole process group.
+#[utoipa::path(post, path = "/api/tasks/{id}/cancel", tag = "tasks",
+    params(("id" = String, Path)),
+    responses((status = 202, body = TaskView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already ended")),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<TaskView>)> {
+    caller.require(Role::Operator)?;
+    let id = parse_id(&id)?;
+    let task = dispatch::cancel(&state, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(task.into())))
+}
+
+/// Download an artifact of a task.
+#[utoipa::path(get, path = "/api/tasks/{id}/artifacts/{name}", tag = "tasks",
+    params(("id" = String, Path), ("name" = String, Path)),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn artifact(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let task = load(&state, &id).await?;
+    if !task.artifacts.iter().any(|a| a.name == name) {
+        return Err(ApiError::not_found(format!("task {id} has no artifact `{name}`")));
+    }
+    let data = state
+        .blobs
+        .get(&keys::artifact_blob(&id, &name))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found(format!("artifact `{name}` is missing from the blob store")))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+fn valid_artifact_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+}
+
+/// Upload an artifact of a running task (agents only, with their credential).
+#[utoipa::path(put, path = "/api/agent/tasks/{id}/artifacts/{name}", tag = "agent",
+    params(("id" = String, Path), ("name" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = Artifact), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upload_artifact(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+    Path((id, name)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<Json<Artifact>> {
+    let id = parse_id(&id)?;
+    if !valid_artifact_name(&name) {
+        return Err(ApiError::field("/name", "letters, digits and `._-+` only, at most 200"));
+    }
+    let task = load(&state, &id).await?;
+    if task.agent_uuid != agent.uuid {
+        return Err(ApiError::forbidden("this task belongs to another agent"));
+    }
+    let limit = state.settings.max_artifact;
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("artifact larger than {limit} bytes")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let size = buf.len() as u64;
+    state
+        .blobs
+        .put(&keys::artifact_blob(&id, &name), Bytes::from(buf))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let artifact = Artifact {
+        name: name.clone(),
+        size,
+        url: format!("/api/tasks/{id}/artifacts/{name}"),
+    };
+    let a2 = artifact.clone();
+    records::update::<Task, _>(&state.store, &keys::task(&id), move |t| {
+        t.artifacts.retain(|a| a.name != a2.name);
+        t.artifacts.push(a2.clone());
+        true
+    })
+    .await?;
+    Ok(Json(artifact))
+}
+
+/// The task's log, live: everything so far, then new output as it comes.
+/// Closes with code 1000 and the final status as the reason when the task
+/// ends. Authenticate with the bearer header or `?token=`.
+#[utoipa::path(get, path = "/ws/tasks/{id}/log", tag = "tasks",
+    params(("id" = String, Path)),
+    responses((status = 101, description = "WebSocket of text frames"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn follow(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    load(&state, &id).await?;
+    Ok(ws.on_upgrade(move |socket| stream_log(state, id, socket)))
+}
+
+async fn stream_log(state: AppState, id: Uuid, mut socket: WebSocket) {
+    let mut changes = state.hub.subscribe_tasks();
+    let mut offset: u64 = 0;
+    loop {
+        // Read the status before the log, so the last read after the task
+        // ended is guaranteed to see all of it.
+        let status = match records::get::<Task>(&state.store, &keys::task(&id)).await {
+            Ok(Some((t, _))) => t.status,
+            _ => return,
+        };
+        match state.blobs.read_log(&id, offset).await {
+            Ok(data) if !data.is_empty() => {
+                offset += data.len() as u64;
+                let text = String::from_utf8_lossy(&data).into_owned();
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%id, "reading log: {e}"),
+        }
+        if status.is_terminal() {
+            let frame = CloseFrame {
+                code: 1000,
+                reason: status.as_str().into(),
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            return;
+        }
+        // Woken by local changes at once; other replicas' agents are picked
+        // up by polling.
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = wait_for(&mut changes, id) => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            msg = socket.recv() => {
+                if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for(rx: &mut tokio::sync::broadcast::Receiver<Uuid>, id: Uuid) {
+    loop {
+        match rx.recv().await {
+            Ok(t) if t == id => return,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+            Err(_) => {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

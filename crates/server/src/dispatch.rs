@@ -1,0 +1,413 @@
+//! Turning a request into a task on an agent, and settling it.
+//!
+//! A task is dispatched by writing two records: `/tasks/{id}` (the task) and
+//! `/assign/{agent}/{task}` (the work queue of that agent). Whichever
+//! replica holds the agent's WebSocket watches `/assign/` and forwards the
+//! task; the assignment is deleted when the result is stored, so the set of
+//! `/assign/{agent}/…` keys is exactly the agent's outstanding work — the
+//! scheduler's load measure and the controller's list of what to mark
+//! `lost` if the agent dies.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use testbed_core::agent::{AgentLiveness, AgentRecord};
+use testbed_core::keys;
+use testbed_core::protocol::ServerMessage;
+use testbed_core::schema::{self, FieldError};
+use testbed_core::task::{Task, TaskOutcome, TaskStatus};
+use testbed_store::DynStore;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::records::{self, RecordError};
+use crate::state::AppState;
+
+/// The value of `/assign/{agent}/{task}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    pub kind: String,
+    pub v: u32,
+    pub task_id: Uuid,
+    /// A cancel was requested; the holder of the agent forwards it.
+    pub cancel: bool,
+}
+
+impl Assignment {
+    pub const KIND: &'static str = "assignment";
+}
+
+/// An agent registration with its liveness, if live.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub record: AgentRecord,
+    pub alive: Option<AgentLiveness>,
+}
+
+/// Every registered agent, with liveness, from one pass over `/agents/`.
+pub async fn agents(store: &DynStore) -> Result<Vec<AgentView>, RecordError> {
+    let mut records: BTreeMap<Uuid, AgentRecord> = BTreeMap::new();
+    let mut alive: BTreeMap<Uuid, AgentLiveness> = BTreeMap::new();
+    let all: Vec<(String, Value)> = records::list(store, keys::AGENTS, |_| true).await?;
+    for (key, value) in all {
+        if let Some(uuid) = keys::parse_agent_alive(&key) {
+            if let Ok(l) = serde_json::from_value(value) {
+                alive.insert(uuid, l);
+            }
+        } else if let Some(uuid) = keys::parse_agent(&key) {
+            let record = serde_json::from_value(value).map_err(|source| RecordError::Decode {
+                key: key.clone(),
+                source,
+            })?;
+            records.insert(uuid, record);
+        }
+    }
+    let mut out: Vec<AgentView> = records
+        .into_iter()
+        .map(|(uuid, record)| AgentView {
+            alive: alive.remove(&uuid),
+            record,
+        })
+        .collect();
+    out.sort_by_key(|a| a.record.id);
+    Ok(out)
+}
+
+/// The uuids of live agents.
+pub async fn live_agents(store: &DynStore) -> Result<BTreeSet<Uuid>, RecordError> {
+    let mut out = BTreeSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.range(keys::AGENTS, after.as_deref(), 1000).await?;
+        for kv in &page.kvs {
+            if let Some(uuid) = keys::parse_agent_alive(&kv.key) {
+                out.insert(uuid);
+            }
+        }
+        match (page.more, page.kvs.last()) {
+            (true, Some(last)) => after = Some(last.key.clone()),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Seed 002's `POST /v2.1/testcases` body.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// Plugin name, e.g. `linux_system`.
+    pub plugin: String,
+    /// An agent's host, name or uuid.
+    pub host: String,
+    /// Method of the plugin, e.g. `run_shell`.
+    pub method: String,
+    /// The method's parameters, e.g. `{"command":"ls","args":"-alt"}`.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub parameters: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+fn list(items: impl IntoIterator<Item = String>) -> String {
+    let v: BTreeSet<String> = items.into_iter().collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.into_iter().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Validates a request against the live agents, picks the least loaded
+/// eligible one and dispatches the task to it.
+pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> ApiResult<Task> {
+    let mut problems = Vec::new();
+    for (field, value) in [("/plugin", &req.plugin), ("/host", &req.host), ("/method", &req.method)] {
+        if value.trim().is_empty() {
+            problems.push(FieldError {
+                field: field.into(),
+                message: "must not be empty".into(),
+            });
+        }
+    }
+    if !req.parameters.is_object() {
+        problems.push(FieldError {
+            field: "/parameters".into(),
+            message: "must be an object".into(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::validation(problems));
+    }
+
+    let all = agents(&state.store).await?;
+    let live: Vec<&AgentView> = all.iter().filter(|a| a.alive.is_some()).collect();
+    let carrying: Vec<&AgentView> = live
+        .iter()
+        .copied()
+        .filter(|a| a.record.plugin(&req.plugin).is_some())
+        .collect();
+    if carrying.is_empty() {
+        return Err(ApiError::field(
+            "/plugin",
+            format!(
+                "unknown plugin `{}`; live agents carry: {}",
+                req.plugin,
+                list(live.iter().flat_map(|a| a.record.plugins.iter().map(|p| p.name.clone())))
+            ),
+        ));
+    }
+    let with_method: Vec<&AgentView> = carrying
+        .iter()
+        .copied()
+        .filter(|a| a.record.plugin(&req.plugin).and_then(|p| p.method(&req.method)).is_some())
+        .collect();
+    if with_method.is_empty() {
+        return Err(ApiError::field(
+            "/method",
+            format!(
+                "plugin `{}` has no method `{}`; it has: {}",
+                req.plugin,
+                req.method,
+                list(carrying.iter().flat_map(|a| {
+                    a.record
+                        .plugin(&req.plugin)
+                        .map(|p| p.methods.iter().map(|m| m.name.clone()).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                }))
+            ),
+        ));
+    }
+    let candidates: Vec<&AgentView> = with_method
+        .iter()
+        .copied()
+        .filter(|a| a.record.matches_host(&req.host))
+        .collect();
+    if candidates.is_empty() {
+        let offline = all
+            .iter()
+            .any(|a| a.alive.is_none() && a.record.matches_host(&req.host));
+        if offline {
+            return Err(ApiError::conflict(format!(
+                "every agent matching host `{}` is offline",
+                req.host
+            )));
+        }
+        let live_match = live.iter().any(|a| a.record.matches_host(&req.host));
+        let message = if live_match {
+            format!(
+                "no agent matching host `{}` carries {}.{}; agents that do: {}",
+                req.host,
+                req.plugin,
+                req.method,
+                list(with_method.iter().map(|a| a.record.host.clone()))
+            )
+        } else {
+            format!(
+                "no live agent matches host `{}`; live hosts: {}",
+                req.host,
+                list(live.iter().map(|a| a.record.host.clone()))
+            )
+        };
+        return Err(ApiError::field("/host", message));
+    }
+
+    // Parameters are checked against the schema the chosen agents announced.
+    if let Some(method) = candidates[0]
+        .record
+        .plugin(&req.plugin)
+        .and_then(|p| p.method(&req.method))
+    {
+        schema::validate(&method.schema, &req.parameters, "/parameters")
+            .map_err(ApiError::validation)?;
+    }
+
+    let mut best: Option<(usize, u32, &AgentView)> = None;
+    for a in candidates {
+        let outstanding = records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
+        let running = a.alive.as_ref().map_or(0, |l| l.running);
+        if best.is_none_or(|(o, r, _)| (outstanding, running) < (o, r)) {
+            best = Some((outstanding, running, a));
+        }
+    }
+    let Some((_, _, agent)) = best else {
+        return Err(ApiError::unavailable("no eligible agent"));
+    };
+
+    let task = Task {
+        kind: Task::KIND.into(),
+        v: 1,
+        id: Uuid::new_v4(),
+        plugin: req.plugin,
+        method: req.method,
+        parameters: req.parameters,
+        host: req.host,
+        agent_uuid: agent.record.uuid,
+        agent_name: agent.record.name.clone(),
+        status: TaskStatus::Queued,
+        exit_code: None,
+        result: None,
+        error: None,
+        created_by: created_by.to_string(),
+        created_at: testbed_core::now(),
+        started_at: None,
+        finished_at: None,
+        cancel_requested: false,
+        artifacts: Vec::new(),
+        log_bytes: 0,
+    };
+    records::put(&state.store, &keys::task(&task.id), &task, None).await?;
+    let assignment = Assignment {
+        kind: Assignment::KIND.into(),
+        v: 1,
+        task_id: task.id,
+        cancel: false,
+    };
+    records::put(
+        &state.store,
+        &keys::assign(&task.agent_uuid, &task.id),
+        &assignment,
+        None,
+    )
+    .await?;
+    Ok(task)
+}
+
+/// Marks a queued task running. Idempotent.
+pub async fn started(
+    state: &AppState,
+    task_id: Uuid,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), RecordError> {
+    records::update::<Task, _>(&state.store, &keys::task(&task_id), |t| {
+        if t.status == TaskStatus::Queued {
+            t.status = TaskStatus::Running;
+            t.started_at = Some(at);
+            true
+        } else {
+            false
+        }
+    })
+    .await?;
+    state.hub.task_changed(task_id);
+    Ok(())
+}
+
+/// Stores a task's outcome (once: a duplicate result changes nothing) and
+/// releases its assignment. A `lost` task is still settled by a late result
+/// from an agent that came back.
+pub async fn settle(state: &AppState, task_id: Uuid, outcome: TaskOutcome) -> Result<(), RecordError> {
+    let stored_len = match state.blobs.finish_log(&task_id).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(%task_id, "folding log: {e}");
+            outcome.log_bytes
+        }
+    };
+    let updated = records::update::<Task, _>(&state.store, &keys::task(&task_id), |t| {
+        if t.status.is_terminal() && t.status != TaskStatus::Lost {
+            return false;
+        }
+        t.status = outcome.status;
+        t.exit_code = outcome.exit_code;
+        t.result = outcome.result.clone();
+        t.error = outcome.error.clone();
+        if t.started_at.is_none() {
+            t.started_at = outcome.started_at;
+        }
+        t.finished_at = Some(outcome.finished_at);
+        t.log_bytes = stored_len;
+        true
+    })
+    .await?;
+    if let Some(t) = updated {
+        state
+            .store
+            .delete(&keys::assign(&t.agent_uuid, &task_id))
+            .await?;
+    }
+    state.hub.task_changed(task_id);
+    Ok(())
+}
+
+/// Ends a task on the server's side without an agent result (cancelled
+/// before it started, or lost with its agent).
+pub async fn finish_without_agent(
+    state: &AppState,
+    task_id: Uuid,
+    status: TaskStatus,
+    reason: &str,
+) -> Result<(), RecordError> {
+    let updated = records::update::<Task, _>(&state.store, &keys::task(&task_id), |t| {
+        if t.status.is_terminal() {
+            return false;
+        }
+        t.status = status;
+        t.error = Some(reason.to_string());
+        t.finished_at = Some(testbed_core::now());
+        true
+    })
+    .await?;
+    if let Some(t) = updated {
+        if let Err(e) = state.blobs.finish_log(&task_id).await {
+            tracing::warn!(%task_id, "folding log: {e}");
+        }
+        state
+            .store
+            .delete(&keys::assign(&t.agent_uuid, &task_id))
+            .await?;
+    }
+    state.hub.task_changed(task_id);
+    Ok(())
+}
+
+/// Requests cancellation: flags the task and its assignment (the replica
+/// holding the agent forwards it); a task whose agent is gone is cancelled
+/// at once.
+pub async fn cancel(state: &AppState, task_id: Uuid) -> ApiResult<Task> {
+    let key = keys::task(&task_id);
+    let task = records::update::<Task, _>(&state.store, &key, |t| {
+        if t.status.is_terminal() || t.cancel_requested {
+            return false;
+        }
+        t.cancel_requested = true;
+        true
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no task {task_id}")))?;
+    if task.status.is_terminal() {
+        return Err(ApiError::conflict(format!(
+            "task {task_id} already ended ({})",
+            task.status
+        )));
+    }
+    let alive = state
+        .store
+        .get(&keys::agent_alive(&task.agent_uuid))
+        .await?
+        .is_some();
+    if !alive {
+        finish_without_agent(state, task_id, TaskStatus::Cancelled, "cancelled (agent offline)").await?;
+    } else {
+        let assign_key = keys::assign(&task.agent_uuid, &task_id);
+        records::update::<Assignment, _>(&state.store, &assign_key, |a| {
+            if a.cancel {
+                false
+            } else {
+                a.cancel = true;
+                true
+            }
+        })
+        .await?;
+        // Fast path when the agent is connected here; the watch on
+        // `/assign/` covers the other replicas.
+        state.hub.send(&task.agent_uuid, ServerMessage::Cancel { task_id });
+    }
+    let (task, _) = records::get::<Task>(&state.store, &key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no task {task_id}")))?;
+    Ok(task)
+}

@@ -1,0 +1,54 @@
+//! What every handler shares.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use testbed_store::DynStore;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::blobs::Blobs;
+use crate::hub::Hub;
+
+/// Tunables of a server replica.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// TTL of agent leases: an agent silent this long is gone.
+    pub lease_ttl: Duration,
+    /// Largest JSON request body.
+    pub max_body: usize,
+    /// Largest artifact upload.
+    pub max_artifact: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            lease_ttl: Duration::from_secs(10),
+            max_body: 1024 * 1024,
+            max_artifact: 512 * 1024 * 1024,
+        }
+    }
+}
+
+pub struct Inner {
+    pub store: DynStore,
+    pub blobs: Blobs,
+    pub auth: Auth,
+    pub hub: Hub,
+    pub settings: Settings,
+    /// This replica's name, recorded with the agents it holds.
+    pub replica: String,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,112 @@
+//! The coordination store behind every Testbed server replica.
+//!
+//! One trait, [`Store`], with two backends that meet the same contract:
+//!
+//! * [`RedbStore`] — an embedded, single-process store in one redb file, the
+//!   zero-install default of `testbed up`;
+//! * [`EtcdStore`] — a client of an etcd v3 cluster, for several server
+//!   replicas sharing state.
+//!
+//! The contract (checked by `tests/conformance.rs` against both):
+//!
+//! * get / put / delete are linearizable; every write gets a new, strictly
+//!   increasing store revision;
+//! * [`Store::range`] lists a prefix in key order, at most `limit` entries per
+//!   page, continuing after a given key;
+//! * [`Store::txn_put`] / [`Store::txn_delete`] are compare-and-swap on a key's
+//!   `mod_revision` (0 = "key must not exist");
+//! * [`Store::watch`] streams every change under a prefix from a revision on,
+//!   with no gap and no duplicate, surviving connection loss inside the
+//!   backend; if the history it needs was compacted it ends with
+//!   [`StoreError::Compacted`] so the caller can resynchronise;
+//! * leases have a TTL, are kept alive by [`Store::keep_alive`], and their
+//!   expiry (or revocation) deletes every key attached to them, which watchers
+//!   see as delete events.
+
+mod error;
+mod etcd;
+mod redb_store;
+mod types;
+
+pub use error::StoreError;
+pub use etcd::{EtcdOptions, EtcdStore};
+pub use redb_store::{RedbOptions, RedbStore};
+pub use types::{Compare, Event, EventKind, KeyValue, LeaseId, Page, WatchStream};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A shared handle to whichever backend is configured.
+pub type DynStore = Arc<dyn Store>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The value of `key`, if any.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+
+    /// Sets `key`, attached to `lease` when given. Returns the new revision.
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64>;
+
+    /// Deletes `key`. Returns whether it existed.
+    async fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Keys starting with `prefix`, in key order, strictly after `after` when
+    /// given (the continuation token is the last key of the previous page),
+    /// at most `limit` of them (0 means no limit).
+    async fn range(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page>;
+
+    /// Writes `value` to `key` only if the key's current `mod_revision`
+    /// equals `compare` (see [`Compare`]). Returns the new revision on
+    /// success and `None` when the comparison failed.
+    async fn txn_put(
+        &self,
+        key: &str,
+        compare: Compare,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<i64>>;
+
+    /// Deletes `key` only if its current `mod_revision` equals `compare`.
+    /// Returns whether the delete happened.
+    async fn txn_delete(&self, key: &str, compare: Compare) -> Result<bool>;
+
+    /// The store's current revision (the revision of the latest write).
+    async fn revision(&self) -> Result<i64>;
+
+    /// Every change under `prefix` with a revision ≥ `from_revision`, in
+    /// revision order, then live changes as they happen.
+    async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream>;
+
+    /// Grants a lease that expires `ttl` after its last keep-alive.
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;
+
+    /// Refreshes a lease. Fails with [`StoreError::LeaseNotFound`] once it
+    /// has expired.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()>;
+
+    /// Ends a lease now, deleting its keys.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
+
+    /// A short name for logs: `redb:/path` or `etcd://h1,h2`.
+    fn describe(&self) -> String;
+}
+
+/// Opens a store from a URL-ish spec: `redb:PATH` or
+/// `etcd://host1:2379,host2:2379` (see [`EtcdOptions`] for auth and TLS).
+pub async fn open(spec: &str, etcd: EtcdOptions) -> Result<DynStore> {
+    if let Some(path) = spec.strip_prefix("redb:") {
+        let store = RedbStore::open(path)?;
+        Ok(Arc::new(store))
+    } else if spec.starts_with("etcd://") || spec.starts_with("etcds://") {
+        let store = EtcdStore::connect(spec, etcd).await?;
+        Ok(Arc::new(store))
+    } else {
+        Err(StoreError::InvalidSpec(format!(
+            "`{spec}`: expected `redb:PATH` or `etcd://HOST:PORT[,HOST:PORT…]`"
+        )))
+    }
+}

@@ -1,0 +1,1361 @@
+//! One conformance suite for every `Store` backend.
+//!
+//! The cases in `cases` take a `DynStore` and know nothing of the backend;
+//! the `conformance!` macro instantiates all of them once per backend (`mod
+//! redb`, `mod etcd`), so both backends are held to exactly the same
+//! contract. Backend-specific behaviour (reopening a file, restarting or
+//! losing etcd members) is tested in `redb_specific` and `etcd_specific`.
+//!
+//! The etcd tests run a real `etcd` (3.4+) per test on free loopback ports;
+//! without the binary they fail with instructions rather than skip, so a
+//! green run always means both backends were checked.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use testbed_store::{
+    Compare, DynStore, EtcdOptions, EtcdStore, Event, EventKind, RedbOptions, RedbStore, Store,
+    StoreError, WatchStream,
+};
+
+/// How long any single expected thing (an event, a lease expiry) may take
+/// before the test fails. Generous: a loaded CI machine must not flake, and
+/// a passing test never waits this long.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The key prefix the etcd store under test is given, to check that the
+/// root prefix is applied and stripped everywhere.
+const ETCD_ROOT: &str = "/conformance";
+
+struct Fixture {
+    store: DynStore,
+    /// Keeps the backend alive (temp dir, etcd process); dropped after
+    /// `store`, as fields drop in declaration order.
+    _guard: Box<dyn std::any::Any + Send>,
+}
+
+async fn redb_fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("store.redb")).unwrap();
+    Fixture {
+        store: Arc::new(store),
+        _guard: Box::new(dir),
+    }
+}
+
+async fn etcd_fixture() -> Fixture {
+    let cluster = EtcdCluster::start(1, &[]).await;
+    let store = EtcdStore::connect(
+        &cluster.spec(),
+        EtcdOptions {
+            prefix: ETCD_ROOT.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    Fixture {
+        store: Arc::new(store),
+        _guard: Box::new(cluster),
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $fixture:path) => {
+        mod $backend {
+            use super::*;
+            conformance!(@cases $fixture;
+                put_get_delete,
+                revisions_strictly_increase,
+                empty_key_is_rejected,
+                range_pages_through_a_prefix,
+                range_does_not_leak_sibling_prefix,
+                cas_put,
+                cas_delete,
+                watch_replays_history_then_live,
+                watch_from_now_sees_only_new_changes,
+                watch_sees_deletes,
+                watch_orders_concurrent_writers,
+                lease_expiry_deletes_keys_and_notifies_watchers,
+                keep_alive_keeps_keys_alive,
+                keep_alive_after_expiry_is_lease_not_found,
+                revoke_deletes_keys,
+                put_moves_key_between_leases,
+            );
+        }
+    };
+    (@cases $fixture:path; $($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let fixture = $fixture().await;
+            cases::$case(&fixture.store).await;
+        }
+    )*};
+}
+
+conformance!(redb, redb_fixture);
+conformance!(etcd, etcd_fixture);
+
+// --- helpers ----------------------------------------------------------------------
+
+async fn next_event(watch: &mut WatchStream) -> Event {
+    match tokio::time::timeout(PATIENCE, watch.next()).await {
+        Ok(Some(Ok(event))) => event,
+        Ok(Some(Err(e))) => panic!("watch failed: {e}"),
+        Ok(None) => panic!("watch stream ended"),
+        Err(_) => panic!("no watch event within {PATIENCE:?}"),
+    }
+}
+
+async fn assert_quiet(watch: &mut WatchStream, wait: Duration) {
+    if let Ok(item) = tokio::time::timeout(wait, watch.next()).await {
+        panic!("expected no watch event, got {item:?}");
+    }
+}
+
+fn summary(event: &Event) -> (EventKind, String, String) {
+    (
+        event.kind,
+        event.kv.key.clone(),
+        String::from_utf8_lossy(&event.kv.value).into_owned(),
+    )
+}
+
+fn put(key: &str, value: &str) -> (EventKind, String, String) {
+    (EventKind::Put, key.into(), value.into())
+}
+
+fn del(key: &str) -> (EventKind, String, String) {
+    (EventKind::Delete, key.into(), String::new())
+}
+
+async fn wait_until_gone(store: &DynStore, key: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while store.get(key).await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "{key} still exists after {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn put_get_delete(s: &DynStore) {
+        assert_eq!(s.get("/k").await.unwrap(), None);
+        let r1 = s.put("/k", b"one".to_vec(), None).await.unwrap();
+        assert!(r1 > 0);
+        let kv = s.get("/k").await.unwrap().unwrap();
+        assert_eq!(kv.key, "/k");
+        assert_eq!(kv.value, b"one");
+        assert_eq!(
+            (kv.create_revision, kv.mod_revision, kv.version, kv.lease),
+            (r1, r1, 1, 0)
+        );
+
+        let r2 = s.put("/k", b"two".to_vec(), None).await.unwrap();
+        assert!(r2 > r1);
+        let kv = s.get("/k").await.unwrap().unwrap();
+        assert_eq!(kv.value, b"two");
+        assert_eq!(
+            (kv.create_revision, kv.mod_revision, kv.version),
+            (r1, r2, 2)
+        );
+
+        assert!(s.delete("/k").await.unwrap());
+        assert_eq!(s.get("/k").await.unwrap(), None);
+        let after_delete = s.revision().await.unwrap();
+        assert!(after_delete > r2);
+        assert!(
+            !s.delete("/k").await.unwrap(),
+            "deleting a missing key reports false"
+        );
+        assert_eq!(
+            s.revision().await.unwrap(),
+            after_delete,
+            "deleting a missing key must not use a revision"
+        );
+
+        // Re-created: a new life with a new create_revision and version 1.
+        let r3 = s.put("/k", Vec::new(), None).await.unwrap();
+        let kv = s.get("/k").await.unwrap().unwrap();
+        assert_eq!((kv.create_revision, kv.version), (r3, 1));
+        assert!(kv.value.is_empty());
+    }
+
+    pub async fn revisions_strictly_increase(s: &DynStore) {
+        let mut last = s.revision().await.unwrap();
+        for i in 0..20 {
+            let rev = s
+                .put(&format!("/rev/{}", i % 7), vec![i as u8], None)
+                .await
+                .unwrap();
+            assert!(rev > last, "revision {rev} after {last}");
+            assert_eq!(s.revision().await.unwrap(), rev);
+            last = rev;
+        }
+        // Failed compares and no-op deletes change nothing.
+        assert_eq!(
+            s.txn_put("/rev/0", Compare::Absent, b"x".to_vec(), None)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(!s
+            .txn_delete("/rev/0", Compare::ModRevision(1))
+            .await
+            .unwrap());
+        assert!(!s.delete("/rev/missing").await.unwrap());
+        assert_eq!(s.revision().await.unwrap(), last);
+        let deleted = s.delete("/rev/0").await.unwrap();
+        assert!(deleted);
+        assert!(s.revision().await.unwrap() > last);
+    }
+
+    pub async fn empty_key_is_rejected(s: &DynStore) {
+        let err = s.put("", b"x".to_vec(), None).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
+        let err = s
+            .txn_put("", Compare::Absent, b"x".to_vec(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
+    }
+
+    pub async fn range_pages_through_a_prefix(s: &DynStore) {
+        let mut expected = Vec::new();
+        for i in 0..25 {
+            let key = format!("/page/{i:03}");
+            s.put(&key, format!("v{i}").into_bytes(), None)
+                .await
+                .unwrap();
+            expected.push(key);
+        }
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = Vec::new();
+        loop {
+            let page = s.range("/page/", after.as_deref(), 10).await.unwrap();
+            assert!(page.revision >= 25);
+            pages.push((page.kvs.len(), page.more));
+            for kv in &page.kvs {
+                assert_eq!(
+                    kv.value,
+                    format!("v{}", kv.key[6..].parse::<u32>().unwrap()).into_bytes()
+                );
+            }
+            seen.extend(page.kvs.iter().map(|kv| kv.key.clone()));
+            if !page.more {
+                break;
+            }
+            after = page.kvs.last().map(|kv| kv.key.clone());
+        }
+        assert_eq!(pages, [(10, true), (10, true), (5, false)]);
+        assert_eq!(seen, expected);
+
+        // No limit: everything, in order.
+        let all = s.range("/page/", None, 0).await.unwrap();
+        assert!(!all.more);
+        assert_eq!(
+            all.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+            expected
+        );
+
+        // A page that ends exactly at the last key says there is no more.
+        let tail = s.range("/page/", Some("/page/014"), 10).await.unwrap();
+        assert_eq!(tail.kvs.len(), 10);
+        assert!(!tail.more);
+        assert_eq!(tail.kvs[0].key, "/page/015");
+
+        // Continuing after the last key, or from a key before the prefix.
+        let none = s.range("/page/", Some("/page/024"), 10).await.unwrap();
+        assert!(none.kvs.is_empty() && !none.more);
+        let first = s.range("/page/", Some("/a"), 1).await.unwrap();
+        assert_eq!(first.kvs[0].key, "/page/000");
+        assert!(first.more);
+    }
+
+    pub async fn range_does_not_leak_sibling_prefix(s: &DynStore) {
+        for key in ["/a", "/a/1", "/a/2", "/ab", "/ab/1", "/a0", "/b/1"] {
+            s.put(key, key.as_bytes().to_vec(), None).await.unwrap();
+        }
+        let keys = |p: testbed_store::Page| p.kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(s.range("/a/", None, 0).await.unwrap()),
+            ["/a/1", "/a/2"]
+        );
+        assert_eq!(keys(s.range("/a/", None, 1).await.unwrap()), ["/a/1"]);
+        assert_eq!(
+            keys(s.range("/a/", Some("/a/1"), 1).await.unwrap()),
+            ["/a/2"]
+        );
+        let last = s.range("/a/", Some("/a/2"), 1).await.unwrap();
+        assert!(last.kvs.is_empty() && !last.more, "{last:?}");
+        assert_eq!(keys(s.range("/ab/", None, 0).await.unwrap()), ["/ab/1"]);
+        assert_eq!(
+            keys(s.range("/a", None, 0).await.unwrap()),
+            ["/a", "/a/1", "/a/2", "/a0", "/ab", "/ab/1"]
+        );
+        assert!(s.range("/nothing/", None, 0).await.unwrap().kvs.is_empty());
+        // A continuation key past the whole prefix: nothing, not an error.
+        let past = s.range("/a/", Some("/zzz"), 0).await.unwrap();
+        assert!(past.kvs.is_empty() && !past.more, "{past:?}");
+    }
+
+    pub async fn cas_put(s: &DynStore) {
+        let r1 = s
+            .txn_put("/cas", Compare::Absent, b"1".to_vec(), None)
+            .await
+            .unwrap()
+            .expect("absent key: create succeeds");
+        assert_eq!(
+            s.txn_put("/cas", Compare::Absent, b"x".to_vec(), None)
+                .await
+                .unwrap(),
+            None,
+            "existing key: create fails"
+        );
+        let r2 = s
+            .txn_put("/cas", Compare::ModRevision(r1), b"2".to_vec(), None)
+            .await
+            .unwrap()
+            .expect("matching mod_revision: update succeeds");
+        assert!(r2 > r1);
+        assert_eq!(
+            s.txn_put("/cas", Compare::ModRevision(r1), b"x".to_vec(), None)
+                .await
+                .unwrap(),
+            None,
+            "stale mod_revision: update fails"
+        );
+        let kv = s.get("/cas").await.unwrap().unwrap();
+        assert_eq!(
+            (kv.value.as_slice(), kv.mod_revision, kv.version),
+            (&b"2"[..], r2, 2)
+        );
+        assert_eq!(
+            s.txn_put(
+                "/cas-missing",
+                Compare::ModRevision(r2),
+                b"x".to_vec(),
+                None
+            )
+            .await
+            .unwrap(),
+            None,
+            "a missing key never matches a revision"
+        );
+        assert_eq!(s.get("/cas-missing").await.unwrap(), None);
+    }
+
+    pub async fn cas_delete(s: &DynStore) {
+        let r1 = s.put("/casd", b"1".to_vec(), None).await.unwrap();
+        let r2 = s.put("/casd", b"2".to_vec(), None).await.unwrap();
+        assert!(!s
+            .txn_delete("/casd", Compare::ModRevision(r1))
+            .await
+            .unwrap());
+        assert!(!s.txn_delete("/casd", Compare::Absent).await.unwrap());
+        assert!(s.get("/casd").await.unwrap().is_some());
+        assert!(s
+            .txn_delete("/casd", Compare::ModRevision(r2))
+            .await
+            .unwrap());
+        assert_eq!(s.get("/casd").await.unwrap(), None);
+        assert!(!s
+            .txn_delete("/casd", Compare::ModRevision(r2))
+            .await
+            .unwrap());
+        assert!(!s.txn_delete("/casd", Compare::Absent).await.unwrap());
+    }
+
+    pub async fn watch_replays_history_then_live(s: &DynStore) {
+        let r1 = s.put("/w/a", b"1".to_vec(), None).await.unwrap();
+        s.put("/other", b"x".to_vec(), None).await.unwrap();
+        let r3 = s.put("/w/b", b"2".to_vec(), None).await.unwrap();
+        s.put("/w", b"not under /w/".to_vec(), None).await.unwrap();
+        s.delete("/w/a").await.unwrap();
+        let r6 = s.put("/w/a", b"3".to_vec(), None).await.unwrap();
+
+        let mut w = s.watch("/w/", r1).await.unwrap();
+        let mut history = Vec::new();
+        for _ in 0..4 {
+            history.push(next_event(&mut w).await);
+        }
+        assert_eq!(
+            history.iter().map(summary).collect::<Vec<_>>(),
+            [
+                put("/w/a", "1"),
+                put("/w/b", "2"),
+                del("/w/a"),
+                put("/w/a", "3")
+            ]
+        );
+        assert_eq!(history[0].revision(), r1);
+        assert_eq!(history[1].revision(), r3);
+        assert_eq!(history[3].revision(), r6);
+        assert!(history
+            .windows(2)
+            .all(|p| p[0].revision() < p[1].revision()));
+
+        // Then live changes, after the history, exactly once each.
+        let r7 = s.put("/w/c", b"4".to_vec(), None).await.unwrap();
+        s.put("/elsewhere", b"x".to_vec(), None).await.unwrap();
+        let r9 = s.put("/w/b", b"5".to_vec(), None).await.unwrap();
+        let live1 = next_event(&mut w).await;
+        let live2 = next_event(&mut w).await;
+        assert_eq!(summary(&live1), put("/w/c", "4"));
+        assert_eq!(live1.revision(), r7);
+        assert_eq!(summary(&live2), put("/w/b", "5"));
+        assert_eq!(live2.revision(), r9);
+        assert_eq!(live2.kv.version, 2);
+        assert_quiet(&mut w, Duration::from_millis(300)).await;
+
+        // Starting later replays only from there.
+        let mut w = s.watch("/w/", r3 + 1).await.unwrap();
+        let first = next_event(&mut w).await;
+        assert_eq!(summary(&first), del("/w/a"));
+    }
+
+    pub async fn watch_from_now_sees_only_new_changes(s: &DynStore) {
+        s.put("/now/old", b"old".to_vec(), None).await.unwrap();
+        let mut w = s.watch("/now/", 0).await.unwrap();
+        let rev = s.put("/now/new", b"new".to_vec(), None).await.unwrap();
+        let event = next_event(&mut w).await;
+        assert_eq!(summary(&event), put("/now/new", "new"));
+        assert_eq!(event.revision(), rev);
+        assert_quiet(&mut w, Duration::from_millis(300)).await;
+    }
+
+    pub async fn watch_sees_deletes(s: &DynStore) {
+        let created = s.put("/d/x", b"1".to_vec(), None).await.unwrap();
+        let mut w = s.watch("/d/", created + 1).await.unwrap();
+        assert!(s.delete("/d/x").await.unwrap());
+        let rev = s.revision().await.unwrap();
+        let event = next_event(&mut w).await;
+        assert_eq!(summary(&event), del("/d/x"));
+        assert_eq!(event.revision(), rev);
+        assert!(event.kv.value.is_empty());
+        // A delete of a missing key is no event.
+        assert!(!s.delete("/d/x").await.unwrap());
+        let r = s
+            .txn_put("/d/y", Compare::Absent, b"2".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s.txn_delete("/d/y", Compare::ModRevision(r)).await.unwrap());
+        assert_eq!(summary(&next_event(&mut w).await), put("/d/y", "2"));
+        assert_eq!(summary(&next_event(&mut w).await), del("/d/y"));
+        assert_quiet(&mut w, Duration::from_millis(300)).await;
+    }
+
+    pub async fn watch_orders_concurrent_writers(s: &DynStore) {
+        let mut w = s.watch("/conc/", 0).await.unwrap();
+        let mut writers = Vec::new();
+        for t in 0..4 {
+            let s = s.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    s.put(&format!("/conc/{t}/{i}"), vec![i], None)
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let mut keys = BTreeSet::new();
+        let mut last = 0;
+        for _ in 0..100 {
+            let event = next_event(&mut w).await;
+            assert!(
+                event.revision() > last,
+                "out of order: {} after {last}",
+                event.revision()
+            );
+            last = event.revision();
+            assert!(
+                keys.insert(event.kv.key.clone()),
+                "duplicate {}",
+                event.kv.key
+            );
+        }
+        assert_quiet(&mut w, Duration::from_millis(300)).await;
+    }
+
+    pub async fn lease_expiry_deletes_keys_and_notifies_watchers(s: &DynStore) {
+        let lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
+        assert!(lease > 0);
+        s.put("/lease/a", b"1".to_vec(), Some(lease)).await.unwrap();
+        s.put("/lease/b", b"2".to_vec(), Some(lease)).await.unwrap();
+        s.put("/lease/keep", b"3".to_vec(), None).await.unwrap();
+        assert_eq!(s.get("/lease/a").await.unwrap().unwrap().lease, lease);
+
+        let mut w = s.watch("/lease/", 0).await.unwrap();
+        let mut deleted = BTreeSet::new();
+        for _ in 0..2 {
+            let event = next_event(&mut w).await;
+            assert_eq!(event.kind, EventKind::Delete, "{event:?}");
+            deleted.insert(event.kv.key);
+        }
+        assert_eq!(
+            deleted,
+            BTreeSet::from(["/lease/a".to_string(), "/lease/b".to_string()])
+        );
+        assert_eq!(s.get("/lease/a").await.unwrap(), None);
+        assert_eq!(s.get("/lease/b").await.unwrap(), None);
+        assert!(s.get("/lease/keep").await.unwrap().is_some());
+
+        let err = s.keep_alive(lease).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::LeaseNotFound(id) if id == lease),
+            "{err:?}"
+        );
+        let err = s
+            .put("/lease/c", b"x".to_vec(), Some(lease))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::LeaseNotFound(id) if id == lease),
+            "{err:?}"
+        );
+        assert_eq!(s.get("/lease/c").await.unwrap(), None);
+    }
+
+    pub async fn keep_alive_keeps_keys_alive(s: &DynStore) {
+        let lease = s.grant_lease(Duration::from_secs(2)).await.unwrap();
+        s.put("/ka/x", b"1".to_vec(), Some(lease)).await.unwrap();
+        let until = Instant::now() + Duration::from_millis(3500);
+        while Instant::now() < until {
+            s.keep_alive(lease).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let kv = s
+            .get("/ka/x")
+            .await
+            .unwrap()
+            .expect("kept alive past its TTL");
+        assert_eq!(kv.lease, lease);
+        // Stop refreshing: it goes.
+        wait_until_gone(s, "/ka/x").await;
+    }
+
+    pub async fn keep_alive_after_expiry_is_lease_not_found(s: &DynStore) {
+        let unknown = 0x7fff_ffff_0000_0001;
+        let err = s.keep_alive(unknown).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::LeaseNotFound(id) if id == unknown),
+            "{err:?}"
+        );
+        let err = s.put("/u", b"x".to_vec(), Some(unknown)).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::LeaseNotFound(id) if id == unknown),
+            "{err:?}"
+        );
+        let err = s
+            .txn_put("/u", Compare::Absent, b"x".to_vec(), Some(unknown))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::LeaseNotFound(_)), "{err:?}");
+
+        let lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
+        s.put("/exp/x", b"1".to_vec(), Some(lease)).await.unwrap();
+        s.keep_alive(lease).await.unwrap();
+        wait_until_gone(s, "/exp/x").await;
+        let err = s.keep_alive(lease).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::LeaseNotFound(id) if id == lease),
+            "{err:?}"
+        );
+    }
+
+    pub async fn revoke_deletes_keys(s: &DynStore) {
+        let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+        let other = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+        assert_ne!(lease, other);
+        s.put("/rv/a", b"1".to_vec(), Some(lease)).await.unwrap();
+        s.put("/rv/b", b"2".to_vec(), Some(lease)).await.unwrap();
+        s.put("/rv/other", b"3".to_vec(), Some(other))
+            .await
+            .unwrap();
+        let mut w = s.watch("/rv/", 0).await.unwrap();
+
+        s.revoke_lease(lease).await.unwrap();
+        assert_eq!(s.get("/rv/a").await.unwrap(), None);
+        assert_eq!(s.get("/rv/b").await.unwrap(), None);
+        assert!(s.get("/rv/other").await.unwrap().is_some());
+        let mut deleted = BTreeSet::new();
+        for _ in 0..2 {
+            let event = next_event(&mut w).await;
+            assert_eq!(event.kind, EventKind::Delete);
+            deleted.insert(event.kv.key);
+        }
+        assert_eq!(
+            deleted,
+            BTreeSet::from(["/rv/a".to_string(), "/rv/b".to_string()])
+        );
+
+        let err = s.revoke_lease(lease).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::LeaseNotFound(id) if id == lease),
+            "{err:?}"
+        );
+        let err = s.keep_alive(lease).await.unwrap_err();
+        assert!(matches!(err, StoreError::LeaseNotFound(_)), "{err:?}");
+        let err = s
+            .put("/rv/c", b"x".to_vec(), Some(lease))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::LeaseNotFound(_)), "{err:?}");
+        s.keep_alive(other).await.unwrap();
+        s.revoke_lease(other).await.unwrap();
+        assert_eq!(s.get("/rv/other").await.unwrap(), None);
+    }
+
+    pub async fn put_moves_key_between_leases(s: &DynStore) {
+        let first = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+        let second = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+        s.put("/mv/x", b"1".to_vec(), Some(first)).await.unwrap();
+        s.put("/mv/x", b"2".to_vec(), Some(second)).await.unwrap();
+        assert_eq!(s.get("/mv/x").await.unwrap().unwrap().lease, second);
+        s.revoke_lease(first).await.unwrap();
+        assert!(
+            s.get("/mv/x").await.unwrap().is_some(),
+            "moved off the first lease"
+        );
+
+        s.put("/mv/x", b"3".to_vec(), None).await.unwrap();
+        assert_eq!(s.get("/mv/x").await.unwrap().unwrap().lease, 0);
+        s.revoke_lease(second).await.unwrap();
+        assert_eq!(
+            s.get("/mv/x").await.unwrap().unwrap().value,
+            b"3",
+            "detached from any lease"
+        );
+    }
+}
+
+// --- redb only ------------------------------------------------------------------
+
+mod redb_specific {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopen_keeps_data_revision_and_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dirs/store.redb");
+        let (rev, lease) = {
+            let s: DynStore = Arc::new(RedbStore::open(&path).unwrap());
+            s.put("/keep", b"kept".to_vec(), None).await.unwrap();
+            let lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
+            s.put("/leased", b"l".to_vec(), Some(lease)).await.unwrap();
+            s.put("/gone", b"g".to_vec(), None).await.unwrap();
+            s.delete("/gone").await.unwrap();
+            (s.revision().await.unwrap(), lease)
+        };
+        // Longer than the TTL: a restart must not count downtime against it.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+
+        let s: DynStore = Arc::new(RedbStore::open(&path).unwrap());
+        assert_eq!(s.describe(), format!("redb:{}", path.display()));
+        assert_eq!(s.revision().await.unwrap(), rev);
+        assert_eq!(s.get("/keep").await.unwrap().unwrap().value, b"kept");
+        assert_eq!(s.get("/gone").await.unwrap(), None);
+        assert_eq!(s.get("/leased").await.unwrap().unwrap().lease, lease);
+        s.keep_alive(lease)
+            .await
+            .expect("a persisted lease gets a fresh TTL");
+        assert_eq!(s.put("/new", Vec::new(), None).await.unwrap(), rev + 1);
+        let new_lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
+        assert!(new_lease > lease, "lease ids are not reused");
+
+        // History survives too.
+        let mut w = s.watch("/", 1).await.unwrap();
+        assert_eq!(summary(&next_event(&mut w).await), put("/keep", "kept"));
+
+        // And the lease still expires, deleting its key.
+        wait_until_gone(&s, "/leased").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn second_open_of_the_same_file_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let _first = RedbStore::open(&path).unwrap();
+        let err = match RedbStore::open(&path) {
+            Ok(_) => panic!("opened the same file twice"),
+            Err(e) => e,
+        };
+        let message = err.to_string();
+        assert!(matches!(err, StoreError::Embedded(_)), "{err:?}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("already open"), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_keeps_up_after_lagging() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            watch_buffer: 8,
+            ..Default::default()
+        };
+        let s: DynStore =
+            Arc::new(RedbStore::open_with(dir.path().join("s.redb"), options).unwrap());
+        let mut w = s.watch("/lag/", 0).await.unwrap();
+        // Far more events than the broadcast and the stream buffer hold,
+        // written before the watcher reads any.
+        let n = 600;
+        for i in 0..n {
+            s.put(
+                &format!("/lag/{}", i % 50),
+                i.to_string().into_bytes(),
+                None,
+            )
+            .await
+            .unwrap();
+            if i % 100 == 0 {
+                s.put("/unwatched", Vec::new(), None).await.unwrap();
+            }
+        }
+        let mut last = 0;
+        for i in 0..n {
+            let event = next_event(&mut w).await;
+            assert!(event.revision() > last);
+            last = event.revision();
+            assert_eq!(event.kv.value, i.to_string().into_bytes(), "event {i}");
+        }
+        assert_quiet(&mut w, Duration::from_millis(200)).await;
+        // Still live afterwards.
+        s.put("/lag/after", b"x".to_vec(), None).await.unwrap();
+        assert_eq!(summary(&next_event(&mut w).await), put("/lag/after", "x"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_from_compacted_revision_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            history_revisions: 10,
+            ..Default::default()
+        };
+        let s: DynStore =
+            Arc::new(RedbStore::open_with(dir.path().join("s.redb"), options).unwrap());
+        for i in 0..30 {
+            s.put(&format!("/c/{i}"), Vec::new(), None).await.unwrap();
+        }
+        let mut w = s.watch("/c/", 1).await.unwrap();
+        match w.next().await {
+            Some(Err(StoreError::Compacted {
+                requested: 1,
+                oldest,
+            })) => assert!(oldest > 1),
+            other => panic!("expected Compacted, got {other:?}"),
+        }
+        assert!(w.next().await.is_none(), "the stream ends after Compacted");
+
+        // The newest revisions are still there.
+        let mut w = s.watch("/c/", 25).await.unwrap();
+        assert_eq!(next_event(&mut w).await.revision(), 25);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_ends_when_the_store_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s: DynStore = Arc::new(RedbStore::open(dir.path().join("s.redb")).unwrap());
+        let mut w = s.watch("/", 0).await.unwrap();
+        drop(s);
+        let end = tokio::time::timeout(PATIENCE, w.next()).await.unwrap();
+        assert!(end.is_none(), "{end:?}");
+        // And the file is free again.
+        RedbStore::open(dir.path().join("s.redb")).unwrap();
+    }
+
+    /// `open` outside a runtime (e.g. from a synchronous `main` before the
+    /// runtime starts): the lease reaper must still run once calls are made.
+    #[test]
+    fn leases_expire_when_opened_outside_a_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path().join("s.redb")).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let s: DynStore = Arc::new(store);
+            let lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
+            s.put("/x", Vec::new(), Some(lease)).await.unwrap();
+            wait_until_gone(&s, "/x").await;
+        });
+    }
+}
+
+// --- etcd only ------------------------------------------------------------------
+
+mod etcd_specific {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn root_prefix_is_applied_and_stripped() {
+        let cluster = EtcdCluster::start(1, &[]).await;
+        let opts = |prefix: &str| EtcdOptions {
+            prefix: prefix.into(),
+            ..Default::default()
+        };
+        let rooted = EtcdStore::connect(&cluster.spec(), opts("/tb"))
+            .await
+            .unwrap();
+        let raw = EtcdStore::connect(&cluster.spec(), opts("")).await.unwrap();
+        assert_eq!(rooted.describe(), cluster.spec());
+
+        rooted.put("/runs/1", b"r".to_vec(), None).await.unwrap();
+        raw.put("/runs/2", b"outside".to_vec(), None).await.unwrap();
+        raw.put("/tbx/runs/3", b"sibling".to_vec(), None)
+            .await
+            .unwrap();
+
+        assert_eq!(raw.get("/tb/runs/1").await.unwrap().unwrap().value, b"r");
+        let page = rooted.range("/", None, 0).await.unwrap();
+        assert_eq!(
+            page.kvs
+                .iter()
+                .map(|kv| kv.key.as_str())
+                .collect::<Vec<_>>(),
+            ["/runs/1"]
+        );
+        assert_eq!(rooted.get("/runs/2").await.unwrap(), None);
+
+        let all = raw.range("", None, 0).await.unwrap();
+        let keys: Vec<_> = all.kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["/runs/2", "/tb/runs/1", "/tbx/runs/3"]);
+
+        let mut w = rooted.watch("/runs/", 0).await.unwrap();
+        raw.put("/runs/4", Vec::new(), None).await.unwrap();
+        rooted.put("/runs/5", b"5".to_vec(), None).await.unwrap();
+        assert_eq!(summary(&next_event(&mut w).await), put("/runs/5", "5"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_survives_an_etcd_restart() {
+        let mut cluster = EtcdCluster::start(1, &[]).await;
+        let s = EtcdStore::connect(&cluster.spec(), EtcdOptions::default())
+            .await
+            .unwrap();
+        let mut w = s.watch("/r/", 0).await.unwrap();
+        let r1 = s.put("/r/1", b"1".to_vec(), None).await.unwrap();
+        assert_eq!(next_event(&mut w).await.revision(), r1);
+
+        cluster.kill(0);
+        cluster.restart(0).await;
+
+        // Several writes, possibly before the watch has reconnected: it must
+        // catch up from where it was, without repeating /r/1.
+        let r2 = s.put("/r/2", b"2".to_vec(), None).await.unwrap();
+        s.put("/elsewhere", Vec::new(), None).await.unwrap();
+        let r3 = s.put("/r/3", b"3".to_vec(), None).await.unwrap();
+        assert_eq!(r2, r1 + 1, "no write between the two");
+        let e2 = next_event(&mut w).await;
+        let e3 = next_event(&mut w).await;
+        assert_eq!((summary(&e2), e2.revision()), (put("/r/2", "2"), r2));
+        assert_eq!((summary(&e3), e3.revision()), (put("/r/3", "3"), r3));
+        assert_quiet(&mut w, Duration::from_millis(300)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_ends_when_the_store_is_dropped() {
+        let cluster = EtcdCluster::start(1, &[]).await;
+        let s = EtcdStore::connect(&cluster.spec(), EtcdOptions::default())
+            .await
+            .unwrap();
+        let mut w = s.watch("/", 0).await.unwrap();
+        s.put("/x", Vec::new(), None).await.unwrap();
+        next_event(&mut w).await;
+        drop(s);
+        let end = tokio::time::timeout(PATIENCE, w.next()).await.unwrap();
+        assert!(end.is_none(), "{end:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_survives_losing_its_first_member() {
+        let mut cluster = EtcdCluster::start(3, &[]).await;
+        let s = EtcdStore::connect(&cluster.spec(), EtcdOptions::default())
+            .await
+            .unwrap();
+        let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+        let mut w = s.watch("/c/", 0).await.unwrap();
+        let r1 = s.put("/c/1", b"1".to_vec(), Some(lease)).await.unwrap();
+        assert_eq!(next_event(&mut w).await.revision(), r1);
+
+        cluster.kill(0);
+
+        let r2 = s.put("/c/2", b"2".to_vec(), None).await.unwrap();
+        assert!(r2 > r1);
+        assert_eq!(s.get("/c/1").await.unwrap().unwrap().value, b"1");
+        assert_eq!(s.range("/c/", None, 0).await.unwrap().kvs.len(), 2);
+        s.keep_alive(lease).await.unwrap();
+        assert!(s
+            .txn_put("/c/2", Compare::ModRevision(r2), b"3".to_vec(), None)
+            .await
+            .unwrap()
+            .is_some());
+        let e2 = next_event(&mut w).await;
+        assert_eq!((summary(&e2), e2.revision()), (put("/c/2", "2"), r2));
+        assert_eq!(summary(&next_event(&mut w).await), put("/c/2", "3"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn all_endpoints_down_is_unavailable() {
+        let mut cluster = EtcdCluster::start(1, &[]).await;
+        let s = EtcdStore::connect(&cluster.spec(), EtcdOptions::default())
+            .await
+            .unwrap();
+        cluster.kill(0);
+        let err = s.get("/x").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let err = match EtcdStore::connect(&cluster.spec(), EtcdOptions::default()).await {
+            Ok(_) => panic!("connected to a dead cluster"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_from_compacted_revision_fails() {
+        let cluster = EtcdCluster::start(1, &[]).await;
+        let s = EtcdStore::connect(&cluster.spec(), EtcdOptions::default())
+            .await
+            .unwrap();
+        let first = s.put("/c/0", Vec::new(), None).await.unwrap();
+        let mut last = first;
+        for i in 1..10 {
+            last = s.put(&format!("/c/{i}"), Vec::new(), None).await.unwrap();
+        }
+        cluster
+            .post(
+                0,
+                "/v3/kv/compaction",
+                &format!(r#"{{"revision":"{last}","physical":true}}"#),
+            )
+            .await;
+        let mut w = s.watch("/c/", first).await.unwrap();
+        match tokio::time::timeout(PATIENCE, w.next()).await.unwrap() {
+            Some(Err(StoreError::Compacted { requested, oldest })) => {
+                assert_eq!((requested, oldest), (first, last));
+            }
+            other => panic!("expected Compacted, got {other:?}"),
+        }
+        assert!(w.next().await.is_none(), "the stream ends after Compacted");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn authenticates_and_reauthenticates() {
+        // Simple tokens expire after 1 s idle, so the store must notice the
+        // rejection and log in again.
+        let cluster = EtcdCluster::start(1, &["--auth-token-ttl", "1"]).await;
+        for (path, body) in [
+            (
+                "/v3/auth/user/add",
+                r#"{"name":"root","password":"s3cret"}"#,
+            ),
+            ("/v3/auth/role/add", r#"{"name":"root"}"#),
+            ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+            ("/v3/auth/enable", "{}"),
+        ] {
+            cluster.post(0, path, body).await;
+        }
+        let creds = |password: &str| EtcdOptions {
+            username: Some("root".into()),
+            password: Some(password.into()),
+            ..Default::default()
+        };
+        let err = match EtcdStore::connect(&cluster.spec(), creds("wrong")).await {
+            Ok(_) => panic!("connected with a wrong password"),
+            Err(e) => e,
+        };
+        assert!(err.to_string().contains("authentication failed"), "{err}");
+        let err = match EtcdStore::connect(&cluster.spec(), EtcdOptions::default()).await {
+            Ok(_) => panic!("connected without credentials"),
+            Err(e) => e,
+        };
+        assert!(err.to_string().contains("username and password"), "{err}");
+
+        let s = EtcdStore::connect(&cluster.spec(), creds("s3cret"))
+            .await
+            .unwrap();
+        let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+        let mut w = s.watch("/auth/", 0).await.unwrap();
+        s.put("/auth/a", b"1".to_vec(), Some(lease)).await.unwrap();
+        assert_eq!(summary(&next_event(&mut w).await), put("/auth/a", "1"));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(s.get("/auth/a").await.unwrap().unwrap().value, b"1");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        s.keep_alive(lease).await.unwrap();
+        s.put("/auth/b", b"2".to_vec(), None).await.unwrap();
+        assert_eq!(summary(&next_event(&mut w).await), put("/auth/b", "2"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_with_client_certificates() {
+        let certs = tempfile::tempdir().unwrap();
+        make_certs(certs.path());
+        let file = |name: &str| certs.path().join(name);
+        let tls_args: Vec<String> = vec![
+            "--cert-file".into(),
+            file("server.crt").display().to_string(),
+            "--key-file".into(),
+            file("server.key").display().to_string(),
+            "--trusted-ca-file".into(),
+            file("ca.crt").display().to_string(),
+            "--client-cert-auth".into(),
+        ];
+        let args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+        let mut identity = std::fs::read(file("client.crt")).unwrap();
+        identity.extend(std::fs::read(file("client.key")).unwrap());
+        let cluster = EtcdCluster::start_with_tls(&args, identity).await;
+        let spec = cluster.spec().replace("etcd://", "etcds://");
+        let opts = EtcdOptions {
+            ca_file: Some(file("ca.crt")),
+            cert_file: Some(file("client.crt")),
+            key_file: Some(file("client.key")),
+            ..Default::default()
+        };
+        let s = EtcdStore::connect(&spec, opts.clone()).await.unwrap();
+        let mut w = s.watch("/tls/", 0).await.unwrap();
+        s.put("/tls/x", b"secure".to_vec(), None).await.unwrap();
+        assert_eq!(s.get("/tls/x").await.unwrap().unwrap().value, b"secure");
+        assert_eq!(summary(&next_event(&mut w).await), put("/tls/x", "secure"));
+
+        // Without the client certificate the server refuses the handshake.
+        let no_cert = EtcdOptions {
+            ca_file: Some(file("ca.crt")),
+            ..Default::default()
+        };
+        assert!(EtcdStore::connect(&spec, no_cert).await.is_err());
+        // TLS files with a plain-HTTP spec are a configuration error.
+        let err = match EtcdStore::connect(&cluster.spec(), opts).await {
+            Ok(_) => panic!("accepted TLS files with etcd://"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, StoreError::InvalidSpec(_)), "{err:?}");
+    }
+
+    fn make_certs(dir: &Path) {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap_or_else(|e| panic!("the TLS test needs the `openssl` command: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=testbed-test-ca",
+            ],
+        ]
+        .concat());
+        for (name, usage) in [
+            ("server", "serverAuth,clientAuth"),
+            ("client", "clientAuth"),
+        ] {
+            let (key, csr, crt, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(
+                dir.join(&ext),
+                format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+            )
+            .unwrap();
+            run(&[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat());
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+    }
+}
+
+// --- etcd processes -----------------------------------------------------------------
+
+/// The etcd binary: `$ETCD_BIN`, else `etcd` on `PATH` or in the usual places.
+fn etcd_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ETCD_BIN") {
+        return bin.into();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the etcd conformance tests need the `etcd` server binary (3.4 or newer) on PATH \
+                 or in $ETCD_BIN. Run the test command from the README, `scripts/test`, which \
+                 installs it (on Debian/Ubuntu: `apt-get install etcd-server`)."
+            )
+        })
+}
+
+/// Free loopback ports, never handed out twice in this process (tests run
+/// in parallel and each binds its ports only later, when etcd starts).
+fn free_ports(n: usize) -> Vec<u16> {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listeners.push(listener);
+        if handed_out.insert(port) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A real etcd cluster of `n` members on loopback, killed on drop.
+struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    initial_cluster: String,
+    extra_args: Vec<String>,
+    scheme: &'static str,
+    /// Client certificate + key (PEM) for health checks of a TLS cluster
+    /// that requires client certificates.
+    identity: Option<Vec<u8>>,
+}
+
+impl EtcdCluster {
+    async fn start(n: usize, extra_args: &[&str]) -> Self {
+        Self::start_with(n, extra_args, None).await
+    }
+
+    async fn start_with_tls(extra_args: &[&str], identity: Vec<u8>) -> Self {
+        Self::start_with(1, extra_args, Some(identity)).await
+    }
+
+    async fn start_with(n: usize, extra_args: &[&str], identity: Option<Vec<u8>>) -> Self {
+        let scheme = if identity.is_some() { "https" } else { "http" };
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(2 * n);
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
+                data_dir: dir.path().join(format!("m{i}.etcd")),
+                log: dir.path().join(format!("m{i}.log")),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            dir,
+            members,
+            initial_cluster,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            scheme,
+            identity,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        for i in 0..n {
+            cluster.wait_ready(i).await;
+        }
+        cluster
+    }
+
+    fn spec(&self) -> String {
+        let hosts: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect();
+        format!("etcd://{}", hosts.join(","))
+    }
+
+    fn client_url(&self, i: usize) -> String {
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme, self.members[i].client_port
+        )
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let client_url = self.client_url(i);
+        let m = &self.members[i];
+        let peer_url = format!("http://127.0.0.1:{}", m.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .unwrap();
+        let child = Command::new(etcd_binary())
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args([
+                "--initial-cluster-token",
+                &format!("tb-{}", self.dir.path().display()),
+            ])
+            // Fast elections keep the failover tests short; they also make
+            // etcd's minimum lease TTL 1 s.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", etcd_binary().display()));
+        self.members[i].child = Some(child);
+    }
+
+    async fn wait_ready(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(2));
+        if let Some(pem) = &self.identity {
+            client = client.identity(reqwest::Identity::from_pem(pem).unwrap());
+        }
+        let client = client.build().unwrap();
+        loop {
+            let url = format!("{}/health", self.client_url(i));
+            if let Ok(resp) = client.get(&url).send().await {
+                let body = resp.text().await.unwrap_or_default();
+                if body.contains(r#""health":"true""#) {
+                    return;
+                }
+            }
+            if let Some(status) = self.members[i]
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().unwrap())
+            {
+                panic!(
+                    "etcd member {i} exited with {status}:\n{}",
+                    self.log_tail(i)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "etcd member {i} not healthy after 30 s:\n{}",
+                    self.log_tail(i)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(&self.members[i].log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_ready(i).await;
+    }
+
+    /// A raw gateway request, for setup the Store API does not offer.
+    async fn post(&self, i: usize, path: &str, body: &str) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", self.client_url(i)))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
