@@ -309,14 +309,15 @@ pub async fn run_in(
         stop_reading.clone(),
         err_done.clone(),
     );
-    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), cmd.stdin) {
+    let feeder = match (child.stdin.take(), cmd.stdin) {
         // A child that exits without reading its input makes this fail
         // with EPIPE, which is its business, not an error of ours.
-        tokio::spawn(async move {
+        (Some(mut pipe), Some(bytes)) => Some(tokio::spawn(async move {
             let _ = pipe.write_all(&bytes).await;
             let _ = pipe.shutdown().await;
-        });
-    }
+        })),
+        _ => None,
+    };
 
     enum Stop {
         Exited(std::io::Result<ExitStatus>),
@@ -339,29 +340,31 @@ pub async fn run_in(
         Stop::Exited(status) => status,
         Stop::Cancelled | Stop::TimedOut => {
             signal_group(pgid, Signal::SIGTERM);
-            // The group is gone once the leader is reaped and nobody holds
-            // the output pipes any more; only then is SIGKILL unnecessary.
+            // The grace period ends early once the leader is reaped and
+            // nobody holds the output pipes any more.
             let all_gone = async {
                 let status = child.wait().await;
                 out_done.cancelled().await;
                 err_done.cancelled().await;
                 status
             };
-            match tokio::time::timeout(KILL_GRACE, all_gone).await {
-                Ok(status) => status,
-                Err(_) => {
-                    signal_group(pgid, Signal::SIGKILL);
-                    match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                        Ok(status) => status,
-                        Err(_) => {
-                            stop_reading.cancel();
-                            return Err(PluginError::Failed(format!(
-                                "{}: the process did not exit after SIGKILL",
-                                cmd.program
-                            )));
-                        }
+            let status = tokio::time::timeout(KILL_GRACE, all_gone).await.ok();
+            // Whatever is left ignored SIGTERM or let go of the pipes; it
+            // goes now. The group id is the leader's pid, reaped moments ago
+            // at most, so it cannot have been handed to anyone else yet.
+            signal_group(pgid, Signal::SIGKILL);
+            match status {
+                Some(status) => status,
+                None => match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        stop_reading.cancel();
+                        return Err(PluginError::Failed(format!(
+                            "{}: the process did not exit after SIGKILL",
+                            cmd.program
+                        )));
                     }
-                }
+                },
             }
         }
     };
@@ -385,6 +388,12 @@ pub async fn run_in(
     let out_sink = out_task.await.ok();
     // Joined only so the last of stderr is in the log before we return.
     let _ = err_task.await;
+
+    // A leftover process that inherited stdin but never reads it would keep
+    // the writer blocked for as long as it lives.
+    if let Some(feeder) = feeder {
+        feeder.abort();
+    }
 
     let stdout_tail = out_sink.map(Sink::into_tail).unwrap_or_default();
     Ok(ProcessOutcome {

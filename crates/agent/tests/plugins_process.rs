@@ -170,6 +170,29 @@ async fn cancel_kills_a_group_that_ignores_sigterm() {
 }
 
 #[tokio::test]
+async fn cancel_kills_a_detached_process_that_ignores_sigterm() {
+    let h = Harness::new();
+    let pid_file = h.work_dir().join("bg.pid");
+    let ctx = h.ctx.clone();
+    // It lets go of the pipes, so nothing shows that it is still there.
+    let script = format!(
+        "(trap '' TERM; exec sleep 30 </dev/null >/dev/null 2>&1) & echo $! > {}; sleep 30",
+        pid_file.display()
+    );
+    let run = tokio::spawn(async move { process::run(sh(&script), &ctx).await });
+    let pid = read_pid(&pid_file).await;
+    h.ctx.cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("run did not return after cancel")
+        .unwrap()
+        .unwrap();
+    assert!(outcome.cancelled);
+    assert_eq!(outcome.signal, Some(15));
+    assert!(wait_gone(pid).await, "background process {pid} survived");
+}
+
+#[tokio::test]
 async fn a_background_process_holding_the_pipes_does_not_hang_the_run() {
     let h = Harness::new();
     let started = Instant::now();

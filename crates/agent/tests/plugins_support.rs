@@ -24,6 +24,12 @@ pub struct Harness {
     pub tmp: TempDir,
 }
 
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Harness {
     pub fn new() -> Self {
         Self::with_settings(ExecSettings::default())

@@ -339,12 +339,16 @@ impl Plugin for ExecPlugin {
         if self.spec.method(method).is_none() {
             return Err(unknown_method(method, &self.spec));
         }
+        // The plugin runs in the work directory, so a relative path would
+        // mean something else to it.
+        let work_dir = std::path::absolute(&ctx.work_dir)
+            .map_err(|e| PluginError::io(format!("resolving {}", ctx.work_dir.display()), e))?;
         let request = json!({
             "op": "invoke",
             "method": method,
             "params": params,
             "task_id": ctx.task_id,
-            "work_dir": ctx.work_dir,
+            "work_dir": work_dir,
         });
         let mut line = serde_json::to_vec(&request)
             .map_err(|e| PluginError::Failed(format!("cannot encode the request: {e}")))?;

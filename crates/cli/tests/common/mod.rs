@@ -1,0 +1,422 @@
+//! Test harness: real `testbed` processes (and real etcd) on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const ADMIN_PASSWORD: &str = "admin-secret-1";
+pub const JOIN_TOKEN: &str = "test-join-token";
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_testbed"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process killed (SIGKILL) when dropped; its output is collected.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub lines: mpsc::Receiver<String>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.env("TESTBED_LOG", "info,testbed=debug");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            let tag = name.to_string();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var("TESTBED_TEST_VERBOSE").is_ok() {
+                        eprintln!("[{tag}] {line}");
+                    }
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Proc {
+            child: Some(child),
+            lines: rx,
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits for an output line containing `needle`; returns it.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("{}: no line containing `{needle}` within {timeout:?}", self.name),
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGINT, as Ctrl-C; returns the exit status.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("{} did not stop on SIGINT", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A `testbed up` or `testbed server` process and a logged-in client.
+pub struct Platform {
+    pub proc: Proc,
+    pub url: String,
+    pub token: String,
+    pub join_token: String,
+    pub http: reqwest::Client,
+}
+
+fn banner_url(p: &Proc) -> String {
+    let line = p.wait_line("Testbed is listening on ", Duration::from_secs(60));
+    line.rsplit(' ').next().expect("url").trim().to_string()
+}
+
+impl Platform {
+    /// `testbed up` with `agents` local agents on a fresh port.
+    pub async fn up(data: &Path, agents: u32, extra: &[&str]) -> Platform {
+        Self::up_on(data, agents, &format!("127.0.0.1:{}", free_port()), extra).await
+    }
+
+    pub async fn up_on(data: &Path, agents: u32, listen: &str, extra: &[&str]) -> Platform {
+        let mut cmd = Command::new(bin());
+        cmd.args(["up", "--listen", listen, "--agents", &agents.to_string(), "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
+        let proc = Proc::spawn("up", cmd);
+        let url = banner_url(&proc);
+        let p = Self::connect(proc, url).await;
+        if agents > 0 {
+            p.wait_agents(agents as usize).await;
+        }
+        p
+    }
+
+    /// `testbed server` over `store`.
+    pub async fn server(store: &str, blobs: &Path, listen: &str, extra: &[&str]) -> Platform {
+        let mut cmd = Command::new(bin());
+        cmd.args(["server", "--listen", listen, "--store", store, "--blobs"])
+            .arg(blobs)
+            .args(extra)
+            .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
+        let proc = Proc::spawn(&format!("server {listen}"), cmd);
+        let url = banner_url(&proc);
+        Self::connect(proc, url).await
+    }
+
+    async fn connect(proc: Proc, url: String) -> Platform {
+        let http = reqwest::Client::new();
+        let token = login(&http, &url, "admin", ADMIN_PASSWORD).await;
+        Platform {
+            proc,
+            url,
+            token,
+            join_token: JOIN_TOKEN.to_string(),
+            http,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("GET");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        post_as(&self.http, &self.url, &self.token, path, body).await
+    }
+
+    /// Submits a seed-002 test case; panics unless accepted. Returns the task id.
+    pub async fn run(&self, plugin: &str, host: &str, method: &str, params: Value) -> String {
+        let (status, body) = self
+            .post(
+                "/v2.1/testcases",
+                json!({"plugin": plugin, "host": host, "method": method, "parameters": params}),
+            )
+            .await;
+        assert_eq!(status, 201, "submit failed: {body}");
+        body["task_id"].as_str().expect("task_id").to_string()
+    }
+
+    pub async fn task(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/tasks/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Polls until the task's status is terminal (or `timeout`).
+    pub async fn wait_task(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let t = self.task(id).await;
+            if !matches!(t["status"].as_str(), Some("queued" | "running")) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "task {id} still {} after {timeout:?}", t["status"]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let t = self.task(id).await;
+            if t["status"] == status {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "task {id} is {} not {status} after {timeout:?}", t["status"]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `/v2.1/slaves/detail` lists exactly `n` live agents.
+    pub async fn wait_agents(&self, n: usize) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get("/v2.1/slaves/detail").await;
+            if status == 200 && body.as_object().map(|m| m.len()) == Some(n) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "expected {n} live agents, have {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn log(&self, id: &str) -> String {
+        let (status, text) = self.get_text(&format!("/api/tasks/{id}/log")).await;
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// Creates a user with `role` and returns its token.
+    pub async fn user(&self, name: &str, role: &str) -> String {
+        let (s, b) = self
+            .post("/api/users", json!({"username": name, "password": "password-123", "role": role}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        login(&self.http, &self.url, name, "password-123").await
+    }
+}
+
+pub async fn login(http: &reqwest::Client, url: &str, user: &str, password: &str) -> String {
+    let r = http
+        .post(format!("{url}/api/auth/login"))
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status().as_u16(), 200, "login as {user}");
+    let v: Value = r.json().await.expect("login json");
+    v["token"].as_str().expect("token").to_string()
+}
+
+pub async fn post_as(http: &reqwest::Client, url: &str, token: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = http
+        .post(format!("{url}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A separate `testbed agent` process.
+pub fn agent(url: &str, name: &str, state: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin());
+    cmd.args(["agent", "--server", url, "--token", JOIN_TOKEN, "--name", name, "--state-dir"])
+        .arg(state)
+        .args(extra);
+    Proc::spawn(&format!("agent {name}"), cmd)
+}
+
+/// A real etcd cluster of `n` members on 127.0.0.1.
+pub struct Etcd {
+    pub members: Vec<Option<Proc>>,
+    pub client_urls: Vec<String>,
+    args: Vec<Vec<String>>,
+}
+
+impl Etcd {
+    pub fn start(n: usize, dir: &Path) -> Etcd {
+        let etcd = which_etcd();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        let mut client_urls = Vec::new();
+        let mut args = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let a = vec![
+                "--name".to_string(),
+                format!("m{i}"),
+                "--data-dir".into(),
+                dir.join(format!("m{i}")).display().to_string(),
+                "--listen-client-urls".into(),
+                format!("http://127.0.0.1:{client}"),
+                "--advertise-client-urls".into(),
+                format!("http://127.0.0.1:{client}"),
+                "--listen-peer-urls".into(),
+                format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster".into(),
+                cluster.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--log-level".into(),
+                "error".into(),
+            ];
+            let mut cmd = Command::new(&etcd);
+            cmd.args(&a);
+            members.push(Some(Proc::spawn(&format!("etcd m{i}"), cmd)));
+            client_urls.push(format!("127.0.0.1:{client}"));
+            args.push(a);
+        }
+        let e = Etcd {
+            members,
+            client_urls,
+            args,
+        };
+        e.wait_healthy();
+        e
+    }
+
+    pub fn spec(&self) -> String {
+        format!("etcd://{}", self.client_urls.join(","))
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for url in &self.client_urls {
+            loop {
+                let ok = Command::new("curl")
+                    .args(["-sf", &format!("http://{url}/health")])
+                    .stdout(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                if ok {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "etcd at {url} never became healthy");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].take() {
+            p.kill9();
+        }
+    }
+}
+
+fn which_etcd() -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("etcd");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("etcd not found on PATH: run the README's test command (scripts/test), which installs Debian's etcd-server");
+}
+
+/// Reads a WebSocket log stream to its end; returns (text, close reason).
+pub async fn follow_ws(url: &str, token: &str, task: &str) -> (String, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let ws_url = format!("{}/ws/tasks/{task}/log", url.replacen("http://", "ws://", 1));
+    let mut req = ws_url.into_client_request().expect("request");
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws connect");
+    let mut text = String::new();
+    let mut reason = String::new();
+    while let Some(msg) = ws.next().await {
+        match msg.expect("ws message") {
+            Message::Text(t) => text.push_str(&t),
+            Message::Close(Some(f)) => {
+                reason = f.reason.to_string();
+                break;
+            }
+            Message::Close(None) => break,
+            _ => {}
+        }
+    }
+    (text, reason)
+}
