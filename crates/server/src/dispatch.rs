@@ -145,6 +145,17 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
 
     let all = agents(&state.store).await?;
     let live: Vec<&AgentView> = all.iter().filter(|a| a.alive.is_some()).collect();
+    let host_is_live = live.iter().any(|a| a.record.matches_host(&req.host));
+    if !host_is_live
+        && all
+            .iter()
+            .any(|a| a.alive.is_none() && a.record.matches_host(&req.host))
+    {
+        return Err(ApiError::conflict(format!(
+            "every agent matching host `{}` is offline",
+            req.host
+        )));
+    }
     let carrying: Vec<&AgentView> = live
         .iter()
         .copied()
@@ -187,17 +198,7 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
         .filter(|a| a.record.matches_host(&req.host))
         .collect();
     if candidates.is_empty() {
-        let offline = all
-            .iter()
-            .any(|a| a.alive.is_none() && a.record.matches_host(&req.host));
-        if offline {
-            return Err(ApiError::conflict(format!(
-                "every agent matching host `{}` is offline",
-                req.host
-            )));
-        }
-        let live_match = live.iter().any(|a| a.record.matches_host(&req.host));
-        let message = if live_match {
+        let message = if host_is_live {
             format!(
                 "no agent matching host `{}` carries {}.{}; agents that do: {}",
                 req.host,

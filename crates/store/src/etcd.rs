@@ -370,7 +370,8 @@ impl Conn {
         Ok(resp.token)
     }
 
-    /// One POST to one endpoint.
+    /// One POST to one endpoint; `timeout` is `None` for watch streams,
+    /// which stay open indefinitely.
     async fn post_once(
         &self,
         idx: usize,
@@ -380,10 +381,17 @@ impl Conn {
         timeout: Option<Duration>,
     ) -> std::result::Result<reqwest::Response, Failure> {
         let url = format!("{}{path}", self.endpoints[idx]);
+        // `hasleader` makes a member without a raft leader (partitioned, or
+        // mid-election) refuse the request at once with "no leader", which
+        // is safe to retry elsewhere, instead of queueing it until it times
+        // out with an ambiguous result; for a watch it also cancels the
+        // stream if the member later loses its leader, rather than leaving
+        // us on a member that will never see new writes.
         let mut req = self
             .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Grpc-Metadata-hasleader", "true")
             .body(body);
         if let Some(token) = token {
             req = req.header(reqwest::header::AUTHORIZATION, token);
@@ -986,28 +994,13 @@ impl Watcher {
             .to_string(),
         );
         for idx in self.conn.endpoint_order().collect::<Vec<_>>() {
-            // `hasleader` makes etcd cancel the watch if this member loses
-            // its leader (e.g. it is partitioned away), instead of leaving
-            // us on a member that will never see new writes.
-            let url = format!("{}/v3/watch", self.conn.endpoints[idx]);
-            let mut req = self
+            let failure = match self
                 .conn
-                .http
-                .post(url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header("Grpc-Metadata-hasleader", "true")
-                .body(body.clone());
-            if let Some(token) = &token {
-                req = req.header(reqwest::header::AUTHORIZATION, token.as_str());
-            }
-            let failure = match req.send().await {
-                Ok(resp) if resp.status().is_success() => return Ok((idx, resp)),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let text = resp.text().await.unwrap_or_default();
-                    classify_status(status, &text)
-                }
-                Err(e) => classify_transport(e),
+                .post_once(idx, "/v3/watch", body.clone(), token.as_deref(), None)
+                .await
+            {
+                Ok(resp) => return Ok((idx, resp)),
+                Err(failure) => failure,
             };
             match failure {
                 Failure::NotSent(m) | Failure::Ambiguous(m) => {

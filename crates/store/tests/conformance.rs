@@ -889,8 +889,17 @@ mod etcd_specific {
         let r1 = s.put("/c/1", b"1".to_vec(), Some(lease)).await.unwrap();
         assert_eq!(next_event(&mut w).await.revision(), r1);
 
+        let first = cluster.member_id(0).await;
         cluster.kill(0);
 
+        // Reads are retried through the election.
+        assert_eq!(s.get("/c/1").await.unwrap().unwrap().value, b"1");
+        // A write sent while the survivors still follow the dead leader is
+        // lost with it, and etcd reports it only as "request timed out"
+        // (applied or not: unknown). Like etcd's own client, the store
+        // reports that as Unavailable rather than replay a write that may
+        // have been applied, so writes are checked once a new leader is up.
+        cluster.wait_for_leader_other_than(first).await;
         let r2 = s.put("/c/2", b"2".to_vec(), None).await.unwrap();
         assert!(r2 > r1);
         assert_eq!(s.get("/c/1").await.unwrap().unwrap().value, b"1");
@@ -1337,16 +1346,43 @@ impl EtcdCluster {
     }
 
     /// A raw gateway request, for setup the Store API does not offer.
-    async fn post(&self, i: usize, path: &str, body: &str) {
+    async fn post(&self, i: usize, path: &str, body: &str) -> serde_json::Value {
         let resp = reqwest::Client::new()
             .post(format!("{}{path}", self.client_url(i)))
             .body(body.to_owned())
+            .timeout(Duration::from_secs(5))
             .send()
             .await
             .unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
         assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    async fn member_id(&self, i: usize) -> String {
+        let status = self.post(i, "/v3/maintenance/status", "{}").await;
+        status["header"]["member_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until every running member follows the same leader, other
+    /// than `old`.
+    async fn wait_for_leader_other_than(&self, old: String) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut leaders = BTreeSet::new();
+            for (i, m) in self.members.iter().enumerate() {
+                if m.child.is_some() {
+                    let status = self.post(i, "/v3/maintenance/status", "{}").await;
+                    leaders.insert(status["leader"].as_str().unwrap_or("0").to_owned());
+                }
+            }
+            if leaders.len() == 1 && !leaders.contains(&old) && !leaders.contains("0") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no new leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
