@@ -132,7 +132,13 @@ impl Agent {
         // Every exec plugin in the directory is carried: dropping a file
         // there is how an operator adds a capability.
         for p in exec {
-            loaded.entry(p.spec().name).or_insert(p);
+            let name = p.spec().name;
+            if plugins::builtin(&name).is_some() {
+                return Err(AgentError::ExecPlugins(format!(
+                    "exec plugin `{name}` has the name of a built-in plugin; rename it"
+                )));
+            }
+            loaded.entry(name).or_insert(p);
         }
 
         let root = nix::unistd::geteuid().is_root();
@@ -462,6 +468,19 @@ impl Agent {
         }
     }
 
+    /// Creates the task's work directory, owned by the `run_as` user when
+    /// tasks drop privileges, so they can write in it.
+    async fn make_work_dir(&self, dir: &Path) -> Result<(), PluginError> {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| PluginError::io(format!("creating {}", dir.display()), e))?;
+        if let Some(run_as) = &self.shared.settings.run_as {
+            std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))
+                .map_err(|e| PluginError::io(format!("handing {} to {}", dir.display(), run_as.user), e))?;
+        }
+        Ok(())
+    }
+
     fn log_path(&self, task: &Uuid) -> PathBuf {
         self.shared
             .config
@@ -494,11 +513,8 @@ impl Agent {
 
         let result = if permit.is_none() {
             Err(PluginError::Cancelled)
-        } else if let Err(e) = tokio::fs::create_dir_all(&work_dir).await {
-            Err(PluginError::io(
-                format!("creating {}", work_dir.display()),
-                e,
-            ))
+        } else if let Err(e) = self.make_work_dir(&work_dir).await {
+            Err(e)
         } else {
             self.emit(AgentMessage::Started {
                 task_id: id,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -120,4 +121,30 @@ async fn restarted_agent_keeps_its_id_and_reports_lost_work() {
     assert_eq!(before.as_object().unwrap().keys().collect::<Vec<_>>(), after.as_object().unwrap().keys().collect::<Vec<_>>());
     let s = after.as_object().unwrap().values().next().unwrap();
     assert_eq!(s["labels"]["arch"], "x86_64");
+}
+
+#[tokio::test]
+async fn root_agent_drops_task_privileges_to_run_as() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("run_as needs a root agent; this test runs as non-root and checks nothing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The task user must be able to reach its work directory.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let store = format!("redb:{}", dir.path().join("s.redb").display());
+    let p = Platform::server(&store, &dir.path().join("blobs"), &listen, &[]).await;
+    let plain = agent(&p.url, "rooted", &dir.path().join("a1"), &[]);
+    plain.wait_line("runs as ROOT", Duration::from_secs(10));
+    let _dropped = agent(&p.url, "dropped", &dir.path().join("a2"), &["--run-as", "nobody"]);
+    p.wait_agents(2).await;
+    let task = p.run("linux_system", "dropped", "run_shell", json!({"command": "id", "args": "-un"})).await;
+    let t = p.wait_task(&task, Duration::from_secs(20)).await;
+    assert_eq!(t["status"], "succeeded", "{t} {}", p.log(&task).await);
+    assert_eq!(p.log(&task).await, "nobody\n");
+    let (_, agents) = p.get("/api/agents/dropped").await;
+    assert_eq!(agents["root"], true);
+    assert_eq!(agents["run_as"], "nobody");
 }

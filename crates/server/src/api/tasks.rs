@@ -92,7 +92,7 @@ pub async fn list(
                 .is_none_or(|a| t.agent_name == *a || t.agent_uuid.to_string() == *a)
         })
         .collect();
-    tasks.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.created_at));
     let total = tasks.len();
     let results = tasks
         .into_iter()
