@@ -182,6 +182,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../../examples/agent.toml");
+        let cfg = AgentConfig::from_toml(text, Path::new("examples/agent.toml")).unwrap();
+        assert_eq!(cfg.name, "kvm-01");
+        assert_eq!(cfg.groups, ["lab-a"]);
+    }
+
+    #[test]
     fn labels_parse() {
         let l = parse_labels("a=1, b=two").unwrap();
         assert_eq!(l["b"], "two");
