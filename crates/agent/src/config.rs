@@ -40,6 +40,10 @@ pub struct AgentConfig {
     /// When started as root, run tasks as this user.
     #[serde(default)]
     pub run_as: Option<String>,
+    /// A simulated agent (benchmarks): heartbeats carry no system metrics,
+    /// so a thousand of them in one process cost the server, not the host.
+    #[serde(skip)]
+    pub simulated: bool,
 }
 
 fn default_plugins() -> Vec<String> {
@@ -87,6 +91,7 @@ impl AgentConfig {
             capacity: default_capacity(),
             allow_shell: false,
             run_as: None,
+            simulated: false,
         }
     }
 

@@ -343,7 +343,7 @@ impl Agent {
         *lock(&self.shared.outgoing) = Some(tx.clone());
         self.replay(&tx).await;
 
-        let mut sampler = Sampler::new();
+        let mut sampler = (!cfg.simulated).then(Sampler::new);
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -354,7 +354,8 @@ impl Agent {
                 }
                 _ = tick.tick() => {
                     let running = self.running_ids();
-                    let msg = AgentMessage::Heartbeat { metrics: sampler.sample(), running };
+                    let metrics = sampler.as_mut().map(Sampler::sample).unwrap_or_default();
+                    let msg = AgentMessage::Heartbeat { metrics, running };
                     if let Err(e) = send(&mut sink, &msg).await {
                         return Ok(SessionEnd::Disconnected(e.to_string()));
                     }
@@ -475,8 +476,9 @@ impl Agent {
             .await
             .map_err(|e| PluginError::io(format!("creating {}", dir.display()), e))?;
         if let Some(run_as) = &self.shared.settings.run_as {
-            std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))
-                .map_err(|e| PluginError::io(format!("handing {} to {}", dir.display(), run_as.user), e))?;
+            std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid)).map_err(|e| {
+                PluginError::io(format!("handing {} to {}", dir.display(), run_as.user), e)
+            })?;
         }
         Ok(())
     }

@@ -158,7 +158,11 @@ impl Client {
         Ok((resp.text().await?, status))
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         let resp = self
             .http
             .post(self.url(path))

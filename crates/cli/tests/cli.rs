@@ -19,7 +19,12 @@ fn testbed(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Outp
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     } else {
         drop(child.stdin.take());
     }
@@ -41,25 +46,64 @@ async fn login_list_exec() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("testbed login"));
 
-    let o = testbed(&cfg, &["login", "--server", &p.url, "--password-stdin"], Some("wrong\n"));
+    let o = testbed(
+        &cfg,
+        &["login", "--server", &p.url, "--password-stdin"],
+        Some("wrong\n"),
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("wrong username or password"));
-    let o = testbed(&cfg, &["login", "--server", &p.url, "--password-stdin"], Some(&format!("{ADMIN_PASSWORD}\n")));
+    let o = testbed(
+        &cfg,
+        &["login", "--server", &p.url, "--password-stdin"],
+        Some(&format!("{ADMIN_PASSWORD}\n")),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let o = testbed(&cfg, &["agents", "ls"], None);
     assert!(o.status.success());
     let table = text(&o);
-    assert!(table.contains("local-1") && table.contains("online") && table.contains("linux_system"), "{table}");
+    assert!(
+        table.contains("local-1") && table.contains("online") && table.contains("linux_system"),
+        "{table}"
+    );
     let o = testbed(&cfg, &["agents", "ls", "--json"], None);
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(list[0]["name"], "local-1");
 
     // exec follows the log and exits with the task's code.
-    let o = testbed(&cfg, &["exec", "--host", "local-1", "--", "echo", "hello world", "$HOME"], None);
+    let o = testbed(
+        &cfg,
+        &[
+            "exec",
+            "--host",
+            "local-1",
+            "--",
+            "echo",
+            "hello world",
+            "$HOME",
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(text(&o), "hello world $HOME\n", "arguments are passed verbatim, not through a shell");
-    let o = testbed(&cfg, &["exec", "--host", "local-1", "--", "sh", "-c", "echo bye; exit 3"], None);
+    assert_eq!(
+        text(&o),
+        "hello world $HOME\n",
+        "arguments are passed verbatim, not through a shell"
+    );
+    let o = testbed(
+        &cfg,
+        &[
+            "exec",
+            "--host",
+            "local-1",
+            "--",
+            "sh",
+            "-c",
+            "echo bye; exit 3",
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(3));
     assert_eq!(text(&o), "bye\n");
     let o = testbed(&cfg, &["exec", "--host", "nowhere", "--", "true"], None);

@@ -12,18 +12,38 @@ async fn two_replicas_serve_the_same_data() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(1, dir.path());
     let blobs = dir.path().join("blobs");
-    let a = Platform::server(&etcd.spec(), &blobs, &format!("127.0.0.1:{}", free_port()), &[]).await;
-    let b = Platform::server(&etcd.spec(), &blobs, &format!("127.0.0.1:{}", free_port()), &[]).await;
+    let a = Platform::server(
+        &etcd.spec(),
+        &blobs,
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    )
+    .await;
+    let b = Platform::server(
+        &etcd.spec(),
+        &blobs,
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    )
+    .await;
     assert_eq!(a.join_token, b.join_token);
 
     // The agent holds a session with replica A; the task goes in through B.
     let _agent = agent(&a.url, "etcd-agent", &dir.path().join("agent"), &[]);
     a.wait_agents(1).await;
     let detail = b.wait_agents(1).await;
-    assert_eq!(detail.as_object().unwrap().values().next().unwrap()["name"], "etcd-agent");
+    assert_eq!(
+        detail.as_object().unwrap().values().next().unwrap()["name"],
+        "etcd-agent"
+    );
 
     let task = b
-        .run("linux_system", "etcd-agent", "run_shell", json!({"command": "echo", "args": "through replica b"}))
+        .run(
+            "linux_system",
+            "etcd-agent",
+            "run_shell",
+            json!({"command": "echo", "args": "through replica b"}),
+        )
         .await;
     let t = b.wait_task(&task, Duration::from_secs(20)).await;
     assert_eq!(t["status"], "succeeded", "{t}");
@@ -41,7 +61,13 @@ async fn two_replicas_serve_the_same_data() {
 async fn one_etcd_member_down_does_not_stop_the_platform() {
     let dir = tempfile::tempdir().unwrap();
     let mut etcd = Etcd::start(3, dir.path());
-    let p = Platform::server(&etcd.spec(), &dir.path().join("blobs"), &format!("127.0.0.1:{}", free_port()), &[]).await;
+    let p = Platform::server(
+        &etcd.spec(),
+        &dir.path().join("blobs"),
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    )
+    .await;
     let _agent = agent(&p.url, "steady", &dir.path().join("agent"), &[]);
     p.wait_agents(1).await;
 
@@ -49,7 +75,12 @@ async fn one_etcd_member_down_does_not_stop_the_platform() {
     etcd.stop(0);
     for i in 0..3 {
         let task = p
-            .run("linux_system", "steady", "run_shell", json!({"command": "echo", "args": format!("round {i}")}))
+            .run(
+                "linux_system",
+                "steady",
+                "run_shell",
+                json!({"command": "echo", "args": format!("round {i}")}),
+            )
             .await;
         let t = p.wait_task(&task, Duration::from_secs(30)).await;
         assert_eq!(t["status"], "succeeded", "{t}");

@@ -14,16 +14,34 @@ async fn killed_agent_vanishes_and_its_task_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let p = Platform::server(&store, &dir.path().join("blobs"), &listen, &["--lease-ttl", "2"]).await;
+    let p = Platform::server(
+        &store,
+        &dir.path().join("blobs"),
+        &listen,
+        &["--lease-ttl", "2"],
+    )
+    .await;
     let mut a = agent(&p.url, "doomed", &dir.path().join("agent"), &[]);
     p.wait_agents(1).await;
-    let task = p.run("linux_system", "doomed", "run_shell", json!({"command": "sleep", "args": "60"})).await;
-    p.wait_status(&task, "running", Duration::from_secs(10)).await;
+    let task = p
+        .run(
+            "linux_system",
+            "doomed",
+            "run_shell",
+            json!({"command": "sleep", "args": "60"}),
+        )
+        .await;
+    p.wait_status(&task, "running", Duration::from_secs(10))
+        .await;
 
     a.kill9();
     let killed = Instant::now();
     p.wait_agents(0).await;
-    assert!(killed.elapsed() < Duration::from_secs(6), "agent still listed {:?} after kill", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(6),
+        "agent still listed {:?} after kill",
+        killed.elapsed()
+    );
     let t = p.wait_status(&task, "lost", Duration::from_secs(5)).await;
     assert!(t["error"].as_str().unwrap().contains("heartbeat"), "{t}");
     // Still known, as offline.
@@ -46,15 +64,32 @@ async fn server_killed_mid_task_loses_nothing() {
     let _a = agent(&p.url, "survivor", &dir.path().join("agent"), &[]);
     p.wait_agents(1).await;
 
-    let done = p.run("linux_system", "survivor", "run_shell", json!({"command": "echo", "args": "finished before"})).await;
-    p.wait_status(&done, "succeeded", Duration::from_secs(10)).await;
+    let done = p
+        .run(
+            "linux_system",
+            "survivor",
+            "run_shell",
+            json!({"command": "echo", "args": "finished before"}),
+        )
+        .await;
+    p.wait_status(&done, "succeeded", Duration::from_secs(10))
+        .await;
 
     let runs = dir.path().join("runs.txt");
-    let script = format!("echo start; sleep 3; echo once >> {}; echo done", runs.display());
+    let script = format!(
+        "echo start; sleep 3; echo once >> {}; echo done",
+        runs.display()
+    );
     let long = p
-        .run("linux_system", "survivor", "run_shell", json!({"command": "sh", "args": format!("-c '{script}'")}))
+        .run(
+            "linux_system",
+            "survivor",
+            "run_shell",
+            json!({"command": "sh", "args": format!("-c '{script}'")}),
+        )
         .await;
-    p.wait_status(&long, "running", Duration::from_secs(10)).await;
+    p.wait_status(&long, "running", Duration::from_secs(10))
+        .await;
 
     p.proc.kill9();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -65,7 +100,11 @@ async fn server_killed_mid_task_loses_nothing() {
     let t = p.wait_task(&long, Duration::from_secs(30)).await;
     assert_eq!(t["status"], "succeeded", "{t}");
     assert_eq!(p.log(&long).await, "start\ndone\n");
-    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "once\n", "ran more than once");
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap(),
+        "once\n",
+        "ran more than once"
+    );
     // What finished before the crash is intact.
     let t = p.task(&done).await;
     assert_eq!(t["status"], "succeeded");
@@ -78,8 +117,16 @@ async fn up_restarts_with_every_record() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut p = Platform::up(&data, 1, &[]).await;
-    let task = p.run("linux_system", "local-1", "run_shell", json!({"command": "echo", "args": "persisted"})).await;
-    p.wait_status(&task, "succeeded", Duration::from_secs(10)).await;
+    let task = p
+        .run(
+            "linux_system",
+            "local-1",
+            "run_shell",
+            json!({"command": "echo", "args": "persisted"}),
+        )
+        .await;
+    p.wait_status(&task, "succeeded", Duration::from_secs(10))
+        .await;
     let (_, before) = p.get("/api/agents").await;
     let user = p.user("keeper", "viewer").await;
     assert!(!user.is_empty());
@@ -93,7 +140,11 @@ async fn up_restarts_with_every_record() {
     assert_eq!(t["status"], "succeeded");
     assert_eq!(p.log(&task).await, "persisted\n");
     let (_, after) = p.get("/api/agents").await;
-    assert_eq!(after.as_array().unwrap().len(), 1, "the local agent kept its identity: {after}");
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        1,
+        "the local agent kept its identity: {after}"
+    );
     assert_eq!(after[0]["uuid"], before[0]["uuid"]);
     assert_eq!(after[0]["id"], before[0]["id"]);
     login(&p.http, &p.url, "keeper", "password-123").await;
@@ -104,21 +155,48 @@ async fn restarted_agent_keeps_its_id_and_reports_lost_work() {
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let p = Platform::server(&store, &dir.path().join("blobs"), &listen, &["--lease-ttl", "30"]).await;
+    let p = Platform::server(
+        &store,
+        &dir.path().join("blobs"),
+        &listen,
+        &["--lease-ttl", "30"],
+    )
+    .await;
     let state = dir.path().join("agent");
-    let mut a = agent(&p.url, "phoenix", &state, &["--labels", "arch=x86_64,os=linux"]);
+    let mut a = agent(
+        &p.url,
+        "phoenix",
+        &state,
+        &["--labels", "arch=x86_64,os=linux"],
+    );
     let before = p.wait_agents(1).await;
-    let task = p.run("linux_system", "phoenix", "run_shell", json!({"command": "sleep", "args": "60"})).await;
-    p.wait_status(&task, "running", Duration::from_secs(10)).await;
+    let task = p
+        .run(
+            "linux_system",
+            "phoenix",
+            "run_shell",
+            json!({"command": "sleep", "args": "60"}),
+        )
+        .await;
+    p.wait_status(&task, "running", Duration::from_secs(10))
+        .await;
 
     // Restarted well inside the TTL: same identity, and the server learns
     // the running task died with the old process.
     a.kill9();
-    let _a = agent(&p.url, "phoenix", &state, &["--labels", "arch=x86_64,os=linux"]);
+    let _a = agent(
+        &p.url,
+        "phoenix",
+        &state,
+        &["--labels", "arch=x86_64,os=linux"],
+    );
     let t = p.wait_status(&task, "lost", Duration::from_secs(15)).await;
     assert!(t["error"].as_str().unwrap().contains("restarted"), "{t}");
     let after = p.wait_agents(1).await;
-    assert_eq!(before.as_object().unwrap().keys().collect::<Vec<_>>(), after.as_object().unwrap().keys().collect::<Vec<_>>());
+    assert_eq!(
+        before.as_object().unwrap().keys().collect::<Vec<_>>(),
+        after.as_object().unwrap().keys().collect::<Vec<_>>()
+    );
     let s = after.as_object().unwrap().values().next().unwrap();
     assert_eq!(s["labels"]["arch"], "x86_64");
 }
@@ -132,15 +210,31 @@ async fn root_agent_drops_task_privileges_to_run_as() {
     }
     let dir = tempfile::tempdir().unwrap();
     // The task user must be able to reach its work directory.
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let store = format!("redb:{}", dir.path().join("s.redb").display());
     let p = Platform::server(&store, &dir.path().join("blobs"), &listen, &[]).await;
     let plain = agent(&p.url, "rooted", &dir.path().join("a1"), &[]);
     plain.wait_line("runs as ROOT", Duration::from_secs(10));
-    let _dropped = agent(&p.url, "dropped", &dir.path().join("a2"), &["--run-as", "nobody"]);
+    let _dropped = agent(
+        &p.url,
+        "dropped",
+        &dir.path().join("a2"),
+        &["--run-as", "nobody"],
+    );
     p.wait_agents(2).await;
-    let task = p.run("linux_system", "dropped", "run_shell", json!({"command": "id", "args": "-un"})).await;
+    let task = p
+        .run(
+            "linux_system",
+            "dropped",
+            "run_shell",
+            json!({"command": "id", "args": "-un"}),
+        )
+        .await;
     let t = p.wait_task(&task, Duration::from_secs(20)).await;
     assert_eq!(t["status"], "succeeded", "{t} {}", p.log(&task).await);
     assert_eq!(p.log(&task).await, "nobody\n");

@@ -62,13 +62,21 @@ async fn seed_002_slaves_and_testcases() {
     assert_eq!(t["agent_name"], "local-1");
     assert!(t["started_at"].is_string() && t["finished_at"].is_string());
     assert!(t["duration_ms"].is_i64());
-    assert!(t["result"]["stdout_tail"].as_str().unwrap().contains("marker-file.txt"));
+    assert!(t["result"]["stdout_tail"]
+        .as_str()
+        .unwrap()
+        .contains("marker-file.txt"));
     assert!(p.log(&task).await.contains("marker-file.txt"));
 
     // Host matches an agent's host too; a failing command is `failed` with its code.
     let host = first["host"].as_str().unwrap();
     let task = p
-        .run("linux_system", host, "run_shell", json!({"command": "sh", "args": "-c 'echo oops >&2; exit 3'"}))
+        .run(
+            "linux_system",
+            host,
+            "run_shell",
+            json!({"command": "sh", "args": "-c 'echo oops >&2; exit 3'"}),
+        )
         .await;
     let t = p.wait_task(&task, Duration::from_secs(30)).await;
     assert_eq!(t["status"], "failed");
@@ -76,7 +84,9 @@ async fn seed_002_slaves_and_testcases() {
     assert!(p.log(&task).await.contains("oops"));
 
     // system_information returns structured facts.
-    let task = p.run("linux_system", "local-2", "system_information", json!({})).await;
+    let task = p
+        .run("linux_system", "local-2", "system_information", json!({}))
+        .await;
     let t = p.wait_task(&task, Duration::from_secs(30)).await;
     assert_eq!(t["status"], "succeeded", "{t}");
     assert!(t["result"]["hostname"].is_string(), "{t}");
@@ -98,10 +108,27 @@ async fn least_loaded_agent_runs_the_task() {
         .unwrap()
         .to_string();
     // Both agents share the host; two long tasks must land on different agents.
-    let a = p.run("linux_system", &host, "run_shell", json!({"command": "sleep", "args": "3"})).await;
-    let b = p.run("linux_system", &host, "run_shell", json!({"command": "sleep", "args": "3"})).await;
+    let a = p
+        .run(
+            "linux_system",
+            &host,
+            "run_shell",
+            json!({"command": "sleep", "args": "3"}),
+        )
+        .await;
+    let b = p
+        .run(
+            "linux_system",
+            &host,
+            "run_shell",
+            json!({"command": "sleep", "args": "3"}),
+        )
+        .await;
     let (ta, tb) = (p.task(&a).await, p.task(&b).await);
-    assert_ne!(ta["agent_uuid"], tb["agent_uuid"], "both tasks went to one agent");
+    assert_ne!(
+        ta["agent_uuid"], tb["agent_uuid"],
+        "both tasks went to one agent"
+    );
 }
 
 #[tokio::test]
@@ -113,7 +140,11 @@ async fn auth_and_bad_input() {
     // Open endpoints.
     let r = http.get(format!("{}/healthz", p.url)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = http.get(format!("{}/api/openapi.json", p.url)).send().await.unwrap();
+    let r = http
+        .get(format!("{}/api/openapi.json", p.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let spec: Value = r.json().await.unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
@@ -134,7 +165,11 @@ async fn auth_and_bad_input() {
     }
 
     // No token, a bad token, an expired-looking token.
-    let r = http.get(format!("{}/v2.1/slaves/detail", p.url)).send().await.unwrap();
+    let r = http
+        .get(format!("{}/v2.1/slaves/detail", p.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let body: Value = r.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("Bearer"));
@@ -156,14 +191,25 @@ async fn auth_and_bad_input() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("malformed JSON"));
-    let (s, b) = p.post("/v2.1/testcases", json!({"plugin": "linux_system", "method": "run_shell"})).await;
+    assert!(r.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("malformed JSON"));
+    let (s, b) = p
+        .post(
+            "/v2.1/testcases",
+            json!({"plugin": "linux_system", "method": "run_shell"}),
+        )
+        .await;
     assert_eq!(s, 422, "{b}");
     assert!(b["error"].as_str().unwrap().contains("host"), "{b}");
 
     // Unknown plugin / method / host: 422 listing what exists.
     let (s, b) = p
-        .post("/v2.1/testcases", json!({"plugin": "nope", "host": "local-1", "method": "run_shell", "parameters": {}}))
+        .post(
+            "/v2.1/testcases",
+            json!({"plugin": "nope", "host": "local-1", "method": "run_shell", "parameters": {}}),
+        )
         .await;
     assert_eq!(s, 422);
     assert_eq!(b["details"][0]["field"], "/plugin");
@@ -185,7 +231,12 @@ async fn auth_and_bad_input() {
         .post("/v2.1/testcases", json!({"plugin": "linux_system", "host": "local-1", "method": "run_shell", "parameters": {"command": 5, "bogus": 1}}))
         .await;
     assert_eq!(s, 422, "{b}");
-    let fields: Vec<&str> = b["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = b["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
     assert!(fields.contains(&"/parameters/command"), "{b}");
     let (s, b) = p
         .post("/v2.1/testcases", json!({"plugin": "linux_system", "host": "local-1", "method": "run_shell", "parameters": {}}))
@@ -197,15 +248,32 @@ async fn auth_and_bad_input() {
     let viewer = p.user("vera", "viewer").await;
     let (s, _) = post_as(&http, &p.url, &viewer, "/v2.1/testcases", json!({"plugin": "linux_system", "host": "local-1", "method": "run_shell", "parameters": {"command": "true"}})).await;
     assert_eq!(s, 403);
-    let r = http.get(format!("{}/v2.1/slaves/detail", p.url)).bearer_auth(&viewer).send().await.unwrap();
+    let r = http
+        .get(format!("{}/v2.1/slaves/detail", p.url))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let (s, _) = post_as(&http, &p.url, &viewer, "/api/users", json!({"username": "x", "password": "password-1", "role": "admin"})).await;
+    let (s, _) = post_as(
+        &http,
+        &p.url,
+        &viewer,
+        "/api/users",
+        json!({"username": "x", "password": "password-1", "role": "admin"}),
+    )
+    .await;
     assert_eq!(s, 403);
     let operator = p.user("otto", "operator").await;
     let (s, b) = post_as(&http, &p.url, &operator, "/v2.1/testcases", json!({"plugin": "linux_system", "host": "local-1", "method": "run_shell", "parameters": {"command": "true"}})).await;
     assert_eq!(s, 201, "{b}");
     // Duplicate user → 409.
-    let (s, _) = p.post("/api/users", json!({"username": "otto", "password": "password-123", "role": "viewer"})).await;
+    let (s, _) = p
+        .post(
+            "/api/users",
+            json!({"username": "otto", "password": "password-123", "role": "viewer"}),
+        )
+        .await;
     assert_eq!(s, 409);
 
     // An oversized body → 413.
@@ -284,31 +352,50 @@ async fn cancel_kills_the_process_group() {
     let pidfile = dir.path().join("grandchild.pid");
     let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
     let task = p
-        .run("linux_system", "local-1", "run_shell", json!({"command": "sh", "args": shell_quote(&["-c", &script])}))
+        .run(
+            "linux_system",
+            "local-1",
+            "run_shell",
+            json!({"command": "sh", "args": shell_quote(&["-c", &script])}),
+        )
         .await;
-    p.wait_status(&task, "running", Duration::from_secs(10)).await;
+    p.wait_status(&task, "running", Duration::from_secs(10))
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !pidfile.exists() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
-    let (s, b) = p.post(&format!("/api/tasks/{task}/cancel"), json!({})).await;
+    let (s, b) = p
+        .post(&format!("/api/tasks/{task}/cancel"), json!({}))
+        .await;
     assert_eq!(s, 202, "{b}");
     let t = p.wait_task(&task, Duration::from_secs(15)).await;
     assert_eq!(t["status"], "cancelled", "{t}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
     {
-        assert!(Instant::now() < deadline, "grandchild {pid} survived the cancel");
+        assert!(
+            Instant::now() < deadline,
+            "grandchild {pid} survived the cancel"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Cancelling again: it already ended.
-    let (s, _) = p.post(&format!("/api/tasks/{task}/cancel"), json!({})).await;
+    let (s, _) = p
+        .post(&format!("/api/tasks/{task}/cancel"), json!({}))
+        .await;
     assert_eq!(s, 409);
 }
 
@@ -317,14 +404,25 @@ async fn exec_plugin_on_an_agent() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/echo.py");
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/echo.py");
     std::fs::copy(&src, plugins.join("echo.py")).unwrap();
     let p = Platform::up(dir.path(), 1, &["--plugin-dir", plugins.to_str().unwrap()]).await;
     let detail = p.wait_agents(1).await;
     let slave = detail.as_object().unwrap().values().next().unwrap();
-    assert!(slave["compute_node_method"]["echo"]["echo"].is_string(), "{slave}");
+    assert!(
+        slave["compute_node_method"]["echo"]["echo"].is_string(),
+        "{slave}"
+    );
 
-    let task = p.run("echo", "local-1", "echo", json!({"message": "hi there", "repeat": 3})).await;
+    let task = p
+        .run(
+            "echo",
+            "local-1",
+            "echo",
+            json!({"message": "hi there", "repeat": 3}),
+        )
+        .await;
     let t = p.wait_task(&task, Duration::from_secs(30)).await;
     assert_eq!(t["status"], "succeeded", "{t}");
     assert_eq!(t["result"]["repeat"], 3);
@@ -357,11 +455,19 @@ async fn build_collects_artifacts() {
         assert!(st.success(), "git {args:?}");
     };
     git(&["init", "-q"]);
-    std::fs::write(repo.join("build.sh"), "#!/bin/sh\nmkdir -p out\necho \"version one\" > out/app.txt\n").unwrap();
+    std::fs::write(
+        repo.join("build.sh"),
+        "#!/bin/sh\nmkdir -p out\necho \"version one\" > out/app.txt\n",
+    )
+    .unwrap();
     git(&["add", "."]);
     git(&["commit", "-qm", "v1"]);
     git(&["tag", "v1"]);
-    std::fs::write(repo.join("build.sh"), "#!/bin/sh\nmkdir -p out\necho \"version two\" > out/app.txt\n").unwrap();
+    std::fs::write(
+        repo.join("build.sh"),
+        "#!/bin/sh\nmkdir -p out\necho \"version two\" > out/app.txt\n",
+    )
+    .unwrap();
     git(&["commit", "-qam", "v2"]);
 
     let p = Platform::up(dir.path().join("data").as_path(), 1, &[]).await;

@@ -110,7 +110,11 @@ mod tests {
     #[test]
     fn log_chunks_sort_by_offset() {
         let t = Uuid::new_v4();
-        let mut keys = [log_chunk_blob(&t, 100), log_chunk_blob(&t, 9), log_chunk_blob(&t, 0)];
+        let mut keys = [
+            log_chunk_blob(&t, 100),
+            log_chunk_blob(&t, 9),
+            log_chunk_blob(&t, 0),
+        ];
         keys.sort();
         assert!(keys[0].ends_with("00000000000000000000"));
         assert!(keys[2].ends_with("00000000000000000100"));

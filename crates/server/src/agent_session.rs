@@ -50,7 +50,9 @@ pub async fn upgrade(
     } else {
         let claims = state.auth.verify(&token)?;
         if claims.typ != Subject::Agent {
-            return Err(ApiError::unauthorized("not a join token or agent credential"));
+            return Err(ApiError::unauthorized(
+                "not a join token or agent credential",
+            ));
         }
         Joiner::Agent(
             claims
@@ -109,7 +111,11 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
     for p in &hello.plugins {
         for m in &p.methods {
             if let Err(e) = testbed_core::schema::check_schema(&m.schema) {
-                return refuse(&mut sink, &format!("{}.{}: invalid schema: {e}", p.name, m.name)).await;
+                return refuse(
+                    &mut sink,
+                    &format!("{}.{}: invalid schema: {e}", p.name, m.name),
+                )
+                .await;
             }
         }
     }
@@ -135,9 +141,12 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
 
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
     let session = state.hub.attach(uuid, tx.clone());
-    let credential = state
-        .auth
-        .issue(&uuid.to_string(), Role::Viewer, Subject::Agent, CREDENTIAL_TTL)?;
+    let credential = state.auth.issue(
+        &uuid.to_string(),
+        Role::Viewer,
+        Subject::Agent,
+        CREDENTIAL_TTL,
+    )?;
     let ttl = state.settings.lease_ttl.as_secs().max(1);
     let welcome = ServerMessage::Welcome {
         uuid,
@@ -244,7 +253,9 @@ async fn keep_alive(
 ) -> Result<LeaseId, SessionError> {
     let lease = match state.store.keep_alive(lease).await {
         Ok(()) => lease,
-        Err(StoreError::LeaseNotFound(_)) => state.store.grant_lease(state.settings.lease_ttl).await?,
+        Err(StoreError::LeaseNotFound(_)) => {
+            state.store.grant_lease(state.settings.lease_ttl).await?
+        }
         Err(e) => return Err(e.into()),
     };
     records::put(&state.store, alive_key, liveness, Some(lease)).await?;
@@ -252,7 +263,11 @@ async fn keep_alive(
 }
 
 /// Creates or refreshes `/agents/{uuid}`, keeping its numeric id.
-async fn register(state: &AppState, uuid: Uuid, hello: &Hello) -> Result<AgentRecord, SessionError> {
+async fn register(
+    state: &AppState,
+    uuid: Uuid,
+    hello: &Hello,
+) -> Result<AgentRecord, SessionError> {
     let key = keys::agent(&uuid);
     let now = testbed_core::now();
     let apply = |r: &mut AgentRecord| {
@@ -318,7 +333,8 @@ async fn reconcile(
     let assigned: Vec<(String, Assignment)> =
         records::list(&state.store, &keys::assign_prefix(&uuid), |_| true).await?;
     for (_, a) in assigned {
-        let Some((task, _)) = records::get::<Task>(&state.store, &keys::task(&a.task_id)).await? else {
+        let Some((task, _)) = records::get::<Task>(&state.store, &keys::task(&a.task_id)).await?
+        else {
             // An assignment without a task: its dispatch was interrupted.
             state.store.delete(&keys::assign(&uuid, &a.task_id)).await?;
             continue;
@@ -331,14 +347,28 @@ async fn reconcile(
                 }
             }
             TaskStatus::Queued if a.cancel || task.cancel_requested => {
-                dispatch::finish_without_agent(state, task.id, TaskStatus::Cancelled, "cancelled before it started").await?;
+                dispatch::finish_without_agent(
+                    state,
+                    task.id,
+                    TaskStatus::Cancelled,
+                    "cancelled before it started",
+                )
+                .await?;
             }
             TaskStatus::Queued => {
-                let _ = tx.send(ServerMessage::Assign { task: Box::new(task) });
+                let _ = tx.send(ServerMessage::Assign {
+                    task: Box::new(task),
+                });
             }
             TaskStatus::Running => {
                 // The agent restarted and forgot it: it will never report.
-                dispatch::finish_without_agent(state, task.id, TaskStatus::Lost, "agent restarted while the task ran").await?;
+                dispatch::finish_without_agent(
+                    state,
+                    task.id,
+                    TaskStatus::Lost,
+                    "agent restarted while the task ran",
+                )
+                .await?;
             }
             _ => {
                 state.store.delete(&keys::assign(&uuid, &task.id)).await?;
@@ -355,10 +385,17 @@ async fn handle(
     tx: &mpsc::UnboundedSender<ServerMessage>,
 ) -> Result<(), SessionError> {
     match msg {
-        AgentMessage::Started { task_id, started_at } => {
+        AgentMessage::Started {
+            task_id,
+            started_at,
+        } => {
             dispatch::started(state, task_id, started_at).await?;
         }
-        AgentMessage::Log { task_id, offset, data } => {
+        AgentMessage::Log {
+            task_id,
+            offset,
+            data,
+        } => {
             if let Err(e) = state.blobs.put_log_chunk(&task_id, offset, &data).await {
                 tracing::warn!(%task_id, "storing log chunk: {e}");
             }

@@ -61,7 +61,13 @@ impl Auth {
         }
     }
 
-    pub fn issue(&self, sub: &str, role: Role, typ: Subject, ttl: Duration) -> Result<String, ApiError> {
+    pub fn issue(
+        &self,
+        sub: &str,
+        role: Role,
+        typ: Subject,
+        ttl: Duration,
+    ) -> Result<String, ApiError> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: sub.to_string(),
@@ -125,7 +131,9 @@ impl Caller {
 pub fn bearer(parts: &Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         let s = h.to_str().ok()?;
-        let t = s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer "))?;
+        let t = s
+            .strip_prefix("Bearer ")
+            .or_else(|| s.strip_prefix("bearer "))?;
         return Some(t.trim().to_string());
     }
     parts.uri.query().and_then(|q| {
@@ -139,7 +147,10 @@ pub fn bearer(parts: &Parts) -> Option<String> {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)
             .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>`"))?;
         let claims = state.auth.verify(&token)?;
@@ -162,8 +173,12 @@ pub struct AgentCaller {
 impl FromRequestParts<AppState> for AgentCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("missing agent credential"))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token =
+            bearer(parts).ok_or_else(|| ApiError::unauthorized("missing agent credential"))?;
         let claims = state.auth.verify(&token)?;
         if claims.typ != Subject::Agent {
             return Err(ApiError::forbidden("only agents may call this"));
@@ -191,7 +206,11 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
 pub async fn verify_password(hash: String, password: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -274,7 +293,12 @@ async fn shared_value(
         }
         let value = make();
         if store
-            .txn_put(&key, testbed_store::Compare::Absent, value.clone().into_bytes(), None)
+            .txn_put(
+                &key,
+                testbed_store::Compare::Absent,
+                value.clone().into_bytes(),
+                None,
+            )
             .await?
             .is_some()
         {
@@ -300,7 +324,10 @@ impl LoginLimiter {
         let now = Instant::now();
         let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, q| {
-            while q.front().is_some_and(|t| now.duration_since(*t) > LOGIN_WINDOW) {
+            while q
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > LOGIN_WINDOW)
+            {
                 q.pop_front();
             }
             !q.is_empty()

@@ -97,7 +97,12 @@ impl Blobs {
     }
 
     /// Stores one chunk of a task's log.
-    pub async fn put_log_chunk(&self, task: &Uuid, offset: u64, data: &str) -> Result<(), BlobError> {
+    pub async fn put_log_chunk(
+        &self,
+        task: &Uuid,
+        offset: u64,
+        data: &str,
+    ) -> Result<(), BlobError> {
         self.put(
             &keys::log_chunk_blob(task, offset),
             Bytes::copy_from_slice(data.as_bytes()),
@@ -202,7 +207,11 @@ mod tests {
         assert_eq!(&blobs.read_log(&t, 0).await.unwrap()[..], b"hello world\n");
         assert_eq!(&blobs.read_log(&t, 6).await.unwrap()[..], b"world\n");
         assert_eq!(blobs.finish_log(&t).await.unwrap(), 12);
-        assert!(blobs.list(&keys::log_chunks_prefix(&t)).await.unwrap().is_empty());
+        assert!(blobs
+            .list(&keys::log_chunks_prefix(&t))
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(&blobs.read_log(&t, 0).await.unwrap()[..], b"hello world\n");
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -64,7 +64,12 @@ pub async fn assignment_relay(state: AppState) {
                         records::get::<Task>(&state.store, &keys::task(&task_id)).await
                     {
                         if task.status == TaskStatus::Queued {
-                            state.hub.send(&agent, ServerMessage::Assign { task: Box::new(task) });
+                            state.hub.send(
+                                &agent,
+                                ServerMessage::Assign {
+                                    task: Box::new(task),
+                                },
+                            );
                         }
                     }
                 }
@@ -159,7 +164,10 @@ pub async fn sweep_lost(state: &AppState) -> Result<(), records::RecordError> {
     let live = dispatch::live_agents(&state.store).await?;
     let mut after: Option<String> = None;
     loop {
-        let page = state.store.range(keys::ASSIGN, after.as_deref(), 1000).await?;
+        let page = state
+            .store
+            .range(keys::ASSIGN, after.as_deref(), 1000)
+            .await?;
         for kv in &page.kvs {
             let Some((agent, task_id)) = keys::parse_assign(&kv.key) else {
                 continue;

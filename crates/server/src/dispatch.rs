@@ -125,7 +125,11 @@ fn list(items: impl IntoIterator<Item = String>) -> String {
 /// eligible one and dispatches the task to it.
 pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> ApiResult<Task> {
     let mut problems = Vec::new();
-    for (field, value) in [("/plugin", &req.plugin), ("/host", &req.host), ("/method", &req.method)] {
+    for (field, value) in [
+        ("/plugin", &req.plugin),
+        ("/host", &req.host),
+        ("/method", &req.method),
+    ] {
         if value.trim().is_empty() {
             problems.push(FieldError {
                 field: field.into(),
@@ -167,14 +171,22 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
             format!(
                 "unknown plugin `{}`; live agents carry: {}",
                 req.plugin,
-                list(live.iter().flat_map(|a| a.record.plugins.iter().map(|p| p.name.clone())))
+                list(
+                    live.iter()
+                        .flat_map(|a| a.record.plugins.iter().map(|p| p.name.clone()))
+                )
             ),
         ));
     }
     let with_method: Vec<&AgentView> = carrying
         .iter()
         .copied()
-        .filter(|a| a.record.plugin(&req.plugin).and_then(|p| p.method(&req.method)).is_some())
+        .filter(|a| {
+            a.record
+                .plugin(&req.plugin)
+                .and_then(|p| p.method(&req.method))
+                .is_some()
+        })
         .collect();
     if with_method.is_empty() {
         return Err(ApiError::field(
@@ -228,7 +240,8 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
 
     let mut best: Option<(usize, u32, &AgentView)> = None;
     for a in candidates {
-        let outstanding = records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
+        let outstanding =
+            records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
         let running = a.alive.as_ref().map_or(0, |l| l.running);
         if best.is_none_or(|(o, r, _)| (outstanding, running) < (o, r)) {
             best = Some((outstanding, running, a));
@@ -300,7 +313,11 @@ pub async fn started(
 /// Stores a task's outcome (once: a duplicate result changes nothing) and
 /// releases its assignment. A `lost` task is still settled by a late result
 /// from an agent that came back.
-pub async fn settle(state: &AppState, task_id: Uuid, outcome: TaskOutcome) -> Result<(), RecordError> {
+pub async fn settle(
+    state: &AppState,
+    task_id: Uuid,
+    outcome: TaskOutcome,
+) -> Result<(), RecordError> {
     let stored_len = match state.blobs.finish_log(&task_id).await {
         Ok(n) => n,
         Err(e) => {
@@ -391,7 +408,13 @@ pub async fn cancel(state: &AppState, task_id: Uuid) -> ApiResult<Task> {
         .await?
         .is_some();
     if !alive {
-        finish_without_agent(state, task_id, TaskStatus::Cancelled, "cancelled (agent offline)").await?;
+        finish_without_agent(
+            state,
+            task_id,
+            TaskStatus::Cancelled,
+            "cancelled (agent offline)",
+        )
+        .await?;
     } else {
         let assign_key = keys::assign(&task.agent_uuid, &task_id);
         records::update::<Assignment, _>(&state.store, &assign_key, |a| {
@@ -405,7 +428,9 @@ pub async fn cancel(state: &AppState, task_id: Uuid) -> ApiResult<Task> {
         .await?;
         // Fast path when the agent is connected here; the watch on
         // `/assign/` covers the other replicas.
-        state.hub.send(&task.agent_uuid, ServerMessage::Cancel { task_id });
+        state
+            .hub
+            .send(&task.agent_uuid, ServerMessage::Cancel { task_id });
     }
     let (task, _) = records::get::<Task>(&state.store, &key)
         .await?

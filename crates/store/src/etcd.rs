@@ -2,8 +2,9 @@
 //!
 //! It speaks etcd's JSON gRPC-gateway (`POST /v3/...`) over plain HTTP(S)
 //! rather than gRPC. That keeps `protoc` and generated code out of the build
-//! (one `cargo build` on any machine), and the gateway is part of every etcd
-//! server since 3.3, so nothing extra needs deploying. The price is handling
+//! (one `cargo build` on any machine), and the gateway is built into every
+//! etcd server (under `/v3/` since etcd 3.4), so nothing extra needs
+//! deploying. The price is handling
 //! the gateway's JSON conventions, done in the wire types at the bottom of
 //! this file: bytes are base64, int64s are strings, and fields holding their
 //! default value (0, false, empty, the PUT event type) are omitted.
@@ -13,7 +14,9 @@
 //! etcd (connection refused, "no leader") moves on to the next endpoint, while
 //! a write whose outcome is unknown (timeout, dropped connection) is *not*
 //! replayed, because a replayed put or compare-and-swap could apply twice or
-//! report a false conflict.
+//! report a false conflict. Such a write — typically one sent just as the
+//! leader died — fails with [`StoreError::Unavailable`], and callers re-read
+//! and retry as after any transient failure.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -214,8 +217,9 @@ fn build_client(tls: bool, opts: &EtcdOptions) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_keepalive(Duration::from_secs(30))
-        // The gateway serves HTTP/1.1 JSON; over TLS, HTTP/2 would be routed
-        // to etcd's gRPC server instead of the gateway on some versions.
+        // Every etcd version serves the gateway over HTTP/1.1; pinning it
+        // avoids depending on how a version routes HTTP/2 requests on the
+        // port it shares with gRPC when TLS (ALPN) would offer HTTP/2.
         .http1_only();
     let uses_tls_files =
         opts.ca_file.is_some() || opts.cert_file.is_some() || opts.key_file.is_some();
@@ -1028,6 +1032,9 @@ impl Watcher {
     async fn read(&mut self, resp: reqwest::Response) -> Flow {
         let mut body = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
+        // Bytes of `buf` known to hold no newline: a large replay arrives in
+        // many chunks, and rescanning from the start would be quadratic.
+        let mut scanned = 0;
         let mut delivered_any = false;
         loop {
             let chunk = tokio::select! {
@@ -1038,8 +1045,9 @@ impl Watcher {
             match chunk {
                 Some(Ok(bytes)) => {
                     buf.extend_from_slice(&bytes);
-                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                    while let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=scanned + pos).collect();
+                        scanned = 0;
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
                         }
@@ -1048,6 +1056,7 @@ impl Watcher {
                             other => return other,
                         }
                     }
+                    scanned = buf.len();
                 }
                 Some(Err(e)) => {
                     tracing::debug!("etcd watch stream broke: {}", error_chain(&e));

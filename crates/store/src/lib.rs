@@ -78,7 +78,8 @@ pub trait Store: Send + Sync + 'static {
     async fn revision(&self) -> Result<i64>;
 
     /// Every change under `prefix` with a revision ≥ `from_revision`, in
-    /// revision order, then live changes as they happen.
+    /// revision order, then live changes as they happen. A `from_revision`
+    /// of 0 (or less) means "from now": only changes after the call.
     async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream>;
 
     /// Grants a lease that expires `ttl` after its last keep-alive.
@@ -99,7 +100,12 @@ pub trait Store: Send + Sync + 'static {
 /// `etcd://host1:2379,host2:2379` (see [`EtcdOptions`] for auth and TLS).
 pub async fn open(spec: &str, etcd: EtcdOptions) -> Result<DynStore> {
     if let Some(path) = spec.strip_prefix("redb:") {
-        let store = RedbStore::open(path)?;
+        // Opening does file I/O (and may wait briefly for a closing handle),
+        // so keep it off the async worker threads.
+        let path = path.to_owned();
+        let store = tokio::task::spawn_blocking(move || RedbStore::open(path))
+            .await
+            .map_err(|e| StoreError::Embedded(format!("opening the store failed: {e}")))??;
         Ok(Arc::new(store))
     } else if spec.starts_with("etcd://") || spec.starts_with("etcds://") {
         let store = EtcdStore::connect(spec, etcd).await?;

@@ -81,6 +81,7 @@ macro_rules! conformance {
                 watch_from_now_sees_only_new_changes,
                 watch_sees_deletes,
                 watch_orders_concurrent_writers,
+                watch_replays_a_large_history,
                 lease_expiry_deletes_keys_and_notifies_watchers,
                 keep_alive_keeps_keys_alive,
                 keep_alive_after_expiry_is_lease_not_found,
@@ -491,6 +492,25 @@ mod cases {
         assert_quiet(&mut w, Duration::from_millis(300)).await;
     }
 
+    /// Megabytes of history in one replay: arrives in many chunks (etcd) or
+    /// many batches (redb).
+    pub async fn watch_replays_a_large_history(s: &DynStore) {
+        let value = |i: usize| format!("{i:05}").repeat(2000).into_bytes();
+        let first = s.put("/big/0", value(0), None).await.unwrap();
+        for i in 1..300 {
+            s.put(&format!("/big/{}", i % 17), value(i), None)
+                .await
+                .unwrap();
+        }
+        let mut w = s.watch("/big/", first).await.unwrap();
+        for i in 0..300 {
+            let event = next_event(&mut w).await;
+            assert_eq!(event.kv.key, format!("/big/{}", i % 17));
+            assert!(event.kv.value == value(i), "event {i} has the wrong value");
+        }
+        assert_quiet(&mut w, Duration::from_millis(200)).await;
+    }
+
     pub async fn lease_expiry_deletes_keys_and_notifies_watchers(s: &DynStore) {
         let lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
         assert!(lease > 0);
@@ -777,6 +797,26 @@ mod redb_specific {
         RedbStore::open(dir.path().join("s.redb")).unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_by_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/store.redb");
+        let spec = format!("redb:{}", path.display());
+        let s = testbed_store::open(&spec, EtcdOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(s.describe(), spec);
+        s.put("/x", b"1".to_vec(), None).await.unwrap();
+        assert!(path.is_file());
+        for bad in ["bogus", "redis://h", "/just/a/path"] {
+            match testbed_store::open(bad, EtcdOptions::default()).await {
+                Err(StoreError::InvalidSpec(m)) => assert!(m.contains(bad), "{m}"),
+                Err(e) => panic!("{bad}: {e:?}"),
+                Ok(_) => panic!("{bad}: opened"),
+            }
+        }
+    }
+
     /// `open` outside a runtime (e.g. from a synchronous `main` before the
     /// runtime starts): the lease reaper must still run once calls are made.
     #[test]
@@ -805,7 +845,7 @@ mod etcd_specific {
             prefix: prefix.into(),
             ..Default::default()
         };
-        let rooted = EtcdStore::connect(&cluster.spec(), opts("/tb"))
+        let rooted = testbed_store::open(&cluster.spec(), opts("/tb"))
             .await
             .unwrap();
         let raw = EtcdStore::connect(&cluster.spec(), opts("")).await.unwrap();
@@ -1137,21 +1177,24 @@ mod etcd_specific {
 
 /// The etcd binary: `$ETCD_BIN`, else `etcd` on `PATH` or in the usual places.
 fn etcd_binary() -> PathBuf {
+    let help = "The etcd conformance tests need the `etcd` server binary (3.4 or newer) on PATH \
+                or in $ETCD_BIN. Run the test command from the README, `scripts/test`, which \
+                installs it (on Debian/Ubuntu: `apt-get install etcd-server`).";
     if let Some(bin) = std::env::var_os("ETCD_BIN") {
-        return bin.into();
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "$ETCD_BIN={} is not a file. {help}",
+            bin.display()
+        );
+        return bin;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/bin", "/usr/local/bin"].map(PathBuf::from))
         .map(|dir| dir.join("etcd"))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the etcd conformance tests need the `etcd` server binary (3.4 or newer) on PATH \
-                 or in $ETCD_BIN. Run the test command from the README, `scripts/test`, which \
-                 installs it (on Debian/Ubuntu: `apt-get install etcd-server`)."
-            )
-        })
+        .unwrap_or_else(|| panic!("etcd not found. {help}"))
 }
 
 /// Free loopback ports, never handed out twice in this process (tests run

@@ -3,6 +3,7 @@
 pub mod build_server;
 pub mod exec;
 pub mod linux_system;
+pub mod noop;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,13 +11,14 @@ use std::sync::Arc;
 use crate::plugin::DynPlugin;
 
 /// Names of the plugins compiled into the agent.
-pub const BUILTIN: &[&str] = &["linux_system", "build_server"];
+pub const BUILTIN: &[&str] = &["linux_system", "build_server", "noop"];
 
 /// The built-in plugin called `name`, if there is one.
 pub fn builtin(name: &str) -> Option<DynPlugin> {
     match name {
         "linux_system" => Some(Arc::new(linux_system::LinuxSystem)),
         "build_server" => Some(Arc::new(build_server::BuildServer)),
+        "noop" => Some(Arc::new(noop::Noop)),
         _ => None,
     }
 }

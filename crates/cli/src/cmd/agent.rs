@@ -50,6 +50,10 @@ pub struct AgentArgs {
     /// When running as root, run tasks as this user.
     #[arg(long)]
     pub run_as: Option<String>,
+    /// Benchmark mode: run N simulated agents (`NAME-1`…`NAME-N`) that
+    /// register, carry only the `noop` plugin and heartbeat without metrics.
+    #[arg(long, value_name = "N")]
+    pub simulate: Option<u32>,
 }
 
 impl AgentArgs {
@@ -71,12 +75,25 @@ impl AgentArgs {
             .token
             .clone()
             .context("--token (or TESTBED_JOIN_TOKEN) is required")?;
-        let name = self.name.clone().unwrap_or_else(testbed_agent::metrics::hostname);
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(testbed_agent::metrics::hostname);
         let mut cfg = AgentConfig::new(&server, &token, &name);
         cfg.host = self.host.clone();
         cfg.labels = parse_labels(&self.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
-        cfg.groups = self.groups.iter().filter(|g| !g.is_empty()).cloned().collect();
-        cfg.plugins = self.plugins.iter().filter(|p| !p.is_empty()).cloned().collect();
+        cfg.groups = self
+            .groups
+            .iter()
+            .filter(|g| !g.is_empty())
+            .cloned()
+            .collect();
+        cfg.plugins = self
+            .plugins
+            .iter()
+            .filter(|p| !p.is_empty())
+            .cloned()
+            .collect();
         cfg.plugin_dir = self.plugin_dir.clone();
         cfg.state_dir = self.state_dir.clone();
         cfg.capacity = self.capacity;
@@ -89,6 +106,9 @@ impl AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.to_config()?;
+    if let Some(n) = args.simulate {
+        return simulate(cfg, n).await;
+    }
     let agent = Agent::build(cfg.clone()).await?;
     let names: Vec<String> = agent.plugin_specs().into_iter().map(|p| p.name).collect();
     println!(
@@ -104,5 +124,29 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         stop.cancel();
     });
     agent.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `n` lightweight agents in this process, for load on a server.
+async fn simulate(base: AgentConfig, n: u32) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    let mut handles = Vec::new();
+    for i in 1..=n {
+        let mut cfg = base.clone();
+        cfg.name = format!("{}-{i}", base.name);
+        cfg.plugins = vec!["noop".into()];
+        cfg.plugin_dir = None;
+        cfg.state_dir = base.state_dir.join(format!("sim-{i}"));
+        cfg.simulated = true;
+        let agent = Agent::build(cfg).await?;
+        let stop = shutdown.clone();
+        handles.push(tokio::spawn(async move { agent.run(stop).await }));
+    }
+    println!("{n} simulated agents serving {}", base.server);
+    super::terminated().await;
+    shutdown.cancel();
+    for h in handles {
+        let _ = h.await;
+    }
     Ok(ExitCode::SUCCESS)
 }

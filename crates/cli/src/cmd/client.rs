@@ -44,7 +44,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         server: server.clone(),
         token,
     })?;
-    println!("logged in to {server} as {} (token saved in {})", args.username, path.display());
+    println!(
+        "logged in to {server} as {} (token saved in {})",
+        args.username,
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -81,11 +85,18 @@ pub async fn agents(cmd: AgentsCmd) -> anyhow::Result<ExitCode> {
             }
             let mut table = Table::new();
             table.load_preset(UTF8_FULL_CONDENSED);
-            table.set_header(["ID", "NAME", "HOST", "STATUS", "PLUGINS", "LABELS", "TASKS", "CPU %", "MEM"]);
+            table.set_header([
+                "ID", "NAME", "HOST", "STATUS", "PLUGINS", "LABELS", "TASKS", "CPU %", "MEM",
+            ]);
             for a in &list {
                 let plugins = a["plugins"]
                     .as_array()
-                    .map(|ps| ps.iter().filter_map(|p| p["name"].as_str()).collect::<Vec<_>>().join(","))
+                    .map(|ps| {
+                        ps.iter()
+                            .filter_map(|p| p["name"].as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
                     .unwrap_or_default();
                 let labels = a["labels"]
                     .as_object()
@@ -126,13 +137,22 @@ pub async fn agents(cmd: AgentsCmd) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&a)?);
             } else {
-                println!("{} (id {}, {})", a["name"].as_str().unwrap_or_default(), a["id"], a["uuid"].as_str().unwrap_or_default());
+                println!(
+                    "{} (id {}, {})",
+                    a["name"].as_str().unwrap_or_default(),
+                    a["id"],
+                    a["uuid"].as_str().unwrap_or_default()
+                );
                 println!("  host:   {}", a["host"].as_str().unwrap_or_default());
                 println!("  status: {}", a["status"].as_str().unwrap_or_default());
                 for p in a["plugins"].as_array().into_iter().flatten() {
                     println!("  plugin {}", p["name"].as_str().unwrap_or_default());
                     for m in p["methods"].as_array().into_iter().flatten() {
-                        println!("    {:<20} {}", m["name"].as_str().unwrap_or_default(), m["description"].as_str().unwrap_or_default());
+                        println!(
+                            "    {:<20} {}",
+                            m["name"].as_str().unwrap_or_default(),
+                            m["description"].as_str().unwrap_or_default()
+                        );
                     }
                 }
             }
@@ -185,21 +205,31 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
             &json!({"plugin": args.plugin, "host": args.host, "method": args.method, "parameters": parameters}),
         )
         .await?;
-    let id = submitted["task_id"].as_str().context("no task_id in the answer")?.to_string();
+    let id = submitted["task_id"]
+        .as_str()
+        .context("no task_id in the answer")?
+        .to_string();
     if args.detach {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("task {id} on {}", submitted["agent_name"].as_str().unwrap_or("?"));
+    eprintln!(
+        "task {id} on {}",
+        submitted["agent_name"].as_str().unwrap_or("?")
+    );
     follow_log(&c, &id).await?;
     finish(&c, &id, args.json).await
 }
 
 /// Streams the task's log to stdout until the task ends.
 async fn follow_log(c: &Client, id: &str) -> anyhow::Result<()> {
-    let mut req = c.ws_url(&format!("/ws/tasks/{id}/log")).into_client_request()?;
-    req.headers_mut()
-        .insert("authorization", HeaderValue::from_str(&format!("Bearer {}", c.token))?);
+    let mut req = c
+        .ws_url(&format!("/ws/tasks/{id}/log"))
+        .into_client_request()?;
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {}", c.token))?,
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(req)
         .await
         .context("opening the live log")?;
@@ -236,7 +266,10 @@ async fn finish(c: &Client, id: &str, as_json: bool) -> anyhow::Result<ExitCode>
     eprintln!(
         "task {id}: {status}{}{}",
         exit.map(|e| format!(", exit code {e}")).unwrap_or_default(),
-        task["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default()
+        task["error"]
+            .as_str()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
     );
     Ok(match status {
         "succeeded" => ExitCode::SUCCESS,
@@ -285,10 +318,17 @@ pub async fn tasks(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
             for t in page["results"].as_array().into_iter().flatten() {
                 table.add_row([
                     t["id"].as_str().unwrap_or_default().to_string(),
-                    format!("{}.{}", t["plugin"].as_str().unwrap_or_default(), t["method"].as_str().unwrap_or_default()),
+                    format!(
+                        "{}.{}",
+                        t["plugin"].as_str().unwrap_or_default(),
+                        t["method"].as_str().unwrap_or_default()
+                    ),
                     t["agent_name"].as_str().unwrap_or_default().to_string(),
                     t["status"].as_str().unwrap_or_default().to_string(),
-                    t["exit_code"].as_i64().map(|e| e.to_string()).unwrap_or_default(),
+                    t["exit_code"]
+                        .as_i64()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default(),
                     t["created_at"].as_str().unwrap_or_default().to_string(),
                 ]);
             }
@@ -310,8 +350,13 @@ pub async fn tasks(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TasksCmd::Cancel { id } => {
-            let t: Value = c.post(&format!("/api/tasks/{id}/cancel"), &json!({})).await?;
-            println!("cancel requested; task is {}", t["status"].as_str().unwrap_or("?"));
+            let t: Value = c
+                .post(&format!("/api/tasks/{id}/cancel"), &json!({}))
+                .await?;
+            println!(
+                "cancel requested; task is {}",
+                t["status"].as_str().unwrap_or("?")
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

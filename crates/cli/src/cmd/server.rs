@@ -89,7 +89,10 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<testbed_server::Server> 
     let store = testbed_store::open(&args.store.store, args.store.etcd_options())
         .await
         .with_context(|| format!("opening store {}", args.store.store))?;
-    let blob_dir = args.blobs.clone().unwrap_or_else(|| default_blobs(&args.store.store));
+    let blob_dir = args
+        .blobs
+        .clone()
+        .unwrap_or_else(|| default_blobs(&args.store.store));
     let blobs = Blobs::local(&blob_dir).context("opening blob store")?;
     let config = ServerConfig {
         listen: args.listen.clone(),

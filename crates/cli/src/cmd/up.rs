@@ -18,7 +18,7 @@ pub struct UpArgs {
     /// Where the embedded store, logs and artifacts live.
     #[arg(long, default_value = "testbed-data")]
     pub data_dir: PathBuf,
-    /// Local agents to start (each carries linux_system and build_server).
+    /// Local agents to start.
     #[arg(long, default_value_t = 1)]
     pub agents: u32,
     /// Seconds an agent may stay silent before it is declared gone.
@@ -27,6 +27,13 @@ pub struct UpArgs {
     /// Let the local agents' run_shell use /bin/sh on request.
     #[arg(long)]
     pub allow_shell: bool,
+    /// Built-in plugins the local agents carry.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "linux_system,build_server"
+    )]
+    pub plugins: Vec<String>,
     /// Directory of exec plugins for the local agents.
     #[arg(long)]
     pub plugin_dir: Option<PathBuf>,
@@ -60,7 +67,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     for i in 1..=args.agents {
         let name = format!("local-{i}");
         let mut cfg = AgentConfig::new(&server.url(), &server.join_token, &name);
-        cfg.plugins = vec!["linux_system".into(), "build_server".into()];
+        cfg.plugins = args.plugins.clone();
         cfg.state_dir = args.data_dir.join("agents").join(&name);
         cfg.allow_shell = args.allow_shell;
         cfg.plugin_dir = args.plugin_dir.clone();
@@ -72,7 +79,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
         }));
     }
-    println!("{} local agent(s) started; Ctrl-C stops everything", args.agents);
+    println!(
+        "{} local agent(s) started; Ctrl-C stops everything",
+        args.agents
+    );
 
     super::terminated().await;
     println!("shutting down");

@@ -33,13 +33,23 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         cmd.env("TESTBED_LOG", "info,testbed=debug");
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         let (tx, rx) = mpsc::channel();
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -70,7 +80,10 @@ impl Proc {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("{}: no line containing `{needle}` within {timeout:?}", self.name),
+                Err(_) => panic!(
+                    "{}: no line containing `{needle}` within {timeout:?}",
+                    self.name
+                ),
             }
         }
     }
@@ -85,7 +98,10 @@ impl Proc {
     /// SIGINT, as Ctrl-C; returns the exit status.
     pub fn interrupt(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(st)) = c.try_wait() {
@@ -128,11 +144,18 @@ impl Platform {
 
     pub async fn up_on(data: &Path, agents: u32, listen: &str, extra: &[&str]) -> Platform {
         let mut cmd = Command::new(bin());
-        cmd.args(["up", "--listen", listen, "--agents", &agents.to_string(), "--data-dir"])
-            .arg(data)
-            .args(extra)
-            .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
+        cmd.args([
+            "up",
+            "--listen",
+            listen,
+            "--agents",
+            &agents.to_string(),
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(extra)
+        .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
         let proc = Proc::spawn("up", cmd);
         let url = banner_url(&proc);
         let p = Self::connect(proc, url).await;
@@ -220,7 +243,11 @@ impl Platform {
             if !matches!(t["status"].as_str(), Some("queued" | "running")) {
                 return t;
             }
-            assert!(Instant::now() < deadline, "task {id} still {} after {timeout:?}", t["status"]);
+            assert!(
+                Instant::now() < deadline,
+                "task {id} still {} after {timeout:?}",
+                t["status"]
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -232,7 +259,11 @@ impl Platform {
             if t["status"] == status {
                 return t;
             }
-            assert!(Instant::now() < deadline, "task {id} is {} not {status} after {timeout:?}", t["status"]);
+            assert!(
+                Instant::now() < deadline,
+                "task {id} is {} not {status} after {timeout:?}",
+                t["status"]
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -245,7 +276,10 @@ impl Platform {
             if status == 200 && body.as_object().map(|m| m.len()) == Some(n) {
                 return body;
             }
-            assert!(Instant::now() < deadline, "expected {n} live agents, have {body}");
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} live agents, have {body}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -259,7 +293,10 @@ impl Platform {
     /// Creates a user with `role` and returns its token.
     pub async fn user(&self, name: &str, role: &str) -> String {
         let (s, b) = self
-            .post("/api/users", json!({"username": name, "password": "password-123", "role": role}))
+            .post(
+                "/api/users",
+                json!({"username": name, "password": "password-123", "role": role}),
+            )
             .await;
         assert_eq!(s, 201, "{b}");
         login(&self.http, &self.url, name, "password-123").await
@@ -278,7 +315,13 @@ pub async fn login(http: &reqwest::Client, url: &str, user: &str, password: &str
     v["token"].as_str().expect("token").to_string()
 }
 
-pub async fn post_as(http: &reqwest::Client, url: &str, token: &str, path: &str, body: Value) -> (u16, Value) {
+pub async fn post_as(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
     let r = http
         .post(format!("{url}{path}"))
         .bearer_auth(token)
@@ -293,9 +336,18 @@ pub async fn post_as(http: &reqwest::Client, url: &str, token: &str, path: &str,
 /// A separate `testbed agent` process.
 pub fn agent(url: &str, name: &str, state: &Path, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(bin());
-    cmd.args(["agent", "--server", url, "--token", JOIN_TOKEN, "--name", name, "--state-dir"])
-        .arg(state)
-        .args(extra);
+    cmd.args([
+        "agent",
+        "--server",
+        url,
+        "--token",
+        JOIN_TOKEN,
+        "--name",
+        name,
+        "--state-dir",
+    ])
+    .arg(state)
+    .args(extra);
     Proc::spawn(&format!("agent {name}"), cmd)
 }
 
@@ -372,7 +424,10 @@ impl Etcd {
                 if ok {
                     break;
                 }
-                assert!(Instant::now() < deadline, "etcd at {url} never became healthy");
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd at {url} never became healthy"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -400,11 +455,18 @@ pub async fn follow_ws(url: &str, token: &str, task: &str) -> (String, String) {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
-    let ws_url = format!("{}/ws/tasks/{task}/log", url.replacen("http://", "ws://", 1));
+    let ws_url = format!(
+        "{}/ws/tasks/{task}/log",
+        url.replacen("http://", "ws://", 1)
+    );
     let mut req = ws_url.into_client_request().expect("request");
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws connect");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connect");
     let mut text = String::new();
     let mut reason = String::new();
     while let Some(msg) = ws.next().await {

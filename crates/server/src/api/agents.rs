@@ -76,7 +76,10 @@ async fn info(state: &AppState, a: AgentView) -> ApiResult<AgentInfo> {
 #[utoipa::path(get, path = "/api/agents", tag = "agents",
     responses((status = 200, body = Vec<AgentInfo>), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn list(State(state): State<AppState>, _caller: Caller) -> ApiResult<Json<Vec<AgentInfo>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> ApiResult<Json<Vec<AgentInfo>>> {
     let mut out = Vec::new();
     for a in dispatch::agents(&state.store).await? {
         out.push(info(&state, a).await?);
@@ -113,9 +116,12 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
     let agents = dispatch::agents(&state.store).await?;
-    let a = super::slaves::find(&agents, &id).ok_or_else(|| ApiError::not_found(format!("no agent `{id}`")))?;
+    let a = super::slaves::find(&agents, &id)
+        .ok_or_else(|| ApiError::not_found(format!("no agent `{id}`")))?;
     if a.alive.is_some() {
-        return Err(ApiError::conflict(format!("agent `{id}` is online; stop it first")));
+        return Err(ApiError::conflict(format!(
+            "agent `{id}` is online; stop it first"
+        )));
     }
     state.store.delete(&keys::agent(&a.record.uuid)).await?;
     Ok(StatusCode::NO_CONTENT)

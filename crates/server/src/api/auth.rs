@@ -50,7 +50,10 @@ pub async fn login(
     if let Err(wait) = state.auth.limiter().check(Some(addr.ip()), &req.username) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            format!("too many login attempts; retry in {} s", wait.as_secs().max(1)),
+            format!(
+                "too many login attempts; retry in {} s",
+                wait.as_secs().max(1)
+            ),
         ));
     }
     let user = records::get::<UserRecord>(&state.store, &keys::user(&req.username)).await?;
@@ -68,7 +71,9 @@ pub async fn login(
         return Err(ApiError::unauthorized("wrong username or password"));
     };
     let ttl = state.auth.token_ttl;
-    let token = state.auth.issue(&user.name, user.role, Subject::User, ttl)?;
+    let token = state
+        .auth
+        .issue(&user.name, user.role, Subject::User, ttl)?;
     Ok(Json(LoginResponse {
         token,
         token_type: "Bearer".into(),
@@ -161,7 +166,10 @@ pub async fn create_user(
         created_at: testbed_core::now(),
     };
     if !records::create(&state.store, &keys::user(&req.username), &record, None).await? {
-        return Err(ApiError::conflict(format!("user `{}` exists", req.username)));
+        return Err(ApiError::conflict(format!(
+            "user `{}` exists",
+            req.username
+        )));
     }
     Ok((StatusCode::CREATED, Json(record.into())))
 }
@@ -170,9 +178,13 @@ pub async fn create_user(
 #[utoipa::path(get, path = "/api/users", tag = "users",
     responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn list_users(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<UserView>>> {
+pub async fn list_users(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<UserView>>> {
     caller.require(Role::Admin)?;
-    let users: Vec<(String, UserRecord)> = records::list(&state.store, keys::USERS, |_| true).await?;
+    let users: Vec<(String, UserRecord)> =
+        records::list(&state.store, keys::USERS, |_| true).await?;
     Ok(Json(users.into_iter().map(|(_, u)| u.into()).collect()))
 }
 

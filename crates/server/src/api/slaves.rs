@@ -57,7 +57,10 @@ fn slave(a: &AgentView, with_uuid: bool) -> Slave {
 #[utoipa::path(get, path = "/v2.1/slaves/detail", tag = "seed-002",
     responses((status = 200, body = BTreeMap<String, Slave>), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn detail(State(state): State<AppState>, _caller: Caller) -> ApiResult<Json<BTreeMap<String, Slave>>> {
+pub async fn detail(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> ApiResult<Json<BTreeMap<String, Slave>>> {
     let agents = dispatch::agents(&state.store).await?;
     Ok(Json(
         agents
@@ -79,7 +82,8 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Slave>> {
     let agents = dispatch::agents(&state.store).await?;
-    let found = find(&agents, &id).ok_or_else(|| ApiError::not_found(format!("no slave `{id}`")))?;
+    let found =
+        find(&agents, &id).ok_or_else(|| ApiError::not_found(format!("no slave `{id}`")))?;
     Ok(Json(slave(found, true)))
 }
 

@@ -79,7 +79,9 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<TaskPage>> {
     if q.page == 0 || q.page_size == 0 || q.page_size > 1000 {
-        return Err(ApiError::bad_request("page must be ≥ 1 and page_size 1..=1000"));
+        return Err(ApiError::bad_request(
+            "page must be ≥ 1 and page_size 1..=1000",
+        ));
     }
     let all: Vec<(String, Task)> = records::list(&state.store, keys::TASKS, |_| true).await?;
     let mut tasks: Vec<Task> = all
@@ -125,7 +127,11 @@ async fn load(state: &AppState, id: &Uuid) -> ApiResult<Task> {
     params(("id" = String, Path)),
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn show(State(state): State<AppState>, _caller: Caller, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
+pub async fn show(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TaskView>> {
     let id = parse_id(&id)?;
     Ok(Json(load(&state, &id).await?.into()))
 }
@@ -158,7 +164,10 @@ pub async fn log(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Ok(v) = HeaderValue::from_str(task.status.as_str()) {
         headers.insert("x-task-status", v);
     }
@@ -194,14 +203,18 @@ pub async fn artifact(
     let id = parse_id(&id)?;
     let task = load(&state, &id).await?;
     if !task.artifacts.iter().any(|a| a.name == name) {
-        return Err(ApiError::not_found(format!("task {id} has no artifact `{name}`")));
+        return Err(ApiError::not_found(format!(
+            "task {id} has no artifact `{name}`"
+        )));
     }
     let data = state
         .blobs
         .get(&keys::artifact_blob(&id, &name))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .ok_or_else(|| ApiError::not_found(format!("artifact `{name}` is missing from the blob store")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!("artifact `{name}` is missing from the blob store"))
+        })?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
@@ -229,7 +242,10 @@ pub async fn upload_artifact(
 ) -> ApiResult<Json<Artifact>> {
     let id = parse_id(&id)?;
     if !valid_artifact_name(&name) {
-        return Err(ApiError::field("/name", "letters, digits and `._-+` only, at most 200"));
+        return Err(ApiError::field(
+            "/name",
+            "letters, digits and `._-+` only, at most 200",
+        ));
     }
     let task = load(&state, &id).await?;
     if task.agent_uuid != agent.uuid {
@@ -241,7 +257,10 @@ pub async fn upload_artifact(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?;
         if buf.len() + chunk.len() > limit {
-            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("artifact larger than {limit} bytes")));
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("artifact larger than {limit} bytes"),
+            ));
         }
         buf.extend_from_slice(&chunk);
     }
