@@ -246,7 +246,8 @@ impl Agent {
                 message: format!("token is not a valid header value: {e}"),
             })?;
         request.headers_mut().insert("authorization", auth);
-        let (ws, _) = match tokio_tungstenite::connect_async(request).await {
+        let (ws, _) = match tokio_tungstenite::connect_async_with_config(request, None, true).await
+        {
             Ok(ok) => ok,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp))
                 if resp.status().as_u16() == 401 =>

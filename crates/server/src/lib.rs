@@ -115,6 +115,11 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         shutdown: shutdown.clone(),
     }));
 
+    // Small, latency-bound messages (agent protocol, API calls) must not
+    // wait for Nagle's algorithm and the peer's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = api::router(state.clone());
     let stop = shutdown.clone();
     let http = tokio::spawn(async move {
