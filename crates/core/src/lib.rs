@@ -6,9 +6,11 @@
 
 pub mod agent;
 pub mod keys;
+pub mod plan;
 pub mod protocol;
 pub mod schema;
 pub mod task;
+pub mod template;
 pub mod user;
 
 /// Current time as an RFC 3339 timestamp in UTC, the format of every time
