@@ -494,3 +494,23 @@ fn shell_quote(args: &[&str]) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[tokio::test]
+async fn heartbeats_carry_system_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &["--lease-ttl", "3"]).await;
+    // Heartbeats come every TTL/3 = 1 s and carry sysinfo figures.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, agents) = p.get("/api/agents").await;
+        let m = &agents[0]["metrics"];
+        if m["memory_total_bytes"].as_u64().unwrap_or(0) > 0 && agents[0]["heartbeat_at"].is_string() {
+            assert!(m["memory_used_bytes"].as_u64().unwrap() > 0, "{m}");
+            assert!(m["cpu_percent"].as_f64().unwrap() >= 0.0);
+            assert!(m.get("network_rx_bytes").is_some() && m.get("network_tx_bytes").is_some());
+            break;
+        }
+        assert!(Instant::now() < deadline, "no metrics: {agents}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -11,6 +11,56 @@ pub const USERS: &str = "/users/";
 pub const CONFIG: &str = "/config/";
 pub const COUNTERS: &str = "/counters/";
 pub const LEADER_CONTROLLER: &str = "/leader/controller";
+pub const TESTCASES: &str = "/testcases/";
+pub const ENVIRONMENTS: &str = "/environments/";
+pub const PLANS: &str = "/plans/";
+pub const RUNS: &str = "/runs/";
+pub const RESULTS: &str = "/results/";
+pub const REPORTS: &str = "/reports/";
+pub const GROUPS: &str = "/groups/";
+/// Index of runs not yet finished, so the controller never scans history.
+pub const ACTIVE_RUNS: &str = "/active/runs/";
+
+pub fn testcase(name: &str) -> String {
+    format!("/testcases/{name}")
+}
+
+pub fn environment(name: &str) -> String {
+    format!("/environments/{name}")
+}
+
+pub fn plan(id: &Uuid) -> String {
+    format!("/plans/{id}")
+}
+
+pub fn run(id: &Uuid) -> String {
+    format!("/runs/{id}")
+}
+
+pub fn active_run(id: &Uuid) -> String {
+    format!("/active/runs/{id}")
+}
+
+pub fn result(testcase: &str, environment: &str) -> String {
+    format!("/results/{testcase}/{environment}")
+}
+
+pub fn report(id: &Uuid) -> String {
+    format!("/reports/{id}")
+}
+
+/// Blob path of a report's canonical JSON body.
+pub fn report_blob(id: &Uuid) -> String {
+    format!("reports/{id}.json")
+}
+
+pub fn group(name: &str) -> String {
+    format!("/groups/{name}")
+}
+
+pub fn group_lock(name: &str) -> String {
+    format!("/groups/{name}/lock")
+}
 
 pub fn agent(uuid: &Uuid) -> String {
     format!("/agents/{uuid}")

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod keys;
 pub mod plan;
 pub mod protocol;
+pub mod run;
 pub mod schema;
 pub mod task;
 pub mod template;

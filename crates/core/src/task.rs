@@ -82,6 +82,18 @@ pub struct Task {
     pub artifacts: Vec<Artifact>,
     /// Bytes of log stored so far.
     pub log_bytes: u64,
+    /// The run and step this task executes, when it belongs to a plan run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunRef>,
+}
+
+/// Which run and step a task belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunRef {
+    pub run_id: Uuid,
+    pub step: String,
+    pub instance: usize,
+    pub attempt: u32,
 }
 
 impl Task {

@@ -63,6 +63,10 @@ pub async fn upgrade(
     };
     Ok(ws
         .max_message_size(4 * 1024 * 1024)
+        // tungstenite's defaults (128 KiB each way) would cost a quarter of
+        // a megabyte per agent; agent messages are small and sent at once.
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             if let Err(e) = serve(state, socket, joiner).await {
                 tracing::warn!("agent session ended: {e}");

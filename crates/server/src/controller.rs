@@ -138,6 +138,14 @@ pub async fn run_controller(state: AppState) {
 
 /// Runs the reconcile sweep until leadership is lost or shutdown.
 async fn lead(state: &AppState, lease: testbed_store::LeaseId) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let engine = tokio::spawn(crate::engine::drive(state.clone(), lease, stop.clone()));
+    lead_loops(state, lease).await;
+    stop.cancel();
+    let _ = engine.await;
+}
+
+async fn lead_loops(state: &AppState, lease: testbed_store::LeaseId) {
     let keep = state.settings.lease_ttl / 3;
     let mut keep_tick = tokio::time::interval(keep.max(Duration::from_millis(100)));
     let mut sweep_tick = tokio::time::interval(Duration::from_millis(500));

@@ -148,7 +148,13 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
     }
 
     let all = agents(&state.store).await?;
-    let live: Vec<&AgentView> = all.iter().filter(|a| a.alive.is_some()).collect();
+    // Agents of a group reserved by a run take no other work.
+    let locks = crate::engine::targets::locks(&state.store).await?;
+    let reserved = crate::engine::targets::reserved_elsewhere(&all, &locks, None);
+    let live: Vec<&AgentView> = all
+        .iter()
+        .filter(|a| a.alive.is_some() && !reserved.contains(&a.record.uuid))
+        .collect();
     let host_is_live = live.iter().any(|a| a.record.matches_host(&req.host));
     if !host_is_live
         && all
@@ -272,6 +278,7 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
         cancel_requested: false,
         artifacts: Vec::new(),
         log_bytes: 0,
+        run: None,
     };
     records::put(&state.store, &keys::task(&task.id), &task, None).await?;
     let assignment = Assignment {
@@ -436,4 +443,45 @@ pub async fn cancel(state: &AppState, task_id: Uuid) -> ApiResult<Task> {
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no task {task_id}")))?;
     Ok(task)
+}
+
+/// Creates `task` and its assignment unless the task already exists (a
+/// controller that crashed after creating it finds it again). Idempotent.
+pub async fn create(state: &AppState, task: &Task) -> Result<(), RecordError> {
+    let created = records::create(&state.store, &keys::task(&task.id), task, None).await?;
+    if created {
+        let assignment = Assignment {
+            kind: Assignment::KIND.into(),
+            v: 1,
+            task_id: task.id,
+            cancel: false,
+        };
+        records::put(
+            &state.store,
+            &keys::assign(&task.agent_uuid, &task.id),
+            &assignment,
+            None,
+        )
+        .await?;
+    } else if state
+        .store
+        .get(&keys::assign(&task.agent_uuid, &task.id))
+        .await?
+        .is_none()
+    {
+        // Created, but the crash came before its assignment: finish the job
+        // unless the task already ended.
+        if let Some((t, _)) = records::get::<Task>(&state.store, &keys::task(&task.id)).await? {
+            if !t.status.is_terminal() {
+                let assignment = Assignment {
+                    kind: Assignment::KIND.into(),
+                    v: 1,
+                    task_id: task.id,
+                    cancel: t.cancel_requested,
+                };
+                records::put(&state.store, &keys::assign(&task.agent_uuid, &task.id), &assignment, None).await?;
+            }
+        }
+    }
+    Ok(())
 }

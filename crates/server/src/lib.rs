@@ -16,6 +16,7 @@ pub mod auth;
 pub mod blobs;
 pub mod controller;
 pub mod dispatch;
+pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod records;

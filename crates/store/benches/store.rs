@@ -1,12 +1,13 @@
 //! Micro-benchmarks of the embedded store: the cost of the writes every
-//! task makes (put, compare-and-swap) and of the reads the scheduler makes.
+//! task makes (put, compare-and-swap, multi-key transaction), of many
+//! writers at once (group commit), and of the reads the scheduler makes.
 //!
 //! cargo bench -p testbed-store
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use testbed_store::{Compare, DynStore, RedbStore};
+use testbed_store::{Compare, DynStore, RedbStore, TxnOp};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -33,6 +34,43 @@ fn redb(c: &mut Criterion) {
                 store
                     .put(&format!("/bench/put/{}", i % 1000), value, None)
                     .await
+            }
+        })
+    });
+
+    // Two keys in one transaction: one commit where two puts cost two.
+    let mut j = 0u64;
+    c.bench_function("redb/txn 2 puts", |b| {
+        b.to_async(&rt).iter(|| {
+            j += 1;
+            let (store, value) = (store.clone(), value.clone());
+            async move {
+                let ops = ["a", "b"].map(|k| TxnOp::Put {
+                    key: format!("/bench/txn/{k}/{}", j % 1000),
+                    value: value.clone(),
+                    lease: None,
+                });
+                store.txn(&[], ops.into()).await
+            }
+        })
+    });
+
+    // Sixteen writers at once, as when many tasks are dispatched together:
+    // per iteration, the time until all sixteen puts are acknowledged.
+    let mut round = 0u64;
+    c.bench_function("redb/16 concurrent puts", |b| {
+        b.to_async(&rt).iter(|| {
+            round += 1;
+            let (store, value) = (store.clone(), value.clone());
+            async move {
+                let puts = (0..16).map(|w| {
+                    let (store, value) = (store.clone(), value.clone());
+                    async move {
+                        let key = format!("/bench/conc/{w}/{}", round % 100);
+                        store.put(&key, value, None).await
+                    }
+                });
+                futures_util::future::join_all(puts).await
             }
         })
     });

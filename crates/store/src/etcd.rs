@@ -35,9 +35,10 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::types::validate_key;
+use crate::types::{validate_key, validate_txn};
 use crate::{
-    Compare, Event, EventKind, KeyValue, LeaseId, Page, Result, Store, StoreError, WatchStream,
+    Compare, Event, EventKind, KeyValue, LeaseId, Page, Result, Store, StoreError, TxnOp,
+    WatchStream,
 };
 
 /// How long a request keeps cycling through the endpoints before it reports
@@ -513,6 +514,42 @@ impl Conn {
         Ok(resp.header.revision)
     }
 
+    /// Which lease of a failed transaction etcd did not know: its error does
+    /// not say, and callers act on the id ("register again").
+    async fn missing_lease(&self, ops: &[TxnOp]) -> LeaseId {
+        let mut leases: Vec<LeaseId> = ops
+            .iter()
+            .filter_map(|op| match op {
+                TxnOp::Put {
+                    lease: Some(lease), ..
+                } if *lease != 0 => Some(*lease),
+                _ => None,
+            })
+            .collect();
+        leases.sort_unstable();
+        leases.dedup();
+        if leases.len() > 1 {
+            for &lease in &leases {
+                let resp = self
+                    .call(
+                        "/v3/lease/timetolive",
+                        json!({ "ID": lease.to_string() }),
+                        true,
+                    )
+                    .await;
+                // A missing lease comes back with TTL -1.
+                if let Ok(resp) = resp.and_then(|bytes| parse::<KeepAliveResp>(&bytes)) {
+                    if resp.ttl < 0 {
+                        return lease;
+                    }
+                }
+            }
+        }
+        // One lease (or none found missing any more: it expired in between,
+        // or the lookup failed): the first is the best answer there is.
+        leases.first().copied().unwrap_or(0)
+    }
+
     fn to_kv(&self, kv: JsonKv) -> Result<Option<KeyValue>> {
         let key = decode_b64(&kv.key)?;
         let Some(key) = self.strip(&key) else {
@@ -746,48 +783,38 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn txn_put(
-        &self,
-        key: &str,
-        compare: Compare,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    ) -> Result<Option<i64>> {
-        validate_key(key)?;
+    async fn txn(&self, compares: &[(String, Compare)], ops: Vec<TxnOp>) -> Result<Option<i64>> {
+        validate_txn(compares, &ops)?;
         let c = &self.conn;
-        let lease = lease.unwrap_or(0);
-        let k = B64.encode(c.key(key));
-        let body = json!({
-            "compare": [compare_json(&k, compare)],
-            "success": [{ "request_put": {
-                "key": k,
-                "value": B64.encode(&value),
-                "lease": lease.to_string(),
-            }}],
-        });
-        let resp: TxnResp = parse(
-            &c.call("/v3/kv/txn", body, false)
-                .await
-                .map_err(|e| for_lease(e, lease))?,
-        )?;
-        Ok(resp.succeeded.then_some(resp.header.revision))
-    }
-
-    async fn txn_delete(&self, key: &str, compare: Compare) -> Result<bool> {
-        let c = &self.conn;
-        let k = B64.encode(c.key(key));
-        let body = json!({
-            "compare": [compare_json(&k, compare)],
-            "success": [{ "request_delete_range": { "key": k } }],
-        });
-        let resp: TxnResp = parse(&c.call("/v3/kv/txn", body, false).await?)?;
-        let deleted = resp
-            .responses
+        let compare: Vec<Value> = compares
             .iter()
-            .filter_map(|r| r.response_delete_range.as_ref())
-            .map(|d| d.deleted)
-            .sum::<i64>();
-        Ok(resp.succeeded && deleted > 0)
+            .map(|(key, cmp)| compare_json(&B64.encode(c.key(key)), *cmp))
+            .collect();
+        let success: Vec<Value> = ops
+            .iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value, lease } => json!({ "request_put": {
+                    "key": B64.encode(c.key(key)),
+                    "value": B64.encode(value),
+                    "lease": lease.unwrap_or(0).to_string(),
+                }}),
+                TxnOp::Delete { key } => json!({ "request_delete_range": {
+                    "key": B64.encode(c.key(key)),
+                }}),
+            })
+            .collect();
+        let body = json!({ "compare": compare, "success": success });
+        let bytes = match c.call("/v3/kv/txn", body, false).await {
+            Ok(bytes) => bytes,
+            Err(StoreError::LeaseNotFound(_)) => {
+                return Err(StoreError::LeaseNotFound(c.missing_lease(&ops).await))
+            }
+            Err(e) => return Err(e),
+        };
+        let resp: TxnResp = parse(&bytes)?;
+        // A successful transaction that changed nothing reports the current
+        // revision, as the contract asks.
+        Ok(resp.succeeded.then_some(resp.header.revision))
     }
 
     async fn revision(&self) -> Result<i64> {
@@ -1216,13 +1243,6 @@ struct DeleteResp {
 struct TxnResp {
     header: Header,
     succeeded: bool,
-    responses: Vec<ResponseOp>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ResponseOp {
-    response_delete_range: Option<DeleteResp>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1233,6 +1253,8 @@ struct GrantResp {
     error: String,
 }
 
+/// Also the answer of `LeaseTimeToLive`, whose TTL is -1 for a missing
+/// lease.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct KeepAliveResp {

@@ -13,15 +13,20 @@
 //!   increasing store revision;
 //! * [`Store::range`] lists a prefix in key order, at most `limit` entries per
 //!   page, continuing after a given key;
-//! * [`Store::txn_put`] / [`Store::txn_delete`] are compare-and-swap on a key's
-//!   `mod_revision` (0 = "key must not exist");
+//! * [`Store::txn`] applies several puts and deletes atomically, at one
+//!   revision shared by all of them, if every compare on a key's
+//!   `mod_revision` holds; [`Store::txn_put`] / [`Store::txn_delete`] are its
+//!   single-key compare-and-swap forms;
 //! * [`Store::watch`] streams every change under a prefix from a revision on,
 //!   with no gap and no duplicate, surviving connection loss inside the
 //!   backend; if the history it needs was compacted it ends with
-//!   [`StoreError::Compacted`] so the caller can resynchronise;
+//!   [`StoreError::Compacted`] so the caller can resynchronise. The events of
+//!   one revision (one transaction) arrive together, in operation order, and
+//!   a stream never ends between two events of one revision, so a consumer
+//!   may always resume from the revision of the last event it got + 1;
 //! * leases have a TTL, are kept alive by [`Store::keep_alive`], and their
-//!   expiry (or revocation) deletes every key attached to them, which watchers
-//!   see as delete events.
+//!   expiry (or revocation) deletes every key attached to them at one
+//!   revision, which watchers see as delete events.
 
 mod error;
 mod etcd;
@@ -31,7 +36,7 @@ mod types;
 pub use error::StoreError;
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use redb_store::{RedbOptions, RedbStore};
-pub use types::{Compare, Event, EventKind, KeyValue, LeaseId, Page, WatchStream};
+pub use types::{Compare, Event, EventKind, KeyValue, LeaseId, Page, TxnOp, WatchStream};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +64,20 @@ pub trait Store: Send + Sync + 'static {
     /// at most `limit` of them (0 means no limit).
     async fn range(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page>;
 
+    /// Applies every op atomically at ONE new revision if every compare
+    /// holds (etcd's `Txn` with only a success branch). Every kv written gets
+    /// that revision as its `mod_revision` (and `version` + 1); watchers see
+    /// the events together, in op order.
+    ///
+    /// Returns `Some(revision)` on success — the current revision, not bumped,
+    /// when no op changed anything (e.g. only deletes of missing keys) — and
+    /// `None` when a compare failed, in which case nothing was written.
+    /// Writing one key twice is [`StoreError::InvalidArgument`]; a put with an
+    /// unknown or expired lease is [`StoreError::LeaseNotFound`] and nothing
+    /// is written. etcd caps the ops of one transaction (`--max-txn-ops`, 128
+    /// by default), so keep transactions small.
+    async fn txn(&self, compares: &[(String, Compare)], ops: Vec<TxnOp>) -> Result<Option<i64>>;
+
     /// Writes `value` to `key` only if the key's current `mod_revision`
     /// equals `compare` (see [`Compare`]). Returns the new revision on
     /// success and `None` when the comparison failed.
@@ -68,11 +87,30 @@ pub trait Store: Send + Sync + 'static {
         compare: Compare,
         value: Vec<u8>,
         lease: Option<LeaseId>,
-    ) -> Result<Option<i64>>;
+    ) -> Result<Option<i64>> {
+        let op = TxnOp::Put {
+            key: key.to_owned(),
+            value,
+            lease,
+        };
+        self.txn(&[(key.to_owned(), compare)], vec![op]).await
+    }
 
     /// Deletes `key` only if its current `mod_revision` equals `compare`.
     /// Returns whether the delete happened.
-    async fn txn_delete(&self, key: &str, compare: Compare) -> Result<bool>;
+    async fn txn_delete(&self, key: &str, compare: Compare) -> Result<bool> {
+        let op = TxnOp::Delete {
+            key: key.to_owned(),
+        };
+        let held = self
+            .txn(&[(key.to_owned(), compare)], vec![op])
+            .await?
+            .is_some();
+        // A compare that held on a revision > 0 proved the key existed in
+        // the same atomic step, so the delete removed it; `Absent` (or a
+        // revision of 0) matched a missing key, which deletes nothing.
+        Ok(held && matches!(compare, Compare::ModRevision(rev) if rev > 0))
+    }
 
     /// The store's current revision (the revision of the latest write).
     async fn revision(&self) -> Result<i64>;

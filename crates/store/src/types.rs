@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::pin::Pin;
 
 use futures_util::Stream;
@@ -40,6 +41,27 @@ pub enum Compare {
     ModRevision(i64),
 }
 
+/// One write of a multi-key transaction ([`crate::Store::txn`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+impl TxnOp {
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     Put,
@@ -69,6 +91,29 @@ pub(crate) fn validate_key(key: &str) -> Result<(), StoreError> {
         return Err(StoreError::InvalidArgument(
             "the key must not be empty".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Rejects transactions no backend can apply, up front, for the same reason
+/// as [`validate_key`]: etcd refuses a transaction that writes one key twice
+/// (the order of the two writes would be meaningless), redb would not.
+pub(crate) fn validate_txn(
+    compares: &[(String, Compare)],
+    ops: &[TxnOp],
+) -> Result<(), StoreError> {
+    for (key, _) in compares {
+        validate_key(key)?;
+    }
+    let mut seen = HashSet::with_capacity(ops.len());
+    for op in ops {
+        validate_key(op.key())?;
+        if !seen.insert(op.key()) {
+            return Err(StoreError::InvalidArgument(format!(
+                "key {:?} is written more than once in one transaction",
+                op.key()
+            )));
+        }
     }
     Ok(())
 }

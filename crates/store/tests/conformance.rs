@@ -10,7 +10,7 @@
 //! without the binary they fail with instructions rather than skip, so a
 //! green run always means both backends were checked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use testbed_store::{
-    Compare, DynStore, EtcdOptions, EtcdStore, Event, EventKind, RedbOptions, RedbStore, Store,
-    StoreError, WatchStream,
+    Compare, DynStore, EtcdOptions, EtcdStore, Event, EventKind, LeaseId, RedbOptions, RedbStore,
+    Store, StoreError, TxnOp, WatchStream,
 };
 
 /// How long any single expected thing (an event, a lease expiry) may take
@@ -87,6 +87,15 @@ macro_rules! conformance {
                 keep_alive_after_expiry_is_lease_not_found,
                 revoke_deletes_keys,
                 put_moves_key_between_leases,
+                txn_puts_share_one_revision,
+                txn_with_a_failing_compare_writes_nothing,
+                txn_deletes_and_puts,
+                txn_writing_a_key_twice_is_invalid,
+                txn_with_an_unknown_lease_writes_nothing,
+                watch_resumes_after_a_multi_event_revision,
+                watch_replays_many_transactions,
+                concurrent_cas_increments_lose_nothing,
+                concurrent_writers_get_gap_free_revisions,
             );
         }
     };
@@ -133,6 +142,36 @@ fn put(key: &str, value: &str) -> (EventKind, String, String) {
 
 fn del(key: &str) -> (EventKind, String, String) {
     (EventKind::Delete, key.into(), String::new())
+}
+
+fn put_op(key: &str, value: &str) -> TxnOp {
+    leased_put_op(key, value, None)
+}
+
+fn leased_put_op(key: &str, value: &str, lease: Option<LeaseId>) -> TxnOp {
+    TxnOp::Put {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        lease,
+    }
+}
+
+fn del_op(key: &str) -> TxnOp {
+    TxnOp::Delete { key: key.into() }
+}
+
+fn cmp(key: &str, compare: Compare) -> (String, Compare) {
+    (key.into(), compare)
+}
+
+/// The next `n` events, each as (revision, summary).
+async fn next_events(watch: &mut WatchStream, n: usize) -> Vec<(i64, (EventKind, String, String))> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let event = next_event(watch).await;
+        out.push((event.revision(), summary(&event)));
+    }
+    out
 }
 
 async fn wait_until_gone(store: &DynStore, key: &str) {
@@ -612,15 +651,11 @@ mod cases {
         assert_eq!(s.get("/rv/a").await.unwrap(), None);
         assert_eq!(s.get("/rv/b").await.unwrap(), None);
         assert!(s.get("/rv/other").await.unwrap().is_some());
-        let mut deleted = BTreeSet::new();
-        for _ in 0..2 {
-            let event = next_event(&mut w).await;
-            assert_eq!(event.kind, EventKind::Delete);
-            deleted.insert(event.kv.key);
-        }
+        // One revision for the whole revocation, as etcd does it.
+        let revoked_at = s.revision().await.unwrap();
         assert_eq!(
-            deleted,
-            BTreeSet::from(["/rv/a".to_string(), "/rv/b".to_string()])
+            next_events(&mut w, 2).await,
+            [(revoked_at, del("/rv/a")), (revoked_at, del("/rv/b"))]
         );
 
         let err = s.revoke_lease(lease).await.unwrap_err();
@@ -660,6 +695,462 @@ mod cases {
             b"3",
             "detached from any lease"
         );
+    }
+
+    pub async fn txn_puts_share_one_revision(s: &DynStore) {
+        let mut w = s.watch("/tx/", 0).await.unwrap();
+        let before = s.revision().await.unwrap();
+        let rev = s
+            .txn(&[], vec![put_op("/tx/b", "1"), put_op("/tx/a", "2")])
+            .await
+            .unwrap()
+            .expect("no compares: succeeds");
+        assert_eq!(rev, before + 1, "one transaction, one revision");
+        assert_eq!(s.revision().await.unwrap(), rev);
+        for (key, value) in [("/tx/a", "2"), ("/tx/b", "1")] {
+            let kv = s.get(key).await.unwrap().unwrap();
+            assert_eq!(kv.value, value.as_bytes());
+            assert_eq!(
+                (kv.create_revision, kv.mod_revision, kv.version),
+                (rev, rev, 1)
+            );
+        }
+        // Together, with the transaction's revision, in op order (not key
+        // order).
+        assert_eq!(
+            next_events(&mut w, 2).await,
+            [(rev, put("/tx/b", "1")), (rev, put("/tx/a", "2"))]
+        );
+
+        // Compares on a written key and an absent one; versions count per key.
+        let rev2 = s
+            .txn(
+                &[
+                    cmp("/tx/a", Compare::ModRevision(rev)),
+                    cmp("/tx/c", Compare::Absent),
+                ],
+                vec![put_op("/tx/a", "3"), put_op("/tx/c", "4")],
+            )
+            .await
+            .unwrap()
+            .expect("both compares hold");
+        assert_eq!(rev2, rev + 1);
+        let a = s.get("/tx/a").await.unwrap().unwrap();
+        assert_eq!(
+            (a.create_revision, a.mod_revision, a.version),
+            (rev, rev2, 2)
+        );
+        let c = s.get("/tx/c").await.unwrap().unwrap();
+        assert_eq!(
+            (c.create_revision, c.mod_revision, c.version),
+            (rev2, rev2, 1)
+        );
+        assert_eq!(s.get("/tx/b").await.unwrap().unwrap().mod_revision, rev);
+        assert_eq!(
+            next_events(&mut w, 2).await,
+            [(rev2, put("/tx/a", "3")), (rev2, put("/tx/c", "4"))]
+        );
+        assert_quiet(&mut w, Duration::from_millis(300)).await;
+    }
+
+    pub async fn txn_with_a_failing_compare_writes_nothing(s: &DynStore) {
+        let r = s.put("/txf/x", b"1".to_vec(), None).await.unwrap();
+        let mut w = s.watch("/txf/", 0).await.unwrap();
+        let ops = || {
+            vec![
+                put_op("/txf/y", "2"),
+                del_op("/txf/x"),
+                put_op("/txf/z", "3"),
+            ]
+        };
+        // The first compare holds, the second does not.
+        assert_eq!(
+            s.txn(
+                &[
+                    cmp("/txf/x", Compare::ModRevision(r)),
+                    cmp("/txf/y", Compare::ModRevision(r))
+                ],
+                ops()
+            )
+            .await
+            .unwrap(),
+            None
+        );
+        // The only compare fails.
+        assert_eq!(
+            s.txn(&[cmp("/txf/x", Compare::Absent)], ops())
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(s.revision().await.unwrap(), r, "no revision used");
+        let x = s.get("/txf/x").await.unwrap().unwrap();
+        assert_eq!((x.value.as_slice(), x.version), (&b"1"[..], 1));
+        assert_eq!(s.get("/txf/y").await.unwrap(), None);
+        assert_eq!(s.get("/txf/z").await.unwrap(), None);
+        assert_quiet(&mut w, Duration::from_millis(300)).await;
+    }
+
+    pub async fn txn_deletes_and_puts(s: &DynStore) {
+        let ra = s.put("/txd/a", b"1".to_vec(), None).await.unwrap();
+        let rb = s.put("/txd/b", b"2".to_vec(), None).await.unwrap();
+        let mut w = s.watch("/txd/", 0).await.unwrap();
+        let rev = s
+            .txn(
+                &[cmp("/txd/a", Compare::ModRevision(ra))],
+                vec![
+                    del_op("/txd/a"),
+                    put_op("/txd/c", "3"),
+                    del_op("/txd/missing"),
+                    put_op("/txd/b", "4"),
+                ],
+            )
+            .await
+            .unwrap()
+            .expect("the compare holds");
+        assert_eq!(rev, rb + 1);
+        assert_eq!(
+            next_events(&mut w, 3).await,
+            [
+                (rev, del("/txd/a")),
+                (rev, put("/txd/c", "3")),
+                (rev, put("/txd/b", "4"))
+            ]
+        );
+        assert_eq!(s.get("/txd/a").await.unwrap(), None);
+        let b = s.get("/txd/b").await.unwrap().unwrap();
+        assert_eq!((b.create_revision, b.mod_revision, b.version), (rb, rev, 2));
+        assert_eq!(s.get("/txd/c").await.unwrap().unwrap().value, b"3");
+
+        // Changing nothing succeeds at the current revision without using one.
+        assert_eq!(
+            s.txn(&[], vec![del_op("/txd/a"), del_op("/txd/nope")])
+                .await
+                .unwrap(),
+            Some(rev)
+        );
+        assert_eq!(
+            s.txn(&[cmp("/txd/c", Compare::ModRevision(rev))], Vec::new())
+                .await
+                .unwrap(),
+            Some(rev)
+        );
+        assert_eq!(s.revision().await.unwrap(), rev);
+        assert_quiet(&mut w, Duration::from_millis(300)).await;
+
+        // Deleting everything at once is one revision too.
+        let rev2 = s
+            .txn(&[], vec![del_op("/txd/b"), del_op("/txd/c")])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rev2, rev + 1);
+        assert_eq!(
+            next_events(&mut w, 2).await,
+            [(rev2, del("/txd/b")), (rev2, del("/txd/c"))]
+        );
+    }
+
+    pub async fn txn_writing_a_key_twice_is_invalid(s: &DynStore) {
+        let before = s.revision().await.unwrap();
+        for ops in [
+            vec![put_op("/dup/a", "1"), put_op("/dup/a", "2")],
+            vec![put_op("/dup/a", "1"), del_op("/dup/a")],
+            vec![del_op("/dup/a"), put_op("/dup/b", "1"), del_op("/dup/a")],
+            vec![put_op("/dup/b", "1"), put_op("", "2")],
+            vec![del_op("")],
+        ] {
+            let err = s.txn(&[], ops.clone()).await.unwrap_err();
+            assert!(
+                matches!(err, StoreError::InvalidArgument(_)),
+                "{ops:?}: {err:?}"
+            );
+        }
+        let err = s
+            .txn(&[cmp("", Compare::Absent)], vec![put_op("/dup/b", "1")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
+        assert_eq!(s.revision().await.unwrap(), before);
+        assert_eq!(s.get("/dup/a").await.unwrap(), None);
+        assert_eq!(s.get("/dup/b").await.unwrap(), None);
+    }
+
+    pub async fn txn_with_an_unknown_lease_writes_nothing(s: &DynStore) {
+        let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+        let unknown = 0x7fff_ffff_0000_0002;
+        let before = s.revision().await.unwrap();
+        let err = s
+            .txn(
+                &[],
+                vec![
+                    put_op("/txl/plain", "1"),
+                    leased_put_op("/txl/a", "2", Some(lease)),
+                    leased_put_op("/txl/b", "3", Some(unknown)),
+                ],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::LeaseNotFound(id) if id == unknown),
+            "{err:?}"
+        );
+        assert_eq!(s.revision().await.unwrap(), before);
+        for key in ["/txl/plain", "/txl/a", "/txl/b"] {
+            assert_eq!(s.get(key).await.unwrap(), None, "{key}");
+        }
+
+        let rev = s
+            .txn(
+                &[],
+                vec![
+                    leased_put_op("/txl/a", "2", Some(lease)),
+                    put_op("/txl/plain", "1"),
+                ],
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let a = s.get("/txl/a").await.unwrap().unwrap();
+        assert_eq!((a.lease, a.mod_revision), (lease, rev));
+
+        s.revoke_lease(lease).await.unwrap();
+        let revoked = s.revision().await.unwrap();
+        let err = s
+            .txn(
+                &[],
+                vec![
+                    put_op("/txl/c", "4"),
+                    leased_put_op("/txl/d", "5", Some(lease)),
+                ],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::LeaseNotFound(id) if id == lease),
+            "{err:?}"
+        );
+        assert_eq!(s.revision().await.unwrap(), revoked);
+        assert_eq!(s.get("/txl/c").await.unwrap(), None);
+        assert_eq!(
+            s.get("/txl/a").await.unwrap(),
+            None,
+            "revoked with its lease"
+        );
+        assert!(s.get("/txl/plain").await.unwrap().is_some());
+    }
+
+    /// A consumer that has seen a revision has seen all of its events, so
+    /// resuming from its last revision + 1 neither loses nor repeats any.
+    pub async fn watch_resumes_after_a_multi_event_revision(s: &DynStore) {
+        let r1 = s
+            .txn(
+                &[],
+                vec![
+                    put_op("/wr/a", "1"),
+                    put_op("/wr/b", "2"),
+                    put_op("/wr/c", "3"),
+                ],
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let r2 = s.put("/wr/d", b"4".to_vec(), None).await.unwrap();
+        let r3 = s
+            .txn(&[], vec![del_op("/wr/a"), put_op("/wr/e", "5")])
+            .await
+            .unwrap()
+            .unwrap();
+
+        let mut w = s.watch("/wr/", r1).await.unwrap();
+        assert_eq!(
+            next_events(&mut w, 6).await,
+            [
+                (r1, put("/wr/a", "1")),
+                (r1, put("/wr/b", "2")),
+                (r1, put("/wr/c", "3")),
+                (r2, put("/wr/d", "4")),
+                (r3, del("/wr/a")),
+                (r3, put("/wr/e", "5")),
+            ]
+        );
+
+        let mut w = s.watch("/wr/", r1 + 1).await.unwrap();
+        assert_eq!(next_events(&mut w, 1).await, [(r2, put("/wr/d", "4"))]);
+        let mut w = s.watch("/wr/", r2 + 1).await.unwrap();
+        assert_eq!(
+            next_events(&mut w, 2).await,
+            [(r3, del("/wr/a")), (r3, put("/wr/e", "5"))]
+        );
+
+        // A prefix that matches only part of a revision sees just that part.
+        let mut w = s.watch("/wr/b", r1).await.unwrap();
+        assert_eq!(next_events(&mut w, 1).await, [(r1, put("/wr/b", "2"))]);
+        assert_quiet(&mut w, Duration::from_millis(200)).await;
+
+        // Live, then resumed after the live revision.
+        let mut w = s.watch("/wr/", 0).await.unwrap();
+        let r4 = s
+            .txn(&[], vec![put_op("/wr/f", "6"), del_op("/wr/b")])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next_events(&mut w, 2).await,
+            [(r4, put("/wr/f", "6")), (r4, del("/wr/b"))]
+        );
+        drop(w);
+        let r5 = s.put("/wr/g", b"7".to_vec(), None).await.unwrap();
+        let mut w = s.watch("/wr/", r4 + 1).await.unwrap();
+        assert_eq!(next_events(&mut w, 1).await, [(r5, put("/wr/g", "7"))]);
+        assert_quiet(&mut w, Duration::from_millis(200)).await;
+    }
+
+    /// More multi-event revisions than one catch-up read (redb) takes.
+    pub async fn watch_replays_many_transactions(s: &DynStore) {
+        let first = s.revision().await.unwrap() + 1;
+        let n = 600;
+        for i in 0..n {
+            let rev = s
+                .txn(
+                    &[],
+                    vec![
+                        put_op(&format!("/many/{i:03}/b"), "b"),
+                        put_op(&format!("/many/{i:03}/a"), "a"),
+                    ],
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(rev, first + i);
+        }
+        let mut w = s.watch("/many/", first).await.unwrap();
+        for i in 0..n {
+            assert_eq!(
+                next_events(&mut w, 2).await,
+                [
+                    (first + i, put(&format!("/many/{i:03}/b"), "b")),
+                    (first + i, put(&format!("/many/{i:03}/a"), "a")),
+                ]
+            );
+        }
+        assert_quiet(&mut w, Duration::from_millis(200)).await;
+    }
+
+    /// Read-modify-write loops racing on one key: compare-and-swap must let
+    /// exactly one writer win each round, however writes are batched.
+    pub async fn concurrent_cas_increments_lose_nothing(s: &DynStore) {
+        const TASKS: usize = 16;
+        const EACH: usize = 50;
+        let mut tasks = Vec::new();
+        for _ in 0..TASKS {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut wins = Vec::new();
+                for _ in 0..EACH {
+                    loop {
+                        let current = s.get("/counter").await.unwrap();
+                        let (n, compare) = match &current {
+                            Some(kv) => (
+                                String::from_utf8_lossy(&kv.value).parse::<usize>().unwrap(),
+                                Compare::ModRevision(kv.mod_revision),
+                            ),
+                            None => (0, Compare::Absent),
+                        };
+                        let next = (n + 1).to_string().into_bytes();
+                        if let Some(rev) = s.txn_put("/counter", compare, next, None).await.unwrap()
+                        {
+                            wins.push((rev, n + 1));
+                            break;
+                        }
+                    }
+                }
+                wins
+            }));
+        }
+        let mut wins = BTreeMap::new();
+        for task in tasks {
+            for (rev, value) in task.await.unwrap() {
+                assert!(
+                    wins.insert(rev, value).is_none(),
+                    "revision {rev} won twice"
+                );
+            }
+        }
+        assert_eq!(wins.len(), TASKS * EACH);
+        // In revision order, the values count up one by one: no lost update.
+        assert!(wins.values().copied().eq(1..=TASKS * EACH), "{wins:?}");
+        let kv = s.get("/counter").await.unwrap().unwrap();
+        assert_eq!(kv.value, (TASKS * EACH).to_string().into_bytes());
+        assert_eq!(kv.version, (TASKS * EACH) as i64);
+        assert_eq!(Some(&kv.mod_revision), wins.keys().last());
+    }
+
+    /// Concurrent writers of different keys: every write takes the next
+    /// revision, none is skipped, and one watcher sees them all in order.
+    pub async fn concurrent_writers_get_gap_free_revisions(s: &DynStore) {
+        let start = s.revision().await.unwrap();
+        let mut w = s.watch("/gap/", start + 1).await.unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut revisions = Vec::new();
+                for i in 0..25 {
+                    let rev = if i % 5 == 4 {
+                        // Some transactions of two events in the mix.
+                        s.txn(
+                            &[],
+                            vec![
+                                put_op(&format!("/gap/{t}/{i}/x"), "x"),
+                                put_op(&format!("/gap/{t}/{i}/y"), "y"),
+                            ],
+                        )
+                        .await
+                        .unwrap()
+                        .unwrap()
+                    } else {
+                        s.put(&format!("/gap/{t}/{i}"), vec![i], None)
+                            .await
+                            .unwrap()
+                    };
+                    revisions.push(rev);
+                }
+                revisions
+            }));
+        }
+        let mut written = BTreeSet::new();
+        for task in tasks {
+            for rev in task.await.unwrap() {
+                assert!(written.insert(rev), "revision {rev} returned twice");
+            }
+        }
+        let end = start + 200;
+        assert!(
+            written.iter().copied().eq(start + 1..=end),
+            "not gap-free: {written:?}"
+        );
+        assert_eq!(s.revision().await.unwrap(), end);
+
+        let mut seen = Vec::new();
+        for _ in 0..240 {
+            let event = next_event(&mut w).await;
+            seen.push((event.revision(), event.kv.key));
+        }
+        assert!(
+            seen.windows(2).all(|p| p[0].0 <= p[1].0),
+            "out of order: {seen:?}"
+        );
+        let revisions: BTreeSet<i64> = seen.iter().map(|(rev, _)| *rev).collect();
+        assert!(revisions.iter().copied().eq(start + 1..=end));
+        // The two events of a transaction come back to back.
+        for pair in seen.windows(2).filter(|p| p[0].0 == p[1].0) {
+            assert!(
+                pair[0].1.ends_with("/x") && pair[1].1.ends_with("/y"),
+                "{pair:?}"
+            );
+        }
+        assert_quiet(&mut w, Duration::from_millis(300)).await;
     }
 }
 
@@ -756,6 +1247,141 @@ mod redb_specific {
         // Still live afterwards.
         s.put("/lag/after", b"x".to_vec(), None).await.unwrap();
         assert_eq!(summary(&next_event(&mut w).await), put("/lag/after", "x"));
+    }
+
+    /// A watcher far behind while revisions hold several events: it falls
+    /// back to the history table and back again without splitting one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_keeps_up_after_lagging_with_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions {
+            watch_buffer: 4,
+            ..Default::default()
+        };
+        let s: DynStore =
+            Arc::new(RedbStore::open_with(dir.path().join("s.redb"), options).unwrap());
+        let mut w = s.watch("/lagt/", 0).await.unwrap();
+        let n = 300;
+        let mut revisions = Vec::new();
+        for i in 0..n {
+            let ops = (0..3)
+                .map(|k| put_op(&format!("/lagt/{k}"), &i.to_string()))
+                .chain([put_op("/unwatched", "")])
+                .collect();
+            revisions.push(s.txn(&[], ops).await.unwrap().unwrap());
+        }
+        for (i, rev) in revisions.into_iter().enumerate() {
+            let value = i.to_string();
+            assert_eq!(
+                next_events(&mut w, 3).await,
+                [
+                    (rev, put("/lagt/0", &value)),
+                    (rev, put("/lagt/1", &value)),
+                    (rev, put("/lagt/2", &value)),
+                ]
+            );
+        }
+        assert_quiet(&mut w, Duration::from_millis(200)).await;
+    }
+
+    /// Group commit answers a write only after its commit: a process killed
+    /// with SIGKILL while sixteen writers are busy keeps every acknowledged
+    /// write. The writers run in a child process (this test binary again).
+    #[test]
+    fn acknowledged_writes_survive_kill_9() {
+        const CHILD_ENV: &str = "TESTBED_STORE_KILL_CHILD";
+        if let Ok(path) = std::env::var(CHILD_ENV) {
+            kill_9_child(Path::new(&path));
+            return;
+        }
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "redb_specific::acknowledged_writes_survive_kill_9",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        // writer -> (highest acknowledged counter, its revision)
+        let mut acked: BTreeMap<u32, (u64, i64)> = BTreeMap::new();
+        let mut total = 0;
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            let Some(ack) = line.strip_prefix("ack ") else {
+                continue;
+            };
+            let parts: Vec<&str> = ack.split(' ').collect();
+            let [writer, counter, rev] = parts[..] else {
+                panic!("bad line {line:?}");
+            };
+            let (writer, counter, rev) = (
+                writer.parse().unwrap(),
+                counter.parse().unwrap(),
+                rev.parse().unwrap(),
+            );
+            acked.insert(writer, (counter, rev));
+            total += 1;
+            if total == 1500 {
+                child.kill().unwrap();
+                break;
+            }
+        }
+        child.wait().unwrap();
+        assert_eq!(total, 1500, "the child stopped acknowledging early");
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let s = RedbStore::open(&path).unwrap();
+            let newest = acked.values().map(|(_, rev)| *rev).max().unwrap();
+            assert!(s.revision().await.unwrap() >= newest);
+            for (writer, (counter, rev)) in &acked {
+                let kv = s.get(&format!("/kill/{writer}")).await.unwrap().unwrap();
+                let stored: u64 = String::from_utf8_lossy(&kv.value).parse().unwrap();
+                assert!(
+                    stored >= *counter,
+                    "writer {writer}: acked {counter}, kept {stored}"
+                );
+                assert!(kv.mod_revision >= *rev);
+            }
+        });
+    }
+
+    /// The writers of `acknowledged_writes_survive_kill_9`: print each write
+    /// once it is acknowledged, until killed (or, as a safety net, 60 s).
+    fn kill_9_child(path: &Path) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let s: DynStore = Arc::new(RedbStore::open(path).unwrap());
+            let stop = Instant::now() + Duration::from_secs(60);
+            let mut writers = Vec::new();
+            for writer in 0..16u32 {
+                let s = s.clone();
+                writers.push(tokio::spawn(async move {
+                    let mut counter = 0u64;
+                    while Instant::now() < stop {
+                        counter += 1;
+                        let key = format!("/kill/{writer}");
+                        let rev = s
+                            .put(&key, counter.to_string().into_bytes(), None)
+                            .await
+                            .unwrap();
+                        println!("ack {writer} {counter} {rev}");
+                    }
+                }));
+            }
+            for writer in writers {
+                writer.await.unwrap();
+            }
+        });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,9 @@
 
 pub mod agents;
 pub mod auth;
+pub mod page;
+pub mod resources;
+pub mod runs;
 pub mod slaves;
 pub mod tasks;
 
@@ -94,6 +97,22 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(tasks::artifact))
         .routes(routes!(tasks::upload_artifact))
         .routes(routes!(tasks::follow))
+        .routes(routes!(resources::list_testcases, resources::create_testcase))
+        .routes(routes!(resources::get_testcase, resources::put_testcase, resources::delete_testcase))
+        .routes(routes!(resources::list_environments, resources::create_environment))
+        .routes(routes!(resources::get_environment, resources::put_environment, resources::delete_environment))
+        .routes(routes!(resources::list_groups, resources::create_group))
+        .routes(routes!(resources::get_group, resources::delete_group))
+        .routes(routes!(resources::add_member, resources::remove_member))
+        .routes(routes!(runs::create_plan, runs::list_plans))
+        .routes(routes!(runs::get_plan, runs::put_plan, runs::delete_plan))
+        .routes(routes!(runs::create_run, runs::list_runs))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::cancel_run))
+        .routes(routes!(runs::list_results))
+        .routes(routes!(runs::get_result))
+        .routes(routes!(runs::list_reports))
+        .routes(routes!(runs::get_report, runs::delete_report))
         .split_for_parts();
     let openapi_json = openapi.clone();
     router

@@ -1,0 +1,265 @@
+//! Runs of plans and the seed-003 resources around them: test cases,
+//! environments, groups and the latest result per case and environment.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::plan::{PlanSpec, TargetSpec};
+
+/// A stored test case (seed 003: `steps`, `expected_result`), plus what
+/// executes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Human-readable steps (seed 003).
+    #[serde(default)]
+    pub steps: Vec<String>,
+    #[serde(default)]
+    pub expected_result: String,
+    pub plugin: String,
+    pub method: String,
+    /// Parameters; may reference `{{ env.NAME }}` of the environment.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub parameters: Value,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default = "crate::now")]
+    pub created_at: DateTime<Utc>,
+    #[serde(default = "crate::now")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A test environment: variables and which agents it runs on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub variables: BTreeMap<String, Value>,
+    /// Agents of this environment (a host, agent, group or labels).
+    #[serde(default)]
+    pub selector: Option<TargetSpec>,
+    #[serde(default = "crate::now")]
+    pub created_at: DateTime<Utc>,
+    #[serde(default = "crate::now")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A group of agents, for isolation. Membership is kept on the agents'
+/// records (their `groups`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default = "crate::now")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// `/groups/{name}/lock`: the run holding the group exclusively.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GroupLock {
+    pub run_id: Uuid,
+    pub since: DateTime<Utc>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// A stored plan at `/plans/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanRecord {
+    pub id: Uuid,
+    pub name: String,
+    /// The YAML it was created from (kept so edits and line numbers match).
+    pub source: String,
+    pub spec: PlanSpec,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Passed,
+    Failed,
+    Cancelled,
+    Error,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Pending | RunStatus::Running)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Passed,
+    Failed,
+    Error,
+    Skipped,
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, StepStatus::Pending | StepStatus::Running)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Passed => "passed",
+            StepStatus::Failed => "failed",
+            StepStatus::Error => "error",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One execution of a step on one agent (several for `each:`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    pub agent_uuid: Uuid,
+    pub agent_name: String,
+    pub status: StepStatus,
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub task_id: Option<Uuid>,
+    /// Tasks of earlier attempts.
+    #[serde(default)]
+    pub previous: Vec<Uuid>,
+    pub exit_code: Option<i32>,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    pub reason: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StepState {
+    pub status: StepStatus,
+    /// Why it is pending, skipped or failed.
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub outputs: BTreeMap<String, Value>,
+    /// When the step became ready to run (for the pending timeout).
+    pub ready_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl StepState {
+    pub fn new() -> Self {
+        StepState {
+            status: StepStatus::Pending,
+            reason: None,
+            instances: Vec::new(),
+            outputs: BTreeMap::new(),
+            ready_at: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+impl Default for StepState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A run of a plan at `/runs/{id}`: the whole state the controller needs,
+/// so any replica can continue it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Run {
+    pub kind: String,
+    pub v: u32,
+    pub id: Uuid,
+    pub plan_id: Option<Uuid>,
+    pub plan_name: String,
+    /// The plan as it was when the run started.
+    pub spec: PlanSpec,
+    #[schema(value_type = Object)]
+    pub params: BTreeMap<String, Value>,
+    pub environment: Option<String>,
+    pub status: RunStatus,
+    pub reason: Option<String>,
+    pub steps: BTreeMap<String, StepState>,
+    pub cancel_requested: bool,
+    pub report_id: Option<Uuid>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Run {
+    pub const KIND: &'static str = "run";
+}
+
+/// The latest result of a test case in an environment (seed 003's
+/// `/results/{testcase}/{environment}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResultRecord {
+    pub testcase: String,
+    pub environment: String,
+    /// pass, fail, error, skip.
+    pub status: String,
+    pub run_id: Uuid,
+    pub task_id: Option<Uuid>,
+    pub agent: Option<String>,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<i64>,
+    pub message: Option<String>,
+    pub log_url: Option<String>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// `/reports/{id}`: a report's summary; the body is a blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub run_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub total: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub errors: usize,
+    pub skipped: usize,
+    pub xfailed: usize,
+    pub xpassed: usize,
+    pub duration_ms: u64,
+    pub ok: bool,
+}

@@ -1,0 +1,458 @@
+//! One virtual user's HTTP connection on hyper's low-level `client::conn`:
+//! TCP (+ rustls with ALPN), HTTP/1.1 or HTTP/2, byte counting, and the
+//! request/response exchange. The connection future is driven inline by the
+//! task that sends the request instead of a spawned task, which saves two
+//! cross-task wake-ups per request.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::metrics::ErrorKind;
+use crate::plan::Protocol;
+use crate::scenario::Origin;
+
+type Body = Full<Bytes>;
+
+/// Bytes moved on one connection (TLS overhead included: counted on TCP).
+/// Atomics only because hyper may require `Send` I/O; one thread touches them.
+#[derive(Debug, Default)]
+pub(crate) struct IoCounters {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl IoCounters {
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.read.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// A TCP or TLS stream that counts the bytes it moves.
+pub(crate) struct Counted {
+    inner: Stream,
+    counters: Arc<IoCounters>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = match &mut this.inner {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if let Poll::Ready(Ok(())) = r {
+            let n = (buf.filled().len() - before) as u64;
+            this.counters.read.fetch_add(n, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = match &mut this.inner {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        };
+        if let Poll::Ready(Ok(n)) = r {
+            this.counters.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = match &mut this.inner {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        };
+        if let Poll::Ready(Ok(n)) = r {
+            this.counters.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.inner {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+type Io = TokioIo<Counted>;
+
+enum Driver {
+    H1(http1::Connection<Io, Body>),
+    H2(Pin<Box<http2::Connection<Io, Body, TokioExecutor>>>),
+}
+
+impl Future for Driver {
+    type Output = hyper::Result<()>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Driver::H1(c) => Pin::new(c).poll(cx),
+            Driver::H2(c) => c.as_mut().poll(cx),
+        }
+    }
+}
+
+enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+/// An open connection of one virtual user.
+pub(crate) struct Conn {
+    pub origin: Arc<Origin>,
+    sender: Sender,
+    driver: Pin<Box<Driver>>,
+    pub counters: Arc<IoCounters>,
+    /// The connection future finished: the connection is unusable.
+    dead: bool,
+}
+
+/// Outcome of one exchange that got a response.
+pub(crate) struct Response {
+    pub status: u16,
+}
+
+/// The connection closed before a request was sent on it; reconnect and
+/// send again without counting an error (a keep-alive connection the server
+/// closed while idle).
+pub(crate) struct Stale;
+
+/// TLS client settings shared by a run.
+pub(crate) fn tls_config(protocol: Protocol, insecure: bool) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut cfg = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth()
+    } else {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    cfg.alpn_protocols = match protocol {
+        Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Protocol::Http1 => vec![b"http/1.1".to_vec()],
+        Protocol::Http2 => vec![b"h2".to_vec()],
+    };
+    Ok(Arc::new(cfg))
+}
+
+/// Certificate verifier for `insecure`: signatures are still checked, the
+/// chain and name are not.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Maps an I/O or hyper error to the seed's error labels.
+pub(crate) fn classify(err: &(dyn std::error::Error + 'static)) -> ErrorKind {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<rustls::Error>() {
+            return ErrorKind::Tls;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::TimedOut {
+                return ErrorKind::Timeout;
+            }
+            if let Some(inner) = io.get_ref() {
+                if inner.is::<rustls::Error>() {
+                    return ErrorKind::Tls;
+                }
+            }
+        }
+        cur = e.source();
+    }
+    ErrorKind::Connection
+}
+
+/// Opens a connection to one of `addrs` and performs the TLS and HTTP
+/// handshakes.
+pub(crate) async fn connect(
+    origin: Arc<Origin>,
+    addrs: &[SocketAddr],
+    tls: Option<&Arc<ClientConfig>>,
+    protocol: Protocol,
+) -> Result<Conn, ErrorKind> {
+    let mut last = ErrorKind::Connection;
+    let mut tcp = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = classify(&e),
+        }
+    }
+    let tcp = tcp.ok_or(last)?;
+    // Requests are small and latency-sensitive: never wait for Nagle.
+    let _ = tcp.set_nodelay(true);
+    let (stream, h2) = if origin.https {
+        let cfg = tls.ok_or(ErrorKind::Tls)?;
+        let name = ServerName::try_from(origin.host.clone()).map_err(|_| ErrorKind::Tls)?;
+        let tls_stream = TlsConnector::from(cfg.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| match classify(&e) {
+                ErrorKind::Connection if e.kind() == io::ErrorKind::InvalidData => ErrorKind::Tls,
+                k => k,
+            })?;
+        let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let h2 = match protocol {
+            Protocol::Http2 => true,
+            Protocol::Http1 => false,
+            Protocol::Auto => alpn_h2,
+        };
+        (Stream::Tls(Box::new(tls_stream)), h2)
+    } else {
+        (Stream::Plain(tcp), protocol == Protocol::Http2)
+    };
+    let counters = Arc::new(IoCounters::default());
+    let io = TokioIo::new(Counted {
+        inner: stream,
+        counters: counters.clone(),
+    });
+    let (sender, driver) = if h2 {
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|e| classify(&e))?;
+        (Sender::H2(tx), Driver::H2(Box::pin(conn)))
+    } else {
+        let (tx, conn) = http1::Builder::new()
+            // One write per request: the head and a small body go out together.
+            .writev(false)
+            .handshake(io)
+            .await
+            .map_err(|e| classify(&e))?;
+        (Sender::H1(tx), Driver::H1(conn))
+    };
+    Ok(Conn {
+        origin,
+        sender,
+        driver: Box::pin(driver),
+        counters,
+        dead: false,
+    })
+}
+
+impl Conn {
+    pub(crate) fn is_h2(&self) -> bool {
+        matches!(self.sender, Sender::H2(_))
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// Polls `fut` together with the connection future until `fut` is done.
+    /// `Err` means the connection ended first (the error is its reason).
+    async fn drive<F: Future>(
+        driver: &mut Pin<Box<Driver>>,
+        dead: &mut bool,
+        fut: F,
+    ) -> Result<F::Output, Option<hyper::Error>> {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            if *dead {
+                return Poll::Ready(Err(None));
+            }
+            match driver.as_mut().poll(cx) {
+                Poll::Ready(r) => {
+                    *dead = true;
+                    // The connection may have completed `fut` on its way out.
+                    match fut.as_mut().poll(cx) {
+                        Poll::Ready(v) => Poll::Ready(Ok(v)),
+                        Poll::Pending => Poll::Ready(Err(r.err())),
+                    }
+                }
+                Poll::Pending => match fut.as_mut().poll(cx) {
+                    Poll::Ready(v) => Poll::Ready(Ok(v)),
+                    Poll::Pending => Poll::Pending,
+                },
+            }
+        })
+        .await
+    }
+
+    /// Waits until the connection can take a request.
+    pub(crate) async fn ready(&mut self) -> Result<(), Stale> {
+        let Conn {
+            sender,
+            driver,
+            dead,
+            ..
+        } = self;
+        let r = Self::drive(driver, dead, async {
+            match sender {
+                Sender::H1(tx) => tx.ready().await,
+                Sender::H2(tx) => tx.ready().await,
+            }
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                self.dead = true;
+                Err(Stale)
+            }
+        }
+    }
+
+    /// Sends `req` and reads the whole response body, keeping it in `body`
+    /// only when `keep_body` (checks need it).
+    pub(crate) async fn exchange(
+        &mut self,
+        req: Request<Body>,
+        keep_body: bool,
+        body: &mut Vec<u8>,
+    ) -> Result<Response, ErrorKind> {
+        let Conn {
+            sender,
+            driver,
+            dead,
+            ..
+        } = self;
+        body.clear();
+        let fut = async {
+            let resp = match sender {
+                Sender::H1(tx) => tx.send_request(req).await,
+                Sender::H2(tx) => tx.send_request(req).await,
+            }
+            .map_err(|e| classify(&e))?;
+            let status = resp.status().as_u16();
+            let mut incoming = resp.into_body();
+            while let Some(frame) = incoming.frame().await {
+                let frame = frame.map_err(|e| classify(&e))?;
+                if keep_body {
+                    if let Some(data) = frame.data_ref() {
+                        body.extend_from_slice(data);
+                    }
+                }
+            }
+            Ok(Response { status })
+        };
+        match Self::drive(driver, dead, fut).await {
+            Ok(r) => {
+                if r.is_err() {
+                    self.dead = true;
+                }
+                r
+            }
+            Err(e) => {
+                self.dead = true;
+                Err(e.map(|e| classify(&e)).unwrap_or(ErrorKind::Connection))
+            }
+        }
+    }
+}

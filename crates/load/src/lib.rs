@@ -1,0 +1,1 @@
+// placeholder so the workspace loads while the load engine is being written

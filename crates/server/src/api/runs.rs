@@ -1,0 +1,388 @@
+//! Plans, runs, results and reports.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use testbed_core::keys;
+use testbed_core::plan::{self, PlanSpec, Problem};
+use testbed_core::run::{PlanRecord, ReportRecord, ResultRecord, Run, RunStatus};
+use testbed_core::schema::FieldError;
+use testbed_core::user::Role;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::page::{Page, PageQuery};
+use crate::auth::Caller;
+use crate::dispatch;
+use crate::engine;
+use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
+use crate::records;
+use crate::state::AppState;
+
+fn problems(ps: Vec<Problem>) -> ApiError {
+    ApiError::validation(
+        ps.into_iter()
+            .map(|p| FieldError {
+                field: match (p.line, p.column) {
+                    (Some(l), Some(c)) => format!("{} (line {l}, column {c})", p.path),
+                    _ => p.path.clone(),
+                },
+                message: p.message,
+            })
+            .collect(),
+    )
+}
+
+/// Parses and checks a plan, statically and against the registered agents.
+async fn validate_plan(state: &AppState, source: &str) -> ApiResult<PlanSpec> {
+    let spec = plan::parse(source).map_err(problems)?;
+    let agents = dispatch::agents(&state.store).await?;
+    let mut ps = engine::check_against_agents(&spec, &agents);
+    if !ps.is_empty() {
+        plan::locate(source, &mut ps);
+        return Err(problems(ps));
+    }
+    Ok(spec)
+}
+
+/// A plan as YAML text, or `{"source": "…yaml…"}`.
+fn plan_source(headers: &HeaderMap, body: &Bytes) -> ApiResult<String> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the plan is not UTF-8"))?;
+    if ct.starts_with("application/json") {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Wrapped {
+            source: String,
+        }
+        let w: Wrapped = serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}; send {{\"source\": \"<yaml>\"}} or the YAML itself")))?;
+        return Ok(w.source);
+    }
+    Ok(text.to_string())
+}
+
+/// Store a plan (YAML body, or JSON `{"source": …}`); 422 lists every problem with line:column.
+#[utoipa::path(post, path = "/api/plans", tag = "plans",
+    request_body(content = String, content_type = "application/yaml"),
+    responses((status = 201, body = PlanRecord), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create_plan(State(state): State<AppState>, c: Caller, headers: HeaderMap, body: Bytes) -> ApiResult<(StatusCode, Json<PlanRecord>)> {
+    c.require(Role::Operator)?;
+    let source = plan_source(&headers, &body)?;
+    let spec = validate_plan(&state, &source).await?;
+    let now = testbed_core::now();
+    let rec = PlanRecord {
+        id: Uuid::new_v4(),
+        name: spec.name.clone(),
+        source,
+        spec,
+        created_by: c.name,
+        created_at: now,
+        updated_at: now,
+    };
+    records::put(&state.store, &keys::plan(&rec.id), &rec, None).await?;
+    Ok((StatusCode::CREATED, Json(rec)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PlanFilter {
+    /// Only plans whose name contains this.
+    pub q: Option<String>,
+}
+
+/// Stored plans.
+#[utoipa::path(get, path = "/api/plans", tag = "plans", params(PageQuery, PlanFilter),
+    responses((status = 200, body = Page<PlanRecord>)), security(("bearer" = [])))]
+pub async fn list_plans(State(state): State<AppState>, _c: Caller, Query(p): Query<PageQuery>, Query(f): Query<PlanFilter>) -> ApiResult<Json<Page<PlanRecord>>> {
+    p.check()?;
+    let mut all: Vec<PlanRecord> = records::list::<PlanRecord>(&state.store, keys::PLANS, |_| true)
+        .await?
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|r| f.q.as_ref().is_none_or(|q| r.name.contains(q.as_str())))
+        .collect();
+    all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    Ok(Json(p.apply(all)))
+}
+
+fn parse_uuid(what: &str, id: &str) -> ApiResult<Uuid> {
+    id.parse().map_err(|_| ApiError::not_found(format!("no {what} `{id}`")))
+}
+
+/// One plan.
+#[utoipa::path(get, path = "/api/plans/{id}", tag = "plans", params(("id" = String, Path)),
+    responses((status = 200, body = PlanRecord), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_plan(State(state): State<AppState>, _c: Caller, Path(id): Path<String>) -> ApiResult<Json<PlanRecord>> {
+    let id = parse_uuid("plan", &id)?;
+    records::get::<PlanRecord>(&state.store, &keys::plan(&id))
+        .await?
+        .map(|(p, _)| Json(p))
+        .ok_or_else(|| ApiError::not_found(format!("no plan {id}")))
+}
+
+/// Replace a plan's source.
+#[utoipa::path(put, path = "/api/plans/{id}", tag = "plans", params(("id" = String, Path)),
+    request_body(content = String, content_type = "application/yaml"),
+    responses((status = 200, body = PlanRecord), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn put_plan(State(state): State<AppState>, c: Caller, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<PlanRecord>> {
+    c.require(Role::Operator)?;
+    let id = parse_uuid("plan", &id)?;
+    let source = plan_source(&headers, &body)?;
+    let spec = validate_plan(&state, &source).await?;
+    let rec = records::update::<PlanRecord, _>(&state.store, &keys::plan(&id), |r| {
+        r.name = spec.name.clone();
+        r.spec = spec.clone();
+        r.source = source.clone();
+        r.updated_at = testbed_core::now();
+        true
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no plan {id}")))?;
+    Ok(Json(rec))
+}
+
+/// Delete a plan (its runs stay).
+#[utoipa::path(delete, path = "/api/plans/{id}", tag = "plans", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn delete_plan(State(state): State<AppState>, c: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    c.require(Role::Operator)?;
+    let id = parse_uuid("plan", &id)?;
+    if !state.store.delete(&keys::plan(&id)).await? {
+        return Err(ApiError::not_found(format!("no plan {id}")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    /// A stored plan…
+    pub plan_id: Option<Uuid>,
+    /// …or a plan's YAML source.
+    pub plan: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: BTreeMap<String, Value>,
+    pub environment: Option<String>,
+}
+
+/// Start a run of a plan.
+#[utoipa::path(post, path = "/api/runs", tag = "runs", request_body = CreateRun,
+    responses((status = 201, body = Run), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create_run(State(state): State<AppState>, c: Caller, Json(req): Json<CreateRun>) -> ApiResult<(StatusCode, Json<Run>)> {
+    c.require(Role::Operator)?;
+    let (spec, plan_id) = match (&req.plan_id, &req.plan) {
+        (Some(id), None) => {
+            let (p, _) = records::get::<PlanRecord>(&state.store, &keys::plan(id))
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no plan {id}")))?;
+            (p.spec, Some(*id))
+        }
+        (None, Some(src)) => (validate_plan(&state, src).await?, None),
+        _ => return Err(ApiError::field("/plan_id", "give exactly one of `plan_id` and `plan`")),
+    };
+    let params = spec.resolve_params(&req.params).map_err(problems)?;
+    let environment = req.environment.clone().or_else(|| spec.environment.clone());
+    if let Some(env) = &environment {
+        if state.store.get(&keys::environment(env)).await?.is_none() {
+            return Err(ApiError::field("/environment", format!("no environment `{env}`")));
+        }
+    }
+    for s in &spec.steps {
+        if let Some(tc) = &s.testcase {
+            if state.store.get(&keys::testcase(tc)).await?.is_none() {
+                return Err(ApiError::field("/plan", format!("step `{}`: no test case `{tc}`", s.id)));
+            }
+        }
+    }
+    let run = engine::create_run(&state, spec, plan_id, params, environment, &c.name).await?;
+    Ok((StatusCode::CREATED, Json(run)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub plan_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunSummary {
+    pub id: Uuid,
+    pub plan_name: String,
+    pub plan_id: Option<Uuid>,
+    pub status: RunStatus,
+    pub created_by: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub report_id: Option<Uuid>,
+}
+
+/// Runs, newest first.
+#[utoipa::path(get, path = "/api/runs", tag = "runs", params(PageQuery, RunFilter),
+    responses((status = 200, body = Page<RunSummary>)), security(("bearer" = [])))]
+pub async fn list_runs(State(state): State<AppState>, _c: Caller, Query(p): Query<PageQuery>, Query(f): Query<RunFilter>) -> ApiResult<Json<Page<RunSummary>>> {
+    p.check()?;
+    let mut all: Vec<RunSummary> = records::list::<Run>(&state.store, keys::RUNS, |_| true)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| f.status.is_none_or(|s| r.status == s))
+        .filter(|r| f.plan_id.is_none_or(|id| r.plan_id == Some(id)))
+        .map(|r| RunSummary {
+            id: r.id,
+            plan_name: r.plan_name,
+            plan_id: r.plan_id,
+            status: r.status,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+            report_id: r.report_id,
+        })
+        .collect();
+    all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    Ok(Json(p.apply(all)))
+}
+
+/// A run with every step's state.
+#[utoipa::path(get, path = "/api/runs/{id}", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = Run), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_run(State(state): State<AppState>, _c: Caller, Path(id): Path<String>) -> ApiResult<Json<Run>> {
+    let id = parse_uuid("run", &id)?;
+    records::get::<Run>(&state.store, &keys::run(&id))
+        .await?
+        .map(|(r, _)| Json(r))
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))
+}
+
+/// Cancel a run: running tasks are cancelled on their agents.
+#[utoipa::path(post, path = "/api/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
+    responses((status = 202, body = Run), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn cancel_run(State(state): State<AppState>, c: Caller, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Run>)> {
+    c.require(Role::Operator)?;
+    let id = parse_uuid("run", &id)?;
+    let run = engine::cancel_run(&state, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    if run.status.is_terminal() {
+        return Err(ApiError::conflict(format!("run {id} already ended ({:?})", run.status)));
+    }
+    Ok((StatusCode::ACCEPTED, Json(run)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ResultFilter {
+    pub testcase: Option<String>,
+    pub environment: Option<String>,
+    /// pass, fail, error, skip.
+    pub status: Option<String>,
+}
+
+/// Latest result of each test case in each environment.
+#[utoipa::path(get, path = "/api/results", tag = "results", params(PageQuery, ResultFilter),
+    responses((status = 200, body = Page<ResultRecord>)), security(("bearer" = [])))]
+pub async fn list_results(State(state): State<AppState>, _c: Caller, Query(p): Query<PageQuery>, Query(f): Query<ResultFilter>) -> ApiResult<Json<Page<ResultRecord>>> {
+    p.check()?;
+    let all: Vec<ResultRecord> = records::list::<ResultRecord>(&state.store, keys::RESULTS, |_| true)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| f.testcase.as_ref().is_none_or(|t| &r.testcase == t))
+        .filter(|r| f.environment.as_ref().is_none_or(|e| &r.environment == e))
+        .filter(|r| f.status.as_ref().is_none_or(|s| &r.status == s))
+        .collect();
+    Ok(Json(p.apply(all)))
+}
+
+/// The latest result of a test case in an environment.
+#[utoipa::path(get, path = "/api/results/{testcase}/{environment}", tag = "results",
+    params(("testcase" = String, Path), ("environment" = String, Path)),
+    responses((status = 200, body = ResultRecord), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_result(State(state): State<AppState>, _c: Caller, Path((tc, env)): Path<(String, String)>) -> ApiResult<Json<ResultRecord>> {
+    records::get::<ResultRecord>(&state.store, &keys::result(&tc, &env))
+        .await?
+        .map(|(r, _)| Json(r))
+        .ok_or_else(|| ApiError::not_found(format!("no result for `{tc}` in `{env}`")))
+}
+
+/// Reports, newest first.
+#[utoipa::path(get, path = "/api/reports", tag = "reports", params(PageQuery),
+    responses((status = 200, body = Page<ReportRecord>)), security(("bearer" = [])))]
+pub async fn list_reports(State(state): State<AppState>, _c: Caller, Query(p): Query<PageQuery>) -> ApiResult<Json<Page<ReportRecord>>> {
+    p.check()?;
+    let mut all: Vec<ReportRecord> = records::list::<ReportRecord>(&state.store, keys::REPORTS, |_| true)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    Ok(Json(p.apply(all)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FormatQuery {
+    /// json (default), junit, tap, summary or html.
+    pub format: Option<String>,
+}
+
+/// Load a stored report's canonical JSON.
+pub async fn load_report(state: &AppState, id: &Uuid) -> ApiResult<testbed_report::Report> {
+    let body = state
+        .blobs
+        .get(&keys::report_blob(id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found(format!("no report {id}")))?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::internal("report is not UTF-8"))?;
+    testbed_report::from_json(text).map_err(|e| ApiError::internal(format!("report {id}: {e}")))
+}
+
+/// A report in any format: `?format=json|junit|tap|summary|html`.
+#[utoipa::path(get, path = "/api/reports/{id}", tag = "reports", params(("id" = String, Path), FormatQuery),
+    responses((status = 200, description = "the report in the requested format"), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_report(State(state): State<AppState>, _c: Caller, Path(id): Path<String>, Query(q): Query<FormatQuery>) -> ApiResult<Response> {
+    let id = parse_uuid("report", &id)?;
+    let report = load_report(&state, &id).await?;
+    let (ct, body) = match q.format.as_deref().unwrap_or("json") {
+        "json" => ("application/json", testbed_report::to_json(&report)),
+        "junit" | "xml" => (
+            "application/xml",
+            testbed_report::to_junit(&report).map_err(|e| ApiError::internal(format!("rendering JUnit: {e}")))?,
+        ),
+        "tap" => ("text/plain; charset=utf-8", testbed_report::to_tap(&report)),
+        "summary" | "text" => ("text/plain; charset=utf-8", testbed_report::to_summary(&report)),
+        "html" => ("text/html; charset=utf-8", testbed_report::to_html(&report)),
+        other => {
+            return Err(ApiError::field(
+                "/format",
+                format!("unknown format `{other}` (json, junit, tap, summary, html)"),
+            ))
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
+}
+
+/// Delete a report.
+#[utoipa::path(delete, path = "/api/reports/{id}", tag = "reports", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn delete_report(State(state): State<AppState>, c: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    c.require(Role::Operator)?;
+    let id = parse_uuid("report", &id)?;
+    if !state.store.delete(&keys::report(&id)).await? {
+        return Err(ApiError::not_found(format!("no report {id}")));
+    }
+    let _ = state.blobs.delete(&keys::report_blob(&id)).await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,808 @@
+//! The plan engine: reconcile loops over runs stored in `/runs/`.
+//!
+//! A run's whole state (every step, every instance, every task id) lives in
+//! its record, and every change is a compare-and-swap on it. The controller
+//! leader reconciles a run whenever one of its tasks or the run itself
+//! changes, and sweeps all active runs periodically for timeouts. Task ids
+//! are derived from (run, step, instance, attempt), so a controller that
+//! dies between creating a task and recording it finds the same task again
+//! instead of starting a second one: no step is lost and none runs twice.
+
+pub mod report;
+pub mod targets;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use testbed_core::keys;
+use testbed_core::plan::{PlanSpec, StepSpec, TargetSpec};
+use testbed_core::run::{
+    Environment, GroupLock, Instance, Run, RunStatus, StepState, StepStatus, TestCase,
+};
+use testbed_core::task::{RunRef, Task, TaskStatus};
+use testbed_core::template;
+use testbed_store::{Compare, LeaseId};
+use uuid::Uuid;
+
+use crate::dispatch::{self, AgentView};
+use crate::records::{self, RecordError};
+use crate::state::AppState;
+
+/// Namespace of task ids derived from runs.
+const TASK_NS: Uuid = Uuid::from_u128(0x7e57_bed0_0000_4000_8000_0000_0000_0001);
+
+pub fn task_id(run: &Uuid, step: &str, instance: usize, attempt: u32) -> Uuid {
+    let mut name = run.as_bytes().to_vec();
+    name.extend_from_slice(format!("/{step}/{instance}/{attempt}").as_bytes());
+    Uuid::new_v5(&TASK_NS, &name)
+}
+
+/// What a step executes once test-case references are resolved.
+struct Resolved {
+    plugin: String,
+    method: String,
+    params: Value,
+    selector: TargetSpec,
+    each: bool,
+    timeout: Option<Duration>,
+    retries: u32,
+    testcase: Option<(String, String)>,
+}
+
+/// Reconciles every active run once.
+pub async fn reconcile_all(state: &AppState, lease: Option<LeaseId>) -> Result<(), RecordError> {
+    let page = state.store.range(keys::ACTIVE_RUNS, None, 0).await?;
+    for kv in page.kvs {
+        let Some(id) = kv
+            .key
+            .strip_prefix(keys::ACTIVE_RUNS)
+            .and_then(|s| s.parse::<Uuid>().ok())
+        else {
+            continue;
+        };
+        if let Err(e) = reconcile(state, id, lease).await {
+            tracing::warn!(run = %id, "reconcile: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Brings one run forward as far as its state allows. Safe to call at any
+/// time, from any replica, any number of times.
+pub async fn reconcile(state: &AppState, id: Uuid, lease: Option<LeaseId>) -> Result<(), RecordError> {
+    for _ in 0..8 {
+        let Some((run, rev)) = records::get::<Run>(&state.store, &keys::run(&id)).await? else {
+            state.store.delete(&keys::active_run(&id)).await?;
+            return Ok(());
+        };
+        if run.status.is_terminal() {
+            finish(state, &run).await?;
+            return Ok(());
+        }
+        let mut next = run.clone();
+        step_forward(state, &mut next, lease).await?;
+        if next == run {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&next).map_err(|source| RecordError::Encode {
+            key: keys::run(&id),
+            source,
+        })?;
+        if state
+            .store
+            .txn_put(&keys::run(&id), Compare::ModRevision(rev), bytes, None)
+            .await?
+            .is_some()
+        {
+            if next.status.is_terminal() {
+                finish(state, &next).await?;
+            }
+            return Ok(());
+        }
+        // Someone else changed the run meanwhile: read it again.
+    }
+    Ok(())
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    testbed_core::now()
+}
+
+async fn step_forward(state: &AppState, run: &mut Run, lease: Option<LeaseId>) -> Result<(), RecordError> {
+    if run.status == RunStatus::Pending {
+        run.status = RunStatus::Running;
+        run.started_at = Some(now());
+    }
+    let agents = dispatch::agents(&state.store).await?;
+    let locks = targets::locks(&state.store).await?;
+
+    // An exclusive reservation comes first: nothing starts until it is held.
+    if let Some(group) = run.spec.reserve.clone() {
+        if !run.cancel_requested {
+            match locks.get(&group) {
+                Some(holder) if *holder == run.id => {}
+                Some(holder) => {
+                    let reason = format!("pending: group `{group}` is reserved by run {holder}");
+                    for st in run.steps.values_mut() {
+                        if st.status == StepStatus::Pending {
+                            st.reason = Some(reason.clone());
+                        }
+                    }
+                    run.reason = Some(reason);
+                    return Ok(());
+                }
+                None => {
+                    let lock = GroupLock {
+                        run_id: run.id,
+                        since: now(),
+                    };
+                    let bytes = serde_json::to_vec(&lock).map_err(|source| RecordError::Encode {
+                        key: keys::group_lock(&group),
+                        source,
+                    })?;
+                    // Bound to the controller's lease: if the controller dies,
+                    // the reservation does not outlive it.
+                    state
+                        .store
+                        .txn_put(&keys::group_lock(&group), Compare::Absent, bytes, lease)
+                        .await?;
+                    return Ok(());
+                }
+            }
+            run.reason = None;
+        }
+    }
+    let excluded = targets::reserved_elsewhere(&agents, &locks, Some(run.id));
+
+    if run.cancel_requested {
+        for st in run.steps.values_mut() {
+            for inst in st.instances.iter_mut().filter(|i| !i.status.is_terminal()) {
+                if let Some(t) = inst.task_id {
+                    match dispatch::cancel(state, t).await {
+                        Ok(_) => {}
+                        Err(e) if e.status.as_u16() == 409 || e.status.as_u16() == 404 => {}
+                        Err(e) => tracing::warn!(task = %t, "cancel: {}", e.message),
+                    }
+                }
+            }
+        }
+    }
+
+    let order: Vec<String> = run.spec.topological().into_iter().map(String::from).collect();
+    for id in order {
+        let Some(spec) = run.spec.step(&id).cloned() else { continue };
+        let status = run.steps.get(&id).map_or(StepStatus::Pending, |s| s.status);
+        match status {
+            StepStatus::Pending => {
+                if run.cancel_requested {
+                    let st = run.steps.entry(id.clone()).or_default();
+                    st.status = StepStatus::Cancelled;
+                    st.reason = Some("run cancelled".into());
+                    st.finished_at = Some(now());
+                    continue;
+                }
+                start_step(state, run, &spec, &agents, &excluded).await?;
+            }
+            StepStatus::Running => {
+                advance_step(state, run, &spec, &agents, &excluded).await?;
+            }
+            _ => {}
+        }
+    }
+
+    if run.steps.len() == run.spec.steps.len() && run.steps.values().all(|s| s.status.is_terminal()) {
+        let any_failed = run
+            .steps
+            .values()
+            .any(|s| matches!(s.status, StepStatus::Failed | StepStatus::Error));
+        run.status = if run.cancel_requested {
+            RunStatus::Cancelled
+        } else if any_failed {
+            RunStatus::Failed
+        } else {
+            RunStatus::Passed
+        };
+        run.finished_at = Some(now());
+    }
+    Ok(())
+}
+
+/// The values templates see.
+fn scope(run: &Run, env: &BTreeMap<String, Value>) -> Value {
+    let mut steps = serde_json::Map::new();
+    for (id, st) in &run.steps {
+        let exit_code = st.instances.first().and_then(|i| i.exit_code);
+        steps.insert(
+            id.clone(),
+            json!({"status": st.status.as_str(), "outputs": st.outputs, "exit_code": exit_code}),
+        );
+    }
+    json!({"params": run.params, "env": env, "steps": steps})
+}
+
+async fn load_env(state: &AppState, name: Option<&str>) -> Result<Option<Environment>, RecordError> {
+    match name {
+        Some(n) => Ok(records::get::<Environment>(&state.store, &keys::environment(n))
+            .await?
+            .map(|(e, _)| e)),
+        None => Ok(None),
+    }
+}
+
+async fn resolve(state: &AppState, run: &Run, spec: &StepSpec) -> Result<Result<(Resolved, BTreeMap<String, Value>), String>, RecordError> {
+    let env_name = spec.environment.clone().or_else(|| run.environment.clone()).or_else(|| run.spec.environment.clone());
+    let env = load_env(state, env_name.as_deref()).await?;
+    if let (Some(n), None) = (&env_name, &env) {
+        return Ok(Err(format!("environment `{n}` does not exist")));
+    }
+    let vars = env.as_ref().map(|e| e.variables.clone()).unwrap_or_default();
+    let (target_sel, each) = match &spec.target {
+        Some(t) => t.selector(),
+        None => (
+            env.as_ref().and_then(|e| e.selector.clone()).unwrap_or_default(),
+            false,
+        ),
+    };
+    let resolved = if let Some(tc_name) = &spec.testcase {
+        let Some((tc, _)) = records::get::<TestCase>(&state.store, &keys::testcase(tc_name)).await? else {
+            return Ok(Err(format!("test case `{tc_name}` does not exist")));
+        };
+        Resolved {
+            plugin: tc.plugin.clone(),
+            method: tc.method.clone(),
+            params: tc.parameters.clone(),
+            selector: target_sel,
+            each,
+            timeout: spec.timeout().or_else(|| tc.timeout.as_deref().and_then(|t| humantime::parse_duration(t).ok())),
+            retries: spec.retries.max(tc.retries),
+            testcase: Some((tc_name.clone(), env_name.clone().unwrap_or_else(|| "default".into()))),
+        }
+    } else {
+        Resolved {
+            plugin: spec.plugin.clone().unwrap_or_default(),
+            method: spec.method.clone().unwrap_or_default(),
+            params: spec.params.clone(),
+            selector: target_sel,
+            each,
+            timeout: spec.timeout(),
+            retries: spec.retries,
+            testcase: None,
+        }
+    };
+    Ok(Ok((resolved, vars)))
+}
+
+fn finish_step(st: &mut StepState, status: StepStatus, reason: Option<String>) {
+    st.status = status;
+    st.reason = reason;
+    st.finished_at = Some(now());
+}
+
+async fn start_step(
+    state: &AppState,
+    run: &mut Run,
+    spec: &StepSpec,
+    agents: &[AgentView],
+    excluded: &BTreeSet<Uuid>,
+) -> Result<(), RecordError> {
+    // Dependencies first.
+    for d in &spec.depends_on {
+        let Some(ds) = run.steps.get(d) else { return Ok(()) };
+        if !ds.status.is_terminal() {
+            return Ok(());
+        }
+    }
+    let mut skip: Option<String> = None;
+    for d in &spec.depends_on {
+        let ds = &run.steps[d];
+        let dep_continues = run.spec.step(d).is_some_and(|s| s.continue_on_failure);
+        match ds.status {
+            StepStatus::Failed | StepStatus::Error if !dep_continues => {
+                skip = Some(format!("dependency `{d}` {}", ds.status.as_str()));
+            }
+            StepStatus::Skipped | StepStatus::Cancelled => {
+                skip = Some(format!("dependency `{d}` was {}", ds.status.as_str()));
+            }
+            _ => {}
+        }
+        if skip.is_some() {
+            break;
+        }
+    }
+    let resolved = resolve(state, run, spec).await?;
+    let st_snapshot = run.steps.get(&spec.id).cloned().unwrap_or_default();
+    let mut st = st_snapshot;
+    if let Some(reason) = skip {
+        finish_step(&mut st, StepStatus::Skipped, Some(reason));
+        run.steps.insert(spec.id.clone(), st);
+        return Ok(());
+    }
+    let (r, env) = match resolved {
+        Ok(ok) => ok,
+        Err(reason) => {
+            finish_step(&mut st, StepStatus::Error, Some(reason));
+            run.steps.insert(spec.id.clone(), st);
+            return Ok(());
+        }
+    };
+    let sc = scope(run, &env);
+    if let Some(cond) = &spec.when {
+        match template::truthy(cond, &sc) {
+            Ok(true) => {}
+            Ok(false) => {
+                finish_step(&mut st, StepStatus::Skipped, Some(format!("condition `{cond}` is false")));
+                run.steps.insert(spec.id.clone(), st);
+                return Ok(());
+            }
+            Err(e) => {
+                finish_step(&mut st, StepStatus::Error, Some(format!("when: {e}")));
+                run.steps.insert(spec.id.clone(), st);
+                return Ok(());
+            }
+        }
+    }
+    let candidates = targets::eligible(agents, &r.selector, &r.plugin, &r.method, excluded);
+    if candidates.is_empty() {
+        let ready = *st.ready_at.get_or_insert_with(now);
+        let waited = (now() - ready).to_std().unwrap_or_default();
+        let limit = run.spec.pending_timeout();
+        let reason = format!(
+            "pending: no agent matches {} with {}.{}",
+            r.selector.describe(),
+            r.plugin,
+            r.method
+        );
+        if waited >= limit {
+            finish_step(&mut st, StepStatus::Error, Some(format!("{reason} (gave up after {}s)", limit.as_secs())));
+        } else {
+            st.reason = Some(reason);
+        }
+        run.steps.insert(spec.id.clone(), st);
+        return Ok(());
+    }
+    let chosen: Vec<&AgentView> = if r.each {
+        candidates
+    } else {
+        vec![least_loaded(state, &candidates).await?]
+    };
+    st.instances = Vec::new();
+    for (i, agent) in chosen.iter().enumerate() {
+        let mut isc = sc.clone();
+        isc["agent"] = json!({"name": agent.record.name, "host": agent.record.host, "uuid": agent.record.uuid, "labels": agent.record.labels});
+        let params = match template::render(&r.params, &isc) {
+            Ok(p) => p,
+            Err(e) => {
+                finish_step(&mut st, StepStatus::Error, Some(format!("params: {e}")));
+                run.steps.insert(spec.id.clone(), st);
+                return Ok(());
+            }
+        };
+        // The rendered parameters must still meet the method's schema.
+        if let Some(m) = agent.record.plugin(&r.plugin).and_then(|p| p.method(&r.method)) {
+            if let Err(errs) = testbed_core::schema::validate(&m.schema, &params, "params") {
+                let msg = errs.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+                finish_step(&mut st, StepStatus::Error, Some(msg));
+                run.steps.insert(spec.id.clone(), st);
+                return Ok(());
+            }
+        }
+        let tid = task_id(&run.id, &spec.id, i, 1);
+        create_task(state, run, &spec.id, i, 1, agent, &r.plugin, &r.method, params).await?;
+        st.instances.push(Instance {
+            agent_uuid: agent.record.uuid,
+            agent_name: agent.record.name.clone(),
+            status: StepStatus::Running,
+            attempt: 1,
+            task_id: Some(tid),
+            previous: Vec::new(),
+            exit_code: None,
+            result: None,
+            reason: None,
+            started_at: Some(now()),
+            finished_at: None,
+        });
+    }
+    st.status = StepStatus::Running;
+    st.reason = None;
+    st.started_at = Some(now());
+    let _ = r.timeout;
+    let _ = r.retries;
+    let _ = r.testcase;
+    run.steps.insert(spec.id.clone(), st);
+    Ok(())
+}
+
+async fn least_loaded<'a>(state: &AppState, candidates: &[&'a AgentView]) -> Result<&'a AgentView, RecordError> {
+    let mut best: Option<(usize, &AgentView)> = None;
+    for a in candidates {
+        let n = records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
+        if best.is_none_or(|(b, _)| n < b) {
+            best = Some((n, a));
+        }
+    }
+    // `candidates` is never empty here.
+    Ok(best.map(|(_, a)| a).unwrap_or(candidates[0]))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_task(
+    state: &AppState,
+    run: &Run,
+    step: &str,
+    instance: usize,
+    attempt: u32,
+    agent: &AgentView,
+    plugin: &str,
+    method: &str,
+    params: Value,
+) -> Result<(), RecordError> {
+    let id = task_id(&run.id, step, instance, attempt);
+    let task = Task {
+        kind: Task::KIND.into(),
+        v: 1,
+        id,
+        plugin: plugin.to_string(),
+        method: method.to_string(),
+        parameters: params,
+        host: agent.record.host.clone(),
+        agent_uuid: agent.record.uuid,
+        agent_name: agent.record.name.clone(),
+        status: TaskStatus::Queued,
+        exit_code: None,
+        result: None,
+        error: None,
+        created_by: run.created_by.clone(),
+        created_at: now(),
+        started_at: None,
+        finished_at: None,
+        cancel_requested: false,
+        artifacts: Vec::new(),
+        log_bytes: 0,
+        run: Some(RunRef {
+            run_id: run.id,
+            step: step.to_string(),
+            instance,
+            attempt,
+        }),
+    };
+    dispatch::create(state, &task).await
+}
+
+async fn advance_step(
+    state: &AppState,
+    run: &mut Run,
+    spec: &StepSpec,
+    agents: &[AgentView],
+    excluded: &BTreeSet<Uuid>,
+) -> Result<(), RecordError> {
+    let Some(mut st) = run.steps.get(&spec.id).cloned() else { return Ok(()) };
+    let resolved = resolve(state, run, spec).await?;
+    let (r, _env) = match resolved {
+        Ok(ok) => ok,
+        Err(reason) => {
+            finish_step(&mut st, StepStatus::Error, Some(reason));
+            run.steps.insert(spec.id.clone(), st);
+            return Ok(());
+        }
+    };
+    for idx in 0..st.instances.len() {
+        let inst = st.instances[idx].clone();
+        if inst.status.is_terminal() {
+            continue;
+        }
+        let Some(tid) = inst.task_id else { continue };
+        let Some((task, _)) = records::get::<Task>(&state.store, &keys::task(&tid)).await? else {
+            continue;
+        };
+        let mut inst = inst;
+        match task.status {
+            TaskStatus::Queued | TaskStatus::Running => {
+                if let (Some(limit), Some(started)) = (r.timeout, task.started_at.or(inst.started_at)) {
+                    let ran = (now() - started).to_std().unwrap_or_default();
+                    if ran > limit && inst.reason.is_none() {
+                        inst.reason = Some(format!("timed out after {}s", limit.as_secs()));
+                        let _ = dispatch::cancel(state, tid).await;
+                    }
+                }
+                st.instances[idx] = inst;
+                continue;
+            }
+            TaskStatus::Succeeded => {
+                inst.status = StepStatus::Passed;
+            }
+            status => {
+                let timed_out = inst.reason.as_deref().is_some_and(|r| r.starts_with("timed out"));
+                let failed = if timed_out {
+                    StepStatus::Failed
+                } else {
+                    match status {
+                        TaskStatus::Failed => StepStatus::Failed,
+                        TaskStatus::Cancelled if run.cancel_requested => StepStatus::Cancelled,
+                        _ => StepStatus::Error,
+                    }
+                };
+                let reason = if timed_out {
+                    inst.reason.clone()
+                } else {
+                    task.error.clone().or_else(|| task.exit_code.map(|c| format!("exit code {c}")))
+                };
+                if inst.attempt <= r.retries && !run.cancel_requested {
+                    // Retry; a task lost with its agent moves to another one.
+                    let mut avoid = excluded.clone();
+                    if status == TaskStatus::Lost {
+                        avoid.insert(inst.agent_uuid);
+                    }
+                    let candidates = targets::eligible(agents, &r.selector, &r.plugin, &r.method, &avoid);
+                    let same = agents.iter().find(|a| a.record.uuid == inst.agent_uuid && a.alive.is_some());
+                    let agent = if status == TaskStatus::Lost || same.is_none() {
+                        candidates.first().copied()
+                    } else {
+                        same
+                    };
+                    if let Some(agent) = agent {
+                        let attempt = inst.attempt + 1;
+                        create_task(state, run, &spec.id, idx, attempt, agent, &r.plugin, &r.method, task.parameters.clone()).await?;
+                        inst.previous.push(tid);
+                        inst.task_id = Some(task_id(&run.id, &spec.id, idx, attempt));
+                        inst.attempt = attempt;
+                        inst.agent_uuid = agent.record.uuid;
+                        inst.agent_name = agent.record.name.clone();
+                        inst.reason = Some(format!("retry {} after: {}", attempt - 1, reason.clone().unwrap_or_default()));
+                        inst.started_at = Some(now());
+                        st.instances[idx] = inst;
+                        continue;
+                    }
+                }
+                inst.status = failed;
+                inst.reason = reason;
+            }
+        }
+        inst.exit_code = task.exit_code;
+        inst.result = task.result.clone();
+        inst.started_at = task.started_at.or(inst.started_at);
+        inst.finished_at = task.finished_at.or(Some(now()));
+        st.instances[idx] = inst;
+    }
+    if st.instances.iter().all(|i| i.status.is_terminal()) {
+        let worst = st
+            .instances
+            .iter()
+            .map(|i| i.status)
+            .max_by_key(|s| match s {
+                StepStatus::Error => 4,
+                StepStatus::Failed => 3,
+                StepStatus::Cancelled => 2,
+                _ => 0,
+            })
+            .unwrap_or(StepStatus::Passed);
+        // Outputs: from the one instance, or a list across a fan-out.
+        for (name, tpl) in &spec.outputs {
+            let values: Vec<Value> = st
+                .instances
+                .iter()
+                .map(|i| {
+                    let sc = json!({"result": i.result.clone().unwrap_or(Value::Null), "agent": {"name": i.agent_name}});
+                    template::render_str(tpl, &sc).unwrap_or(Value::Null)
+                })
+                .collect();
+            let v = if r.each { Value::Array(values) } else { values.into_iter().next().unwrap_or(Value::Null) };
+            st.outputs.insert(name.clone(), v);
+        }
+        let reason = st.instances.iter().find(|i| i.status == worst).and_then(|i| i.reason.clone());
+        finish_step(&mut st, worst, if worst == StepStatus::Passed { None } else { reason });
+        if let Some((tc, env)) = &r.testcase {
+            report::record_result(state, run, tc, env, &st).await?;
+        }
+    }
+    run.steps.insert(spec.id.clone(), st);
+    Ok(())
+}
+
+/// After a run ends: its report, its reservation, its index entry.
+async fn finish(state: &AppState, run: &Run) -> Result<(), RecordError> {
+    if run.report_id.is_none() {
+        let report_id = report::store_report(state, run).await?;
+        records::update::<Run, _>(&state.store, &keys::run(&run.id), |r| {
+            if r.report_id.is_none() {
+                r.report_id = Some(report_id);
+                true
+            } else {
+                false
+            }
+        })
+        .await?;
+    }
+    if let Some(group) = &run.spec.reserve {
+        if let Some(kv) = state.store.get(&keys::group_lock(group)).await? {
+            let held_by_us = serde_json::from_slice::<GroupLock>(&kv.value).is_ok_and(|l| l.run_id == run.id);
+            if held_by_us {
+                state
+                    .store
+                    .txn_delete(&keys::group_lock(group), Compare::ModRevision(kv.mod_revision))
+                    .await?;
+            }
+        }
+    }
+    state.store.delete(&keys::active_run(&run.id)).await?;
+    Ok(())
+}
+
+/// Creates a run of `spec` and puts it on the controller's list.
+pub async fn create_run(
+    state: &AppState,
+    spec: PlanSpec,
+    plan_id: Option<Uuid>,
+    params: BTreeMap<String, Value>,
+    environment: Option<String>,
+    created_by: &str,
+) -> Result<Run, RecordError> {
+    let id = Uuid::new_v4();
+    let run = Run {
+        kind: Run::KIND.into(),
+        v: 1,
+        id,
+        plan_id,
+        plan_name: spec.name.clone(),
+        steps: spec
+            .steps
+            .iter()
+            .map(|s| (s.id.clone(), StepState::new()))
+            .collect(),
+        spec,
+        params,
+        environment,
+        status: RunStatus::Pending,
+        reason: None,
+        cancel_requested: false,
+        report_id: None,
+        created_by: created_by.to_string(),
+        created_at: now(),
+        started_at: None,
+        finished_at: None,
+    };
+    records::put(&state.store, &keys::run(&id), &run, None).await?;
+    state
+        .store
+        .put(&keys::active_run(&id), id.to_string().into_bytes(), None)
+        .await?;
+    Ok(run)
+}
+
+/// Reconciles runs as their tasks change (event-driven) and sweeps every
+/// active run each second (timeouts, agents appearing). Runs while this
+/// replica leads the controller.
+pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::CancellationToken) {
+    use futures_util::StreamExt;
+    let from = state.store.revision().await.map(|r| r + 1).unwrap_or(1);
+    let mut tasks = match state.store.watch(keys::TASKS, from).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("engine watch: {e}");
+            return;
+        }
+    };
+    let mut runs = match state.store.watch(keys::ACTIVE_RUNS, from).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("engine watch: {e}");
+            return;
+        }
+    };
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = state.shutdown.cancelled() => return,
+            _ = sweep.tick() => {
+                if let Err(e) = reconcile_all(&state, Some(lease)).await {
+                    tracing::warn!("engine sweep: {e}");
+                }
+            }
+            ev = tasks.next() => match ev {
+                Some(Ok(ev)) => {
+                    if let Ok(task) = serde_json::from_slice::<Task>(&ev.kv.value) {
+                        if let Some(r) = task.run {
+                            if task.status.is_terminal() {
+                                if let Err(e) = reconcile(&state, r.run_id, Some(lease)).await {
+                                    tracing::warn!(run = %r.run_id, "reconcile: {e}");
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => return,
+            },
+            ev = runs.next() => match ev {
+                Some(Ok(ev)) => {
+                    if let Some(id) = ev.kv.key.strip_prefix(keys::ACTIVE_RUNS).and_then(|s| s.parse::<Uuid>().ok()) {
+                        if let Err(e) = reconcile(&state, id, Some(lease)).await {
+                            tracing::warn!(run = %id, "reconcile: {e}");
+                        }
+                    }
+                }
+                _ => return,
+            },
+        }
+    }
+}
+
+/// Requests cancellation of a run.
+pub async fn cancel_run(state: &AppState, id: Uuid) -> Result<Option<Run>, RecordError> {
+    let run = records::update::<Run, _>(&state.store, &keys::run(&id), |r| {
+        if r.status.is_terminal() || r.cancel_requested {
+            false
+        } else {
+            r.cancel_requested = true;
+            true
+        }
+    })
+    .await?;
+    if run.is_some() {
+        // Touch the index so the leader reconciles at once.
+        state
+            .store
+            .put(&keys::active_run(&id), id.to_string().into_bytes(), None)
+            .await?;
+    }
+    Ok(run)
+}
+
+/// Checks that what a plan calls exists on some registered agent.
+pub fn check_against_agents(spec: &PlanSpec, agents: &[AgentView]) -> Vec<testbed_core::plan::Problem> {
+    let mut out = Vec::new();
+    for (i, s) in spec.steps.iter().enumerate() {
+        let (Some(plugin), Some(method)) = (&s.plugin, &s.method) else { continue };
+        let carrying: Vec<&AgentView> = agents.iter().filter(|a| a.record.plugin(plugin).is_some()).collect();
+        if carrying.is_empty() {
+            let known: BTreeSet<String> = agents.iter().flat_map(|a| a.record.plugins.iter().map(|p| p.name.clone())).collect();
+            out.push(testbed_core::plan::Problem::at(
+                format!("steps[{i}].plugin"),
+                format!("unknown plugin `{plugin}` (agents carry: {})", known.into_iter().collect::<Vec<_>>().join(", ")),
+            ));
+            continue;
+        }
+        let method_spec = carrying.iter().find_map(|a| a.record.plugin(plugin).and_then(|p| p.method(method)));
+        match method_spec {
+            None => {
+                let known: BTreeSet<String> = carrying
+                    .iter()
+                    .flat_map(|a| a.record.plugin(plugin).map(|p| p.methods.iter().map(|m| m.name.clone()).collect::<Vec<_>>()).unwrap_or_default())
+                    .collect();
+                out.push(testbed_core::plan::Problem::at(
+                    format!("steps[{i}].method"),
+                    format!("plugin `{plugin}` has no method `{method}` (it has: {})", known.into_iter().collect::<Vec<_>>().join(", ")),
+                ));
+            }
+            Some(m) => {
+                // Parameters without templates can be checked now.
+                let templated = template::references_in(&s.params).map(|r| !r.is_empty()).unwrap_or(true);
+                if !templated {
+                    if let Err(errs) = testbed_core::schema::validate(&m.schema, &s.params, "") {
+                        for e in errs {
+                            let field = e.field.trim_start_matches('/').replace('/', ".");
+                            let path = if field.is_empty() { format!("steps[{i}].params") } else { format!("steps[{i}].params.{field}") };
+                            out.push(testbed_core::plan::Problem::at(path, e.message));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_are_stable_and_distinct() {
+        let run = Uuid::new_v4();
+        assert_eq!(task_id(&run, "a", 0, 1), task_id(&run, "a", 0, 1));
+        assert_ne!(task_id(&run, "a", 0, 1), task_id(&run, "a", 0, 2));
+        assert_ne!(task_id(&run, "a", 0, 1), task_id(&run, "a", 1, 1));
+        assert_ne!(task_id(&run, "a", 0, 1), task_id(&Uuid::new_v4(), "a", 0, 1));
+    }
+
+}

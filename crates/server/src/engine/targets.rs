@@ -1,0 +1,97 @@
+//! Which agents a step may run on: selectors, plugin capability, liveness,
+//! and group reservations held by other runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use testbed_core::keys;
+use testbed_core::plan::TargetSpec;
+use testbed_core::run::GroupLock;
+use testbed_store::DynStore;
+use uuid::Uuid;
+
+use crate::dispatch::AgentView;
+use crate::records::{self, RecordError};
+
+/// Does the agent match the selector?
+pub fn matches(a: &AgentView, sel: &TargetSpec) -> bool {
+    let r = &a.record;
+    if let Some(h) = &sel.host {
+        if &r.host != h {
+            return false;
+        }
+    }
+    if let Some(id) = &sel.agent {
+        let by_id = id.parse::<u64>().is_ok_and(|n| n == r.id);
+        if !(by_id || r.matches_host(id)) {
+            return false;
+        }
+    }
+    if let Some(g) = &sel.group {
+        if !r.groups.contains(g) {
+            return false;
+        }
+    }
+    if let Some(labels) = &sel.labels {
+        if !labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Groups reserved by some run: group name → run id.
+pub async fn locks(store: &DynStore) -> Result<BTreeMap<String, Uuid>, RecordError> {
+    let mut out = BTreeMap::new();
+    let all: Vec<(String, GroupLock)> =
+        records::list(store, keys::GROUPS, |k| k.ends_with("/lock")).await?;
+    for (key, lock) in all {
+        if let Some(name) = key
+            .strip_prefix(keys::GROUPS)
+            .and_then(|k| k.strip_suffix("/lock"))
+        {
+            out.insert(name.to_string(), lock.run_id);
+        }
+    }
+    Ok(out)
+}
+
+/// Agents that belong to a group reserved by a run other than `run`.
+pub fn reserved_elsewhere(
+    agents: &[AgentView],
+    locks: &BTreeMap<String, Uuid>,
+    run: Option<Uuid>,
+) -> BTreeSet<Uuid> {
+    agents
+        .iter()
+        .filter(|a| {
+            a.record
+                .groups
+                .iter()
+                .any(|g| locks.get(g).is_some_and(|holder| Some(*holder) != run))
+        })
+        .map(|a| a.record.uuid)
+        .collect()
+}
+
+/// Live agents that match, carry `plugin.method`, and are not reserved by
+/// another run.
+pub fn eligible<'a>(
+    agents: &'a [AgentView],
+    sel: &TargetSpec,
+    plugin: &str,
+    method: &str,
+    excluded: &BTreeSet<Uuid>,
+) -> Vec<&'a AgentView> {
+    agents
+        .iter()
+        .filter(|a| a.alive.is_some())
+        .filter(|a| !excluded.contains(&a.record.uuid))
+        .filter(|a| {
+            a.record
+                .plugin(plugin)
+                .and_then(|p| p.method(method))
+                .is_some()
+        })
+        .filter(|a| matches(a, sel))
+        .collect()
+}
