@@ -65,6 +65,8 @@ pub struct Client {
 pub struct ApiFailure {
     pub status: u16,
     pub message: String,
+    /// `details` of a 422: one entry per offending field.
+    pub details: serde_json::Value,
 }
 
 impl std::fmt::Display for ApiFailure {
@@ -119,13 +121,17 @@ impl Client {
             return Ok(resp);
         }
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
+        let parsed = serde_json::from_str::<serde_json::Value>(&text).ok();
+        let message = parsed
+            .as_ref()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or(text);
         Err(ApiFailure {
             status: status.as_u16(),
             message,
+            details: parsed
+                .and_then(|v| v.get("details").cloned())
+                .unwrap_or(serde_json::Value::Null),
         }
         .into())
     }

@@ -40,6 +40,14 @@ enum Command {
     /// Inspect, follow and cancel tasks.
     #[command(subcommand)]
     Tasks(cmd::client::TasksCmd),
+    /// Run a test plan and follow it live (exit 0 passed, 1 failed, 2 error).
+    Run(cmd::run::RunArgs),
+    /// List, inspect, follow and cancel plan runs.
+    #[command(subcommand)]
+    Runs(cmd::runs::RunsCmd),
+    /// Show stored reports or convert report files.
+    #[command(subcommand)]
+    Report(cmd::report::ReportCmd),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +78,9 @@ fn main() -> ExitCode {
             Command::Agents(a) => cmd::client::agents(a).await,
             Command::Exec(a) => cmd::client::exec(a).await,
             Command::Tasks(a) => cmd::client::tasks(a).await,
+            Command::Run(a) => cmd::run::run(a).await,
+            Command::Runs(a) => cmd::runs::runs(a).await,
+            Command::Report(a) => cmd::report::report(a).await,
         }
     });
     match result {

@@ -69,6 +69,8 @@ pub enum LoadError {
     },
     #[error("parsing data file {path}: {reason}")]
     DataFormat { path: String, reason: String },
+    #[error("the run ended without a report (an engine thread failed)")]
+    Aborted,
     #[error("starting the load workers: {0}")]
     Spawn(#[source] std::io::Error),
 }

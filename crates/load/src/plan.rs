@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::duration::{serde_dur, serde_opt_dur};
+use crate::duration::serde_dur;
 use crate::error::{ConfigError, FieldError};
 
 /// A complete description of one load run.
@@ -247,9 +247,6 @@ pub enum DataFormat {
     Csv,
     Json,
 }
-
-/// Extra time after the last stage for in-flight requests to finish.
-pub(crate) const MIN_GRACE: Duration = Duration::from_millis(500);
 
 impl Plan {
     /// `users` users hitting `url` for `duration` (wrk/oha style).
@@ -530,6 +527,40 @@ impl Schedule {
         }
         prev_v
     }
+
+    /// The time at which the area under the schedule from `t` reaches
+    /// `area` (for a rate schedule: when `area` more arrivals are due), or
+    /// `None` past the end.
+    pub(crate) fn advance(&self, t: f64, mut area: f64) -> Option<f64> {
+        if area <= 0.0 {
+            return (t < self.total()).then_some(t);
+        }
+        let mut prev_t = 0.0;
+        let mut prev_v = self.start;
+        for &(end, v) in &self.points {
+            if end <= t {
+                prev_t = end;
+                prev_v = v;
+                continue;
+            }
+            let a = t.max(prev_t);
+            let span = end - prev_t;
+            let slope = if span > 0.0 { (v - prev_v) / span } else { 0.0 };
+            let ra = prev_v + slope * (a - prev_t);
+            let seg_area = (end - a) * (ra + v) / 2.0;
+            if seg_area >= area && seg_area > 0.0 {
+                // Root of ra·x + slope/2·x² = area, in the form that stays
+                // exact when the slope is tiny or zero.
+                let disc = (ra * ra + 2.0 * slope * area).max(0.0);
+                let x = 2.0 * area / (ra + disc.sqrt());
+                return Some((a + x).min(end));
+            }
+            area -= seg_area;
+            prev_t = end;
+            prev_v = v;
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -562,6 +593,29 @@ mod tests {
         assert_eq!(s.at(15.0), 100.0);
         assert_eq!(s.at(22.5), 50.0);
         assert_eq!(s.at(30.0), 0.0);
+        // Constant 100/s: one arrival every 10 ms.
+        let rate = Load::Open {
+            start_rate: 100.0,
+            stages: vec![RateStage {
+                duration: Duration::from_secs(2),
+                target: 100.0,
+            }],
+            max_vus: 10,
+        };
+        let r = Schedule::of(&rate);
+        assert!((r.advance(0.0, 1.0).unwrap() - 0.01).abs() < 1e-12);
+        assert!(r.advance(1.995, 1.0).is_none());
+        // Ramp 0→100/s over 10 s: 125 arrivals by t = 5 s.
+        let ramp = Load::Open {
+            start_rate: 0.0,
+            stages: vec![RateStage {
+                duration: Duration::from_secs(10),
+                target: 100.0,
+            }],
+            max_vus: 10,
+        };
+        let r = Schedule::of(&ramp);
+        assert!((r.advance(0.0, 125.0).unwrap() - 5.0).abs() < 1e-9);
     }
 
     #[test]

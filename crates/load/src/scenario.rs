@@ -319,6 +319,11 @@ pub(crate) struct Built<'a> {
 }
 
 impl CompiledRequest {
+    /// Whether this request can go to an `https` origin.
+    pub(crate) fn may_use_tls(&self) -> bool {
+        self.target.as_ref().is_none_or(|t| t.origin.https)
+    }
+
     /// The target and body for one iteration; `row` fills placeholders.
     pub(crate) fn prepare<'a>(&'a self, row: &[String]) -> Result<Built<'a>, String> {
         let target = match &self.target {

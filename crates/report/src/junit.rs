@@ -45,7 +45,8 @@ type XmlWriter = Writer<Vec<u8>>;
 pub fn to_junit(report: &Report) -> Result<String, ReportError> {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     write_report(&mut w, report)?;
-    let bytes = w.into_inner();
+    let mut bytes = w.into_inner();
+    bytes.push(b'\n');
     // Only `&str` went in, so this is UTF-8; stay lossy rather than fail if not.
     Ok(String::from_utf8(bytes)
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
@@ -59,7 +60,11 @@ fn write_report(w: &mut XmlWriter, report: &Report) -> io::Result<()> {
     attr(&mut root, "tests", &sum.total.to_string());
     attr(&mut root, "failures", &sum.failed.to_string());
     attr(&mut root, "errors", &sum.errors.to_string());
-    attr(&mut root, "skipped", &(sum.skipped + sum.xfailed).to_string());
+    attr(
+        &mut root,
+        "skipped",
+        &(sum.skipped + sum.xfailed).to_string(),
+    );
     attr(&mut root, "time", &secs(sum.duration_ms));
     if report.suites.is_empty() {
         w.write_event(Event::Empty(root))?;
@@ -88,7 +93,11 @@ fn write_suite(w: &mut XmlWriter, report: &Report, index: usize, suite: &Suite) 
     attr(&mut start, "tests", &sum.total.to_string());
     attr(&mut start, "failures", &sum.failed.to_string());
     attr(&mut start, "errors", &sum.errors.to_string());
-    attr(&mut start, "skipped", &(sum.skipped + sum.xfailed).to_string());
+    attr(
+        &mut start,
+        "skipped",
+        &(sum.skipped + sum.xfailed).to_string(),
+    );
     attr(&mut start, "time", &secs(sum.duration_ms));
 
     let mut properties: BTreeMap<&str, &str> = report
@@ -96,7 +105,12 @@ fn write_suite(w: &mut XmlWriter, report: &Report, index: usize, suite: &Suite) 
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    properties.extend(suite.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    properties.extend(
+        suite
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     if let Some(platform) = suite.platform.as_deref() {
         properties.insert("platform", platform);
     }

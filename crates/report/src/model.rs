@@ -262,10 +262,7 @@ impl Report {
             .collect();
         if !starts.is_empty() && starts.len() == self.suites.len() {
             let first = starts.iter().map(|(t, _)| *t).min();
-            let last_end = starts
-                .iter()
-                .map(|(t, d)| add_ms(*t, *d))
-                .max();
+            let last_end = starts.iter().map(|(t, d)| add_ms(*t, *d)).max();
             if let (Some(first), Some(last_end)) = (first, last_end) {
                 return millis_between(first, last_end);
             }
@@ -280,7 +277,11 @@ impl Report {
             .or_else(|| {
                 self.suites
                     .iter()
-                    .flat_map(|s| s.started_at.into_iter().chain(s.cases.iter().filter_map(|c| c.started_at)))
+                    .flat_map(|s| {
+                        s.started_at
+                            .into_iter()
+                            .chain(s.cases.iter().filter_map(|c| c.started_at))
+                    })
                     .min()
             })
             .unwrap_or(self.created_at)

@@ -68,7 +68,11 @@ pub fn to_summary(report: &Report) -> String {
         "Passed={}, Failed={}, Errors={}, Skipped={}, Xfailed={}, Xpassed={}\n",
         sum.passed, sum.failed, sum.errors, sum.skipped, sum.xfailed, sum.xpassed
     ));
-    out.push_str(if sum.ok { "Result: PASS\n" } else { "Result: FAIL\n" });
+    out.push_str(if sum.ok {
+        "Result: PASS\n"
+    } else {
+        "Result: FAIL\n"
+    });
     out
 }
 

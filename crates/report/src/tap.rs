@@ -73,7 +73,14 @@ fn write_case(out: &mut String, indent: &str, number: usize, case: &Case) {
         Outcome::Xfail => (false, Some("TODO")),
         Outcome::Xpass => (true, Some("TODO")),
     };
-    test_point(out, indent, ok, number, &case.name, directive.map(|d| (d, reason.as_str())));
+    test_point(
+        out,
+        indent,
+        ok,
+        number,
+        &case.name,
+        directive.map(|d| (d, reason.as_str())),
+    );
     if case.outcome.is_failure() {
         write_yaml(out, indent, case);
     }
@@ -86,7 +93,14 @@ fn write_suite_point(out: &mut String, number: usize, name: &str, suite: &Suite)
         return;
     }
     if let Some(reason) = suite.skip_reason() {
-        test_point(out, "", true, number, name, Some(("SKIP", &one_line(reason))));
+        test_point(
+            out,
+            "",
+            true,
+            number,
+            name,
+            Some(("SKIP", &one_line(reason))),
+        );
         return;
     }
     let sum = suite.summary();
@@ -94,7 +108,10 @@ fn write_suite_point(out: &mut String, number: usize, name: &str, suite: &Suite)
     if !sum.ok {
         let mut yaml = Yaml::open(out, "");
         let failing = sum.failed + sum.errors;
-        yaml.string("message", &format!("Failed {failing}/{} subtests", sum.total));
+        yaml.string(
+            "message",
+            &format!("Failed {failing}/{} subtests", sum.total),
+        );
         yaml.number("duration_ms", sum.duration_ms);
         yaml.close();
     }

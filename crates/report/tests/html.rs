@@ -8,10 +8,23 @@ use testbed_report::{to_html, Outcome, Report, Suite};
 fn is_self_contained() {
     let html = to_html(&common::rich_report()).to_lowercase();
     assert!(html.starts_with("<!doctype html>"));
-    for external in ["<script src", "<link", "http://", "src=", "@import", "url(", "<iframe", "<img"] {
+    for external in [
+        "<script src",
+        "<link",
+        "http://",
+        "src=",
+        "@import",
+        "url(",
+        "<iframe",
+        "<img",
+    ] {
         assert!(!html.contains(external), "found {external:?}");
     }
-    assert_eq!(html.matches("<script").count(), 1, "only the inline filter script");
+    assert_eq!(
+        html.matches("<script").count(),
+        1,
+        "only the inline filter script"
+    );
     assert!(html.contains("<style>"));
 }
 
@@ -24,7 +37,12 @@ fn escapes_everything() {
     assert!(html.contains("nightly &lt;plan&gt; &amp; &quot;kit&quot; &#39;x&#39;"));
     assert!(html.contains("connects &lt;ok&gt; &amp; &quot;quoted&quot;"));
     // Control bytes and terminal colours are gone; invalid UTF-8 is U+FFFD.
-    assert!(!html.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')), "control characters left");
+    assert!(
+        !html
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')),
+        "control characters left"
+    );
     assert!(html.contains("binaryred"));
     // Links: relative and https ones are links, `javascript:` is not.
     assert!(html.contains("<a href=\"logs/basic.txt\">log</a>"));
@@ -36,8 +54,12 @@ fn escapes_everything() {
 #[test]
 fn failures_come_first() {
     let html = to_html(&common::rich_report());
-    let failures = html.find("<section id=\"failures\">").expect("failures section");
-    let results = html.find("<section id=\"results\">").expect("results section");
+    let failures = html
+        .find("<section id=\"failures\">")
+        .expect("failures section");
+    let results = html
+        .find("<section id=\"results\">")
+        .expect("results section");
     assert!(failures < results);
     // The failing case is shown before any passing case is.
     let fail = html.find("lists domains").unwrap();
@@ -47,7 +69,8 @@ fn failures_come_first() {
     assert!(fail < pass && error < pass && fail < other_pass);
     // With its message, its output excerpt in <pre>, and its links.
     let section = &html[failures..results];
-    assert!(section.contains("<pre class=\"message\">expected 3 domains, got 2\n  at t/basic.t line 12"));
+    assert!(section
+        .contains("<pre class=\"message\">expected 3 domains, got 2\n  at t/basic.t line 12"));
     assert!(section.contains("<pre class=\"output\">line one\n"));
     assert!(section.contains("href=\"logs/basic.txt\""));
     assert!(section.contains("Failures (2)"));
@@ -63,8 +86,8 @@ fn header_shows_result_and_counts() {
     assert!(html.contains("<span class=\"verdict\">FAIL</span>"));
     assert!(html.contains("<li class=\"o-pass\"><b>3</b> passed</li>"));
     assert!(html.contains("<li class=\"o-fail\"><b>1</b> failed</li>"));
-    assert!(html.contains("<li class=\"o-error\"><b>1</b> errors</li>"));
-    assert!(html.contains("<li class=\"o-xpass\"><b>1</b> unexpected passes</li>"));
+    assert!(html.contains("<li class=\"o-error\"><b>1</b> error</li>"));
+    assert!(html.contains("<li class=\"o-xpass\"><b>1</b> unexpected pass</li>"));
     assert!(html.contains("<b>9</b> total"));
     assert!(html.contains("created 2024-05-01 12:00:00 UTC"));
 }
@@ -76,7 +99,10 @@ fn timeline_is_inline_svg_positioned_by_start() {
     let svg = &html[svg_at..html[svg_at..].find("</svg>").unwrap() + svg_at];
     assert_eq!(svg.matches("<rect").count(), 9, "one bar per case");
     // "lists domains" started 1 s after the report (of a 6.5 s span): x = 230 + 760 * 1/6.5.
-    assert!(svg.contains("lists domains — fail, 0.800 s, from +1.000 s"), "{svg}");
+    assert!(
+        svg.contains("lists domains — fail, 0.800 s, from +1.000 s"),
+        "{svg}"
+    );
 }
 
 #[test]
@@ -84,7 +110,10 @@ fn timeline_is_sequential_without_start_times() {
     let html = to_html(&common::one_failing_suite());
     assert!(html.contains("<svg"));
     // a.t: one (0.4 s), two (0.6 s); bbb.t follows at 1.0 s.
-    assert!(html.contains("two — pass, 0.600 s, from +0.400 s"), "{html}");
+    assert!(
+        html.contains("two — pass, 0.600 s, from +0.400 s"),
+        "{html}"
+    );
     assert!(html.contains("one — pass, 0.500 s, from +1.000 s"));
     assert!(html.contains("five — error, 0.500 s, from +3.000 s"));
 }

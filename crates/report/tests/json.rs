@@ -6,7 +6,11 @@ use testbed_report::{from_json, to_json, Outcome, Report, ReportError};
 
 #[test]
 fn round_trip_is_lossless() {
-    for report in [common::rich_report(), common::one_failing_suite(), Report::new("e", "empty", common::t(0))] {
+    for report in [
+        common::rich_report(),
+        common::one_failing_suite(),
+        Report::new("e", "empty", common::t(0)),
+    ] {
         let text = to_json(&report);
         let back = from_json(&text).unwrap();
         assert_eq!(back, report);
@@ -45,11 +49,17 @@ fn syntax_error_names_line_and_column() {
 
 #[test]
 fn shape_error_names_line_and_column() {
-    let mut value: serde_json::Value = serde_json::from_str(&to_json(&common::one_failing_suite())).unwrap();
+    let mut value: serde_json::Value =
+        serde_json::from_str(&to_json(&common::one_failing_suite())).unwrap();
     value["suites"][0]["cases"][0]["outcome"] = "exploded".into();
     let text = serde_json::to_string_pretty(&value).unwrap();
     let err = from_json(&text).unwrap_err();
-    let ReportError::Json { line, column, message } = &err else {
+    let ReportError::Json {
+        line,
+        column,
+        message,
+    } = &err
+    else {
         panic!("unexpected error {err:?}");
     };
     let bad_line = text.lines().position(|l| l.contains("exploded")).unwrap() + 1;
@@ -60,16 +70,35 @@ fn shape_error_names_line_and_column() {
 
 #[test]
 fn missing_required_field_is_an_error() {
-    let err = from_json(r#"{"kind":"report","v":1,"id":"x","created_at":"2024-05-01T12:00:00Z"}"#).unwrap_err();
+    let err = from_json(r#"{"kind":"report","v":1,"id":"x","created_at":"2024-05-01T12:00:00Z"}"#)
+        .unwrap_err();
     assert!(err.to_string().contains("name"), "{err}");
 }
 
 #[test]
 fn other_kinds_and_versions_are_refused() {
-    let err = from_json(r#"{"kind":"run","v":1,"id":"x","name":"n","created_at":"2024-05-01T12:00:00Z"}"#).unwrap_err();
-    assert!(matches!(err, ReportError::WrongKind(ref k) if k == "run"), "{err:?}");
-    let err = from_json(r#"{"kind":"report","v":2,"id":"x","name":"n","created_at":"2024-05-01T12:00:00Z"}"#).unwrap_err();
-    assert!(matches!(err, ReportError::UnsupportedVersion { found: 2, supported: 1 }), "{err:?}");
+    let err = from_json(
+        r#"{"kind":"run","v":1,"id":"x","name":"n","created_at":"2024-05-01T12:00:00Z"}"#,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ReportError::WrongKind(ref k) if k == "run"),
+        "{err:?}"
+    );
+    let err = from_json(
+        r#"{"kind":"report","v":2,"id":"x","name":"n","created_at":"2024-05-01T12:00:00Z"}"#,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReportError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -40,7 +40,10 @@ struct Element {
 
 impl Element {
     fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
     fn child(&self, name: &str) -> Option<&Element> {
         self.children.iter().find(|c| c.name == name)
@@ -71,7 +74,9 @@ fn parse(xml: &str) -> Element {
             Event::GeneralRef(r) => {
                 let text = match r.resolve_char_ref().unwrap() {
                     Some(c) => c.to_string(),
-                    None => unescape(&format!("&{};", r.decode().unwrap())).unwrap().into_owned(),
+                    None => unescape(&format!("&{};", r.decode().unwrap()))
+                        .unwrap()
+                        .into_owned(),
                 };
                 stack.last_mut().unwrap().text.push_str(&text);
             }
@@ -93,7 +98,9 @@ fn element(e: &quick_xml::events::BytesStart<'_>) -> Element {
                 let a = a.unwrap();
                 (
                     String::from_utf8(a.key.as_ref().to_vec()).unwrap(),
-                    a.normalized_value(XmlVersion::Implicit1_0).unwrap().into_owned(),
+                    a.normalized_value(XmlVersion::Implicit1_0)
+                        .unwrap()
+                        .into_owned(),
                 )
             })
             .collect(),
@@ -154,7 +161,12 @@ fn counts_and_structure() {
     assert_eq!(basic.attr("id"), Some("0"));
     assert_eq!(basic.attr("timestamp"), Some("2024-05-01T12:00:01"));
     assert_eq!(
-        [basic.attr("tests"), basic.attr("failures"), basic.attr("errors"), basic.attr("skipped")],
+        [
+            basic.attr("tests"),
+            basic.attr("failures"),
+            basic.attr("errors"),
+            basic.attr("skipped")
+        ],
         [Some("6"), Some("1"), Some("1"), Some("2")]
     );
     assert_eq!(basic.attr("time"), Some("4.000"));
@@ -174,11 +186,18 @@ fn counts_and_structure() {
             ("run", "42"),
         ]
     );
-    assert!(basic.child("system-out").unwrap().text.contains("unknown line: garbagehere"));
+    assert!(basic
+        .child("system-out")
+        .unwrap()
+        .text
+        .contains("unknown line: garbagehere"));
 
     let cases = basic.all("testcase");
     assert_eq!(cases.len(), 6);
-    assert_eq!(cases[0].attr("name"), Some("connects <ok> & \"quoted\" 'single' # not a directive"));
+    assert_eq!(
+        cases[0].attr("name"),
+        Some("connects <ok> & \"quoted\" 'single' # not a directive")
+    );
     assert_eq!(cases[0].attr("classname"), Some("t/basic_t [linux-x86_64]"));
     assert_eq!(cases[0].attr("time"), Some("1.200"));
     assert!(cases[0].child("failure").is_none() && cases[0].child("skipped").is_none());
@@ -186,28 +205,47 @@ fn counts_and_structure() {
     let failure = cases[1].child("failure").unwrap();
     assert_eq!(failure.attr("message"), Some("expected 3 domains, got 2"));
     assert_eq!(failure.attr("type"), Some("failure"));
-    assert!(failure.text.contains("at t/basic.t line 12\n\nblank line above"));
+    assert!(failure
+        .text
+        .contains("at t/basic.t line 12\n\nblank line above"));
     let out = &cases[1].child("system-out").unwrap().text;
     assert!(out.contains("attempts: 2"));
     assert!(out.contains("log: logs/basic.txt"));
     assert!(out.contains("artifact core dump: https://blobs.example/core?a=1&b=2"));
     assert!(out.contains("line one\n"));
-    assert!(out.contains("binaryred"), "control bytes and colours stripped: {out:?}");
-    assert!(out.contains('\u{fffd}'), "invalid UTF-8 shows as replacement characters");
-    assert!(!out.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')), "{out:?}");
+    assert!(
+        out.contains("binaryred"),
+        "control bytes and colours stripped: {out:?}"
+    );
+    assert!(
+        out.contains('\u{fffd}'),
+        "invalid UTF-8 shows as replacement characters"
+    );
+    assert!(
+        !out.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')),
+        "{out:?}"
+    );
 
     assert_eq!(cases[2].attr("name"), Some("<script>alert('x')</script>"));
     let error = cases[2].child("error").unwrap();
     assert_eq!(error.attr("message"), Some("agent lost: connection reset"));
     assert_eq!(error.attr("type"), Some("error"));
 
-    assert_eq!(cases[3].child("skipped").unwrap().attr("message"), Some("no iscsi-server configured"));
+    assert_eq!(
+        cases[3].child("skipped").unwrap().attr("message"),
+        Some("no iscsi-server configured")
+    );
     assert_eq!(
         cases[4].child("skipped").unwrap().attr("message"),
         Some("expected failure: bug #123: hangs on ARM")
     );
     assert!(cases[5].child("skipped").is_none() && cases[5].child("failure").is_none());
-    assert!(cases[5].child("system-out").unwrap().text.starts_with("unexpected pass (xpass)"));
+    assert!(cases[5]
+        .child("system-out")
+        .unwrap()
+        .text
+        .starts_with("unexpected pass (xpass)"));
 
     let empty = suites[2];
     assert_eq!(empty.attr("tests"), Some("0"));
@@ -218,14 +256,27 @@ fn counts_and_structure() {
 #[test]
 fn no_illegal_characters_reach_the_document() {
     let xml = to_junit(&common::rich_report()).unwrap();
-    assert!(!xml.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')));
-    assert!(!xml.contains('\r'), "carriage returns are written as references");
+    assert!(!xml
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')));
+    assert!(
+        !xml.contains('\r'),
+        "carriage returns are written as references"
+    );
     assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"));
     // Well-formed for a strict parser too (xmllint without the schema).
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("r.xml");
     std::fs::write(&file, &xml).unwrap();
-    let out = common::run("xmllint", &["--noout", file.to_str().unwrap()], "install libxml2-utils (see scripts/test)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = common::run(
+        "xmllint",
+        &["--noout", file.to_str().unwrap()],
+        "install libxml2-utils (see scripts/test)",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(Path::new(XSD).exists());
 }

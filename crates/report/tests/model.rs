@@ -37,12 +37,18 @@ fn fail_and_error_fail() {
     let s = report_of(&[Outcome::Fail]).summary();
     assert!(!s.ok);
     assert_eq!(s.failed, 1);
-    assert!(Report::new("e", "e", common::t(0)).summary().ok, "an empty report is ok");
+    assert!(
+        Report::new("e", "e", common::t(0)).summary().ok,
+        "an empty report is ok"
+    );
 }
 
 #[test]
 fn is_failure_per_outcome() {
-    let failing: Vec<Outcome> = Outcome::ALL.into_iter().filter(|o| o.is_failure()).collect();
+    let failing: Vec<Outcome> = Outcome::ALL
+        .into_iter()
+        .filter(|o| o.is_failure())
+        .collect();
     assert_eq!(failing, [Outcome::Fail, Outcome::Error]);
     for o in Outcome::ALL {
         let s = report_of(&[o]).summary();
@@ -59,7 +65,16 @@ fn suite_and_report_summaries_agree() {
     assert_eq!(report.summary().total, total);
     let basic = report.suites[0].summary();
     assert_eq!(
-        (basic.total, basic.passed, basic.failed, basic.errors, basic.skipped, basic.xfailed, basic.xpassed, basic.ok),
+        (
+            basic.total,
+            basic.passed,
+            basic.failed,
+            basic.errors,
+            basic.skipped,
+            basic.xfailed,
+            basic.xpassed,
+            basic.ok
+        ),
         (6, 1, 1, 1, 1, 1, 1, false)
     );
     assert_eq!(basic.duration_ms, 4_000);
@@ -128,7 +143,38 @@ fn formats_by_name() {
     }
     assert_eq!(Format::from_str("XML").unwrap(), Format::Junit);
     assert_eq!(Format::from_str("text").unwrap(), Format::Summary);
-    assert!(Format::from_str("pdf").unwrap_err().to_string().contains("pdf"));
+    assert!(Format::from_str("pdf")
+        .unwrap_err()
+        .to_string()
+        .contains("pdf"));
     assert_eq!(Format::Html.content_type(), "text/html; charset=utf-8");
     assert_eq!(Format::Junit.extension(), "xml");
+}
+
+#[test]
+fn openapi_schemas() {
+    use testbed_report::{Link, Summary};
+    use utoipa::OpenApi;
+
+    #[derive(OpenApi)]
+    #[openapi(components(schemas(Report, Suite, Case, Link, Outcome, Summary)))]
+    struct Api;
+
+    let doc = serde_json::to_value(Api::openapi()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Outcome"]["enum"],
+        serde_json::json!(["pass", "fail", "error", "skip", "xfail", "xpass"])
+    );
+    let required: Vec<&str> = schemas["Report"]["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(required, ["kind", "v", "id", "name", "created_at"]);
+    assert_eq!(schemas["Report"]["properties"]["created_at"]["format"], "date-time");
+    let case_required = schemas["Case"]["required"].as_array().unwrap();
+    assert_eq!(case_required.len(), 2, "{case_required:?}");
+    assert!(schemas["Summary"]["properties"]["ok"].is_object());
 }

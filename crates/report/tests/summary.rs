@@ -42,7 +42,10 @@ fn rich_report_lines() {
         "Passed=3, Failed=1, Errors=1, Skipped=2, Xfailed=1, Xpassed=1",
         "Result: FAIL",
     ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
     }
     assert!(!text.contains("All tests successful"));
 }
@@ -81,6 +84,9 @@ fn xpass_is_reported_but_passes() {
 #[test]
 fn empty_report() {
     let text = to_summary(&Report::new("e", "empty", common::t(0)));
-    assert!(text.contains("Files=0, Tests=0, 0.000 wallclock secs"), "{text}");
+    assert!(
+        text.contains("Files=0, Tests=0, 0.000 wallclock secs"),
+        "{text}"
+    );
     assert!(text.ends_with("Result: PASS\n"), "{text}");
 }

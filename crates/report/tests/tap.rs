@@ -65,7 +65,9 @@ fn perl_parse(tap: &str) -> BTreeMap<String, String> {
 }
 
 fn get<'a>(m: &'a BTreeMap<String, String>, key: &str) -> &'a str {
-    m.get(key).map(String::as_str).unwrap_or_else(|| panic!("no {key} in {m:?}"))
+    m.get(key)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("no {key} in {m:?}"))
 }
 
 fn assert_counts(m: &BTreeMap<String, String>, expected: [(&str, &str); 7], tap: &str) {
@@ -105,7 +107,10 @@ fn flat_stream_counts_match() {
     );
     // `#` in a name is escaped, so it is not read as a directive.
     let first = get(&m, "descriptions").split('|').next().unwrap();
-    assert_eq!(first, r#"- connects <ok> & "quoted" 'single' \# not a directive"#);
+    assert_eq!(
+        first,
+        r#"- connects <ok> & "quoted" 'single' \# not a directive"#
+    );
 }
 
 #[test]
@@ -258,8 +263,16 @@ fn awkward_text_in_yaml_survives() {
     let messages: Vec<&str> = get(&m, "yaml").split('|').collect();
     assert_eq!(messages.len(), texts.len(), "{tap}");
     assert_eq!(messages[0], "plain+output");
-    assert_eq!(messages[1], "with \"quotes\" and \\ backslash: and # hash+output");
+    assert_eq!(
+        messages[1],
+        "with \"quotes\" and \\ backslash: and # hash+output"
+    );
     assert_eq!(messages[2], "  starts with spaces\\nthen more+output");
-    assert!(messages[3].starts_with("multi\\n\\n\\nline with blank lines\\n  indented\\n...\\n---\\nend"), "{}", messages[3]);
+    assert!(
+        messages[3]
+            .starts_with("multi\\n\\n\\nline with blank lines\\n  indented\\n...\\n---\\nend"),
+        "{}",
+        messages[3]
+    );
     assert_eq!(messages[7], "unicode ✓ ünïcödé+output");
 }

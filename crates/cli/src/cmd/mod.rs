@@ -1,5 +1,8 @@
 pub mod agent;
 pub mod client;
+pub mod report;
+pub mod run;
+pub mod runs;
 pub mod server;
 pub mod up;
 

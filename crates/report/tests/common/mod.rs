@@ -19,7 +19,8 @@ pub fn case(name: &str, outcome: Outcome, ms: u64) -> Case {
 /// Output a test printed as raw bytes: control characters, a terminal colour and
 /// invalid UTF-8, converted lossily as a producer would.
 pub fn binary_output() -> String {
-    let bytes: &[u8] = b"line one\n\x00\x01\x02bin\x07ary\x1b[31mred\x1b[0m\xff\xfe\x80end\r\n\x0b\x0c\x7f";
+    let bytes: &[u8] =
+        b"line one\n\x00\x01\x02bin\x07ary\x1b[31mred\x1b[0m\xff\xfe\x80end\r\n\x0b\x0c\x7f";
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -31,7 +32,10 @@ pub fn rich_report() -> Report {
     report.finished_at = Some(t(31));
     report.properties = BTreeMap::from([
         ("run".to_string(), "42".to_string()),
-        ("environment".to_string(), "lab <a> & \"b\"\nsecond line".to_string()),
+        (
+            "environment".to_string(),
+            "lab <a> & \"b\"\nsecond line".to_string(),
+        ),
     ]);
 
     let mut basic = Suite::new("t/basic.t");
@@ -39,12 +43,17 @@ pub fn rich_report() -> Report {
     basic.started_at = Some(t(1));
     basic.duration_ms = 4_000;
     basic.properties = BTreeMap::from([("driver".to_string(), "qemu".to_string())]);
-    let mut pass = case("connects <ok> & \"quoted\" 'single' # not a directive", Outcome::Pass, 1_200);
+    let mut pass = case(
+        "connects <ok> & \"quoted\" 'single' # not a directive",
+        Outcome::Pass,
+        1_200,
+    );
     pass.started_at = Some(t(1));
     pass.agent = Some("agent-1".into());
     let mut fail = case("lists domains", Outcome::Fail, 800);
     fail.started_at = Some(t(2));
-    fail.message = Some("expected 3 domains, got 2\n  at t/basic.t line 12\n\nblank line above".into());
+    fail.message =
+        Some("expected 3 domains, got 2\n  at t/basic.t line 12\n\nblank line above".into());
     fail.output = Some(binary_output());
     fail.log_url = Some("logs/basic.txt".into());
     fail.artifacts = vec![
@@ -97,7 +106,10 @@ pub fn one_failing_suite() -> Report {
     let mut report = Report::new("r-7", "smoke", t(0));
     let mut a = Suite::new("t/a.t");
     a.duration_ms = 1_000;
-    a.cases = vec![case("one", Outcome::Pass, 400), case("two", Outcome::Pass, 600)];
+    a.cases = vec![
+        case("one", Outcome::Pass, 400),
+        case("two", Outcome::Pass, 600),
+    ];
     let mut b = Suite::new("t/bbb.t");
     b.duration_ms = 2_500;
     let mut bad = case("three", Outcome::Fail, 1_000);
