@@ -120,13 +120,37 @@ async fn simulated_fleet_registers_and_heartbeats() {
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let p = Platform::server(&store, &dir.path().join("blobs"), &listen, &["--lease-ttl", "3"]).await;
-    let _fleet = agent(&p.url, "sim", &dir.path().join("sim"), &["--simulate", "25"]);
+    let p = Platform::server(
+        &store,
+        &dir.path().join("blobs"),
+        &listen,
+        &["--lease-ttl", "3"],
+    )
+    .await;
+    let _fleet = agent(
+        &p.url,
+        "sim",
+        &dir.path().join("sim"),
+        &["--simulate", "25"],
+    );
     let detail = p.wait_agents(25).await;
-    let mut ids: Vec<u64> = detail.as_object().unwrap().values().map(|s| s["id"].as_u64().unwrap()).collect();
+    let mut ids: Vec<u64> = detail
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
     ids.sort();
-    assert_eq!(ids, (1..=25).collect::<Vec<u64>>(), "each agent got its own numeric id");
-    assert!(detail.as_object().unwrap().values().all(|s| s["compute_node_type"] == "noop"));
+    assert_eq!(
+        ids,
+        (1..=25).collect::<Vec<u64>>(),
+        "each agent got its own numeric id"
+    );
+    assert!(detail
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|s| s["compute_node_type"] == "noop"));
     // Still all alive after several TTLs: heartbeats keep the leases.
     tokio::time::sleep(Duration::from_secs(7)).await;
     p.wait_agents(25).await;

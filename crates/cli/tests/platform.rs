@@ -504,7 +504,9 @@ async fn heartbeats_carry_system_metrics() {
     loop {
         let (_, agents) = p.get("/api/agents").await;
         let m = &agents[0]["metrics"];
-        if m["memory_total_bytes"].as_u64().unwrap_or(0) > 0 && agents[0]["heartbeat_at"].is_string() {
+        if m["memory_total_bytes"].as_u64().unwrap_or(0) > 0
+            && agents[0]["heartbeat_at"].is_string()
+        {
             assert!(m["memory_used_bytes"].as_u64().unwrap() > 0, "{m}");
             assert!(m["cpu_percent"].as_f64().unwrap() >= 0.0);
             assert!(m.get("network_rx_bytes").is_some() && m.get("network_tx_bytes").is_some());

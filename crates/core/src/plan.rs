@@ -493,12 +493,18 @@ pub fn check(spec: &PlanSpec) -> Vec<Problem> {
     }
     if let Some(t) = &spec.pending_timeout {
         if humantime::parse_duration(t).is_err() {
-            push("pending_timeout".into(), format!("`{t}` is not a duration like 30s or 5m"));
+            push(
+                "pending_timeout".into(),
+                format!("`{t}` is not a duration like 30s or 5m"),
+            );
         }
     }
     for (name, p) in &spec.parameters {
         if !valid_id(name) {
-            push(format!("parameters.{name}"), "names are letters, digits, `_` and `-`".into());
+            push(
+                format!("parameters.{name}"),
+                "names are letters, digits, `_` and `-`".into(),
+            );
         }
         if let Some(d) = &p.default {
             if !p.ty.accepts(d) {
@@ -542,7 +548,10 @@ pub fn check(spec: &PlanSpec) -> Vec<Problem> {
         }
         if let Some(t) = &s.timeout {
             if humantime::parse_duration(t).is_err() {
-                push(at("timeout"), format!("`{t}` is not a duration like 30s or 5m"));
+                push(
+                    at("timeout"),
+                    format!("`{t}` is not a duration like 30s or 5m"),
+                );
             }
         }
         if let Some(Target::Spec(t)) = &s.target {
@@ -557,11 +566,17 @@ pub fn check(spec: &PlanSpec) -> Vec<Problem> {
         }
         for (j, d) in s.depends_on.iter().enumerate() {
             if d == &s.id {
-                push(format!("steps[{i}].depends_on[{j}]"), "a step cannot depend on itself".into());
+                push(
+                    format!("steps[{i}].depends_on[{j}]"),
+                    "a step cannot depend on itself".into(),
+                );
             } else if !ids.contains_key(d.as_str()) {
                 push(
                     format!("steps[{i}].depends_on[{j}]"),
-                    format!("unknown step `{d}` (steps are: {})", names(spec.steps.iter().map(|s| &s.id))),
+                    format!(
+                        "unknown step `{d}` (steps are: {})",
+                        names(spec.steps.iter().map(|s| &s.id))
+                    ),
                 );
             }
         }
@@ -576,7 +591,9 @@ pub fn check(spec: &PlanSpec) -> Vec<Problem> {
     // Templates: every reference must resolve to something the run will have.
     for (i, s) in spec.steps.iter().enumerate() {
         let ancestors = spec.ancestors(&s.id);
-        let mut check_refs = |field: String, refs: Result<Vec<Reference>, template::TemplateError>, allow_result: bool| {
+        let mut check_refs = |field: String,
+                              refs: Result<Vec<Reference>, template::TemplateError>,
+                              allow_result: bool| {
             let refs = match refs {
                 Ok(r) => r,
                 Err(e) => {
@@ -590,7 +607,11 @@ pub fn check(spec: &PlanSpec) -> Vec<Problem> {
                 }
             }
         };
-        check_refs(format!("steps[{i}].params"), template::references_in(&s.params), false);
+        check_refs(
+            format!("steps[{i}].params"),
+            template::references_in(&s.params),
+            false,
+        );
         if let Some(w) = &s.when {
             check_refs(format!("steps[{i}].when"), template::references(w), false);
         }
@@ -598,7 +619,11 @@ pub fn check(spec: &PlanSpec) -> Vec<Problem> {
             check_refs(format!("steps[{i}].target"), template::references(n), false);
         }
         for (name, t) in &s.outputs {
-            check_refs(format!("steps[{i}].outputs.{name}"), template::references(t), true);
+            check_refs(
+                format!("steps[{i}].outputs.{name}"),
+                template::references(t),
+                true,
+            );
         }
     }
     out
@@ -671,7 +696,12 @@ fn find_cycle(spec: &PlanSpec) -> Option<Vec<String>> {
         Active,
         Done,
     }
-    let idx: BTreeMap<&str, usize> = spec.steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let idx: BTreeMap<&str, usize> = spec
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
     let mut mark = vec![Mark::New; spec.steps.len()];
     let mut stack: Vec<usize> = Vec::new();
     fn visit(
@@ -684,14 +714,19 @@ fn find_cycle(spec: &PlanSpec) -> Option<Vec<String>> {
         mark[i] = Mark::Active;
         stack.push(i);
         for d in &spec.steps[i].depends_on {
-            let Some(&j) = idx.get(d.as_str()) else { continue };
+            let Some(&j) = idx.get(d.as_str()) else {
+                continue;
+            };
             if j == i {
                 continue;
             }
             match mark[j] {
                 Mark::Active => {
                     let pos = stack.iter().position(|&x| x == j).unwrap_or(0);
-                    let mut cycle: Vec<String> = stack[pos..].iter().map(|&k| spec.steps[k].id.clone()).collect();
+                    let mut cycle: Vec<String> = stack[pos..]
+                        .iter()
+                        .map(|&k| spec.steps[k].id.clone())
+                        .collect();
                     cycle.push(spec.steps[j].id.clone());
                     return Some(cycle);
                 }
@@ -768,10 +803,24 @@ steps:
         let text = "name: x\nsteps:\n  - id: a\n    plugin: p\n    method: m\n    depends_on: [c]\n  - id: b\n    plugin: p\n    method: m\n    depends_on: [b2]\n    params: {x: \"{{ params.nope }}\", y: \"{{ steps.a.outputs.o }}\"}\n  - id: c\n    plugin: p\n    method: m\n    depends_on: [a]\n";
         let errs = parse(text).unwrap_err();
         let text_errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(text_errs.iter().any(|e| e.contains("unknown step `b2`") && e.starts_with("10:")), "{text_errs:#?}");
-        assert!(text_errs.iter().any(|e| e.contains("dependency cycle")), "{text_errs:#?}");
-        assert!(text_errs.iter().any(|e| e.contains("params.nope")), "{text_errs:#?}");
-        assert!(text_errs.iter().any(|e| e.contains("does not depend on")), "{text_errs:#?}");
+        assert!(
+            text_errs
+                .iter()
+                .any(|e| e.contains("unknown step `b2`") && e.starts_with("10:")),
+            "{text_errs:#?}"
+        );
+        assert!(
+            text_errs.iter().any(|e| e.contains("dependency cycle")),
+            "{text_errs:#?}"
+        );
+        assert!(
+            text_errs.iter().any(|e| e.contains("params.nope")),
+            "{text_errs:#?}"
+        );
+        assert!(
+            text_errs.iter().any(|e| e.contains("does not depend on")),
+            "{text_errs:#?}"
+        );
     }
 
     #[test]

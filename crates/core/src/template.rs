@@ -255,19 +255,33 @@ mod tests {
 
     #[test]
     fn whole_reference_keeps_its_type() {
-        assert_eq!(render_str("{{ params.count }}", &scope()).unwrap(), json!(3));
-        assert_eq!(render_str("{{params.flag}}", &scope()).unwrap(), json!(false));
+        assert_eq!(
+            render_str("{{ params.count }}", &scope()).unwrap(),
+            json!(3)
+        );
+        assert_eq!(
+            render_str("{{params.flag}}", &scope()).unwrap(),
+            json!(false)
+        );
     }
 
     #[test]
     fn interpolation_and_indices() {
-        let v = render_str("b={{ params.branch }} f={{ steps.build.outputs.files[1] }}", &scope()).unwrap();
+        let v = render_str(
+            "b={{ params.branch }} f={{ steps.build.outputs.files[1] }}",
+            &scope(),
+        )
+        .unwrap();
         assert_eq!(v, json!("b=main f=b"));
     }
 
     #[test]
     fn render_walks_objects() {
-        let v = render(&json!({"n": "{{ params.count }}", "l": ["x-{{ params.branch }}"]}), &scope()).unwrap();
+        let v = render(
+            &json!({"n": "{{ params.count }}", "l": ["x-{{ params.branch }}"]}),
+            &scope(),
+        )
+        .unwrap();
         assert_eq!(v, json!({"n": 3, "l": ["x-main"]}));
     }
 
@@ -277,8 +291,14 @@ mod tests {
             render_str("{{ params.nope }}", &scope()).unwrap_err(),
             TemplateError::Undefined("params.nope".into())
         );
-        assert!(matches!(references("{{ a..b }}"), Err(TemplateError::BadPath(..))));
-        assert!(matches!(references("x {{ a"), Err(TemplateError::Unclosed(_))));
+        assert!(matches!(
+            references("{{ a..b }}"),
+            Err(TemplateError::BadPath(..))
+        ));
+        assert!(matches!(
+            references("x {{ a"),
+            Err(TemplateError::Unclosed(_))
+        ));
         assert_eq!(references("{{ }}").unwrap_err(), TemplateError::Empty);
     }
 

@@ -285,10 +285,7 @@ pub fn start_with(plan: Plan, opts: RunOptions) -> Result<RunHandle, LoadError> 
     let thresholds: Vec<Threshold> = threshold::parse_all(&plan.thresholds)
         .map_err(|e| ConfigError::single("thresholds", e.to_string()))?;
     let scenario = CompiledScenario::compile(&plan.scenario)?;
-    let needs_tls = scenario
-        .requests
-        .iter()
-        .any(|r| r.may_use_tls());
+    let needs_tls = scenario.requests.iter().any(|r| r.may_use_tls());
     let tls = if needs_tls {
         Some(
             crate::client::tls_config(plan.protocol, plan.insecure)
@@ -316,7 +313,9 @@ pub fn start_with(plan: Plan, opts: RunOptions) -> Result<RunHandle, LoadError> 
         RunState::Running
     };
     let control = Arc::new(Control::new(start, start_unix_ms, initial));
-    let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let workers = plan
         .workers
         .unwrap_or(cpus)
@@ -423,7 +422,9 @@ fn coordinate(
         EndReason::Completed
     };
     let active = control.active_at(last_end).as_secs_f64();
-    let wall = last_end.saturating_duration_since(control.start).as_secs_f64();
+    let wall = last_end
+        .saturating_duration_since(control.start)
+        .as_secs_f64();
     let r = Report::from_windows(
         &all,
         active,

@@ -47,13 +47,11 @@ pub use metrics::{
     merge_windows, new_histogram, CheckCount, ErrorKind, Window, MAX_LATENCY_US, SIGFIG,
 };
 pub use plan::{
-    Check, DataFormat, DataSource, Load, Order, Plan, Protocol, RateStage, RequestSpec,
-    Scenario, Stage, StatusMatch, ThinkTime,
+    Check, DataFormat, DataSource, Load, Order, Plan, Protocol, RateStage, RequestSpec, Scenario,
+    Stage, StatusMatch, ThinkTime,
 };
 pub use preset::{SeedConfig, TestType};
-pub use report::{
-    Aggregate, EndReason, ErrorCount, NamedCheckCount, Report, SeriesPoint, Summary,
-};
+pub use report::{Aggregate, EndReason, ErrorCount, NamedCheckCount, Report, SeriesPoint, Summary};
 pub use threshold::{Threshold, ThresholdResult};
 
 /// hdrhistogram, re-exported so users of [`Window::latency`] need not

@@ -17,7 +17,8 @@ pub const SIGFIG: u8 = 3;
 /// An empty latency histogram (µs) with the engine's bounds; histograms with
 /// these bounds add exactly.
 pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGFIG).expect("constant histogram bounds are valid")
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGFIG)
+        .expect("constant histogram bounds are valid")
 }
 
 /// How a request failed. Labels follow the seed's error statistics
@@ -90,7 +91,7 @@ pub struct Window {
     pub iterations: u64,
     /// Open model: arrivals skipped because every virtual user was busy.
     pub dropped_iterations: u64,
-    /// Virtual users active when the window closed.
+    /// Most virtual users active at once during the window.
     pub vus: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -146,7 +147,8 @@ impl Window {
             *self.error_kinds.entry(k.clone()).or_default() += v;
         }
         if self.checks.len() < other.checks.len() {
-            self.checks.resize(other.checks.len(), CheckCount::default());
+            self.checks
+                .resize(other.checks.len(), CheckCount::default());
         }
         for (a, b) in self.checks.iter_mut().zip(&other.checks) {
             a.passed += b.passed;
@@ -245,6 +247,7 @@ pub(crate) struct LocalWindow {
     pub check_failed: u64,
     pub http_errors: u64,
     pub checks: Vec<CheckCount>,
+    pub vus: u64,
 }
 
 impl LocalWindow {
@@ -265,6 +268,7 @@ impl LocalWindow {
             check_failed: 0,
             http_errors: 0,
             checks: vec![CheckCount::default(); n_checks],
+            vus: 0,
         }
     }
 
@@ -287,8 +291,8 @@ impl LocalWindow {
         }
     }
 
-    /// The public form; `vus` is filled by the caller.
-    pub fn into_window(self, timestamp: u64, duration_ms: u64, vus: u64) -> Window {
+    /// The public form.
+    pub fn into_window(self, timestamp: u64, duration_ms: u64) -> Window {
         let mut status_codes = self.other_status;
         let mut error_kinds = BTreeMap::new();
         for (code, &n) in self.status.iter().enumerate() {
@@ -323,7 +327,7 @@ impl LocalWindow {
             errors,
             iterations: self.iterations,
             dropped_iterations: self.dropped,
-            vus,
+            vus: self.vus,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             status_codes,

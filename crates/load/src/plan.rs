@@ -322,7 +322,10 @@ impl Plan {
         match &self.load {
             Load::Closed { start_vus, stages } => {
                 if stages.is_empty() {
-                    errs.push(FieldError::new("load.stages", "at least one stage is required"));
+                    errs.push(FieldError::new(
+                        "load.stages",
+                        "at least one stage is required",
+                    ));
                 }
                 for (i, s) in stages.iter().enumerate() {
                     if s.duration.is_zero() {
@@ -345,7 +348,10 @@ impl Plan {
                 max_vus,
             } => {
                 if stages.is_empty() {
-                    errs.push(FieldError::new("load.stages", "at least one stage is required"));
+                    errs.push(FieldError::new(
+                        "load.stages",
+                        "at least one stage is required",
+                    ));
                 }
                 if !(start_rate.is_finite() && *start_rate >= 0.0) {
                     errs.push(FieldError::new("load.start_rate", "must be zero or more"));
@@ -376,13 +382,19 @@ impl Plan {
             }
         }
         if self.request_timeout.is_zero() {
-            errs.push(FieldError::new("request_timeout", "must be greater than zero"));
+            errs.push(FieldError::new(
+                "request_timeout",
+                "must be greater than zero",
+            ));
         }
         if self.workers == Some(0) {
             errs.push(FieldError::new("workers", "must be greater than zero"));
         }
         if self.scenario.requests.is_empty() {
-            errs.push(FieldError::new("scenario.requests", "at least one request is required"));
+            errs.push(FieldError::new(
+                "scenario.requests",
+                "at least one request is required",
+            ));
         }
         if self.scenario.order == Order::Weighted
             && !self.scenario.requests.is_empty()
@@ -392,7 +404,10 @@ impl Plan {
         }
         if let Some(ThinkTime::Range { min, max }) = self.scenario.think_time {
             if min > max {
-                errs.push(FieldError::new("scenario.think_time", "min is greater than max"));
+                errs.push(FieldError::new(
+                    "scenario.think_time",
+                    "min is greater than max",
+                ));
             }
         }
         for (i, r) in self.scenario.requests.iter().enumerate() {

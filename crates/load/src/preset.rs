@@ -186,10 +186,16 @@ impl SeedConfig {
         cfg.body = take(map, "body", "a string", &mut errs);
         cfg.stages = take(map, "stages", "a list of {duration, target}", &mut errs);
         cfg.arrival_rate = take(map, "arrival_rate", "a number", &mut errs);
-        cfg.rate_stages = take(map, "rate_stages", "a list of {duration, target}", &mut errs);
+        cfg.rate_stages = take(
+            map,
+            "rate_stages",
+            "a list of {duration, target}",
+            &mut errs,
+        );
         cfg.max_vus = take(map, "max_vus", "an integer", &mut errs);
         cfg.scenario = take(map, "scenario", "a scenario object", &mut errs);
-        cfg.thresholds = take(map, "thresholds", "a list of strings", &mut errs).unwrap_or_default();
+        cfg.thresholds =
+            take(map, "thresholds", "a list of strings", &mut errs).unwrap_or_default();
         cfg.protocol = take(map, "protocol", "auto, http1 or http2", &mut errs);
         cfg.insecure = take(map, "insecure", "a boolean", &mut errs);
         const KNOWN: &[&str] = &[
@@ -246,7 +252,10 @@ impl SeedConfig {
             }
             None => None,
             Some(u) if u <= 0 => {
-                errs.push(FieldError::new("concurrent_users", "must be greater than zero"));
+                errs.push(FieldError::new(
+                    "concurrent_users",
+                    "must be greater than zero",
+                ));
                 None
             }
             Some(u) => Some(u as u64),
@@ -269,7 +278,10 @@ impl SeedConfig {
         };
         let timeout = match self.request_timeout {
             Some(t) if t <= 0 => {
-                errs.push(FieldError::new("request_timeout", "must be greater than zero"));
+                errs.push(FieldError::new(
+                    "request_timeout",
+                    "must be greater than zero",
+                ));
                 Duration::from_secs(30)
             }
             Some(t) => Duration::from_millis(t as u64),
@@ -408,7 +420,10 @@ mod tests {
         let plan = cfg.to_plan().unwrap();
         assert_eq!(plan.max_vus(), 200);
         assert_eq!(plan.request_timeout, Duration::from_millis(5000));
-        assert_eq!(plan.duration(), Duration::from_secs(30 + 300 + 30 + 30 + 30));
+        assert_eq!(
+            plan.duration(),
+            Duration::from_secs(30 + 300 + 30 + 30 + 30)
+        );
     }
 
     #[test]

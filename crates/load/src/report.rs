@@ -232,7 +232,11 @@ impl Aggregate {
             avg_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
             min_ms: if h.is_empty() { 0.0 } else { us_to_ms(h.min()) },
             max_ms: if h.is_empty() { 0.0 } else { us_to_ms(h.max()) },
-            stdev_ms: if h.is_empty() { 0.0 } else { h.stdev() / 1000.0 },
+            stdev_ms: if h.is_empty() {
+                0.0
+            } else {
+                h.stdev() / 1000.0
+            },
             p50_ms: q(0.5),
             p90_ms: q(0.9),
             p95_ms: q(0.95),

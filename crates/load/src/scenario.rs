@@ -49,7 +49,10 @@ impl Target {
         let port = parsed
             .port_or_known_default()
             .ok_or_else(|| format!("invalid URL {url:?}: missing port"))?;
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let bare_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let default_port = if https { 443 } else { 80 };
         let authority = if port == default_port {
             host.to_string()
@@ -67,8 +70,8 @@ impl Target {
         let absolute: Uri = format!("{}://{}{}", parsed.scheme(), authority, path)
             .parse()
             .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-        let host_header = HeaderValue::from_str(&authority)
-            .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        let host_header =
+            HeaderValue::from_str(&authority).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
         Ok(Target {
             origin: Arc::new(Origin {
                 https,

@@ -182,7 +182,10 @@ mod tests {
             Metric::ErrorRate
         );
         assert_eq!(Threshold::parse("rps>1000").unwrap().op, Op::Gt);
-        assert_eq!(Threshold::parse("checks>0.99").unwrap().metric, Metric::Checks);
+        assert_eq!(
+            Threshold::parse("checks>0.99").unwrap().metric,
+            Metric::Checks
+        );
         assert_eq!(Threshold::parse("avg<200").unwrap().metric, Metric::Avg);
         for bad in ["p(95)", "p(101)<5", "latency<5", "avg<abc", "<5", "avg=<5"] {
             let e = Threshold::parse(bad).unwrap_err();

@@ -155,14 +155,16 @@ impl Worker {
             return;
         }
         let n_checks = self.shared.scenario.check_names.len();
-        let old = self.window.replace(LocalWindow::new(idx, n_checks));
+        let mut fresh = LocalWindow::new(idx, n_checks);
+        fresh.vus = self.vus.get();
+        let old = self.window.replace(fresh);
         self.window_end.set(start + Duration::from_secs(idx + 1));
         self.send(old, 1000);
     }
 
     fn send(&self, lw: LocalWindow, duration_ms: u64) {
         let ts = (self.control().start_unix_ms + lw.index * 1000) / 1000;
-        let w = lw.into_window(ts, duration_ms, self.vus.get());
+        let w = lw.into_window(ts, duration_ms);
         let _ = self.tx.send(WorkerMsg::Window(self.id, w));
     }
 
@@ -192,6 +194,12 @@ impl Worker {
         });
     }
 
+    fn set_vus(&self, n: u64) {
+        self.vus.set(n);
+        let mut win = self.window.borrow_mut();
+        win.vus = win.vus.max(n);
+    }
+
     fn next_row(&self) -> &[String] {
         let rows = &self.shared.scenario.data.rows;
         if rows.is_empty() {
@@ -218,9 +226,7 @@ impl Worker {
             return Err(ErrorKind::Connection);
         }
         let addrs = Arc::new(addrs);
-        self.dns
-            .borrow_mut()
-            .insert(origin.clone(), addrs.clone());
+        self.dns.borrow_mut().insert(origin.clone(), addrs.clone());
         Ok(addrs)
     }
 
@@ -242,7 +248,8 @@ impl Worker {
         self.target_changed.notify_waiters();
         self.end_notify.notify_waiters();
         let grace = self.shared.plan.request_timeout + Duration::from_millis(100);
-        let _ = tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} }).await;
+        let _ =
+            tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} }).await;
     }
 }
 
@@ -489,14 +496,14 @@ async fn closed(w: Rc<Worker>) {
         if w.target.replace(mine) < mine {
             w.target_changed.notify_waiters();
         }
-        w.vus.set(mine);
+        w.set_vus(mine);
         let nap = Duration::from_secs_f64((total - t).max(0.001)).min(SCHEDULE_TICK);
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
             _ = state.changed() => {}
         }
     }
-    w.vus.set(0);
+    w.set_vus(0);
     w.finish(set).await;
 }
 
@@ -559,7 +566,7 @@ async fn open(w: Rc<Worker>) {
         let due = control.wall_at(at);
         let now = Instant::now();
         if due > now {
-            w.vus.set(spawned - idle.borrow().len() as u64);
+            w.set_vus(spawned - idle.borrow().len() as u64);
             burst = 0;
             tokio::select! {
                 _ = tokio::time::sleep_until(due.into()) => {}
@@ -598,7 +605,7 @@ async fn open(w: Rc<Worker>) {
             tokio::task::yield_now().await;
         }
     }
-    w.vus.set(0);
+    w.set_vus(0);
     w.ending.set(true);
     for s in idle.borrow_mut().drain(..) {
         s.job.set(None);

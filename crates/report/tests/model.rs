@@ -173,7 +173,10 @@ fn openapi_schemas() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(required, ["kind", "v", "id", "name", "created_at"]);
-    assert_eq!(schemas["Report"]["properties"]["created_at"]["format"], "date-time");
+    assert_eq!(
+        schemas["Report"]["properties"]["created_at"]["format"],
+        "date-time"
+    );
     let case_required = schemas["Case"]["required"].as_array().unwrap();
     assert_eq!(case_required.len(), 2, "{case_required:?}");
     assert!(schemas["Summary"]["properties"]["ok"].is_object());

@@ -479,7 +479,13 @@ pub async fn create(state: &AppState, task: &Task) -> Result<(), RecordError> {
                     task_id: task.id,
                     cancel: t.cancel_requested,
                 };
-                records::put(&state.store, &keys::assign(&task.agent_uuid, &task.id), &assignment, None).await?;
+                records::put(
+                    &state.store,
+                    &keys::assign(&task.agent_uuid, &task.id),
+                    &assignment,
+                    None,
+                )
+                .await?;
             }
         }
     }

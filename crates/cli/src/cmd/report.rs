@@ -45,17 +45,27 @@ pub async fn report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ReportCmd::Show { id, format } => {
             let c = Client::from_env()?;
-            let (text, _) = c.get_text(&format!("/api/reports/{id}?format=json")).await?;
+            let (text, _) = c
+                .get_text(&format!("/api/reports/{id}?format=json"))
+                .await?;
             let r = testbed_report::from_json(&text)?;
             print!("{}", render(&r, &format)?);
-            Ok(if r.summary().ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if r.summary().ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         ReportCmd::Convert { file, to, output } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let r = testbed_report::from_json(&text).with_context(|| format!("{}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let r =
+                testbed_report::from_json(&text).with_context(|| format!("{}", file.display()))?;
             let out = render(&r, &to)?;
             match output {
-                Some(p) => std::fs::write(&p, out).with_context(|| format!("writing {}", p.display()))?,
+                Some(p) => {
+                    std::fs::write(&p, out).with_context(|| format!("writing {}", p.display()))?
+                }
                 None => print!("{out}"),
             }
             Ok(ExitCode::SUCCESS)

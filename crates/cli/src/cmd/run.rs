@@ -158,7 +158,11 @@ fn print_problems(file: &Path, err: &anyhow::Error) -> bool {
                     }
                     None => (field.to_string(), String::new()),
                 };
-                eprintln!("{}:{loc}{path}: {}", file.display(), d["message"].as_str().unwrap_or(""));
+                eprintln!(
+                    "{}:{loc}{path}: {}",
+                    file.display(),
+                    d["message"].as_str().unwrap_or("")
+                );
             }
         }
         _ => eprintln!("{}: {}", file.display(), f.message),
@@ -173,7 +177,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Err(problems) = testbed_core::plan::parse(&source) {
         for p in problems {
             match (p.line, p.column) {
-                (Some(l), Some(c)) => eprintln!("{}:{l}:{c}: {}: {}", args.plan.display(), p.path, p.message),
+                (Some(l), Some(c)) => {
+                    eprintln!("{}:{l}:{c}: {}: {}", args.plan.display(), p.path, p.message)
+                }
                 _ => eprintln!("{}: {}: {}", args.plan.display(), p.path, p.message),
             }
         }
@@ -227,7 +233,9 @@ pub async fn follow(client: &Client, id: &str) -> anyhow::Result<Value> {
         if let Some(h) = &interrupt {
             if h.is_finished() && !cancelled {
                 eprintln!("cancelling run {id} …");
-                let _: Result<Value, _> = client.post(&format!("/api/runs/{id}/cancel"), &json!({})).await;
+                let _: Result<Value, _> = client
+                    .post(&format!("/api/runs/{id}/cancel"), &json!({}))
+                    .await;
                 cancelled = true;
                 interrupt = None;
             }
@@ -235,7 +243,11 @@ pub async fn follow(client: &Client, id: &str) -> anyhow::Result<Value> {
         let run: Value = client.get(&format!("/api/runs/{id}")).await?;
         let order: Vec<String> = run["spec"]["steps"]
             .as_array()
-            .map(|a| a.iter().filter_map(|s| s["id"].as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s["id"].as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         for step in &order {
             let st = &run["steps"][step];
@@ -296,7 +308,10 @@ fn step_line(step: &str, st: &Value) -> String {
         }
         _ => String::new(),
     };
-    let reason = st["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
+    let reason = st["reason"]
+        .as_str()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
     format!("{mark} {step} {status}{dur}{reason}")
 }
 
@@ -312,11 +327,18 @@ async fn print_failure_log(client: &Client, st: &Value) {
         if !matches!(inst["status"].as_str(), Some("failed" | "error")) {
             continue;
         }
-        let Some(task) = inst["task_id"].as_str() else { continue };
+        let Some(task) = inst["task_id"].as_str() else {
+            continue;
+        };
         if let Ok((log, _)) = client.get_text(&format!("/api/tasks/{task}/log")).await {
             let lines: Vec<&str> = log.lines().collect();
             let start = lines.len().saturating_sub(40);
-            eprintln!("  ── log of {} on {} (last {} lines) ──", task, inst["agent_name"].as_str().unwrap_or("?"), lines.len() - start);
+            eprintln!(
+                "  ── log of {} on {} (last {} lines) ──",
+                task,
+                inst["agent_name"].as_str().unwrap_or("?"),
+                lines.len() - start
+            );
             for l in &lines[start..] {
                 eprintln!("  │ {l}");
             }
@@ -325,7 +347,11 @@ async fn print_failure_log(client: &Client, st: &Value) {
 }
 
 /// Prints the summary, writes report files, and maps the run to an exit code.
-pub async fn conclude(client: &Client, run: &Value, files: &ReportFiles) -> anyhow::Result<ExitCode> {
+pub async fn conclude(
+    client: &Client,
+    run: &Value,
+    files: &ReportFiles,
+) -> anyhow::Result<ExitCode> {
     let id = run["id"].as_str().unwrap_or("");
     // The report is written right after the run ends.
     let mut report_id = run["report_id"].as_str().map(String::from);
@@ -338,7 +364,9 @@ pub async fn conclude(client: &Client, run: &Value, files: &ReportFiles) -> anyh
         report_id = r["report_id"].as_str().map(String::from);
     }
     let report_id = report_id.context("the run ended without a report")?;
-    let (json_text, _) = client.get_text(&format!("/api/reports/{report_id}?format=json")).await?;
+    let (json_text, _) = client
+        .get_text(&format!("/api/reports/{report_id}?format=json"))
+        .await?;
     let report = testbed_report::from_json(&json_text)?;
     files.write(&report)?;
     print!("{}", testbed_report::to_summary(&report));

@@ -74,7 +74,10 @@ pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
                 r["id"].as_str().unwrap_or_default(),
                 r["plan_name"].as_str().unwrap_or_default(),
                 r["status"].as_str().unwrap_or_default(),
-                r["reason"].as_str().map(|x| format!(" ({x})")).unwrap_or_default()
+                r["reason"]
+                    .as_str()
+                    .map(|x| format!(" ({x})"))
+                    .unwrap_or_default()
             );
             let mut t = Table::new();
             t.load_preset(UTF8_FULL_CONDENSED);
@@ -86,16 +89,29 @@ pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
                 t.add_row([
                     id.to_string(),
                     st["status"].as_str().unwrap_or_default().to_string(),
-                    insts.iter().filter_map(|i| i["agent_name"].as_str()).collect::<Vec<_>>().join(","),
-                    insts.iter().map(|i| i["attempt"].to_string()).collect::<Vec<_>>().join(","),
+                    insts
+                        .iter()
+                        .filter_map(|i| i["agent_name"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    insts
+                        .iter()
+                        .map(|i| i["attempt"].to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
                     st["reason"].as_str().unwrap_or_default().to_string(),
                 ]);
             }
             println!("{t}");
         }
         RunsCmd::Cancel { id } => {
-            let r: Value = c.post(&format!("/api/runs/{id}/cancel"), &json!({})).await?;
-            println!("cancel requested; run is {}", r["status"].as_str().unwrap_or("?"));
+            let r: Value = c
+                .post(&format!("/api/runs/{id}/cancel"), &json!({}))
+                .await?;
+            println!(
+                "cancel requested; run is {}",
+                r["status"].as_str().unwrap_or("?")
+            );
         }
         RunsCmd::Logs { id, follow } => {
             let mut offsets: BTreeMap<String, usize> = BTreeMap::new();
@@ -103,15 +119,26 @@ pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
                 let r: Value = c.get(&format!("/api/runs/{id}")).await?;
                 for s in r["spec"]["steps"].as_array().into_iter().flatten() {
                     let step = s["id"].as_str().unwrap_or_default();
-                    for inst in r["steps"][step]["instances"].as_array().into_iter().flatten() {
-                        let Some(task) = inst["task_id"].as_str() else { continue };
+                    for inst in r["steps"][step]["instances"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                    {
+                        let Some(task) = inst["task_id"].as_str() else {
+                            continue;
+                        };
                         let off = offsets.entry(task.to_string()).or_insert(0);
-                        let (text, _) = c.get_text(&format!("/api/tasks/{task}/log?offset={off}")).await?;
+                        let (text, _) = c
+                            .get_text(&format!("/api/tasks/{task}/log?offset={off}"))
+                            .await?;
                         if text.is_empty() {
                             continue;
                         }
                         if *off == 0 {
-                            println!("── {step} on {} ──", inst["agent_name"].as_str().unwrap_or("?"));
+                            println!(
+                                "── {step} on {} ──",
+                                inst["agent_name"].as_str().unwrap_or("?")
+                            );
                         }
                         *off += text.len();
                         print!("{text}");

@@ -482,3 +482,59 @@ pub async fn follow_ws(url: &str, token: &str, task: &str) -> (String, String) {
     }
     (text, reason)
 }
+
+impl Platform {
+    /// Starts a run of an inline YAML plan; panics unless accepted.
+    pub async fn start_run(&self, yaml: &str, params: Value) -> String {
+        let (s, b) = self
+            .post("/api/runs", json!({"plan": yaml, "params": params}))
+            .await;
+        assert_eq!(s, 201, "run refused: {b}");
+        b["id"].as_str().expect("run id").to_string()
+    }
+
+    pub async fn run_state(&self, id: &str) -> Value {
+        let (s, b) = self.get(&format!("/api/runs/{id}")).await;
+        assert_eq!(s, 200, "{b}");
+        b
+    }
+
+    /// Polls until the run ends.
+    pub async fn wait_run(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.run_state(id).await;
+            if !matches!(r["status"].as_str(), Some("pending" | "running"))
+                && r["report_id"].is_string()
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} not done after {timeout:?}: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until `f` holds for the run.
+    pub async fn wait_run_until(
+        &self,
+        id: &str,
+        timeout: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.run_state(id).await;
+            if f(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id}: condition not met after {timeout:?}: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

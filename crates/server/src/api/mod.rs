@@ -97,10 +97,24 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(tasks::artifact))
         .routes(routes!(tasks::upload_artifact))
         .routes(routes!(tasks::follow))
-        .routes(routes!(resources::list_testcases, resources::create_testcase))
-        .routes(routes!(resources::get_testcase, resources::put_testcase, resources::delete_testcase))
-        .routes(routes!(resources::list_environments, resources::create_environment))
-        .routes(routes!(resources::get_environment, resources::put_environment, resources::delete_environment))
+        .routes(routes!(
+            resources::list_testcases,
+            resources::create_testcase
+        ))
+        .routes(routes!(
+            resources::get_testcase,
+            resources::put_testcase,
+            resources::delete_testcase
+        ))
+        .routes(routes!(
+            resources::list_environments,
+            resources::create_environment
+        ))
+        .routes(routes!(
+            resources::get_environment,
+            resources::put_environment,
+            resources::delete_environment
+        ))
         .routes(routes!(resources::list_groups, resources::create_group))
         .routes(routes!(resources::get_group, resources::delete_group))
         .routes(routes!(resources::add_member, resources::remove_member))

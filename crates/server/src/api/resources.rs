@@ -33,7 +33,12 @@ async fn get_one<T: DeserializeOwned>(state: &AppState, key: &str, what: &str) -
         .ok_or_else(|| ApiError::not_found(format!("no {what}")))
 }
 
-async fn create_one<T: Serialize>(state: &AppState, key: &str, value: &T, what: &str) -> ApiResult<()> {
+async fn create_one<T: Serialize>(
+    state: &AppState,
+    key: &str,
+    value: &T,
+    what: &str,
+) -> ApiResult<()> {
     if !records::create(&state.store, key, value, None).await? {
         return Err(ApiError::conflict(format!("{what} exists")));
     }
@@ -61,14 +66,20 @@ pub struct NameFilter {
 fn check_testcase(tc: &TestCase) -> ApiResult<()> {
     check_name("/name", &tc.name)?;
     if tc.plugin.trim().is_empty() || tc.method.trim().is_empty() {
-        return Err(ApiError::field("/plugin", "a test case needs `plugin` and `method`"));
+        return Err(ApiError::field(
+            "/plugin",
+            "a test case needs `plugin` and `method`",
+        ));
     }
     if !tc.parameters.is_object() {
         return Err(ApiError::field("/parameters", "must be an object"));
     }
     if let Some(t) = &tc.timeout {
         if humantime::parse_duration(t).is_err() {
-            return Err(ApiError::field("/timeout", format!("`{t}` is not a duration like 30s or 5m")));
+            return Err(ApiError::field(
+                "/timeout",
+                format!("`{t}` is not a duration like 30s or 5m"),
+            ));
         }
     }
     Ok(())
@@ -107,15 +118,32 @@ pub async fn create_testcase(
     check_testcase(&tc)?;
     tc.created_at = testbed_core::now();
     tc.updated_at = tc.created_at;
-    create_one(&state, &keys::testcase(&tc.name), &tc, &format!("test case `{}`", tc.name)).await?;
+    create_one(
+        &state,
+        &keys::testcase(&tc.name),
+        &tc,
+        &format!("test case `{}`", tc.name),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(tc)))
 }
 
 /// One test case.
 #[utoipa::path(get, path = "/api/testcases/{name}", tag = "testcases", params(("name" = String, Path)),
     responses((status = 200, body = TestCase), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_testcase(State(state): State<AppState>, _c: Caller, Path(name): Path<String>) -> ApiResult<Json<TestCase>> {
-    Ok(Json(get_one(&state, &keys::testcase(&name), &format!("test case `{name}`")).await?))
+pub async fn get_testcase(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TestCase>> {
+    Ok(Json(
+        get_one(
+            &state,
+            &keys::testcase(&name),
+            &format!("test case `{name}`"),
+        )
+        .await?,
+    ))
 }
 
 /// Replace a test case (created if missing).
@@ -129,7 +157,10 @@ pub async fn put_testcase(
 ) -> ApiResult<Json<TestCase>> {
     c.require(Role::Operator)?;
     if tc.name != name {
-        return Err(ApiError::field("/name", format!("must match the path (`{name}`)")));
+        return Err(ApiError::field(
+            "/name",
+            format!("must match the path (`{name}`)"),
+        ));
     }
     check_testcase(&tc)?;
     if let Some((old, _)) = records::get::<TestCase>(&state.store, &keys::testcase(&name)).await? {
@@ -143,9 +174,18 @@ pub async fn put_testcase(
 /// Delete a test case.
 #[utoipa::path(delete, path = "/api/testcases/{name}", tag = "testcases", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn delete_testcase(State(state): State<AppState>, c: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_testcase(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     c.require(Role::Operator)?;
-    delete_one(&state, &keys::testcase(&name), &format!("test case `{name}`")).await
+    delete_one(
+        &state,
+        &keys::testcase(&name),
+        &format!("test case `{name}`"),
+    )
+    .await
 }
 
 // ---- environments -----------------------------------------------------
@@ -181,15 +221,32 @@ pub async fn create_environment(
     check_name("/name", &e.name)?;
     e.created_at = testbed_core::now();
     e.updated_at = e.created_at;
-    create_one(&state, &keys::environment(&e.name), &e, &format!("environment `{}`", e.name)).await?;
+    create_one(
+        &state,
+        &keys::environment(&e.name),
+        &e,
+        &format!("environment `{}`", e.name),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(e)))
 }
 
 /// One environment.
 #[utoipa::path(get, path = "/api/environments/{name}", tag = "environments", params(("name" = String, Path)),
     responses((status = 200, body = Environment), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_environment(State(state): State<AppState>, _c: Caller, Path(name): Path<String>) -> ApiResult<Json<Environment>> {
-    Ok(Json(get_one(&state, &keys::environment(&name), &format!("environment `{name}`")).await?))
+pub async fn get_environment(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Environment>> {
+    Ok(Json(
+        get_one(
+            &state,
+            &keys::environment(&name),
+            &format!("environment `{name}`"),
+        )
+        .await?,
+    ))
 }
 
 /// Replace an environment (created if missing).
@@ -203,10 +260,15 @@ pub async fn put_environment(
 ) -> ApiResult<Json<Environment>> {
     c.require(Role::Operator)?;
     if e.name != name {
-        return Err(ApiError::field("/name", format!("must match the path (`{name}`)")));
+        return Err(ApiError::field(
+            "/name",
+            format!("must match the path (`{name}`)"),
+        ));
     }
     check_name("/name", &e.name)?;
-    if let Some((old, _)) = records::get::<Environment>(&state.store, &keys::environment(&name)).await? {
+    if let Some((old, _)) =
+        records::get::<Environment>(&state.store, &keys::environment(&name)).await?
+    {
         e.created_at = old.created_at;
     }
     e.updated_at = testbed_core::now();
@@ -217,9 +279,18 @@ pub async fn put_environment(
 /// Delete an environment.
 #[utoipa::path(delete, path = "/api/environments/{name}", tag = "environments", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn delete_environment(State(state): State<AppState>, c: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_environment(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     c.require(Role::Operator)?;
-    delete_one(&state, &keys::environment(&name), &format!("environment `{name}`")).await
+    delete_one(
+        &state,
+        &keys::environment(&name),
+        &format!("environment `{name}`"),
+    )
+    .await
 }
 
 // ---- groups -----------------------------------------------------------
@@ -267,7 +338,11 @@ async fn group_view(state: &AppState, group: Group) -> ApiResult<GroupView> {
 /// Groups of agents.
 #[utoipa::path(get, path = "/api/groups", tag = "groups", params(PageQuery),
     responses((status = 200, body = Page<GroupView>)), security(("bearer" = [])))]
-pub async fn list_groups(State(state): State<AppState>, _c: Caller, Query(p): Query<PageQuery>) -> ApiResult<Json<Page<GroupView>>> {
+pub async fn list_groups(
+    State(state): State<AppState>,
+    _c: Caller,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Page<GroupView>>> {
     p.check()?;
     let mut out = Vec::new();
     for g in list_all::<Group>(&state, keys::GROUPS).await? {
@@ -280,18 +355,32 @@ pub async fn list_groups(State(state): State<AppState>, _c: Caller, Query(p): Qu
 #[utoipa::path(post, path = "/api/groups", tag = "groups", request_body = Group,
     responses((status = 201, body = GroupView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn create_group(State(state): State<AppState>, c: Caller, Json(mut g): Json<Group>) -> ApiResult<(StatusCode, Json<GroupView>)> {
+pub async fn create_group(
+    State(state): State<AppState>,
+    c: Caller,
+    Json(mut g): Json<Group>,
+) -> ApiResult<(StatusCode, Json<GroupView>)> {
     c.require(Role::Operator)?;
     check_name("/name", &g.name)?;
     g.created_at = testbed_core::now();
-    create_one(&state, &keys::group(&g.name), &g, &format!("group `{}`", g.name)).await?;
+    create_one(
+        &state,
+        &keys::group(&g.name),
+        &g,
+        &format!("group `{}`", g.name),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(group_view(&state, g).await?)))
 }
 
 /// One group with its members and reservation.
 #[utoipa::path(get, path = "/api/groups/{name}", tag = "groups", params(("name" = String, Path)),
     responses((status = 200, body = GroupView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_group(State(state): State<AppState>, _c: Caller, Path(name): Path<String>) -> ApiResult<Json<GroupView>> {
+pub async fn get_group(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<GroupView>> {
     let g: Group = get_one(&state, &keys::group(&name), &format!("group `{name}`")).await?;
     Ok(Json(group_view(&state, g).await?))
 }
@@ -300,10 +389,19 @@ pub async fn get_group(State(state): State<AppState>, _c: Caller, Path(name): Pa
 #[utoipa::path(delete, path = "/api/groups/{name}", tag = "groups", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "reserved by a run")),
     security(("bearer" = [])))]
-pub async fn delete_group(State(state): State<AppState>, c: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_group(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     c.require(Role::Operator)?;
-    if let Some((lock, _)) = records::get::<GroupLock>(&state.store, &keys::group_lock(&name)).await? {
-        return Err(ApiError::conflict(format!("group `{name}` is reserved by run {}", lock.run_id)));
+    if let Some((lock, _)) =
+        records::get::<GroupLock>(&state.store, &keys::group_lock(&name)).await?
+    {
+        return Err(ApiError::conflict(format!(
+            "group `{name}` is reserved by run {}",
+            lock.run_id
+        )));
     }
     let status = delete_one(&state, &keys::group(&name), &format!("group `{name}`")).await?;
     for a in dispatch::agents(&state.store).await? {
@@ -314,7 +412,12 @@ pub async fn delete_group(State(state): State<AppState>, c: Caller, Path(name): 
     Ok(status)
 }
 
-async fn set_membership(state: &AppState, agent: Uuid, group: &str, member: bool) -> ApiResult<AgentRecord> {
+async fn set_membership(
+    state: &AppState,
+    agent: Uuid,
+    group: &str,
+    member: bool,
+) -> ApiResult<AgentRecord> {
     records::update::<AgentRecord, _>(&state.store, &keys::agent(&agent), |r| {
         let has = r.groups.iter().any(|g| g == group);
         match (has, member) {
@@ -334,7 +437,10 @@ async fn set_membership(state: &AppState, agent: Uuid, group: &str, member: bool
 }
 
 async fn member_target(state: &AppState, group: &str, agent: &str) -> ApiResult<Uuid> {
-    if records::get::<Group>(&state.store, &keys::group(group)).await?.is_none() {
+    if records::get::<Group>(&state.store, &keys::group(group))
+        .await?
+        .is_none()
+    {
         return Err(ApiError::not_found(format!("no group `{group}`")));
     }
     let agents = dispatch::agents(&state.store).await?;

@@ -56,15 +56,19 @@ fn plan_source(headers: &HeaderMap, body: &Bytes) -> ApiResult<String> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the plan is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the plan is not UTF-8"))?;
     if ct.starts_with("application/json") {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Wrapped {
             source: String,
         }
-        let w: Wrapped = serde_json::from_str(text)
-            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}; send {{\"source\": \"<yaml>\"}} or the YAML itself")))?;
+        let w: Wrapped = serde_json::from_str(text).map_err(|e| {
+            ApiError::bad_request(format!(
+                "malformed JSON: {e}; send {{\"source\": \"<yaml>\"}} or the YAML itself"
+            ))
+        })?;
         return Ok(w.source);
     }
     Ok(text.to_string())
@@ -74,7 +78,12 @@ fn plan_source(headers: &HeaderMap, body: &Bytes) -> ApiResult<String> {
 #[utoipa::path(post, path = "/api/plans", tag = "plans",
     request_body(content = String, content_type = "application/yaml"),
     responses((status = 201, body = PlanRecord), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn create_plan(State(state): State<AppState>, c: Caller, headers: HeaderMap, body: Bytes) -> ApiResult<(StatusCode, Json<PlanRecord>)> {
+pub async fn create_plan(
+    State(state): State<AppState>,
+    c: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<PlanRecord>)> {
     c.require(Role::Operator)?;
     let source = plan_source(&headers, &body)?;
     let spec = validate_plan(&state, &source).await?;
@@ -102,7 +111,12 @@ pub struct PlanFilter {
 /// Stored plans.
 #[utoipa::path(get, path = "/api/plans", tag = "plans", params(PageQuery, PlanFilter),
     responses((status = 200, body = Page<PlanRecord>)), security(("bearer" = [])))]
-pub async fn list_plans(State(state): State<AppState>, _c: Caller, Query(p): Query<PageQuery>, Query(f): Query<PlanFilter>) -> ApiResult<Json<Page<PlanRecord>>> {
+pub async fn list_plans(
+    State(state): State<AppState>,
+    _c: Caller,
+    Query(p): Query<PageQuery>,
+    Query(f): Query<PlanFilter>,
+) -> ApiResult<Json<Page<PlanRecord>>> {
     p.check()?;
     let mut all: Vec<PlanRecord> = records::list::<PlanRecord>(&state.store, keys::PLANS, |_| true)
         .await?
@@ -115,13 +129,18 @@ pub async fn list_plans(State(state): State<AppState>, _c: Caller, Query(p): Que
 }
 
 fn parse_uuid(what: &str, id: &str) -> ApiResult<Uuid> {
-    id.parse().map_err(|_| ApiError::not_found(format!("no {what} `{id}`")))
+    id.parse()
+        .map_err(|_| ApiError::not_found(format!("no {what} `{id}`")))
 }
 
 /// One plan.
 #[utoipa::path(get, path = "/api/plans/{id}", tag = "plans", params(("id" = String, Path)),
     responses((status = 200, body = PlanRecord), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_plan(State(state): State<AppState>, _c: Caller, Path(id): Path<String>) -> ApiResult<Json<PlanRecord>> {
+pub async fn get_plan(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PlanRecord>> {
     let id = parse_uuid("plan", &id)?;
     records::get::<PlanRecord>(&state.store, &keys::plan(&id))
         .await?
@@ -133,7 +152,13 @@ pub async fn get_plan(State(state): State<AppState>, _c: Caller, Path(id): Path<
 #[utoipa::path(put, path = "/api/plans/{id}", tag = "plans", params(("id" = String, Path)),
     request_body(content = String, content_type = "application/yaml"),
     responses((status = 200, body = PlanRecord), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn put_plan(State(state): State<AppState>, c: Caller, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<PlanRecord>> {
+pub async fn put_plan(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<PlanRecord>> {
     c.require(Role::Operator)?;
     let id = parse_uuid("plan", &id)?;
     let source = plan_source(&headers, &body)?;
@@ -153,7 +178,11 @@ pub async fn put_plan(State(state): State<AppState>, c: Caller, Path(id): Path<S
 /// Delete a plan (its runs stay).
 #[utoipa::path(delete, path = "/api/plans/{id}", tag = "plans", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn delete_plan(State(state): State<AppState>, c: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_plan(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     c.require(Role::Operator)?;
     let id = parse_uuid("plan", &id)?;
     if !state.store.delete(&keys::plan(&id)).await? {
@@ -178,7 +207,11 @@ pub struct CreateRun {
 /// Start a run of a plan.
 #[utoipa::path(post, path = "/api/runs", tag = "runs", request_body = CreateRun,
     responses((status = 201, body = Run), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn create_run(State(state): State<AppState>, c: Caller, Json(req): Json<CreateRun>) -> ApiResult<(StatusCode, Json<Run>)> {
+pub async fn create_run(
+    State(state): State<AppState>,
+    c: Caller,
+    Json(req): Json<CreateRun>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
     c.require(Role::Operator)?;
     let (spec, plan_id) = match (&req.plan_id, &req.plan) {
         (Some(id), None) => {
@@ -188,19 +221,30 @@ pub async fn create_run(State(state): State<AppState>, c: Caller, Json(req): Jso
             (p.spec, Some(*id))
         }
         (None, Some(src)) => (validate_plan(&state, src).await?, None),
-        _ => return Err(ApiError::field("/plan_id", "give exactly one of `plan_id` and `plan`")),
+        _ => {
+            return Err(ApiError::field(
+                "/plan_id",
+                "give exactly one of `plan_id` and `plan`",
+            ))
+        }
     };
     let params = spec.resolve_params(&req.params).map_err(problems)?;
     let environment = req.environment.clone().or_else(|| spec.environment.clone());
     if let Some(env) = &environment {
         if state.store.get(&keys::environment(env)).await?.is_none() {
-            return Err(ApiError::field("/environment", format!("no environment `{env}`")));
+            return Err(ApiError::field(
+                "/environment",
+                format!("no environment `{env}`"),
+            ));
         }
     }
     for s in &spec.steps {
         if let Some(tc) = &s.testcase {
             if state.store.get(&keys::testcase(tc)).await?.is_none() {
-                return Err(ApiError::field("/plan", format!("step `{}`: no test case `{tc}`", s.id)));
+                return Err(ApiError::field(
+                    "/plan",
+                    format!("step `{}`: no test case `{tc}`", s.id),
+                ));
             }
         }
     }
@@ -230,7 +274,12 @@ pub struct RunSummary {
 /// Runs, newest first.
 #[utoipa::path(get, path = "/api/runs", tag = "runs", params(PageQuery, RunFilter),
     responses((status = 200, body = Page<RunSummary>)), security(("bearer" = [])))]
-pub async fn list_runs(State(state): State<AppState>, _c: Caller, Query(p): Query<PageQuery>, Query(f): Query<RunFilter>) -> ApiResult<Json<Page<RunSummary>>> {
+pub async fn list_runs(
+    State(state): State<AppState>,
+    _c: Caller,
+    Query(p): Query<PageQuery>,
+    Query(f): Query<RunFilter>,
+) -> ApiResult<Json<Page<RunSummary>>> {
     p.check()?;
     let mut all: Vec<RunSummary> = records::list::<Run>(&state.store, keys::RUNS, |_| true)
         .await?
@@ -256,7 +305,11 @@ pub async fn list_runs(State(state): State<AppState>, _c: Caller, Query(p): Quer
 /// A run with every step's state.
 #[utoipa::path(get, path = "/api/runs/{id}", tag = "runs", params(("id" = String, Path)),
     responses((status = 200, body = Run), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_run(State(state): State<AppState>, _c: Caller, Path(id): Path<String>) -> ApiResult<Json<Run>> {
+pub async fn get_run(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Run>> {
     let id = parse_uuid("run", &id)?;
     records::get::<Run>(&state.store, &keys::run(&id))
         .await?
@@ -267,14 +320,21 @@ pub async fn get_run(State(state): State<AppState>, _c: Caller, Path(id): Path<S
 /// Cancel a run: running tasks are cancelled on their agents.
 #[utoipa::path(post, path = "/api/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
     responses((status = 202, body = Run), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn cancel_run(State(state): State<AppState>, c: Caller, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Run>)> {
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
     c.require(Role::Operator)?;
     let id = parse_uuid("run", &id)?;
     let run = engine::cancel_run(&state, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
     if run.status.is_terminal() {
-        return Err(ApiError::conflict(format!("run {id} already ended ({:?})", run.status)));
+        return Err(ApiError::conflict(format!(
+            "run {id} already ended ({:?})",
+            run.status
+        )));
     }
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
@@ -291,16 +351,22 @@ pub struct ResultFilter {
 /// Latest result of each test case in each environment.
 #[utoipa::path(get, path = "/api/results", tag = "results", params(PageQuery, ResultFilter),
     responses((status = 200, body = Page<ResultRecord>)), security(("bearer" = [])))]
-pub async fn list_results(State(state): State<AppState>, _c: Caller, Query(p): Query<PageQuery>, Query(f): Query<ResultFilter>) -> ApiResult<Json<Page<ResultRecord>>> {
+pub async fn list_results(
+    State(state): State<AppState>,
+    _c: Caller,
+    Query(p): Query<PageQuery>,
+    Query(f): Query<ResultFilter>,
+) -> ApiResult<Json<Page<ResultRecord>>> {
     p.check()?;
-    let all: Vec<ResultRecord> = records::list::<ResultRecord>(&state.store, keys::RESULTS, |_| true)
-        .await?
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| f.testcase.as_ref().is_none_or(|t| &r.testcase == t))
-        .filter(|r| f.environment.as_ref().is_none_or(|e| &r.environment == e))
-        .filter(|r| f.status.as_ref().is_none_or(|s| &r.status == s))
-        .collect();
+    let all: Vec<ResultRecord> =
+        records::list::<ResultRecord>(&state.store, keys::RESULTS, |_| true)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| f.testcase.as_ref().is_none_or(|t| &r.testcase == t))
+            .filter(|r| f.environment.as_ref().is_none_or(|e| &r.environment == e))
+            .filter(|r| f.status.as_ref().is_none_or(|s| &r.status == s))
+            .collect();
     Ok(Json(p.apply(all)))
 }
 
@@ -308,7 +374,11 @@ pub async fn list_results(State(state): State<AppState>, _c: Caller, Query(p): Q
 #[utoipa::path(get, path = "/api/results/{testcase}/{environment}", tag = "results",
     params(("testcase" = String, Path), ("environment" = String, Path)),
     responses((status = 200, body = ResultRecord), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_result(State(state): State<AppState>, _c: Caller, Path((tc, env)): Path<(String, String)>) -> ApiResult<Json<ResultRecord>> {
+pub async fn get_result(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path((tc, env)): Path<(String, String)>,
+) -> ApiResult<Json<ResultRecord>> {
     records::get::<ResultRecord>(&state.store, &keys::result(&tc, &env))
         .await?
         .map(|(r, _)| Json(r))
@@ -318,13 +388,18 @@ pub async fn get_result(State(state): State<AppState>, _c: Caller, Path((tc, env
 /// Reports, newest first.
 #[utoipa::path(get, path = "/api/reports", tag = "reports", params(PageQuery),
     responses((status = 200, body = Page<ReportRecord>)), security(("bearer" = [])))]
-pub async fn list_reports(State(state): State<AppState>, _c: Caller, Query(p): Query<PageQuery>) -> ApiResult<Json<Page<ReportRecord>>> {
+pub async fn list_reports(
+    State(state): State<AppState>,
+    _c: Caller,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Page<ReportRecord>>> {
     p.check()?;
-    let mut all: Vec<ReportRecord> = records::list::<ReportRecord>(&state.store, keys::REPORTS, |_| true)
-        .await?
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
+    let mut all: Vec<ReportRecord> =
+        records::list::<ReportRecord>(&state.store, keys::REPORTS, |_| true)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
     all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     Ok(Json(p.apply(all)))
 }
@@ -352,17 +427,26 @@ pub async fn load_report(state: &AppState, id: &Uuid) -> ApiResult<testbed_repor
 #[utoipa::path(get, path = "/api/reports/{id}", tag = "reports", params(("id" = String, Path), FormatQuery),
     responses((status = 200, description = "the report in the requested format"), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_report(State(state): State<AppState>, _c: Caller, Path(id): Path<String>, Query(q): Query<FormatQuery>) -> ApiResult<Response> {
+pub async fn get_report(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<FormatQuery>,
+) -> ApiResult<Response> {
     let id = parse_uuid("report", &id)?;
     let report = load_report(&state, &id).await?;
     let (ct, body) = match q.format.as_deref().unwrap_or("json") {
         "json" => ("application/json", testbed_report::to_json(&report)),
         "junit" | "xml" => (
             "application/xml",
-            testbed_report::to_junit(&report).map_err(|e| ApiError::internal(format!("rendering JUnit: {e}")))?,
+            testbed_report::to_junit(&report)
+                .map_err(|e| ApiError::internal(format!("rendering JUnit: {e}")))?,
         ),
         "tap" => ("text/plain; charset=utf-8", testbed_report::to_tap(&report)),
-        "summary" | "text" => ("text/plain; charset=utf-8", testbed_report::to_summary(&report)),
+        "summary" | "text" => (
+            "text/plain; charset=utf-8",
+            testbed_report::to_summary(&report),
+        ),
         "html" => ("text/html; charset=utf-8", testbed_report::to_html(&report)),
         other => {
             return Err(ApiError::field(
@@ -377,7 +461,11 @@ pub async fn get_report(State(state): State<AppState>, _c: Caller, Path(id): Pat
 /// Delete a report.
 #[utoipa::path(delete, path = "/api/reports/{id}", tag = "reports", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn delete_report(State(state): State<AppState>, c: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_report(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     c.require(Role::Operator)?;
     let id = parse_uuid("report", &id)?;
     if !state.store.delete(&keys::report(&id)).await? {

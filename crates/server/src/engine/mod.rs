@@ -70,7 +70,11 @@ pub async fn reconcile_all(state: &AppState, lease: Option<LeaseId>) -> Result<(
 
 /// Brings one run forward as far as its state allows. Safe to call at any
 /// time, from any replica, any number of times.
-pub async fn reconcile(state: &AppState, id: Uuid, lease: Option<LeaseId>) -> Result<(), RecordError> {
+pub async fn reconcile(
+    state: &AppState,
+    id: Uuid,
+    lease: Option<LeaseId>,
+) -> Result<(), RecordError> {
     for _ in 0..8 {
         let Some((run, rev)) = records::get::<Run>(&state.store, &keys::run(&id)).await? else {
             state.store.delete(&keys::active_run(&id)).await?;
@@ -109,7 +113,11 @@ fn now() -> chrono::DateTime<chrono::Utc> {
     testbed_core::now()
 }
 
-async fn step_forward(state: &AppState, run: &mut Run, lease: Option<LeaseId>) -> Result<(), RecordError> {
+async fn step_forward(
+    state: &AppState,
+    run: &mut Run,
+    lease: Option<LeaseId>,
+) -> Result<(), RecordError> {
     if run.status == RunStatus::Pending {
         run.status = RunStatus::Running;
         run.started_at = Some(now());
@@ -137,10 +145,11 @@ async fn step_forward(state: &AppState, run: &mut Run, lease: Option<LeaseId>) -
                         run_id: run.id,
                         since: now(),
                     };
-                    let bytes = serde_json::to_vec(&lock).map_err(|source| RecordError::Encode {
-                        key: keys::group_lock(&group),
-                        source,
-                    })?;
+                    let bytes =
+                        serde_json::to_vec(&lock).map_err(|source| RecordError::Encode {
+                            key: keys::group_lock(&group),
+                            source,
+                        })?;
                     // Bound to the controller's lease: if the controller dies,
                     // the reservation does not outlive it.
                     state
@@ -169,9 +178,16 @@ async fn step_forward(state: &AppState, run: &mut Run, lease: Option<LeaseId>) -
         }
     }
 
-    let order: Vec<String> = run.spec.topological().into_iter().map(String::from).collect();
+    let order: Vec<String> = run
+        .spec
+        .topological()
+        .into_iter()
+        .map(String::from)
+        .collect();
     for id in order {
-        let Some(spec) = run.spec.step(&id).cloned() else { continue };
+        let Some(spec) = run.spec.step(&id).cloned() else {
+            continue;
+        };
         let status = run.steps.get(&id).map_or(StepStatus::Pending, |s| s.status);
         match status {
             StepStatus::Pending => {
@@ -191,7 +207,8 @@ async fn step_forward(state: &AppState, run: &mut Run, lease: Option<LeaseId>) -
         }
     }
 
-    if run.steps.len() == run.spec.steps.len() && run.steps.values().all(|s| s.status.is_terminal()) {
+    if run.steps.len() == run.spec.steps.len() && run.steps.values().all(|s| s.status.is_terminal())
+    {
         let any_failed = run
             .steps
             .values()
@@ -221,31 +238,51 @@ fn scope(run: &Run, env: &BTreeMap<String, Value>) -> Value {
     json!({"params": run.params, "env": env, "steps": steps})
 }
 
-async fn load_env(state: &AppState, name: Option<&str>) -> Result<Option<Environment>, RecordError> {
+async fn load_env(
+    state: &AppState,
+    name: Option<&str>,
+) -> Result<Option<Environment>, RecordError> {
     match name {
-        Some(n) => Ok(records::get::<Environment>(&state.store, &keys::environment(n))
-            .await?
-            .map(|(e, _)| e)),
+        Some(n) => Ok(
+            records::get::<Environment>(&state.store, &keys::environment(n))
+                .await?
+                .map(|(e, _)| e),
+        ),
         None => Ok(None),
     }
 }
 
-async fn resolve(state: &AppState, run: &Run, spec: &StepSpec) -> Result<Result<(Resolved, BTreeMap<String, Value>), String>, RecordError> {
-    let env_name = spec.environment.clone().or_else(|| run.environment.clone()).or_else(|| run.spec.environment.clone());
+async fn resolve(
+    state: &AppState,
+    run: &Run,
+    spec: &StepSpec,
+) -> Result<Result<(Resolved, BTreeMap<String, Value>), String>, RecordError> {
+    let env_name = spec
+        .environment
+        .clone()
+        .or_else(|| run.environment.clone())
+        .or_else(|| run.spec.environment.clone());
     let env = load_env(state, env_name.as_deref()).await?;
     if let (Some(n), None) = (&env_name, &env) {
         return Ok(Err(format!("environment `{n}` does not exist")));
     }
-    let vars = env.as_ref().map(|e| e.variables.clone()).unwrap_or_default();
+    let vars = env
+        .as_ref()
+        .map(|e| e.variables.clone())
+        .unwrap_or_default();
     let (target_sel, each) = match &spec.target {
         Some(t) => t.selector(),
         None => (
-            env.as_ref().and_then(|e| e.selector.clone()).unwrap_or_default(),
+            env.as_ref()
+                .and_then(|e| e.selector.clone())
+                .unwrap_or_default(),
             false,
         ),
     };
     let resolved = if let Some(tc_name) = &spec.testcase {
-        let Some((tc, _)) = records::get::<TestCase>(&state.store, &keys::testcase(tc_name)).await? else {
+        let Some((tc, _)) =
+            records::get::<TestCase>(&state.store, &keys::testcase(tc_name)).await?
+        else {
             return Ok(Err(format!("test case `{tc_name}` does not exist")));
         };
         Resolved {
@@ -254,9 +291,16 @@ async fn resolve(state: &AppState, run: &Run, spec: &StepSpec) -> Result<Result<
             params: tc.parameters.clone(),
             selector: target_sel,
             each,
-            timeout: spec.timeout().or_else(|| tc.timeout.as_deref().and_then(|t| humantime::parse_duration(t).ok())),
+            timeout: spec.timeout().or_else(|| {
+                tc.timeout
+                    .as_deref()
+                    .and_then(|t| humantime::parse_duration(t).ok())
+            }),
             retries: spec.retries.max(tc.retries),
-            testcase: Some((tc_name.clone(), env_name.clone().unwrap_or_else(|| "default".into()))),
+            testcase: Some((
+                tc_name.clone(),
+                env_name.clone().unwrap_or_else(|| "default".into()),
+            )),
         }
     } else {
         Resolved {
@@ -288,7 +332,9 @@ async fn start_step(
 ) -> Result<(), RecordError> {
     // Dependencies first.
     for d in &spec.depends_on {
-        let Some(ds) = run.steps.get(d) else { return Ok(()) };
+        let Some(ds) = run.steps.get(d) else {
+            return Ok(());
+        };
         if !ds.status.is_terminal() {
             return Ok(());
         }
@@ -331,7 +377,11 @@ async fn start_step(
         match template::truthy(cond, &sc) {
             Ok(true) => {}
             Ok(false) => {
-                finish_step(&mut st, StepStatus::Skipped, Some(format!("condition `{cond}` is false")));
+                finish_step(
+                    &mut st,
+                    StepStatus::Skipped,
+                    Some(format!("condition `{cond}` is false")),
+                );
                 run.steps.insert(spec.id.clone(), st);
                 return Ok(());
             }
@@ -354,7 +404,11 @@ async fn start_step(
             r.method
         );
         if waited >= limit {
-            finish_step(&mut st, StepStatus::Error, Some(format!("{reason} (gave up after {}s)", limit.as_secs())));
+            finish_step(
+                &mut st,
+                StepStatus::Error,
+                Some(format!("{reason} (gave up after {}s)", limit.as_secs())),
+            );
         } else {
             st.reason = Some(reason);
         }
@@ -379,16 +433,27 @@ async fn start_step(
             }
         };
         // The rendered parameters must still meet the method's schema.
-        if let Some(m) = agent.record.plugin(&r.plugin).and_then(|p| p.method(&r.method)) {
+        if let Some(m) = agent
+            .record
+            .plugin(&r.plugin)
+            .and_then(|p| p.method(&r.method))
+        {
             if let Err(errs) = testbed_core::schema::validate(&m.schema, &params, "params") {
-                let msg = errs.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+                let msg = errs
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 finish_step(&mut st, StepStatus::Error, Some(msg));
                 run.steps.insert(spec.id.clone(), st);
                 return Ok(());
             }
         }
         let tid = task_id(&run.id, &spec.id, i, 1);
-        create_task(state, run, &spec.id, i, 1, agent, &r.plugin, &r.method, params).await?;
+        create_task(
+            state, run, &spec.id, i, 1, agent, &r.plugin, &r.method, params,
+        )
+        .await?;
         st.instances.push(Instance {
             agent_uuid: agent.record.uuid,
             agent_name: agent.record.name.clone(),
@@ -413,7 +478,10 @@ async fn start_step(
     Ok(())
 }
 
-async fn least_loaded<'a>(state: &AppState, candidates: &[&'a AgentView]) -> Result<&'a AgentView, RecordError> {
+async fn least_loaded<'a>(
+    state: &AppState,
+    candidates: &[&'a AgentView],
+) -> Result<&'a AgentView, RecordError> {
     let mut best: Option<(usize, &AgentView)> = None;
     for a in candidates {
         let n = records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
@@ -476,7 +544,9 @@ async fn advance_step(
     agents: &[AgentView],
     excluded: &BTreeSet<Uuid>,
 ) -> Result<(), RecordError> {
-    let Some(mut st) = run.steps.get(&spec.id).cloned() else { return Ok(()) };
+    let Some(mut st) = run.steps.get(&spec.id).cloned() else {
+        return Ok(());
+    };
     let resolved = resolve(state, run, spec).await?;
     let (r, _env) = match resolved {
         Ok(ok) => ok,
@@ -498,7 +568,9 @@ async fn advance_step(
         let mut inst = inst;
         match task.status {
             TaskStatus::Queued | TaskStatus::Running => {
-                if let (Some(limit), Some(started)) = (r.timeout, task.started_at.or(inst.started_at)) {
+                if let (Some(limit), Some(started)) =
+                    (r.timeout, task.started_at.or(inst.started_at))
+                {
                     let ran = (now() - started).to_std().unwrap_or_default();
                     if ran > limit && inst.reason.is_none() {
                         inst.reason = Some(format!("timed out after {}s", limit.as_secs()));
@@ -512,7 +584,10 @@ async fn advance_step(
                 inst.status = StepStatus::Passed;
             }
             status => {
-                let timed_out = inst.reason.as_deref().is_some_and(|r| r.starts_with("timed out"));
+                let timed_out = inst
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("timed out"));
                 let failed = if timed_out {
                     StepStatus::Failed
                 } else {
@@ -525,7 +600,9 @@ async fn advance_step(
                 let reason = if timed_out {
                     inst.reason.clone()
                 } else {
-                    task.error.clone().or_else(|| task.exit_code.map(|c| format!("exit code {c}")))
+                    task.error
+                        .clone()
+                        .or_else(|| task.exit_code.map(|c| format!("exit code {c}")))
                 };
                 if inst.attempt <= r.retries && !run.cancel_requested {
                     // Retry; a task lost with its agent moves to another one.
@@ -533,8 +610,11 @@ async fn advance_step(
                     if status == TaskStatus::Lost {
                         avoid.insert(inst.agent_uuid);
                     }
-                    let candidates = targets::eligible(agents, &r.selector, &r.plugin, &r.method, &avoid);
-                    let same = agents.iter().find(|a| a.record.uuid == inst.agent_uuid && a.alive.is_some());
+                    let candidates =
+                        targets::eligible(agents, &r.selector, &r.plugin, &r.method, &avoid);
+                    let same = agents
+                        .iter()
+                        .find(|a| a.record.uuid == inst.agent_uuid && a.alive.is_some());
                     let agent = if status == TaskStatus::Lost || same.is_none() {
                         candidates.first().copied()
                     } else {
@@ -542,13 +622,28 @@ async fn advance_step(
                     };
                     if let Some(agent) = agent {
                         let attempt = inst.attempt + 1;
-                        create_task(state, run, &spec.id, idx, attempt, agent, &r.plugin, &r.method, task.parameters.clone()).await?;
+                        create_task(
+                            state,
+                            run,
+                            &spec.id,
+                            idx,
+                            attempt,
+                            agent,
+                            &r.plugin,
+                            &r.method,
+                            task.parameters.clone(),
+                        )
+                        .await?;
                         inst.previous.push(tid);
                         inst.task_id = Some(task_id(&run.id, &spec.id, idx, attempt));
                         inst.attempt = attempt;
                         inst.agent_uuid = agent.record.uuid;
                         inst.agent_name = agent.record.name.clone();
-                        inst.reason = Some(format!("retry {} after: {}", attempt - 1, reason.clone().unwrap_or_default()));
+                        inst.reason = Some(format!(
+                            "retry {} after: {}",
+                            attempt - 1,
+                            reason.clone().unwrap_or_default()
+                        ));
                         inst.started_at = Some(now());
                         st.instances[idx] = inst;
                         continue;
@@ -586,11 +681,27 @@ async fn advance_step(
                     template::render_str(tpl, &sc).unwrap_or(Value::Null)
                 })
                 .collect();
-            let v = if r.each { Value::Array(values) } else { values.into_iter().next().unwrap_or(Value::Null) };
+            let v = if r.each {
+                Value::Array(values)
+            } else {
+                values.into_iter().next().unwrap_or(Value::Null)
+            };
             st.outputs.insert(name.clone(), v);
         }
-        let reason = st.instances.iter().find(|i| i.status == worst).and_then(|i| i.reason.clone());
-        finish_step(&mut st, worst, if worst == StepStatus::Passed { None } else { reason });
+        let reason = st
+            .instances
+            .iter()
+            .find(|i| i.status == worst)
+            .and_then(|i| i.reason.clone());
+        finish_step(
+            &mut st,
+            worst,
+            if worst == StepStatus::Passed {
+                None
+            } else {
+                reason
+            },
+        );
         if let Some((tc, env)) = &r.testcase {
             report::record_result(state, run, tc, env, &st).await?;
         }
@@ -615,11 +726,15 @@ async fn finish(state: &AppState, run: &Run) -> Result<(), RecordError> {
     }
     if let Some(group) = &run.spec.reserve {
         if let Some(kv) = state.store.get(&keys::group_lock(group)).await? {
-            let held_by_us = serde_json::from_slice::<GroupLock>(&kv.value).is_ok_and(|l| l.run_id == run.id);
+            let held_by_us =
+                serde_json::from_slice::<GroupLock>(&kv.value).is_ok_and(|l| l.run_id == run.id);
             if held_by_us {
                 state
                     .store
-                    .txn_delete(&keys::group_lock(group), Compare::ModRevision(kv.mod_revision))
+                    .txn_delete(
+                        &keys::group_lock(group),
+                        Compare::ModRevision(kv.mod_revision),
+                    )
                     .await?;
             }
         }
@@ -749,39 +864,69 @@ pub async fn cancel_run(state: &AppState, id: Uuid) -> Result<Option<Run>, Recor
 }
 
 /// Checks that what a plan calls exists on some registered agent.
-pub fn check_against_agents(spec: &PlanSpec, agents: &[AgentView]) -> Vec<testbed_core::plan::Problem> {
+pub fn check_against_agents(
+    spec: &PlanSpec,
+    agents: &[AgentView],
+) -> Vec<testbed_core::plan::Problem> {
     let mut out = Vec::new();
     for (i, s) in spec.steps.iter().enumerate() {
-        let (Some(plugin), Some(method)) = (&s.plugin, &s.method) else { continue };
-        let carrying: Vec<&AgentView> = agents.iter().filter(|a| a.record.plugin(plugin).is_some()).collect();
+        let (Some(plugin), Some(method)) = (&s.plugin, &s.method) else {
+            continue;
+        };
+        let carrying: Vec<&AgentView> = agents
+            .iter()
+            .filter(|a| a.record.plugin(plugin).is_some())
+            .collect();
         if carrying.is_empty() {
-            let known: BTreeSet<String> = agents.iter().flat_map(|a| a.record.plugins.iter().map(|p| p.name.clone())).collect();
+            let known: BTreeSet<String> = agents
+                .iter()
+                .flat_map(|a| a.record.plugins.iter().map(|p| p.name.clone()))
+                .collect();
             out.push(testbed_core::plan::Problem::at(
                 format!("steps[{i}].plugin"),
-                format!("unknown plugin `{plugin}` (agents carry: {})", known.into_iter().collect::<Vec<_>>().join(", ")),
+                format!(
+                    "unknown plugin `{plugin}` (agents carry: {})",
+                    known.into_iter().collect::<Vec<_>>().join(", ")
+                ),
             ));
             continue;
         }
-        let method_spec = carrying.iter().find_map(|a| a.record.plugin(plugin).and_then(|p| p.method(method)));
+        let method_spec = carrying
+            .iter()
+            .find_map(|a| a.record.plugin(plugin).and_then(|p| p.method(method)));
         match method_spec {
             None => {
                 let known: BTreeSet<String> = carrying
                     .iter()
-                    .flat_map(|a| a.record.plugin(plugin).map(|p| p.methods.iter().map(|m| m.name.clone()).collect::<Vec<_>>()).unwrap_or_default())
+                    .flat_map(|a| {
+                        a.record
+                            .plugin(plugin)
+                            .map(|p| p.methods.iter().map(|m| m.name.clone()).collect::<Vec<_>>())
+                            .unwrap_or_default()
+                    })
                     .collect();
                 out.push(testbed_core::plan::Problem::at(
                     format!("steps[{i}].method"),
-                    format!("plugin `{plugin}` has no method `{method}` (it has: {})", known.into_iter().collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "plugin `{plugin}` has no method `{method}` (it has: {})",
+                        known.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
                 ));
             }
             Some(m) => {
                 // Parameters without templates can be checked now.
-                let templated = template::references_in(&s.params).map(|r| !r.is_empty()).unwrap_or(true);
+                let templated = template::references_in(&s.params)
+                    .map(|r| !r.is_empty())
+                    .unwrap_or(true);
                 if !templated {
                     if let Err(errs) = testbed_core::schema::validate(&m.schema, &s.params, "") {
                         for e in errs {
                             let field = e.field.trim_start_matches('/').replace('/', ".");
-                            let path = if field.is_empty() { format!("steps[{i}].params") } else { format!("steps[{i}].params.{field}") };
+                            let path = if field.is_empty() {
+                                format!("steps[{i}].params")
+                            } else {
+                                format!("steps[{i}].params.{field}")
+                            };
                             out.push(testbed_core::plan::Problem::at(path, e.message));
                         }
                     }
@@ -802,7 +947,9 @@ mod tests {
         assert_eq!(task_id(&run, "a", 0, 1), task_id(&run, "a", 0, 1));
         assert_ne!(task_id(&run, "a", 0, 1), task_id(&run, "a", 0, 2));
         assert_ne!(task_id(&run, "a", 0, 1), task_id(&run, "a", 1, 1));
-        assert_ne!(task_id(&run, "a", 0, 1), task_id(&Uuid::new_v4(), "a", 0, 1));
+        assert_ne!(
+            task_id(&run, "a", 0, 1),
+            task_id(&Uuid::new_v4(), "a", 0, 1)
+        );
     }
-
 }

@@ -40,9 +40,13 @@ fn tail(s: &str, n: usize) -> String {
 pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
     let mut cases = Vec::new();
     for id in run.spec.topological() {
-        let Some(st) = run.steps.get(id) else { continue };
+        let Some(st) = run.steps.get(id) else {
+            continue;
+        };
         let spec = run.spec.step(id);
-        let title = spec.and_then(|s| s.name.clone()).unwrap_or_else(|| id.to_string());
+        let title = spec
+            .and_then(|s| s.name.clone())
+            .unwrap_or_else(|| id.to_string());
         if st.instances.is_empty() {
             cases.push(Case {
                 name: title.clone(),
@@ -73,7 +77,9 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
                     }
                 }
                 log_url = Some(format!("/api/tasks/{tid}/log"));
-                if let Some((task, _)) = records::get::<Task>(&state.store, &keys::task(&tid)).await? {
+                if let Some((task, _)) =
+                    records::get::<Task>(&state.store, &keys::task(&tid)).await?
+                {
                     artifacts = task
                         .artifacts
                         .iter()
@@ -93,7 +99,11 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
                 properties.insert("exit_code".into(), c.to_string());
             }
             cases.push(Case {
-                name: if fanned { format!("{title} [{}]", inst.agent_name) } else { title.clone() },
+                name: if fanned {
+                    format!("{title} [{}]", inst.agent_name)
+                } else {
+                    title.clone()
+                },
                 outcome: outcome(inst.status),
                 duration_ms,
                 message: inst.reason.clone(),
@@ -116,10 +126,13 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
         properties.insert("environment".into(), e.clone());
     }
     for (k, v) in &run.params {
-        properties.insert(format!("param.{k}"), match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
+        properties.insert(
+            format!("param.{k}"),
+            match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+        );
     }
     Ok(Report {
         kind: testbed_report::REPORT_KIND.to_string(),
@@ -143,7 +156,11 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
 }
 
 /// Stores a report: its canonical JSON as a blob, its summary in the store.
-pub async fn save(state: &AppState, mut report: Report, run_id: Option<Uuid>) -> Result<Uuid, RecordError> {
+pub async fn save(
+    state: &AppState,
+    mut report: Report,
+    run_id: Option<Uuid>,
+) -> Result<Uuid, RecordError> {
     let id = Uuid::new_v4();
     report.id = id.to_string();
     let body = testbed_report::to_json(&report);
@@ -151,7 +168,11 @@ pub async fn save(state: &AppState, mut report: Report, run_id: Option<Uuid>) ->
         .blobs
         .put(&keys::report_blob(&id), Bytes::from(body.into_bytes()))
         .await
-        .map_err(|e| RecordError::Store(testbed_store::StoreError::Unavailable(format!("blob store: {e}"))))?;
+        .map_err(|e| {
+            RecordError::Store(testbed_store::StoreError::Unavailable(format!(
+                "blob store: {e}"
+            )))
+        })?;
     let s = report.summary();
     let record = ReportRecord {
         id,
@@ -205,9 +226,17 @@ pub async fn record_result(
             _ => None,
         }),
         message: st.reason.clone(),
-        log_url: inst.and_then(|i| i.task_id).map(|t| format!("/api/tasks/{t}/log")),
+        log_url: inst
+            .and_then(|i| i.task_id)
+            .map(|t| format!("/api/tasks/{t}/log")),
         finished_at: testbed_core::now(),
     };
-    records::put(&state.store, &keys::result(testcase, environment), &record, None).await?;
+    records::put(
+        &state.store,
+        &keys::result(testcase, environment),
+        &record,
+        None,
+    )
+    .await?;
     Ok(())
 }

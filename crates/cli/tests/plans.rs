@@ -1,0 +1,691 @@
+//! Plans end to end: the DAG engine, templates, fan-out, retries, groups
+//! and reservations, cancellation, failover, results and reports.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const DAG: &str = r#"
+name: dag
+parameters:
+  who: {type: string, default: world}
+steps:
+  - id: hello
+    plugin: linux_system
+    method: run_shell
+    params: {command: echo, args: "hello {{ params.who }}"}
+    outputs:
+      said: "{{ result.stdout_tail }}"
+      code: "{{ result.exit_code }}"
+  - id: again
+    plugin: linux_system
+    method: run_shell
+    depends_on: [hello]
+    params: {command: echo, args: "prev={{ steps.hello.outputs.said }}code={{ steps.hello.outputs.code }}"}
+  - id: never
+    plugin: linux_system
+    method: run_shell
+    depends_on: [hello]
+    when: "{{ params.who }} == nobody"
+    params: {command: "false"}
+  - id: tolerated
+    plugin: linux_system
+    method: run_shell
+    continue_on_failure: true
+    params: {command: sh, args: "-c 'echo tolerated failure; exit 4'"}
+  - id: after-tolerated
+    plugin: linux_system
+    method: run_shell
+    depends_on: [tolerated]
+    params: {command: "true"}
+  - id: fatal
+    plugin: linux_system
+    method: run_shell
+    params: {command: sh, args: "-c 'echo boom >&2; exit 7'"}
+  - id: after-fatal
+    plugin: linux_system
+    method: run_shell
+    depends_on: [fatal]
+    params: {command: "true"}
+"#;
+
+fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    &run["steps"][id]
+}
+
+#[tokio::test]
+async fn dag_with_outputs_conditions_and_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 2, &[]).await;
+    let id = p.start_run(DAG, json!({"who": "Ann"})).await;
+    let run = p.wait_run(&id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(step(&run, "hello")["status"], "passed");
+    assert_eq!(step(&run, "hello")["outputs"]["said"], "hello Ann\n");
+    assert_eq!(step(&run, "again")["status"], "passed");
+    let again_task = step(&run, "again")["instances"][0]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // `args` is split with shell-word rules, so the newline separates words.
+    assert_eq!(p.log(&again_task).await, "prev=hello Ann code=0\n");
+    assert_eq!(step(&run, "never")["status"], "skipped");
+    assert!(step(&run, "never")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("is false"));
+    assert_eq!(step(&run, "tolerated")["status"], "failed");
+    assert_eq!(
+        step(&run, "after-tolerated")["status"],
+        "passed",
+        "continue_on_failure lets dependents run"
+    );
+    assert_eq!(step(&run, "fatal")["status"], "failed");
+    assert_eq!(step(&run, "after-fatal")["status"], "skipped");
+    assert!(step(&run, "after-fatal")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("dependency `fatal`"));
+
+    // The report, in every format, from the API.
+    let report = run["report_id"].as_str().unwrap();
+    let (s, body) = p.get(&format!("/api/reports/{report}")).await;
+    assert_eq!(s, 200);
+    let cases = body["suites"][0]["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 7);
+    let fatal = cases.iter().find(|c| c["name"] == "fatal").unwrap();
+    assert_eq!(fatal["outcome"], "fail");
+    assert!(fatal["output"].as_str().unwrap().contains("boom"));
+    assert!(fatal["log_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("/api/tasks/"));
+    let (_, junit) = p
+        .get_text(&format!("/api/reports/{report}?format=junit"))
+        .await;
+    assert!(junit.contains("<failure"), "{junit}");
+    let xml = dir.path().join("r.xml");
+    std::fs::write(&xml, &junit).unwrap();
+    let xsd =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../report/tests/fixtures/junit.xsd");
+    let st = std::process::Command::new("xmllint")
+        .args(["--noout", "--schema"])
+        .arg(&xsd)
+        .arg(&xml)
+        .status()
+        .expect("xmllint (libxml2-utils) — run scripts/test, which installs it");
+    assert!(st.success(), "JUnit report does not validate:\n{junit}");
+    let (_, tap) = p
+        .get_text(&format!("/api/reports/{report}?format=tap"))
+        .await;
+    assert!(tap.contains("not ok") && tap.contains("# SKIP"), "{tap}");
+    let (_, html) = p
+        .get_text(&format!("/api/reports/{report}?format=html"))
+        .await;
+    assert!(html.contains("<svg") && html.contains("fatal"));
+    let (_, summary) = p
+        .get_text(&format!("/api/reports/{report}?format=summary"))
+        .await;
+    assert!(summary.contains("Result: FAIL"), "{summary}");
+    let (s, _) = p.get(&format!("/api/reports/{report}?format=pdf")).await;
+    assert_eq!(s, 422);
+    let (s, list) = p.get("/api/reports?page_size=5").await;
+    assert_eq!(s, 200);
+    assert_eq!(list["total"], 1);
+}
+
+#[tokio::test]
+async fn bad_plans_are_refused_with_every_problem_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &[]).await;
+    let bad = "name: bad\nsteps:\n  - id: a\n    plugin: linux_system\n    method: run_shell\n    depends_on: [c]\n    params: {command: ls}\n  - id: b\n    plugin: nosuch\n    method: x\n    depends_on: [ghost]\n  - id: c\n    plugin: linux_system\n    method: run_shel\n    depends_on: [a]\n  - id: d\n    plugin: linux_system\n    method: run_shell\n    params: {command: 5}\n";
+    // Static problems first: cycle and unknown step, with line:column.
+    let (s, b) = p.post("/api/runs", json!({"plan": bad})).await;
+    assert_eq!(s, 422, "{b}");
+    let fields: Vec<String> = b["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| format!("{} {}", d["field"], d["message"]))
+        .collect();
+    assert!(
+        fields
+            .iter()
+            .any(|f| f.contains("depends_on[0] (line 11, column 18)") && f.contains("ghost")),
+        "{fields:#?}"
+    );
+    assert!(
+        fields.iter().any(|f| f.contains("dependency cycle")),
+        "{fields:#?}"
+    );
+
+    // Once the DAG is sound, plugins, methods and parameters are checked.
+    let bad2 = "name: bad2\nsteps:\n  - id: b\n    plugin: nosuch\n    method: x\n  - id: c\n    plugin: linux_system\n    method: run_shel\n  - id: d\n    plugin: linux_system\n    method: run_shell\n    params: {command: 5}\n  - id: e\n    plugin: linux_system\n    method: run_shell\n    params: {command: echo, args: \"{{ params.missing }}\"}\n";
+    let (s, b) = p.post("/api/runs", json!({"plan": bad2})).await;
+    assert_eq!(s, 422, "{b}");
+    let text = b["error"].as_str().unwrap();
+    assert!(text.contains("params.missing"), "{text}");
+    let bad3 = "name: bad3\nsteps:\n  - id: b\n    plugin: nosuch\n    method: x\n  - id: c\n    plugin: linux_system\n    method: run_shel\n  - id: d\n    plugin: linux_system\n    method: run_shell\n    params: {command: 5}\n";
+    let (s, b) = p.post("/api/runs", json!({"plan": bad3})).await;
+    assert_eq!(s, 422, "{b}");
+    let fields: Vec<String> = b["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| format!("{} {}", d["field"], d["message"]))
+        .collect();
+    assert!(
+        fields
+            .iter()
+            .any(|f| f.contains("steps[0].plugin (line 4") && f.contains("linux_system")),
+        "{fields:#?}"
+    );
+    assert!(
+        fields
+            .iter()
+            .any(|f| f.contains("steps[1].method (line 8") && f.contains("run_shell")),
+        "{fields:#?}"
+    );
+    assert!(
+        fields.iter().any(|f| f.contains("steps[2].params.command")),
+        "{fields:#?}"
+    );
+
+    // Stored plans are checked the same way, and nothing is created.
+    let r = p
+        .http
+        .post(format!("{}/api/plans", p.url))
+        .bearer_auth(&p.token)
+        .header("content-type", "application/yaml")
+        .body(bad3)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let (_, plans) = p.get("/api/plans").await;
+    assert_eq!(plans["total"], 0);
+    let (_, runs) = p.get("/api/runs").await;
+    assert_eq!(runs["total"], 0);
+    // Wrong parameter types and unknown parameters.
+    let ok = "name: ok\nparameters:\n  n: {type: integer}\nsteps:\n  - id: a\n    plugin: linux_system\n    method: run_shell\n    params: {command: echo, args: \"{{ params.n }}\"}\n";
+    let (s, b) = p
+        .post(
+            "/api/runs",
+            json!({"plan": ok, "params": {"n": "x", "zz": 1}}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["details"].as_array().unwrap().len(), 2, "{b}");
+    let (s, _) = p.post("/api/runs", json!({"plan": ok})).await;
+    assert_eq!(s, 422, "a required parameter is missing");
+}
+
+#[tokio::test]
+async fn stored_plan_crud_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &[]).await;
+    let smoke = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plans/smoke.yaml"),
+    )
+    .unwrap();
+    let r = p
+        .http
+        .post(format!("{}/api/plans", p.url))
+        .bearer_auth(&p.token)
+        .header("content-type", "application/yaml")
+        .body(smoke.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let plan: Value = r.json().await.unwrap();
+    let plan_id = plan["id"].as_str().unwrap();
+    let (_, list) = p.get("/api/plans?q=smo").await;
+    assert_eq!(list["total"], 1);
+    let (s, run) = p
+        .post(
+            "/api/runs",
+            json!({"plan_id": plan_id, "params": {"who": "crud"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{run}");
+    let run = p
+        .wait_run(run["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(run["status"], "passed", "{run}");
+    let (_, runs) = p
+        .get(&format!("/api/runs?plan_id={plan_id}&status=passed"))
+        .await;
+    assert_eq!(runs["total"], 1);
+    let r = p
+        .http
+        .put(format!("{}/api/plans/{plan_id}", p.url))
+        .bearer_auth(&p.token)
+        .header("content-type", "application/yaml")
+        .body(smoke.replace("name: smoke", "name: smoke2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, got) = p.get(&format!("/api/plans/{plan_id}")).await;
+    assert_eq!(got["name"], "smoke2");
+    let r = p
+        .http
+        .delete(format!("{}/api/plans/{plan_id}", p.url))
+        .bearer_auth(&p.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (s, _) = p.get(&format!("/api/plans/{plan_id}")).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn testcases_environments_and_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &[]).await;
+    let (s, b) = p
+        .post("/api/environments", json!({"name": "staging", "variables": {"GREETING": "hi from staging"}, "selector": {"agent": "local-1"}}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = p
+        .post(
+            "/api/testcases",
+            json!({"name": "greet", "steps": ["say the greeting"], "expected_result": "the greeting is printed",
+                   "plugin": "linux_system", "method": "run_shell",
+                   "parameters": {"command": "echo", "args": "{{ env.GREETING }}"}, "tags": ["smoke"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, _) = p
+        .post(
+            "/api/testcases",
+            json!({"name": "greet", "plugin": "x", "method": "y"}),
+        )
+        .await;
+    assert_eq!(s, 409);
+    let (s, b) = p
+        .post(
+            "/api/testcases",
+            json!({"name": "bad name!", "plugin": "x", "method": "y"}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    let (_, l) = p.get("/api/testcases?tag=smoke").await;
+    assert_eq!(l["total"], 1);
+
+    let plan = "name: cases\nenvironment: staging\nsteps:\n  - id: greet\n    testcase: greet\n";
+    let id = p.start_run(plan, json!({})).await;
+    let run = p.wait_run(&id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "passed", "{run}");
+    let task = step(&run, "greet")["instances"][0]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(p.log(&task).await, "hi from staging\n");
+    let (s, r) = p.get("/api/results/greet/staging").await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["status"], "pass");
+    assert_eq!(r["run_id"], id.as_str());
+    let (_, rs) = p.get("/api/results?environment=staging").await;
+    assert_eq!(rs["total"], 1);
+
+    // A plan naming a missing test case or environment is refused.
+    let (s, _) = p
+        .post(
+            "/api/runs",
+            json!({"plan": "name: x\nsteps:\n  - id: a\n    testcase: nope\n"}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    let (s, _) = p
+        .post("/api/runs", json!({"plan": plan, "environment": "nowhere"}))
+        .await;
+    assert_eq!(s, 422);
+}
+
+#[tokio::test]
+async fn fan_out_retries_and_pending_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let store = format!("redb:{}", dir.path().join("s.redb").display());
+    let p = Platform::server(&store, &dir.path().join("blobs"), &listen, &[]).await;
+    let _a = agent(
+        &p.url,
+        "x86-a",
+        &dir.path().join("a"),
+        &["--labels", "arch=x86_64"],
+    );
+    let _b = agent(
+        &p.url,
+        "x86-b",
+        &dir.path().join("b"),
+        &["--labels", "arch=x86_64"],
+    );
+    let _c = agent(
+        &p.url,
+        "arm-c",
+        &dir.path().join("c"),
+        &["--labels", "arch=arm64"],
+    );
+    p.wait_agents(3).await;
+    let flag = dir.path().join("flag");
+    let plan = format!(
+        "name: matrix\npending_timeout: 2s\nsteps:\n  - id: each\n    plugin: linux_system\n    method: run_shell\n    target: {{each: {{labels: {{arch: x86_64}}}}}}\n    params: {{command: echo, args: \"on {{{{ agent.name }}}}\"}}\n  - id: flaky\n    plugin: linux_system\n    method: run_shell\n    retries: 2\n    params: {{command: sh, args: \"-c 'test -f {f} || {{ touch {f}; exit 1; }}'\"}}\n  - id: nowhere\n    plugin: linux_system\n    method: run_shell\n    target: {{labels: {{arch: sparc}}}}\n    params: {{command: \"true\"}}\n",
+        f = flag.display()
+    );
+    let id = p.start_run(&plan, json!({})).await;
+    // Visible reason while no agent matches.
+    p.wait_run_until(&id, Duration::from_secs(10), |r| {
+        r["steps"]["nowhere"]["reason"].as_str().is_some_and(|s| {
+            s.starts_with("pending: no agent matches labels arch=sparc") || s.contains("gave up")
+        })
+    })
+    .await;
+    let run = p.wait_run(&id, Duration::from_secs(30)).await;
+    let each = step(&run, "each")["instances"].as_array().unwrap();
+    let mut agents: Vec<&str> = each
+        .iter()
+        .map(|i| i["agent_name"].as_str().unwrap())
+        .collect();
+    agents.sort();
+    assert_eq!(agents, ["x86-a", "x86-b"]);
+    for i in each {
+        let t = i["task_id"].as_str().unwrap();
+        assert_eq!(
+            p.log(t).await,
+            format!("on {}\n", i["agent_name"].as_str().unwrap())
+        );
+    }
+    let flaky = step(&run, "flaky");
+    assert_eq!(flaky["status"], "passed", "{run}");
+    assert_eq!(flaky["instances"][0]["attempt"], 2);
+    assert_eq!(
+        flaky["instances"][0]["previous"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(step(&run, "nowhere")["status"], "error");
+    assert!(step(&run, "nowhere")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("gave up"));
+    assert_eq!(run["status"], "failed");
+}
+
+#[tokio::test]
+async fn lost_task_is_retried_on_another_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let store = format!("redb:{}", dir.path().join("s.redb").display());
+    let p = Platform::server(
+        &store,
+        &dir.path().join("blobs"),
+        &listen,
+        &["--lease-ttl", "2"],
+    )
+    .await;
+    let mut a = agent(&p.url, "ga", &dir.path().join("a"), &["--groups", "pool"]);
+    let mut b = agent(&p.url, "gb", &dir.path().join("b"), &["--groups", "pool"]);
+    p.wait_agents(2).await;
+    let (s, _) = p
+        .post(
+            "/api/groups",
+            json!({"name": "pool", "description": "two agents"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, g) = p.get("/api/groups/pool").await;
+    assert_eq!(g["agents"].as_array().unwrap().len(), 2, "{g}");
+    let plan = "name: survive\nsteps:\n  - id: work\n    plugin: linux_system\n    method: run_shell\n    target: {group: pool}\n    retries: 1\n    params: {command: sh, args: \"-c 'sleep 3; echo finished'\"}\n";
+    let id = p.start_run(plan, json!({})).await;
+    let run = p
+        .wait_run_until(&id, Duration::from_secs(10), |r| {
+            r["steps"]["work"]["instances"][0]["agent_name"].is_string()
+        })
+        .await;
+    let first = run["steps"]["work"]["instances"][0]["agent_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let task = run["steps"]["work"]["instances"][0]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.wait_status(&task, "running", Duration::from_secs(10))
+        .await;
+    if first == "ga" {
+        a.kill9()
+    } else {
+        b.kill9()
+    }
+    let run = p.wait_run(&id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "passed", "{run}");
+    let inst = &run["steps"]["work"]["instances"][0];
+    assert_ne!(
+        inst["agent_name"].as_str().unwrap(),
+        first,
+        "retried elsewhere"
+    );
+    assert_eq!(inst["attempt"], 2);
+    assert_eq!(p.task(&task).await["status"], "lost");
+}
+
+#[tokio::test]
+async fn reserved_group_takes_no_other_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &[]).await;
+    let (s, _) = p.post("/api/groups", json!({"name": "lab"})).await;
+    assert_eq!(s, 201);
+    let r = p
+        .http
+        .put(format!("{}/api/groups/lab/agents/local-1", p.url))
+        .bearer_auth(&p.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let owner = "name: owner\nreserve: lab\nsteps:\n  - id: hold\n    plugin: linux_system\n    method: run_shell\n    target: {group: lab}\n    params: {command: sleep, args: \"2\"}\n";
+    let other = "name: other\nsteps:\n  - id: want\n    plugin: linux_system\n    method: run_shell\n    target: {group: lab}\n    params: {command: echo, args: later}\n";
+    let first = p.start_run(owner, json!({})).await;
+    p.wait_run_until(&first, Duration::from_secs(10), |r| {
+        r["steps"]["hold"]["status"] == "running"
+    })
+    .await;
+    let (_, g) = p.get("/api/groups/lab").await;
+    assert_eq!(g["reserved_by"], first.as_str());
+    let second = p.start_run(other, json!({})).await;
+    let waiting = p
+        .wait_run_until(&second, Duration::from_secs(10), |r| {
+            r["steps"]["want"]["reason"].as_str().is_some()
+        })
+        .await;
+    assert_eq!(waiting["steps"]["want"]["status"], "pending");
+    assert!(
+        waiting["steps"]["want"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no agent matches group=lab"),
+        "{waiting}"
+    );
+    // Nor does a one-off task land there.
+    let (s, b) = p
+        .post("/v2.1/testcases", json!({"plugin": "linux_system", "host": "local-1", "method": "run_shell", "parameters": {"command": "true"}}))
+        .await;
+    assert!(s == 422 || s == 409, "{s} {b}");
+    // Once the owner ends, the other run proceeds.
+    let done = p.wait_run(&first, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "passed");
+    let (_, g) = p.get("/api/groups/lab").await;
+    assert!(g["reserved_by"].is_null(), "{g}");
+    let later = p.wait_run(&second, Duration::from_secs(20)).await;
+    assert_eq!(later["status"], "passed", "{later}");
+}
+
+#[tokio::test]
+async fn cancelling_a_run_stops_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &[]).await;
+    let plan = "name: long\nsteps:\n  - id: slow\n    plugin: linux_system\n    method: run_shell\n    params: {command: sleep, args: \"60\"}\n  - id: next\n    plugin: linux_system\n    method: run_shell\n    depends_on: [slow]\n    params: {command: \"true\"}\n";
+    let id = p.start_run(plan, json!({})).await;
+    let run = p
+        .wait_run_until(&id, Duration::from_secs(10), |r| {
+            r["steps"]["slow"]["status"] == "running"
+        })
+        .await;
+    let task = run["steps"]["slow"]["instances"][0]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.wait_status(&task, "running", Duration::from_secs(10))
+        .await;
+    let started = Instant::now();
+    let (s, _) = p.post(&format!("/api/runs/{id}/cancel"), json!({})).await;
+    assert_eq!(s, 202);
+    let run = p.wait_run(&id, Duration::from_secs(15)).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(p.task(&task).await["status"], "cancelled");
+    assert_eq!(step(&run, "next")["status"], "cancelled");
+    let (s, _) = p.post(&format!("/api/runs/{id}/cancel"), json!({})).await;
+    assert_eq!(s, 409);
+}
+
+#[tokio::test]
+async fn run_survives_a_killed_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let store = format!("redb:{}", dir.path().join("s.redb").display());
+    let blobs = dir.path().join("blobs");
+    let mut p = Platform::server(&store, &blobs, &listen, &[]).await;
+    let _a = agent(&p.url, "steady", &dir.path().join("a"), &[]);
+    p.wait_agents(1).await;
+    let out = dir.path().join("out.txt");
+    let plan = format!(
+        "name: durable\nsteps:\n  - id: first\n    plugin: linux_system\n    method: run_shell\n    params: {{command: sh, args: \"-c 'sleep 2; echo first >> {o}'\"}}\n  - id: second\n    plugin: linux_system\n    method: run_shell\n    depends_on: [first]\n    params: {{command: sh, args: \"-c 'echo second >> {o}'\"}}\n",
+        o = out.display()
+    );
+    let id = p.start_run(&plan, json!({})).await;
+    p.wait_run_until(&id, Duration::from_secs(10), |r| {
+        r["steps"]["first"]["status"] == "running"
+    })
+    .await;
+    p.proc.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p2 = Platform::server(&store, &blobs, &listen, &[]).await;
+    drop(std::mem::replace(&mut p, p2));
+    let run = p.wait_run(&id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "passed", "{run}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "first\nsecond\n",
+        "each step ran exactly once"
+    );
+}
+
+#[tokio::test]
+async fn cli_run_embedded_and_against_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, "name: cli\nparameters:\n  code: {type: integer, default: 0}\nsteps:\n  - id: one\n    plugin: linux_system\n    method: run_shell\n    params: {command: sh, args: \"-c 'echo from-cli; exit {{ params.code }}'\"}\n").unwrap();
+    let junit = dir.path().join("junit.xml");
+    let json_out = dir.path().join("report.json");
+    // No TESTBED_SERVER: an embedded platform runs it.
+    let o = std::process::Command::new(bin())
+        .arg("run")
+        .arg(&plan)
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--json")
+        .arg(&json_out)
+        .env_remove("TESTBED_SERVER")
+        .env("TESTBED_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Result: PASS"));
+    assert!(std::fs::read_to_string(&junit)
+        .unwrap()
+        .contains("<testcase"));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
+    assert_eq!(r["suites"][0]["cases"][0]["outcome"], "pass");
+    // A failing test → exit 1, and the failing step's log is shown.
+    let o = std::process::Command::new(bin())
+        .arg("run")
+        .arg(&plan)
+        .args(["-p", "code=3"])
+        .env_remove("TESTBED_SERVER")
+        .env("TESTBED_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("from-cli") && err.contains("one failed"),
+        "{err}"
+    );
+    // A bad plan → exit 2 with file:line:column.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: x\nsteps:\n  - id: a\n    plugin: p\n    method: m\n    depends_on: [zz]\n",
+    )
+    .unwrap();
+    let o = std::process::Command::new(bin())
+        .arg("run")
+        .arg(&bad)
+        .env_remove("TESTBED_SERVER")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.yaml:6:18: steps[0].depends_on[0]"),
+        "{err}"
+    );
+
+    // With TESTBED_SERVER the same plan goes to that server.
+    let p = Platform::up(&dir.path().join("data"), 1, &[]).await;
+    let o = std::process::Command::new(bin())
+        .arg("run")
+        .arg(&plan)
+        .env("TESTBED_SERVER", &p.url)
+        .env("TESTBED_TOKEN", &p.token)
+        .env("TESTBED_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_, runs) = p.get("/api/runs").await;
+    assert_eq!(runs["total"], 1);
+    // `testbed runs ls` and `report show` against it.
+    let o = std::process::Command::new(bin())
+        .args(["runs", "ls"])
+        .env("TESTBED_SERVER", &p.url)
+        .env("TESTBED_TOKEN", &p.token)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cli"));
+    let report = runs["results"][0]["report_id"].as_str().unwrap();
+    let o = std::process::Command::new(bin())
+        .args(["report", "show", report, "--format", "tap"])
+        .env("TESTBED_SERVER", &p.url)
+        .env("TESTBED_TOKEN", &p.token)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ok 1 - one"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // Offline conversion of a report file.
+    let o = std::process::Command::new(bin())
+        .args(["report", "convert"])
+        .arg(&json_out)
+        .args(["--to", "summary"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Result: PASS"));
+}
