@@ -40,6 +40,8 @@ enum Command {
     /// Inspect, follow and cancel tasks.
     #[command(subcommand)]
     Tasks(cmd::client::TasksCmd),
+    /// Generate HTTP load against a URL and report latency percentiles (like wrk/oha).
+    Load(cmd::load::LoadArgs),
     /// Run a test plan and follow it live (exit 0 passed, 1 failed, 2 error).
     Run(cmd::run::RunArgs),
     /// List, inspect, follow and cancel plan runs.
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
             Command::Agents(a) => cmd::client::agents(a).await,
             Command::Exec(a) => cmd::client::exec(a).await,
             Command::Tasks(a) => cmd::client::tasks(a).await,
+            Command::Load(a) => cmd::load::run(a).await,
             Command::Run(a) => cmd::run::run(a).await,
             Command::Runs(a) => cmd::runs::runs(a).await,
             Command::Report(a) => cmd::report::report(a).await,

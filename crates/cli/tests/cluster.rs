@@ -90,3 +90,42 @@ async fn one_etcd_member_down_does_not_stop_the_platform() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     p.wait_agents(1).await;
 }
+
+#[tokio::test]
+async fn controller_fails_over_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(1, dir.path());
+    let blobs = dir.path().join("blobs");
+    let ttl = ["--lease-ttl", "3"];
+    let mut a = Platform::server(&etcd.spec(), &blobs, &format!("127.0.0.1:{}", free_port()), &ttl).await;
+    // A leads; B stands by and holds the agent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, h) = a.get("/healthz").await;
+        if h["controller_leader"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "A never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = Platform::server(&etcd.spec(), &blobs, &format!("127.0.0.1:{}", free_port()), &ttl).await;
+    let (_, hb) = b.get("/healthz").await;
+    assert_eq!(hb["controller_leader"], false);
+    let _agent = agent(&b.url, "worker", &dir.path().join("agent"), &[]);
+    b.wait_agents(1).await;
+
+    let out = dir.path().join("out.txt");
+    let plan = format!(
+        "name: failover\nsteps:\n  - id: first\n    plugin: linux_system\n    method: run_shell\n    params: {{command: sh, args: \"-c 'sleep 3; echo first >> {o}'\"}}\n  - id: second\n    plugin: linux_system\n    method: run_shell\n    depends_on: [first]\n    params: {{command: sh, args: \"-c 'echo second >> {o}'\"}}\n",
+        o = out.display()
+    );
+    let id = b.start_run(&plan, json!({})).await;
+    b.wait_run_until(&id, Duration::from_secs(10), |r| r["steps"]["first"]["status"] == "running").await;
+    a.proc.kill9();
+    // B takes over within the lease TTL and finishes the run.
+    let run = b.wait_run(&id, Duration::from_secs(40)).await;
+    assert_eq!(run["status"], "passed", "{run}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "first\nsecond\n");
+    let (_, hb) = b.get("/healthz").await;
+    assert_eq!(hb["controller_leader"], true);
+}

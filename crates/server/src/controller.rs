@@ -138,11 +138,14 @@ pub async fn run_controller(state: AppState) {
 
 /// Runs the reconcile sweep until leadership is lost or shutdown.
 async fn lead(state: &AppState, lease: testbed_store::LeaseId) {
+    use std::sync::atomic::Ordering;
+    state.leading.store(true, Ordering::Relaxed);
     let stop = tokio_util::sync::CancellationToken::new();
     let engine = tokio::spawn(crate::engine::drive(state.clone(), lease, stop.clone()));
     lead_loops(state, lease).await;
     stop.cancel();
     let _ = engine.await;
+    state.leading.store(false, Ordering::Relaxed);
 }
 
 async fn lead_loops(state: &AppState, lease: testbed_store::LeaseId) {

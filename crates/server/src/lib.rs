@@ -114,6 +114,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         settings: config.settings,
         replica: config.replica,
         shutdown: shutdown.clone(),
+        leading: Default::default(),
     }));
 
     // Small, latency-bound messages (agent protocol, API calls) must not

@@ -41,6 +41,8 @@ pub struct Inner {
     /// This replica's name, recorded with the agents it holds.
     pub replica: String,
     pub shutdown: CancellationToken,
+    /// This replica currently leads the controller.
+    pub leading: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]

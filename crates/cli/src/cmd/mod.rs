@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod client;
+pub mod load;
 pub mod report;
 pub mod run;
 pub mod runs;

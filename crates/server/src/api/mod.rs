@@ -56,6 +56,8 @@ pub struct Health {
     pub replica: String,
     /// Agents connected to this replica.
     pub agents_connected: usize,
+    /// This replica runs the controller (plan engine, lost-task sweeps).
+    pub controller_leader: bool,
 }
 
 /// Liveness and store reachability (no auth).
@@ -73,6 +75,7 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError
         revision,
         replica: state.replica.clone(),
         agents_connected: state.hub.connected(),
+        controller_leader: state.leading.load(std::sync::atomic::Ordering::Relaxed),
     }))
 }
 
