@@ -97,7 +97,13 @@ async fn controller_fails_over_and_the_run_goes_on() {
     let etcd = Etcd::start(1, dir.path());
     let blobs = dir.path().join("blobs");
     let ttl = ["--lease-ttl", "3"];
-    let mut a = Platform::server(&etcd.spec(), &blobs, &format!("127.0.0.1:{}", free_port()), &ttl).await;
+    let mut a = Platform::server(
+        &etcd.spec(),
+        &blobs,
+        &format!("127.0.0.1:{}", free_port()),
+        &ttl,
+    )
+    .await;
     // A leads; B stands by and holds the agent.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -108,7 +114,13 @@ async fn controller_fails_over_and_the_run_goes_on() {
         assert!(std::time::Instant::now() < deadline, "A never led");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let b = Platform::server(&etcd.spec(), &blobs, &format!("127.0.0.1:{}", free_port()), &ttl).await;
+    let b = Platform::server(
+        &etcd.spec(),
+        &blobs,
+        &format!("127.0.0.1:{}", free_port()),
+        &ttl,
+    )
+    .await;
     let (_, hb) = b.get("/healthz").await;
     assert_eq!(hb["controller_leader"], false);
     let _agent = agent(&b.url, "worker", &dir.path().join("agent"), &[]);
@@ -120,7 +132,10 @@ async fn controller_fails_over_and_the_run_goes_on() {
         o = out.display()
     );
     let id = b.start_run(&plan, json!({})).await;
-    b.wait_run_until(&id, Duration::from_secs(10), |r| r["steps"]["first"]["status"] == "running").await;
+    b.wait_run_until(&id, Duration::from_secs(10), |r| {
+        r["steps"]["first"]["status"] == "running"
+    })
+    .await;
     a.proc.kill9();
     // B takes over within the lease TTL and finishes the run.
     let run = b.wait_run(&id, Duration::from_secs(40)).await;

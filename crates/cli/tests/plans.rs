@@ -50,6 +50,16 @@ steps:
     method: run_shell
     depends_on: [fatal]
     params: {command: "true"}
+  - id: known-broken
+    plugin: linux_system
+    method: run_shell
+    xfail: "bug 42: exits 1 on this platform"
+    params: {command: "false"}
+  - id: fixed-meanwhile
+    plugin: linux_system
+    method: run_shell
+    xfail: "bug 43"
+    params: {command: "true"}
 "#;
 
 fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
@@ -95,7 +105,17 @@ async fn dag_with_outputs_conditions_and_failures() {
     let (s, body) = p.get(&format!("/api/reports/{report}")).await;
     assert_eq!(s, 200);
     let cases = body["suites"][0]["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 7);
+    assert_eq!(cases.len(), 9);
+    let kb = cases.iter().find(|c| c["name"] == "known-broken").unwrap();
+    assert_eq!(kb["outcome"], "xfail");
+    assert!(kb["message"].as_str().unwrap().contains("bug 42"));
+    assert_eq!(
+        cases
+            .iter()
+            .find(|c| c["name"] == "fixed-meanwhile")
+            .unwrap()["outcome"],
+        "xpass"
+    );
     let fatal = cases.iter().find(|c| c["name"] == "fatal").unwrap();
     assert_eq!(fatal["outcome"], "fail");
     assert!(fatal["output"].as_str().unwrap().contains("boom"));
@@ -135,6 +155,34 @@ async fn dag_with_outputs_conditions_and_failures() {
     let (s, list) = p.get("/api/reports?page_size=5").await;
     assert_eq!(s, 200);
     assert_eq!(list["total"], 1);
+    // A finished run can be deleted.
+    let r = p
+        .http
+        .delete(format!("{}/api/runs/{id}", p.url))
+        .bearer_auth(&p.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (s, _) = p.get(&format!("/api/runs/{id}")).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn known_broken_failures_do_not_fail_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &[]).await;
+    let plan = "name: kb\nsteps:\n  - id: broken\n    plugin: linux_system\n    method: run_shell\n    xfail: flaky on this kernel\n    params: {command: \"false\"}\n  - id: fine\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n";
+    let id = p.start_run(plan, json!({})).await;
+    let run = p.wait_run(&id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "passed", "{run}");
+    let (_, summary) = p
+        .get_text(&format!(
+            "/api/reports/{}?format=summary",
+            run["report_id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(summary.contains("Xfailed=1"), "{summary}");
 }
 
 #[tokio::test]

@@ -72,16 +72,29 @@ pub fn plan(args: &LoadArgs) -> anyhow::Result<Plan> {
         let Some((k, v)) = h.split_once(':') else {
             bail!("header {h:?} is not 'Name: value'");
         };
-        req.headers.insert(k.trim().to_string(), v.trim().to_string());
+        req.headers
+            .insert(k.trim().to_string(), v.trim().to_string());
     }
     req.body = args.body.clone();
     let ramp = args.ramp_up.filter(|r| !r.is_zero());
     let mut plan = match args.rate {
         Some(rate) => {
             let mut p = Plan::open(args.url.clone(), rate, args.duration, args.connections);
-            if let (Some(r), Load::Open { start_rate, stages, .. }) = (ramp, &mut p.load) {
+            if let (
+                Some(r),
+                Load::Open {
+                    start_rate, stages, ..
+                },
+            ) = (ramp, &mut p.load)
+            {
                 *start_rate = 0.0;
-                stages.insert(0, RateStage { duration: r, target: rate });
+                stages.insert(
+                    0,
+                    RateStage {
+                        duration: r,
+                        target: rate,
+                    },
+                );
             }
             p
         }
@@ -89,7 +102,13 @@ pub fn plan(args: &LoadArgs) -> anyhow::Result<Plan> {
             let mut p = Plan::closed(args.url.clone(), args.connections, args.duration);
             if let (Some(r), Load::Closed { start_vus, stages }) = (ramp, &mut p.load) {
                 *start_vus = 0;
-                stages.insert(0, Stage { duration: r, target: args.connections });
+                stages.insert(
+                    0,
+                    Stage {
+                        duration: r,
+                        target: args.connections,
+                    },
+                );
             }
             p
         }

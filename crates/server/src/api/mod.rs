@@ -124,7 +124,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(runs::create_plan, runs::list_plans))
         .routes(routes!(runs::get_plan, runs::put_plan, runs::delete_plan))
         .routes(routes!(runs::create_run, runs::list_runs))
-        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::get_run, runs::delete_run))
         .routes(routes!(runs::cancel_run))
         .routes(routes!(runs::list_results))
         .routes(routes!(runs::get_result))

@@ -339,6 +339,36 @@ pub async fn cancel_run(
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
 
+/// Delete a finished run (its tasks, logs and report stay).
+#[utoipa::path(delete, path = "/api/runs/{id}", tag = "runs", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "still running")),
+    security(("bearer" = [])))]
+pub async fn delete_run(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    c.require(Role::Operator)?;
+    let id = parse_uuid("run", &id)?;
+    let (run, rev) = records::get::<Run>(&state.store, &keys::run(&id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    if !run.status.is_terminal() {
+        return Err(ApiError::conflict(format!(
+            "run {id} is still {:?}; cancel it first",
+            run.status
+        )));
+    }
+    if !state
+        .store
+        .txn_delete(&keys::run(&id), testbed_store::Compare::ModRevision(rev))
+        .await?
+    {
+        return Err(ApiError::conflict(format!("run {id} changed; try again")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ResultFilter {

@@ -63,6 +63,19 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
             });
             continue;
         }
+        let xfail = spec.and_then(|s| s.xfail.clone());
+        let expect = |o: Outcome, message: Option<String>| -> (Outcome, Option<String>) {
+            match (&xfail, o) {
+                (Some(why), Outcome::Fail) => {
+                    (Outcome::Xfail, Some(format!("known broken: {why}")))
+                }
+                (Some(why), Outcome::Pass) => (
+                    Outcome::Xpass,
+                    Some(format!("known broken but passed: {why}")),
+                ),
+                _ => (o, message),
+            }
+        };
         let fanned = st.instances.len() > 1
             || matches!(spec.and_then(|s| s.target.as_ref()), Some(testbed_core::plan::Target::Spec(t)) if t.each.is_some());
         for inst in &st.instances {
@@ -98,15 +111,16 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
             if let Some(c) = inst.exit_code {
                 properties.insert("exit_code".into(), c.to_string());
             }
+            let (case_outcome, message) = expect(outcome(inst.status), inst.reason.clone());
             cases.push(Case {
                 name: if fanned {
                     format!("{title} [{}]", inst.agent_name)
                 } else {
                     title.clone()
                 },
-                outcome: outcome(inst.status),
+                outcome: case_outcome,
                 duration_ms,
-                message: inst.reason.clone(),
+                message,
                 output,
                 log_url,
                 artifacts,
