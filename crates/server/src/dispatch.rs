@@ -17,7 +17,7 @@ use testbed_core::keys;
 use testbed_core::protocol::ServerMessage;
 use testbed_core::schema::{self, FieldError};
 use testbed_core::task::{Task, TaskOutcome, TaskStatus};
-use testbed_store::DynStore;
+use testbed_store::{Compare, DynStore, TxnOp};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
@@ -280,21 +280,15 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
         log_bytes: 0,
         run: None,
     };
-    records::put(&state.store, &keys::task(&task.id), &task, None).await?;
-    let assignment = Assignment {
-        kind: Assignment::KIND.into(),
-        v: 1,
-        task_id: task.id,
-        cancel: false,
-    };
-    records::put(
-        &state.store,
-        &keys::assign(&task.agent_uuid, &task.id),
-        &assignment,
-        None,
-    )
-    .await?;
+    create(state, &task).await?;
     Ok(task)
+}
+
+fn encode<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, RecordError> {
+    serde_json::to_vec(v).map_err(|source| RecordError::Encode {
+        key: key.to_string(),
+        source,
+    })
 }
 
 /// Marks a queued task running. Idempotent.
@@ -332,9 +326,13 @@ pub async fn settle(
             outcome.log_bytes
         }
     };
-    let updated = records::update::<Task, _>(&state.store, &keys::task(&task_id), |t| {
+    let key = keys::task(&task_id);
+    for _ in 0..64 {
+        let Some((mut t, rev)) = records::get::<Task>(&state.store, &key).await? else {
+            break;
+        };
         if t.status.is_terminal() && t.status != TaskStatus::Lost {
-            return false;
+            break;
         }
         t.status = outcome.status;
         t.exit_code = outcome.exit_code;
@@ -345,14 +343,25 @@ pub async fn settle(
         }
         t.finished_at = Some(outcome.finished_at);
         t.log_bytes = stored_len;
-        true
-    })
-    .await?;
-    if let Some(t) = updated {
-        state
+        // The result and the release of the assignment are one write.
+        let ops = vec![
+            TxnOp::Put {
+                key: key.clone(),
+                value: encode(&key, &t)?,
+                lease: None,
+            },
+            TxnOp::Delete {
+                key: keys::assign(&t.agent_uuid, &task_id),
+            },
+        ];
+        if state
             .store
-            .delete(&keys::assign(&t.agent_uuid, &task_id))
-            .await?;
+            .txn(&[(key.clone(), Compare::ModRevision(rev))], ops)
+            .await?
+            .is_some()
+        {
+            break;
+        }
     }
     state.hub.task_changed(task_id);
     Ok(())
@@ -448,46 +457,28 @@ pub async fn cancel(state: &AppState, task_id: Uuid) -> ApiResult<Task> {
 /// Creates `task` and its assignment unless the task already exists (a
 /// controller that crashed after creating it finds it again). Idempotent.
 pub async fn create(state: &AppState, task: &Task) -> Result<(), RecordError> {
-    let created = records::create(&state.store, &keys::task(&task.id), task, None).await?;
-    if created {
-        let assignment = Assignment {
-            kind: Assignment::KIND.into(),
-            v: 1,
-            task_id: task.id,
-            cancel: false,
-        };
-        records::put(
-            &state.store,
-            &keys::assign(&task.agent_uuid, &task.id),
-            &assignment,
-            None,
-        )
-        .await?;
-    } else if state
-        .store
-        .get(&keys::assign(&task.agent_uuid, &task.id))
-        .await?
-        .is_none()
-    {
-        // Created, but the crash came before its assignment: finish the job
-        // unless the task already ended.
-        if let Some((t, _)) = records::get::<Task>(&state.store, &keys::task(&task.id)).await? {
-            if !t.status.is_terminal() {
-                let assignment = Assignment {
-                    kind: Assignment::KIND.into(),
-                    v: 1,
-                    task_id: task.id,
-                    cancel: t.cancel_requested,
-                };
-                records::put(
-                    &state.store,
-                    &keys::assign(&task.agent_uuid, &task.id),
-                    &assignment,
-                    None,
-                )
-                .await?;
-            }
-        }
-    }
+    let key = keys::task(&task.id);
+    let assign_key = keys::assign(&task.agent_uuid, &task.id);
+    let assignment = Assignment {
+        kind: Assignment::KIND.into(),
+        v: 1,
+        task_id: task.id,
+        cancel: false,
+    };
+    // Task and assignment in one write: an agent never sees an assignment
+    // without its task, and a crash never leaves a task without one.
+    let ops = vec![
+        TxnOp::Put {
+            key: key.clone(),
+            value: encode(&key, task)?,
+            lease: None,
+        },
+        TxnOp::Put {
+            key: assign_key,
+            value: encode(&key, &assignment)?,
+            lease: None,
+        },
+    ];
+    state.store.txn(&[(key, Compare::Absent)], ops).await?;
     Ok(())
 }

@@ -112,9 +112,11 @@ impl Default for RedbOptions {
 /// The embedded [`Store`] backend.
 ///
 /// Needs a tokio runtime (with timers enabled) for its async methods, as
-/// every store call runs its redb work on the blocking pool. `open` itself is
+/// reads run on the blocking pool and the lease reaper and watchers are
+/// tasks; writes go to the store's own writer thread. `open` itself is
 /// synchronous and may be called outside a runtime: the lease reaper then
-/// starts on the first store call made inside one.
+/// starts on the first store call made inside one. Dropping the last handle
+/// waits for the writer to finish what is queued (a commit at most).
 pub struct RedbStore {
     inner: Arc<Inner>,
     clock: Arc<LeaseClock>,

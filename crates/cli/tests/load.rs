@@ -1,0 +1,112 @@
+//! `testbed load` run as a user would, against a small HTTP/1.1 server in
+//! the test: the `--json` report, and exit codes for thresholds and bad input.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A keep-alive HTTP/1.1 server answering every request `200 ok`, counting them.
+fn serve() -> (String, Arc<AtomicU64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((mut s, _)) = listener.accept().await {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let end = loop {
+                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break p + 4;
+                            }
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        buf.drain(..end);
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (url, count)
+}
+
+fn testbed(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn load_reports_json_and_exit_codes() {
+    let (url, count) = serve();
+
+    let out = testbed(&["load", &url, "-c", "2", "-d", "1s", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is JSON only");
+    let requests = report["summary"]["requests"].as_u64().unwrap();
+    assert!(requests > 0);
+    assert_eq!(requests, count.load(Ordering::SeqCst));
+    assert_eq!(report["summary"]["errors"], 0);
+    assert_eq!(report["passed"], true);
+    assert!(report["summary"]["p99_ms"].as_f64().is_some());
+    assert!(!report["series"].as_array().unwrap().is_empty());
+
+    let out = testbed(&[
+        "load",
+        &url,
+        "-c",
+        "1",
+        "-d",
+        "1s",
+        "--json",
+        "--threshold",
+        "p(99)<0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["thresholds"][0]["expr"], "p(99)<0");
+    assert_eq!(report["thresholds"][0]["passed"], false);
+
+    // The human summary carries percentiles and the histogram.
+    let out = testbed(&["load", &url, "-c", "1", "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("p99"), "{text}");
+    assert!(text.contains("Latency histogram"), "{text}");
+
+    // Usage and configuration errors exit 2 and name the problem.
+    let out = testbed(&["load", "not-a-url", "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("url"));
+    let out = testbed(&["load", &url, "-d", "1s", "--threshold", "p(99)<<1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("p(99)<<1"));
+}
