@@ -61,11 +61,22 @@ pub async fn reconcile_all(state: &AppState, lease: Option<LeaseId>) -> Result<(
         else {
             continue;
         };
-        if let Err(e) = reconcile(state, id, lease).await {
+        if let Err(e) = reconcile(state, id, lease, &Known::default()).await {
             tracing::warn!(run = %id, "reconcile: {e}");
         }
     }
     Ok(())
+}
+
+/// Task states the engine already holds from its watch. When reconciling
+/// on events, only these are consulted (plus the store for steps with a
+/// timeout to enforce); the periodic sweep reads everything from the store,
+/// so nothing is missed for longer than a sweep.
+#[derive(Default)]
+pub struct Known {
+    pub tasks: std::collections::HashMap<Uuid, Task>,
+    /// Event-driven: trust `tasks` for tasks that ended.
+    pub from_events: bool,
 }
 
 /// Brings one run forward as far as its state allows. Safe to call at any
@@ -74,6 +85,7 @@ pub async fn reconcile(
     state: &AppState,
     id: Uuid,
     lease: Option<LeaseId>,
+    known: &Known,
 ) -> Result<(), RecordError> {
     for _ in 0..8 {
         let Some((run, rev)) = records::get::<Run>(&state.store, &keys::run(&id)).await? else {
@@ -85,7 +97,7 @@ pub async fn reconcile(
             return Ok(());
         }
         let mut next = run.clone();
-        step_forward(state, &mut next, lease).await?;
+        step_forward(state, &mut next, lease, known).await?;
         if next == run {
             return Ok(());
         }
@@ -117,6 +129,7 @@ async fn step_forward(
     state: &AppState,
     run: &mut Run,
     lease: Option<LeaseId>,
+    known: &Known,
 ) -> Result<(), RecordError> {
     if run.status == RunStatus::Pending {
         run.status = RunStatus::Running;
@@ -201,7 +214,7 @@ async fn step_forward(
                 start_step(state, run, &spec, &agents, &excluded).await?;
             }
             StepStatus::Running => {
-                advance_step(state, run, &spec, &agents, &excluded).await?;
+                advance_step(state, run, &spec, &agents, &excluded, known).await?;
             }
             _ => {}
         }
@@ -544,6 +557,7 @@ async fn advance_step(
     spec: &StepSpec,
     agents: &[AgentView],
     excluded: &BTreeSet<Uuid>,
+    known: &Known,
 ) -> Result<(), RecordError> {
     let Some(mut st) = run.steps.get(&spec.id).cloned() else {
         return Ok(());
@@ -563,8 +577,15 @@ async fn advance_step(
             continue;
         }
         let Some(tid) = inst.task_id else { continue };
-        let Some((task, _)) = records::get::<Task>(&state.store, &keys::task(&tid)).await? else {
-            continue;
+        let task = match known.tasks.get(&tid) {
+            Some(t) => t.clone(),
+            // On events, a task we heard nothing about is still running;
+            // only a timeout needs its start time.
+            None if known.from_events && r.timeout.is_none() => continue,
+            None => match records::get::<Task>(&state.store, &keys::task(&tid)).await? {
+                Some((t, _)) => t,
+                None => continue,
+            },
         };
         let mut inst = inst;
         match task.status {
@@ -806,6 +827,10 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
         }
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    let mut known = Known {
+        tasks: Default::default(),
+        from_events: true,
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -824,9 +849,10 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                     match next {
                         Some(Ok(ev)) => {
                             if let Ok(task) = serde_json::from_slice::<Task>(&ev.kv.value) {
-                                if let Some(r) = task.run {
+                                if let Some(r) = &task.run {
                                     if task.status.is_terminal() {
                                         due.insert(r.run_id);
+                                        known.tasks.insert(task.id, task);
                                     }
                                 }
                             }
@@ -839,15 +865,19 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                     }
                 }
                 for run_id in due {
-                    if let Err(e) = reconcile(&state, run_id, Some(lease)).await {
+                    if let Err(e) = reconcile(&state, run_id, Some(lease), &known).await {
                         tracing::warn!(run = %run_id, "reconcile: {e}");
                     }
+                }
+                // Bounded: the sweep reads the store anyway.
+                if known.tasks.len() > 100_000 {
+                    known.tasks.clear();
                 }
             },
             ev = runs.next() => match ev {
                 Some(Ok(ev)) => {
                     if let Some(id) = ev.kv.key.strip_prefix(keys::ACTIVE_RUNS).and_then(|s| s.parse::<Uuid>().ok()) {
-                        if let Err(e) = reconcile(&state, id, Some(lease)).await {
+                        if let Err(e) = reconcile(&state, id, Some(lease), &known).await {
                             tracing::warn!(run = %id, "reconcile: {e}");
                         }
                     }
