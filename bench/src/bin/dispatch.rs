@@ -15,14 +15,10 @@ use anyhow::Context;
 use clap::Parser;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use testbed_agent::{Agent, AgentConfig};
 use testbed_core::keys;
 use testbed_core::task::Task;
-use testbed_server::blobs::Blobs;
-use testbed_server::{ServerConfig, Settings};
-use testbed_store::{DynStore, EtcdOptions};
+use testbed_store::DynStore;
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -111,66 +107,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = tempfile::tempdir()?;
-    let store: DynStore = if args.store == "redb" {
-        testbed_store::open(
-            &format!("redb:{}", dir.path().join("b.redb").display()),
-            EtcdOptions::default(),
-        )
-        .await?
-    } else {
-        let opts = EtcdOptions {
-            prefix: format!("/bench-{}", Uuid::new_v4()),
-            ..Default::default()
-        };
-        testbed_store::open(&args.store, opts).await?
-    };
-    let server = testbed_server::start(ServerConfig {
-        listen: "127.0.0.1:0".into(),
-        store: store.clone(),
-        blobs: Blobs::local(&dir.path().join("blobs"))?,
-        settings: Settings::default(),
-        admin_password: Some("bench-password".into()),
-        join_token: Some("bench-token".into()),
-        token_ttl: Duration::from_secs(3600),
-        replica: "bench".into(),
-    })
-    .await?;
-    let url = server.url();
-    let shutdown = CancellationToken::new();
-    for i in 0..args.agents {
-        let mut cfg = AgentConfig::new(&url, "bench-token", &format!("bench-{i}"));
-        cfg.host = Some("bench".into());
-        cfg.plugins = vec!["noop".into()];
-        cfg.capacity = 256;
-        cfg.state_dir = dir.path().join(format!("agent-{i}"));
-        let agent = Agent::build(cfg).await?;
-        let stop = shutdown.clone();
-        tokio::spawn(async move { agent.run(stop).await });
-    }
-    let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{url}/api/auth/login"))
-        .json(&json!({"username": "admin", "password": "bench-password"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["token"].as_str().context("token")?.to_string();
-    // Wait for every agent.
-    loop {
-        let d: Value = http
-            .get(format!("{url}/v2.1/slaves/detail"))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        if d.as_object().map(|m| m.len()) == Some(args.agents) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let bench = testbed_bench::Bench::start(&args.store, args.agents).await?;
+    let (store, url, token, http) = (bench.store.clone(), bench.url.clone(), bench.token.clone(), bench.http.clone());
 
     let waiters: Waiters = Arc::default();
     watch_results(store.clone(), store.revision().await? + 1, waiters.clone());
@@ -224,7 +162,6 @@ async fn main() -> anyhow::Result<()> {
         secs,
         total as f64 / secs
     );
-    shutdown.cancel();
-    server.shutdown().await;
+    bench.shutdown().await;
     Ok(())
 }

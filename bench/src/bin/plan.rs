@@ -11,12 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use serde_json::{json, Value};
-use testbed_agent::{Agent, AgentConfig};
-use testbed_server::blobs::Blobs;
-use testbed_server::{ServerConfig, Settings};
-use testbed_store::EtcdOptions;
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 #[derive(Parser)]
 struct Args {
@@ -42,67 +36,8 @@ fn plan(name: &str, steps: usize, chain: bool) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = tempfile::tempdir()?;
-    let store = if args.store == "redb" {
-        testbed_store::open(
-            &format!("redb:{}", dir.path().join("p.redb").display()),
-            EtcdOptions::default(),
-        )
-        .await?
-    } else {
-        let opts = EtcdOptions {
-            prefix: format!("/bench-{}", Uuid::new_v4()),
-            ..Default::default()
-        };
-        testbed_store::open(&args.store, opts).await?
-    };
-    let server = testbed_server::start(ServerConfig {
-        listen: "127.0.0.1:0".into(),
-        store,
-        blobs: Blobs::local(&dir.path().join("blobs"))?,
-        settings: Settings {
-            max_body: 16 * 1024 * 1024,
-            ..Settings::default()
-        },
-        admin_password: Some("bench-password".into()),
-        join_token: Some("bench-token".into()),
-        token_ttl: Duration::from_secs(3600),
-        replica: "bench".into(),
-    })
-    .await?;
-    let url = server.url();
-    let stop = CancellationToken::new();
-    for i in 0..args.agents {
-        let mut cfg = AgentConfig::new(&url, "bench-token", &format!("bench-{i}"));
-        cfg.plugins = vec!["noop".into()];
-        cfg.capacity = 256;
-        cfg.state_dir = dir.path().join(format!("agent-{i}"));
-        let agent = Agent::build(cfg).await?;
-        let s = stop.clone();
-        tokio::spawn(async move { agent.run(s).await });
-    }
-    let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{url}/api/auth/login"))
-        .json(&json!({"username": "admin", "password": "bench-password"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["token"].as_str().context("token")?.to_string();
-    loop {
-        let d: Value = http
-            .get(format!("{url}/v2.1/slaves/detail"))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        if d.as_object().map(|m| m.len()) == Some(args.agents) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let bench = testbed_bench::Bench::start(&args.store, args.agents).await?;
+    let (url, token, http) = (&bench.url, &bench.token, &bench.http);
     for (shape, chain) in [("wide", false), ("chain", true)] {
         let t0 = Instant::now();
         let run: Value = http
@@ -138,7 +73,6 @@ async fn main() -> anyhow::Result<()> {
             secs * 1000.0 / args.steps as f64
         );
     }
-    stop.cancel();
-    server.shutdown().await;
+    bench.shutdown().await;
     Ok(())
 }

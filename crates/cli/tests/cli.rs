@@ -118,15 +118,7 @@ async fn login_list_exec() {
 #[tokio::test]
 async fn simulated_fleet_registers_and_heartbeats() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let p = Platform::server(
-        &store,
-        &dir.path().join("blobs"),
-        &listen,
-        &["--lease-ttl", "3"],
-    )
-    .await;
+    let p = Platform::server_in(dir.path(), &["--lease-ttl", "3"]).await;
     let _fleet = agent(
         &p.url,
         "sim",

@@ -12,15 +12,7 @@ use serde_json::json;
 #[tokio::test]
 async fn killed_agent_vanishes_and_its_task_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let p = Platform::server(
-        &store,
-        &dir.path().join("blobs"),
-        &listen,
-        &["--lease-ttl", "2"],
-    )
-    .await;
+    let p = Platform::server_in(dir.path(), &["--lease-ttl", "2"]).await;
     let mut a = agent(&p.url, "doomed", &dir.path().join("agent"), &[]);
     p.wait_agents(1).await;
     let task = p
@@ -153,15 +145,7 @@ async fn up_restarts_with_every_record() {
 #[tokio::test]
 async fn restarted_agent_keeps_its_id_and_reports_lost_work() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let p = Platform::server(
-        &store,
-        &dir.path().join("blobs"),
-        &listen,
-        &["--lease-ttl", "30"],
-    )
-    .await;
+    let p = Platform::server_in(dir.path(), &["--lease-ttl", "30"]).await;
     let state = dir.path().join("agent");
     let mut a = agent(
         &p.url,
@@ -215,9 +199,7 @@ async fn root_agent_drops_task_privileges_to_run_as() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let p = Platform::server(&store, &dir.path().join("blobs"), &listen, &[]).await;
+    let p = Platform::server_in(dir.path(), &[]).await;
     let plain = agent(&p.url, "rooted", &dir.path().join("a1"), &[]);
     plain.wait_line("runs as ROOT", Duration::from_secs(10));
     let _dropped = agent(

@@ -399,9 +399,7 @@ async fn testcases_environments_and_results() {
 #[tokio::test]
 async fn fan_out_retries_and_pending_reasons() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let p = Platform::server(&store, &dir.path().join("blobs"), &listen, &[]).await;
+    let p = Platform::server_in(dir.path(), &[]).await;
     let _a = agent(
         &p.url,
         "x86-a",
@@ -467,15 +465,7 @@ async fn fan_out_retries_and_pending_reasons() {
 #[tokio::test]
 async fn lost_task_is_retried_on_another_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let p = Platform::server(
-        &store,
-        &dir.path().join("blobs"),
-        &listen,
-        &["--lease-ttl", "2"],
-    )
-    .await;
+    let p = Platform::server_in(dir.path(), &["--lease-ttl", "2"]).await;
     let mut a = agent(&p.url, "ga", &dir.path().join("a"), &["--groups", "pool"]);
     let mut b = agent(&p.url, "gb", &dir.path().join("b"), &["--groups", "pool"]);
     p.wait_agents(2).await;

@@ -178,6 +178,13 @@ impl Platform {
         Self::connect(proc, url).await
     }
 
+    /// `testbed server` on a fresh port with a redb store and blobs under `dir`.
+    pub async fn server_in(dir: &Path, extra: &[&str]) -> Platform {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let store = format!("redb:{}", dir.join("s.redb").display());
+        Self::server(&store, &dir.join("blobs"), &listen, extra).await
+    }
+
     async fn connect(proc: Proc, url: String) -> Platform {
         let http = reqwest::Client::new();
         let token = login(&http, &url, "admin", ADMIN_PASSWORD).await;

@@ -1,0 +1,613 @@
+//! End-to-end tests of `testbed tck` against real TAP producers: Perl's
+//! Test::More (judged against `prove` itself), Python, Node's test runner, and
+//! deliberately bad scripts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use testbed_report::{Outcome, Report, Suite};
+
+const SCRIPT: &str = "(script)";
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tck")
+}
+
+fn testbed(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .env("TESTBED_LOG", "error")
+        .output()
+        .expect("running testbed")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `tck run` with `args` plus `--json`, returning the exit code, the report
+/// and the printed output.
+fn run_kit(args: &[&str]) -> (i32, Report, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let mut all = vec!["tck", "run"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", json.to_str().unwrap()]);
+    let out = testbed(&all);
+    let report = testbed_report::from_json(
+        &std::fs::read_to_string(&json)
+            .unwrap_or_else(|e| panic!("no JSON report ({e}); output:\n{}", text(&out))),
+    )
+    .unwrap();
+    (out.status.code().unwrap_or(-1), report, text(&out))
+}
+
+fn suite<'a>(r: &'a Report, name: &str) -> &'a Suite {
+    r.suites.iter().find(|s| s.name == name).unwrap_or_else(|| {
+        panic!(
+            "no suite {name} in {:?}",
+            r.suites.iter().map(|s| &s.name).collect::<Vec<_>>()
+        )
+    })
+}
+
+fn outcome(s: &Suite, case: &str) -> Outcome {
+    s.cases
+        .iter()
+        .find(|c| c.name == case)
+        .unwrap_or_else(|| panic!("no case {case:?} in {}: {:?}", s.name, s.cases))
+        .outcome
+}
+
+fn points(s: &Suite) -> impl Iterator<Item = &testbed_report::Case> {
+    s.cases.iter().filter(|c| c.name != SCRIPT)
+}
+
+/// What `prove -v` says about a directory: Files, Tests, failing scripts with
+/// their failed-test counts, and skipped test points plus skipped files.
+struct Prove {
+    files: usize,
+    tests: usize,
+    failing: BTreeMap<String, usize>,
+    skips: usize,
+}
+
+fn prove(dir: &Path) -> Prove {
+    let out = Command::new("prove")
+        .arg("-v")
+        .arg(".")
+        .current_dir(dir)
+        .output()
+        .expect("prove must be installed (it comes with perl)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let totals = stdout
+        .lines()
+        .find(|l| l.starts_with("Files="))
+        .unwrap_or_else(|| panic!("no Files= line:\n{stdout}"));
+    let num = |key: &str| -> usize {
+        let rest = &totals[totals.find(key).unwrap() + key.len()..];
+        rest.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let mut failing = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut in_report = false;
+    for line in stdout.lines() {
+        if line.starts_with("Test Summary Report") {
+            in_report = true;
+            continue;
+        }
+        if !in_report {
+            continue;
+        }
+        if let Some(idx) = line.find(" (Wstat: ") {
+            let name = line[..idx].trim().trim_start_matches("./").to_string();
+            let wstat: usize = line[idx + 9..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .unwrap();
+            let failed: usize = line
+                .rsplit("Failed: ")
+                .next()
+                .unwrap()
+                .trim_end_matches(')')
+                .parse()
+                .unwrap();
+            if wstat != 0 || failed > 0 {
+                failing.insert(name.clone(), failed);
+            }
+            current = Some(name);
+        } else if line.contains("Parse errors:") {
+            if let Some(name) = &current {
+                failing.entry(name.clone()).or_insert(0);
+            }
+        }
+    }
+    let skips = stdout
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            (l.starts_with("ok ") && l.contains("# skip")) || l.contains(".. skipped:")
+        })
+        .count();
+    Prove {
+        files: num("Files="),
+        tests: num("Tests="),
+        failing,
+        skips,
+    }
+}
+
+#[test]
+fn perl_counts_match_prove() {
+    let dir = examples().join("perl");
+    let p = prove(&dir);
+    let (code, report, out) = run_kit(&[dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(report.suites.len(), p.files, "{out}");
+    let tests: usize = report.suites.iter().map(|s| points(s).count()).sum();
+    assert_eq!(tests, p.tests, "Tests= differs from prove\n{out}");
+    let failing: BTreeMap<String, usize> = report
+        .suites
+        .iter()
+        .filter(|s| s.is_failure())
+        .map(|s| {
+            let n = points(s).filter(|c| c.outcome.is_failure()).count();
+            (s.name.clone(), n)
+        })
+        .collect();
+    assert_eq!(
+        failing, p.failing,
+        "failing scripts differ from prove\n{out}"
+    );
+    let skips = report
+        .suites
+        .iter()
+        .flat_map(|s| s.cases.iter())
+        .filter(|c| c.outcome == Outcome::Skip)
+        .count();
+    assert_eq!(skips, p.skips, "skips differ from prove\n{out}");
+    let passes = report
+        .suites
+        .iter()
+        .flat_map(points)
+        .filter(|c| c.outcome == Outcome::Pass)
+        .count();
+    // 01:3, 02:2, 03:1, 04:1, 06:2, 08:1 (no kit config), 99:1
+    assert_eq!(passes, 11, "{out}");
+
+    let todo = suite(&report, "03-skip-todo.t");
+    assert_eq!(outcome(todo, "hot-unplug disk"), Outcome::Xfail);
+    assert_eq!(outcome(todo, "hot-unplug nic"), Outcome::Xpass);
+    let skipped = &todo.cases[1];
+    assert_eq!(skipped.outcome, Outcome::Skip);
+    assert_eq!(
+        skipped.message.as_deref(),
+        Some("no bridge support on this host")
+    );
+    let dies = suite(&report, "06-dies.t");
+    let msg = dies.cases.last().unwrap().message.clone().unwrap();
+    assert!(
+        msg.contains("planned 4 tests but ran 2") && msg.contains("255"),
+        "{msg}"
+    );
+    let bail = suite(&report, "99-bail-out.t");
+    assert!(bail
+        .cases
+        .last()
+        .unwrap()
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("hypervisor connection lost"));
+    let sub = suite(&report, "04-subtests.t");
+    assert_eq!(outcome(sub, "storage pool lifecycle"), Outcome::Pass);
+    assert_eq!(outcome(sub, "volume upload"), Outcome::Fail);
+    assert!(out.contains("Files=8"), "{out}");
+}
+
+#[test]
+fn kit_config_resources_and_env() {
+    let dir = examples().join("perl");
+    let cfg = dir.join("kit.toml");
+    let (_, report, out) = run_kit(&[
+        dir.join("07-needs-iscsi.t").to_str().unwrap(),
+        dir.join("08-env.t").to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let iscsi = suite(&report, "07-needs-iscsi.t");
+    assert_eq!(
+        iscsi.skip_reason(),
+        Some("no iscsi-server configured"),
+        "{out}"
+    );
+    assert!(!suite(&report, "08-env.t").is_failure(), "{out}");
+    assert_eq!(
+        report.properties.get("platform").map(String::as_str),
+        Some("test:///default")
+    );
+    assert_eq!(
+        report.properties.get("label.driver").map(String::as_str),
+        Some("test")
+    );
+    assert!(out.contains("skipped: no iscsi-server configured"), "{out}");
+
+    // With the resource configured the same script runs its test.
+    let tmp = tempfile::tempdir().unwrap();
+    let kit = tmp.path().join("kit.toml");
+    std::fs::write(
+        &kit,
+        "platform = \"test:///default\"\n[resources]\niscsi-server = \"10.0.0.9\"\n",
+    )
+    .unwrap();
+    std::fs::copy(dir.join("07-needs-iscsi.t"), tmp.path().join("iscsi.t")).unwrap();
+    let (code, report, out) = run_kit(&[
+        tmp.path().to_str().unwrap(),
+        "--config",
+        kit.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        outcome(suite(&report, "iscsi.t"), "log in to 10.0.0.9"),
+        Outcome::Pass
+    );
+}
+
+#[test]
+fn python_scripts_run_through_python3() {
+    let (code, report, out) = run_kit(&[examples().join("python").to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let s = suite(&report, "test_basic.py");
+    assert!(
+        s.properties["command"].starts_with("python3 "),
+        "{:?}",
+        s.properties
+    );
+    let got: Vec<Outcome> = s.cases.iter().map(|c| c.outcome).collect();
+    use Outcome::*;
+    assert_eq!(got, vec![Pass, Fail, Skip, Xfail, Pass], "{out}");
+    assert_eq!(s.cases[4].name, "interpreter python3");
+}
+
+#[test]
+fn node_test_runner() {
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "this test needs Node.js (`node` on PATH) for its built-in TAP test runner"
+    );
+    let (code, report, out) = run_kit(&[examples().join("node").to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let s = suite(&report, "run-node.sh");
+    assert_eq!(outcome(s, "adds"), Outcome::Pass);
+    assert_eq!(outcome(s, "compares states"), Outcome::Fail);
+    assert_eq!(outcome(s, "skipped"), Outcome::Skip);
+    assert_eq!(outcome(s, "todo"), Outcome::Xfail);
+    assert_eq!(outcome(s, "group"), Outcome::Pass);
+    let failed = s
+        .cases
+        .iter()
+        .find(|c| c.name == "compares states")
+        .unwrap();
+    assert!(
+        failed
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("strictly equal"),
+        "{failed:?}"
+    );
+    assert!(s.diagnostics.is_empty(), "{:?}", s.diagnostics);
+}
+
+#[test]
+fn known_broken_turns_failures_into_xfail_and_fixed_into_xpass() {
+    let dir = examples().join("perl");
+    let (code, report, out) = run_kit(&[
+        dir.join("01-pass.t").to_str().unwrap(),
+        dir.join("02-fail.t").to_str().unwrap(),
+        "--config",
+        dir.join("kit.toml").to_str().unwrap(),
+        "--expect",
+        dir.join("known-broken.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "masked failures must not fail the run\n{out}");
+    let fail = suite(&report, "02-fail.t");
+    let broken = fail
+        .cases
+        .iter()
+        .find(|c| c.name == "domain state after destroy")
+        .unwrap();
+    assert_eq!(broken.outcome, Outcome::Xfail);
+    assert!(broken
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("https://example.com/issues/17"));
+    assert_eq!(
+        outcome(suite(&report, "01-pass.t"), "arithmetic works"),
+        Outcome::Xpass
+    );
+    assert!(out.contains("TODO passed"), "{out}");
+}
+
+#[test]
+fn problems_exit_codes() {
+    let dir = examples().join("perl");
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("r.json");
+    let out = testbed(&[
+        "tck",
+        "run",
+        dir.join("02-fail.t").to_str().unwrap(),
+        dir.join("06-dies.t").to_str().unwrap(),
+        "--config",
+        dir.join("kit.toml").to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let expect = dir.join("known-broken.toml");
+    let out = testbed(&[
+        "tck",
+        "problems",
+        json.to_str().unwrap(),
+        "--expect",
+        expect.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("06-dies.t"), "{t}");
+    assert!(
+        !t.contains("02-fail.t ::"),
+        "02-fail.t is known broken:\n{t}"
+    );
+
+    // Only the known-broken script left: nothing to fix.
+    let out = testbed(&[
+        "tck",
+        "run",
+        dir.join("02-fail.t").to_str().unwrap(),
+        "--config",
+        dir.join("kit.toml").to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = testbed(&[
+        "tck",
+        "problems",
+        json.to_str().unwrap(),
+        "--expect",
+        expect.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = testbed(&["tck", "problems", json.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("02-fail.t :: domain state after destroy"),
+        "{}",
+        text(&out)
+    );
+}
+
+fn write_script(dir: &Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn compare_detects_regression_and_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kit = tmp.path().join("kit");
+    std::fs::create_dir(&kit).unwrap();
+    let a = tmp.path().join("a.json");
+    let b = tmp.path().join("b.json");
+    write_script(
+        &kit,
+        "s.sh",
+        "echo 1..3; echo ok 1 - stable; echo ok 2 - breaks; echo not ok 3 - gets fixed\n",
+    );
+    run_kit_to(&kit, &a);
+    write_script(
+        &kit,
+        "s.sh",
+        "echo 1..3; echo ok 1 - stable; echo not ok 2 - breaks; echo ok 3 - gets fixed\n",
+    );
+    write_script(&kit, "t.sh", "echo 1..1; echo ok 1 - brand new\n");
+    run_kit_to(&kit, &b);
+    let out = testbed(&["tck", "compare", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("Regressions (1)") && t.contains("s.sh :: breaks  pass -> fail"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Fixes (1)") && t.contains("s.sh :: gets fixed  fail -> pass"),
+        "{t}"
+    );
+    assert!(
+        t.contains("New tests (1)") && t.contains("t.sh :: brand new"),
+        "{t}"
+    );
+
+    let out = testbed(&[
+        "tck",
+        "compare",
+        b.to_str().unwrap(),
+        a.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["regressions"].as_array().unwrap().len(), 1);
+    assert_eq!(v["removed"][0]["case"], "brand new");
+    let out = testbed(&[
+        "tck",
+        "compare",
+        a.to_str().unwrap(),
+        a.to_str().unwrap(),
+        "--format",
+        "html",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("<html>"));
+}
+
+fn run_kit_to(kit: &Path, json: &Path) {
+    let out = testbed(&[
+        "tck",
+        "run",
+        kit.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(json.exists(), "{}", text(&out));
+}
+
+#[test]
+fn malformed_tap_becomes_diagnostics() {
+    let bad = examples().join("bad/malformed.sh");
+    let (code, report, out) = run_kit(&[bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "numbering gaps fail a script, as in prove\n{out}");
+    let s = suite(&report, "malformed.sh");
+    let d = s.diagnostics.join("\n");
+    assert!(d.contains("unrecognised line: \"this is not TAP\""), "{d}");
+    assert!(d.contains("out of sequence"), "{d}");
+    assert!(d.contains("invalid YAML"), "{d}");
+}
+
+#[test]
+fn fifty_megabytes_of_garbage_complete() {
+    let bad = examples().join("bad/garbage.sh");
+    let started = Instant::now();
+    let (_, report, out) = run_kit(&[bad.to_str().unwrap(), "--timeout", "120s"]);
+    let s = suite(&report, "garbage.sh");
+    assert_eq!(outcome(s, "before the garbage"), Outcome::Pass, "{out}");
+    assert!(s.diagnostics.len() < 20, "{:?}", s.diagnostics);
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+#[test]
+fn timeout_kills_the_script_and_its_children() {
+    let bad = examples().join("bad/sleeps.sh");
+    let started = Instant::now();
+    let (code, report, out) = run_kit(&[bad.to_str().unwrap(), "--timeout", "1s"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, 1, "{out}");
+    let script = suite(&report, "sleeps.sh").cases.last().unwrap().clone();
+    assert_eq!(script.outcome, Outcome::Error);
+    assert!(script.message.unwrap().contains("timed out after 1s"));
+}
+
+#[test]
+fn parallel_jobs_and_report_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kit = tmp.path().join("kit");
+    std::fs::create_dir_all(kit.join("sub")).unwrap();
+    for i in 0..4 {
+        write_script(
+            &kit.join("sub"),
+            &format!("s{i}.sh"),
+            "sleep 1; echo 1..1; echo ok 1\n",
+        );
+    }
+    write_script(
+        &kit,
+        "fails.sh",
+        "echo 1..1; echo not ok 1 - nope; exit 1\n",
+    );
+    let junit = tmp.path().join("r.xml");
+    let tap = tmp.path().join("r.tap");
+    let html = tmp.path().join("r.html");
+    let started = Instant::now();
+    let (code, report, out) = run_kit(&[
+        kit.to_str().unwrap(),
+        "-j",
+        "4",
+        "--verbose",
+        "--junit",
+        junit.to_str().unwrap(),
+        "--tap",
+        tap.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert!(
+        started.elapsed() < Duration::from_millis(3500),
+        "-j 4 did not run in parallel"
+    );
+    assert_eq!(code, 1);
+    let names: Vec<&str> = report.suites.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "fails.sh",
+            "sub/s0.sh",
+            "sub/s1.sh",
+            "sub/s2.sh",
+            "sub/s3.sh"
+        ]
+    );
+    assert!(out.contains("# --- sub/s2.sh\n1..1\nok 1\n"), "{out}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("name=\"fails.sh\"") && xml.contains("(script)"),
+        "{xml}"
+    );
+    assert!(std::fs::read_to_string(&tap).unwrap().contains("not ok"));
+    assert!(std::fs::read_to_string(&html).unwrap().contains("fails.sh"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = testbed(&["tck", "run"]);
+    assert_eq!(out.status.code(), Some(2));
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("kit.toml");
+    std::fs::write(&cfg, "platform = \"x\"\nresource = 1\n").unwrap();
+    let out = testbed(&[
+        "tck",
+        "run",
+        tmp.path().to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("kit.toml:2:1"), "{}", text(&out));
+    let exp = tmp.path().join("known.toml");
+    std::fs::write(
+        &exp,
+        "[[broken]]\ntest = \"a.t\"\nreason = \"r\"\nplatfrom = {}\n",
+    )
+    .unwrap();
+    let out = testbed(&[
+        "tck",
+        "problems",
+        cfg.to_str().unwrap(),
+        "--expect",
+        exp.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = testbed(&["tck", "run", "/nonexistent/kit"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
