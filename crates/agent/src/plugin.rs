@@ -15,7 +15,7 @@ use serde_json::Value;
 use testbed_core::agent::PluginSpec;
 use testbed_core::task::{Artifact, TaskStatus};
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -134,6 +134,39 @@ impl LogSink {
     }
 }
 
+/// Where a plugin sends live measurements (the runtime forwards each one
+/// to the server as a `metrics` message). Cheap to clone; never blocks.
+#[derive(Debug, Clone)]
+pub struct MetricSink {
+    tx: mpsc::UnboundedSender<Value>,
+}
+
+impl MetricSink {
+    pub fn channel() -> (MetricSink, mpsc::UnboundedReceiver<Value>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (MetricSink { tx }, rx)
+    }
+
+    pub fn send(&self, value: Value) {
+        // Nobody listening means the task is being torn down.
+        let _ = self.tx.send(value);
+    }
+}
+
+/// What the server asks of a running task besides cancelling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Control {
+    #[default]
+    Run,
+    Pause,
+}
+
+/// A control channel that never changes, for plugins invoked outside the
+/// runtime (tests, tools).
+pub fn fixed_control() -> watch::Receiver<Control> {
+    watch::channel(Control::Run).1
+}
+
 /// Uploads a file as a named artifact of the running task.
 #[async_trait]
 pub trait ArtifactSink: Send + Sync {
@@ -150,4 +183,8 @@ pub struct TaskContext {
     pub work_dir: PathBuf,
     pub settings: Arc<ExecSettings>,
     pub artifacts: Arc<dyn ArtifactSink>,
+    /// Live measurements; plugins without any ignore it.
+    pub metrics: MetricSink,
+    /// Pause/resume requests; plugins that cannot pause ignore it.
+    pub control: watch::Receiver<Control>,
 }

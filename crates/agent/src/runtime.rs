@@ -21,7 +21,7 @@ use testbed_core::protocol::{AgentMessage, Hello, ServerMessage, PROTOCOL_VERSIO
 use testbed_core::task::{Artifact, Task, TaskOutcome, TaskStatus};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
@@ -30,7 +30,9 @@ use uuid::Uuid;
 
 use crate::config::AgentConfig;
 use crate::metrics::{hostname, Sampler};
-use crate::plugin::{ArtifactSink, DynPlugin, ExecSettings, LogSink, PluginError, TaskContext};
+use crate::plugin::{
+    ArtifactSink, Control, DynPlugin, ExecSettings, LogSink, MetricSink, PluginError, TaskContext,
+};
 use crate::plugins;
 
 /// Largest log message sent at once; bigger output is split.
@@ -71,7 +73,10 @@ struct Identity {
 }
 
 enum Entry {
-    Running { cancel: CancellationToken },
+    Running {
+        cancel: CancellationToken,
+        control: watch::Sender<Control>,
+    },
     Finished { outcome: TaskOutcome },
 }
 
@@ -221,7 +226,7 @@ impl Agent {
         }
         // Running tasks do not outlive the agent: kill their process groups.
         for entry in lock(&self.shared.tasks).values() {
-            if let Entry::Running { cancel } = entry {
+            if let Entry::Running { cancel, .. } = entry {
                 cancel.cancel();
             }
         }
@@ -441,19 +446,34 @@ impl Agent {
                     return;
                 }
                 let cancel = CancellationToken::new();
+                let (control, control_rx) = watch::channel(Control::Run);
                 lock(&self.shared.tasks).insert(
                     task.id,
                     Entry::Running {
                         cancel: cancel.clone(),
+                        control,
                     },
                 );
                 let agent = self.clone();
-                tokio::spawn(async move { agent.run_task(*task, cancel).await });
+                tokio::spawn(async move { agent.run_task(*task, cancel, control_rx).await });
             }
             ServerMessage::Cancel { task_id } => {
-                if let Some(Entry::Running { cancel }) = lock(&self.shared.tasks).get(&task_id) {
+                if let Some(Entry::Running { cancel, .. }) = lock(&self.shared.tasks).get(&task_id)
+                {
                     tracing::info!(%task_id, "cancel requested");
                     cancel.cancel();
+                }
+            }
+            ServerMessage::Pause { task_id } | ServerMessage::Resume { task_id } => {
+                let want = if matches!(msg, ServerMessage::Pause { .. }) {
+                    Control::Pause
+                } else {
+                    Control::Run
+                };
+                if let Some(Entry::Running { control, .. }) = lock(&self.shared.tasks).get(&task_id)
+                {
+                    tracing::info!(%task_id, "{want:?} requested");
+                    control.send_replace(want);
                 }
             }
             ServerMessage::Ack { task_id } => {
@@ -498,7 +518,12 @@ impl Agent {
         }
     }
 
-    async fn run_task(&self, task: Task, cancel: CancellationToken) {
+    async fn run_task(
+        &self,
+        task: Task,
+        cancel: CancellationToken,
+        control: watch::Receiver<Control>,
+    ) {
         let id = task.id;
         let permit = tokio::select! {
             p = self.shared.slots.clone().acquire_owned() => p.ok(),
@@ -507,6 +532,13 @@ impl Agent {
         let started_at = testbed_core::now();
         let (log, rx) = LogSink::channel();
         let pump = tokio::spawn(pump_log(self.clone(), id, self.log_path(&id), rx));
+        let (metrics, metrics_rx) = MetricSink::channel();
+        let metrics_pump = tokio::spawn(pump_metrics(
+            self.clone(),
+            id,
+            metrics_rx,
+            !self.shared.config.simulated,
+        ));
         let work_dir = self
             .shared
             .config
@@ -538,6 +570,8 @@ impl Agent {
                         artifacts: Arc::new(HttpArtifacts {
                             agent: self.clone(),
                         }),
+                        metrics: metrics.clone(),
+                        control: control.clone(),
                     };
                     plugin
                         .invoke(&task.method, task.parameters.clone(), &ctx)
@@ -562,6 +596,10 @@ impl Agent {
             }
         };
         drop(log);
+        drop(metrics);
+        // Live metrics go out before the result, so the server's series is
+        // complete when it learns the task ended.
+        let _ = metrics_pump.await;
         let log_bytes = pump.await.unwrap_or(0);
         let _ = tokio::fs::remove_dir_all(&work_dir).await;
         drop(permit);
@@ -642,6 +680,25 @@ async fn pump_log(
         let _ = f.flush().await;
     }
     offset
+}
+
+/// Forwards a task's live measurements to the server, each with the
+/// agent's system figures at that moment.
+async fn pump_metrics(
+    agent: Agent,
+    task: Uuid,
+    mut rx: mpsc::UnboundedReceiver<serde_json::Value>,
+    sample: bool,
+) {
+    let mut sampler = sample.then(Sampler::new);
+    while let Some(window) = rx.recv().await {
+        let system = sampler.as_mut().map(Sampler::sample).unwrap_or_default();
+        agent.emit(AgentMessage::Metrics {
+            task_id: task,
+            window,
+            system,
+        });
+    }
 }
 
 /// Splits `s` into pieces of at most `max` bytes on char boundaries.

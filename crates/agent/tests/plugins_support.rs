@@ -60,6 +60,8 @@ impl Harness {
             work_dir,
             settings: Arc::new(settings),
             artifacts: artifacts.clone(),
+            metrics: testbed_agent::plugin::MetricSink::channel().0,
+            control: testbed_agent::plugin::fixed_control(),
         };
         Harness {
             ctx,

@@ -50,6 +50,9 @@ enum Command {
     /// Show stored reports or convert report files.
     #[command(subcommand)]
     Report(cmd::report::ReportCmd),
+    /// Compatibility kits: run TAP scripts, mask known-broken tests, compare reports.
+    #[command(subcommand)]
+    Tck(cmd::tck::TckCmd),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             Command::Run(a) => cmd::run::run(a).await,
             Command::Runs(a) => cmd::runs::runs(a).await,
             Command::Report(a) => cmd::report::report(a).await,
+            Command::Tck(a) => cmd::tck::tck(a).await,
         }
     });
     match result {

@@ -50,6 +50,15 @@ pub enum AgentMessage {
         task_id: Uuid,
         outcome: TaskOutcome,
     },
+    /// A measurement a plugin emitted while the task runs (for `load`: one
+    /// per-second window of the engine), with the agent's system figures at
+    /// that moment. Best effort: not replayed after a reconnect, so anything
+    /// that must be exact also goes into the task's result.
+    Metrics {
+        task_id: Uuid,
+        window: serde_json::Value,
+        system: SystemMetrics,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +98,14 @@ pub enum ServerMessage {
         task: Box<Task>,
     },
     Cancel {
+        task_id: Uuid,
+    },
+    /// Hold the task (no new work; what is in flight finishes).
+    Pause {
+        task_id: Uuid,
+    },
+    /// Continue a paused task.
+    Resume {
         task_id: Uuid,
     },
     /// The server holds the task's result; the agent may forget it.

@@ -1,8 +1,9 @@
-//! One virtual user's HTTP connection on hyper's low-level `client::conn`:
-//! TCP (+ rustls with ALPN), HTTP/1.1 or HTTP/2, byte counting, and the
-//! request/response exchange. The connection future is driven inline by the
-//! task that sends the request instead of a spawned task, which saves two
-//! cross-task wake-ups per request.
+//! One virtual user's connection: TCP (+ rustls with ALPN), then HTTP/1.1
+//! on the built-in codec ([`crate::h1`]) or HTTP/2 on hyper's low-level
+//! `client::conn::http2`; byte counting and the request/response exchange.
+//! hyper's connection future is driven inline by the task that sends the
+//! request instead of a spawned task, which saves two cross-task wake-ups
+//! per request.
 
 use std::future::Future;
 use std::io;
@@ -15,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
@@ -24,14 +25,16 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::h1::{H1Error, H1};
 use crate::metrics::ErrorKind;
 use crate::plan::Protocol;
-use crate::scenario::Origin;
+use crate::scenario::{Built, CompiledRequest, Origin};
 
 type Body = Full<Bytes>;
 
-/// Bytes moved on one connection (TLS overhead included: counted on TCP).
-/// Atomics only because hyper may require `Send` I/O; one thread touches them.
+/// Bytes moved on an HTTP/2 connection (TLS overhead included: counted on
+/// TCP). Atomics only because hyper owns the I/O and wants it `Send`; one
+/// thread touches them.
 #[derive(Debug, Default)]
 pub(crate) struct IoCounters {
     read: AtomicU64,
@@ -47,12 +50,70 @@ impl IoCounters {
     }
 }
 
-enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// A TCP or TLS stream that counts the bytes it moves.
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A stream that counts the bytes it moves (for hyper-owned I/O).
 pub(crate) struct Counted {
     inner: Stream,
     counters: Arc<IoCounters>,
@@ -66,10 +127,7 @@ impl AsyncRead for Counted {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let r = match &mut this.inner {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        };
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
             let n = (buf.filled().len() - before) as u64;
             this.counters.read.fetch_add(n, Ordering::Relaxed);
@@ -85,10 +143,7 @@ impl AsyncWrite for Counted {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = match &mut this.inner {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
-        };
+        let r = Pin::new(&mut this.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = r {
             this.counters.written.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -101,10 +156,7 @@ impl AsyncWrite for Counted {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = match &mut this.inner {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        };
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             this.counters.written.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -112,68 +164,47 @@ impl AsyncWrite for Counted {
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.inner {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().inner {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().inner {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
 type Io = TokioIo<Counted>;
 
-enum Driver {
-    H1(http1::Connection<Io, Body>),
-    H2(Pin<Box<http2::Connection<Io, Body, TokioExecutor>>>),
-}
+type H2Conn = http2::Connection<Io, Body, TokioExecutor>;
 
-impl Future for Driver {
-    type Output = hyper::Result<()>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Driver::H1(c) => Pin::new(c).poll(cx),
-            Driver::H2(c) => c.as_mut().poll(cx),
-        }
-    }
-}
-
-enum Sender {
-    H1(http1::SendRequest<Body>),
-    H2(http2::SendRequest<Body>),
+enum Proto {
+    H1(H1),
+    H2 {
+        sender: http2::SendRequest<Body>,
+        driver: Pin<Box<H2Conn>>,
+        counters: Arc<IoCounters>,
+    },
 }
 
 /// An open connection of one virtual user.
 pub(crate) struct Conn {
     pub origin: Arc<Origin>,
-    sender: Sender,
-    driver: Pin<Box<Driver>>,
-    pub counters: Arc<IoCounters>,
-    /// The connection future finished: the connection is unusable.
+    proto: Proto,
+    /// The connection is unusable (closed, failed or timed out).
     dead: bool,
 }
 
-/// Outcome of one exchange that got a response.
-pub(crate) struct Response {
-    pub status: u16,
+/// Why an exchange failed.
+pub(crate) enum Failure {
+    /// The connection closed before the request was taken (a keep-alive
+    /// connection the server closed while idle): send again on a new
+    /// connection without counting an error.
+    Stale,
+    Failed(ErrorKind),
 }
-
-/// The connection closed before a request was sent on it; reconnect and
-/// send again without counting an error (a keep-alive connection the server
-/// closed while idle).
-pub(crate) struct Stale;
 
 /// TLS client settings shared by a run.
 pub(crate) fn tls_config(protocol: Protocol, insecure: bool) -> Result<Arc<ClientConfig>, String> {
@@ -314,48 +345,48 @@ pub(crate) async fn connect(
     } else {
         (Stream::Plain(tcp), protocol == Protocol::Http2)
     };
-    let counters = Arc::new(IoCounters::default());
-    let io = TokioIo::new(Counted {
-        inner: stream,
-        counters: counters.clone(),
-    });
-    let (sender, driver) = if h2 {
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+    let proto = if h2 {
+        let counters = Arc::new(IoCounters::default());
+        let io = TokioIo::new(Counted {
+            inner: stream,
+            counters: counters.clone(),
+        });
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(io)
             .await
             .map_err(|e| classify(&e))?;
-        (Sender::H2(tx), Driver::H2(Box::pin(conn)))
+        Proto::H2 {
+            sender,
+            driver: Box::pin(conn),
+            counters,
+        }
     } else {
-        let (tx, conn) = http1::Builder::new()
-            // One write per request: the head and a small body go out together.
-            .writev(false)
-            .handshake(io)
-            .await
-            .map_err(|e| classify(&e))?;
-        (Sender::H1(tx), Driver::H1(conn))
+        Proto::H1(H1::new(stream))
     };
     Ok(Conn {
         origin,
-        sender,
-        driver: Box::pin(driver),
-        counters,
+        proto,
         dead: false,
     })
 }
 
 impl Conn {
-    pub(crate) fn is_h2(&self) -> bool {
-        matches!(self.sender, Sender::H2(_))
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead || matches!(&self.proto, Proto::H1(h) if h.closed)
     }
 
-    pub(crate) fn is_dead(&self) -> bool {
-        self.dead
+    /// Bytes (in, out) moved so far.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        match &self.proto {
+            Proto::H1(h) => (h.bytes_in, h.bytes_out),
+            Proto::H2 { counters, .. } => counters.get(),
+        }
     }
 
     /// Polls `fut` together with the connection future until `fut` is done.
     /// `Err` means the connection ended first (the error is its reason).
     async fn drive<F: Future>(
-        driver: &mut Pin<Box<Driver>>,
+        driver: &mut Pin<Box<H2Conn>>,
         dead: &mut bool,
         fut: F,
     ) -> Result<F::Output, Option<hyper::Error>> {
@@ -385,51 +416,60 @@ impl Conn {
         .await
     }
 
-    /// Waits until the connection can take a request.
-    pub(crate) async fn ready(&mut self) -> Result<(), Stale> {
-        let Conn {
-            sender,
-            driver,
-            dead,
-            ..
-        } = self;
-        let r = Self::drive(driver, dead, async {
-            match sender {
-                Sender::H1(tx) => tx.ready().await,
-                Sender::H2(tx) => tx.ready().await,
-            }
-        })
-        .await;
-        match r {
-            Ok(Ok(())) => Ok(()),
-            _ => {
-                self.dead = true;
-                Err(Stale)
-            }
-        }
-    }
-
-    /// Sends `req` and reads the whole response body, keeping it in `body`
-    /// only when `keep_body` (checks need it).
+    /// Sends one request and reads the whole response, keeping the body in
+    /// `body` only when `keep_body` (checks need it). `scratch` holds the
+    /// encoded request when it is not static. Returns the status.
     pub(crate) async fn exchange(
         &mut self,
+        req: &CompiledRequest,
+        built: &Built<'_>,
+        keep_body: bool,
+        body: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<u16, Failure> {
+        let r = match &mut self.proto {
+            Proto::H1(h1) => {
+                let bytes = req.encode_h1(built, scratch);
+                h1.exchange(bytes, req.is_head(), keep_body, body)
+                    .await
+                    .map_err(|e| match e {
+                        H1Error::Stale => Failure::Stale,
+                        H1Error::Failed(k) => Failure::Failed(k),
+                    })
+            }
+            Proto::H2 { sender, driver, .. } => {
+                Self::h2_exchange(
+                    sender,
+                    driver,
+                    &mut self.dead,
+                    req.request_h2(built),
+                    keep_body,
+                    body,
+                )
+                .await
+            }
+        };
+        if r.is_err() {
+            self.dead = true;
+        }
+        r
+    }
+
+    async fn h2_exchange(
+        sender: &mut http2::SendRequest<Body>,
+        driver: &mut Pin<Box<H2Conn>>,
+        dead: &mut bool,
         req: Request<Body>,
         keep_body: bool,
         body: &mut Vec<u8>,
-    ) -> Result<Response, ErrorKind> {
-        let Conn {
-            sender,
-            driver,
-            dead,
-            ..
-        } = self;
+    ) -> Result<u16, Failure> {
         body.clear();
+        match Self::drive(driver, dead, sender.ready()).await {
+            Ok(Ok(())) => {}
+            _ => return Err(Failure::Stale),
+        }
         let fut = async {
-            let resp = match sender {
-                Sender::H1(tx) => tx.send_request(req).await,
-                Sender::H2(tx) => tx.send_request(req).await,
-            }
-            .map_err(|e| classify(&e))?;
+            let resp = sender.send_request(req).await.map_err(|e| classify(&e))?;
             let status = resp.status().as_u16();
             let mut incoming = resp.into_body();
             while let Some(frame) = incoming.frame().await {
@@ -440,19 +480,13 @@ impl Conn {
                     }
                 }
             }
-            Ok(Response { status })
+            Ok(status)
         };
         match Self::drive(driver, dead, fut).await {
-            Ok(r) => {
-                if r.is_err() {
-                    self.dead = true;
-                }
-                r
-            }
-            Err(e) => {
-                self.dead = true;
-                Err(e.map(|e| classify(&e)).unwrap_or(ErrorKind::Connection))
-            }
+            Ok(r) => r.map_err(Failure::Failed),
+            Err(e) => Err(Failure::Failed(
+                e.map(|e| classify(&e)).unwrap_or(ErrorKind::Connection),
+            )),
         }
     }
 }

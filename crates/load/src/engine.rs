@@ -393,7 +393,7 @@ fn coordinate(
                 match pending.get_mut(&w.index) {
                     Some(acc) => acc.merge(&w),
                     None => {
-                        pending.insert(w.index, w);
+                        pending.insert(w.index, *w);
                     }
                 }
             }

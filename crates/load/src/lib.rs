@@ -33,6 +33,7 @@ mod client;
 pub mod duration;
 mod engine;
 mod error;
+mod h1;
 mod metrics;
 mod plan;
 mod preset;

@@ -243,7 +243,7 @@ fn guess_format(path: &Path) -> DataFormat {
 #[derive(Debug)]
 pub(crate) enum CompiledCheck {
     Status(StatusMatch),
-    BodyContains(memmem::Finder<'static>),
+    BodyContains(Box<memmem::Finder<'static>>),
     JsonPath {
         path: JsonPath,
         equals: Option<serde_json::Value>,
@@ -301,9 +301,9 @@ pub(crate) struct CompiledRequest {
     /// Set when the URL has no placeholder.
     target: Option<Target>,
     url_tpl: Template,
-    /// Static headers for HTTP/1.1 (with `Host`) and HTTP/2 (without).
-    headers_h1: HeaderMap,
-    headers_h2: HeaderMap,
+    /// Static headers (`host` is added by the HTTP/1.1 encoder; HTTP/2
+    /// carries the authority in the URI).
+    headers: HeaderMap,
     header_tpls: Vec<(HeaderName, Template)>,
     body: Bytes,
     body_tpl: Option<Template>,
@@ -312,6 +312,8 @@ pub(crate) struct CompiledRequest {
     /// Index of this request's first check in the run-wide check list.
     pub check_base: usize,
     pub needs_body: bool,
+    /// The whole HTTP/1.1 request, encoded once, when nothing in it varies.
+    h1_static: Option<Vec<u8>>,
 }
 
 /// A request instance ready to send plus where to send it.
@@ -322,6 +324,27 @@ pub(crate) struct Built<'a> {
 }
 
 impl CompiledRequest {
+    pub(crate) fn is_head(&self) -> bool {
+        self.method == Method::HEAD
+    }
+
+    /// The HTTP/1.1 encoding of this request instance: the precomputed
+    /// bytes when static, else encoded into `scratch`.
+    pub(crate) fn encode_h1<'a>(&'a self, built: &Built<'_>, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        if let Some(b) = &self.h1_static {
+            return b;
+        }
+        encode_h1(
+            &self.method,
+            &built.target,
+            &self.headers,
+            &built.dynamic_headers,
+            &built.body,
+            scratch,
+        );
+        scratch
+    }
+
     /// Whether this request can go to an `https` origin.
     pub(crate) fn may_use_tls(&self) -> bool {
         self.target.as_ref().is_none_or(|t| t.origin.https)
@@ -350,22 +373,13 @@ impl CompiledRequest {
         })
     }
 
-    /// The hyper request for a connection speaking HTTP/2 (`h2`) or 1.1.
-    pub(crate) fn request(&self, built: &Built<'_>, h2: bool) -> Request<Full<Bytes>> {
+    /// The hyper request for an HTTP/2 connection.
+    pub(crate) fn request_h2(&self, built: &Built<'_>) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(built.body.clone()));
         *req.method_mut() = self.method.clone();
-        if h2 {
-            *req.version_mut() = Version::HTTP_2;
-            *req.uri_mut() = built.target.absolute.clone();
-            *req.headers_mut() = self.headers_h2.clone();
-        } else {
-            *req.uri_mut() = built.target.path.clone();
-            *req.headers_mut() = self.headers_h1.clone();
-            if self.target.is_none() {
-                req.headers_mut()
-                    .insert(HOST, built.target.host_header.clone());
-            }
-        }
+        *req.version_mut() = Version::HTTP_2;
+        *req.uri_mut() = built.target.absolute.clone();
+        *req.headers_mut() = self.headers.clone();
         for (n, v) in &built.dynamic_headers {
             req.headers_mut().insert(n.clone(), v.clone());
         }
@@ -518,9 +532,9 @@ fn compile_request(
                 }
                 CompiledCheck::Status(m.clone())
             }
-            Check::BodyContains(s) => {
-                CompiledCheck::BodyContains(memmem::Finder::new(s.as_bytes()).into_owned())
-            }
+            Check::BodyContains(s) => CompiledCheck::BodyContains(Box::new(
+                memmem::Finder::new(s.as_bytes()).into_owned(),
+            )),
             Check::JsonPath { path, equals } => match JsonPath::parse(path) {
                 Ok(p) => CompiledCheck::JsonPath {
                     path: p,
@@ -541,18 +555,21 @@ fn compile_request(
     if !errs.is_empty() {
         return Err(errs);
     }
-    let mut headers_h1 = headers.clone();
-    if let Some(t) = &target {
-        headers_h1.insert(HOST, t.host_header.clone());
-    }
     let needs_body = checks.iter().any(CompiledCheck::needs_body);
+    let h1_static = match &target {
+        Some(t) if header_tpls.is_empty() && body_tpl.is_none() => {
+            let mut out = Vec::new();
+            encode_h1(&method, t, &headers, &[], &body, &mut out);
+            Some(out)
+        }
+        _ => None,
+    };
     Ok((
         CompiledRequest {
             method,
             target,
             url_tpl,
-            headers_h1,
-            headers_h2: headers,
+            headers,
             header_tpls,
             body,
             body_tpl,
@@ -560,9 +577,52 @@ fn compile_request(
             checks,
             check_base,
             needs_body,
+            h1_static,
         },
         names,
     ))
+}
+
+/// Writes an HTTP/1.1 request: request line, `host` (unless given),
+/// headers, `content-length` when there is a body (or the method expects
+/// one), the body.
+fn encode_h1(
+    method: &Method,
+    target: &Target,
+    headers: &HeaderMap,
+    dynamic: &[(HeaderName, HeaderValue)],
+    body: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    let path = target
+        .path
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let has_host = headers.contains_key(HOST) || dynamic.iter().any(|(n, _)| n == HOST);
+    if !has_host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(target.host_header.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let all = headers.iter().chain(dynamic.iter().map(|(n, v)| (n, v)));
+    for (name, value) in all {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let expects_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+    if !body.is_empty() || expects_body {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
 }
 
 /// I/O-free validation of one request for [`crate::Plan::validate`].

@@ -6,22 +6,25 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
-use crate::client::{self, Conn};
+use crate::client::{self, Conn, Failure};
 use crate::engine::{Control, Shared};
 use crate::metrics::{ErrorKind, LocalWindow, Window};
 use crate::plan::{share, Load, Order, ThinkTime};
 use crate::scenario::{CompiledRequest, Origin};
 
 pub(crate) enum WorkerMsg {
-    Window(usize, Window),
+    Window(usize, Box<Window>),
     /// The thread finished at this instant.
     Done(usize, Instant),
 }
@@ -165,7 +168,7 @@ impl Worker {
     fn send(&self, lw: LocalWindow, duration_ms: u64) {
         let ts = (self.control().start_unix_ms + lw.index * 1000) / 1000;
         let w = lw.into_window(ts, duration_ms);
-        let _ = self.tx.send(WorkerMsg::Window(self.id, w));
+        let _ = self.tx.send(WorkerMsg::Window(self.id, Box::new(w)));
     }
 
     fn flush_final(&self, end: Instant) {
@@ -277,8 +280,11 @@ struct Vu {
     conns: Vec<Conn>,
     rng: Rng,
     body: Vec<u8>,
+    scratch: Vec<u8>,
     checks: Vec<bool>,
     backoff: Duration,
+    /// Request deadline timer, re-armed only when it fires early.
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Vu {
@@ -288,8 +294,12 @@ impl Vu {
             conns: Vec::new(),
             rng: Rng::new(seed),
             body: Vec::new(),
+            scratch: Vec::new(),
             checks: Vec::new(),
             backoff: Duration::ZERO,
+            timer: Box::pin(tokio::time::sleep_until(
+                (Instant::now() + w.shared.plan.request_timeout).into(),
+            )),
         }
     }
 
@@ -382,7 +392,7 @@ impl Vu {
             }
         };
         let mut retried = false;
-        let ci = loop {
+        let (status, t0, t1, bytes) = loop {
             let ci = match self.conn_for(w, &built.target.origin).await {
                 Ok(i) => i,
                 Err(kind) => {
@@ -391,45 +401,47 @@ impl Vu {
                     return;
                 }
             };
-            if self.conns[ci].ready().await.is_ok() {
-                break ci;
+            let Vu {
+                conns,
+                body,
+                scratch,
+                timer,
+                ..
+            } = self;
+            let conn = &mut conns[ci];
+            let (in0, out0) = conn.bytes();
+            let sent = Instant::now();
+            let t0 = intended.unwrap_or(sent);
+            let deadline = sent + w.shared.plan.request_timeout;
+            let exchange = conn.exchange(req, &built, req.needs_body, body, scratch);
+            let res = with_deadline(timer.as_mut(), deadline, exchange).await;
+            let t1 = Instant::now();
+            let (in1, out1) = conn.bytes();
+            let bytes = (in1 - in0, out1 - out0);
+            match res {
+                Ok(Ok(status)) => break (status, t0, t1, bytes),
+                Ok(Err(Failure::Stale)) if !retried => {
+                    self.conns.swap_remove(ci);
+                    retried = true;
+                }
+                Ok(Err(Failure::Stale)) => {
+                    self.conns.swap_remove(ci);
+                    w.record_failure(t1, ErrorKind::Connection, bytes);
+                    return;
+                }
+                Ok(Err(Failure::Failed(kind))) => {
+                    self.conns.swap_remove(ci);
+                    w.record_failure(t1, kind, bytes);
+                    return;
+                }
+                Err(TimedOut) => {
+                    self.conns.swap_remove(ci);
+                    w.record_failure(t1, ErrorKind::Timeout, bytes);
+                    return;
+                }
             }
-            self.conns.swap_remove(ci);
-            if retried {
-                w.record_failure(Instant::now(), ErrorKind::Connection, (0, 0));
-                self.backoff(w).await;
-                return;
-            }
-            retried = true;
-        };
-        let conn = &mut self.conns[ci];
-        let request = req.request(&built, conn.is_h2());
-        let counters = conn.counters.clone();
-        let (in0, out0) = counters.get();
-        let t0 = intended.unwrap_or_else(Instant::now);
-        let res = tokio::time::timeout(
-            w.shared.plan.request_timeout,
-            conn.exchange(request, req.needs_body, &mut self.body),
-        )
-        .await;
-        let t1 = Instant::now();
-        let (in1, out1) = counters.get();
-        let bytes = (in1 - in0, out1 - out0);
-        let resp = match res {
-            Err(_) => {
-                self.conns.swap_remove(ci);
-                w.record_failure(t1, ErrorKind::Timeout, bytes);
-                return;
-            }
-            Ok(Err(kind)) => {
-                self.conns.swap_remove(ci);
-                w.record_failure(t1, kind, bytes);
-                return;
-            }
-            Ok(Ok(r)) => r,
         };
         self.backoff = Duration::ZERO;
-        let status = resp.status;
         self.checks.clear();
         if !req.checks.is_empty() {
             let mut json = None;
@@ -466,6 +478,36 @@ impl Vu {
             }
         });
     }
+}
+
+struct TimedOut;
+
+/// Runs `fut` until `deadline`. `timer` is reused across requests: while its
+/// own deadline is no later than `deadline` it is left armed (re-registering
+/// a timer per request costs more than the rest of the client), and when it
+/// fires before `deadline` it is moved there.
+async fn with_deadline<F: Future>(
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    deadline: Instant,
+    fut: F,
+) -> Result<F::Output, TimedOut> {
+    if timer.deadline() > deadline.into() {
+        timer.as_mut().reset(deadline.into());
+    }
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(TimedOut));
+            }
+            timer.as_mut().reset(deadline.into());
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Closed model: keeps this thread's share of the stage target running.
@@ -600,7 +642,7 @@ async fn open(w: Rc<Worker>) {
             None => w.record(now, |win| win.dropped += 1),
         }
         burst += 1;
-        if burst % 64 == 0 {
+        if burst.is_multiple_of(64) {
             // Far behind schedule: let the users run between dispatches.
             tokio::task::yield_now().await;
         }

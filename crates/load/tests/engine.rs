@@ -35,7 +35,7 @@ fn error_count(r: &testbed_load::Report, label: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_counts_equal_the_servers() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(false);
     let plan = Plan::closed(srv.url("/ok"), 4, secs(1.0));
     let (windows, report) = run_collect(plan).await;
@@ -54,7 +54,7 @@ async fn request_counts_equal_the_servers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_classified() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(false);
     // 404 and 500 by code.
     let mut plan = Plan::closed(srv.url("/404"), 2, secs(0.5));
@@ -103,7 +103,7 @@ async fn errors_are_classified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_and_thresholds_decide() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(false);
     let mut plan = Plan::closed(srv.url("/ok"), 2, secs(0.5));
     plan.scenario.requests[0].checks = vec![
@@ -143,16 +143,16 @@ async fn checks_and_thresholds_decide() {
         .iter()
         .map(|t| (t.expr.as_str(), t.passed))
         .collect();
-    assert_eq!(verdict["p(95)<5000"], true);
-    assert_eq!(verdict["checks>0.99"], false);
-    assert_eq!(verdict["error_rate<0.01"], false);
-    assert_eq!(verdict["p(99)<0"], false);
+    assert!(verdict["p(95)<5000"]);
+    assert!(!verdict["checks>0.99"]);
+    assert!(!verdict["error_rate<0.01"]);
+    assert!(!verdict["p(99)<0"]);
     assert!((r.summary.checks_rate - 0.8).abs() < 1e-9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_works() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(true);
     let mut plan = Plan::closed(srv.url("/ok"), 3, secs(0.7));
     plan.protocol = Protocol::Http2;
@@ -168,7 +168,7 @@ async fn h2c_prior_knowledge_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_requests_and_resume_extends_the_hold() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(false);
     let mut plan = Plan::closed(srv.url("/slow?ms=5"), 2, secs(2.0));
     plan.scenario.think_time = None;
@@ -210,7 +210,7 @@ async fn pause_holds_requests_and_resume_extends_the_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_returns_a_report_promptly() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(false);
     let mut plan = Plan::closed(srv.url("/slow?ms=5000"), 3, secs(60.0));
     plan.request_timeout = secs(30.0);
@@ -230,7 +230,7 @@ async fn stop_returns_a_report_promptly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_model_keeps_its_rate() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(false);
     let plan = Plan::open(srv.url("/slow?ms=20"), 200.0, secs(3.0), 50);
     let (windows, r) = run_collect(plan).await;
@@ -260,7 +260,7 @@ async fn open_model_keeps_its_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_model_is_free_of_coordinated_omission() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(false);
     srv.arm_stall();
     let (_, closed) = run_collect(Plan::closed(srv.url("/stall"), 1, secs(2.5))).await;
@@ -289,7 +289,7 @@ async fn open_model_is_free_of_coordinated_omission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_from_two_engines_merge_exactly() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(false);
     let a = testbed_load::start(Plan::closed(srv.url("/ok"), 2, secs(1.0))).unwrap();
     let b = testbed_load::start(Plan::closed(srv.url("/slow?ms=3"), 2, secs(1.0))).unwrap();
@@ -338,7 +338,7 @@ async fn windows_from_two_engines_merge_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_model_ramps_up() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(false);
     let mut plan = Plan::closed(srv.url("/slow?ms=10"), 8, secs(1.0));
     plan.load = Load::Closed {
@@ -401,7 +401,7 @@ fn validation_names_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_file_variables_are_substituted() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let srv = common::spawn(false);
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("users.csv");

@@ -415,6 +415,13 @@ async fn handle(
             // Acked even when unknown, so the agent stops resending it.
             let _ = tx.send(ServerMessage::Ack { task_id });
         }
+        AgentMessage::Metrics {
+            task_id,
+            window,
+            system,
+        } => {
+            crate::performance::on_metrics(state, task_id, window, system).await;
+        }
         AgentMessage::Hello(_) => {
             return Err(SessionError::Protocol("hello sent twice".into()));
         }

@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod performance;
 pub mod records;
 pub mod state;
 
@@ -115,6 +116,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         replica: config.replica,
         shutdown: shutdown.clone(),
         leading: Default::default(),
+        perf: Default::default(),
     }));
 
     // Small, latency-bound messages (agent protocol, API calls) must not

@@ -43,6 +43,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// This replica currently leads the controller.
     pub leading: std::sync::atomic::AtomicBool,
+    /// Live series of performance executions whose agents report here.
+    pub perf: crate::performance::Live,
 }
 
 #[derive(Clone)]

@@ -136,7 +136,10 @@ mod tests {
         cfg.path = Some(PathBuf::from("/k/kit.toml"));
         let env = cfg.env();
         assert!(env.contains(&("TESTBED_TCK_PLATFORM".into(), "test:///default".into())));
-        assert!(env.contains(&("TESTBED_TCK_RESOURCE_ISCSI_SERVER".into(), "10.0.0.1".into())));
+        assert!(env.contains(&(
+            "TESTBED_TCK_RESOURCE_ISCSI_SERVER".into(),
+            "10.0.0.1".into()
+        )));
         assert!(env.contains(&("TESTBED_TCK_LABEL_DRIVER".into(), "test".into())));
         assert!(env.contains(&("TESTBED_TCK_CONFIG".into(), "/k/kit.toml".into())));
     }

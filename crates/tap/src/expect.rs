@@ -115,7 +115,10 @@ pub fn report_labels(report: &Report) -> BTreeMap<String, String> {
     report
         .properties
         .iter()
-        .filter_map(|(k, v)| k.strip_prefix(LABEL_PREFIX).map(|k| (k.to_string(), v.clone())))
+        .filter_map(|(k, v)| {
+            k.strip_prefix(LABEL_PREFIX)
+                .map(|k| (k.to_string(), v.clone()))
+        })
         .collect()
 }
 
@@ -137,16 +140,55 @@ impl Expectations {
     /// changed.
     pub fn apply(&self, report: &mut Report) -> usize {
         let labels = report_labels(report);
-        let entries: Vec<&Broken> = self.broken.iter().filter(|b| b.applies_to(&labels)).collect();
+        let entries: Vec<&Broken> = self
+            .broken
+            .iter()
+            .filter(|b| b.applies_to(&labels))
+            .collect();
         let mut changed = 0;
         for suite in &mut report.suites {
             let name = suite.name.clone();
+            let mut masked = 0;
             for entry in entries.iter().filter(|e| e.script() == name) {
-                changed += apply_entry(entry, suite);
+                masked += apply_entry(entry, suite);
             }
+            if masked > 0 {
+                masked += explain_exit_status(suite);
+            }
+            changed += masked;
         }
         changed
     }
+}
+
+/// Test::More and friends exit with the number of failed tests, so masking
+/// every failing test point must also mask the non-zero exit status they
+/// caused; any other script-level problem (bad plan, bail out, timeout) stays.
+fn explain_exit_status(suite: &mut Suite) -> usize {
+    let points_fail = suite
+        .cases
+        .iter()
+        .any(|c| c.name != SCRIPT_CASE && c.outcome.is_failure());
+    let points_xfail = suite
+        .cases
+        .iter()
+        .any(|c| c.name != SCRIPT_CASE && c.outcome == Outcome::Xfail);
+    if points_fail || !points_xfail {
+        return 0;
+    }
+    let Some(script) = suite.cases.iter_mut().find(|c| {
+        c.name == SCRIPT_CASE
+            && c.outcome == Outcome::Fail
+            && c.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("Non-zero exit status: ") && !m.contains(';'))
+    }) else {
+        return 0;
+    };
+    script.outcome = Outcome::Xfail;
+    let was = script.message.take().unwrap_or_default();
+    script.message = Some(format!("{was}, from known-broken tests"));
+    1
 }
 
 fn apply_entry(entry: &Broken, suite: &mut Suite) -> usize {
@@ -204,7 +246,10 @@ mod tests {
         let mut b = Suite::new("b.t");
         b.cases = vec![case(1, "one", Outcome::Pass)];
         let mut c = Suite::new("c.t");
-        c.cases = vec![case(1, "x", Outcome::Fail), Case::new(SCRIPT_CASE, Outcome::Fail)];
+        c.cases = vec![
+            case(1, "x", Outcome::Fail),
+            Case::new(SCRIPT_CASE, Outcome::Fail),
+        ];
         r.suites = vec![a, b, c];
         r
     }
@@ -236,15 +281,48 @@ reason = "not this platform"
         assert_eq!(exp.apply(&mut r), 4);
         assert_eq!(r.suites[0].cases[0].outcome, Outcome::Pass);
         assert_eq!(r.suites[0].cases[1].outcome, Outcome::Xfail);
-        assert!(r.suites[0].cases[1].message.as_deref().unwrap().contains("https://x/1"));
+        assert!(r.suites[0].cases[1]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("https://x/1"));
         assert_eq!(r.suites[1].cases[0].outcome, Outcome::Xpass);
-        assert!(r.suites[2].cases.iter().all(|c| c.outcome == Outcome::Xfail));
+        assert!(r.suites[2]
+            .cases
+            .iter()
+            .all(|c| c.outcome == Outcome::Xfail));
         assert!(r.summary().ok);
     }
 
     #[test]
+    fn exit_status_of_masked_failures_is_masked() {
+        let exp = Expectations::parse(
+            Path::new("k"),
+            "[[broken]]\ntest = \"a.t#two\"\nreason = \"r\"\n",
+        )
+        .unwrap();
+        let mut r = report();
+        let mut script = Case::new(SCRIPT_CASE, Outcome::Fail);
+        script.message = Some("Non-zero exit status: 1".into());
+        r.suites[0].cases.push(script);
+        exp.apply(&mut r);
+        assert_eq!(r.suites[0].cases[2].outcome, Outcome::Xfail);
+        // A bad plan is not explained by known-broken points.
+        let mut r = report();
+        let mut script = Case::new(SCRIPT_CASE, Outcome::Fail);
+        script.message = Some("Bad plan.; Non-zero exit status: 255".into());
+        r.suites[0].cases.push(script);
+        exp.apply(&mut r);
+        assert_eq!(r.suites[0].cases[2].outcome, Outcome::Fail);
+    }
+
+    #[test]
     fn whole_script_that_passes_is_xpass() {
-        let exp = Expectations::parse(Path::new("k"), "[[broken]]\ntest = \"b.t\"\nreason = \"r\"\n").unwrap();
+        let exp = Expectations::parse(
+            Path::new("k"),
+            "[[broken]]\ntest = \"b.t\"\nreason = \"r\"\n",
+        )
+        .unwrap();
         let mut r = report();
         exp.apply(&mut r);
         assert_eq!(r.suites[1].cases.last().unwrap().outcome, Outcome::Xpass);
@@ -264,4 +342,51 @@ reason = "not this platform"
         let err = Expectations::parse(Path::new("k.toml"), "[[broken]\n").unwrap_err();
         assert!(err.to_string().starts_with("k.toml:1:"), "{err}");
     }
+}
+
+/// A failure left after masking the known broken: something to fix.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub script: String,
+    pub test: String,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+/// Every failing case of a (masked) report.
+pub fn problems(report: &Report) -> Vec<Problem> {
+    report
+        .suites
+        .iter()
+        .flat_map(|s| {
+            s.cases
+                .iter()
+                .filter(|c| c.outcome.is_failure())
+                .map(move |c| Problem {
+                    script: s.display_name(),
+                    test: c.name.clone(),
+                    outcome: c.outcome,
+                    message: c.message.clone().unwrap_or_default(),
+                })
+        })
+        .collect()
+}
+
+/// Known-broken tests that passed: expectations that have gone stale.
+pub fn stale(report: &Report) -> Vec<Problem> {
+    report
+        .suites
+        .iter()
+        .flat_map(|s| {
+            s.cases
+                .iter()
+                .filter(|c| c.outcome == Outcome::Xpass)
+                .map(move |c| Problem {
+                    script: s.display_name(),
+                    test: c.name.clone(),
+                    outcome: c.outcome,
+                    message: c.message.clone().unwrap_or_default(),
+                })
+        })
+        .collect()
 }

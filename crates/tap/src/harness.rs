@@ -86,7 +86,11 @@ pub fn kit_root(cfg: &RunConfig) -> PathBuf {
 }
 
 fn absolute(p: &Path) -> PathBuf {
-    let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+    let p = if p.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        p
+    };
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
@@ -343,7 +347,7 @@ pub async fn run_script(
                 }
             }
             let _ = child.wait().await;
-            ScriptExit::TimedOut(timeout.as_secs())
+            ScriptExit::TimedOut(timeout)
         }
     };
     drop(stdout);
@@ -362,9 +366,7 @@ pub async fn run_script(
     let mut suite = parser.finish().into_suite(&script.name, &exit);
     suite.started_at = Some(started);
     suite.duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
-    suite
-        .properties
-        .insert("command".into(), argv.join(" "));
+    suite.properties.insert("command".into(), argv.join(" "));
     attach_stderr(&mut suite, stderr);
     suite
 }

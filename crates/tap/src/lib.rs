@@ -7,6 +7,7 @@
 //! | [`config`] | the kit configuration (`kit.toml`) and the environment scripts get |
 //! | [`expect`] | known-broken expectations: failures become `xfail`, stale entries `xpass` |
 //! | [`harness`] | finds and runs scripts in parallel with a time limit: [`run_kit`] |
+//! | [`compare`] | regressions, fixes, new and removed tests and duration changes between two reports |
 
 pub mod parser;
 
@@ -19,3 +20,4 @@ pub use expect::Expectations;
 pub mod harness;
 
 pub use harness::{run_kit, RunConfig};
+pub mod compare;

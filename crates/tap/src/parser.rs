@@ -18,6 +18,8 @@ const MAX_YAML: usize = 64 * 1024;
 /// At most this many diagnostics are kept per script; a binary blob would
 /// otherwise produce one per "line".
 const MAX_DIAGNOSTICS: usize = 100;
+/// Unrecognised lines shown as diagnostics; the rest are only counted.
+const MAX_UNKNOWN_SHOWN: u64 = 5;
 /// Name of the case that carries script-level results (bad plan, exit status,
 /// bail out, skip-all), so that JUnit shows them as a test case.
 pub const SCRIPT_CASE: &str = "(script)";
@@ -29,8 +31,8 @@ pub enum ScriptExit {
     Code(i32),
     /// Killed by this signal.
     Signal(i32),
-    /// Killed by the harness after this many seconds.
-    TimedOut(u64),
+    /// Killed by the harness at its time limit.
+    TimedOut(std::time::Duration),
     /// Could not be started, or its output could not be read.
     Error(String),
 }
@@ -41,7 +43,13 @@ impl ScriptExit {
             ScriptExit::Code(0) => None,
             ScriptExit::Code(c) => Some((Outcome::Fail, format!("Non-zero exit status: {c}"))),
             ScriptExit::Signal(s) => Some((Outcome::Fail, format!("died: killed by signal {s}"))),
-            ScriptExit::TimedOut(s) => Some((Outcome::Error, format!("timed out after {s}s"))),
+            ScriptExit::TimedOut(d) if d.subsec_millis() == 0 => {
+                Some((Outcome::Error, format!("timed out after {}s", d.as_secs())))
+            }
+            ScriptExit::TimedOut(d) => Some((
+                Outcome::Error,
+                format!("timed out after {}ms", d.as_millis()),
+            )),
             ScriptExit::Error(e) => Some((Outcome::Error, e.clone())),
         }
     }
@@ -60,7 +68,6 @@ struct Level {
     /// Test points seen when the plan came; a plan after tests must be the last
     /// thing at its level.
     plan_after_tests: bool,
-    tests_after_end_plan: bool,
     count: u64,
     failed: Vec<String>,
     problems: Vec<String>,
@@ -117,6 +124,7 @@ pub struct Parser {
     problems: Vec<String>,
     partial: Vec<u8>,
     partial_cut: bool,
+    unknown_lines: u64,
 }
 
 impl Default for Parser {
@@ -157,6 +165,7 @@ impl Parser {
             problems: Vec::new(),
             partial: Vec::new(),
             partial_cut: false,
+            unknown_lines: 0,
         }
     }
 
@@ -173,7 +182,7 @@ impl Parser {
         while let Some(pos) = chunk.iter().position(|&b| b == b'\n') {
             self.append_partial(&chunk[..pos]);
             let line = std::mem::take(&mut self.partial);
-            if std::mem::take(&mut self.partial_cut) {
+            if std::mem::take(&mut self.partial_cut) && self.unknown_lines < MAX_UNKNOWN_SHOWN {
                 let n = self.line_no + 1;
                 self.diag(format!("line {n}: cut at {MAX_LINE} bytes"));
             }
@@ -202,8 +211,8 @@ impl Parser {
         }
     }
 
+    /// A script-level failure; the `(script)` case carries it.
     fn problem(&mut self, msg: String) {
-        self.diag(format!("line {}: {msg}", self.line_no));
         if self.problems.len() < MAX_DIAGNOSTICS {
             self.problems.push(msg);
         }
@@ -278,8 +287,7 @@ impl Parser {
                         "Explicit TAP version must be at least 13. Got version {v}"
                     )),
                     _ if !first => self.problem(
-                        "If TAP version is present it must be the first line of output"
-                            .to_string(),
+                        "If TAP version is present it must be the first line of output".to_string(),
                     ),
                     _ => self.diag(format!("line {}: bad TAP version line", self.line_no)),
                 }
@@ -296,11 +304,12 @@ impl Parser {
                 return;
             }
         }
-        if spaces % 4 != 0 {
+        // Subtests indent by exactly four spaces per level.
+        let depth = spaces / 4;
+        if depth * 4 != spaces {
             self.unknown(line);
             return;
         }
-        let depth = spaces / 4;
         if let Some(plan) = parse_plan(body) {
             self.ensure_depth(depth, false);
             self.on_plan(depth, plan);
@@ -315,12 +324,26 @@ impl Parser {
     }
 
     fn unknown(&mut self, line: &str) {
-        let excerpt: String = line.chars().take(80).collect();
+        self.unknown_lines += 1;
+        let excerpt: String = line
+            .chars()
+            .take(60)
+            .map(|c| {
+                if c.is_control() || c == '\u{fffd}' {
+                    '?'
+                } else {
+                    c
+                }
+            })
+            .collect();
         let msg = format!("unrecognised line: {excerpt:?}");
-        if self.strict {
-            self.problem(msg);
-        } else {
+        // A few examples say what went wrong; thousands of garbage lines would
+        // only bury the real diagnostics.
+        if self.unknown_lines <= MAX_UNKNOWN_SHOWN {
             self.diag(format!("line {}: {msg}", self.line_no));
+        }
+        if self.strict {
+            self.problem(format!("line {}: {msg} (pragma +strict)", self.line_no));
         }
     }
 
@@ -364,6 +387,7 @@ impl Parser {
 
     fn level_problem(&mut self, depth: usize, msg: String) {
         if depth == 0 {
+            self.diag(format!("line {}: {msg}", self.line_no));
             self.problem(msg);
         } else {
             let line = self.line_no;
@@ -382,9 +406,6 @@ impl Parser {
             let level = &mut self.levels[depth];
             level.count += 1;
             let late = level.plan.is_some() && level.plan_after_tests;
-            if late {
-                level.tests_after_end_plan = true;
-            }
             (level.count, late)
         };
         if late {
@@ -402,15 +423,19 @@ impl Parser {
                 };
                 self.level_problem(
                     depth,
-                    format!("Tests out of sequence. Found ({n}) but expected ({expected}) ({what})"),
+                    format!(
+                        "Tests out of sequence. Found ({n}) but expected ({expected}) ({what})"
+                    ),
                 );
             }
         }
         let number = p.number.unwrap_or(expected);
+        // Named by description, not number, so that names survive tests being
+        // added or removed when reports are compared.
         let label = if p.description.is_empty() {
-            number.to_string()
+            format!("test {number}")
         } else {
-            format!("{number} - {}", p.description)
+            p.description.clone()
         };
         let outcome = match (&p.directive, p.ok) {
             (Some(Directive::Skip(_)), _) => Outcome::Skip,
@@ -420,7 +445,9 @@ impl Parser {
             (None, false) => Outcome::Fail,
         };
         if outcome == Outcome::Fail {
-            self.levels[depth].failed.push(label.clone());
+            self.levels[depth]
+                .failed
+                .push(format!("{number} - {label}"));
         }
         if depth > 0 {
             self.last_point = Some((depth, None));
@@ -497,10 +524,7 @@ impl Parser {
         if self.bailed.is_none() {
             let mut plan_problems = Vec::new();
             check_plan(&top.plan, top.count, &mut plan_problems);
-            for p in plan_problems {
-                self.diag(p.clone());
-                self.problems.push(p);
-            }
+            self.problems.extend(plan_problems);
             if let Some(Plan {
                 skip_all: Some(r), ..
             }) = &top.plan
@@ -509,6 +533,10 @@ impl Parser {
                     skip_all = Some(r.clone());
                 }
             }
+        }
+        if self.unknown_lines > MAX_UNKNOWN_SHOWN {
+            let more = self.unknown_lines - MAX_UNKNOWN_SHOWN;
+            self.diag(format!("... and {more} more unrecognised lines"));
         }
         if self.dropped_diagnostics > 0 {
             self.diagnostics
@@ -542,7 +570,6 @@ impl Parsed {
         let mut outcome = Outcome::Fail;
         if let Some((o, msg)) = exit.problem() {
             outcome = o;
-            suite.diagnostics.push(msg.clone());
             problems.push(msg);
         }
         if !problems.is_empty() {
@@ -580,7 +607,8 @@ fn yaml_message(v: &serde_norway::Value) -> Option<String> {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 fn parse_plan(body: &str) -> Option<Plan> {
@@ -698,11 +726,11 @@ mod tests {
         assert_eq!(
             outcomes(&p),
             vec![
-                ("1 - first".into(), Outcome::Pass),
-                ("2 - second".into(), Outcome::Xfail),
-                ("3".into(), Outcome::Skip),
-                ("4 - fine".into(), Outcome::Xpass),
-                ("5 - five # hash".into(), Outcome::Pass),
+                ("first".into(), Outcome::Pass),
+                ("second".into(), Outcome::Xfail),
+                ("test 3".into(), Outcome::Skip),
+                ("fine".into(), Outcome::Xpass),
+                ("five # hash".into(), Outcome::Pass),
             ]
         );
         assert_eq!(p.cases[2].message.as_deref(), Some("no disk"));
@@ -757,8 +785,16 @@ mod tests {
         let s = p.into_suite("b.t", &ScriptExit::Code(255));
         let script = s.cases.iter().find(|c| c.name == SCRIPT_CASE).unwrap();
         assert_eq!(script.outcome, Outcome::Fail);
-        assert!(script.message.as_deref().unwrap().contains("Bail out! database gone"));
-        assert!(script.message.as_deref().unwrap().contains("exit status: 255"));
+        assert!(script
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("Bail out! database gone"));
+        assert!(script
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("exit status: 255"));
     }
 
     #[test]
@@ -782,8 +818,8 @@ mod tests {
         assert_eq!(
             outcomes(&p),
             vec![
-                ("1 - inner".into(), Outcome::Fail),
-                ("2 - second".into(), Outcome::Pass)
+                ("inner".into(), Outcome::Fail),
+                ("second".into(), Outcome::Pass)
             ]
         );
         assert!(p.cases[0].message.as_deref().unwrap().contains("2 - b"));
@@ -828,7 +864,15 @@ mod tests {
         // One enormous line without a newline.
         parser.push(&vec![b'x'; 3 * MAX_LINE]);
         let p = parser.finish();
-        assert!(p.diagnostics.len() <= MAX_DIAGNOSTICS + 2);
+        assert!(
+            p.diagnostics.len() <= MAX_UNKNOWN_SHOWN as usize + 3,
+            "{:?}",
+            p.diagnostics
+        );
+        assert!(p
+            .diagnostics
+            .iter()
+            .any(|d| d.contains("more unrecognised lines")));
         assert!(!p.is_ok());
     }
 
@@ -838,7 +882,10 @@ mod tests {
         let s = p.into_suite("x", &ScriptExit::Signal(9));
         assert!(s.is_failure());
         let p = Parser::parse_str("1..1\nok 1\n");
-        let s = p.into_suite("x", &ScriptExit::TimedOut(3));
+        let s = p.into_suite(
+            "x",
+            &ScriptExit::TimedOut(std::time::Duration::from_secs(3)),
+        );
         assert_eq!(s.cases[1].outcome, Outcome::Error);
         assert_eq!(s.cases[1].message.as_deref(), Some("timed out after 3s"));
     }

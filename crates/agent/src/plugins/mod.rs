@@ -3,6 +3,7 @@
 pub mod build_server;
 pub mod exec;
 pub mod linux_system;
+pub mod load;
 pub mod noop;
 
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use crate::plugin::DynPlugin;
 
 /// Names of the plugins compiled into the agent.
-pub const BUILTIN: &[&str] = &["linux_system", "build_server", "noop"];
+pub const BUILTIN: &[&str] = &["linux_system", "build_server", "noop", "load"];
 
 /// The built-in plugin called `name`, if there is one.
 pub fn builtin(name: &str) -> Option<DynPlugin> {
@@ -19,6 +20,7 @@ pub fn builtin(name: &str) -> Option<DynPlugin> {
         "linux_system" => Some(Arc::new(linux_system::LinuxSystem)),
         "build_server" => Some(Arc::new(build_server::BuildServer)),
         "noop" => Some(Arc::new(noop::Noop)),
+        "load" => Some(Arc::new(load::Load)),
         _ => None,
     }
 }

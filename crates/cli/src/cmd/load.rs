@@ -179,7 +179,9 @@ impl Live {
 
     fn window(&mut self, w: &Window) {
         self.errors += w.errors;
-        if !self.enabled {
+        // A final partial second would show an extrapolated rate; the
+        // summary covers it.
+        if !self.enabled || w.duration_ms < 1000 {
             return;
         }
         let h = &w.latency;

@@ -5,6 +5,7 @@ pub mod report;
 pub mod run;
 pub mod runs;
 pub mod server;
+pub mod tck;
 pub mod up;
 
 /// Waits for Ctrl-C or SIGTERM.

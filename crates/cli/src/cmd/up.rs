@@ -31,7 +31,7 @@ pub struct UpArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "linux_system,build_server"
+        default_value = "linux_system,build_server,load"
     )]
     pub plugins: Vec<String>,
     /// Directory of exec plugins for the local agents.

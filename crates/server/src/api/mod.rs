@@ -4,6 +4,8 @@
 pub mod agents;
 pub mod auth;
 pub mod page;
+pub mod performance;
+pub mod projects;
 pub mod resources;
 pub mod runs;
 pub mod slaves;
@@ -130,6 +132,26 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(runs::get_result))
         .routes(routes!(runs::list_reports))
         .routes(routes!(runs::get_report, runs::delete_report))
+        .routes(routes!(projects::list_projects, projects::create_project))
+        .routes(routes!(
+            projects::get_project,
+            projects::put_project,
+            projects::delete_project
+        ))
+        .routes(routes!(performance::create_plan, performance::list_plans))
+        .routes(routes!(
+            performance::get_plan,
+            performance::put_plan,
+            performance::delete_plan
+        ))
+        .routes(routes!(performance::start))
+        .routes(routes!(performance::stop))
+        .routes(routes!(performance::pause))
+        .routes(routes!(performance::resume))
+        .routes(routes!(performance::list_reports))
+        .routes(routes!(performance::get_report, performance::delete_report))
+        .routes(routes!(performance::metrics))
+        .routes(routes!(performance::live))
         .split_for_parts();
     let openapi_json = openapi.clone();
     router

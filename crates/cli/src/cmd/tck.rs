@@ -1,0 +1,239 @@
+//! `testbed tck`: compatibility kits. `run` executes TAP-speaking scripts
+//! against a configured platform, `problems` masks the known broken and lists
+//! what is left, `compare` diffs two reports.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use testbed_tap::compare::{self, Thresholds};
+use testbed_tap::expect::{problems, stale};
+use testbed_tap::{Expectations, KitConfig, RunConfig};
+
+use super::run::ReportFiles;
+
+#[derive(Subcommand, Debug)]
+pub enum TckCmd {
+    /// Run test scripts (directories recursively, or files) and report their TAP.
+    Run(TckRunArgs),
+    /// Mask the known broken in a JSON report and list what needs fixing.
+    Problems(ProblemsArgs),
+    /// Compare two JSON reports: regressions, fixes, new/removed tests, durations.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TckRunArgs {
+    /// Kit directories and/or script files.
+    #[arg(required = true, value_name = "DIR|FILE")]
+    pub paths: Vec<PathBuf>,
+    /// The kit configuration (platform, resources, labels).
+    #[arg(long, value_name = "kit.toml")]
+    pub config: Option<PathBuf>,
+    /// Known-broken expectations (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub expect: Option<PathBuf>,
+    /// Scripts to run in parallel.
+    #[arg(short = 'j', long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Time limit per script (e.g. 60s, 2m, 500ms).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Echo each script's TAP as it finishes.
+    #[arg(short, long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub reports: ReportFiles,
+}
+
+#[derive(Args, Debug)]
+pub struct ProblemsArgs {
+    /// A JSON report file (from `tck run --json`) or a stored report's id.
+    pub report: PathBuf,
+    /// Known-broken expectations (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub expect: Option<PathBuf>,
+    /// Print the problems as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The earlier report: a JSON file or a stored report's id.
+    pub before: PathBuf,
+    /// The later report: a JSON file or a stored report's id.
+    pub after: PathBuf,
+    /// text, json or html.
+    #[arg(long, default_value = "text", value_parser = ["text", "json", "html"])]
+    pub format: String,
+    /// Relative duration change worth listing.
+    #[arg(long, default_value = "20%")]
+    pub threshold: String,
+    /// Absolute duration change (ms) below which nothing is listed.
+    #[arg(long, default_value_t = 100)]
+    pub min_delta_ms: u64,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("bad duration unit {u:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+pub async fn tck(cmd: TckCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TckCmd::Run(a) => run(a).await,
+        TckCmd::Problems(a) => problems_cmd(a).await,
+        TckCmd::Compare(a) => compare_cmd(a).await,
+    }
+}
+
+async fn run(a: TckRunArgs) -> anyhow::Result<ExitCode> {
+    let kit = match &a.config {
+        Some(p) => KitConfig::load(p)?,
+        None => KitConfig::default(),
+    };
+    let expect = a.expect.as_deref().map(Expectations::load).transpose()?;
+    let mut cfg = RunConfig::new(a.paths);
+    cfg.kit = kit;
+    cfg.jobs = a.jobs.max(1);
+    cfg.timeout = a.timeout;
+    if a.verbose {
+        // One lock so the transcripts of parallel scripts don't interleave.
+        let lock = Arc::new(Mutex::new(()));
+        cfg.echo = Some(Arc::new(move |name: &str, tap: &str, stderr: &str| {
+            let _g = lock.lock();
+            println!("# --- {name}");
+            print!("{tap}");
+            if !tap.is_empty() && !tap.ends_with('\n') {
+                println!();
+            }
+            for l in stderr.lines() {
+                println!("# stderr: {l}");
+            }
+        }));
+    }
+    let mut report = testbed_tap::run_kit(&cfg).await?;
+    if let Some(e) = &expect {
+        e.apply(&mut report);
+    }
+    a.reports.write(&report)?;
+    print!("{}", testbed_report::to_summary(&report));
+    Ok(if report.summary().ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A JSON report file or, when no such file exists, the id of a report stored
+/// on the server (`TESTBED_SERVER`, as for `testbed report show`).
+async fn load_report(path: &Path) -> anyhow::Result<testbed_report::Report> {
+    let text = if path.exists() {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    } else {
+        let id = path.display().to_string();
+        let client = crate::client::Client::from_env()
+            .with_context(|| format!("{id} is not a file; fetching it as a stored report"))?;
+        let (text, _) = client
+            .get_text(&format!("/api/reports/{id}?format=json"))
+            .await
+            .with_context(|| format!("{id} is not a file, nor a stored report"))?;
+        text
+    };
+    testbed_report::from_json(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+async fn problems_cmd(a: ProblemsArgs) -> anyhow::Result<ExitCode> {
+    let mut report = load_report(&a.report).await?;
+    if let Some(p) = &a.expect {
+        Expectations::load(p)?.apply(&mut report);
+    }
+    let left = problems(&report);
+    let stale = stale(&report);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"problems": left, "stale": stale}))?
+        );
+    } else {
+        for p in &left {
+            let msg = p.message.lines().next().unwrap_or("");
+            println!("{} :: {} [{}] {}", p.script, p.test, p.outcome, msg);
+        }
+        if !stale.is_empty() {
+            println!("\nKnown broken but passed (stale expectations):");
+            for p in &stale {
+                println!("  {} :: {}", p.script, p.test);
+            }
+        }
+        println!(
+            "\n{} problem(s) to fix{}",
+            left.len(),
+            if left.is_empty() { "; all clear" } else { "" }
+        );
+    }
+    Ok(if left.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
+    let percent = compare::parse_percent(&a.threshold)
+        .with_context(|| format!("bad --threshold {:?} (expected e.g. 20%)", a.threshold))?;
+    let before = load_report(&a.before).await?;
+    let after = load_report(&a.after).await?;
+    let c = compare::compare(
+        &before,
+        &after,
+        Thresholds {
+            percent,
+            min_delta_ms: a.min_delta_ms,
+        },
+    );
+    let out = match a.format.as_str() {
+        "json" => compare::to_json(&c),
+        "html" => compare::to_html(&c),
+        _ => compare::to_text(&c),
+    };
+    print!("{out}");
+    if !out.ends_with('\n') {
+        println!();
+    }
+    Ok(if c.has_regressions() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("5x").is_err());
+    }
+}

@@ -1,0 +1,1028 @@
+//! Seed-001 performance-test API: plans, execution control (start, stop,
+//! pause, resume), reports, metrics and the live WebSocket. Paths keep the
+//! seed's trailing slashes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use testbed_core::keys;
+use testbed_core::protocol::ServerMessage;
+use testbed_core::schema::FieldError;
+use testbed_core::task::{Task, TaskStatus};
+use testbed_core::user::Role;
+use testbed_load::{SeedConfig, Window};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::page::{Page, PageQuery};
+use super::projects::{fe, parse_int_id, Message};
+use crate::auth::{Caller, Subject};
+use crate::dispatch;
+use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
+use crate::performance::{
+    self as perf, execution_key, plan_key, report_key, round2, ExecTask, Execution, PerfPlan,
+    PerfReport, ReportSummary,
+};
+use crate::records;
+use crate::state::AppState;
+
+/// How long the token in `websocket_url` is valid.
+const WS_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Lead time given to agents so they all begin load at the same instant.
+const START_LEAD_MS: u64 = 1500;
+
+/// Plan body (create and update).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PlanInput {
+    pub name: String,
+    pub description: Option<String>,
+    /// Required on create.
+    pub project_id: Option<u64>,
+    /// `concurrent_users`, `ramp_up_time` (s), `hold_time` (s), `test_type`
+    /// (load|stress|spike|soak), `target_url`, `request_timeout` (ms); optional
+    /// `stages`, `arrival_rate`, `rate_stages`, `max_vus`, `scenario`,
+    /// `thresholds`, `method`, `headers`, `body`, `protocol`, `insecure`, and
+    /// `agents` (a number, or `{group}` / `{labels}` with an optional `count`).
+    #[schema(value_type = Object)]
+    pub config: Value,
+}
+
+/// Which agents carry an execution.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct AgentSel {
+    count: usize,
+    group: Option<String>,
+    labels: BTreeMap<String, String>,
+}
+
+fn agent_sel(config: &Value, errs: &mut Vec<FieldError>) -> AgentSel {
+    let mut sel = AgentSel {
+        count: 1,
+        ..Default::default()
+    };
+    let bad_count = |errs: &mut Vec<FieldError>| {
+        errs.push(fe("/config/agents", "count must be an integer from 1 to 1000"))
+    };
+    let count = |v: &Value, errs: &mut Vec<FieldError>| match v.as_u64() {
+        Some(n) if (1..=1000).contains(&n) => n as usize,
+        _ => {
+            bad_count(errs);
+            1
+        }
+    };
+    match config.get("agents") {
+        None | Some(Value::Null) => {}
+        Some(v @ Value::Number(_)) => sel.count = count(v, errs),
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                match k.as_str() {
+                    "count" => sel.count = count(v, errs),
+                    "group" => match v.as_str() {
+                        Some(g) if !g.is_empty() => sel.group = Some(g.to_string()),
+                        _ => errs.push(fe("/config/agents/group", "must be a group name")),
+                    },
+                    "labels" => match serde_json::from_value::<BTreeMap<String, String>>(v.clone())
+                    {
+                        Ok(l) => sel.labels = l,
+                        Err(_) => errs.push(fe(
+                            "/config/agents/labels",
+                            "must be an object of string labels",
+                        )),
+                    },
+                    other => errs.push(fe(
+                        &format!("/config/agents/{other}"),
+                        "unknown field (expected count, group or labels)",
+                    )),
+                }
+            }
+        }
+        Some(_) => errs.push(fe(
+            "/config/agents",
+            "must be a number of agents or an object {count, group, labels}",
+        )),
+    }
+    sel
+}
+
+/// Every problem with the config, each naming its field under `/config/`.
+fn check_config(config: &Value, errs: &mut Vec<FieldError>) -> Option<testbed_load::Plan> {
+    if !config.is_object() {
+        errs.push(fe("/config", "must be an object"));
+        return None;
+    }
+    agent_sel(config, errs);
+    let field = |f: &str| format!("/config/{}", f.replace('.', "/"));
+    match SeedConfig::from_json(config) {
+        Err(e) => {
+            errs.extend(e.errors.iter().map(|x| fe(&field(&x.field), x.message.clone())));
+            None
+        }
+        Ok(cfg) => {
+            let unknown: Vec<&String> = cfg.extra.keys().filter(|k| *k != "agents").collect();
+            for k in unknown {
+                errs.push(fe(&field(k), "unknown field"));
+            }
+            match cfg.to_plan() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    errs.extend(e.errors.iter().map(|x| fe(&field(&x.field), x.message.clone())));
+                    None
+                }
+            }
+        }
+    }
+}
+
+struct ValidPlan {
+    name: String,
+    description: String,
+    project_id: Option<u64>,
+    config: Value,
+}
+
+async fn validate(state: &AppState, body: &Value, creating: bool) -> ApiResult<ValidPlan> {
+    if !body.is_object() {
+        return Err(ApiError::field("/", "the body must be a JSON object"));
+    }
+    let mut errs = Vec::new();
+    let name = match body.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => s.clone(),
+        None | Some(Value::Null) => {
+            errs.push(fe("/name", "is required"));
+            String::new()
+        }
+        _ => {
+            errs.push(fe("/name", "must be a string of 1–200 characters"));
+            String::new()
+        }
+    };
+    let description = match body.get("description") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            errs.push(fe("/description", "must be a string"));
+            String::new()
+        }
+    };
+    let project_id = match body.get("project_id") {
+        None | Some(Value::Null) => {
+            if creating {
+                errs.push(fe("/project_id", "is required"));
+            }
+            None
+        }
+        Some(v) => match v.as_u64() {
+            Some(id) => {
+                if records::get::<Value>(&state.store, &super::projects::project_key(id))
+                    .await?
+                    .is_none()
+                {
+                    errs.push(fe("/project_id", format!("no project {id}")));
+                }
+                Some(id)
+            }
+            None => {
+                errs.push(fe("/project_id", "must be a positive integer"));
+                None
+            }
+        },
+    };
+    let config = match body.get("config") {
+        None | Some(Value::Null) => {
+            errs.push(fe("/config", "is required"));
+            Value::Null
+        }
+        Some(c) => {
+            check_config(c, &mut errs);
+            c.clone()
+        }
+    };
+    if !errs.is_empty() {
+        return Err(ApiError::validation(errs));
+    }
+    Ok(ValidPlan {
+        name,
+        description,
+        project_id,
+        config,
+    })
+}
+
+async fn load_plan(state: &AppState, raw: &str) -> ApiResult<PerfPlan> {
+    let id = parse_int_id(raw, "plan")?;
+    records::get::<PerfPlan>(&state.store, &plan_key(id))
+        .await?
+        .map(|(p, _)| p)
+        .ok_or_else(|| ApiError::not_found(format!("no plan {id}")))
+}
+
+async fn load_execution(state: &AppState, id: &str) -> ApiResult<Execution> {
+    records::get::<Execution>(&state.store, &execution_key(id))
+        .await?
+        .map(|(e, _)| e)
+        .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))
+}
+
+/// Create a performance plan.
+#[utoipa::path(post, path = "/api/performance/plans/", tag = "performance", request_body = PlanInput,
+    responses((status = 201, body = PerfPlan), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_plan(
+    State(state): State<AppState>,
+    c: Caller,
+    Json(body): Json<Value>,
+) -> ApiResult<(StatusCode, Json<PerfPlan>)> {
+    c.require(Role::Operator)?;
+    let v = validate(&state, &body, true).await?;
+    let id = records::next_counter(&state.store, &keys::counter("performance_plan_id")).await?;
+    let now = testbed_core::now();
+    let plan = PerfPlan {
+        id,
+        name: v.name,
+        description: v.description,
+        project_id: v.project_id.unwrap_or_default(),
+        config: v.config,
+        status: "created".into(),
+        created_at: now,
+        updated_at: now,
+        last_execution: None,
+    };
+    if !records::create(&state.store, &plan_key(id), &plan, None).await? {
+        return Err(ApiError::conflict(format!("plan {id} exists")));
+    }
+    Ok((StatusCode::CREATED, Json(plan)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PlanFilter {
+    /// Required: the project whose plans to list.
+    pub project_id: Option<String>,
+}
+
+/// A plan in a list (the seed's fields).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanItem {
+    pub id: u64,
+    pub name: String,
+    pub description: String,
+    pub project_id: u64,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Plans of a project.
+#[utoipa::path(get, path = "/api/performance/plans/", tag = "performance", params(PlanFilter, PageQuery),
+    responses((status = 200, body = Page<PlanItem>), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_plans(
+    State(state): State<AppState>,
+    _c: Caller,
+    Query(f): Query<PlanFilter>,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Page<PlanItem>>> {
+    p.check()?;
+    let project: u64 = match f.project_id.as_deref() {
+        None | Some("") => return Err(ApiError::bad_request("project_id is required")),
+        Some(s) => s
+            .parse()
+            .map_err(|_| ApiError::bad_request("project_id must be an integer"))?,
+    };
+    let mut plans: Vec<PerfPlan> = records::list(&state.store, perf::PLANS, |_| true)
+        .await?
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|p: &PerfPlan| p.project_id == project)
+        .collect();
+    plans.sort_by_key(|p| p.id);
+    let items = plans
+        .into_iter()
+        .map(|p| PlanItem {
+            id: p.id,
+            name: p.name,
+            description: p.description,
+            project_id: p.project_id,
+            status: p.status,
+            created_at: p.created_at,
+        })
+        .collect();
+    Ok(Json(p.apply(items)))
+}
+
+/// One plan.
+#[utoipa::path(get, path = "/api/performance/plans/{plan_id}/", tag = "performance",
+    params(("plan_id" = u64, Path)),
+    responses((status = 200, body = PerfPlan), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_plan(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(plan_id): Path<String>,
+) -> ApiResult<Json<PerfPlan>> {
+    Ok(Json(load_plan(&state, &plan_id).await?))
+}
+
+/// Update a plan (name, description, config; project_id optional).
+#[utoipa::path(put, path = "/api/performance/plans/{plan_id}/", tag = "performance",
+    params(("plan_id" = u64, Path)), request_body = PlanInput,
+    responses((status = 200, body = PerfPlan), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_plan(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(plan_id): Path<String>,
+    Json(body): Json<Value>,
+) -> ApiResult<Json<PerfPlan>> {
+    c.require(Role::Operator)?;
+    let current = load_plan(&state, &plan_id).await?;
+    let v = validate(&state, &body, false).await?;
+    let now = testbed_core::now();
+    let updated = records::update::<PerfPlan, _>(&state.store, &plan_key(current.id), |p| {
+        p.name = v.name.clone();
+        p.description = v.description.clone();
+        if let Some(project) = v.project_id {
+            p.project_id = project;
+        }
+        p.config = v.config.clone();
+        p.updated_at = now;
+        true
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no plan {}", current.id)))?;
+    Ok(Json(updated))
+}
+
+/// Delete a plan (refused while it runs).
+#[utoipa::path(delete, path = "/api/performance/plans/{plan_id}/", tag = "performance",
+    params(("plan_id" = u64, Path)),
+    responses((status = 200, body = Message), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_plan(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(plan_id): Path<String>,
+) -> ApiResult<Json<Message>> {
+    c.require(Role::Operator)?;
+    let plan = load_plan(&state, &plan_id).await?;
+    if matches!(plan.status.as_str(), "running" | "paused") {
+        return Err(ApiError::conflict(format!(
+            "plan {} is {}; stop it first",
+            plan.id, plan.status
+        )));
+    }
+    if !state.store.delete(&plan_key(plan.id)).await? {
+        return Err(ApiError::not_found(format!("no plan {}", plan.id)));
+    }
+    Ok(Json(Message {
+        message: format!("plan {} deleted", plan.id),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StartResponse {
+    pub execution_id: String,
+    pub status: String,
+    pub start_time: DateTime<Utc>,
+    pub websocket_url: String,
+}
+
+/// Start the plan on the agents carrying the `load` plugin.
+#[utoipa::path(post, path = "/api/performance/plans/{plan_id}/start/", tag = "performance",
+    params(("plan_id" = u64, Path)),
+    responses((status = 200, body = StartResponse), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn start(
+    State(state): State<AppState>,
+    c: Caller,
+    headers: HeaderMap,
+    Path(plan_id): Path<String>,
+) -> ApiResult<Json<StartResponse>> {
+    c.require(Role::Operator)?;
+    let plan = load_plan(&state, &plan_id).await?;
+    if matches!(plan.status.as_str(), "running" | "paused") {
+        return Err(ApiError::conflict(format!("plan {} is already {}", plan.id, plan.status)));
+    }
+    let mut errs = Vec::new();
+    let engine_plan = check_config(&plan.config, &mut errs);
+    let sel = agent_sel(&plan.config, &mut errs);
+    let Some(engine_plan) = engine_plan.filter(|_| errs.is_empty()) else {
+        return Err(ApiError::validation(errs));
+    };
+    let parts = engine_plan.split(sel.count);
+
+    let mut candidates = Vec::new();
+    for a in dispatch::agents(&state.store).await? {
+        let carries = a.record.plugins.iter().any(|p| {
+            p.name == "load" && p.methods.iter().any(|m| m.name == "run")
+        });
+        let in_group = sel.group.as_ref().is_none_or(|g| a.record.groups.contains(g));
+        let labelled = sel
+            .labels
+            .iter()
+            .all(|(k, v)| a.record.labels.get(k) == Some(v));
+        if a.alive.is_some() && carries && in_group && labelled {
+            let busy = records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
+            candidates.push((busy, a.record.id, a.record));
+        }
+    }
+    candidates.sort_by_key(|(busy, id, _)| (*busy, *id));
+    if candidates.len() < parts.len() {
+        return Err(ApiError::unavailable(format!(
+            "the plan needs {} agent(s) carrying the `load` plugin{}; {} available",
+            parts.len(),
+            match (&sel.group, sel.labels.is_empty()) {
+                (Some(g), _) => format!(" in group `{g}`"),
+                (None, false) => " with the requested labels".to_string(),
+                _ => String::new(),
+            },
+            candidates.len()
+        )));
+    }
+
+    // Claiming the plan is the compare-and-swap that makes a second start 409.
+    let execution_id = Uuid::new_v4().to_string();
+    let mut busy = None;
+    records::update::<PerfPlan, _>(&state.store, &plan_key(plan.id), |p| {
+        if matches!(p.status.as_str(), "running" | "paused") {
+            busy = Some(p.status.clone());
+            return false;
+        }
+        busy = None;
+        p.status = "running".into();
+        p.last_execution = Some(execution_id.clone());
+        true
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no plan {}", plan.id)))?;
+    if let Some(status) = busy {
+        return Err(ApiError::conflict(format!("plan {} is already {status}", plan.id)));
+    }
+
+    let now = testbed_core::now();
+    let load_start_ms = now.timestamp_millis().max(0) as u64 + START_LEAD_MS;
+    let mut tasks = Vec::new();
+    for (part, (_, _, agent)) in parts.iter().zip(&candidates) {
+        let parameters = json!({
+            "plan": part,
+            "start_at_ms": load_start_ms,
+            "execution_id": execution_id,
+        });
+        tasks.push(Task {
+            kind: Task::KIND.into(),
+            v: 1,
+            id: Uuid::new_v4(),
+            plugin: "load".into(),
+            method: "run".into(),
+            parameters,
+            host: agent.host.clone(),
+            agent_uuid: agent.uuid,
+            agent_name: agent.name.clone(),
+            status: TaskStatus::Queued,
+            exit_code: None,
+            result: None,
+            error: None,
+            created_by: c.name.clone(),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            cancel_requested: false,
+            artifacts: Vec::new(),
+            log_bytes: 0,
+            run: None,
+        });
+    }
+    let execution = Execution {
+        execution_id: execution_id.clone(),
+        plan_id: plan.id,
+        status: "running".into(),
+        start_time: now,
+        load_start_ms,
+        stop_time: None,
+        pause_time: None,
+        resume_time: None,
+        end_time: None,
+        tasks: tasks
+            .iter()
+            .map(|t| ExecTask {
+                task_id: t.id,
+                agent_uuid: t.agent_uuid,
+                agent_name: t.agent_name.clone(),
+            })
+            .collect(),
+        lost_agents: Vec::new(),
+        report_id: None,
+        created_by: c.name.clone(),
+    };
+    records::put(&state.store, &execution_key(&execution_id), &execution, None).await?;
+    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+    state.perf.register(&execution_id, &ids);
+    for t in &tasks {
+        dispatch::create(&state, t).await?;
+    }
+    tokio::spawn(perf::watch_execution(state.clone(), execution_id.clone()));
+
+    let token = state
+        .auth
+        .issue(&c.name, c.role, Subject::User, WS_TOKEN_TTL)?;
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    Ok(Json(StartResponse {
+        websocket_url: format!("ws://{host}/ws/performance/{execution_id}/?token={token}"),
+        execution_id,
+        status: "running".into(),
+        start_time: now,
+    }))
+}
+
+/// The plan's current execution, which must be in one of `states`.
+async fn current_execution(state: &AppState, plan: &PerfPlan, states: &[&str]) -> ApiResult<Execution> {
+    let Some(id) = &plan.last_execution else {
+        return Err(ApiError::conflict(format!("plan {} has not been started", plan.id)));
+    };
+    let exec = load_execution(state, id).await?;
+    if !states.contains(&exec.status.as_str()) {
+        return Err(ApiError::conflict(format!(
+            "execution {id} is {}, not {}",
+            exec.status,
+            states.join(" or ")
+        )));
+    }
+    Ok(exec)
+}
+
+/// Moves the execution from one of `from` to `to`, stamping the time;
+/// 409 when someone else moved it first.
+async fn transition(
+    state: &AppState,
+    exec: &Execution,
+    from: &[&str],
+    to: &str,
+    stamp: impl Fn(&mut Execution, DateTime<Utc>),
+) -> ApiResult<(Execution, DateTime<Utc>)> {
+    let now = testbed_core::now();
+    let mut moved = false;
+    let updated = records::update::<Execution, _>(&state.store, &execution_key(&exec.execution_id), |e| {
+        moved = from.contains(&e.status.as_str()) && e.report_id.is_none();
+        if moved {
+            e.status = to.into();
+            stamp(e, now);
+        }
+        moved
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no execution {}", exec.execution_id)))?;
+    if !moved {
+        return Err(ApiError::conflict(format!(
+            "execution {} is {}",
+            exec.execution_id, updated.status
+        )));
+    }
+    let status = to.to_string();
+    let execution_id = exec.execution_id.clone();
+    records::update::<PerfPlan, _>(&state.store, &plan_key(exec.plan_id), |p| {
+        if p.last_execution.as_deref() == Some(execution_id.as_str()) && p.status != status {
+            p.status = status.clone();
+            true
+        } else {
+            false
+        }
+    })
+    .await?;
+    Ok((updated, now))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StopResponse {
+    pub execution_id: String,
+    pub status: String,
+    pub stop_time: DateTime<Utc>,
+}
+
+/// Stop the running (or paused) execution; its report is still produced.
+#[utoipa::path(post, path = "/api/performance/plans/{plan_id}/stop/", tag = "performance",
+    params(("plan_id" = u64, Path)),
+    responses((status = 200, body = StopResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn stop(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(plan_id): Path<String>,
+) -> ApiResult<Json<StopResponse>> {
+    c.require(Role::Operator)?;
+    let plan = load_plan(&state, &plan_id).await?;
+    let exec = current_execution(&state, &plan, &["running", "paused"]).await?;
+    let (exec, now) = transition(&state, &exec, &["running", "paused"], "stopped", |e, t| {
+        e.stop_time = Some(t)
+    })
+    .await?;
+    for t in &exec.tasks {
+        // A task that already ended cannot be cancelled; that is fine here.
+        if let Err(e) = dispatch::cancel(&state, t.task_id).await {
+            tracing::debug!(task = %t.task_id, "cancel: {}", e.message);
+        }
+    }
+    Ok(Json(StopResponse {
+        execution_id: exec.execution_id,
+        status: "stopped".into(),
+        stop_time: now,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PauseResponse {
+    pub execution_id: String,
+    pub status: String,
+    pub pause_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResumeResponse {
+    pub execution_id: String,
+    pub status: String,
+    pub resume_time: DateTime<Utc>,
+}
+
+/// Sends pause/resume to the execution's agents. Only agents connected to
+/// this replica are reached: enough for a single replica (see docs/performance.md).
+fn signal(state: &AppState, exec: &Execution, pause: bool) {
+    for t in &exec.tasks {
+        let msg = if pause {
+            ServerMessage::Pause { task_id: t.task_id }
+        } else {
+            ServerMessage::Resume { task_id: t.task_id }
+        };
+        if !state.hub.send(&t.agent_uuid, msg) {
+            tracing::warn!(agent = %t.agent_name, "agent not connected to this replica; pause/resume not delivered");
+        }
+    }
+}
+
+/// Pause the running execution: no new requests until resumed.
+#[utoipa::path(post, path = "/api/performance/plans/{plan_id}/pause/", tag = "performance",
+    params(("plan_id" = u64, Path)),
+    responses((status = 200, body = PauseResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn pause(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(plan_id): Path<String>,
+) -> ApiResult<Json<PauseResponse>> {
+    c.require(Role::Operator)?;
+    let plan = load_plan(&state, &plan_id).await?;
+    let exec = current_execution(&state, &plan, &["running"]).await?;
+    let (exec, now) =
+        transition(&state, &exec, &["running"], "paused", |e, t| e.pause_time = Some(t)).await?;
+    signal(&state, &exec, true);
+    Ok(Json(PauseResponse {
+        execution_id: exec.execution_id,
+        status: "paused".into(),
+        pause_time: now,
+    }))
+}
+
+/// Resume the paused execution; the remaining schedule continues.
+#[utoipa::path(post, path = "/api/performance/plans/{plan_id}/resume/", tag = "performance",
+    params(("plan_id" = u64, Path)),
+    responses((status = 200, body = ResumeResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resume(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(plan_id): Path<String>,
+) -> ApiResult<Json<ResumeResponse>> {
+    c.require(Role::Operator)?;
+    let plan = load_plan(&state, &plan_id).await?;
+    let exec = current_execution(&state, &plan, &["paused"]).await?;
+    let (exec, now) =
+        transition(&state, &exec, &["paused"], "running", |e, t| e.resume_time = Some(t)).await?;
+    signal(&state, &exec, false);
+    Ok(Json(ResumeResponse {
+        execution_id: exec.execution_id,
+        status: "running".into(),
+        resume_time: now,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportFilter {
+    /// Required: the plan whose reports to list.
+    pub plan_id: Option<String>,
+}
+
+/// A report in a list (no series).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReportItem {
+    pub id: u64,
+    pub plan_id: u64,
+    pub execution_id: String,
+    pub start_time: DateTime<Utc>,
+    pub end_time: DateTime<Utc>,
+    pub status: String,
+    pub summary: ReportSummary,
+}
+
+/// Reports of a plan.
+#[utoipa::path(get, path = "/api/performance/reports/", tag = "performance", params(ReportFilter, PageQuery),
+    responses((status = 200, body = Page<ReportItem>), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_reports(
+    State(state): State<AppState>,
+    _c: Caller,
+    Query(f): Query<ReportFilter>,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Page<ReportItem>>> {
+    p.check()?;
+    let plan: u64 = match f.plan_id.as_deref() {
+        None | Some("") => return Err(ApiError::bad_request("plan_id is required")),
+        Some(s) => s
+            .parse()
+            .map_err(|_| ApiError::bad_request("plan_id must be an integer"))?,
+    };
+    let mut reports: Vec<PerfReport> = records::list(&state.store, perf::REPORTS, |_| true)
+        .await?
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|r: &PerfReport| r.plan_id == plan)
+        .collect();
+    reports.sort_by_key(|r| std::cmp::Reverse(r.id));
+    let items = reports
+        .into_iter()
+        .map(|r| ReportItem {
+            id: r.id,
+            plan_id: r.plan_id,
+            execution_id: r.execution_id,
+            start_time: r.start_time,
+            end_time: r.end_time,
+            status: r.status,
+            summary: r.summary,
+        })
+        .collect();
+    Ok(Json(p.apply(items)))
+}
+
+/// One report with its series.
+#[utoipa::path(get, path = "/api/performance/reports/{report_id}/", tag = "performance",
+    params(("report_id" = u64, Path)),
+    responses((status = 200, body = PerfReport), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_report(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(report_id): Path<String>,
+) -> ApiResult<Json<PerfReport>> {
+    let id = parse_int_id(&report_id, "report")?;
+    records::get::<PerfReport>(&state.store, &report_key(id))
+        .await?
+        .map(|(r, _)| Json(r))
+        .ok_or_else(|| ApiError::not_found(format!("no report {id}")))
+}
+
+/// Delete a report (and its stored windows).
+#[utoipa::path(delete, path = "/api/performance/reports/{report_id}/", tag = "performance",
+    params(("report_id" = u64, Path)),
+    responses((status = 200, body = Message), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn delete_report(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(report_id): Path<String>,
+) -> ApiResult<Json<Message>> {
+    c.require(Role::Operator)?;
+    let id = parse_int_id(&report_id, "report")?;
+    let Some((report, _)) = records::get::<PerfReport>(&state.store, &report_key(id)).await? else {
+        return Err(ApiError::not_found(format!("no report {id}")));
+    };
+    state.store.delete(&report_key(id)).await?;
+    if let Err(e) = state.blobs.delete(&perf::windows_blob(&report.execution_id)).await {
+        tracing::debug!("deleting windows of report {id}: {e}");
+    }
+    Ok(Json(Message {
+        message: format!("report {id} deleted"),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MetricsQuery {
+    /// response_time, throughput, error_rate or system (default: all).
+    pub metric_type: Option<String>,
+    /// Only the last this many seconds (default: the whole execution).
+    pub time_range: Option<u64>,
+}
+
+/// The execution's series: live from this replica while it runs, else
+/// the stored windows.
+async fn series(state: &AppState, exec: &Execution) -> (Vec<Window>, Vec<(f64, f64, f64)>) {
+    if let Some(live) = state.perf.snapshot(&exec.execution_id) {
+        if !live.points.is_empty() {
+            let windows = live.points.values().map(|p| p.window.clone()).collect();
+            let system = live
+                .points
+                .values()
+                .map(|p| perf::system_point(&p.system))
+                .collect();
+            return (windows, system);
+        }
+    }
+    let windows = match state.blobs.get(&perf::windows_blob(&exec.execution_id)).await {
+        Ok(Some(bytes)) => serde_json::from_slice::<Vec<Window>>(&bytes).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    (windows, Vec::new())
+}
+
+fn metrics_body(windows: &[Window], system: &[(f64, f64, f64)]) -> Value {
+    let agg = perf::aggregate(windows);
+    let last = windows.last();
+    let h = &agg.latency;
+    let ms = |us: u64| round2(us as f64 / 1000.0);
+    let active = windows.iter().filter(|w| !w.paused).count().max(1) as f64;
+    let (cpu, mem, net) = system.last().copied().unwrap_or_default();
+    json!({
+        "response_time": {
+            "current": last.map(perf::window_avg_ms).unwrap_or(0.0),
+            "avg": if h.is_empty() { 0.0 } else { round2(h.mean() / 1000.0) },
+            "min": if h.is_empty() { 0.0 } else { ms(h.min()) },
+            "max": if h.is_empty() { 0.0 } else { ms(h.max()) },
+            "p95": perf::percentiles(&agg).p95,
+        },
+        "throughput": {
+            "current_rps": last.map(|w| round2(w.rps())).unwrap_or(0.0),
+            "avg_rps": if windows.is_empty() { 0.0 } else { round2(agg.requests as f64 / active) },
+            "total_requests": agg.requests,
+        },
+        "error_rate": {
+            "current": last.map(|w| pct(w.errors, w.requests)).unwrap_or(0.0),
+            "total_errors": agg.errors,
+        },
+        "system": {
+            "cpu_usage": cpu,
+            "memory_usage": mem,
+            "network_io": net,
+        },
+    })
+}
+
+fn pct(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        round2(a as f64 * 100.0 / b as f64)
+    }
+}
+
+/// Current metrics of an execution.
+#[utoipa::path(get, path = "/api/performance/metrics/{execution_id}/", tag = "performance",
+    params(("execution_id" = String, Path), MetricsQuery),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(execution_id): Path<String>,
+    Query(q): Query<MetricsQuery>,
+) -> ApiResult<Json<Value>> {
+    const TYPES: &[&str] = &["response_time", "throughput", "error_rate", "system"];
+    if let Some(t) = &q.metric_type {
+        if !TYPES.contains(&t.as_str()) {
+            return Err(ApiError::field(
+                "metric_type",
+                format!("unknown metric type `{t}` (expected {})", TYPES.join(", ")),
+            ));
+        }
+    }
+    let exec = load_execution(&state, &execution_id).await?;
+    let (mut windows, mut system) = series(&state, &exec).await;
+    if let Some(range) = q.time_range {
+        if let Some(last) = windows.last().map(|w| w.index) {
+            let from = last.saturating_sub(range.saturating_sub(1));
+            let keep = windows.iter().position(|w| w.index >= from).unwrap_or(0);
+            windows.drain(..keep);
+            if system.len() > windows.len() {
+                system.drain(..system.len() - windows.len());
+            }
+        }
+    }
+    let mut body = metrics_body(&windows, &system);
+    if let (Some(t), Some(all)) = (&q.metric_type, body.as_object()) {
+        let one = all.get(t.as_str()).cloned().unwrap_or(Value::Null);
+        body = json!({ t.as_str(): one });
+    }
+    Ok(Json(json!({
+        "execution_id": exec.execution_id,
+        "status": exec.status,
+        "timestamp": testbed_core::now(),
+        "metrics": body,
+    })))
+}
+
+/// Live metrics: a `metrics` message per second while the execution runs,
+/// then a `finished` message with the summary. Bearer header or `?token=`.
+#[utoipa::path(get, path = "/ws/performance/{execution_id}/", tag = "performance",
+    params(("execution_id" = String, Path)),
+    responses((status = 101, description = "WebSocket of JSON messages"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn live(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(execution_id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    load_execution(&state, &execution_id).await?;
+    Ok(ws.on_upgrade(move |socket| stream_live(state, execution_id, socket)))
+}
+
+fn metrics_message(p: &perf::LivePoint) -> Value {
+    let w = &p.window;
+    let (cpu, mem, net) = perf::system_point(&p.system);
+    json!({
+        "type": "metrics",
+        "timestamp": w.timestamp,
+        "data": {
+            "active_users": w.vus,
+            "requests_per_second": round2(w.rps()),
+            "response_time": perf::window_avg_ms(w),
+            "error_rate": pct(w.errors, w.requests),
+            "paused": w.paused,
+            "system_metrics": {"cpu": cpu, "memory": mem, "network": net},
+        }
+    })
+}
+
+async fn send_json(socket: &mut WebSocket, v: &Value) -> bool {
+    socket
+        .send(WsMessage::Text(v.to_string().into()))
+        .await
+        .is_ok()
+}
+
+async fn stream_live(state: AppState, execution_id: String, mut socket: WebSocket) {
+    let mut next_index: u64 = 0;
+    loop {
+        let exec = match load_execution(&state, &execution_id).await {
+            Ok(e) => e,
+            Err(_) => return,
+        };
+        let ended = exec.report_id.is_some();
+        if let Some(live) = state.perf.snapshot(&execution_id) {
+            let newest = live.points.keys().next_back().copied();
+            let expected = if live.expected == 0 { usize::MAX } else { live.expected };
+            for (idx, p) in live.points.range(next_index..) {
+                // A second is complete when every agent's window is in, or
+                // a later one exists (an agent finished or was lost).
+                let complete = p.contributors >= expected || Some(*idx) != newest || ended;
+                if !complete {
+                    break;
+                }
+                if !send_json(&mut socket, &metrics_message(p)).await {
+                    return;
+                }
+                next_index = idx + 1;
+            }
+        }
+        if ended {
+            let report = match exec.report_id {
+                Some(id) => records::get::<PerfReport>(&state.store, &report_key(id))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|(r, _)| r),
+                None => None,
+            };
+            let msg = json!({
+                "type": "finished",
+                "timestamp": testbed_core::now().timestamp(),
+                "execution_id": exec.execution_id,
+                "status": exec.status,
+                "report_id": exec.report_id,
+                "lost_agents": exec.lost_agents,
+                "summary": report.map(|r| serde_json::to_value(r.summary).unwrap_or(Value::Null)),
+            });
+            let _ = send_json(&mut socket, &msg).await;
+            let _ = socket
+                .send(WsMessage::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: exec.status.clone().into(),
+                })))
+                .await;
+            return;
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            msg = socket.recv() => {
+                if matches!(msg, None | Some(Err(_)) | Some(Ok(WsMessage::Close(_)))) {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! Performance tests (seed 001) behind the API: plan, execution and report
+//! records, the live per-second series merged from the load agents, and the
+//! watcher that turns a finished execution into a report.
+//!
+//! Two paths carry an agent's windows. Live: each window arrives as a
+//! `metrics` message on the replica holding the agent's session and is
+//! merged into [`Live`] (what the WebSocket and the metrics endpoint show).
+//! Exact: the `load` task's result holds every window, so the report is built
+//! from the stored results and loses nothing when a connection drops.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use testbed_core::agent::SystemMetrics;
+use testbed_core::keys;
+use testbed_core::task::{Task, TaskStatus};
+use testbed_load::{merge_windows, Aggregate, Window};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::records;
+use crate::state::AppState;
+
+pub const PLANS: &str = "/performance/plans/";
+pub const EXECUTIONS: &str = "/performance/executions/";
+pub const REPORTS: &str = "/performance/reports/";
+
+pub fn plan_key(id: u64) -> String {
+    format!("{PLANS}{id}")
+}
+pub fn execution_key(id: &str) -> String {
+    format!("{EXECUTIONS}{id}")
+}
+pub fn report_key(id: u64) -> String {
+    format!("{REPORTS}{id}")
+}
+pub fn windows_blob(execution: &str) -> String {
+    format!("performance/{execution}/windows.json")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PerfPlan {
+    pub id: u64,
+    pub name: String,
+    pub description: String,
+    pub project_id: u64,
+    #[schema(value_type = Object)]
+    pub config: Value,
+    /// created, running, paused, completed, stopped or failed (of the latest execution).
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub last_execution: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecTask {
+    pub task_id: Uuid,
+    pub agent_uuid: Uuid,
+    pub agent_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Execution {
+    pub execution_id: String,
+    pub plan_id: u64,
+    /// running, paused, stopped, completed or failed.
+    pub status: String,
+    pub start_time: DateTime<Utc>,
+    /// When the agents begin load together (Unix ms).
+    pub load_start_ms: u64,
+    pub stop_time: Option<DateTime<Utc>>,
+    pub pause_time: Option<DateTime<Utc>>,
+    pub resume_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub tasks: Vec<ExecTask>,
+    /// Agents whose share was lost (agent died mid-run).
+    pub lost_agents: Vec<String>,
+    pub report_id: Option<u64>,
+    pub created_by: String,
+}
+
+impl Execution {
+    pub fn is_active(&self) -> bool {
+        matches!(self.status.as_str(), "running" | "paused")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TimeSeries {
+    pub timestamps: Vec<u64>,
+    pub values: Vec<f64>,
+    pub percentiles: Percentiles,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorStats {
+    pub labels: Vec<String>,
+    pub values: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct SystemSeries {
+    pub cpu: Vec<f64>,
+    pub memory: Vec<f64>,
+    pub network: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReportSummary {
+    pub total_requests: u64,
+    /// Percent.
+    pub success_rate: f64,
+    /// Milliseconds.
+    pub avg_response_time: f64,
+    pub error_count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReportMetrics {
+    pub response_times: TimeSeries,
+    pub errors: ErrorStats,
+    pub system_metrics: SystemSeries,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PerfReport {
+    pub id: u64,
+    pub plan_id: u64,
+    pub execution_id: String,
+    pub start_time: DateTime<Utc>,
+    pub end_time: DateTime<Utc>,
+    /// completed, stopped or failed.
+    pub status: String,
+    pub summary: ReportSummary,
+    pub metrics: ReportMetrics,
+    /// Agents that generated load.
+    pub agents: Vec<String>,
+    pub lost_agents: Vec<String>,
+}
+
+pub(crate) fn round2(x: f64) -> f64 {
+    if x.is_finite() {
+        (x * 100.0).round() / 100.0
+    } else {
+        0.0
+    }
+}
+
+fn us_to_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// One second of one execution, merged across its agents.
+#[derive(Debug, Clone)]
+pub struct LivePoint {
+    pub window: Window,
+    /// How many agents' windows are in it.
+    pub contributors: usize,
+    pub system: Vec<SystemMetrics>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecLive {
+    pub points: BTreeMap<u64, LivePoint>,
+    /// Agents (tasks) of the execution, when this replica started it.
+    pub expected: usize,
+}
+
+#[derive(Default)]
+struct LiveInner {
+    execs: HashMap<String, ExecLive>,
+    tasks: HashMap<Uuid, String>,
+}
+
+/// The live series of the executions whose agents report to this replica.
+#[derive(Default)]
+pub struct Live {
+    inner: Mutex<LiveInner>,
+}
+
+impl Live {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, execution: &str, tasks: &[Uuid]) {
+        let mut l = self.lock();
+        l.execs.entry(execution.to_string()).or_default().expected = tasks.len();
+        for t in tasks {
+            l.tasks.insert(*t, execution.to_string());
+        }
+    }
+
+    fn execution_of(&self, task: &Uuid) -> Option<String> {
+        self.lock().tasks.get(task).cloned()
+    }
+
+    fn bind(&self, task: Uuid, execution: &str) {
+        let mut l = self.lock();
+        l.tasks.insert(task, execution.to_string());
+        l.execs.entry(execution.to_string()).or_default();
+    }
+
+    fn record(&self, execution: &str, window: Window, system: SystemMetrics) {
+        let mut l = self.lock();
+        let exec = l.execs.entry(execution.to_string()).or_default();
+        match exec.points.get_mut(&window.index) {
+            Some(p) => {
+                p.window.merge(&window);
+                p.contributors += 1;
+                p.system.push(system);
+            }
+            None => {
+                exec.points.insert(
+                    window.index,
+                    LivePoint {
+                        window,
+                        contributors: 1,
+                        system: vec![system],
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn snapshot(&self, execution: &str) -> Option<ExecLive> {
+        self.lock().execs.get(execution).cloned()
+    }
+
+    pub fn forget(&self, execution: &str) {
+        let mut l = self.lock();
+        l.execs.remove(execution);
+        l.tasks.retain(|_, e| e != execution);
+    }
+}
+
+/// CPU and memory averaged over the agents, network summed (MB/s).
+pub fn system_point(samples: &[SystemMetrics]) -> (f64, f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let n = samples.len() as f64;
+    let cpu = samples.iter().map(|s| s.cpu_percent as f64).sum::<f64>() / n;
+    let mem = samples
+        .iter()
+        .map(|s| {
+            if s.memory_total_bytes == 0 {
+                0.0
+            } else {
+                s.memory_used_bytes as f64 * 100.0 / s.memory_total_bytes as f64
+            }
+        })
+        .sum::<f64>()
+        / n;
+    let net = samples
+        .iter()
+        .map(|s| (s.network_rx_bytes + s.network_tx_bytes) as f64 / 1e6)
+        .sum::<f64>();
+    (round2(cpu), round2(mem), round2(net))
+}
+
+/// A `metrics` message from an agent.
+pub async fn on_metrics(state: &AppState, task_id: Uuid, window: Value, system: SystemMetrics) {
+    let window: Window = match serde_json::from_value(window) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(%task_id, "unreadable load window: {e}");
+            return;
+        }
+    };
+    let execution = match state.perf.execution_of(&task_id) {
+        Some(e) => e,
+        None => {
+            // Started by another replica: the task names its execution.
+            let Ok(Some((task, _))) =
+                records::get::<Task>(&state.store, &keys::task(&task_id)).await
+            else {
+                return;
+            };
+            let Some(e) = task
+                .parameters
+                .get("execution_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            else {
+                return;
+            };
+            state.perf.bind(task_id, &e);
+            e
+        }
+    };
+    state.perf.record(&execution, window, system);
+}
+
+/// Follows an execution until all its tasks ended, records agents lost on
+/// the way, then builds its report. Idempotent, so a second watcher (or a
+/// restart) does no harm.
+pub async fn watch_execution(state: AppState, execution: String) {
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        match step(&state, &execution).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%execution, "performance execution: {}", e.message),
+        }
+    }
+    // Keep the live series a little longer for late WebSocket readers.
+    tokio::select! {
+        _ = state.shutdown.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+    }
+    state.perf.forget(&execution);
+}
+
+async fn step(state: &AppState, execution: &str) -> ApiResult<bool> {
+    let key = execution_key(execution);
+    let Some((exec, _)) = records::get::<Execution>(&state.store, &key).await? else {
+        return Ok(true);
+    };
+    if exec.report_id.is_some() {
+        return Ok(true);
+    }
+    let mut tasks = Vec::new();
+    for t in &exec.tasks {
+        if let Some((task, _)) = records::get::<Task>(&state.store, &keys::task(&t.task_id)).await?
+        {
+            tasks.push(task);
+        }
+    }
+    let lost: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Lost && !exec.lost_agents.contains(&t.agent_name))
+        .map(|t| t.agent_name.clone())
+        .collect();
+    if !lost.is_empty() {
+        tracing::warn!(%execution, "load agents lost: {}", lost.join(", "));
+        records::update::<Execution, _>(&state.store, &key, |e| {
+            let mut changed = false;
+            for a in &lost {
+                if !e.lost_agents.contains(a) {
+                    e.lost_agents.push(a.clone());
+                    changed = true;
+                }
+            }
+            changed
+        })
+        .await?;
+    }
+    if tasks.len() < exec.tasks.len() || !tasks.iter().all(|t| t.status.is_terminal()) {
+        return Ok(false);
+    }
+    finalize(state, execution, &tasks).await?;
+    Ok(true)
+}
+
+/// Windows of every task's result, merged per second.
+fn merged_windows(tasks: &[Task]) -> Vec<Window> {
+    let mut all: Vec<Window> = Vec::new();
+    for t in tasks {
+        let Some(ws) = t
+            .result
+            .as_ref()
+            .and_then(|r| r.get("windows"))
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
+        for w in ws {
+            match serde_json::from_value::<Window>(w.clone()) {
+                Ok(w) => all.push(w),
+                Err(e) => tracing::warn!(task = %t.id, "unreadable window in result: {e}"),
+            }
+        }
+    }
+    merge_windows(all.iter())
+}
+
+pub fn percentiles(agg: &Aggregate) -> Percentiles {
+    let h = &agg.latency;
+    let q = |p: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            round2(us_to_ms(h.value_at_quantile(p)))
+        }
+    };
+    Percentiles {
+        p50: q(0.5),
+        p90: q(0.9),
+        p95: q(0.95),
+        p99: q(0.99),
+    }
+}
+
+pub fn aggregate(windows: &[Window]) -> Aggregate {
+    let mut agg = Aggregate::default();
+    for w in windows {
+        agg.add(w);
+    }
+    agg
+}
+
+pub fn window_avg_ms(w: &Window) -> f64 {
+    if w.latency.is_empty() {
+        0.0
+    } else {
+        round2(w.latency.mean() / 1000.0)
+    }
+}
+
+async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResult<()> {
+    let key = execution_key(execution);
+    let windows = merged_windows(tasks);
+    let agg = aggregate(&windows);
+    let any_ran = tasks.iter().any(|t| t.status == TaskStatus::Succeeded);
+    let report_id = records::next_counter(&state.store, &keys::counter("performance_report_id"))
+        .await?;
+    let end = testbed_core::now();
+    let mut claimed = false;
+    let exec = records::update::<Execution, _>(&state.store, &key, |e| {
+        if e.report_id.is_some() {
+            claimed = false;
+            return false;
+        }
+        claimed = true;
+        e.report_id = Some(report_id);
+        e.end_time = Some(end);
+        if e.is_active() {
+            e.status = if any_ran { "completed" } else { "failed" }.into();
+        }
+        true
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no execution {execution}")))?;
+    if !claimed {
+        return Ok(());
+    }
+    match serde_json::to_vec(&windows) {
+        Ok(bytes) => {
+            if let Err(e) = state
+                .blobs
+                .put(&windows_blob(execution), bytes::Bytes::from(bytes))
+                .await
+            {
+                tracing::warn!(%execution, "storing windows: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(%execution, "encoding windows: {e}"),
+    }
+    let live = state.perf.snapshot(execution);
+    let mut system = SystemSeries::default();
+    if let Some(live) = &live {
+        for p in live.points.values() {
+            let (c, m, n) = system_point(&p.system);
+            system.cpu.push(c);
+            system.memory.push(m);
+            system.network.push(n);
+        }
+    }
+    let summary = ReportSummary {
+        total_requests: agg.requests,
+        success_rate: if agg.requests == 0 {
+            0.0
+        } else {
+            round2((agg.requests - agg.errors.min(agg.requests)) as f64 * 100.0 / agg.requests as f64)
+        },
+        avg_response_time: if agg.latency.is_empty() {
+            0.0
+        } else {
+            round2(agg.latency.mean() / 1000.0)
+        },
+        error_count: agg.errors,
+    };
+    let report = PerfReport {
+        id: report_id,
+        plan_id: exec.plan_id,
+        execution_id: execution.to_string(),
+        start_time: exec.start_time,
+        end_time: end,
+        status: exec.status.clone(),
+        summary,
+        metrics: ReportMetrics {
+            response_times: TimeSeries {
+                timestamps: windows.iter().map(|w| w.timestamp).collect(),
+                values: windows.iter().map(window_avg_ms).collect(),
+                percentiles: percentiles(&agg),
+            },
+            errors: ErrorStats {
+                labels: agg.error_kinds.keys().cloned().collect(),
+                values: agg.error_kinds.values().copied().collect(),
+            },
+            system_metrics: system,
+        },
+        agents: exec.tasks.iter().map(|t| t.agent_name.clone()).collect(),
+        lost_agents: exec.lost_agents.clone(),
+    };
+    records::put(&state.store, &report_key(report_id), &report, None).await?;
+    let status = exec.status.clone();
+    records::update::<PerfPlan, _>(&state.store, &plan_key(exec.plan_id), |p| {
+        if p.last_execution.as_deref() == Some(execution) && p.status != status {
+            p.status = status.clone();
+            true
+        } else {
+            false
+        }
+    })
+    .await?;
+    tracing::info!(%execution, report_id, requests = agg.requests, "performance execution ended: {status}");
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! Comparing two reports: what regressed, what got fixed, which tests appeared
+//! or disappeared, and which durations changed significantly.
+//!
+//! Tests are keyed by suite (with its platform, for matrix runs) and case name.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use testbed_report::{Outcome, Report};
+
+/// A test that exists in both reports with a different outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub suite: String,
+    pub case: String,
+    pub before: Outcome,
+    pub after: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A test present in only one of the reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Presence {
+    pub suite: String,
+    pub case: String,
+    pub outcome: Outcome,
+}
+
+/// A suite or case whose duration changed by more than the threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DurationChange {
+    pub suite: String,
+    /// `None` for the suite (script) as a whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub case: Option<String>,
+    pub before_ms: u64,
+    pub after_ms: u64,
+    /// Relative change in percent, positive when slower.
+    pub change_pct: f64,
+}
+
+/// The differences between report `a` (before) and `b` (after).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Comparison {
+    pub before: String,
+    pub after: String,
+    pub regressions: Vec<Change>,
+    pub fixes: Vec<Change>,
+    /// Other outcome changes (e.g. pass → skip).
+    pub changes: Vec<Change>,
+    pub new: Vec<Presence>,
+    pub removed: Vec<Presence>,
+    pub durations: Vec<DurationChange>,
+}
+
+impl Comparison {
+    pub fn has_regressions(&self) -> bool {
+        !self.regressions.is_empty()
+    }
+}
+
+/// How significant a duration change must be to be listed.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Relative change, in percent.
+    pub percent: f64,
+    /// Absolute change below which nothing is listed, since short tests jitter
+    /// by far more than any sensible percentage.
+    pub min_delta_ms: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            percent: 20.0,
+            min_delta_ms: 100,
+        }
+    }
+}
+
+/// Parses `20%` or `20` as a percentage.
+pub fn parse_percent(s: &str) -> Option<f64> {
+    let v: f64 = s.trim().trim_end_matches('%').trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then_some(v)
+}
+
+fn passed(o: Outcome) -> bool {
+    matches!(o, Outcome::Pass | Outcome::Xpass)
+}
+
+fn duration_change(before: u64, after: u64, t: Thresholds) -> Option<f64> {
+    if before == 0 || after == 0 || before.abs_diff(after) < t.min_delta_ms {
+        return None;
+    }
+    let pct = (after as f64 - before as f64) / before as f64 * 100.0;
+    (pct.abs() >= t.percent).then_some(pct)
+}
+
+/// Compares `a` (before) with `b` (after).
+pub fn compare(a: &Report, b: &Report, t: Thresholds) -> Comparison {
+    let mut out = Comparison {
+        before: a.id.clone(),
+        after: b.id.clone(),
+        ..Comparison::default()
+    };
+    let suite_names_a: Vec<String> = a.suites.iter().map(|s| s.display_name()).collect();
+    // TAP descriptions may repeat within a script; the k-th occurrence of a
+    // name is matched with the k-th occurrence on the other side.
+    let mut index: HashMap<(&str, &str, usize), (Outcome, u64)> = HashMap::new();
+    let mut suite_ms: HashMap<&str, u64> = HashMap::new();
+    for (suite, name) in a.suites.iter().zip(&suite_names_a) {
+        suite_ms.insert(name, suite.summary().duration_ms);
+        let mut occ: HashMap<&str, usize> = HashMap::new();
+        for c in &suite.cases {
+            let k = occ.entry(&c.name).or_insert(0);
+            index.insert((name, &c.name, *k), (c.outcome, c.duration_ms));
+            *k += 1;
+        }
+    }
+    let mut seen: std::collections::HashSet<(String, String, usize)> = Default::default();
+    for suite in &b.suites {
+        let sname = suite.display_name();
+        let mut occ: HashMap<&str, usize> = HashMap::new();
+        if let Some(&before) = suite_ms.get(sname.as_str()) {
+            let after = suite.summary().duration_ms;
+            if let Some(pct) = duration_change(before, after, t) {
+                out.durations.push(DurationChange {
+                    suite: sname.clone(),
+                    case: None,
+                    before_ms: before,
+                    after_ms: after,
+                    change_pct: pct,
+                });
+            }
+        }
+        for c in &suite.cases {
+            let k = occ.entry(&c.name).or_insert(0);
+            let key = (sname.as_str(), c.name.as_str(), *k);
+            *k += 1;
+            match index.get(&key) {
+                None => out.new.push(Presence {
+                    suite: sname.clone(),
+                    case: c.name.clone(),
+                    outcome: c.outcome,
+                }),
+                Some(&(before, before_ms)) => {
+                    seen.insert((sname.clone(), c.name.clone(), key.2));
+                    if let Some(pct) = duration_change(before_ms, c.duration_ms, t) {
+                        out.durations.push(DurationChange {
+                            suite: sname.clone(),
+                            case: Some(c.name.clone()),
+                            before_ms,
+                            after_ms: c.duration_ms,
+                            change_pct: pct,
+                        });
+                    }
+                    if before == c.outcome {
+                        continue;
+                    }
+                    let change = Change {
+                        suite: sname.clone(),
+                        case: c.name.clone(),
+                        before,
+                        after: c.outcome,
+                        message: c.message.clone(),
+                    };
+                    if passed(before) && c.outcome.is_failure() {
+                        out.regressions.push(change);
+                    } else if before.is_failure() && passed(c.outcome) {
+                        out.fixes.push(change);
+                    } else {
+                        out.changes.push(change);
+                    }
+                }
+            }
+        }
+    }
+    for (suite, name) in a.suites.iter().zip(&suite_names_a) {
+        let mut occ: HashMap<&str, usize> = HashMap::new();
+        for c in &suite.cases {
+            let k = occ.entry(&c.name).or_insert(0);
+            let key = (name.clone(), c.name.clone(), *k);
+            *k += 1;
+            if !seen.contains(&key) {
+                out.removed.push(Presence {
+                    suite: name.clone(),
+                    case: c.name.clone(),
+                    outcome: c.outcome,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The comparison as plain text.
+pub fn to_text(c: &Comparison) -> String {
+    let mut s = format!("Comparing {} -> {}\n", c.before, c.after);
+    let section = |s: &mut String, title: &str, rows: Vec<String>| {
+        if rows.is_empty() {
+            return;
+        }
+        s.push_str(&format!("\n{title} ({}):\n", rows.len()));
+        for r in rows {
+            s.push_str("  ");
+            s.push_str(&r);
+            s.push('\n');
+        }
+    };
+    let change_row = |ch: &Change| {
+        let mut r = format!("{} :: {}  {} -> {}", ch.suite, ch.case, ch.before, ch.after);
+        if let Some(m) = &ch.message {
+            r.push_str(&format!("  ({})", m.lines().next().unwrap_or("")));
+        }
+        r
+    };
+    let presence_row = |p: &Presence| format!("{} :: {}  {}", p.suite, p.case, p.outcome);
+    section(
+        &mut s,
+        "Regressions",
+        c.regressions.iter().map(change_row).collect(),
+    );
+    section(&mut s, "Fixes", c.fixes.iter().map(change_row).collect());
+    section(
+        &mut s,
+        "Other changes",
+        c.changes.iter().map(change_row).collect(),
+    );
+    section(
+        &mut s,
+        "New tests",
+        c.new.iter().map(presence_row).collect(),
+    );
+    section(
+        &mut s,
+        "Removed tests",
+        c.removed.iter().map(presence_row).collect(),
+    );
+    section(
+        &mut s,
+        "Duration changes",
+        c.durations
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}{}  {} ms -> {} ms ({:+.0}%)",
+                    d.suite,
+                    d.case
+                        .as_deref()
+                        .map(|c| format!(" :: {c}"))
+                        .unwrap_or_default(),
+                    d.before_ms,
+                    d.after_ms,
+                    d.change_pct
+                )
+            })
+            .collect(),
+    );
+    s.push_str(&format!(
+        "\nRegressions={}, Fixes={}, New={}, Removed={}, Duration changes={}\nResult: {}\n",
+        c.regressions.len(),
+        c.fixes.len(),
+        c.new.len(),
+        c.removed.len(),
+        c.durations.len(),
+        if c.has_regressions() {
+            "REGRESSED"
+        } else {
+            "OK"
+        }
+    ));
+    s
+}
+
+/// The comparison as JSON.
+pub fn to_json(c: &Comparison) -> String {
+    serde_json::to_string_pretty(c).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The comparison as one self-contained HTML page.
+pub fn to_html(c: &Comparison) -> String {
+    let mut h = String::from(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Report comparison</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}.fail{color:#b00}.pass{color:#070}</style></head><body>",
+    );
+    h.push_str(&format!(
+        "<h1>{} &rarr; {}</h1><p class=\"{}\">Regressions: {}, fixes: {}, new: {}, removed: {}, duration changes: {}</p>",
+        esc(&c.before),
+        esc(&c.after),
+        if c.has_regressions() { "fail" } else { "pass" },
+        c.regressions.len(),
+        c.fixes.len(),
+        c.new.len(),
+        c.removed.len(),
+        c.durations.len()
+    ));
+    let table = |h: &mut String, title: &str, head: &str, rows: Vec<String>| {
+        if rows.is_empty() {
+            return;
+        }
+        h.push_str(&format!("<h2>{title}</h2><table><tr>{head}</tr>"));
+        for r in rows {
+            h.push_str(&r);
+        }
+        h.push_str("</table>");
+    };
+    let change_rows = |v: &[Change]| -> Vec<String> {
+        v.iter()
+            .map(|ch| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&ch.suite),
+                    esc(&ch.case),
+                    ch.before,
+                    ch.after,
+                    esc(ch.message.as_deref().unwrap_or(""))
+                )
+            })
+            .collect()
+    };
+    let change_head = "<th>suite</th><th>test</th><th>before</th><th>after</th><th>message</th>";
+    table(
+        &mut h,
+        "Regressions",
+        change_head,
+        change_rows(&c.regressions),
+    );
+    table(&mut h, "Fixes", change_head, change_rows(&c.fixes));
+    table(
+        &mut h,
+        "Other changes",
+        change_head,
+        change_rows(&c.changes),
+    );
+    let presence_rows = |v: &[Presence]| -> Vec<String> {
+        v.iter()
+            .map(|p| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&p.suite),
+                    esc(&p.case),
+                    p.outcome
+                )
+            })
+            .collect()
+    };
+    let ph = "<th>suite</th><th>test</th><th>outcome</th>";
+    table(&mut h, "New tests", ph, presence_rows(&c.new));
+    table(&mut h, "Removed tests", ph, presence_rows(&c.removed));
+    table(
+        &mut h,
+        "Duration changes",
+        "<th>suite</th><th>test</th><th>before ms</th><th>after ms</th><th>change</th>",
+        c.durations
+            .iter()
+            .map(|d| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:+.0}%</td></tr>",
+                    esc(&d.suite),
+                    esc(d.case.as_deref().unwrap_or("")),
+                    d.before_ms,
+                    d.after_ms,
+                    d.change_pct
+                )
+            })
+            .collect(),
+    );
+    h.push_str("</body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use testbed_report::{Case, Suite};
+
+    fn report(id: &str, cases: &[(&str, &str, Outcome)], suite_ms: u64) -> Report {
+        let mut r = Report::new(id, "kit", Utc::now());
+        for (s, c, o) in cases {
+            if !r.suites.iter().any(|x| x.name == *s) {
+                let mut su = Suite::new(*s);
+                su.duration_ms = suite_ms;
+                r.suites.push(su);
+            }
+            if let Some(su) = r.suites.iter_mut().find(|x| x.name == *s) {
+                su.cases.push(Case::new(*c, *o));
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn finds_regressions_fixes_new_removed() {
+        use Outcome::*;
+        let a = report(
+            "a",
+            &[
+                ("x.t", "1", Pass),
+                ("x.t", "2", Fail),
+                ("x.t", "3", Pass),
+                ("y.t", "1", Pass),
+            ],
+            1000,
+        );
+        let b = report(
+            "b",
+            &[
+                ("x.t", "1", Fail),
+                ("x.t", "2", Pass),
+                ("x.t", "4", Pass),
+                ("y.t", "1", Skip),
+            ],
+            2000,
+        );
+        let c = compare(&a, &b, Thresholds::default());
+        assert_eq!(c.regressions.len(), 1);
+        assert_eq!(c.regressions[0].case, "1");
+        assert_eq!(c.fixes.len(), 1);
+        assert_eq!(c.fixes[0].case, "2");
+        assert_eq!(c.new.len(), 1);
+        assert_eq!(c.removed.len(), 1);
+        assert_eq!(c.removed[0].case, "3");
+        assert_eq!(c.changes.len(), 1);
+        assert_eq!(c.durations.len(), 2);
+        assert!((c.durations[0].change_pct - 100.0).abs() < 1e-9);
+        assert!(c.has_regressions());
+        let text = to_text(&c);
+        assert!(text.contains("Regressions (1)"), "{text}");
+        assert!(to_json(&c).contains("\"regressions\""));
+        assert!(to_html(&c).contains("<h2>Fixes</h2>"));
+    }
+
+    #[test]
+    fn thresholds() {
+        let t = Thresholds::default();
+        assert_eq!(duration_change(1000, 1100, t), None);
+        assert_eq!(duration_change(10, 50, t), None);
+        assert!(duration_change(1000, 500, t).is_some());
+        assert_eq!(parse_percent("20%"), Some(20.0));
+        assert_eq!(parse_percent("x"), None);
+    }
+
+    #[test]
+    fn identical_reports() {
+        let a = report("a", &[("x.t", "1", Outcome::Pass)], 10);
+        let c = compare(&a, &a, Thresholds::default());
+        assert!(!c.has_regressions());
+        assert!(c.new.is_empty() && c.removed.is_empty() && c.durations.is_empty());
+    }
+}
