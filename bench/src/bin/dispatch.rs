@@ -108,7 +108,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bench = testbed_bench::Bench::start(&args.store, args.agents).await?;
-    let (store, url, token, http) = (bench.store.clone(), bench.url.clone(), bench.token.clone(), bench.http.clone());
+    let (store, url, token, http) = (
+        bench.store.clone(),
+        bench.url.clone(),
+        bench.token.clone(),
+        bench.http.clone(),
+    );
 
     let waiters: Waiters = Arc::default();
     watch_results(store.clone(), store.revision().await? + 1, waiters.clone());

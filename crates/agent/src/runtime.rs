@@ -77,7 +77,9 @@ enum Entry {
         cancel: CancellationToken,
         control: watch::Sender<Control>,
     },
-    Finished { outcome: TaskOutcome },
+    Finished {
+        outcome: TaskOutcome,
+    },
 }
 
 struct Shared {

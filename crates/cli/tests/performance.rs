@@ -57,7 +57,12 @@ fn serve() -> (String, Arc<AtomicU64>) {
     (url, count)
 }
 
-async fn send(p: &Platform, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn send(
+    p: &Platform,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = p
         .http
         .request(method, format!("{}{path}", p.url))
@@ -70,8 +75,10 @@ async fn send(p: &Platform, method: reqwest::Method, path: &str, body: Option<Va
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn project(p: &Platform) -> u64 {
-    let (s, b) = p.post("/api/projects", json!({"name": "shop", "description": "d"})).await;
+async fn new_project(p: &Platform) -> u64 {
+    let (s, b) = p
+        .post("/api/projects", json!({"name": "shop", "description": "d"}))
+        .await;
     assert_eq!(s, 201, "{b}");
     b["id"].as_u64().unwrap()
 }
@@ -112,7 +119,7 @@ async fn plans_runs_live_metrics_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::up(dir.path(), 1, &[]).await;
     let (url, count) = serve();
-    let project = project(&p).await;
+    let project = new_project(&p).await;
 
     // Bad input: each field named.
     let (s, b) = p
@@ -139,12 +146,68 @@ async fn plans_runs_live_metrics_and_reports() {
     let (s, _) = p.get("/api/performance/plans/").await;
     assert_eq!(s, 400);
 
+    // Projects have full CRUD.
+    let other = new_project(&p).await;
+    let (s, b) = send(
+        &p,
+        reqwest::Method::PUT,
+        &format!("/api/projects/{other}"),
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["name"], "renamed");
+    let (s, b) = p.get("/api/projects?page=1&page_size=10").await;
+    assert_eq!(s, 200);
+    assert_eq!(b["total"], 2);
+    let (s, b) = send(
+        &p,
+        reqwest::Method::DELETE,
+        &format!("/api/projects/{other}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _) = p.get(&format!("/api/projects/{other}")).await;
+    assert_eq!(s, 404);
+
+    // Agents chosen by labels: none match here.
+    let nowhere = plan(
+        &p,
+        project,
+        "nowhere",
+        json!({"concurrent_users": 1, "hold_time": 1, "target_url": url,
+            "agents": {"labels": {"zone": "nowhere"}}}),
+    )
+    .await;
+    let (s, b) = p
+        .post(
+            &format!("/api/performance/plans/{nowhere}/start/"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(
+        p.get(&format!("/api/performance/plans/{nowhere}/")).await.1["status"],
+        "created"
+    );
+    let (s, _) = send(
+        &p,
+        reqwest::Method::DELETE,
+        &format!("/api/performance/plans/{nowhere}/"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+
     // A complete run, followed live.
     let config = json!({"concurrent_users": 2, "ramp_up_time": 1, "hold_time": 3,
         "test_type": "load", "target_url": url, "request_timeout": 2000});
     let id = plan(&p, project, "steady", config.clone()).await;
     let (s, b) = p
-        .get(&format!("/api/performance/plans/?project_id={project}&page=1&page_size=10"))
+        .get(&format!(
+            "/api/performance/plans/?project_id={project}&page=1&page_size=10"
+        ))
         .await;
     assert_eq!(s, 200);
     assert_eq!(b["total"], 1);
@@ -159,14 +222,20 @@ async fn plans_runs_live_metrics_and_reports() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["name"], "steady-2");
 
-    let (s, started) = p.post(&format!("/api/performance/plans/{id}/start/"), json!({})).await;
+    let (s, started) = p
+        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
+        .await;
     assert_eq!(s, 200, "{started}");
     assert_eq!(started["status"], "running");
-    let (s, b) = p.post(&format!("/api/performance/plans/{id}/start/"), json!({})).await;
+    let (s, b) = p
+        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
+        .await;
     assert_eq!(s, 409, "{b}");
     let exec = started["execution_id"].as_str().unwrap().to_string();
     let ws_url = started["websocket_url"].as_str().unwrap();
-    assert!(ws_url.starts_with("ws://") && ws_url.contains(&format!("/ws/performance/{exec}/?token=")));
+    assert!(
+        ws_url.starts_with("ws://") && ws_url.contains(&format!("/ws/performance/{exec}/?token="))
+    );
 
     // The URL works as given (a browser cannot set headers).
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
@@ -206,11 +275,22 @@ async fn plans_runs_live_metrics_and_reports() {
     assert_eq!(r["status"], "completed");
     assert_eq!(r["summary"]["success_rate"], 100.0);
     for q in ["p50", "p90", "p95", "p99"] {
-        assert!(r["metrics"]["response_times"]["percentiles"][q].as_f64().unwrap() > 0.0, "{q}: {r}");
+        assert!(
+            r["metrics"]["response_times"]["percentiles"][q]
+                .as_f64()
+                .unwrap()
+                > 0.0,
+            "{q}: {r}"
+        );
     }
-    assert!(!r["metrics"]["response_times"]["timestamps"].as_array().unwrap().is_empty());
+    assert!(!r["metrics"]["response_times"]["timestamps"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     let (s, m) = p
-        .get(&format!("/api/performance/metrics/{exec}/?metric_type=throughput"))
+        .get(&format!(
+            "/api/performance/metrics/{exec}/?metric_type=throughput"
+        ))
         .await;
     assert_eq!(s, 200, "{m}");
     assert_eq!(m["metrics"]["throughput"]["total_requests"], total);
@@ -219,7 +299,10 @@ async fn plans_runs_live_metrics_and_reports() {
         .get(&format!("/api/performance/metrics/{exec}/?time_range=2"))
         .await;
     assert_eq!(s, 200, "{m}");
-    assert!(m["metrics"]["response_time"]["p95"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(
+        m["metrics"]["response_time"]["p95"].as_f64().unwrap() > 0.0,
+        "{m}"
+    );
 
     // Pause holds new requests; resume continues; stop still reports.
     let long = plan(
@@ -230,13 +313,19 @@ async fn plans_runs_live_metrics_and_reports() {
             "test_type": "load", "target_url": url}),
     )
     .await;
-    let (s, _) = p.post(&format!("/api/performance/plans/{long}/pause/"), json!({})).await;
+    let (s, _) = p
+        .post(&format!("/api/performance/plans/{long}/pause/"), json!({}))
+        .await;
     assert_eq!(s, 409);
-    let (s, b) = p.post(&format!("/api/performance/plans/{long}/start/"), json!({})).await;
+    let (s, b) = p
+        .post(&format!("/api/performance/plans/{long}/start/"), json!({}))
+        .await;
     assert_eq!(s, 200, "{b}");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let before = count.load(Ordering::SeqCst);
-    let (s, b) = p.post(&format!("/api/performance/plans/{long}/pause/"), json!({})).await;
+    let (s, b) = p
+        .post(&format!("/api/performance/plans/{long}/pause/"), json!({}))
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["status"], "paused");
     assert!(b["pause_time"].is_string());
@@ -244,30 +333,52 @@ async fn plans_runs_live_metrics_and_reports() {
     let paused_at = count.load(Ordering::SeqCst);
     assert!(paused_at > before, "no load before the pause");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(count.load(Ordering::SeqCst), paused_at, "requests while paused");
-    let (s, _) = p.post(&format!("/api/performance/plans/{long}/pause/"), json!({})).await;
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        paused_at,
+        "requests while paused"
+    );
+    let (s, _) = p
+        .post(&format!("/api/performance/plans/{long}/pause/"), json!({}))
+        .await;
     assert_eq!(s, 409);
-    let (s, b) = p.post(&format!("/api/performance/plans/{long}/resume/"), json!({})).await;
+    let (s, b) = p
+        .post(&format!("/api/performance/plans/{long}/resume/"), json!({}))
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["status"], "running");
     assert!(b["resume_time"].is_string());
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(count.load(Ordering::SeqCst) > paused_at, "no load after resume");
-    let (s, b) = p.post(&format!("/api/performance/plans/{long}/stop/"), json!({})).await;
+    assert!(
+        count.load(Ordering::SeqCst) > paused_at,
+        "no load after resume"
+    );
+    let (s, b) = p
+        .post(&format!("/api/performance/plans/{long}/stop/"), json!({}))
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["status"], "stopped");
     assert!(b["stop_time"].is_string());
-    let (s, _) = p.post(&format!("/api/performance/plans/{long}/stop/"), json!({})).await;
+    let (s, _) = p
+        .post(&format!("/api/performance/plans/{long}/stop/"), json!({}))
+        .await;
     assert_eq!(s, 409);
     let r = report(&p, long, 1).await;
     assert_eq!(r["status"], "stopped", "{r}");
     assert!(r["summary"]["total_requests"].as_u64().unwrap() > 0);
     // Well short of the 30 s hold.
-    let secs = r["metrics"]["response_times"]["timestamps"].as_array().unwrap().len();
+    let secs = r["metrics"]["response_times"]["timestamps"]
+        .as_array()
+        .unwrap()
+        .len();
     assert!(secs < 15, "{secs} seconds");
 
     // A target that refuses connections: classified errors, no crash.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let refused = plan(
         &p,
         project,
@@ -275,7 +386,12 @@ async fn plans_runs_live_metrics_and_reports() {
         json!({"concurrent_users": 1, "hold_time": 1, "target_url": format!("http://127.0.0.1:{port}/")}),
     )
     .await;
-    let (s, b) = p.post(&format!("/api/performance/plans/{refused}/start/"), json!({})).await;
+    let (s, b) = p
+        .post(
+            &format!("/api/performance/plans/{refused}/start/"),
+            json!({}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     let r = report(&p, refused, 1).await;
     let labels = r["metrics"]["errors"]["labels"].as_array().unwrap();
@@ -284,12 +400,24 @@ async fn plans_runs_live_metrics_and_reports() {
 
     // Deletes answer with a message.
     let rid = r["id"].as_u64().unwrap();
-    let (s, b) = send(&p, reqwest::Method::DELETE, &format!("/api/performance/reports/{rid}/"), None).await;
+    let (s, b) = send(
+        &p,
+        reqwest::Method::DELETE,
+        &format!("/api/performance/reports/{rid}/"),
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert!(b["message"].is_string());
     let (s, _) = p.get(&format!("/api/performance/reports/{rid}/")).await;
     assert_eq!(s, 404);
-    let (s, b) = send(&p, reqwest::Method::DELETE, &format!("/api/performance/plans/{refused}/"), None).await;
+    let (s, b) = send(
+        &p,
+        reqwest::Method::DELETE,
+        &format!("/api/performance/plans/{refused}/"),
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert!(b["message"].is_string());
     let (s, _) = p.get(&format!("/api/performance/plans/{refused}/")).await;
@@ -301,7 +429,7 @@ async fn load_is_split_across_agents() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::up(dir.path(), 2, &[]).await;
     let (url, count) = serve();
-    let project = project(&p).await;
+    let project = new_project(&p).await;
     let id = plan(
         &p,
         project,
@@ -310,7 +438,9 @@ async fn load_is_split_across_agents() {
             "test_type": "load", "target_url": url, "agents": 2}),
     )
     .await;
-    let (s, b) = p.post(&format!("/api/performance/plans/{id}/start/"), json!({})).await;
+    let (s, b) = p
+        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
+        .await;
     assert_eq!(s, 200, "{b}");
     let r = report(&p, id, 1).await;
     let total = r["summary"]["total_requests"].as_u64().unwrap();
@@ -332,11 +462,61 @@ async fn load_is_split_across_agents() {
     assert_eq!(load.len(), 2, "{tasks}");
     let mut sum = 0;
     for t in &load {
-        let (_, full) = p.get(&format!("/api/tasks/{}", t["id"].as_str().unwrap())).await;
+        let (_, full) = p
+            .get(&format!("/api/tasks/{}", t["id"].as_str().unwrap()))
+            .await;
         assert_eq!(full["status"], "succeeded", "{full}");
         let n = full["result"]["requests"].as_u64().unwrap();
         assert!(n > 0, "{full}");
         sum += n;
     }
     assert_eq!(sum, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_load_agent_is_recorded_and_the_rest_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &["--lease-ttl", "2"]).await;
+    let mut doomed = common::agent(
+        &p.url,
+        "doomed",
+        &dir.path().join("doomed"),
+        &["--plugins", "load"],
+    );
+    p.wait_agents(2).await;
+    let (url, count) = serve();
+    let project = new_project(&p).await;
+    let id = plan(
+        &p,
+        project,
+        "survive",
+        json!({"concurrent_users": 2, "hold_time": 8, "target_url": url, "agents": 2}),
+    )
+    .await;
+    let (s, b) = p
+        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    doomed.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_kill = count.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        count.load(Ordering::SeqCst) > after_kill,
+        "load stopped with the agent"
+    );
+
+    let r = report(&p, id, 1).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(r["lost_agents"], json!(["doomed"]), "{r}");
+    assert_eq!(r["agents"].as_array().unwrap().len(), 2, "{r}");
+    let total = r["summary"]["total_requests"].as_u64().unwrap();
+    // The survivor's share exactly, plus what the lost agent reported live.
+    assert!(total > 0 && total <= count.load(Ordering::SeqCst), "{r}");
+    let secs = r["metrics"]["response_times"]["timestamps"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(secs >= 7, "the survivor ran its whole hold: {secs} s");
 }

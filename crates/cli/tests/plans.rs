@@ -727,3 +727,115 @@ async fn cli_run_embedded_and_against_a_server() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("Result: PASS"));
 }
+
+#[tokio::test]
+async fn a_kit_across_a_fleet_is_a_matrix_and_runs_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let kit = dir.path().join("kit");
+    std::fs::create_dir_all(&kit).unwrap();
+    let script = kit.join("01-feature.t");
+    std::fs::write(
+        &script,
+        "print \"1..2\\nok 1 - connects\\nok 2 - lists domains\\n\";\n",
+    )
+    .unwrap();
+    std::fs::write(
+        kit.join("02-stable.t"),
+        "print \"1..1\\nok 1 - stable\\n\";\n",
+    )
+    .unwrap();
+    let p = Platform::up(
+        &dir.path().join("data"),
+        2,
+        &["--plugins", "linux_system,tap"],
+    )
+    .await;
+    let (s, _) = p.post("/api/groups", json!({"name": "platforms"})).await;
+    assert_eq!(s, 201);
+    for a in ["local-1", "local-2"] {
+        let r = p
+            .http
+            .put(format!("{}/api/groups/platforms/agents/{a}", p.url))
+            .bearer_auth(&p.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let plan = format!(
+        "name: kit\nsteps:\n  - id: kit\n    plugin: tap\n    method: run\n    target: {{each: {{group: platforms}}}}\n    params: {{path: \"{}\"}}\n",
+        kit.display()
+    );
+    let first = p
+        .wait_run(
+            &p.start_run(&plan, json!({})).await,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(first["status"], "passed", "{first}");
+    let r1 = first["report_id"].as_str().unwrap().to_string();
+    let (_, report) = p.get(&format!("/api/reports/{r1}")).await;
+    let mut matrix: Vec<String> = report["suites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["platform"].is_string())
+        .map(|s| {
+            format!(
+                "{}@{}",
+                s["name"].as_str().unwrap(),
+                s["platform"].as_str().unwrap()
+            )
+        })
+        .collect();
+    matrix.sort();
+    assert_eq!(
+        matrix,
+        [
+            "01-feature.t@local-1",
+            "01-feature.t@local-2",
+            "02-stable.t@local-1",
+            "02-stable.t@local-2"
+        ]
+    );
+
+    // The feature breaks; the next run is compared with the first.
+    std::fs::write(
+        &script,
+        "print \"1..2\\nok 1 - connects\\nnot ok 2 - lists domains\\n\";\n",
+    )
+    .unwrap();
+    let second = p
+        .wait_run(
+            &p.start_run(&plan, json!({})).await,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(second["status"], "failed");
+    let r2 = second["report_id"].as_str().unwrap();
+    let (s, cmp) = p.get(&format!("/api/reports/{r1}/compare/{r2}")).await;
+    assert_eq!(s, 200, "{cmp}");
+    let regressions: Vec<String> = cmp["regressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {}", c["suite"], c["case"]))
+        .collect();
+    assert!(
+        regressions
+            .iter()
+            .any(|r| r.contains("local-1") && r.contains("lists domains")),
+        "{cmp}"
+    );
+    assert!(
+        regressions
+            .iter()
+            .any(|r| r.contains("local-2") && r.contains("lists domains")),
+        "{cmp}"
+    );
+    assert!(!regressions.iter().any(|r| r.contains("stable")), "{cmp}");
+    let (_, text) = p
+        .get_text(&format!("/api/reports/{r1}/compare/{r2}?format=text"))
+        .await;
+    assert!(text.to_lowercase().contains("regression"), "{text}");
+}

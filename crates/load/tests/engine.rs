@@ -167,6 +167,39 @@ async fn h2c_prior_knowledge_works() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_negotiates_h2_or_http1_and_checks_certificates() {
+    let _g = common::serial().await;
+    let srv = common::spawn_tls();
+    let url = format!("https://localhost:{}/ok", srv.addr.port());
+    let mut plan = Plan::closed(&url, 2, secs(0.5));
+    plan.insecure = true;
+    let (_, r) = run_collect(plan.clone()).await;
+    assert!(r.summary.requests > 5);
+    assert_eq!(r.summary.errors, 0, "{:?}", r.errors);
+    assert_eq!(srv.h2_count(), r.summary.requests, "ALPN did not pick h2");
+    // Bytes are counted on the wire, TLS records included.
+    assert!(r.summary.bytes_in > r.summary.requests * 30);
+
+    plan.protocol = Protocol::Http1;
+    let before = srv.count();
+    let (_, r) = run_collect(plan.clone()).await;
+    assert_eq!(r.summary.errors, 0, "{:?}", r.errors);
+    assert_eq!(srv.count() - before, r.summary.requests);
+    assert_eq!(srv.h2_count(), before, "HTTP/1.1 was asked for");
+
+    // The self-signed certificate is refused unless insecure.
+    plan.insecure = false;
+    let (_, r) = run_collect(plan).await;
+    assert!(r.summary.requests > 0);
+    assert_eq!(
+        error_count(&r, "TLS Error"),
+        r.summary.requests,
+        "{:?}",
+        r.errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_requests_and_resume_extends_the_hold() {
     let _g = common::serial().await;
     let srv = common::spawn(false);

@@ -348,6 +348,8 @@ async fn reconcile(
             _ if known => {
                 if a.cancel || task.cancel_requested {
                     let _ = tx.send(ServerMessage::Cancel { task_id: task.id });
+                } else if a.paused == Some(true) {
+                    let _ = tx.send(ServerMessage::Pause { task_id: task.id });
                 }
             }
             TaskStatus::Queued if a.cancel || task.cancel_requested => {

@@ -60,6 +60,13 @@ pub async fn assignment_relay(state: AppState) {
                     };
                     if a.cancel {
                         state.hub.send(&agent, ServerMessage::Cancel { task_id });
+                    } else if let Some(paused) = a.paused {
+                        let msg = if paused {
+                            ServerMessage::Pause { task_id }
+                        } else {
+                            ServerMessage::Resume { task_id }
+                        };
+                        state.hub.send(&agent, msg);
                     } else if let Ok(Some((task, _))) =
                         records::get::<Task>(&state.store, &keys::task(&task_id)).await
                     {
@@ -152,6 +159,7 @@ async fn lead_loops(state: &AppState, lease: testbed_store::LeaseId) {
     let keep = state.settings.lease_ttl / 3;
     let mut keep_tick = tokio::time::interval(keep.max(Duration::from_millis(100)));
     let mut sweep_tick = tokio::time::interval(Duration::from_millis(500));
+    let mut perf_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -164,6 +172,12 @@ async fn lead_loops(state: &AppState, lease: testbed_store::LeaseId) {
             _ = sweep_tick.tick() => {
                 if let Err(e) = sweep_lost(state).await {
                     tracing::warn!("controller sweep: {e}");
+                }
+            }
+            _ = perf_tick.tick() => {
+                // Executions whose starting replica died end here.
+                if let Err(e) = crate::performance::sweep(state).await {
+                    tracing::warn!("performance sweep: {}", e.message);
                 }
             }
         }

@@ -32,6 +32,10 @@ pub struct Assignment {
     pub task_id: Uuid,
     /// A cancel was requested; the holder of the agent forwards it.
     pub cancel: bool,
+    /// Pause (`true`) or resume (`false`) was requested; forwarded like
+    /// `cancel`, so it reaches the agent whichever replica holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 }
 
 impl Assignment {
@@ -454,6 +458,38 @@ pub async fn cancel(state: &AppState, task_id: Uuid) -> ApiResult<Task> {
     Ok(task)
 }
 
+/// Asks the task's agent to pause or resume it: the flag on the assignment
+/// reaches the agent through whichever replica holds it (and again after a
+/// reconnect). Returns false when the task has no assignment (it ended).
+pub async fn set_paused(
+    state: &AppState,
+    agent: Uuid,
+    task_id: Uuid,
+    paused: bool,
+) -> Result<bool, RecordError> {
+    let key = keys::assign(&agent, &task_id);
+    let found = records::update::<Assignment, _>(&state.store, &key, |a| {
+        if a.paused == Some(paused) {
+            false
+        } else {
+            a.paused = Some(paused);
+            true
+        }
+    })
+    .await?
+    .is_some();
+    // Fast path when the agent is connected here.
+    if found {
+        let msg = if paused {
+            ServerMessage::Pause { task_id }
+        } else {
+            ServerMessage::Resume { task_id }
+        };
+        state.hub.send(&agent, msg);
+    }
+    Ok(found)
+}
+
 /// Creates `task` and its assignment unless the task already exists (a
 /// controller that crashed after creating it finds it again). Idempotent.
 pub async fn create(state: &AppState, task: &Task) -> Result<(), RecordError> {
@@ -464,6 +500,7 @@ pub async fn create(state: &AppState, task: &Task) -> Result<(), RecordError> {
         v: 1,
         task_id: task.id,
         cancel: false,
+        paused: None,
     };
     // Task and assignment in one write: an agent never sees an assignment
     // without its task, and a crash never leaves a task without one.

@@ -29,12 +29,19 @@ use crate::state::AppState;
 pub const PLANS: &str = "/performance/plans/";
 pub const EXECUTIONS: &str = "/performance/executions/";
 pub const REPORTS: &str = "/performance/reports/";
+/// One key per execution that has not been reported yet: what the
+/// controller leader sweeps, so an execution whose starting replica died
+/// still ends with a report.
+pub const ACTIVE: &str = "/performance/active/";
 
 pub fn plan_key(id: u64) -> String {
     format!("{PLANS}{id}")
 }
 pub fn execution_key(id: &str) -> String {
     format!("{EXECUTIONS}{id}")
+}
+pub fn active_key(execution: &str) -> String {
+    format!("{ACTIVE}{execution}")
 }
 pub fn report_key(id: u64) -> String {
     format!("{REPORTS}{id}")
@@ -185,6 +192,9 @@ pub struct ExecLive {
 struct LiveInner {
     execs: HashMap<String, ExecLive>,
     tasks: HashMap<Uuid, String>,
+    /// Each task's own windows, for a report that must do without the
+    /// result of a task whose agent died.
+    per_task: HashMap<Uuid, Vec<Window>>,
 }
 
 /// The live series of the executions whose agents report to this replica.
@@ -216,8 +226,9 @@ impl Live {
         l.execs.entry(execution.to_string()).or_default();
     }
 
-    fn record(&self, execution: &str, window: Window, system: SystemMetrics) {
+    fn record(&self, execution: &str, task: Uuid, window: Window, system: SystemMetrics) {
         let mut l = self.lock();
+        l.per_task.entry(task).or_default().push(window.clone());
         let exec = l.execs.entry(execution.to_string()).or_default();
         match exec.points.get_mut(&window.index) {
             Some(p) => {
@@ -242,10 +253,23 @@ impl Live {
         self.lock().execs.get(execution).cloned()
     }
 
+    fn task_windows(&self, task: &Uuid) -> Vec<Window> {
+        self.lock().per_task.get(task).cloned().unwrap_or_default()
+    }
+
     pub fn forget(&self, execution: &str) {
         let mut l = self.lock();
         l.execs.remove(execution);
-        l.tasks.retain(|_, e| e != execution);
+        let gone: Vec<Uuid> = l
+            .tasks
+            .iter()
+            .filter(|(_, e)| *e == execution)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in gone {
+            l.tasks.remove(&t);
+            l.per_task.remove(&t);
+        }
     }
 }
 
@@ -304,7 +328,7 @@ pub async fn on_metrics(state: &AppState, task_id: Uuid, window: Value, system: 
             e
         }
     };
-    state.perf.record(&execution, window, system);
+    state.perf.record(&execution, task_id, window, system);
 }
 
 /// Follows an execution until all its tasks ended, records agents lost on
@@ -330,12 +354,24 @@ pub async fn watch_execution(state: AppState, execution: String) {
     state.perf.forget(&execution);
 }
 
+/// Controller-leader pass over unreported executions (see [`ACTIVE`]).
+pub async fn sweep(state: &AppState) -> ApiResult<()> {
+    let active: Vec<(String, Value)> = records::list(&state.store, ACTIVE, |_| true).await?;
+    for (key, _) in active {
+        let execution = &key[ACTIVE.len()..];
+        step(state, execution).await?;
+    }
+    Ok(())
+}
+
 async fn step(state: &AppState, execution: &str) -> ApiResult<bool> {
     let key = execution_key(execution);
     let Some((exec, _)) = records::get::<Execution>(&state.store, &key).await? else {
+        state.store.delete(&active_key(execution)).await?;
         return Ok(true);
     };
     if exec.report_id.is_some() {
+        state.store.delete(&active_key(execution)).await?;
         return Ok(true);
     }
     let mut tasks = Vec::new();
@@ -364,23 +400,42 @@ async fn step(state: &AppState, execution: &str) -> ApiResult<bool> {
         })
         .await?;
     }
-    if tasks.len() < exec.tasks.len() || !tasks.iter().all(|t| t.status.is_terminal()) {
+    // A task record still missing long after the start was never created
+    // (its dispatch failed): the execution ends without it.
+    let stale = testbed_core::now() - exec.start_time > chrono::Duration::seconds(30);
+    if (tasks.len() < exec.tasks.len() && !stale) || !tasks.iter().all(|t| t.status.is_terminal()) {
         return Ok(false);
     }
     finalize(state, execution, &tasks).await?;
     Ok(true)
 }
 
-/// Windows of every task's result, merged per second.
-fn merged_windows(tasks: &[Task]) -> Vec<Window> {
+/// Windows of every task's result (inline, or the artifact a long run
+/// uploaded), merged per second. A task without a result (its agent was
+/// lost) counts with the windows it sent live.
+async fn merged_windows(state: &AppState, tasks: &[Task]) -> Vec<Window> {
     let mut all: Vec<Window> = Vec::new();
     for t in tasks {
-        let Some(ws) = t
-            .result
-            .as_ref()
+        let result = t.result.as_ref();
+        if let Some(name) = result
+            .and_then(|r| r.get("windows_artifact"))
+            .and_then(Value::as_str)
+        {
+            match state.blobs.get(&keys::artifact_blob(&t.id, name)).await {
+                Ok(Some(bytes)) => match serde_json::from_slice::<Vec<Window>>(&bytes) {
+                    Ok(ws) => all.extend(ws),
+                    Err(e) => tracing::warn!(task = %t.id, "unreadable windows artifact: {e}"),
+                },
+                Ok(None) => tracing::warn!(task = %t.id, "windows artifact missing"),
+                Err(e) => tracing::warn!(task = %t.id, "reading windows artifact: {e}"),
+            }
+            continue;
+        }
+        let Some(ws) = result
             .and_then(|r| r.get("windows"))
             .and_then(Value::as_array)
         else {
+            all.extend(state.perf.task_windows(&t.id));
             continue;
         };
         for w in ws {
@@ -428,11 +483,11 @@ pub fn window_avg_ms(w: &Window) -> f64 {
 
 async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResult<()> {
     let key = execution_key(execution);
-    let windows = merged_windows(tasks);
+    let windows = merged_windows(state, tasks).await;
     let agg = aggregate(&windows);
     let any_ran = tasks.iter().any(|t| t.status == TaskStatus::Succeeded);
-    let report_id = records::next_counter(&state.store, &keys::counter("performance_report_id"))
-        .await?;
+    let report_id =
+        records::next_counter(&state.store, &keys::counter("performance_report_id")).await?;
     let end = testbed_core::now();
     let mut claimed = false;
     let exec = records::update::<Execution, _>(&state.store, &key, |e| {
@@ -480,7 +535,9 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         success_rate: if agg.requests == 0 {
             0.0
         } else {
-            round2((agg.requests - agg.errors.min(agg.requests)) as f64 * 100.0 / agg.requests as f64)
+            round2(
+                (agg.requests - agg.errors.min(agg.requests)) as f64 * 100.0 / agg.requests as f64,
+            )
         },
         avg_response_time: if agg.latency.is_empty() {
             0.0
@@ -513,6 +570,7 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         lost_agents: exec.lost_agents.clone(),
     };
     records::put(&state.store, &report_key(report_id), &report, None).await?;
+    state.store.delete(&active_key(execution)).await?;
     let status = exec.status.clone();
     records::update::<PerfPlan, _>(&state.store, &plan_key(exec.plan_id), |p| {
         if p.last_execution.as_deref() == Some(execution) && p.status != status {

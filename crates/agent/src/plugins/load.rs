@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use testbed_core::agent::{MethodSpec, PluginSpec};
-use testbed_load::{Plan, RunOptions};
+use testbed_load::{Controller, Plan, RunOptions, RunState};
 
 use crate::plugin::{Control, Plugin, PluginError, PluginOutput, TaskContext};
 
@@ -16,6 +16,12 @@ use crate::plugin::{Control, Plugin, PluginError, PluginOutput, TaskContext};
 pub struct Load;
 
 pub const NAME: &str = "load";
+
+/// Results carry at most this many windows inline (about 5 minutes); a
+/// longer run's windows go up as the artifact [`WINDOWS_ARTIFACT`], so task
+/// records stay small enough for any store.
+pub const INLINE_WINDOWS: usize = 300;
+pub const WINDOWS_ARTIFACT: &str = "windows.json";
 
 #[async_trait]
 impl Plugin for Load {
@@ -33,7 +39,8 @@ impl Plugin for Load {
                     "properties": {
                         "plan": {"type": "object"},
                         "start_at_ms": {"type": "integer", "minimum": 0},
-                        "execution_id": {"type": "string"}
+                        "execution_id": {"type": "string"},
+                        "inline_windows": {"type": "integer", "minimum": 0}
                     }
                 }),
             }],
@@ -65,6 +72,10 @@ impl Plugin for Load {
             .map_err(|e| PluginError::Failed(e.to_string()))?;
         let controller = run.controller();
         let mut control = ctx.control.clone();
+        let mut engine_state = controller.watch();
+        let mut engine_open = true;
+        let mut want = *control.borrow_and_update();
+        apply(&controller, want);
         let mut windows = Vec::new();
         let mut stopping = false;
         ctx.log.line("[load] started");
@@ -88,12 +99,18 @@ impl Plugin for Load {
                         control = crate::plugin::fixed_control();
                         continue;
                     }
-                    let want = *control.borrow_and_update();
-                    let done = match want {
-                        Control::Pause => controller.pause(),
-                        Control::Run => controller.resume(),
-                    };
-                    ctx.log.line(&format!("[load] {want:?}: {}", if done { "ok" } else { "no change" }));
+                    want = *control.borrow_and_update();
+                    let done = apply(&controller, want);
+                    ctx.log.line(&format!("[load] {want:?}: {}", if done { "ok" } else { "pending" }));
+                }
+                changed = engine_state.changed(), if engine_open => {
+                    // A pause asked for before the synchronised start takes
+                    // effect as soon as the engine runs.
+                    if changed.is_err() {
+                        engine_open = false;
+                    } else {
+                        apply(&controller, want);
+                    }
                 }
                 _ = ctx.cancel.cancelled(), if !stopping => {
                     // Stop still yields the remaining windows and a report.
@@ -111,11 +128,50 @@ impl Plugin for Load {
             "[load] done: {} requests, {} errors",
             report.summary.requests, report.summary.errors
         ));
-        Ok(PluginOutput::success(json!({
-            "windows": windows,
+        let inline = params
+            .get("inline_windows")
+            .and_then(Value::as_u64)
+            .map_or(INLINE_WINDOWS, |n| n as usize);
+        let mut result = json!({
             "requests": report.summary.requests,
             "errors": report.summary.errors,
             "stopped": stopping,
-        })))
+        });
+        if windows.len() > inline {
+            match upload_windows(ctx, &windows).await {
+                Ok(()) => result["windows_artifact"] = json!(WINDOWS_ARTIFACT),
+                Err(e) => {
+                    ctx.log
+                        .line(&format!("[load] {e}; windows kept in the result"));
+                    result["windows"] = Value::Array(windows);
+                }
+            }
+        } else {
+            result["windows"] = Value::Array(windows);
+        }
+        Ok(PluginOutput::success(result))
     }
+}
+
+/// Brings the engine to the wanted state if it can be now; returns whether
+/// it changed anything.
+fn apply(controller: &Controller, want: Control) -> bool {
+    match (want, controller.state()) {
+        (Control::Pause, RunState::Running) => controller.pause(),
+        (Control::Run, RunState::Paused) => controller.resume(),
+        _ => false,
+    }
+}
+
+async fn upload_windows(ctx: &TaskContext, windows: &[Value]) -> Result<(), PluginError> {
+    let path = ctx.work_dir.join(WINDOWS_ARTIFACT);
+    let bytes = serde_json::to_vec(windows)
+        .map_err(|e| PluginError::Failed(format!("encoding windows: {e}")))?;
+    tokio::fs::write(&path, bytes)
+        .await
+        .map_err(|e| PluginError::io(format!("writing {}", path.display()), e))?;
+    ctx.artifacts
+        .upload(ctx.task_id, WINDOWS_ARTIFACT, &path)
+        .await
+        .map(|_| ())
 }

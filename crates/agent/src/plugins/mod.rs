@@ -5,6 +5,7 @@ pub mod exec;
 pub mod linux_system;
 pub mod load;
 pub mod noop;
+pub mod tap;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use crate::plugin::DynPlugin;
 
 /// Names of the plugins compiled into the agent.
-pub const BUILTIN: &[&str] = &["linux_system", "build_server", "noop", "load"];
+pub const BUILTIN: &[&str] = &["linux_system", "build_server", "noop", "load", "tap"];
 
 /// The built-in plugin called `name`, if there is one.
 pub fn builtin(name: &str) -> Option<DynPlugin> {
@@ -21,6 +22,7 @@ pub fn builtin(name: &str) -> Option<DynPlugin> {
         "build_server" => Some(Arc::new(build_server::BuildServer)),
         "noop" => Some(Arc::new(noop::Noop)),
         "load" => Some(Arc::new(load::Load)),
+        "tap" => Some(Arc::new(tap::Tap)),
         _ => None,
     }
 }

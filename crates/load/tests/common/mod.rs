@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 #[derive(Default)]
 struct State {
     count: AtomicU64,
+    h2: AtomicU64,
     stall_armed: AtomicBool,
     stall_until: Mutex<Option<Instant>>,
     seen: Mutex<Vec<String>>,
@@ -40,6 +41,11 @@ impl TestServer {
         self.state.count.load(Ordering::SeqCst)
     }
 
+    /// Requests that arrived over HTTP/2.
+    pub fn h2_count(&self) -> u64 {
+        self.state.h2.load(Ordering::SeqCst)
+    }
+
     pub fn arm_stall(&self) {
         self.state.stall_armed.store(true, Ordering::SeqCst);
     }
@@ -53,6 +59,68 @@ impl TestServer {
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
+}
+
+/// HTTPS with the self-signed certificate in `tests/tls`, ALPN h2 and
+/// http/1.1.
+pub fn spawn_tls() -> TestServer {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let certs = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(State::default());
+    let st = state.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = TokioIo::new(tls);
+                    let svc = service_fn(move |req| handle(req, st.clone()));
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    }
+                });
+            }
+        });
+    });
+    TestServer { addr, state }
 }
 
 pub fn spawn(h2_only: bool) -> TestServer {
@@ -107,6 +175,9 @@ async fn handle(
     st: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     st.count.fetch_add(1, Ordering::SeqCst);
+    if req.version() == hyper::Version::HTTP_2 {
+        st.h2.fetch_add(1, Ordering::SeqCst);
+    }
     let path = req.uri().path().to_string();
     let resp = |code: u16, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));

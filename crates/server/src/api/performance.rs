@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use testbed_core::keys;
-use testbed_core::protocol::ServerMessage;
 use testbed_core::schema::FieldError;
 use testbed_core::task::{Task, TaskStatus};
 use testbed_core::user::Role;
@@ -68,7 +67,10 @@ fn agent_sel(config: &Value, errs: &mut Vec<FieldError>) -> AgentSel {
         ..Default::default()
     };
     let bad_count = |errs: &mut Vec<FieldError>| {
-        errs.push(fe("/config/agents", "count must be an integer from 1 to 1000"))
+        errs.push(fe(
+            "/config/agents",
+            "count must be an integer from 1 to 1000",
+        ))
     };
     let count = |v: &Value, errs: &mut Vec<FieldError>| match v.as_u64() {
         Some(n) if (1..=1000).contains(&n) => n as usize,
@@ -121,7 +123,11 @@ fn check_config(config: &Value, errs: &mut Vec<FieldError>) -> Option<testbed_lo
     let field = |f: &str| format!("/config/{}", f.replace('.', "/"));
     match SeedConfig::from_json(config) {
         Err(e) => {
-            errs.extend(e.errors.iter().map(|x| fe(&field(&x.field), x.message.clone())));
+            errs.extend(
+                e.errors
+                    .iter()
+                    .map(|x| fe(&field(&x.field), x.message.clone())),
+            );
             None
         }
         Ok(cfg) => {
@@ -132,7 +138,11 @@ fn check_config(config: &Value, errs: &mut Vec<FieldError>) -> Option<testbed_lo
             match cfg.to_plan() {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    errs.extend(e.errors.iter().map(|x| fe(&field(&x.field), x.message.clone())));
+                    errs.extend(
+                        e.errors
+                            .iter()
+                            .map(|x| fe(&field(&x.field), x.message.clone())),
+                    );
                     None
                 }
             }
@@ -407,7 +417,10 @@ pub async fn start(
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
     if matches!(plan.status.as_str(), "running" | "paused") {
-        return Err(ApiError::conflict(format!("plan {} is already {}", plan.id, plan.status)));
+        return Err(ApiError::conflict(format!(
+            "plan {} is already {}",
+            plan.id, plan.status
+        )));
     }
     let mut errs = Vec::new();
     let engine_plan = check_config(&plan.config, &mut errs);
@@ -419,10 +432,15 @@ pub async fn start(
 
     let mut candidates = Vec::new();
     for a in dispatch::agents(&state.store).await? {
-        let carries = a.record.plugins.iter().any(|p| {
-            p.name == "load" && p.methods.iter().any(|m| m.name == "run")
-        });
-        let in_group = sel.group.as_ref().is_none_or(|g| a.record.groups.contains(g));
+        let carries = a
+            .record
+            .plugins
+            .iter()
+            .any(|p| p.name == "load" && p.methods.iter().any(|m| m.name == "run"));
+        let in_group = sel
+            .group
+            .as_ref()
+            .is_none_or(|g| a.record.groups.contains(g));
         let labelled = sel
             .labels
             .iter()
@@ -462,7 +480,10 @@ pub async fn start(
     .await?
     .ok_or_else(|| ApiError::not_found(format!("no plan {}", plan.id)))?;
     if let Some(status) = busy {
-        return Err(ApiError::conflict(format!("plan {} is already {status}", plan.id)));
+        return Err(ApiError::conflict(format!(
+            "plan {} is already {status}",
+            plan.id
+        )));
     }
 
     let now = testbed_core::now();
@@ -520,13 +541,41 @@ pub async fn start(
         report_id: None,
         created_by: c.name.clone(),
     };
-    records::put(&state.store, &execution_key(&execution_id), &execution, None).await?;
+    let recorded = async {
+        records::put(
+            &state.store,
+            &execution_key(&execution_id),
+            &execution,
+            None,
+        )
+        .await?;
+        records::put(
+            &state.store,
+            &perf::active_key(&execution_id),
+            &json!({"plan_id": plan.id}),
+            None,
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = recorded {
+        // Without an execution record nothing could ever end this run:
+        // give the plan back so it can be started again.
+        let _ = records::update::<PerfPlan, _>(&state.store, &plan_key(plan.id), |p| {
+            p.status = "failed".into();
+            true
+        })
+        .await;
+        return Err(e.into());
+    }
     let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
     state.perf.register(&execution_id, &ids);
+    // From here on the watcher (and the leader's sweep) own the execution:
+    // a task that could not be created counts as missing once it is stale.
+    tokio::spawn(perf::watch_execution(state.clone(), execution_id.clone()));
     for t in &tasks {
         dispatch::create(&state, t).await?;
     }
-    tokio::spawn(perf::watch_execution(state.clone(), execution_id.clone()));
 
     let token = state
         .auth
@@ -544,9 +593,16 @@ pub async fn start(
 }
 
 /// The plan's current execution, which must be in one of `states`.
-async fn current_execution(state: &AppState, plan: &PerfPlan, states: &[&str]) -> ApiResult<Execution> {
+async fn current_execution(
+    state: &AppState,
+    plan: &PerfPlan,
+    states: &[&str],
+) -> ApiResult<Execution> {
     let Some(id) = &plan.last_execution else {
-        return Err(ApiError::conflict(format!("plan {} has not been started", plan.id)));
+        return Err(ApiError::conflict(format!(
+            "plan {} has not been started",
+            plan.id
+        )));
     };
     let exec = load_execution(state, id).await?;
     if !states.contains(&exec.status.as_str()) {
@@ -570,16 +626,17 @@ async fn transition(
 ) -> ApiResult<(Execution, DateTime<Utc>)> {
     let now = testbed_core::now();
     let mut moved = false;
-    let updated = records::update::<Execution, _>(&state.store, &execution_key(&exec.execution_id), |e| {
-        moved = from.contains(&e.status.as_str()) && e.report_id.is_none();
-        if moved {
-            e.status = to.into();
-            stamp(e, now);
-        }
-        moved
-    })
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("no execution {}", exec.execution_id)))?;
+    let updated =
+        records::update::<Execution, _>(&state.store, &execution_key(&exec.execution_id), |e| {
+            moved = from.contains(&e.status.as_str()) && e.report_id.is_none();
+            if moved {
+                e.status = to.into();
+                stamp(e, now);
+            }
+            moved
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no execution {}", exec.execution_id)))?;
     if !moved {
         return Err(ApiError::conflict(format!(
             "execution {} is {}",
@@ -651,19 +708,15 @@ pub struct ResumeResponse {
     pub resume_time: DateTime<Utc>,
 }
 
-/// Sends pause/resume to the execution's agents. Only agents connected to
-/// this replica are reached: enough for a single replica (see docs/performance.md).
-fn signal(state: &AppState, exec: &Execution, pause: bool) {
+/// Asks the execution's agents to pause or resume, through their
+/// assignments so that every replica's agents are reached.
+async fn signal(state: &AppState, exec: &Execution, pause: bool) -> ApiResult<()> {
     for t in &exec.tasks {
-        let msg = if pause {
-            ServerMessage::Pause { task_id: t.task_id }
-        } else {
-            ServerMessage::Resume { task_id: t.task_id }
-        };
-        if !state.hub.send(&t.agent_uuid, msg) {
-            tracing::warn!(agent = %t.agent_name, "agent not connected to this replica; pause/resume not delivered");
+        if !dispatch::set_paused(state, t.agent_uuid, t.task_id, pause).await? {
+            tracing::debug!(task = %t.task_id, "pause/resume: task already ended");
         }
     }
+    Ok(())
 }
 
 /// Pause the running execution: no new requests until resumed.
@@ -679,9 +732,11 @@ pub async fn pause(
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
     let exec = current_execution(&state, &plan, &["running"]).await?;
-    let (exec, now) =
-        transition(&state, &exec, &["running"], "paused", |e, t| e.pause_time = Some(t)).await?;
-    signal(&state, &exec, true);
+    let (exec, now) = transition(&state, &exec, &["running"], "paused", |e, t| {
+        e.pause_time = Some(t)
+    })
+    .await?;
+    signal(&state, &exec, true).await?;
     Ok(Json(PauseResponse {
         execution_id: exec.execution_id,
         status: "paused".into(),
@@ -702,9 +757,11 @@ pub async fn resume(
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
     let exec = current_execution(&state, &plan, &["paused"]).await?;
-    let (exec, now) =
-        transition(&state, &exec, &["paused"], "running", |e, t| e.resume_time = Some(t)).await?;
-    signal(&state, &exec, false);
+    let (exec, now) = transition(&state, &exec, &["paused"], "running", |e, t| {
+        e.resume_time = Some(t)
+    })
+    .await?;
+    signal(&state, &exec, false).await?;
     Ok(Json(ResumeResponse {
         execution_id: exec.execution_id,
         status: "running".into(),
@@ -801,7 +858,11 @@ pub async fn delete_report(
         return Err(ApiError::not_found(format!("no report {id}")));
     };
     state.store.delete(&report_key(id)).await?;
-    if let Err(e) = state.blobs.delete(&perf::windows_blob(&report.execution_id)).await {
+    if let Err(e) = state
+        .blobs
+        .delete(&perf::windows_blob(&report.execution_id))
+        .await
+    {
         tracing::debug!("deleting windows of report {id}: {e}");
     }
     Ok(Json(Message {
@@ -832,7 +893,11 @@ async fn series(state: &AppState, exec: &Execution) -> (Vec<Window>, Vec<(f64, f
             return (windows, system);
         }
     }
-    let windows = match state.blobs.get(&perf::windows_blob(&exec.execution_id)).await {
+    let windows = match state
+        .blobs
+        .get(&perf::windows_blob(&exec.execution_id))
+        .await
+    {
         Ok(Some(bytes)) => serde_json::from_slice::<Vec<Window>>(&bytes).unwrap_or_default(),
         _ => Vec::new(),
     };
@@ -974,7 +1039,11 @@ async fn stream_live(state: AppState, execution_id: String, mut socket: WebSocke
         let ended = exec.report_id.is_some();
         if let Some(live) = state.perf.snapshot(&execution_id) {
             let newest = live.points.keys().next_back().copied();
-            let expected = if live.expected == 0 { usize::MAX } else { live.expected };
+            let expected = if live.expected == 0 {
+                usize::MAX
+            } else {
+                live.expected
+            };
             for (idx, p) in live.points.range(next_index..) {
                 // A second is complete when every agent's window is in, or
                 // a later one exists (an agent finished or was lost).

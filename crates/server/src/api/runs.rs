@@ -504,3 +504,54 @@ pub async fn delete_report(
     let _ = state.blobs.delete(&keys::report_blob(&id)).await;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CompareQuery {
+    /// json (default), text or html.
+    pub format: Option<String>,
+    /// Relative duration change worth listing, e.g. `20%` (default 20 %).
+    pub threshold: Option<String>,
+}
+
+/// Compare two stored reports: regressions (pass → fail), fixes, new and
+/// removed tests, significant duration changes. Tests are keyed by suite,
+/// platform and case, so matrix runs compare platform by platform.
+#[utoipa::path(get, path = "/api/reports/{id}/compare/{other}", tag = "reports",
+    params(("id" = String, Path, description = "the earlier report"), ("other" = String, Path, description = "the later report"), CompareQuery),
+    responses((status = 200, description = "the comparison"), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn compare_reports(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path((id, other)): Path<(String, String)>,
+    Query(q): Query<CompareQuery>,
+) -> ApiResult<Response> {
+    let a = load_report(&state, &parse_uuid("report", &id)?).await?;
+    let b = load_report(&state, &parse_uuid("report", &other)?).await?;
+    let mut t = testbed_tap::compare::Thresholds::default();
+    if let Some(th) = &q.threshold {
+        t.percent = testbed_tap::compare::parse_percent(th).ok_or_else(|| {
+            ApiError::field("/threshold", format!("`{th}` is not a percentage like 20%"))
+        })?;
+    }
+    let c = testbed_tap::compare::compare(&a, &b, t);
+    let (ct, body) = match q.format.as_deref().unwrap_or("json") {
+        "json" => ("application/json", testbed_tap::compare::to_json(&c)),
+        "text" => (
+            "text/plain; charset=utf-8",
+            testbed_tap::compare::to_text(&c),
+        ),
+        "html" => (
+            "text/html; charset=utf-8",
+            testbed_tap::compare::to_html(&c),
+        ),
+        other => {
+            return Err(ApiError::field(
+                "/format",
+                format!("unknown format `{other}` (json, text, html)"),
+            ))
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
+}

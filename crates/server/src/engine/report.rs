@@ -39,6 +39,10 @@ fn tail(s: &str, n: usize) -> String {
 /// Builds the report of a run from its record, its tasks and their logs.
 pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
     let mut cases = Vec::new();
+    // Steps that produced reports of their own (a TAP kit run by the `tap`
+    // plugin) contribute their suites, each tagged with the agent that ran
+    // it: across an `each:` step that is a matrix of tests × platforms.
+    let mut nested: Vec<Suite> = Vec::new();
     for id in run.spec.topological() {
         let Some(st) = run.steps.get(id) else {
             continue;
@@ -79,6 +83,18 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
         let fanned = st.instances.len() > 1
             || matches!(spec.and_then(|s| s.target.as_ref()), Some(testbed_core::plan::Target::Spec(t)) if t.each.is_some());
         for inst in &st.instances {
+            if let Some(r) = inst
+                .result
+                .as_ref()
+                .and_then(|v| v.get("report"))
+                .and_then(|v| serde_json::from_value::<Report>(v.clone()).ok())
+            {
+                for mut suite in r.suites {
+                    suite.platform = Some(inst.agent_name.clone());
+                    suite.properties.insert("step".into(), id.to_string());
+                    nested.push(suite);
+                }
+            }
             let mut output = None;
             let mut artifacts = Vec::new();
             let mut log_url = None;
@@ -157,7 +173,7 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
         started_at: run.started_at,
         finished_at: run.finished_at,
         properties,
-        suites: vec![Suite {
+        suites: std::iter::once(Suite {
             name: run.plan_name.clone(),
             platform: None,
             properties: BTreeMap::new(),
@@ -165,7 +181,9 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
             duration_ms,
             cases,
             diagnostics: Vec::new(),
-        }],
+        })
+        .chain(nested)
+        .collect(),
     })
 }
 
