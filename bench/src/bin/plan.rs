@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         let run: Value = http
             .post(format!("{url}/api/runs"))
-            .bearer_auth(&token)
+            .bearer_auth(token)
             .json(&json!({"plan": plan(shape, args.steps, chain)}))
             .send()
             .await?
@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         let status = loop {
             let r: Value = http
                 .get(format!("{url}/api/runs/{id}"))
-                .bearer_auth(&token)
+                .bearer_auth(token)
                 .send()
                 .await?
                 .json()
