@@ -42,6 +42,9 @@ enum Command {
     Tasks(cmd::client::TasksCmd),
     /// Generate HTTP load against a URL and report latency percentiles (like wrk/oha).
     Load(cmd::load::LoadArgs),
+    /// Performance plans on a server's load agents (seed-001 API), followed live.
+    #[command(subcommand)]
+    Perf(cmd::perf::PerfCmd),
     /// Run a test plan and follow it live (exit 0 passed, 1 failed, 2 error).
     Run(cmd::run::RunArgs),
     /// List, inspect, follow and cancel plan runs.
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             Command::Tasks(a) => cmd::client::tasks(a).await,
             Command::Load(a) => cmd::load::run(a).await,
             Command::Run(a) => cmd::run::run(a).await,
+            Command::Perf(a) => cmd::perf::perf(a).await,
             Command::Runs(a) => cmd::runs::runs(a).await,
             Command::Report(a) => cmd::report::report(a).await,
             Command::Tck(a) => cmd::tck::tck(a).await,

@@ -158,6 +158,44 @@ pub struct PerfReport {
     /// Agents that generated load.
     pub agents: Vec<String>,
     pub lost_agents: Vec<String>,
+    /// The plan's thresholds (`p(95)<500`, `error_rate<0.01`, …) judged on
+    /// the merged result of every agent.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub thresholds: Vec<testbed_load::ThresholdResult>,
+    /// No threshold failed.
+    #[serde(default = "yes")]
+    pub passed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Judges a plan's thresholds on the merged windows of an execution.
+async fn judge(
+    state: &AppState,
+    plan_id: u64,
+    agg: &Aggregate,
+    secs: f64,
+) -> Vec<testbed_load::ThresholdResult> {
+    let Ok(Some((plan, _))) = records::get::<PerfPlan>(&state.store, &plan_key(plan_id)).await
+    else {
+        return Vec::new();
+    };
+    let Ok(cfg) = testbed_load::SeedConfig::from_json(&plan.config) else {
+        return Vec::new();
+    };
+    let Ok(load_plan) = cfg.to_plan() else {
+        return Vec::new();
+    };
+    let summary = agg.summary(secs);
+    load_plan
+        .thresholds
+        .iter()
+        .filter_map(|t| testbed_load::Threshold::parse(t).ok())
+        .map(|t| t.judge(&summary))
+        .collect()
 }
 
 pub(crate) fn round2(x: f64) -> f64 {
@@ -546,6 +584,10 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         },
         error_count: agg.errors,
     };
+    let secs = ((end - exec.start_time).num_milliseconds().max(1) as f64 / 1000.0)
+        .max(windows.len() as f64);
+    let thresholds = judge(state, exec.plan_id, &agg, secs).await;
+    let passed = thresholds.iter().all(|t| t.passed);
     let report = PerfReport {
         id: report_id,
         plan_id: exec.plan_id,
@@ -568,6 +610,8 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         },
         agents: exec.tasks.iter().map(|t| t.agent_name.clone()).collect(),
         lost_agents: exec.lost_agents.clone(),
+        thresholds,
+        passed,
     };
     records::put(&state.store, &report_key(report_id), &report, None).await?;
     state.store.delete(&active_key(execution)).await?;

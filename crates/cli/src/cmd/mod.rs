@@ -1,6 +1,7 @@
 pub mod agent;
 pub mod client;
 pub mod load;
+pub mod perf;
 pub mod report;
 pub mod run;
 pub mod runs;
