@@ -615,3 +615,44 @@ fn usage_errors_exit_2() {
     let out = testbed(&["tck", "run", "/nonexistent/kit"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// TAP produced by the `pytest-tap` plugin (PyPI; scripts/test installs it).
+#[test]
+fn pytest_tap_output_is_judged() {
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import pytest_tap"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has,
+        "pytest-tap is missing: run scripts/test, which installs it"
+    );
+    let kit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tck/pytest");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(["tck", "run"])
+        .arg(&kit)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let outcomes: Vec<&str> = r["suites"][0]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        outcomes.contains(&"pass") && outcomes.contains(&"fail") && outcomes.contains(&"skip"),
+        "{outcomes:?}"
+    );
+}
