@@ -40,6 +40,8 @@ const LOG_CHUNK: usize = 32 * 1024;
 /// How long output is batched before it is sent.
 const LOG_FLUSH: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a task runs before the agent reports it started.
+const STARTED_AFTER: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -553,10 +555,6 @@ impl Agent {
         } else if let Err(e) = self.make_work_dir(&work_dir).await {
             Err(e)
         } else {
-            self.emit(AgentMessage::Started {
-                task_id: id,
-                started_at,
-            });
             match self.shared.plugins.get(&task.plugin) {
                 None => Err(PluginError::Refused(format!(
                     "this agent does not carry plugin `{}`",
@@ -575,9 +573,21 @@ impl Agent {
                         metrics: metrics.clone(),
                         control: control.clone(),
                     };
-                    plugin
-                        .invoke(&task.method, task.parameters.clone(), &ctx)
-                        .await
+                    let run = plugin.invoke(&task.method, task.parameters.clone(), &ctx);
+                    tokio::pin!(run);
+                    // A task that ends within a few milliseconds needs no
+                    // separate `started` (its result carries the start time):
+                    // one durable write less on the server for short tasks.
+                    tokio::select! {
+                        r = &mut run => r,
+                        _ = tokio::time::sleep(STARTED_AFTER) => {
+                            self.emit(AgentMessage::Started {
+                                task_id: id,
+                                started_at,
+                            });
+                            run.await
+                        }
+                    }
                 }
             }
         };
