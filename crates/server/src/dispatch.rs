@@ -250,8 +250,7 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
 
     let mut best: Option<(usize, u32, &AgentView)> = None;
     for a in candidates {
-        let outstanding =
-            records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
+        let outstanding = outstanding(state, &a.record.uuid).await?;
         let running = a.alive.as_ref().map_or(0, |l| l.running);
         if best.is_none_or(|(o, r, _)| (outstanding, running) < (o, r)) {
             best = Some((outstanding, running, a));
@@ -293,6 +292,12 @@ fn encode<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, RecordError> {
         key: key.to_string(),
         source,
     })
+}
+
+/// Tasks assigned to `agent` and not yet finished: the scheduler's load
+/// measure, the same on every replica.
+pub async fn outstanding(state: &AppState, agent: &Uuid) -> Result<usize, RecordError> {
+    records::count(&state.store, &keys::assign_prefix(agent)).await
 }
 
 /// Marks a queued task running. Idempotent.

@@ -14,7 +14,6 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::dispatch::{self, AgentView};
 use crate::error::{ApiError, ApiResult, ErrorBody, Json};
-use crate::records;
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -43,7 +42,7 @@ pub struct AgentInfo {
 }
 
 async fn info(state: &AppState, a: AgentView) -> ApiResult<AgentInfo> {
-    let outstanding = records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
+    let outstanding = dispatch::outstanding(state, &a.record.uuid).await?;
     let r = a.record;
     Ok(AgentInfo {
         uuid: r.uuid,

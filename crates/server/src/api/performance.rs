@@ -162,25 +162,7 @@ async fn validate(state: &AppState, body: &Value, creating: bool) -> ApiResult<V
         return Err(ApiError::field("/", "the body must be a JSON object"));
     }
     let mut errs = Vec::new();
-    let name = match body.get("name") {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => s.clone(),
-        None | Some(Value::Null) => {
-            errs.push(fe("/name", "is required"));
-            String::new()
-        }
-        _ => {
-            errs.push(fe("/name", "must be a string of 1–200 characters"));
-            String::new()
-        }
-    };
-    let description = match body.get("description") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => {
-            errs.push(fe("/description", "must be a string"));
-            String::new()
-        }
-    };
+    let (name, description) = super::projects::name_and_description(body, &mut errs);
     let project_id = match body.get("project_id") {
         None | Some(Value::Null) => {
             if creating {
@@ -288,6 +270,16 @@ pub struct PlanItem {
     pub created_at: DateTime<Utc>,
 }
 
+/// A required integer query parameter (seed 001 filters lists by it).
+fn required_id(name: &str, value: Option<&str>) -> ApiResult<u64> {
+    match value {
+        None | Some("") => Err(ApiError::bad_request(format!("{name} is required"))),
+        Some(s) => s
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("{name} must be an integer"))),
+    }
+}
+
 /// Plans of a project.
 #[utoipa::path(get, path = "/api/performance/plans/", tag = "performance", params(PlanFilter, PageQuery),
     responses((status = 200, body = Page<PlanItem>), (status = 400, body = ErrorBody)),
@@ -299,12 +291,7 @@ pub async fn list_plans(
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Json<Page<PlanItem>>> {
     p.check()?;
-    let project: u64 = match f.project_id.as_deref() {
-        None | Some("") => return Err(ApiError::bad_request("project_id is required")),
-        Some(s) => s
-            .parse()
-            .map_err(|_| ApiError::bad_request("project_id must be an integer"))?,
-    };
+    let project = required_id("project_id", f.project_id.as_deref())?;
     let mut plans: Vec<PerfPlan> = records::list(&state.store, perf::PLANS, |_| true)
         .await?
         .into_iter()
@@ -430,25 +417,20 @@ pub async fn start(
     };
     let parts = engine_plan.split(sel.count);
 
+    // The same eligibility as every other task: live, carrying load.run,
+    // matching the selector, and not in a group another run reserved.
+    let agents = dispatch::agents(&state.store).await?;
+    let locks = crate::engine::targets::locks(&state.store).await?;
+    let reserved = crate::engine::targets::reserved_elsewhere(&agents, &locks, None);
+    let spec = testbed_core::plan::TargetSpec {
+        group: sel.group.clone(),
+        labels: (!sel.labels.is_empty()).then(|| sel.labels.clone()),
+        ..Default::default()
+    };
     let mut candidates = Vec::new();
-    for a in dispatch::agents(&state.store).await? {
-        let carries = a
-            .record
-            .plugins
-            .iter()
-            .any(|p| p.name == "load" && p.methods.iter().any(|m| m.name == "run"));
-        let in_group = sel
-            .group
-            .as_ref()
-            .is_none_or(|g| a.record.groups.contains(g));
-        let labelled = sel
-            .labels
-            .iter()
-            .all(|(k, v)| a.record.labels.get(k) == Some(v));
-        if a.alive.is_some() && carries && in_group && labelled {
-            let busy = records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
-            candidates.push((busy, a.record.id, a.record));
-        }
+    for a in crate::engine::targets::eligible(&agents, &spec, "load", "run", &reserved) {
+        let busy = dispatch::outstanding(&state, &a.record.uuid).await?;
+        candidates.push((busy, a.record.id, a.record.clone()));
     }
     candidates.sort_by_key(|(busy, id, _)| (*busy, *id));
     if candidates.len() < parts.len() {
@@ -799,12 +781,7 @@ pub async fn list_reports(
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Json<Page<ReportItem>>> {
     p.check()?;
-    let plan: u64 = match f.plan_id.as_deref() {
-        None | Some("") => return Err(ApiError::bad_request("plan_id is required")),
-        Some(s) => s
-            .parse()
-            .map_err(|_| ApiError::bad_request("plan_id must be an integer"))?,
-    };
+    let plan = required_id("plan_id", f.plan_id.as_deref())?;
     let mut reports: Vec<PerfReport> = records::list(&state.store, perf::REPORTS, |_| true)
         .await?
         .into_iter()

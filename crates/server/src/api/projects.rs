@@ -45,10 +45,10 @@ pub struct Message {
     pub message: String,
 }
 
-/// `name` (required, non-empty string) and `description` (optional string),
-/// each problem named.
-fn read_input(body: &Value) -> ApiResult<(String, String)> {
-    let mut errs = Vec::new();
+/// `name` (required, 1–200 characters) and `description` (optional string)
+/// of a JSON body, every problem pushed onto `errs` with its field. Shared
+/// by projects and performance plans.
+pub(crate) fn name_and_description(body: &Value, errs: &mut Vec<FieldError>) -> (String, String) {
     let name = match body.get("name") {
         Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => s.clone(),
         Some(Value::String(_)) => {
@@ -72,6 +72,12 @@ fn read_input(body: &Value) -> ApiResult<(String, String)> {
             String::new()
         }
     };
+    (name, description)
+}
+
+fn read_input(body: &Value) -> ApiResult<(String, String)> {
+    let mut errs = Vec::new();
+    let (name, description) = name_and_description(body, &mut errs);
     if !body.is_object() {
         return Err(ApiError::field("/", "the body must be a JSON object"));
     }

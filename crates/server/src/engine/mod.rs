@@ -498,7 +498,7 @@ async fn least_loaded<'a>(
 ) -> Result<&'a AgentView, RecordError> {
     let mut best: Option<(usize, &AgentView)> = None;
     for a in candidates {
-        let n = records::count(&state.store, &keys::assign_prefix(&a.record.uuid)).await?;
+        let n = dispatch::outstanding(state, &a.record.uuid).await?;
         if best.is_none_or(|(b, _)| n < b) {
             best = Some((n, a));
         }
