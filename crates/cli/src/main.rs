@@ -53,6 +53,9 @@ enum Command {
     /// Show stored reports or convert report files.
     #[command(subcommand)]
     Report(cmd::report::ReportCmd),
+    /// API tests: YAML suites, Postman collections, OpenAPI contract checks.
+    #[command(subcommand)]
+    Api(cmd::api::ApiCmd),
     /// Compatibility kits: run TAP scripts, mask known-broken tests, compare reports.
     #[command(subcommand)]
     Tck(cmd::tck::TckCmd),
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             Command::Runs(a) => cmd::runs::runs(a).await,
             Command::Report(a) => cmd::report::report(a).await,
             Command::Tck(a) => cmd::tck::tck(a).await,
+            Command::Api(a) => cmd::api::api(a).await,
         }
     });
     match result {

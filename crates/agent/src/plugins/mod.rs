@@ -1,5 +1,6 @@
 //! Built-in plugins and the loader of exec plugins.
 
+pub mod api;
 pub mod build_server;
 pub mod exec;
 pub mod linux_system;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use crate::plugin::DynPlugin;
 
 /// Names of the plugins compiled into the agent.
-pub const BUILTIN: &[&str] = &["linux_system", "build_server", "noop", "load", "tap"];
+pub const BUILTIN: &[&str] = &["linux_system", "build_server", "noop", "load", "tap", "api"];
 
 /// The built-in plugin called `name`, if there is one.
 pub fn builtin(name: &str) -> Option<DynPlugin> {
@@ -23,6 +24,7 @@ pub fn builtin(name: &str) -> Option<DynPlugin> {
         "noop" => Some(Arc::new(noop::Noop)),
         "load" => Some(Arc::new(load::Load)),
         "tap" => Some(Arc::new(tap::Tap)),
+        "api" => Some(Arc::new(api::Api)),
         _ => None,
     }
 }

@@ -6,6 +6,7 @@ pub mod report;
 pub mod run;
 pub mod runs;
 pub mod server;
+pub mod api;
 pub mod tck;
 pub mod up;
 

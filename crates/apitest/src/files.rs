@@ -1,0 +1,272 @@
+//! The entry point shared by `testbed api run`, the `api` agent plugin and
+//! the server: find the input files, tell suites from Postman collections,
+//! load all of them (every problem of every file, before anything runs), and
+//! run them into one report.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use testbed_report::Report;
+
+use crate::postman;
+use crate::runner::{self, RunOptions};
+use crate::suite::{self, Suite};
+
+pub type Echo = runner::Echo;
+
+/// How to run a set of files.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// A suite environment's name, or a file of variables (YAML/JSON object,
+    /// or a Postman environment export).
+    pub environment: Option<String>,
+    /// Postman globals.
+    pub globals: Option<PathBuf>,
+    /// `--var` values: win over everything else.
+    pub vars: Map<String, Value>,
+    pub tags: Vec<String>,
+    pub skip_tags: Vec<String>,
+    /// Accept any certificate (collections; suites carry their own TLS options).
+    pub insecure: bool,
+    /// Time limit of one collection script.
+    pub script_timeout: Duration,
+    pub echo: Option<Echo>,
+}
+
+/// One problem of one input file, printed as `file:line:column: path: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProblem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, ":{l}:{c}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+fn problem(file: &Path, path: &str, line: Option<usize>, column: Option<usize>, message: String) -> FileProblem {
+    FileProblem {
+        file: file.to_path_buf(),
+        line,
+        column,
+        path: path.to_string(),
+        message,
+    }
+}
+
+/// A loaded input.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Suite(Box<Suite>),
+    Collection {
+        file: PathBuf,
+        collection: Box<postman::Collection>,
+    },
+}
+
+impl Input {
+    pub fn describe(&self) -> String {
+        match self {
+            Input::Suite(s) => format!(
+                "{} (suite {:?}, {} tests)",
+                s.file.display(),
+                s.name,
+                s.tests.len()
+            ),
+            Input::Collection { file, collection } => {
+                format!("{} (Postman collection {:?})", file.display(), collection.name())
+            }
+        }
+    }
+}
+
+/// Suites (`*.yaml`, `*.yml`) and collections (`*.json`) under `paths`,
+/// directories walked in name order.
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FileProblem> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| problem(p, "", None, None, e.to_string()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) = entries.into_iter().partition(|e| e.is_dir());
+            for f in files {
+                let ext = f.extension().and_then(|e| e.to_str()).unwrap_or_default();
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let is_input = matches!(ext, "yaml" | "yml") || name.ends_with(".postman_collection.json");
+                if is_input {
+                    out.push(f);
+                }
+            }
+            for d in dirs {
+                out.extend(expand(&[d])?);
+            }
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            return Err(problem(p, "", None, None, "no such file or directory".into()));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a JSON document is a Postman collection (`info.schema` names one).
+fn is_collection(text: &str) -> bool {
+    let head = &text[..text.len().min(4096)];
+    head.contains("schema.getpostman.com") || head.contains("\"_postman_id\"")
+}
+
+/// Loads every input; on any problem returns all of them and nothing runs.
+pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Vec<Input>, Vec<FileProblem>> {
+    let files = expand(paths).map_err(|p| vec![p])?;
+    let mut inputs = Vec::new();
+    let mut problems = Vec::new();
+    for f in files {
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(problem(&f, "", None, None, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        if f.extension().is_some_and(|e| e == "json") && is_collection(&text) {
+            match postman::load(&text) {
+                Ok(c) => inputs.push(Input::Collection {
+                    file: f,
+                    collection: Box::new(c),
+                }),
+                Err(ps) => problems.extend(
+                    ps.into_iter()
+                        .map(|p| problem(&f, &p.path, p.line, p.column, p.message)),
+                ),
+            }
+        } else {
+            match suite::parse(&text, &f) {
+                Ok(s) => inputs.push(Input::Suite(Box::new(s))),
+                Err(ps) => problems.extend(
+                    ps.into_iter()
+                        .map(|p| problem(&f, &p.path, p.line, p.column, p.message)),
+                ),
+            }
+        }
+    }
+    if let Err(mut ps) = environment_vars(opts) {
+        problems.append(&mut ps);
+    }
+    if problems.is_empty() {
+        Ok(inputs)
+    } else {
+        Err(problems)
+    }
+}
+
+/// When `--environment` names a file: its variables, as a flat object.
+fn environment_vars(opts: &Options) -> Result<Option<Map<String, Value>>, Vec<FileProblem>> {
+    let Some(env) = &opts.environment else {
+        return Ok(None);
+    };
+    let path = Path::new(env);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| vec![problem(path, "", None, None, e.to_string())])?;
+    vars_file(&text, path).map(Some)
+}
+
+/// A variables file: a Postman environment export, or any YAML/JSON object.
+fn vars_file(text: &str, path: &Path) -> Result<Map<String, Value>, Vec<FileProblem>> {
+    if text.contains("\"values\"") && text.trim_start().starts_with('{') {
+        return postman::load_environment(text)
+            .map(|vars| vars.into_iter().collect())
+            .map_err(|ps| {
+                ps.into_iter()
+                    .map(|p| problem(path, &p.path, p.line, p.column, p.message))
+                    .collect()
+            });
+    }
+    match suite::yaml_value(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(vec![problem(path, "", None, None, "a variables file is a mapping of name: value".into())]),
+        Err(p) => Err(vec![problem(path, &p.path, p.line, p.column, p.message)]),
+    }
+}
+
+/// Runs loaded inputs into one report.
+pub async fn run(inputs: &[Input], opts: &Options) -> Report {
+    let file_vars = environment_vars(opts).ok().flatten();
+    let env_name = match &file_vars {
+        Some(_) => None,
+        None => opts.environment.clone(),
+    };
+    let mut vars = file_vars.clone().unwrap_or_default();
+    vars.extend(opts.vars.clone());
+    let suite_opts = RunOptions {
+        vars: vars.clone(),
+        environment: env_name,
+        tags: opts.tags.clone(),
+        skip_tags: opts.skip_tags.clone(),
+        echo: opts.echo.clone(),
+    };
+    let globals = opts
+        .globals
+        .as_deref()
+        .and_then(|g| std::fs::read_to_string(g).ok())
+        .and_then(|t| postman::load_environment(&t).ok())
+        .unwrap_or_default();
+    let name = match inputs {
+        [Input::Suite(s)] => s.name.clone(),
+        [Input::Collection { collection, .. }] => collection.name().to_string(),
+        _ => "api tests".to_string(),
+    };
+    let mut report = Report::new(uuid::Uuid::new_v4().to_string(), name, chrono::Utc::now());
+    report.started_at = Some(chrono::Utc::now());
+    for input in inputs {
+        match input {
+            Input::Suite(s) => report.suites.push(runner::run_suite(s, &suite_opts).await),
+            Input::Collection { collection, .. } => {
+                let run_opts = postman::RunOptions {
+                    environment: vars.clone().into_iter().collect(),
+                    globals: globals.clone(),
+                    insecure: opts.insecure,
+                    script_timeout: opts.script_timeout,
+                    ..postman::RunOptions::default()
+                };
+                let run = postman::run(collection, run_opts).await;
+                if let Some(e) = &opts.echo {
+                    e(&postman::newman_summary(&run));
+                }
+                report.suites.extend(run.report.suites);
+            }
+        }
+    }
+    report.finished_at = Some(chrono::Utc::now());
+    report
+}
+
+/// For callers that only hold a path list and want a ready report (the agent plugin).
+pub async fn load_and_run(paths: &[PathBuf], opts: &Options) -> Result<Report, Vec<FileProblem>> {
+    let inputs = load(paths, opts)?;
+    Ok(run(&inputs, opts).await)
+}
+
+/// An `Echo` that prints to stdout.
+pub fn stdout_echo() -> Echo {
+    Arc::new(|l: &str| println!("{l}"))
+}

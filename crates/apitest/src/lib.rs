@@ -1,0 +1,18 @@
+//! API testing for Testbed.
+//!
+//! | module | holds |
+//! | --- | --- |
+//! | [`reply`] | [`Reply`]: the one answer shape every transport returns |
+//! | [`transport`] | HTTP(S)/Unix/HTTP2, gRPC, QMP and `exec` transports |
+
+pub mod check;
+pub mod openapi;
+pub mod reply;
+pub mod runner;
+pub mod suite;
+pub mod template;
+pub mod transport;
+
+pub use reply::Reply;
+pub use transport::TransportError;
+pub mod postman;

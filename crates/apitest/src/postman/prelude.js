@@ -1,0 +1,774 @@
+// The Postman sandbox API (`pm`, chai-like `pm.expect`, the legacy globals),
+// evaluated in a fresh QuickJS context before each script. State comes in as
+// the JSON text `__input` and goes back through `__output()`, so the Rust side
+// needs no bindings beyond `__now` and `__dynamic`.
+(function (global) {
+  'use strict';
+  var input = JSON.parse(global.__input);
+  delete global.__input;
+  var out = { tests: [], console: [], unsupported: [], next: { set: false, name: null }, skip: false };
+
+  // ---------------------------------------------------------------- helpers
+  function typeOf(v) {
+    if (v === null) return 'null';
+    if (Array.isArray(v)) return 'array';
+    var t = typeof v;
+    if (t !== 'object') return t;
+    if (v instanceof RegExp) return 'regexp';
+    if (v instanceof Date) return 'date';
+    if (v instanceof Error) return 'error';
+    if (v instanceof Map) return 'map';
+    if (v instanceof Set) return 'set';
+    if (typeof Promise !== 'undefined' && v instanceof Promise) return 'promise';
+    return 'object';
+  }
+
+  function inspect(v, depth) {
+    depth = depth || 0;
+    var t = typeOf(v);
+    if (t === 'string') return "'" + v + "'";
+    if (t === 'undefined' || t === 'null' || t === 'number' || t === 'boolean' || t === 'bigint') return String(v);
+    if (t === 'function') return '[Function' + (v.name ? ': ' + v.name : '') + ']';
+    if (t === 'regexp' || t === 'symbol') return String(v);
+    if (t === 'date') return v.toISOString();
+    if (t === 'error') return '[' + String(v) + ']';
+    if (v instanceof Response) return 'response';
+    if (depth > 2) return t === 'array' ? '[Array]' : '[Object]';
+    var s;
+    if (t === 'array') {
+      if (v.length === 0) return '[]';
+      s = '[ ' + v.map(function (x) { return inspect(x, depth + 1); }).join(', ') + ' ]';
+    } else if (t === 'map' || t === 'set') {
+      s = t === 'map' ? 'Map{}' : 'Set{}';
+    } else {
+      var keys = Object.keys(v);
+      if (keys.length === 0) return '{}';
+      s = '{ ' + keys.map(function (k) {
+        var name = /^[A-Za-z_$][\w$]*$/.test(k) ? k : "'" + k + "'";
+        return name + ': ' + inspect(v[k], depth + 1);
+      }).join(', ') + ' }';
+    }
+    return s.length > 200 ? s.slice(0, 197) + '...' : s;
+  }
+
+  function text(v) {
+    if (v === undefined || v === null) return '';
+    if (typeof v === 'string') return v;
+    if (typeof v === 'object') {
+      try { return JSON.stringify(v); } catch (e) { return String(v); }
+    }
+    return String(v);
+  }
+
+  function deepEqual(a, b, seen) {
+    if (a === b) return a !== 0 || 1 / a === 1 / b;
+    if (a !== a && b !== b) return true;
+    var ta = typeOf(a), tb = typeOf(b);
+    if (ta !== tb) return false;
+    if (ta === 'date') return a.getTime() === b.getTime();
+    if (ta === 'regexp') return String(a) === String(b);
+    if (ta !== 'array' && ta !== 'object' && ta !== 'map' && ta !== 'set' && ta !== 'error') return false;
+    seen = seen || [];
+    for (var i = 0; i < seen.length; i++) if (seen[i][0] === a && seen[i][1] === b) return true;
+    seen.push([a, b]);
+    if (ta === 'map' || ta === 'set') {
+      return deepEqual(Array.from(a.entries()), Array.from(b.entries()), seen);
+    }
+    if (ta === 'array') {
+      if (a.length !== b.length) return false;
+      for (var j = 0; j < a.length; j++) if (!deepEqual(a[j], b[j], seen)) return false;
+      return true;
+    }
+    var ka = Object.keys(a).sort(), kb = Object.keys(b).sort();
+    if (ka.length !== kb.length) return false;
+    for (var k = 0; k < ka.length; k++) {
+      if (ka[k] !== kb[k] || !deepEqual(a[ka[k]], b[kb[k]], seen)) return false;
+    }
+    return true;
+  }
+
+  function errInfo(e) {
+    if (e && typeof e === 'object') {
+      return { name: String(e.name || 'Error'), message: String(e.message === undefined ? e : e.message), unsupported: e.unsupported || null };
+    }
+    return { name: 'Error', message: String(e), unsupported: null };
+  }
+
+  // ---------------------------------------------------------------- errors
+  function AssertionError(message) {
+    var e = new Error(message);
+    Object.setPrototypeOf(e, AssertionError.prototype);
+    return e;
+  }
+  AssertionError.prototype = Object.create(Error.prototype);
+  AssertionError.prototype.name = 'AssertionError';
+  AssertionError.prototype.constructor = AssertionError;
+
+  function UnsupportedError(what) {
+    var e = new Error(what + ' is not supported by this runner');
+    Object.setPrototypeOf(e, UnsupportedError.prototype);
+    e.unsupported = what;
+    return e;
+  }
+  UnsupportedError.prototype = Object.create(Error.prototype);
+  UnsupportedError.prototype.name = 'UnsupportedError';
+  UnsupportedError.prototype.constructor = UnsupportedError;
+
+  function note(what) {
+    if (out.unsupported.indexOf(what) < 0) out.unsupported.push(what);
+  }
+  function unsupported(what) {
+    note(what);
+    throw new UnsupportedError(what);
+  }
+  // A stand-in for a library or API the sandbox lacks: any use of it names it.
+  function missing(what) {
+    return new Proxy(function () {}, {
+      get: function (t, p) {
+        if (typeof p === 'symbol') return undefined;
+        return unsupported(what);
+      },
+      apply: function () { return unsupported(what); },
+      construct: function () { return unsupported(what); }
+    });
+  }
+
+  // ---------------------------------------------------------------- variables
+  function Scope(pairs, name) {
+    this._m = new Map(pairs);
+    if (name !== undefined) this.name = name;
+  }
+  Scope.prototype.get = function (k) { return this._m.get(String(k)); };
+  Scope.prototype.has = function (k) { return this._m.has(String(k)); };
+  Scope.prototype.set = function (k, v) { this._m.set(String(k), v); };
+  Scope.prototype.unset = function (k) { this._m.delete(String(k)); };
+  Scope.prototype.clear = function () { this._m.clear(); };
+  Scope.prototype.toObject = function () {
+    var o = {};
+    this._m.forEach(function (v, k) { o[k] = v; });
+    return o;
+  };
+  Scope.prototype.toJSON = function () {
+    var a = [];
+    this._m.forEach(function (v, k) { a.push({ key: k, value: v }); });
+    return a;
+  };
+  Scope.prototype.replaceIn = function (s) { return replaceIn(s); };
+
+  var scopes = {
+    globals: new Scope(input.vars.globals),
+    collection: new Scope(input.vars.collection),
+    environment: new Scope(input.vars.environment, input.envName || undefined),
+    data: new Scope(input.vars.data),
+    local: new Scope(input.vars.local)
+  };
+  var order = ['local', 'data', 'environment', 'collection', 'globals'];
+
+  function lookup(k) {
+    for (var i = 0; i < order.length; i++) {
+      var s = scopes[order[i]];
+      if (s.has(k)) return { found: true, value: s.get(k) };
+    }
+    return { found: false };
+  }
+
+  function replaceIn(s) {
+    if (typeof s !== 'string') return s;
+    for (var pass = 0; pass < 20 && s.indexOf('{{') >= 0; pass++) {
+      var changed = false;
+      s = s.replace(/\{\{([^{}]+?)\}\}/g, function (whole, name) {
+        if (name.charAt(0) === '$') {
+          var d = __dynamic(name.slice(1));
+          if (d === undefined || d === null) {
+            note('dynamic variable ' + whole);
+            return whole;
+          }
+          changed = true;
+          return d;
+        }
+        var r = lookup(name);
+        if (!r.found) return whole;
+        changed = true;
+        return text(r.value);
+      });
+      if (!changed) break;
+    }
+    return s;
+  }
+
+  var variables = {
+    get: function (k) { var r = lookup(String(k)); return r.found ? r.value : undefined; },
+    has: function (k) { return lookup(String(k)).found; },
+    set: function (k, v) { scopes.local.set(k, v); },
+    unset: function (k) { scopes.local.unset(k); },
+    clear: function () { scopes.local.clear(); },
+    replaceIn: replaceIn,
+    toObject: function () {
+      var o = {};
+      for (var i = order.length - 1; i >= 0; i--) {
+        var obj = scopes[order[i]].toObject();
+        for (var k in obj) o[k] = obj[k];
+      }
+      return o;
+    }
+  };
+
+  // ---------------------------------------------------------------- headers
+  function HeaderList(list) {
+    this._h = (list || []).map(function (h) {
+      return Array.isArray(h) ? { key: h[0], value: h[1] } : { key: h.key, value: h.value, disabled: !!h.disabled };
+    });
+  }
+  function same(a, b) { return String(a).toLowerCase() === String(b).toLowerCase(); }
+  HeaderList.prototype._on = function () { return this._h.filter(function (h) { return !h.disabled; }); };
+  HeaderList.prototype.get = function (name) {
+    var h = this._on().find(function (h) { return same(h.key, name); });
+    return h ? h.value : undefined;
+  };
+  HeaderList.prototype.one = function (name) {
+    var h = this._on().find(function (h) { return same(h.key, name); });
+    return h ? { key: h.key, value: h.value } : undefined;
+  };
+  HeaderList.prototype.has = function (name, value) {
+    return this._on().some(function (h) { return same(h.key, name) && (value === undefined || h.value === value); });
+  };
+  HeaderList.prototype.all = function () { return this._on().map(function (h) { return { key: h.key, value: h.value }; }); };
+  HeaderList.prototype.toObject = function () {
+    var o = {};
+    this._on().forEach(function (h) { o[h.key] = h.value; });
+    return o;
+  };
+  HeaderList.prototype.toJSON = HeaderList.prototype.all;
+  HeaderList.prototype.count = function () { return this._on().length; };
+  HeaderList.prototype.each = function (fn) { this.all().forEach(fn); };
+  HeaderList.prototype.map = function (fn) { return this.all().map(fn); };
+  HeaderList.prototype.filter = function (fn) { return this.all().filter(fn); };
+  HeaderList.prototype.find = function (fn) { return this.all().find(fn); };
+  HeaderList.prototype.add = function (h) {
+    if (typeof h === 'string') { var i = h.indexOf(':'); h = { key: h.slice(0, i).trim(), value: h.slice(i + 1).trim() }; }
+    this._h.push({ key: String(h.key), value: text(h.value) });
+  };
+  HeaderList.prototype.upsert = function (h) {
+    var cur = this._h.find(function (x) { return same(x.key, h.key); });
+    if (cur) { cur.value = text(h.value); cur.disabled = false; } else this.add(h);
+  };
+  HeaderList.prototype.remove = function (name) {
+    this._h = this._h.filter(function (h) {
+      return typeof name === 'function' ? !name(h) : !same(h.key, name);
+    });
+  };
+  HeaderList.prototype.toString = function () {
+    return this._on().map(function (h) { return h.key + ': ' + h.value; }).join('\n');
+  };
+
+  // ---------------------------------------------------------------- response
+  function Response(r) {
+    this.code = r.code;
+    this.status = r.status;
+    this.responseTime = r.responseTime;
+    this.responseSize = r.responseSize;
+    this.headers = new HeaderList(r.headers);
+    this._body = r.body;
+  }
+  Response.prototype.text = function () { return this._body; };
+  Response.prototype.json = function () {
+    try {
+      return JSON.parse(this._body);
+    } catch (e) {
+      var err = new Error('"' + (this._body.length > 40 ? this._body.slice(0, 40) + '…' : this._body) + '" is not valid JSON: ' + e.message);
+      err.name = 'JSONError';
+      throw err;
+    }
+  };
+  Response.prototype.reason = function () { return this.status; };
+  Response.prototype.size = function () { return { body: this._body.length, header: 0, total: this.responseSize }; };
+  Object.defineProperty(Response.prototype, 'to', { get: function () { return new Assertion(this).to; } });
+  Object.defineProperty(Response.prototype, 'cookies', { get: function () { return unsupported('pm.response.cookies'); } });
+
+  // ---------------------------------------------------------------- assertions
+  function Assertion(obj, msg) {
+    this._obj = obj;
+    this._f = { msg: msg, negate: false, deep: false, own: false, doLength: false };
+  }
+  var P = Assertion.prototype;
+
+  function check(self, ok, positive, negative) {
+    var neg = self._f.negate;
+    if (neg ? ok : !ok) {
+      var m = neg ? negative : positive;
+      if (self._f.msg) m = self._f.msg + ': ' + m;
+      throw new AssertionError(m);
+    }
+    return self;
+  }
+  function subject(self) {
+    if (self._f.doLength) {
+      var o = self._obj;
+      return o instanceof Map || o instanceof Set ? o.size : o === null || o === undefined ? undefined : o.length;
+    }
+    return self._obj;
+  }
+  function isResponse(self) {
+    if (!(self._obj instanceof Response)) {
+      throw new AssertionError('expected ' + inspect(self._obj) + ' to be a response');
+    }
+    return self._obj;
+  }
+
+  function chain(name) { Object.defineProperty(P, name, { get: function () { return this; }, configurable: true }); }
+  ['to', 'be', 'been', 'is', 'that', 'which', 'and', 'has', 'have', 'with', 'at', 'of', 'same', 'but', 'does', 'still', 'also', 'itself'].forEach(chain);
+  function flag(name, key) {
+    Object.defineProperty(P, name, {
+      get: function () { this._f[key] = key === 'negate' ? !this._f.negate : true; return this; },
+      configurable: true
+    });
+  }
+  flag('not', 'negate'); flag('deep', 'deep'); flag('own', 'own'); flag('nested', 'nested'); flag('any', 'any'); flag('all', 'all');
+
+  function prop(name, fn) { Object.defineProperty(P, name, { get: fn, configurable: true }); }
+  function method(names, fn) { names.forEach(function (n) { P[n] = fn; }); }
+  // A name that works both as a property (`.include.members`) and as a call
+  // (`.include('x')`), as chai's chainable methods do.
+  function chainable(names, fn, onChain) {
+    names.forEach(function (n) {
+      Object.defineProperty(P, n, {
+        get: function () {
+          var self = this;
+          if (onChain) onChain.call(self);
+          var call = function () {
+            var r = fn.apply(self, arguments);
+            return r === undefined ? self : r;
+          };
+          Object.setPrototypeOf(call, self);
+          return call;
+        },
+        configurable: true
+      });
+    });
+  }
+
+  prop('ok', function () {
+    if (this._obj instanceof Response) {
+      var c = this._obj.code;
+      return check(this, c >= 200 && c < 300, 'expected response code to be 2XX but found ' + c, 'expected response code to not be 2XX but found ' + c);
+    }
+    return check(this, !!this._obj, 'expected ' + inspect(this._obj) + ' to be truthy', 'expected ' + inspect(this._obj) + ' to be falsy');
+  });
+  prop('true', function () { return check(this, this._obj === true, 'expected ' + inspect(this._obj) + ' to be true', 'expected ' + inspect(this._obj) + ' to be false'); });
+  prop('false', function () { return check(this, this._obj === false, 'expected ' + inspect(this._obj) + ' to be false', 'expected ' + inspect(this._obj) + ' to be true'); });
+  prop('null', function () { return check(this, this._obj === null, 'expected ' + inspect(this._obj) + ' to be null', 'expected ' + inspect(this._obj) + ' not to be null'); });
+  prop('undefined', function () { return check(this, this._obj === undefined, 'expected ' + inspect(this._obj) + ' to be undefined', 'expected ' + inspect(this._obj) + ' not to be undefined'); });
+  prop('NaN', function () { return check(this, this._obj !== this._obj, 'expected ' + inspect(this._obj) + ' to be NaN', 'expected ' + inspect(this._obj) + ' not to be NaN'); });
+  prop('exist', function () { return check(this, this._obj !== null && this._obj !== undefined, 'expected ' + inspect(this._obj) + ' to exist', 'expected ' + inspect(this._obj) + ' to not exist'); });
+  prop('empty', function () {
+    var o = this._obj, t = typeOf(o), n;
+    if (t === 'string' || t === 'array') n = o.length;
+    else if (t === 'map' || t === 'set') n = o.size;
+    else if (t === 'object') n = Object.keys(o).length;
+    else throw new AssertionError('.empty was passed non-string primitive ' + inspect(o));
+    return check(this, n === 0, 'expected ' + inspect(o) + ' to be empty', 'expected ' + inspect(o) + ' not to be empty');
+  });
+
+  method(['equal', 'equals', 'eq'], function (exp, msg) {
+    if (msg) this._f.msg = msg;
+    var act = subject(this);
+    if (this._f.deep) return check(this, deepEqual(act, exp), 'expected ' + inspect(act) + ' to deeply equal ' + inspect(exp), 'expected ' + inspect(act) + ' to not deeply equal ' + inspect(exp));
+    return check(this, act === exp, 'expected ' + inspect(act) + ' to equal ' + inspect(exp), 'expected ' + inspect(act) + ' to not equal ' + inspect(exp));
+  });
+  method(['eql', 'eqls'], function (exp, msg) {
+    if (msg) this._f.msg = msg;
+    return check(this, deepEqual(this._obj, exp), 'expected ' + inspect(this._obj) + ' to deeply equal ' + inspect(exp), 'expected ' + inspect(this._obj) + ' to not deeply equal ' + inspect(exp));
+  });
+  function compare(names, word, test) {
+    method(names, function (n, msg) {
+      if (msg) this._f.msg = msg;
+      var act = subject(this);
+      var what = this._f.doLength ? inspect(this._obj) + ' to have a length ' : inspect(act) + ' to be ';
+      return check(this, test(act, n), 'expected ' + what + word + ' ' + inspect(n) + (this._f.doLength ? ' but got ' + act : ''), 'expected ' + what.replace(/to (have|be) /, 'to not $1 ') + word + ' ' + inspect(n));
+    });
+  }
+  compare(['above', 'gt', 'greaterThan'], 'above', function (a, n) { return a > n; });
+  compare(['least', 'gte', 'greaterThanOrEqual'], 'at least', function (a, n) { return a >= n; });
+  compare(['below', 'lt', 'lessThan'], 'below', function (a, n) { return a < n; });
+  compare(['most', 'lte', 'lessThanOrEqual'], 'at most', function (a, n) { return a <= n; });
+  method(['within'], function (lo, hi) {
+    var act = subject(this);
+    return check(this, act >= lo && act <= hi, 'expected ' + inspect(act) + ' to be within ' + lo + '..' + hi, 'expected ' + inspect(act) + ' to not be within ' + lo + '..' + hi);
+  });
+  method(['closeTo', 'approximately'], function (exp, delta) {
+    var act = this._obj;
+    return check(this, Math.abs(act - exp) <= delta, 'expected ' + inspect(act) + ' to be close to ' + exp + ' +/- ' + delta, 'expected ' + inspect(act) + ' not to be close to ' + exp + ' +/- ' + delta);
+  });
+  chainable(['a', 'an'], function (type, msg) {
+    if (msg) this._f.msg = msg;
+    type = String(type).toLowerCase();
+    var art = /^[aeiou]/.test(type) ? 'an ' : 'a ';
+    return check(this, typeOf(this._obj) === type, 'expected ' + inspect(this._obj) + ' to be ' + art + type, 'expected ' + inspect(this._obj) + ' not to be ' + art + type);
+  });
+  function includes(self, val) {
+    var o = self._obj, t = typeOf(o), deep = self._f.deep;
+    if (t === 'string') return o.indexOf(val) >= 0;
+    if (t === 'array') return o.some(function (x) { return deep ? deepEqual(x, val) : x === val; });
+    if (t === 'set') return Array.from(o).some(function (x) { return deep ? deepEqual(x, val) : x === val; });
+    if (t === 'map') return Array.from(o.values()).some(function (x) { return deep ? deepEqual(x, val) : x === val; });
+    if (t === 'object' && val && typeof val === 'object') {
+      return Object.keys(val).every(function (k) { return deep ? deepEqual(o[k], val[k]) : o[k] === val[k]; });
+    }
+    throw new AssertionError('the given combination of arguments (' + t + ' and ' + typeOf(val) + ') is invalid for this assertion');
+  }
+  chainable(['include', 'includes', 'contain', 'contains'], function (val, msg) {
+    if (msg) this._f.msg = msg;
+    var d = this._f.deep ? 'deep ' : '';
+    return check(this, includes(this, val), 'expected ' + inspect(this._obj) + ' to ' + d + 'include ' + inspect(val), 'expected ' + inspect(this._obj) + ' to not ' + d + 'include ' + inspect(val));
+  });
+  chainable(['length', 'lengthOf'], function (n, msg) {
+    if (msg) this._f.msg = msg;
+    var o = this._obj;
+    var len = o instanceof Map || o instanceof Set ? o.size : o === null || o === undefined ? undefined : o.length;
+    return check(this, len === n, 'expected ' + inspect(o) + ' to have a length of ' + n + ' but got ' + len, 'expected ' + inspect(o) + ' to not have a length of ' + n);
+  }, function () { this._f.doLength = true; });
+  function getPath(o, path) {
+    var parts = String(path).replace(/\[(\w+)\]/g, '.$1').split('.').filter(function (p) { return p !== ''; });
+    for (var i = 0; i < parts.length; i++) {
+      if (o === null || o === undefined || !(parts[i] in Object(o))) return { found: false };
+      o = o[parts[i]];
+    }
+    return { found: true, value: o };
+  }
+  method(['property'], function (name, val) {
+    var o = this._obj;
+    var r;
+    if (this._f.nested) r = getPath(o, name);
+    else if (this._f.own) r = o !== null && o !== undefined && Object.prototype.hasOwnProperty.call(o, name) ? { found: true, value: o[name] } : { found: false };
+    else r = o !== null && o !== undefined && name in Object(o) ? { found: true, value: o[name] } : { found: false };
+    var what = (this._f.nested ? 'nested ' : this._f.own ? 'own ' : '') + (this._f.deep ? 'deep ' : '') + 'property ' + inspect(name);
+    if (arguments.length > 1) {
+      var eq = r.found && (this._f.deep ? deepEqual(r.value, val) : r.value === val);
+      check(this, eq, 'expected ' + inspect(o) + ' to have ' + what + ' of ' + inspect(val) + (r.found ? ', but got ' + inspect(r.value) : ''), 'expected ' + inspect(o) + ' to not have ' + what + ' of ' + inspect(val));
+    } else {
+      check(this, r.found, 'expected ' + inspect(o) + ' to have ' + what, 'expected ' + inspect(o) + ' to not have ' + what);
+    }
+    if (r.found && !this._f.negate) this._obj = r.value;
+    return this;
+  });
+  method(['ownProperty', 'haveOwnProperty'], function (name, val) {
+    this._f.own = true;
+    return arguments.length > 1 ? this.property(name, val) : this.property(name);
+  });
+  method(['match', 'matches'], function (re, msg) {
+    if (msg) this._f.msg = msg;
+    return check(this, re.test(this._obj), 'expected ' + inspect(this._obj) + ' to match ' + re, 'expected ' + inspect(this._obj) + ' not to match ' + re);
+  });
+  method(['string'], function (s) {
+    return check(this, String(this._obj).indexOf(s) >= 0, 'expected ' + inspect(this._obj) + ' to contain ' + inspect(s), 'expected ' + inspect(this._obj) + ' to not contain ' + inspect(s));
+  });
+  method(['oneOf'], function (list, msg) {
+    if (msg) this._f.msg = msg;
+    var o = this._obj, deep = this._f.deep;
+    var ok = list.some(function (x) { return deep ? deepEqual(x, o) : x === o; });
+    return check(this, ok, 'expected ' + inspect(o) + ' to be one of ' + inspect(list), 'expected ' + inspect(o) + ' to not be one of ' + inspect(list));
+  });
+  method(['instanceOf', 'instanceof'], function (C) {
+    return check(this, this._obj instanceof C, 'expected ' + inspect(this._obj) + ' to be an instance of ' + (C && C.name), 'expected ' + inspect(this._obj) + ' to not be an instance of ' + (C && C.name));
+  });
+  method(['keys', 'key'], function () {
+    var want = Array.prototype.slice.call(arguments);
+    if (want.length === 1 && Array.isArray(want[0])) want = want[0];
+    else if (want.length === 1 && want[0] && typeof want[0] === 'object') want = Object.keys(want[0]);
+    var have = Object.keys(this._obj || {});
+    var ok = this._f.any
+      ? want.some(function (k) { return have.indexOf(k) >= 0; })
+      : want.every(function (k) { return have.indexOf(k) >= 0; }) && (this._f.contains || want.length === have.length);
+    return check(this, ok, 'expected ' + inspect(this._obj) + ' to have keys ' + inspect(want), 'expected ' + inspect(this._obj) + ' to not have keys ' + inspect(want));
+  });
+  method(['members'], function (list) {
+    var o = this._obj, deep = this._f.deep;
+    var has = function (x) { return o.some(function (y) { return deep ? deepEqual(x, y) : x === y; }); };
+    var ok = list.every(has) && (this._f.contains || list.length === o.length);
+    return check(this, ok, 'expected ' + inspect(o) + ' to have the same members as ' + inspect(list), 'expected ' + inspect(o) + ' to not have the same members as ' + inspect(list));
+  });
+  method(['satisfy', 'satisfies'], function (fn) {
+    return check(this, !!fn(this._obj), 'expected ' + inspect(this._obj) + ' to satisfy ' + inspect(fn), 'expected ' + inspect(this._obj) + ' to not satisfy ' + inspect(fn));
+  });
+  method(['throw', 'throws', 'Throw'], function (want) {
+    var threw = false, err;
+    try { this._obj(); } catch (e) { threw = true; err = e; }
+    var ok = threw && (want === undefined || (want instanceof RegExp ? want.test(String(err && err.message)) : typeof want === 'string' ? String(err && err.message).indexOf(want) >= 0 : err instanceof want));
+    return check(this, ok, 'expected ' + inspect(this._obj) + ' to throw' + (want ? ' ' + inspect(want) : ''), 'expected ' + inspect(this._obj) + ' to not throw');
+  });
+  // `include.keys` / `include.members` mean "at least these".
+  var baseInclude = Object.getOwnPropertyDescriptor(P, 'include').get;
+  ['include', 'includes', 'contain', 'contains'].forEach(function (n) {
+    Object.defineProperty(P, n, {
+      get: function () { this._f.contains = true; return baseInclude.call(this); },
+      configurable: true
+    });
+  });
+
+  // Response assertions, as Postman's chai plugin has them.
+  method(['status'], function (want) {
+    var r = isResponse(this);
+    if (typeof want === 'number') {
+      return check(this, r.code === want, 'expected response to have status code ' + want + ' but got ' + r.code, 'expected response to not have status code ' + want);
+    }
+    return check(this, r.status === want, 'expected response to have status reason ' + inspect(want) + ' but got ' + inspect(r.status), 'expected response to not have status reason ' + inspect(want));
+  });
+  method(['header'], function (name, value) {
+    var r = isResponse(this);
+    var actual = r.headers.get(name);
+    if (arguments.length < 2) {
+      return check(this, actual !== undefined, 'expected response to have header with key ' + inspect(name), 'expected response to not have header with key ' + inspect(name));
+    }
+    return check(this, actual === value, 'expected response header ' + inspect(name) + ' to be ' + inspect(value) + ' but got ' + inspect(actual), 'expected response header ' + inspect(name) + ' to not be ' + inspect(value));
+  });
+  method(['body'], function (want) {
+    var r = isResponse(this), b = r.text();
+    if (arguments.length === 0) return check(this, b.length > 0, 'expected response to have a body', 'expected response to not have a body');
+    if (want instanceof RegExp) return check(this, want.test(b), 'expected response body to match ' + want, 'expected response body to not match ' + want);
+    if (typeof want === 'string') return check(this, b === want, 'expected response body to equal ' + inspect(want), 'expected response body to not equal ' + inspect(want));
+    var j; try { j = JSON.parse(b); } catch (e) { j = undefined; }
+    return check(this, deepEqual(j, want), 'expected response body json to equal ' + inspect(want) + ' but got ' + inspect(j), 'expected response body json to not equal ' + inspect(want));
+  });
+  method(['jsonBody'], function (path, value) {
+    var r = isResponse(this), j;
+    try { j = JSON.parse(r.text()); } catch (e) {
+      return check(this, false, 'expected response body to be a valid json but got error ' + e.message, 'expected response body not to be a valid json');
+    }
+    if (arguments.length === 0) return check(this, true, '', 'expected response body not to be a valid json');
+    if (typeof path === 'object' && path !== null) {
+      return check(this, deepEqual(j, path), 'expected response body json to equal ' + inspect(path) + ' but got ' + inspect(j), 'expected response body json to not equal ' + inspect(path));
+    }
+    var g = getPath(j, path);
+    if (arguments.length === 1) return check(this, g.found, 'expected ' + inspect(j) + ' to have property ' + inspect(path), 'expected ' + inspect(j) + ' to not have property ' + inspect(path));
+    return check(this, g.found && deepEqual(g.value, value), 'expected ' + inspect(j) + ' to have property ' + inspect(path) + ' of ' + inspect(value) + (g.found ? ', but got ' + inspect(g.value) : ''), 'expected ' + inspect(j) + ' to not have property ' + inspect(path) + ' of ' + inspect(value));
+  });
+  method(['jsonSchema'], function () { return unsupported('pm.response.to.have.jsonSchema'); });
+  method(['responseTime'], function () { return unsupported('pm.response.to.have.responseTime'); });
+  prop('json', function () {
+    var r = isResponse(this), ok = true;
+    try { JSON.parse(r.text()); } catch (e) { ok = false; }
+    return check(this, ok, 'expected response body to be valid JSON', 'expected response body not to be valid JSON');
+  });
+  prop('withBody', function () { var r = isResponse(this); return check(this, r.text().length > 0, 'expected response to have content in body', 'expected response to not have content in body'); });
+  function statusClass(name, lo, hi, label) {
+    prop(name, function () {
+      var c = isResponse(this).code;
+      return check(this, c >= lo && c <= hi, 'expected response code to be ' + label + ' but found ' + c, 'expected response code to not be ' + label + ' but found ' + c);
+    });
+  }
+  statusClass('info', 100, 199, '1XX');
+  statusClass('success', 200, 299, '2XX');
+  statusClass('redirection', 300, 399, '3XX');
+  statusClass('clientError', 400, 499, '4XX');
+  statusClass('serverError', 500, 599, '5XX');
+  statusClass('error', 400, 599, '4XX or 5XX');
+  statusClass('accepted', 202, 202, '202');
+  statusClass('badRequest', 400, 400, '400');
+  statusClass('unauthorized', 401, 401, '401');
+  statusClass('unauthorised', 401, 401, '401');
+  statusClass('forbidden', 403, 403, '403');
+  statusClass('notFound', 404, 404, '404');
+  statusClass('rateLimited', 429, 429, '429');
+
+  // ---------------------------------------------------------------- pm
+  var index = 0;
+  function test(name, fn) {
+    var rec = { name: String(name), status: 'pass', index: index++, ms: 0 };
+    out.tests.push(rec);
+    if (typeof fn !== 'function') { rec.status = 'skip'; return pm; }
+    var t0 = __now();
+    var fail = function (e) {
+      var info = errInfo(e);
+      rec.status = info.name === 'UnsupportedError' ? 'error' : 'fail';
+      rec.error = info;
+    };
+    try {
+      var r;
+      if (fn.length > 0) {
+        // The `done` style: an error passed to done fails the test.
+        r = fn(function (err) { if (err) fail(err); });
+      } else {
+        r = fn();
+      }
+      if (r && typeof r.then === 'function') r.then(null, fail);
+    } catch (e) {
+      fail(e);
+    }
+    rec.ms = __now() - t0;
+    return pm;
+  }
+  test.skip = function (name) { out.tests.push({ name: String(name), status: 'skip', index: index++, ms: 0 }); return pm; };
+
+  function UrlObj(s) { this._s = String(s); }
+  UrlObj.prototype.toString = function () { return this._s; };
+  UrlObj.prototype.toJSON = function () { return this._s; };
+  UrlObj.prototype.getHost = function () { var m = /^[a-z]+:\/\/([^/:?#]*)/i.exec(this._s); return m ? m[1] : ''; };
+  UrlObj.prototype.getPath = function () { var m = /^(?:[a-z]+:\/\/[^/?#]*)?([^?#]*)/i.exec(this._s); return m && m[1] ? m[1] : '/'; };
+  UrlObj.prototype.getQueryString = function () { var i = this._s.indexOf('?'); return i < 0 ? '' : this._s.slice(i + 1).split('#')[0]; };
+
+  var req = input.request;
+  var request = {
+    url: new UrlObj(req.url),
+    method: req.method,
+    headers: new HeaderList(req.headers),
+    body: req.body,
+    name: input.info.requestName,
+    addHeader: function (h) { this.headers.add(h); },
+    removeHeader: function (n) { this.headers.remove(n); },
+    upsertHeader: function (h) { this.headers.upsert(h); }
+  };
+  Object.defineProperty(request, 'auth', { get: function () { return unsupported('pm.request.auth'); } });
+
+  var response = input.response ? new Response(input.response) : undefined;
+
+  function setNext(name) { out.next = { set: true, name: name === null || name === undefined ? null : String(name) }; }
+
+  var pm = {
+    test: test,
+    expect: function (v, msg) { return new Assertion(v, msg); },
+    environment: scopes.environment,
+    collectionVariables: scopes.collection,
+    globals: scopes.globals,
+    variables: variables,
+    iterationData: {
+      get: function (k) { return scopes.data.get(k); },
+      has: function (k) { return scopes.data.has(k); },
+      toObject: function () { return scopes.data.toObject(); },
+      toJSON: function () { return scopes.data.toJSON(); },
+      unset: function (k) { scopes.data.unset(k); }
+    },
+    request: request,
+    info: input.info,
+    iteration: input.info.iteration,
+    execution: {
+      setNextRequest: setNext,
+      skipRequest: function () {
+        if (input.kind !== 'prerequest') unsupported('pm.execution.skipRequest outside a pre-request script');
+        out.skip = true;
+      },
+      location: input.location
+    },
+    sendRequest: function () { return unsupported('pm.sendRequest'); },
+    visualizer: {
+      set: function () { return unsupported('pm.visualizer'); },
+      clear: function () {}
+    },
+    cookies: missing('pm.cookies'),
+    vault: missing('pm.vault'),
+    require: function (m) { return unsupported("pm.require('" + m + "')"); }
+  };
+  if (response) pm.response = response;
+  else Object.defineProperty(pm, 'response', { get: function () { return unsupported('pm.response in a pre-request script'); } });
+
+  // ---------------------------------------------------------------- console
+  function log(level) {
+    return function () {
+      var line = Array.prototype.map.call(arguments, function (a) { return typeof a === 'string' ? a : inspect(a); }).join(' ');
+      out.console.push(level === 'log' ? line : level + ': ' + line);
+    };
+  }
+  global.console = { log: log('log'), info: log('info'), warn: log('warn'), error: log('error'), debug: log('debug') };
+
+  // ---------------------------------------------------------------- legacy API
+  var legacyTests = {};
+  var postman = {
+    setEnvironmentVariable: function (k, v) { scopes.environment.set(k, v); },
+    getEnvironmentVariable: function (k) { return scopes.environment.get(k); },
+    clearEnvironmentVariable: function (k) { scopes.environment.unset(k); },
+    clearEnvironmentVariables: function () { scopes.environment.clear(); },
+    setGlobalVariable: function (k, v) { scopes.globals.set(k, v); },
+    getGlobalVariable: function (k) { return scopes.globals.get(k); },
+    clearGlobalVariable: function (k) { scopes.globals.unset(k); },
+    clearGlobalVariables: function () { scopes.globals.clear(); },
+    setNextRequest: setNext,
+    getResponseHeader: function (n) { return response ? response.headers.get(n) : undefined; },
+    getResponseCookie: function () { return unsupported('postman.getResponseCookie'); }
+  };
+
+  global.pm = pm;
+  global.postman = postman;
+  global.tests = legacyTests;
+  global.environment = scopes.environment.toObject();
+  global.globals = scopes.globals.toObject();
+  global.data = scopes.data.toObject();
+  global.iteration = input.info.iteration;
+  global.request = { url: req.url, method: req.method, headers: request.headers.toObject(), data: req.body && req.body.raw, name: input.info.requestName };
+  if (response) {
+    global.responseBody = response.text();
+    global.responseCode = { code: response.code, name: response.status, detail: response.status };
+    global.responseTime = response.responseTime;
+    global.responseHeaders = response.headers.toObject();
+  }
+  global.btoa = function (s) {
+    var c = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', o = '';
+    s = String(s);
+    for (var i = 0; i < s.length; i += 3) {
+      var a = s.charCodeAt(i), b = s.charCodeAt(i + 1), d = s.charCodeAt(i + 2);
+      if (a > 255 || b > 255 || d > 255) throw new Error('btoa: character out of range');
+      var n = (a << 16) | ((b || 0) << 8) | (d || 0);
+      o += c[(n >> 18) & 63] + c[(n >> 12) & 63] + (i + 1 < s.length ? c[(n >> 6) & 63] : '=') + (i + 2 < s.length ? c[n & 63] : '=');
+    }
+    return o;
+  };
+  global.atob = function (s) {
+    var c = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', o = '', bits = 0, n = 0;
+    s = String(s).replace(/[\s=]/g, '');
+    for (var i = 0; i < s.length; i++) {
+      var v = c.indexOf(s[i]);
+      if (v < 0) throw new Error('atob: invalid character');
+      n = (n << 6) | v; bits += 6;
+      if (bits >= 8) { bits -= 8; o += String.fromCharCode((n >> bits) & 255); }
+    }
+    return o;
+  };
+  // No timers in the sandbox: a callback runs once the script's own code is
+  // done, which keeps the order of effects of the common "defer" use.
+  global.setTimeout = function (fn) { Promise.resolve().then(function () { fn(); }); return 0; };
+  global.clearTimeout = function () {};
+  global.require = function (m) { return unsupported("require('" + m + "')"); };
+  global.CryptoJS = missing('CryptoJS');
+  global._ = missing('lodash (_)');
+  global.moment = missing('moment');
+  global.cheerio = missing('cheerio');
+  global.tv4 = missing('tv4');
+  global.xml2Json = missing('xml2Json');
+
+  global.__errinfo = function (e) { return JSON.stringify(errInfo(e)); };
+
+  function safe(v) {
+    try {
+      var s = JSON.stringify(v);
+      return s === undefined ? null : JSON.parse(s);
+    } catch (e) {
+      return String(v);
+    }
+  }
+  function pairs(scope) {
+    var a = [];
+    scope._m.forEach(function (v, k) { a.push([k, safe(v)]); });
+    return a;
+  }
+  global.__output = function () {
+    Object.keys(legacyTests).forEach(function (k) {
+      var ok = !!legacyTests[k];
+      var rec = { name: k, status: ok ? 'pass' : 'fail', index: index++, ms: 0 };
+      if (!ok) rec.error = { name: 'AssertionError', message: 'expected ' + inspect(legacyTests[k]) + ' to be truthy', unsupported: null };
+      out.tests.push(rec);
+    });
+    return JSON.stringify({
+      vars: {
+        globals: pairs(scopes.globals),
+        collection: pairs(scopes.collection),
+        environment: pairs(scopes.environment),
+        data: pairs(scopes.data),
+        local: pairs(scopes.local)
+      },
+      tests: out.tests,
+      console: out.console,
+      unsupported: out.unsupported,
+      headers: request.headers._h,
+      next: out.next,
+      skip: out.skip
+    });
+  };
+})(globalThis);

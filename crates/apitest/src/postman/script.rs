@@ -1,0 +1,392 @@
+//! The script sandbox: one fresh QuickJS runtime per script, with Postman's
+//! `pm` API from `prelude.js`, a time limit enforced by the engine's interrupt
+//! handler and a memory limit.
+//!
+//! State crosses the boundary as JSON both ways (see `prelude.js`), which keeps
+//! the unsafe-adjacent surface to two tiny native functions.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rquickjs::context::EvalOptions;
+use rquickjs::{Context, Ctx, Function, Runtime, Value as JsValue};
+use serde::Deserialize;
+use serde_json::Value;
+use thiserror::Error;
+
+use super::vars;
+
+const PRELUDE: &str = include_str!("prelude.js");
+
+/// QuickJS' default (256 KiB) overflows on deeply nested chai chains in debug
+/// builds less often than a larger value would overflow the blocking thread's
+/// own 2 MiB stack; 512 KiB leaves room for both.
+const STACK_LIMIT: usize = 512 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub time: Duration,
+    pub memory: usize,
+}
+
+/// What a script left behind, as `__output()` reports it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct Output {
+    pub vars: Option<ScopesOut>,
+    pub tests: Vec<TestRecord>,
+    pub console: Vec<String>,
+    pub unsupported: Vec<String>,
+    pub headers: Option<Vec<HeaderOut>>,
+    pub next: NextOut,
+    pub skip: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct ScopesOut {
+    pub globals: Value,
+    pub collection: Value,
+    pub environment: Value,
+    pub data: Value,
+    pub local: Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct NextOut {
+    pub set: bool,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct HeaderOut {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct TestRecord {
+    pub name: String,
+    /// pass, fail, error or skip.
+    pub status: String,
+    #[serde(default)]
+    pub index: usize,
+    #[serde(default)]
+    pub ms: f64,
+    #[serde(default)]
+    pub error: Option<ErrInfo>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct ErrInfo {
+    pub name: String,
+    pub message: String,
+    #[serde(default)]
+    pub unsupported: Option<String>,
+}
+
+/// Why a script as a whole did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// It threw outside `pm.test`.
+    Thrown,
+    /// It used something this sandbox does not have.
+    Unsupported(String),
+    TimeLimit,
+    MemoryLimit,
+    /// The sandbox itself failed.
+    Engine,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub stop: Stop,
+    /// The JS error's name (`TypeError`…), or what stopped the script.
+    pub name: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct ScriptRun {
+    pub output: Output,
+    pub failure: Option<Failure>,
+}
+
+#[derive(Debug, Error)]
+enum EngineError {
+    #[error("script engine: {0}")]
+    Js(#[from] rquickjs::Error),
+    #[error("script engine: prelude failed: {0}")]
+    Prelude(String),
+    #[error("script results unreadable: {0}")]
+    Output(#[from] serde_json::Error),
+}
+
+/// Runs one script to completion, or until a limit stops it. Blocking: call it
+/// from a blocking thread.
+pub(crate) fn run(source: &str, script_name: &str, input: &Value, limits: Limits) -> ScriptRun {
+    match run_inner(source, script_name, input, limits) {
+        Ok(run) => run,
+        Err(e) => ScriptRun {
+            output: Output::default(),
+            failure: Some(Failure {
+                stop: Stop::Engine,
+                name: "Error".into(),
+                message: e.to_string(),
+            }),
+        },
+    }
+}
+
+fn run_inner(
+    source: &str,
+    script_name: &str,
+    input: &Value,
+    limits: Limits,
+) -> Result<ScriptRun, EngineError> {
+    let rt = Runtime::new()?;
+    rt.set_memory_limit(limits.memory);
+    rt.set_max_stack_size(STACK_LIMIT);
+    let deadline: Rc<Cell<Option<Instant>>> = Rc::new(Cell::new(None));
+    let hit = Rc::new(Cell::new(false));
+    {
+        let deadline = deadline.clone();
+        let hit = hit.clone();
+        rt.set_interrupt_handler(Some(Box::new(move || match deadline.get() {
+            Some(t) if Instant::now() >= t => {
+                hit.set(true);
+                true
+            }
+            _ => false,
+        })));
+    }
+    let ctx = Context::full(&rt)?;
+    let input_text = input.to_string();
+    ctx.with(|ctx| -> Result<(), EngineError> {
+        let g = ctx.globals();
+        g.set("__input", input_text)?;
+        let origin = Instant::now();
+        g.set(
+            "__now",
+            Function::new(ctx.clone(), move || origin.elapsed().as_secs_f64() * 1000.0)?,
+        )?;
+        g.set(
+            "__dynamic",
+            Function::new(ctx.clone(), |name: String| vars::dynamic_value(&name))?,
+        )?;
+        match ctx.eval::<(), _>(PRELUDE) {
+            Ok(()) => Ok(()),
+            Err(rquickjs::Error::Exception) => {
+                let e = describe(&ctx, ctx.catch());
+                Err(EngineError::Prelude(format!("{}: {}", e.name, e.message)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?;
+
+    deadline.set(Some(Instant::now() + limits.time));
+    let thrown = ctx.with(|ctx| {
+        let mut options = EvalOptions::default();
+        // Postman scripts are sloppy-mode code: `x = 1` without a declaration works.
+        options.strict = false;
+        options.filename = Some(script_name.to_string());
+        let thrown = match ctx.eval_with_options::<(), _>(source.as_bytes().to_vec(), options) {
+            Ok(()) => None,
+            Err(rquickjs::Error::Exception) => Some(Ok(describe(&ctx, ctx.catch()))),
+            Err(e) => Some(Err(e)),
+        };
+        // Promise callbacks (`.then`, the sandbox's setTimeout) run now, still
+        // under the deadline.
+        while !hit.get() && ctx.execute_pending_job() {}
+        thrown
+    });
+    deadline.set(None);
+    let timed_out = hit.get();
+    // The results must be readable even when the script ran out of memory.
+    rt.set_memory_limit(limits.memory.saturating_mul(2));
+    let text = ctx.with(|ctx| -> Result<String, rquickjs::Error> {
+        let output: Function = ctx.globals().get("__output")?;
+        output.call(())
+    })?;
+    let output: Output = serde_json::from_str(&text)?;
+
+    let failure = if timed_out {
+        Some(Failure {
+            stop: Stop::TimeLimit,
+            name: "TimeLimit".into(),
+            message: format!(
+                "script stopped: it ran longer than the time limit of {}",
+                humantime::format_duration(limits.time)
+            ),
+        })
+    } else {
+        match thrown {
+            None => None,
+            Some(Err(e)) => Some(Failure {
+                stop: Stop::Engine,
+                name: "Error".into(),
+                message: e.to_string(),
+            }),
+            Some(Ok(info)) if info.message.contains("out of memory") => Some(Failure {
+                stop: Stop::MemoryLimit,
+                name: "MemoryLimit".into(),
+                message: format!(
+                    "script stopped: it used more than the memory limit of {} MiB",
+                    limits.memory / (1024 * 1024)
+                ),
+            }),
+            Some(Ok(info)) => Some(Failure {
+                stop: match info.unsupported {
+                    Some(what) => Stop::Unsupported(what),
+                    None => Stop::Thrown,
+                },
+                name: info.name,
+                message: info.message,
+            }),
+        }
+    };
+    Ok(ScriptRun { output, failure })
+}
+
+/// Name and message of a thrown value, read without running JS (the deadline
+/// may already have passed, and any JS would be interrupted again).
+fn describe<'js>(_ctx: &Ctx<'js>, v: JsValue<'js>) -> ErrInfo {
+    if let Some(o) = v.as_object() {
+        let name = o
+            .get::<_, Option<String>>("name")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "Error".into());
+        let message = o
+            .get::<_, Option<String>>("message")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let unsupported = o.get::<_, Option<String>>("unsupported").ok().flatten();
+        return ErrInfo {
+            name,
+            message,
+            unsupported,
+        };
+    }
+    let message = if let Some(s) = v.as_string() {
+        s.to_string().unwrap_or_default()
+    } else if let Some(n) = v.as_number() {
+        n.to_string()
+    } else if let Some(b) = v.as_bool() {
+        b.to_string()
+    } else if v.is_null() {
+        "null".into()
+    } else {
+        "undefined".into()
+    };
+    ErrInfo {
+        name: "Error".into(),
+        message,
+        unsupported: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn input() -> Value {
+        json!({
+            "kind": "test",
+            "vars": {"globals": [], "collection": [], "environment": [["a", "1"]], "data": [], "local": []},
+            "envName": "e",
+            "info": {"requestName": "r", "requestId": "r", "iteration": 0, "iterationCount": 1, "eventName": "test"},
+            "location": ["r"],
+            "request": {"url": "http://x/", "method": "GET", "headers": [], "body": null},
+            "response": {"code": 200, "status": "OK", "headers": [["content-type", "application/json"]],
+                         "body": "{\"id\": 7, \"tags\": [\"a\", \"b\"]}", "responseTime": 3, "responseSize": 30}
+        })
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            time: Duration::from_millis(300),
+            memory: 32 << 20,
+        }
+    }
+
+    #[test]
+    fn chai_subset() {
+        let src = r#"
+            pm.test("eq", () => pm.expect(pm.response.json().id).to.equal(7));
+            pm.test("deep", () => pm.expect(pm.response.json().tags).to.eql(["a", "b"]));
+            pm.test("deep.equal", () => pm.expect({a: [1]}).to.deep.equal({a: [1]}));
+            pm.test("not", () => pm.expect(1).to.not.equal(2));
+            pm.test("types", () => { pm.expect([]).to.be.an("array"); pm.expect("s").to.be.a("string"); pm.expect(null).to.be.null; pm.expect(undefined).to.be.undefined; pm.expect(true).to.be.true; pm.expect(0).to.be.false === undefined; });
+            pm.test("include", () => { pm.expect("hello").to.include("ell"); pm.expect([1,2]).to.contain(2); pm.expect({a:1,b:2}).to.include({a:1}); });
+            pm.test("property", () => pm.expect({a: {b: 1}}).to.have.property("a").that.has.property("b", 1));
+            pm.test("length", () => { pm.expect([1,2,3]).to.have.lengthOf(3); pm.expect("ab").to.have.length.above(1); });
+            pm.test("compare", () => { pm.expect(5).to.be.above(4).and.below(6); pm.expect(5).to.be.at.least(5); pm.expect(5).to.be.at.most(5); });
+            pm.test("match", () => pm.expect("abc").to.match(/b/));
+            pm.test("oneOf", () => pm.expect(2).to.be.oneOf([1, 2]));
+            pm.test("exist", () => { pm.expect(0).to.exist; pm.expect(null).to.not.exist; pm.expect(1).to.be.ok; });
+            pm.test("response", () => { pm.response.to.have.status(200); pm.response.to.be.ok; pm.response.to.have.header("Content-Type"); pm.response.to.have.jsonBody("tags[1]", "b"); });
+            pm.test("fails", () => pm.expect(1).to.equal(2));
+            pm.test("fails deep", () => pm.expect({a: 1}).to.eql({a: 2}));
+            tests["legacy"] = responseCode.code === 200;
+            console.log("env a is", pm.environment.get("a"), {x: 1});
+            pm.environment.set("b", 5);
+        "#;
+        let r = run(src, "test-script", &input(), limits());
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+        let status: Vec<(String, String)> = r
+            .output
+            .tests
+            .iter()
+            .map(|t| (t.name.clone(), t.status.clone()))
+            .collect();
+        for (name, st) in &status {
+            let want = if name.starts_with("fails") { "fail" } else { "pass" };
+            assert_eq!(st, want, "{name}: {:?}", r.output.tests);
+        }
+        assert_eq!(status.len(), 16);
+        let fail = &r.output.tests[13];
+        assert_eq!(
+            fail.error.as_ref().map(|e| e.message.as_str()),
+            Some("expected 1 to equal 2")
+        );
+        assert_eq!(
+            r.output.tests[14].error.as_ref().map(|e| e.message.as_str()),
+            Some("expected { a: 1 } to deeply equal { a: 2 }")
+        );
+        assert_eq!(r.output.console, vec!["env a is 1 { x: 1 }".to_string()]);
+        let env = &r.output.vars.as_ref().map(|v| v.environment.clone());
+        assert_eq!(env, &Some(json!([["a", "1"], ["b", 5]])));
+    }
+
+    #[test]
+    fn limits_and_errors() {
+        let r = run("while (true) {}", "test-script", &input(), limits());
+        assert_eq!(r.failure.map(|f| f.stop), Some(Stop::TimeLimit));
+        let r = run(
+            "var a = []; while (true) { a.push(new Array(100000).fill(1)); }",
+            "test-script",
+            &input(),
+            Limits {
+                time: Duration::from_secs(20),
+                memory: 16 << 20,
+            },
+        );
+        assert_eq!(r.failure.map(|f| f.stop), Some(Stop::MemoryLimit));
+        let r = run("pm.test('ok', () => {}); undefinedThing.x;", "test-script", &input(), limits());
+        let f = r.failure.unwrap();
+        assert_eq!(f.stop, Stop::Thrown);
+        assert_eq!(f.name, "ReferenceError");
+        assert_eq!(r.output.tests.len(), 1);
+        let r = run("pm.test('send', () => pm.sendRequest('http://x'));", "test-script", &input(), limits());
+        assert_eq!(r.output.tests[0].status, "error");
+        assert_eq!(r.output.unsupported, vec!["pm.sendRequest".to_string()]);
+    }
+}

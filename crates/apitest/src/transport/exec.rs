@@ -1,0 +1,263 @@
+//! Runs a program as a step: its exit code is the status, its stdout the
+//! body. The program gets a process group of its own, so a timeout (or a
+//! cancelled step) kills everything it started, not just the direct child.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+use super::TransportError;
+use crate::Reply;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Per stream: a runaway program must not exhaust the runner's memory.
+const MAX_OUTPUT: usize = 16 << 20;
+
+/// The program and its arguments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    /// Split like a POSIX shell would split words (quotes, backslashes),
+    /// but with no expansion, pipes or redirections: for those, run
+    /// `sh -c '...'`.
+    Line(String),
+    /// Used as is.
+    Args(Vec<String>),
+}
+
+impl Command {
+    /// The argument vector, program first.
+    pub fn argv(&self) -> Result<Vec<String>, TransportError> {
+        let argv = match self {
+            Command::Line(line) => shell_words::split(line)
+                .map_err(|e| TransportError::Invalid(format!("command `{line}`: {e}")))?,
+            Command::Args(args) => args.clone(),
+        };
+        if argv.first().is_none_or(|p| p.is_empty()) {
+            return Err(TransportError::Invalid("empty command".into()));
+        }
+        Ok(argv)
+    }
+}
+
+/// One program run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecCall {
+    pub command: Command,
+    /// Added to the runner's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Written to the program's stdin, which is then closed; without it
+    /// stdin is empty (`/dev/null`).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Working directory, relative to the suite's directory (the default).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// humantime, default 60s.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// Kills a process group when dropped, unless disarmed: covers timeouts
+/// and steps whose future is dropped mid-run.
+struct GroupKiller(Option<Pid>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // ESRCH means the group is already gone, which is the goal.
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs the program to completion or timeout.
+///
+/// The status is the exit code, or 128 + the signal number when a signal
+/// ended the program. Stdout and stderr are each capped at 16 MiB; a note
+/// on stderr says when either was cut.
+pub async fn run(call: &ExecCall, base_dir: &Path) -> Result<Reply, TransportError> {
+    let start = Instant::now();
+    let argv = call.command.argv()?;
+    let timeout = match call.timeout.as_deref() {
+        Some(t) => humantime::parse_duration(t.trim())
+            .map_err(|e| TransportError::Invalid(format!("timeout `{t}`: {e}")))?,
+        None => DEFAULT_TIMEOUT,
+    };
+    let cwd = match &call.cwd {
+        Some(dir) => base_dir.join(dir),
+        None => base_dir.to_path_buf(),
+    };
+    if !cwd.is_dir() {
+        return Err(TransportError::Invalid(format!(
+            "cwd {} is not a directory",
+            cwd.display()
+        )));
+    }
+    let name = &argv[0];
+    let mut command = tokio::process::Command::new(program_path(name, &cwd));
+    command
+        .args(&argv[1..])
+        .envs(&call.env)
+        .current_dir(&cwd)
+        .stdin(if call.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| spawn_error(name, e))?;
+    let mut killer = GroupKiller(
+        child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw),
+    );
+
+    // Written from a task so a program that produces output before reading
+    // all its input cannot deadlock against us.
+    let writer = match (child.stdin.take(), call.stdin.clone()) {
+        (Some(mut pipe), Some(data)) => Some(tokio::spawn(async move {
+            // A program may exit without reading its input; that is its
+            // business, not an error of the step.
+            let _ = pipe.write_all(data.as_bytes()).await;
+            let _ = pipe.shutdown().await;
+        })),
+        _ => None,
+    };
+    let mut stdout = tokio::spawn(read_capped(child.stdout.take()));
+    let mut stderr = tokio::spawn(read_capped(child.stderr.take()));
+
+    let finished = tokio::time::timeout(timeout, async {
+        let status = child.wait().await;
+        // Outputs close when every process holding them has exited, which
+        // may be after the program itself when it left children behind.
+        let out = (&mut stdout).await;
+        let err = (&mut stderr).await;
+        (status, out, err)
+    })
+    .await;
+
+    let (status, out, err) = match finished {
+        Ok(done) => done,
+        Err(_) => {
+            drop(killer);
+            // Reap the killed child; it is already dead or dying.
+            let _ = child.wait().await;
+            abort(&mut [stdout, stderr], writer);
+            return Err(TransportError::Timeout(format!(
+                "{} (`{name}` killed)",
+                humantime::format_duration(timeout)
+            )));
+        }
+    };
+    killer.0 = None;
+    if let Some(writer) = writer {
+        writer.abort();
+    }
+
+    let status = status.map_err(|e| TransportError::Io(format!("waiting for `{name}`: {e}")))?;
+    let code = status
+        .code()
+        .map(i64::from)
+        .or_else(|| status.signal().map(|s| 128 + i64::from(s)))
+        .unwrap_or(-1);
+    let (stdout, out_cut) = joined(out, name, "stdout")?;
+    let (stderr, err_cut) = joined(err, name, "stderr")?;
+    let mut stderr = String::from_utf8_lossy(&stderr).into_owned();
+    for (cut, which) in [(out_cut, "stdout"), (err_cut, "stderr")] {
+        if cut {
+            stderr.push_str(&format!(
+                "\n[testbed: {which} cut at {} MiB]\n",
+                MAX_OUTPUT >> 20
+            ));
+        }
+    }
+    let json = if stdout.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<Value>(&stdout).ok()
+    };
+    Ok(Reply {
+        status: Some(code),
+        headers: Vec::new(),
+        body: stdout,
+        json,
+        stderr: Some(stderr),
+        duration: start.elapsed(),
+    })
+}
+
+/// A relative path with a slash names a file under `cwd`, as it would in a
+/// shell started there; std leaves that case unspecified.
+fn program_path(name: &str, cwd: &Path) -> PathBuf {
+    let path = Path::new(name);
+    if path.is_relative() && name.contains('/') {
+        cwd.join(path)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+fn spawn_error(name: &str, e: std::io::Error) -> TransportError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            TransportError::Connect(format!("program `{name}` not found"))
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            TransportError::Connect(format!("program `{name}` is not executable"))
+        }
+        _ => TransportError::Connect(format!("cannot start `{name}`: {e}")),
+    }
+}
+
+/// Reads everything, keeping the first `MAX_OUTPUT` bytes. Reading goes on
+/// past the cap so the program is never blocked on a full pipe.
+async fn read_capped<R: AsyncRead + Unpin>(reader: Option<R>) -> std::io::Result<(Vec<u8>, bool)> {
+    let Some(mut reader) = reader else {
+        return Ok((Vec::new(), false));
+    };
+    let mut kept = Vec::new();
+    let mut cut = false;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok((kept, cut));
+        }
+        let room = MAX_OUTPUT - kept.len();
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+        cut |= n > room;
+    }
+}
+
+type Captured = Result<std::io::Result<(Vec<u8>, bool)>, tokio::task::JoinError>;
+
+fn joined(result: Captured, name: &str, which: &str) -> Result<(Vec<u8>, bool), TransportError> {
+    result
+        .map_err(|e| TransportError::Io(format!("reading {which} of `{name}`: {e}")))?
+        .map_err(|e| TransportError::Io(format!("reading {which} of `{name}`: {e}")))
+}
+
+fn abort(readers: &mut [JoinHandle<std::io::Result<(Vec<u8>, bool)>>], writer: Option<JoinHandle<()>>) {
+    for reader in readers {
+        reader.abort();
+    }
+    if let Some(writer) = writer {
+        writer.abort();
+    }
+}

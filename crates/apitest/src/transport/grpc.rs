@@ -1,0 +1,706 @@
+//! gRPC without generated code: `.proto` files are compiled when the suite
+//! loads (protox, no `protoc`), requests and responses go through
+//! prost-reflect's `DynamicMessage`, and the wire is plain HTTP/2 over TCP
+//! (h2c) with hyper, so a suite can call any gRPC service it has the
+//! protos for.
+//!
+//! # JSON mapping
+//!
+//! Requests accept anything the proto3 JSON mapping accepts (field names
+//! in `snake_case` or `lowerCamelCase`, 64-bit integers as numbers or
+//! strings, bytes as base64, enums by name or number). Unknown fields are
+//! rejected, naming the field.
+//!
+//! Responses are rendered with the proto3 mapping except that:
+//!
+//! * field names are the ones written in the `.proto` file (`create_revision`,
+//!   `TTL`), so a suite reads back the names it writes;
+//! * fields holding their default value are included (`"count": "0"`,
+//!   `"created": false`, `"events": []`), so asserting on a zero, `false` or
+//!   empty value works instead of finding the field missing. Unset message
+//!   fields and unset `oneof` members stay absent.
+//!
+//! As in the proto3 mapping, 64-bit integers are strings (`"revision": "5"`):
+//! ids such as etcd lease ids exceed 2^53 and would be corrupted by any
+//! consumer that reads JSON numbers as doubles. Bytes are base64 and enums
+//! are names.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message as _;
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, MethodDescriptor,
+    SerializeOptions,
+};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Mutex};
+use tokio::time::{timeout_at, Instant as Deadline};
+
+use super::TransportError;
+use crate::Reply;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds one message and everything a call collects, so a runaway stream
+/// cannot exhaust memory.
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+const JSON_OPTIONS: SerializeOptions = SerializeOptions::new()
+    .use_proto_field_name(true)
+    .skip_default_fields(false);
+
+/// Where a gRPC service listens and which protos describe it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTarget {
+    /// `host:port` or `http://host:port` (plain-text HTTP/2).
+    pub address: String,
+    /// `.proto` files, relative to the suite's directory.
+    pub protos: Vec<String>,
+    /// Directories searched for `import`s, relative to the suite's directory.
+    /// Each proto's own directory is searched after these.
+    #[serde(default)]
+    pub includes: Vec<String>,
+}
+
+/// One gRPC call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcCall {
+    /// `package.Service/Method`, e.g. `etcdserverpb.KV/Put`.
+    pub method: String,
+    /// The request message as proto3 JSON; `{}` when neither this nor
+    /// `messages` is given.
+    #[serde(default)]
+    pub message: Option<Value>,
+    /// Several request messages, for client-streaming and bidi methods.
+    #[serde(default)]
+    pub messages: Option<Vec<Value>>,
+    /// Request metadata (HTTP/2 headers); names are lower-cased.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Collect a stream for a bounded time or count instead of waiting for
+    /// the server to end it.
+    #[serde(default)]
+    pub stream: Option<StreamOptions>,
+    /// humantime, default 10s. Bounds the whole call, or for a `stream`
+    /// call, connecting and the response headers.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// How long to listen to a stream that the server would not end by itself
+/// (etcd `Watch`, `LeaseKeepAlive`). The request stream stays open while
+/// listening; the call ends, with status 0 unless the server ended it with
+/// another, when `max_messages` have arrived or `timeout` has passed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub max_messages: Option<usize>,
+    /// humantime; defaults to the call's timeout.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// A compiled set of protos plus one HTTP/2 connection, shared by every
+/// call and re-opened on the next call after it breaks.
+pub struct GrpcClient {
+    pool: DescriptorPool,
+    authority: String,
+    sender: Mutex<Option<SendRequest<RequestBody>>>,
+}
+
+impl fmt::Debug for GrpcClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcClient")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcClient {
+    /// Compiles the target's protos. Does not connect: the first call does.
+    pub fn new(target: &GrpcTarget, base_dir: &Path) -> Result<Self, TransportError> {
+        let authority = parse_address(&target.address)?;
+        if target.protos.is_empty() {
+            return Err(TransportError::Invalid(
+                "gRPC target lists no `protos`: they describe the methods and messages".into(),
+            ));
+        }
+        let protos: Vec<PathBuf> = target.protos.iter().map(|p| base_dir.join(p)).collect();
+        let mut includes: Vec<PathBuf> = target.includes.iter().map(|p| base_dir.join(p)).collect();
+        for (name, path) in target.protos.iter().zip(&protos) {
+            if !path.is_file() {
+                return Err(TransportError::Invalid(format!(
+                    "proto file `{name}` not found at {}",
+                    path.display()
+                )));
+            }
+            // protox opens only files under an include directory, and a
+            // proto's siblings are where its plain imports usually live.
+            if let Some(dir) = path.parent() {
+                if !includes.iter().any(|i| i == dir) {
+                    includes.push(dir.to_path_buf());
+                }
+            }
+        }
+        let mut compiler = protox::Compiler::new(&includes)
+            .map_err(|e| TransportError::Invalid(format!("proto include paths: {e:?}")))?;
+        compiler.include_imports(true);
+        for (name, path) in target.protos.iter().zip(&protos) {
+            // Debug, not Display: only Debug carries file:line:column.
+            compiler.open_file(path).map_err(|e| {
+                TransportError::Invalid(format!("cannot compile proto `{name}`: {e:?}"))
+            })?;
+        }
+        Ok(GrpcClient {
+            pool: compiler.descriptor_pool(),
+            authority,
+            sender: Mutex::new(None),
+        })
+    }
+
+    /// The compiled protos, e.g. to list services.
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
+    /// Makes one call. A non-zero gRPC status is a reply, not an error.
+    pub async fn call(&self, call: &GrpcCall) -> Result<Reply, TransportError> {
+        let start = Instant::now();
+        let method = self.method(&call.method)?;
+        let frames = encode_requests(&method, call)?;
+        let metadata = metadata(&call.metadata)?;
+        let timeout = parse_duration(call.timeout.as_deref(), "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
+        let call_deadline = Deadline::now() + timeout;
+        let plan = match &call.stream {
+            None => None,
+            Some(opts) => {
+                let listen = parse_duration(opts.timeout.as_deref(), "stream.timeout")?
+                    .unwrap_or(timeout);
+                Some(StreamPlan {
+                    max_messages: opts.max_messages,
+                    deadline: Deadline::now() + listen,
+                })
+            }
+        };
+        let keep_open = plan.is_some() && method.is_client_streaming();
+        let headers_deadline = plan.as_ref().map_or(call_deadline, |p| p.deadline);
+        let timed_out = || TransportError::Timeout(humantime::format_duration(timeout).to_string());
+
+        let (mut sender, reused) = timeout_at(call_deadline, self.sender(false))
+            .await
+            .map_err(|_| timed_out())??;
+        let (mut request_tx, request) = self.request(&method, &frames, &metadata, keep_open)?;
+        let sent = timeout_at(headers_deadline, sender.send_request(request))
+            .await
+            .map_err(|_| timed_out())?;
+        let response = match sent {
+            // A reused connection may have been closed by the server (idle
+            // timeout, GOAWAY) since it was last checked; the request never
+            // left, so it is safe to send again on a new one.
+            Err(e) if reused && (e.is_closed() || e.is_canceled()) => {
+                let (mut sender, _) = timeout_at(call_deadline, self.sender(true))
+                    .await
+                    .map_err(|_| timed_out())??;
+                let (tx, request) = self.request(&method, &frames, &metadata, keep_open)?;
+                request_tx = tx;
+                timeout_at(headers_deadline, sender.send_request(request))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| self.hyper_error(e))?
+            }
+            other => other.map_err(|e| self.hyper_error(e))?,
+        };
+
+        let (parts, mut body) = response.into_parts();
+        let mut headers = Vec::new();
+        push_headers(&mut headers, &parts.headers);
+        let mut status = grpc_status(&parts.headers)?;
+        if parts.status != StatusCode::OK && status.is_none() {
+            return Err(TransportError::Protocol(format!(
+                "{} answered HTTP {} without grpc-status: not a gRPC endpoint?",
+                self.authority, parts.status
+            )));
+        }
+
+        let mut deframer = Deframer::default();
+        let mut messages: Vec<Bytes> = Vec::new();
+        let mut cut_short = false;
+        // A status in the headers is a trailers-only response: no body follows.
+        while status.is_none() {
+            if let Some(max) = plan.as_ref().and_then(|p| p.max_messages) {
+                if messages.len() >= max {
+                    messages.truncate(max);
+                    cut_short = true;
+                    break;
+                }
+            }
+            let deadline = plan.as_ref().map_or(call_deadline, |p| p.deadline);
+            let frame = match timeout_at(deadline, body.frame()).await {
+                Err(_) if plan.is_some() => {
+                    cut_short = true;
+                    break;
+                }
+                Err(_) => return Err(timed_out()),
+                Ok(None) => break,
+                Ok(Some(frame)) => frame.map_err(|e| self.hyper_error(e))?,
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    deframer.push(data)?;
+                    while let Some(message) = deframer.next()? {
+                        messages.push(message);
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        push_headers(&mut headers, &trailers);
+                        status = grpc_status(&trailers)?;
+                        if status.is_none() {
+                            return Err(TransportError::Protocol(format!(
+                                "{} sent trailers without grpc-status",
+                                self.authority
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        // Dropping the response body resets the stream and dropping the
+        // sender ends the request stream: together they stop a Watch.
+        drop(body);
+        drop(request_tx);
+
+        let status = match status {
+            Some(code) => code,
+            None if cut_short => 0,
+            None => {
+                return Err(TransportError::Protocol(format!(
+                    "{} ended the stream without grpc-status",
+                    self.authority
+                )))
+            }
+        };
+        let streaming = plan.is_some() || method.is_server_streaming();
+        if !streaming && messages.len() > 1 {
+            return Err(TransportError::Protocol(format!(
+                "{} sent {} messages for unary method {}",
+                self.authority,
+                messages.len(),
+                method.full_name()
+            )));
+        }
+        let mut json = Vec::with_capacity(messages.len());
+        for raw in &messages {
+            json.push(decode_response(method.output(), raw)?);
+        }
+        Ok(Reply {
+            status: Some(status),
+            headers,
+            body: messages.last().map(|m| m.to_vec()).unwrap_or_default(),
+            json: if streaming {
+                Some(Value::Array(json))
+            } else {
+                json.pop()
+            },
+            stderr: None,
+            duration: start.elapsed(),
+        })
+    }
+
+    fn method(&self, name: &str) -> Result<MethodDescriptor, TransportError> {
+        let (service, method) = name
+            .trim_start_matches('/')
+            .rsplit_once('/')
+            .ok_or_else(|| {
+                TransportError::Invalid(format!(
+                    "gRPC method `{name}` is not of the form package.Service/Method"
+                ))
+            })?;
+        let Some(svc) = self.pool.get_service_by_name(service) else {
+            let known: Vec<_> = self.pool.services().map(|s| s.full_name().to_owned()).collect();
+            return Err(TransportError::Invalid(format!(
+                "unknown gRPC service `{service}`; the protos define: {}",
+                known.join(", ")
+            )));
+        };
+        let found = svc.methods().find(|m| m.name() == method);
+        found.ok_or_else(|| {
+            let known: Vec<_> = svc.methods().map(|m| m.name().to_owned()).collect();
+            TransportError::Invalid(format!(
+                "gRPC service `{service}` has no method `{method}`; it has: {}",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// A sender on the shared connection, opening one if there is none or
+    /// it broke; `fresh` forces a new one. Also says whether it was reused.
+    async fn sender(
+        &self,
+        fresh: bool,
+    ) -> Result<(SendRequest<RequestBody>, bool), TransportError> {
+        let mut slot = self.sender.lock().await;
+        if !fresh {
+            if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+                return Ok((sender.clone(), true));
+            }
+        }
+        let sender = connect(&self.authority).await?;
+        *slot = Some(sender.clone());
+        Ok((sender, false))
+    }
+
+    /// The HTTP/2 request carrying `frames`, and, when the request stream
+    /// must stay open, the sender whose drop ends it.
+    fn request(
+        &self,
+        method: &MethodDescriptor,
+        frames: &[Bytes],
+        metadata: &HeaderMap,
+        keep_open: bool,
+    ) -> Result<(Option<mpsc::Sender<Bytes>>, Request<RequestBody>), TransportError> {
+        let (tx, rx) = mpsc::channel(frames.len().max(1));
+        for frame in frames {
+            // Cannot fail: the channel has room for every frame and its
+            // receiver is alive.
+            let _ = tx.try_send(frame.clone());
+        }
+        let uri = format!(
+            "http://{}/{}/{}",
+            self.authority,
+            method.parent_service().full_name(),
+            method.name()
+        );
+        let uri = uri
+            .parse::<Uri>()
+            .map_err(|e| TransportError::Invalid(format!("request URI `{uri}`: {e}")))?;
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("user-agent", "testbed-apitest")
+            .body(RequestBody { rx })
+            .map_err(|e| TransportError::Invalid(format!("request: {e}")))?;
+        for (name, value) in metadata {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        Ok((keep_open.then_some(tx), request))
+    }
+
+    fn hyper_error(&self, e: hyper::Error) -> TransportError {
+        let mut source: Option<&(dyn StdError + 'static)> = e.source();
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                return TransportError::Io(format!("{}: {io}", self.authority));
+            }
+            source = err.source();
+        }
+        TransportError::Protocol(format!("{}: {}", self.authority, error_chain(&e)))
+    }
+}
+
+struct StreamPlan {
+    max_messages: Option<usize>,
+    deadline: Deadline,
+}
+
+/// The request body: gRPC frames fed through a channel, so a stream stays
+/// open for as long as its sender lives.
+#[derive(Debug)]
+pub struct RequestBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Splits the response body into gRPC length-prefixed messages.
+#[derive(Default)]
+struct Deframer {
+    buf: BytesMut,
+    total: usize,
+}
+
+impl Deframer {
+    fn push(&mut self, data: Bytes) -> Result<(), TransportError> {
+        self.total += data.len();
+        if self.total > MAX_RESPONSE_BYTES {
+            return Err(TransportError::Protocol(format!(
+                "response exceeds {} MiB",
+                MAX_RESPONSE_BYTES >> 20
+            )));
+        }
+        self.buf.extend_from_slice(&data);
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<Bytes>, TransportError> {
+        let b = &self.buf;
+        if b.len() < 5 {
+            return Ok(None);
+        }
+        if b[0] != 0 {
+            return Err(TransportError::Protocol(
+                "compressed gRPC message, though no compression was offered".into(),
+            ));
+        }
+        let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        if b.len() < 5 + len {
+            return Ok(None);
+        }
+        self.buf.advance(5);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+}
+
+fn encode_requests(
+    method: &MethodDescriptor,
+    call: &GrpcCall,
+) -> Result<Vec<Bytes>, TransportError> {
+    let empty = Value::Object(serde_json::Map::new());
+    let values: Vec<&Value> = match (&call.message, &call.messages) {
+        (Some(_), Some(_)) => {
+            return Err(TransportError::Invalid(
+                "give either `message` or `messages`, not both".into(),
+            ))
+        }
+        (Some(m), None) => vec![m],
+        (None, Some(ms)) => ms.iter().collect(),
+        (None, None) => vec![&empty],
+    };
+    if !method.is_client_streaming() && values.len() != 1 {
+        return Err(TransportError::Invalid(format!(
+            "{} takes exactly one request message, {} given",
+            method.full_name(),
+            values.len()
+        )));
+    }
+    let input = method.input();
+    let mut frames = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let which = if values.len() > 1 {
+            format!("request message {i}")
+        } else {
+            "request message".to_owned()
+        };
+        let message = json_to_message(input.clone(), value)
+            .map_err(|e| TransportError::Invalid(format!("{which} ({}): {e}", input.full_name())))?;
+        let encoded = message.encode_to_vec();
+        let len = u32::try_from(encoded.len()).map_err(|_| {
+            TransportError::Invalid(format!("{which} is too large for gRPC framing"))
+        })?;
+        let mut frame = BytesMut::with_capacity(5 + encoded.len());
+        frame.put_u8(0);
+        frame.put_u32(len);
+        frame.extend_from_slice(&encoded);
+        frames.push(frame.freeze());
+    }
+    Ok(frames)
+}
+
+/// Converts JSON to a message, naming the offending field on failure.
+fn json_to_message(desc: MessageDescriptor, value: &Value) -> Result<DynamicMessage, String> {
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    DynamicMessage::deserialize_with_options(desc, de, &DeserializeOptions::new()).map_err(|e| {
+        let path = track.path().to_string();
+        if path == "." || path.is_empty() {
+            e.to_string()
+        } else {
+            format!("field `{path}`: {e}")
+        }
+    })
+}
+
+fn decode_response(desc: MessageDescriptor, raw: &Bytes) -> Result<Value, TransportError> {
+    let message = DynamicMessage::decode(desc.clone(), raw.clone()).map_err(|e| {
+        TransportError::Protocol(format!(
+            "response is not a valid {}: {e}",
+            desc.full_name()
+        ))
+    })?;
+    message
+        .serialize_with_options(serde_json::value::Serializer, &JSON_OPTIONS)
+        .map_err(|e| TransportError::Protocol(format!("cannot render response as JSON: {e}")))
+}
+
+fn metadata(map: &BTreeMap<String, String>) -> Result<HeaderMap, TransportError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in map {
+        let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| TransportError::Invalid(format!("invalid metadata name `{name}`")))?;
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            TransportError::Invalid(format!("invalid value for metadata `{name}`"))
+        })?;
+        headers.insert(header, value);
+    }
+    Ok(headers)
+}
+
+fn push_headers(out: &mut Vec<(String, String)>, map: &HeaderMap) {
+    for (name, value) in map {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        // The spec percent-encodes grpc-message; asserts want the text.
+        let text = if name == "grpc-message" {
+            percent_decode(&text)
+        } else {
+            text.into_owned()
+        };
+        out.push((name.as_str().to_owned(), text));
+    }
+}
+
+fn grpc_status(map: &HeaderMap) -> Result<Option<i64>, TransportError> {
+    let Some(value) = map.get("grpc-status") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    text.parse::<i64>().map(Some).map_err(|_| {
+        TransportError::Protocol(format!("grpc-status `{text}` is not a number"))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `host:port` from `host:port` or `http://host:port[/]`.
+fn parse_address(address: &str) -> Result<String, TransportError> {
+    let rest = if let Some(rest) = address.strip_prefix("http://") {
+        rest
+    } else if address.starts_with("https://") {
+        return Err(TransportError::Invalid(format!(
+            "gRPC address `{address}`: TLS is not supported, use plain-text http://"
+        )));
+    } else if address.contains("://") {
+        return Err(TransportError::Invalid(format!(
+            "gRPC address `{address}`: only http:// is supported"
+        )));
+    } else {
+        address
+    };
+    let authority = rest.trim_end_matches('/');
+    let valid = authority
+        .parse::<http::uri::Authority>()
+        .ok()
+        .filter(|a| a.port_u16().is_some());
+    match valid {
+        Some(a) => Ok(a.as_str().to_owned()),
+        None => Err(TransportError::Invalid(format!(
+            "gRPC address `{address}` is not host:port"
+        ))),
+    }
+}
+
+async fn connect(authority: &str) -> Result<SendRequest<RequestBody>, TransportError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(authority)
+        .await
+        .map_err(|e| TransportError::Dns(format!("{authority}: {e}")))?
+        .collect();
+    let mut last_error = None;
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let stream = match (stream, last_error) {
+        (Some(s), _) => s,
+        (None, Some(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(TransportError::Refused(authority.to_owned()))
+        }
+        (None, Some(e)) => return Err(TransportError::Connect(format!("{authority}: {e}"))),
+        (None, None) => {
+            return Err(TransportError::Dns(format!("{authority}: no addresses")))
+        }
+    };
+    // Small gRPC frames would otherwise wait for Nagle; failing to set it
+    // only costs latency.
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                TransportError::Protocol(format!(
+                    "HTTP/2 handshake with {authority}: {}",
+                    error_chain(&e)
+                ))
+            })?;
+    // The connection's own errors surface through the sender (is_closed,
+    // failed requests), so its result needs no other home.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+fn error_chain(e: &dyn StdError) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let more = err.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = err.source();
+    }
+    text
+}
+
+fn parse_duration(value: Option<&str>, what: &str) -> Result<Option<Duration>, TransportError> {
+    value
+        .map(|v| {
+            humantime::parse_duration(v.trim())
+                .map_err(|e| TransportError::Invalid(format!("{what} `{v}`: {e}")))
+        })
+        .transpose()
+}
