@@ -89,7 +89,7 @@ impl Input {
                 s.tests.len()
             ),
             Input::Collection { file, collection } => {
-                format!("{} (Postman collection {:?})", file.display(), collection.name())
+                format!("{} (Postman collection {:?})", file.display(), collection.name)
             }
         }
     }
@@ -194,7 +194,7 @@ fn environment_vars(opts: &Options) -> Result<Option<Map<String, Value>>, Vec<Fi
 fn vars_file(text: &str, path: &Path) -> Result<Map<String, Value>, Vec<FileProblem>> {
     if text.contains("\"values\"") && text.trim_start().starts_with('{') {
         return postman::load_environment(text)
-            .map(|vars| vars.into_iter().collect())
+            .map(|vars| vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
             .map_err(|ps| {
                 ps.into_iter()
                     .map(|p| problem(path, &p.path, p.line, p.column, p.message))
@@ -232,7 +232,7 @@ pub async fn run(inputs: &[Input], opts: &Options) -> Report {
         .unwrap_or_default();
     let name = match inputs {
         [Input::Suite(s)] => s.name.clone(),
-        [Input::Collection { collection, .. }] => collection.name().to_string(),
+        [Input::Collection { collection, .. }] => collection.name.clone(),
         _ => "api tests".to_string(),
     };
     let mut report = Report::new(uuid::Uuid::new_v4().to_string(), name, chrono::Utc::now());
@@ -240,12 +240,17 @@ pub async fn run(inputs: &[Input], opts: &Options) -> Report {
     for input in inputs {
         match input {
             Input::Suite(s) => report.suites.push(runner::run_suite(s, &suite_opts).await),
-            Input::Collection { collection, .. } => {
+            Input::Collection { collection, file } => {
+                let mut environment = postman::Vars::new();
+                for (k, v) in &vars {
+                    environment.set(k.clone(), v.clone());
+                }
                 let run_opts = postman::RunOptions {
-                    environment: vars.clone().into_iter().collect(),
+                    environment,
                     globals: globals.clone(),
                     insecure: opts.insecure,
-                    script_timeout: opts.script_timeout,
+                    script_time_limit: opts.script_timeout,
+                    working_dir: file.parent().map(Path::to_path_buf),
                     ..postman::RunOptions::default()
                 };
                 let run = postman::run(collection, run_opts).await;

@@ -6,6 +6,7 @@
 //! | [`transport`] | HTTP(S)/Unix/HTTP2, gRPC, QMP and `exec` transports |
 
 pub mod check;
+pub mod files;
 pub mod openapi;
 pub mod reply;
 pub mod runner;
@@ -16,3 +17,5 @@ pub mod transport;
 pub use reply::Reply;
 pub use transport::TransportError;
 pub mod postman;
+pub mod problem;
+pub use problem::Problem;

@@ -87,6 +87,9 @@ mod tests {
         assert_eq!(p.with_file("c.json"), "c.json:3:5: $.item[0]: no request");
         assert_eq!(Problem::new("", "empty").to_string(), "empty");
         assert_eq!(Problem::new("$.a", "bad").to_string(), "$.a: bad");
-        assert_eq!(Problem::new("$.a", "bad").with_file("e.json"), "e.json: $.a: bad");
+        assert_eq!(
+            Problem::new("$.a", "bad").with_file("e.json"),
+            "e.json: $.a: bad"
+        );
     }
 }

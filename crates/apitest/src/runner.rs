@@ -319,9 +319,27 @@ fn initial_scope(suite: &Suite, opts: &RunOptions) -> Result<Scope, String> {
     }
     layers.push(&opts.vars);
     for layer in layers {
-        for (k, v) in layer {
-            let v = template::render_value(v, &scope).map_err(|e| format!("vars.{k}: {e}"))?;
-            scope.insert(k.clone(), v);
+        // Maps do not keep the file's order, so variables that use other
+        // variables are rendered once those are: passes until nothing moves.
+        let mut pending: Vec<(&String, &Value)> = layer.iter().collect();
+        while !pending.is_empty() {
+            let mut left = Vec::new();
+            let mut first_error = None;
+            for (k, v) in &pending {
+                match template::render_value(v, &scope) {
+                    Ok(v) => {
+                        scope.insert((*k).clone(), v);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(format!("vars.{k}: {e}"));
+                        left.push((*k, *v));
+                    }
+                }
+            }
+            if left.len() == pending.len() {
+                return Err(first_error.unwrap_or_default());
+            }
+            pending = left;
         }
     }
     Ok(scope)

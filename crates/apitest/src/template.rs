@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! {{ name }}  {{ item.key }}  {{ env.DOCKER_HOST | default("unix:///var/run/docker.sock") }}
-//! {{ key | base64 }}  {{ $uuid }}  {{ $timestamp }}  {{ $random_int }}
+//! {{ key | base64 }}  {{ prefix ~ 'a' | base64 }}  {{ $uuid }}  {{ $timestamp }}  {{ $random_int }}
 //! ```
 //!
 //! A string that is exactly one template keeps the value's JSON type, so
@@ -46,7 +46,8 @@ enum Seg {
 
 #[derive(Debug, Clone, PartialEq)]
 struct Expr {
-    primary: Primary,
+    /// Terms joined with `~` (string concatenation); usually one.
+    terms: Vec<Primary>,
     filters: Vec<(String, Option<Value>)>,
 }
 
@@ -108,23 +109,10 @@ fn parse_expr(text: &str) -> Result<Expr, TemplateError> {
     let bad = |why: &str| TemplateError::Syntax(text.trim().to_string(), why.to_string());
     let mut parts = split_top(text, '|').into_iter();
     let head = parts.next().unwrap_or_default();
-    let head = head.trim();
-    if head.is_empty() {
-        return Err(bad("empty expression"));
+    let mut terms = Vec::new();
+    for term in split_top(&head, '~') {
+        terms.push(parse_primary(term.trim()).map_err(|w| bad(&w))?);
     }
-    let primary = if head.starts_with('$') {
-        if !GENERATORS.contains(&head) {
-            return Err(bad(&format!(
-                "unknown generator (known: {})",
-                GENERATORS.join(", ")
-            )));
-        }
-        Primary::Generator(head.to_string())
-    } else if head.starts_with('"') || head.starts_with('\'') || head.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
-        Primary::Literal(literal(head).ok_or_else(|| bad("bad literal"))?)
-    } else {
-        Primary::Path(parse_path(head).map_err(|w| bad(&w))?)
-    };
     let mut filters = Vec::new();
     for f in parts {
         let f = f.trim();
@@ -149,7 +137,26 @@ fn parse_expr(text: &str) -> Result<Expr, TemplateError> {
         }
         filters.push((name.to_string(), arg));
     }
-    Ok(Expr { primary, filters })
+    Ok(Expr { terms, filters })
+}
+
+fn parse_primary(head: &str) -> Result<Primary, String> {
+    if head.is_empty() {
+        return Err("empty expression".into());
+    }
+    if head.starts_with('$') {
+        if !GENERATORS.contains(&head) {
+            return Err(format!(
+                "unknown generator (known: {})",
+                GENERATORS.join(", ")
+            ));
+        }
+        return Ok(Primary::Generator(head.to_string()));
+    }
+    if head.starts_with(['"', '\'', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
+        return literal(head).map(Primary::Literal).ok_or_else(|| "bad literal".into());
+    }
+    parse_path(head).map(Primary::Path)
 }
 
 /// Splits on `sep` outside quotes.
@@ -250,17 +257,27 @@ fn path_text(path: &[Seg]) -> String {
     s
 }
 
-fn eval(e: &Expr, scope: &Scope) -> Result<Value, TemplateError> {
-    let mut v = match &e.primary {
+fn eval_primary(p: &Primary, scope: &Scope) -> Option<Value> {
+    match p {
         Primary::Literal(v) => Some(v.clone()),
-        Primary::Path(p) => match lookup(scope, p) {
-            Some(v) => Some(v.clone()),
-            None if matches!(p.first(), Some(Seg::Key(k)) if k == "env") && p.len() == 2 => {
-                None
-            }
-            None => None,
-        },
+        Primary::Path(p) => lookup(scope, p).cloned(),
         Primary::Generator(g) => Some(generate(g)),
+    }
+}
+
+fn eval(e: &Expr, scope: &Scope) -> Result<Value, TemplateError> {
+    let mut v = match e.terms.as_slice() {
+        [one] => eval_primary(one, scope),
+        many => {
+            let mut s = String::new();
+            for t in many {
+                match eval_primary(t, scope) {
+                    Some(v) => s.push_str(&as_text(&v)),
+                    None => return Err(undefined(t)),
+                }
+            }
+            Some(Value::String(s))
+        }
     };
     for (name, arg) in &e.filters {
         if name == "default" {
@@ -275,10 +292,14 @@ fn eval(e: &Expr, scope: &Scope) -> Result<Value, TemplateError> {
         };
         v = Some(apply(name, cur)?);
     }
-    v.ok_or_else(|| match &e.primary {
+    v.ok_or_else(|| e.terms.first().map_or(TemplateError::Undefined("?".into()), undefined))
+}
+
+fn undefined(p: &Primary) -> TemplateError {
+    match p {
         Primary::Path(p) => TemplateError::Undefined(path_text(p)),
         _ => TemplateError::Undefined("?".into()),
-    })
+    }
 }
 
 fn generate(g: &str) -> Value {
@@ -404,6 +425,7 @@ mod tests {
             json!("x")
         );
         assert_eq!(render_str("{{ '12' | int }}", &s).unwrap(), json!(12));
+        assert_eq!(render_str("{{ key ~ '/' ~ n | base64 }}", &s).unwrap(), json!("Zm9vLzM="));
         assert_eq!(render_str("{{ 'a b' | urlencode }}", &s).unwrap(), json!("a+b"));
     }
 

@@ -100,6 +100,13 @@ fn pieces(s: &str) -> Result<Vec<Piece>, TemplateError> {
     let mut out = Vec::new();
     let mut rest = s;
     while let Some(start) = rest.find("{{") {
+        // `\{{` is a literal `{{`: it lets a plan carry text that is itself a
+        // template for someone else, such as an inline API test suite.
+        if start > 0 && rest.as_bytes()[start - 1] == b'\\' {
+            out.push(Piece::Text(format!("{}{{{{", &rest[..start - 1])));
+            rest = &rest[start + 2..];
+            continue;
+        }
         if start > 0 {
             out.push(Piece::Text(rest[..start].to_string()));
         }
@@ -300,6 +307,16 @@ mod tests {
             Err(TemplateError::Unclosed(_))
         ));
         assert_eq!(references("{{ }}").unwrap_err(), TemplateError::Empty);
+    }
+
+    #[test]
+    fn a_backslash_escapes_a_template() {
+        let s = scope();
+        assert_eq!(
+            render_str(r"\{{ item }} and {{ params.branch }}", &s).unwrap(),
+            json!("{{ item }} and main")
+        );
+        assert!(references(r"\{{ x.y }}").unwrap().is_empty());
     }
 
     #[test]

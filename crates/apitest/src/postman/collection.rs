@@ -21,7 +21,7 @@ pub struct Collection {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
     Folder(Folder),
-    Request(RequestItem),
+    Request(Box<RequestItem>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,7 +97,9 @@ pub enum Body {
     UrlEncoded(Vec<KeyValue>),
     FormData(Vec<FormField>),
     /// A file sent as the whole body.
-    File { src: Option<String> },
+    File {
+        src: Option<String>,
+    },
     GraphQl {
         query: String,
         /// The variables as the JSON text the user typed.
@@ -270,12 +272,7 @@ impl Checker {
         }
     }
 
-    fn opt_array<'v>(
-        &mut self,
-        o: &'v Map<String, Value>,
-        field: &str,
-        path: &str,
-    ) -> &'v [Value] {
+    fn opt_array<'v>(&mut self, o: &'v Map<String, Value>, field: &str, path: &str) -> &'v [Value] {
         match o.get(field) {
             None | Some(Value::Null) => &[],
             Some(Value::Array(a)) => a,
@@ -447,11 +444,11 @@ impl Checker {
                 let request = o.get("request").and_then(|r| self.request(r, &rp));
                 let events = self.events(o, path);
                 request.map(|request| {
-                    Item::Request(RequestItem {
+                    Item::Request(Box::new(RequestItem {
                         name,
                         request,
                         events,
-                    })
+                    }))
                 })
             }
         }
@@ -476,7 +473,11 @@ impl Checker {
             .opt_str(o, "method", path)
             .map(|m| m.to_ascii_uppercase())
             .unwrap_or_else(|| "GET".into());
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if method.is_empty()
+            || !method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             self.err(
                 &locate::key(path, "method"),
                 format!("not an HTTP method: {method:?}"),
@@ -703,11 +704,7 @@ impl Checker {
                                 .map(str::to_string)
                                 .collect(),
                             Some(other) => {
-                                self.wrong(
-                                    &locate::key(&ip, "src"),
-                                    "a string or an array",
-                                    other,
-                                );
+                                self.wrong(&locate::key(&ip, "src"), "a string or an array", other);
                                 Vec::new()
                             }
                         })
@@ -971,12 +968,7 @@ mod tests {
         );
         let c = load(&text).unwrap();
         assert_eq!(c.name, "c");
-        assert_eq!(
-            c.auth,
-            Some(Auth::Bearer {
-                token: "t".into()
-            })
-        );
+        assert_eq!(c.auth, Some(Auth::Bearer { token: "t".into() }));
         let Item::Folder(f) = &c.items[0] else {
             panic!("folder expected")
         };
@@ -984,7 +976,9 @@ mod tests {
             panic!("request expected")
         };
         assert_eq!(r.request.method, "POST");
-        assert!(matches!(&c.items[1], Item::Request(r) if r.request.url.raw.as_deref() == Some("http://y")));
+        assert!(
+            matches!(&c.items[1], Item::Request(r) if r.request.url.raw.as_deref() == Some("http://y"))
+        );
     }
 
     #[test]

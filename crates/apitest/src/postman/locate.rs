@@ -181,10 +181,9 @@ impl Scan<'_> {
             }
             b'"' => self.string().map(|_| ()),
             _ => {
-                while self
-                    .peek()
-                    .is_some_and(|c| !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n'))
-                {
+                while self.peek().is_some_and(|c| {
+                    !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
+                }) {
                     self.bump();
                 }
                 Some(())

@@ -1,1 +1,46 @@
-//! (in progress)
+//! Postman collection v2.1 support: load a collection (and an environment and
+//! globals export), run it with Postman's scripting API in an embedded JS
+//! sandbox, and report like newman.
+//!
+//! | module | holds |
+//! | --- | --- |
+//! | [`collection`] | the collection model and its loader, which reports every problem with its location |
+//! | [`vars`] | variable scopes, `{{var}}` substitution, environment files |
+//! | `script` | the QuickJS sandbox and its `pm` prelude |
+//! | `send` | turning a request into HTTP: URL, headers, body, auth |
+//! | [`run`](mod@run) | the runner and its results |
+//! | [`newman`] | newman's CLI text output |
+
+pub mod collection;
+mod locate;
+pub mod newman;
+pub mod run;
+mod script;
+mod send;
+pub mod vars;
+
+pub use collection::{load, Collection};
+pub use newman::newman_summary;
+pub use run::{
+    run, AssertionResult, ConsoleLine, Count, Execution, Failure, PostmanRun, ResponseInfo,
+    RunOptions, Stats,
+};
+pub use vars::{load_environment, Vars};
+
+use crate::problem::Problem;
+
+/// A JSON syntax error, at serde_json's line and column.
+pub(crate) fn syntax_problem(e: &serde_json::Error) -> Problem {
+    let message = e.to_string();
+    // serde_json appends " at line L column C"; the position has its own fields.
+    let message = match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    };
+    let p = Problem::new("", format!("invalid JSON: {message}"));
+    if e.line() > 0 {
+        p.at(e.line(), e.column())
+    } else {
+        p
+    }
+}

@@ -4,7 +4,9 @@
 // needs no bindings beyond `__now` and `__dynamic`.
 (function (global) {
   'use strict';
-  var input = JSON.parse(global.__input);
+  // Kept before user code runs, which may replace the globals.
+  var stringify = JSON.stringify, parse = JSON.parse;
+  var input = parse(global.__input);
   delete global.__input;
   var out = { tests: [], console: [], unsupported: [], next: { set: false, name: null }, skip: false };
 
@@ -573,7 +575,9 @@
   // ---------------------------------------------------------------- pm
   var index = 0;
   function test(name, fn) {
-    var rec = { name: String(name), status: 'pass', index: index++, ms: 0 };
+    // 'running' until the callback returns: a script stopped by a limit
+    // inside the callback must not leave the test looking passed.
+    var rec = { name: String(name), status: 'running', index: index++, ms: 0 };
     out.tests.push(rec);
     if (typeof fn !== 'function') { rec.status = 'skip'; return pm; }
     var t0 = __now();
@@ -590,6 +594,7 @@
       } else {
         r = fn();
       }
+      if (rec.status === 'running') rec.status = 'pass';
       if (r && typeof r.then === 'function') r.then(null, fail);
     } catch (e) {
       fail(e);
@@ -607,6 +612,9 @@
   UrlObj.prototype.getQueryString = function () { var i = this._s.indexOf('?'); return i < 0 ? '' : this._s.slice(i + 1).split('#')[0]; };
 
   var req = input.request;
+  if (req.body && typeof req.body === 'object') {
+    Object.defineProperty(req.body, 'toString', { value: function () { return this.raw === undefined ? '' : String(this.raw); } });
+  }
   var request = {
     url: new UrlObj(req.url),
     method: req.method,
@@ -737,8 +745,8 @@
 
   function safe(v) {
     try {
-      var s = JSON.stringify(v);
-      return s === undefined ? null : JSON.parse(s);
+      var s = stringify(v);
+      return s === undefined ? null : parse(s);
     } catch (e) {
       return String(v);
     }
@@ -755,7 +763,7 @@
       if (!ok) rec.error = { name: 'AssertionError', message: 'expected ' + inspect(legacyTests[k]) + ' to be truthy', unsupported: null };
       out.tests.push(rec);
     });
-    return JSON.stringify({
+    return stringify({
       vars: {
         globals: pairs(scopes.globals),
         collection: pairs(scopes.collection),

@@ -19,10 +19,12 @@ use super::vars;
 
 const PRELUDE: &str = include_str!("prelude.js");
 
-/// QuickJS' default (256 KiB) overflows on deeply nested chai chains in debug
-/// builds less often than a larger value would overflow the blocking thread's
-/// own 2 MiB stack; 512 KiB leaves room for both.
+/// Well inside the 2 MiB stack of tokio's blocking threads, so that runaway
+/// recursion in a script ends as a JS error instead of overflowing the thread.
 const STACK_LIMIT: usize = 512 * 1024;
+
+/// Time allowed to collect a script's results after it ended.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -76,8 +78,6 @@ pub(crate) struct TestRecord {
     pub status: String,
     #[serde(default)]
     pub index: usize,
-    #[serde(default)]
-    pub ms: f64,
     #[serde(default)]
     pub error: Option<ErrInfo>,
 }
@@ -207,12 +207,20 @@ fn run_inner(
     });
     deadline.set(None);
     let timed_out = hit.get();
-    // The results must be readable even when the script ran out of memory.
+    // An allocation failure may surface as a thrown `null` when even the error
+    // object could not be allocated; the usage tells what really happened.
+    let usage = rt.memory_usage();
+    let near_limit = usage.malloc_size as f64 >= 0.9 * limits.memory as f64;
+    // The results must be readable even when the script ran out of memory, and
+    // a script that replaced what `__output` uses must still not hang the run.
     rt.set_memory_limit(limits.memory.saturating_mul(2));
+    deadline.set(Some(Instant::now() + OUTPUT_GRACE));
     let text = ctx.with(|ctx| -> Result<String, rquickjs::Error> {
         let output: Function = ctx.globals().get("__output")?;
         output.call(())
-    })?;
+    });
+    deadline.set(None);
+    let text = text?;
     let output: Output = serde_json::from_str(&text)?;
 
     let failure = if timed_out {
@@ -232,14 +240,16 @@ fn run_inner(
                 name: "Error".into(),
                 message: e.to_string(),
             }),
-            Some(Ok(info)) if info.message.contains("out of memory") => Some(Failure {
-                stop: Stop::MemoryLimit,
-                name: "MemoryLimit".into(),
-                message: format!(
-                    "script stopped: it used more than the memory limit of {} MiB",
-                    limits.memory / (1024 * 1024)
-                ),
-            }),
+            Some(Ok(info)) if info.message.contains("out of memory") || near_limit => {
+                Some(Failure {
+                    stop: Stop::MemoryLimit,
+                    name: "MemoryLimit".into(),
+                    message: format!(
+                        "script stopped: it used more than the memory limit of {} MiB",
+                        limits.memory / (1024 * 1024)
+                    ),
+                })
+            }
             Some(Ok(info)) => Some(Failure {
                 stop: match info.unsupported {
                     Some(what) => Stop::Unsupported(what),
@@ -324,7 +334,7 @@ mod tests {
             pm.test("deep", () => pm.expect(pm.response.json().tags).to.eql(["a", "b"]));
             pm.test("deep.equal", () => pm.expect({a: [1]}).to.deep.equal({a: [1]}));
             pm.test("not", () => pm.expect(1).to.not.equal(2));
-            pm.test("types", () => { pm.expect([]).to.be.an("array"); pm.expect("s").to.be.a("string"); pm.expect(null).to.be.null; pm.expect(undefined).to.be.undefined; pm.expect(true).to.be.true; pm.expect(0).to.be.false === undefined; });
+            pm.test("types", () => { pm.expect([]).to.be.an("array"); pm.expect("s").to.be.a("string"); pm.expect(null).to.be.null; pm.expect(undefined).to.be.undefined; pm.expect(true).to.be.true; pm.expect(false).to.be.false; pm.expect(1).to.not.be.true; });
             pm.test("include", () => { pm.expect("hello").to.include("ell"); pm.expect([1,2]).to.contain(2); pm.expect({a:1,b:2}).to.include({a:1}); });
             pm.test("property", () => pm.expect({a: {b: 1}}).to.have.property("a").that.has.property("b", 1));
             pm.test("length", () => { pm.expect([1,2,3]).to.have.lengthOf(3); pm.expect("ab").to.have.length.above(1); });
@@ -348,7 +358,11 @@ mod tests {
             .map(|t| (t.name.clone(), t.status.clone()))
             .collect();
         for (name, st) in &status {
-            let want = if name.starts_with("fails") { "fail" } else { "pass" };
+            let want = if name.starts_with("fails") {
+                "fail"
+            } else {
+                "pass"
+            };
             assert_eq!(st, want, "{name}: {:?}", r.output.tests);
         }
         assert_eq!(status.len(), 16);
@@ -358,7 +372,10 @@ mod tests {
             Some("expected 1 to equal 2")
         );
         assert_eq!(
-            r.output.tests[14].error.as_ref().map(|e| e.message.as_str()),
+            r.output.tests[14]
+                .error
+                .as_ref()
+                .map(|e| e.message.as_str()),
             Some("expected { a: 1 } to deeply equal { a: 2 }")
         );
         assert_eq!(r.output.console, vec!["env a is 1 { x: 1 }".to_string()]);
@@ -379,13 +396,46 @@ mod tests {
                 memory: 16 << 20,
             },
         );
-        assert_eq!(r.failure.map(|f| f.stop), Some(Stop::MemoryLimit));
-        let r = run("pm.test('ok', () => {}); undefinedThing.x;", "test-script", &input(), limits());
+        assert_eq!(
+            r.failure.as_ref().map(|f| f.stop.clone()),
+            Some(Stop::MemoryLimit),
+            "{:?}",
+            r.failure
+        );
+        // Replacing what the sandbox reports with does not lose the results.
+        let r = run(
+            "JSON.stringify = function () { for (;;) {} }; pm.test('x', () => {});",
+            "test-script",
+            &input(),
+            limits(),
+        );
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+        assert_eq!(r.output.tests.len(), 1);
+        // Stopped inside a test: that test must not look passed.
+        let r = run(
+            "pm.test('loops', () => { for (;;) {} });",
+            "test-script",
+            &input(),
+            limits(),
+        );
+        assert_eq!(r.failure.map(|f| f.stop), Some(Stop::TimeLimit));
+        assert_eq!(r.output.tests[0].status, "running");
+        let r = run(
+            "pm.test('ok', () => {}); undefinedThing.x;",
+            "test-script",
+            &input(),
+            limits(),
+        );
         let f = r.failure.unwrap();
         assert_eq!(f.stop, Stop::Thrown);
         assert_eq!(f.name, "ReferenceError");
         assert_eq!(r.output.tests.len(), 1);
-        let r = run("pm.test('send', () => pm.sendRequest('http://x'));", "test-script", &input(), limits());
+        let r = run(
+            "pm.test('send', () => pm.sendRequest('http://x'));",
+            "test-script",
+            &input(),
+            limits(),
+        );
         assert_eq!(r.output.tests[0].status, "error");
         assert_eq!(r.output.unsupported, vec!["pm.sendRequest".to_string()]);
     }

@@ -126,7 +126,10 @@ pub fn load_environment(text: &str) -> Result<Vars, Vec<Problem>> {
                 Some(Value::String(s)) => vars.name = Some(s.clone()),
                 Some(other) => problems.push(Problem::new(
                     "$.name",
-                    format!("expected a string, found {}", super::collection::kind(other)),
+                    format!(
+                        "expected a string, found {}",
+                        super::collection::kind(other)
+                    ),
                 )),
             }
             match o.get("values") {
@@ -178,11 +181,17 @@ pub fn load_environment(text: &str) -> Result<Vars, Vec<Problem>> {
                 }
                 Some(other) => problems.push(Problem::new(
                     "$.values",
-                    format!("expected an array, found {}", super::collection::kind(other)),
+                    format!(
+                        "expected an array, found {}",
+                        super::collection::kind(other)
+                    ),
                 )),
-                None if o.contains_key("info") && o.contains_key("item") => problems.push(
-                    Problem::new("$", "this is a collection, not an environment or globals file"),
-                ),
+                None if o.contains_key("info") && o.contains_key("item") => {
+                    problems.push(Problem::new(
+                        "$",
+                        "this is a collection, not an environment or globals file",
+                    ))
+                }
                 None => problems.push(Problem::new(
                     "$",
                     "missing \"values\" (expected a Postman environment or globals export)",
@@ -191,7 +200,10 @@ pub fn load_environment(text: &str) -> Result<Vars, Vec<Problem>> {
         }
         other => problems.push(Problem::new(
             "$",
-            format!("expected an object, found {}", super::collection::kind(other)),
+            format!(
+                "expected an object, found {}",
+                super::collection::kind(other)
+            ),
         )),
     }
     if problems.is_empty() {
@@ -359,7 +371,10 @@ mod tests {
         assert_eq!(r.text, "http://env/5/{{missing}}");
         s.local.set("host", "local");
         assert_eq!(resolve("{{base}}", &s).text, "http://local");
-        let r = resolve("{{$guid}} {{$timestamp}} {{$randomInt}} {{$randomCity}}", &s);
+        let r = resolve(
+            "{{$guid}} {{$timestamp}} {{$randomInt}} {{$randomCity}}",
+            &s,
+        );
         let parts: Vec<&str> = r.text.split(' ').collect();
         assert_eq!(parts[0].len(), 36);
         assert!(parts[1].parse::<i64>().is_ok());

@@ -1,0 +1,618 @@
+//! Turns a collection request into HTTP: variables substituted, `:path`
+//! variables filled in, auth applied, body encoded; and sends it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::collection::{Auth, Body, FormValue, Header, Request, Url};
+use super::vars::{self, Scopes};
+use crate::TransportError;
+
+/// A request ready to send.
+#[derive(Debug, Clone)]
+pub(crate) struct Built {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: BuiltBody,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum BuiltBody {
+    None,
+    Bytes(Vec<u8>),
+    /// Kept as parts: a multipart form cannot be cloned or shown once built.
+    Form(Vec<FormPart>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct FormPart {
+    pub name: String,
+    pub value: PartValue,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum PartValue {
+    Text(String),
+    File { file_name: String, bytes: Vec<u8> },
+}
+
+/// Why a request could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Issue {
+    /// Something this engine does not implement; named in the run's
+    /// `unsupported` list.
+    Unsupported(String),
+    /// Something wrong with the request itself.
+    Invalid(String),
+}
+
+impl Built {
+    /// The body as text, for `pm.request.body` and the report.
+    pub(crate) fn body_text(&self) -> Option<String> {
+        match &self.body {
+            BuiltBody::None => None,
+            BuiltBody::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            BuiltBody::Form(parts) => Some(
+                parts
+                    .iter()
+                    .map(|p| match &p.value {
+                        PartValue::Text(t) => format!("{}={t}", p.name),
+                        PartValue::File { file_name, .. } => format!("{}=@{file_name}", p.name),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("&"),
+            ),
+        }
+    }
+}
+
+struct Resolver<'a> {
+    scopes: &'a Scopes,
+    issues: Vec<Issue>,
+}
+
+impl Resolver<'_> {
+    fn text(&mut self, s: &str) -> String {
+        let r = vars::resolve(s, self.scopes);
+        for u in r.unsupported {
+            let issue = Issue::Unsupported(format!("dynamic variable '{u}'"));
+            if !self.issues.contains(&issue) {
+                self.issues.push(issue);
+            }
+        }
+        r.text
+    }
+}
+
+/// The URL as written, before substitution: what `pm.request.url` shows in a
+/// pre-request script.
+pub(crate) fn url_template(url: &Url) -> String {
+    match &url.host {
+        Some(host) => compose(url, host),
+        None => url.raw.clone().unwrap_or_default(),
+    }
+}
+
+fn compose(url: &Url, host: &[String]) -> String {
+    let mut s = String::new();
+    if let Some(p) = &url.protocol {
+        s.push_str(p.trim_end_matches("://"));
+        s.push_str("://");
+    }
+    s.push_str(&host.join("."));
+    if let Some(port) = &url.port {
+        s.push(':');
+        s.push_str(port);
+    }
+    if let Some(path) = &url.path {
+        if !path.is_empty() {
+            s.push('/');
+            s.push_str(&path.join("/"));
+        }
+    }
+    let query: Vec<String> = url
+        .query
+        .iter()
+        .filter(|q| !q.disabled)
+        .filter(|q| q.key.is_some() || q.value.is_some())
+        .map(|q| match &q.value {
+            Some(v) => format!("{}={v}", q.key.as_deref().unwrap_or_default()),
+            None => q.key.clone().unwrap_or_default(),
+        })
+        .collect();
+    if !query.is_empty() {
+        s.push('?');
+        s.push_str(&query.join("&"));
+    }
+    if let Some(h) = &url.hash {
+        s.push('#');
+        s.push_str(h);
+    }
+    s
+}
+
+/// The request as it goes on the wire. `headers` are the request's headers as
+/// the pre-request scripts left them; `auth` is the effective (inherited) auth;
+/// `base_dir` is where form and file `src` paths are looked up.
+pub(crate) fn build(
+    req: &Request,
+    headers: &[Header],
+    auth: Option<&Auth>,
+    scopes: &Scopes,
+    base_dir: &Path,
+) -> Result<Built, Vec<Issue>> {
+    let mut r = Resolver {
+        scopes,
+        issues: Vec::new(),
+    };
+    let url_text = r.text(&url_template(&req.url));
+    let url_text = if url_text.contains("://") {
+        url_text
+    } else {
+        // Postman's default when a URL has no scheme.
+        format!("http://{url_text}")
+    };
+    let unresolved = vars_pattern_names(&url_text);
+    // Sent as is, `{{name}}` would only come back as a puzzling DNS or 404
+    // error; the missing variable is what the reader needs to know.
+    let mut url = if !unresolved.is_empty() {
+        r.issues.push(Issue::Invalid(format!(
+            "URL {url_text:?} uses variables that are not set: {}",
+            unresolved.join(", ")
+        )));
+        None
+    } else {
+        match url::Url::parse(&url_text) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                r.issues
+                    .push(Issue::Invalid(format!("invalid URL {url_text:?}: {e}")));
+                None
+            }
+        }
+    };
+    if let Some(u) = url.as_mut() {
+        fill_path_variables(u, &req.url, &mut r);
+    }
+
+    let mut out: Vec<(String, String)> = Vec::new();
+    for h in headers.iter().filter(|h| !h.disabled) {
+        let key = r.text(&h.key);
+        let value = r.text(&h.value);
+        out.push((key, value));
+    }
+    let has = |out: &[(String, String)], name: &str| {
+        out.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+    };
+
+    let mut body = BuiltBody::None;
+    let mut default_type: Option<&str> = None;
+    match &req.body {
+        None | Some(Body::None) => {}
+        Some(Body::Raw { raw, language }) => {
+            body = BuiltBody::Bytes(r.text(raw).into_bytes());
+            default_type = Some(match language.as_deref() {
+                Some("json") => "application/json",
+                Some("xml") => "application/xml",
+                Some("html") => "text/html",
+                Some("javascript") => "application/javascript",
+                _ => "text/plain",
+            });
+        }
+        Some(Body::UrlEncoded(pairs)) => {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            for kv in pairs.iter().filter(|kv| !kv.disabled) {
+                let k = r.text(&kv.key);
+                let v = r.text(&kv.value);
+                form.append_pair(&k, &v);
+            }
+            body = BuiltBody::Bytes(form.finish().into_bytes());
+            default_type = Some("application/x-www-form-urlencoded");
+        }
+        Some(Body::FormData(fields)) => {
+            let mut parts = Vec::new();
+            for f in fields.iter().filter(|f| !f.disabled) {
+                let name = r.text(&f.key);
+                let content_type = f.content_type.as_ref().map(|c| r.text(c));
+                match &f.value {
+                    FormValue::Text(t) => parts.push(FormPart {
+                        name,
+                        value: PartValue::Text(r.text(t)),
+                        content_type,
+                    }),
+                    FormValue::Files(srcs) if srcs.is_empty() => {
+                        r.issues.push(Issue::Unsupported(format!(
+                            "file upload in form field '{name}' with no file chosen (src)"
+                        )));
+                    }
+                    FormValue::Files(srcs) => {
+                        for src in srcs {
+                            match read_src(base_dir, src) {
+                                Ok((file_name, bytes)) => parts.push(FormPart {
+                                    name: name.clone(),
+                                    value: PartValue::File { file_name, bytes },
+                                    content_type: content_type.clone(),
+                                }),
+                                Err(e) => r.issues.push(Issue::Unsupported(format!(
+                                    "file upload in form field '{name}': {e}"
+                                ))),
+                            }
+                        }
+                    }
+                }
+            }
+            // The boundary goes in the header; one written by hand has none.
+            out.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
+            body = BuiltBody::Form(parts);
+        }
+        Some(Body::File { src }) => match src {
+            None => r.issues.push(Issue::Unsupported(
+                "binary file body with no file chosen (src)".into(),
+            )),
+            Some(src) => match read_src(base_dir, src) {
+                Ok((_, bytes)) => body = BuiltBody::Bytes(bytes),
+                Err(e) => r
+                    .issues
+                    .push(Issue::Unsupported(format!("binary file body: {e}"))),
+            },
+        },
+        Some(Body::GraphQl { query, variables }) => {
+            let query = r.text(query);
+            let variables = match variables.as_deref().map(|v| r.text(v)) {
+                None => Value::Null,
+                Some(v) if v.trim().is_empty() => Value::Null,
+                Some(v) => match serde_json::from_str(&v) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        r.issues.push(Issue::Invalid(format!(
+                            "GraphQL variables are not valid JSON: {e}"
+                        )));
+                        Value::Null
+                    }
+                },
+            };
+            let mut doc = json!({ "query": query });
+            if !variables.is_null() {
+                doc["variables"] = variables;
+            }
+            body = BuiltBody::Bytes(doc.to_string().into_bytes());
+            default_type = Some("application/json");
+        }
+    }
+    if let Some(t) = default_type {
+        if !has(&out, "content-type") {
+            out.push(("Content-Type".into(), t.into()));
+        }
+    }
+
+    match auth {
+        None | Some(Auth::NoAuth) => {}
+        Some(Auth::Basic { username, password }) => {
+            let creds = format!("{}:{}", r.text(username), r.text(password));
+            let value = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(creds)
+            );
+            // Postman's auth replaces a hand-written Authorization header.
+            out.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+            out.push(("Authorization".into(), value));
+        }
+        Some(Auth::Bearer { token }) => {
+            let value = format!("Bearer {}", r.text(token));
+            out.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+            out.push(("Authorization".into(), value));
+        }
+        Some(Auth::ApiKey {
+            key,
+            value,
+            in_query,
+        }) => {
+            let key = r.text(key);
+            let value = r.text(value);
+            if *in_query {
+                if let Some(u) = url.as_mut() {
+                    u.query_pairs_mut().append_pair(&key, &value);
+                }
+            } else {
+                out.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+                out.push((key, value));
+            }
+        }
+        Some(Auth::Unsupported(ty)) => {
+            r.issues
+                .push(Issue::Unsupported(format!("auth type '{ty}'")));
+        }
+    }
+    if !has(&out, "user-agent") {
+        out.push((
+            "User-Agent".into(),
+            concat!("testbed-postman/", env!("CARGO_PKG_VERSION")).into(),
+        ));
+    }
+    if !has(&out, "accept") {
+        out.push(("Accept".into(), "*/*".into()));
+    }
+
+    if !r.issues.is_empty() {
+        return Err(r.issues);
+    }
+    let Some(url) = url else {
+        return Err(vec![Issue::Invalid("no URL".into())]);
+    };
+    Ok(Built {
+        method: req.method.clone(),
+        url: url.to_string(),
+        headers: out,
+        body,
+    })
+}
+
+/// The `{{name}}` references left in a text after substitution.
+fn vars_pattern_names(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start..].find("}}") else {
+            break;
+        };
+        let name = &rest[start..start + len + 2];
+        // Unknown dynamic variables are reported as unsupported instead.
+        if !name.starts_with("{{$") && !out.contains(&name) {
+            out.push(name);
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out
+}
+
+/// Replaces `:name` path segments with the URL's `variable` values.
+fn fill_path_variables(u: &mut url::Url, spec: &Url, r: &mut Resolver<'_>) {
+    if spec.variables.is_empty() {
+        return;
+    }
+    let Some(segments) = u.path_segments() else {
+        return;
+    };
+    let segments: Vec<String> = segments.map(str::to_string).collect();
+    let mut changed = false;
+    let filled: Vec<String> = segments
+        .into_iter()
+        .map(|seg| {
+            let found = seg
+                .strip_prefix(':')
+                .and_then(|name| spec.variables.iter().find(|v| !v.disabled && v.key == name));
+            match found {
+                Some(v) => {
+                    changed = true;
+                    r.text(&vars::value_text(&v.value))
+                }
+                None => seg,
+            }
+        })
+        .collect();
+    if changed {
+        if let Ok(mut path) = u.path_segments_mut() {
+            path.clear().extend(filled.iter().map(String::as_str));
+        }
+    }
+}
+
+fn read_src(base_dir: &Path, src: &str) -> Result<(String, Vec<u8>), String> {
+    let path = base_dir.join(src);
+    let bytes =
+        std::fs::read(&path).map_err(|e| format!("file {} not readable: {e}", path.display()))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| src.to_string());
+    Ok((file_name, bytes))
+}
+
+/// A response as the runner and the scripts see it.
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub code: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub time: Duration,
+    /// Body plus headers, approximately what went over the wire.
+    pub size: usize,
+}
+
+pub(crate) fn client(timeout: Duration, insecure: bool) -> Result<reqwest::Client, TransportError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .danger_accept_invalid_certs(insecure)
+        .build()
+        .map_err(|e| TransportError::Invalid(format!("cannot set up the HTTP client: {e}")))
+}
+
+pub(crate) async fn send(
+    client: &reqwest::Client,
+    built: &Built,
+    timeout: Duration,
+) -> Result<Answer, TransportError> {
+    let method = reqwest::Method::from_bytes(built.method.as_bytes())
+        .map_err(|_| TransportError::Invalid(format!("not an HTTP method: {}", built.method)))?;
+    let mut rb = client.request(method, &built.url);
+    for (k, v) in &built.headers {
+        rb = rb.header(k.as_str(), v.as_str());
+    }
+    rb = match &built.body {
+        BuiltBody::None => rb,
+        BuiltBody::Bytes(b) => rb.body(b.clone()),
+        BuiltBody::Form(parts) => {
+            let mut form = reqwest::multipart::Form::new();
+            for p in parts {
+                let mut part = match &p.value {
+                    PartValue::Text(t) => reqwest::multipart::Part::text(t.clone()),
+                    PartValue::File { file_name, bytes } => {
+                        reqwest::multipart::Part::bytes(bytes.clone()).file_name(file_name.clone())
+                    }
+                };
+                if let Some(ct) = &p.content_type {
+                    part = part.mime_str(ct).map_err(|e| {
+                        TransportError::Invalid(format!("content type {ct:?}: {e}"))
+                    })?;
+                }
+                form = form.part(p.name.clone(), part);
+            }
+            rb.multipart(form)
+        }
+    };
+    let start = Instant::now();
+    let resp = rb.send().await.map_err(|e| classify(&e, timeout))?;
+    let code = resp.status().as_u16();
+    let reason = resp.status().canonical_reason().unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| classify(&e, timeout))?
+        .to_vec();
+    let time = start.elapsed();
+    let size = body.len()
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>();
+    Ok(Answer {
+        code,
+        reason,
+        headers,
+        body,
+        time,
+        size,
+    })
+}
+
+/// Says why a request got no answer, in the transport layer's terms and
+/// briefly: the innermost cause, not reqwest's whole chain.
+fn classify(e: &reqwest::Error, timeout: Duration) -> TransportError {
+    let mut chain = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    let all = chain.join(": ").to_ascii_lowercase();
+    let root = chain.last().cloned().unwrap_or_default();
+    let target = e
+        .url()
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or_default(),
+                u.port_or_known_default().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    if e.is_timeout() {
+        TransportError::Timeout(humantime::format_duration(timeout).to_string())
+    } else if all.contains("connection refused") {
+        TransportError::Refused(target)
+    } else if all.contains("dns error") || all.contains("failed to lookup") {
+        TransportError::Dns(format!("{target}: {root}"))
+    } else if all.contains("certificate") || all.contains("tls") || all.contains("handshake") {
+        TransportError::Tls(format!("{target}: {root}"))
+    } else if e.is_connect() {
+        TransportError::Connect(format!("{target}: {root}"))
+    } else if e.is_builder() {
+        TransportError::Invalid(root)
+    } else {
+        TransportError::Io(format!("{target}: {root}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postman::collection::{QueryParam, Variable};
+
+    #[test]
+    fn urls_from_parts_raw_and_path_variables() {
+        let mut scopes = Scopes::default();
+        scopes.environment.set("baseUrl", "http://127.0.0.1:9");
+        let url = Url {
+            raw: Some("ignored".into()),
+            host: Some(vec!["{{baseUrl}}".into()]),
+            path: Some(vec!["users".into(), ":id".into()]),
+            query: vec![
+                QueryParam {
+                    key: Some("a".into()),
+                    value: Some("1".into()),
+                    disabled: false,
+                },
+                QueryParam {
+                    key: Some("b".into()),
+                    value: Some("2".into()),
+                    disabled: true,
+                },
+            ],
+            variables: vec![Variable {
+                key: "id".into(),
+                value: Value::from(42),
+                disabled: false,
+            }],
+            ..Url::default()
+        };
+        let req = Request {
+            method: "GET".into(),
+            url,
+            headers: Vec::new(),
+            body: None,
+            auth: None,
+        };
+        let b = build(&req, &[], None, &scopes, Path::new(".")).unwrap();
+        assert_eq!(b.url, "http://127.0.0.1:9/users/42?a=1");
+        let unset = Request {
+            url: Url {
+                raw: Some("{{nowhere}}/x".into()),
+                ..Url::default()
+            },
+            ..req.clone()
+        };
+        let e = build(&unset, &[], None, &scopes, Path::new(".")).unwrap_err();
+        assert!(
+            matches!(&e[0], Issue::Invalid(m) if m.ends_with("variables that are not set: {{nowhere}}")),
+            "{e:?}"
+        );
+        let req = Request {
+            url: Url {
+                raw: Some("localhost:8/x?q={{$randomCity}}".into()),
+                ..Url::default()
+            },
+            ..req
+        };
+        let e = build(
+            &req,
+            &[],
+            Some(&Auth::Unsupported("oauth2".into())),
+            &scopes,
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                Issue::Unsupported("dynamic variable '{{$randomCity}}'".into()),
+                Issue::Unsupported("auth type 'oauth2'".into())
+            ]
+        );
+    }
+}

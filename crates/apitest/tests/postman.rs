@@ -1,0 +1,544 @@
+//! Postman collections from `examples/api/postman/` run against a real HTTP
+//! server started here.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use testbed_apitest::postman::{self, Collection, PostmanRun, RunOptions, Vars};
+use testbed_report::Outcome;
+
+const TOKEN: &str = "tok-abc";
+
+fn app() -> Router {
+    Router::new()
+        .route("/json", get(json_doc))
+        .route("/echo", post(echo))
+        .route("/status/{code}", get(status))
+        .route("/users/{id}", get(user))
+        .route("/basic", get(basic))
+        .route("/login", post(login))
+        .route("/bearer", get(bearer))
+        .route("/apikey", get(apikey))
+        .route("/slow", get(slow))
+}
+
+async fn json_doc() -> impl IntoResponse {
+    (
+        [("x-testbed", "demo")],
+        Json(json!({"name": "testbed", "tags": ["api", "demo"], "version": 2})),
+    )
+}
+
+async fn echo(
+    method: Method,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Json<Value> {
+    let headers: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+        .collect();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Json(
+        json!({"method": method.as_str(), "headers": headers, "query": query, "body": text, "json": parsed}),
+    )
+}
+
+async fn status(Path(code): Path<u16>) -> Response {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+    (code, Json(json!({"status": code.as_u16()}))).into_response()
+}
+
+async fn user(Path(id): Path<String>, Query(query): Query<HashMap<String, String>>) -> Json<Value> {
+    Json(json!({"id": id, "query": query}))
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": "unauthorized"})),
+    )
+        .into_response()
+}
+
+async fn basic(headers: HeaderMap) -> Response {
+    // base64("demo:s3cret")
+    if header(&headers, "authorization") == "Basic ZGVtbzpzM2NyZXQ=" {
+        Json(json!({"user": "demo"})).into_response()
+    } else {
+        unauthorized()
+    }
+}
+
+async fn login(body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if v["user"] == "demo" {
+        Json(json!({"token": TOKEN})).into_response()
+    } else {
+        unauthorized()
+    }
+}
+
+async fn bearer(headers: HeaderMap) -> Response {
+    if header(&headers, "authorization") == format!("Bearer {TOKEN}") {
+        Json(json!({"token": TOKEN})).into_response()
+    } else {
+        unauthorized()
+    }
+}
+
+async fn apikey(headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
+    if header(&headers, "x-api-key") == "k-123" {
+        Json(json!({"via": "header"})).into_response()
+    } else if query.get("api_key").map(String::as_str) == Some("k-123") {
+        Json(json!({"via": "query"})).into_response()
+    } else {
+        unauthorized()
+    }
+}
+
+async fn slow() -> Json<Value> {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Json(json!({"late": true}))
+}
+
+async fn serve() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app()).await.unwrap();
+    });
+    format!("http://{addr}")
+}
+
+/// A URL where nothing listens: a port that was just free.
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/api/postman")
+        .join(name)
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(example(name)).unwrap()
+}
+
+fn collection(name: &str) -> Collection {
+    postman::load(&read(name)).unwrap_or_else(|p| panic!("{name}: {p:?}"))
+}
+
+fn environment(base_url: &str) -> Vars {
+    let mut env = postman::load_environment(&read("local.postman_environment.json")).unwrap();
+    env.set("baseUrl", base_url);
+    env
+}
+
+fn outcome(run: &PostmanRun, case: &str) -> (Outcome, String) {
+    run.report
+        .suites
+        .iter()
+        .flat_map(|s| s.cases.iter())
+        .find(|c| c.name == case)
+        .map(|c| (c.outcome, c.message.clone().unwrap_or_default()))
+        .unwrap_or_else(|| {
+            let names: Vec<_> = run
+                .report
+                .suites
+                .iter()
+                .flat_map(|s| s.cases.iter().map(|c| c.name.clone()))
+                .collect();
+            panic!("no case {case:?}; cases: {names:#?}")
+        })
+}
+
+#[tokio::test]
+async fn demo_collection_passes_against_a_real_server() {
+    let base = serve().await;
+    let globals = postman::load_environment(&read("globals.postman_globals.json")).unwrap();
+    let options = RunOptions {
+        environment: environment(&base),
+        globals,
+        working_dir: Some(example("")),
+        ..RunOptions::default()
+    };
+    let run = postman::run(&collection("testbed-demo.postman_collection.json"), options).await;
+    let text = postman::newman_summary(&run);
+    assert!(run.ok(), "{text}");
+    assert!(run.unsupported.is_empty());
+
+    let st = &run.stats;
+    assert_eq!((st.iterations.executed, st.iterations.failed), (1, 0));
+    assert_eq!(
+        (st.requests.executed, st.requests.failed),
+        (15, 0),
+        "{text}"
+    );
+    assert_eq!(
+        (st.prerequest_scripts.executed, st.prerequest_scripts.failed),
+        (24, 0)
+    );
+    assert_eq!((st.test_scripts.executed, st.test_scripts.failed), (37, 0));
+    assert_eq!((st.assertions.executed, st.assertions.failed), (46, 0));
+    let summary = run.report.summary();
+    assert_eq!((summary.total, summary.passed), (46, 46));
+
+    // One suite per folder, the collection's name for top-level requests.
+    let suites: Vec<&str> = run.report.suites.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(suites, ["Basics", "Auth", "Testbed demo"]);
+    assert!(run.report.started_at.is_some() && run.report.finished_at.is_some());
+
+    // The token set by `pm.environment.set` in Login was sent by the next request.
+    assert_eq!(outcome(&run, "Login › Token issued").0, Outcome::Pass);
+    assert_eq!(
+        outcome(
+            &run,
+            "Bearer from login › Token from the previous request accepted"
+        )
+        .0,
+        Outcome::Pass
+    );
+    assert_eq!(run.environment.get_str("token").as_deref(), Some(TOKEN));
+    // Folder basic auth inherited; request noauth stops inheritance;
+    // collection API key inherited by top-level requests.
+    assert_eq!(
+        outcome(
+            &run,
+            "Basic inherited from folder › Basic credentials accepted"
+        )
+        .0,
+        Outcome::Pass
+    );
+    assert_eq!(
+        outcome(&run, "No auth is rejected › 401 without credentials").0,
+        Outcome::Pass
+    );
+    assert_eq!(
+        outcome(
+            &run,
+            "API key from collection › Collection API key accepted"
+        )
+        .0,
+        Outcome::Pass
+    );
+    assert_eq!(
+        outcome(&run, "API key in query › Query API key accepted").0,
+        Outcome::Pass
+    );
+    // Script order and local variables across the scripts of one request.
+    assert_eq!(
+        outcome(
+            &run,
+            "Echo raw JSON › Scripts ran collection, folder, request"
+        )
+        .0,
+        Outcome::Pass
+    );
+    assert_eq!(
+        outcome(&run, "Get JSON › legacy: responseBody mentions testbed").0,
+        Outcome::Pass
+    );
+    assert!(
+        run.console
+            .iter()
+            .any(|l| l == "Get JSON: got testbed for Get JSON"),
+        "{:?}",
+        run.console
+    );
+
+    // newman's shape.
+    assert!(text.contains("\n❏ Basics\n"), "{text}");
+    assert!(text.contains("\n→ Get JSON\n"), "{text}");
+    assert!(
+        text.contains(&format!("  GET {base}/json [200 OK, ")),
+        "{text}"
+    );
+    assert!(text.contains("  ✓  Status code is 200\n"), "{text}");
+    assert!(text.contains("  │ got testbed for Get JSON\n"), "{text}");
+    assert!(text.contains("┌─────"), "{text}");
+    assert!(text.contains("│                requests │"), "{text}");
+    assert!(text.contains("total run duration: "), "{text}");
+    assert!(!text.contains("failure"), "{text}");
+}
+
+#[tokio::test]
+async fn chained_variables_matter() {
+    // Without Login first, there is no token: the bearer request is refused.
+    let base = serve().await;
+    let options = RunOptions {
+        environment: environment(&base),
+        folders: vec!["Bearer from login".into()],
+        ..RunOptions::default()
+    };
+    let run = postman::run(&collection("testbed-demo.postman_collection.json"), options).await;
+    assert_eq!(run.executions.len(), 1);
+    let (o, msg) = outcome(
+        &run,
+        "Bearer from login › Token from the previous request accepted",
+    );
+    assert_eq!(o, Outcome::Fail);
+    assert_eq!(msg, "expected response to have status code 200 but got 401");
+    assert!(!run.ok());
+}
+
+#[tokio::test]
+async fn folder_selection_and_unknown_names() {
+    let base = serve().await;
+    let options = RunOptions {
+        environment: environment(&base),
+        folders: vec!["Auth".into(), "Nope".into()],
+        ..RunOptions::default()
+    };
+    let run = postman::run(&collection("testbed-demo.postman_collection.json"), options).await;
+    let names: Vec<&str> = run.executions.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Basic inherited from folder",
+            "Login",
+            "Bearer from login",
+            "No auth is rejected"
+        ]
+    );
+    let (o, msg) = outcome(&run, "folder 'Nope'");
+    assert_eq!(o, Outcome::Error);
+    assert!(msg.contains("no folder or request named 'Nope'"), "{msg}");
+}
+
+#[tokio::test]
+async fn edge_cases_are_reported_not_hidden() {
+    let base = serve().await;
+    let mut env = environment(&base);
+    let dead = dead_url();
+    env.set("deadUrl", dead.as_str());
+    let options = RunOptions {
+        environment: env,
+        timeout: Duration::from_millis(700),
+        script_time_limit: Duration::from_secs(1),
+        ..RunOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let run = postman::run(
+        &collection("testbed-edge-cases.postman_collection.json"),
+        options,
+    )
+    .await;
+    let text = postman::newman_summary(&run);
+    assert!(started.elapsed() < Duration::from_secs(20), "{text}");
+    assert!(!run.ok());
+
+    // A failed assertion fails only its own test.
+    assert_eq!(
+        outcome(&run, "Failing assertion › Status code is 200").0,
+        Outcome::Pass
+    );
+    let (o, msg) = outcome(&run, "Failing assertion › Name is wrong on purpose");
+    assert_eq!(o, Outcome::Fail);
+    assert_eq!(msg, "expected 'testbed' to equal 'not-testbed'");
+
+    // A script that throws outside pm.test is a failed test named after it.
+    assert_eq!(
+        outcome(&run, "Throwing script › Runs before the throw").0,
+        Outcome::Pass
+    );
+    let (o, msg) = outcome(&run, "Throwing script › test-script");
+    assert_eq!(o, Outcome::Fail);
+    assert!(msg.starts_with("ReferenceError: "), "{msg}");
+    assert!(msg.contains("thisFunctionDoesNotExist"), "{msg}");
+
+    // An endless loop is stopped by the time limit.
+    assert_eq!(
+        outcome(&run, "Endless script › Runs before the loop").0,
+        Outcome::Pass
+    );
+    let (o, msg) = outcome(&run, "Endless script › test-script");
+    assert_eq!(o, Outcome::Error);
+    assert!(msg.contains("time limit of 1s"), "{msg}");
+    let endless = run
+        .executions
+        .iter()
+        .find(|e| e.name == "Endless script")
+        .unwrap();
+    assert!(
+        endless.duration < Duration::from_secs(4),
+        "{:?}",
+        endless.duration
+    );
+
+    // Unsupported features are named, and fail what they touch.
+    let (o, msg) = outcome(&run, "OAuth2 request › Would check the token");
+    assert_eq!(o, Outcome::Error);
+    assert!(msg.contains("unsupported: auth type 'oauth2'"), "{msg}");
+    let (o, msg) = outcome(&run, "Uses pm.sendRequest › Calls another API");
+    assert_eq!(o, Outcome::Error);
+    assert!(msg.contains("pm.sendRequest is not supported"), "{msg}");
+    assert_eq!(
+        outcome(&run, "Uses pm.sendRequest › Plain test still passes").0,
+        Outcome::Pass
+    );
+    let (o, msg) = outcome(&run, "Unknown dynamic variable › Status code is 200");
+    assert_eq!(o, Outcome::Error);
+    assert!(msg.contains("{{$randomCity}}"), "{msg}");
+    assert_eq!(
+        run.unsupported,
+        [
+            "request 'OAuth2 request': auth type 'oauth2'",
+            "request 'Uses pm.sendRequest': pm.sendRequest",
+            "request 'Unknown dynamic variable': dynamic variable '{{$randomCity}}'",
+            "request 'File upload without a file': file upload in form field 'doc' with no file chosen (src)",
+        ]
+    );
+
+    // No answer: the request's tests are errors with the cause.
+    let (o, msg) = outcome(&run, "Connection refused › Status code is 200");
+    assert_eq!(o, Outcome::Error);
+    assert_eq!(
+        msg,
+        format!("connection refused: {}", dead.trim_start_matches("http://"))
+    );
+    let (o, msg) = outcome(&run, "Too slow › Answers in time");
+    assert_eq!(o, Outcome::Error);
+    assert_eq!(msg, "timed out after 700ms");
+
+    let (o, msg) = outcome(&run, "File upload without a file › Uploaded");
+    assert_eq!(o, Outcome::Error);
+    assert!(msg.contains("no file chosen"), "{msg}");
+
+    // A request without tests is one case; skipRequest skips; setNextRequest jumps.
+    assert_eq!(outcome(&run, "No tests").0, Outcome::Pass);
+    assert_eq!(outcome(&run, "Skipped by script").0, Outcome::Skip);
+    assert_eq!(
+        outcome(&run, "Last › Reached through setNextRequest").0,
+        Outcome::Pass
+    );
+    assert!(run.executions.iter().all(|e| e.name != "Never run"));
+
+    let st = &run.stats;
+    assert_eq!(
+        (st.requests.executed, st.requests.failed),
+        (12, 5),
+        "{text}"
+    );
+    assert_eq!(
+        (st.test_scripts.executed, st.test_scripts.failed),
+        (6, 2),
+        "{text}"
+    );
+    assert_eq!(
+        (st.assertions.executed, st.assertions.failed),
+        (8, 2),
+        "{text}"
+    );
+    let s = run.report.summary();
+    assert_eq!(
+        (s.passed, s.failed, s.errors, s.skipped),
+        (7, 2, 7, 1),
+        "{text}"
+    );
+
+    assert!(
+        text.contains(&format!("  GET {dead}/nothing [errored]\n")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(" 1.  AssertionError ")
+                && l.ends_with("  Name is wrong on purpose")),
+        "{text}"
+    );
+    assert!(text.contains("inside \"Failing assertion\""), "{text}");
+    assert!(text.contains("unsupported (each is counted as an error):\n  - request 'OAuth2 request': auth type 'oauth2'"), "{text}");
+}
+
+#[tokio::test]
+async fn bail_stops_at_the_first_failure() {
+    let base = serve().await;
+    let options = RunOptions {
+        environment: environment(&base),
+        bail: true,
+        ..RunOptions::default()
+    };
+    let run = postman::run(
+        &collection("testbed-edge-cases.postman_collection.json"),
+        options,
+    )
+    .await;
+    assert_eq!(run.executions.len(), 1);
+    assert!(run.report.suites[0].diagnostics[0].starts_with("bail"));
+}
+
+#[test]
+fn malformed_collection_names_every_problem_with_its_position() {
+    let problems = postman::load(&read("broken.postman_collection.json")).unwrap_err();
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| p.with_file("broken.json"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "broken.json:8:5: $.item[0]: 'Neither request nor folder' has neither \"request\" nor \"item\"",
+            "broken.json:13:18: $.item[1].request: request has no \"url\"",
+            "broken.json:18:27: $.item[2].request.auth.type: unknown auth type \"kerberos\" (Postman's are inherit, noauth, basic, bearer, apikey, digest, oauth1, oauth2, hawk, awsv4, ntlm, edgegrid, jwt, asap, akamai)",
+            "broken.json:24:58: $.item[3].request.header: expected an array or a string, found a number",
+            "broken.json:28:30: $.item[4].event[0].listen: unknown event \"afterwards\" (prerequest or test)",
+        ]
+    );
+}
+
+#[test]
+fn syntax_errors_and_other_versions_are_rejected() {
+    let p = postman::load("{\n  \"info\": {\n    \"name\": \"x\",,\n  }\n}").unwrap_err();
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].line, p[0].column), (Some(3), Some(17)));
+    assert!(p[0].message.starts_with("invalid JSON: "), "{}", p[0]);
+
+    let v20 = r#"{"info": {"name": "old", "schema": "https://schema.getpostman.com/json/collection/v2.0.0/collection.json"}, "item": []}"#;
+    let p = postman::load(v20).unwrap_err();
+    assert!(
+        p[0].message.contains("v2.0") && p[0].message.contains("Collection v2.1"),
+        "{}",
+        p[0]
+    );
+    assert_eq!(p[0].path, "$.info.schema");
+
+    let v1 = r#"{"id": "1", "name": "older", "order": [], "requests": []}"#;
+    assert!(postman::load(v1).unwrap_err()[0].message.contains("v1"));
+
+    let p = postman::load_environment(&read("testbed-demo.postman_collection.json")).unwrap_err();
+    assert!(
+        p[0].message.contains("collection, not an environment"),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn the_run_future_can_be_spawned() {
+    fn send<T: Send>(_: &T) {}
+    let c = collection("testbed-demo.postman_collection.json");
+    let fut = postman::run(&c, RunOptions::default());
+    send(&fut);
+}

@@ -1,0 +1,302 @@
+//! End-to-end tests of `testbed api` and the `api` plugin: the shipped suites
+//! against real targets (etcd, libvirt's test driver through virsh, QEMU's
+//! QMP), suites whose target is absent, exit codes and report files, OpenAPI
+//! contract checks against Testbed's own server, and suites run by agents
+//! inside plans.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Etcd, Platform, Proc, ADMIN_PASSWORD};
+use serde_json::json;
+use testbed_report::{Outcome, Report};
+
+fn suites() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../suites")
+}
+
+fn testbed(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_testbed"));
+    c.args(args).env("TESTBED_LOG", "error");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("running testbed")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// `testbed api run ARGS --json F`: exit code, report, output.
+fn api_run(args: &[&str], env: &[(&str, &str)]) -> (i32, Report, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("r.json");
+    let mut all = vec!["api", "run"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", json.to_str().expect("utf-8")]);
+    let out = testbed(&all, env);
+    let report = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}); output:\n{}", text(&out)));
+    let report = testbed_report::from_json(&report).expect("report");
+    (out.status.code().unwrap_or(-1), report, text(&out))
+}
+
+fn assert_all(report: &Report, outcome: Outcome, out: &str) {
+    let cases: Vec<_> = report.suites.iter().flat_map(|s| &s.cases).collect();
+    assert!(!cases.is_empty(), "no cases:\n{out}");
+    for c in cases {
+        assert_eq!(c.outcome, outcome, "{}: {:?}\n{:?}\n{out}", c.name, c.message, c.output);
+    }
+}
+
+#[test]
+fn every_shipped_suite_and_example_is_well_formed() {
+    let out = testbed(&["api", "lint", suites().to_str().expect("utf-8")], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for s in ["etcd", "libvirt", "qmp", "docker", "podman", "kubernetes", "consul", "vsphere"] {
+        assert!(listed.contains(&format!("suites/{s}/")), "{s} not linted:\n{listed}");
+    }
+}
+
+#[test]
+fn libvirt_suite_passes_against_the_test_driver() {
+    let (code, report, out) = api_run(&[suites().join("libvirt").to_str().expect("utf-8")], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_all(&report, Outcome::Pass, &out);
+    assert_eq!(report.summary().passed, 7, "{out}");
+}
+
+#[test]
+fn qmp_suite_passes_against_qemu() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("qmp.sock");
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "none", "-nodefaults", "-display", "none", "-qmp"])
+        .arg(format!("unix:{},server=on,wait=off", sock.display()));
+    let _qemu = Proc::spawn("qemu", cmd);
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sock = sock.display().to_string();
+    let (code, report, out) = api_run(
+        &[suites().join("qmp").to_str().expect("utf-8")],
+        &[("QMP_SOCKET", &sock)],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_all(&report, Outcome::Pass, &out);
+    assert_eq!(report.summary().passed, 7, "{out}");
+}
+
+#[test]
+fn etcd_suite_passes_against_etcd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(1, dir.path());
+    let (code, report, out) = api_run(
+        &[suites().join("etcd").to_str().expect("utf-8")],
+        &[("ETCD_ENDPOINT", &etcd.client_urls[0])],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_all(&report, Outcome::Pass, &out);
+    assert!(report.summary().passed >= 7, "{out}");
+}
+
+#[test]
+fn suites_whose_target_is_absent_are_skipped_with_the_reason() {
+    let env = [
+        ("DOCKER_SOCKET", "/nonexistent/docker.sock"),
+        ("PODMAN_SOCKET", "/nonexistent/podman.sock"),
+        ("CONSUL_HTTP_ADDR", "http://127.0.0.1:9"),
+    ];
+    let s = suites();
+    let paths: Vec<String> = ["docker", "podman", "consul", "kubernetes", "vsphere"]
+        .iter()
+        .map(|d| s.join(d).display().to_string())
+        .collect();
+    let args: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let (code, report, out) = api_run(&args, &env);
+    assert_eq!(code, 0, "skips do not fail a run:\n{out}");
+    assert_all(&report, Outcome::Skip, &out);
+    assert_eq!(report.suites.len(), 5);
+    let reason = |suite: &str| {
+        report
+            .suites
+            .iter()
+            .find(|x| x.name == suite)
+            .and_then(|x| x.cases[0].message.clone())
+            .unwrap_or_default()
+    };
+    assert!(reason("Docker Engine").starts_with("requires unix /nonexistent/docker.sock"), "{}", reason("Docker Engine"));
+    assert!(reason("Kubernetes").starts_with("requires env K8S_API: not set"), "{}", reason("Kubernetes"));
+    assert!(reason("vSphere REST").starts_with("requires env VSPHERE_URL"), "{}", reason("vSphere REST"));
+}
+
+#[test]
+fn exit_codes_report_files_and_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let suite = dir.path().join("s.yaml");
+    std::fs::write(
+        &suite,
+        "name: exec checks\ntests:\n  - name: ok\n    steps:\n      - exec: {command: [sh, -c, 'echo {\"n\": 3}']}\n        assert:\n          - status: 0\n          - jsonpath: $.n\n            equals: 3\n  - name: wrong\n    steps:\n      - exec: {command: [sh, -c, 'exit 3']}\n        assert: [{status: 0}]\n",
+    )
+    .expect("write");
+    let junit = dir.path().join("j.xml");
+    let tap = dir.path().join("t.tap");
+    let html = dir.path().join("r.html");
+    let (code, report, out) = api_run(
+        &[
+            suite.to_str().expect("utf-8"),
+            "--junit",
+            junit.to_str().expect("utf-8"),
+            "--tap",
+            tap.to_str().expect("utf-8"),
+            "--html",
+            html.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "a failed test exits 1:\n{out}");
+    assert_eq!(report.summary().passed, 1);
+    assert_eq!(report.summary().failed, 1);
+    let junit = std::fs::read_to_string(&junit).expect("junit written");
+    assert!(junit.contains("tests=\"2\"") && junit.contains("failures=\"1\""), "{junit}");
+    let tap = std::fs::read_to_string(&tap).expect("tap written");
+    assert!(tap.contains("not ok 2 - wrong"), "{tap}");
+    assert!(std::fs::read_to_string(&html).expect("html").contains("exec checks"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "tests:\n  - name: x\n    steps:\n      - request: {url: /a, bogus: 1}\n        assert: [{status: {near: 1}}]\n").expect("write");
+    let out = testbed(&["api", "run", bad.to_str().expect("utf-8")], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = bad.display().to_string();
+    assert!(err.contains(&format!("{file}:4:")) && err.contains("bogus"), "{err}");
+    assert!(err.contains(&format!("{file}:5:")) && err.contains("near"), "{err}");
+    assert!(err.contains("nothing was run"), "{err}");
+}
+
+#[tokio::test]
+async fn openapi_check_passes_against_testbeds_own_spec() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Platform::server_in(dir.path(), &[]).await;
+    let spec = format!("{}/api/openapi.json", p.url);
+    let login = format!("admin:{ADMIN_PASSWORD}");
+    let junit = dir.path().join("contract.xml");
+    let out = tokio::task::spawn_blocking({
+        let url = p.url.clone();
+        let junit = junit.clone();
+        move || {
+            testbed(
+                &["api", "check", "--spec", &spec, "--base-url", &url, "--login", &login, "--junit", junit.to_str().expect("utf-8")],
+                &[],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{}", text(&out));
+    let junit = std::fs::read_to_string(&junit).expect("junit");
+    let tests: usize = junit
+        .split("tests=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(tests >= 30, "every operation is checked, got {tests}:\n{}", text(&out));
+}
+
+#[test]
+fn openapi_check_fails_undocumented_statuses_and_wrong_bodies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("hello.json"), r#"{"nom": "x"}"#).expect("write");
+    let port = common::free_port();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+        .arg(dir.path());
+    let _server = Proc::spawn("http.server", cmd);
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spec = dir.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        json!({
+            "openapi": "3.0.3",
+            "info": {"title": "hello", "version": "1"},
+            "paths": {
+                "/hello.json": {"get": {"responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Hello"}}}}}}},
+                "/missing": {"get": {"responses": {"200": {"description": "ok"}}}}
+            },
+            "components": {"schemas": {"Hello": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "nullable": true}}}}}
+        })
+        .to_string(),
+    )
+    .expect("write");
+    let json_out = dir.path().join("r.json");
+    let out = testbed(
+        &["api", "check", "--spec", spec.to_str().expect("utf-8"), "--base-url", &base, "--json", json_out.to_str().expect("utf-8")],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = testbed_report::from_json(&std::fs::read_to_string(&json_out).expect("json")).expect("report");
+    let case = |n: &str| report.suites[0].cases.iter().find(|c| c.name == n).cloned().expect("case");
+    let hello = case("GET /hello.json");
+    assert_eq!(hello.outcome, Outcome::Fail);
+    assert!(hello.message.as_deref().unwrap_or_default().contains("name"), "{:?}", hello.message);
+    let missing = case("GET /missing");
+    assert_eq!(missing.outcome, Outcome::Fail);
+    assert!(missing.message.as_deref().unwrap_or_default().contains("status 404 is not documented"), "{:?}", missing.message);
+}
+
+#[tokio::test]
+async fn the_api_plugin_runs_a_suite_inside_a_plan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Platform::up(dir.path(), 1, &[]).await;
+    // `\{{` keeps the suite's own templates away from the plan's renderer.
+    let suite = format!(
+        "name: platform health\ntests:\n  - name: healthz\n    steps:\n      - request: {{url: \"{}/healthz\"}}\n        assert: [{{status: 200}}]\n  - name: 'version \\{{{{ item }}}}'\n    each: [a, b]\n    steps:\n      - exec: {{command: [sh, -c, 'echo \\{{{{ item }}}}']}}\n        assert: [{{body: {{contains: '\\{{{{ item }}}}'}}}}]\n",
+        p.url
+    );
+    let plan = serde_json::to_string(&json!({
+        "name": "api-in-a-plan",
+        "steps": [{"id": "health", "plugin": "api", "method": "run_suite", "params": {"suite": suite}}]
+    }))
+    .expect("plan");
+    let id = p.start_run(&plan, json!({})).await;
+    let run = p.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "passed", "{run}");
+    let report_id = run["report_id"].as_str().expect("report id");
+    let (s, report) = p.get(&format!("/api/reports/{report_id}")).await;
+    assert_eq!(s, 200, "{report}");
+    let names: Vec<String> = report["suites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["cases"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    for n in ["healthz", "version a", "version b"] {
+        assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+    }
+
+    let failing = serde_json::to_string(&json!({
+        "name": "api-fails",
+        "steps": [{"id": "bad", "plugin": "api", "method": "run_suite",
+                   "params": {"suite": {"name": "x", "tests": [{"name": "t", "steps": [{"exec": {"command": "false"}, "assert": [{"status": 0}]}]}]}}}]
+    }))
+    .expect("plan");
+    let id = p.start_run(&failing, json!({})).await;
+    let run = p.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "failed", "{run}");
+}
