@@ -103,7 +103,10 @@ fn spec_err(path: impl Into<String>, message: impl Into<String>) -> SpecError {
 }
 
 fn parse_op(name: &str, v: &Value) -> Result<Op, SpecError> {
-    let bool_of = |v: &Value| v.as_bool().ok_or_else(|| spec_err(name, "must be true or false"));
+    let bool_of = |v: &Value| {
+        v.as_bool()
+            .ok_or_else(|| spec_err(name, "must be true or false"))
+    };
     Ok(match name {
         "equals" => Op::Equals(v.clone()),
         "not_equals" => Op::NotEquals(v.clone()),
@@ -193,10 +196,7 @@ pub fn parse_assert(v: &Value, base: &Path) -> Result<Assert, SpecError> {
         [] => {
             return Err(spec_err(
                 "",
-                format!(
-                    "an assert needs one of {} or schema",
-                    subjects.join(", ")
-                ),
+                format!("an assert needs one of {} or schema", subjects.join(", ")),
             ))
         }
         many => {
@@ -231,7 +231,11 @@ pub fn parse_assert(v: &Value, base: &Path) -> Result<Assert, SpecError> {
                 _ => Subject::Duration,
             };
             if map.len() > 1 {
-                let extra = map.keys().find(|k| *k != subject_key).cloned().unwrap_or_default();
+                let extra = map
+                    .keys()
+                    .find(|k| *k != subject_key)
+                    .cloned()
+                    .unwrap_or_default();
                 return Err(spec_err(
                     extra,
                     format!("put operators under `{subject_key}`: {subject_key}: {{lt: 400}}"),
@@ -269,14 +273,19 @@ fn load_schema(v: &Value, base: &Path) -> Result<jsonschema::Validator, SpecErro
         }
         other => other.clone(),
     };
-    jsonschema::validator_for(&doc).map_err(|e| spec_err("schema", format!("invalid JSON Schema: {e}")))
+    jsonschema::validator_for(&doc)
+        .map_err(|e| spec_err("schema", format!("invalid JSON Schema: {e}")))
 }
 
 /// How a capture reads its value.
 #[derive(Debug, Clone)]
 pub enum Capture {
     Subject(Subject),
-    Regex { re: Regex, group: usize, from: Subject },
+    Regex {
+        re: Regex,
+        group: usize,
+        from: Subject,
+    },
 }
 
 /// Parses one capture: `{jsonpath: $.Id}`, `{header: Location}`,
@@ -299,7 +308,8 @@ pub fn parse_capture(v: &Value) -> Result<Capture, SpecError> {
                 let re = re
                     .as_str()
                     .ok_or_else(|| spec_err("regex", "must be a string"))?;
-                let re = Regex::new(re).map_err(|e| spec_err("regex", format!("bad regex: {e}")))?;
+                let re =
+                    Regex::new(re).map_err(|e| spec_err("regex", format!("bad regex: {e}")))?;
                 let group = usize::from(re.captures_len() > 1);
                 let from = match m.get("header").and_then(Value::as_str) {
                     Some(h) => Subject::Header(h.to_ascii_lowercase()),
@@ -310,8 +320,13 @@ pub fn parse_capture(v: &Value) -> Result<Capture, SpecError> {
             if m.len() != 1 {
                 return Err(spec_err("", "one of jsonpath, header, regex"));
             }
-            let (k, v) = m.iter().next().ok_or_else(|| spec_err("", "empty capture"))?;
-            let s = v.as_str().ok_or_else(|| spec_err(k.as_str(), "must be a string"))?;
+            let (k, v) = m
+                .iter()
+                .next()
+                .ok_or_else(|| spec_err("", "empty capture"))?;
+            let s = v
+                .as_str()
+                .ok_or_else(|| spec_err(k.as_str(), "must be a string"))?;
             match k.as_str() {
                 "jsonpath" => Ok(Capture::Subject(jsonpath(s, "jsonpath")?)),
                 "header" => Ok(Capture::Subject(Subject::Header(s.to_ascii_lowercase()))),
@@ -350,7 +365,8 @@ pub fn capture(c: &Capture, reply: &Reply) -> Option<Value> {
             let text = select(from, reply)?;
             let text = text.as_str()?;
             let caps = re.captures(text)?;
-            caps.get(*group).map(|m| Value::String(m.as_str().to_string()))
+            caps.get(*group)
+                .map(|m| Value::String(m.as_str().to_string()))
         }
     }
 }
@@ -419,7 +435,12 @@ fn type_name(v: &Value) -> &'static str {
 
 fn contains(hay: &Value, needle: &Value) -> bool {
     match hay {
-        Value::String(s) => s.contains(&needle.as_str().map(str::to_string).unwrap_or_else(|| needle.to_string())),
+        Value::String(s) => s.contains(
+            &needle
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| needle.to_string()),
+        ),
         Value::Array(a) => a.iter().any(|x| loose_eq(x, needle)),
         Value::Object(o) => needle.as_str().is_some_and(|k| o.contains_key(k)),
         _ => false,
@@ -446,7 +467,10 @@ pub fn apply(subject: &Subject, op: &Op, actual: Option<&Value>) -> Result<(), S
         } else if *want {
             Err(format!("{what}: expected to exist, but it is absent"))
         } else {
-            Err(format!("{what}: expected to be absent, got {}", short(actual.unwrap_or(&Value::Null))))
+            Err(format!(
+                "{what}: expected to be absent, got {}",
+                short(actual.unwrap_or(&Value::Null))
+            ))
         };
     }
     let Some(a) = actual else {
@@ -455,8 +479,16 @@ pub fn apply(subject: &Subject, op: &Op, actual: Option<&Value>) -> Result<(), S
     let fail = |expect: String| Err(format!("{what}: expected {expect}, got {}", short(a)));
     let cmp = |b: &Value, f: fn(f64, f64) -> bool, sym: &str| match (num(a), num(b)) {
         (Some(x), Some(y)) if f(x, y) => Ok(()),
-        (Some(_), Some(_)) => Err(format!("{what}: expected {sym} {}, got {}", short(b), short(a))),
-        _ => Err(format!("{what}: cannot compare {} with {}", short(a), short(b))),
+        (Some(_), Some(_)) => Err(format!(
+            "{what}: expected {sym} {}, got {}",
+            short(b),
+            short(a)
+        )),
+        _ => Err(format!(
+            "{what}: cannot compare {} with {}",
+            short(a),
+            short(b)
+        )),
     };
     match op {
         Op::Equals(b) if loose_eq(a, b) => Ok(()),
@@ -477,7 +509,10 @@ pub fn apply(subject: &Subject, op: &Op, actual: Option<&Value>) -> Result<(), S
         },
         Op::NotMatches(re) => match regex_match(a, re)? {
             false => Ok(()),
-            true => fail(format!("not to match /{}/", re.as_str().unwrap_or_default())),
+            true => fail(format!(
+                "not to match /{}/",
+                re.as_str().unwrap_or_default()
+            )),
         },
         Op::OneOf(list) => match list.as_array() {
             Some(l) if l.iter().any(|x| loose_eq(a, x)) => Ok(()),
@@ -516,7 +551,11 @@ pub fn apply(subject: &Subject, op: &Op, actual: Option<&Value>) -> Result<(), S
             if empty == *want {
                 Ok(())
             } else {
-                fail(if *want { "empty".into() } else { "not empty".into() })
+                fail(if *want {
+                    "empty".into()
+                } else {
+                    "not empty".into()
+                })
             }
         }
         Op::Exists(_) => Ok(()),
@@ -588,7 +627,8 @@ mod tests {
             Assert::Schema(v) => validate_schema(&v, &r),
             Assert::Compare { subject, ops } => {
                 let actual = select(&subject, &r);
-                ops.iter().try_for_each(|op| apply(&subject, op, actual.as_ref()))
+                ops.iter()
+                    .try_for_each(|op| apply(&subject, op, actual.as_ref()))
             }
         }
     }
@@ -601,7 +641,10 @@ mod tests {
         let e = run(&json!({"status": 200})).unwrap_err();
         assert!(e.contains("expected 200, got 201"), "{e}");
         assert!(run(&json!({"header": "Content-Type", "contains": "json"})).is_ok());
-        assert!(run(&json!({"jsonpath": "$.n", "gt": 41})).is_ok(), "int64 as string compares");
+        assert!(
+            run(&json!({"jsonpath": "$.n", "gt": 41})).is_ok(),
+            "int64 as string compares"
+        );
         assert!(run(&json!({"jsonpath": "$.n", "equals": 42})).is_ok());
         assert!(run(&json!({"jsonpath": "$.items[*].s", "contains": "exited"})).is_ok());
         assert!(run(&json!({"jsonpath": "$.items", "length": 2})).is_ok());
@@ -624,7 +667,8 @@ mod tests {
     fn bad_asserts_name_the_field() {
         let e = parse_assert(&json!({"jsonpath": "$.x", "eq": 1}), Path::new(".")).unwrap_err();
         assert_eq!(e.path, "eq");
-        let e = parse_assert(&json!({"status": {"lt": 1, "around": 2}}), Path::new(".")).unwrap_err();
+        let e =
+            parse_assert(&json!({"status": {"lt": 1, "around": 2}}), Path::new(".")).unwrap_err();
         assert_eq!(e.path, "status.around");
         let e = parse_assert(&json!({"jsonpath": "$[", "equals": 1}), Path::new(".")).unwrap_err();
         assert_eq!(e.path, "jsonpath");

@@ -59,7 +59,13 @@ impl fmt::Display for FileProblem {
     }
 }
 
-fn problem(file: &Path, path: &str, line: Option<usize>, column: Option<usize>, message: String) -> FileProblem {
+fn problem(
+    file: &Path,
+    path: &str,
+    line: Option<usize>,
+    column: Option<usize>,
+    message: String,
+) -> FileProblem {
     FileProblem {
         file: file.to_path_buf(),
         line,
@@ -89,7 +95,11 @@ impl Input {
                 s.tests.len()
             ),
             Input::Collection { file, collection } => {
-                format!("{} (Postman collection {:?})", file.display(), collection.name)
+                format!(
+                    "{} (Postman collection {:?})",
+                    file.display(),
+                    collection.name
+                )
             }
         }
     }
@@ -106,11 +116,13 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FileProblem> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
             entries.sort();
-            let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) = entries.into_iter().partition(|e| e.is_dir());
+            let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) =
+                entries.into_iter().partition(|e| e.is_dir());
             for f in files {
                 let ext = f.extension().and_then(|e| e.to_str()).unwrap_or_default();
                 let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                let is_input = matches!(ext, "yaml" | "yml") || name.ends_with(".postman_collection.json");
+                let is_input =
+                    matches!(ext, "yaml" | "yml") || name.ends_with(".postman_collection.json");
                 if is_input {
                     out.push(f);
                 }
@@ -121,7 +133,13 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FileProblem> {
         } else if p.exists() {
             out.push(p.clone());
         } else {
-            return Err(problem(p, "", None, None, "no such file or directory".into()));
+            return Err(problem(
+                p,
+                "",
+                None,
+                None,
+                "no such file or directory".into(),
+            ));
         }
     }
     Ok(out)
@@ -186,7 +204,8 @@ fn environment_vars(opts: &Options) -> Result<Option<Map<String, Value>>, Vec<Fi
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| vec![problem(path, "", None, None, e.to_string())])?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![problem(path, "", None, None, e.to_string())])?;
     vars_file(&text, path).map(Some)
 }
 
@@ -194,7 +213,11 @@ fn environment_vars(opts: &Options) -> Result<Option<Map<String, Value>>, Vec<Fi
 fn vars_file(text: &str, path: &Path) -> Result<Map<String, Value>, Vec<FileProblem>> {
     if text.contains("\"values\"") && text.trim_start().starts_with('{') {
         return postman::load_environment(text)
-            .map(|vars| vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+            .map(|vars| {
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect()
+            })
             .map_err(|ps| {
                 ps.into_iter()
                     .map(|p| problem(path, &p.path, p.line, p.column, p.message))
@@ -203,7 +226,13 @@ fn vars_file(text: &str, path: &Path) -> Result<Map<String, Value>, Vec<FileProb
     }
     match suite::yaml_value(text) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(vec![problem(path, "", None, None, "a variables file is a mapping of name: value".into())]),
+        Ok(_) => Err(vec![problem(
+            path,
+            "",
+            None,
+            None,
+            "a variables file is a mapping of name: value".into(),
+        )]),
         Err(p) => Err(vec![problem(path, &p.path, p.line, p.column, p.message)]),
     }
 }

@@ -102,13 +102,21 @@ fn example(spec: &Value, schema: &Value, depth: usize) -> Value {
     if let Some(e) = s.get("example") {
         return e.clone();
     }
-    if let Some(e) = s.get("examples").and_then(Value::as_array).and_then(|a| a.first()) {
+    if let Some(e) = s
+        .get("examples")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
         return e.clone();
     }
     if let Some(d) = s.get("default") {
         return d.clone();
     }
-    if let Some(e) = s.get("enum").and_then(Value::as_array).and_then(|a| a.first()) {
+    if let Some(e) = s
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
         return e.clone();
     }
     if let Some(c) = s.get("const") {
@@ -164,7 +172,9 @@ fn example(spec: &Value, schema: &Value, depth: usize) -> Value {
         "array" => {
             let min = s.get("minItems").and_then(Value::as_u64).unwrap_or(0);
             match s.get("items") {
-                Some(items) if min > 0 => Value::Array(vec![example(spec, items, depth + 1); min as usize]),
+                Some(items) if min > 0 => {
+                    Value::Array(vec![example(spec, items, depth + 1); min as usize])
+                }
                 _ => json!([]),
             }
         }
@@ -213,9 +223,14 @@ fn escape(s: &str) -> String {
 fn documented(responses: &Map<String, Value>, status: u16) -> Option<String> {
     let exact = status.to_string();
     let range = format!("{}XX", status / 100);
-    [exact, range.clone(), range.to_ascii_lowercase(), "default".into()]
-        .into_iter()
-        .find(|k| responses.contains_key(k))
+    [
+        exact,
+        range.clone(),
+        range.to_ascii_lowercase(),
+        "default".into(),
+    ]
+    .into_iter()
+    .find(|k| responses.contains_key(k))
 }
 
 /// Rewrites OpenAPI 3.0's `nullable: true` as a JSON Schema null type, so a
@@ -242,7 +257,18 @@ struct Checker {
 
 impl Checker {
     fn validate(&self, pointer: &str, body: &Value) -> Result<(), String> {
-        let schema = json!({"$ref": format!("{SPEC_URI}#{pointer}")});
+        // A JSON Pointer in a URI fragment is percent-encoded (RFC 6901 §6):
+        // path templates bring `{` and `}`.
+        let fragment: String = pointer
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let schema = json!({"$ref": format!("{SPEC_URI}#{fragment}")});
         let v = jsonschema::options()
             .with_resource(SPEC_URI, self.resource.clone())
             .build(&schema)
@@ -272,7 +298,10 @@ fn skipped(skip: &[String], label: &str) -> bool {
 
 /// Checks every operation of `spec` against the server at `opts.base_url`.
 pub async fn check(spec: &Value, opts: &CheckOptions) -> Result<Report, SpecError> {
-    let version = spec.get("openapi").and_then(Value::as_str).unwrap_or_default();
+    let version = spec
+        .get("openapi")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if !version.starts_with("3.") {
         return Err(SpecError::NotOpenApi(format!(
             "`openapi` is {:?}, expected 3.x",
@@ -299,9 +328,15 @@ pub async fn check(spec: &Value, opts: &CheckOptions) -> Result<Report, SpecErro
         .and_then(Value::as_str)
         .unwrap_or("API")
         .to_string();
-    let mut report = Report::new(uuid::Uuid::new_v4().to_string(), format!("{title} contract"), Utc::now());
+    let mut report = Report::new(
+        uuid::Uuid::new_v4().to_string(),
+        format!("{title} contract"),
+        Utc::now(),
+    );
     report.started_at = Some(Utc::now());
-    report.properties.insert("base_url".into(), opts.base_url.clone());
+    report
+        .properties
+        .insert("base_url".into(), opts.base_url.clone());
     let mut suite = Suite::new(title);
     let started = Instant::now();
     for op in operations(&checker.spec) {
@@ -312,7 +347,9 @@ pub async fn check(spec: &Value, opts: &CheckOptions) -> Result<Report, SpecErro
             suite.cases.push(c);
             continue;
         }
-        suite.cases.push(check_operation(&checker, &client, &op, opts).await);
+        suite
+            .cases
+            .push(check_operation(&checker, &client, &op, opts).await);
     }
     suite.duration_ms = started.elapsed().as_millis() as u64;
     report.suites.push(suite);
@@ -320,7 +357,12 @@ pub async fn check(spec: &Value, opts: &CheckOptions) -> Result<Report, SpecErro
     Ok(report)
 }
 
-async fn check_operation(checker: &Checker, client: &reqwest::Client, op: &Operation, opts: &CheckOptions) -> Case {
+async fn check_operation(
+    checker: &Checker,
+    client: &reqwest::Client,
+    op: &Operation,
+    opts: &CheckOptions,
+) -> Case {
     let spec = &checker.spec;
     let label = op.label();
     let mut case = Case::new(label.clone(), Outcome::Pass);
@@ -329,10 +371,13 @@ async fn check_operation(checker: &Checker, client: &reqwest::Client, op: &Opera
     let mut path = op.path.clone();
     let mut query = Vec::new();
     let mut headers = Vec::new();
-    let params = op
-        .shared_params
-        .iter()
-        .chain(op.op.get("parameters").and_then(Value::as_array).into_iter().flatten());
+    let params = op.shared_params.iter().chain(
+        op.op
+            .get("parameters")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten(),
+    );
     for p in params {
         let p = resolve(spec, p);
         let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -346,9 +391,15 @@ async fn check_operation(checker: &Checker, client: &reqwest::Client, op: &Opera
         }
     }
     let url = format!("{}{}", opts.base_url.trim_end_matches('/'), path);
-    let method = reqwest::Method::from_bytes(op.method.to_ascii_uppercase().as_bytes()).unwrap_or(reqwest::Method::GET);
+    let method = reqwest::Method::from_bytes(op.method.to_ascii_uppercase().as_bytes())
+        .unwrap_or(reqwest::Method::GET);
     let mut rb = client.request(method, &url).query(&query);
-    for (k, v) in opts.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+    for (k, v) in opts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
         rb = rb.header(k, v);
     }
     let body = resolve(spec, op.op.get("requestBody").unwrap_or(&Value::Null));
@@ -357,7 +408,8 @@ async fn check_operation(checker: &Checker, client: &reqwest::Client, op: &Opera
             .pointer("/content/application~1json/example")
             .cloned()
             .unwrap_or_else(|| example(spec, schema, 0));
-        case.properties.insert("request".into(), example.to_string());
+        case.properties
+            .insert("request".into(), example.to_string());
         rb = rb.json(&example);
     }
     let outcome = match rb.send().await {
@@ -372,7 +424,8 @@ async fn check_operation(checker: &Checker, client: &reqwest::Client, op: &Opera
                 .to_string();
             let bytes = resp.bytes().await.unwrap_or_default();
             case.properties.insert("status".into(), status.to_string());
-            case.output = Some(String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).into_owned());
+            case.output =
+                Some(String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).into_owned());
             judge(checker, op, status, &ctype, &bytes)
         }
     };
@@ -386,14 +439,27 @@ async fn check_operation(checker: &Checker, client: &reqwest::Client, op: &Opera
     case
 }
 
-fn judge(checker: &Checker, op: &Operation, status: u16, ctype: &str, body: &[u8]) -> Result<(), (Outcome, String)> {
+fn judge(
+    checker: &Checker,
+    op: &Operation,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+) -> Result<(), (Outcome, String)> {
     let fail = |m: String| Err((Outcome::Fail, m));
     let empty = Map::new();
-    let responses = op.op.get("responses").and_then(Value::as_object).unwrap_or(&empty);
+    let responses = op
+        .op
+        .get("responses")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     let Some(key) = documented(responses, status) else {
         let mut known: Vec<&str> = responses.keys().map(String::as_str).collect();
         known.sort_unstable();
-        return fail(format!("status {status} is not documented (documented: {})", known.join(", ")));
+        return fail(format!(
+            "status {status} is not documented (documented: {})",
+            known.join(", ")
+        ));
     };
     let response = resolve(&checker.spec, &responses[&key]);
     let Some(content) = response.get("content").and_then(Value::as_object) else {
@@ -416,9 +482,22 @@ fn judge(checker: &Checker, op: &Operation, status: u16, ctype: &str, body: &[u8
         Err(e) => return fail(format!("status {status}: body is not JSON: {e}")),
     };
     // The pointer into the original document, so $refs resolve as the spec wrote them.
-    let pointer = if op.op.pointer(&format!("/responses/{}", escape(&key))).and_then(|r| r.get("$ref")).is_some() {
-        let r = op.op.pointer(&format!("/responses/{}/$ref", escape(&key))).and_then(Value::as_str).unwrap_or_default();
-        format!("{}/content/{}/schema", r.trim_start_matches('#'), escape(&media))
+    let pointer = if op
+        .op
+        .pointer(&format!("/responses/{}", escape(&key)))
+        .and_then(|r| r.get("$ref"))
+        .is_some()
+    {
+        let r = op
+            .op
+            .pointer(&format!("/responses/{}/$ref", escape(&key)))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        format!(
+            "{}/content/{}/schema",
+            r.trim_start_matches('#'),
+            escape(&media)
+        )
     } else {
         format!(
             "/paths/{}/{}/responses/{}/content/{}/schema",
@@ -428,9 +507,12 @@ fn judge(checker: &Checker, op: &Operation, status: u16, ctype: &str, body: &[u8
             escape(&media)
         )
     };
-    checker
-        .validate(&pointer, &value)
-        .map_err(|m| (Outcome::Fail, format!("status {status}: body does not match the schema: {m}")))
+    checker.validate(&pointer, &value).map_err(|m| {
+        (
+            Outcome::Fail,
+            format!("status {status}: body does not match the schema: {m}"),
+        )
+    })
 }
 
 #[cfg(test)]

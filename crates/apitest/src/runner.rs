@@ -89,7 +89,12 @@ impl<'a> Conns<'a> {
         self.suite.base_dir()
     }
 
-    async fn call(&self, kind: ActionKind, call: &Value, scope: &mut Scope) -> Result<Reply, TransportError> {
+    async fn call(
+        &self,
+        kind: ActionKind,
+        call: &Value,
+        scope: &mut Scope,
+    ) -> Result<Reply, TransportError> {
         let call = call.clone();
         match kind {
             ActionKind::Http => {
@@ -106,11 +111,9 @@ impl<'a> Conns<'a> {
             }
             ActionKind::Grpc => {
                 let c: GrpcCall = from_value(call)?;
-                let target = self
-                    .suite
-                    .grpc
-                    .as_ref()
-                    .ok_or_else(|| TransportError::Invalid("the suite has no `grpc:` section".into()))?;
+                let target = self.suite.grpc.as_ref().ok_or_else(|| {
+                    TransportError::Invalid("the suite has no `grpc:` section".into())
+                })?;
                 let client = self
                     .grpc
                     .get_or_init(|| {
@@ -123,11 +126,9 @@ impl<'a> Conns<'a> {
             }
             ActionKind::Qmp => {
                 let c: QmpCall = from_value(call)?;
-                let target = self
-                    .suite
-                    .qmp
-                    .as_ref()
-                    .ok_or_else(|| TransportError::Invalid("the suite has no `qmp:` section".into()))?;
+                let target = self.suite.qmp.as_ref().ok_or_else(|| {
+                    TransportError::Invalid("the suite has no `qmp:` section".into())
+                })?;
                 let mut guard = self.qmp.lock().await;
                 if guard.is_none() {
                     let t: QmpTarget = render_typed(target, scope)?;
@@ -151,7 +152,9 @@ impl<'a> Conns<'a> {
                         tokio::time::sleep(d).await;
                         Ok(Reply::default())
                     }
-                    _ => Err(TransportError::Invalid(format!("bad sleep duration {call}"))),
+                    _ => Err(TransportError::Invalid(format!(
+                        "bad sleep duration {call}"
+                    ))),
                 }
             }
         }
@@ -164,7 +167,10 @@ fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, TransportEr
 
 /// Renders the templates of a suite-wide target section (a base URL from an
 /// environment variable, say) and reads it back.
-fn render_typed<T: serde::de::DeserializeOwned>(v: &Value, scope: &Scope) -> Result<T, TransportError> {
+fn render_typed<T: serde::de::DeserializeOwned>(
+    v: &Value,
+    scope: &Scope,
+) -> Result<T, TransportError> {
     let v = template::render_value(v, scope).map_err(|e| TransportError::Invalid(e.to_string()))?;
     from_value(v)
 }
@@ -209,7 +215,11 @@ fn evaluate(asserts: &[StepAssert], reply: &Reply, scope: &Scope) -> Result<(), 
     Ok(())
 }
 
-async fn run_step(conns: &Conns<'_>, step: &Step, scope: &mut Scope) -> Result<Duration, StepFailure> {
+async fn run_step(
+    conns: &Conns<'_>,
+    step: &Step,
+    scope: &mut Scope,
+) -> Result<Duration, StepFailure> {
     let label = step.label();
     let err_at = |m: String| StepFailure::error(format!("{label}: {m}"));
     let call = template::render_value(&step.call, scope).map_err(|e| err_at(e.to_string()))?;
@@ -273,7 +283,11 @@ async fn run_step(conns: &Conns<'_>, step: &Step, scope: &mut Scope) -> Result<D
 }
 
 /// Runs steps in order, stopping at the first failure.
-async fn run_steps(conns: &Conns<'_>, steps: &[Step], scope: &mut Scope) -> Result<(), StepFailure> {
+async fn run_steps(
+    conns: &Conns<'_>,
+    steps: &[Step],
+    scope: &mut Scope,
+) -> Result<(), StepFailure> {
     for s in steps {
         run_step(conns, s, scope).await?;
     }
@@ -281,7 +295,11 @@ async fn run_steps(conns: &Conns<'_>, steps: &[Step], scope: &mut Scope) -> Resu
 }
 
 /// Runs cleanup steps: all of them, whatever fails, reporting the first failure.
-async fn run_cleanup(conns: &Conns<'_>, steps: &[Step], scope: &mut Scope) -> Result<(), StepFailure> {
+async fn run_cleanup(
+    conns: &Conns<'_>,
+    steps: &[Step],
+    scope: &mut Scope,
+) -> Result<(), StepFailure> {
     let mut first = None;
     for s in steps {
         if let Err(e) = run_step(conns, s, scope).await {
@@ -312,7 +330,12 @@ fn initial_scope(suite: &Suite, opts: &RunOptions) -> Result<Scope, String> {
             None => {
                 return Err(format!(
                     "no environment {name:?} (the suite has {})",
-                    suite.environments.keys().cloned().collect::<Vec<_>>().join(", ")
+                    suite
+                        .environments
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             }
         }
@@ -465,22 +488,32 @@ fn echo_case(opts: &RunOptions, case: &Case) {
         Outcome::Xfail => "xfail",
         Outcome::Xpass => "XPASS",
     };
-    let msg = case.message.as_deref().map(|m| format!(" — {m}")).unwrap_or_default();
-    echo(opts, &format!("  {tag} {} ({} ms){msg}", case.name, case.duration_ms));
+    let msg = case
+        .message
+        .as_deref()
+        .map(|m| format!(" — {m}"))
+        .unwrap_or_default();
+    echo(
+        opts,
+        &format!("  {tag} {} ({} ms){msg}", case.name, case.duration_ms),
+    );
 }
 
 /// Runs one suite.
 pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suite {
     let mut out = testbed_report::Suite::new(suite.name.clone());
     out.started_at = Some(Utc::now());
-    out.properties.insert("file".into(), suite.file.display().to_string());
+    out.properties
+        .insert("file".into(), suite.file.display().to_string());
     let started = Instant::now();
     echo(opts, &format!("{} ({})", suite.name, suite.file.display()));
     let tests: Vec<&Test> = suite.tests.iter().filter(|t| selected(t, opts)).collect();
     let all_cases = |outcome: Outcome, message: &str, scope: &Scope| -> Vec<Case> {
         let mut cases = Vec::new();
         for t in &tests {
-            let names = instances(t, scope).map(|v| v.into_iter().map(|(n, _)| n).collect()).unwrap_or_else(|_| vec![t.name.clone()]);
+            let names = instances(t, scope)
+                .map(|v| v.into_iter().map(|(n, _)| n).collect())
+                .unwrap_or_else(|_| vec![t.name.clone()]);
             for n in names {
                 let mut c = Case::new(n, outcome);
                 c.message = Some(message.to_string());
@@ -542,7 +575,13 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
     out
 }
 
-async fn run_test(conns: &Conns<'_>, t: &Test, name: String, item: Option<(usize, Value)>, scope: &Scope) -> Case {
+async fn run_test(
+    conns: &Conns<'_>,
+    t: &Test,
+    name: String,
+    item: Option<(usize, Value)>,
+    scope: &Scope,
+) -> Case {
     let started_at = Utc::now();
     let started = Instant::now();
     let mut case = Case::new(name, Outcome::Pass);

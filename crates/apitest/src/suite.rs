@@ -136,7 +136,11 @@ impl Step {
                 c.get("method").and_then(Value::as_str).unwrap_or("GET"),
                 c.get("url").and_then(Value::as_str).unwrap_or("")
             ),
-            ActionKind::Grpc => c.get("method").and_then(Value::as_str).unwrap_or("grpc").to_string(),
+            ActionKind::Grpc => c
+                .get("method")
+                .and_then(Value::as_str)
+                .unwrap_or("grpc")
+                .to_string(),
             ActionKind::Qmp => c
                 .get("execute")
                 .or_else(|| c.get("wait_event"))
@@ -145,7 +149,11 @@ impl Step {
                 .to_string(),
             ActionKind::Exec => match c.get("command") {
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 _ => "exec".into(),
             },
             ActionKind::Sleep => format!("sleep {}", c.as_str().unwrap_or("")),
@@ -202,7 +210,10 @@ impl Checker<'_> {
             if !allowed.contains(&k.as_str()) {
                 self.push(
                     join(path, k),
-                    format!("unknown field `{k}` (expected one of {})", allowed.join(", ")),
+                    format!(
+                        "unknown field `{k}` (expected one of {})",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -249,7 +260,10 @@ impl Checker<'_> {
     fn requirement(&mut self, v: &Value, path: &str) -> Option<Requirement> {
         let kinds = ["tcp", "unix", "program", "env", "http", "file"];
         let Some(m) = v.as_object().filter(|m| m.len() == 1) else {
-            self.push(path, format!("a requirement is one of {}: VALUE", kinds.join(", ")));
+            self.push(
+                path,
+                format!("a requirement is one of {}: VALUE", kinds.join(", ")),
+            );
             return None;
         };
         let (k, val) = m.iter().next()?;
@@ -311,7 +325,13 @@ impl Checker<'_> {
         out
     }
 
-    fn steps(&mut self, v: Option<&Value>, path: &str, required: bool, suite: &SuiteTargets) -> Vec<Step> {
+    fn steps(
+        &mut self,
+        v: Option<&Value>,
+        path: &str,
+        required: bool,
+        suite: &SuiteTargets,
+    ) -> Vec<Step> {
         let Some(v) = v else {
             if required {
                 self.push(path, "a test needs `steps`");
@@ -333,7 +353,10 @@ impl Checker<'_> {
 
     fn step(&mut self, v: &Value, path: &str, suite: &SuiteTargets) -> Option<Step> {
         let Some(m) = v.as_object() else {
-            self.push(path, "a step is a mapping with one of request, grpc, qmp, exec, sleep");
+            self.push(
+                path,
+                "a step is a mapping with one of request, grpc, qmp, exec, sleep",
+            );
             return None;
         };
         self.keys(m, &STEP_KEYS, path);
@@ -358,7 +381,11 @@ impl Checker<'_> {
                     join(path, second.key()),
                     format!(
                         "one action per step, found {}",
-                        kinds.iter().map(|k| k.key()).collect::<Vec<_>>().join(" and ")
+                        kinds
+                            .iter()
+                            .map(|k| k.key())
+                            .collect::<Vec<_>>()
+                            .join(" and ")
                     ),
                 );
                 return None;
@@ -372,20 +399,29 @@ impl Checker<'_> {
                 let r: Option<HttpRequest> = self.typed(&call, &at);
                 if let Some(r) = &r {
                     if r.bodies().len() > 1 {
-                        self.push(&at, format!("one body per request, found {}", r.bodies().join(" and ")));
+                        self.push(
+                            &at,
+                            format!("one body per request, found {}", r.bodies().join(" and ")),
+                        );
                     }
                 }
                 r.is_some()
             }
             ActionKind::Grpc => {
                 if !suite.grpc {
-                    self.push(&at, "a grpc step needs the suite's `grpc:` section (address, protos)");
+                    self.push(
+                        &at,
+                        "a grpc step needs the suite's `grpc:` section (address, protos)",
+                    );
                 }
                 self.typed::<GrpcCall>(&call, &at).is_some()
             }
             ActionKind::Qmp => {
                 if !suite.qmp {
-                    self.push(&at, "a qmp step needs the suite's `qmp:` section (socket or address)");
+                    self.push(
+                        &at,
+                        "a qmp step needs the suite's `qmp:` section (socket or address)",
+                    );
                 }
                 let q: Option<QmpCall> = self.typed(&call, &at);
                 if let Some(q) = &q {
@@ -404,9 +440,7 @@ impl Checker<'_> {
                 }
             },
         };
-        if !typed_ok {
-            return None;
-        }
+        // Keep going after a bad action, so its asserts are checked too.
         let mut capture = Vec::new();
         match m.get("capture") {
             None => {}
@@ -414,11 +448,17 @@ impl Checker<'_> {
                 for (name, spec) in c {
                     match check::parse_capture(spec) {
                         Ok(cap) => capture.push((name.clone(), cap)),
-                        Err(e) => self.push(join(&join(&join(path, "capture"), name), &e.path), e.message),
+                        Err(e) => self.push(
+                            join(&join(&join(path, "capture"), name), &e.path),
+                            e.message,
+                        ),
                     }
                 }
             }
-            Some(_) => self.push(join(path, "capture"), "a mapping of name: jsonpath/header/regex"),
+            Some(_) => self.push(
+                join(path, "capture"),
+                "a mapping of name: jsonpath/header/regex",
+            ),
         }
         let assert = self.asserts(m.get("assert"), &join(path, "assert"));
         let until = self.asserts(m.get("until"), &join(path, "until"));
@@ -429,8 +469,12 @@ impl Checker<'_> {
             }),
             Some(r) => self.retry(r, &join(path, "retry")),
         };
+        let name = self.string(m.get("name"), &join(path, "name"));
+        if !typed_ok {
+            return None;
+        }
         Some(Step {
-            name: self.string(m.get("name"), &join(path, "name")),
+            name,
             kind,
             call,
             capture,
@@ -485,9 +529,11 @@ impl Checker<'_> {
         }
         let tags = match m.get("tags") {
             None => Vec::new(),
-            Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-                a.iter().filter_map(Value::as_str).map(str::to_string).collect()
-            }
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
             Some(_) => {
                 self.push(join(path, "tags"), "a list of strings");
                 Vec::new()
@@ -501,7 +547,10 @@ impl Checker<'_> {
                 Some(e.clone())
             }
             Some(_) => {
-                self.push(join(path, "each"), "a list of items, or a template such as \"{{ images }}\"");
+                self.push(
+                    join(path, "each"),
+                    "a list of items, or a template such as \"{{ images }}\"",
+                );
                 None
             }
         };
@@ -554,7 +603,10 @@ pub fn yaml_value(text: &str) -> Result<Value, Problem> {
     serde_norway::from_str::<Value>(text).map_err(|e| {
         let loc = e.location();
         let msg = e.to_string();
-        let msg = msg.rsplit_once(" at line ").map(|(m, _)| m.to_string()).unwrap_or(msg);
+        let msg = msg
+            .rsplit_once(" at line ")
+            .map(|(m, _)| m.to_string())
+            .unwrap_or(msg);
         Problem {
             path: String::new(),
             line: loc.as_ref().map(|l| l.line()),
@@ -574,7 +626,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
         base,
     };
     let Some(m) = root.as_object() else {
-        return Err(vec![Problem::at(String::new(), "a suite is a mapping with name and tests".into())]);
+        return Err(vec![Problem::at(
+            String::new(),
+            "a suite is a mapping with name and tests".into(),
+        )]);
     };
     c.keys(m, &TOP_KEYS, "");
     let name = c.string(m.get("name"), "name").unwrap_or_else(|| {
@@ -632,7 +687,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
     let mut seen = std::collections::HashSet::new();
     for t in &tests {
         if t.each.is_none() && !seen.insert(t.name.clone()) {
-            c.push(join(&t.path, "name"), format!("duplicate test name {:?}", t.name));
+            c.push(
+                join(&t.path, "name"),
+                format!("duplicate test name {:?}", t.name),
+            );
         }
     }
     if !c.problems.is_empty() {
@@ -642,7 +700,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
     }
     Ok(Suite {
         name,
-        description: m.get("description").and_then(Value::as_str).map(str::to_string),
+        description: m
+            .get("description")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         file: file.to_path_buf(),
         vars,
         environments,
@@ -658,7 +719,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
 
 /// Reads and parses a suite file; problems carry the file's line and column.
 pub fn load(file: &Path) -> Result<Suite, Vec<Problem>> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| vec![Problem::at(String::new(), format!("cannot read {}: {e}", file.display()))])?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        vec![Problem::at(
+            String::new(),
+            format!("cannot read {}: {e}", file.display()),
+        )]
+    })?;
     parse(&text, file)
 }

@@ -121,7 +121,8 @@ fn parse_expr(text: &str) -> Result<Expr, TemplateError> {
                 let inner = f[i + 1..]
                     .strip_suffix(')')
                     .ok_or_else(|| bad("filter argument without `)`"))?;
-                let arg = literal(inner.trim()).ok_or_else(|| bad("filter argument must be a literal"))?;
+                let arg = literal(inner.trim())
+                    .ok_or_else(|| bad("filter argument must be a literal"))?;
                 (f[..i].trim(), Some(arg))
             }
             None => (f, None),
@@ -153,8 +154,12 @@ fn parse_primary(head: &str) -> Result<Primary, String> {
         }
         return Ok(Primary::Generator(head.to_string()));
     }
-    if head.starts_with(['"', '\'', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
-        return literal(head).map(Primary::Literal).ok_or_else(|| "bad literal".into());
+    if head.starts_with([
+        '"', '\'', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9',
+    ]) {
+        return literal(head)
+            .map(Primary::Literal)
+            .ok_or_else(|| "bad literal".into());
     }
     parse_path(head).map(Primary::Path)
 }
@@ -182,10 +187,7 @@ fn split_top(s: &str, sep: char) -> Vec<String> {
 }
 
 fn literal(s: &str) -> Option<Value> {
-    if let Some(inner) = s
-        .strip_prefix('\'')
-        .and_then(|r| r.strip_suffix('\''))
-    {
+    if let Some(inner) = s.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
         return Some(Value::String(inner.to_string()));
     }
     serde_json::from_str(s).ok()
@@ -292,7 +294,11 @@ fn eval(e: &Expr, scope: &Scope) -> Result<Value, TemplateError> {
         };
         v = Some(apply(name, cur)?);
     }
-    v.ok_or_else(|| e.terms.first().map_or(TemplateError::Undefined("?".into()), undefined))
+    v.ok_or_else(|| {
+        e.terms
+            .first()
+            .map_or(TemplateError::Undefined("?".into()), undefined)
+    })
 }
 
 fn undefined(p: &Primary) -> TemplateError {
@@ -333,7 +339,9 @@ fn apply(name: &str, v: Value) -> Result<Value, TemplateError> {
         "json" => Value::String(v.to_string()),
         "upper" => Value::String(as_text(&v).to_uppercase()),
         "lower" => Value::String(as_text(&v).to_lowercase()),
-        "urlencode" => Value::String(url::form_urlencoded::byte_serialize(as_text(&v).as_bytes()).collect()),
+        "urlencode" => {
+            Value::String(url::form_urlencoded::byte_serialize(as_text(&v).as_bytes()).collect())
+        }
         "string" => Value::String(as_text(&v)),
         "int" => {
             let t = as_text(&v);
@@ -425,8 +433,14 @@ mod tests {
             json!("x")
         );
         assert_eq!(render_str("{{ '12' | int }}", &s).unwrap(), json!(12));
-        assert_eq!(render_str("{{ key ~ '/' ~ n | base64 }}", &s).unwrap(), json!("Zm9vLzM="));
-        assert_eq!(render_str("{{ 'a b' | urlencode }}", &s).unwrap(), json!("a+b"));
+        assert_eq!(
+            render_str("{{ key ~ '/' ~ n | base64 }}", &s).unwrap(),
+            json!("Zm9vLzM=")
+        );
+        assert_eq!(
+            render_str("{{ 'a b' | urlencode }}", &s).unwrap(),
+            json!("a+b")
+        );
     }
 
     #[test]
@@ -436,9 +450,14 @@ mod tests {
             render_str("{{ nope.x }}", &s).unwrap_err(),
             TemplateError::Undefined("nope.x".into())
         );
-        assert!(matches!(check("{{ key | frob }}"), Err(TemplateError::Syntax(_, m)) if m.contains("frob")));
+        assert!(
+            matches!(check("{{ key | frob }}"), Err(TemplateError::Syntax(_, m)) if m.contains("frob"))
+        );
         assert!(matches!(check("{{ key "), Err(TemplateError::Unclosed(_))));
-        assert!(matches!(check("{{ $nope }}"), Err(TemplateError::Syntax(_, _))));
+        assert!(matches!(
+            check("{{ $nope }}"),
+            Err(TemplateError::Syntax(_, _))
+        ));
     }
 
     #[test]

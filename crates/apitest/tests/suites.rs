@@ -29,38 +29,59 @@ fn app() -> Router {
             "/items",
             get(|State(s): State<Arc<Shop>>| async move {
                 let items = s.items.lock().map(|i| i.clone()).unwrap_or_default();
-                Json(items.iter().map(|(id, n)| json!({"id": id, "name": n})).collect::<Vec<_>>())
+                Json(
+                    items
+                        .iter()
+                        .map(|(id, n)| json!({"id": id, "name": n}))
+                        .collect::<Vec<_>>(),
+                )
             })
-            .post(|State(s): State<Arc<Shop>>, Json(body): Json<Value>| async move {
-                let Some(name) = body.get("name").and_then(Value::as_str) else {
-                    return (StatusCode::BAD_REQUEST, HeaderMap::new(), Json(json!({"error": "name is required"})));
-                };
-                let mut items = s.items.lock().expect("lock");
-                let id = items.len() as u64 + 1;
-                items.push((id, name.to_string()));
-                let mut h = HeaderMap::new();
-                h.insert("location", format!("/items/{id}").parse().expect("header"));
-                (StatusCode::CREATED, h, Json(json!({"id": id, "name": name, "tags": ["new"]})))
-            }),
+            .post(
+                |State(s): State<Arc<Shop>>, Json(body): Json<Value>| async move {
+                    let Some(name) = body.get("name").and_then(Value::as_str) else {
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            HeaderMap::new(),
+                            Json(json!({"error": "name is required"})),
+                        );
+                    };
+                    let mut items = s.items.lock().expect("lock");
+                    let id = items.len() as u64 + 1;
+                    items.push((id, name.to_string()));
+                    let mut h = HeaderMap::new();
+                    h.insert("location", format!("/items/{id}").parse().expect("header"));
+                    (
+                        StatusCode::CREATED,
+                        h,
+                        Json(json!({"id": id, "name": name, "tags": ["new"]})),
+                    )
+                },
+            ),
         )
         .route(
             "/items/{id}",
-            get(|State(s): State<Arc<Shop>>, UrlPath(id): UrlPath<u64>| async move {
-                let items = s.items.lock().expect("lock");
-                match items.iter().find(|(i, _)| *i == id) {
-                    Some((i, n)) => (StatusCode::OK, Json(json!({"id": i, "name": n}))),
-                    None => (StatusCode::NOT_FOUND, Json(json!({"error": "not found"}))),
-                }
-            })
-            .delete(|State(s): State<Arc<Shop>>, UrlPath(id): UrlPath<u64>| async move {
-                s.items.lock().expect("lock").retain(|(i, _)| *i != id);
-                s.deleted.lock().expect("lock").push(id);
-                StatusCode::NO_CONTENT
-            }),
+            get(
+                |State(s): State<Arc<Shop>>, UrlPath(id): UrlPath<u64>| async move {
+                    let items = s.items.lock().expect("lock");
+                    match items.iter().find(|(i, _)| *i == id) {
+                        Some((i, n)) => (StatusCode::OK, Json(json!({"id": i, "name": n}))),
+                        None => (StatusCode::NOT_FOUND, Json(json!({"error": "not found"}))),
+                    }
+                },
+            )
+            .delete(
+                |State(s): State<Arc<Shop>>, UrlPath(id): UrlPath<u64>| async move {
+                    s.items.lock().expect("lock").retain(|(i, _)| *i != id);
+                    s.deleted.lock().expect("lock").push(id);
+                    StatusCode::NO_CONTENT
+                },
+            ),
         )
         .route(
             "/deleted",
-            get(|State(s): State<Arc<Shop>>| async move { Json(json!(*s.deleted.lock().expect("lock"))) }),
+            get(|State(s): State<Arc<Shop>>| async move {
+                Json(json!(*s.deleted.lock().expect("lock")))
+            }),
         )
         .route(
             "/eventually",
@@ -80,12 +101,19 @@ fn app() -> Router {
                 Json(json!({"content_type": ct, "body": body}))
             }),
         )
-        .route("/version", get(|req: axum::extract::Request| async move { Json(json!({"http": format!("{:?}", req.version())})) }))
+        .route(
+            "/version",
+            get(|req: axum::extract::Request| async move {
+                Json(json!({"http": format!("{:?}", req.version())}))
+            }),
+        )
         .with_state(state)
 }
 
 async fn serve() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app()).await });
     format!("http://{addr}")
@@ -112,10 +140,12 @@ async fn run_text(text: &str, vars: Value) -> testbed_report::Suite {
 }
 
 fn outcome<'a>(s: &'a testbed_report::Suite, name: &str) -> &'a testbed_report::Case {
-    s.cases
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no case {name:?} in {:?}", s.cases.iter().map(|c| &c.name).collect::<Vec<_>>()))
+    s.cases.iter().find(|c| c.name == name).unwrap_or_else(|| {
+        panic!(
+            "no case {name:?} in {:?}",
+            s.cases.iter().map(|c| &c.name).collect::<Vec<_>>()
+        )
+    })
 }
 
 #[tokio::test]
@@ -195,15 +225,34 @@ teardown:
     )
     .await;
     for c in &s.cases {
-        assert_eq!(c.outcome, Outcome::Pass, "{}: {:?} {:?}", c.name, c.message, c.output);
+        assert_eq!(
+            c.outcome,
+            Outcome::Pass,
+            "{}: {:?} {:?}",
+            c.name,
+            c.message,
+            c.output
+        );
     }
     let names: Vec<&str> = s.cases.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        ["create and read back", "setup captures are visible", "echo json", "echo form", "form and text bodies", "eventually running"]
+        [
+            "create and read back",
+            "setup captures are visible",
+            "echo json",
+            "echo form",
+            "form and text bodies",
+            "eventually running"
+        ]
     );
     // Both the test's and the suite's teardown ran: item 2 and the fixture (1).
-    let deleted: Value = reqwest::get(format!("{base}/deleted")).await.expect("get").json().await.expect("json");
+    let deleted: Value = reqwest::get(format!("{base}/deleted"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(deleted, json!([2, 1]));
 }
 
@@ -240,20 +289,42 @@ tests:
     let c = outcome(&s, "wrong status");
     assert_eq!(c.outcome, Outcome::Fail);
     let m = c.message.as_deref().unwrap_or_default();
-    assert!(m.contains("POST /items") && m.contains("expected 200, got 201"), "{m}");
-    assert!(c.output.as_deref().unwrap_or_default().contains("status 201"), "{:?}", c.output);
-    let m = outcome(&s, "wrong field").message.clone().unwrap_or_default();
+    assert!(
+        m.contains("POST /items") && m.contains("expected 200, got 201"),
+        "{m}"
+    );
+    assert!(
+        c.output
+            .as_deref()
+            .unwrap_or_default()
+            .contains("status 201"),
+        "{:?}",
+        c.output
+    );
+    let m = outcome(&s, "wrong field")
+        .message
+        .clone()
+        .unwrap_or_default();
     assert!(m.contains("$.name: expected \"y\", got \"x\""), "{m}");
-    let m = outcome(&s, "missing capture").message.clone().unwrap_or_default();
+    let m = outcome(&s, "missing capture")
+        .message
+        .clone()
+        .unwrap_or_default();
     assert!(m.contains("capture `nope`"), "{m}");
-    assert_eq!(outcome(&s, "still runs after failures").outcome, Outcome::Pass);
+    assert_eq!(
+        outcome(&s, "still runs after failures").outcome,
+        Outcome::Pass
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_target_is_an_error_and_the_rest_go_on() {
     let base = serve().await;
     // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
     let s = run_text(
         r#"
 http: {base_url: "{{ base }}", timeout: 2s}
@@ -273,16 +344,35 @@ tests:
     .await;
     let refused = outcome(&s, "refused");
     assert_eq!(refused.outcome, Outcome::Error);
-    assert!(refused.message.as_deref().unwrap_or_default().contains("connection refused"), "{:?}", refused.message);
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("connection refused"),
+        "{:?}",
+        refused.message
+    );
     let dns = outcome(&s, "dns");
     assert_eq!(dns.outcome, Outcome::Error);
-    assert!(dns.message.as_deref().unwrap_or_default().to_lowercase().contains("dns"), "{:?}", dns.message);
+    assert!(
+        dns.message
+            .as_deref()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("dns"),
+        "{:?}",
+        dns.message
+    );
     assert_eq!(outcome(&s, "fine").outcome, Outcome::Pass);
 }
 
 #[tokio::test]
 async fn an_absent_target_skips_the_suite_with_the_reason() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
     let s = run_text(
         r#"
 requires:
@@ -340,13 +430,20 @@ tests:
     );
     let s = suite::load(&file).expect("loads");
     let opts = RunOptions {
-        vars: json!({"base": base}).as_object().cloned().unwrap_or_default(),
+        vars: json!({"base": base})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
         tags: vec!["smoke".into()],
         ..RunOptions::default()
     };
     let report = runner::run("tags", &[s], &opts).await;
     let s = &report.suites[0];
-    let got: Vec<(&str, Outcome)> = s.cases.iter().map(|c| (c.name.as_str(), c.outcome)).collect();
+    let got: Vec<(&str, Outcome)> = s
+        .cases
+        .iter()
+        .map(|c| (c.name.as_str(), c.outcome))
+        .collect();
     assert_eq!(
         got,
         [
@@ -357,7 +454,10 @@ tests:
             ("per-test requirement", Outcome::Skip)
         ]
     );
-    assert!(report.summary().ok, "xfail, xpass and skip do not fail a run");
+    assert!(
+        report.summary().ok,
+        "xfail, xpass and skip do not fail a run"
+    );
 }
 
 #[tokio::test]
@@ -380,9 +480,25 @@ tests:
     .await;
     let a = outcome(&s, "a");
     assert_eq!(a.outcome, Outcome::Error);
-    assert!(a.message.as_deref().unwrap_or_default().starts_with("setup failed"), "{:?}", a.message);
-    let deleted: Value = reqwest::get(format!("{base}/deleted")).await.expect("get").json().await.expect("json");
-    assert_eq!(deleted, json!([99]), "suite teardown runs after a failed setup");
+    assert!(
+        a.message
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("setup failed"),
+        "{:?}",
+        a.message
+    );
+    let deleted: Value = reqwest::get(format!("{base}/deleted"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        deleted,
+        json!([99]),
+        "suite teardown runs after a failed setup"
+    );
 }
 
 #[tokio::test]
@@ -404,7 +520,12 @@ tests:
         json!({"sock": sock.display().to_string()}),
     )
     .await;
-    assert_eq!(outcome(&s, "over the socket").outcome, Outcome::Pass, "{:?}", s.cases[0].message);
+    assert_eq!(
+        outcome(&s, "over the socket").outcome,
+        Outcome::Pass,
+        "{:?}",
+        s.cases[0].message
+    );
     let s = run_text(
         r#"
 http: {base_url: "{{ base }}", http2: true}
@@ -417,7 +538,12 @@ tests:
         json!({"base": base}),
     )
     .await;
-    assert_eq!(outcome(&s, "h2c").outcome, Outcome::Pass, "{:?}", s.cases[0].message);
+    assert_eq!(
+        outcome(&s, "h2c").outcome,
+        Outcome::Pass,
+        "{:?}",
+        s.cases[0].message
+    );
 }
 
 #[test]
@@ -442,8 +568,10 @@ tests:
   - steps: []
 ";
     let problems = suite::parse(text, Path::new("bad.yaml")).expect_err("must not load");
-    let found: Vec<(String, Option<usize>, Option<usize>)> =
-        problems.iter().map(|p| (p.path.clone(), p.line, p.column)).collect();
+    let found: Vec<(String, Option<usize>, Option<usize>)> = problems
+        .iter()
+        .map(|p| (p.path.clone(), p.line, p.column))
+        .collect();
     let at = |path: &str| {
         found
             .iter()
@@ -457,7 +585,12 @@ tests:
     assert_eq!(at("tests[0].steps[1].exec").1, Some(12));
     assert_eq!(at("tests[1].steps[0].request").1, Some(15));
     assert_eq!(at("tests[1].steps[0].retry.attempts").1, Some(16));
-    assert!(found.iter().any(|(p, l, _)| p == "tests[2]" && *l == Some(17)), "{problems:#?}");
+    assert!(
+        found
+            .iter()
+            .any(|(p, l, _)| p == "tests[2]" && *l == Some(17)),
+        "{problems:#?}"
+    );
     assert!(problems.len() >= 7, "{problems:#?}");
     let syntax = suite::parse("tests: [\n  - {name: x\n", Path::new("s.yaml")).expect_err("syntax");
     assert!(syntax[0].line.is_some(), "{syntax:?}");

@@ -144,7 +144,7 @@ fn exit_codes_report_files_and_bad_input() {
     let suite = dir.path().join("s.yaml");
     std::fs::write(
         &suite,
-        "name: exec checks\ntests:\n  - name: ok\n    steps:\n      - exec: {command: [sh, -c, 'echo {\"n\": 3}']}\n        assert:\n          - status: 0\n          - jsonpath: $.n\n            equals: 3\n  - name: wrong\n    steps:\n      - exec: {command: [sh, -c, 'exit 3']}\n        assert: [{status: 0}]\n",
+        "name: exec checks\ntests:\n  - name: ok\n    steps:\n      - exec: {command: [echo, '{\"n\": 3}']}\n        assert:\n          - status: 0\n          - jsonpath: $.n\n            equals: 3\n  - name: wrong\n    steps:\n      - exec: {command: [sh, -c, 'exit 3']}\n        assert: [{status: 0}]\n",
     )
     .expect("write");
     let junit = dir.path().join("j.xml");

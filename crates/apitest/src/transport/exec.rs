@@ -253,7 +253,10 @@ fn joined(result: Captured, name: &str, which: &str) -> Result<(Vec<u8>, bool), 
         .map_err(|e| TransportError::Io(format!("reading {which} of `{name}`: {e}")))
 }
 
-fn abort(readers: &mut [JoinHandle<std::io::Result<(Vec<u8>, bool)>>], writer: Option<JoinHandle<()>>) {
+fn abort(
+    readers: &mut [JoinHandle<std::io::Result<(Vec<u8>, bool)>>],
+    writer: Option<JoinHandle<()>>,
+) {
     for reader in readers {
         reader.abort();
     }

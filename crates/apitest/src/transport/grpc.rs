@@ -187,13 +187,14 @@ impl GrpcClient {
         let method = self.method(&call.method)?;
         let frames = encode_requests(&method, call)?;
         let metadata = metadata(&call.metadata)?;
-        let timeout = parse_duration(call.timeout.as_deref(), "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
+        let timeout =
+            parse_duration(call.timeout.as_deref(), "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
         let call_deadline = Deadline::now() + timeout;
         let plan = match &call.stream {
             None => None,
             Some(opts) => {
-                let listen = parse_duration(opts.timeout.as_deref(), "stream.timeout")?
-                    .unwrap_or(timeout);
+                let listen =
+                    parse_duration(opts.timeout.as_deref(), "stream.timeout")?.unwrap_or(timeout);
                 Some(StreamPlan {
                     max_messages: opts.max_messages,
                     deadline: Deadline::now() + listen,
@@ -212,10 +213,10 @@ impl GrpcClient {
             .await
             .map_err(|_| timed_out())?;
         let response = match sent {
-            // A reused connection may have been closed by the server (idle
-            // timeout, GOAWAY) since it was last checked; the request never
-            // left, so it is safe to send again on a new one.
-            Err(e) if reused && (e.is_closed() || e.is_canceled()) => {
+            // A reused connection may have died (server restarted, idle
+            // timeout) since it was last checked; the server cannot have
+            // answered on it, so the call goes once more on a new one.
+            Err(e) if reused && connection_gone(&e) => {
                 let (mut sender, _) = timeout_at(call_deadline, self.sender(true))
                     .await
                     .map_err(|_| timed_out())??;
@@ -335,7 +336,11 @@ impl GrpcClient {
                 ))
             })?;
         let Some(svc) = self.pool.get_service_by_name(service) else {
-            let known: Vec<_> = self.pool.services().map(|s| s.full_name().to_owned()).collect();
+            let known: Vec<_> = self
+                .pool
+                .services()
+                .map(|s| s.full_name().to_owned())
+                .collect();
             return Err(TransportError::Invalid(format!(
                 "unknown gRPC service `{service}`; the protos define: {}",
                 known.join(", ")
@@ -511,8 +516,9 @@ fn encode_requests(
         } else {
             "request message".to_owned()
         };
-        let message = json_to_message(input.clone(), value)
-            .map_err(|e| TransportError::Invalid(format!("{which} ({}): {e}", input.full_name())))?;
+        let message = json_to_message(input.clone(), value).map_err(|e| {
+            TransportError::Invalid(format!("{which} ({}): {e}", input.full_name()))
+        })?;
         let encoded = message.encode_to_vec();
         let len = u32::try_from(encoded.len()).map_err(|_| {
             TransportError::Invalid(format!("{which} is too large for gRPC framing"))
@@ -542,10 +548,7 @@ fn json_to_message(desc: MessageDescriptor, value: &Value) -> Result<DynamicMess
 
 fn decode_response(desc: MessageDescriptor, raw: &Bytes) -> Result<Value, TransportError> {
     let message = DynamicMessage::decode(desc.clone(), raw.clone()).map_err(|e| {
-        TransportError::Protocol(format!(
-            "response is not a valid {}: {e}",
-            desc.full_name()
-        ))
+        TransportError::Protocol(format!("response is not a valid {}: {e}", desc.full_name()))
     })?;
     message
         .serialize_with_options(serde_json::value::Serializer, &JSON_OPTIONS)
@@ -557,9 +560,8 @@ fn metadata(map: &BTreeMap<String, String>) -> Result<HeaderMap, TransportError>
     for (name, value) in map {
         let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
             .map_err(|_| TransportError::Invalid(format!("invalid metadata name `{name}`")))?;
-        let value = HeaderValue::from_str(value).map_err(|_| {
-            TransportError::Invalid(format!("invalid value for metadata `{name}`"))
-        })?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| TransportError::Invalid(format!("invalid value for metadata `{name}`")))?;
         headers.insert(header, value);
     }
     Ok(headers)
@@ -583,9 +585,9 @@ fn grpc_status(map: &HeaderMap) -> Result<Option<i64>, TransportError> {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or_default().trim();
-    text.parse::<i64>().map(Some).map_err(|_| {
-        TransportError::Protocol(format!("grpc-status `{text}` is not a number"))
-    })
+    text.parse::<i64>()
+        .map(Some)
+        .map_err(|_| TransportError::Protocol(format!("grpc-status `{text}` is not a number")))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -657,29 +659,50 @@ async fn connect(authority: &str) -> Result<SendRequest<RequestBody>, TransportE
             return Err(TransportError::Refused(authority.to_owned()))
         }
         (None, Some(e)) => return Err(TransportError::Connect(format!("{authority}: {e}"))),
-        (None, None) => {
-            return Err(TransportError::Dns(format!("{authority}: no addresses")))
-        }
+        (None, None) => return Err(TransportError::Dns(format!("{authority}: no addresses"))),
     };
     // Small gRPC frames would otherwise wait for Nagle; failing to set it
     // only costs latency.
     let _ = stream.set_nodelay(true);
-    let (sender, connection) =
-        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| {
-                TransportError::Protocol(format!(
-                    "HTTP/2 handshake with {authority}: {}",
-                    error_chain(&e)
-                ))
-            })?;
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| {
+            TransportError::Protocol(format!(
+                "HTTP/2 handshake with {authority}: {}",
+                error_chain(&e)
+            ))
+        })?;
     // The connection's own errors surface through the sender (is_closed,
     // failed requests), so its result needs no other home.
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(sender)
+}
+
+/// Whether a request failed because its connection was already dead, as
+/// opposed to the server rejecting or resetting this one request.
+fn connection_gone(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    if e.is_closed() || e.is_canceled() {
+        return true;
+    }
+    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::BrokenPipe
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::NotConnected
+                    | ErrorKind::UnexpectedEof
+            );
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn StdError) -> String {

@@ -133,7 +133,9 @@ impl HttpClient {
             .redirect(reqwest::redirect::Policy::none())
             .danger_accept_invalid_certs(target.tls.insecure);
         if let Some(ca) = &target.tls.ca {
-            for cert in reqwest::Certificate::from_pem_bundle(&read(base, ca, "tls.ca")?).map_err(tls_err)? {
+            for cert in reqwest::Certificate::from_pem_bundle(&read(base, ca, "tls.ca")?)
+                .map_err(tls_err)?
+            {
                 b = b.add_root_certificate(cert);
             }
         }
@@ -193,7 +195,11 @@ impl HttpClient {
             rb = rb.header(k, v);
         }
         if !req.query.is_empty() {
-            let q: Vec<(String, String)> = req.query.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+            let q: Vec<(String, String)> = req
+                .query
+                .iter()
+                .map(|(k, v)| (k.clone(), text(v)))
+                .collect();
             rb = rb.query(&q);
         }
         if let Some(j) = &req.json {
@@ -212,7 +218,12 @@ impl HttpClient {
         let headers = resp
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let body = resp.bytes().await.map_err(|e| classify(&e, &url))?;
         let mut reply = Reply {
@@ -248,9 +259,13 @@ fn classify(e: &reqwest::Error, url: &str) -> TransportError {
         TransportError::Timeout(format!("{url}"))
     } else if lower.contains("connection refused") {
         TransportError::Refused(url.to_string())
-    } else if lower.contains("dns error") || lower.contains("failed to lookup") || lower.contains("name or service not known") {
+    } else if lower.contains("dns error")
+        || lower.contains("failed to lookup")
+        || lower.contains("name or service not known")
+    {
         TransportError::Dns(format!("{url}: {all}"))
-    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
         TransportError::Tls(format!("{url}: {all}"))
     } else if e.is_connect() {
         TransportError::Connect(format!("{url}: {all}"))

@@ -92,7 +92,8 @@ impl QmpSession {
     /// Connects, reads the greeting and leaves capabilities negotiation
     /// mode. Returns the session and the greeting (`{"QMP": {...}}`).
     pub async fn connect(target: &QmpTarget) -> Result<(Self, Value), TransportError> {
-        let timeout = parse_duration(target.timeout.as_deref(), "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
+        let timeout =
+            parse_duration(target.timeout.as_deref(), "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
         let deadline = Deadline::now() + timeout;
         let timed_out = || TransportError::Timeout(humantime::format_duration(timeout).to_string());
         let (reader, writer, peer): (
@@ -222,7 +223,11 @@ impl QmpSession {
         self.events.iter().map(|e| &e.value)
     }
 
-    async fn execute(&mut self, command: &str, arguments: Option<&Value>) -> Result<Line, TransportError> {
+    async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<&Value>,
+    ) -> Result<Line, TransportError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut request = json!({ "execute": command, "id": id });
@@ -231,7 +236,10 @@ impl QmpSession {
         }
         let mut bytes = request.to_string().into_bytes();
         bytes.push(b'\n');
-        self.writer.write_all(&bytes).await.map_err(|e| self.io_error(e))?;
+        self.writer
+            .write_all(&bytes)
+            .await
+            .map_err(|e| self.io_error(e))?;
         self.writer.flush().await.map_err(|e| self.io_error(e))?;
         loop {
             let line = self.read_line().await?;
@@ -299,7 +307,11 @@ impl QmpSession {
                 )));
             }
             let mut chunk = [0u8; 8192];
-            let n = self.reader.read(&mut chunk).await.map_err(|e| self.io_error(e))?;
+            let n = self
+                .reader
+                .read(&mut chunk)
+                .await
+                .map_err(|e| self.io_error(e))?;
             if n == 0 {
                 return Err(TransportError::Io(format!(
                     "{}: QMP connection closed by QEMU",

@@ -31,7 +31,7 @@ pub struct UpArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "linux_system,build_server,load"
+        default_value = "linux_system,build_server,load,tap,api"
     )]
     pub plugins: Vec<String>,
     /// Directory of exec plugins for the local agents.

@@ -970,7 +970,7 @@ pub async fn metrics(
 /// then a `finished` message with the summary. Bearer header or `?token=`.
 #[utoipa::path(get, path = "/ws/performance/{execution_id}/", tag = "performance",
     params(("execution_id" = String, Path)),
-    responses((status = 101, description = "WebSocket of JSON messages"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 101, description = "WebSocket of JSON messages"), (status = 400, description = "not a WebSocket upgrade request"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn live(
     State(state): State<AppState>,

@@ -297,8 +297,12 @@ pub async fn delete_environment(
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct GroupView {
-    #[serde(flatten)]
-    pub group: Group,
+    // Spelled out rather than `#[serde(flatten)]`ed: `Group` denies unknown
+    // fields, and a flattened `allOf` with it would make the spec reject
+    // every real response (`testbed api check` caught this).
+    pub name: String,
+    pub description: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
     /// Member agents: uuid → name.
     pub agents: Vec<GroupMember>,
     /// The run holding the group exclusively, if any.
@@ -329,7 +333,9 @@ async fn group_view(state: &AppState, group: Group) -> ApiResult<GroupView> {
         .await?
         .map(|(l, _)| l.run_id);
     Ok(GroupView {
-        group,
+        name: group.name,
+        description: group.description,
+        created_at: group.created_at,
         agents,
         reserved_by,
     })

@@ -290,7 +290,7 @@ pub async fn upload_artifact(
 /// ends. Authenticate with the bearer header or `?token=`.
 #[utoipa::path(get, path = "/ws/tasks/{id}/log", tag = "tasks",
     params(("id" = String, Path)),
-    responses((status = 101, description = "WebSocket of text frames"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 101, description = "WebSocket of text frames"), (status = 400, description = "not a WebSocket upgrade request"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn follow(
     State(state): State<AppState>,
