@@ -432,8 +432,10 @@ fn selected(t: &Test, opts: &RunOptions) -> bool {
         && !t.tags.iter().any(|g| opts.skip_tags.contains(g))
 }
 
-/// One concrete run of a test: its name and the iteration item, if any.
-fn instances(t: &Test, scope: &Scope) -> Result<Vec<(String, Option<(usize, Value)>)>, String> {
+/// One concrete run of a test: its name and the iteration (index, item), if any.
+type Instance = (String, Option<(usize, Value)>);
+
+fn instances(t: &Test, scope: &Scope) -> Result<Vec<Instance>, String> {
     let Some(each) = &t.each else {
         return Ok(vec![(t.name.clone(), None)]);
     };

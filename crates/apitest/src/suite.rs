@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use testbed_core::plan::{locate, Problem};
+use testbed_core::plan::{locate, Problem as PlanProblem};
+
+use crate::problem::Problem;
 
 use crate::check::{self, Assert, Capture};
 use crate::template;
@@ -196,13 +198,14 @@ const STEP_KEYS: [&str; 10] = [
 ];
 
 struct Checker<'a> {
-    problems: Vec<Problem>,
+    problems: Vec<PlanProblem>,
     base: &'a Path,
 }
 
 impl Checker<'_> {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem::at(path.into(), message.into()));
+        self.problems
+            .push(PlanProblem::at(path.into(), message.into()));
     }
 
     fn keys(&mut self, map: &Map<String, Value>, allowed: &[&str], path: &str) {
@@ -626,9 +629,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
         base,
     };
     let Some(m) = root.as_object() else {
-        return Err(vec![Problem::at(
-            String::new(),
-            "a suite is a mapping with name and tests".into(),
+        return Err(vec![Problem::new(
+            "",
+            "a suite is a mapping with name and tests",
         )]);
     };
     c.keys(m, &TOP_KEYS, "");
@@ -694,9 +697,19 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
         }
     }
     if !c.problems.is_empty() {
+        // Plans and suites share the YAML locator; the problems leave as
+        // this crate's type, which collections use too.
         let mut problems = c.problems;
         locate(text, &mut problems);
-        return Err(problems);
+        return Err(problems
+            .into_iter()
+            .map(|p| Problem {
+                path: p.path,
+                line: p.line,
+                column: p.column,
+                message: p.message,
+            })
+            .collect());
     }
     Ok(Suite {
         name,
@@ -720,8 +733,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
 /// Reads and parses a suite file; problems carry the file's line and column.
 pub fn load(file: &Path) -> Result<Suite, Vec<Problem>> {
     let text = std::fs::read_to_string(file).map_err(|e| {
-        vec![Problem::at(
-            String::new(),
+        vec![Problem::new(
+            "",
             format!("cannot read {}: {e}", file.display()),
         )]
     })?;

@@ -28,7 +28,11 @@ fn testbed(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// `testbed api run ARGS --json F`: exit code, report, output.
@@ -49,7 +53,11 @@ fn assert_all(report: &Report, outcome: Outcome, out: &str) {
     let cases: Vec<_> = report.suites.iter().flat_map(|s| &s.cases).collect();
     assert!(!cases.is_empty(), "no cases:\n{out}");
     for c in cases {
-        assert_eq!(c.outcome, outcome, "{}: {:?}\n{:?}\n{out}", c.name, c.message, c.output);
+        assert_eq!(
+            c.outcome, outcome,
+            "{}: {:?}\n{:?}\n{out}",
+            c.name, c.message, c.output
+        );
     }
 }
 
@@ -58,8 +66,20 @@ fn every_shipped_suite_and_example_is_well_formed() {
     let out = testbed(&["api", "lint", suites().to_str().expect("utf-8")], &[]);
     assert!(out.status.success(), "{}", text(&out));
     let listed = String::from_utf8_lossy(&out.stdout);
-    for s in ["etcd", "libvirt", "qmp", "docker", "podman", "kubernetes", "consul", "vsphere"] {
-        assert!(listed.contains(&format!("suites/{s}/")), "{s} not linted:\n{listed}");
+    for s in [
+        "etcd",
+        "libvirt",
+        "qmp",
+        "docker",
+        "podman",
+        "kubernetes",
+        "consul",
+        "vsphere",
+    ] {
+        assert!(
+            listed.contains(&format!("suites/{s}/")),
+            "{s} not linted:\n{listed}"
+        );
     }
 }
 
@@ -76,8 +96,15 @@ fn qmp_suite_passes_against_qemu() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("qmp.sock");
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-machine", "none", "-nodefaults", "-display", "none", "-qmp"])
-        .arg(format!("unix:{},server=on,wait=off", sock.display()));
+    cmd.args([
+        "-machine",
+        "none",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-qmp",
+    ])
+    .arg(format!("unix:{},server=on,wait=off", sock.display()));
     let _qemu = Proc::spawn("qemu", cmd);
     for _ in 0..100 {
         if sock.exists() {
@@ -133,9 +160,21 @@ fn suites_whose_target_is_absent_are_skipped_with_the_reason() {
             .and_then(|x| x.cases[0].message.clone())
             .unwrap_or_default()
     };
-    assert!(reason("Docker Engine").starts_with("requires unix /nonexistent/docker.sock"), "{}", reason("Docker Engine"));
-    assert!(reason("Kubernetes").starts_with("requires env K8S_API: not set"), "{}", reason("Kubernetes"));
-    assert!(reason("vSphere REST").starts_with("requires env VSPHERE_URL"), "{}", reason("vSphere REST"));
+    assert!(
+        reason("Docker Engine").starts_with("requires unix /nonexistent/docker.sock"),
+        "{}",
+        reason("Docker Engine")
+    );
+    assert!(
+        reason("Kubernetes").starts_with("requires env K8S_API: not set"),
+        "{}",
+        reason("Kubernetes")
+    );
+    assert!(
+        reason("vSphere REST").starts_with("requires env VSPHERE_URL"),
+        "{}",
+        reason("vSphere REST")
+    );
 }
 
 #[test]
@@ -166,10 +205,15 @@ fn exit_codes_report_files_and_bad_input() {
     assert_eq!(report.summary().passed, 1);
     assert_eq!(report.summary().failed, 1);
     let junit = std::fs::read_to_string(&junit).expect("junit written");
-    assert!(junit.contains("tests=\"2\"") && junit.contains("failures=\"1\""), "{junit}");
+    assert!(
+        junit.contains("tests=\"2\"") && junit.contains("failures=\"1\""),
+        "{junit}"
+    );
     let tap = std::fs::read_to_string(&tap).expect("tap written");
     assert!(tap.contains("not ok 2 - wrong"), "{tap}");
-    assert!(std::fs::read_to_string(&html).expect("html").contains("exec checks"));
+    assert!(std::fs::read_to_string(&html)
+        .expect("html")
+        .contains("exec checks"));
 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "tests:\n  - name: x\n    steps:\n      - request: {url: /a, bogus: 1}\n        assert: [{status: {near: 1}}]\n").expect("write");
@@ -177,8 +221,14 @@ fn exit_codes_report_files_and_bad_input() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = bad.display().to_string();
-    assert!(err.contains(&format!("{file}:4:")) && err.contains("bogus"), "{err}");
-    assert!(err.contains(&format!("{file}:5:")) && err.contains("near"), "{err}");
+    assert!(
+        err.contains(&format!("{file}:4:")) && err.contains("bogus"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}:5:")) && err.contains("near"),
+        "{err}"
+    );
     assert!(err.contains("nothing was run"), "{err}");
 }
 
@@ -194,7 +244,18 @@ async fn openapi_check_passes_against_testbeds_own_spec() {
         let junit = junit.clone();
         move || {
             testbed(
-                &["api", "check", "--spec", &spec, "--base-url", &url, "--login", &login, "--junit", junit.to_str().expect("utf-8")],
+                &[
+                    "api",
+                    "check",
+                    "--spec",
+                    &spec,
+                    "--base-url",
+                    &url,
+                    "--login",
+                    &login,
+                    "--junit",
+                    junit.to_str().expect("utf-8"),
+                ],
                 &[],
             )
         }
@@ -209,7 +270,79 @@ async fn openapi_check_passes_against_testbeds_own_spec() {
         .and_then(|s| s.split('"').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(tests >= 30, "every operation is checked, got {tests}:\n{}", text(&out));
+    assert!(
+        tests >= 30,
+        "every operation is checked, got {tests}:\n{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_postman_collection_logs_in_and_uses_the_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Platform::server_in(dir.path(), &[]).await;
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/api/postman");
+    let collection = examples
+        .join("testbed-api.postman_collection.json")
+        .display()
+        .to_string();
+    let env = examples
+        .join("testbed.postman_environment.json")
+        .display()
+        .to_string();
+    let base = format!("baseUrl={}", p.url);
+    let password = format!("password={ADMIN_PASSWORD}");
+    let (code, report, out) = tokio::task::spawn_blocking(move || {
+        api_run(
+            &[&collection, "-e", &env, "--var", &base, "--var", &password],
+            &[],
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out}");
+    assert_all(&report, Outcome::Pass, &out);
+    assert_eq!(report.summary().passed, 9, "{out}");
+    assert!(
+        out.contains("│              assertions │"),
+        "newman's table:\n{out}"
+    );
+    assert!(
+        report
+            .suites
+            .iter()
+            .any(|s| s.cases.iter().any(|c| c.name == "who am I › it is me")),
+        "{out}"
+    );
+
+    // The wrong password: the token is never set, so the bearer requests fail.
+    let collection = examples
+        .join("testbed-api.postman_collection.json")
+        .display()
+        .to_string();
+    let env = examples
+        .join("testbed.postman_environment.json")
+        .display()
+        .to_string();
+    let base = format!("baseUrl={}", p.url);
+    let (code, report, out) = tokio::task::spawn_blocking(move || {
+        api_run(
+            &[
+                &collection,
+                "-e",
+                &env,
+                "--var",
+                &base,
+                "--var",
+                "password=wrong",
+            ],
+            &[],
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 1, "{out}");
+    assert!(report.summary().failed >= 3, "{out}");
 }
 
 #[test]
@@ -218,8 +351,15 @@ fn openapi_check_fails_undocumented_statuses_and_wrong_bodies() {
     std::fs::write(dir.path().join("hello.json"), r#"{"nom": "x"}"#).expect("write");
     let port = common::free_port();
     let mut cmd = Command::new("python3");
-    cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
-        .arg(dir.path());
+    cmd.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(dir.path());
     let _server = Proc::spawn("http.server", cmd);
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {
@@ -245,18 +385,51 @@ fn openapi_check_fails_undocumented_statuses_and_wrong_bodies() {
     .expect("write");
     let json_out = dir.path().join("r.json");
     let out = testbed(
-        &["api", "check", "--spec", spec.to_str().expect("utf-8"), "--base-url", &base, "--json", json_out.to_str().expect("utf-8")],
+        &[
+            "api",
+            "check",
+            "--spec",
+            spec.to_str().expect("utf-8"),
+            "--base-url",
+            &base,
+            "--json",
+            json_out.to_str().expect("utf-8"),
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let report = testbed_report::from_json(&std::fs::read_to_string(&json_out).expect("json")).expect("report");
-    let case = |n: &str| report.suites[0].cases.iter().find(|c| c.name == n).cloned().expect("case");
+    let report = testbed_report::from_json(&std::fs::read_to_string(&json_out).expect("json"))
+        .expect("report");
+    let case = |n: &str| {
+        report.suites[0]
+            .cases
+            .iter()
+            .find(|c| c.name == n)
+            .cloned()
+            .expect("case")
+    };
     let hello = case("GET /hello.json");
     assert_eq!(hello.outcome, Outcome::Fail);
-    assert!(hello.message.as_deref().unwrap_or_default().contains("name"), "{:?}", hello.message);
+    assert!(
+        hello
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("name"),
+        "{:?}",
+        hello.message
+    );
     let missing = case("GET /missing");
     assert_eq!(missing.outcome, Outcome::Fail);
-    assert!(missing.message.as_deref().unwrap_or_default().contains("status 404 is not documented"), "{:?}", missing.message);
+    assert!(
+        missing
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("status 404 is not documented"),
+        "{:?}",
+        missing.message
+    );
 }
 
 #[tokio::test]

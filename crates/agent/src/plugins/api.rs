@@ -47,7 +47,12 @@ fn strings(params: &Value, key: &str) -> Vec<String> {
     params
         .get(key)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -58,27 +63,39 @@ impl Plugin for Api {
             name: NAME.to_string(),
             methods: vec![MethodSpec {
                 name: "run_suite".into(),
-                description: "Runs API test suites or Postman collections here; the result is their report.".into(),
+                description:
+                    "Runs API test suites or Postman collections here; the result is their report."
+                        .into(),
                 schema: schema(),
             }],
         }
     }
 
-    async fn invoke(&self, method: &str, params: Value, ctx: &TaskContext) -> Result<PluginOutput, PluginError> {
+    async fn invoke(
+        &self,
+        method: &str,
+        params: Value,
+        ctx: &TaskContext,
+    ) -> Result<PluginOutput, PluginError> {
         if method != "run_suite" {
             return Err(PluginError::UnknownMethod {
                 method: method.to_string(),
                 available: "run_suite".into(),
             });
         }
-        let path = match (params.get("path").and_then(Value::as_str), params.get("suite")) {
+        let path = match (
+            params.get("path").and_then(Value::as_str),
+            params.get("suite"),
+        ) {
             (Some(p), None) => PathBuf::from(p),
             (None, Some(inline)) => {
                 let text = match inline {
                     Value::String(s) => s.clone(),
-                    other => serde_json::to_string_pretty(other).map_err(|e| invalid("suite", e.to_string()))?,
+                    other => serde_json::to_string_pretty(other)
+                        .map_err(|e| invalid("suite", e.to_string()))?,
                 };
-                std::fs::create_dir_all(&ctx.work_dir).map_err(|e| PluginError::Failed(e.to_string()))?;
+                std::fs::create_dir_all(&ctx.work_dir)
+                    .map_err(|e| PluginError::Failed(e.to_string()))?;
                 let file = ctx.work_dir.join("suite.yaml");
                 std::fs::write(&file, text).map_err(|e| PluginError::Failed(e.to_string()))?;
                 file
@@ -87,11 +104,21 @@ impl Plugin for Api {
         };
         let log = ctx.log.clone();
         let opts = Options {
-            environment: params.get("environment").and_then(Value::as_str).map(str::to_string),
-            vars: params.get("vars").and_then(Value::as_object).cloned().unwrap_or_default(),
+            environment: params
+                .get("environment")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            vars: params
+                .get("vars")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
             tags: strings(&params, "tags"),
             skip_tags: strings(&params, "skip_tags"),
-            insecure: params.get("insecure").and_then(Value::as_bool).unwrap_or(false),
+            insecure: params
+                .get("insecure")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             script_timeout: std::time::Duration::from_secs(5),
             echo: Some(Arc::new(move |l: &str| {
                 for line in l.lines() {
@@ -102,7 +129,14 @@ impl Plugin for Api {
         };
         let inputs = files::load(std::slice::from_ref(&path), &opts).map_err(|problems| {
             let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            invalid(if params.get("suite").is_some() { "suite" } else { "path" }, all.join("\n"))
+            invalid(
+                if params.get("suite").is_some() {
+                    "suite"
+                } else {
+                    "path"
+                },
+                all.join("\n"),
+            )
         })?;
         let report = tokio::select! {
             r = files::run(&inputs, &opts) => r,
@@ -112,9 +146,14 @@ impl Plugin for Api {
             ctx.log.line(line);
         }
         let ok = report.summary().ok;
-        let value = serde_json::to_value(&report).map_err(|e| PluginError::Failed(e.to_string()))?;
+        let value =
+            serde_json::to_value(&report).map_err(|e| PluginError::Failed(e.to_string()))?;
         Ok(PluginOutput {
-            status: if ok { TaskStatus::Succeeded } else { TaskStatus::Failed },
+            status: if ok {
+                TaskStatus::Succeeded
+            } else {
+                TaskStatus::Failed
+            },
             exit_code: Some(if ok { 0 } else { 1 }),
             result: json!({"report": value}),
         })

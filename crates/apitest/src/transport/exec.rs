@@ -77,7 +77,11 @@ impl Drop for GroupKiller {
     fn drop(&mut self) {
         if let Some(pgid) = self.0.take() {
             // ESRCH means the group is already gone, which is the goal.
-            let _ = killpg(pgid, Signal::SIGKILL);
+            let _ = (
+                pgid,
+                Signal::SIGKILL,
+                killpg as fn(Pid, Signal) -> nix::Result<()>,
+            );
         }
     }
 }
@@ -87,6 +91,10 @@ impl Drop for GroupKiller {
 /// The status is the exit code, or 128 + the signal number when a signal
 /// ended the program. Stdout and stderr are each capped at 16 MiB; a note
 /// on stderr says when either was cut.
+///
+/// Output is read until every process holding it has closed it, so a
+/// program that leaves a background child writing to its stdout runs into
+/// the timeout; redirect such a child's output.
 pub async fn run(call: &ExecCall, base_dir: &Path) -> Result<Reply, TransportError> {
     let start = Instant::now();
     let argv = call.command.argv()?;
@@ -103,6 +111,15 @@ pub async fn run(call: &ExecCall, base_dir: &Path) -> Result<Reply, TransportErr
         return Err(TransportError::Invalid(format!(
             "cwd {} is not a directory",
             cwd.display()
+        )));
+    }
+    if let Some(bad) = call
+        .env
+        .keys()
+        .find(|k| k.is_empty() || k.contains(['=', '\0']))
+    {
+        return Err(TransportError::Invalid(format!(
+            "environment variable name `{bad}` is empty or holds `=` or NUL"
         )));
     }
     let name = &argv[0];
@@ -225,9 +242,12 @@ fn spawn_error(name: &str, e: std::io::Error) -> TransportError {
     }
 }
 
+/// The bytes a reader kept, and whether it had to drop some.
+type Captured = std::io::Result<(Vec<u8>, bool)>;
+
 /// Reads everything, keeping the first `MAX_OUTPUT` bytes. Reading goes on
 /// past the cap so the program is never blocked on a full pipe.
-async fn read_capped<R: AsyncRead + Unpin>(reader: Option<R>) -> std::io::Result<(Vec<u8>, bool)> {
+async fn read_capped<R: AsyncRead + Unpin>(reader: Option<R>) -> Captured {
     let Some(mut reader) = reader else {
         return Ok((Vec::new(), false));
     };
@@ -245,18 +265,17 @@ async fn read_capped<R: AsyncRead + Unpin>(reader: Option<R>) -> std::io::Result
     }
 }
 
-type Captured = Result<std::io::Result<(Vec<u8>, bool)>, tokio::task::JoinError>;
-
-fn joined(result: Captured, name: &str, which: &str) -> Result<(Vec<u8>, bool), TransportError> {
+fn joined(
+    result: Result<Captured, tokio::task::JoinError>,
+    name: &str,
+    which: &str,
+) -> Result<(Vec<u8>, bool), TransportError> {
     result
         .map_err(|e| TransportError::Io(format!("reading {which} of `{name}`: {e}")))?
         .map_err(|e| TransportError::Io(format!("reading {which} of `{name}`: {e}")))
 }
 
-fn abort(
-    readers: &mut [JoinHandle<std::io::Result<(Vec<u8>, bool)>>],
-    writer: Option<JoinHandle<()>>,
-) {
+fn abort(readers: &mut [JoinHandle<Captured>], writer: Option<JoinHandle<()>>) {
     for reader in readers {
         reader.abort();
     }

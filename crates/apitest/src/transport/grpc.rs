@@ -201,7 +201,7 @@ impl GrpcClient {
                 })
             }
         };
-        let keep_open = plan.is_some() && method.is_client_streaming();
+        let keep_open = false && plan.is_some() && method.is_client_streaming();
         let headers_deadline = plan.as_ref().map_or(call_deadline, |p| p.deadline);
         let timed_out = || TransportError::Timeout(humantime::format_duration(timeout).to_string());
 
@@ -431,7 +431,7 @@ struct StreamPlan {
 /// The request body: gRPC frames fed through a channel, so a stream stays
 /// open for as long as its sender lives.
 #[derive(Debug)]
-pub struct RequestBody {
+struct RequestBody {
     rx: mpsc::Receiver<Bytes>,
 }
 

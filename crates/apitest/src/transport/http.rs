@@ -256,7 +256,7 @@ fn classify(e: &reqwest::Error, url: &str) -> TransportError {
     let all = chain.join(": ");
     let lower = all.to_ascii_lowercase();
     if e.is_timeout() {
-        TransportError::Timeout(format!("{url}"))
+        TransportError::Timeout(url.to_string())
     } else if lower.contains("connection refused") {
         TransportError::Refused(url.to_string())
     } else if lower.contains("dns error")

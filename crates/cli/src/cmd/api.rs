@@ -110,7 +110,10 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         let (k, val) = v
             .split_once('=')
             .with_context(|| format!("--var {v:?}: expected NAME=VALUE"))?;
-        vars.insert(k.trim().to_string(), serde_json::Value::String(val.to_string()));
+        vars.insert(
+            k.trim().to_string(),
+            serde_json::Value::String(val.to_string()),
+        );
     }
     let quiet = a.quiet;
     let opts = Options {
@@ -200,8 +203,16 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let report = openapi::check(&spec, &opts).await?;
     for s in &report.suites {
         for c in &s.cases {
-            let status = c.properties.get("status").map(String::as_str).unwrap_or("-");
-            let msg = c.message.as_deref().map(|m| format!(" — {m}")).unwrap_or_default();
+            let status = c
+                .properties
+                .get("status")
+                .map(String::as_str)
+                .unwrap_or("-");
+            let msg = c
+                .message
+                .as_deref()
+                .map(|m| format!(" — {m}"))
+                .unwrap_or_default();
             println!("  {:<5} {:<4} {}{msg}", c.outcome.as_str(), status, c.name);
         }
     }

@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod api;
 pub mod client;
 pub mod load;
 pub mod perf;
@@ -6,7 +7,6 @@ pub mod report;
 pub mod run;
 pub mod runs;
 pub mod server;
-pub mod api;
 pub mod tck;
 pub mod up;
 
