@@ -5,7 +5,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -292,15 +291,4 @@ pub async fn run(inputs: &[Input], opts: &Options) -> Report {
     }
     report.finished_at = Some(chrono::Utc::now());
     report
-}
-
-/// For callers that only hold a path list and want a ready report (the agent plugin).
-pub async fn load_and_run(paths: &[PathBuf], opts: &Options) -> Result<Report, Vec<FileProblem>> {
-    let inputs = load(paths, opts)?;
-    Ok(run(&inputs, opts).await)
-}
-
-/// An `Echo` that prints to stdout.
-pub fn stdout_echo() -> Echo {
-    Arc::new(|l: &str| println!("{l}"))
 }

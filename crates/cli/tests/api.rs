@@ -472,4 +472,12 @@ async fn the_api_plugin_runs_a_suite_inside_a_plan() {
     let id = p.start_run(&failing, json!({})).await;
     let run = p.wait_run(&id, Duration::from_secs(60)).await;
     assert_eq!(run["status"], "failed", "{run}");
+
+    // Over the API, as a one-off task on a named agent: the result holds the report.
+    let suite = format!("name: one-off\ntests:\n  - name: up\n    steps:\n      - request: {{url: \"{}/healthz\"}}\n", p.url);
+    let task = p.run("api", "local-1", "run_suite", json!({"suite": suite})).await;
+    let t = p.wait_task(&task, Duration::from_secs(60)).await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    assert_eq!(t["result"]["report"]["suites"][0]["cases"][0]["name"], "up", "{t}");
+    assert_eq!(t["result"]["report"]["suites"][0]["cases"][0]["outcome"], "pass", "{t}");
 }

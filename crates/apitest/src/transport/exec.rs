@@ -77,11 +77,7 @@ impl Drop for GroupKiller {
     fn drop(&mut self) {
         if let Some(pgid) = self.0.take() {
             // ESRCH means the group is already gone, which is the goal.
-            let _ = (
-                pgid,
-                Signal::SIGKILL,
-                killpg as fn(Pid, Signal) -> nix::Result<()>,
-            );
+            let _ = killpg(pgid, Signal::SIGKILL);
         }
     }
 }

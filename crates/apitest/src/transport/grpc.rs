@@ -201,7 +201,7 @@ impl GrpcClient {
                 })
             }
         };
-        let keep_open = false && plan.is_some() && method.is_client_streaming();
+        let keep_open = plan.is_some() && method.is_client_streaming();
         let headers_deadline = plan.as_ref().map_or(call_deadline, |p| p.deadline);
         let timed_out = || TransportError::Timeout(humantime::format_duration(timeout).to_string());
 
