@@ -53,7 +53,7 @@ PY
 declare -A CMDS
 CMDS[testbed-yaml]="$TESTBED api run -q $OUT/suite.yaml"
 CMDS[testbed-postman]="$TESTBED api run -q $OUT/bench.postman_collection.json"
-command -v newman >/dev/null && CMDS[newman]="newman run --reporters cli --reporter-cli-no-summary --reporter-cli-no-success-assertions $OUT/bench.postman_collection.json"
+command -v newman >/dev/null && CMDS[newman]="newman run $OUT/bench.postman_collection.json --reporters cli --reporter-cli-no-success-assertions"
 command -v hurl >/dev/null && CMDS[hurl]="hurl --test $OUT/bench.hurl"
 for t in newman hurl; do [ -n "${CMDS[$t]:-}" ] || echo "($t not installed: left out)"; done
 

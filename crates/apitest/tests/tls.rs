@@ -20,18 +20,40 @@ fn openssl(dir: &Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .unwrap_or_else(|e| panic!("the TLS test needs the `openssl` command: {e}"));
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
 fn certificates(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=testbed test CA"]);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=testbed test CA",
+    ]);
     openssl(dir, &ca);
     for (name, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ] {
         std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext");
@@ -46,7 +68,23 @@ fn certificates(dir: &Path) {
         let ext = format!("{name}.ext");
         openssl(
             dir,
-            &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &pem, "-days", "2", "-extfile", &ext],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
         );
     }
 }
@@ -71,13 +109,17 @@ async fn tls_server(dir: &Path) -> String {
         .with_single_cert(certs, key)
         .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
                 while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -124,21 +166,62 @@ async fn private_ca_client_certificates_and_insecure() {
     certificates(dir.path());
     let base = tls_server(dir.path()).await;
 
-    let c = run(dir.path(), json!({"ca": "ca.pem", "cert": "client.pem", "key": "client.key"}), &base).await;
-    assert_eq!(c.outcome, Outcome::Pass, "CA + client certificate: {:?}", c.message);
+    let c = run(
+        dir.path(),
+        json!({"ca": "ca.pem", "cert": "client.pem", "key": "client.key"}),
+        &base,
+    )
+    .await;
+    assert_eq!(
+        c.outcome,
+        Outcome::Pass,
+        "CA + client certificate: {:?}",
+        c.message
+    );
 
-    let c = run(dir.path(), json!({"insecure": true, "cert": "client.pem", "key": "client.key"}), &base).await;
-    assert_eq!(c.outcome, Outcome::Pass, "insecure + client certificate: {:?}", c.message);
+    let c = run(
+        dir.path(),
+        json!({"insecure": true, "cert": "client.pem", "key": "client.key"}),
+        &base,
+    )
+    .await;
+    assert_eq!(
+        c.outcome,
+        Outcome::Pass,
+        "insecure + client certificate: {:?}",
+        c.message
+    );
 
-    let c = run(dir.path(), json!({"cert": "client.pem", "key": "client.key"}), &base).await;
+    let c = run(
+        dir.path(),
+        json!({"cert": "client.pem", "key": "client.key"}),
+        &base,
+    )
+    .await;
     assert_eq!(c.outcome, Outcome::Error, "unknown CA: {:?}", c.message);
     let m = c.message.unwrap_or_default();
-    assert!(m.contains("TLS") && m.to_lowercase().contains("certificate"), "names the cause: {m}");
+    assert!(
+        m.contains("TLS") && m.to_lowercase().contains("certificate"),
+        "names the cause: {m}"
+    );
 
     let c = run(dir.path(), json!({"ca": "ca.pem"}), &base).await;
-    assert_eq!(c.outcome, Outcome::Error, "no client certificate: {:?}", c.message);
+    assert_eq!(
+        c.outcome,
+        Outcome::Error,
+        "no client certificate: {:?}",
+        c.message
+    );
 
-    let c = run(dir.path(), json!({"ca": "ca.pem", "cert": "client.pem"}), &base).await;
+    let c = run(
+        dir.path(),
+        json!({"ca": "ca.pem", "cert": "client.pem"}),
+        &base,
+    )
+    .await;
     assert_eq!(c.outcome, Outcome::Error);
-    assert!(c.message.unwrap_or_default().contains("tls.cert and tls.key go together"));
+    assert!(c
+        .message
+        .unwrap_or_default()
+        .contains("tls.cert and tls.key go together"));
 }

@@ -63,7 +63,16 @@ fn assert_all(report: &Report, outcome: Outcome, out: &str) {
 
 #[test]
 fn every_shipped_suite_and_example_is_well_formed() {
-    let out = testbed(&["api", "lint", suites().to_str().expect("utf-8")], &[]);
+    let example = suites().join("../examples/api/testbed-smoke.yaml");
+    let out = testbed(
+        &[
+            "api",
+            "lint",
+            suites().to_str().expect("utf-8"),
+            example.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let listed = String::from_utf8_lossy(&out.stdout);
     for s in [
@@ -81,6 +90,7 @@ fn every_shipped_suite_and_example_is_well_formed() {
             "{s} not linted:\n{listed}"
         );
     }
+    assert!(listed.contains("testbed-smoke.yaml"), "{listed}");
 }
 
 #[test]
@@ -275,6 +285,25 @@ async fn openapi_check_passes_against_testbeds_own_spec() {
         "every operation is checked, got {tests}:\n{}",
         text(&out)
     );
+
+    // The example smoke suite runs as documented against the same server.
+    let example = suites()
+        .join("../examples/api/testbed-smoke.yaml")
+        .display()
+        .to_string();
+    let env = [
+        ("TESTBED_URL", p.url.clone()),
+        ("TESTBED_PASSWORD", ADMIN_PASSWORD.to_string()),
+    ];
+    let (code, report, out) = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        api_run(&[&example], &env)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out}");
+    assert_all(&report, Outcome::Pass, &out);
+    assert_eq!(report.summary().passed, 4, "{out}");
 }
 
 #[tokio::test]
@@ -475,9 +504,17 @@ async fn the_api_plugin_runs_a_suite_inside_a_plan() {
 
     // Over the API, as a one-off task on a named agent: the result holds the report.
     let suite = format!("name: one-off\ntests:\n  - name: up\n    steps:\n      - request: {{url: \"{}/healthz\"}}\n", p.url);
-    let task = p.run("api", "local-1", "run_suite", json!({"suite": suite})).await;
+    let task = p
+        .run("api", "local-1", "run_suite", json!({"suite": suite}))
+        .await;
     let t = p.wait_task(&task, Duration::from_secs(60)).await;
     assert_eq!(t["status"], "succeeded", "{t}");
-    assert_eq!(t["result"]["report"]["suites"][0]["cases"][0]["name"], "up", "{t}");
-    assert_eq!(t["result"]["report"]["suites"][0]["cases"][0]["outcome"], "pass", "{t}");
+    assert_eq!(
+        t["result"]["report"]["suites"][0]["cases"][0]["name"], "up",
+        "{t}"
+    );
+    assert_eq!(
+        t["result"]["report"]["suites"][0]["cases"][0]["outcome"], "pass",
+        "{t}"
+    );
 }

@@ -94,11 +94,8 @@ impl Drop for GroupKiller {
 pub async fn run(call: &ExecCall, base_dir: &Path) -> Result<Reply, TransportError> {
     let start = Instant::now();
     let argv = call.command.argv()?;
-    let timeout = match call.timeout.as_deref() {
-        Some(t) => humantime::parse_duration(t.trim())
-            .map_err(|e| TransportError::Invalid(format!("timeout `{t}`: {e}")))?,
-        None => DEFAULT_TIMEOUT,
-    };
+    let timeout =
+        super::parse_duration(call.timeout.as_deref(), "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
     let cwd = match &call.cwd {
         Some(dir) => base_dir.join(dir),
         None => base_dir.to_path_buf(),

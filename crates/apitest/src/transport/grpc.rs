@@ -52,7 +52,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::{timeout_at, Instant as Deadline};
 
-use super::TransportError;
+use super::{parse_duration, TransportError};
 use crate::Reply;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -717,13 +717,4 @@ fn error_chain(e: &dyn StdError) -> String {
         source = err.source();
     }
     text
-}
-
-fn parse_duration(value: Option<&str>, what: &str) -> Result<Option<Duration>, TransportError> {
-    value
-        .map(|v| {
-            humantime::parse_duration(v.trim())
-                .map_err(|e| TransportError::Invalid(format!("{what} `{v}`: {e}")))
-        })
-        .transpose()
 }

@@ -112,12 +112,8 @@ pub struct HttpClient {
     timeout: Duration,
 }
 
-pub fn duration(s: Option<&str>, default: Duration) -> Result<Duration, TransportError> {
-    match s {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s.trim())
-            .map_err(|e| TransportError::Invalid(format!("bad duration {s:?}: {e}"))),
-    }
+fn duration(s: Option<&str>, default: Duration) -> Result<Duration, TransportError> {
+    Ok(super::parse_duration(s, "timeout")?.unwrap_or(default))
 }
 
 fn read(base: &Path, file: &str, what: &str) -> Result<Vec<u8>, TransportError> {

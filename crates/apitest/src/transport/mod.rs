@@ -2,6 +2,8 @@
 //! typed call into a [`Reply`](crate::Reply) or a [`TransportError`] whose
 //! kind says why the system could not be reached.
 
+use std::time::Duration;
+
 use thiserror::Error;
 
 pub mod exec;
@@ -29,4 +31,17 @@ pub enum TransportError {
     Io(String),
     #[error("invalid call: {0}")]
     Invalid(String),
+}
+
+/// A `30s`-style duration of a call or target field; `what` names the field.
+pub(crate) fn parse_duration(
+    value: Option<&str>,
+    what: &str,
+) -> Result<Option<Duration>, TransportError> {
+    value
+        .map(|v| {
+            humantime::parse_duration(v.trim())
+                .map_err(|e| TransportError::Invalid(format!("{what} `{v}`: {e}")))
+        })
+        .transpose()
 }

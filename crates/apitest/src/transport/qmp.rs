@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{timeout_at, Instant as Deadline};
 
-use super::TransportError;
+use super::{parse_duration, TransportError};
 use crate::Reply;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -339,13 +339,4 @@ fn connect_error(peer: &str, e: std::io::Error) -> TransportError {
         }
         _ => TransportError::Connect(format!("{peer}: {e}")),
     }
-}
-
-fn parse_duration(value: Option<&str>, what: &str) -> Result<Option<Duration>, TransportError> {
-    value
-        .map(|v| {
-            humantime::parse_duration(v.trim())
-                .map_err(|e| TransportError::Invalid(format!("{what} `{v}`: {e}")))
-        })
-        .transpose()
 }
