@@ -54,6 +54,29 @@ impl PluginOutput {
             result,
         }
     }
+
+    /// The output of a plugin whose work ends in a test report (`tap`,
+    /// `api`): the summary goes to the log, the report into the result (where
+    /// the plan's report picks it up), and the task fails when a test did.
+    pub fn from_report(
+        report: &testbed_report::Report,
+        log: &LogSink,
+    ) -> Result<Self, PluginError> {
+        for line in testbed_report::to_summary(report).lines() {
+            log.line(line);
+        }
+        let ok = report.summary().ok;
+        let value = serde_json::to_value(report).map_err(|e| PluginError::Failed(e.to_string()))?;
+        Ok(PluginOutput {
+            status: if ok {
+                TaskStatus::Succeeded
+            } else {
+                TaskStatus::Failed
+            },
+            exit_code: Some(if ok { 0 } else { 1 }),
+            result: serde_json::json!({ "report": value }),
+        })
+    }
 }
 
 #[derive(Debug, Error)]

@@ -567,8 +567,13 @@ pub fn validate_schema(v: &jsonschema::Validator, reply: &Reply) -> Result<(), S
     let Some(json) = &reply.json else {
         return Err("schema: the reply has no JSON body".into());
     };
+    schema_errors(v, json).map_err(|e| format!("schema: {e}"))
+}
+
+/// The first few violations of `value`, each at its instance path.
+pub fn schema_errors(v: &jsonschema::Validator, value: &Value) -> Result<(), String> {
     let errors: Vec<String> = v
-        .iter_errors(json)
+        .iter_errors(value)
         .take(5)
         .map(|e| {
             let at = e.instance_path.to_string();
@@ -578,7 +583,7 @@ pub fn validate_schema(v: &jsonschema::Validator, reply: &Reply) -> Result<(), S
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(format!("schema: {}", errors.join("; ")))
+        Err(errors.join("; "))
     }
 }
 

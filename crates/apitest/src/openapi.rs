@@ -273,19 +273,7 @@ impl Checker {
             .with_resource(SPEC_URI, self.resource.clone())
             .build(&schema)
             .map_err(|e| format!("the spec's schema at {pointer} is invalid: {e}"))?;
-        let errors: Vec<String> = v
-            .iter_errors(body)
-            .take(5)
-            .map(|e| {
-                let at = e.instance_path.to_string();
-                format!("{} {e}", if at.is_empty() { "/".into() } else { at })
-            })
-            .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        crate::check::schema_errors(&v, body)
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use testbed_core::plan::{locate, Problem as PlanProblem};
+use testbed_core::plan::{locate, yaml_problem, Problem as PlanProblem};
 
 use crate::problem::Problem;
 
@@ -601,22 +601,18 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
+fn from_plan(p: PlanProblem) -> Problem {
+    Problem {
+        path: p.path,
+        line: p.line,
+        column: p.column,
+        message: p.message,
+    }
+}
+
 /// Parses YAML text into a JSON value, with the location of a syntax error.
 pub fn yaml_value(text: &str) -> Result<Value, Problem> {
-    serde_norway::from_str::<Value>(text).map_err(|e| {
-        let loc = e.location();
-        let msg = e.to_string();
-        let msg = msg
-            .rsplit_once(" at line ")
-            .map(|(m, _)| m.to_string())
-            .unwrap_or(msg);
-        Problem {
-            path: String::new(),
-            line: loc.as_ref().map(|l| l.line()),
-            column: loc.as_ref().map(|l| l.column()),
-            message: msg,
-        }
-    })
+    serde_norway::from_str::<Value>(text).map_err(|e| from_plan(yaml_problem(&e)))
 }
 
 /// Parses and checks a suite. `file` names it in messages and anchors its
@@ -701,15 +697,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
         // this crate's type, which collections use too.
         let mut problems = c.problems;
         locate(text, &mut problems);
-        return Err(problems
-            .into_iter()
-            .map(|p| Problem {
-                path: p.path,
-                line: p.line,
-                column: p.column,
-                message: p.message,
-            })
-            .collect());
+        return Err(problems.into_iter().map(from_plan).collect());
     }
     Ok(Suite {
         name,

@@ -400,30 +400,34 @@ impl std::fmt::Display for Problem {
 
 /// Parses a plan from YAML (or JSON, which is YAML) and checks it.
 pub fn parse(text: &str) -> Result<PlanSpec, Vec<Problem>> {
-    let spec: PlanSpec = serde_norway::from_str(text).map_err(|e| {
-        let loc = e.location();
-        let msg = e.to_string();
-        let msg = msg
-            .rsplit_once(" at line ")
-            .map(|(m, _)| m.to_string())
-            .unwrap_or(msg);
-        let (path, message) = match msg.split_once(": ") {
-            Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
-            _ => (String::new(), msg),
-        };
-        vec![Problem {
-            path,
-            line: loc.as_ref().map(|l| l.line()),
-            column: loc.as_ref().map(|l| l.column()),
-            message,
-        }]
-    })?;
+    let spec: PlanSpec = serde_norway::from_str(text).map_err(|e| vec![yaml_problem(&e)])?;
     let mut problems = check(&spec);
     if !problems.is_empty() {
         locate(text, &mut problems);
         return Err(problems);
     }
     Ok(spec)
+}
+
+/// A YAML (syntax or shape) error as a problem at serde's line and column,
+/// with the field path serde put in front of the message split off.
+pub fn yaml_problem(e: &serde_norway::Error) -> Problem {
+    let loc = e.location();
+    let msg = e.to_string();
+    let msg = msg
+        .rsplit_once(" at line ")
+        .map(|(m, _)| m.to_string())
+        .unwrap_or(msg);
+    let (path, message) = match msg.split_once(": ") {
+        Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
+        _ => (String::new(), msg),
+    };
+    Problem {
+        path,
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        message,
+    }
 }
 
 /// Fills in line and column of each problem from the YAML source.

@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use testbed_apitest::files::{self, Options};
 use testbed_core::agent::{MethodSpec, PluginSpec};
-use testbed_core::task::TaskStatus;
 
 use crate::plugin::{Plugin, PluginError, PluginOutput, TaskContext};
 
@@ -142,20 +141,6 @@ impl Plugin for Api {
             r = files::run(&inputs, &opts) => r,
             _ = ctx.cancel.cancelled() => return Err(PluginError::Cancelled),
         };
-        for line in testbed_report::to_summary(&report).lines() {
-            ctx.log.line(line);
-        }
-        let ok = report.summary().ok;
-        let value =
-            serde_json::to_value(&report).map_err(|e| PluginError::Failed(e.to_string()))?;
-        Ok(PluginOutput {
-            status: if ok {
-                TaskStatus::Succeeded
-            } else {
-                TaskStatus::Failed
-            },
-            exit_code: Some(if ok { 0 } else { 1 }),
-            result: json!({"report": value}),
-        })
+        PluginOutput::from_report(&report, &ctx.log)
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use testbed_core::agent::{MethodSpec, PluginSpec};
-use testbed_core::task::TaskStatus;
 use testbed_tap::{Expectations, KitConfig, RunConfig};
 
 use crate::plugin::{Plugin, PluginError, PluginOutput, TaskContext};
@@ -101,21 +100,6 @@ impl Plugin for Tap {
         if let Some(e) = &expect {
             e.apply(&mut report);
         }
-        let summary = testbed_report::to_summary(&report);
-        for line in summary.lines() {
-            ctx.log.line(line);
-        }
-        let ok = report.summary().ok;
-        let value =
-            serde_json::to_value(&report).map_err(|e| PluginError::Failed(e.to_string()))?;
-        Ok(PluginOutput {
-            status: if ok {
-                TaskStatus::Succeeded
-            } else {
-                TaskStatus::Failed
-            },
-            exit_code: Some(if ok { 0 } else { 1 }),
-            result: json!({"report": value}),
-        })
+        PluginOutput::from_report(&report, &ctx.log)
     }
 }

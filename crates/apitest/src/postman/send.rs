@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::collection::{Auth, Body, FormValue, Header, Request, Url};
 use super::vars::{self, Scopes};
+use crate::transport::http::classify;
 use crate::TransportError;
 
 /// A request ready to send.
@@ -499,44 +500,6 @@ pub(crate) async fn send(
         time,
         size,
     })
-}
-
-/// Says why a request got no answer, in the transport layer's terms and
-/// briefly: the innermost cause, not reqwest's whole chain.
-fn classify(e: &reqwest::Error, timeout: Duration) -> TransportError {
-    let mut chain = Vec::new();
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        chain.push(s.to_string());
-        source = s.source();
-    }
-    let all = chain.join(": ").to_ascii_lowercase();
-    let root = chain.last().cloned().unwrap_or_default();
-    let target = e
-        .url()
-        .map(|u| {
-            format!(
-                "{}:{}",
-                u.host_str().unwrap_or_default(),
-                u.port_or_known_default().unwrap_or_default()
-            )
-        })
-        .unwrap_or_default();
-    if e.is_timeout() {
-        TransportError::Timeout(humantime::format_duration(timeout).to_string())
-    } else if all.contains("connection refused") {
-        TransportError::Refused(target)
-    } else if all.contains("dns error") || all.contains("failed to lookup") {
-        TransportError::Dns(format!("{target}: {root}"))
-    } else if all.contains("certificate") || all.contains("tls") || all.contains("handshake") {
-        TransportError::Tls(format!("{target}: {root}"))
-    } else if e.is_connect() {
-        TransportError::Connect(format!("{target}: {root}"))
-    } else if e.is_builder() {
-        TransportError::Invalid(root)
-    } else {
-        TransportError::Io(format!("{target}: {root}"))
-    }
 }
 
 #[cfg(test)]

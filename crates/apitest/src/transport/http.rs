@@ -183,10 +183,8 @@ impl HttpClient {
         let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| TransportError::Invalid(format!("bad method {:?}", req.method)))?;
         let url = self.url(&req.url);
-        let mut rb = self
-            .client
-            .request(method, &url)
-            .timeout(duration(req.timeout.as_deref(), self.timeout)?);
+        let timeout = duration(req.timeout.as_deref(), self.timeout)?;
+        let mut rb = self.client.request(method, &url).timeout(timeout);
         for (k, v) in self.headers.iter().chain(req.headers.iter()) {
             rb = rb.header(k, v);
         }
@@ -209,7 +207,7 @@ impl HttpClient {
             rb = rb.body(read(base, file, "file")?);
         }
         let started = Instant::now();
-        let resp = rb.send().await.map_err(|e| classify(&e, &url))?;
+        let resp = rb.send().await.map_err(|e| classify(&e, timeout))?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
@@ -221,7 +219,7 @@ impl HttpClient {
                 )
             })
             .collect();
-        let body = resp.bytes().await.map_err(|e| classify(&e, &url))?;
+        let body = resp.bytes().await.map_err(|e| classify(&e, timeout))?;
         let mut reply = Reply {
             status: Some(i64::from(status)),
             headers,
@@ -241,31 +239,40 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// Names the cause the way an operator thinks of it: refused, DNS, TLS, timeout.
-fn classify(e: &reqwest::Error, url: &str) -> TransportError {
+/// Says why a request got no answer, in the transport layer's terms and
+/// briefly: the innermost cause, not reqwest's whole chain.
+pub(crate) fn classify(e: &reqwest::Error, timeout: Duration) -> TransportError {
     let mut chain = Vec::new();
-    let mut src: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = src {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
         chain.push(s.to_string());
-        src = s.source();
+        source = s.source();
     }
-    let all = chain.join(": ");
-    let lower = all.to_ascii_lowercase();
+    let all = chain.join(": ").to_ascii_lowercase();
+    let root = chain.last().cloned().unwrap_or_default();
+    let target = e
+        .url()
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or_default(),
+                u.port_or_known_default().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
     if e.is_timeout() {
-        TransportError::Timeout(url.to_string())
-    } else if lower.contains("connection refused") {
-        TransportError::Refused(url.to_string())
-    } else if lower.contains("dns error")
-        || lower.contains("failed to lookup")
-        || lower.contains("name or service not known")
-    {
-        TransportError::Dns(format!("{url}: {all}"))
-    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
-    {
-        TransportError::Tls(format!("{url}: {all}"))
+        TransportError::Timeout(humantime::format_duration(timeout).to_string())
+    } else if all.contains("connection refused") {
+        TransportError::Refused(target)
+    } else if all.contains("dns error") || all.contains("failed to lookup") {
+        TransportError::Dns(format!("{target}: {root}"))
+    } else if all.contains("certificate") || all.contains("tls") || all.contains("handshake") {
+        TransportError::Tls(format!("{target}: {root}"))
     } else if e.is_connect() {
-        TransportError::Connect(format!("{url}: {all}"))
+        TransportError::Connect(format!("{target}: {root}"))
+    } else if e.is_builder() {
+        TransportError::Invalid(root)
     } else {
-        TransportError::Io(format!("{url}: {all}"))
+        TransportError::Io(format!("{target}: {root}"))
     }
 }

@@ -134,13 +134,7 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let report = files::run(&inputs, &opts).await;
-    a.reports.write(&report)?;
-    print!("{}", testbed_report::to_summary(&report));
-    Ok(if report.summary().ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    a.reports.conclude(&report)
 }
 
 fn lint(a: LintArgs) -> anyhow::Result<ExitCode> {
@@ -216,11 +210,5 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
             println!("  {:<5} {:<4} {}{msg}", c.outcome.as_str(), status, c.name);
         }
     }
-    a.reports.write(&report)?;
-    print!("{}", testbed_report::to_summary(&report));
-    Ok(if report.summary().ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    a.reports.conclude(&report)
 }

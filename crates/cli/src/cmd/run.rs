@@ -35,6 +35,21 @@ pub struct ReportFiles {
 }
 
 impl ReportFiles {
+    /// Writes the requested files, prints the prove-style summary and says
+    /// how the command exits: 0 when the report is ok, 1 when a test failed.
+    pub fn conclude(
+        &self,
+        report: &testbed_report::Report,
+    ) -> anyhow::Result<std::process::ExitCode> {
+        self.write(report)?;
+        print!("{}", testbed_report::to_summary(report));
+        Ok(if report.summary().ok {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::from(1)
+        })
+    }
+
     /// Writes every requested format of `report`.
     pub fn write(&self, report: &testbed_report::Report) -> anyhow::Result<()> {
         let write = |path: &Option<PathBuf>, body: String| -> anyhow::Result<()> {

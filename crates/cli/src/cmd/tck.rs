@@ -132,13 +132,7 @@ async fn run(a: TckRunArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = &expect {
         e.apply(&mut report);
     }
-    a.reports.write(&report)?;
-    print!("{}", testbed_report::to_summary(&report));
-    Ok(if report.summary().ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    a.reports.conclude(&report)
 }
 
 /// A JSON report file or, when no such file exists, the id of a report stored
