@@ -136,10 +136,21 @@ impl<'a> Conns<'a> {
                     scope.insert("qmp_greeting".into(), greeting);
                     *guard = Some(session);
                 }
-                match guard.as_mut() {
+                let result = match guard.as_mut() {
                     Some(s) => s.call(&c).await,
                     None => Err(TransportError::Connect("no QMP session".into())),
+                };
+                // A broken session (QEMU quit or restarted) is dropped, so a
+                // later step connects afresh instead of failing forever.
+                if matches!(
+                    result,
+                    Err(TransportError::Io(_)
+                        | TransportError::Protocol(_)
+                        | TransportError::Connect(_))
+                ) {
+                    *guard = None;
                 }
+                result
             }
             ActionKind::Exec => {
                 let c = from_value(call)?;
