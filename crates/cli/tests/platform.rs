@@ -18,7 +18,10 @@ async fn seed_002_slaves_and_testcases() {
     let mut names = Vec::new();
     for (uuid, s) in map {
         assert!(uuid.parse::<uuid::Uuid>().is_ok(), "key is a uuid: {uuid}");
-        assert_eq!(s["compute_node_type"], "api,build_server,linux_system,load,tap");
+        assert_eq!(
+            s["compute_node_type"],
+            "api,build_server,linux_system,load,tap"
+        );
         assert_eq!(
             s["compute_node_method"]["linux_system"]["run_shell"],
             "parameters is dict. command key is linux cmd. args key is parameters of linux cmd"

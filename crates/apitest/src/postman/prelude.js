@@ -1,7 +1,9 @@
 // The Postman sandbox API (`pm`, chai-like `pm.expect`, the legacy globals),
 // evaluated in a fresh QuickJS context before each script. State comes in as
 // the JSON text `__input` and goes back through `__output()`, so the Rust side
-// needs no bindings beyond `__now` and `__dynamic`.
+// needs no bindings beyond `__now` and `__dynamic`. It is compiled once as an
+// ES module (script.rs keeps the bytecode), so top-level `this` is undefined:
+// reach the global object through `globalThis`.
 (function (global) {
   'use strict';
   // Kept before user code runs, which may replace the globals.
