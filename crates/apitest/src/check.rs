@@ -409,16 +409,19 @@ pub fn loose_eq(a: &Value, b: &Value) -> bool {
 }
 
 fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() > 200 {
-        let mut end = 200;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &s[..end])
-    } else {
-        s
+    clip(&v.to_string(), 200)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary, with `…` when cut.
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
     }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -636,6 +639,13 @@ mod tests {
                     .try_for_each(|op| apply(&subject, op, actual.as_ref()))
             }
         }
+    }
+
+    #[test]
+    fn clipping_respects_characters() {
+        assert_eq!(clip("héllo", 2), "h…");
+        assert_eq!(clip("héllo", 3), "hé…");
+        assert_eq!(clip("ok", 5), "ok");
     }
 
     #[test]

@@ -191,18 +191,10 @@ fn excerpt(reply: &Reply) -> String {
     if let Some(st) = reply.status {
         s.push_str(&format!("status {st}\n"));
     }
-    let body = reply.text();
-    let mut end = body.len().min(2000);
-    while !body.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.push_str(&body[..end]);
-    if end < body.len() {
-        s.push('…');
-    }
+    s.push_str(&check::clip(&reply.text(), 2000));
     if let Some(e) = reply.stderr.as_deref().filter(|e| !e.is_empty()) {
         s.push_str("\nstderr: ");
-        s.push_str(&e[..e.len().min(1000)]);
+        s.push_str(&check::clip(e, 1000));
     }
     s
 }
