@@ -5,8 +5,10 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use testbed_report::Report;
 
@@ -32,6 +34,8 @@ pub struct Options {
     pub insecure: bool,
     /// Time limit of one collection script.
     pub script_timeout: Duration,
+    /// Files run at the same time (suites and collections); 1 runs them in turn.
+    pub jobs: usize,
     pub echo: Option<Echo>,
 }
 
@@ -187,6 +191,9 @@ pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Vec<Input>, Vec<FilePro
     if let Err(mut ps) = environment_vars(opts) {
         problems.append(&mut ps);
     }
+    if let Err(mut ps) = globals(opts) {
+        problems.append(&mut ps);
+    }
     if problems.is_empty() {
         Ok(inputs)
     } else {
@@ -236,7 +243,11 @@ fn vars_file(text: &str, path: &Path) -> Result<Map<String, Value>, Vec<FileProb
     }
 }
 
-/// Runs loaded inputs into one report.
+type SuitesFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<testbed_report::Suite>> + Send + 'a>>;
+
+/// Runs loaded inputs into one report, `opts.jobs` files at a time; the
+/// report lists them in the order given either way.
 pub async fn run(inputs: &[Input], opts: &Options) -> Report {
     let file_vars = environment_vars(opts).ok().flatten();
     let env_name = match &file_vars {
@@ -245,19 +256,7 @@ pub async fn run(inputs: &[Input], opts: &Options) -> Report {
     };
     let mut vars = file_vars.clone().unwrap_or_default();
     vars.extend(opts.vars.clone());
-    let suite_opts = RunOptions {
-        vars: vars.clone(),
-        environment: env_name,
-        tags: opts.tags.clone(),
-        skip_tags: opts.skip_tags.clone(),
-        echo: opts.echo.clone(),
-    };
-    let globals = opts
-        .globals
-        .as_deref()
-        .and_then(|g| std::fs::read_to_string(g).ok())
-        .and_then(|t| postman::load_environment(&t).ok())
-        .unwrap_or_default();
+    let globals = globals(opts).ok().unwrap_or_default();
     let name = match inputs {
         [Input::Suite(s)] => s.name.clone(),
         [Input::Collection { collection, .. }] => collection.name.clone(),
@@ -265,30 +264,95 @@ pub async fn run(inputs: &[Input], opts: &Options) -> Report {
     };
     let mut report = Report::new(uuid::Uuid::new_v4().to_string(), name, chrono::Utc::now());
     report.started_at = Some(chrono::Utc::now());
+    let jobs = opts.jobs.max(1);
+    // Boxed one by one (not a lazy `map`): the agent's plugin future must be
+    // `Send`, and a closure returning futures defeats the compiler's proof.
+    let mut runs: Vec<SuitesFuture<'_>> = Vec::with_capacity(inputs.len());
     for input in inputs {
-        match input {
-            Input::Suite(s) => report.suites.push(runner::run_suite(s, &suite_opts).await),
-            Input::Collection { collection, file } => {
-                let mut environment = postman::Vars::new();
-                for (k, v) in &vars {
-                    environment.set(k.clone(), v.clone());
-                }
-                let run_opts = postman::RunOptions {
-                    environment,
-                    globals: globals.clone(),
-                    insecure: opts.insecure,
-                    script_time_limit: opts.script_timeout,
-                    working_dir: file.parent().map(Path::to_path_buf),
-                    ..postman::RunOptions::default()
-                };
-                let run = postman::run(collection, run_opts).await;
-                if let Some(e) = &opts.echo {
-                    e(&postman::newman_summary(&run));
-                }
-                report.suites.extend(run.report.suites);
+        // In parallel, a file's lines are held back and printed together
+        // when it ends, so the transcripts of two files never interleave.
+        let held = Arc::new(Mutex::new(Vec::<String>::new()));
+        let echo: Option<Echo> = match (&opts.echo, jobs) {
+            (None, _) => None,
+            (Some(e), 1) => Some(e.clone()),
+            (Some(_), _) => {
+                let held = held.clone();
+                Some(Arc::new(move |l: &str| {
+                    if let Ok(mut h) = held.lock() {
+                        h.push(l.to_string());
+                    }
+                }))
             }
-        }
+        };
+        let suite_opts = RunOptions {
+            vars: vars.clone(),
+            environment: env_name.clone(),
+            tags: opts.tags.clone(),
+            skip_tags: opts.skip_tags.clone(),
+            echo: echo.clone(),
+        };
+        let globals = globals.clone();
+        let vars = &vars;
+        runs.push(Box::pin(async move {
+            let suites = run_input(input, &suite_opts, vars, globals, opts).await;
+            if let (Some(e), Ok(h)) = (&opts.echo, held.lock()) {
+                for line in h.iter() {
+                    e(line);
+                }
+            }
+            suites
+        }));
     }
+    let done: Vec<Vec<testbed_report::Suite>> = futures_util::stream::iter(runs)
+        .buffered(jobs)
+        .collect()
+        .await;
+    report.suites = done.into_iter().flatten().collect();
     report.finished_at = Some(chrono::Utc::now());
     report
+}
+
+async fn run_input(
+    input: &Input,
+    suite_opts: &RunOptions,
+    vars: &Map<String, Value>,
+    globals: postman::Vars,
+    opts: &Options,
+) -> Vec<testbed_report::Suite> {
+    match input {
+        Input::Suite(s) => vec![runner::run_suite(s, suite_opts).await],
+        Input::Collection { collection, file } => {
+            let mut environment = postman::Vars::new();
+            for (k, v) in vars {
+                environment.set(k.clone(), v.clone());
+            }
+            let run_opts = postman::RunOptions {
+                environment,
+                globals,
+                insecure: opts.insecure,
+                script_time_limit: opts.script_timeout,
+                working_dir: file.parent().map(Path::to_path_buf),
+                ..postman::RunOptions::default()
+            };
+            let run = postman::run(collection, run_opts).await;
+            if let Some(e) = &suite_opts.echo {
+                e(&postman::newman_summary(&run));
+            }
+            run.report.suites
+        }
+    }
+}
+
+/// The Postman globals file, when one is given.
+fn globals(opts: &Options) -> Result<postman::Vars, Vec<FileProblem>> {
+    let Some(path) = &opts.globals else {
+        return Ok(postman::Vars::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![problem(path, "", None, None, format!("cannot read: {e}"))])?;
+    postman::load_environment(&text).map_err(|ps| {
+        ps.into_iter()
+            .map(|p| problem(path, &p.path, p.line, p.column, p.message))
+            .collect()
+    })
 }

@@ -518,3 +518,46 @@ async fn the_api_plugin_runs_a_suite_inside_a_plan() {
         "{t}"
     );
 }
+
+#[test]
+fn jobs_run_files_at_the_same_time_and_keep_their_output_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display().to_string();
+    // Each suite marks that it started, then waits for the other's mark:
+    // only files that really run at the same time both pass.
+    for (me, other) in [("a", "b"), ("b", "a")] {
+        std::fs::write(
+            dir.path().join(format!("{me}.yaml")),
+            format!(
+                "name: suite {me}\ntests:\n  - name: meets {other}\n    steps:\n      - exec:\n          command: [sh, -c, 'touch {d}/{me}.mark; for i in $(seq 100); do [ -e {d}/{other}.mark ] && exit 0; sleep 0.05; done; exit 1']\n        assert: [{{status: 0}}]\n  - name: second test of {me}\n    steps: [{{exec: {{command: 'true'}}}}]\n"
+            ),
+        )
+        .expect("write");
+    }
+    let a = dir.path().join("a.yaml").display().to_string();
+    let b = dir.path().join("b.yaml").display().to_string();
+    let (code, report, out) = api_run(&["-j", "2", &a, &b], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_all(&report, Outcome::Pass, &out);
+    let names: Vec<&str> = report.suites.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["suite a", "suite b"], "report in the order given");
+    // Each file's lines stay together.
+    let lines: Vec<&str> = out.lines().collect();
+    for me in ["a", "b"] {
+        let head = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("suite {me} (")))
+            .unwrap_or_else(|| panic!("no heading for {me}:\n{out}"));
+        assert!(lines[head + 1].contains("meets"), "{out}");
+        assert!(
+            lines[head + 2].contains(&format!("second test of {me}")),
+            "{out}"
+        );
+    }
+    // One at a time, the first suite waits for a mark that never comes.
+    std::fs::remove_file(dir.path().join("a.mark")).expect("rm");
+    std::fs::remove_file(dir.path().join("b.mark")).expect("rm");
+    let (code, report, out) = api_run(&[&a, &b], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(report.suites[0].cases[0].outcome, Outcome::Fail, "{out}");
+}

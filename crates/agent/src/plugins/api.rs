@@ -28,7 +28,8 @@ fn schema() -> Value {
             "vars": {"type": "object", "description": "variables that win over the suite's"},
             "tags": {"type": "array", "items": {"type": "string"}},
             "skip_tags": {"type": "array", "items": {"type": "string"}},
-            "insecure": {"type": "boolean"}
+            "insecure": {"type": "boolean"},
+            "jobs": {"type": "integer", "minimum": 1, "maximum": 64, "description": "files run at the same time"}
         },
         "oneOf": [{"required": ["path"]}, {"required": ["suite"]}],
         "additionalProperties": false
@@ -119,6 +120,7 @@ impl Plugin for Api {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             script_timeout: std::time::Duration::from_secs(5),
+            jobs: params.get("jobs").and_then(Value::as_u64).unwrap_or(1) as usize,
             echo: Some(Arc::new(move |l: &str| {
                 for line in l.lines() {
                     log.line(line);

@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// Time limit per collection test script (e.g. 5s).
     #[arg(long, default_value = "5s", value_parser = super::tck::parse_duration)]
     pub script_timeout: Duration,
+    /// Files to run at the same time (each file's output is printed when it ends).
+    #[arg(short = 'j', long, default_value_t = 1)]
+    pub jobs: usize,
     /// Print only the summary.
     #[arg(short, long)]
     pub quiet: bool,
@@ -124,6 +127,7 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         skip_tags: a.skip_tags,
         insecure: a.insecure,
         script_timeout: a.script_timeout,
+        jobs: a.jobs,
         echo: (!quiet).then(|| Arc::new(|l: &str| println!("{l}")) as files::Echo),
     };
     let inputs = match files::load(&a.paths, &opts) {
