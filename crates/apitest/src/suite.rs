@@ -231,17 +231,26 @@ impl Checker<'_> {
     /// Reads a typed section; serde's message names the field, which is
     /// appended to the path so the location points at it.
     fn typed<T: DeserializeOwned>(&mut self, v: &Value, path: &str) -> Option<T> {
-        match serde_json::from_value(v.clone()) {
+        match serde_path_to_error::deserialize::<_, T>(v.clone()) {
             Ok(t) => Some(t),
             Err(e) => {
-                let msg = e.to_string();
-                let field = msg
+                let inner = e.path().to_string();
+                let msg = e.into_inner().to_string();
+                // serde names an unknown field in the message, not the path.
+                let unknown = msg
                     .split('`')
                     .nth(1)
-                    .filter(|f| msg.starts_with("unknown field") && v.get(f).is_some());
-                let at = match field {
-                    Some(f) => join(path, f),
-                    None => path.to_string(),
+                    .filter(|_| msg.starts_with("unknown field"));
+                let mut at = join(path, if inner == "." { "" } else { &inner });
+                if let Some(f) = unknown {
+                    if !at.ends_with(f) {
+                        at = join(&at, f);
+                    }
+                }
+                let msg = if msg.contains("untagged enum Command") {
+                    "a command is a string (split like a shell) or a list of strings".to_string()
+                } else {
+                    msg
                 };
                 self.push(at, msg);
                 None

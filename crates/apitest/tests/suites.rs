@@ -565,6 +565,7 @@ tests:
     steps:
       - request: {url: \"{{ nope | frob }}\"}
         retry: {attempts: 0}
+      - exec: {command: [1, 2]}
   - steps: []
 ";
     let problems = suite::parse(text, Path::new("bad.yaml")).expect_err("must not load");
@@ -585,10 +586,12 @@ tests:
     assert_eq!(at("tests[0].steps[1].exec").1, Some(12));
     assert_eq!(at("tests[1].steps[0].request").1, Some(15));
     assert_eq!(at("tests[1].steps[0].retry.attempts").1, Some(16));
+    let cmd = at("tests[1].steps[1].exec.command");
+    assert_eq!(cmd.1, Some(17), "the nested field, not just the step");
     assert!(
         found
             .iter()
-            .any(|(p, l, _)| p == "tests[2]" && *l == Some(17)),
+            .any(|(p, l, _)| p == "tests[2]" && *l == Some(18)),
         "{problems:#?}"
     );
     assert!(problems.len() >= 7, "{problems:#?}");
