@@ -1,17 +1,21 @@
 //! The gRPC, QMP and exec transports against real programs: an `etcd`
-//! server, a `qemu-system-x86_64` monitor, and `sh`/`python3`.
+//! server (plain and with mutual TLS, certificates from the `openssl`
+//! command), a `qemu-system-x86_64` monitor, and `sh`/`python3`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use serde_json::{json, Value};
+use testbed_apitest::runner::{self, RunOptions};
 use testbed_apitest::transport::exec::{self, ExecCall};
 use testbed_apitest::transport::grpc::{GrpcCall, GrpcClient, GrpcTarget};
+use testbed_apitest::transport::http::TlsOptions;
 use testbed_apitest::transport::qmp::{QmpCall, QmpSession, QmpTarget};
-use testbed_apitest::{Reply, TransportError};
+use testbed_apitest::{suite, Reply, TransportError};
+use testbed_report::Outcome;
 
 /// Kills and reaps a child process when the test ends, pass or fail.
 struct Killed(Child);
@@ -44,6 +48,98 @@ fn etcd_target(port: u16) -> GrpcTarget {
         address: format!("http://127.0.0.1:{port}"),
         protos: vec!["proto/etcd.proto".into()],
         includes: vec![],
+        tls: None,
+    }
+}
+
+/// An `https://` target whose TLS files are absolute paths, so the suite
+/// directory still finds the protos.
+fn etcd_tls_target(port: u16, dir: &Path, ca: bool, cert: bool, insecure: bool) -> GrpcTarget {
+    let file = |name: &str| Some(dir.join(name).display().to_string());
+    GrpcTarget {
+        address: format!("https://127.0.0.1:{port}"),
+        tls: Some(TlsOptions {
+            ca: if ca { file("ca.pem") } else { None },
+            cert: if cert { file("client.pem") } else { None },
+            key: if cert { file("client.key") } else { None },
+            insecure,
+        }),
+        ..etcd_target(port)
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("the TLS test needs the `openssl` command: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+fn certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=testbed test CA",
+    ]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let mut req = vec!["req"];
+        req.extend(ec);
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let subj = format!("/CN={name}");
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req);
+        let pem = format!("{name}.pem");
+        let ext = format!("{name}.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
     }
 }
 
@@ -56,26 +152,58 @@ struct Etcd {
     client_port: u16,
     peer_port: u16,
     data: tempfile::TempDir,
+    /// Where the certificates are when clients must use mutual TLS.
+    tls: Option<PathBuf>,
     process: Option<Killed>,
 }
 
 impl Etcd {
     async fn start() -> Etcd {
+        Etcd::start_with(None).await
+    }
+
+    /// Serves clients over TLS only, requiring a certificate from the CA
+    /// in `certs` (see [`certificates`]).
+    async fn start_tls(certs: &Path) -> Etcd {
+        Etcd::start_with(Some(certs.to_path_buf())).await
+    }
+
+    async fn start_with(tls: Option<PathBuf>) -> Etcd {
         let mut etcd = Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             data: tempfile::tempdir().unwrap(),
+            tls,
             process: None,
         };
         etcd.launch().await;
         etcd
     }
 
+    fn target(&self) -> GrpcTarget {
+        match &self.tls {
+            None => etcd_target(self.client_port),
+            Some(dir) => etcd_tls_target(self.client_port, dir, true, true, false),
+        }
+    }
+
     async fn launch(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.data.path().join("etcd.log")).unwrap();
-        let child = std::process::Command::new("/usr/bin/etcd")
+        let mut command = Command::new("/usr/bin/etcd");
+        if let Some(dir) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", dir.join("server.pem").display()))
+                .arg(format!("--key-file={}", dir.join("server.key").display()))
+                .arg("--client-cert-auth")
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    dir.join("ca.pem").display()
+                ));
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!(
                 "--data-dir={}",
@@ -92,7 +220,7 @@ impl Etcd {
             .spawn()
             .unwrap();
         self.process = Some(Killed(child));
-        let client = GrpcClient::new(&etcd_target(self.client_port), &etcd_suite_dir()).unwrap();
+        let client = GrpcClient::new(&self.target(), &etcd_suite_dir()).unwrap();
         let status =
             grpc_call(json!({"method": "etcdserverpb.Maintenance/Status", "timeout": "2s"}));
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -115,7 +243,7 @@ impl Etcd {
     }
 
     fn client(&self) -> GrpcClient {
-        GrpcClient::new(&etcd_target(self.client_port), &etcd_suite_dir()).unwrap()
+        GrpcClient::new(&self.target(), &etcd_suite_dir()).unwrap()
     }
 }
 
@@ -510,6 +638,7 @@ fn grpc_proto_errors() {
         address: "127.0.0.1:1".into(),
         protos: vec!["bad.proto".into()],
         includes: vec![],
+        tls: None,
     };
     match GrpcClient::new(&target, dir.path()) {
         Err(TransportError::Invalid(message)) => {
@@ -532,14 +661,149 @@ fn grpc_proto_errors() {
         other => panic!("{other:?}"),
     }
 
-    let tls = GrpcTarget {
-        address: "https://127.0.0.1:1".into(),
-        ..target
+    // TLS settings are checked when the suite loads, not on the first call.
+    let valid = GrpcTarget {
+        protos: vec!["good.proto".into()],
+        ..target.clone()
     };
-    assert!(matches!(
-        GrpcClient::new(&tls, dir.path()),
-        Err(TransportError::Invalid(_))
-    ));
+    std::fs::write(
+        dir.path().join("good.proto"),
+        "syntax = \"proto3\";\npackage good;\nmessage M { int32 x = 1; }\n",
+    )
+    .unwrap();
+    let with_tls = |address: &str, tls: Option<TlsOptions>| GrpcTarget {
+        address: address.into(),
+        tls,
+        ..valid.clone()
+    };
+    GrpcClient::new(&with_tls("https://127.0.0.1:1", None), dir.path()).unwrap();
+    GrpcClient::new(&with_tls("https://[::1]:1", None), dir.path()).unwrap();
+    GrpcClient::new(
+        &with_tls("localhost:1", Some(TlsOptions::default())),
+        dir.path(),
+    )
+    .unwrap();
+    let failure = |address: &str, tls: Option<TlsOptions>| match GrpcClient::new(
+        &with_tls(address, tls),
+        dir.path(),
+    ) {
+        Err(TransportError::Invalid(message)) => message,
+        other => panic!("{address}: {other:?}"),
+    };
+    let plain = failure("http://127.0.0.1:1", Some(TlsOptions::default()));
+    assert!(plain.contains("https://"), "{plain}");
+    let scheme = failure("grpcs://127.0.0.1:1", None);
+    assert!(scheme.contains("https://"), "{scheme}");
+    let half = failure(
+        "https://127.0.0.1:1",
+        Some(TlsOptions {
+            cert: Some("client.pem".into()),
+            ..TlsOptions::default()
+        }),
+    );
+    assert!(half.contains("tls.cert and tls.key go together"), "{half}");
+    let missing_ca = failure(
+        "https://127.0.0.1:1",
+        Some(TlsOptions {
+            ca: Some("nope.pem".into()),
+            ..TlsOptions::default()
+        }),
+    );
+    assert!(missing_ca.contains("nope.pem"), "{missing_ca}");
+}
+
+#[tokio::test]
+async fn grpc_etcd_mutual_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    // Starting waits until a Status call with CA + client certificate works.
+    let etcd = Etcd::start_tls(certs.path()).await;
+    let port = etcd.client_port;
+    let client = |ca: bool, cert: bool, insecure: bool| {
+        GrpcClient::new(
+            &etcd_tls_target(port, certs.path(), ca, cert, insecure),
+            &etcd_suite_dir(),
+        )
+        .unwrap()
+    };
+    let put =
+        json!({"method": "etcdserverpb.KV/Put", "message": {"key": b64("t"), "value": b64("s")}});
+    let range = json!({"method": "etcdserverpb.KV/Range", "message": {"key": b64("t")}});
+
+    let trusted = client(true, true, false);
+    ok(&trusted, put.clone()).await;
+    let found = ok(&trusted, range.clone()).await;
+    assert_eq!(found["kvs"][0]["value"], json!(b64("s")), "{found}");
+
+    // Without the CA the Mozilla roots are trusted, and they did not sign
+    // the server's certificate.
+    let unknown = client(false, true, false)
+        .call(&grpc_call(range.clone()))
+        .await;
+    match &unknown {
+        Err(TransportError::Tls(message)) => assert!(
+            message.contains("UnknownIssuer") && message.contains("127.0.0.1"),
+            "innermost cause and the server: {message}"
+        ),
+        other => panic!("expected Tls, got {other:?}"),
+    }
+
+    // etcd wants a client certificate; under TLS 1.3 its refusal can only
+    // arrive after the client's side of the handshake, on the first request.
+    let anonymous = client(true, false, false)
+        .call(&grpc_call(range.clone()))
+        .await;
+    match &anonymous {
+        Err(error @ TransportError::Tls(message)) => assert!(
+            error.to_string().contains("TLS") && message.to_lowercase().contains("certificate"),
+            "{error}"
+        ),
+        other => panic!("expected Tls, got {other:?}"),
+    }
+
+    let insecure = client(false, true, true);
+    let found = ok(&insecure, range).await;
+    assert_eq!(found["kvs"][0]["value"], json!(b64("s")), "{found}");
+
+    // The same from a suite file: `tls` paths are relative to the suite.
+    let proto = etcd_suite_dir().join("proto/etcd.proto");
+    let write_suite = |name: &str, tls: &str| {
+        let file = certs.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name: {name}\ngrpc:\n  address: https://127.0.0.1:{port}\n  protos: [{}]\n  tls: {tls}\n\
+                 tests:\n  - name: range\n    steps:\n      - grpc: {{method: etcdserverpb.KV/Range, message: {{key: {}}}}}\n\
+                 \x20       assert: [{{status: 0}}, {{jsonpath: $.count, equals: \"1\"}}]\n",
+                proto.display(),
+                b64("t"),
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let run = |file: PathBuf| async move {
+        let loaded = suite::load(&file).unwrap_or_else(|p| panic!("{p:?}"));
+        let out = runner::run_suite(&loaded, &RunOptions::default()).await;
+        out.cases.into_iter().next().unwrap()
+    };
+    let passed = run(write_suite(
+        "trusted",
+        "{ca: ca.pem, cert: client.pem, key: client.key}",
+    ))
+    .await;
+    assert_eq!(passed.outcome, Outcome::Pass, "{:?}", passed.message);
+    let refused = run(write_suite(
+        "untrusted",
+        "{cert: client.pem, key: client.key}",
+    ))
+    .await;
+    assert_eq!(refused.outcome, Outcome::Error, "{:?}", refused.message);
+    let message = refused.message.unwrap_or_default();
+    assert!(
+        message.contains("TLS") && message.contains("UnknownIssuer"),
+        "{message}"
+    );
 }
 
 /// A QEMU with no machine, its monitor on a Unix socket and a TCP port.

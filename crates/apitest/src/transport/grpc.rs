@@ -1,7 +1,8 @@
 //! gRPC without generated code: `.proto` files are compiled when the suite
 //! loads (protox, no `protoc`), requests and responses go through
-//! prost-reflect's `DynamicMessage`, and the wire is plain HTTP/2 over TCP
-//! (h2c) with hyper, so a suite can call any gRPC service it has the
+//! prost-reflect's `DynamicMessage`, and the wire is HTTP/2 over TCP with
+//! hyper — plain text (h2c), or TLS with rustls (ALPN `h2`, optionally a
+//! client certificate) — so a suite can call any gRPC service it has the
 //! protos for.
 //!
 //! # JSON mapping
@@ -30,8 +31,10 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -40,18 +43,24 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri}
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use hyper::client::conn::http2::SendRequest;
+use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use nix::sys::socket::{recv, MsgFlags};
 use prost::Message as _;
 use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, MethodDescriptor,
     SerializeOptions,
 };
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::{timeout_at, Instant as Deadline};
+use tokio_rustls::TlsConnector;
 
+use super::http::{rustls_config, TlsOptions};
 use super::{parse_duration, TransportError};
 use crate::Reply;
 
@@ -68,7 +77,8 @@ const JSON_OPTIONS: SerializeOptions = SerializeOptions::new()
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcTarget {
-    /// `host:port` or `http://host:port` (plain-text HTTP/2).
+    /// `host:port` or `http://host:port` (plain-text HTTP/2), or
+    /// `https://host:port` (HTTP/2 over TLS).
     pub address: String,
     /// `.proto` files, relative to the suite's directory.
     pub protos: Vec<String>,
@@ -76,6 +86,10 @@ pub struct GrpcTarget {
     /// Each proto's own directory is searched after these.
     #[serde(default)]
     pub includes: Vec<String>,
+    /// TLS settings (files relative to the suite's directory); giving them
+    /// turns TLS on for a bare `host:port` too.
+    #[serde(default)]
+    pub tls: Option<TlsOptions>,
 }
 
 /// One gRPC call.
@@ -123,13 +137,37 @@ pub struct StreamOptions {
 pub struct GrpcClient {
     pool: DescriptorPool,
     authority: String,
-    sender: Mutex<Option<SendRequest<RequestBody>>>,
+    /// None for plain-text h2c.
+    tls: Option<Tls>,
+    connection: Mutex<Option<Connection>>,
+}
+
+/// One HTTP/2 connection: the handle requests go through, and why the
+/// connection ended if it failed.
+#[derive(Clone)]
+struct Connection {
+    sender: SendRequest<RequestBody>,
+    /// Set by the task driving the connection when it ends with an error.
+    /// Requests caught in that only learn "connection closed"; the cause (a
+    /// TLS alert such as a rejected client certificate) is here.
+    failure: watch::Receiver<Option<TransportError>>,
+    /// The TLS error that broke the connection, if it is a TLS one.
+    tls_error: Option<Arc<OnceLock<String>>>,
+}
+
+/// What every TLS connection of a client needs, built once from the target.
+struct Tls {
+    connector: TlsConnector,
+    /// SNI and the name the server certificate must carry: the address's
+    /// host, a DNS name or an IP address.
+    server_name: ServerName<'static>,
 }
 
 impl fmt::Debug for GrpcClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrpcClient")
             .field("authority", &self.authority)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -137,7 +175,21 @@ impl fmt::Debug for GrpcClient {
 impl GrpcClient {
     /// Compiles the target's protos. Does not connect: the first call does.
     pub fn new(target: &GrpcTarget, base_dir: &Path) -> Result<Self, TransportError> {
-        let authority = parse_address(&target.address)?;
+        let (authority, https) = parse_address(&target.address)?;
+        let tls = match (&target.tls, https) {
+            // `http://` says plain text in so many words; doing TLS anyway,
+            // or ignoring the tls section, would each surprise someone.
+            (Some(_), Some(false)) => {
+                return Err(TransportError::Invalid(format!(
+                    "gRPC address `{}` is plain-text http:// but a `tls` section is given: \
+                     use https:// or host:port",
+                    target.address
+                )))
+            }
+            (Some(options), _) => Some(tls(options, &authority, base_dir)?),
+            (None, Some(true)) => Some(tls(&TlsOptions::default(), &authority, base_dir)?),
+            (None, _) => None,
+        };
         if target.protos.is_empty() {
             return Err(TransportError::Invalid(
                 "gRPC target lists no `protos`: they describe the methods and messages".into(),
@@ -172,7 +224,8 @@ impl GrpcClient {
         Ok(GrpcClient {
             pool: compiler.descriptor_pool(),
             authority,
-            sender: Mutex::new(None),
+            tls,
+            connection: Mutex::new(None),
         })
     }
 
@@ -205,29 +258,33 @@ impl GrpcClient {
         let headers_deadline = plan.as_ref().map_or(call_deadline, |p| p.deadline);
         let timed_out = || TransportError::Timeout(humantime::format_duration(timeout).to_string());
 
-        let (mut sender, reused) = timeout_at(call_deadline, self.sender(false))
+        let (mut connection, reused) = timeout_at(call_deadline, self.connection(false))
             .await
             .map_err(|_| timed_out())??;
         let (mut request_tx, request) = self.request(&method, &frames, &metadata, keep_open)?;
-        let sent = timeout_at(headers_deadline, sender.send_request(request))
+        let sent = timeout_at(headers_deadline, connection.sender.send_request(request))
             .await
             .map_err(|_| timed_out())?;
         let response = match sent {
+            Ok(response) => response,
             // A reused connection may have died (server restarted, idle
             // timeout) since it was last checked; the server cannot have
             // answered on it, so the call goes once more on a new one.
             Err(e) if reused && connection_gone(&e) => {
-                let (mut sender, _) = timeout_at(call_deadline, self.sender(true))
+                (connection, _) = timeout_at(call_deadline, self.connection(true))
                     .await
                     .map_err(|_| timed_out())??;
                 let (tx, request) = self.request(&method, &frames, &metadata, keep_open)?;
                 request_tx = tx;
-                timeout_at(headers_deadline, sender.send_request(request))
+                let sent = timeout_at(headers_deadline, connection.sender.send_request(request))
                     .await
-                    .map_err(|_| timed_out())?
-                    .map_err(|e| self.hyper_error(e))?
+                    .map_err(|_| timed_out())?;
+                match sent {
+                    Ok(response) => response,
+                    Err(e) => return Err(self.failure(e, &connection).await),
+                }
             }
-            other => other.map_err(|e| self.hyper_error(e))?,
+            Err(e) => return Err(self.failure(e, &connection).await),
         };
 
         let (parts, mut body) = response.into_parts();
@@ -261,7 +318,8 @@ impl GrpcClient {
                 }
                 Err(_) => return Err(timed_out()),
                 Ok(None) => break,
-                Ok(Some(frame)) => frame.map_err(|e| self.hyper_error(e))?,
+                Ok(Some(Ok(frame))) => frame,
+                Ok(Some(Err(e))) => return Err(self.failure(e, &connection).await),
             };
             match frame.into_data() {
                 Ok(data) => {
@@ -356,21 +414,39 @@ impl GrpcClient {
         })
     }
 
-    /// A sender on the shared connection, opening one if there is none or
-    /// it broke; `fresh` forces a new one. Also says whether it was reused.
-    async fn sender(
-        &self,
-        fresh: bool,
-    ) -> Result<(SendRequest<RequestBody>, bool), TransportError> {
-        let mut slot = self.sender.lock().await;
+    /// The shared connection, opening one if there is none or it broke;
+    /// `fresh` forces a new one. Also says whether it was reused.
+    async fn connection(&self, fresh: bool) -> Result<(Connection, bool), TransportError> {
+        let mut slot = self.connection.lock().await;
         if !fresh {
-            if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
-                return Ok((sender.clone(), true));
+            if let Some(connection) = slot.as_ref().filter(|c| !c.sender.is_closed()) {
+                return Ok((connection.clone(), true));
             }
         }
-        let sender = connect(&self.authority).await?;
-        *slot = Some(sender.clone());
-        Ok((sender, false))
+        let connection = connect(&self.authority, self.tls.as_ref()).await?;
+        *slot = Some(connection.clone());
+        Ok((connection, false))
+    }
+
+    /// Why a request on `connection` failed. When the connection itself
+    /// went down the request only sees "closed", so the connection's own
+    /// error is awaited briefly: its task records it as it ends.
+    async fn failure(&self, e: hyper::Error, connection: &Connection) -> TransportError {
+        if let Some(tls) = connection.tls_error.as_ref().and_then(|t| t.get()) {
+            return TransportError::Tls(format!("{}: {tls}", self.authority));
+        }
+        if e.is_canceled() || e.is_closed() {
+            let mut failure = connection.failure.clone();
+            let recorded =
+                tokio::time::timeout(Duration::from_secs(1), failure.wait_for(|f| f.is_some()))
+                    .await;
+            if let Ok(Ok(cause)) = recorded {
+                if let Some(cause) = cause.as_ref() {
+                    return cause.clone();
+                }
+            }
+        }
+        hyper_error(&self.authority, &e)
     }
 
     /// The HTTP/2 request carrying `frames`, and, when the request stream
@@ -389,7 +465,8 @@ impl GrpcClient {
             let _ = tx.try_send(frame.clone());
         }
         let uri = format!(
-            "http://{}/{}/{}",
+            "{}://{}/{}/{}",
+            if self.tls.is_some() { "https" } else { "http" },
             self.authority,
             method.parent_service().full_name(),
             method.name()
@@ -410,17 +487,18 @@ impl GrpcClient {
         }
         Ok((keep_open.then_some(tx), request))
     }
+}
 
-    fn hyper_error(&self, e: hyper::Error) -> TransportError {
-        let mut source: Option<&(dyn StdError + 'static)> = e.source();
-        while let Some(err) = source {
-            if let Some(io) = err.downcast_ref::<std::io::Error>() {
-                return TransportError::Io(format!("{}: {io}", self.authority));
-            }
-            source = err.source();
+/// A hyper error in the transport layer's terms.
+fn hyper_error(authority: &str, e: &hyper::Error) -> TransportError {
+    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return TransportError::Io(format!("{authority}: {io}"));
         }
-        TransportError::Protocol(format!("{}: {}", self.authority, error_chain(&e)))
+        source = err.source();
     }
+    TransportError::Protocol(format!("{authority}: {}", error_chain(e)))
 }
 
 struct StreamPlan {
@@ -609,20 +687,20 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `host:port` from `host:port` or `http://host:port[/]`.
-fn parse_address(address: &str) -> Result<String, TransportError> {
-    let rest = if let Some(rest) = address.strip_prefix("http://") {
-        rest
-    } else if address.starts_with("https://") {
-        return Err(TransportError::Invalid(format!(
-            "gRPC address `{address}`: TLS is not supported, use plain-text http://"
-        )));
+/// `host:port` from `host:port` or `http[s]://host:port[/]`, and whether
+/// the scheme asked for TLS (`Some(true)`), plain text (`Some(false)`) or
+/// was left out (`None`).
+fn parse_address(address: &str) -> Result<(String, Option<bool>), TransportError> {
+    let (rest, https) = if let Some(rest) = address.strip_prefix("http://") {
+        (rest, Some(false))
+    } else if let Some(rest) = address.strip_prefix("https://") {
+        (rest, Some(true))
     } else if address.contains("://") {
         return Err(TransportError::Invalid(format!(
-            "gRPC address `{address}`: only http:// is supported"
+            "gRPC address `{address}`: only http:// and https:// are supported"
         )));
     } else {
-        address
+        (address, None)
     };
     let authority = rest.trim_end_matches('/');
     let valid = authority
@@ -630,14 +708,34 @@ fn parse_address(address: &str) -> Result<String, TransportError> {
         .ok()
         .filter(|a| a.port_u16().is_some());
     match valid {
-        Some(a) => Ok(a.as_str().to_owned()),
+        Some(a) => Ok((a.as_str().to_owned(), https)),
         None => Err(TransportError::Invalid(format!(
             "gRPC address `{address}` is not host:port"
         ))),
     }
 }
 
-async fn connect(authority: &str) -> Result<SendRequest<RequestBody>, TransportError> {
+/// The TLS side of a client: rustls offering only `h2`, as gRPC requires,
+/// and the host of `authority` as the server name.
+fn tls(options: &TlsOptions, authority: &str, base_dir: &Path) -> Result<Tls, TransportError> {
+    let config = rustls_config(options, base_dir, &[b"h2"])?;
+    let host = authority
+        .parse::<http::uri::Authority>()
+        .map_err(|e| TransportError::Invalid(format!("gRPC address `{authority}`: {e}")))?;
+    // An IPv6 host keeps its brackets in an authority; a server name has none.
+    let host = host.host().trim_start_matches('[').trim_end_matches(']');
+    let server_name = ServerName::try_from(host.to_owned()).map_err(|e| {
+        TransportError::Invalid(format!(
+            "gRPC address `{authority}`: not a TLS server name: {e}"
+        ))
+    })?;
+    Ok(Tls {
+        connector: TlsConnector::from(Arc::new(config)),
+        server_name,
+    })
+}
+
+async fn connect(authority: &str, tls: Option<&Tls>) -> Result<Connection, TransportError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(authority)
         .await
         .map_err(|e| TransportError::Dns(format!("{authority}: {e}")))?
@@ -664,8 +762,140 @@ async fn connect(authority: &str) -> Result<SendRequest<RequestBody>, TransportE
     // Small gRPC frames would otherwise wait for Nagle; failing to set it
     // only costs latency.
     let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return handshake(TokioIo::new(stream), authority, None).await;
+    };
+    let stream = tls
+        .connector
+        .connect(tls.server_name.clone(), stream)
+        .await
+        // The innermost cause (unknown issuer, name mismatch, an alert from
+        // the server) is what tells the user which setting to fix.
+        .map_err(|e| TransportError::Tls(format!("{authority}: {}", innermost(&e))))?;
+    // No ALPN check is needed: rustls fails the handshake if the server
+    // picks a protocol other than the offered h2, and a server without
+    // ALPN may still speak HTTP/2, in which case the preface will tell.
+    let error = Arc::new(OnceLock::new());
+    let stream = TlsIo {
+        inner: stream,
+        error: error.clone(),
+    };
+    handshake(TokioIo::new(stream), authority, Some(error)).await
+}
+
+/// A TLS stream that remembers the TLS error that broke it. A server that
+/// rejects the client certificate says so with an alert after the client's
+/// side of a TLS 1.3 handshake is done, so it arrives as an I/O error once
+/// HTTP/2 runs, and h2 keeps only such an error's kind and text.
+struct TlsIo {
+    inner: tokio_rustls::client::TlsStream<TcpStream>,
+    error: Arc<OnceLock<String>>,
+}
+
+impl TlsIo {
+    fn note<T>(&self, result: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &result {
+            if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                // The first error is the cause; later ones are its echoes.
+                let _ = self.error.set(tls.to_string());
+            }
+        }
+        result
+    }
+
+    /// After a failed write: a server that hangs up after an alert makes
+    /// the next write fail with a broken pipe while the alert, the actual
+    /// reason, still waits unread. The runtime has not yet seen the socket
+    /// become readable, so a read through it would only say "pending";
+    /// the bytes are taken straight from the socket and given to rustls.
+    fn note_write<T>(&mut self, result: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if matches!(result, Poll::Ready(Err(_))) && self.error.get().is_none() {
+            self.read_alert();
+        }
+        self.note(result)
+    }
+
+    fn read_alert(&mut self) {
+        let (tcp, tls) = self.inner.get_mut();
+        let mut buf = [0u8; 4096];
+        // An alert is one small record; the bound only stops a server
+        // that keeps sending.
+        for _ in 0..16 {
+            let n = match recv(tcp.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut data = &buf[..n];
+            while !data.is_empty() {
+                if tls.read_tls(&mut data).is_err() {
+                    return;
+                }
+                if let Err(e) = tls.process_new_packets() {
+                    let _ = self.error.set(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.note(result)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(result)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note_write(result)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note_write(result)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Starts HTTP/2 on an open connection, plain or TLS; `tls_error` is where
+/// a TLS connection records the TLS error that ends it.
+async fn handshake<T>(
+    io: T,
+    authority: &str,
+    tls_error: Option<Arc<OnceLock<String>>>,
+) -> Result<Connection, TransportError>
+where
+    T: Read + Write + Unpin + Send + 'static,
+{
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
         .map_err(|e| {
             TransportError::Protocol(format!(
@@ -673,12 +903,25 @@ async fn connect(authority: &str) -> Result<SendRequest<RequestBody>, TransportE
                 error_chain(&e)
             ))
         })?;
-    // The connection's own errors surface through the sender (is_closed,
-    // failed requests), so its result needs no other home.
+    // Requests see only that the connection closed; the reason goes to
+    // `failure` for them to report. A receiver that is gone needs no reason.
+    let (record, failure) = watch::channel(None);
+    let authority = authority.to_owned();
+    let seen = tls_error.clone();
     tokio::spawn(async move {
-        let _ = connection.await;
+        if let Err(e) = connection.await {
+            let cause = match seen.as_ref().and_then(|t| t.get()) {
+                Some(tls) => TransportError::Tls(format!("{authority}: {tls}")),
+                None => hyper_error(&authority, &e),
+            };
+            let _ = record.send(Some(cause));
+        }
     });
-    Ok(sender)
+    Ok(Connection {
+        sender,
+        failure,
+        tls_error,
+    })
 }
 
 /// Whether a request failed because its connection was already dead, as
@@ -703,6 +946,19 @@ fn connection_gone(e: &hyper::Error) -> bool {
         source = err.source();
     }
     false
+}
+
+/// The last error of a chain, looking inside I/O errors, which wrap the
+/// TLS error of a failed handshake but do not report it as their source.
+fn innermost(e: &std::io::Error) -> String {
+    let mut last: &(dyn StdError + 'static) = match e.get_ref() {
+        Some(inner) => inner,
+        None => return e.to_string(),
+    };
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
 }
 
 fn error_chain(e: &dyn StdError) -> String {

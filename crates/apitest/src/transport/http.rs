@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -274,5 +275,131 @@ pub(crate) fn classify(e: &reqwest::Error, timeout: Duration) -> TransportError 
         TransportError::Invalid(root)
     } else {
         TransportError::Io(format!("{target}: {root}"))
+    }
+}
+
+/// A rustls client configuration for `tls`, for transports that drive
+/// rustls themselves (gRPC); reqwest builds its own from the same options.
+/// Trusts the `ca` file when given, else the Mozilla roots, and offers
+/// `alpn` protocols. Files are read relative to `base`.
+pub(crate) fn rustls_config(
+    tls: &TlsOptions,
+    base: &Path,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TransportError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = |file: &str, what: &str| -> Result<Vec<CertificateDer<'static>>, TransportError> {
+        let pem = read(base, file, what)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TransportError::Tls(format!("{what} {file}: {e}")))?;
+        if certs.is_empty() {
+            return Err(TransportError::Tls(format!(
+                "{what} {file}: no PEM certificate in it"
+            )));
+        }
+        Ok(certs)
+    };
+    // Checked before any file is read so the mistake is named first.
+    let identity = match (&tls.cert, &tls.key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(TransportError::Invalid(
+                "tls.cert and tls.key go together".into(),
+            ))
+        }
+    };
+
+    // An explicit provider, so nothing depends on which process-wide
+    // default another crate (reqwest) may or may not have installed.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    let builder = if tls.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider)))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca {
+            Some(ca) => {
+                for cert in certs(ca, "tls.ca")? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| TransportError::Tls(format!("tls.ca {ca}: {e}")))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let chain = certs(cert, "tls.cert")?;
+            let pem = read(base, key, "tls.key")?;
+            let key_der = PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|e| TransportError::Tls(format!("tls.key {key}: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| TransportError::Tls(format!("tls.cert {cert} / tls.key {key}: {e}")))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The `insecure` verifier: any certificate chain and name are accepted, but
+/// the handshake signatures are still checked, so the peer must at least
+/// hold the key of the certificate it presents.
+#[derive(Debug)]
+struct AcceptAnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
