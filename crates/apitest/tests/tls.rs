@@ -2,8 +2,9 @@
 //! requires a client certificate: a private CA, mutual TLS, `insecure`, and
 //! what happens without them. Certificates come from the `openssl` command.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -13,81 +14,6 @@ use testbed_apitest::runner::{self, RunOptions};
 use testbed_apitest::suite;
 use testbed_report::Outcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("the TLS test needs the `openssl` command: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate.
-fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=testbed test CA",
-    ]);
-    openssl(dir, &ca);
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext");
-        let mut req = vec!["req"];
-        req.extend(ec);
-        let key = format!("{name}.key");
-        let csr = format!("{name}.csr");
-        let subj = format!("/CN={name}");
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        openssl(dir, &req);
-        let pem = format!("{name}.pem");
-        let ext = format!("{name}.ext");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ],
-        );
-    }
-}
 
 /// Serves `200 ok` over TLS to clients holding a certificate from the CA.
 async fn tls_server(dir: &Path) -> String {
@@ -163,7 +89,7 @@ fn uuid_like() -> u128 {
 #[tokio::test]
 async fn private_ca_client_certificates_and_insecure() {
     let dir = tempfile::tempdir().expect("tempdir");
-    certificates(dir.path());
+    common::certificates(dir.path());
     let base = tls_server(dir.path()).await;
 
     let c = run(

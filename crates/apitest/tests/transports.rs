@@ -2,6 +2,8 @@
 //! server (plain and with mutual TLS, certificates from the `openssl`
 //! command), a `qemu-system-x86_64` monitor, and `sh`/`python3`.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -65,81 +67,6 @@ fn etcd_tls_target(port: u16, dir: &Path, ca: bool, cert: bool, insecure: bool) 
             insecure,
         }),
         ..etcd_target(port)
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("the TLS test needs the `openssl` command: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate.
-fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=testbed test CA",
-    ]);
-    openssl(dir, &ca);
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let mut req = vec!["req"];
-        req.extend(ec);
-        let key = format!("{name}.key");
-        let csr = format!("{name}.csr");
-        let subj = format!("/CN={name}");
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        openssl(dir, &req);
-        let pem = format!("{name}.pem");
-        let ext = format!("{name}.ext");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ],
-        );
     }
 }
 
@@ -715,7 +642,7 @@ fn grpc_proto_errors() {
 #[tokio::test]
 async fn grpc_etcd_mutual_tls() {
     let certs = tempfile::tempdir().unwrap();
-    certificates(certs.path());
+    common::certificates(certs.path());
     // Starting waits until a Status call with CA + client certificate works.
     let etcd = Etcd::start_tls(certs.path()).await;
     let port = etcd.client_port;
