@@ -40,6 +40,14 @@ fn run_kit(args: &[&str]) -> (i32, Report, String) {
     all.extend_from_slice(args);
     all.extend_from_slice(&["--json", json.to_str().unwrap()]);
     let out = testbed(&all);
+    if let Ok(meta) = std::fs::metadata(&json) {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o644,
+            "a report is readable by all"
+        );
+    }
     let report = testbed_report::from_json(
         &std::fs::read_to_string(&json)
             .unwrap_or_else(|e| panic!("no JSON report ({e}); output:\n{}", text(&out))),

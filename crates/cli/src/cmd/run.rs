@@ -52,9 +52,27 @@ impl ReportFiles {
 
     /// Writes every requested format of `report`.
     pub fn write(&self, report: &testbed_report::Report) -> anyhow::Result<()> {
+        // Through a temporary file and a rename, so a CI job that reads the
+        // file never sees half a report, even if this process is killed.
         let write = |path: &Option<PathBuf>, body: String| -> anyhow::Result<()> {
             if let Some(p) = path {
-                std::fs::write(p, body).with_context(|| format!("writing {}", p.display()))?;
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+                let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))
+                    .with_context(|| format!("writing {}", p.display()))?;
+                std::io::Write::write_all(&mut tmp, body.as_bytes())
+                    .with_context(|| format!("writing {}", p.display()))?;
+                // A temporary file is private (0600); a report is not.
+                let mut mode = tmp
+                    .as_file()
+                    .metadata()
+                    .with_context(|| format!("writing {}", p.display()))?
+                    .permissions();
+                std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o644);
+                tmp.as_file()
+                    .set_permissions(mode)
+                    .with_context(|| format!("writing {}", p.display()))?;
+                tmp.persist(p)
+                    .with_context(|| format!("writing {}", p.display()))?;
             }
             Ok(())
         };
