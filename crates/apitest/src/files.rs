@@ -36,6 +36,12 @@ pub struct Options {
     pub script_timeout: Duration,
     /// Files run at the same time (suites and collections); 1 runs them in turn.
     pub jobs: usize,
+    /// Iteration data for collections (newman's `-d`): a JSON array of
+    /// objects or a CSV file, one iteration per row.
+    pub data: Option<PathBuf>,
+    /// Iterations of each collection (newman's `-n`); by default one per data
+    /// row, or one.
+    pub iterations: Option<usize>,
     pub echo: Option<Echo>,
 }
 
@@ -85,6 +91,9 @@ pub enum Input {
     Collection {
         file: PathBuf,
         collection: Box<postman::Collection>,
+        /// The rows of `Options::data`, read once at load so that what runs
+        /// is what was checked.
+        data: Vec<postman::Vars>,
     },
 }
 
@@ -97,7 +106,9 @@ impl Input {
                 s.name,
                 s.tests.len()
             ),
-            Input::Collection { file, collection } => {
+            Input::Collection {
+                file, collection, ..
+            } => {
                 format!(
                     "{} (Postman collection {:?})",
                     file.display(),
@@ -159,6 +170,13 @@ pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Vec<Input>, Vec<FilePro
     let files = expand(paths).map_err(|p| vec![p])?;
     let mut inputs = Vec::new();
     let mut problems = Vec::new();
+    let data = match iteration_data(opts) {
+        Ok(rows) => rows,
+        Err(mut ps) => {
+            problems.append(&mut ps);
+            Vec::new()
+        }
+    };
     for f in files {
         let text = match std::fs::read_to_string(&f) {
             Ok(t) => t,
@@ -172,6 +190,7 @@ pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Vec<Input>, Vec<FilePro
                 Ok(c) => inputs.push(Input::Collection {
                     file: f,
                     collection: Box::new(c),
+                    data: data.clone(),
                 }),
                 Err(ps) => problems.extend(
                     ps.into_iter()
@@ -179,6 +198,25 @@ pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Vec<Input>, Vec<FilePro
                 ),
             }
         } else {
+            // Suites have their own data-driven form (`each:`); running a
+            // suite as if the data applied to it would mislead.
+            for (given, flag) in [
+                (opts.data.is_some(), "-d/--iteration-data"),
+                (opts.iterations.is_some(), "-n/--iteration-count"),
+            ] {
+                if given {
+                    problems.push(problem(
+                        &f,
+                        "",
+                        None,
+                        None,
+                        format!(
+                            "{flag} applies to Postman collections only; this is a YAML suite \
+                             (suites iterate with `each:`)"
+                        ),
+                    ));
+                }
+            }
             match suite::parse(&text, &f) {
                 Ok(s) => inputs.push(Input::Suite(Box::new(s))),
                 Err(ps) => problems.extend(
@@ -321,7 +359,11 @@ async fn run_input(
 ) -> Vec<testbed_report::Suite> {
     match input {
         Input::Suite(s) => vec![runner::run_suite(s, suite_opts).await],
-        Input::Collection { collection, file } => {
+        Input::Collection {
+            collection,
+            file,
+            data,
+        } => {
             let mut environment = postman::Vars::new();
             for (k, v) in vars {
                 environment.set(k.clone(), v.clone());
@@ -332,6 +374,8 @@ async fn run_input(
                 insecure: opts.insecure,
                 script_time_limit: opts.script_timeout,
                 working_dir: file.parent().map(Path::to_path_buf),
+                iterations: opts.iterations,
+                data: data.clone(),
                 ..postman::RunOptions::default()
             };
             let run = postman::run(collection, run_opts).await;
@@ -351,6 +395,20 @@ fn globals(opts: &Options) -> Result<postman::Vars, Vec<FileProblem>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![problem(path, "", None, None, format!("cannot read: {e}"))])?;
     postman::load_environment(&text).map_err(|ps| {
+        ps.into_iter()
+            .map(|p| problem(path, &p.path, p.line, p.column, p.message))
+            .collect()
+    })
+}
+
+/// The rows of the iteration data file, when one is given.
+fn iteration_data(opts: &Options) -> Result<Vec<postman::Vars>, Vec<FileProblem>> {
+    let Some(path) = &opts.data else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![problem(path, "", None, None, format!("cannot read: {e}"))])?;
+    postman::load_data(&text, postman::DataFormat::of(path, &text)).map_err(|ps| {
         ps.into_iter()
             .map(|p| problem(path, &p.path, p.line, p.column, p.message))
             .collect()

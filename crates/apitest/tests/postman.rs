@@ -542,3 +542,234 @@ fn the_run_future_can_be_spawned() {
     let fut = postman::run(&c, RunOptions::default());
     send(&fut);
 }
+
+fn data_rows(name: &str) -> Vec<Vars> {
+    let path = example(name);
+    let text = read(name);
+    postman::load_data(&text, postman::DataFormat::of(&path, &text))
+        .unwrap_or_else(|p| panic!("{name}: {p:?}"))
+}
+
+/// Every case name of the run.
+fn case_names(run: &PostmanRun) -> Vec<String> {
+    run.report
+        .suites
+        .iter()
+        .flat_map(|s| s.cases.iter().map(|c| c.name.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn iteration_data_from_csv_and_json_drives_one_iteration_per_row() {
+    let base = serve().await;
+    for file in ["users.csv", "users.json"] {
+        let mut env = Vars::new();
+        env.set("baseUrl", base.as_str());
+        // Data sits above the environment: the rows' roles must win.
+        env.set("role", "nobody");
+        let options = RunOptions {
+            environment: env,
+            data: data_rows(file),
+            ..RunOptions::default()
+        };
+        let run = postman::run(&collection("users.postman_collection.json"), options).await;
+        let text = postman::newman_summary(&run);
+        assert!(run.ok(), "{file}:\n{text}");
+        let st = &run.stats;
+        assert_eq!(
+            st.iterations,
+            postman::Count {
+                executed: 3,
+                failed: 0
+            },
+            "{text}"
+        );
+        assert_eq!(st.requests.executed, 3, "{text}");
+        assert_eq!(st.test_scripts.executed, 3, "{text}");
+        assert_eq!(
+            st.assertions,
+            postman::Count {
+                executed: 12,
+                failed: 0
+            },
+            "{text}"
+        );
+        let names = case_names(&run);
+        assert_eq!(names.len(), 12, "{names:#?}");
+        for i in 1..=3 {
+            let (o, _) = outcome(
+                &run,
+                &format!("get user › the id comes from the data [iteration {i}]"),
+            );
+            assert_eq!(o, Outcome::Pass);
+        }
+        let urls: Vec<&str> = run.executions.iter().map(|e| e.url.as_str()).collect();
+        assert!(
+            urls[2].contains("/users/3?name=grace&role=user,%20read-only"),
+            "{urls:?}"
+        );
+        assert_eq!(
+            run.console,
+            [
+                "get user: iteration 1/3: ada",
+                "get user: iteration 2/3: alan",
+                "get user: iteration 3/3: grace"
+            ]
+        );
+        assert!(text.contains("Iteration 3/3"), "{text}");
+        assert!(
+            text.contains("│              iterations │                 3 │"),
+            "{text}"
+        );
+    }
+
+    // -n caps the rows…
+    let mut env = Vars::new();
+    env.set("baseUrl", base.as_str());
+    let run = postman::run(
+        &collection("users.postman_collection.json"),
+        RunOptions {
+            environment: env.clone(),
+            data: data_rows("users.csv"),
+            iterations: Some(2),
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    assert!(run.ok(), "{}", postman::newman_summary(&run));
+    assert_eq!(run.stats.iterations.executed, 2);
+    assert_eq!(
+        run.console.last().map(String::as_str),
+        Some("get user: iteration 2/2: alan")
+    );
+    // …or reuses the last row beyond them, as newman does.
+    let run = postman::run(
+        &collection("users.postman_collection.json"),
+        RunOptions {
+            environment: env,
+            data: data_rows("users.json"),
+            iterations: Some(4),
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    assert!(run.ok(), "{}", postman::newman_summary(&run));
+    assert_eq!(run.stats.iterations.executed, 4);
+    assert_eq!(
+        run.console.last().map(String::as_str),
+        Some("get user: iteration 4/4: grace")
+    );
+}
+
+#[tokio::test]
+async fn iteration_count_without_data_repeats_the_collection() {
+    let base = serve().await;
+    let globals = postman::load_environment(&read("globals.postman_globals.json")).unwrap();
+    let options = RunOptions {
+        environment: environment(&base),
+        globals,
+        working_dir: Some(example("")),
+        iterations: Some(2),
+        ..RunOptions::default()
+    };
+    let run = postman::run(&collection("testbed-demo.postman_collection.json"), options).await;
+    let text = postman::newman_summary(&run);
+    assert!(run.ok(), "{text}");
+    assert_eq!(run.stats.iterations.executed, 2);
+    assert_eq!(run.stats.requests.executed, 30, "{text}");
+    let names = case_names(&run);
+    let unique: std::collections::HashSet<&String> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "names repeat: {names:#?}");
+    assert!(names
+        .iter()
+        .all(|n| n.ends_with(" [iteration 1]") || n.ends_with(" [iteration 2]")));
+    assert_eq!(run.stats.assertions.executed, names.len());
+}
+
+#[test]
+fn bad_data_files_are_problems_at_load_and_nothing_runs() {
+    use testbed_apitest::files::{self, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let c = example("users.postman_collection.json");
+    let load = |data: &std::path::Path| {
+        let opts = Options {
+            data: Some(data.to_path_buf()),
+            ..Options::default()
+        };
+        files::load(std::slice::from_ref(&c), &opts)
+            .map(|_| ())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    let ragged = dir.path().join("ragged.csv");
+    std::fs::write(&ragged, "id,name\n1,ada\n2\n3,grace,extra\n").unwrap();
+    let r = ragged.display();
+    assert_eq!(
+        load(&ragged),
+        [
+            format!("{r}:3:1: this row has 1 field(s), the header row has 2"),
+            format!("{r}:4:1: this row has 3 field(s), the header row has 2"),
+        ]
+    );
+    let object = dir.path().join("object.json");
+    std::fs::write(&object, "{\"id\": 1}").unwrap();
+    assert_eq!(
+        load(&object),
+        [format!(
+            "{}:1:1: $: expected an array of objects (one per iteration), found an object",
+            object.display()
+        )]
+    );
+    let mixed = dir.path().join("mixed.json");
+    std::fs::write(&mixed, "[\n  {\"id\": 1},\n  [2]\n]").unwrap();
+    assert_eq!(
+        load(&mixed),
+        [format!(
+            "{}:3:3: $[1]: expected an object (one iteration's variables), found an array",
+            mixed.display()
+        )]
+    );
+    let syntax = dir.path().join("syntax.json");
+    std::fs::write(&syntax, "[\n  {\"id\": 1,}\n]").unwrap();
+    let p = load(&syntax);
+    assert!(
+        p[0].starts_with(&format!("{}:2:", syntax.display())),
+        "{p:?}"
+    );
+    assert!(p[0].contains("invalid JSON"), "{p:?}");
+    let missing = dir.path().join("missing.csv");
+    let p = load(&missing);
+    assert!(
+        p[0].starts_with(&format!("{}: cannot read: ", missing.display())),
+        "{p:?}"
+    );
+
+    // Suites have `each:`; data given with one is said, not ignored.
+    let suite = example("../testbed-smoke.yaml");
+    let opts = Options {
+        data: Some(example("users.csv")),
+        iterations: Some(2),
+        ..Options::default()
+    };
+    let p: Vec<String> = files::load(&[suite, c.clone()], &opts)
+        .map(|_| ())
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p[0].contains(
+            "testbed-smoke.yaml: -d/--iteration-data applies to Postman collections only"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        p[1].contains("-n/--iteration-count applies to Postman collections only"),
+        "{p:?}"
+    );
+    // A collection alone takes them.
+    assert!(files::load(&[c], &opts).is_ok());
+}

@@ -374,6 +374,57 @@ async fn a_postman_collection_logs_in_and_uses_the_token() {
     assert!(report.summary().failed >= 3, "{out}");
 }
 
+#[tokio::test]
+async fn a_postman_collection_runs_once_per_data_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Platform::server_in(dir.path(), &[]).await;
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/api/postman");
+    let collection = examples.join("testbed-api.postman_collection.json");
+    let env = examples.join("testbed.postman_environment.json");
+    // Two users: the right password, then a wrong one.
+    let data = dir.path().join("users.csv");
+    std::fs::write(
+        &data,
+        format!("user,password\nadmin,{ADMIN_PASSWORD}\nadmin,wrong\n"),
+    )
+    .expect("write");
+    let args: Vec<String> = vec![
+        collection.display().to_string(),
+        "-e".into(),
+        env.display().to_string(),
+        "--var".into(),
+        format!("baseUrl={}", p.url),
+        "-d".into(),
+        data.display().to_string(),
+    ];
+    let (code, report, out) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        api_run(&args, &[])
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("Iteration 2/2"), "{out}");
+    let cases: Vec<_> = report.suites.iter().flat_map(|s| &s.cases).collect();
+    let first: Vec<_> = cases
+        .iter()
+        .filter(|c| c.name.ends_with(" [iteration 1]"))
+        .collect();
+    assert_eq!(first.len(), 9, "{out}");
+    assert!(first.iter().all(|c| c.outcome == Outcome::Pass), "{out}");
+    let outcome = |name: &str| cases.iter().find(|c| c.name == name).map(|c| c.outcome);
+    assert_eq!(
+        outcome("log in › logged in [iteration 2]"),
+        Some(Outcome::Fail),
+        "{out}"
+    );
+    assert_eq!(
+        outcome("a wrong password is refused › 401 [iteration 2]"),
+        Some(Outcome::Pass),
+        "{out}"
+    );
+}
+
 #[test]
 fn openapi_check_fails_undocumented_statuses_and_wrong_bodies() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -5,6 +5,7 @@
 //! | module | holds |
 //! | --- | --- |
 //! | [`collection`] | the collection model and its loader, which reports every problem with its location |
+//! | [`data`] | iteration data files (JSON or CSV), one iteration per row |
 //! | [`vars`] | variable scopes, `{{var}}` substitution, environment files |
 //! | `script` | the QuickJS sandbox and its `pm` prelude |
 //! | `send` | turning a request into HTTP: URL, headers, body, auth |
@@ -12,6 +13,7 @@
 //! | [`newman`] | newman's CLI text output |
 
 pub mod collection;
+pub mod data;
 mod locate;
 pub mod newman;
 pub mod run;
@@ -20,6 +22,7 @@ mod send;
 pub mod vars;
 
 pub use collection::{load, Collection};
+pub use data::{load_data, DataFormat};
 pub use newman::newman_summary;
 pub use run::{
     run, AssertionResult, ConsoleLine, Count, Execution, Failure, PostmanRun, ResponseInfo,

@@ -36,8 +36,12 @@ pub struct RunOptions {
     /// Run only these folders or requests, by name (newman's `--folder`); empty
     /// runs everything.
     pub folders: Vec<String>,
-    /// How many times to run the collection; at least 1.
-    pub iterations: usize,
+    /// How many times to run the collection (newman's `--iteration-count`);
+    /// `None` runs once per row of `data`, or once without data.
+    pub iterations: Option<usize>,
+    /// Iteration data (newman's `--iteration-data`): the variables of each
+    /// iteration, in order; the last row serves every iteration beyond them.
+    pub data: Vec<Vars>,
     /// Where form-data and binary-body files (`src`) are looked up (newman's
     /// `--working-dir`); the current directory when `None`.
     pub working_dir: Option<PathBuf>,
@@ -54,7 +58,8 @@ impl Default for RunOptions {
             insecure: false,
             bail: false,
             folders: Vec::new(),
-            iterations: 1,
+            iterations: None,
+            data: Vec::new(),
             working_dir: None,
         }
     }
@@ -192,7 +197,7 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
     if let Some(env) = &options.environment.name {
         report.properties.insert("environment".into(), env.clone());
     }
-    let iterations = options.iterations.max(1);
+    let iterations = options.iterations.unwrap_or(options.data.len()).max(1);
     report
         .properties
         .insert("iterations".into(), iterations.to_string());
@@ -241,12 +246,19 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
 
     'iterations: for iteration in 0..iterations {
         runner.stats.iterations.executed += 1;
+        // Fresh each iteration, so that a script's `pm.iterationData.unset`
+        // does not leak into the next row; past the last row it is reused,
+        // as newman does when `-n` asks for more iterations than rows.
+        runner.scopes.data = match runner.options.data.len() {
+            0 => Vars::new(),
+            n => runner.options.data[iteration.min(n - 1)].clone(),
+        };
         let mut i = 0;
         let mut steps = 0;
         while i < plan.len() {
             steps += 1;
             if steps > MAX_STEPS {
-                runner.loop_error(&plan[i]);
+                runner.loop_error(&plan[i], iteration, iterations);
                 break;
             }
             let outcome = runner.run_entry(&plan[i], iteration, iterations).await;
@@ -351,6 +363,16 @@ fn request_name(item: &RequestItem) -> String {
     }
 }
 
+/// What tells apart the cases of each iteration when there are several, so
+/// that names stay unique (JUnit readers merge cases of the same name).
+fn suffix(iteration: usize, iterations: usize) -> String {
+    if iterations > 1 {
+        format!(" [iteration {}]", iteration + 1)
+    } else {
+        String::new()
+    }
+}
+
 fn case(name: String, outcome: Outcome, message: Option<String>) -> Case {
     let mut c = Case::new(name, outcome);
     c.message = message;
@@ -417,7 +439,7 @@ impl<'c> Runner<'c> {
         ));
     }
 
-    fn loop_error(&mut self, e: &Entry<'c>) {
+    fn loop_error(&mut self, e: &Entry<'c>, iteration: usize, iterations: usize) {
         let message = format!(
             "stopped after {MAX_STEPS} requests in one iteration: setNextRequest keeps looping"
         );
@@ -430,7 +452,7 @@ impl<'c> Runner<'c> {
         });
         let s = self.suite(e);
         self.suites[s].cases.push(case(
-            format!("{} › setNextRequest", request_name(e.item)),
+            format!("{} › setNextRequest", request_name(e.item)) + &suffix(iteration, iterations),
             Outcome::Error,
             Some(message),
         ));
@@ -631,6 +653,7 @@ impl<'c> Runner<'c> {
             c.duration_ms = case_ms;
             c.started_at = Some(started_at);
             if iterations > 1 {
+                c.name.push_str(&suffix(iteration, iterations));
                 c.properties
                     .insert("iteration".into(), (iteration + 1).to_string());
             }

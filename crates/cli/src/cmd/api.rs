@@ -35,7 +35,14 @@ pub struct RunArgs {
     /// Postman globals file.
     #[arg(short = 'g', long, value_name = "FILE")]
     pub globals: Option<PathBuf>,
-    /// A variable, `name=value` (repeatable; wins over files and environments).
+    /// Iteration data for collections: a JSON array of objects or a CSV file, one iteration per row.
+    #[arg(short = 'd', long = "iteration-data", value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Iterations of each collection (default: one per data row, or 1; rows run out → the last is reused).
+    #[arg(short = 'n', long = "iteration-count", value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub iterations: Option<usize>,
+    /// A variable, `name=value` (repeatable; wins over files and environments, not over iteration data).
     #[arg(long = "var", value_name = "NAME=VALUE")]
     pub vars: Vec<String>,
     /// Run only tests with this tag (repeatable).
@@ -128,6 +135,8 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         insecure: a.insecure,
         script_timeout: a.script_timeout,
         jobs: a.jobs,
+        data: a.data,
+        iterations: a.iterations,
         echo: (!quiet).then(|| Arc::new(|l: &str| println!("{l}")) as files::Echo),
     };
     let inputs = match files::load(&a.paths, &opts) {
