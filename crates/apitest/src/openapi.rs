@@ -36,6 +36,9 @@ pub struct CheckOptions {
     pub insecure: bool,
     /// `METHOD /path` patterns (exact, or a path prefix ending in `*`) to leave out.
     pub skip: Vec<String>,
+    /// Also call each operation that requires credentials without them, and
+    /// expect a documented 401 or 403.
+    pub check_auth: bool,
 }
 
 /// One operation of the spec.
@@ -335,9 +338,16 @@ pub async fn check(spec: &Value, opts: &CheckOptions) -> Result<Report, SpecErro
             suite.cases.push(c);
             continue;
         }
+        // Without credentials first: a DELETE checked with them would
+        // leave nothing for the unauthenticated call to be refused on.
+        if opts.check_auth && needs_credentials(&checker.spec, &op) {
+            suite
+                .cases
+                .push(check_operation(&checker, &client, &op, opts, false).await);
+        }
         suite
             .cases
-            .push(check_operation(&checker, &client, &op, opts).await);
+            .push(check_operation(&checker, &client, &op, opts, true).await);
     }
     suite.duration_ms = started.elapsed().as_millis() as u64;
     report.suites.push(suite);
@@ -345,14 +355,61 @@ pub async fn check(spec: &Value, opts: &CheckOptions) -> Result<Report, SpecErro
     Ok(report)
 }
 
+/// Whether the operation requires credentials: a non-empty `security` of
+/// its own or the document's, without an empty (anonymous) alternative.
+fn needs_credentials(spec: &Value, op: &Operation) -> bool {
+    let security = op.op.get("security").or_else(|| spec.get("security"));
+    match security.and_then(Value::as_array) {
+        Some(reqs) => {
+            !reqs.is_empty()
+                && !reqs
+                    .iter()
+                    .any(|r| r.as_object().is_some_and(Map::is_empty))
+        }
+        None => false,
+    }
+}
+
+/// Headers that carry credentials: `authorization` and the spec's API-key headers.
+fn credential_headers(spec: &Value) -> Vec<String> {
+    let mut names = vec!["authorization".to_string()];
+    if let Some(schemes) = spec
+        .pointer("/components/securitySchemes")
+        .and_then(Value::as_object)
+    {
+        for s in schemes.values() {
+            if s.get("type").and_then(Value::as_str) == Some("apiKey")
+                && s.get("in").and_then(Value::as_str) == Some("header")
+            {
+                if let Some(n) = s.get("name").and_then(Value::as_str) {
+                    names.push(n.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Calls one operation; `with_credentials: false` leaves out the headers
+/// that carry them and expects a documented 401 or 403.
 async fn check_operation(
     checker: &Checker,
     client: &reqwest::Client,
     op: &Operation,
     opts: &CheckOptions,
+    with_credentials: bool,
 ) -> Case {
     let spec = &checker.spec;
-    let label = op.label();
+    let label = if with_credentials {
+        op.label()
+    } else {
+        format!("{} without credentials", op.label())
+    };
+    let dropped = if with_credentials {
+        Vec::new()
+    } else {
+        credential_headers(spec)
+    };
     let mut case = Case::new(label.clone(), Outcome::Pass);
     case.started_at = Some(Utc::now());
     let started = Instant::now();
@@ -385,6 +442,7 @@ async fn check_operation(
     for (k, v) in opts
         .headers
         .iter()
+        .filter(|(k, _)| !dropped.contains(&k.to_ascii_lowercase()))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .chain(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     {
@@ -414,7 +472,14 @@ async fn check_operation(
             case.properties.insert("status".into(), status.to_string());
             case.output =
                 Some(String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).into_owned());
-            judge(checker, op, status, &ctype, &bytes)
+            if !with_credentials && !matches!(status, 401 | 403) {
+                Err((
+                    Outcome::Fail,
+                    format!("answered {status} without credentials; expected 401 or 403"),
+                ))
+            } else {
+                judge(checker, op, status, &ctype, &bytes)
+            }
         }
     };
     if let Err((o, m)) = outcome {

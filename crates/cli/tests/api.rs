@@ -261,6 +261,7 @@ async fn openapi_check_passes_against_testbeds_own_spec() {
                     &spec,
                     "--base-url",
                     &url,
+                    "--check-auth",
                     "--login",
                     &login,
                     "--junit",
@@ -283,6 +284,15 @@ async fn openapi_check_passes_against_testbeds_own_spec() {
     assert!(
         tests >= 30,
         "every operation is checked, got {tests}:\n{}",
+        text(&out)
+    );
+    let refused = text(&out)
+        .lines()
+        .filter(|l| l.contains("without credentials") && l.contains("pass"))
+        .count();
+    assert!(
+        refused >= 30,
+        "secured operations refuse anonymous calls:\n{}",
         text(&out)
     );
 
@@ -429,6 +439,7 @@ async fn a_postman_collection_runs_once_per_data_row() {
 fn openapi_check_fails_undocumented_statuses_and_wrong_bodies() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("hello.json"), r#"{"nom": "x"}"#).expect("write");
+    std::fs::write(dir.path().join("secret.json"), r#"{"key": "open to all"}"#).expect("write");
     let port = common::free_port();
     let mut cmd = Command::new("python3");
     cmd.args([
@@ -456,7 +467,8 @@ fn openapi_check_fails_undocumented_statuses_and_wrong_bodies() {
             "info": {"title": "hello", "version": "1"},
             "paths": {
                 "/hello.json": {"get": {"responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Hello"}}}}}}},
-                "/missing": {"get": {"responses": {"200": {"description": "ok"}}}}
+                "/missing": {"get": {"responses": {"200": {"description": "ok"}}}},
+                "/secret.json": {"get": {"security": [{"bearer": []}], "responses": {"200": {"description": "ok"}, "401": {"description": "no token"}}}}
             },
             "components": {"schemas": {"Hello": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "nullable": true}}}}}
         })
@@ -472,6 +484,7 @@ fn openapi_check_fails_undocumented_statuses_and_wrong_bodies() {
             spec.to_str().expect("utf-8"),
             "--base-url",
             &base,
+            "--check-auth",
             "--json",
             json_out.to_str().expect("utf-8"),
         ],
@@ -498,6 +511,24 @@ fn openapi_check_fails_undocumented_statuses_and_wrong_bodies() {
             .contains("name"),
         "{:?}",
         hello.message
+    );
+    // python's file server has no notion of credentials.
+    let open = case("GET /secret.json without credentials");
+    assert_eq!(open.outcome, Outcome::Fail);
+    assert!(
+        open.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("without credentials; expected 401 or 403"),
+        "{:?}",
+        open.message
+    );
+    assert!(
+        report.suites[0]
+            .cases
+            .iter()
+            .all(|c| c.name != "GET /missing without credentials"),
+        "only secured operations are called anonymously"
     );
     let missing = case("GET /missing");
     assert_eq!(missing.outcome, Outcome::Fail);

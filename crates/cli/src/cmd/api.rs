@@ -93,6 +93,9 @@ pub struct CheckArgs {
     /// Leave out `METHOD /path` (a trailing `*` matches a prefix; repeatable).
     #[arg(long, value_name = "METHOD /PATH")]
     pub skip: Vec<String>,
+    /// Also call every operation that requires credentials without them; it must answer a documented 401 or 403.
+    #[arg(long)]
+    pub check_auth: bool,
     #[arg(short = 'k', long)]
     pub insecure: bool,
     #[command(flatten)]
@@ -217,6 +220,7 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         timeout: Some(Duration::from_secs(30)),
         insecure: a.insecure,
         skip: a.skip,
+        check_auth: a.check_auth,
     };
     let report = openapi::check(&spec, &opts).await?;
     for s in &report.suites {
