@@ -68,20 +68,33 @@ impl fmt::Display for FileProblem {
     }
 }
 
-fn problem(
-    file: &Path,
-    path: &str,
-    line: Option<usize>,
-    column: Option<usize>,
-    message: String,
-) -> FileProblem {
+/// A problem with a file as a whole (unreadable, wrong kind).
+fn problem(file: &Path, message: String) -> FileProblem {
     FileProblem {
         file: file.to_path_buf(),
-        line,
-        column,
-        path: path.to_string(),
+        line: None,
+        column: None,
+        path: String::new(),
         message,
     }
+}
+
+/// A loader's problems, each tagged with the file they are in.
+fn located(file: &Path, problems: Vec<crate::Problem>) -> Vec<FileProblem> {
+    problems
+        .into_iter()
+        .map(|p| FileProblem {
+            file: file.to_path_buf(),
+            line: p.line,
+            column: p.column,
+            path: p.path,
+            message: p.message,
+        })
+        .collect()
+}
+
+fn read(file: &Path) -> Result<String, Vec<FileProblem>> {
+    std::fs::read_to_string(file).map_err(|e| vec![problem(file, format!("cannot read: {e}"))])
 }
 
 /// A loaded input.
@@ -91,10 +104,19 @@ pub enum Input {
     Collection {
         file: PathBuf,
         collection: Box<postman::Collection>,
-        /// The rows of `Options::data`, read once at load so that what runs
-        /// is what was checked.
-        data: Vec<postman::Vars>,
     },
+}
+
+/// The inputs and the side files of `Options` (a variables file, globals,
+/// iteration data), each read and checked once by [`load`], so that what
+/// runs is what was checked.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub inputs: Vec<Input>,
+    /// The variables of `Options::environment` when it names a file.
+    env_file: Option<Map<String, Value>>,
+    globals: postman::Vars,
+    data: Vec<postman::Vars>,
 }
 
 impl Input {
@@ -106,9 +128,7 @@ impl Input {
                 s.name,
                 s.tests.len()
             ),
-            Input::Collection {
-                file, collection, ..
-            } => {
+            Input::Collection { file, collection } => {
                 format!(
                     "{} (Postman collection {:?})",
                     file.display(),
@@ -126,7 +146,7 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FileProblem> {
     for p in paths {
         if p.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(|e| problem(p, "", None, None, e.to_string()))?
+                .map_err(|e| problem(p, e.to_string()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
             entries.sort();
@@ -147,13 +167,7 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FileProblem> {
         } else if p.exists() {
             out.push(p.clone());
         } else {
-            return Err(problem(
-                p,
-                "",
-                None,
-                None,
-                "no such file or directory".into(),
-            ));
+            return Err(problem(p, "no such file or directory".into()));
         }
     }
     Ok(out)
@@ -165,37 +179,26 @@ fn is_collection(text: &str) -> bool {
     head.contains("schema.getpostman.com") || head.contains("\"_postman_id\"")
 }
 
-/// Loads every input; on any problem returns all of them and nothing runs.
-pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Vec<Input>, Vec<FileProblem>> {
+/// Loads every input and side file; on any problem returns all of them and
+/// nothing runs.
+pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Loaded, Vec<FileProblem>> {
     let files = expand(paths).map_err(|p| vec![p])?;
     let mut inputs = Vec::new();
     let mut problems = Vec::new();
-    let data = match iteration_data(opts) {
-        Ok(rows) => rows,
-        Err(mut ps) => {
-            problems.append(&mut ps);
-            Vec::new()
-        }
-    };
+    let env_file = keep(&mut problems, environment_vars(opts)).flatten();
+    let globals = keep(&mut problems, globals(opts)).unwrap_or_default();
+    let data = keep(&mut problems, iteration_data(opts)).unwrap_or_default();
     for f in files {
-        let text = match std::fs::read_to_string(&f) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(problem(&f, "", None, None, format!("cannot read: {e}")));
-                continue;
-            }
+        let Some(text) = keep(&mut problems, read(&f)) else {
+            continue;
         };
         if f.extension().is_some_and(|e| e == "json") && is_collection(&text) {
             match postman::load(&text) {
                 Ok(c) => inputs.push(Input::Collection {
                     file: f,
                     collection: Box::new(c),
-                    data: data.clone(),
                 }),
-                Err(ps) => problems.extend(
-                    ps.into_iter()
-                        .map(|p| problem(&f, &p.path, p.line, p.column, p.message)),
-                ),
+                Err(ps) => problems.extend(located(&f, ps)),
             }
         } else {
             // Suites have their own data-driven form (`each:`); running a
@@ -207,9 +210,6 @@ pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Vec<Input>, Vec<FilePro
                 if given {
                     problems.push(problem(
                         &f,
-                        "",
-                        None,
-                        None,
                         format!(
                             "{flag} applies to Postman collections only; this is a YAML suite \
                              (suites iterate with `each:`)"
@@ -219,24 +219,25 @@ pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Vec<Input>, Vec<FilePro
             }
             match suite::parse(&text, &f) {
                 Ok(s) => inputs.push(Input::Suite(Box::new(s))),
-                Err(ps) => problems.extend(
-                    ps.into_iter()
-                        .map(|p| problem(&f, &p.path, p.line, p.column, p.message)),
-                ),
+                Err(ps) => problems.extend(located(&f, ps)),
             }
         }
     }
-    if let Err(mut ps) = environment_vars(opts) {
-        problems.append(&mut ps);
-    }
-    if let Err(mut ps) = globals(opts) {
-        problems.append(&mut ps);
-    }
     if problems.is_empty() {
-        Ok(inputs)
+        Ok(Loaded {
+            inputs,
+            env_file,
+            globals,
+            data,
+        })
     } else {
         Err(problems)
     }
+}
+
+/// The value, or `None` with its problems added to `problems`.
+fn keep<T>(problems: &mut Vec<FileProblem>, r: Result<T, Vec<FileProblem>>) -> Option<T> {
+    r.map_err(|mut ps| problems.append(&mut ps)).ok()
 }
 
 /// When `--environment` names a file: its variables, as a flat object.
@@ -248,9 +249,7 @@ fn environment_vars(opts: &Options) -> Result<Option<Map<String, Value>>, Vec<Fi
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![problem(path, "", None, None, e.to_string())])?;
-    vars_file(&text, path).map(Some)
+    vars_file(&read(path)?, path).map(Some)
 }
 
 /// A variables file: a Postman environment export, or any YAML/JSON object.
@@ -262,22 +261,15 @@ fn vars_file(text: &str, path: &Path) -> Result<Map<String, Value>, Vec<FileProb
                     .map(|(k, v)| (k.to_string(), v.clone()))
                     .collect()
             })
-            .map_err(|ps| {
-                ps.into_iter()
-                    .map(|p| problem(path, &p.path, p.line, p.column, p.message))
-                    .collect()
-            });
+            .map_err(|ps| located(path, ps));
     }
     match suite::yaml_value(text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(vec![problem(
             path,
-            "",
-            None,
-            None,
             "a variables file is a mapping of name: value".into(),
         )]),
-        Err(p) => Err(vec![problem(path, &p.path, p.line, p.column, p.message)]),
+        Err(p) => Err(located(path, vec![p])),
     }
 }
 
@@ -286,16 +278,16 @@ type SuitesFuture<'a> =
 
 /// Runs loaded inputs into one report, `opts.jobs` files at a time; the
 /// report lists them in the order given either way.
-pub async fn run(inputs: &[Input], opts: &Options) -> Report {
-    let file_vars = environment_vars(opts).ok().flatten();
-    let env_name = match &file_vars {
+pub async fn run(loaded: &Loaded, opts: &Options) -> Report {
+    let inputs = &loaded.inputs;
+    // A variables file stands in for the environment's name.
+    let env_name = match &loaded.env_file {
         Some(_) => None,
         None => opts.environment.clone(),
     };
-    let mut vars = file_vars.clone().unwrap_or_default();
+    let mut vars = loaded.env_file.clone().unwrap_or_default();
     vars.extend(opts.vars.clone());
-    let globals = globals(opts).ok().unwrap_or_default();
-    let name = match inputs {
+    let name = match inputs.as_slice() {
         [Input::Suite(s)] => s.name.clone(),
         [Input::Collection { collection, .. }] => collection.name.clone(),
         _ => "api tests".to_string(),
@@ -329,10 +321,9 @@ pub async fn run(inputs: &[Input], opts: &Options) -> Report {
             skip_tags: opts.skip_tags.clone(),
             echo: echo.clone(),
         };
-        let globals = globals.clone();
         let vars = &vars;
         runs.push(Box::pin(async move {
-            let suites = run_input(input, &suite_opts, vars, globals, opts).await;
+            let suites = run_input(input, &suite_opts, vars, loaded, opts).await;
             if let (Some(e), Ok(h)) = (&opts.echo, held.lock()) {
                 for line in h.iter() {
                     e(line);
@@ -354,28 +345,24 @@ async fn run_input(
     input: &Input,
     suite_opts: &RunOptions,
     vars: &Map<String, Value>,
-    globals: postman::Vars,
+    loaded: &Loaded,
     opts: &Options,
 ) -> Vec<testbed_report::Suite> {
     match input {
         Input::Suite(s) => vec![runner::run_suite(s, suite_opts).await],
-        Input::Collection {
-            collection,
-            file,
-            data,
-        } => {
+        Input::Collection { collection, file } => {
             let mut environment = postman::Vars::new();
             for (k, v) in vars {
                 environment.set(k.clone(), v.clone());
             }
             let run_opts = postman::RunOptions {
                 environment,
-                globals,
+                globals: loaded.globals.clone(),
                 insecure: opts.insecure,
                 script_time_limit: opts.script_timeout,
                 working_dir: file.parent().map(Path::to_path_buf),
                 iterations: opts.iterations,
-                data: data.clone(),
+                data: loaded.data.clone(),
                 ..postman::RunOptions::default()
             };
             let run = postman::run(collection, run_opts).await;
@@ -392,13 +379,7 @@ fn globals(opts: &Options) -> Result<postman::Vars, Vec<FileProblem>> {
     let Some(path) = &opts.globals else {
         return Ok(postman::Vars::default());
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![problem(path, "", None, None, format!("cannot read: {e}"))])?;
-    postman::load_environment(&text).map_err(|ps| {
-        ps.into_iter()
-            .map(|p| problem(path, &p.path, p.line, p.column, p.message))
-            .collect()
-    })
+    postman::load_environment(&read(path)?).map_err(|ps| located(path, ps))
 }
 
 /// The rows of the iteration data file, when one is given.
@@ -406,11 +387,6 @@ fn iteration_data(opts: &Options) -> Result<Vec<postman::Vars>, Vec<FileProblem>
     let Some(path) = &opts.data else {
         return Ok(Vec::new());
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![problem(path, "", None, None, format!("cannot read: {e}"))])?;
-    postman::load_data(&text, postman::DataFormat::of(path, &text)).map_err(|ps| {
-        ps.into_iter()
-            .map(|p| problem(path, &p.path, p.line, p.column, p.message))
-            .collect()
-    })
+    let text = read(path)?;
+    postman::load_data(&text, postman::DataFormat::of(path, &text)).map_err(|ps| located(path, ps))
 }

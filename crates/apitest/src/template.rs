@@ -13,6 +13,7 @@
 
 use base64::Engine;
 use serde_json::{Map, Value};
+use testbed_core::template::{self as plan_template, Segment};
 use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -33,15 +34,10 @@ pub type Scope = Map<String, Value>;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Primary {
-    Path(Vec<Seg>),
+    /// A variable path, as written and parsed (the same paths as plans').
+    Path(String, Vec<Segment>),
     Literal(Value),
     Generator(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Seg {
-    Key(String),
-    Index(usize),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -161,7 +157,11 @@ fn parse_primary(head: &str) -> Result<Primary, String> {
             .map(Primary::Literal)
             .ok_or_else(|| "bad literal".into());
     }
-    parse_path(head).map(Primary::Path)
+    match plan_template::parse_path(head) {
+        Ok(p) => Ok(Primary::Path(head.to_string(), p)),
+        Err(plan_template::TemplateError::BadPath(_, why)) => Err(why),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Splits on `sep` outside quotes.
@@ -193,76 +193,18 @@ fn literal(s: &str) -> Option<Value> {
     serde_json::from_str(s).ok()
 }
 
-fn parse_path(text: &str) -> Result<Vec<Seg>, String> {
-    let mut out = Vec::new();
-    for part in text.split('.') {
-        let (name, mut rest) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part, ""),
-        };
-        if name.is_empty() && out.is_empty() {
-            return Err("empty name".into());
-        }
-        if !name.is_empty() {
-            if !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(format!("bad name `{name}`"));
-            }
-            out.push(Seg::Key(name.to_string()));
-        }
-        while let Some(r) = rest.strip_prefix('[') {
-            let end = r.find(']').ok_or("missing `]`")?;
-            let i = r[..end]
-                .trim()
-                .parse()
-                .map_err(|_| format!("bad index `{}`", &r[..end]))?;
-            out.push(Seg::Index(i));
-            rest = &r[end + 1..];
-        }
-        if !rest.is_empty() {
-            return Err(format!("unexpected `{rest}`"));
-        }
+/// Looks a path up; the scope is an object, so the first segment is a key.
+fn lookup<'a>(scope: &'a Scope, path: &[Segment]) -> Option<&'a Value> {
+    match path.split_first()? {
+        (Segment::Key(k), rest) => plan_template::lookup(scope.get(k)?, rest),
+        (Segment::Index(_), _) => None,
     }
-    Ok(out)
-}
-
-fn lookup<'a>(scope: &'a Scope, path: &[Seg]) -> Option<&'a Value> {
-    let mut segs = path.iter();
-    let mut cur = match segs.next()? {
-        Seg::Key(k) => scope.get(k)?,
-        Seg::Index(_) => return None,
-    };
-    for s in segs {
-        cur = match s {
-            Seg::Key(k) => cur.get(k.as_str())?,
-            Seg::Index(i) => cur.get(*i)?,
-        };
-    }
-    Some(cur)
-}
-
-fn path_text(path: &[Seg]) -> String {
-    let mut s = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(k) => {
-                if !s.is_empty() {
-                    s.push('.');
-                }
-                s.push_str(k);
-            }
-            Seg::Index(i) => s.push_str(&format!("[{i}]")),
-        }
-    }
-    s
 }
 
 fn eval_primary(p: &Primary, scope: &Scope) -> Option<Value> {
     match p {
         Primary::Literal(v) => Some(v.clone()),
-        Primary::Path(p) => lookup(scope, p).cloned(),
+        Primary::Path(_, p) => lookup(scope, p).cloned(),
         Primary::Generator(g) => Some(generate(g)),
     }
 }
@@ -303,7 +245,7 @@ fn eval(e: &Expr, scope: &Scope) -> Result<Value, TemplateError> {
 
 fn undefined(p: &Primary) -> TemplateError {
     match p {
-        Primary::Path(p) => TemplateError::Undefined(path_text(p)),
+        Primary::Path(text, _) => TemplateError::Undefined(text.clone()),
         _ => TemplateError::Undefined("?".into()),
     }
 }

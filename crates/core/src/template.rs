@@ -51,7 +51,8 @@ impl Reference {
     }
 }
 
-fn parse_path(text: &str) -> Result<Vec<Segment>, TemplateError> {
+/// Parses a dotted path with indices (`steps.build.outputs.files[0]`).
+pub fn parse_path(text: &str) -> Result<Vec<Segment>, TemplateError> {
     let bad = |why: &str| TemplateError::BadPath(text.to_string(), why.to_string());
     let mut out = Vec::new();
     for part in text.split('.') {

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use testbed_apitest::files::{self, Options};
 use testbed_core::agent::{MethodSpec, PluginSpec};
 
+use super::linux_system::unknown_method;
 use crate::plugin::{Plugin, PluginError, PluginOutput, TaskContext};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -78,10 +79,7 @@ impl Plugin for Api {
         ctx: &TaskContext,
     ) -> Result<PluginOutput, PluginError> {
         if method != "run_suite" {
-            return Err(PluginError::UnknownMethod {
-                method: method.to_string(),
-                available: "run_suite".into(),
-            });
+            return Err(unknown_method(method, &self.spec()));
         }
         let path = match (
             params.get("path").and_then(Value::as_str),
@@ -128,7 +126,7 @@ impl Plugin for Api {
             })),
             ..Options::default()
         };
-        let inputs = files::load(std::slice::from_ref(&path), &opts).map_err(|problems| {
+        let loaded = files::load(std::slice::from_ref(&path), &opts).map_err(|problems| {
             let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
             invalid(
                 if params.get("suite").is_some() {
@@ -140,7 +138,7 @@ impl Plugin for Api {
             )
         })?;
         let report = tokio::select! {
-            r = files::run(&inputs, &opts) => r,
+            r = files::run(&loaded, &opts) => r,
             _ = ctx.cancel.cancelled() => return Err(PluginError::Cancelled),
         };
         PluginOutput::from_report(&report, &ctx.log)

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use testbed_core::agent::{MethodSpec, PluginSpec};
 use testbed_tap::{Expectations, KitConfig, RunConfig};
 
+use super::linux_system::unknown_method;
 use crate::plugin::{Plugin, PluginError, PluginOutput, TaskContext};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -52,10 +53,7 @@ impl Plugin for Tap {
         ctx: &TaskContext,
     ) -> Result<PluginOutput, PluginError> {
         if method != "run" {
-            return Err(PluginError::UnknownMethod {
-                method: method.to_string(),
-                available: "run".into(),
-            });
+            return Err(unknown_method(method, &self.spec()));
         }
         let text = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
         let path = text("path").ok_or_else(|| PluginError::InvalidParams {

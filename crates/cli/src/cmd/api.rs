@@ -142,8 +142,8 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         iterations: a.iterations,
         echo: (!quiet).then(|| Arc::new(|l: &str| println!("{l}")) as files::Echo),
     };
-    let inputs = match files::load(&a.paths, &opts) {
-        Ok(i) => i,
+    let loaded = match files::load(&a.paths, &opts) {
+        Ok(l) => l,
         Err(problems) => {
             print_problems(&problems);
             return Ok(ExitCode::from(2));
@@ -156,7 +156,7 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map(|rt| rt.block_on(files::run(&inputs, &opts)))
+            .map(|rt| rt.block_on(files::run(&loaded, &opts)))
     })
     .await
     .context("the test runner stopped")?
@@ -166,8 +166,8 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn lint(a: LintArgs) -> anyhow::Result<ExitCode> {
     match files::load(&a.paths, &Options::default()) {
-        Ok(inputs) => {
-            for i in &inputs {
+        Ok(loaded) => {
+            for i in &loaded.inputs {
                 println!("ok {}", i.describe());
             }
             Ok(ExitCode::SUCCESS)
