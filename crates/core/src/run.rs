@@ -124,6 +124,9 @@ pub enum StepStatus {
     Error,
     Skipped,
     Cancelled,
+    /// Its last attempt was lost with its agent (the outcome is unknown)
+    /// and no retry was left.
+    Lost,
 }
 
 impl StepStatus {
@@ -139,6 +142,7 @@ impl StepStatus {
             StepStatus::Error => "error",
             StepStatus::Skipped => "skipped",
             StepStatus::Cancelled => "cancelled",
+            StepStatus::Lost => "lost",
         }
     }
 }

@@ -85,6 +85,10 @@ pub struct Task {
     /// The run and step this task executes, when it belongs to a plan run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunRef>,
+    /// Why a queued task has not been sent to its agent yet (e.g. `pending:
+    /// group `lab` is reserved by run …`); absent once it is on its way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Which run and step a task belongs to.

@@ -352,6 +352,9 @@ async fn reconcile(
                     let _ = tx.send(ServerMessage::Pause { task_id: task.id });
                 }
             }
+            // Waits for its agent's reservation to end; the controller
+            // sends it then.
+            TaskStatus::Queued if a.held.is_some() => {}
             TaskStatus::Queued if a.cancel || task.cancel_requested => {
                 dispatch::finish_without_agent(
                     state,
@@ -367,12 +370,17 @@ async fn reconcile(
                 });
             }
             TaskStatus::Running => {
-                // The agent restarted and forgot it: it will never report.
+                // The agent process that ran it is gone (a new one says
+                // hello without it), and its tasks died with it: the agent
+                // kills its process groups when it dies and reaps leftovers
+                // when it starts. So nothing of it still runs, nothing will
+                // report, and what it did before it died is unknown: lost,
+                // and a plan step may retry it at once.
                 dispatch::finish_without_agent(
                     state,
                     task.id,
                     TaskStatus::Lost,
-                    "agent restarted while the task ran",
+                    "lost: its agent restarted while the task ran; the outcome is unknown",
                 )
                 .await?;
             }

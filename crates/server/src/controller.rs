@@ -5,8 +5,15 @@
 //!   this replica.
 //! * [`run_controller`] runs only on the elected leader (a lease-bound
 //!   `/leader/controller` key): it reconciles store state, marking the tasks
-//!   of agents whose lease expired `lost`.
+//!   of agents whose lease expired `lost`, and drives the plan engine.
+//!
+//! Every loop is supervised: a broken watch is opened again from the last
+//! revision it delivered (after a re-list when that history was compacted),
+//! with back-off, and a loop that is failing shows in [`Loops`] (and so in
+//! `/healthz`) and in the log until it works again.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,6 +25,81 @@ use testbed_store::{Compare, EventKind};
 use crate::dispatch::{self, Assignment};
 use crate::records;
 use crate::state::AppState;
+
+/// The first back-off after a loop fails, doubled on each failure in a row.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// The longest back-off between attempts of a failing loop.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Failures in a row after which a loop's trouble is logged as an error.
+const LOUD_AFTER: u32 = 5;
+
+/// The state of this replica's background loops, as `/healthz` shows it.
+#[derive(Debug, Default)]
+pub struct Loops {
+    failing: Mutex<BTreeMap<&'static str, Failing>>,
+}
+
+#[derive(Debug, Clone)]
+struct Failing {
+    error: String,
+    in_a_row: u32,
+}
+
+impl Loops {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Failing>> {
+        // The map is always whole: a panic elsewhere cannot leave it torn.
+        self.failing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The loop works (again).
+    pub fn ok(&self, name: &'static str) {
+        if let Some(f) = self.lock().remove(name) {
+            tracing::info!(
+                "{name}: working again after {} failure(s) ({})",
+                f.in_a_row,
+                f.error
+            );
+        }
+    }
+
+    /// The loop failed; logged at warn, then at error once it keeps failing.
+    /// Returns the back-off before its next attempt.
+    pub fn failed(&self, name: &'static str, error: impl std::fmt::Display) -> Duration {
+        let error = error.to_string();
+        let in_a_row = {
+            let mut map = self.lock();
+            let f = map.entry(name).or_insert(Failing {
+                error: String::new(),
+                in_a_row: 0,
+            });
+            f.in_a_row += 1;
+            f.error = error.clone();
+            f.in_a_row
+        };
+        if in_a_row >= LOUD_AFTER {
+            tracing::error!("{name} keeps failing ({in_a_row} in a row): {error}");
+        } else {
+            tracing::warn!("{name}: {error}; retrying");
+        }
+        backoff(in_a_row)
+    }
+
+    /// A loop that is not running any more (it stops with leadership).
+    pub fn forget(&self, name: &'static str) {
+        self.lock().remove(name);
+    }
+
+    /// The loops failing right now, by name (their errors are in the log).
+    pub fn failing(&self) -> Vec<String> {
+        self.lock().keys().map(|k| k.to_string()).collect()
+    }
+}
+
+/// Exponential back-off for the `n`th failure in a row (n ≥ 1).
+pub fn backoff(n: u32) -> Duration {
+    let factor = 1u32 << n.saturating_sub(1).min(8);
+    (BACKOFF_MIN * factor).min(BACKOFF_MAX)
+}
 
 /// Forwards assignments to locally connected agents. Restarts its watch
 /// from the last revision it saw if the stream breaks, so nothing is missed.
@@ -33,11 +115,15 @@ pub async fn assignment_relay(state: AppState) {
         let mut stream = match state.store.watch(keys::ASSIGN, from).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!("watching assignments: {e}");
-                sleep_or_shutdown(&state, Duration::from_millis(500)).await;
+                let wait = state
+                    .loops
+                    .failed(RELAY, format!("watching assignments: {e}"));
+                sleep_or_shutdown(&state, wait).await;
                 continue;
             }
         };
+        state.loops.ok(RELAY);
+        let mut wait = BACKOFF_MIN;
         loop {
             let next = tokio::select! {
                 _ = state.shutdown.cancelled() => return,
@@ -58,42 +144,89 @@ pub async fn assignment_relay(state: AppState) {
                     let Ok(a) = serde_json::from_slice::<Assignment>(&ev.kv.value) else {
                         continue;
                     };
-                    if a.cancel {
-                        state.hub.send(&agent, ServerMessage::Cancel { task_id });
-                    } else if let Some(paused) = a.paused {
-                        let msg = if paused {
-                            ServerMessage::Pause { task_id }
-                        } else {
-                            ServerMessage::Resume { task_id }
-                        };
-                        state.hub.send(&agent, msg);
-                    } else if let Ok(Some((task, _))) =
-                        records::get::<Task>(&state.store, &keys::task(&task_id)).await
-                    {
-                        if task.status == TaskStatus::Queued {
-                            state.hub.send(
-                                &agent,
-                                ServerMessage::Assign {
-                                    task: Box::new(task),
-                                },
-                            );
-                        }
+                    // A held task waits for its agent's reservation to end.
+                    if a.held.is_some() {
+                        continue;
                     }
+                    forward(&state, agent, task_id, &a).await;
                 }
                 Some(Err(testbed_store::StoreError::Compacted { .. })) => {
-                    // History is gone; agents resynchronise on reconnect and
-                    // new assignments arrive from now on.
-                    from = state.store.revision().await.map(|r| r + 1).unwrap_or(from);
+                    // History is gone: re-list what is outstanding for the
+                    // agents held here, then follow changes from now on.
+                    match state.store.revision().await {
+                        Ok(r) => {
+                            tracing::warn!("assignment watch compacted; re-listing");
+                            from = r + 1;
+                            resend_local(&state).await;
+                        }
+                        Err(e) => {
+                            wait = state.loops.failed(RELAY, format!("after compaction: {e}"))
+                        }
+                    }
                     break;
                 }
                 Some(Err(e)) => {
-                    tracing::warn!("assignment watch: {e}");
+                    wait = state.loops.failed(RELAY, format!("assignment watch: {e}"));
                     break;
                 }
-                None => break,
+                None => {
+                    wait = state.loops.failed(RELAY, "assignment watch ended");
+                    break;
+                }
             }
         }
-        sleep_or_shutdown(&state, Duration::from_millis(200)).await;
+        sleep_or_shutdown(&state, wait).await;
+    }
+}
+
+const RELAY: &str = "assignment relay";
+const ENGINE: &str = "plan engine";
+
+/// After a compacted watch: sends the agents connected here every queued,
+/// unheld assignment they may have missed (an agent ignores a task it
+/// already has) and the cancel and pause flags.
+async fn resend_local(state: &AppState) {
+    let all: Vec<(String, Assignment)> =
+        match records::list(&state.store, keys::ASSIGN, |_| true).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("re-listing assignments: {e}");
+                return;
+            }
+        };
+    for (key, a) in all {
+        let Some((agent, task_id)) = keys::parse_assign(&key) else {
+            continue;
+        };
+        if !state.hub.is_local(&agent) || a.held.is_some() {
+            continue;
+        }
+        forward(state, agent, task_id, &a).await;
+    }
+}
+
+/// Sends one assignment's news to its (locally connected) agent.
+async fn forward(state: &AppState, agent: uuid::Uuid, task_id: uuid::Uuid, a: &Assignment) {
+    if a.cancel {
+        state.hub.send(&agent, ServerMessage::Cancel { task_id });
+    } else if let Some(paused) = a.paused {
+        let msg = if paused {
+            ServerMessage::Pause { task_id }
+        } else {
+            ServerMessage::Resume { task_id }
+        };
+        state.hub.send(&agent, msg);
+    } else if let Ok(Some((task, _))) =
+        records::get::<Task>(&state.store, &keys::task(&task_id)).await
+    {
+        if task.status == TaskStatus::Queued {
+            state.hub.send(
+                &agent,
+                ServerMessage::Assign {
+                    task: Box::new(task),
+                },
+            );
+        }
     }
 }
 
@@ -108,6 +241,12 @@ async fn sleep_or_shutdown(state: &AppState, d: Duration) {
 pub async fn run_controller(state: AppState) {
     let ttl = state.settings.lease_ttl;
     while !state.shutdown.is_cancelled() {
+        if let Some(lease) = take_over(&state).await {
+            tracing::info!(replica = %state.replica, lease, "this replica leads the controller (took over the lease of the previous process)");
+            lead(&state, lease).await;
+            let _ = state.store.revoke_lease(lease).await;
+            continue;
+        }
         let lease = match state.store.grant_lease(ttl).await {
             Ok(l) => l,
             Err(e) => {
@@ -143,31 +282,92 @@ pub async fn run_controller(state: AppState) {
     }
 }
 
+/// On a store only this process can open (the embedded one), a leader key
+/// that this process did not write was left by a process that died: it
+/// cannot be someone alive. Its lease is taken over rather than waited out,
+/// so a restarted `testbed up` continues at once instead of standing still
+/// for a lease TTL — and what is bound to that lease (group reservations of
+/// running runs) stays held without a gap. Shared stores (etcd) never take
+/// this path: there another replica may be alive behind the key.
+async fn take_over(state: &AppState) -> Option<testbed_store::LeaseId> {
+    if !state.store.exclusive() {
+        return None;
+    }
+    let kv = state.store.get(keys::LEADER_CONTROLLER).await.ok()??;
+    if kv.lease == 0 || state.store.keep_alive(kv.lease).await.is_err() {
+        return None;
+    }
+    // Our name on the key, still bound to the same lease; if it changed
+    // meanwhile, campaign the ordinary way.
+    state
+        .store
+        .txn_put(
+            keys::LEADER_CONTROLLER,
+            Compare::ModRevision(kv.mod_revision),
+            state.replica.clone().into_bytes(),
+            Some(kv.lease),
+        )
+        .await
+        .ok()??;
+    Some(kv.lease)
+}
+
 /// Runs the reconcile sweep until leadership is lost or shutdown.
 async fn lead(state: &AppState, lease: testbed_store::LeaseId) {
     use std::sync::atomic::Ordering;
     state.leading.store(true, Ordering::Relaxed);
     let stop = tokio_util::sync::CancellationToken::new();
-    let engine = tokio::spawn(crate::engine::drive(state.clone(), lease, stop.clone()));
-    lead_loops(state, lease).await;
+    lead_loops(state, lease, &stop).await;
     stop.cancel();
-    let _ = engine.await;
+    state.loops.forget(ENGINE);
     state.leading.store(false, Ordering::Relaxed);
 }
 
-async fn lead_loops(state: &AppState, lease: testbed_store::LeaseId) {
+async fn lead_loops(
+    state: &AppState,
+    lease: testbed_store::LeaseId,
+    stop: &tokio_util::sync::CancellationToken,
+) {
     let keep = state.settings.lease_ttl / 3;
     let mut keep_tick = tokio::time::interval(keep.max(Duration::from_millis(100)));
     let mut sweep_tick = tokio::time::interval(Duration::from_millis(500));
     let mut perf_tick = tokio::time::interval(Duration::from_secs(2));
+    // The plan engine is supervised here: should it ever stop while this
+    // replica leads (a panic), it is started again after a back-off, and is
+    // reported failing meanwhile.
+    let mut engine = tokio::spawn(crate::engine::drive(
+        state.clone(),
+        lease,
+        stop.child_token(),
+    ));
+    let mut restart_at: Option<tokio::time::Instant> = None;
     loop {
+        let restart_due = async {
+            match restart_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = state.shutdown.cancelled() => break,
             _ = keep_tick.tick() => {
                 if state.store.keep_alive(lease).await.is_err() {
                     tracing::warn!("controller leadership lost");
-                    return;
+                    break;
                 }
+            }
+            _ = restart_due => {
+                restart_at = None;
+                engine = tokio::spawn(crate::engine::drive(state.clone(), lease, stop.child_token()));
+            }
+            ended = &mut engine, if restart_at.is_none() => {
+                let why = match ended {
+                    Err(e) if e.is_panic() => "panicked".to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(()) => "returned".to_string(),
+                };
+                let wait = state.loops.failed(ENGINE, format!("stopped ({why}); restarting"));
+                restart_at = Some(tokio::time::Instant::now() + wait);
             }
             _ = sweep_tick.tick() => {
                 if let Err(e) = sweep_lost(state).await {
@@ -182,11 +382,24 @@ async fn lead_loops(state: &AppState, lease: testbed_store::LeaseId) {
             }
         }
     }
+    stop.cancel();
+    if restart_at.is_none() {
+        let _ = engine.await;
+    }
 }
 
-/// Marks `lost` every outstanding task of an agent that is no longer alive.
+/// Marks `lost` every outstanding task of an agent that is no longer alive,
+/// and sends held tasks (waiting for a group reservation to end) on their
+/// way once their agent is free.
+///
+/// An agent's liveness is its lease: its tasks are declared lost only after
+/// that lease has expired (one TTL after its last heartbeat), by which time
+/// the agent has killed whatever it ran for us (it does so once cut off for
+/// half a TTL), so a retry never overlaps the attempt it replaces.
 pub async fn sweep_lost(state: &AppState) -> Result<(), records::RecordError> {
     let live = dispatch::live_agents(&state.store).await?;
+    // Only read when some task is held.
+    let mut reserved: Option<BTreeMap<uuid::Uuid, String>> = None;
     let mut after: Option<String> = None;
     loop {
         let page = state
@@ -197,14 +410,34 @@ pub async fn sweep_lost(state: &AppState) -> Result<(), records::RecordError> {
             let Some((agent, task_id)) = keys::parse_assign(&kv.key) else {
                 continue;
             };
+            let assignment = serde_json::from_slice::<Assignment>(&kv.value).ok();
+            let held = assignment.as_ref().is_some_and(|a| a.held.is_some());
             if live.contains(&agent) {
+                if held {
+                    if reserved.is_none() {
+                        reserved = Some(dispatch::reservations(&state.store).await?);
+                    }
+                    let still = reserved.as_ref().is_some_and(|r| r.contains_key(&agent));
+                    if !still {
+                        dispatch::release_held(state, agent, task_id).await?;
+                    }
+                }
                 continue;
             }
-            let cancelled = serde_json::from_slice::<Assignment>(&kv.value).is_ok_and(|a| a.cancel);
+            let cancelled = assignment.as_ref().is_some_and(|a| a.cancel);
             let (status, reason) = if cancelled {
                 (TaskStatus::Cancelled, "cancelled; its agent went away")
+            } else if held {
+                // Never sent: the outcome is known, nothing ran.
+                (
+                    TaskStatus::Error,
+                    "its agent stopped heartbeating before the task was sent to it",
+                )
             } else {
-                (TaskStatus::Lost, "its agent stopped heartbeating")
+                (
+                    TaskStatus::Lost,
+                    "lost: its agent stopped heartbeating; the outcome is unknown",
+                )
             };
             tracing::warn!(%task_id, %agent, "task {status}: {reason}");
             dispatch::finish_without_agent(state, task_id, status, reason).await?;

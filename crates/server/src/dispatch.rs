@@ -36,6 +36,10 @@ pub struct Assignment {
     /// `cancel`, so it reaches the agent whichever replica holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+    /// Why the task is held back from its agent (its group is reserved by a
+    /// run); nobody sends it until the controller clears this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 impl Assignment {
@@ -101,10 +105,13 @@ pub async fn live_agents(store: &DynStore) -> Result<BTreeSet<Uuid>, RecordError
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// Plugin name, e.g. `linux_system`.
+    #[schema(pattern = r"\S")]
     pub plugin: String,
     /// An agent's host, name or uuid.
+    #[schema(pattern = r"\S")]
     pub host: String,
     /// Method of the plugin, e.g. `run_shell`.
+    #[schema(pattern = r"\S")]
     pub method: String,
     /// The method's parameters, e.g. `{"command":"ls","args":"-alt"}`.
     #[serde(default = "empty_object")]
@@ -152,13 +159,10 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
     }
 
     let all = agents(&state.store).await?;
-    // Agents of a group reserved by a run take no other work.
-    let locks = crate::engine::targets::locks(&state.store).await?;
-    let reserved = crate::engine::targets::reserved_elsewhere(&all, &locks, None);
-    let live: Vec<&AgentView> = all
-        .iter()
-        .filter(|a| a.alive.is_some() && !reserved.contains(&a.record.uuid))
-        .collect();
+    // Agents of a group reserved by a run take no other work: a task aimed
+    // only at such agents waits, held, until the reservation ends.
+    let reserved = reservations_among(&all, &crate::engine::targets::locks(&state.store).await?);
+    let live: Vec<&AgentView> = all.iter().filter(|a| a.alive.is_some()).collect();
     let host_is_live = live.iter().any(|a| a.record.matches_host(&req.host));
     if !host_is_live
         && all
@@ -214,12 +218,12 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
             ),
         ));
     }
-    let candidates: Vec<&AgentView> = with_method
+    let matching: Vec<&AgentView> = with_method
         .iter()
         .copied()
         .filter(|a| a.record.matches_host(&req.host))
         .collect();
-    if candidates.is_empty() {
+    if matching.is_empty() {
         let message = if host_is_live {
             format!(
                 "no agent matching host `{}` carries {}.{}; agents that do: {}",
@@ -237,6 +241,14 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
         };
         return Err(ApiError::field("/host", message));
     }
+    // Free agents first; only when every match is reserved does the task
+    // wait for one of them.
+    let free: Vec<&AgentView> = matching
+        .iter()
+        .copied()
+        .filter(|a| !reserved.contains_key(&a.record.uuid))
+        .collect();
+    let candidates = if free.is_empty() { matching } else { free };
 
     // Parameters are checked against the schema the chosen agents announced.
     if let Some(method) = candidates[0]
@@ -259,6 +271,7 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
     let Some((_, _, agent)) = best else {
         return Err(ApiError::unavailable("no eligible agent"));
     };
+    let held = reserved.get(&agent.record.uuid).cloned();
 
     let task = Task {
         kind: Task::KIND.into(),
@@ -282,9 +295,86 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
         artifacts: Vec::new(),
         log_bytes: 0,
         run: None,
+        reason: held.clone(),
     };
-    create(state, &task).await?;
+    if let Some(why) = &held {
+        tracing::info!(task = %task.id, agent = %task.agent_name, "task held: {why}");
+    }
+    create_held(state, &task, held).await?;
     Ok(task)
+}
+
+/// Agents in a group a run holds, each with why it takes no other work
+/// (`pending: group `lab` is reserved by run …`).
+pub fn reservations_among(
+    agents: &[AgentView],
+    locks: &BTreeMap<String, Uuid>,
+) -> BTreeMap<Uuid, String> {
+    let mut out = BTreeMap::new();
+    for a in agents {
+        if let Some((group, run)) = a
+            .record
+            .groups
+            .iter()
+            .find_map(|g| locks.get(g).map(|r| (g, r)))
+        {
+            out.insert(
+                a.record.uuid,
+                format!("pending: group `{group}` is reserved by run {run}"),
+            );
+        }
+    }
+    out
+}
+
+/// [`reservations_among`] every registered agent, read from the store.
+pub async fn reservations(store: &DynStore) -> Result<BTreeMap<Uuid, String>, RecordError> {
+    let all = agents(store).await?;
+    let locks = crate::engine::targets::locks(store).await?;
+    Ok(reservations_among(&all, &locks))
+}
+
+/// Sends a held task on its way: clears the hold on its assignment and the
+/// reason on the task in one write; the replica holding the agent then
+/// forwards it like any new assignment. Idempotent.
+pub async fn release_held(state: &AppState, agent: Uuid, task_id: Uuid) -> Result<(), RecordError> {
+    let task_key = keys::task(&task_id);
+    let assign_key = keys::assign(&agent, &task_id);
+    for _ in 0..8 {
+        let (Some((mut task, task_rev)), Some((mut a, a_rev))) = (
+            records::get::<Task>(&state.store, &task_key).await?,
+            records::get::<Assignment>(&state.store, &assign_key).await?,
+        ) else {
+            return Ok(());
+        };
+        if a.held.is_none() {
+            return Ok(());
+        }
+        a.held = None;
+        task.reason = None;
+        let ops = vec![
+            TxnOp::Put {
+                key: task_key.clone(),
+                value: encode(&task_key, &task)?,
+                lease: None,
+            },
+            TxnOp::Put {
+                key: assign_key.clone(),
+                value: encode(&assign_key, &a)?,
+                lease: None,
+            },
+        ];
+        let compares = [
+            (task_key.clone(), Compare::ModRevision(task_rev)),
+            (assign_key.clone(), Compare::ModRevision(a_rev)),
+        ];
+        if state.store.txn(&compares, ops).await?.is_some() {
+            tracing::info!(%task_id, "reservation ended; task sent to its agent");
+            state.hub.task_changed(task_id);
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 fn encode<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, RecordError> {
@@ -390,6 +480,7 @@ pub async fn finish_without_agent(
         }
         t.status = status;
         t.error = Some(reason.to_string());
+        t.reason = None;
         t.finished_at = Some(testbed_core::now());
         true
     })
@@ -432,7 +523,19 @@ pub async fn cancel(state: &AppState, task_id: Uuid) -> ApiResult<Task> {
         .get(&keys::agent_alive(&task.agent_uuid))
         .await?
         .is_some();
-    if !alive {
+    let held = records::get::<Assignment>(&state.store, &keys::assign(&task.agent_uuid, &task_id))
+        .await?
+        .is_some_and(|(a, _)| a.held.is_some());
+    if held {
+        // Never sent to its agent: nothing to stop there.
+        finish_without_agent(
+            state,
+            task_id,
+            TaskStatus::Cancelled,
+            "cancelled while it waited for a reservation to end",
+        )
+        .await?;
+    } else if !alive {
         finish_without_agent(
             state,
             task_id,
@@ -498,6 +601,15 @@ pub async fn set_paused(
 /// Creates `task` and its assignment unless the task already exists (a
 /// controller that crashed after creating it finds it again). Idempotent.
 pub async fn create(state: &AppState, task: &Task) -> Result<(), RecordError> {
+    create_held(state, task, None).await
+}
+
+/// [`create`], the assignment held back for `held`'s reason when given.
+async fn create_held(
+    state: &AppState,
+    task: &Task,
+    held: Option<String>,
+) -> Result<(), RecordError> {
     let key = keys::task(&task.id);
     let assign_key = keys::assign(&task.agent_uuid, &task.id);
     let assignment = Assignment {
@@ -506,6 +618,7 @@ pub async fn create(state: &AppState, task: &Task) -> Result<(), RecordError> {
         task_id: task.id,
         cancel: false,
         paused: None,
+        held,
     };
     // Task and assignment in one write: an agent never sees an assignment
     // without its task, and a crash never leaves a task without one.

@@ -117,6 +117,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         shutdown: shutdown.clone(),
         leading: Default::default(),
         perf: Default::default(),
+        loops: Default::default(),
     }));
 
     // Small, latency-bound messages (agent protocol, API calls) must not

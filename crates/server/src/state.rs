@@ -45,6 +45,9 @@ pub struct Inner {
     pub leading: std::sync::atomic::AtomicBool,
     /// Live series of performance executions whose agents report here.
     pub perf: crate::performance::Live,
+    /// Health of the background loops (watches of the relay and the plan
+    /// engine), shown by `/healthz`.
+    pub loops: crate::controller::Loops,
 }
 
 #[derive(Clone)]

@@ -132,6 +132,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short name for logs: `redb:/path` or `etcd://h1,h2`.
     fn describe(&self) -> String;
+
+    /// Only this process can use the store while it is open (an embedded,
+    /// file-locked store). Then a lease this process did not grant was left
+    /// by a process that is gone: its holder may take it over at once instead
+    /// of waiting for it to expire. Shared stores (etcd) answer `false`.
+    fn exclusive(&self) -> bool {
+        false
+    }
 }
 
 /// Opens a store from a URL-ish spec: `redb:PATH` or

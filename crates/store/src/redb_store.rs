@@ -1268,6 +1268,11 @@ impl Store for RedbStore {
     fn describe(&self) -> String {
         format!("redb:{}", self.inner.path.display())
     }
+
+    /// redb locks the file for the process that opened it.
+    fn exclusive(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

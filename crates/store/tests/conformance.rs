@@ -1184,6 +1184,9 @@ mod redb_specific {
         s.keep_alive(lease)
             .await
             .expect("a persisted lease gets a fresh TTL");
+        // Its holder is gone (the file is locked by one process at a time), so
+        // the server may take the lease over at once: see `Store::exclusive`.
+        assert!(s.exclusive());
         assert_eq!(s.put("/new", Vec::new(), None).await.unwrap(), rev + 1);
         let new_lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
         assert!(new_lease > lease, "lease ids are not reused");

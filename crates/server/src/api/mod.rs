@@ -60,6 +60,11 @@ pub struct Health {
     pub agents_connected: usize,
     /// This replica runs the controller (plan engine, lost-task sweeps).
     pub controller_leader: bool,
+    /// Every background loop of this replica works: its watches are open
+    /// (a broken one is re-opened with back-off; details are in the log).
+    pub controller_loops_ok: bool,
+    /// The loops that are failing right now, by name.
+    pub controller_loops_failing: Vec<String>,
 }
 
 /// Liveness and store reachability (no auth).
@@ -71,6 +76,7 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError
         .revision()
         .await
         .map_err(|e| ApiError::unavailable(format!("store: {e}")))?;
+    let failing = state.loops.failing();
     Ok(Json(Health {
         status: "ok".into(),
         store: state.store.describe(),
@@ -78,6 +84,8 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError
         replica: state.replica.clone(),
         agents_connected: state.hub.connected(),
         controller_leader: state.leading.load(std::sync::atomic::Ordering::Relaxed),
+        controller_loops_ok: failing.is_empty(),
+        controller_loops_failing: failing,
     }))
 }
 

@@ -499,6 +499,7 @@ pub async fn start(
             artifacts: Vec::new(),
             log_bytes: 0,
             run: None,
+            reason: None,
         });
     }
     let execution = Execution {

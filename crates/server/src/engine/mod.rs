@@ -10,6 +10,8 @@
 
 pub mod report;
 pub mod targets;
+#[cfg(test)]
+mod watch_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -225,7 +227,8 @@ async fn step_forward(
         // A known-broken step's failure is expected and does not fail the run.
         let any_failed = run.steps.iter().any(|(id, s)| {
             let expected = run.spec.step(id).is_some_and(|sp| sp.xfail.is_some());
-            s.status == StepStatus::Error || (s.status == StepStatus::Failed && !expected)
+            matches!(s.status, StepStatus::Error | StepStatus::Lost)
+                || (s.status == StepStatus::Failed && !expected)
         });
         run.status = if run.cancel_requested {
             RunStatus::Cancelled
@@ -358,7 +361,7 @@ async fn start_step(
         let ds = &run.steps[d];
         let dep_continues = run.spec.step(d).is_some_and(|s| s.continue_on_failure);
         match ds.status {
-            StepStatus::Failed | StepStatus::Error if !dep_continues => {
+            StepStatus::Failed | StepStatus::Error | StepStatus::Lost if !dep_continues => {
                 skip = Some(format!("dependency `{d}` {}", ds.status.as_str()));
             }
             StepStatus::Skipped | StepStatus::Cancelled => {
@@ -411,12 +414,18 @@ async fn start_step(
         let ready = *st.ready_at.get_or_insert_with(now);
         let waited = (now() - ready).to_std().unwrap_or_default();
         let limit = run.spec.pending_timeout();
-        let reason = format!(
+        let mut reason = format!(
             "pending: no agent matches {} with {}.{}",
             r.selector.describe(),
             r.plugin,
             r.method
         );
+        // Say so when it is a reservation that keeps the step waiting.
+        if !targets::eligible(agents, &r.selector, &r.plugin, &r.method, &BTreeSet::new())
+            .is_empty()
+        {
+            reason.push_str(" that is free: its agents are in a group another run reserved");
+        }
         if waited >= limit {
             finish_step(
                 &mut st,
@@ -492,6 +501,33 @@ async fn start_step(
     Ok(())
 }
 
+/// Where attempt n+1 of an instance runs. A failed task is retried on the
+/// same agent while it lives; a lost one on another eligible agent, or on
+/// the same one if it came back (restarted) and no other qualifies — its
+/// lost attempt died with it, so nothing overlaps.
+fn retry_agent<'a>(
+    agents: &'a [AgentView],
+    r: &Resolved,
+    excluded: &BTreeSet<Uuid>,
+    previous: Uuid,
+    lost: bool,
+) -> Option<&'a AgentView> {
+    let eligible = targets::eligible(agents, &r.selector, &r.plugin, &r.method, excluded);
+    let same = agents
+        .iter()
+        .find(|a| a.record.uuid == previous && a.alive.is_some());
+    if !lost {
+        if let Some(same) = same {
+            return Some(same);
+        }
+    }
+    eligible
+        .iter()
+        .find(|a| a.record.uuid != previous)
+        .or_else(|| eligible.iter().find(|a| a.record.uuid == previous))
+        .copied()
+}
+
 async fn least_loaded<'a>(
     state: &AppState,
     candidates: &[&'a AgentView],
@@ -547,6 +583,7 @@ async fn create_task(
             instance,
             attempt,
         }),
+        reason: None,
     };
     dispatch::create(state, &task).await
 }
@@ -616,6 +653,7 @@ async fn advance_step(
                     match status {
                         TaskStatus::Failed => StepStatus::Failed,
                         TaskStatus::Cancelled if run.cancel_requested => StepStatus::Cancelled,
+                        TaskStatus::Lost => StepStatus::Lost,
                         _ => StepStatus::Error,
                     }
                 };
@@ -627,21 +665,8 @@ async fn advance_step(
                         .or_else(|| task.exit_code.map(|c| format!("exit code {c}")))
                 };
                 if inst.attempt <= r.retries && !run.cancel_requested {
-                    // Retry; a task lost with its agent moves to another one.
-                    let mut avoid = excluded.clone();
-                    if status == TaskStatus::Lost {
-                        avoid.insert(inst.agent_uuid);
-                    }
-                    let candidates =
-                        targets::eligible(agents, &r.selector, &r.plugin, &r.method, &avoid);
-                    let same = agents
-                        .iter()
-                        .find(|a| a.record.uuid == inst.agent_uuid && a.alive.is_some());
-                    let agent = if status == TaskStatus::Lost || same.is_none() {
-                        candidates.first().copied()
-                    } else {
-                        same
-                    };
+                    let lost = status == TaskStatus::Lost;
+                    let agent = retry_agent(agents, &r, excluded, inst.agent_uuid, lost);
                     if let Some(agent) = agent {
                         let attempt = inst.attempt + 1;
                         create_task(
@@ -670,6 +695,25 @@ async fn advance_step(
                         st.instances[idx] = inst;
                         continue;
                     }
+                    // No agent to retry on yet (a restarted agent has not
+                    // reconnected, or every other one is busy elsewhere):
+                    // wait for one as a pending step would, up to the
+                    // pending timeout.
+                    let since = task.finished_at.unwrap_or_else(now);
+                    let waited = (now() - since).to_std().unwrap_or_default();
+                    let limit = run.spec.pending_timeout();
+                    if waited < limit {
+                        inst.reason = Some(format!(
+                            "pending: retry {} after: {}; no agent matches {} with {}.{}",
+                            inst.attempt,
+                            reason.clone().unwrap_or_default(),
+                            r.selector.describe(),
+                            r.plugin,
+                            r.method
+                        ));
+                        st.instances[idx] = inst;
+                        continue;
+                    }
                 }
                 inst.status = failed;
                 inst.reason = reason;
@@ -687,7 +731,8 @@ async fn advance_step(
             .iter()
             .map(|i| i.status)
             .max_by_key(|s| match s {
-                StepStatus::Error => 4,
+                StepStatus::Error => 5,
+                StepStatus::Lost => 4,
                 StepStatus::Failed => 3,
                 StepStatus::Cancelled => 2,
                 _ => 0,
@@ -806,48 +851,146 @@ pub async fn create_run(
     Ok(run)
 }
 
+/// One supervised watch of the engine: where it resumes and how it fares.
+struct Follow {
+    name: &'static str,
+    prefix: &'static str,
+    /// The next revision to deliver: one past the last one seen.
+    from: i64,
+    stream: Option<testbed_store::WatchStream>,
+    /// No attempt to open the watch before this.
+    retry_at: tokio::time::Instant,
+}
+
+/// What a broken watch needs before it is opened again.
+enum Broken {
+    /// Its history is gone: re-list everything, then follow from now.
+    Compacted,
+    /// An error or an ended stream: resume from the last revision seen.
+    Failed(String),
+}
+
+impl Follow {
+    fn new(name: &'static str, prefix: &'static str, from: i64) -> Self {
+        Follow {
+            name,
+            prefix,
+            from,
+            stream: None,
+            retry_at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Opens the watch when it is down and due.
+    async fn ensure(&mut self, state: &AppState) {
+        if self.stream.is_some() || tokio::time::Instant::now() < self.retry_at {
+            return;
+        }
+        match state.store.watch(self.prefix, self.from).await {
+            Ok(stream) => {
+                self.stream = Some(stream);
+                state.loops.ok(self.name);
+            }
+            Err(e) => self.fail(state, Broken::Failed(format!("opening the watch: {e}"))),
+        }
+    }
+
+    fn fail(&mut self, state: &AppState, why: Broken) {
+        self.stream = None;
+        let wait = match why {
+            // Not a fault: the caller re-lists and this resumes at once.
+            Broken::Compacted => Duration::ZERO,
+            Broken::Failed(e) => state.loops.failed(self.name, e),
+        };
+        self.retry_at = tokio::time::Instant::now() + wait;
+    }
+
+    /// The next event, or pending forever while the watch is down.
+    async fn next(&mut self) -> Option<testbed_store::Result<testbed_store::Event>> {
+        use futures_util::StreamExt;
+        match self.stream.as_mut() {
+            Some(s) => s.next().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// An item from the stream: the event, or why the watch broke.
+    fn take(
+        &mut self,
+        item: Option<testbed_store::Result<testbed_store::Event>>,
+    ) -> Result<testbed_store::Event, Broken> {
+        match item {
+            Some(Ok(ev)) => {
+                self.from = ev.revision() + 1;
+                Ok(ev)
+            }
+            Some(Err(testbed_store::StoreError::Compacted { .. })) => Err(Broken::Compacted),
+            Some(Err(e)) => Err(Broken::Failed(format!("watch: {e}"))),
+            None => Err(Broken::Failed("watch ended".into())),
+        }
+    }
+}
+
+/// Names of the engine's watches, as `/healthz` reports them when failing.
+pub const TASKS_WATCH: &str = "plan engine: task watch";
+pub const RUNS_WATCH: &str = "plan engine: run watch";
+
 /// Reconciles runs as their tasks change (event-driven) and sweeps every
 /// active run each second (timeouts, agents appearing). Runs while this
 /// replica leads the controller.
+///
+/// Supervised: a watch that fails is opened again from the revision after
+/// the last event it delivered, with back-off, and reported failing (log,
+/// `/healthz`) until it works; a watch whose history was compacted re-lists
+/// every active run and follows changes from then on. The sweep goes on
+/// whatever the watches do, so runs move (if more slowly) even while a
+/// watch is down.
 pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::CancellationToken) {
-    use futures_util::StreamExt;
-    let from = state.store.revision().await.map(|r| r + 1).unwrap_or(1);
-    let mut tasks = match state.store.watch(keys::TASKS, from).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("engine watch: {e}");
-            return;
+    let from = loop {
+        match state.store.revision().await {
+            Ok(r) => break r + 1,
+            Err(e) => {
+                let wait = state
+                    .loops
+                    .failed(TASKS_WATCH, format!("reading the revision: {e}"));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = state.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
         }
     };
-    let mut runs = match state.store.watch(keys::ACTIVE_RUNS, from).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("engine watch: {e}");
-            return;
-        }
-    };
+    let mut tasks = Follow::new(TASKS_WATCH, keys::TASKS, from);
+    let mut runs = Follow::new(RUNS_WATCH, keys::ACTIVE_RUNS, from);
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    // A down watch is retried at least this often (its back-off permitting).
+    let mut retry = tokio::time::interval(crate::controller::BACKOFF_MIN);
     let mut known = Known {
         tasks: Default::default(),
         from_events: true,
     };
     loop {
+        tasks.ensure(&state).await;
+        runs.ensure(&state).await;
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = state.shutdown.cancelled() => return,
+            _ = stop.cancelled() => break,
+            _ = state.shutdown.cancelled() => break,
+            _ = retry.tick() => {}
             _ = sweep.tick() => {
                 if let Err(e) = reconcile_all(&state, Some(lease)).await {
                     tracing::warn!("engine sweep: {e}");
                 }
             }
-            ev = tasks.next() => {
+            item = tasks.next() => {
                 // Coalesce: every task event already queued is folded in, so
                 // a burst of completions costs one reconcile per run.
                 let mut due = BTreeSet::new();
-                let mut next = ev;
+                let mut next = item;
+                let mut broken = None;
                 loop {
-                    match next {
-                        Some(Ok(ev)) => {
+                    match tasks.take(next) {
+                        Ok(ev) => {
                             if let Ok(task) = serde_json::from_slice::<Task>(&ev.kv.value) {
                                 if let Some(r) = &task.run {
                                     if task.status.is_terminal() {
@@ -857,9 +1000,13 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                                 }
                             }
                         }
-                        _ => return,
+                        Err(why) => {
+                            broken = Some(why);
+                            break;
+                        }
                     }
-                    match futures_util::FutureExt::now_or_never(tasks.next()) {
+                    let Some(stream) = tasks.stream.as_mut() else { break };
+                    match futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(stream)) {
                         Some(n) => next = n,
                         None => break,
                     }
@@ -869,22 +1016,54 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                         tracing::warn!(run = %run_id, "reconcile: {e}");
                     }
                 }
+                if let Some(why) = broken {
+                    resume_after(&state, &mut tasks, why, lease).await;
+                }
                 // Bounded: the sweep reads the store anyway.
                 if known.tasks.len() > 100_000 {
                     known.tasks.clear();
                 }
             },
-            ev = runs.next() => match ev {
-                Some(Ok(ev)) => {
+            item = runs.next() => match runs.take(item) {
+                Ok(ev) => {
                     if let Some(id) = ev.kv.key.strip_prefix(keys::ACTIVE_RUNS).and_then(|s| s.parse::<Uuid>().ok()) {
                         if let Err(e) = reconcile(&state, id, Some(lease), &known).await {
                             tracing::warn!(run = %id, "reconcile: {e}");
                         }
                     }
                 }
-                _ => return,
+                Err(why) => resume_after(&state, &mut runs, why, lease).await,
             },
         }
+    }
+    state.loops.forget(TASKS_WATCH);
+    state.loops.forget(RUNS_WATCH);
+}
+
+/// After a watch broke: on compaction, takes the current revision first and
+/// then re-lists every active run, so that what changed during the re-list
+/// is delivered by the new watch and nothing falls in between.
+async fn resume_after(state: &AppState, watch: &mut Follow, why: Broken, lease: LeaseId) {
+    match why {
+        Broken::Compacted => match state.store.revision().await {
+            Ok(rev) => {
+                tracing::warn!(
+                    "{}: history compacted past revision {}; re-listing every active run",
+                    watch.name,
+                    watch.from
+                );
+                watch.from = rev + 1;
+                watch.fail(state, Broken::Compacted);
+                if let Err(e) = reconcile_all(state, Some(lease)).await {
+                    tracing::warn!("engine re-list: {e}");
+                }
+            }
+            Err(e) => watch.fail(
+                state,
+                Broken::Failed(format!("compacted, and reading the revision failed: {e}")),
+            ),
+        },
+        failed => watch.fail(state, failed),
     }
 }
 

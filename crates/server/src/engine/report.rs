@@ -21,7 +21,7 @@ fn outcome(s: StepStatus) -> Outcome {
         StepStatus::Passed => Outcome::Pass,
         StepStatus::Failed => Outcome::Fail,
         StepStatus::Skipped | StepStatus::Cancelled | StepStatus::Pending => Outcome::Skip,
-        StepStatus::Error | StepStatus::Running => Outcome::Error,
+        StepStatus::Error | StepStatus::Lost | StepStatus::Running => Outcome::Error,
     }
 }
 
