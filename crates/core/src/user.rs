@@ -53,6 +53,16 @@ pub struct UserRecord {
     /// PHC string (argon2id).
     pub password_hash: String,
     pub created_at: DateTime<Utc>,
+    /// Tokens carry the generation they were issued in; bumping it (logout,
+    /// password change, revocation) invalidates every token issued before.
+    #[serde(default)]
+    pub token_generation: u64,
+}
+
+/// The token generation of a new user: unique per creation, so that tokens of
+/// a deleted user never work for a later user of the same name.
+pub fn first_generation() -> u64 {
+    Utc::now().timestamp_micros().unsigned_abs()
 }
 
 impl UserRecord {

@@ -18,7 +18,6 @@ use testbed_core::agent::{AgentLiveness, AgentRecord};
 use testbed_core::keys;
 use testbed_core::protocol::{AgentMessage, Hello, ServerMessage, PROTOCOL_VERSION};
 use testbed_core::task::{Task, TaskStatus};
-use testbed_core::user::Role;
 use testbed_store::{LeaseId, StoreError};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -145,12 +144,7 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
 
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
     let session = state.hub.attach(uuid, tx.clone());
-    let credential = state.auth.issue(
-        &uuid.to_string(),
-        Role::Viewer,
-        Subject::Agent,
-        CREDENTIAL_TTL,
-    )?;
+    let credential = state.auth.issue_agent(&uuid, CREDENTIAL_TTL)?;
     let ttl = state.settings.lease_ttl.as_secs().max(1);
     let welcome = ServerMessage::Welcome {
         uuid,

@@ -6,13 +6,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use base64::Engine;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
@@ -36,10 +37,20 @@ pub enum Subject {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
+    /// The role when the token was issued. Informational only: requests are
+    /// authorised with the role in the user's current record.
     pub role: Role,
     pub typ: Subject,
     pub iat: i64,
     pub exp: i64,
+    /// The user's token generation at issue time (see
+    /// [`UserRecord::token_generation`]); a token from an older generation is
+    /// revoked.
+    #[serde(default)]
+    pub gen: u64,
+    /// A stream token: valid only for this one WebSocket path, read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 pub struct Auth {
@@ -49,6 +60,11 @@ pub struct Auth {
     pub token_ttl: Duration,
     limiter: LoginLimiter,
 }
+
+/// How long a stream token (`?token=` of a WebSocket URL) is valid: long
+/// enough to open the socket, short enough that one leaked in a log or a
+/// browser history is soon worthless.
+pub const STREAM_TOKEN_TTL: Duration = Duration::from_secs(300);
 
 impl Auth {
     pub fn new(secret: &[u8], join_token: String, token_ttl: Duration) -> Self {
@@ -61,23 +77,47 @@ impl Auth {
         }
     }
 
-    pub fn issue(
-        &self,
-        sub: &str,
-        role: Role,
-        typ: Subject,
-        ttl: Duration,
-    ) -> Result<String, ApiError> {
+    fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
+        jsonwebtoken::encode(&Header::default(), claims, &self.encoding)
+            .map_err(|e| ApiError::internal(format!("signing token: {e}")))
+    }
+
+    fn claims(sub: &str, role: Role, typ: Subject, ttl: Duration) -> Claims {
         let now = chrono::Utc::now().timestamp();
-        let claims = Claims {
+        Claims {
             sub: sub.to_string(),
             role,
             typ,
             iat: now,
             exp: now + ttl.as_secs() as i64,
-        };
-        jsonwebtoken::encode(&Header::default(), &claims, &self.encoding)
-            .map_err(|e| ApiError::internal(format!("signing token: {e}")))
+            gen: 0,
+            scope: None,
+        }
+    }
+
+    /// An agent's credential (its uuid as subject).
+    pub fn issue_agent(&self, uuid: &uuid::Uuid, ttl: Duration) -> Result<String, ApiError> {
+        self.sign(&Self::claims(
+            &uuid.to_string(),
+            Role::Viewer,
+            Subject::Agent,
+            ttl,
+        ))
+    }
+
+    /// A session token for a user, bound to the user's current generation.
+    pub fn issue_user(&self, user: &UserRecord) -> Result<String, ApiError> {
+        let mut claims = Self::claims(&user.name, user.role, Subject::User, self.token_ttl);
+        claims.gen = user.token_generation;
+        self.sign(&claims)
+    }
+
+    /// A short-lived, read-only token for one WebSocket path, to put in a URL.
+    pub fn issue_stream(&self, caller: &Caller, path: &str) -> Result<String, ApiError> {
+        let mut claims = Self::claims(&caller.name, Role::Viewer, Subject::User, STREAM_TOKEN_TTL);
+        claims.gen = caller.generation;
+        claims.scope = Some(path.to_string());
+        self.sign(&claims)
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
@@ -105,11 +145,13 @@ impl Auth {
     }
 }
 
-/// An authenticated user calling the API.
+/// An authenticated user calling the API, as their record stands now.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// The user's current token generation.
+    pub generation: u64,
 }
 
 impl Caller {
@@ -124,10 +166,28 @@ impl Caller {
             )))
         }
     }
+
+    /// May this caller change (cancel, delete, edit) something `owner`
+    /// created? Operators act on their own things, admins on everyone's.
+    pub fn require_owner(&self, owner: &str, what: &str) -> Result<(), ApiError> {
+        self.require(Role::Operator)?;
+        if self.role >= Role::Admin || (!owner.is_empty() && owner == self.name) {
+            return Ok(());
+        }
+        let by = if owner.is_empty() {
+            "an unknown user".to_string()
+        } else {
+            format!("`{owner}`")
+        };
+        Err(ApiError::forbidden(format!(
+            "{what} belongs to {by}; only its owner or an admin may change it"
+        )))
+    }
 }
 
-/// The bearer token of a request: the `Authorization` header, or — for
-/// WebSockets opened by browsers, which cannot set headers — `?token=`.
+/// Where a request's token came from: only WebSocket upgrades (paths under
+/// `/ws/`) may carry it in the query, because browsers cannot set headers
+/// there; everywhere else a token in a URL would only end up in logs.
 pub fn bearer(parts: &Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         let s = h.to_str().ok()?;
@@ -136,12 +196,20 @@ pub fn bearer(parts: &Parts) -> Option<String> {
             .or_else(|| s.strip_prefix("bearer "))?;
         return Some(t.trim().to_string());
     }
+    if !parts.uri.path().starts_with("/ws/") {
+        return None;
+    }
     parts.uri.query().and_then(|q| {
         q.split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == "token")
             .map(|(_, v)| v.to_string())
     })
+}
+
+/// Paths compared without their trailing slash (`/ws/performance/x/`).
+fn same_path(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -157,9 +225,30 @@ impl FromRequestParts<AppState> for Caller {
         if claims.typ != Subject::User {
             return Err(ApiError::unauthorized("not a user token"));
         }
+        if let Some(scope) = &claims.scope {
+            if !same_path(scope, parts.uri.path()) {
+                return Err(ApiError::unauthorized(format!(
+                    "this token is only valid for {scope}"
+                )));
+            }
+        }
+        // The user as stored now: deletion, demotion and revocation take
+        // effect on the next request, not when the token expires.
+        let (user, _) = records::get::<UserRecord>(&state.store, &keys::user(&claims.sub))
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("user no longer exists"))?;
+        if user.token_generation != claims.gen {
+            return Err(ApiError::unauthorized("token revoked; log in again"));
+        }
+        let role = if claims.scope.is_some() {
+            user.role.min(Role::Viewer)
+        } else {
+            user.role
+        };
         Ok(Caller {
-            name: claims.sub,
-            role: claims.role,
+            name: user.name,
+            role,
+            generation: user.token_generation,
         })
     }
 }
@@ -187,35 +276,115 @@ impl FromRequestParts<AppState> for AgentCaller {
             .sub
             .parse()
             .map_err(|_| ApiError::unauthorized("invalid agent credential"))?;
+        // A deleted agent's credential dies with its record.
+        if state.store.get(&keys::agent(&uuid)).await?.is_none() {
+            return Err(ApiError::unauthorized("agent no longer registered"));
+        }
         Ok(AgentCaller { uuid })
     }
 }
 
+/// Password hashing is the one thing an anonymous client can make the server
+/// do (argon2 with 19 MiB per hash), so it runs on a few dedicated threads
+/// fed by a bounded queue: memory stays bounded whatever the number of logins
+/// in flight (each hashing thread keeps one malloc arena; hashing on the
+/// blocking pool would leave 19 MiB behind in every pool thread's arena), and
+/// a full queue is refused at once with 429.
+struct HashPool {
+    jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+}
+
+/// Password checks allowed to wait for a hashing thread.
+pub const HASH_QUEUE: usize = 32;
+
+static HASH_POOL: LazyLock<Option<HashPool>> = LazyLock::new(|| {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(HASH_QUEUE);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut started = 0;
+    for i in 0..threads {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("testbed-hash-{i}"))
+            .spawn(move || loop {
+                let job = {
+                    let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                    rx.recv()
+                };
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return,
+                }
+            });
+        if spawned.is_ok() {
+            started += 1;
+        }
+    }
+    (started > 0).then_some(HashPool { jobs: tx })
+});
+
+async fn with_hashing<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let pool = HASH_POOL
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("no password hashing thread could be started"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let _ = tx.send(work());
+    });
+    pool.jobs.try_send(job).map_err(|e| match e {
+        std::sync::mpsc::TrySendError::Full(_) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many password checks in progress; retry in a few seconds",
+        ),
+        std::sync::mpsc::TrySendError::Disconnected(_) => {
+            ApiError::internal("password hashing threads are gone")
+        }
+    })?;
+    rx.await
+        .map_err(|_| ApiError::internal("password hashing failed"))
+}
+
 pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
+    with_hashing(move || {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
             .map_err(|e| ApiError::internal(format!("hashing password: {e}")))
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
+    .await?
 }
 
-pub async fn verify_password(hash: String, password: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
+/// Checks a password against a stored hash; `None` stands for an unknown
+/// user, checked against a fixed hash so the answer takes as long either way
+/// and timing does not tell which usernames exist.
+pub async fn verify_password(hash: Option<String>, password: String) -> Result<bool, ApiError> {
+    with_hashing(move || {
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
+        let ok = PasswordHash::new(&hash)
             .map(|h| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &h)
                     .is_ok()
             })
-            .unwrap_or(false)
+            .unwrap_or(false);
+        ok && known
     })
     .await
-    .unwrap_or(false)
 }
+
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Argon2::default()
+        .hash_password(b"no such user", &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
 
 pub fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -263,6 +432,7 @@ pub async fn bootstrap(
             role: Role::Admin,
             password_hash: hash_password(password).await?,
             created_at: testbed_core::now(),
+            token_generation: testbed_core::user::first_generation(),
         };
         admin_created = records::create(store, &admin_key, &record, None).await?;
         if !admin_created {
@@ -307,56 +477,170 @@ async fn shared_value(
     }
 }
 
-/// Refuses logins after too many attempts from one address or for one user
-/// in a sliding window, so passwords cannot be guessed at line rate.
+/// Refuses logins after too many attempts, counted when an attempt starts
+/// (so a burst of concurrent guesses cannot slip past the count) and kept
+/// when it fails; a successful login takes its attempt back.
+///
+/// Two windows: failures of one user from one address (a guesser is stopped
+/// without locking the real user out from elsewhere), and attempts from one
+/// address whatever the user (a sprayer is stopped). IPv6 addresses count by
+/// their /64, which one client usually owns whole.
 #[derive(Default)]
 pub struct LoginLimiter {
     attempts: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
-const LOGIN_WINDOW: Duration = Duration::from_secs(60);
-const LOGIN_MAX_FAILURES_PER_USER: usize = 10;
-const LOGIN_MAX_PER_ADDRESS: usize = 60;
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+pub const LOGIN_MAX_PER_USER_ADDRESS: usize = 10;
+pub const LOGIN_MAX_PER_ADDRESS: usize = 30;
+/// Distinct addresses and user/address pairs remembered in one window; past
+/// it, new ones are refused until the window moves on, so a flood from many
+/// addresses cannot grow the table without bound.
+pub const LOGIN_MAX_TRACKED: usize = 100_000;
+
+/// One login attempt in progress; dropped without [`Attempt::succeeded`], it
+/// stays counted as a failure.
+pub struct Attempt<'a> {
+    limiter: &'a LoginLimiter,
+    keys: Vec<String>,
+    at: Instant,
+}
+
+impl Attempt<'_> {
+    pub fn succeeded(self) {
+        let mut map = self.limiter.lock();
+        for key in &self.keys {
+            if let Some(q) = map.get_mut(key) {
+                if let Some(pos) = q.iter().rposition(|t| *t == self.at) {
+                    q.remove(pos);
+                }
+                if q.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+}
+
+fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
 
 impl LoginLimiter {
-    /// Records an attempt; `Err(retry_after)` when over the limit.
-    pub fn check(&self, ip: Option<IpAddr>, user: &str) -> Result<(), Duration> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Instant>>> {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts an attempt; `Err(retry_after)` when over a limit.
+    pub fn begin(&self, ip: IpAddr, user: &str) -> Result<Attempt<'_>, Duration> {
         let now = Instant::now();
-        let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.lock();
         map.retain(|_, q| {
             while q
                 .front()
-                .is_some_and(|t| now.duration_since(*t) > LOGIN_WINDOW)
+                .is_some_and(|t| now.duration_since(*t) >= LOGIN_WINDOW)
             {
                 q.pop_front();
             }
             !q.is_empty()
         });
-        let over = |key: &str, max: usize, map: &HashMap<String, VecDeque<Instant>>| {
-            map.get(key)
-                .filter(|q| q.len() >= max)
-                .and_then(|q| q.front())
-                .map(|first| LOGIN_WINDOW.saturating_sub(now.duration_since(*first)))
-        };
-        let user_key = format!("user:{user}");
-        if let Some(wait) = over(&user_key, LOGIN_MAX_FAILURES_PER_USER, &map) {
-            return Err(wait);
-        }
-        if let Some(ip) = ip {
-            let ip_key = format!("ip:{ip}");
-            if let Some(wait) = over(&ip_key, LOGIN_MAX_PER_ADDRESS, &map) {
-                return Err(wait);
+        let addr = address_key(ip);
+        let addr_key = format!("ip:{addr}");
+        let user_key = format!("user:{user}@{addr}");
+        let limits = [
+            (&addr_key, LOGIN_MAX_PER_ADDRESS),
+            (&user_key, LOGIN_MAX_PER_USER_ADDRESS),
+        ];
+        for (key, max) in limits {
+            if let Some(q) = map.get(key.as_str()).filter(|q| q.len() >= max) {
+                let first = q.front().copied().unwrap_or(now);
+                return Err(LOGIN_WINDOW.saturating_sub(now.duration_since(first)));
             }
-            map.entry(ip_key).or_default().push_back(now);
         }
-        Ok(())
+        let new_keys = limits
+            .iter()
+            .filter(|(k, _)| !map.contains_key(k.as_str()))
+            .count();
+        if map.len() + new_keys > LOGIN_MAX_TRACKED {
+            return Err(Duration::from_secs(1));
+        }
+        for (key, _) in limits {
+            map.entry(key.clone()).or_default().push_back(now);
+        }
+        Ok(Attempt {
+            limiter: self,
+            keys: vec![addr_key, user_key],
+            at: now,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_count_when_they_start() {
+        let l = LoginLimiter::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        // Ten concurrent attempts in flight: the eleventh is refused before
+        // any of them has finished.
+        let held: Vec<_> = (0..LOGIN_MAX_PER_USER_ADDRESS)
+            .map(|_| l.begin(ip, "admin").unwrap())
+            .collect();
+        assert!(l.begin(ip, "admin").is_err());
+        drop(held);
+        assert!(l.begin(ip, "admin").is_err(), "failures stay counted");
     }
 
-    /// Counts a failed attempt against the user.
-    pub fn failed(&self, user: &str) {
-        let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(format!("user:{user}"))
-            .or_default()
-            .push_back(Instant::now());
+    #[test]
+    fn a_guesser_does_not_lock_the_user_out_elsewhere() {
+        let l = LoginLimiter::default();
+        let attacker: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..LOGIN_MAX_PER_USER_ADDRESS {
+            drop(l.begin(attacker, "admin").unwrap());
+        }
+        assert!(l.begin(attacker, "admin").is_err());
+        let admin: IpAddr = "10.0.0.2".parse().unwrap();
+        l.begin(admin, "admin").unwrap().succeeded();
+    }
+
+    #[test]
+    fn success_takes_its_attempt_back() {
+        let l = LoginLimiter::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 * LOGIN_MAX_PER_ADDRESS {
+            l.begin(ip, "ci").unwrap().succeeded();
+        }
+    }
+
+    #[test]
+    fn spraying_users_from_one_address_is_limited() {
+        let l = LoginLimiter::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for i in 0..LOGIN_MAX_PER_ADDRESS {
+            drop(l.begin(ip, &format!("u{i}")).unwrap());
+        }
+        assert!(l.begin(ip, "fresh").is_err());
+    }
+
+    #[test]
+    fn ipv6_counts_by_prefix() {
+        let l = LoginLimiter::default();
+        for i in 0..LOGIN_MAX_PER_USER_ADDRESS {
+            let ip: IpAddr = format!("2001:db8::{i:x}").parse().unwrap();
+            drop(l.begin(ip, "admin").unwrap());
+        }
+        let other: IpAddr = "2001:db8::ffff".parse().unwrap();
+        assert!(l.begin(other, "admin").is_err());
     }
 }

@@ -64,6 +64,9 @@ pub struct PerfPlan {
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub last_execution: Option<String>,
+    /// Who created the plan: only they (or an admin) may change or delete it.
+    #[serde(default)]
+    pub created_by: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -30,6 +30,7 @@
 
 mod error;
 mod etcd;
+pub mod private;
 mod redb_store;
 mod types;
 

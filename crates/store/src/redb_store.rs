@@ -276,10 +276,18 @@ impl RedbStore {
     pub fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Embedded(format!("cannot create directory {}: {e}", parent.display()))
-            })?;
+            if !parent.exists() {
+                crate::private::ensure_private_dir(parent).map_err(|e| {
+                    StoreError::Embedded(format!(
+                        "cannot create directory {}: {e}",
+                        parent.display()
+                    ))
+                })?;
+            }
         }
+        // The file holds the token-signing secret and the join token.
+        crate::private::ensure_private_file(&path)
+            .map_err(|e| StoreError::Embedded(format!("{}: {e}", path.display())))?;
         let db = open_database(&path)?;
         let leases = init_tables(&db).map_err(|e| in_file(&path, e))?;
 

@@ -8,7 +8,7 @@ use clap::Args;
 use testbed_agent::{Agent, AgentConfig};
 use tokio_util::sync::CancellationToken;
 
-use super::server::{ServerArgs, StoreArgs};
+use super::server::{ConnArgs, ServerArgs, StoreArgs};
 
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
@@ -37,11 +37,39 @@ pub struct UpArgs {
     /// Directory of exec plugins for the local agents.
     #[arg(long)]
     pub plugin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Serve plain HTTP on a non-loopback --listen address (tokens,
+    /// commands and logs then cross the network in clear text).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Every address `listen` names is a loopback one. A name that does not
+/// resolve counts as not loopback: the bind will report it.
+fn is_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match listen.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    if args.conn.tls_cert.is_none() && !args.insecure && !is_loopback(&args.listen) {
+        anyhow::bail!(
+            "--listen {} is reachable from other hosts and would serve plain HTTP: the join \
+             token, logins and every command would cross the network in clear text. Give \
+             --tls-cert FILE --tls-key FILE, or --insecure to accept that",
+            args.listen
+        );
+    }
+    // Secrets (signing key, join token) and logs live here: service user only.
+    testbed_store::private::ensure_private_dir(&args.data_dir)
+        .with_context(|| format!("preparing {}", args.data_dir.display()))?;
     let server_args = ServerArgs {
         listen: args.listen.clone(),
         store: StoreArgs {
@@ -58,6 +86,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         token_hours: 12,
         max_body: 1024 * 1024,
         replica: None,
+        conn: args.conn.clone(),
     };
     let server = super::server::start(&server_args).await?;
     super::server::print_banner(&server);
@@ -71,6 +100,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         cfg.state_dir = args.data_dir.join("agents").join(&name);
         cfg.allow_shell = args.allow_shell;
         cfg.plugin_dir = args.plugin_dir.clone();
+        if let Some(store) = server.tls.clone() {
+            // The local agents trust the certificate the server serves at
+            // the time, renewals included.
+            let pin = move || testbed_agent::tls::parse_fingerprint(&store.fingerprint()).ok();
+            cfg.tls = Some(testbed_agent::tls::pinned_config(pin)?);
+        }
         let agent = Agent::build(cfg).await?;
         let stop = shutdown.clone();
         agents.push(tokio::spawn(async move {

@@ -10,7 +10,7 @@ use testbed_core::schema::FieldError;
 use testbed_core::user::{Role, UserRecord};
 use utoipa::ToSchema;
 
-use crate::auth::{hash_password, verify_password, Caller, Subject};
+use crate::auth::{hash_password, verify_password, Caller};
 use crate::error::{ApiError, ApiResult, ErrorBody, Json};
 use crate::records;
 use crate::state::AppState;
@@ -47,39 +47,106 @@ pub async fn login(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    if let Err(wait) = state.auth.limiter().check(Some(addr.ip()), &req.username) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many login attempts; retry in {} s",
-                wait.as_secs().max(1)
-            ),
-        ));
-    }
-    let user = records::get::<UserRecord>(&state.store, &keys::user(&req.username)).await?;
-    let ok = match &user {
-        Some((u, _)) => verify_password(u.password_hash.clone(), req.password.clone()).await,
-        None => {
-            // Spend the same time as a real check so timing does not tell
-            // which usernames exist.
-            let _ = hash_password(req.password.clone()).await;
-            false
-        }
+    let attempt = state
+        .auth
+        .limiter()
+        .begin(addr.ip(), &req.username)
+        .map_err(|wait| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many login attempts; retry in {} s",
+                    wait.as_secs().max(1)
+                ),
+            )
+        })?;
+    let user = if valid_username(&req.username) {
+        records::get::<UserRecord>(&state.store, &keys::user(&req.username)).await?
+    } else {
+        None
     };
+    let hash = user.as_ref().map(|(u, _)| u.password_hash.clone());
+    let ok = verify_password(hash, req.password).await?;
     let Some((user, _)) = user.filter(|_| ok) else {
-        state.auth.limiter().failed(&req.username);
         return Err(ApiError::unauthorized("wrong username or password"));
     };
-    let ttl = state.auth.token_ttl;
-    let token = state
-        .auth
-        .issue(&user.name, user.role, Subject::User, ttl)?;
+    attempt.succeeded();
+    let token = state.auth.issue_user(&user)?;
     Ok(Json(LoginResponse {
         token,
         token_type: "Bearer".into(),
-        expires_in: ttl.as_secs(),
+        expires_in: state.auth.token_ttl.as_secs(),
         username: user.name,
         role: user.role,
+    }))
+}
+
+fn valid_username(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// Log out: every token of the calling user stops working at once (all
+/// sessions, including ones on other machines).
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
+    responses((status = 204), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<StatusCode> {
+    revoke_tokens(&state, &caller.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_tokens(state: &AppState, name: &str) -> ApiResult<()> {
+    let found = records::update::<UserRecord, _>(&state.store, &keys::user(name), |u| {
+        u.token_generation += 1;
+        true
+    })
+    .await?;
+    if found.is_none() {
+        return Err(ApiError::not_found(format!("no user `{name}`")));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamTokenRequest {
+    /// The WebSocket path the token opens, e.g. `/ws/tasks/{id}/log`.
+    #[schema(pattern = r"^/ws/(?!agent$)(?![\s\S]*\.\.)")]
+    pub path: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StreamTokenResponse {
+    /// Put in the WebSocket URL as `?token=`; read-only, valid for `path` only.
+    pub token: String,
+    /// Seconds until it expires (it only needs to open the socket).
+    pub expires_in: u64,
+}
+
+/// A short-lived, read-only token for one WebSocket path, for clients (such
+/// as browsers) that cannot send an `Authorization` header on a WebSocket.
+#[utoipa::path(post, path = "/api/auth/stream-token", tag = "auth",
+    request_body = StreamTokenRequest,
+    responses((status = 200, body = StreamTokenResponse), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn stream_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(req): Json<StreamTokenRequest>,
+) -> ApiResult<Json<StreamTokenResponse>> {
+    if !req.path.starts_with("/ws/") || req.path == "/ws/agent" || req.path.contains("..") {
+        return Err(ApiError::field(
+            "/path",
+            "a WebSocket path under /ws/ (e.g. /ws/tasks/{id}/log)",
+        ));
+    }
+    Ok(Json(StreamTokenResponse {
+        token: state.auth.issue_stream(&caller, &req.path)?,
+        expires_in: crate::auth::STREAM_TOKEN_TTL.as_secs(),
     }))
 }
 
@@ -114,7 +181,9 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub username: String,
+    #[schema(min_length = 8)]
     pub password: String,
     pub role: Role,
 }
@@ -136,13 +205,7 @@ pub async fn create_user(
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     caller.require(Role::Admin)?;
     let mut problems = Vec::new();
-    let name_ok = !req.username.is_empty()
-        && req.username.len() <= 64
-        && req
-            .username
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if !name_ok {
+    if !valid_username(&req.username) {
         problems.push(FieldError {
             field: "/username".into(),
             message: "1–64 characters of letters, digits, `.`, `_`, `-`".into(),
@@ -164,6 +227,7 @@ pub async fn create_user(
         role: req.role,
         password_hash: hash_password(req.password).await?,
         created_at: testbed_core::now(),
+        token_generation: testbed_core::user::first_generation(),
     };
     if !records::create(&state.store, &keys::user(&req.username), &record, None).await? {
         return Err(ApiError::conflict(format!(
@@ -205,5 +269,78 @@ pub async fn delete_user(
     if !state.store.delete(&keys::user(&name)).await? {
         return Err(ApiError::not_found(format!("no user `{name}`")));
     }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    /// A new role (admin only).
+    pub role: Option<Role>,
+    /// A new password (admin, or the user themself); ends every session of
+    /// the user.
+    #[schema(min_length = 8)]
+    pub password: Option<String>,
+}
+
+/// Change a user's role or password. An admin may change anyone; a user may
+/// change their own password. A new password ends the user's sessions; a new
+/// role takes effect on the user's next request.
+#[utoipa::path(put, path = "/api/users/{name}", tag = "users",
+    params(("name" = String, Path)),
+    request_body = UpdateUser,
+    responses((status = 200, body = UserView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateUser>,
+) -> ApiResult<Json<UserView>> {
+    if caller.name != name || req.role.is_some() {
+        caller.require(Role::Admin)?;
+    }
+    if name == caller.name && req.role.is_some_and(|r| r < Role::Admin) {
+        return Err(ApiError::conflict(
+            "you cannot demote yourself; ask another admin",
+        ));
+    }
+    if req.role.is_none() && req.password.is_none() {
+        return Err(ApiError::field("/", "give `role`, `password` or both"));
+    }
+    let hash = match req.password {
+        Some(p) if p.chars().count() < 8 => {
+            return Err(ApiError::field("/password", "at least 8 characters"))
+        }
+        Some(p) => Some(hash_password(p).await?),
+        None => None,
+    };
+    let updated = records::update::<UserRecord, _>(&state.store, &keys::user(&name), |u| {
+        if let Some(role) = req.role {
+            u.role = role;
+        }
+        if let Some(h) = &hash {
+            u.password_hash = h.clone();
+            u.token_generation += 1;
+        }
+        true
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no user `{name}`")))?;
+    Ok(Json(updated.into()))
+}
+
+/// End every session of a user (admin): their tokens stop working at once.
+#[utoipa::path(post, path = "/api/users/{name}/revoke", tag = "users",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    revoke_tokens(&state, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

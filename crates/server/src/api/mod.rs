@@ -3,7 +3,10 @@
 
 pub mod agents;
 pub mod auth;
+pub mod common_responses;
+pub mod guard;
 pub mod page;
+pub mod parse;
 pub mod performance;
 pub mod projects;
 pub mod resources;
@@ -79,7 +82,14 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError
     let failing = state.loops.failing();
     Ok(Json(Health {
         status: "ok".into(),
-        store: state.store.describe(),
+        // The backend only: where the data lives is not for anonymous eyes.
+        store: state
+            .store
+            .describe()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
         revision,
         replica: state.replica.clone(),
         agents_connected: state.hub.connected(),
@@ -96,8 +106,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(healthz))
         .routes(routes!(auth::login))
         .routes(routes!(auth::me))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::stream_token))
         .routes(routes!(auth::create_user, auth::list_users))
-        .routes(routes!(auth::delete_user))
+        .routes(routes!(auth::update_user, auth::delete_user))
+        .routes(routes!(auth::revoke_user))
         .routes(routes!(slaves::detail))
         .routes(routes!(slaves::show))
         .routes(routes!(slaves::submit))
@@ -164,6 +177,7 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     let mut openapi = openapi;
     document_unauthorized(&mut openapi);
+    common_responses::document(&mut openapi);
     let openapi_json = openapi.clone();
     router
         .route(
@@ -177,6 +191,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(guard::check_path))
+        .layer(axum::middleware::from_fn(guard::json_errors))
         .with_state(state)
 }
 

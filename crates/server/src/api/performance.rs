@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::page::{Page, PageQuery};
 use super::projects::{fe, parse_int_id, Message};
-use crate::auth::{Caller, Subject};
+use crate::auth::Caller;
 use crate::dispatch;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
 use crate::performance::{
@@ -32,14 +32,13 @@ use crate::performance::{
 use crate::records;
 use crate::state::AppState;
 
-/// How long the token in `websocket_url` is valid.
-const WS_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Lead time given to agents so they all begin load at the same instant.
 const START_LEAD_MS: u64 = 1500;
 
 /// Plan body (create and update).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PlanInput {
+    #[schema(pattern = r"\S", max_length = 200)]
     pub name: String,
     pub description: Option<String>,
     /// Required on create.
@@ -245,6 +244,7 @@ pub async fn create_plan(
         created_at: now,
         updated_at: now,
         last_execution: None,
+        created_by: c.name.clone(),
     };
     if !records::create(&state.store, &plan_key(id), &plan, None).await? {
         return Err(ApiError::conflict(format!("plan {id} exists")));
@@ -338,6 +338,7 @@ pub async fn put_plan(
 ) -> ApiResult<Json<PerfPlan>> {
     c.require(Role::Operator)?;
     let current = load_plan(&state, &plan_id).await?;
+    c.require_owner(&current.created_by, &format!("plan {}", current.id))?;
     let v = validate(&state, &body, false).await?;
     let now = testbed_core::now();
     let updated = records::update::<PerfPlan, _>(&state.store, &plan_key(current.id), |p| {
@@ -367,6 +368,7 @@ pub async fn delete_plan(
 ) -> ApiResult<Json<Message>> {
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
+    c.require_owner(&plan.created_by, &format!("plan {}", plan.id))?;
     if matches!(plan.status.as_str(), "running" | "paused") {
         return Err(ApiError::conflict(format!(
             "plan {} is {}; stop it first",
@@ -560,9 +562,11 @@ pub async fn start(
         dispatch::create(&state, t).await?;
     }
 
+    // Scoped to this execution's stream and read-only: the URL gets
+    // passed around, a session token must not be.
     let token = state
         .auth
-        .issue(&c.name, c.role, Subject::User, WS_TOKEN_TTL)?;
+        .issue_stream(&c, &format!("/ws/performance/{execution_id}/"))?;
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -660,6 +664,10 @@ pub async fn stop(
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
     let exec = current_execution(&state, &plan, &["running", "paused"]).await?;
+    c.require_owner(
+        &exec.created_by,
+        &format!("execution {}", exec.execution_id),
+    )?;
     let (exec, now) = transition(&state, &exec, &["running", "paused"], "stopped", |e, t| {
         e.stop_time = Some(t)
     })
@@ -715,6 +723,10 @@ pub async fn pause(
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
     let exec = current_execution(&state, &plan, &["running"]).await?;
+    c.require_owner(
+        &exec.created_by,
+        &format!("execution {}", exec.execution_id),
+    )?;
     let (exec, now) = transition(&state, &exec, &["running"], "paused", |e, t| {
         e.pause_time = Some(t)
     })
@@ -740,6 +752,10 @@ pub async fn resume(
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
     let exec = current_execution(&state, &plan, &["paused"]).await?;
+    c.require_owner(
+        &exec.created_by,
+        &format!("execution {}", exec.execution_id),
+    )?;
     let (exec, now) = transition(&state, &exec, &["paused"], "running", |e, t| {
         e.resume_time = Some(t)
     })
@@ -835,6 +851,12 @@ pub async fn delete_report(
     let Some((report, _)) = records::get::<PerfReport>(&state.store, &report_key(id)).await? else {
         return Err(ApiError::not_found(format!("no report {id}")));
     };
+    // A report belongs to whoever ran its execution.
+    let owner = load_execution(&state, &report.execution_id)
+        .await
+        .map(|e| e.created_by)
+        .unwrap_or_default();
+    c.require_owner(&owner, &format!("report {id}"))?;
     state.store.delete(&report_key(id)).await?;
     if let Err(e) = state
         .blobs

@@ -40,7 +40,10 @@ fn problems(ps: Vec<Problem>) -> ApiError {
 
 /// Parses and checks a plan, statically and against the registered agents.
 async fn validate_plan(state: &AppState, source: &str) -> ApiResult<PlanSpec> {
-    let spec = plan::parse(source).map_err(problems)?;
+    let text = source.to_string();
+    let spec = super::parse::off_runtime(move || plan::parse(&text))
+        .await?
+        .map_err(problems)?;
     let agents = dispatch::agents(&state.store).await?;
     let mut ps = engine::check_against_agents(&spec, &agents);
     if !ps.is_empty() {
@@ -161,6 +164,7 @@ pub async fn put_plan(
 ) -> ApiResult<Json<PlanRecord>> {
     c.require(Role::Operator)?;
     let id = parse_uuid("plan", &id)?;
+    plan_owner_check(&state, &c, &id).await?;
     let source = plan_source(&headers, &body)?;
     let spec = validate_plan(&state, &source).await?;
     let rec = records::update::<PlanRecord, _>(&state.store, &keys::plan(&id), |r| {
@@ -175,6 +179,21 @@ pub async fn put_plan(
     Ok(Json(rec))
 }
 
+async fn plan_owner_check(state: &AppState, c: &Caller, id: &Uuid) -> ApiResult<()> {
+    let (plan, _) = records::get::<PlanRecord>(&state.store, &keys::plan(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no plan {id}")))?;
+    c.require_owner(&plan.created_by, &format!("plan {id}"))
+}
+
+async fn run_owner_check(state: &AppState, c: &Caller, id: &Uuid) -> ApiResult<Run> {
+    let (run, _) = records::get::<Run>(&state.store, &keys::run(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    c.require_owner(&run.created_by, &format!("run {id}"))?;
+    Ok(run)
+}
+
 /// Delete a plan (its runs stay).
 #[utoipa::path(delete, path = "/api/plans/{id}", tag = "plans", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
@@ -185,6 +204,7 @@ pub async fn delete_plan(
 ) -> ApiResult<StatusCode> {
     c.require(Role::Operator)?;
     let id = parse_uuid("plan", &id)?;
+    plan_owner_check(&state, &c, &id).await?;
     if !state.store.delete(&keys::plan(&id)).await? {
         return Err(ApiError::not_found(format!("no plan {id}")));
     }
@@ -327,6 +347,7 @@ pub async fn cancel_run(
 ) -> ApiResult<(StatusCode, Json<Run>)> {
     c.require(Role::Operator)?;
     let id = parse_uuid("run", &id)?;
+    run_owner_check(&state, &c, &id).await?;
     let run = engine::cancel_run(&state, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
@@ -353,6 +374,7 @@ pub async fn delete_run(
     let (run, rev) = records::get::<Run>(&state.store, &keys::run(&id))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    c.require_owner(&run.created_by, &format!("run {id}"))?;
     if !run.status.is_terminal() {
         return Err(ApiError::conflict(format!(
             "run {id} is still {:?}; cancel it first",
@@ -498,6 +520,20 @@ pub async fn delete_report(
 ) -> ApiResult<StatusCode> {
     c.require(Role::Operator)?;
     let id = parse_uuid("report", &id)?;
+    // A report belongs to whoever started its run.
+    let (report, _) = records::get::<ReportRecord>(&state.store, &keys::report(&id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no report {id}")))?;
+    match report.run_id {
+        Some(run) => {
+            let owner = records::get::<Run>(&state.store, &keys::run(&run))
+                .await?
+                .map(|(r, _)| r.created_by)
+                .unwrap_or_default();
+            c.require_owner(&owner, &format!("report {id}"))?;
+        }
+        None => c.require_owner("", &format!("report {id}"))?,
+    }
     if !state.store.delete(&keys::report(&id)).await? {
         return Err(ApiError::not_found(format!("no report {id}")));
     }

@@ -47,9 +47,13 @@ pub struct ListQuery {
     pub status: Option<TaskStatus>,
     /// Only tasks of this agent (uuid or name).
     pub agent: Option<String>,
+    /// 1-based page number.
     #[serde(default = "one")]
+    #[param(minimum = 1)]
     pub page: usize,
+    /// Items per page (1–1000).
     #[serde(default = "twenty")]
+    #[param(minimum = 1, maximum = 1000)]
     pub page_size: usize,
 }
 
@@ -98,7 +102,8 @@ pub async fn list(
     let total = tasks.len();
     let results = tasks
         .into_iter()
-        .skip((q.page - 1) * q.page_size)
+        // Saturating: a page far past the end is empty, not an overflow.
+        .skip((q.page - 1).saturating_mul(q.page_size))
         .take(q.page_size)
         .map(TaskView::from)
         .collect();
@@ -186,6 +191,8 @@ pub async fn cancel(
 ) -> ApiResult<(StatusCode, Json<TaskView>)> {
     caller.require(Role::Operator)?;
     let id = parse_id(&id)?;
+    let owner = load(&state, &id).await?.created_by;
+    caller.require_owner(&owner, &format!("task {id}"))?;
     let task = dispatch::cancel(&state, id).await?;
     Ok((StatusCode::ACCEPTED, Json(task.into())))
 }
