@@ -4,8 +4,10 @@
 //! the rules hold everywhere: the child gets its own process group, so that
 //! cancelling or timing out kills everything it started and not only the
 //! direct child; output is streamed into the task log as it arrives rather
-//! than collected at the end; and nothing here waits forever, even on a
-//! grandchild that keeps a pipe open or ignores SIGTERM.
+//! than collected at the end; nothing here waits forever, even on a
+//! grandchild that keeps a pipe open or ignores SIGTERM; and the group is
+//! tied to the agent's life by a [`Lifeline`], so it is SIGKILLed if the
+//! agent dies (however it dies) while the task runs.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{geteuid, Pid, User};
+use testbed_lifeline::Lifeline;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
@@ -277,6 +280,12 @@ pub async fn run_in(
         command.env(key, value);
     }
 
+    // The group dies with the agent, even a SIGKILLed one: a task whose
+    // outcome nobody can report any more must not finish behind the
+    // server's back (it is marked lost and may be retried elsewhere).
+    let lifeline = Lifeline::attach(&mut command)
+        .map_err(|e| PluginError::io(format!("preparing {}", cmd.program), e))?;
+
     let started = Instant::now();
     let mut child = command.spawn().map_err(|e| spawn_error(&cmd.program, e))?;
     let pgid = match child.id() {
@@ -288,6 +297,7 @@ pub async fn run_in(
             )))
         }
     };
+    let lifeline = lifeline.started(pgid.as_raw() as u32);
     let mut guard = GroupGuard { pgid, armed: true };
 
     let stop_reading = CancellationToken::new();
@@ -372,8 +382,10 @@ pub async fn run_in(
     let duration = started.elapsed();
     // Background processes the command left behind are not killed (a task
     // may mean to start a daemon), but their output is not waited for
-    // beyond the grace period either.
+    // beyond the grace period either; nor are they killed should the agent
+    // die later: the task's outcome is known by then.
     guard.armed = false;
+    drop(lifeline);
 
     let pipes_closed = async {
         out_done.cancelled().await;

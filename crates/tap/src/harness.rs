@@ -302,10 +302,17 @@ pub async fn run_script(
         .kill_on_drop(true)
         // Its own process group, so a timeout kills the children it spawned.
         .process_group(0);
+    // And that group dies with this process (an agent SIGKILLed mid-run),
+    // so no script outlives whoever could report it.
+    let lifeline = match testbed_lifeline::Lifeline::attach(&mut cmd) {
+        Ok(l) => l,
+        Err(e) => return error_suite(&script.name, format!("cannot run {}: {e}", argv[0])),
+    };
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return error_suite(&script.name, format!("cannot run {}: {e}", argv[0])),
     };
+    let _lifeline = child.id().map(|pid| lifeline.started(pid));
     let stderr_task = child
         .stderr
         .take()

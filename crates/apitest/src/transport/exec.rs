@@ -130,7 +130,12 @@ pub async fn run(call: &ExecCall, base_dir: &Path) -> Result<Reply, TransportErr
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // The group dies with this process (an agent SIGKILLed mid-step), so
+    // nothing of a step outlives whoever could report it.
+    let lifeline =
+        testbed_lifeline::Lifeline::attach(&mut command).map_err(|e| spawn_error(name, e))?;
     let mut child = command.spawn().map_err(|e| spawn_error(name, e))?;
+    let _lifeline = child.id().map(|pid| lifeline.started(pid));
     let mut killer = GroupKiller(
         child
             .id()
