@@ -13,6 +13,17 @@ pub struct AgentConfig {
     pub server: String,
     /// The join token the server printed.
     pub token: String,
+    /// PEM file of the CA certificate(s) that signed the server's
+    /// certificate (`https://` servers; default: the public web roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the server's certificate, as the server
+    /// prints it: exactly that certificate is trusted.
+    #[serde(default)]
+    pub server_fingerprint: Option<String>,
+    /// Trust set by a program embedding the agent; wins over the two above.
+    #[serde(skip)]
+    pub tls: Option<crate::tls::ClientTls>,
     pub name: String,
     /// Address reported as seed 002's `host`; defaults to the machine's
     /// hostname.
@@ -81,6 +92,9 @@ impl AgentConfig {
         AgentConfig {
             server: server.to_string(),
             token: token.to_string(),
+            ca_file: None,
+            server_fingerprint: None,
+            tls: None,
             name: name.to_string(),
             host: None,
             labels: BTreeMap::new(),
@@ -126,6 +140,7 @@ impl AgentConfig {
                 self.server
             )));
         }
+        crate::tls::check(self).map_err(ConfigError::Invalid)?;
         if self.name.trim().is_empty() {
             return Err(ConfigError::Invalid("name: must not be empty".into()));
         }

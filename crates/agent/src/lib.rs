@@ -6,6 +6,7 @@
 //! * [`process`] — child processes in their own process group, killable as one;
 //! * [`config`] — the agent's configuration (flags or `agent.toml`);
 //! * [`runtime`] — the connection loop, task runner and result outbox;
+//! * [`tls`] — whom the agent trusts on an `https://` server;
 //! * [`metrics`] — system metrics sent with heartbeats.
 
 pub mod config;
@@ -14,6 +15,7 @@ pub mod plugin;
 pub mod plugins;
 pub mod process;
 pub mod runtime;
+pub mod tls;
 
 pub use config::AgentConfig;
 pub use runtime::Agent;

@@ -62,6 +62,8 @@ pub enum AgentError {
     },
     #[error("connecting to {url}: {message}")]
     Connect { url: String, message: String },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("server refused the session: {0}")]
     Refused(String),
     #[error("protocol: {0}")]
@@ -89,6 +91,8 @@ struct Shared {
     plugins: BTreeMap<String, DynPlugin>,
     settings: Arc<ExecSettings>,
     http: reqwest::Client,
+    /// Trust for an `https://` server, shared by the WebSocket and `http`.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// Tasks this process has accepted (running or awaiting an ack).
     tasks: Mutex<HashMap<Uuid, Entry>>,
     /// Every task id this process has accepted, so a duplicate `assign`
@@ -174,6 +178,14 @@ impl Agent {
                 source,
             })?;
         }
+        let tls = crate::tls::client_config(&config)?;
+        let http = match &tls {
+            Some(tls) => reqwest::Client::builder()
+                .use_preconfigured_tls((**tls).clone())
+                .build()
+                .map_err(|e| crate::tls::TlsError::Config(e.to_string()))?,
+            None => reqwest::Client::new(),
+        };
         let identity = read_identity(&config.state_dir);
         let slots = Arc::new(Semaphore::new(config.capacity as usize));
         Ok(Agent {
@@ -181,7 +193,8 @@ impl Agent {
                 config,
                 plugins: loaded,
                 settings,
-                http: reqwest::Client::new(),
+                http,
+                tls,
                 tasks: Mutex::new(HashMap::new()),
                 seen: Mutex::new(HashSet::new()),
                 outgoing: Mutex::new(None),
@@ -255,8 +268,14 @@ impl Agent {
                 message: format!("token is not a valid header value: {e}"),
             })?;
         request.headers_mut().insert("authorization", auth);
-        let (ws, _) = match tokio_tungstenite::connect_async_with_config(request, None, true).await
-        {
+        let connector = self
+            .shared
+            .tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
+        let dialled =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector).await;
+        let (ws, _) = match dialled {
             Ok(ok) => ok,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp))
                 if resp.status().as_u16() == 401 =>
@@ -270,10 +289,14 @@ impl Agent {
                 return Err(AgentError::Refused("join token refused (401)".into()));
             }
             Err(e) => {
-                return Err(AgentError::Connect {
-                    url,
-                    message: e.to_string(),
-                })
+                let mut message = e.to_string();
+                if message.contains("certificate") {
+                    message.push_str(
+                        " (the server's certificate is not trusted: give the CA that signed it \
+                         with --ca-file, or pin it with --server-fingerprint)",
+                    );
+                }
+                return Err(AgentError::Connect { url, message });
             }
         };
         let (mut sink, mut stream) = ws.split();

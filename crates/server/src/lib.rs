@@ -8,6 +8,7 @@
 //! * [`agent_session`] — the agent protocol's server end;
 //! * [`dispatch`] — choosing an agent, creating and settling tasks;
 //! * [`controller`] — the assignment relay and the leader's reconcile loop;
+//! * [`listen`], [`tls`] — the accept loop, its limits and HTTPS;
 //! * [`auth`], [`blobs`], [`records`], [`hub`], [`error`], [`state`].
 
 pub mod agent_session;
@@ -19,9 +20,11 @@ pub mod dispatch;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod listen;
 pub mod performance;
 pub mod records;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +51,8 @@ pub enum ServerError {
     },
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 pub struct ServerConfig {
@@ -70,13 +75,22 @@ pub struct Server {
     /// Set when this start created the admin with a generated password.
     pub generated_admin_password: Option<String>,
     pub admin_created: bool,
+    /// The certificate in service when serving HTTPS.
+    pub tls: Option<Arc<tls::CertStore>>,
+    pub listen_stats: Arc<listen::ListenStats>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// SHA-256 fingerprint of the certificate in service, when serving HTTPS.
+    pub fn tls_fingerprint(&self) -> Option<String> {
+        self.tls.as_ref().map(|t| t.fingerprint())
     }
 
     /// Stops accepting, closes agent sessions and waits for the loops.
@@ -92,7 +106,19 @@ impl Server {
     }
 }
 
+/// How often the certificate files are checked for a renewal.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(2);
+
 pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+    // A bad certificate must stop the start before anything is bound.
+    let cert_store = match &config.settings.tls {
+        Some(files) => Some(tls::CertStore::load(files.clone())?),
+        None => None,
+    };
+    let acceptor = match &cert_store {
+        Some(store) => Some(tokio_rustls::TlsAcceptor::from(store.server_config()?)),
+        None => None,
+    };
     let boot = auth::bootstrap(&config.store, config.admin_password, config.join_token)
         .await
         .map_err(|e| ServerError::Bootstrap(e.message))?;
@@ -107,6 +133,17 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         source,
     })?;
     let shutdown = CancellationToken::new();
+    let limits = listen::Limits {
+        max_connections: listen::effective_max_connections(config.settings.max_connections),
+        header_read_timeout: config.settings.header_read_timeout,
+    };
+    if limits.max_connections < config.settings.max_connections {
+        tracing::warn!(
+            "connection limit lowered from {} to {} to fit the open-file limit (ulimit -n)",
+            config.settings.max_connections,
+            limits.max_connections
+        );
+    }
     let state = AppState(Arc::new(Inner {
         store: config.store,
         blobs: config.blobs,
@@ -120,24 +157,19 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         loops: Default::default(),
     }));
 
-    // Small, latency-bound messages (agent protocol, API calls) must not
-    // wait for Nagle's algorithm and the peer's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let app = api::router(state.clone());
-    let stop = shutdown.clone();
-    let http = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-        if let Err(e) = served {
-            tracing::error!("HTTP server: {e}");
-        }
-    });
+    let listen_stats = Arc::new(listen::ListenStats::default());
+    let http = tokio::spawn(listen::serve(
+        listener,
+        app,
+        acceptor,
+        limits,
+        listen_stats.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(store) = &cert_store {
+        store.clone().watch(TLS_RELOAD_EVERY, shutdown.clone());
+    }
     let relay = tokio::spawn(controller::assignment_relay(state.clone()));
     let ctrl = tokio::spawn(controller::run_controller(state.clone()));
     tracing::info!(%addr, store = %state.store.describe(), blobs = %state.blobs.describe(), "server listening");
@@ -146,6 +178,8 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         join_token: boot.join_token,
         generated_admin_password: boot.generated_admin_password,
         admin_created: boot.admin_created,
+        tls: cert_store,
+        listen_stats,
         shutdown,
         tasks: vec![http, relay, ctrl],
     })

@@ -20,6 +20,13 @@ pub struct Settings {
     pub max_body: usize,
     /// Largest artifact upload.
     pub max_artifact: usize,
+    /// Connections open at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Time a connection has to send a complete request header (from its
+    /// opening or its previous response, so also the keep-alive idle time).
+    pub header_read_timeout: Duration,
+    /// Serve HTTPS with this certificate and key (re-read when they change).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for Settings {
@@ -28,6 +35,9 @@ impl Default for Settings {
             lease_ttl: Duration::from_secs(10),
             max_body: 1024 * 1024,
             max_artifact: 512 * 1024 * 1024,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }

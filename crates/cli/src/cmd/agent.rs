@@ -14,12 +14,24 @@ pub struct AgentArgs {
     /// Read the configuration from this TOML file (flags are then ignored).
     #[arg(long, conflicts_with_all = ["server", "name"])]
     pub config: Option<PathBuf>,
-    /// Server URL, e.g. http://127.0.0.1:8774.
+    /// Server URL, e.g. https://testbed:8774 or http://127.0.0.1:8774.
     #[arg(long, env = "TESTBED_SERVER")]
     pub server: Option<String>,
-    /// Join token the server printed.
-    #[arg(long, env = "TESTBED_JOIN_TOKEN", hide_env_values = true)]
+    /// Refused: a token on the command line is visible to every local user
+    /// (`ps`). Set TESTBED_JOIN_TOKEN or use --token-file.
+    #[arg(long, hide = true)]
     pub token: Option<String>,
+    /// File holding the join token the server printed (else the
+    /// TESTBED_JOIN_TOKEN environment variable).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's certificate (https).
+    #[arg(long, value_name = "FILE", env = "TESTBED_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint
+    /// (as `testbed server` prints it).
+    #[arg(long, value_name = "SHA256", env = "TESTBED_SERVER_FINGERPRINT")]
+    pub server_fingerprint: Option<String>,
     /// Agent name (default: the hostname).
     #[arg(long)]
     pub name: Option<String>,
@@ -57,29 +69,60 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
+    /// The join token from `--token-file`, else `TESTBED_JOIN_TOKEN`.
+    fn join_token(&self) -> anyhow::Result<Option<String>> {
+        if self.token.is_some() {
+            anyhow::bail!(
+                "--token is refused: a join token on the command line can be read by every \
+                 local user (ps, /proc); set TESTBED_JOIN_TOKEN or pass --token-file FILE"
+            );
+        }
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file: reading {}", path.display()))?;
+            let token = text.trim();
+            if token.is_empty() {
+                anyhow::bail!("--token-file: {} is empty", path.display());
+            }
+            return Ok(Some(token.to_string()));
+        }
+        Ok(std::env::var("TESTBED_JOIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()))
+    }
+
     pub fn to_config(&self) -> anyhow::Result<AgentConfig> {
+        let token = self.join_token()?;
         if let Some(path) = &self.config {
             let mut cfg = AgentConfig::from_file(path)?;
-            if let Ok(t) = std::env::var("TESTBED_JOIN_TOKEN") {
-                if cfg.token.is_empty() {
+            if cfg.token.is_empty() {
+                if let Some(t) = token {
                     cfg.token = t;
                 }
             }
+            if self.ca_file.is_some() {
+                cfg.ca_file = self.ca_file.clone();
+            }
+            if self.server_fingerprint.is_some() {
+                cfg.server_fingerprint = self.server_fingerprint.clone();
+            }
+            cfg.validate()?;
             return Ok(cfg);
         }
         let server = self
             .server
             .clone()
             .context("--server (or TESTBED_SERVER) is required")?;
-        let token = self
-            .token
-            .clone()
-            .context("--token (or TESTBED_JOIN_TOKEN) is required")?;
+        let token = token.context(
+            "the join token is required: set TESTBED_JOIN_TOKEN or pass --token-file FILE",
+        )?;
         let name = self
             .name
             .clone()
             .unwrap_or_else(testbed_agent::metrics::hostname);
         let mut cfg = AgentConfig::new(&server, &token, &name);
+        cfg.ca_file = self.ca_file.clone();
+        cfg.server_fingerprint = self.server_fingerprint.clone();
         cfg.host = self.host.clone();
         cfg.labels = parse_labels(&self.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
         cfg.groups = self

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use testbed_server::blobs::Blobs;
+use testbed_server::tls::TlsFiles;
 use testbed_server::{ServerConfig, Settings};
 use testbed_store::EtcdOptions;
 
@@ -70,6 +71,40 @@ pub struct ServerArgs {
     /// Name of this replica (default: host:port it listens on).
     #[arg(long)]
     pub replica: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// HTTPS and connection limits, shared by `server` and `up`.
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); re-read
+    /// when the file changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Connections open at once (WebSockets included); more are closed at
+    /// once. Lowered to fit the open-file limit.
+    #[arg(long, default_value_t = Settings::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a connection has to send a complete request header (also
+    /// how long an idle keep-alive connection is kept).
+    #[arg(long, value_name = "SECONDS", default_value_t = Settings::default().header_read_timeout.as_secs())]
+    pub header_read_timeout: u64,
+}
+
+impl ConnArgs {
+    fn tls(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 pub fn default_blobs(store: &str) -> PathBuf {
@@ -86,6 +121,12 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<testbed_server::Server> 
     if args.lease_ttl == 0 {
         anyhow::bail!("--lease-ttl must be at least 1 second");
     }
+    if args.conn.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    if args.conn.header_read_timeout == 0 {
+        anyhow::bail!("--header-read-timeout must be at least 1 second");
+    }
     let store = testbed_store::open(&args.store.store, args.store.etcd_options())
         .await
         .with_context(|| format!("opening store {}", args.store.store))?;
@@ -101,6 +142,9 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<testbed_server::Server> 
         settings: Settings {
             lease_ttl: Duration::from_secs(args.lease_ttl),
             max_body: args.max_body,
+            max_connections: args.conn.max_connections,
+            header_read_timeout: Duration::from_secs(args.conn.header_read_timeout),
+            tls: args.conn.tls(),
             ..Settings::default()
         },
         admin_password: std::env::var("TESTBED_ADMIN_PASSWORD").ok(),
@@ -119,6 +163,9 @@ pub fn print_banner(server: &testbed_server::Server) {
         None => println!("admin login: admin (existing user; password unchanged)"),
     }
     println!("agent join token: {}", server.join_token);
+    if let Some(fp) = server.tls_fingerprint() {
+        println!("TLS certificate SHA-256 fingerprint: {fp}");
+    }
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {

@@ -343,18 +343,11 @@ pub async fn post_as(
 /// A separate `testbed agent` process.
 pub fn agent(url: &str, name: &str, state: &Path, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(bin());
-    cmd.args([
-        "agent",
-        "--server",
-        url,
-        "--token",
-        JOIN_TOKEN,
-        "--name",
-        name,
-        "--state-dir",
-    ])
-    .arg(state)
-    .args(extra);
+    cmd.args(["agent", "--server", url, "--name", name, "--state-dir"])
+        .arg(state)
+        .args(extra)
+        // The join token never goes on a command line (`ps` shows it).
+        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
     Proc::spawn(&format!("agent {name}"), cmd)
 }
 
