@@ -23,7 +23,7 @@ TESTBED_ADMIN_PASSWORD=bench-pass TESTBED_JOIN_TOKEN=bench TESTBED_LOG=warn \
 SERVER=$!
 sleep 1
 IDLE_RSS=$(awk '/VmRSS/ {print $2}' /proc/$SERVER/status)
-TESTBED_LOG=error $BIN agent --server $URL --token bench --name sim --state-dir $WORK/sim --simulate $N >$WORK/agents.log 2>&1 &
+TESTBED_JOIN_TOKEN=bench TESTBED_LOG=error $BIN agent --server $URL --name sim --state-dir $WORK/sim --simulate $N >$WORK/agents.log 2>&1 &
 AGENTS=$!
 
 TOKEN=$(curl -s $URL/api/auth/login -H 'content-type: application/json' -d '{"username":"admin","password":"bench-pass"}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
