@@ -2,10 +2,12 @@
 //! from `TESTBED_SERVER` / `TESTBED_TOKEN` or from `testbed login`'s file.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use testbed_agent::tls::ClientConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Credentials {
@@ -27,15 +29,23 @@ pub fn credentials_path() -> PathBuf {
 pub fn save_credentials(c: &Credentials) -> anyhow::Result<PathBuf> {
     let path = credentials_path();
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        testbed_store::private::ensure_private_dir(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
+    // Created 0600 from the first byte: a token is a password for its life.
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(c)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    #[cfg(unix)]
+    let _ = std::fs::remove_file(&tmp);
     {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(c)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -47,6 +57,14 @@ pub fn default_server() -> String {
             .map(|c| c.server)
             .unwrap_or_else(|| "http://127.0.0.1:8774".into())
     })
+}
+
+/// Forgets the saved token (after `testbed logout`).
+pub fn forget_credentials() -> std::io::Result<()> {
+    match std::fs::remove_file(credentials_path()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn load_file() -> Option<Credentials> {
@@ -96,7 +114,7 @@ impl Client {
         Client {
             server: server.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            http: reqwest::Client::new(),
+            http: http_client(server),
         }
     }
 
@@ -164,6 +182,19 @@ impl Client {
         Ok((resp.text().await?, status))
     }
 
+    /// A POST without a body whose answer has none either (204).
+    pub async fn post_empty(&self, path: &str) -> anyhow::Result<()> {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("connecting to {}", self.server))?;
+        Self::check(resp).await?;
+        Ok(())
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -183,7 +214,7 @@ impl Client {
 
 /// Logs in; returns the token.
 pub async fn login(server: &str, username: &str, password: &str) -> anyhow::Result<String> {
-    let resp = reqwest::Client::new()
+    let resp = http_client(server)
         .post(format!("{}/api/auth/login", server.trim_end_matches('/')))
         .json(&serde_json::json!({"username": username, "password": password}))
         .send()
@@ -195,4 +226,52 @@ pub async fn login(server: &str, username: &str, password: &str) -> anyhow::Resu
         Some(t) => Ok(t.to_string()),
         None => bail!("login answered without a token"),
     }
+}
+
+/// Whom the client trusts on an `https://` server, as an agent does:
+/// `TESTBED_CA_FILE` (PEM) or `TESTBED_SERVER_FINGERPRINT`, else the public
+/// web roots. A setting that cannot be used is reported and nothing is
+/// trusted, so the request fails rather than trusting more than asked.
+fn tls_for(server: &str) -> Result<Option<Arc<ClientConfig>>, ()> {
+    let ca = std::env::var_os("TESTBED_CA_FILE").map(PathBuf::from);
+    let pin = std::env::var("TESTBED_SERVER_FINGERPRINT").ok();
+    testbed_agent::tls::trust(server, ca.as_deref(), pin.as_deref()).map_err(|e| {
+        let e = e.to_string();
+        let e = e.replace("ca_file:", "TESTBED_CA_FILE:");
+        let e = e.replace("server_fingerprint:", "TESTBED_SERVER_FINGERPRINT:");
+        eprintln!("warning: {e}; no server certificate will be trusted");
+    })
+}
+
+/// The HTTP client for `server`, with [`tls_for`]'s trust.
+pub fn http_client(server: &str) -> reqwest::Client {
+    let built = match tls_for(server) {
+        Ok(None) => return reqwest::Client::new(),
+        Ok(Some(tls)) => reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build(),
+        Err(()) => reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .build(),
+    };
+    built.unwrap_or_else(|e| {
+        eprintln!("warning: TLS client: {e}");
+        reqwest::Client::new()
+    })
+}
+
+/// Opens a WebSocket (`ws://` or `wss://`) with [`tls_for`]'s trust.
+pub async fn ws_connect(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> anyhow::Result<(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+)> {
+    let connector = if request.uri().scheme_str() == Some("wss") {
+        let tls = tls_for("https://").map_err(|()| anyhow::anyhow!("no trusted TLS settings"))?;
+        tls.map(tokio_tungstenite::Connector::Rustls)
+    } else {
+        None
+    };
+    Ok(tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector).await?)
 }

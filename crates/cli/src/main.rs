@@ -32,6 +32,8 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
     /// Log in and remember the token for the other client commands.
     Login(cmd::client::LoginArgs),
+    /// End every session of the logged-in user and forget the saved token.
+    Logout,
     /// List and inspect agents.
     #[command(subcommand)]
     Agents(cmd::client::AgentsCmd),
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
             Command::Server(a) => cmd::server::run(a).await,
             Command::Agent(a) => cmd::agent::run(a).await,
             Command::Login(a) => cmd::client::login(a).await,
+            Command::Logout => cmd::client::logout().await,
             Command::Agents(a) => cmd::client::agents(a).await,
             Command::Exec(a) => cmd::client::exec(a).await,
             Command::Tasks(a) => cmd::client::tasks(a).await,

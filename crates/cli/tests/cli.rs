@@ -113,6 +113,24 @@ async fn login_list_exec() {
 
     let o = testbed(&cfg, &["tasks", "ls"], None);
     assert!(text(&o).contains("linux_system.run_shell"));
+
+    // The saved token is the user's alone; logout ends it on the server too.
+    use std::os::unix::fs::PermissionsExt;
+    let saved = cfg.join("credentials.json");
+    let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "credentials readable by others");
+    let token: serde_json::Value = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    let o = testbed(&cfg, &["logout"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!saved.exists());
+    let r = p
+        .http
+        .get(format!("{}/api/auth/me", p.url))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the logged-out token still works");
 }
 
 #[tokio::test]

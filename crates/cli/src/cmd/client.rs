@@ -52,6 +52,18 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn logout() -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    c.post_empty("/api/auth/logout").await?;
+    client::forget_credentials()
+        .with_context(|| format!("removing {}", client::credentials_path().display()))?;
+    println!(
+        "logged out of {}: every session of this user has ended",
+        c.server
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn read_line() -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
@@ -230,7 +242,7 @@ async fn follow_log(c: &Client, id: &str) -> anyhow::Result<()> {
         "authorization",
         HeaderValue::from_str(&format!("Bearer {}", c.token))?,
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+    let (mut ws, _) = crate::client::ws_connect(req)
         .await
         .context("opening the live log")?;
     let mut out = std::io::stdout();

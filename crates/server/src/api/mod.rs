@@ -99,6 +99,10 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError
     }))
 }
 
+/// Largest message a client may send on a read-only stream (task logs, live
+/// load metrics).
+pub const CLIENT_WS_MAX_MESSAGE: usize = 64 * 1024;
+
 /// Builds the router and the OpenAPI document.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body;

@@ -256,6 +256,7 @@ pub async fn create_plan(
 #[into_params(parameter_in = Query)]
 pub struct PlanFilter {
     /// Required: the project whose plans to list.
+    #[param(required = true, value_type = u64)]
     pub project_id: Option<String>,
 }
 
@@ -274,9 +275,12 @@ pub struct PlanItem {
 fn required_id(name: &str, value: Option<&str>) -> ApiResult<u64> {
     match value {
         None | Some("") => Err(ApiError::bad_request(format!("{name} is required"))),
+        // Ids are documented as int64, as they come from the store's counters.
         Some(s) => s
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("{name} must be an integer"))),
+            .parse::<u64>()
+            .ok()
+            .filter(|v| i64::try_from(*v).is_ok())
+            .ok_or_else(|| ApiError::bad_request(format!("{name} must be a non-negative integer"))),
     }
 }
 
@@ -772,6 +776,7 @@ pub async fn resume(
 #[into_params(parameter_in = Query)]
 pub struct ReportFilter {
     /// Required: the plan whose reports to list.
+    #[param(required = true, value_type = u64)]
     pub plan_id: Option<String>,
 }
 
@@ -874,6 +879,7 @@ pub async fn delete_report(
 #[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
     /// response_time, throughput, error_rate or system (default: all).
+    #[param(pattern = r"^(response_time|throughput|error_rate|system)$")]
     pub metric_type: Option<String>,
     /// Only the last this many seconds (default: the whole execution).
     pub time_range: Option<u64>,
@@ -1002,7 +1008,10 @@ pub async fn live(
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     load_execution(&state, &execution_id).await?;
-    Ok(ws.on_upgrade(move |socket| stream_live(state, execution_id, socket)))
+    Ok(ws
+        // Viewers only listen: anything they send is small or a mistake.
+        .max_message_size(crate::api::CLIENT_WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| stream_live(state, execution_id, socket)))
 }
 
 fn metrics_message(p: &perf::LivePoint) -> Value {

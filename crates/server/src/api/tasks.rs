@@ -49,7 +49,7 @@ pub struct ListQuery {
     pub agent: Option<String>,
     /// 1-based page number.
     #[serde(default = "one")]
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: usize,
     /// Items per page (1–1000).
     #[serde(default = "twenty")]
@@ -82,9 +82,9 @@ pub async fn list(
     _caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<TaskPage>> {
-    if q.page == 0 || q.page_size == 0 || q.page_size > 1000 {
+    if q.page == 0 || q.page > super::page::MAX_PAGE || q.page_size == 0 || q.page_size > 1000 {
         return Err(ApiError::bad_request(
-            "page must be ≥ 1 and page_size 1..=1000",
+            "page must be between 1 and 1000000 and page_size between 1 and 1000",
         ));
     }
     let all: Vec<(String, Task)> = records::list(&state.store, keys::TASKS, |_| true).await?;
@@ -307,7 +307,10 @@ pub async fn follow(
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     load(&state, &id).await?;
-    Ok(ws.on_upgrade(move |socket| stream_log(state, id, socket)))
+    Ok(ws
+        // Viewers only listen: anything they send is small or a mistake.
+        .max_message_size(crate::api::CLIENT_WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| stream_log(state, id, socket)))
 }
 
 async fn stream_log(state: AppState, id: Uuid, mut socket: WebSocket) {
