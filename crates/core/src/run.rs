@@ -16,6 +16,7 @@ use crate::plan::{PlanSpec, TargetSpec};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -24,7 +25,9 @@ pub struct TestCase {
     pub steps: Vec<String>,
     #[serde(default)]
     pub expected_result: String,
+    #[schema(pattern = r"\S")]
     pub plugin: String,
+    #[schema(pattern = r"\S")]
     pub method: String,
     /// Parameters; may reference `{{ env.NAME }}` of the environment.
     #[serde(default = "empty_object")]
@@ -33,8 +36,10 @@ pub struct TestCase {
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
+    #[schema(pattern = r"^[0-9]{1,9}(ns|us|ms|s|m|h|d|w)( ?[0-9]{1,9}(ns|us|ms|s|m|h|d|w))*$")]
     pub timeout: Option<String>,
     #[serde(default)]
+    #[schema(value_type = u64, maximum = 4294967295_u64)]
     pub retries: u32,
     #[serde(default = "crate::now")]
     pub created_at: DateTime<Utc>,
@@ -46,6 +51,7 @@ pub struct TestCase {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -66,6 +72,7 @@ pub struct Environment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Group {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
