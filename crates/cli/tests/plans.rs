@@ -549,18 +549,52 @@ async fn reserved_group_takes_no_other_work() {
             .contains("no agent matches group=lab"),
         "{waiting}"
     );
-    // Nor does a one-off task land there.
+    assert!(
+        waiting["steps"]["want"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("another run reserved"),
+        "{waiting}"
+    );
+    // Nor does a one-off task land there: it waits, queued, saying why.
+    let (s, b) = p
+        .post("/v2.1/testcases", json!({"plugin": "linux_system", "host": "local-1", "method": "run_shell", "parameters": {"command": "echo", "args": "after the reservation"}}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["status"], "queued", "{b}");
+    let one_off = b["task_id"].as_str().unwrap().to_string();
+    let t = p.task(&one_off).await;
+    assert_eq!(t["status"], "queued", "{t}");
+    let reason = t["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("group `lab` is reserved by run") && reason.contains(first.as_str()),
+        "{t}"
+    );
+    // It does not start while the reservation lasts.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(p.task(&one_off).await["status"], "queued");
+    // A held task can be cancelled like any queued one.
     let (s, b) = p
         .post("/v2.1/testcases", json!({"plugin": "linux_system", "host": "local-1", "method": "run_shell", "parameters": {"command": "true"}}))
         .await;
-    assert!(s == 422 || s == 409, "{s} {b}");
-    // Once the owner ends, the other run proceeds.
+    assert_eq!(s, 201, "{b}");
+    let dropped = b["task_id"].as_str().unwrap().to_string();
+    let (s, b) = p
+        .post(&format!("/api/tasks/{dropped}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(b["status"], "cancelled", "{b}");
+    // Once the owner ends, the other run proceeds and the one-off task runs.
     let done = p.wait_run(&first, Duration::from_secs(20)).await;
     assert_eq!(done["status"], "passed");
     let (_, g) = p.get("/api/groups/lab").await;
     assert!(g["reserved_by"].is_null(), "{g}");
     let later = p.wait_run(&second, Duration::from_secs(20)).await;
     assert_eq!(later["status"], "passed", "{later}");
+    let t = p.wait_task(&one_off, Duration::from_secs(20)).await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    assert!(t["reason"].is_null(), "{t}");
+    assert_eq!(p.log(&one_off).await, "after the reservation\n");
 }
 
 #[tokio::test]
