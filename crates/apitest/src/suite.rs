@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use testbed_core::plan::{locate, yaml_problem, Problem as PlanProblem};
+use testbed_core::plan::{load_problem, locate, Problem as PlanProblem};
 
 use crate::problem::Problem;
 
@@ -619,9 +619,10 @@ fn from_plan(p: PlanProblem) -> Problem {
     }
 }
 
-/// Parses YAML text into a JSON value, with the location of a syntax error.
+/// Parses YAML text into a JSON value, with the location of a syntax error,
+/// within the input limits of `testbed_core::yaml`.
 pub fn yaml_value(text: &str) -> Result<Value, Problem> {
-    serde_norway::from_str::<Value>(text).map_err(|e| from_plan(yaml_problem(&e)))
+    testbed_core::yaml::from_str::<Value>(text).map_err(|e| from_plan(load_problem(&e)))
 }
 
 /// Parses and checks a suite. `file` names it in messages and anchors its

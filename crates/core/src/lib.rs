@@ -13,6 +13,7 @@ pub mod schema;
 pub mod task;
 pub mod template;
 pub mod user;
+pub mod yaml;
 
 /// Current time as an RFC 3339 timestamp in UTC, the format of every time
 /// field Testbed stores or returns.

@@ -400,7 +400,7 @@ impl std::fmt::Display for Problem {
 
 /// Parses a plan from YAML (or JSON, which is YAML) and checks it.
 pub fn parse(text: &str) -> Result<PlanSpec, Vec<Problem>> {
-    let spec: PlanSpec = serde_norway::from_str(text).map_err(|e| vec![yaml_problem(&e)])?;
+    let spec: PlanSpec = crate::yaml::from_str(text).map_err(|e| vec![load_problem(&e)])?;
     let mut problems = check(&spec);
     if !problems.is_empty() {
         locate(text, &mut problems);
@@ -427,6 +427,20 @@ pub fn yaml_problem(e: &serde_norway::Error) -> Problem {
         line: loc.as_ref().map(|l| l.line()),
         column: loc.as_ref().map(|l| l.column()),
         message,
+    }
+}
+
+/// A bounded-load error (a broken input limit, or YAML syntax or shape) as a
+/// problem at its line and column.
+pub fn load_problem(e: &crate::yaml::Error) -> Problem {
+    match e {
+        crate::yaml::Error::Yaml(e) => yaml_problem(e),
+        crate::yaml::Error::Limit(l) => Problem {
+            path: String::new(),
+            line: Some(l.line),
+            column: Some(l.column),
+            message: l.kind.to_string(),
+        },
     }
 }
 

@@ -479,7 +479,7 @@ impl Parser {
 
     fn end_yaml(&mut self) {
         let Some(y) = self.yaml.take() else { return };
-        match serde_norway::from_str::<serde_norway::Value>(&y.text) {
+        match testbed_core::yaml::from_str::<serde_norway::Value>(&y.text) {
             Ok(value) => {
                 if let Some(case) = y.case.and_then(|i| self.cases.get_mut(i)) {
                     if case.message.is_none() && case.outcome.is_failure() {

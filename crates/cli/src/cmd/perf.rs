@@ -65,14 +65,14 @@ pub async fn perf(cmd: PerfCmd) -> anyhow::Result<ExitCode> {
     let PerfCmd::Run(args) = cmd;
     let text = std::fs::read_to_string(&args.plan)
         .with_context(|| format!("reading {}", args.plan.display()))?;
-    let file: PlanFile = match serde_norway::from_str(&text) {
+    let file: PlanFile = match testbed_core::yaml::from_str(&text) {
         Ok(f) => f,
         Err(e) => {
             let at = e
                 .location()
-                .map(|l| format!("{}:{}: ", l.line(), l.column()))
+                .map(|(l, c)| format!("{l}:{c}: "))
                 .unwrap_or_default();
-            eprintln!("{}:{at}{e}", args.plan.display());
+            eprintln!("{}:{at}{}", args.plan.display(), e.message());
             return Ok(ExitCode::from(2));
         }
     };
