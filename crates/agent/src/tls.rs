@@ -18,7 +18,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{ring as provider, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+pub use rustls::ClientConfig;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use thiserror::Error;
 
 use crate::config::AgentConfig;
@@ -124,13 +125,28 @@ pub fn client_config(config: &AgentConfig) -> Result<Option<Arc<ClientConfig>>, 
     if let Some(tls) = &config.tls {
         return Ok(Some(tls.0.clone()));
     }
-    if !config.server.starts_with("https://") {
+    trust(
+        &config.server,
+        config.ca_file.as_deref(),
+        config.server_fingerprint.as_deref(),
+    )
+}
+
+/// The configuration for `server` given a CA file or a pinned fingerprint
+/// (the fingerprint wins), else the public roots; `None` for `http://`.
+/// The command-line client uses it too.
+pub fn trust(
+    server: &str,
+    ca_file: Option<&Path>,
+    fingerprint: Option<&str>,
+) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+    if !server.starts_with("https://") {
         return Ok(None);
     }
     let builder = ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let config = if let Some(fp) = &config.server_fingerprint {
+    let config = if let Some(fp) = fingerprint {
         let pin = parse_fingerprint(fp)?;
         builder
             .dangerous()
@@ -138,11 +154,11 @@ pub fn client_config(config: &AgentConfig) -> Result<Option<Arc<ClientConfig>>, 
             .with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
-        match &config.ca_file {
+        match ca_file {
             Some(path) => {
                 for cert in read_certs(path)? {
                     roots.add(cert).map_err(|e| TlsError::Pem {
-                        path: path.clone(),
+                        path: path.to_path_buf(),
                         message: e.to_string(),
                     })?;
                 }

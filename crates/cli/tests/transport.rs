@@ -391,6 +391,45 @@ async fn agents_join_over_tls_only_when_they_trust_the_server() {
     assert_eq!(t["status"], "succeeded", "{t}");
     assert!(p.log(&id).await.contains("over tls"));
 
+    // The command-line client trusts the CA given by TESTBED_CA_FILE, for
+    // HTTP and for the WebSocket that follows the log.
+    let cli = |ca: Option<&Path>, args: &[&str]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .env("TESTBED_SERVER", &p.url)
+            .env("TESTBED_TOKEN", &p.token)
+            .env("TESTBED_CONFIG_DIR", dir.path().join("cli"))
+            .env_remove("TESTBED_SERVER_FINGERPRINT");
+        match ca {
+            Some(ca) => cmd.env("TESTBED_CA_FILE", ca),
+            None => cmd.env_remove("TESTBED_CA_FILE"),
+        };
+        cmd.output().unwrap()
+    };
+    let o = cli(
+        Some(&ca_file),
+        &[
+            "exec",
+            "--host",
+            "tls-ca",
+            "--",
+            "echo",
+            "followed over wss",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "followed over wss\n");
+    let o = cli(None, &["agents", "ls", "--json"]);
+    assert!(
+        !o.status.success(),
+        "the public roots must not trust a private CA"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     // An agent trusting another CA is refused, and says why.
     let other_file = other.pem();
     let wrong_ca = agent(

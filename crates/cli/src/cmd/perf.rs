@@ -106,9 +106,11 @@ pub async fn perf(cmd: PerfCmd) -> anyhow::Result<ExitCode> {
         "execution {} of plan {plan_id}",
         started["execution_id"].as_str().unwrap_or("?")
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .context("opening live metrics")?;
+    let (mut ws, _) = crate::client::ws_connect(
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)?,
+    )
+    .await
+    .context("opening live metrics")?;
     let mut report_id: Option<u64> = None;
     let mut second = 0u64;
     while let Some(msg) = ws.next().await {

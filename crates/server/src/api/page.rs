@@ -10,11 +10,17 @@ use crate::error::{ApiError, ApiResult};
 pub struct PageQuery {
     /// 1-based page number.
     #[serde(default = "one")]
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: usize,
     /// Items per page (1–1000).
     #[serde(default = "twenty")]
+    #[param(minimum = 1, maximum = 1000)]
     pub page_size: usize,
 }
+
+/// Highest page number accepted: enough for any list, and small enough that
+/// the document can state it exactly.
+pub const MAX_PAGE: usize = 1_000_000;
 
 fn one() -> usize {
     1
@@ -33,9 +39,9 @@ pub struct Page<T> {
 
 impl PageQuery {
     pub fn check(&self) -> ApiResult<()> {
-        if self.page == 0 || self.page_size == 0 || self.page_size > 1000 {
+        if self.page == 0 || self.page > MAX_PAGE || self.page_size == 0 || self.page_size > 1000 {
             return Err(ApiError::bad_request(
-                "page must be ≥ 1 and page_size between 1 and 1000",
+                "page must be between 1 and 1000000 and page_size between 1 and 1000",
             ));
         }
         Ok(())
@@ -45,7 +51,8 @@ impl PageQuery {
         let total = items.len();
         let results = items
             .into_iter()
-            .skip((self.page - 1) * self.page_size)
+            // Saturating: a page far past the end is empty, not an overflow.
+            .skip((self.page - 1).saturating_mul(self.page_size))
             .take(self.page_size)
             .collect();
         Page {

@@ -35,6 +35,7 @@ pub struct Project {
 /// Body of create and update.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ProjectInput {
+    #[schema(pattern = r"\S", max_length = 200)]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -50,7 +51,7 @@ pub struct Message {
 /// by projects and performance plans.
 pub(crate) fn name_and_description(body: &Value, errs: &mut Vec<FieldError>) -> (String, String) {
     let name = match body.get("name") {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => s.clone(),
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= 200 => s.clone(),
         Some(Value::String(_)) => {
             errs.push(fe("/name", "must be 1–200 characters"));
             String::new()
