@@ -42,6 +42,11 @@ const LOG_FLUSH: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a task runs before the agent reports it started.
 const STARTED_AFTER: Duration = Duration::from_millis(5);
+/// How often the fence looks at the time since the server was last heard.
+const FENCE_CHECK: Duration = Duration::from_millis(100);
+/// The error of a task the fence killed.
+const FENCED: &str = "killed by its agent: the server was out of reach for over half \
+     the agent's lease, so the task could be declared lost and run elsewhere";
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -76,6 +81,14 @@ struct Identity {
     uuid: Option<Uuid>,
 }
 
+/// When the server was last heard from, and the lease it gave: what the
+/// fence measures.
+#[derive(Default)]
+struct Contact {
+    at: Option<Instant>,
+    lease_ttl: Option<Duration>,
+}
+
 enum Entry {
     Running {
         cancel: CancellationToken,
@@ -103,6 +116,9 @@ struct Shared {
     identity: Mutex<Identity>,
     credential: Mutex<Option<String>>,
     slots: Arc<Semaphore>,
+    contact: Mutex<Contact>,
+    /// Tasks the fence killed, so their outcome says why.
+    fenced: Mutex<HashSet<Uuid>>,
 }
 
 /// A configured agent, ready to [`Agent::run`].
@@ -120,6 +136,20 @@ impl Agent {
     /// Loads plugins and identity. Fails on an unknown plugin name, a broken
     /// exec plugin or an unusable state directory.
     pub async fn build(config: AgentConfig) -> Result<Agent, AgentError> {
+        // Task groups that outlived an earlier run of this agent (their
+        // watchers died with it) are killed before anything new starts.
+        let groups = config.state_dir.join("groups");
+        let reaped = testbed_lifeline::reap(&groups).map_err(|source| AgentError::State {
+            path: groups.clone(),
+            source,
+        })?;
+        for r in reaped {
+            tracing::warn!(agent = %config.name, pgid = r.pgid, "killed a task process group left over from an earlier run");
+        }
+        testbed_lifeline::record_in(&groups).map_err(|source| AgentError::State {
+            path: groups.clone(),
+            source,
+        })?;
         let mut loaded: BTreeMap<String, DynPlugin> = BTreeMap::new();
         let exec = match &config.plugin_dir {
             Some(dir) => plugins::load_exec_plugins(dir)
@@ -201,6 +231,8 @@ impl Agent {
                 identity: Mutex::new(identity),
                 credential: Mutex::new(None),
                 slots,
+                contact: Mutex::new(Contact::default()),
+                fenced: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -217,6 +249,7 @@ impl Agent {
     /// Serves the server until `shutdown` fires, reconnecting with
     /// exponential back-off (with jitter) whenever the connection drops.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let fence = tokio::spawn(self.clone().fence());
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = Instant::now();
@@ -241,6 +274,7 @@ impl Agent {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        fence.abort();
         // Running tasks do not outlive the agent: kill their process groups.
         for entry in lock(&self.shared.tasks).values() {
             if let Entry::Running { cancel, .. } = entry {
@@ -339,10 +373,12 @@ impl Agent {
                     uuid,
                     credential,
                     heartbeat_secs,
+                    lease_ttl_secs,
                     id,
                     ..
                 }) => {
                     tracing::info!(agent = %cfg.name, %uuid, id, "connected to {}", cfg.server);
+                    self.heard_from_server(Some(Duration::from_secs(lease_ttl_secs.max(1))));
                     *lock(&self.shared.credential) = Some(credential);
                     let changed = {
                         let mut ident = lock(&self.shared.identity);
@@ -379,6 +415,10 @@ impl Agent {
         let mut sampler = (!cfg.simulated).then(Sampler::new);
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Pings between heartbeats: the pongs show the server still answers,
+        // so only a real silence trips the fence.
+        let mut ping = tokio::time::interval((heartbeat / 4).max(Duration::from_millis(100)));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -393,13 +433,18 @@ impl Agent {
                         return Ok(SessionEnd::Disconnected(e.to_string()));
                     }
                 }
+                _ = ping.tick() => {
+                    if let Err(e) = sink.send(Message::Ping(Default::default())).await {
+                        return Ok(SessionEnd::Disconnected(e.to_string()));
+                    }
+                }
                 out = rx.recv() => {
                     let Some(msg) = out else { continue };
                     if let Err(e) = send(&mut sink, &msg).await {
                         return Ok(SessionEnd::Disconnected(e.to_string()));
                     }
                 }
-                incoming = stream.next() => match incoming {
+                incoming = stream.next() => match self.heard(incoming) {
                     Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
                         Ok(msg) => self.handle(msg, &tx),
                         Err(e) => tracing::warn!("ignoring unreadable server message: {e}"),
@@ -411,6 +456,56 @@ impl Agent {
                     Some(Err(e)) => return Ok(SessionEnd::Disconnected(e.to_string())),
                     None => return Ok(SessionEnd::Disconnected("connection closed".into())),
                 },
+            }
+        }
+    }
+
+    fn heard_from_server(&self, lease_ttl: Option<Duration>) {
+        let mut contact = lock(&self.shared.contact);
+        contact.at = Some(Instant::now());
+        if lease_ttl.is_some() {
+            contact.lease_ttl = lease_ttl;
+        }
+    }
+
+    /// Notes that the server spoke (any frame, pongs included).
+    fn heard<T, E>(&self, incoming: Option<Result<T, E>>) -> Option<Result<T, E>> {
+        if matches!(incoming, Some(Ok(_))) {
+            self.heard_from_server(None);
+        }
+        incoming
+    }
+
+    /// Kills the running tasks once the server has been silent for half the
+    /// lease it gave. By the time the lease runs out the server calls them
+    /// lost and may run them again elsewhere: the two attempts must never
+    /// overlap, and an outcome that cannot be reported in time is no use.
+    async fn fence(self) {
+        let mut check = tokio::time::interval(FENCE_CHECK);
+        loop {
+            check.tick().await;
+            let silent = {
+                let contact = lock(&self.shared.contact);
+                match (contact.at, contact.lease_ttl) {
+                    (Some(at), Some(ttl)) if at.elapsed() > ttl / 2 => Some(at.elapsed()),
+                    _ => None,
+                }
+            };
+            let Some(silent) = silent else { continue };
+            let tasks = lock(&self.shared.tasks);
+            let mut fenced = lock(&self.shared.fenced);
+            for (id, entry) in tasks.iter() {
+                if let Entry::Running { cancel, .. } = entry {
+                    if fenced.insert(*id) {
+                        tracing::warn!(
+                            agent = %self.shared.config.name,
+                            task_id = %id,
+                            "no word from the server for {} ms, over half the lease: killing the task",
+                            silent.as_millis()
+                        );
+                        cancel.cancel();
+                    }
+                }
             }
         }
     }
@@ -613,6 +708,16 @@ impl Agent {
                     }
                 }
             }
+        };
+        // A fenced task's own ending (cancelled, killed by a signal) would
+        // hide why it stopped; one that got to succeed keeps its result.
+        let fenced = lock(&self.shared.fenced).remove(&id);
+        let result = match result {
+            Ok(out) if fenced && out.status != TaskStatus::Succeeded => {
+                Err(PluginError::Failed(FENCED.into()))
+            }
+            Err(_) if fenced => Err(PluginError::Failed(FENCED.into())),
+            other => other,
         };
         let (status, exit_code, value, error) = match result {
             Ok(out) => (out.status, out.exit_code, Some(out.result), None),
