@@ -6,7 +6,10 @@
 //! session is current. After a reconnect the agent replays that state: logs
 //! from offset 0 (the server merges overlapping chunks) and results until the
 //! server acknowledges them. So a server restart or a network cut between
-//! agent and server costs nothing but time.
+//! agent and server costs nothing but time, if it is shorter than half the
+//! lease TTL. After that the agent kills its running tasks (the fence): the
+//! server will soon call them lost and may run them elsewhere, and two
+//! attempts of one task must never overlap.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
