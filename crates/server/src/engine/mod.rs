@@ -9,9 +9,9 @@
 //! instead of starting a second one: no step is lost and none runs twice.
 
 pub mod report;
-pub mod targets;
 #[cfg(test)]
-mod watch_tests;
+mod resilience_tests;
+pub mod targets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -1,5 +1,8 @@
-//! The engine's watches break — compacted history, a watch that cannot be
-//! opened, a stream that ends — and runs still move to the end.
+//! Crashes and faults, in process: the engine's watches break (compacted
+//! history, a watch that cannot be opened, a stream that ends) and runs
+//! still move; tasks are `lost` only once their agent's lease is gone, a
+//! late result still settles them, and lost steps are retried within
+//! `retries` — on the same agent once it is back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -106,7 +109,8 @@ fn state_over(store: DynStore, dir: &std::path::Path) -> AppState {
     }))
 }
 
-async fn add_agent(state: &AppState) {
+/// Registers a live agent; returns its uuid and the lease of its liveness.
+async fn add_agent(state: &AppState) -> (Uuid, LeaseId) {
     let uuid = Uuid::new_v4();
     let record = AgentRecord {
         kind: AgentRecord::KIND.into(),
@@ -152,6 +156,7 @@ async fn add_agent(state: &AppState) {
     crate::records::put(&state.store, &keys::agent_alive(&uuid), &alive, Some(lease))
         .await
         .unwrap();
+    (uuid, lease)
 }
 
 /// Plays the agent: every queued task succeeds at once.
@@ -287,4 +292,179 @@ async fn runs_move_while_the_engine_watches_break() {
     stop.cancel();
     engine.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn temp_state() -> (AppState, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("testbed-engine-{}", Uuid::new_v4()));
+    let store = RedbStore::open(dir.join("s.redb")).unwrap();
+    (state_over(Arc::new(store), &dir), dir)
+}
+
+async fn task(state: &AppState, id: Uuid) -> Task {
+    crate::records::get::<Task>(&state.store, &keys::task(&id))
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+}
+
+fn succeeded() -> TaskOutcome {
+    TaskOutcome {
+        status: TaskStatus::Succeeded,
+        exit_code: Some(0),
+        result: None,
+        error: None,
+        started_at: Some(testbed_core::now()),
+        finished_at: testbed_core::now(),
+        log_bytes: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_only_once_the_lease_is_gone_and_a_late_result_still_settles() {
+    let (state, dir) = temp_state();
+    let (agent, lease) = add_agent(&state).await;
+    let id = Uuid::new_v4();
+    let t = Task {
+        kind: Task::KIND.into(),
+        v: 1,
+        id,
+        plugin: "linux_system".into(),
+        method: "run_shell".into(),
+        parameters: serde_json::json!({}),
+        host: "sim".into(),
+        agent_uuid: agent,
+        agent_name: "sim".into(),
+        status: TaskStatus::Queued,
+        exit_code: None,
+        result: None,
+        error: None,
+        created_by: "test".into(),
+        created_at: testbed_core::now(),
+        started_at: None,
+        finished_at: None,
+        cancel_requested: false,
+        artifacts: Vec::new(),
+        log_bytes: 0,
+        run: None,
+        reason: None,
+    };
+    crate::dispatch::create(&state, &t).await.unwrap();
+    crate::dispatch::started(&state, id, testbed_core::now())
+        .await
+        .unwrap();
+
+    // Silent, but its lease holds: the agent may still be running it.
+    crate::controller::sweep_lost(&state).await.unwrap();
+    assert_eq!(task(&state, id).await.status, TaskStatus::Running);
+
+    // The lease is gone: now, and only now, the outcome is unknown.
+    state.store.revoke_lease(lease).await.unwrap();
+    crate::controller::sweep_lost(&state).await.unwrap();
+    let lost = task(&state, id).await;
+    assert_eq!(lost.status, TaskStatus::Lost);
+    assert!(lost.error.unwrap().contains("outcome is unknown"));
+    assert!(state
+        .store
+        .get(&keys::assign(&agent, &id))
+        .await
+        .unwrap()
+        .is_none());
+
+    // The agent comes back and reports: the result stands.
+    crate::dispatch::settle(&state, id, succeeded())
+        .await
+        .unwrap();
+    let settled = task(&state, id).await;
+    assert_eq!(settled.status, TaskStatus::Succeeded);
+    assert_eq!(settled.exit_code, Some(0));
+    // And it is settled once: a second (resent) result changes nothing.
+    let mut again = succeeded();
+    again.status = TaskStatus::Failed;
+    crate::dispatch::settle(&state, id, again).await.unwrap();
+    assert_eq!(task(&state, id).await.status, TaskStatus::Succeeded);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs a one-step plan on one agent whose first attempt is lost (its
+/// agent restarted) and returns the finished run.
+async fn lose_first_attempt(retries: u32) -> Run {
+    let (state, dir) = temp_state();
+    add_agent(&state).await;
+    let plan = format!("name: once\nsteps:\n  - id: s\n    plugin: linux_system\n    method: run_shell\n    retries: {retries}\n    params: {{command: \"true\"}}\n");
+    let spec = testbed_core::plan::parse(&plan).unwrap();
+    let run = super::create_run(&state, spec, None, Default::default(), None, "test")
+        .await
+        .unwrap();
+    let lease = state
+        .store
+        .grant_lease(Duration::from_secs(600))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let engine = tokio::spawn(super::drive(state.clone(), lease, stop.clone()));
+    let first = super::task_id(&run.id, "s", 0, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lost_it = false;
+    let done = loop {
+        if !lost_it {
+            if let Some((t, _)) = crate::records::get::<Task>(&state.store, &keys::task(&first))
+                .await
+                .unwrap()
+            {
+                crate::dispatch::started(&state, t.id, testbed_core::now())
+                    .await
+                    .unwrap();
+                crate::dispatch::finish_without_agent(
+                    &state,
+                    t.id,
+                    TaskStatus::Lost,
+                    "lost: its agent restarted while the task ran; the outcome is unknown",
+                )
+                .await
+                .unwrap();
+                lost_it = true;
+            }
+        } else {
+            complete_queued(&state).await;
+        }
+        let (r, _) = crate::records::get::<Run>(&state.store, &keys::run(&run.id))
+            .await
+            .unwrap()
+            .unwrap();
+        if r.status.is_terminal() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "run stuck: {:?}", r.steps);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.cancel();
+    engine.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_step_is_retried_on_its_agent_once_it_is_back() {
+    let run = lose_first_attempt(1).await;
+    assert_eq!(run.status, RunStatus::Passed, "{:?}", run.steps);
+    let inst = &run.steps["s"].instances[0];
+    assert_eq!(inst.attempt, 2);
+    assert_eq!(inst.previous.len(), 1);
+    assert_eq!(inst.status, testbed_core::run::StepStatus::Passed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_step_without_retries_ends_lost() {
+    let run = lose_first_attempt(0).await;
+    assert_eq!(run.status, RunStatus::Failed, "{:?}", run.steps);
+    let st = &run.steps["s"];
+    assert_eq!(st.status, testbed_core::run::StepStatus::Lost);
+    assert!(
+        st.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("restarted"),
+        "{st:?}"
+    );
 }
