@@ -59,7 +59,7 @@ pub struct Environment {
     #[schema(value_type = Object)]
     pub variables: BTreeMap<String, Value>,
     /// Agents of this environment (a host, agent, group or labels).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "selector_object")]
     pub selector: Option<TargetSpec>,
     #[serde(default = "crate::now")]
     pub created_at: DateTime<Utc>,
@@ -85,6 +85,26 @@ pub struct Group {
 pub struct GroupLock {
     pub run_id: Uuid,
     pub since: DateTime<Utc>,
+}
+
+/// A selector only as the object the API documents: serde would also read a
+/// struct from an array of its fields in order (`[null, "vm"]`).
+fn selector_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TargetSpec>, D::Error> {
+    fn objects_only(v: &Value, path: &str) -> Result<(), String> {
+        match v {
+            Value::Null => Ok(()),
+            Value::Object(m) => match m.get("each") {
+                Some(each) => objects_only(each, &format!("{path}.each")),
+                None => Ok(()),
+            },
+            _ => Err(format!(
+                "{path} must be an object (host, agent, group, labels or each)"
+            )),
+        }
+    }
+    let v = Value::deserialize(d)?;
+    objects_only(&v, "selector").map_err(serde::de::Error::custom)?;
+    serde_json::from_value(v).map_err(serde::de::Error::custom)
 }
 
 fn empty_object() -> Value {
@@ -273,4 +293,28 @@ pub struct ReportRecord {
     pub xpassed: usize,
     pub duration_ms: u64,
     pub ok: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Environment;
+
+    #[test]
+    fn selector_is_an_object_only() {
+        let ok: Environment =
+            serde_json::from_str(r#"{"name":"e","selector":{"each":{"group":"lab"}}}"#).unwrap();
+        assert_eq!(
+            ok.selector.unwrap().each.unwrap().group.as_deref(),
+            Some("lab")
+        );
+        for bad in [
+            r#"{"name":"e","selector":[null,"vm"]}"#,
+            r#"{"name":"e","selector":{"each":[null,null]}}"#,
+        ] {
+            let err = serde_json::from_str::<Environment>(bad).unwrap_err();
+            assert!(err.to_string().contains("must be an object"), "{err}");
+        }
+        let none: Environment = serde_json::from_str(r#"{"name":"e","selector":null}"#).unwrap();
+        assert!(none.selector.is_none());
+    }
 }
