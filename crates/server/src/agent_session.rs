@@ -199,10 +199,24 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
     state.hub.detach(uuid, session);
     match end {
         // The agent said goodbye: it is gone now, not one TTL from now.
-        End::Closed => {
-            let _ = state.store.revoke_lease(lease).await;
-            tracing::info!(agent = %record.name, "agent disconnected");
-        }
+        // The agent said goodbye. With nothing outstanding it is gone now,
+        // not one TTL from now. With tasks outstanding the lease is kept: the
+        // agent stops them as it exits, and a task is declared lost (and a
+        // step may retry it elsewhere) only once the lease has run out, so a
+        // retry never overlaps a task still being stopped.
+        End::Closed => match dispatch::outstanding(&state, &uuid).await {
+            Ok(0) => {
+                let _ = state.store.revoke_lease(lease).await;
+                tracing::info!(agent = %record.name, "agent disconnected");
+            }
+            Ok(n) => tracing::info!(
+                agent = %record.name,
+                "agent disconnected with {n} task(s) outstanding; they are lost in {ttl} s unless it reconnects"
+            ),
+            Err(e) => {
+                tracing::warn!(agent = %record.name, "agent disconnected; counting its tasks: {e}")
+            }
+        },
         End::Dropped | End::Shutdown | End::Replaced => {
             tracing::info!(agent = %record.name, "agent connection lost; lease runs out in {ttl} s unless it reconnects");
         }
