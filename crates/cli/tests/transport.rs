@@ -648,3 +648,50 @@ async fn up_refuses_plain_http_on_a_public_address_unless_insecure() {
     let t = p.wait_task(&id, Duration::from_secs(30)).await;
     assert_eq!(t["status"], "succeeded", "{t}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_low_open_file_limit_lowers_the_connection_limit_instead_of_running_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // 400 descriptors: without the clamp, a 600-connection flood would hit
+    // EMFILE and take the store, the logs and /healthz down with it.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -n 400 && exec \"$0\" server --listen 127.0.0.1:{port} --store redb:{} \
+             --blobs {} --header-read-timeout 3",
+            dir.path().join("s.redb").display(),
+            dir.path().join("blobs").display()
+        ))
+        .arg(bin())
+        .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
+    let proc = Proc::spawn("server ulimit 400", cmd);
+    let line = proc.wait_line("connection limit lowered", Duration::from_secs(60));
+    assert!(line.contains("from 10000 to 144"), "{line}");
+    let url = format!("http://127.0.0.1:{port}");
+    proc.wait_line("Testbed is listening on", Duration::from_secs(10));
+
+    let flood: Vec<TcpStream> = (0..600).map(|_| half_sent(port)).collect();
+    let refused = flood
+        .iter()
+        .filter(|s| closed_within(s, Duration::from_millis(20)))
+        .count();
+    assert!(refused >= 600 - 144, "{refused} closed at once");
+
+    // The server is still there, and serves again after the deadline.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if healthz_within(&url, Duration::from_secs(1)).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz did not recover after the flood"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let http = reqwest::Client::new();
+    let token = login(&http, &url, "admin", ADMIN_PASSWORD).await;
+    assert!(!token.is_empty());
+}

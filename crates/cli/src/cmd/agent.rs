@@ -80,6 +80,16 @@ impl AgentArgs {
         if let Some(path) = &self.token_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("--token-file: reading {}", path.display()))?;
+            if let Ok(meta) = std::fs::metadata(path) {
+                use std::os::unix::fs::PermissionsExt;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        "--token-file: {} is readable by other users (mode {:o}); chmod 600 it",
+                        path.display(),
+                        meta.permissions().mode() & 0o777
+                    );
+                }
+            }
             let token = text.trim();
             if token.is_empty() {
                 anyhow::bail!("--token-file: {} is empty", path.display());

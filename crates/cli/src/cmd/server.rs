@@ -107,6 +107,19 @@ impl ConnArgs {
     }
 }
 
+/// Every address `listen` names is a loopback one. A name that does not
+/// resolve counts as not loopback: the bind will report it.
+pub fn is_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match listen.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
 pub fn default_blobs(store: &str) -> PathBuf {
     match store.strip_prefix("redb:") {
         Some(path) => PathBuf::from(path)
@@ -170,6 +183,13 @@ pub fn print_banner(server: &testbed_server::Server) {
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let server = start(&args).await?;
+    if server.tls.is_none() && !is_loopback(&args.listen) {
+        tracing::warn!(
+            "serving plain HTTP on {}: the join token, logins, commands and logs cross the \
+             network in clear text; give --tls-cert and --tls-key (docs/security.md)",
+            args.listen
+        );
+    }
     print_banner(&server);
     super::terminated().await;
     println!("shutting down");

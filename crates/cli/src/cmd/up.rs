@@ -45,21 +45,8 @@ pub struct UpArgs {
     pub insecure: bool,
 }
 
-/// Every address `listen` names is a loopback one. A name that does not
-/// resolve counts as not loopback: the bind will report it.
-fn is_loopback(listen: &str) -> bool {
-    use std::net::ToSocketAddrs;
-    match listen.to_socket_addrs() {
-        Ok(addrs) => {
-            let addrs: Vec<_> = addrs.collect();
-            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
-        }
-        Err(_) => false,
-    }
-}
-
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
-    if args.conn.tls_cert.is_none() && !args.insecure && !is_loopback(&args.listen) {
+    if args.conn.tls_cert.is_none() && !args.insecure && !super::server::is_loopback(&args.listen) {
         anyhow::bail!(
             "--listen {} is reachable from other hosts and would serve plain HTTP: the join \
              token, logins and every command would cross the network in clear text. Give \
