@@ -45,8 +45,11 @@ const LOG_FLUSH: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a task runs before the agent reports it started.
 const STARTED_AFTER: Duration = Duration::from_millis(5);
-/// How often the fence looks at the time since the server was last heard.
-const FENCE_CHECK: Duration = Duration::from_millis(100);
+/// How often the fence looks at the time since the server was last heard,
+/// before the lease is known; then a twentieth of the lease, at least
+/// [`FENCE_CHECK_MIN`]. Cheap, but a thousand simulated agents share a host.
+const FENCE_CHECK: Duration = Duration::from_millis(500);
+const FENCE_CHECK_MIN: Duration = Duration::from_millis(100);
 /// The error of a task the fence killed.
 const FENCED: &str = "killed by its agent: the server was out of reach for over half \
      the agent's lease, so the task could be declared lost and run elsewhere";
@@ -420,7 +423,7 @@ impl Agent {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Pings between heartbeats: the pongs show the server still answers,
         // so only a real silence trips the fence.
-        let mut ping = tokio::time::interval((heartbeat / 4).max(Duration::from_millis(100)));
+        let mut ping = tokio::time::interval((heartbeat / 2).max(Duration::from_millis(100)));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -484,32 +487,39 @@ impl Agent {
     /// lost and may run them again elsewhere: the two attempts must never
     /// overlap, and an outcome that cannot be reported in time is no use.
     async fn fence(self) {
-        let mut check = tokio::time::interval(FENCE_CHECK);
         loop {
-            check.tick().await;
-            let silent = {
+            let (silent, check) = {
                 let contact = lock(&self.shared.contact);
+                let check = contact
+                    .lease_ttl
+                    .map_or(FENCE_CHECK, |ttl| (ttl / 20).max(FENCE_CHECK_MIN));
                 match (contact.at, contact.lease_ttl) {
-                    (Some(at), Some(ttl)) if at.elapsed() > ttl / 2 => Some(at.elapsed()),
-                    _ => None,
+                    (Some(at), Some(ttl)) if at.elapsed() > ttl / 2 => (Some(at.elapsed()), check),
+                    _ => (None, check),
                 }
             };
-            let Some(silent) = silent else { continue };
-            let tasks = lock(&self.shared.tasks);
-            let mut fenced = lock(&self.shared.fenced);
-            for (id, entry) in tasks.iter() {
-                if let Entry::Running { cancel, .. } = entry {
-                    if fenced.insert(*id) {
-                        tracing::warn!(
-                            agent = %self.shared.config.name,
-                            task_id = %id,
-                            "no word from the server for {} ms, over half the lease: killing the task",
-                            silent.as_millis()
-                        );
-                        cancel.cancel();
+            let Some(silent) = silent else {
+                tokio::time::sleep(check).await;
+                continue;
+            };
+            {
+                let tasks = lock(&self.shared.tasks);
+                let mut fenced = lock(&self.shared.fenced);
+                for (id, entry) in tasks.iter() {
+                    if let Entry::Running { cancel, .. } = entry {
+                        if fenced.insert(*id) {
+                            tracing::warn!(
+                                agent = %self.shared.config.name,
+                                task_id = %id,
+                                "no word from the server for {} ms, over half the lease: killing the task",
+                                silent.as_millis()
+                            );
+                            cancel.cancel();
+                        }
                     }
                 }
             }
+            tokio::time::sleep(FENCE_CHECK_MIN).await;
         }
     }
 
