@@ -695,3 +695,62 @@ async fn a_low_open_file_limit_lowers_the_connection_limit_instead_of_running_ou
     let token = login(&http, &url, "admin", ADMIN_PASSWORD).await;
     assert!(!token.is_empty());
 }
+
+/// A half-sent request from `from` (any 127.0.0.0/8 address is local).
+async fn half_sent_from(from: &str, port: u16) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let stream = sock
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .expect("connect");
+    let mut s = stream.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("send");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_cannot_take_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::server_in(
+        dir.path(),
+        &[
+            "--max-connections",
+            "100",
+            "--max-connections-per-address",
+            "20",
+            "--header-read-timeout",
+            "5",
+        ],
+    )
+    .await;
+    let port: u16 = p.url.rsplit(':').next().unwrap().parse().unwrap();
+
+    let mut attack = Vec::new();
+    for _ in 0..60 {
+        attack.push(half_sent_from("127.0.0.2", port).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let opened = Instant::now();
+    let refused = attack
+        .iter()
+        .filter(|s| closed_within(s, Duration::from_millis(20)))
+        .count();
+    assert_eq!(refused, 40, "beyond 20 from one address, closed at once");
+    p.proc.wait_line(
+        "per-address connection limit reached",
+        Duration::from_secs(5),
+    );
+    // Everyone else is served while the attacker's 20 are held.
+    for _ in 0..5 {
+        healthz_within(&p.url, Duration::from_secs(1))
+            .await
+            .expect("/healthz from another address");
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(4),
+        "the checks above must run while the attack is held"
+    );
+}

@@ -135,6 +135,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     let shutdown = CancellationToken::new();
     let limits = listen::Limits {
         max_connections: listen::effective_max_connections(config.settings.max_connections),
+        max_connections_per_address: config.settings.max_connections_per_address.max(1),
         header_read_timeout: config.settings.header_read_timeout,
     };
     if limits.max_connections < config.settings.max_connections {

@@ -10,11 +10,12 @@
 //! the same timer runs while a keep-alive connection waits for its next
 //! request, so it is also the idle timeout.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,9 @@ pub struct Limits {
     /// Connections open at once (WebSockets included); further ones are
     /// closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Connections open at once from one peer address, so that a single
+    /// source cannot take every slot.
+    pub max_connections_per_address: usize,
     /// Time a connection has to deliver a complete request header, counted
     /// from its opening (TLS handshake included) or from its previous
     /// response.
@@ -77,10 +81,12 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     let mut conns = JoinSet::new();
     let mut backoff = Duration::ZERO;
     let mut refused_report = Report::new();
     let mut error_report = Report::new();
+    let mut address_report = Report::new();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -90,6 +96,18 @@ pub async fn serve(
         match accepted {
             Ok((tcp, peer)) => {
                 backoff = Duration::ZERO;
+                let Some(address) = per_address.take(peer.ip(), limits.max_connections_per_address)
+                else {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    if let Some(n) = address_report.note() {
+                        tracing::warn!(
+                            limit = limits.max_connections_per_address,
+                            "per-address connection limit reached: closed {n} new connection(s), the last from {peer}"
+                        );
+                    }
+                    drop(tcp);
+                    continue;
+                };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     stats.refused.fetch_add(1, Ordering::Relaxed);
                     if let Some(n) = refused_report.note() {
@@ -100,6 +118,10 @@ pub async fn serve(
                     }
                     drop(tcp);
                     continue;
+                };
+                let permit = Slot {
+                    _total: permit,
+                    _address: address,
                 };
                 // Small, latency-bound messages (agent protocol, API calls)
                 // must not wait for Nagle's algorithm and the peer's delayed ACK.
@@ -154,6 +176,50 @@ fn is_peer_error(e: &io::Error) -> bool {
     )
 }
 
+/// Open connections per peer address.
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        // An IPv4 client of a dual-stack socket is one address, not two.
+        let ip = ip.to_canonical();
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The slots a connection holds: one of the total, one of its address's.
+struct Slot {
+    _total: OwnedSemaphorePermit,
+    _address: AddressSlot,
+}
+
 /// Logs a repeated event at most every 10 s, with the count since.
 struct Report {
     last: Option<Instant>,
@@ -184,7 +250,7 @@ impl Report {
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
     tls: Option<TlsAcceptor>,
     app: Router,
     limits: Limits,
@@ -263,7 +329,7 @@ async fn http<IO>(
 struct Counted<IO> {
     io: IO,
     #[allow(dead_code)]
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {

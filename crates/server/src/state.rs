@@ -22,6 +22,8 @@ pub struct Settings {
     pub max_artifact: usize,
     /// Connections open at once; more are closed as soon as accepted.
     pub max_connections: usize,
+    /// Connections open at once from one peer address.
+    pub max_connections_per_address: usize,
     /// Time a connection has to send a complete request header (from its
     /// opening or its previous response, so also the keep-alive idle time).
     pub header_read_timeout: Duration,
@@ -36,6 +38,7 @@ impl Default for Settings {
             max_body: 1024 * 1024,
             max_artifact: 512 * 1024 * 1024,
             max_connections: 10_000,
+            max_connections_per_address: 2_000,
             header_read_timeout: Duration::from_secs(10),
             tls: None,
         }

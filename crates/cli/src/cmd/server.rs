@@ -89,6 +89,10 @@ pub struct ConnArgs {
     /// once. Lowered to fit the open-file limit.
     #[arg(long, default_value_t = Settings::default().max_connections)]
     pub max_connections: usize,
+    /// Connections open at once from one client address (agents behind
+    /// one NAT address count together).
+    #[arg(long, default_value_t = Settings::default().max_connections_per_address)]
+    pub max_connections_per_address: usize,
     /// Seconds a connection has to send a complete request header (also
     /// how long an idle keep-alive connection is kept).
     #[arg(long, value_name = "SECONDS", default_value_t = Settings::default().header_read_timeout.as_secs())]
@@ -137,6 +141,9 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<testbed_server::Server> 
     if args.conn.max_connections == 0 {
         anyhow::bail!("--max-connections must be at least 1");
     }
+    if args.conn.max_connections_per_address == 0 {
+        anyhow::bail!("--max-connections-per-address must be at least 1");
+    }
     if args.conn.header_read_timeout == 0 {
         anyhow::bail!("--header-read-timeout must be at least 1 second");
     }
@@ -156,6 +163,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<testbed_server::Server> 
             lease_ttl: Duration::from_secs(args.lease_ttl),
             max_body: args.max_body,
             max_connections: args.conn.max_connections,
+            max_connections_per_address: args.conn.max_connections_per_address,
             header_read_timeout: Duration::from_secs(args.conn.header_read_timeout),
             tls: args.conn.tls(),
             ..Settings::default()
