@@ -69,7 +69,8 @@ async fn up_killed_at_random_points_finishes_every_run_once() {
     let mut p = Platform::up(&data, 2, &ttl).await;
 
     let mut runs: Vec<(String, String)> = Vec::new();
-    let mut kills: Vec<u128> = Vec::new();
+    // When each SIGKILL was sent, and when `up` was reaped.
+    let mut kills: Vec<(u128, u128)> = Vec::new();
     for i in 0..10 {
         let tag = format!("r{i}");
         let id = p.start_run(&plan, json!({"tag": tag})).await;
@@ -77,8 +78,9 @@ async fn up_killed_at_random_points_finishes_every_run_once() {
         // Anywhere from before the first step starts to past the run's end.
         let wait = Duration::from_millis(50 + rng.next() % 1500);
         tokio::time::sleep(wait).await;
-        kills.push(nanos(SystemTime::now()));
+        let sent = nanos(SystemTime::now());
         p.proc.kill9();
+        kills.push((sent, nanos(SystemTime::now())));
 
         p = Platform::up(&data, 2, &ttl).await;
         // The restarted controller works at once: a new run is dispatched
@@ -107,6 +109,9 @@ async fn up_killed_at_random_points_finishes_every_run_once() {
 
     let mut lost = 0;
     let mut unknown_outcomes = 0;
+    // Of those, lines written in the instant between `up`'s death and its
+    // tasks' process groups being killed.
+    let mut after_death = 0;
     for (tag, id) in &runs {
         let run = p.wait_run(id, Duration::from_secs(90)).await;
         assert_eq!(run["status"], "passed", "run {tag}: {run}");
@@ -128,7 +133,7 @@ async fn up_killed_at_random_points_finishes_every_run_once() {
                 finals, 1,
                 "run {tag} step {step}: the attempt that passed ({last}) wrote {finals} lines: {written:?}"
             );
-            for prev in &previous {
+            for (n, prev) in previous.iter().enumerate() {
                 let t: Value = p.task(prev).await;
                 assert_eq!(
                     t["status"], "lost",
@@ -136,19 +141,33 @@ async fn up_killed_at_random_points_finishes_every_run_once() {
                 );
                 lost += 1;
                 let created = rfc3339_nanos(t["created_at"].as_str().unwrap());
-                let killed = kills.iter().copied().find(|k| *k > created);
+                let (_, killed) = kills
+                    .iter()
+                    .copied()
+                    .find(|(sent, _)| *sent > created)
+                    .expect("a lost attempt follows a kill");
+                let next = previous.get(n + 1).unwrap_or(&last);
+                let retried = rfc3339_nanos(p.task(next).await["created_at"].as_str().unwrap());
                 for (task, at) in written.iter().filter(|(t, _)| t == prev) {
-                    // Its process finished before `up` was killed, but the
-                    // result died with it: the outcome was unknown, so the
-                    // retry was right. A line written *after* that kill
-                    // would be a process that outlived its agent.
-                    let killed = killed.expect("a lost attempt follows a kill");
+                    // Its command finished as `up` died, and its result died
+                    // with it: the outcome was unknown, so the retry was
+                    // right. Its process group is killed the moment `up`
+                    // dies (from outside), so a line written well after
+                    // that would be a process that outlived its agent, and
+                    // one written after the retry was created an overlap.
                     assert!(
-                        *at <= killed,
-                        "run {tag} step {step}: attempt {task} wrote its line {} ms after `up` was killed",
+                        *at <= killed + 300_000_000,
+                        "run {tag} step {step}: attempt {task} wrote its line {} ms after `up` died",
                         (at - killed) / 1_000_000
                     );
+                    assert!(
+                        *at < retried,
+                        "run {tag} step {step}: attempt {task} overlapped its retry {next}"
+                    );
                     unknown_outcomes += 1;
+                    if *at > killed {
+                        after_death += 1;
+                    }
                 }
                 assert!(
                     written.iter().filter(|(t, _)| t == prev).count() <= 1,
@@ -163,9 +182,16 @@ async fn up_killed_at_random_points_finishes_every_run_once() {
             }
         }
     }
+    // The restarted replica leads, and its loops are healthy.
+    let (s, h) = p.get("/healthz").await;
+    assert_eq!(s, 200, "{h}");
+    assert_eq!(h["controller_leader"], true, "{h}");
+    assert_eq!(h["controller_loops_ok"], true, "{h}");
+    assert_eq!(h["controller_loops_failing"], json!([]), "{h}");
     eprintln!(
         "{} kills, {} runs passed, {lost} attempts lost with `up` and retried, \
-         {unknown_outcomes} of them had finished just before the kill",
+         {unknown_outcomes} of them had finished around the kill ({after_death} in the \
+         instant after `up` died, before their process group was killed)",
         kills.len(),
         runs.len()
     );
