@@ -446,6 +446,10 @@ pub fn load_problem(e: &crate::yaml::Error) -> Problem {
 
 /// Fills in line and column of each problem from the YAML source.
 pub fn locate(text: &str, problems: &mut [Problem]) {
+    // marked-yaml builds the whole tree: only for text within the input limits.
+    if crate::yaml::check(text, &crate::yaml::Limits::DEFAULT).is_err() {
+        return;
+    }
     let Ok(root) = marked_yaml::parse_yaml(0, text) else {
         return;
     };
