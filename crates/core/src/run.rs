@@ -94,11 +94,11 @@ fn selector_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Targ
         match v {
             Value::Null => Ok(()),
             Value::Object(m) => match m.get("each") {
-                Some(each) => objects_only(each, &format!("{path}.each")),
+                Some(each) => objects_only(each, &format!("{path}/each")),
                 None => Ok(()),
             },
             _ => Err(format!(
-                "{path} must be an object (host, agent, group, labels or each)"
+                "`{path}` must be an object (host, agent, group, labels or each)"
             )),
         }
     }
