@@ -32,32 +32,40 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Failures in a row after which a loop's trouble is logged as an error.
 const LOUD_AFTER: u32 = 5;
+/// A loop that has worked this long since its last failure starts counting
+/// failures afresh; one that breaks again sooner keeps backing off, so a
+/// watch that opens and breaks at once escalates like one that cannot open.
+const STEADY_AFTER: Duration = Duration::from_secs(30);
 
 /// The state of this replica's background loops, as `/healthz` shows it.
 #[derive(Debug, Default)]
 pub struct Loops {
-    failing: Mutex<BTreeMap<&'static str, Failing>>,
+    troubled: Mutex<BTreeMap<&'static str, Trouble>>,
 }
 
 #[derive(Debug, Clone)]
-struct Failing {
+struct Trouble {
     error: String,
     in_a_row: u32,
+    last: std::time::Instant,
+    /// Failing now (not yet working again).
+    down: bool,
 }
 
 impl Loops {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Failing>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Trouble>> {
         // The map is always whole: a panic elsewhere cannot leave it torn.
-        self.failing.lock().unwrap_or_else(|e| e.into_inner())
+        self.troubled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The loop works (again).
     pub fn ok(&self, name: &'static str) {
-        if let Some(f) = self.lock().remove(name) {
+        if let Some(t) = self.lock().get_mut(name).filter(|t| t.down) {
+            t.down = false;
             tracing::info!(
                 "{name}: working again after {} failure(s) ({})",
-                f.in_a_row,
-                f.error
+                t.in_a_row,
+                t.error
             );
         }
     }
@@ -66,15 +74,23 @@ impl Loops {
     /// Returns the back-off before its next attempt.
     pub fn failed(&self, name: &'static str, error: impl std::fmt::Display) -> Duration {
         let error = error.to_string();
+        let now = std::time::Instant::now();
         let in_a_row = {
             let mut map = self.lock();
-            let f = map.entry(name).or_insert(Failing {
+            let t = map.entry(name).or_insert(Trouble {
                 error: String::new(),
                 in_a_row: 0,
+                last: now,
+                down: true,
             });
-            f.in_a_row += 1;
-            f.error = error.clone();
-            f.in_a_row
+            if !t.down && now.duration_since(t.last) > STEADY_AFTER {
+                t.in_a_row = 0;
+            }
+            t.in_a_row += 1;
+            t.error = error.clone();
+            t.last = now;
+            t.down = true;
+            t.in_a_row
         };
         if in_a_row >= LOUD_AFTER {
             tracing::error!("{name} keeps failing ({in_a_row} in a row): {error}");
@@ -91,7 +107,35 @@ impl Loops {
 
     /// The loops failing right now, by name (their errors are in the log).
     pub fn failing(&self) -> Vec<String> {
-        self.lock().keys().map(|k| k.to_string()).collect()
+        self.lock()
+            .iter()
+            .filter(|(_, t)| t.down)
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_that_breaks_as_soon_as_it_opens_keeps_backing_off() {
+        let loops = Loops::default();
+        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN);
+        assert_eq!(loops.failing(), vec!["w".to_string()]);
+        loops.ok("w");
+        assert!(loops.failing().is_empty());
+        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN * 2);
+        loops.ok("w");
+        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN * 4);
+        for _ in 0..10 {
+            loops.failed("w", "broken");
+        }
+        assert_eq!(loops.failed("w", "broken"), BACKOFF_MAX);
+        loops.forget("w");
+        assert!(loops.failing().is_empty());
+        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN);
     }
 }
 
