@@ -115,30 +115,6 @@ impl Loops {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_loop_that_breaks_as_soon_as_it_opens_keeps_backing_off() {
-        let loops = Loops::default();
-        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN);
-        assert_eq!(loops.failing(), vec!["w".to_string()]);
-        loops.ok("w");
-        assert!(loops.failing().is_empty());
-        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN * 2);
-        loops.ok("w");
-        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN * 4);
-        for _ in 0..10 {
-            loops.failed("w", "broken");
-        }
-        assert_eq!(loops.failed("w", "broken"), BACKOFF_MAX);
-        loops.forget("w");
-        assert!(loops.failing().is_empty());
-        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN);
-    }
-}
-
 /// Exponential back-off for the `n`th failure in a row (n ≥ 1).
 pub fn backoff(n: u32) -> Duration {
     let factor = 1u32 << n.saturating_sub(1).min(8);
@@ -492,5 +468,29 @@ pub async fn sweep_lost(state: &AppState) -> Result<(), records::RecordError> {
             (true, Some(last)) => after = Some(last.key.clone()),
             _ => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_that_breaks_as_soon_as_it_opens_keeps_backing_off() {
+        let loops = Loops::default();
+        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN);
+        assert_eq!(loops.failing(), vec!["w".to_string()]);
+        loops.ok("w");
+        assert!(loops.failing().is_empty());
+        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN * 2);
+        loops.ok("w");
+        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN * 4);
+        for _ in 0..10 {
+            loops.failed("w", "broken");
+        }
+        assert_eq!(loops.failed("w", "broken"), BACKOFF_MAX);
+        loops.forget("w");
+        assert!(loops.failing().is_empty());
+        assert_eq!(loops.failed("w", "broken"), BACKOFF_MIN);
     }
 }
