@@ -10,8 +10,9 @@
 //! starter holds. In the child, after it has entered its new group and
 //! before it execs, a watcher process is forked off (twice, so the child's
 //! own `wait` never sees it); the watcher keeps nothing but the pipe's read
-//! end and blocks reading it. When the starter ends the task normally it
-//! writes one byte, and the watcher leaves quietly. When the starter dies,
+//! end, execs a one-line `/bin/sh` script (so it does not hold a copy of
+//! the starter's memory) and blocks reading the pipe. When the starter ends
+//! the task normally it writes a line, and the watcher leaves quietly. When the starter dies,
 //! whatever killed it (SIGKILL and OOM included), the kernel closes the
 //! write end, the watcher reads end-of-file and SIGKILLs the whole group.
 //!
@@ -82,8 +83,8 @@ impl Lifeline {
         );
         cmd.process_group(0).env(MARK_ENV, &mark);
         // SAFETY: the closure only makes async-signal-safe calls (fork,
-        // waitpid, setsid, chdir, dup2, close, sigaction, read, kill, _exit)
-        // and allocates nothing.
+        // waitpid, setsid, chdir, dup2, close, sigaction, execve, read,
+        // kill, _exit) and allocates nothing.
         unsafe {
             cmd.pre_exec(move || start_watcher(fd));
         }
@@ -143,7 +144,7 @@ impl Drop for Lifeline {
 /// left to do.
 fn release(write: Option<OwnedFd>) {
     if let Some(fd) = write {
-        let _ = fs::File::from(fd).write_all(&[1]);
+        let _ = fs::File::from(fd).write_all(b"\n");
     }
 }
 
@@ -216,6 +217,22 @@ unsafe fn watch(read_fd: RawFd, pgid: libc::pid_t) -> ! {
         libc::_exit(1);
     }
     close_from(1);
+    // Wait in a fresh, small program rather than in this copy of the
+    // starter's memory, which the starter's own writes would slowly turn
+    // into private pages held here for as long as the task runs.
+    let mut target = [0u8; 24];
+    let target = negative_decimal(pgid, &mut target);
+    let argv: [*const libc::c_char; 6] = [
+        c"testbed-lifeline".as_ptr(),
+        c"-c".as_ptr(),
+        WATCH_SCRIPT.as_ptr(),
+        c"testbed-lifeline".as_ptr(),
+        target,
+        std::ptr::null(),
+    ];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    libc::execve(c"/bin/sh".as_ptr(), argv.as_ptr(), envp.as_ptr());
+    // No shell: wait here instead.
     let mut byte = 0u8;
     loop {
         let n = libc::read(0, (&mut byte as *mut u8).cast(), 1);
@@ -230,6 +247,31 @@ unsafe fn watch(read_fd: RawFd, pgid: libc::pid_t) -> ! {
         libc::kill(-pgid, libc::SIGKILL);
         libc::_exit(0);
     }
+}
+
+/// What the watcher runs: a line on stdin releases the group, end of file
+/// (the starter died) kills it. `$1` is minus the group id.
+const WATCH_SCRIPT: &std::ffi::CStr = c"read -r _ || kill -s KILL -- \"$1\"";
+
+/// Writes `-n` (n > 0) as a C string into `buf`, without allocating.
+fn negative_decimal(n: libc::pid_t, buf: &mut [u8; 24]) -> *const libc::c_char {
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    let mut v = n.unsigned_abs();
+    loop {
+        digits[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    buf[0] = b'-';
+    for i in 0..len {
+        buf[1 + i] = digits[len - 1 - i];
+    }
+    buf[1 + len] = 0;
+    buf.as_ptr().cast()
 }
 
 /// Closes every descriptor from `first` up.
@@ -451,6 +493,17 @@ pub fn boot_id() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_ids_are_written_negated() {
+        for (n, text) in [(1, "-1"), (1234, "-1234"), (i32::MAX, "-2147483647")] {
+            let mut buf = [0u8; 24];
+            let p = negative_decimal(n, &mut buf);
+            // SAFETY: negative_decimal NUL-terminates inside buf.
+            let s = unsafe { std::ffi::CStr::from_ptr(p) };
+            assert_eq!(s.to_str().unwrap(), text);
+        }
+    }
 
     #[test]
     fn records_round_trip() {

@@ -80,6 +80,21 @@ fn alive(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Watchers guarding `pgid` (their command line ends in `-PGID`).
+fn watchers(pgid: i32) -> Vec<i32> {
+    let tail = format!("\0-{pgid}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.starts_with(b"testbed-lifeline\0") && c.ends_with(tail.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 fn wait_gone(pgid: i32, within: Duration) {
     let deadline = Instant::now() + within;
     while !alive(pgid).is_empty() {
@@ -103,6 +118,10 @@ fn the_group_dies_with_its_starter_even_by_sigkill() {
     let record = std::fs::read_to_string(dir.path().join(format!("groups/{}.group", s.pgid)))
         .expect("group recorded");
     assert_eq!(Record::parse(&record).unwrap().pgid, s.pgid);
+    // One small watcher, outside the group.
+    let w = watchers(s.pgid);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(!group_members(s.pgid).contains(&w[0]));
 
     s.child.kill().unwrap();
     s.child.wait().unwrap();
@@ -129,6 +148,14 @@ fn a_released_group_is_left_alone() {
         std::fs::read_dir(&groups).unwrap().next().is_none(),
         "the record outlived the release"
     );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !watchers(s.pgid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the watcher stayed after the release"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     s.child.kill().unwrap();
     s.child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(300));
