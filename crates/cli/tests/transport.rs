@@ -376,7 +376,12 @@ async fn agents_join_over_tls_only_when_they_trust_the_server() {
         &p.url,
         "tls-ca",
         &dir.path().join("a1"),
-        &["--ca-file", ca_file.to_str().unwrap()],
+        &[
+            "--ca-file",
+            ca_file.to_str().unwrap(),
+            "--plugins",
+            "linux_system,build_server",
+        ],
     );
     p.wait_agents(1).await;
     let id = p
@@ -468,7 +473,12 @@ async fn agents_join_over_tls_only_when_they_trust_the_server() {
         &p.url,
         "tls-pinned",
         &dir.path().join("a5"),
-        &["--server-fingerprint", &printed],
+        &[
+            "--server-fingerprint",
+            &printed,
+            "--plugins",
+            "linux_system,build_server",
+        ],
     );
     let agents = p.wait_agents(2).await;
     let names: Vec<&str> = agents
@@ -483,6 +493,46 @@ async fn agents_join_over_tls_only_when_they_trust_the_server() {
             .any(|n| n.contains("wrong") || *n == "tls-public"),
         "{names:?}"
     );
+
+    // Artifact uploads (HTTPS, not the WebSocket) use the same trust.
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("build.sh"),
+        "mkdir -p out\necho built > out/app.txt\n",
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let st = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "v1"]);
+    git(&["tag", "v1"]);
+    for host in ["tls-ca", "tls-pinned"] {
+        let id = p
+            .run(
+                "build_server",
+                host,
+                "build",
+                json!({"repo": repo.display().to_string(), "ref": "v1", "command": "sh build.sh", "artifacts": {"app": "out/app.txt"}}),
+            )
+            .await;
+        let t = p.wait_task(&id, Duration::from_secs(60)).await;
+        assert_eq!(t["status"], "succeeded", "{t}\n{}", p.log(&id).await);
+        let url = t["artifacts"][0]["url"]
+            .as_str()
+            .expect("an artifact")
+            .to_string();
+        let (s, body) = p.get_text(&url).await;
+        assert_eq!((s, body.as_str()), (200, "built\n"), "{host}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
