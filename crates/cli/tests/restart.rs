@@ -196,3 +196,68 @@ async fn up_killed_at_random_points_finishes_every_run_once() {
         runs.len()
     );
 }
+
+/// The case of the report: one local agent, a step with `retries: 1`
+/// running when `up` is killed, and a step depending on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_running_when_up_dies_is_retried_and_its_dependents_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("lines.txt");
+    let plan = format!(
+        "name: once\nsteps:\n  - id: slow\n    plugin: linux_system\n    method: run_shell\n    retries: 1\n    params: {{command: sh, args: \"-c 'sleep 2; echo slow >> {out}'\"}}\n  - id: after\n    depends_on: [slow]\n    plugin: linux_system\n    method: run_shell\n    params: {{command: sh, args: \"-c 'echo after >> {out}'\"}}\n",
+        out = out.display()
+    );
+    let ttl = ["--lease-ttl", "20"];
+    let mut p = Platform::up(&data, 1, &ttl).await;
+    let id = p.start_run(&plan, json!({})).await;
+    let run = p
+        .wait_run_until(&id, Duration::from_secs(20), |r| {
+            r["steps"]["slow"]["instances"][0]["task_id"].is_string()
+        })
+        .await;
+    let first = run["steps"]["slow"]["instances"][0]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.wait_status(&first, "running", Duration::from_secs(10))
+        .await;
+    p.proc.kill9();
+
+    let p = Platform::up(&data, 1, &ttl).await;
+    let since = Instant::now();
+    let retried = p
+        .wait_run_until(&id, Duration::from_secs(60), |r| {
+            r["steps"]["slow"]["instances"][0]["attempt"] == 2
+        })
+        .await;
+    // Not after the 20 s lease of the dead process.
+    assert!(
+        since.elapsed() < Duration::from_secs(8),
+        "retried {:?} after the restart",
+        since.elapsed()
+    );
+    assert!(
+        retried["steps"]["slow"]["instances"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("restarted"),
+        "{retried}"
+    );
+    let run = p.wait_run(&id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "passed", "{run}");
+    assert_eq!(run["steps"]["after"]["status"], "passed", "{run}");
+    let t = p.task(&first).await;
+    assert_eq!(t["status"], "lost", "{t}");
+    assert!(
+        t["error"].as_str().unwrap().contains("outcome is unknown"),
+        "{t}"
+    );
+    // The killed attempt's process died with `up`: one line each.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "slow\nafter\n",
+        "a step ran twice or not at all"
+    );
+}
