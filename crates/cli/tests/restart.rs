@@ -96,6 +96,13 @@ async fn up_killed_at_random_points_finishes_every_run_once() {
         );
     }
 
+    // Every run ends first; only then is every line written.
+    let mut finished = BTreeMap::new();
+    for (tag, id) in &runs {
+        let run = p.wait_run(id, Duration::from_secs(90)).await;
+        assert_eq!(run["status"], "passed", "run {tag}: {run}");
+        finished.insert(id.clone(), run);
+    }
     let lines = std::fs::read_to_string(&out).unwrap_or_default();
     let mut by_step: BTreeMap<(String, String), Vec<(String, u128)>> = BTreeMap::new();
     for line in lines.lines() {
@@ -113,8 +120,7 @@ async fn up_killed_at_random_points_finishes_every_run_once() {
     // tasks' process groups being killed.
     let mut after_death = 0;
     for (tag, id) in &runs {
-        let run = p.wait_run(id, Duration::from_secs(90)).await;
-        assert_eq!(run["status"], "passed", "run {tag}: {run}");
+        let run = &finished[id];
         for step in ["a", "b", "c", "d"] {
             let inst = &run["steps"][step]["instances"][0];
             let last = inst["task_id"].as_str().unwrap().to_string();
