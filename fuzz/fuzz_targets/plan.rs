@@ -1,12 +1,9 @@
-//! Plans as posted to `/api/plans`: the bounded YAML loader, then the checks.
+//! Plans as posted to `/api/plans` (see checks.rs).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = testbed_core::yaml::check(text, &testbed_core::yaml::Limits::DEFAULT);
-        if let Err(mut problems) = testbed_core::plan::parse(text) {
-            testbed_core::plan::locate(text, &mut problems);
-        }
-    }
-});
+#[allow(dead_code)]
+mod checks {
+    include!("checks.rs");
+}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::plan(data));

@@ -1,9 +1,9 @@
-//! Postman collections (JSON): shape checks and problem location.
+//! Postman collections (see checks.rs).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = testbed_apitest::postman::collection::load(text);
-    }
-});
+#[allow(dead_code)]
+mod checks {
+    include!("checks.rs");
+}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::postman(data));

@@ -227,7 +227,12 @@ impl Parser {
         if let Some(y) = &mut self.yaml {
             let indent = y.indent;
             let body = line.get(indent..).unwrap_or("");
-            let prefix_ok = line.len() >= indent && line[..indent].bytes().all(|b| b == b' ');
+            // By bytes: slicing the str at `indent` panics inside a multi-byte
+            // character (found by fuzzing: `fuzz/regressions/tap/`).
+            let prefix_ok = line
+                .as_bytes()
+                .get(..indent)
+                .is_some_and(|p| p.iter().all(|&b| b == b' '));
             if prefix_ok && body.trim_end() == "..." {
                 self.end_yaml();
             } else if prefix_ok || line.trim().is_empty() {
@@ -715,6 +720,14 @@ mod tests {
             .iter()
             .map(|c| (c.name.clone(), c.outcome))
             .collect()
+    }
+
+    #[test]
+    fn yaml_block_line_with_a_multibyte_character_in_the_indent() {
+        // Found by fuzzing: the block's indent fell inside `é` and slicing panicked.
+        let p = Parser::parse_str("1..1\nnot ok 1 - x\n  ---\n é: 1\n  ...\n");
+        assert_eq!(p.cases.len(), 1);
+        assert_eq!(p.cases[0].outcome, Outcome::Fail);
     }
 
     #[test]
