@@ -20,6 +20,9 @@
 //! | `max_aliases` | 1,000 | references (`*name`) in one input |
 //! | `max_nodes` | 100,000 | scalars, sequences and mappings, counted as if aliases were expanded |
 //! | `max_scalar_bytes` | 16 MiB | bytes of scalars, counted as if aliases were expanded |
+//!
+//! [`Limits::LARGE`] is for documents a user points the CLI at on purpose (an
+//! OpenAPI document of a large API), never for what reaches the server.
 
 use std::collections::HashMap;
 
@@ -53,6 +56,19 @@ impl Limits {
     };
 }
 
+impl Limits {
+    /// For a document a user points the CLI at on purpose, such as a vendor's
+    /// OpenAPI document (large APIs run to millions of nodes): still bounded,
+    /// so a hostile URL cannot exhaust the machine.
+    pub const LARGE: Limits = Limits {
+        max_bytes: 64 * 1024 * 1024,
+        max_depth: 100,
+        max_aliases: 100_000,
+        max_nodes: 20_000_000,
+        max_scalar_bytes: 256 * 1024 * 1024,
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits::DEFAULT
@@ -72,7 +88,7 @@ pub enum LimitKind {
     TooManyNodes { limit: u64 },
     #[error("YAML aliases expand to more than {limit} bytes of text (limit)")]
     TooManyBytes { limit: u64 },
-    #[error("YAML alias `*` refers to a node that contains it")]
+    #[error("YAML alias refers to a node that contains it")]
     RecursiveAlias,
     #[error("{0}")]
     Syntax(String),

@@ -193,7 +193,7 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         std::fs::read_to_string(&a.spec).with_context(|| format!("reading {}", a.spec))?
     };
     let spec: serde_json::Value = serde_json::from_str(&text)
-        .or_else(|_| testbed_core::yaml::from_str(&text))
+        .or_else(|_| testbed_core::yaml::from_str_with(&text, &testbed_core::yaml::Limits::LARGE))
         .with_context(|| format!("{}: neither JSON nor YAML", a.spec))?;
     let mut headers = BTreeMap::new();
     for h in &a.headers {
