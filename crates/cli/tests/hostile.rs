@@ -131,3 +131,24 @@ async fn hostile_yaml_is_refused_while_the_server_stays_responsive() {
     let (s, b) = post_plan(&p.http, &p.url, &p.token, ok.to_string()).await;
     assert_eq!(s, 201, "{b}");
 }
+
+#[test]
+fn the_cli_names_the_limit_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("bomb.yaml");
+    std::fs::write(&plan, alias_bomb()).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .arg("run")
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:7:60: YAML aliases expand to more than 100000 nodes (limit)",
+            plan.display()
+        )),
+        "{err}"
+    );
+}

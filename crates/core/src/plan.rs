@@ -391,9 +391,11 @@ impl Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.line, self.column) {
-            (Some(l), Some(c)) => write!(f, "{l}:{c}: {}: {}", self.path, self.message),
-            _ => write!(f, "{}: {}", self.path, self.message),
+        match (self.line, self.column, self.path.is_empty()) {
+            (Some(l), Some(c), true) => write!(f, "{l}:{c}: {}", self.message),
+            (Some(l), Some(c), false) => write!(f, "{l}:{c}: {}: {}", self.path, self.message),
+            (_, _, true) => write!(f, "{}", self.message),
+            (_, _, false) => write!(f, "{}: {}", self.path, self.message),
         }
     }
 }

@@ -209,11 +209,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Static problems are reported before anything starts.
     if let Err(problems) = testbed_core::plan::parse(&source) {
         for p in problems {
+            // Whole-document problems (YAML syntax, input limits) have no path.
+            let path = if p.path.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", p.path)
+            };
             match (p.line, p.column) {
                 (Some(l), Some(c)) => {
-                    eprintln!("{}:{l}:{c}: {}: {}", args.plan.display(), p.path, p.message)
+                    eprintln!("{}:{l}:{c}: {path}{}", args.plan.display(), p.message)
                 }
-                _ => eprintln!("{}: {}: {}", args.plan.display(), p.path, p.message),
+                _ => eprintln!("{}: {path}{}", args.plan.display(), p.message),
             }
         }
         return Ok(ExitCode::from(2));
