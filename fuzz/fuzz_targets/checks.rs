@@ -35,11 +35,60 @@ pub fn run(name: &str, data: &[u8]) {
 /// Plans as posted to `/api/plans`: the bounded YAML loader, then the checks.
 pub fn plan(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = testbed_core::yaml::check(text, &testbed_core::yaml::Limits::DEFAULT);
+        yaml_limits_hold(text);
         if let Err(mut problems) = testbed_core::plan::parse(text) {
             testbed_core::plan::locate(text, &mut problems);
         }
     }
+}
+
+/// The loader's pre-scan (yaml-rust2) and the real parse (serde_norway, on
+/// libyaml) are different parsers: whatever passes the pre-scan must really
+/// be as small as it said once serde_norway has built it. Small limits, so
+/// the fuzzer reaches them with small inputs.
+fn yaml_limits_hold(text: &str) {
+    use testbed_core::yaml::{check, Limits};
+    let limits = Limits {
+        max_bytes: 16 * 1024,
+        max_depth: 12,
+        max_aliases: 40,
+        max_nodes: 400,
+        max_scalar_bytes: 2048,
+    };
+    if check(text, &limits).is_err() {
+        return;
+    }
+    let Ok(v) = serde_norway::from_str::<serde_json::Value>(text) else {
+        return;
+    };
+    // (nodes, depth, string bytes) of the built value; keys count as nodes.
+    fn size(v: &serde_json::Value, depth: usize) -> (u64, usize, u64) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().fold((1, depth + 1, 0), |acc, x| {
+                let (n, d, b) = size(x, depth + 1);
+                (acc.0 + n, acc.1.max(d), acc.2 + b)
+            }),
+            serde_json::Value::Object(m) => m.iter().fold((1, depth + 1, 0), |acc, (k, x)| {
+                let (n, d, b) = size(x, depth + 1);
+                (acc.0 + n + 1, acc.1.max(d), acc.2 + b + k.len() as u64)
+            }),
+            serde_json::Value::String(s) => (1, depth, s.len() as u64),
+            _ => (1, depth, 0),
+        }
+    }
+    let (nodes, depth, bytes) = size(&v, 0);
+    assert!(
+        nodes <= limits.max_nodes,
+        "pre-scan passed, value has {nodes} nodes: {text:?}"
+    );
+    assert!(
+        depth <= limits.max_depth,
+        "pre-scan passed, value is {depth} deep: {text:?}"
+    );
+    assert!(
+        bytes <= limits.max_scalar_bytes,
+        "pre-scan passed, value has {bytes} bytes of text: {text:?}"
+    );
 }
 
 /// API test suites (YAML), as an agent receives them in a plan step.

@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 
 use serde::de::DeserializeOwned;
-use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::parser::{Event, Parser, Tag};
 use yaml_rust2::scanner::Marker;
 
 /// Bounds on one YAML input. Every parse of outside YAML goes through one.
@@ -147,6 +147,16 @@ struct Open {
     bytes_before: u64,
 }
 
+/// A tagged node (`!name value`) may become one more level holding the tag
+/// as a key (serde_norway does so for untyped values): counted as a node
+/// and its text.
+fn tag_cost(tag: &Option<Tag>) -> (u64, u64) {
+    match tag {
+        Some(t) => (1, (t.handle.len() + t.suffix.len()) as u64),
+        None => (0, 0),
+    }
+}
+
 /// Walks the event stream of `text` and fails at the first event that breaks
 /// a limit, before any value is built. Time and memory are linear in the input.
 pub fn check(text: &str, limits: &Limits) -> Result<(), LimitError> {
@@ -182,20 +192,24 @@ pub fn check(text: &str, limits: &Limits) -> Result<(), LimitError> {
         })?;
         match event {
             Event::StreamEnd => return Ok(()),
-            Event::Scalar(value, _, anchor, _) => {
-                nodes += 1;
-                bytes += value.len() as u64;
+            Event::Scalar(value, _, anchor, tag) => {
+                let (tn, tb) = tag_cost(&tag);
+                let (n, b) = (1 + tn, value.len() as u64 + tb);
+                nodes += n;
+                bytes += b;
                 if anchor != 0 {
-                    anchored.insert(anchor, (1, value.len() as u64));
+                    anchored.insert(anchor, (n, b));
                 }
             }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                nodes += 1;
+            Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag) => {
                 open.push(Open {
                     anchor,
-                    nodes_before: nodes - 1,
+                    nodes_before: nodes,
                     bytes_before: bytes,
                 });
+                let (tn, tb) = tag_cost(&tag);
+                nodes += 1 + tn;
+                bytes += tb;
                 if open.len() > limits.max_depth {
                     return Err(LimitError::at(
                         &mark,
@@ -338,6 +352,16 @@ mod tests {
         assert_eq!(
             kind("&x 0123456789: [*x, a]\n"),
             Some(LimitKind::TooManyBytes { limit: 20 })
+        );
+    }
+
+    #[test]
+    fn tags_count_as_a_node_and_their_text() {
+        // outer 1 + 8 scalars + tag 1 = 10 nodes; `!` + `t` = 2 more bytes.
+        assert_eq!(kind("[!t 1, 2, 3, 4, 5, 6, 7, 8]"), None);
+        assert_eq!(
+            kind("[!t 1, 2, 3, 4, 5, 6, 7, 8, 9]"),
+            Some(LimitKind::TooManyNodes { limit: 10 })
         );
     }
 
