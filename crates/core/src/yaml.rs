@@ -407,6 +407,18 @@ mod tests {
     }
 
     #[test]
+    fn json_nesting_stays_bounded_by_serde_json() {
+        // JSON from outside (request bodies, agent messages, reports) relies
+        // on serde_json's recursion limit (128); the `unbounded_depth`
+        // feature would lift it for the whole workspace.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let e = serde_json::from_str::<serde_json::Value>(&deep).unwrap_err();
+        assert!(e.to_string().contains("recursion limit exceeded"), "{e}");
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(serde_json::from_str::<serde_json::Value>(&ok).is_ok());
+    }
+
+    #[test]
     fn ordinary_yaml_still_parses() {
         let v: serde_json::Value =
             from_str("base: &b {image: alpine, retries: 2}\nsteps:\n  - <<: *b\n    id: one\n")
