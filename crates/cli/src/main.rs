@@ -28,6 +28,9 @@ enum Command {
     Up(cmd::up::UpArgs),
     /// Run one server replica (API, agent hub, controller).
     Server(cmd::server::ServerArgs),
+    /// Local recovery on a stopped server's store (reset a lost password).
+    #[command(subcommand)]
+    Admin(cmd::admin::AdminCmd),
     /// Run an agent (test device) that serves a server.
     Agent(cmd::agent::AgentArgs),
     /// Log in and remember the token for the other client commands.
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(a) => cmd::up::run(a).await,
             Command::Server(a) => cmd::server::run(a).await,
+            Command::Admin(a) => cmd::admin::admin(a).await,
             Command::Agent(a) => cmd::agent::run(a).await,
             Command::Login(a) => cmd::client::login(a).await,
             Command::Logout => cmd::client::logout().await,

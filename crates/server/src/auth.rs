@@ -448,6 +448,51 @@ pub async fn bootstrap(
     })
 }
 
+/// What [`reset_password`] did.
+#[derive(Debug)]
+pub struct PasswordReset {
+    /// The user did not exist and was created (as an admin).
+    pub created: bool,
+}
+
+/// Sets a user's password straight in the store, for an operator with
+/// local access who lost it (`testbed admin reset-password`). Ends the
+/// user's sessions (their token generation moves on); a missing user is
+/// created as an admin, so a data dir whose admin nobody can log in as is
+/// always recoverable.
+pub async fn reset_password(
+    store: &DynStore,
+    name: &str,
+    password: String,
+) -> Result<PasswordReset, ApiError> {
+    let key = keys::user(name);
+    let hash = hash_password(password).await?;
+    loop {
+        let updated = records::update::<UserRecord, _>(store, &key, |u| {
+            u.password_hash = hash.clone();
+            u.token_generation += 1;
+            true
+        })
+        .await?;
+        if updated.is_some() {
+            return Ok(PasswordReset { created: false });
+        }
+        let record = UserRecord {
+            kind: UserRecord::KIND.into(),
+            v: 1,
+            name: name.to_string(),
+            role: Role::Admin,
+            password_hash: hash.clone(),
+            created_at: testbed_core::now(),
+            token_generation: testbed_core::user::first_generation(),
+        };
+        if records::create(store, &key, &record, None).await? {
+            return Ok(PasswordReset { created: true });
+        }
+        // Created meanwhile by a running replica: set its password instead.
+    }
+}
+
 /// The value at `/config/{name}`, created from `make` if absent (the first
 /// replica to start wins; the others read its value).
 async fn shared_value(

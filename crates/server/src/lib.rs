@@ -1,6 +1,6 @@
 //! The Testbed server: API, agent hub and controller, over one store.
 //!
-//! [`start`] binds the listener, bootstraps shared secrets and the admin
+//! [`start`] binds the listener, then bootstraps shared secrets and the admin
 //! user, and spawns the background loops; the returned [`Server`] is shut
 //! down with [`Server::shutdown`].
 //!
@@ -119,9 +119,8 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         Some(store) => Some(tokio_rustls::TlsAcceptor::from(store.server_config()?)),
         None => None,
     };
-    let boot = auth::bootstrap(&config.store, config.admin_password, config.join_token)
-        .await
-        .map_err(|e| ServerError::Bootstrap(e.message))?;
+    // Bind before the bootstrap: a start that cannot listen must not create
+    // an admin whose generated password nobody would ever see.
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -132,6 +131,9 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         addr: config.listen.clone(),
         source,
     })?;
+    let boot = auth::bootstrap(&config.store, config.admin_password, config.join_token)
+        .await
+        .map_err(|e| ServerError::Bootstrap(e.message))?;
     let shutdown = CancellationToken::new();
     let limits = listen::Limits {
         max_connections: listen::effective_max_connections(config.settings.max_connections),

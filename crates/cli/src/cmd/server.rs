@@ -176,12 +176,27 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<testbed_server::Server> 
     Ok(testbed_server::start(config).await?)
 }
 
-pub fn print_banner(server: &testbed_server::Server) {
+/// `where_` names the store as `testbed admin reset-password` takes it
+/// (`--data-dir DIR` or `--store SPEC`), for the hint printed when
+/// TESTBED_ADMIN_PASSWORD cannot take effect.
+pub fn print_banner(server: &testbed_server::Server, where_: &str) {
     println!("Testbed is listening on {}", server.url());
     match &server.generated_admin_password {
         Some(p) => println!("admin login: admin / {p}   (generated; shown only this once)"),
         None if server.admin_created => println!("admin login: admin / $TESTBED_ADMIN_PASSWORD"),
-        None => println!("admin login: admin (existing user; password unchanged)"),
+        None => {
+            println!("admin login: admin (existing user; password unchanged)");
+            // The admin was created by an earlier start: the variable only
+            // sets the first password, and saying nothing here locks out
+            // whoever expects it to work.
+            if std::env::var("TESTBED_ADMIN_PASSWORD").is_ok_and(|p| !p.is_empty()) {
+                println!(
+                    "  TESTBED_ADMIN_PASSWORD is ignored: it only sets the password of a new \
+                     admin. To set it now, stop Testbed and run \
+                     `testbed admin reset-password {where_}`"
+                );
+            }
+        }
     }
     println!("agent join token: {}", server.join_token);
     if let Some(fp) = server.tls_fingerprint() {
@@ -198,7 +213,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
-    print_banner(&server);
+    print_banner(&server, &format!("--store {}", args.store.store));
     super::terminated().await;
     println!("shutting down");
     server.shutdown().await;

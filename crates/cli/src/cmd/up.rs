@@ -76,7 +76,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         conn: args.conn.clone(),
     };
     let server = super::server::start(&server_args).await?;
-    super::server::print_banner(&server);
+    super::server::print_banner(&server, &format!("--data-dir {}", args.data_dir.display()));
 
     let shutdown = CancellationToken::new();
     let mut agents = Vec::new();
