@@ -3,9 +3,15 @@
 //! promises — a documented status code and a body that fits the schema for it.
 //!
 //! Deliberately a smoke-level contract check, not a fuzzer: one well-formed
-//! call per operation, so it is fast enough for every CI run. Operations run
-//! in spec order with `DELETE`s last, so a read is not answered by a resource
-//! the same run already deleted.
+//! call per operation, so it is fast enough for every CI run.
+//!
+//! Read-only unless told otherwise: by default only `GET`, `HEAD` and
+//! `OPTIONS` are called, since the server checked may hold real data. With
+//! `write`, the other methods are called too, but only on resources this
+//! check created itself — a path id is never made up or taken from existing
+//! data, because an example id such as `1` names a real record — and what it
+//! created is deleted at the end. Operations run in spec order with the ones
+//! that need a created id after the creates, and `DELETE`s last.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,6 +45,79 @@ pub struct CheckOptions {
     /// Also call each operation that requires credentials without them, and
     /// expect a documented 401 or 403.
     pub check_auth: bool,
+    /// Call unsafe methods (POST, PUT, PATCH, DELETE) too — only on what
+    /// this check created, which it deletes at the end.
+    pub write: bool,
+}
+
+/// The report property listing what `write` created and could not delete.
+pub const LEFTOVERS: &str = "leftovers";
+
+fn is_safe(method: &str) -> bool {
+    matches!(method, "get" | "head" | "options")
+}
+
+/// A resource this check created: `POST {collection}` answered with an id.
+#[derive(Debug, Clone)]
+struct Created {
+    /// The POST's path template without a trailing slash, e.g. `/api/projects`.
+    collection: String,
+    /// The same with its parameters filled in.
+    concrete: String,
+    id: String,
+    deleted: bool,
+}
+
+impl Created {
+    fn path(&self) -> String {
+        format!("{}/{}", self.concrete, self.id)
+    }
+}
+
+/// Each `{param}` of `template` with the template before it (no trailing slash).
+fn path_params(template: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    let mut offset = 0;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let name = &rest[open + 1..open + close];
+        let prefix = template[..offset + open].trim_end_matches('/').to_string();
+        out.push((name.to_string(), prefix));
+        offset += open + close + 1;
+        rest = &template[offset..];
+    }
+    out
+}
+
+/// Values for the path parameters of `template` from resources this check
+/// created; `Err(name)` names the first one it has none for.
+fn created_values(template: &str, created: &[Created]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (name, prefix) in path_params(template) {
+        match created
+            .iter()
+            .rev()
+            .find(|c| !c.deleted && c.collection == prefix)
+        {
+            Some(c) => {
+                out.insert(name, c.id.clone());
+            }
+            None => return Err(name),
+        }
+    }
+    Ok(out)
+}
+
+/// The id in a create's answer: `id`, else `name`, else `username`.
+fn created_id(body: &Value) -> Option<String> {
+    ["id", "name", "username"].iter().find_map(|k| match body.get(*k) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 /// One operation of the spec.
@@ -78,8 +157,17 @@ fn operations(spec: &Value) -> Vec<Operation> {
             }
         }
     }
-    // Stable: spec order within each group.
-    ops.sort_by_key(|o| o.method == "delete");
+    // Stable: spec order within each group. Creates come before the
+    // operations that need a created id, deletes last.
+    ops.sort_by_key(|o| {
+        if o.method == "delete" {
+            2
+        } else if !is_safe(&o.method) && o.path.contains('{') {
+            1
+        } else {
+            0
+        }
+    });
     ops
 }
 
@@ -330,7 +418,10 @@ pub async fn check(spec: &Value, opts: &CheckOptions) -> Result<Report, SpecErro
         .insert("base_url".into(), opts.base_url.clone());
     let mut suite = Suite::new(title);
     let started = Instant::now();
-    for op in operations(&checker.spec) {
+    let ops = operations(&checker.spec);
+    let mut created: Vec<Created> = Vec::new();
+    let none = BTreeMap::new();
+    for op in &ops {
         let label = op.label();
         if skipped(&opts.skip, &label) {
             let mut c = Case::new(label, Outcome::Skip);
@@ -340,19 +431,136 @@ pub async fn check(spec: &Value, opts: &CheckOptions) -> Result<Report, SpecErro
         }
         // Without credentials first: a DELETE checked with them would
         // leave nothing for the unauthenticated call to be refused on.
-        if opts.check_auth && needs_credentials(&checker.spec, &op) {
-            suite
-                .cases
-                .push(check_operation(&checker, &client, &op, opts, false).await);
+        // Anonymous calls may use example ids even on unsafe methods: the
+        // server must refuse them before touching anything.
+        if opts.check_auth && needs_credentials(&checker.spec, op) {
+            let (case, _) = check_operation(&checker, &client, op, opts, false, &none).await;
+            suite.cases.push(case);
         }
-        suite
-            .cases
-            .push(check_operation(&checker, &client, &op, opts, true).await);
+        let safe = is_safe(&op.method);
+        if !safe && !opts.write {
+            let mut c = Case::new(label, Outcome::Skip);
+            c.message = Some("unsafe method; pass --write to call it".into());
+            suite.cases.push(c);
+            continue;
+        }
+        if !safe && op.path.trim_end_matches('/').ends_with("/logout") {
+            // It would end the session every later call is made with.
+            let mut c = Case::new(label, Outcome::Skip);
+            c.message = Some("would log this check out".into());
+            suite.cases.push(c);
+            continue;
+        }
+        let values = match created_values(&op.path, &created) {
+            Ok(v) => v,
+            // A read with an example id is harmless; a write is not.
+            Err(_) if safe => BTreeMap::new(),
+            Err(name) => {
+                let mut c = Case::new(label, Outcome::Skip);
+                c.message = Some(format!(
+                    "no resource created by this check for {{{name}}}; existing data is never written"
+                ));
+                suite.cases.push(c);
+                continue;
+            }
+        };
+        let (case, body) = check_operation(&checker, &client, op, opts, true, &values).await;
+        let ok = case
+            .properties
+            .get("status")
+            .is_some_and(|s| s.starts_with('2'));
+        if ok && op.method == "post" {
+            if let Some(id) = body.as_ref().and_then(created_id) {
+                created.push(Created {
+                    collection: op.path.trim_end_matches('/').to_string(),
+                    concrete: fill(&op.path, &values).trim_end_matches('/').to_string(),
+                    id,
+                    deleted: false,
+                });
+            }
+        }
+        if ok && op.method == "delete" {
+            let gone = fill(&op.path, &values).trim_end_matches('/').to_string();
+            for c in created.iter_mut().filter(|c| c.path() == gone) {
+                c.deleted = true;
+            }
+        }
+        suite.cases.push(case);
+    }
+    let leftovers = clean_up(&client, &ops, opts, &mut created, &mut suite).await;
+    if !leftovers.is_empty() {
+        report
+            .properties
+            .insert(LEFTOVERS.into(), leftovers.join(" "));
     }
     suite.duration_ms = started.elapsed().as_millis() as u64;
     report.suites.push(suite);
     report.finished_at = Some(Utc::now());
     Ok(report)
+}
+
+/// `template` with its `{params}` replaced from `values`.
+fn fill(template: &str, values: &BTreeMap<String, String>) -> String {
+    values.iter().fold(template.to_string(), |p, (k, v)| {
+        p.replace(&format!("{{{k}}}"), v)
+    })
+}
+
+/// Deletes, newest first, what this check created and did not delete
+/// itself; returns the paths of what is left behind.
+async fn clean_up(
+    client: &reqwest::Client,
+    ops: &[Operation],
+    opts: &CheckOptions,
+    created: &mut [Created],
+    suite: &mut Suite,
+) -> Vec<String> {
+    let mut left = Vec::new();
+    for c in created.iter_mut().rev().filter(|c| !c.deleted) {
+        let delete = ops.iter().find(|o| {
+            o.method == "delete"
+                && path_params(&o.path)
+                    .last()
+                    .is_some_and(|(_, prefix)| *prefix == c.collection)
+                && o.path.trim_end_matches('/').ends_with('}')
+        });
+        let path = c.path();
+        let Some(delete) = delete else {
+            let mut case = Case::new(format!("clean up {path}"), Outcome::Skip);
+            case.message = Some("left behind: the spec has no DELETE for it".into());
+            suite.cases.push(case);
+            left.push(path);
+            continue;
+        };
+        let slash = if delete.path.ends_with('/') { "/" } else { "" };
+        let url = format!("{}{path}{slash}", opts.base_url.trim_end_matches('/'));
+        let mut rb = client.delete(&url);
+        for (k, v) in &opts.headers {
+            rb = rb.header(k, v);
+        }
+        let mut case = Case::new(format!("clean up DELETE {path}"), Outcome::Pass);
+        match rb.send().await {
+            Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => {
+                case.properties
+                    .insert("status".into(), r.status().as_u16().to_string());
+                c.deleted = true;
+            }
+            Ok(r) => {
+                case.properties
+                    .insert("status".into(), r.status().as_u16().to_string());
+                case.outcome = Outcome::Fail;
+                case.message = Some(format!("left behind: DELETE answered {}", r.status()));
+                left.push(path);
+            }
+            Err(e) => {
+                case.outcome = Outcome::Error;
+                case.message = Some(format!("left behind: {url}: {e}"));
+                left.push(path);
+            }
+        }
+        suite.cases.push(case);
+    }
+    left
 }
 
 /// Whether the operation requires credentials: a non-empty `security` of
@@ -398,7 +606,8 @@ async fn check_operation(
     op: &Operation,
     opts: &CheckOptions,
     with_credentials: bool,
-) -> Case {
+    values: &BTreeMap<String, String>,
+) -> (Case, Option<Value>) {
     let spec = &checker.spec;
     let label = if with_credentials {
         op.label()
@@ -427,7 +636,10 @@ async fn check_operation(
         let p = resolve(spec, p);
         let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
         let required = p.get("required").and_then(Value::as_bool).unwrap_or(false);
-        let value = text(&param_value(spec, p));
+        let value = match values.get(name) {
+            Some(v) => v.clone(),
+            None => text(&param_value(spec, p)),
+        };
         match p.get("in").and_then(Value::as_str) {
             Some("path") => path = path.replace(&format!("{{{name}}}"), &value),
             Some("query") if required => query.push((name.to_string(), value)),
@@ -458,6 +670,7 @@ async fn check_operation(
             .insert("request".into(), example.to_string());
         rb = rb.json(&example);
     }
+    let mut answer = None;
     let outcome = match rb.send().await {
         Err(e) => Err((Outcome::Error, format!("{url}: {e}"))),
         Ok(resp) => {
@@ -469,6 +682,7 @@ async fn check_operation(
                 .unwrap_or_default()
                 .to_string();
             let bytes = resp.bytes().await.unwrap_or_default();
+            answer = serde_json::from_slice(&bytes).ok();
             case.properties.insert("status".into(), status.to_string());
             case.output =
                 Some(String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).into_owned());
@@ -489,7 +703,7 @@ async fn check_operation(
         case.output = None;
     }
     case.duration_ms = started.elapsed().as_millis() as u64;
-    case
+    (case, answer)
 }
 
 fn judge(
@@ -597,6 +811,37 @@ mod tests {
         assert_eq!(documented(&r, 500).as_deref(), Some("default"));
         let r = json!({"200": {}}).as_object().cloned().unwrap_or_default();
         assert_eq!(documented(&r, 500), None);
+    }
+
+    #[test]
+    fn unsafe_calls_take_ids_only_from_what_the_check_created() {
+        let params = path_params("/api/plans/{plan_id}/start/");
+        assert_eq!(
+            params,
+            vec![("plan_id".to_string(), "/api/plans".to_string())]
+        );
+        let mut created = vec![Created {
+            collection: "/api/plans".into(),
+            concrete: "/api/plans".into(),
+            id: "7".into(),
+            deleted: false,
+        }];
+        let v = created_values("/api/plans/{plan_id}/start/", &created);
+        assert_eq!(
+            v.ok().and_then(|v| v.get("plan_id").cloned()).as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            created_values("/api/projects/{id}", &created),
+            Err("id".to_string())
+        );
+        created[0].deleted = true;
+        assert!(created_values("/api/plans/{plan_id}", &created).is_err());
+        assert_eq!(
+            created_id(&json!({"id": 3, "name": "x"})).as_deref(),
+            Some("3")
+        );
+        assert_eq!(created_id(&json!({"token": "t"})), None);
     }
 
     #[test]

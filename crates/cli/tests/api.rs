@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -262,6 +263,8 @@ async fn openapi_check_passes_against_testbeds_own_spec() {
                     "--base-url",
                     &url,
                     "--check-auth",
+                    // Its own throwaway server: check the writes too.
+                    "--write",
                     "--login",
                     &login,
                     "--junit",
@@ -642,4 +645,166 @@ fn jobs_run_files_at_the_same_time_and_keep_their_output_together() {
     let (code, report, out) = api_run(&[&a, &b], &[]);
     assert_eq!(code, 1, "{out}");
     assert_eq!(report.suites[0].cases[0].outcome, Outcome::Fail, "{out}");
+}
+
+/// What a user can see of a server's data: every list the API offers.
+async fn dump(
+    p: &Platform,
+    project: &serde_json::Value,
+    plan: &serde_json::Value,
+) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for path in [
+        "/api/projects".to_string(),
+        format!("/api/performance/plans/?project_id={project}"),
+        format!("/api/performance/reports/?plan_id={plan}"),
+        "/api/plans".into(),
+        "/api/runs".into(),
+        "/api/reports".into(),
+        "/api/tasks".into(),
+        "/api/testcases".into(),
+        "/api/environments".into(),
+        "/api/groups".into(),
+        "/api/users".into(),
+    ] {
+        let (s, b) = p.get(&path).await;
+        assert_eq!(s, 200, "{path}: {b}");
+        out.insert(path, b);
+    }
+    out
+}
+
+/// `--write` may add records of its own while it runs but must delete them;
+/// every record that was there before must be there, unchanged.
+fn records(v: &serde_json::Value) -> Vec<serde_json::Value> {
+    match v {
+        serde_json::Value::Array(a) => a.clone(),
+        serde_json::Value::Object(o) => o
+            .values()
+            .find_map(|x| x.as_array().cloned())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn openapi_check_leaves_a_servers_data_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Platform::up(&dir.path().join("data"), 1, &[]).await;
+    // Data of every kind the issue saw touched, ids starting at 1 like the spec's examples.
+    let (s, project) = p
+        .post("/api/projects", json!({"name": "shop", "description": "d"}))
+        .await;
+    assert_eq!(s, 201, "{project}");
+    let (s, perf) = p
+        .post(
+            "/api/performance/plans/",
+            json!({"name": "mine", "project_id": project["id"], "config": {"concurrent_users": 1, "target_url": format!("{}/healthz", p.url)}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{perf}");
+    let (s, b) = p
+        .post(
+            "/api/testcases",
+            json!({"name": "login", "plugin": "linux_system", "method": "run_shell"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let yaml = "name: stored\nsteps:\n  - id: a\n    plugin: linux_system\n    method: run_shell\n    params: {command: echo, args: hi}\n";
+    let r = p
+        .http
+        .post(format!("{}/api/plans", p.url))
+        .bearer_auth(&p.token)
+        .header("content-type", "application/yaml")
+        .body(yaml)
+        .send()
+        .await
+        .expect("POST /api/plans");
+    assert_eq!(r.status().as_u16(), 201);
+    let run = p.start_run(yaml, json!({})).await;
+    p.wait_run(&run, Duration::from_secs(60)).await;
+    let task = p
+        .run(
+            "linux_system",
+            "local-1",
+            "run_shell",
+            json!({"command": "echo", "args": "hi"}),
+        )
+        .await;
+    p.wait_task(&task, Duration::from_secs(30)).await;
+    let before = dump(&p, &project["id"], &perf["id"]).await;
+
+    let check = |extra: &'static [&'static str]| {
+        let spec = format!("{}/api/openapi.json", p.url);
+        let url = p.url.clone();
+        let login = format!("admin:{ADMIN_PASSWORD}");
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "api",
+                "check",
+                "--spec",
+                &spec,
+                "--base-url",
+                &url,
+                "--login",
+                &login,
+            ];
+            args.extend_from_slice(extra);
+            testbed(&args, &[])
+        })
+    };
+
+    // Read-only by default: the data is exactly as it was.
+    let out = check(&["--check-auth"]).await.expect("join");
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains(
+            "skip  -    DELETE /api/projects/{id} — unsafe method; pass --write to call it"
+        ),
+        "{shown}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{shown}"
+    );
+    assert_eq!(
+        dump(&p, &project["id"], &perf["id"]).await,
+        before,
+        "{shown}"
+    );
+
+    // --write warns, acts only on what it created, and removes it.
+    let out = check(&["--write"]).await.expect("join");
+    let shown = text(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "warning: --write: calling POST, PUT, PATCH and DELETE operations on {}",
+            p.url
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("pass") && l.contains("DELETE /api/projects/{id}")),
+        "the check deletes the project it created:\n{shown}"
+    );
+    let after = dump(&p, &project["id"], &perf["id"]).await;
+    let left = err.contains("left behind");
+    for (path, was) in &before {
+        let now = records(&after[path]);
+        for rec in records(was) {
+            assert!(
+                now.contains(&rec),
+                "{path}: {rec} was changed or deleted:\n{shown}"
+            );
+        }
+        let new: Vec<_> = now.iter().filter(|r| !records(was).contains(r)).collect();
+        assert!(
+            new.is_empty() || left,
+            "{path}: left behind without saying so: {new:?}\n{shown}"
+        );
+    }
 }

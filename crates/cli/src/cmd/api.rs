@@ -96,6 +96,10 @@ pub struct CheckArgs {
     /// Also call every operation that requires credentials without them; it must answer a documented 401 or 403.
     #[arg(long)]
     pub check_auth: bool,
+    /// Also call POST, PUT, PATCH and DELETE: they create resources of the check's own, act only on
+    /// those, and delete them at the end (without it the check only reads).
+    #[arg(long)]
+    pub write: bool,
     #[arg(short = 'k', long)]
     pub insecure: bool,
     #[command(flatten)]
@@ -214,7 +218,15 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = token {
         headers.insert("authorization".into(), format!("Bearer {t}"));
     }
+    if a.write {
+        eprintln!(
+            "warning: --write: calling POST, PUT, PATCH and DELETE operations on {}; \
+             they act only on resources this check creates, which it deletes at the end",
+            a.base_url
+        );
+    }
     let opts = CheckOptions {
+        write: a.write,
         base_url: a.base_url,
         headers,
         timeout: Some(Duration::from_secs(30)),
@@ -237,6 +249,9 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default();
             println!("  {:<5} {:<4} {}{msg}", c.outcome.as_str(), status, c.name);
         }
+    }
+    if let Some(left) = report.properties.get(openapi::LEFTOVERS) {
+        eprintln!("warning: this check created and left behind: {left}");
     }
     a.reports.conclude(&report)
 }
