@@ -28,8 +28,11 @@ fn problems(ps: Vec<Problem>) -> ApiError {
     ApiError::validation(
         ps.into_iter()
             .map(|p| FieldError {
-                field: match (p.line, p.column) {
-                    (Some(l), Some(c)) => format!("{} (line {l}, column {c})", p.path),
+                // A whole-document problem (YAML syntax, input limits) has
+                // no path; the position alone says where.
+                field: match (p.line, p.column, p.path.is_empty()) {
+                    (Some(l), Some(c), true) => format!("line {l}, column {c}"),
+                    (Some(l), Some(c), false) => format!("{} (line {l}, column {c})", p.path),
                     _ => p.path.clone(),
                 },
                 message: p.message,
