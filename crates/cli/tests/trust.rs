@@ -268,6 +268,13 @@ async fn tokens_in_urls_are_for_websockets_only_and_scoped() {
     let (_ws, _) = tokio_tungstenite::connect_async(ws)
         .await
         .expect("stream token opens its stream");
+    // A session token may not travel in a URL, even to a stream.
+    let leaky = format!(
+        "{}{ws_path}?token={}",
+        p.url.replacen("http://", "ws://", 1),
+        p.token
+    );
+    assert!(tokio_tungstenite::connect_async(leaky).await.is_err());
     let other = format!(
         "{}/ws/tasks/{}/log?token={stream}",
         p.url.replacen("http://", "ws://", 1),

@@ -225,6 +225,17 @@ impl FromRequestParts<AppState> for Caller {
         if claims.typ != Subject::User {
             return Err(ApiError::unauthorized("not a user token"));
         }
+        // A token in a URL ends up in logs and browser history, so only a
+        // stream token (short-lived, one path, read-only) may travel there.
+        let from_query = !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION);
+        if from_query && claims.scope.is_none() {
+            return Err(ApiError::unauthorized(
+                "a session token may not be sent in the URL; get a stream token from \
+                 POST /api/auth/stream-token or send `Authorization: Bearer <token>`",
+            ));
+        }
         if let Some(scope) = &claims.scope {
             if !same_path(scope, parts.uri.path()) {
                 return Err(ApiError::unauthorized(format!(
