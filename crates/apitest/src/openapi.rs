@@ -113,11 +113,13 @@ fn created_values(template: &str, created: &[Created]) -> Result<BTreeMap<String
 
 /// The id in a create's answer: `id`, else `name`, else `username`.
 fn created_id(body: &Value) -> Option<String> {
-    ["id", "name", "username"].iter().find_map(|k| match body.get(*k) {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    })
+    ["id", "name", "username"]
+        .iter()
+        .find_map(|k| match body.get(*k) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        })
 }
 
 /// One operation of the spec.
