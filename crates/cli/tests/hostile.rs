@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Platform;
+use common::{rss_kib, Platform};
 use serde_json::Value;
 
 /// One 10,000-item anchor referenced 50,000 times (170 KB): ~500 million nodes
@@ -23,15 +23,6 @@ fn alias_bomb() -> String {
 /// `[[[…]]]` 100,000 deep (200 KB): quadratic for libyaml.
 fn deep() -> String {
     format!("{}{}", "[".repeat(100_000), "]".repeat(100_000))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 async fn post_plan(http: &reqwest::Client, url: &str, token: &str, body: String) -> (u16, Value) {

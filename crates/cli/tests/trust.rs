@@ -339,22 +339,12 @@ async fn anonymous_callers_learn_little_and_every_error_is_json() {
     assert!(b["error"].is_string(), "{b}");
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_login_flood_is_bounded_and_does_not_lock_the_admin_out() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::up(dir.path(), 0, &[]).await;
     let pid = p.proc.child.as_ref().unwrap().id();
-    let before = rss_kb(pid);
+    let before = rss_kib(pid);
 
     // 240 concurrent wrong passwords for `admin` from four loopback addresses.
     let mut flood = Vec::new();
@@ -403,7 +393,7 @@ async fn a_login_flood_is_bounded_and_does_not_lock_the_admin_out() {
     }
     // At most ten guesses per address were ever checked.
     assert!(checked <= 40, "{checked} password checks for 240 guesses");
-    let grown_mb = rss_kb(pid).saturating_sub(before) / 1024;
+    let grown_mb = rss_kib(pid).saturating_sub(before) / 1024;
     assert!(
         grown_mb < 300,
         "memory grew by {grown_mb} MB under a login flood"

@@ -24,6 +24,16 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Resident memory of a process, in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
 /// A child process killed (SIGKILL) when dropped; its output is collected.
 pub struct Proc {
     pub child: Option<Child>,
