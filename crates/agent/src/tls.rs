@@ -82,11 +82,7 @@ pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
 
 /// SHA-256 of a DER certificate as upper-case hex pairs joined by `:`.
 pub fn fingerprint(cert: &[u8]) -> String {
-    sha256(cert)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    testbed_core::format_fingerprint(&sha256(cert))
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {

@@ -20,3 +20,14 @@ pub mod yaml;
 pub fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
+
+/// A certificate's SHA-256 digest as printed by the server beside the join
+/// token (upper-case hex pairs joined by `:`, as openssl prints it) and
+/// accepted by agents as `--server-fingerprint`.
+pub fn format_fingerprint(sha256: &[u8]) -> String {
+    sha256
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

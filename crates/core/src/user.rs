@@ -59,12 +59,21 @@ pub struct UserRecord {
     pub token_generation: u64,
 }
 
-/// The token generation of a new user: unique per creation, so that tokens of
-/// a deleted user never work for a later user of the same name.
-pub fn first_generation() -> u64 {
-    Utc::now().timestamp_micros().unsigned_abs()
-}
-
 impl UserRecord {
     pub const KIND: &'static str = "user";
+
+    /// A new user. Its token generation is unique per creation, so that
+    /// tokens of a deleted user never work for a later user of the same name.
+    pub fn new(name: &str, role: Role, password_hash: String) -> Self {
+        let created_at = crate::now();
+        UserRecord {
+            kind: Self::KIND.into(),
+            v: 1,
+            name: name.to_string(),
+            role,
+            password_hash,
+            token_generation: created_at.timestamp_micros().unsigned_abs(),
+            created_at,
+        }
+    }
 }

@@ -436,15 +436,7 @@ pub async fn bootstrap(
                 p
             }
         };
-        let record = UserRecord {
-            kind: UserRecord::KIND.into(),
-            v: 1,
-            name: "admin".into(),
-            role: Role::Admin,
-            password_hash: hash_password(password).await?,
-            created_at: testbed_core::now(),
-            token_generation: testbed_core::user::first_generation(),
-        };
+        let record = UserRecord::new("admin", Role::Admin, hash_password(password).await?);
         admin_created = records::create(store, &admin_key, &record, None).await?;
         if !admin_created {
             // Another replica created it first; its password stands.
@@ -488,15 +480,7 @@ pub async fn reset_password(
         if updated.is_some() {
             return Ok(PasswordReset { created: false });
         }
-        let record = UserRecord {
-            kind: UserRecord::KIND.into(),
-            v: 1,
-            name: name.to_string(),
-            role: Role::Admin,
-            password_hash: hash.clone(),
-            created_at: testbed_core::now(),
-            token_generation: testbed_core::user::first_generation(),
-        };
+        let record = UserRecord::new(name, Role::Admin, hash.clone());
         if records::create(store, &key, &record, None).await? {
             return Ok(PasswordReset { created: true });
         }

@@ -220,11 +220,5 @@ fn load_pair(files: &TlsFiles) -> Result<Loaded, TlsError> {
 
 /// SHA-256 of a DER certificate as upper-case hex pairs joined by `:`.
 pub fn fingerprint(cert: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert);
-    digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    testbed_core::format_fingerprint(ring::digest::digest(&ring::digest::SHA256, cert).as_ref())
 }

@@ -220,15 +220,11 @@ pub async fn create_user(
     if !problems.is_empty() {
         return Err(ApiError::validation(problems));
     }
-    let record = UserRecord {
-        kind: UserRecord::KIND.into(),
-        v: 1,
-        name: req.username.clone(),
-        role: req.role,
-        password_hash: hash_password(req.password).await?,
-        created_at: testbed_core::now(),
-        token_generation: testbed_core::user::first_generation(),
-    };
+    let record = UserRecord::new(
+        &req.username,
+        req.role,
+        hash_password(req.password).await?,
+    );
     if !records::create(&state.store, &keys::user(&req.username), &record, None).await? {
         return Err(ApiError::conflict(format!(
             "user `{}` exists",

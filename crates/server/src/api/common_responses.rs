@@ -1,6 +1,6 @@
 //! Answers that do not come from a handler but from what stands in front of
 //! every handler — the path guard, the query and body extractors, the body
-//! size limit, the role check — documented once here for every operation
+//! size limit, the token and role checks — documented once here for every operation
 //! they apply to, so the OpenAPI document says what the server really does
 //! (`scripts/schemathesis` holds the server to it).
 
@@ -23,6 +23,8 @@ pub fn document(api: &mut OpenApi) {
             (&mut item.post, true),
             (&mut item.delete, true),
             (&mut item.patch, true),
+            (&mut item.head, false),
+            (&mut item.options, false),
         ];
         for (op, changes) in ops {
             if let Some(op) = op.as_mut() {
@@ -87,6 +89,11 @@ fn document_operation(op: &mut Operation, changes: bool) {
             "422",
             "a field is missing, unknown or has the wrong type",
         );
+    }
+    // Every operation that needs a token answers 401 without one (`testbed
+    // api check --check-auth` holds the server to it).
+    if secured {
+        add(op, "401", "no token, or an invalid or expired one");
     }
     // A viewer may read but not change; an operator changes only their own
     // runs, tasks and plans. Any signed-in user may manage their own session.

@@ -180,7 +180,6 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(performance::live))
         .split_for_parts();
     let mut openapi = openapi;
-    document_unauthorized(&mut openapi);
     common_responses::document(&mut openapi);
     let openapi_json = openapi.clone();
     router
@@ -198,45 +197,6 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(guard::check_path))
         .layer(axum::middleware::from_fn(guard::json_errors))
         .with_state(state)
-}
-
-/// Every operation that needs a token answers 401 without one; saying so
-/// once here keeps the spec honest for every handler (`testbed api check
-/// --check-auth` holds the server to it).
-fn document_unauthorized(api: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-    for item in api.paths.paths.values_mut() {
-        let ops = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-            &mut item.head,
-            &mut item.options,
-        ];
-        for op in ops.into_iter().flatten() {
-            if op.security.as_ref().is_none_or(Vec::is_empty) {
-                continue;
-            }
-            op.responses
-                .responses
-                .entry("401".into())
-                .or_insert_with(|| {
-                    RefOr::T(
-                        ResponseBuilder::new()
-                            .description("no token, or an invalid or expired one")
-                            .content(
-                                "application/json",
-                                ContentBuilder::new()
-                                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                                    .build(),
-                            )
-                            .build(),
-                    )
-                });
-        }
-    }
 }
 
 /// The OpenAPI document alone (for `testbed openapi` and tests).
