@@ -220,11 +220,7 @@ pub async fn create_user(
     if !problems.is_empty() {
         return Err(ApiError::validation(problems));
     }
-    let record = UserRecord::new(
-        &req.username,
-        req.role,
-        hash_password(req.password).await?,
-    );
+    let record = UserRecord::new(&req.username, req.role, hash_password(req.password).await?);
     if !records::create(&state.store, &keys::user(&req.username), &record, None).await? {
         return Err(ApiError::conflict(format!(
             "user `{}` exists",
