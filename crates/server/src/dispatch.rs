@@ -161,7 +161,8 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
     let all = agents(&state.store).await?;
     // Agents of a group reserved by a run take no other work: a task aimed
     // only at such agents waits, held, until the reservation ends.
-    let reserved = reservations_among(&all, &crate::engine::targets::locks(&state.store).await?);
+    let locks = crate::engine::targets::locks(&state.store).await?;
+    let reserved = crate::engine::targets::reservations(&all, &locks, None);
     let live: Vec<&AgentView> = all.iter().filter(|a| a.alive.is_some()).collect();
     let host_is_live = live.iter().any(|a| a.record.matches_host(&req.host));
     if !host_is_live
@@ -304,34 +305,12 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
     Ok(task)
 }
 
-/// Agents in a group a run holds, each with why it takes no other work
-/// (`pending: group `lab` is reserved by run …`).
-pub fn reservations_among(
-    agents: &[AgentView],
-    locks: &BTreeMap<String, Uuid>,
-) -> BTreeMap<Uuid, String> {
-    let mut out = BTreeMap::new();
-    for a in agents {
-        if let Some((group, run)) = a
-            .record
-            .groups
-            .iter()
-            .find_map(|g| locks.get(g).map(|r| (g, r)))
-        {
-            out.insert(
-                a.record.uuid,
-                format!("pending: group `{group}` is reserved by run {run}"),
-            );
-        }
-    }
-    out
-}
-
-/// [`reservations_among`] every registered agent, read from the store.
+/// Reservations ([`crate::engine::targets::reservations`]) of every
+/// registered agent, read from the store.
 pub async fn reservations(store: &DynStore) -> Result<BTreeMap<Uuid, String>, RecordError> {
     let all = agents(store).await?;
     let locks = crate::engine::targets::locks(store).await?;
-    Ok(reservations_among(&all, &locks))
+    Ok(crate::engine::targets::reservations(&all, &locks, None))
 }
 
 /// Sends a held task on its way: clears the hold on its assignment and the

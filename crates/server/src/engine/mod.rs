@@ -146,7 +146,7 @@ async fn step_forward(
             match locks.get(&group) {
                 Some(holder) if *holder == run.id => {}
                 Some(holder) => {
-                    let reason = format!("pending: group `{group}` is reserved by run {holder}");
+                    let reason = targets::reserved_reason(&group, holder);
                     for st in run.steps.values_mut() {
                         if st.status == StepStatus::Pending {
                             st.reason = Some(reason.clone());

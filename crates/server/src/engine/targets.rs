@@ -55,22 +55,38 @@ pub async fn locks(store: &DynStore) -> Result<BTreeMap<String, Uuid>, RecordErr
     Ok(out)
 }
 
-/// Agents that belong to a group reserved by a run other than `run`.
+/// Why work waits for a group a run holds.
+pub fn reserved_reason(group: &str, holder: &Uuid) -> String {
+    format!("pending: group `{group}` is reserved by run {holder}")
+}
+
+/// Agents that belong to a group reserved by a run other than `run`, each
+/// with why it takes no other work.
+pub fn reservations(
+    agents: &[AgentView],
+    locks: &BTreeMap<String, Uuid>,
+    run: Option<Uuid>,
+) -> BTreeMap<Uuid, String> {
+    agents
+        .iter()
+        .filter_map(|a| {
+            a.record.groups.iter().find_map(|g| {
+                locks
+                    .get(g)
+                    .filter(|holder| Some(**holder) != run)
+                    .map(|holder| (a.record.uuid, reserved_reason(g, holder)))
+            })
+        })
+        .collect()
+}
+
+/// The agents of [`reservations`] alone.
 pub fn reserved_elsewhere(
     agents: &[AgentView],
     locks: &BTreeMap<String, Uuid>,
     run: Option<Uuid>,
 ) -> BTreeSet<Uuid> {
-    agents
-        .iter()
-        .filter(|a| {
-            a.record
-                .groups
-                .iter()
-                .any(|g| locks.get(g).is_some_and(|holder| Some(*holder) != run))
-        })
-        .map(|a| a.record.uuid)
-        .collect()
+    reservations(agents, locks, run).into_keys().collect()
 }
 
 /// Live agents that match, carry `plugin.method`, and are not reserved by
