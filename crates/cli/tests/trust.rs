@@ -226,6 +226,32 @@ async fn names_in_paths_cannot_reach_other_keys() {
     }
     let (s, _) = p.get("/api/groups/victim").await;
     assert_eq!(s, 200, "the group survived");
+
+    // A name the path guard would refuse cannot be created either: every
+    // stored thing stays reachable by its URL (schemathesis found `.`).
+    for (path, body) in [
+        ("/api/groups", json!({"name": "."})),
+        ("/api/environments", json!({"name": ".."})),
+        (
+            "/api/testcases",
+            json!({"name": ".", "plugin": "linux_system", "method": "run_shell"}),
+        ),
+        (
+            "/api/testcases",
+            json!({"name": "-rf", "plugin": "linux_system", "method": "run_shell"}),
+        ),
+        (
+            "/api/users",
+            json!({"username": ".", "password": "long-enough", "role": "viewer"}),
+        ),
+    ] {
+        let (s, b) = p.post(path, body).await;
+        assert_eq!(s, 422, "POST {path}: {b}");
+        assert!(
+            b.to_string().contains("starting with a letter or digit"),
+            "{b}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

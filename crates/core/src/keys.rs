@@ -21,6 +21,25 @@ pub const GROUPS: &str = "/groups/";
 /// Index of runs not yet finished, so the controller never scans history.
 pub const ACTIVE_RUNS: &str = "/active/runs/";
 
+/// The rule for every name that becomes one key segment and one URL path
+/// segment (test cases, environments, groups, users): letters, digits, `.`,
+/// `_` and `-`, starting with a letter or digit — so no name is `.` or `..`
+/// (which the API's path guard refuses) or looks like a command-line flag.
+/// `max` is the longest name allowed. The OpenAPI patterns spell the same
+/// rule: `^[A-Za-z0-9][A-Za-z0-9._-]{0,max-1}$`.
+pub fn is_valid_name(name: &str, max: usize) -> bool {
+    name.len() <= max
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// What [`is_valid_name`] asks for, for error messages.
+pub fn name_rule(max: usize) -> String {
+    format!("1–{max} characters of letters, digits, `.`, `_` and `-`, starting with a letter or digit")
+}
+
 pub fn testcase(name: &str) -> String {
     format!("/testcases/{name}")
 }
@@ -138,6 +157,17 @@ pub fn artifact_blob(task: &Uuid, name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_that_cannot_be_path_segments_are_refused() {
+        use super::is_valid_name;
+        for ok in ["a", "web-1", "A.b_c", "9", &"x".repeat(128)] {
+            assert!(is_valid_name(ok, 128), "{ok}");
+        }
+        for bad in ["", ".", "..", ".hidden", "-rf", "_x", "a/b", "a b", "é", &"x".repeat(129)] {
+            assert!(!is_valid_name(bad, 128), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

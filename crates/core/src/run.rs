@@ -16,7 +16,7 @@ use crate::plan::{PlanSpec, TargetSpec};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
-    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -51,7 +51,7 @@ pub struct TestCase {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
-    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -72,7 +72,7 @@ pub struct Environment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Group {
-    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,

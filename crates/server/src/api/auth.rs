@@ -82,11 +82,7 @@ pub async fn login(
 }
 
 fn valid_username(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    keys::is_valid_name(name, 64)
 }
 
 /// Log out: every token of the calling user stops working at once (all
@@ -181,7 +177,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
-    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub username: String,
     #[schema(min_length = 8)]
     pub password: String,
@@ -208,7 +204,7 @@ pub async fn create_user(
     if !valid_username(&req.username) {
         problems.push(FieldError {
             field: "/username".into(),
-            message: "1–64 characters of letters, digits, `.`, `_`, `-`".into(),
+            message: keys::name_rule(64),
         });
     }
     if req.password.chars().count() < 8 {

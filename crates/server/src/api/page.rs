@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult};
+use testbed_core::keys;
 
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -64,19 +65,12 @@ impl PageQuery {
     }
 }
 
-/// Names of stored resources: what can safely be a store key segment.
+/// Names of stored resources: what can safely be a store key segment and a
+/// URL path segment (the rule is [`keys::is_valid_name`]).
 pub fn check_name(field: &str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
+    if keys::is_valid_name(name, 128) {
         Ok(())
     } else {
-        Err(ApiError::field(
-            field,
-            "1–128 characters of letters, digits, `.`, `_` and `-`",
-        ))
+        Err(ApiError::field(field, keys::name_rule(128)))
     }
 }
