@@ -5,12 +5,19 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use testbed_agent::config::parse_labels;
 use testbed_agent::{Agent, AgentConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::server::{ConnArgs, ServerArgs, StoreArgs};
 
 #[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    testbed up --agents 2\n  \
+    testbed up --agent-labels arch=x86_64,os=linux --agent-groups lab-a\n  \
+    sudo testbed up --run-as testbed   # tasks drop root privileges\n\n\
+    Every local agent gets the same labels and groups; plan steps reach them\n\
+    with `target: {labels: arch=x86_64}` or `target: {group: lab-a}`.")]
 pub struct UpArgs {
     /// Address to serve the API and WebSockets on.
     #[arg(long, default_value = "127.0.0.1:8774")]
@@ -37,6 +44,18 @@ pub struct UpArgs {
     /// Directory of exec plugins for the local agents.
     #[arg(long)]
     pub plugin_dir: Option<PathBuf>,
+    /// Labels every local agent carries, `k=v[,k2=v2]` (plan targets
+    /// select them with `labels: k=v`).
+    #[arg(long, value_name = "K=V[,K=V]", default_value = "")]
+    pub agent_labels: String,
+    /// Groups every local agent belongs to, comma-separated (plan targets
+    /// select them with `group: NAME`).
+    #[arg(long, value_name = "G1[,G2]", value_delimiter = ',')]
+    pub agent_groups: Vec<String>,
+    /// When started as root, the local agents run tasks as this user
+    /// (without it, tasks run as root and a warning says so).
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Serve plain HTTP on a non-loopback --listen address (tokens,
@@ -75,6 +94,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         replica: None,
         conn: args.conn.clone(),
     };
+    // Bad labels are refused before anything starts, naming the flag.
+    let labels =
+        parse_labels(&args.agent_labels).map_err(|e| anyhow::anyhow!("--agent-labels: {e}"))?;
+    let groups: Vec<String> = args
+        .agent_groups
+        .iter()
+        .map(|g| g.trim())
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(user) = &args.run_as {
+        testbed_agent::process::resolve_run_as(user)
+            .map_err(|e| anyhow::anyhow!("--run-as: {e}"))?;
+    }
     let server = super::server::start(&server_args).await?;
     super::server::print_banner(&server, &format!("--data-dir {}", args.data_dir.display()));
 
@@ -87,6 +120,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         cfg.state_dir = args.data_dir.join("agents").join(&name);
         cfg.allow_shell = args.allow_shell;
         cfg.plugin_dir = args.plugin_dir.clone();
+        cfg.labels = labels.clone();
+        cfg.groups = groups.clone();
+        cfg.run_as = args.run_as.clone();
         if let Some(store) = server.tls.clone() {
             // The local agents trust the certificate the server serves at
             // the time, renewals included.
