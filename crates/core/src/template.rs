@@ -4,7 +4,14 @@
 //! `{{ params.branch }}`, `{{ env.API_URL }}`, `{{ steps.build.outputs.sha }}`,
 //! `{{ result.artifacts[0].url }}`. A string that is exactly one template
 //! keeps the referenced value's JSON type (so `"{{ params.count }}"` is a
-//! number); otherwise every reference is interpolated as text.
+//! number); otherwise every reference is interpolated as text: a string as
+//! itself, `null` as nothing, a list of scalars as its items separated by
+//! one space, anything else as JSON text.
+//!
+//! Filters follow the reference, with the syntax of API test suites:
+//! `{{ steps.login.outputs.token | trim }}`, `{{ steps.scan.outputs.hosts |
+//! join(",") }}`, `{{ params.config | json }}`. They are checked with the
+//! plan, so an unknown filter is refused before a run starts.
 //!
 //! Deliberately not a general-purpose template language: plans stay
 //! declarative, and every reference can be checked before a run starts.
@@ -22,6 +29,20 @@ pub enum TemplateError {
     BadPath(String, String),
     #[error("`{0}` is not defined")]
     Undefined(String),
+    #[error("unknown filter `{0}` (filters are: {known})", known = FILTERS.join(", "))]
+    UnknownFilter(String),
+    #[error("filter `{0}`: {1}")]
+    Filter(String, String),
+}
+
+/// The filters a reference may pipe its value through.
+pub const FILTERS: [&str; 3] = ["trim", "join", "json"];
+
+/// One `| name` or `| name("arg")` after a reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub name: String,
+    pub arg: Option<String>,
 }
 
 /// One segment of a reference path.
@@ -34,8 +55,10 @@ pub enum Segment {
 /// A parsed reference such as `steps.build.outputs.sha`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
+    /// The path as written (filters not included).
     pub text: String,
     pub path: Vec<Segment>,
+    pub filters: Vec<Filter>,
 }
 
 impl Reference {
@@ -115,13 +138,22 @@ fn pieces(s: &str) -> Result<Vec<Piece>, TemplateError> {
         let end = after
             .find("}}")
             .ok_or_else(|| TemplateError::Unclosed(s.to_string()))?;
-        let text = after[..end].trim();
+        let inner = after[..end].trim();
+        if inner.is_empty() {
+            return Err(TemplateError::Empty);
+        }
+        let mut parts = split_pipes(inner).into_iter();
+        let text = parts.next().unwrap_or_default().trim().to_string();
         if text.is_empty() {
             return Err(TemplateError::Empty);
         }
+        let filters = parts
+            .map(|f| parse_filter(f.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
         out.push(Piece::Ref(Reference {
-            text: text.to_string(),
-            path: parse_path(text)?,
+            path: parse_path(&text)?,
+            text,
+            filters,
         }));
         rest = &after[end + 2..];
     }
@@ -129,6 +161,104 @@ fn pieces(s: &str) -> Result<Vec<Piece>, TemplateError> {
         out.push(Piece::Text(rest.to_string()));
     }
     Ok(out)
+}
+
+/// Splits `a | b("|")` at the pipes outside quotes.
+fn split_pipes(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '|') => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// `trim`, `join`, `join(", ")`, `json`.
+fn parse_filter(f: &str) -> Result<Filter, TemplateError> {
+    let bad = |why: &str| TemplateError::Filter(f.to_string(), why.to_string());
+    let (name, arg) = match f.find('(') {
+        Some(i) => {
+            let inner = f[i + 1..]
+                .strip_suffix(')')
+                .ok_or_else(|| bad("argument without a closing `)`"))?
+                .trim();
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|q| inner.strip_prefix(*q).and_then(|r| r.strip_suffix(*q)))
+                .filter(|_| inner.len() >= 2)
+                .ok_or_else(|| bad("the argument is a quoted string, like join(\", \")"))?;
+            (f[..i].trim(), Some(unquoted.to_string()))
+        }
+        None => (f, None),
+    };
+    if name.is_empty() {
+        return Err(TemplateError::Filter(
+            f.to_string(),
+            "empty filter after `|`".into(),
+        ));
+    }
+    if !FILTERS.contains(&name) {
+        return Err(TemplateError::UnknownFilter(name.to_string()));
+    }
+    if arg.is_some() && name != "join" {
+        return Err(TemplateError::Filter(
+            name.to_string(),
+            "takes no argument".into(),
+        ));
+    }
+    Ok(Filter {
+        name: name.to_string(),
+        arg,
+    })
+}
+
+/// Applies a reference's filters, in order, to its value.
+fn apply_filters(r: &Reference, v: Value) -> Result<Value, TemplateError> {
+    r.filters.iter().try_fold(v, |v, f| {
+        Ok(match f.name.as_str() {
+            "trim" => match v {
+                Value::String(s) => Value::String(s.trim().to_string()),
+                Value::Array(a) => Value::Array(
+                    a.into_iter()
+                        .map(|x| match x {
+                            Value::String(s) => Value::String(s.trim().to_string()),
+                            other => other,
+                        })
+                        .collect(),
+                ),
+                other => other,
+            },
+            "join" => {
+                let sep = f.arg.as_deref().unwrap_or(" ");
+                match v {
+                    Value::Array(a) => {
+                        Value::String(a.iter().map(as_text).collect::<Vec<_>>().join(sep))
+                    }
+                    other => Value::String(as_text(&other)),
+                }
+            }
+            "json" => Value::String(v.to_string()),
+            other => return Err(TemplateError::UnknownFilter(other.to_string())),
+        })
+    })
+}
+
+/// The value of a reference, filters applied.
+fn value_of(r: &Reference, scope: &Value) -> Result<Value, TemplateError> {
+    let v = lookup(scope, &r.path)
+        .cloned()
+        .ok_or_else(|| TemplateError::Undefined(r.text.clone()))?;
+    apply_filters(r, v)
 }
 
 /// Every reference in `s`.
@@ -175,10 +305,16 @@ pub fn lookup<'a>(scope: &'a Value, path: &[Segment]) -> Option<&'a Value> {
     })
 }
 
+/// A value pasted into surrounding text.
 fn as_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
+        // Lists of scalars read like shell words (`a b c`); `join` picks
+        // another separator and `json` keeps the JSON text.
+        Value::Array(a) if a.iter().all(|x| !x.is_array() && !x.is_object()) => {
+            a.iter().map(as_text).collect::<Vec<_>>().join(" ")
+        }
         other => other.to_string(),
     }
 }
@@ -188,17 +324,13 @@ fn as_text(v: &Value) -> String {
 pub fn render_str(s: &str, scope: &Value) -> Result<Value, TemplateError> {
     let ps = pieces(s)?;
     if let [Piece::Ref(r)] = ps.as_slice() {
-        return lookup(scope, &r.path)
-            .cloned()
-            .ok_or_else(|| TemplateError::Undefined(r.text.clone()));
+        return value_of(r, scope);
     }
     let mut out = String::new();
     for p in ps {
         match p {
             Piece::Text(t) => out.push_str(&t),
-            Piece::Ref(r) => out.push_str(&as_text(
-                lookup(scope, &r.path).ok_or_else(|| TemplateError::Undefined(r.text.clone()))?,
-            )),
+            Piece::Ref(r) => out.push_str(&as_text(&value_of(&r, scope)?)),
         }
     }
     Ok(Value::String(out))
@@ -318,6 +450,70 @@ mod tests {
             json!("{{ item }} and main")
         );
         assert!(references(r"\{{ x.y }}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn filters_trim_join_json() {
+        let s = json!({"o": {"tok": "token-abc\n", "hosts": ["a", "b"], "cfg": {"k": 1}}});
+        assert_eq!(
+            render_str("{{ o.tok | trim }}", &s).unwrap(),
+            json!("token-abc")
+        );
+        assert_eq!(
+            render_str("--token={{ o.tok|trim }}", &s).unwrap(),
+            json!("--token=token-abc")
+        );
+        assert_eq!(
+            render_str("{{ o.hosts | join(\",\") }}", &s).unwrap(),
+            json!("a,b")
+        );
+        assert_eq!(
+            render_str("{{ o.hosts | join('|') }}", &s).unwrap(),
+            json!("a|b")
+        );
+        assert_eq!(
+            render_str("{{ o.hosts | join }}", &s).unwrap(),
+            json!("a b")
+        );
+        assert_eq!(
+            render_str("{{ o.cfg | json }}", &s).unwrap(),
+            json!("{\"k\":1}")
+        );
+        assert_eq!(
+            render_str("{{ o.hosts | json }}", &s).unwrap(),
+            json!("[\"a\",\"b\"]")
+        );
+        // A lone reference keeps the list; pasted into text it reads like words.
+        assert_eq!(render_str("{{ o.hosts }}", &s).unwrap(), json!(["a", "b"]));
+        assert_eq!(render_str("h: {{ o.hosts }}", &s).unwrap(), json!("h: a b"));
+        // Objects pasted into text stay JSON.
+        assert_eq!(
+            render_str("c={{ o.cfg }}", &s).unwrap(),
+            json!("c={\"k\":1}")
+        );
+    }
+
+    #[test]
+    fn filter_errors_name_the_filter() {
+        let e = references("{{ o.tok | strip }}").unwrap_err();
+        assert_eq!(e, TemplateError::UnknownFilter("strip".into()));
+        assert!(e.to_string().contains("unknown filter `strip`"), "{e}");
+        assert!(e.to_string().contains("trim, join, json"), "{e}");
+        assert!(matches!(
+            references("{{ o.tok | trim(\"x\") }}"),
+            Err(TemplateError::Filter(..))
+        ));
+        assert!(matches!(
+            references("{{ o.tok | join(,) }}"),
+            Err(TemplateError::Filter(..))
+        ));
+        assert!(matches!(
+            references("{{ o.tok | }}"),
+            Err(TemplateError::Filter(..))
+        ));
+        let r = references("{{ a.b | trim | join(\" \") }}").unwrap();
+        assert_eq!(r[0].text, "a.b");
+        assert_eq!(r[0].filters.len(), 2);
     }
 
     #[test]
