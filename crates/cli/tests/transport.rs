@@ -477,7 +477,7 @@ async fn agents_join_over_tls_only_when_they_trust_the_server() {
             "--server-fingerprint",
             &printed,
             "--plugins",
-            "linux_system,build_server",
+            "linux_system,build_server,load",
         ],
     );
     let agents = p.wait_agents(2).await;
@@ -533,6 +533,30 @@ async fn agents_join_over_tls_only_when_they_trust_the_server() {
         let (s, body) = p.get_text(&url).await;
         assert_eq!((s, body.as_str()), (200, "built\n"), "{host}");
     }
+
+    // A performance test's live stream is advertised with the scheme the
+    // server speaks: `wss://` under TLS.
+    let (s, project) = p
+        .post("/api/projects", json!({"name": "tls", "description": "d"}))
+        .await;
+    assert_eq!(s, 201, "{project}");
+    let (s, plan) = p
+        .post(
+            "/api/performance/plans/",
+            json!({"name": "tls", "project_id": project["id"], "config":
+                {"concurrent_users": 1, "hold_time": 1, "target_url": format!("{}/healthz", p.url)}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{plan}");
+    let (s, started) = p
+        .post(
+            &format!("/api/performance/plans/{}/start/", plan["id"]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{started}");
+    let ws = started["websocket_url"].as_str().unwrap();
+    assert!(ws.starts_with("wss://"), "{ws}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -575,8 +575,15 @@ pub async fn start(
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
+    // The same scheme the client reached us by: a TLS server's stream
+    // must not be advertised as plain `ws://`.
+    let scheme = if state.settings.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
     Ok(Json(StartResponse {
-        websocket_url: format!("ws://{host}/ws/performance/{execution_id}/?token={token}"),
+        websocket_url: format!("{scheme}://{host}/ws/performance/{execution_id}/?token={token}"),
         execution_id,
         status: "running".into(),
         start_time: now,
