@@ -1,0 +1,128 @@
+//! The documentation is executed: every shell block of README.md and
+//! docs/*.md runs, in order, in a sandbox (see tests/common/docs.rs for the
+//! sandbox, the `<!-- doc: … -->` annotations and the one rewrite made).
+//! One test per file, so a failure names its file and line.
+
+#[path = "common/docs.rs"]
+mod harness;
+
+use harness::run_doc;
+
+/// Every Markdown file whose shell blocks are run; `every_doc_is_run` keeps
+/// this list complete.
+const DOCS: [&str; 9] = [
+    "README.md",
+    "docs/ARCHITECTURE.md",
+    "docs/api-tests.md",
+    "docs/benchmarks.md",
+    "docs/performance.md",
+    "docs/plans.md",
+    "docs/plugins.md",
+    "docs/security.md",
+    "docs/tck.md",
+];
+
+#[test]
+fn every_doc_is_run() {
+    let mut found = vec!["README.md".to_string()];
+    let dir = harness::repo_root().join("docs");
+    for e in std::fs::read_dir(&dir).expect("docs/") {
+        let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            found.push(format!("docs/{name}"));
+        }
+    }
+    found.sort();
+    let mut listed: Vec<String> = DOCS.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(found, listed, "add a test below for each new doc file");
+}
+
+#[test]
+fn annotations_are_checked() {
+    let ok = "<!-- doc: skip: needs a lab -->\n```sh\nfalse\n```\n```json\n{}\n```\n";
+    let b = harness::blocks(ok).expect("parses");
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].skip.as_deref(), Some("needs a lab"));
+    for (bad, why) in [
+        ("<!-- doc: skip -->\n```sh\ntrue\n```\n", "needs a reason"),
+        (
+            "<!-- doc: sometimes -->\n```sh\ntrue\n```\n",
+            "unknown doc directive",
+        ),
+        ("<!-- doc: stop -->\n```json\n{}\n```\n", "not run"),
+        (
+            "<!-- doc: stop -->\ntext\n```sh\ntrue\n```\n",
+            "above no shell block",
+        ),
+    ] {
+        let e = harness::blocks(bad).expect_err(bad);
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_failing_block_fails_the_file() {
+    let mut sb = harness::Sandbox::new("self-test");
+    let r = sb.sh("X=1\ncd examples\n", std::time::Duration::from_secs(30));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    // Variables and the directory carry over; `-e` stops at the first failure.
+    let r = sb.sh(
+        "test \"$X\" = 1\ntest -d plans\nfalse\necho not reached\n",
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(!r.stdout.contains("not reached"));
+    // The rewrite: the README's cargo form runs the built binary.
+    let r = sb.sh(
+        "cargo run --release -p testbed-cli -- --version\n",
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.starts_with("testbed"), "{}", r.stdout);
+}
+
+#[test]
+fn readme() {
+    run_doc("README.md");
+}
+
+#[test]
+fn architecture() {
+    run_doc("docs/ARCHITECTURE.md");
+}
+
+#[test]
+fn api_tests() {
+    run_doc("docs/api-tests.md");
+}
+
+#[test]
+fn benchmarks() {
+    run_doc("docs/benchmarks.md");
+}
+
+#[test]
+fn performance() {
+    run_doc("docs/performance.md");
+}
+
+#[test]
+fn plans() {
+    run_doc("docs/plans.md");
+}
+
+#[test]
+fn plugins() {
+    run_doc("docs/plugins.md");
+}
+
+#[test]
+fn security() {
+    run_doc("docs/security.md");
+}
+
+#[test]
+fn tck() {
+    run_doc("docs/tck.md");
+}
