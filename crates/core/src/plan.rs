@@ -32,6 +32,11 @@ pub struct PlanSpec {
     /// How long a step may wait for an eligible agent (default 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_timeout: Option<String>,
+    /// Accept targets no registered agent matches yet, and let their steps
+    /// wait (up to `pending_timeout`) for one to join. Without it such a
+    /// plan is refused when submitted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait_for_agents: bool,
     pub steps: Vec<StepSpec>,
 }
 
@@ -118,12 +123,35 @@ fn string_type() -> ParamType {
 }
 
 /// Where a step runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum Target {
     /// A host, agent name, numeric id or uuid.
     Name(String),
     Spec(TargetSpec),
+}
+
+// By hand rather than `untagged`: a mistake inside a selector (an unknown
+// key, `each: every`) keeps its own message and position instead of
+// "did not match any variant".
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Target;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an agent name, or a selector such as {labels: {arch: x86_64}}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Target, E> {
+                Ok(Target::Name(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Target, A::Error> {
+                TargetSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Target::Spec)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Exactly one selector, or `each:` around one to fan out over every
@@ -140,9 +168,48 @@ pub struct TargetSpec {
     pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// One task on every live agent the inner selector matches; `each: all`
+    /// (or `each: {}`) is every live agent that carries the plugin.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "each_selector"
+    )]
     #[schema(no_recursion)]
     pub each: Option<Box<TargetSpec>>,
+}
+
+/// `each: all` is the empty selector: it matches every agent.
+fn each_selector<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<TargetSpec>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Box<TargetSpec>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("`all` or a selector such as {labels: {arch: x86_64}}")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E: serde::de::Error>(self, w: &str) -> Result<Self::Value, E> {
+            if w == "all" {
+                return Ok(Some(Box::default()));
+            }
+            Err(E::custom(format!(
+                "`each: {w}`: write `each: all` for every agent, or a selector such as \
+                 `each: {{labels: {{arch: x86_64}}}}`"
+            )))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            TargetSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                .map(|s| Some(Box::new(s)))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 impl Target {
@@ -191,12 +258,13 @@ impl TargetSpec {
             parts.push(format!("group={g}"));
         }
         if let Some(l) = &self.labels {
-            parts.push(
+            parts.push(format!(
+                "labels {}",
                 l.iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
-                    .join(","),
-            );
+                    .join(",")
+            ));
         }
         if parts.is_empty() {
             "any agent".into()
@@ -586,10 +654,13 @@ pub fn check(spec: &PlanSpec) -> Vec<Problem> {
         if let Some(Target::Spec(t)) = &s.target {
             let inner = t.each.as_deref();
             let n = t.selectors();
-            if n != 1 || inner.is_some_and(|e| e.selectors() != 1 || e.each.is_some()) {
+            // Inside `each:` no selector at all is `each: all`.
+            if n != 1 || inner.is_some_and(|e| e.selectors() > 1 || e.each.is_some()) {
                 push(
                     at("target"),
-                    "give exactly one of host, agent, group, labels — or `each:` around one".into(),
+                    "give exactly one of host, agent, group, labels — or `each:` around one \
+                     (`each: all` for every agent)"
+                        .into(),
                 );
             }
         }
@@ -872,6 +943,49 @@ steps:
         given.insert("bogus".to_string(), Value::from(1));
         let errs = p.resolve_params(&given).unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
+    fn each_all_is_every_agent() {
+        for each in ["all", "{}"] {
+            let p = parse(&format!(
+                "name: x\nsteps:\n  - id: a\n    plugin: p\n    method: m\n    target: {{each: {each}}}\n"
+            ))
+            .unwrap();
+            let (sel, fan_out) = p.steps[0].target.as_ref().unwrap().selector();
+            assert!(fan_out);
+            assert_eq!(sel, TargetSpec::default(), "each: {each}");
+            // A stored plan comes back the same.
+            let again: PlanSpec =
+                serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+            assert_eq!(again, p);
+        }
+        let errs = parse(
+            "name: x\nsteps:\n  - id: a\n    plugin: p\n    method: m\n    target: {each: every}\n",
+        )
+        .unwrap_err();
+        assert!(errs[0].message.contains("each: all"), "{errs:?}");
+        let errs = parse("name: x\nsteps:\n  - id: a\n    plugin: p\n    method: m\n    target: {each: {lables: {a: b}}}\n").unwrap_err();
+        assert!(errs[0].message.contains("lables"), "{errs:?}");
+        assert_eq!(errs[0].line, Some(6), "{errs:?}");
+        assert!(!parse(
+            "name: x\nwait_for_agents: true\nsteps:\n  - id: a\n    plugin: p\n    method: m\n"
+        )
+        .unwrap()
+        .steps
+        .is_empty());
+    }
+
+    #[test]
+    fn unknown_filter_is_located() {
+        let errs = parse("name: x\nsteps:\n  - id: a\n    plugin: p\n    method: m\n    outputs: {t: \"{{ result.stdout_tail }}\"}\n  - id: b\n    plugin: p\n    method: m\n    depends_on: [a]\n    params: {args: \"--t {{ steps.a.outputs.t | strip }}\"}\n").unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "steps[1].params");
+        assert_eq!(errs[0].line, Some(11), "{errs:?}");
+        assert!(
+            errs[0].to_string().contains("unknown filter `strip`"),
+            "{errs:?}"
+        );
     }
 
     #[test]
