@@ -198,7 +198,8 @@ impl Agent {
         if root && run_as.is_none() {
             tracing::warn!(
                 "agent `{}` runs as ROOT and so will every task it is given: \
-                 set run_as to drop tasks' privileges",
+                 pass --run-as USER (`testbed agent`, `testbed up`) or set run_as in \
+                 the agent config to drop tasks' privileges",
                 config.name
             );
         }

@@ -26,9 +26,15 @@ fn spec_matches_seed_002() {
     let names: Vec<_> = spec.methods.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["run_shell", "system_information"]);
     for m in &spec.methods {
-        assert_eq!(m.description, SEED_DESCRIPTION);
         check_schema(&m.schema).unwrap();
     }
+    assert_eq!(
+        spec.method("run_shell").unwrap().description,
+        SEED_DESCRIPTION
+    );
+    // Its own description, not a copy of run_shell's.
+    let info = &spec.method("system_information").unwrap().description;
+    assert!(info.starts_with("Describe the machine"), "{info}");
 }
 
 #[test]

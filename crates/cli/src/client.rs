@@ -51,12 +51,66 @@ pub fn save_credentials(c: &Credentials) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The server when nothing names one: the address `testbed up` listens on.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8774";
+
+/// `--server`'s default: `$TESTBED_SERVER`, else the last server logged in
+/// to, else [`DEFAULT_SERVER`].
 pub fn default_server() -> String {
     std::env::var("TESTBED_SERVER").unwrap_or_else(|_| {
         load_file()
             .map(|c| c.server)
-            .unwrap_or_else(|| "http://127.0.0.1:8774".into())
+            .unwrap_or_else(|| DEFAULT_SERVER.into())
     })
+}
+
+/// A server address as users type it, made a base URL: `127.0.0.1:8774`
+/// and `localhost:8774` get `http://` (what `testbed up` serves there);
+/// another host without a scheme gets `https://`, so a guess never sends a
+/// password in clear text across a network (write `http://` to mean it).
+/// A trailing `/` is dropped. `what` names the source in errors
+/// (`--server`, `TESTBED_SERVER`).
+pub fn server_url(raw: &str, what: &str) -> anyhow::Result<String> {
+    let raw = raw.trim().trim_end_matches('/');
+    if raw.is_empty() {
+        bail!("{what} is empty: give the server's address, e.g. {DEFAULT_SERVER}");
+    }
+    let full = match raw.split_once("://") {
+        Some((scheme, _))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            raw.to_string()
+        }
+        Some((scheme, _)) => {
+            bail!("{what} `{raw}`: the scheme must be http:// or https://, not {scheme}://")
+        }
+        None if is_loopback_host(raw) => format!("http://{raw}"),
+        None => format!("https://{raw}"),
+    };
+    let url = reqwest::Url::parse(&full).map_err(|e| {
+        anyhow::anyhow!("{what} `{raw}` is not a server address ({e}); e.g. {DEFAULT_SERVER}")
+    })?;
+    if url.host_str().is_none_or(str::is_empty) {
+        bail!("{what} `{raw}` names no host; e.g. {DEFAULT_SERVER}");
+    }
+    Ok(full)
+}
+
+/// Whether `authority` (`host[:port][/…]`, no scheme) names this machine.
+fn is_loopback_host(authority: &str) -> bool {
+    let authority = authority.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        // [::1]:8774
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => match authority.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => authority,
+        },
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Forgets the saved token (after `testbed logout`).
@@ -95,6 +149,41 @@ impl std::fmt::Display for ApiFailure {
 
 impl std::error::Error for ApiFailure {}
 
+/// Kinds of records whose ids (uuids) commands accept shortened to a
+/// unique prefix, with the list endpoint that filters by `id_prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    Task,
+    Run,
+    /// Stored plans: for commands that take a plan id.
+    #[allow(dead_code)]
+    Plan,
+    Report,
+}
+
+impl IdKind {
+    fn noun(self) -> &'static str {
+        match self {
+            IdKind::Task => "task",
+            IdKind::Run => "run",
+            IdKind::Plan => "plan",
+            IdKind::Report => "report",
+        }
+    }
+
+    fn list_path(self) -> &'static str {
+        match self {
+            IdKind::Task => "/api/tasks",
+            IdKind::Run => "/api/runs",
+            IdKind::Plan => "/api/plans",
+            IdKind::Report => "/api/reports",
+        }
+    }
+}
+
+/// Candidates listed when a prefix is ambiguous.
+const AMBIGUOUS_SHOWN: usize = 10;
+
 impl Client {
     /// From the environment or the saved login.
     pub fn from_env() -> anyhow::Result<Client> {
@@ -103,6 +192,14 @@ impl Client {
             .ok()
             .or_else(|| saved.as_ref().map(|c| c.server.clone()))
             .unwrap_or_else(|| "http://127.0.0.1:8774".into());
+        let server = server_url(
+            &server,
+            if std::env::var_os("TESTBED_SERVER").is_some() {
+                "TESTBED_SERVER"
+            } else {
+                "the saved login's server"
+            },
+        )?;
         let token = std::env::var("TESTBED_TOKEN")
             .ok()
             .or_else(|| saved.map(|c| c.token))
@@ -110,11 +207,66 @@ impl Client {
         Ok(Client::new(&server, &token))
     }
 
+    /// A client of `server` (a base URL, or an address [`server_url`]
+    /// completes; one it cannot complete is kept and fails on first use).
     pub fn new(server: &str, token: &str) -> Client {
+        let server = server_url(server, "server")
+            .unwrap_or_else(|_| server.trim_end_matches('/').to_string());
         Client {
-            server: server.trim_end_matches('/').to_string(),
+            http: http_client(&server),
+            server,
             token: token.to_string(),
-            http: http_client(server),
+        }
+    }
+
+    /// The full id of a `kind` record from an id or a unique prefix of one
+    /// (`tasks show 3f2a`). An ambiguous prefix is an error listing the
+    /// candidates; one that matches nothing is "not found".
+    pub async fn resolve(&self, kind: IdKind, given: &str) -> anyhow::Result<String> {
+        let noun = kind.noun();
+        if uuid::Uuid::parse_str(given).is_ok() {
+            return Ok(given.to_ascii_lowercase());
+        }
+        if given.is_empty() || !given.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            bail!("no {noun} `{given}`: {noun} ids are uuids (or a unique prefix of one)");
+        }
+        let prefix = given.to_ascii_lowercase();
+        let page: serde_json::Value = self
+            .get(&format!(
+                "{}?id_prefix={prefix}&page_size={AMBIGUOUS_SHOWN}",
+                kind.list_path()
+            ))
+            .await?;
+        // Filtered here too: a server without `id_prefix` lists everything.
+        let ids: Vec<&str> = page["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["id"].as_str())
+            .filter(|id| id.starts_with(&prefix))
+            .collect();
+        let total = page["total"].as_u64().unwrap_or(0).max(ids.len() as u64);
+        match ids.as_slice() {
+            [] => Err(ApiFailure {
+                status: 404,
+                message: format!("no {noun} whose id starts with `{given}`"),
+                details: serde_json::Value::Null,
+            }
+            .into()),
+            [one] if total == 1 => Ok(one.to_string()),
+            many => {
+                let more = total.saturating_sub(many.len() as u64);
+                bail!(
+                    "`{given}` is ambiguous: {total} {noun}s have ids starting with it:\n  {}{}\n\
+                     give more characters of the id",
+                    many.join("\n  "),
+                    if more > 0 {
+                        format!("\n  … and {more} more")
+                    } else {
+                        String::new()
+                    }
+                )
+            }
         }
     }
 
@@ -131,6 +283,21 @@ impl Client {
             self.server.clone()
         };
         format!("{base}{path}")
+    }
+
+    /// [`Self::check`] for a request that carried the token: a 401 says
+    /// how to get a fresh one.
+    async fn check_authed(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+        Self::check(resp)
+            .await
+            .map_err(|e| match e.downcast::<ApiFailure>() {
+                Ok(mut f) if f.status == 401 => {
+                    f.message = format!("{}: {}", f.message, relogin_hint());
+                    f.into()
+                }
+                Ok(f) => f.into(),
+                Err(e) => e,
+            })
     }
 
     async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
@@ -162,7 +329,7 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("connecting to {}", self.server))?;
-        Ok(Self::check(resp).await?.json().await?)
+        Ok(Self::check_authed(resp).await?.json().await?)
     }
 
     pub async fn get_text(&self, path: &str) -> anyhow::Result<(String, Option<String>)> {
@@ -173,7 +340,7 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("connecting to {}", self.server))?;
-        let resp = Self::check(resp).await?;
+        let resp = Self::check_authed(resp).await?;
         let status = resp
             .headers()
             .get("x-task-status")
@@ -191,7 +358,7 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("connecting to {}", self.server))?;
-        Self::check(resp).await?;
+        Self::check_authed(resp).await?;
         Ok(())
     }
 
@@ -208,7 +375,17 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("connecting to {}", self.server))?;
-        Ok(Self::check(resp).await?.json().await?)
+        Ok(Self::check_authed(resp).await?.json().await?)
+    }
+}
+
+/// What to do about a refused token: depends on where it came from.
+pub fn relogin_hint() -> &'static str {
+    if std::env::var_os("TESTBED_TOKEN").is_some() {
+        "the token in TESTBED_TOKEN was refused (expired or revoked); set a fresh one, or unset \
+         it and run `testbed login`"
+    } else {
+        "the saved login has expired or was ended; run `testbed login`"
     }
 }
 
@@ -273,5 +450,10 @@ pub async fn ws_connect(
     } else {
         None
     };
-    Ok(tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector).await?)
+    match tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status().as_u16() == 401 => {
+            bail!("invalid token (401): {}", relogin_hint())
+        }
+        other => Ok(other?),
+    }
 }

@@ -1,21 +1,37 @@
 //! `testbed`: the all-in-one platform (`up`), a server replica (`server`),
 //! an agent (`agent`) and the client commands, in one binary.
 //!
-//! Exit codes: 0 all passed, 1 a test (task) failed, 2 usage or
-//! infrastructure error.
+//! Exit codes ([`EXIT_CODES`], docs/cli.md): 0 success, 1 a test (task,
+//! threshold) failed, 2 usage or infrastructure error.
 
 mod client;
 mod cmd;
+mod output;
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Shown at the end of `testbed --help`; docs/cli.md says the same.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success: the command did what was asked (every test passed)
+  1  a test, task or threshold failed (`exec` passes on the task's own code)
+  2  usage error, bad input, or an infrastructure error (server unreachable,
+     not logged in, a run cancelled)
+
+Conventions (docs/cli.md): `--json` prints an array for every list; ids may be
+shortened to a unique prefix; NO_COLOR or a redirected output turns colour off.";
 
 #[derive(Parser)]
 #[command(
     name = "testbed",
     version,
-    about = "Distributed test platform: server, agents and client in one binary"
+    about = "Distributed test platform: server, agents and client in one binary",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,7 +63,7 @@ enum Command {
     Tasks(cmd::client::TasksCmd),
     /// Generate HTTP load against a URL and report latency percentiles (like wrk/oha).
     Load(cmd::load::LoadArgs),
-    /// Performance plans on a server's load agents (seed-001 API), followed live.
+    /// Performance plans on a server's load agents, followed live.
     #[command(subcommand)]
     Perf(cmd::perf::PerfCmd),
     /// Run a test plan and follow it live (exit 0 passed, 1 failed, 2 error).
@@ -64,17 +80,109 @@ enum Command {
     /// Compatibility kits: run TAP scripts, mask known-broken tests, compare reports.
     #[command(subcommand)]
     Tck(cmd::tck::TckCmd),
+    /// Print a shell completion script (e.g. `testbed completions bash > /etc/bash_completion.d/testbed`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of `testbed`, or write one page per command into a directory.
+    Man {
+        /// Write `testbed.1`, `testbed-runs.1`, … here instead of printing `testbed.1`.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    /// Commands that serve tasks or write to a child process's stdin, and
+    /// so must keep SIGPIPE ignored (see [`output::default_sigpipe`]).
+    fn feeds_child_processes(&self) -> bool {
+        matches!(
+            self,
+            Command::Up(_)
+                | Command::Server(_)
+                | Command::Agent(_)
+                | Command::Run(_)
+                | Command::Api(_)
+                | Command::Tck(_)
+        )
+    }
+}
+
+/// `testbed agent ls`: `agent` runs an agent, and clap would only say that
+/// `ls` is unexpected. Points at the list commands instead.
+fn misplaced_subcommand(args: &[OsString]) -> Option<String> {
+    let word = |i: usize| args.get(i).and_then(|a| a.to_str());
+    let (Some("agent"), Some(next)) = (word(1), word(2)) else {
+        return None;
+    };
+    let fix = match next {
+        "ls" | "list" => "testbed agents ls",
+        "show" => "testbed agents show ID",
+        _ => return None,
+    };
+    Some(format!(
+        "`testbed agent` runs an agent on this machine; did you mean `{fix}`?"
+    ))
+}
+
+/// `testbed completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "testbed", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+/// `testbed man [--dir DIR]`.
+fn man(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+        }
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    output::quiet_broken_pipe();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if let Some(hint) = misplaced_subcommand(&args) {
+        eprintln!("error: {hint}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse_from(args);
+    if !cli.command.feeds_child_processes() {
+        output::default_sigpipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TESTBED_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(output::color_enabled(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    match cli.command {
+        Command::Completions { shell } => return completions(shell),
+        Command::Man { dir } => {
+            return man(dir).unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            })
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,6 +211,7 @@ fn main() -> ExitCode {
             Command::Report(a) => cmd::report::report(a).await,
             Command::Tck(a) => cmd::tck::tck(a).await,
             Command::Api(a) => cmd::api::api(a).await,
+            Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         }
     });
     match result {
@@ -111,5 +220,67 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument a user can see explains itself in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.is_hide_set() || arg.get_help().is_some() || arg.get_long_help().is_some() {
+                    continue;
+                }
+                let name = match (arg.get_long(), arg.get_short()) {
+                    (Some(l), _) => format!("--{l}"),
+                    (None, Some(s)) => format!("-{s}"),
+                    _ => format!("<{}>", arg.get_id().as_str().to_uppercase()),
+                };
+                missing.push(format!("{path} {name}"));
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "testbed", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "arguments without help:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    /// No internal jargon in what users read.
+    #[test]
+    fn help_has_no_seed_jargon() {
+        fn walk(cmd: &mut clap::Command, out: &mut String) {
+            out.push_str(&cmd.render_long_help().to_string());
+            for sub in cmd.get_subcommands_mut() {
+                walk(sub, out);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut all = String::new();
+        walk(&mut cmd, &mut all);
+        assert!(
+            !all.to_lowercase().contains("seed-00"),
+            "seed jargon in --help"
+        );
+    }
+
+    #[test]
+    fn agent_ls_points_at_agents() {
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let hint = misplaced_subcommand(&args(&["testbed", "agent", "ls"])).unwrap();
+        assert!(hint.contains("testbed agents ls"), "{hint}");
+        assert!(misplaced_subcommand(&args(&["testbed", "agent", "--server", "x"])).is_none());
     }
 }

@@ -174,7 +174,10 @@ async fn a_first_start_that_cannot_bind_creates_no_admin() {
     let failed = run(up(&dir, &addr, None), None);
     assert_eq!(failed.status.code(), Some(2), "{}", text(&failed));
     let msg = text(&failed);
-    assert!(msg.contains("Address already in use"), "{msg}");
+    assert!(
+        msg.contains(&format!("{addr} is already in use")) && msg.contains("--listen"),
+        "{msg}"
+    );
     assert!(!msg.contains("admin login"), "{msg}");
     drop(taken);
 

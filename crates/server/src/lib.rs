@@ -44,15 +44,33 @@ use crate::state::{AppState, Inner};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
-    #[error("binding {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    /// The message says what to do and names the OS error once (the error
+    /// is kept as a field, not as a `source`, which printing the chain
+    /// would repeat).
+    #[error("{}", bind_message(addr, cause))]
+    Bind { addr: String, cause: std::io::Error },
     #[error("bootstrap: {0}")]
     Bootstrap(String),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+}
+
+/// What a failed bind tells the user: `testbed up` and `testbed server`
+/// both take `--listen HOST:PORT`.
+fn bind_message(addr: &str, cause: &std::io::Error) -> String {
+    match cause.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "{addr} is already in use — another Testbed? stop it or pass --listen HOST:PORT"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{addr} is not an address of this machine ({cause}); pass --listen HOST:PORT")
+        }
+        std::io::ErrorKind::PermissionDenied => format!(
+            "not allowed to listen on {addr} ({cause}; ports below 1024 need privileges); \
+             pass --listen HOST:PORT"
+        ),
+        _ => format!("cannot listen on {addr}: {cause}; pass --listen HOST:PORT"),
+    }
 }
 
 pub struct ServerConfig {
@@ -123,13 +141,13 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     // an admin whose generated password nobody would ever see.
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|source| ServerError::Bind {
+        .map_err(|cause| ServerError::Bind {
             addr: config.listen.clone(),
-            source,
+            cause,
         })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+    let addr = listener.local_addr().map_err(|cause| ServerError::Bind {
         addr: config.listen.clone(),
-        source,
+        cause,
     })?;
     let boot = auth::bootstrap(&config.store, config.admin_password, config.join_token)
         .await

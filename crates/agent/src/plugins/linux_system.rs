@@ -15,10 +15,16 @@ use testbed_core::task::TaskStatus;
 use crate::plugin::{Plugin, PluginError, PluginOutput, TaskContext};
 use crate::process::{self, CommandSpec, ProcessOutcome};
 
-/// Seed 002's description of both methods, kept verbatim because clients of
+/// Seed 002's description of `run_shell`, kept verbatim because clients of
 /// `/v2.1/slaves` show it.
 pub const SEED_DESCRIPTION: &str =
     "parameters is dict. command key is linux cmd. args key is parameters of linux cmd";
+
+/// What `system_information` does (seed 002 gave it `run_shell`'s text,
+/// which described a method it is not).
+pub const SYSTEM_INFORMATION_DESCRIPTION: &str =
+    "Describe the machine: hostname, OS, kernel, CPU, memory, swap, load and uptime. \
+     Optional: command (and args) is also run, its result returned as command_output";
 
 /// The plugin `linux_system`: `run_shell` and `system_information`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -113,7 +119,7 @@ pub(crate) fn run_shell_method() -> MethodSpec {
 pub(crate) fn system_information_method() -> MethodSpec {
     MethodSpec {
         name: "system_information".to_string(),
-        description: SEED_DESCRIPTION.to_string(),
+        description: SYSTEM_INFORMATION_DESCRIPTION.to_string(),
         schema: json!({
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "type": "object",

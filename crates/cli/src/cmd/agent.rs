@@ -14,7 +14,8 @@ pub struct AgentArgs {
     /// Read the configuration from this TOML file (flags are then ignored).
     #[arg(long, conflicts_with_all = ["server", "name"])]
     pub config: Option<PathBuf>,
-    /// Server URL, e.g. https://testbed:8774 or http://127.0.0.1:8774.
+    /// Server URL, e.g. https://testbed:8774 or http://127.0.0.1:8774 (a
+    /// loopback address without a scheme means http://, another https://).
     #[arg(long, env = "TESTBED_SERVER")]
     pub server: Option<String>,
     /// Refused: a token on the command line is visible to every local user
@@ -123,6 +124,8 @@ impl AgentArgs {
             .server
             .clone()
             .context("--server (or TESTBED_SERVER) is required")?;
+        // `--server 127.0.0.1:8774` as for the client commands.
+        let server = crate::client::server_url(&server, "--server")?;
         let token = token.context(
             "the join token is required: set TESTBED_JOIN_TOKEN or pass --token-file FILE",
         )?;

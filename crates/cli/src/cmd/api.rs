@@ -69,6 +69,7 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct LintArgs {
+    /// Suite files (.yaml), collections (.json), or directories of them.
     #[arg(required = true, value_name = "FILE|DIR")]
     pub paths: Vec<PathBuf>,
 }
@@ -100,6 +101,7 @@ pub struct CheckArgs {
     /// those, and delete them at the end (without it the check only reads).
     #[arg(long)]
     pub write: bool,
+    /// Accept any TLS certificate from the API under test.
     #[arg(short = 'k', long)]
     pub insecure: bool,
     #[command(flatten)]

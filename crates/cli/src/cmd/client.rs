@@ -1,44 +1,60 @@
 //! Client commands: `login`, `agents`, `exec`, `tasks`.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Client, Credentials};
+use crate::client::{self, Client, Credentials, IdKind};
+use crate::output::{self, cell};
 
 #[derive(Args, Debug)]
 pub struct LoginArgs {
-    /// Server URL (default: $TESTBED_SERVER or the last one logged in to).
-    #[arg(long)]
+    /// Server URL (default: $TESTBED_SERVER or the last one logged in to);
+    /// `127.0.0.1:8774` means http://127.0.0.1:8774.
+    #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// The user to log in as.
     #[arg(long, short, default_value = "admin")]
     pub username: String,
-    /// Read the password from standard input (else $TESTBED_PASSWORD, else
-    /// a prompt).
+    /// Read the password from the first line of standard input (else
+    /// $TESTBED_PASSWORD, else a prompt that does not echo).
     #[arg(long)]
     pub password_stdin: bool,
 }
 
 pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
-    let server = args.server.unwrap_or_else(client::default_server);
+    let (raw, what) = match args.server {
+        Some(s) => (s, "--server"),
+        None if std::env::var_os("TESTBED_SERVER").is_some() => {
+            (client::default_server(), "TESTBED_SERVER")
+        }
+        None => (client::default_server(), "the saved login's server"),
+    };
+    let server = client::server_url(&raw, what)?;
     let password = if args.password_stdin {
-        read_line()?
+        read_line().context("--password-stdin: reading standard input")?
     } else if let Ok(p) = std::env::var("TESTBED_PASSWORD") {
         p
+    } else if std::io::stdin().is_terminal() {
+        // Typed at a terminal: never echoed.
+        rpassword::prompt_password(format!("password for {} at {server}: ", args.username))
+            .context("reading the password from the terminal")?
     } else {
-        eprint!("password for {}: ", args.username);
-        std::io::stderr().flush().ok();
-        read_line()?
+        // Piped in without --password-stdin (`echo pw | testbed login`):
+        // nothing to hide, read it as --password-stdin would.
+        read_line().context("reading the password from standard input")?
     };
+    if password.is_empty() {
+        bail!("no password given (type it at the prompt, pipe it with --password-stdin, or set TESTBED_PASSWORD)");
+    }
     let token = client::login(&server, &args.username, &password).await?;
     let path = client::save_credentials(&Credentials {
         server: server.clone(),
@@ -73,14 +89,17 @@ fn read_line() -> anyhow::Result<String> {
 #[derive(Subcommand, Debug)]
 pub enum AgentsCmd {
     /// List agents.
+    #[command(visible_alias = "list")]
     Ls {
-        /// Print JSON instead of a table.
+        /// Print a JSON array of agents instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Show one agent (numeric id, uuid or name).
+    /// Show one agent and the methods of its plugins.
     Show {
+        /// The agent's numeric id, uuid or name.
         id: String,
+        /// Print the agent as a JSON object instead of a summary.
         #[arg(long)]
         json: bool,
     },
@@ -92,12 +111,10 @@ pub async fn agents(cmd: AgentsCmd) -> anyhow::Result<ExitCode> {
         AgentsCmd::Ls { json } => {
             let list: Vec<Value> = c.get("/api/agents").await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                output::print_json_list(&list)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED);
-            table.set_header([
+            let mut table = output::table([
                 "ID", "NAME", "HOST", "STATUS", "PLUGINS", "LABELS", "TASKS", "CPU %", "MEM",
             ]);
             for a in &list {
@@ -131,13 +148,13 @@ pub async fn agents(cmd: AgentsCmd) -> anyhow::Result<ExitCode> {
                     None => ("-".into(), "-".into()),
                 };
                 table.add_row([
-                    a["id"].to_string(),
+                    cell(&a["id"]),
                     a["name"].as_str().unwrap_or_default().to_string(),
                     a["host"].as_str().unwrap_or_default().to_string(),
                     a["status"].as_str().unwrap_or_default().to_string(),
                     plugins,
                     labels,
-                    a["outstanding"].to_string(),
+                    cell(&a["outstanding"]),
                     cpu,
                     mem,
                 ]);
@@ -147,7 +164,7 @@ pub async fn agents(cmd: AgentsCmd) -> anyhow::Result<ExitCode> {
         AgentsCmd::Show { id, json } => {
             let a: Value = c.get(&format!("/api/agents/{id}")).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&a)?);
+                output::print_json(&a)?;
             } else {
                 println!(
                     "{} (id {}, {})",
@@ -175,11 +192,13 @@ pub async fn agents(cmd: AgentsCmd) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
+    /// The plugin whose method to run (`testbed agents show` lists them).
     #[arg(long, default_value = "linux_system")]
     pub plugin: String,
     /// An agent's host, name or uuid.
     #[arg(long)]
     pub host: String,
+    /// The plugin method to run.
     #[arg(long, default_value = "run_shell")]
     pub method: String,
     /// Parameters as a JSON object (for methods other than run_shell).
@@ -271,7 +290,7 @@ async fn finish(c: &Client, id: &str, as_json: bool) -> anyhow::Result<ExitCode>
         task = c.get(&format!("/api/tasks/{id}")).await?;
     }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&task)?);
+        output::print_json(&task)?;
     }
     let status = task["status"].as_str().unwrap_or("?");
     let exit = task["exit_code"].as_i64();
@@ -292,42 +311,71 @@ async fn finish(c: &Client, id: &str, as_json: bool) -> anyhow::Result<ExitCode>
 
 #[derive(Subcommand, Debug)]
 pub enum TasksCmd {
-    /// List recent tasks.
+    /// List recent tasks, newest first.
+    #[command(visible_alias = "list")]
     Ls {
+        /// Only tasks in this status: queued, running, succeeded, failed,
+        /// cancelled or lost.
         #[arg(long)]
         status: Option<String>,
+        /// Only tasks of this agent (name or uuid).
+        #[arg(long)]
+        agent: Option<String>,
+        /// How many tasks to list (1–1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Print a JSON array of tasks instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Show a task.
-    Show { id: String },
+    /// Show a task: status, agent, timings, result.
+    Show {
+        /// The task's id, or a unique prefix of it.
+        id: String,
+        /// Print the task as a JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a task's log; `-f` follows it until the task ends.
     Logs {
+        /// The task's id, or a unique prefix of it.
         id: String,
+        /// Keep printing the log as it grows, until the task ends.
         #[arg(short, long)]
         follow: bool,
     },
     /// Cancel a task.
-    Cancel { id: String },
+    Cancel {
+        /// The task's id, or a unique prefix of it.
+        id: String,
+    },
 }
 
 pub async fn tasks(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
     let c = Client::from_env()?;
     match cmd {
-        TasksCmd::Ls { status, json } => {
-            let path = match status {
-                Some(s) => format!("/api/tasks?page_size=50&status={s}"),
-                None => "/api/tasks?page_size=50".to_string(),
-            };
+        TasksCmd::Ls {
+            status,
+            agent,
+            limit,
+            json,
+        } => {
+            let mut path = format!("/api/tasks?page_size={limit}");
+            if let Some(s) = status {
+                path.push_str(&format!("&status={}", query_value(&s)));
+            }
+            if let Some(a) = agent {
+                path.push_str(&format!("&agent={}", query_value(&a)));
+            }
             let page: Value = c.get(&path).await?;
+            let rows = page["results"].as_array().cloned().unwrap_or_default();
             if json {
-                println!("{}", serde_json::to_string_pretty(&page)?);
+                output::print_json_list(&rows)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED);
-            table.set_header(["ID", "PLUGIN.METHOD", "AGENT", "STATUS", "EXIT", "CREATED"]);
-            for t in page["results"].as_array().into_iter().flatten() {
+            let mut table =
+                output::table(["ID", "PLUGIN.METHOD", "AGENT", "STATUS", "EXIT", "CREATED"]);
+            for t in &rows {
                 table.add_row([
                     t["id"].as_str().unwrap_or_default().to_string(),
                     format!(
@@ -347,12 +395,18 @@ pub async fn tasks(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
             println!("{table}");
             Ok(ExitCode::SUCCESS)
         }
-        TasksCmd::Show { id } => {
+        TasksCmd::Show { id, json } => {
+            let id = c.resolve(IdKind::Task, &id).await?;
             let t: Value = c.get(&format!("/api/tasks/{id}")).await?;
-            println!("{}", serde_json::to_string_pretty(&t)?);
+            if json {
+                output::print_json(&t)?;
+            } else {
+                print_task(&t);
+            }
             Ok(ExitCode::SUCCESS)
         }
         TasksCmd::Logs { id, follow } => {
+            let id = c.resolve(IdKind::Task, &id).await?;
             if follow {
                 follow_log(&c, &id).await?;
             } else {
@@ -362,6 +416,7 @@ pub async fn tasks(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TasksCmd::Cancel { id } => {
+            let id = c.resolve(IdKind::Task, &id).await?;
             let t: Value = c
                 .post(&format!("/api/tasks/{id}/cancel"), &json!({}))
                 .await?;
@@ -370,6 +425,92 @@ pub async fn tasks(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
                 t["status"].as_str().unwrap_or("?")
             );
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A query-string value, percent-encoded.
+pub fn query_value(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `tasks show` for humans: the fields a user asks about, as `agents show`
+/// prints an agent.
+fn print_task(t: &Value) {
+    let s = |k: &str| cell(&t[k]);
+    println!("task {} ({}.{})", s("id"), s("plugin"), s("method"));
+    let mut status = s("status");
+    if let Some(code) = t["exit_code"].as_i64() {
+        status.push_str(&format!(", exit code {code}"));
+    }
+    println!("  status:     {status}");
+    if !t["reason"].is_null() {
+        println!("  reason:     {}", s("reason"));
+    }
+    if !t["error"].is_null() {
+        println!("  error:      {}", s("error"));
+    }
+    println!(
+        "  agent:      {} (asked for host `{}`)",
+        s("agent_name"),
+        s("host")
+    );
+    println!("  by:         {}", s("created_by"));
+    println!("  created:    {}", s("created_at"));
+    if !t["started_at"].is_null() {
+        println!("  started:    {}", s("started_at"));
+    }
+    if !t["finished_at"].is_null() {
+        println!("  finished:   {}", s("finished_at"));
+    }
+    if let Some(ms) = t["duration_ms"].as_i64() {
+        println!("  duration:   {:.3} s", ms as f64 / 1000.0);
+    }
+    if let Some(run) = t["run"].as_object() {
+        println!(
+            "  run:        {} step `{}` (instance {}, attempt {})",
+            cell(&run["run_id"]),
+            cell(&run["step"]),
+            cell(&run["instance"]),
+            cell(&run["attempt"])
+        );
+    }
+    if let Some(params) = t["parameters"].as_object().filter(|p| !p.is_empty()) {
+        println!("  parameters:");
+        for (k, v) in params {
+            println!("    {k}: {}", cell(v));
+        }
+    }
+    println!(
+        "  log:        {} bytes (`testbed tasks logs {}`)",
+        s("log_bytes"),
+        s("id")
+    );
+    for a in t["artifacts"].as_array().into_iter().flatten() {
+        println!(
+            "  artifact:   {} ({} bytes)",
+            cell(&a["name"]),
+            cell(&a["size"])
+        );
+    }
+    if let Some(result) = t["result"].as_object() {
+        println!("  result:");
+        for (k, v) in result {
+            let text = cell(v);
+            // Multi-line values (stdout tails) stay readable, indented.
+            let mut lines = text.lines();
+            println!("    {k}: {}", lines.next().unwrap_or_default());
+            for l in lines {
+                println!("      {l}");
+            }
         }
     }
 }

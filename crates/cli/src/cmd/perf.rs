@@ -1,5 +1,5 @@
-//! `testbed perf run plan.yaml`: a performance plan through a server (the
-//! seed-001 API), followed live, judged by its thresholds.
+//! `testbed perf run plan.yaml`: a performance plan through a server's
+//! `/api/performance` API, followed live, judged by its thresholds.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +22,8 @@ pub enum PerfCmd {
 
 #[derive(Args, Debug)]
 pub struct PerfRunArgs {
-    /// `name`, `description`, `project_id` (optional) and the seed-001 `config`.
+    /// A YAML file: `name`, `description` and `project_id` (optional), and
+    /// the load `config` (docs/performance.md).
     pub plan: PathBuf,
     /// Print the final report as JSON.
     #[arg(long)]
@@ -152,7 +153,7 @@ pub async fn perf(cmd: PerfCmd) -> anyhow::Result<ExitCode> {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::print_json(&report)?;
     } else {
         let s = &report["summary"];
         let p = &report["metrics"]["response_times"]["percentiles"];

@@ -6,12 +6,26 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 
-use crate::client::Client;
+use serde_json::Value;
+
+use crate::client::{Client, IdKind};
+use crate::output::{self, cell};
 
 #[derive(Subcommand, Debug)]
 pub enum ReportCmd {
-    /// Print a stored report.
+    /// List stored reports, newest first.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// How many reports to list (1–1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Print a JSON array of reports instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a stored report (exit 1 when it records a failure).
     Show {
+        /// The report's id, or a unique prefix of it.
         id: String,
         /// summary (default), json, junit, tap or html.
         #[arg(long, default_value = "summary")]
@@ -43,8 +57,36 @@ pub fn render(report: &testbed_report::Report, format: &str) -> anyhow::Result<S
 
 pub async fn report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
     match cmd {
+        ReportCmd::Ls { limit, json } => {
+            let c = Client::from_env()?;
+            let page: Value = c.get(&format!("/api/reports?page_size={limit}")).await?;
+            let rows = page["results"].as_array().cloned().unwrap_or_default();
+            if json {
+                output::print_json_list(&rows)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut t = output::table([
+                "ID", "NAME", "RESULT", "TOTAL", "PASSED", "FAILED", "ERRORS", "SKIPPED", "CREATED",
+            ]);
+            for r in &rows {
+                t.add_row([
+                    cell(&r["id"]),
+                    cell(&r["name"]),
+                    if r["ok"] == true { "PASS" } else { "FAIL" }.to_string(),
+                    cell(&r["total"]),
+                    cell(&r["passed"]),
+                    cell(&r["failed"]),
+                    cell(&r["errors"]),
+                    cell(&r["skipped"]),
+                    cell(&r["created_at"]),
+                ]);
+            }
+            println!("{t}");
+            Ok(ExitCode::SUCCESS)
+        }
         ReportCmd::Show { id, format } => {
             let c = Client::from_env()?;
+            let id = c.resolve(IdKind::Report, &id).await?;
             let (text, _) = c
                 .get_text(&format!("/api/reports/{id}?format=json"))
                 .await?;

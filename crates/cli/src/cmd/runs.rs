@@ -5,31 +5,46 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde_json::{json, Value};
 
-use crate::client::Client;
+use super::client::query_value;
+use crate::client::{Client, IdKind};
+use crate::output::{self, cell};
 
 #[derive(Subcommand, Debug)]
 pub enum RunsCmd {
-    /// List recent runs.
+    /// List recent runs, newest first.
+    #[command(visible_alias = "list")]
     Ls {
+        /// Only runs in this status: pending, running, passed, failed,
+        /// cancelled or error.
         #[arg(long)]
         status: Option<String>,
+        /// How many runs to list (1–1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Print a JSON array of runs instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show a run's steps.
     Show {
+        /// The run's id, or a unique prefix of it.
         id: String,
+        /// Print the run as a JSON object instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Cancel a run.
-    Cancel { id: String },
+    Cancel {
+        /// The run's id, or a unique prefix of it.
+        id: String,
+    },
     /// Print the logs of a run's tasks; `-f` follows until the run ends.
     Logs {
+        /// The run's id, or a unique prefix of it.
         id: String,
+        /// Keep printing new output until the run ends.
         #[arg(short, long)]
         follow: bool,
     },
@@ -38,20 +53,23 @@ pub enum RunsCmd {
 pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
     let c = Client::from_env()?;
     match cmd {
-        RunsCmd::Ls { status, json } => {
-            let path = match status {
-                Some(s) => format!("/api/runs?page_size=50&status={s}"),
-                None => "/api/runs?page_size=50".into(),
-            };
+        RunsCmd::Ls {
+            status,
+            limit,
+            json,
+        } => {
+            let mut path = format!("/api/runs?page_size={limit}");
+            if let Some(s) = status {
+                path.push_str(&format!("&status={}", query_value(&s)));
+            }
             let page: Value = c.get(&path).await?;
+            let rows = page["results"].as_array().cloned().unwrap_or_default();
             if json {
-                println!("{}", serde_json::to_string_pretty(&page)?);
+                output::print_json_list(&rows)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut t = Table::new();
-            t.load_preset(UTF8_FULL_CONDENSED);
-            t.set_header(["ID", "PLAN", "STATUS", "BY", "CREATED", "REPORT"]);
-            for r in page["results"].as_array().into_iter().flatten() {
+            let mut t = output::table(["ID", "PLAN", "STATUS", "BY", "CREATED", "REPORT"]);
+            for r in &rows {
                 t.add_row([
                     r["id"].as_str().unwrap_or_default(),
                     r["plan_name"].as_str().unwrap_or_default(),
@@ -64,31 +82,28 @@ pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
             println!("{t}");
         }
         RunsCmd::Show { id, json } => {
+            let id = c.resolve(IdKind::Run, &id).await?;
             let r: Value = c.get(&format!("/api/runs/{id}")).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                output::print_json(&r)?;
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "run {} of {}: {}{}",
-                r["id"].as_str().unwrap_or_default(),
-                r["plan_name"].as_str().unwrap_or_default(),
-                r["status"].as_str().unwrap_or_default(),
-                r["reason"]
-                    .as_str()
-                    .map(|x| format!(" ({x})"))
-                    .unwrap_or_default()
+                "run {} of {}: {}",
+                cell(&r["id"]),
+                cell(&r["plan_name"]),
+                output::status_with_reason(&cell(&r["status"]), &cell(&r["reason"]))
             );
-            let mut t = Table::new();
-            t.load_preset(UTF8_FULL_CONDENSED);
-            t.set_header(["STEP", "STATUS", "AGENTS", "ATTEMPTS", "REASON"]);
+            let mut t = output::table(["STEP", "STATUS", "AGENTS", "ATTEMPTS", "REASON"]);
             for s in r["spec"]["steps"].as_array().into_iter().flatten() {
                 let id = s["id"].as_str().unwrap_or_default();
                 let st = &r["steps"][id];
                 let insts = st["instances"].as_array().cloned().unwrap_or_default();
+                let status = cell(&st["status"]);
+                let reason = output::reason_only(&status, &cell(&st["reason"]));
                 t.add_row([
                     id.to_string(),
-                    st["status"].as_str().unwrap_or_default().to_string(),
+                    status,
                     insts
                         .iter()
                         .filter_map(|i| i["agent_name"].as_str())
@@ -99,12 +114,13 @@ pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
                         .map(|i| i["attempt"].to_string())
                         .collect::<Vec<_>>()
                         .join(","),
-                    st["reason"].as_str().unwrap_or_default().to_string(),
+                    reason,
                 ]);
             }
             println!("{t}");
         }
         RunsCmd::Cancel { id } => {
+            let id = c.resolve(IdKind::Run, &id).await?;
             let r: Value = c
                 .post(&format!("/api/runs/{id}/cancel"), &json!({}))
                 .await?;
@@ -114,6 +130,7 @@ pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
             );
         }
         RunsCmd::Logs { id, follow } => {
+            let id = c.resolve(IdKind::Run, &id).await?;
             let mut offsets: BTreeMap<String, usize> = BTreeMap::new();
             loop {
                 let r: Value = c.get(&format!("/api/runs/{id}")).await?;

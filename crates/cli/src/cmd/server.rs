@@ -19,6 +19,7 @@ pub struct StoreArgs {
     /// etcd user (with --etcd-password).
     #[arg(long, env = "TESTBED_ETCD_USER")]
     pub etcd_user: Option<String>,
+    /// etcd password (with --etcd-user).
     #[arg(long, env = "TESTBED_ETCD_PASSWORD", hide_env_values = true)]
     pub etcd_password: Option<String>,
     /// CA certificate that signed etcd's server certificate.
@@ -27,6 +28,7 @@ pub struct StoreArgs {
     /// Client certificate and key for etcd mutual TLS.
     #[arg(long)]
     pub etcd_cert: Option<PathBuf>,
+    /// Private key of --etcd-cert (PEM).
     #[arg(long)]
     pub etcd_key: Option<PathBuf>,
     /// Root prefix of every key in etcd.

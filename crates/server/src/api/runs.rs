@@ -107,6 +107,24 @@ pub async fn create_plan(
     Ok((StatusCode::CREATED, Json(rec)))
 }
 
+/// `?id_prefix=`: how clients accept an id shortened to a unique prefix
+/// (`testbed tasks show 3f2a`) without listing everything themselves.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct IdPrefix {
+    /// Only items whose id starts with this (case-insensitive), e.g. `3f2a`.
+    pub id_prefix: Option<String>,
+}
+
+impl IdPrefix {
+    pub fn matches(&self, id: &Uuid) -> bool {
+        self.id_prefix.as_ref().is_none_or(|p| {
+            // Uuids print in lowercase.
+            id.to_string().starts_with(p.to_ascii_lowercase().as_str())
+        })
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PlanFilter {
@@ -115,13 +133,14 @@ pub struct PlanFilter {
 }
 
 /// Stored plans.
-#[utoipa::path(get, path = "/api/plans", tag = "plans", params(PageQuery, PlanFilter),
+#[utoipa::path(get, path = "/api/plans", tag = "plans", params(PageQuery, PlanFilter, IdPrefix),
     responses((status = 200, body = Page<PlanRecord>)), security(("bearer" = [])))]
 pub async fn list_plans(
     State(state): State<AppState>,
     _c: Caller,
     Query(p): Query<PageQuery>,
     Query(f): Query<PlanFilter>,
+    Query(idp): Query<IdPrefix>,
 ) -> ApiResult<Json<Page<PlanRecord>>> {
     p.check()?;
     let mut all: Vec<PlanRecord> = records::list::<PlanRecord>(&state.store, keys::PLANS, |_| true)
@@ -129,6 +148,7 @@ pub async fn list_plans(
         .into_iter()
         .map(|(_, v)| v)
         .filter(|r| f.q.as_ref().is_none_or(|q| r.name.contains(q.as_str())))
+        .filter(|r| idp.matches(&r.id))
         .collect();
     all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     Ok(Json(p.apply(all)))
@@ -295,13 +315,14 @@ pub struct RunSummary {
 }
 
 /// Runs, newest first.
-#[utoipa::path(get, path = "/api/runs", tag = "runs", params(PageQuery, RunFilter),
+#[utoipa::path(get, path = "/api/runs", tag = "runs", params(PageQuery, RunFilter, IdPrefix),
     responses((status = 200, body = Page<RunSummary>)), security(("bearer" = [])))]
 pub async fn list_runs(
     State(state): State<AppState>,
     _c: Caller,
     Query(p): Query<PageQuery>,
     Query(f): Query<RunFilter>,
+    Query(idp): Query<IdPrefix>,
 ) -> ApiResult<Json<Page<RunSummary>>> {
     p.check()?;
     let mut all: Vec<RunSummary> = records::list::<Run>(&state.store, keys::RUNS, |_| true)
@@ -310,6 +331,7 @@ pub async fn list_runs(
         .map(|(_, r)| r)
         .filter(|r| f.status.is_none_or(|s| r.status == s))
         .filter(|r| f.plan_id.is_none_or(|id| r.plan_id == Some(id)))
+        .filter(|r| idp.matches(&r.id))
         .map(|r| RunSummary {
             id: r.id,
             plan_name: r.plan_name,
@@ -441,12 +463,13 @@ pub async fn get_result(
 }
 
 /// Reports, newest first.
-#[utoipa::path(get, path = "/api/reports", tag = "reports", params(PageQuery),
+#[utoipa::path(get, path = "/api/reports", tag = "reports", params(PageQuery, IdPrefix),
     responses((status = 200, body = Page<ReportRecord>)), security(("bearer" = [])))]
 pub async fn list_reports(
     State(state): State<AppState>,
     _c: Caller,
     Query(p): Query<PageQuery>,
+    Query(idp): Query<IdPrefix>,
 ) -> ApiResult<Json<Page<ReportRecord>>> {
     p.check()?;
     let mut all: Vec<ReportRecord> =
@@ -454,6 +477,7 @@ pub async fn list_reports(
             .await?
             .into_iter()
             .map(|(_, r)| r)
+            .filter(|r| idp.matches(&r.id))
             .collect();
     all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     Ok(Json(p.apply(all)))

@@ -74,13 +74,14 @@ pub struct TaskPage {
 
 /// Tasks, newest first.
 #[utoipa::path(get, path = "/api/tasks", tag = "tasks",
-    params(ListQuery),
+    params(ListQuery, super::runs::IdPrefix),
     responses((status = 200, body = TaskPage), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
     Query(q): Query<ListQuery>,
+    Query(idp): Query<super::runs::IdPrefix>,
 ) -> ApiResult<Json<TaskPage>> {
     if q.page == 0 || q.page > super::page::MAX_PAGE || q.page_size == 0 || q.page_size > 1000 {
         return Err(ApiError::bad_request(
@@ -92,6 +93,7 @@ pub async fn list(
         .into_iter()
         .map(|(_, t)| t)
         .filter(|t| q.status.is_none_or(|s| t.status == s))
+        .filter(|t| idp.matches(&t.id))
         .filter(|t| {
             q.agent
                 .as_ref()
