@@ -289,8 +289,13 @@ pub(crate) fn classify(err: &(dyn std::error::Error + 'static)) -> ErrorKind {
             return ErrorKind::Tls;
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            if io.kind() == io::ErrorKind::TimedOut {
-                return ErrorKind::Timeout;
+            match io.kind() {
+                io::ErrorKind::TimedOut => return ErrorKind::Timeout,
+                io::ErrorKind::ConnectionRefused => return ErrorKind::Refused,
+                io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe => return ErrorKind::Reset,
+                _ => {}
             }
             if let Some(inner) = io.get_ref() {
                 if inner.is::<rustls::Error>() {

@@ -45,7 +45,8 @@ mod worker;
 pub use engine::{start, start_with, Controller, RunHandle, RunOptions, RunState};
 pub use error::{ConfigError, FieldError, LoadError, ThresholdError};
 pub use metrics::{
-    merge_windows, new_histogram, CheckCount, ErrorKind, Window, MAX_LATENCY_US, SIGFIG,
+    merge_windows, new_histogram, CheckCount, ErrorKind, Window, CAUSE_REFUSED, CAUSE_RESET,
+    CAUSE_UNKNOWN_HOST, MAX_LATENCY_US, SIGFIG,
 };
 pub use plan::{
     Check, DataFormat, DataSource, Load, Order, Plan, Protocol, RateStage, RequestSpec, Scenario,

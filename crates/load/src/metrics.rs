@@ -22,13 +22,23 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// How a request failed. Labels follow the seed's error statistics
-/// (`HTTP 500`, `Timeout`, `Connection Error`…).
+/// (`HTTP 500`, `Timeout`, `Connection Error`…); the connection errors whose
+/// cause is known keep the `Connection Error` label and name the cause in
+/// [`ErrorKind::cause`] (counted in [`Window::error_causes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ErrorKind {
     /// A 4xx or 5xx response.
     Http(u16),
     Timeout,
+    /// A connection error of no more precise cause (closed mid-response,
+    /// unparsable response…).
     Connection,
+    /// Nobody listens on the port.
+    Refused,
+    /// The host name did not resolve.
+    UnknownHost,
+    /// The peer reset or aborted the connection.
+    Reset,
     Tls,
     CheckFailed,
 }
@@ -36,6 +46,17 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn label(&self) -> String {
         self.to_string()
+    }
+
+    /// The cause of a connection error, when known: `connection refused`,
+    /// `unknown host (DNS lookup failed)`, `connection reset`.
+    pub fn cause(&self) -> Option<&'static str> {
+        match self {
+            ErrorKind::Refused => Some(CAUSE_REFUSED),
+            ErrorKind::UnknownHost => Some(CAUSE_UNKNOWN_HOST),
+            ErrorKind::Reset => Some(CAUSE_RESET),
+            _ => None,
+        }
     }
 
     /// The kind named by `label`, if it is one of ours.
@@ -58,12 +79,20 @@ impl fmt::Display for ErrorKind {
         match self {
             ErrorKind::Http(code) => write!(f, "HTTP {code}"),
             ErrorKind::Timeout => f.write_str("Timeout"),
-            ErrorKind::Connection => f.write_str("Connection Error"),
+            ErrorKind::Connection
+            | ErrorKind::Refused
+            | ErrorKind::UnknownHost
+            | ErrorKind::Reset => f.write_str("Connection Error"),
             ErrorKind::Tls => f.write_str("TLS Error"),
             ErrorKind::CheckFailed => f.write_str("Check Failed"),
         }
     }
 }
+
+/// [`ErrorKind::cause`] texts, the keys of [`Window::error_causes`].
+pub const CAUSE_REFUSED: &str = "connection refused";
+pub const CAUSE_UNKNOWN_HOST: &str = "unknown host (DNS lookup failed)";
+pub const CAUSE_RESET: &str = "connection reset";
 
 /// Pass/fail counts of one check (by position in the scenario).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +128,17 @@ pub struct Window {
     pub status_codes: BTreeMap<u16, u64>,
     /// Errors by label (`HTTP 404`, `Timeout`, `Connection Error`, `TLS Error`, `Check Failed`).
     pub error_kinds: BTreeMap<String, u64>,
+    /// Of the `Connection Error`s, those of a known cause, by
+    /// [`ErrorKind::cause`] (`connection refused`…).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_causes: BTreeMap<String, u64>,
+    /// Requests waiting for an answer when the window closed.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Requests abandoned unanswered because the run ended (its duration
+    /// was up, or it was stopped). Not counted in `requests`.
+    #[serde(default)]
+    pub cut: u64,
     pub checks: Vec<CheckCount>,
     /// Latency of every response in µs. Serialized as base64 of the HdrHistogram
     /// V2 encoding, so it can be merged exactly wherever it lands.
@@ -122,6 +162,9 @@ impl Window {
             bytes_out: 0,
             status_codes: BTreeMap::new(),
             error_kinds: BTreeMap::new(),
+            error_causes: BTreeMap::new(),
+            in_flight: 0,
+            cut: 0,
             checks: Vec::new(),
             latency: new_histogram(),
         }
@@ -146,6 +189,11 @@ impl Window {
         for (k, v) in &other.error_kinds {
             *self.error_kinds.entry(k.clone()).or_default() += v;
         }
+        for (k, v) in &other.error_causes {
+            *self.error_causes.entry(k.clone()).or_default() += v;
+        }
+        self.in_flight += other.in_flight;
+        self.cut += other.cut;
         if self.checks.len() < other.checks.len() {
             self.checks
                 .resize(other.checks.len(), CheckCount::default());
@@ -242,7 +290,13 @@ pub(crate) struct LocalWindow {
     status: Box<[u64; STATUS_TABLE]>,
     other_status: BTreeMap<u16, u64>,
     pub timeouts: u64,
+    /// Every connection error, of a known cause or not.
     pub conn_errors: u64,
+    pub refused: u64,
+    pub unknown_host: u64,
+    pub reset: u64,
+    pub in_flight: u64,
+    pub cut: u64,
     pub tls_errors: u64,
     pub check_failed: u64,
     pub http_errors: u64,
@@ -264,6 +318,11 @@ impl LocalWindow {
             other_status: BTreeMap::new(),
             timeouts: 0,
             conn_errors: 0,
+            refused: 0,
+            unknown_host: 0,
+            reset: 0,
+            in_flight: 0,
+            cut: 0,
             tls_errors: 0,
             check_failed: 0,
             http_errors: 0,
@@ -286,6 +345,18 @@ impl LocalWindow {
             ErrorKind::Http(_) => self.http_errors += 1,
             ErrorKind::Timeout => self.timeouts += 1,
             ErrorKind::Connection => self.conn_errors += 1,
+            ErrorKind::Refused => {
+                self.conn_errors += 1;
+                self.refused += 1;
+            }
+            ErrorKind::UnknownHost => {
+                self.conn_errors += 1;
+                self.unknown_host += 1;
+            }
+            ErrorKind::Reset => {
+                self.conn_errors += 1;
+                self.reset += 1;
+            }
             ErrorKind::Tls => self.tls_errors += 1,
             ErrorKind::CheckFailed => self.check_failed += 1,
         }
@@ -318,6 +389,16 @@ impl LocalWindow {
                 errors += n;
             }
         }
+        let mut error_causes = BTreeMap::new();
+        for (cause, n) in [
+            (CAUSE_REFUSED, self.refused),
+            (CAUSE_UNKNOWN_HOST, self.unknown_host),
+            (CAUSE_RESET, self.reset),
+        ] {
+            if n > 0 {
+                error_causes.insert(cause.to_string(), n);
+            }
+        }
         Window {
             index: self.index,
             timestamp,
@@ -332,6 +413,9 @@ impl LocalWindow {
             bytes_out: self.bytes_out,
             status_codes,
             error_kinds,
+            error_causes,
+            in_flight: self.in_flight,
+            cut: self.cut,
             checks: self.checks,
             latency: self.latency,
         }
@@ -366,5 +450,27 @@ mod tests {
         ] {
             assert_eq!(ErrorKind::from_label(&k.label()), Some(k));
         }
+        // Causes refine the seed's label without changing it.
+        for k in [ErrorKind::Refused, ErrorKind::UnknownHost, ErrorKind::Reset] {
+            assert_eq!(k.label(), "Connection Error");
+            assert!(k.cause().is_some());
+        }
+    }
+
+    #[test]
+    fn causes_are_counted_apart_and_within_connection_errors() {
+        let mut lw = LocalWindow::new(0, 0);
+        lw.record_error(ErrorKind::Refused);
+        lw.record_error(ErrorKind::Refused);
+        lw.record_error(ErrorKind::Connection);
+        lw.record_error(ErrorKind::UnknownHost);
+        let w = lw.into_window(0, 1000);
+        assert_eq!(w.error_kinds["Connection Error"], 4);
+        assert_eq!(w.error_causes[CAUSE_REFUSED], 2);
+        assert_eq!(w.error_causes[CAUSE_UNKNOWN_HOST], 1);
+        assert_eq!(w.errors, 4);
+        let mut m = w.clone();
+        m.merge(&w);
+        assert_eq!(m.error_causes[CAUSE_REFUSED], 4);
     }
 }

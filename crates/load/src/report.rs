@@ -32,6 +32,9 @@ pub struct Summary {
     /// Fraction of checks that passed (1 when none ran).
     pub checks_rate: f64,
     pub vus_max: u64,
+    /// Requests abandoned unanswered when the run ended (not in `requests`).
+    #[serde(default)]
+    pub cut: u64,
     pub avg_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
@@ -133,6 +136,9 @@ pub struct Aggregate {
     pub vus_max: u64,
     pub status_codes: BTreeMap<u16, u64>,
     pub error_kinds: BTreeMap<String, u64>,
+    /// Connection errors of a known cause ([`Window::error_causes`]).
+    pub error_causes: BTreeMap<String, u64>,
+    pub cut: u64,
     pub checks: Vec<CheckCount>,
     pub latency: Histogram<u64>,
     /// Windows in which the run was not paused.
@@ -151,6 +157,8 @@ impl Default for Aggregate {
             vus_max: 0,
             status_codes: BTreeMap::new(),
             error_kinds: BTreeMap::new(),
+            error_causes: BTreeMap::new(),
+            cut: 0,
             checks: Vec::new(),
             latency: new_histogram(),
             active_windows: 0,
@@ -173,6 +181,10 @@ impl Aggregate {
         for (k, v) in &w.error_kinds {
             *self.error_kinds.entry(k.clone()).or_default() += v;
         }
+        for (k, v) in &w.error_causes {
+            *self.error_causes.entry(k.clone()).or_default() += v;
+        }
+        self.cut += w.cut;
         if self.checks.len() < w.checks.len() {
             self.checks.resize(w.checks.len(), CheckCount::default());
         }
@@ -229,6 +241,7 @@ impl Aggregate {
                 ratio(passed, passed + failed)
             },
             vus_max: self.vus_max,
+            cut: self.cut,
             avg_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
             min_ms: if h.is_empty() { 0.0 } else { us_to_ms(h.min()) },
             max_ms: if h.is_empty() { 0.0 } else { us_to_ms(h.max()) },
@@ -275,6 +288,11 @@ pub struct Report {
     pub summary: Summary,
     /// Most frequent first.
     pub errors: Vec<ErrorCount>,
+    /// Connection errors of a known cause (`connection refused`, `unknown
+    /// host (DNS lookup failed)`, `connection reset`), most frequent first;
+    /// each is also counted under `Connection Error` in `errors`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_causes: Vec<ErrorCount>,
     pub status_codes: BTreeMap<u16, u64>,
     /// Pass/fail counts per check, in scenario order, with their names.
     pub checks: Vec<NamedCheckCount>,
@@ -317,6 +335,15 @@ impl Report {
             })
             .collect();
         errors.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
+        let mut error_causes: Vec<ErrorCount> = agg
+            .error_causes
+            .iter()
+            .map(|(label, &count)| ErrorCount {
+                label: label.clone(),
+                count,
+            })
+            .collect();
+        error_causes.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
         let thresholds: Vec<ThresholdResult> =
             thresholds.iter().map(|t| t.judge(&summary)).collect();
         let checks = agg
@@ -338,6 +365,7 @@ impl Report {
             end,
             passed: thresholds.iter().all(|t| t.passed),
             errors,
+            error_causes,
             status_codes: agg.status_codes.clone(),
             checks,
             series: windows.iter().map(SeriesPoint::from).collect(),

@@ -38,6 +38,11 @@ const TIMER_SLACK: Duration = Duration::from_millis(2);
 const SCHEDULE_TICK: Duration = Duration::from_millis(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// How long requests still waiting for an answer when the schedule ends may
+/// take to finish before they are cut (at most the request timeout): enough
+/// for a healthy target's last answers, short enough that a stalled target
+/// cannot stretch the run.
+const FINISH_GRACE: Duration = Duration::from_millis(250);
 
 struct Worker {
     id: usize,
@@ -55,6 +60,8 @@ struct Worker {
     end_notify: Notify,
     dns: RefCell<HashMap<Origin, Arc<Vec<SocketAddr>>>>,
     row_counter: Cell<u64>,
+    /// Requests started and not yet answered or failed.
+    in_flight: Cell<u64>,
 }
 
 /// Runs engine thread `id` to the end of the plan or a stop.
@@ -84,6 +91,7 @@ pub(crate) fn run(id: usize, shared: Arc<Shared>, tx: mpsc::UnboundedSender<Work
         end_notify: Notify::new(),
         dns: RefCell::new(HashMap::new()),
         row_counter: Cell::new(0),
+        in_flight: Cell::new(0),
         shared,
     });
     let local = tokio::task::LocalSet::new();
@@ -160,7 +168,8 @@ impl Worker {
         let n_checks = self.shared.scenario.check_names.len();
         let mut fresh = LocalWindow::new(idx, n_checks);
         fresh.vus = self.vus.get();
-        let old = self.window.replace(fresh);
+        let mut old = self.window.replace(fresh);
+        old.in_flight = self.in_flight.get();
         self.window_end.set(start + Duration::from_secs(idx + 1));
         self.send(old, 1000);
     }
@@ -220,13 +229,19 @@ impl Worker {
         }
         let addrs: Vec<SocketAddr> = match origin.host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, origin.port)],
-            Err(_) => tokio::net::lookup_host((origin.host.as_str(), origin.port))
-                .await
-                .map_err(|_| ErrorKind::Connection)?
-                .collect(),
+            // A resolver that does not answer is a failed lookup too, and
+            // must not hold the user past its request timeout.
+            Err(_) => tokio::time::timeout(
+                self.shared.plan.request_timeout,
+                tokio::net::lookup_host((origin.host.as_str(), origin.port)),
+            )
+            .await
+            .map_err(|_| ErrorKind::UnknownHost)?
+            .map_err(|_| ErrorKind::UnknownHost)?
+            .collect(),
         };
         if addrs.is_empty() {
-            return Err(ErrorKind::Connection);
+            return Err(ErrorKind::UnknownHost);
         }
         let addrs = Arc::new(addrs);
         self.dns.borrow_mut().insert(origin.clone(), addrs.clone());
@@ -244,15 +259,45 @@ impl Worker {
         }
     }
 
-    /// Ends the schedule: users finish their current request, bounded by
-    /// the request timeout.
+    /// Ends the schedule: users finish their current request within
+    /// [`FINISH_GRACE`]; the requests still unanswered then are cut (counted
+    /// by their [`Flight`] guards as the tasks are dropped).
     async fn finish(&self, mut set: JoinSet<()>) {
         self.ending.set(true);
         self.target_changed.notify_waiters();
         self.end_notify.notify_waiters();
-        let grace = self.shared.plan.request_timeout + Duration::from_millis(100);
+        let grace = FINISH_GRACE.min(self.shared.plan.request_timeout);
         let _ =
             tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} }).await;
+    }
+}
+
+/// One request in flight. Dropped before [`Flight::landed`] (its user's task
+/// dropped because the run ended), it counts the request as cut.
+struct Flight<'a> {
+    w: &'a Worker,
+    landed: bool,
+}
+
+impl<'a> Flight<'a> {
+    fn start(w: &'a Worker) -> Flight<'a> {
+        w.in_flight.set(w.in_flight.get() + 1);
+        Flight { w, landed: false }
+    }
+
+    /// The request ended with an answer or an error of its own.
+    fn landed(mut self) {
+        self.landed = true;
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let w = self.w;
+        w.in_flight.set(w.in_flight.get().saturating_sub(1));
+        if !self.landed {
+            w.record(Instant::now(), |win| win.cut += 1);
+        }
     }
 }
 
@@ -392,10 +437,12 @@ impl Vu {
             }
         };
         let mut retried = false;
+        let flight = Flight::start(w);
         let (status, t0, t1, bytes) = loop {
             let ci = match self.conn_for(w, &built.target.origin).await {
                 Ok(i) => i,
                 Err(kind) => {
+                    flight.landed();
                     w.record_failure(Instant::now(), kind, (0, 0));
                     self.backoff(w).await;
                     return;
@@ -425,22 +472,26 @@ impl Vu {
                     retried = true;
                 }
                 Ok(Err(Failure::Stale)) => {
+                    flight.landed();
                     self.conns.swap_remove(ci);
                     w.record_failure(t1, ErrorKind::Connection, bytes);
                     return;
                 }
                 Ok(Err(Failure::Failed(kind))) => {
+                    flight.landed();
                     self.conns.swap_remove(ci);
                     w.record_failure(t1, kind, bytes);
                     return;
                 }
                 Err(TimedOut) => {
+                    flight.landed();
                     self.conns.swap_remove(ci);
                     w.record_failure(t1, ErrorKind::Timeout, bytes);
                     return;
                 }
             }
         };
+        flight.landed();
         self.backoff = Duration::ZERO;
         self.checks.clear();
         if !req.checks.is_empty() {

@@ -91,6 +91,16 @@ async fn errors_are_classified() {
     let refused = error_count(&r, "Connection Error");
     assert!(refused > 0);
     assert_eq!(refused, r.summary.requests);
+    // The cause is named, within the seed's label.
+    assert_eq!(
+        r.error_causes
+            .iter()
+            .find(|c| c.label == testbed_load::CAUSE_REFUSED)
+            .map(|c| c.count),
+        Some(refused),
+        "{:?}",
+        r.error_causes
+    );
     assert!(refused < 60, "reconnects are not backed off: {refused}");
     assert!(!windows.is_empty());
 
@@ -259,6 +269,30 @@ async fn stop_returns_a_report_promptly() {
     assert!(t.elapsed() < secs(1.0), "{:?}", t.elapsed());
     assert_eq!(r.end, EndReason::Stopped);
     assert_eq!(srv.count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_at_the_deadline_are_cut_and_counted() {
+    let _g = common::serial().await;
+    let srv = common::spawn(false);
+    // Answers come long after the run's end, well within the timeout.
+    let mut plan = Plan::closed(srv.url("/slow?ms=20000"), 3, secs(1.0));
+    plan.request_timeout = secs(30.0);
+    let t = Instant::now();
+    let (windows, r) = run_collect(plan).await;
+    // A behaviour bound, not a benchmark: nowhere near the 20 s answer.
+    assert!(t.elapsed() < secs(5.0), "{:?}", t.elapsed());
+    assert_eq!(r.summary.cut, 3, "{:?}", r.summary);
+    assert_eq!(r.summary.requests, 0);
+    assert_eq!(windows.iter().map(|w| w.cut).sum::<u64>(), 3);
+    // While they waited, the windows said so.
+    assert!(windows.iter().any(|w| w.in_flight == 3), "{windows:?}");
+
+    // A healthy target's last answers land within the grace: nothing cut.
+    let plan = Plan::closed(srv.url("/ok"), 2, secs(0.5));
+    let (_, r) = run_collect(plan).await;
+    assert_eq!(r.summary.cut, 0);
+    assert!(r.summary.requests > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

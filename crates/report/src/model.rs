@@ -33,6 +33,11 @@ use utoipa::ToSchema;
 pub const REPORT_KIND: &str = "report";
 /// The version of the JSON form this crate writes and reads.
 pub const REPORT_VERSION: u32 = 1;
+/// The [`Report::properties`] key saying how a run ended when it did not run
+/// to its end: `cancelled` (Ctrl-C, SIGTERM, `testbed runs cancel`). Steps a
+/// cancel stopped are `skip` cases, so without it a cancelled run would read
+/// as a pass.
+pub const RUN_STATUS_PROPERTY: &str = "run_status";
 
 /// The results of one run of a plan or a kit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -237,6 +242,14 @@ impl Report {
             properties: BTreeMap::new(),
             suites: Vec::new(),
         }
+    }
+
+    /// The run was cancelled before it finished ([`RUN_STATUS_PROPERTY`]):
+    /// whatever its cases say, it is not a pass.
+    pub fn cancelled(&self) -> bool {
+        self.properties
+            .get(RUN_STATUS_PROPERTY)
+            .is_some_and(|s| s == "cancelled")
     }
 
     /// Counts over every case of every suite, with [`Report::duration_ms`].

@@ -16,6 +16,9 @@
 //! Result: FAIL
 //! ```
 //!
+//! A report marked cancelled ([`Report::cancelled`]) ends `Result: CANCELLED`,
+//! never PASS, whatever its cases say.
+//!
 //! Case numbers are positions in the suite counted from 1, as in the TAP rendering.
 //! A suite is listed in the Test Summary Report when a case failed or had an
 //! error, passed unexpectedly (`TODO passed`, which like `prove` does not fail the
@@ -48,7 +51,10 @@ pub fn to_summary(report: &Report) -> String {
                 || !s.diagnostics.is_empty()
         })
         .collect();
-    if listed.is_empty() {
+    let cancelled = report.cancelled();
+    if listed.is_empty() && cancelled {
+        out.push_str("Run cancelled before it finished.\n");
+    } else if listed.is_empty() {
         out.push_str("All tests successful.\n");
     } else {
         out.push_str("\nTest Summary Report\n-------------------\n");
@@ -68,7 +74,10 @@ pub fn to_summary(report: &Report) -> String {
         "Passed={}, Failed={}, Errors={}, Skipped={}, Xfailed={}, Xpassed={}\n",
         sum.passed, sum.failed, sum.errors, sum.skipped, sum.xfailed, sum.xpassed
     ));
-    out.push_str(if sum.ok {
+    // A cancelled run is neither a pass nor a test failure.
+    out.push_str(if cancelled {
+        "Result: CANCELLED\n"
+    } else if sum.ok {
         "Result: PASS\n"
     } else {
         "Result: FAIL\n"
