@@ -232,7 +232,8 @@ impl Target {
 }
 
 impl TargetSpec {
-    fn selectors(&self) -> usize {
+    /// How many selectors are given (`each:` counts as one).
+    pub fn selectors(&self) -> usize {
         [
             self.host.is_some(),
             self.agent.is_some(),

@@ -414,26 +414,26 @@ async fn start_step(
         let ready = *st.ready_at.get_or_insert_with(now);
         let waited = (now() - ready).to_std().unwrap_or_default();
         let limit = run.spec.pending_timeout();
-        let mut reason = format!(
-            "pending: no agent matches {} with {}.{}",
-            r.selector.describe(),
-            r.plugin,
-            r.method
-        );
         // Say so when it is a reservation that keeps the step waiting.
-        if !targets::eligible(agents, &r.selector, &r.plugin, &r.method, &BTreeSet::new())
-            .is_empty()
-        {
-            reason.push_str(" that is free: its agents are in a group another run reserved");
-        }
+        let reserved =
+            !targets::eligible(agents, &r.selector, &r.plugin, &r.method, &BTreeSet::new())
+                .is_empty();
+        let wanted = targets::wanted(&r.selector, &r.plugin, &r.method, reserved);
         if waited >= limit {
             finish_step(
                 &mut st,
                 StepStatus::Error,
-                Some(format!("{reason} (gave up after {}s)", limit.as_secs())),
+                Some(format!(
+                    "gave up after {} waiting for {wanted} (pending_timeout)",
+                    targets::seconds(limit)
+                )),
             );
         } else {
-            st.reason = Some(reason);
+            st.reason = Some(format!(
+                "waiting for {wanted} ({} of {})",
+                targets::seconds(waited),
+                targets::seconds(limit)
+            ));
         }
         run.steps.insert(spec.id.clone(), st);
         return Ok(());
@@ -704,12 +704,12 @@ async fn advance_step(
                     let limit = run.spec.pending_timeout();
                     if waited < limit {
                         inst.reason = Some(format!(
-                            "pending: retry {} after: {}; no agent matches {} with {}.{}",
+                            "retry {} after: {}; waiting for {} ({} of {})",
                             inst.attempt,
                             reason.clone().unwrap_or_default(),
-                            r.selector.describe(),
-                            r.plugin,
-                            r.method
+                            targets::wanted(&r.selector, &r.plugin, &r.method, false),
+                            targets::seconds(waited),
+                            targets::seconds(limit)
                         ));
                         st.instances[idx] = inst;
                         continue;
@@ -744,7 +744,7 @@ async fn advance_step(
                 .instances
                 .iter()
                 .map(|i| {
-                    let sc = json!({"result": i.result.clone().unwrap_or(Value::Null), "agent": {"name": i.agent_name}});
+                    let sc = json!({"result": output_result(i.result.as_ref()), "agent": {"name": i.agent_name}});
                     template::render_str(tpl, &sc).unwrap_or(Value::Null)
                 })
                 .collect();
@@ -775,6 +775,29 @@ async fn advance_step(
     }
     run.steps.insert(spec.id.clone(), st);
     Ok(())
+}
+
+/// A task's result as output templates see it: captured stdout loses one
+/// trailing newline, as shell `$(…)` does, so `{{ result.stdout_tail }}`
+/// of `echo token-abc` is `token-abc`, ready for an argv element.
+fn output_result(result: Option<&Value>) -> Value {
+    let mut r = result.cloned().unwrap_or(Value::Null);
+    if let Some(obj) = r.as_object_mut() {
+        for (k, v) in obj.iter_mut() {
+            if !k.starts_with("stdout") {
+                continue;
+            }
+            if let Value::String(s) = v {
+                if s.ends_with('\n') {
+                    s.pop();
+                    if s.ends_with('\r') {
+                        s.pop();
+                    }
+                }
+            }
+        }
+    }
+    r
 }
 
 /// After a run ends: its report, its reservation, its index entry.
@@ -1094,6 +1117,9 @@ pub fn check_against_agents(
     agents: &[AgentView],
 ) -> Vec<testbed_core::plan::Problem> {
     let mut out = Vec::new();
+    if !spec.wait_for_agents {
+        out.extend(unmatchable_targets(spec, agents));
+    }
     for (i, s) in spec.steps.iter().enumerate() {
         let (Some(plugin), Some(method)) = (&s.plugin, &s.method) else {
             continue;
@@ -1162,9 +1188,97 @@ pub fn check_against_agents(
     out
 }
 
+/// Targets no registered agent (live or not) can ever satisfy: waiting for
+/// them would only end in a timeout, so the plan is refused at once, as
+/// `exec --host` is, unless it says `wait_for_agents: true`.
+fn unmatchable_targets(spec: &PlanSpec, agents: &[AgentView]) -> Vec<testbed_core::plan::Problem> {
+    let mut out = Vec::new();
+    let hint = "start an agent that matches, or add `wait_for_agents: true` to the plan to wait \
+                for one";
+    for (i, s) in spec.steps.iter().enumerate() {
+        let Some(target) = &s.target else { continue };
+        // A templated name is known only when the step starts.
+        if matches!(target, testbed_core::plan::Target::Name(n) if n.contains("{{")) {
+            continue;
+        }
+        let (sel, _) = target.selector();
+        let matching: Vec<&AgentView> = agents
+            .iter()
+            .filter(|a| targets::matches(a, &sel))
+            .collect();
+        let path = format!("steps[{i}].target");
+        if matching.is_empty() {
+            let known = if agents.is_empty() {
+                "no agent is registered".to_string()
+            } else {
+                format!(
+                    "registered agents have {}",
+                    targets::known_for(&sel, agents)
+                )
+            };
+            out.push(testbed_core::plan::Problem::at(
+                path,
+                format!(
+                    "step `{}`: no registered agent matches {} ({known}); {hint}",
+                    s.id,
+                    if sel.selectors() == 0 {
+                        "any agent".to_string()
+                    } else {
+                        sel.describe()
+                    }
+                ),
+            ));
+            continue;
+        }
+        let (Some(plugin), Some(method)) = (&s.plugin, &s.method) else {
+            continue;
+        };
+        // An unknown plugin or method is reported on its own field.
+        let anywhere = agents.iter().any(|a| {
+            a.record
+                .plugin(plugin)
+                .and_then(|p| p.method(method))
+                .is_some()
+        });
+        let carried = matching.iter().any(|a| {
+            a.record
+                .plugin(plugin)
+                .and_then(|p| p.method(method))
+                .is_some()
+        });
+        if anywhere && !carried {
+            out.push(testbed_core::plan::Problem::at(
+                path,
+                format!(
+                    "step `{}`: the agents matching {} ({}) do not carry {plugin}.{method}; {hint}",
+                    s.id,
+                    sel.describe(),
+                    matching
+                        .iter()
+                        .map(|a| a.record.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captured_stdout_loses_one_trailing_newline() {
+        let r = json!({"stdout_tail": "token-abc\n\n", "exit_code": 0});
+        assert_eq!(output_result(Some(&r))["stdout_tail"], "token-abc\n");
+        let r = json!({"stdout_tail": "x\r\n", "stderr_tail": "e\n"});
+        let o = output_result(Some(&r));
+        assert_eq!(o["stdout_tail"], "x");
+        assert_eq!(o["stderr_tail"], "e\n");
+        assert_eq!(output_result(None), Value::Null);
+    }
 
     #[test]
     fn task_ids_are_stable_and_distinct() {
