@@ -212,6 +212,77 @@ fn same_path(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
+/// The browser console's session cookie: it holds the same JWT as
+/// `POST /api/auth/login` returns, so a cookie session is checked exactly like
+/// a Bearer token (user exists, role from the record, token generation).
+pub const SESSION_COOKIE: &str = "testbed_session";
+
+/// The header a cookie-authenticated change must carry (or else an `Origin`
+/// equal to the server's own): a cross-site page cannot set it without a CORS
+/// preflight, which the server never grants.
+pub const CSRF_HEADER: &str = "x-testbed-csrf";
+
+/// The value of the session cookie, if the request carries one.
+pub fn session_cookie(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Does the request's `Origin` name this server (the host it was sent to)?
+/// `None` when there is no `Origin` header.
+fn same_origin(parts: &Parts) -> Option<bool> {
+    let origin = parts.headers.get(axum::http::header::ORIGIN)?;
+    let host = parts
+        .headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    Some(matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h)))
+}
+
+/// The cross-site checks of a cookie-authenticated request: a change (any
+/// method but GET/HEAD/OPTIONS) carries [`CSRF_HEADER`] or a same-origin
+/// `Origin`; a WebSocket upgrade (which browsers make with cookies from any
+/// page) carries a same-origin `Origin`; any request with a foreign
+/// `Origin` is refused.
+fn check_cookie_request(parts: &Parts) -> Result<(), ApiError> {
+    let origin = same_origin(parts);
+    if origin == Some(false) {
+        return Err(ApiError::forbidden(
+            "cross-origin request with a session cookie refused",
+        ));
+    }
+    if parts.uri.path().starts_with("/ws/") && origin != Some(true) {
+        return Err(ApiError::forbidden(
+            "a WebSocket opened with the session cookie must come from this server's own page \
+             (same Origin); other clients send `Authorization: Bearer <token>` or a stream token",
+        ));
+    }
+    let safe = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe && origin != Some(true) && !parts.headers.contains_key(CSRF_HEADER) {
+        return Err(ApiError::forbidden(format!(
+            "a change made with the session cookie must carry the `{CSRF_HEADER}: 1` header \
+             (cross-site request forgery protection)"
+        )));
+    }
+    Ok(())
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -219,17 +290,34 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)
-            .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>`"))?;
+        // A Bearer header (or a stream token in a WebSocket URL) wins over
+        // the cookie: a client that sends one chose it.
+        let (token, from_cookie) =
+            match bearer(parts) {
+                Some(t) => (t, false),
+                None => match session_cookie(parts) {
+                    Some(t) => (t, true),
+                    None => return Err(ApiError::unauthorized(
+                        "missing `Authorization: Bearer <token>` (or the console's session cookie)",
+                    )),
+                },
+            };
+        if from_cookie {
+            check_cookie_request(parts)?;
+        }
         let claims = state.auth.verify(&token)?;
         if claims.typ != Subject::User {
             return Err(ApiError::unauthorized("not a user token"));
         }
+        if from_cookie && claims.scope.is_some() {
+            return Err(ApiError::unauthorized("a stream token is not a session"));
+        }
         // A token in a URL ends up in logs and browser history, so only a
         // stream token (short-lived, one path, read-only) may travel there.
-        let from_query = !parts
-            .headers
-            .contains_key(axum::http::header::AUTHORIZATION);
+        let from_query = !from_cookie
+            && !parts
+                .headers
+                .contains_key(axum::http::header::AUTHORIZATION);
         if from_query && claims.scope.is_none() {
             return Err(ApiError::unauthorized(
                 "a session token may not be sent in the URL; get a stream token from \

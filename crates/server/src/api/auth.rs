@@ -1,16 +1,18 @@
-//! `POST /api/auth/login`, `GET /api/auth/me` and user management.
+//! `POST /api/auth/login`, the console's session cookie
+//! (`/api/auth/session`), `GET /api/auth/me` and user management.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::StatusCode;
+use axum::http::header::{HeaderName, CACHE_CONTROL, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use testbed_core::keys;
 use testbed_core::schema::FieldError;
 use testbed_core::user::{Role, UserRecord};
 use utoipa::ToSchema;
 
-use crate::auth::{hash_password, verify_password, Caller};
+use crate::auth::{hash_password, verify_password, Caller, SESSION_COOKIE};
 use crate::error::{ApiError, ApiResult, ErrorBody, Json};
 use crate::records;
 use crate::state::AppState;
@@ -47,6 +49,24 @@ pub async fn login(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
+    let user = check_password(&state, addr, req).await?;
+    let token = state.auth.issue_user(&user)?;
+    Ok(Json(LoginResponse {
+        token,
+        token_type: "Bearer".into(),
+        expires_in: state.auth.token_ttl.as_secs(),
+        username: user.name,
+        role: user.role,
+    }))
+}
+
+/// The user whose password this is, behind the login rate limit (shared by
+/// `login` and `create_session`, so the cookie sign-in is no way around it).
+async fn check_password(
+    state: &AppState,
+    addr: SocketAddr,
+    req: LoginRequest,
+) -> ApiResult<UserRecord> {
     let attempt = state
         .auth
         .limiter()
@@ -71,14 +91,89 @@ pub async fn login(
         return Err(ApiError::unauthorized("wrong username or password"));
     };
     attempt.succeeded();
+    Ok(user)
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionView {
+    pub username: String,
+    pub role: Role,
+    /// Seconds until the session ends (then sign in again).
+    pub expires_in: u64,
+}
+
+/// The `Set-Cookie` of a session: `HttpOnly` (no script reads it),
+/// `SameSite=Strict` (no other site's page sends it), `Secure` over HTTPS.
+fn session_cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let cookie = format!(
+        "{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+    );
+    // A JWT is base64url and dots: always a valid header value.
+    HeaderValue::from_str(&cookie).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn over_tls(state: &AppState, headers: &HeaderMap) -> bool {
+    state.settings.tls.is_some()
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// Sign in for the web console: the same check (and rate limit) as
+/// `POST /api/auth/login`, but the token goes into the `testbed_session`
+/// cookie instead of the body. Requests that change something with the
+/// cookie must carry `X-Testbed-Csrf: 1` (or a same-origin `Origin`).
+#[utoipa::path(post, path = "/api/auth/session", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = SessionView, headers(
+            ("set-cookie" = String, description = "`testbed_session=…; Path=/; HttpOnly; SameSite=Strict` (and `Secure` over HTTPS)"))),
+        (status = 400, body = ErrorBody, description = "malformed JSON"),
+        (status = 401, body = ErrorBody, description = "wrong username or password"),
+        (status = 429, body = ErrorBody, description = "too many attempts"),
+    ))]
+pub async fn create_session(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(req): Json<LoginRequest>,
+) -> ApiResult<([(HeaderName, HeaderValue); 2], Json<SessionView>)> {
+    let user = check_password(&state, addr, req).await?;
     let token = state.auth.issue_user(&user)?;
-    Ok(Json(LoginResponse {
-        token,
-        token_type: "Bearer".into(),
-        expires_in: state.auth.token_ttl.as_secs(),
-        username: user.name,
-        role: user.role,
-    }))
+    let ttl = state.auth.token_ttl.as_secs();
+    Ok((
+        [
+            (
+                SET_COOKIE,
+                session_cookie(&token, ttl, over_tls(&state, &headers)),
+            ),
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        Json(SessionView {
+            username: user.name,
+            role: user.role,
+            expires_in: ttl,
+        }),
+    ))
+}
+
+/// Sign out of the web console: clears the session cookie. (To end every
+/// session of the user, everywhere, use `POST /api/auth/logout`.)
+#[utoipa::path(delete, path = "/api/auth/session", tag = "auth",
+    responses((status = 204, headers(
+        ("set-cookie" = String, description = "an expired `testbed_session` cookie")))))]
+pub async fn delete_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ([(HeaderName, HeaderValue); 1], StatusCode) {
+    (
+        [(
+            SET_COOKIE,
+            session_cookie("", 0, over_tls(&state, &headers)),
+        )],
+        StatusCode::NO_CONTENT,
+    )
 }
 
 fn valid_username(name: &str) -> bool {

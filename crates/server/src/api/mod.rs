@@ -109,6 +109,7 @@ pub fn router(state: AppState) -> Router {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(auth::login))
+        .routes(routes!(auth::create_session, auth::delete_session))
         .routes(routes!(auth::me))
         .routes(routes!(auth::logout))
         .routes(routes!(auth::stream_token))
@@ -191,6 +192,9 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/ws/agent", get(crate::agent_session::upgrade))
+        // The web console: `/`, its pages' deep links and `/console/…`
+        // assets; never anything under /api, /v2.1, /ws or /healthz.
+        .merge(testbed_console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

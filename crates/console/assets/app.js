@@ -1,0 +1,659 @@
+// The Testbed web console. Plain ES modules, no build step: Preact renders
+// (keyed updates keep focus and scroll while live data changes), htm gives
+// it JSX-like templates without a compiler. Everything shown comes from the
+// public HTTP API; the session is the HttpOnly `testbed_session` cookie, and
+// every change carries `X-Testbed-Csrf: 1`.
+import { h, render } from "preact";
+import { useState, useEffect, useRef, useCallback } from "preact/hooks";
+import htm from "htm";
+
+const html = htm.bind(h);
+const BASE = document.body.dataset.base;
+
+// ---------------------------------------------------------------- API ----
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.error) || `HTTP ${status}`);
+    this.status = status;
+    this.details = (body && body.details) || [];
+  }
+}
+
+async function api(method, path, body) {
+  const opts = { method, credentials: "same-origin", headers: { "X-Testbed-Csrf": "1" } };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const res = await fetch(path, opts);
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = text; }
+  if (res.status === 401 && path !== "/api/auth/session") {
+    // Expired or revoked session: sign in again, then come back here.
+    session.user = null;
+    toLogin();
+    throw new ApiError(401, data);
+  }
+  if (!res.ok) throw new ApiError(res.status, data);
+  return data;
+}
+
+const session = { user: null };
+const ROLE_RANK = { viewer: 0, operator: 1, admin: 2 };
+const can = (role) => session.user && ROLE_RANK[session.user.role] >= ROLE_RANK[role];
+
+function toLogin() {
+  const here = location.pathname + location.search;
+  if (location.pathname !== "/login") navigate(`/login?next=${encodeURIComponent(here)}`, true);
+}
+
+// ------------------------------------------------------------- router ----
+
+const listeners = new Set();
+function navigate(url, replace = false) {
+  if (replace) history.replaceState(null, "", url);
+  else history.pushState(null, "", url);
+  listeners.forEach((f) => f());
+  window.scrollTo(0, 0);
+}
+window.addEventListener("popstate", () => listeners.forEach((f) => f()));
+
+function useLocation() {
+  const [, setTick] = useState(0);
+  useEffect(() => {
+    const f = () => setTick((t) => t + 1);
+    listeners.add(f);
+    return () => listeners.delete(f);
+  }, []);
+  return { path: location.pathname, query: new URLSearchParams(location.search) };
+}
+
+// Same-origin links navigate without a reload; modified clicks (new tab) do not.
+document.addEventListener("click", (e) => {
+  const a = e.target.closest && e.target.closest("a[href]");
+  if (!a || a.target || a.hasAttribute("download") || e.defaultPrevented) return;
+  if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+  const url = new URL(a.href, location.href);
+  if (url.origin !== location.origin || url.pathname.startsWith("/api/")) return;
+  e.preventDefault();
+  navigate(url.pathname + url.search + url.hash);
+});
+
+// ---------------------------------------------------------- live data ----
+
+// Calls `load` now and then every `ms` (never under a second) while the
+// component is shown and `active` holds; keeps the last good value.
+function usePoll(load, deps, ms = 1000, active = true) {
+  const [state, setState] = useState({ data: null, error: null });
+  useEffect(() => {
+    let stop = false;
+    let timer = null;
+    const tick = async () => {
+      try {
+        const data = await load();
+        if (!stop) setState({ data, error: null });
+      } catch (e) {
+        if (!stop) setState((s) => ({ data: s.data, error: e }));
+      }
+      if (!stop && active) timer = setTimeout(tick, Math.max(ms, 1000));
+    };
+    tick();
+    return () => { stop = true; clearTimeout(timer); };
+  }, [...deps, active]);
+  return state;
+}
+
+function wsUrl(path) {
+  return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
+}
+
+// ------------------------------------------------------------- pieces ----
+
+// Every status has a symbol and a word: colour is never the only signal.
+const STATUS = {
+  online: ["●", "ok"], offline: ["○", "off"],
+  passed: ["✔", "ok"], failed: ["✖", "bad"], error: ["✖", "bad"], lost: ["✖", "bad"],
+  running: ["▶", "run"], pending: ["…", "wait"], queued: ["…", "wait"], assigned: ["…", "wait"],
+  skipped: ["⊘", "off"], cancelled: ["■", "off"], xfail: ["✔", "warn"], xpass: ["!", "warn"],
+  finished: ["✔", "ok"], completed: ["✔", "ok"], stopped: ["■", "off"], paused: ["❚❚", "wait"],
+};
+function Status({ s, title }) {
+  const [icon, cls] = STATUS[s] || ["?", "off"];
+  return html`<span class="status ${cls}" title=${title || s}><span aria-hidden="true">${icon}</span> ${s}</span>`;
+}
+
+function ErrorBox({ error }) {
+  if (!error) return null;
+  return html`<p class="error" role="alert">${error.message || String(error)}</p>`;
+}
+
+const fmtTime = (t) => (t ? new Date(t).toLocaleString() : "—");
+const fmtBytes = (n) => (n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + " GiB" : (n / (1 << 20)).toFixed(0) + " MiB");
+const short = (id) => String(id || "").slice(0, 8);
+
+// -------------------------------------------------------------- pages ----
+
+function Login({ query }) {
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const submit = async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    setBusy(true);
+    try {
+      session.user = await api("POST", "/api/auth/session", {
+        username: f.get("username"),
+        password: f.get("password"),
+      });
+      const next = query.get("next");
+      navigate(next && next.startsWith("/") && !next.startsWith("//") ? next : "/agents", true);
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return html`<main class="login">
+    <h1>Sign in to Testbed</h1>
+    <form onSubmit=${submit} id="login-form">
+      <label>User name <input name="username" id="username" autocomplete="username" required autofocus /></label>
+      <label>Password <input name="password" id="password" type="password" autocomplete="current-password" required /></label>
+      <${ErrorBox} error=${error} />
+      <button type="submit" disabled=${busy}>Sign in</button>
+    </form>
+  </main>`;
+}
+
+function Agents() {
+  const { data, error } = usePoll(() => api("GET", "/api/agents"), []);
+  const agents = data || [];
+  return html`<section>
+    <h1>Agents</h1>
+    <p class="muted">${agents.filter((a) => a.status === "online").length} online of ${agents.length}; updates every second.</p>
+    <${ErrorBox} error=${error} />
+    <div class="scroll"><table id="agents">
+      <thead><tr><th>Name</th><th>Status</th><th>Host</th><th>Plugins</th><th>Labels</th><th>Groups</th><th>Running</th><th>CPU</th><th>Memory</th></tr></thead>
+      <tbody>
+        ${agents.map((a) => html`<tr key=${a.uuid} data-agent=${a.name} data-status=${a.status}>
+          <td><a href=${`/agents/${a.uuid}`}>${a.name}</a></td>
+          <td><${Status} s=${a.status} /></td>
+          <td>${a.host}</td>
+          <td>${a.plugins.map((p) => html`<span class="chip" title=${p.methods.map((m) => m.name).join(", ")}>${p.name}</span>`)}</td>
+          <td>${Object.entries(a.labels).map(([k, v]) => html`<span class="chip">${k}=${v}</span>`)}</td>
+          <td>${a.groups.map((g) => html`<span class="chip">${g}</span>`)}</td>
+          <td>${a.running} / ${a.capacity}</td>
+          <td>${a.metrics ? a.metrics.cpu_percent.toFixed(0) + " %" : "—"}</td>
+          <td>${a.metrics ? fmtBytes(a.metrics.memory_used_bytes) + " / " + fmtBytes(a.metrics.memory_total_bytes) : "—"}</td>
+        </tr>`)}
+      </tbody>
+    </table></div>
+  </section>`;
+}
+
+function Agent({ id }) {
+  const agent = usePoll(() => api("GET", `/api/agents/${encodeURIComponent(id)}`), [id]);
+  const tasks = usePoll(() => api("GET", `/api/tasks?agent=${encodeURIComponent(id)}&page_size=20`), [id], 2000);
+  const a = agent.data;
+  return html`<section>
+    <p><a href="/agents">← Agents</a></p>
+    <${ErrorBox} error=${agent.error} />
+    ${a && html`<h1>${a.name} <${Status} s=${a.status} /></h1>
+      <dl class="facts">
+        <dt>Host</dt><dd>${a.host}</dd>
+        <dt>Id</dt><dd>${a.id} · ${a.uuid}</dd>
+        <dt>Version</dt><dd>${a.version}</dd>
+        <dt>Running</dt><dd>${a.running} of ${a.capacity}</dd>
+        <dt>Last heartbeat</dt><dd>${fmtTime(a.heartbeat_at || a.last_seen_at)}</dd>
+        <dt>CPU / memory</dt><dd>${a.metrics ? `${a.metrics.cpu_percent.toFixed(0)} % · ${fmtBytes(a.metrics.memory_used_bytes)} of ${fmtBytes(a.metrics.memory_total_bytes)}` : "—"}</dd>
+        <dt>Labels</dt><dd>${Object.entries(a.labels).map(([k, v]) => html`<span class="chip">${k}=${v}</span>`)}</dd>
+        <dt>Groups</dt><dd>${a.groups.map((g) => html`<span class="chip">${g}</span>`)}</dd>
+      </dl>
+      <h2>Plugins</h2>
+      <ul>${a.plugins.map((p) => html`<li><strong>${p.name}</strong>: ${p.methods.map((m) => m.name).join(", ")}</li>`)}</ul>`}
+    <h2>Recent tasks</h2>
+    <${ErrorBox} error=${tasks.error} />
+    <${TaskTable} tasks=${tasks.data ? tasks.data.results || tasks.data : []} />
+  </section>`;
+}
+
+function TaskTable({ tasks }) {
+  if (!tasks || !tasks.length) return html`<p class="muted">None.</p>`;
+  return html`<div class="scroll"><table>
+    <thead><tr><th>Task</th><th>Status</th><th>Plugin / method</th><th>Created</th></tr></thead>
+    <tbody>${tasks.map((t) => html`<tr key=${t.id}>
+      <td><a href=${`/tasks/${t.id}`}>${short(t.id)}</a></td>
+      <td><${Status} s=${t.status} /></td>
+      <td>${t.plugin} / ${t.method}</td>
+      <td>${fmtTime(t.created_at)}</td></tr>`)}</tbody>
+  </table></div>`;
+}
+
+const RUN_STATUSES = ["pending", "running", "passed", "failed", "cancelled", "error"];
+
+function Runs({ query }) {
+  const status = query.get("status") || "";
+  const plan = query.get("plan_id") || "";
+  const page = Number(query.get("page") || 1);
+  const plans = usePoll(() => api("GET", "/api/plans?page_size=1000"), [], 30000);
+  const runs = usePoll(() => {
+    const q = new URLSearchParams({ page, page_size: 50 });
+    if (status) q.set("status", status);
+    if (plan) q.set("plan_id", plan);
+    return api("GET", `/api/runs?${q}`);
+  }, [status, plan, page], 2000);
+  const setFilter = (k, v) => {
+    const q = new URLSearchParams(location.search);
+    if (v) q.set(k, v); else q.delete(k);
+    q.delete("page");
+    navigate(`/runs${q.toString() ? "?" + q : ""}`);
+  };
+  const list = runs.data ? runs.data.results : [];
+  const planList = plans.data ? plans.data.results || plans.data : [];
+  return html`<section>
+    <h1>Runs</h1>
+    <div class="filters">
+      <label>Status <select id="filter-status" value=${status} onChange=${(e) => setFilter("status", e.target.value)}>
+        <option value="">any</option>
+        ${RUN_STATUSES.map((s) => html`<option value=${s}>${s}</option>`)}
+      </select></label>
+      <label>Plan <select id="filter-plan" value=${plan} onChange=${(e) => setFilter("plan_id", e.target.value)}>
+        <option value="">any</option>
+        ${planList.map((p) => html`<option value=${p.id}>${p.name}</option>`)}
+      </select></label>
+      ${can("operator") && html`<a class="button" href="/plans">Start a run…</a>`}
+    </div>
+    <${ErrorBox} error=${runs.error} />
+    <div class="scroll"><table id="runs">
+      <thead><tr><th>Run</th><th>Plan</th><th>Status</th><th>By</th><th>Started</th><th>Finished</th></tr></thead>
+      <tbody>${list.map((r) => html`<tr key=${r.id}>
+        <td><a href=${`/runs/${r.id}`}>${short(r.id)}</a></td>
+        <td>${r.plan_name}</td><td><${Status} s=${r.status} /></td><td>${r.created_by}</td>
+        <td>${fmtTime(r.created_at)}</td><td>${fmtTime(r.finished_at)}</td></tr>`)}</tbody>
+    </table></div>
+    ${runs.data && html`<p class="pager">
+      ${page > 1 && html`<a href=${pageUrl(page - 1)}>← newer</a>`}
+      <span> page ${page} of ${Math.max(1, Math.ceil(runs.data.total / 50))} (${runs.data.total} runs) </span>
+      ${page * 50 < runs.data.total && html`<a href=${pageUrl(page + 1)}>older →</a>`}
+    </p>`}
+  </section>`;
+}
+
+function pageUrl(n) {
+  const q = new URLSearchParams(location.search);
+  q.set("page", n);
+  return `${location.pathname}?${q}`;
+}
+
+// Steps in layers: a step sits one layer right of its deepest dependency.
+function layout(steps) {
+  const byId = new Map(steps.map((s) => [s.id, s]));
+  const depth = new Map();
+  const visit = (id, seen = new Set()) => {
+    if (depth.has(id)) return depth.get(id);
+    if (seen.has(id)) return 0;
+    seen.add(id);
+    const s = byId.get(id);
+    const d = s ? Math.max(-1, ...(s.depends_on || []).filter((x) => byId.has(x)).map((x) => visit(x, seen))) + 1 : 0;
+    depth.set(id, d);
+    return d;
+  };
+  steps.forEach((s) => visit(s.id));
+  const layers = [];
+  steps.forEach((s) => (layers[depth.get(s.id)] ||= []).push(s.id));
+  const W = 170, H = 56, GX = 60, GY = 18;
+  const pos = new Map();
+  layers.forEach((ids, x) => ids.forEach((id, y) => pos.set(id, { x: 10 + x * (W + GX), y: 10 + y * (H + GY) })));
+  const width = 20 + layers.length * (W + GX) - GX;
+  const height = 20 + Math.max(1, ...layers.map((l) => l.length)) * (H + GY) - GY;
+  return { pos, W, H, width, height };
+}
+
+function Dag({ run, selected }) {
+  const steps = run.spec.steps;
+  const { pos, W, H, width, height } = layout(steps);
+  return html`<svg class="dag" viewBox="0 0 ${width} ${height}" width=${width} height=${height} role="list" aria-label="Plan steps">
+    ${steps.flatMap((s) => (s.depends_on || []).filter((d) => pos.has(d)).map((d) => {
+      const a = pos.get(d), b = pos.get(s.id);
+      const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2, mx = (x1 + x2) / 2;
+      return html`<path key=${d + ">" + s.id} class="edge" d="M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}" />`;
+    }))}
+    ${steps.map((s) => {
+      const st = run.steps[s.id] || { status: "pending" };
+      const status = st.status === "failed" && s.xfail ? "xfail" : st.status;
+      const [icon, cls] = STATUS[status] || ["?", "off"];
+      const p = pos.get(s.id);
+      return html`<a key=${s.id} href=${`/runs/${run.id}?step=${encodeURIComponent(s.id)}`} role="listitem"
+          class="node ${cls} ${selected === s.id ? "selected" : ""}" data-step=${s.id} data-status=${status}
+          aria-label=${`step ${s.id}: ${status}${st.reason ? " — " + st.reason : ""}`}>
+        <title>${st.reason || status}</title>
+        <rect x=${p.x} y=${p.y} width=${W} height=${H} rx="6" />
+        <text x=${p.x + 10} y=${p.y + 22} class="name">${(s.name || s.id).slice(0, 22)}</text>
+        <text x=${p.x + 10} y=${p.y + 43} class="state">${icon} ${status}</text>
+      </a>`;
+    })}
+  </svg>`;
+}
+
+const TERMINAL_RUN = ["passed", "failed", "cancelled", "error"];
+
+function RunPage({ id, query }) {
+  const [live, setLive] = useState(true);
+  const { data: run, error } = usePoll(() => api("GET", `/api/runs/${id}`), [id], 1000, live);
+  const [actionError, setActionError] = useState(null);
+  useEffect(() => { if (run && TERMINAL_RUN.includes(run.status)) setLive(false); }, [run && run.status]);
+  if (!run) return html`<section><${ErrorBox} error=${error} /><p>Loading run…</p></section>`;
+  const firstBad = run.spec.steps.find((s) => ["failed", "error", "lost"].includes((run.steps[s.id] || {}).status));
+  const firstRunning = run.spec.steps.find((s) => (run.steps[s.id] || {}).status === "running");
+  const selected = query.get("step") || (firstBad || firstRunning || {}).id;
+  const st = selected && run.steps[selected];
+  const mayCancel = !TERMINAL_RUN.includes(run.status) &&
+    (can("admin") || (can("operator") && run.created_by === session.user.username));
+  const cancel = async () => {
+    setActionError(null);
+    try { await api("POST", `/api/runs/${id}/cancel`); setLive(true); } catch (e) { setActionError(e); }
+  };
+  const rerun = async () => {
+    setActionError(null);
+    try {
+      const body = run.plan_id ? { plan_id: run.plan_id, params: run.params } : { plan: JSON.stringify(run.spec), params: run.params };
+      if (run.environment) body.environment = run.environment;
+      const r = await api("POST", "/api/runs", body);
+      navigate(`/runs/${r.id}`);
+    } catch (e) { setActionError(e); }
+  };
+  return html`<section>
+    <p><a href="/runs">← Runs</a></p>
+    <h1>${run.plan_name} <${Status} s=${run.status} /></h1>
+    <p class="muted">Run ${run.id} · by ${run.created_by} · started ${fmtTime(run.started_at || run.created_at)}${run.finished_at ? " · finished " + fmtTime(run.finished_at) : ""}${run.reason ? " · " + run.reason : ""}</p>
+    <div class="actions">
+      ${mayCancel && html`<button id="cancel-run" class="danger" onClick=${cancel}>Cancel run</button>`}
+      ${can("operator") && TERMINAL_RUN.includes(run.status) && html`<button id="rerun" onClick=${rerun}>Re-run with the same parameters</button>`}
+      ${run.report_id && html`<a class="button" href=${`/reports/${run.report_id}`}>Report</a>`}
+    </div>
+    <${ErrorBox} error=${error || actionError} />
+    <div class="scroll"><${Dag} run=${run} selected=${selected} /></div>
+    ${st && html`<${StepPanel} key=${selected} run=${run} id=${selected} st=${st} />`}
+  </section>`;
+}
+
+function StepPanel({ run, id, st }) {
+  const inst = st.instances || [];
+  const [which, setWhich] = useState(0);
+  const cur = inst[Math.min(which, inst.length - 1)];
+  return html`<div class="panel" id="step-panel">
+    <h2>Step ${id} <${Status} s=${st.status} /></h2>
+    ${st.reason && html`<p class="reason">${st.reason}</p>`}
+    ${inst.length > 0 && html`<div class="scroll"><table>
+      <thead><tr><th></th><th>Agent</th><th>Attempt</th><th>Status</th><th>Exit</th><th>Task</th></tr></thead>
+      <tbody>${inst.map((i, n) => html`<tr key=${n}>
+        <td><input type="radio" name="inst" aria-label=${`show the log of ${i.agent_name} attempt ${i.attempt}`} checked=${n === which} onChange=${() => setWhich(n)} /></td>
+        <td>${i.agent_name}</td><td>${i.attempt}</td><td><${Status} s=${i.status} /></td>
+        <td>${i.exit_code ?? "—"}</td><td>${i.task_id ? html`<a href=${`/tasks/${i.task_id}`}>${short(i.task_id)}</a>` : "—"}</td></tr>`)}</tbody>
+    </table></div>`}
+    ${Object.keys(st.outputs || {}).length > 0 && html`<h3>Outputs</h3><pre>${JSON.stringify(st.outputs, null, 2)}</pre>`}
+    ${cur && cur.task_id && html`<h3>Log</h3><${Log} key=${cur.task_id} task=${cur.task_id} />`}
+  </div>`;
+}
+
+// A task's log, streamed from `/ws/tasks/{id}/log` (the session cookie opens
+// it; same origin). The stream starts from the beginning, so a reconnect
+// replaces the text: no duplicated lines and no gap.
+function Log({ task }) {
+  const [text, setText] = useState("");
+  const [end, setEnd] = useState(null);
+  const pre = useRef(null);
+  useEffect(() => {
+    let closed = false, ws = null, retry = 0, timer = null, buf = "";
+    const open = () => {
+      buf = "";
+      ws = new WebSocket(wsUrl(`/ws/tasks/${task}/log`));
+      ws.onmessage = (m) => { buf += m.data; retry = 0; setText(buf); };
+      ws.onclose = (ev) => {
+        if (closed) return;
+        if (ev.code === 1000 || ev.code === 1008 || ev.code === 1011) { setEnd(ev.reason || "finished"); return; }
+        timer = setTimeout(open, Math.min(10000, 1000 * 2 ** retry++));
+      };
+    };
+    open();
+    return () => { closed = true; clearTimeout(timer); ws && ws.close(); };
+  }, [task]);
+  useEffect(() => { if (pre.current) pre.current.scrollTop = pre.current.scrollHeight; }, [text]);
+  return html`<pre class="log" id="log" ref=${pre} tabindex="0" aria-label="task log">${text}</pre>
+    <p class="muted">${end ? `End of log (${end}).` : "Streaming…"} <a href=${`/api/tasks/${task}/log`} target="_blank" rel="noopener">raw log</a></p>`;
+}
+
+function TaskPage({ id }) {
+  const { data: t, error } = usePoll(() => api("GET", `/api/tasks/${id}`), [id], 1000);
+  const [actionError, setActionError] = useState(null);
+  const done = t && ["passed", "failed", "error", "cancelled", "lost", "finished"].includes(t.status);
+  return html`<section>
+    <${ErrorBox} error=${error || actionError} />
+    ${t && html`<h1>Task ${short(t.id)} <${Status} s=${t.status} /></h1>
+      <p class="muted">${t.plugin} / ${t.method} · created ${fmtTime(t.created_at)}</p>
+      ${can("operator") && !done && html`<button class="danger" onClick=${async () => {
+        try { await api("POST", `/api/tasks/${id}/cancel`); } catch (e) { setActionError(e); }
+      }}>Cancel task</button>`}`}
+    <h2>Log</h2>
+    <${Log} task=${id} />
+  </section>`;
+}
+
+function Plans() {
+  const { data, error } = usePoll(() => api("GET", "/api/plans?page_size=1000"), [], 10000);
+  const plans = data ? data.results || data : [];
+  return html`<section>
+    <h1>Stored plans</h1>
+    <${ErrorBox} error=${error} />
+    <ul class="plans">${plans.map((p) => html`<li key=${p.id}><a href=${`/plans/${p.id}`}>${p.name}</a>${p.description ? " — " + p.description : ""}</li>`)}</ul>
+    ${data && !plans.length && html`<p class="muted">No stored plans: store one with <code>POST /api/plans</code>.</p>`}
+  </section>`;
+}
+
+function PlanPage({ id }) {
+  const { data: plan, error } = usePoll(() => api("GET", `/api/plans/${id}`), [id], 60000);
+  const [errors, setErrors] = useState({ top: null, fields: {} });
+  if (!plan) return html`<section><${ErrorBox} error=${error} /></section>`;
+  const spec = plan.spec || plan;
+  const params = Object.entries(spec.parameters || {});
+  const submit = async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    const values = {}, fields = {};
+    for (const [name, p] of params) {
+      const raw = f.get(name);
+      if (p.type === "boolean") { values[name] = raw === "on"; continue; }
+      if (raw === "" || raw === null) continue;
+      if (p.type === "integer" || p.type === "number") values[name] = Number(raw);
+      else if (p.type === "array" || p.type === "object") {
+        try { values[name] = JSON.parse(raw); } catch { fields[name] = "not valid JSON"; }
+      } else values[name] = raw;
+    }
+    if (Object.keys(fields).length) return setErrors({ top: null, fields });
+    try {
+      const r = await api("POST", "/api/runs", { plan_id: plan.id, params: values });
+      navigate(`/runs/${r.id}`);
+    } catch (err) {
+      const byField = {};
+      for (const d of err.details || []) byField[d.field.replace(/^\/?(params\/)?/, "")] = d.message;
+      setErrors({ top: err, fields: byField });
+    }
+  };
+  return html`<section>
+    <p><a href="/plans">← Plans</a></p>
+    <h1>${spec.name}</h1>
+    ${spec.description && html`<p>${spec.description}</p>`}
+    <p class="muted">${spec.steps.length} steps: ${spec.steps.map((s) => s.id).join(", ")}</p>
+    ${can("operator") ? html`<form id="start-run" onSubmit=${submit}>
+      ${params.map(([name, p]) => html`<div class="field">
+        <label for=${"p-" + name}>${name} <span class="muted">(${p.type}${p.default === undefined ? ", required" : ""})</span></label>
+        ${p.type === "boolean"
+          ? html`<input type="checkbox" id=${"p-" + name} name=${name} checked=${p.default === true} />`
+          : html`<input id=${"p-" + name} name=${name} type=${p.type === "integer" || p.type === "number" ? "number" : "text"}
+              step=${p.type === "number" ? "any" : undefined}
+              value=${p.default === undefined ? "" : typeof p.default === "object" ? JSON.stringify(p.default) : p.default}
+              aria-invalid=${errors.fields[name] ? "true" : undefined} aria-describedby=${"e-" + name} />`}
+        ${p.description && html`<small>${p.description}</small>`}
+        <span class="field-error" id=${"e-" + name}>${errors.fields[name] || ""}</span>
+      </div>`)}
+      <${ErrorBox} error=${errors.top} />
+      <button type="submit" id="start">Start run</button>
+    </form>` : html`<p class="muted">Viewers cannot start runs.</p>`}
+  </section>`;
+}
+
+function Reports() {
+  const { data, error } = usePoll(() => api("GET", "/api/reports?page_size=100"), [], 10000);
+  const list = data ? data.results || data : [];
+  return html`<section>
+    <h1>Reports</h1>
+    <${ErrorBox} error=${error} />
+    <ul>${list.map((r) => html`<li key=${r.id}><a href=${`/reports/${r.id}`}>${r.name || r.plan_name || r.id}</a> ${r.created_at ? fmtTime(r.created_at) : ""}</li>`)}</ul>
+  </section>`;
+}
+
+// The stored report as the server renders it (crates/report's HTML). It is
+// shown same-origin so its log links (`/api/tasks/{id}/log`) open with the
+// session cookie; the renderer escapes every test-supplied string.
+function Report({ id }) {
+  return html`<section class="report">
+    <p><a href="/reports">← Reports</a> · <a href=${`/api/reports/${id}?format=html`} target="_blank" rel="noopener">open alone</a> · <a href=${`/api/reports/${id}?format=junit`} download>JUnit XML</a></p>
+    <iframe id="report-frame" title="report" src=${`/api/reports/${id}?format=html`}></iframe>
+  </section>`;
+}
+
+// uPlot is loaded only by the pages that draw charts.
+let uplotLoading = null;
+function loadUplot() {
+  if (window.uPlot) return Promise.resolve(window.uPlot);
+  uplotLoading ||= new Promise((resolve, reject) => {
+    const css = document.createElement("link");
+    css.rel = "stylesheet";
+    css.href = `${BASE}/vendor/uPlot.min.css`;
+    document.head.append(css);
+    const s = document.createElement("script");
+    s.src = `${BASE}/vendor/uPlot.iife.min.js`;
+    s.onload = () => resolve(window.uPlot);
+    s.onerror = () => reject(new Error("could not load the chart library"));
+    document.head.append(s);
+  });
+  return uplotLoading;
+}
+
+function Execution({ id }) {
+  const box = useRef(null);
+  const [state, setState] = useState({ status: "connecting", last: null });
+  useEffect(() => {
+    let closed = false, ws = null, plot = null, timer = null, retry = 0;
+    const xs = [], rps = [], p = [], errs = [], users = [];
+    loadUplot().then((uPlot) => {
+      if (closed) return;
+      plot = new uPlot({
+        width: Math.min(960, box.current.clientWidth || 600), height: 280,
+        series: [{}, { label: "requests/s", stroke: "#2060c0", width: 2 },
+          { label: "response ms", stroke: "#b05000", scale: "ms" },
+          { label: "errors %", stroke: "#c02020", scale: "%" },
+          { label: "active users", stroke: "#208040", scale: "users" }],
+        axes: [{}, { label: "req/s" }, { scale: "ms", side: 1, label: "ms" }],
+      }, [xs, rps, p, errs, users], box.current);
+    }).catch((e) => setState((s) => ({ ...s, status: e.message })));
+    const open = () => {
+      ws = new WebSocket(wsUrl(`/ws/performance/${encodeURIComponent(id)}/`));
+      ws.onmessage = (m) => {
+        let msg;
+        try { msg = JSON.parse(m.data); } catch { return; }
+        retry = 0;
+        if (msg.type === "metrics") {
+          const d = msg.data;
+          const t = Date.parse(msg.timestamp) / 1000;
+          if (xs.length && t <= xs[xs.length - 1]) return; // a replayed second
+          xs.push(t); rps.push(d.requests_per_second); p.push(d.response_time); errs.push(d.error_rate); users.push(d.active_users);
+          plot && plot.setData([xs, rps, p, errs, users]);
+          setState({ status: d.paused ? "paused" : "running", last: d });
+        } else if (msg.type === "finished") {
+          setState((s) => ({ ...s, status: "finished" }));
+        }
+      };
+      ws.onclose = (ev) => {
+        if (closed || ev.code === 1000) return;
+        timer = setTimeout(open, Math.min(10000, 1000 * 2 ** retry++));
+      };
+    };
+    open();
+    return () => { closed = true; clearTimeout(timer); ws && ws.close(); plot && plot.destroy(); };
+  }, [id]);
+  const l = state.last;
+  return html`<section>
+    <p><a href="/performance">← Performance</a></p>
+    <h1>Execution ${id} <${Status} s=${state.status} /></h1>
+    ${l && html`<p id="rps" data-rps=${l.requests_per_second}>${l.requests_per_second} requests/s · ${l.response_time} ms · ${l.error_rate} % errors · ${l.active_users} users</p>`}
+    <div ref=${box} class="chart" aria-label="requests per second chart"></div>
+  </section>`;
+}
+
+function Performance() {
+  const plans = usePoll(() => api("GET", "/api/performance/plans/"), [], 5000);
+  const reports = usePoll(() => api("GET", "/api/performance/reports/"), [], 10000);
+  const list = (v) => (v ? v.results || v.plans || v.reports || v : []);
+  return html`<section>
+    <h1>Performance</h1>
+    <${ErrorBox} error=${plans.error} />
+    <h2>Plans</h2>
+    <ul>${list(plans.data).map((p) => html`<li key=${p.plan_id || p.id}>${p.name || p.plan_id}
+      ${p.execution_id && html` · <a href=${`/performance/executions/${p.execution_id}`}>live execution</a>`}</li>`)}</ul>
+    <h2>Reports</h2>
+    <ul>${list(reports.data).map((r) => html`<li key=${r.report_id || r.id}>${r.name || r.report_id}
+      ${r.execution_id && html` · <a href=${`/performance/executions/${r.execution_id}`}>execution</a>`}</li>`)}</ul>
+  </section>`;
+}
+
+// ---------------------------------------------------------------- app ----
+
+const NAV = [["/agents", "Agents"], ["/runs", "Runs"], ["/plans", "Plans"], ["/performance", "Performance"], ["/reports", "Reports"]];
+
+function route(path, query) {
+  const seg = path.split("/").filter(Boolean).map(decodeURIComponent);
+  switch (seg[0]) {
+    case undefined: case "agents":
+      return seg[1] ? html`<${Agent} id=${seg[1]} />` : html`<${Agents} />`;
+    case "runs": return seg[1] ? html`<${RunPage} id=${seg[1]} query=${query} />` : html`<${Runs} query=${query} />`;
+    case "tasks": return seg[1] ? html`<${TaskPage} id=${seg[1]} />` : html`<${Runs} query=${query} />`;
+    case "plans": return seg[1] ? html`<${PlanPage} id=${seg[1]} />` : html`<${Plans} />`;
+    case "reports": return seg[1] ? html`<${Report} id=${seg[1]} />` : html`<${Reports} />`;
+    case "performance":
+      return seg[1] === "executions" && seg[2] ? html`<${Execution} id=${seg[2]} />` : html`<${Performance} />`;
+    default: return html`<section><h1>Not found</h1><p>No console page at ${path}.</p></section>`;
+  }
+}
+
+function App() {
+  const { path, query } = useLocation();
+  const [ready, setReady] = useState(!!session.user);
+  useEffect(() => {
+    if (session.user || path === "/login") { setReady(true); return; }
+    api("GET", "/api/auth/me").then((u) => { session.user = u; setReady(true); }).catch(() => setReady(true));
+  }, [path]);
+  const signOut = useCallback(async () => {
+    try { await api("DELETE", "/api/auth/session"); } finally { session.user = null; navigate("/login", true); }
+  }, []);
+  useEffect(() => {
+    const page = path.split("/")[1] || "agents";
+    document.title = `${page.charAt(0).toUpperCase() + page.slice(1)} · Testbed`;
+  }, [path]);
+  if (path === "/login") return html`<${Login} query=${query} />`;
+  if (!ready || !session.user) return html`<p class="loading">Loading…</p>`;
+  const top = "/" + (path.split("/")[1] || "agents");
+  return html`<div class="shell">
+    <a class="skip" href="#main">Skip to content</a>
+    <header>
+      <a class="brand" href="/agents">Testbed</a>
+      <nav aria-label="main">${NAV.map(([href, label]) => html`<a href=${href} aria-current=${top === href ? "page" : undefined}>${label}</a>`)}</nav>
+      <span class="who" id="who">${session.user.username} (${session.user.role})</span>
+      <button class="link" id="sign-out" onClick=${signOut}>Sign out</button>
+    </header>
+    <main id="main" tabindex="-1">${route(path, query)}</main>
+  </div>`;
+}
+
+render(html`<${App} />`, document.getElementById("app"));
