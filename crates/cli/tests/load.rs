@@ -110,3 +110,123 @@ fn load_reports_json_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("p(99)<<1"));
 }
+
+/// A TCP server that accepts connections and never answers, holding them open.
+fn stalling() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    url
+}
+
+#[test]
+fn load_against_a_stalling_target_ends_on_time_and_counts_the_cut() {
+    let url = stalling();
+    let t = std::time::Instant::now();
+    let out = testbed(&["load", &url, "-c", "4", "-d", "2s"]);
+    let took = t.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A behaviour bound, not a benchmark: the 30 s default timeout does not
+    // stretch the run.
+    assert!(
+        took < std::time::Duration::from_millis(4500),
+        "ran {took:?}\n{stdout}"
+    );
+    // The live view says what is going on while it goes on.
+    assert!(stdout.contains("waiting 4"), "{stdout}");
+    assert!(stdout.contains("Cut:          4 at deadline"), "{stdout}");
+    assert!(stdout.contains("cut at deadline"), "{stdout}");
+    // Nothing succeeded: not a pass.
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("no request succeeded (4 cut at deadline)"),
+        "{stderr}"
+    );
+
+    // JSON carries the count too.
+    let out = testbed(&["load", &url, "-c", "2", "-d", "1s", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["summary"]["cut"], 2, "{report}");
+
+    // With a timeout shorter than the run, timeouts show live as they happen.
+    let out = testbed(&["load", &url, "-c", "2", "-d", "3s", "--timeout", "500ms"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout
+        .lines()
+        .find(|l| l.starts_with("[   1s/3s]"))
+        .unwrap_or("");
+    assert!(first.contains("[Timeout "), "{stdout}");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn load_names_refused_and_unknown_hosts_and_fails() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = testbed(&[
+        "load",
+        &format!("http://127.0.0.1:{port}/"),
+        "-c",
+        "2",
+        "-d",
+        "1s",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    // Live and in the summary.
+    assert!(stdout.contains("[connection refused "), "{stdout}");
+    assert!(
+        stdout.contains("\nErrors:\n  connection refused"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("no request succeeded") && stderr.contains("connection refused"),
+        "{stderr}"
+    );
+    // --json keeps the seed's label and adds the cause.
+    let out = testbed(&[
+        "load",
+        &format!("http://127.0.0.1:{port}/"),
+        "-c",
+        "1",
+        "-d",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"][0]["label"], "Connection Error", "{report}");
+    assert_eq!(
+        report["error_causes"][0]["label"], "connection refused",
+        "{report}"
+    );
+
+    let out = testbed(&["load", "http://nonexistent.invalid/", "-c", "1", "-d", "1s"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("unknown host (DNS lookup failed)"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("unknown host"), "{stderr}");
+
+    // The exit codes are documented.
+    let out = testbed(&["load", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Exit codes:") && help.contains("no request succeeded"),
+        "{help}"
+    );
+}

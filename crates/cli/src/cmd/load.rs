@@ -11,13 +11,25 @@ use clap::Args;
 use testbed_load::{Load, Plan, Protocol, RateStage, Report, RequestSpec, Stage, Window};
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Errors are named by cause, live and in the summary: connection refused, \
+unknown host (DNS lookup failed), connection reset, Timeout (no answer within --timeout), \
+TLS Error, HTTP <status>, Check Failed.\n\
+The run ends on time: requests still unanswered 0.25 s after --duration are cut and counted \
+as `cut at deadline` (not as requests).\n\n\
+Exit codes:\n  \
+0  the run ended, at least one request succeeded and every --threshold passed\n  \
+1  a --threshold failed, or no request succeeded (all failed or were cut)\n  \
+2  bad usage or configuration (URL, header, threshold…)"
+)]
 pub struct LoadArgs {
     /// Target URL (http:// or https://).
     pub url: String,
     /// Concurrent virtual users, one connection each (with --rate: the most users).
     #[arg(short = 'c', long = "connections", default_value_t = 50)]
     pub connections: u64,
-    /// How long to run, e.g. 30s, 2m, 1h.
+    /// How long to run, e.g. 30s, 2m, 1h; requests unanswered by then are
+    /// cut (after a 0.25 s grace).
     #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Open model: start this many requests per second whatever the response
@@ -152,11 +164,66 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     } else {
         write!(out, "{}", summary(&report))?;
     }
+    if report.summary.successes == 0 {
+        // Every request failed: thresholds or not, that is no pass.
+        eprintln!("error: no request succeeded ({})", failure_causes(&report));
+        return Ok(ExitCode::from(1));
+    }
     Ok(if report.passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Human names and counts of a report's errors, most frequent first:
+/// connection errors by cause where known, then the seed's labels, then the
+/// requests cut at the deadline.
+fn error_breakdown(r: &Report) -> Vec<(String, u64)> {
+    let mut out = named_errors(
+        r.errors.iter().map(|e| (e.label.as_str(), e.count)),
+        r.error_causes.iter().map(|e| (e.label.as_str(), e.count)),
+    );
+    if r.summary.cut > 0 {
+        out.push(("cut at deadline".to_string(), r.summary.cut));
+    }
+    out
+}
+
+/// Labels and causes merged: a `Connection Error` count is split into its
+/// known causes, with what remains as `connection error`.
+fn named_errors<'a>(
+    labels: impl Iterator<Item = (&'a str, u64)>,
+    causes: impl Iterator<Item = (&'a str, u64)> + Clone,
+) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for (label, n) in labels {
+        if label == "Connection Error" {
+            let mut known = 0;
+            for (cause, c) in causes.clone() {
+                out.push((cause.to_string(), c));
+                known += c;
+            }
+            if n > known {
+                out.push(("connection error".to_string(), n - known));
+            }
+        } else {
+            out.push((label.to_string(), n));
+        }
+    }
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+fn failure_causes(r: &Report) -> String {
+    let list = error_breakdown(r);
+    if list.is_empty() {
+        return "no request was sent".to_string();
+    }
+    list.iter()
+        .map(|(name, n)| format!("{n} {name}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The per-second view: one rewritten line on a terminal, plain lines otherwise.
@@ -192,8 +259,31 @@ impl Live {
                 h.value_at_quantile(p) as f64 / 1000.0
             }
         };
+        // Errors as they happen, by cause, and requests still waiting for
+        // an answer: a stalled target shows here, not only in the summary.
+        let causes = named_errors(
+            w.error_kinds.iter().map(|(k, n)| (k.as_str(), *n)),
+            w.error_causes.iter().map(|(k, n)| (k.as_str(), *n)),
+        );
+        let causes = if causes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " [{}]",
+                causes
+                    .iter()
+                    .map(|(name, n)| format!("{name} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let waiting = if w.in_flight > 0 {
+            format!("  waiting {}", w.in_flight)
+        } else {
+            String::new()
+        };
         let line = format!(
-            "[{:>4}s/{}s] {:>9.0} req/s  p50 {:>8.2} ms  p99 {:>8.2} ms  errors {:>6} (total {})  vus {}{}",
+            "[{:>4}s/{}s] {:>9.0} req/s  p50 {:>8.2} ms  p99 {:>8.2} ms  errors {:>6}{causes} (total {}){waiting}  vus {}{}",
             w.index + 1,
             self.total.as_secs(),
             w.rps(),
@@ -258,6 +348,13 @@ pub fn summary(r: &Report) -> String {
         bytes(s.bytes_in),
         bytes(s.bytes_out)
     );
+    if s.cut > 0 {
+        let _ = writeln!(
+            o,
+            "  Cut:          {} at deadline (no answer when the run ended; not counted as requests)",
+            s.cut
+        );
+    }
     if s.dropped_iterations > 0 {
         let _ = writeln!(
             o,
@@ -288,10 +385,11 @@ pub fn summary(r: &Report) -> String {
             .collect();
         let _ = writeln!(o, "\nStatus codes: {}", codes.join("  "));
     }
-    if !r.errors.is_empty() {
+    let errors = error_breakdown(r);
+    if !errors.is_empty() {
         let _ = writeln!(o, "\nErrors:");
-        for e in &r.errors {
-            let _ = writeln!(o, "  {:<18} {}", e.label, e.count);
+        for (name, n) in &errors {
+            let _ = writeln!(o, "  {name:<34} {n}");
         }
     }
     if !r.thresholds.is_empty() {
