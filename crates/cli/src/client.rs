@@ -247,12 +247,7 @@ impl Client {
             .collect();
         let total = page["total"].as_u64().unwrap_or(0).max(ids.len() as u64);
         match ids.as_slice() {
-            [] => Err(ApiFailure {
-                status: 404,
-                message: format!("no {noun} whose id starts with `{given}`"),
-                details: serde_json::Value::Null,
-            }
-            .into()),
+            [] => bail!("no {noun} whose id starts with `{given}`"),
             [one] if total == 1 => Ok(one.to_string()),
             many => {
                 let more = total.saturating_sub(many.len() as u64);
