@@ -1,8 +1,11 @@
 //! `testbed run plan.yaml`: submit a plan, follow it live, write reports.
 //!
-//! With `TESTBED_SERVER` set the plan runs there; otherwise an embedded
-//! platform (server, store and one local agent) starts in this process for
-//! the run and stops after it.
+//! Logged in (`testbed login`, or `TESTBED_SERVER`/`TESTBED_TOKEN`), the plan
+//! runs on that server. Otherwise, or with `--local`, a local platform
+//! (server, store and local agents) starts in this process for the run: in
+//! a scratch directory thrown away after it, or kept in `--data-dir DIR`
+//! with the layout of `testbed up --data-dir DIR`, which reopens it. Its log
+//! goes to DIR/testbed.log, not into the user's output (`-v` shows it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -87,6 +90,24 @@ impl ReportFiles {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Where the plan runs:\n  \
+    logged in (`testbed login`, or TESTBED_SERVER + TESTBED_TOKEN)\n      \
+    on that server; stderr says which server and user.\n  \
+    --local\n      \
+    on a local platform (server, store, --agents agents) started in this\n      \
+    process for the run and thrown away after it, records and logs included.\n  \
+    --data-dir DIR\n      \
+    the same, but kept in DIR: reopen it with `testbed up --data-dir DIR` and\n      \
+    look at the run with `testbed runs show ID`. Its log is DIR/testbed.log.\n  \
+    neither logged in nor a flag\n      \
+    like --local, and stderr says so.\n\
+    The local platform's log is not shown unless -v or TESTBED_LOG asks.\n\n\
+Exit codes:\n  \
+    0  the run passed\n  \
+    1  a test (step) failed\n  \
+    2  no verdict: the run was cancelled (Ctrl-C, SIGTERM, `testbed runs cancel`;\n     \
+    the summary says `Result: CANCELLED`), the plan is invalid, or the server\n     \
+    could not be reached")]
 pub struct RunArgs {
     /// The plan (YAML).
     pub plan: PathBuf,
@@ -98,49 +119,144 @@ pub struct RunArgs {
     pub environment: Option<String>,
     #[command(flatten)]
     pub reports: ReportFiles,
-    /// Local agents of the embedded platform (when TESTBED_SERVER is unset).
+    /// Run on a local platform started for this run, even when logged in
+    /// (thrown away after the run unless --data-dir keeps it).
+    #[arg(long)]
+    pub local: bool,
+    /// Keep the local platform in DIR (implies --local); `testbed up
+    /// --data-dir DIR` reopens it.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Local agents of the local platform.
     #[arg(long, default_value_t = 1)]
     pub agents: u32,
+    /// Show the local platform's log on stderr.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
 }
 
-/// The embedded platform of a run without a server.
+/// Where a run's platform lives.
+enum Place {
+    /// A server the user is logged in to.
+    Remote,
+    /// A local platform in a directory deleted after the run.
+    Throwaway,
+    /// A local platform kept in this directory.
+    Kept(PathBuf),
+}
+
+/// The local platform of a run without a server, on its own runtime so that
+/// its log goes where [`local_log`] says, not into the user's output.
 struct Embedded {
-    server: testbed_server::Server,
+    rt: Option<tokio::runtime::Runtime>,
+    server: Option<testbed_server::Server>,
     stop: CancellationToken,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
-async fn embedded(agents: u32) -> anyhow::Result<(Embedded, Client)> {
-    let dir = tempfile::tempdir().context("creating a scratch directory")?;
-    let store = testbed_store::open(
-        &format!("redb:{}", dir.path().join("testbed.redb").display()),
-        Default::default(),
-    )
-    .await?;
-    let password = testbed_server::auth::random_token(16);
-    let server = testbed_server::start(testbed_server::ServerConfig {
-        listen: "127.0.0.1:0".into(),
-        store,
-        blobs: testbed_server::blobs::Blobs::local(&dir.path().join("blobs"))?,
-        settings: Default::default(),
-        admin_password: Some(password.clone()),
-        join_token: None,
-        token_ttl: Duration::from_secs(24 * 3600),
-        replica: "embedded".into(),
-    })
-    .await?;
-    let stop = CancellationToken::new();
-    for i in 1..=agents.max(1) {
-        let name = format!("local-{i}");
-        let mut cfg = testbed_agent::AgentConfig::new(&server.url(), &server.join_token, &name);
-        cfg.plugins = vec!["linux_system".into(), "build_server".into()];
-        cfg.state_dir = dir.path().join("agents").join(&name);
-        let agent = testbed_agent::Agent::build(cfg).await?;
-        let s = stop.clone();
-        tokio::spawn(async move { agent.run(s).await });
+impl Embedded {
+    async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let (Some(rt), Some(server)) = (&self.rt, self.server.take()) {
+            let _ = rt.spawn(server.shutdown()).await;
+        }
     }
-    let token = crate::client::login(&server.url(), "admin", &password).await?;
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which a runtime thread (this one) must
+        // not do; the platform's tasks are stopped without waiting.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Where the local platform's log goes: DIR/testbed.log when kept (at
+/// TESTBED_LOG's level, info by default), and on stderr only errors, unless
+/// `-v` or TESTBED_LOG asks for more.
+fn local_log(dir: Option<&Path>, verbose: bool) -> anyhow::Result<tracing::Dispatch> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let asked = std::env::var_os("TESTBED_LOG").is_some();
+    let level =
+        || EnvFilter::try_from_env("TESTBED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr_filter = if verbose || asked {
+        level()
+    } else {
+        EnvFilter::new("error")
+    };
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(stderr_filter);
+    let file = match dir {
+        Some(d) => {
+            let path = d.join("testbed.log");
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_filter(level()),
+            )
+        }
+        None => None,
+    };
+    Ok(tracing::Dispatch::new(
+        tracing_subscriber::registry().with(stderr).with(file),
+    ))
+}
+
+async fn embedded(
+    dir: Option<&Path>,
+    agents: u32,
+    verbose: bool,
+) -> anyhow::Result<(Embedded, Client)> {
+    let (temp, root) = match dir {
+        Some(d) => {
+            testbed_store::private::ensure_private_dir(d)
+                .with_context(|| format!("preparing {}", d.display()))?;
+            (None, d.to_path_buf())
+        }
+        None => {
+            let t = tempfile::tempdir().context("creating a scratch directory")?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    let dispatch = local_log(dir, verbose)?;
+    // Every thread of this runtime, blocking ones included, logs to the
+    // local platform's subscriber instead of the process-wide one.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("testbed-local")
+        .enable_all()
+        .on_thread_start(move || {
+            // Kept for the thread's whole life: never popped.
+            std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+        })
+        .build()
+        .context("starting the local platform's runtime")?;
+    let stop = CancellationToken::new();
+    let kept = dir.is_some();
+    let started = rt
+        .spawn(start_local(root.clone(), agents, stop.clone(), kept))
+        .await
+        .context("starting the local platform")?;
+    let mut e = Embedded {
+        rt: Some(rt),
+        server: None,
+        stop,
+        _dir: temp,
+    };
+    let (server, token) = started?;
     let client = Client::new(&server.url(), &token);
+    e.server = Some(server);
     // Wait for the local agents so the plan's checks see their plugins.
     for _ in 0..100 {
         let d: Value = client.get("/v2.1/slaves/detail").await?;
@@ -149,14 +265,85 @@ async fn embedded(agents: u32) -> anyhow::Result<(Embedded, Client)> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok((
-        Embedded {
-            server,
-            stop,
-            _dir: dir,
+    Ok((e, client))
+}
+
+/// Starts the server and agents of a local platform in `root` (the layout
+/// of `testbed up --data-dir`) and returns the server and an admin token.
+async fn start_local(
+    root: PathBuf,
+    agents: u32,
+    stop: CancellationToken,
+    kept: bool,
+) -> anyhow::Result<(testbed_server::Server, String)> {
+    let db = root.join("testbed.redb");
+    let store = testbed_store::open(&format!("redb:{}", db.display()), Default::default())
+        .await
+        .with_context(|| {
+            format!(
+                "opening {} (if a `testbed up --data-dir {}` is using it, log in to that \
+                 server and run without --data-dir)",
+                db.display(),
+                root.display()
+            )
+        })?;
+    let server = testbed_server::start(testbed_server::ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        store: store.clone(),
+        blobs: testbed_server::blobs::Blobs::local(&root.join("blobs"))?,
+        settings: Default::default(),
+        // A kept platform's admin is the one `testbed up` will know.
+        admin_password: if kept {
+            std::env::var("TESTBED_ADMIN_PASSWORD").ok()
+        } else {
+            None
         },
-        client,
-    ))
+        join_token: None,
+        token_ttl: Duration::from_secs(24 * 3600),
+        replica: "embedded".into(),
+    })
+    .await?;
+    if kept {
+        if let Some(p) = &server.generated_admin_password {
+            eprintln!(
+                "created user admin with password {p} (shown once; `testbed admin \
+                 reset-password --data-dir {}` sets another)",
+                root.display()
+            );
+        }
+    }
+    let token = local_admin_token(&store).await?;
+    for i in 1..=agents.max(1) {
+        let name = format!("local-{i}");
+        let mut cfg = testbed_agent::AgentConfig::new(&server.url(), &server.join_token, &name);
+        cfg.plugins = vec!["linux_system".into(), "build_server".into()];
+        cfg.state_dir = root.join("agents").join(&name);
+        let agent = testbed_agent::Agent::build(cfg).await?;
+        let s = stop.clone();
+        tokio::spawn(async move { agent.run(s).await });
+    }
+    Ok((server, token))
+}
+
+/// An admin session token signed with the store's own key. Whoever can open
+/// the store owns the platform (as with `testbed admin reset-password`), so
+/// a kept data dir needs no password, and none is ever typed or shown.
+async fn local_admin_token(store: &testbed_store::DynStore) -> anyhow::Result<String> {
+    let secret = store
+        .get(&testbed_core::keys::config("jwt_secret"))
+        .await?
+        .context("the local store has no signing key")?
+        .value;
+    let (admin, _) = testbed_server::records::get::<testbed_core::user::UserRecord>(
+        store,
+        &testbed_core::keys::user("admin"),
+    )
+    .await?
+    .context("the local store has no admin user")?;
+    let auth =
+        testbed_server::auth::Auth::new(&secret, String::new(), Duration::from_secs(24 * 3600));
+    auth.issue_user(&admin)
+        .map_err(|e| anyhow::anyhow!("signing a local token: {}", e.message))
 }
 
 fn parse_params(list: &[String]) -> anyhow::Result<BTreeMap<String, Value>> {
@@ -203,6 +390,46 @@ fn print_problems(file: &Path, err: &anyhow::Error) -> bool {
     true
 }
 
+/// Whether the user is logged in somewhere: `testbed login`'s file or the
+/// environment.
+fn logged_in() -> bool {
+    std::env::var_os("TESTBED_SERVER").is_some()
+        || std::env::var_os("TESTBED_TOKEN").is_some()
+        || crate::client::credentials_path().exists()
+}
+
+/// The logged-in server's client, after checking it answers, and who we are
+/// there.
+async fn remote() -> anyhow::Result<(Client, String)> {
+    let client = Client::from_env()?;
+    let me: Result<Value, _> = client.get("/api/auth/me").await;
+    match me {
+        Ok(me) => {
+            let name = me["username"]
+                .as_str()
+                .or_else(|| me["name"].as_str())
+                .unwrap_or("?")
+                .to_string();
+            Ok((client, name))
+        }
+        Err(e) => match e.downcast_ref::<ApiFailure>() {
+            Some(f) if f.status == 401 => anyhow::bail!(
+                "{}: {} — log in again with `testbed login`, or run on a local platform \
+                 with `testbed run --local`",
+                client.server,
+                f.message
+            ),
+            Some(_) => Err(e),
+            None => anyhow::bail!(
+                "cannot reach {} ({e:#}): start it (`testbed up`), log in to another server \
+                 (`testbed login --server URL`), or run on a local platform with `testbed run \
+                 --local`",
+                client.server
+            ),
+        },
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let source = std::fs::read_to_string(&args.plan)
         .with_context(|| format!("reading {}", args.plan.display()))?;
@@ -225,12 +452,50 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let params = parse_params(&args.params)?;
-    let (embedded, client) = if std::env::var("TESTBED_SERVER").is_ok() {
-        (None, Client::from_env()?)
-    } else {
-        let (e, c) = embedded(args.agents).await?;
-        (Some(e), c)
+    let place = match &args.data_dir {
+        Some(d) => Place::Kept(d.clone()),
+        None if args.local => Place::Throwaway,
+        None if logged_in() => Place::Remote,
+        None => {
+            eprintln!(
+                "not logged in to a server (`testbed login`, TESTBED_SERVER): running on a \
+                 throwaway local platform, deleted with its records when the run ends.\n\
+                 To keep them: testbed run --data-dir DIR {} (then `testbed up --data-dir DIR`)",
+                args.plan.display()
+            );
+            Place::Throwaway
+        }
     };
+    let (embedded, client) = match &place {
+        Place::Remote => {
+            let (c, user) = remote().await?;
+            eprintln!("running on {} as {user}", c.server);
+            (None, c)
+        }
+        Place::Throwaway => {
+            if args.local {
+                eprintln!(
+                    "running on a throwaway local platform (deleted when the run ends; \
+                     --data-dir DIR keeps it)"
+                );
+            }
+            let (e, c) = embedded(None, args.agents, args.verbose).await?;
+            (Some(e), c)
+        }
+        Place::Kept(dir) => {
+            eprintln!(
+                "running on a local platform kept in {} (reopen it with `testbed up \
+                 --data-dir {}`)",
+                dir.display(),
+                dir.display()
+            );
+            let (e, c) = embedded(Some(dir), args.agents, args.verbose).await?;
+            (Some(e), c)
+        }
+    };
+    // Ctrl-C and SIGTERM are caught from here on (registered before the run
+    // exists, so no signal can kill it unreported): they cancel the run.
+    let interrupted = interrupt_listener()?;
     let created: Result<Value, _> = client
         .post(
             "/api/runs",
@@ -243,22 +508,63 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             if !print_problems(&args.plan, &e) {
                 eprintln!("error: {e:#}");
             }
+            if let Some(e) = embedded {
+                e.shutdown().await;
+            }
             return Ok(ExitCode::from(2));
         }
     };
     let id = run["id"].as_str().context("no run id")?.to_string();
-    eprintln!("run {id}: {}", run["plan_name"].as_str().unwrap_or(""));
-    let finished = follow(&client, &id).await?;
-    let code = conclude(&client, &finished, &args.reports).await?;
+    let plan_name = run["plan_name"].as_str().unwrap_or("");
+    match &place {
+        // Its id would name a run nobody can look up once the platform is gone.
+        Place::Throwaway => eprintln!("run {plan_name} (on the throwaway platform)"),
+        _ => eprintln!("run {id}: {plan_name}"),
+    }
+    let finished = follow(&client, &id, Some(interrupted)).await?;
+    let code = conclude(
+        &client,
+        &finished,
+        &args.reports,
+        matches!(place, Place::Throwaway),
+    )
+    .await?;
+    match &place {
+        Place::Remote => eprintln!("details: testbed runs show {id}"),
+        Place::Kept(dir) => eprintln!(
+            "kept in {}: `testbed up --data-dir {}`, then `testbed runs show {id}`",
+            dir.display(),
+            dir.display()
+        ),
+        Place::Throwaway => {}
+    }
     if let Some(e) = embedded {
-        e.stop.cancel();
-        e.server.shutdown().await;
+        e.shutdown().await;
     }
     Ok(code)
 }
 
-/// Follows a run until it ends, showing each step; Ctrl-C cancels the run.
-pub async fn follow(client: &Client, id: &str) -> anyhow::Result<Value> {
+/// A task that ends on the first SIGINT or SIGTERM. The handlers are
+/// installed before this returns.
+fn interrupt_listener() -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("catching SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    }))
+}
+
+/// Follows a run until it ends, showing each step; Ctrl-C or SIGTERM (the
+/// caller's `interrupt` listener, else one of its own) cancels the run.
+async fn follow(
+    client: &Client,
+    id: &str,
+    interrupt: Option<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Value> {
     let tty = std::io::stderr().is_terminal();
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {msg}")
@@ -266,12 +572,11 @@ pub async fn follow(client: &Client, id: &str) -> anyhow::Result<Value> {
     let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut cancelled = false;
-    let interrupt = tokio::spawn(super::terminated());
-    let mut interrupt = Some(interrupt);
+    let mut interrupt = Some(interrupt.unwrap_or_else(|| tokio::spawn(super::terminated())));
     loop {
         if let Some(h) = &interrupt {
             if h.is_finished() && !cancelled {
-                eprintln!("cancelling run {id} …");
+                eprintln!("cancelling the run …");
                 let _: Result<Value, _> = client
                     .post(&format!("/api/runs/{id}/cancel"), &json!({}))
                     .await;
@@ -385,11 +690,14 @@ async fn print_failure_log(client: &Client, st: &Value) {
     }
 }
 
-/// Prints the summary, writes report files, and maps the run to an exit code.
-pub async fn conclude(
+/// Prints the summary, writes report files, and maps the run to an exit
+/// code. `throwaway`: the platform goes away after the run, so the report
+/// keeps no links into it.
+async fn conclude(
     client: &Client,
     run: &Value,
     files: &ReportFiles,
+    throwaway: bool,
 ) -> anyhow::Result<ExitCode> {
     let id = run["id"].as_str().unwrap_or("");
     // The report is written right after the run ends.
@@ -406,9 +714,24 @@ pub async fn conclude(
     let (json_text, _) = client
         .get_text(&format!("/api/reports/{report_id}?format=json"))
         .await?;
-    let report = testbed_report::from_json(&json_text)?;
+    let mut report = testbed_report::from_json(&json_text)?;
+    if run["status"] == "cancelled" {
+        // Cancelled steps are skipped cases: without this mark the summary
+        // would call the run a pass.
+        report.properties.insert(
+            testbed_report::model::RUN_STATUS_PROPERTY.to_string(),
+            "cancelled".to_string(),
+        );
+    }
+    if throwaway {
+        for case in report.suites.iter_mut().flat_map(|s| s.cases.iter_mut()) {
+            case.log_url = None;
+            case.artifacts.clear();
+        }
+    }
     files.write(&report)?;
     print!("{}", testbed_report::to_summary(&report));
+    // 2 for a cancelled run: neither a pass nor a test failure.
     Ok(match run["status"].as_str() {
         Some("passed") => ExitCode::SUCCESS,
         Some("failed") => ExitCode::from(1),
