@@ -318,3 +318,563 @@ async fn cookie_websockets_need_the_consoles_origin() {
     }
     assert!(text.contains("hello"), "{text}");
 }
+
+// ------------------------------------------------------------------------
+// Real browser: Debian's Chromium, headless, driven by chromedriver over the
+// W3C WebDriver protocol. The protocol is a handful of JSON calls, spoken
+// here with the reqwest client the tests already use rather than another
+// dependency.
+
+mod browser {
+    use std::path::Path;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use serde_json::{json, Value};
+
+    use super::common::{free_port, Proc};
+
+    pub struct Browser {
+        _driver: Proc,
+        http: reqwest::Client,
+        session: String,
+        pub base: String,
+        _profile: tempfile::TempDir,
+    }
+
+    /// Chromium and chromedriver, or why not. `scripts/test` installs both
+    /// (Debian's `chromium` and `chromium-driver`); without them the browser
+    /// tests fail, unless TESTBED_SKIP_BROWSER=1 asks to skip them.
+    pub fn available() -> bool {
+        let missing: Vec<&str> = [
+            ("/usr/bin/chromium", "chromium"),
+            ("/usr/bin/chromedriver", "chromium-driver"),
+        ]
+        .iter()
+        .filter(|(p, _)| !Path::new(p).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        if std::env::var("TESTBED_SKIP_BROWSER").as_deref() == Ok("1") {
+            eprintln!(
+                "\n*** SKIPPING the console browser test: {} not installed and \
+                 TESTBED_SKIP_BROWSER=1 ***\n",
+                missing.join(" and ")
+            );
+            return false;
+        }
+        panic!(
+            "the console browser tests need Debian's {} (`apt-get install chromium chromium-driver`, \
+             as scripts/test does); set TESTBED_SKIP_BROWSER=1 to skip them",
+            missing.join(" and ")
+        );
+    }
+
+    impl Browser {
+        pub async fn start(base: &str) -> Browser {
+            let port = free_port();
+            let mut cmd = Command::new("/usr/bin/chromedriver");
+            cmd.arg(format!("--port={port}"));
+            let driver = Proc::spawn("chromedriver", cmd);
+            driver.wait_line("was started successfully", Duration::from_secs(30));
+            let profile = tempfile::tempdir().unwrap();
+            let http = reqwest::Client::new();
+            let caps = json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync",
+                        "--disable-dev-shm-usage", "--window-size=1280,800",
+                        format!("--user-data-dir={}", profile.path().display())]
+                }
+            }}});
+            let url = format!("http://127.0.0.1:{port}");
+            let r: Value = http
+                .post(format!("{url}/session"))
+                .json(&caps)
+                .send()
+                .await
+                .expect("new session")
+                .json()
+                .await
+                .expect("session json");
+            let session = r["value"]["sessionId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("chromedriver refused the session: {r}"))
+                .to_string();
+            Browser {
+                _driver: driver,
+                http,
+                session: format!("{url}/session/{session}"),
+                base: base.to_string(),
+                _profile: profile,
+            }
+        }
+
+        async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+            let mut req = self.http.request(method, format!("{}{path}", self.session));
+            if !body.is_null() {
+                req = req.json(&body);
+            }
+            let v: Value = req
+                .send()
+                .await
+                .expect("webdriver")
+                .json()
+                .await
+                .expect("json");
+            if v["value"].get("error").is_some() {
+                panic!("webdriver {path}: {}", v["value"]);
+            }
+            v["value"].clone()
+        }
+
+        pub async fn goto(&self, path: &str) {
+            let url = format!("{}{path}", self.base);
+            self.call(reqwest::Method::POST, "/url", json!({ "url": url }))
+                .await;
+        }
+
+        pub async fn size(&self, width: u32, height: u32) {
+            self.call(
+                reqwest::Method::POST,
+                "/window/rect",
+                json!({"width": width, "height": height}),
+            )
+            .await;
+        }
+
+        /// Runs `script` (a function body) in the page.
+        pub async fn js(&self, script: &str) -> Value {
+            self.call(
+                reqwest::Method::POST,
+                "/execute/sync",
+                json!({"script": script, "args": []}),
+            )
+            .await
+        }
+
+        /// Runs an async `script` whose last argument is the callback.
+        pub async fn js_async(&self, script: &str) -> Value {
+            self.call(
+                reqwest::Method::POST,
+                "/execute/async",
+                json!({"script": script, "args": []}),
+            )
+            .await
+        }
+
+        /// Waits until `expr` (a JS expression) is truthy; returns its value.
+        pub async fn wait(&self, what: &str, expr: &str, timeout: Duration) -> Value {
+            let deadline = Instant::now() + timeout;
+            let script = format!("try {{ return ({expr}) || null; }} catch (e) {{ return null; }}");
+            loop {
+                let v = self.js(&script).await;
+                if !v.is_null() && v != json!(false) {
+                    return v;
+                }
+                if Instant::now() > deadline {
+                    let body = self.js("return document.body.innerText").await;
+                    panic!("timed out waiting for {what} ({expr}); page shows:\n{body}");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+
+        async fn element(&self, css: &str) -> String {
+            let v = self
+                .call(
+                    reqwest::Method::POST,
+                    "/element",
+                    json!({"using": "css selector", "value": css}),
+                )
+                .await;
+            v.as_object()
+                .and_then(|o| o.values().next())
+                .and_then(Value::as_str)
+                .expect("element id")
+                .to_string()
+        }
+
+        pub async fn click(&self, css: &str) {
+            let id = self.element(css).await;
+            self.call(
+                reqwest::Method::POST,
+                &format!("/element/{id}/click"),
+                json!({}),
+            )
+            .await;
+        }
+
+        pub async fn type_into(&self, css: &str, text: &str) {
+            let id = self.element(css).await;
+            self.call(
+                reqwest::Method::POST,
+                &format!("/element/{id}/value"),
+                json!({ "text": text }),
+            )
+            .await;
+        }
+
+        pub async fn path(&self) -> String {
+            self.js("return location.pathname + location.search")
+                .await
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+
+        pub async fn screenshot(&self, file: &Path) {
+            let v = self
+                .call(reqwest::Method::GET, "/screenshot", Value::Null)
+                .await;
+            let png = decode_base64(v.as_str().expect("png"));
+            std::fs::write(file, png).expect("write screenshot");
+        }
+
+        pub async fn sign_in(&self, user: &str, password: &str) {
+            self.goto("/login").await;
+            self.wait(
+                "the sign-in form",
+                "document.getElementById('username')",
+                Duration::from_secs(20),
+            )
+            .await;
+            self.type_into("#username", user).await;
+            self.type_into("#password", password).await;
+            self.click("#login-form button[type=submit]").await;
+            self.wait(
+                "the signed-in header",
+                &format!("document.getElementById('who')?.textContent.startsWith('{user} ')"),
+                Duration::from_secs(20),
+            )
+            .await;
+        }
+
+        pub async fn sign_out(&self) {
+            self.click("#sign-out").await;
+            self.wait(
+                "the sign-in form",
+                "document.getElementById('login-form')",
+                Duration::from_secs(20),
+            )
+            .await;
+        }
+    }
+
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            // Ends Chromium; chromedriver is killed by its Proc.
+            let http = self.http.clone();
+            let url = self.session.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(rt) = rt {
+                    rt.block_on(async {
+                        let _ = http
+                            .delete(url)
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await;
+                    });
+                }
+            })
+            .join();
+        }
+    }
+
+    fn decode_base64(s: &str) -> Vec<u8> {
+        let val = |c: u8| -> u32 {
+            match c {
+                b'A'..=b'Z' => (c - b'A') as u32,
+                b'a'..=b'z' => (c - b'a' + 26) as u32,
+                b'0'..=b'9' => (c - b'0' + 52) as u32,
+                b'+' => 62,
+                b'/' => 63,
+                _ => 0,
+            }
+        };
+        let clean: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+        let mut out = Vec::with_capacity(clean.len() / 4 * 3);
+        for chunk in clean.chunks(4) {
+            let n = chunk.iter().fold(0u32, |n, c| (n << 6) | val(*c));
+            let pad = chunk.iter().filter(|c| **c == b'=').count();
+            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.extend_from_slice(&bytes[..3 - pad]);
+        }
+        out
+    }
+}
+
+/// Where the screenshots of the docs go (only when TESTBED_SCREENSHOTS=1).
+fn screenshot_path(name: &str) -> Option<std::path::PathBuf> {
+    (std::env::var("TESTBED_SCREENSHOTS").as_deref() == Ok("1")).then(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs")
+            .join(name)
+    })
+}
+
+const FLAKY_PLAN: &str = r#"name: console-demo
+description: two steps pass, one fails with a log
+parameters:
+  greeting: {type: string, default: hello}
+steps:
+  - id: prepare
+    plugin: linux_system
+    method: run_shell
+    params: {command: echo, args: "{{ params.greeting }} from prepare"}
+  - id: unit
+    depends_on: [prepare]
+    plugin: linux_system
+    method: run_shell
+    params: {command: echo, args: "unit tests ok"}
+  - id: integration
+    depends_on: [prepare]
+    plugin: linux_system
+    method: run_shell
+    params: {command: sh, args: "-c 'echo boom-marker: connection refused; exit 3'"}
+  - id: publish
+    depends_on: [unit, integration]
+    plugin: linux_system
+    method: run_shell
+    params: {command: echo, args: publish}
+"#;
+
+const SLOW_PLAN: &str = r#"name: console-slow
+steps:
+  - id: wait
+    plugin: linux_system
+    method: run_shell
+    params: {command: sleep, args: "300"}
+"#;
+
+async fn store_plan(p: &Platform, yaml: &str) -> String {
+    let r = p
+        .http
+        .post(format!("{}/api/plans", p.url))
+        .bearer_auth(&p.token)
+        .header("content-type", "application/yaml")
+        .body(yaml.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let v: Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn console_in_a_real_browser() {
+    if !browser::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &["--lease-ttl", "3"]).await;
+    p.user("vera", "viewer").await;
+    let b = browser::Browser::start(&p.url).await;
+    let long = Duration::from_secs(60);
+
+    // Signing in from a deep link comes back to it.
+    b.goto("/agents").await;
+    b.wait(
+        "the redirect to sign-in",
+        "location.pathname === '/login'",
+        long,
+    )
+    .await;
+    b.type_into("#username", "admin").await;
+    b.type_into("#password", ADMIN_PASSWORD).await;
+    b.click("#login-form button[type=submit]").await;
+    b.wait(
+        "the agents page",
+        "document.querySelector('tr[data-agent=\"local-1\"]')",
+        long,
+    )
+    .await;
+    assert_eq!(b.path().await, "/agents");
+
+    // An agent appears, then shows offline once its process is killed.
+    let state = dir.path().join("doomed");
+    let mut doomed = agent(&p.url, "doomed", &state, &[]);
+    let row = "document.querySelector('tr[data-agent=\"doomed\"]')";
+    b.wait(
+        "the new agent online",
+        &format!("{row}?.dataset.status === 'online'"),
+        long,
+    )
+    .await;
+    let text = b.wait("its row", &format!("{row}?.innerText"), long).await;
+    assert!(text.as_str().unwrap().contains("online"), "{text}");
+    if let Some(f) = screenshot_path("console-agents.png") {
+        b.screenshot(&f).await;
+    }
+    doomed.kill9();
+    b.wait(
+        "the killed agent offline",
+        &format!("{row}?.dataset.status === 'offline'"),
+        long,
+    )
+    .await;
+    let text = b.js(&format!("return {row}.innerText")).await;
+    assert!(
+        text.as_str().unwrap().contains("offline"),
+        "status in words: {text}"
+    );
+
+    // Start a stored plan from its form; watch steps pass and one fail,
+    // with the failing step's log shown.
+    let plan = store_plan(&p, FLAKY_PLAN).await;
+    b.goto("/plans").await;
+    b.wait("the plan list", "document.querySelector('.plans a')", long)
+        .await;
+    b.click(".plans a").await;
+    b.wait(
+        "the start form",
+        "document.getElementById('start-run')",
+        long,
+    )
+    .await;
+    assert!(b.path().await.ends_with(&plan));
+    b.click("#start").await;
+    b.wait(
+        "the run page",
+        "/^\\/runs\\/[0-9a-f-]{36}$/.test(location.pathname)",
+        long,
+    )
+    .await;
+    let node =
+        |id: &str| format!("document.querySelector('.node[data-step=\"{id}\"]')?.dataset.status");
+    for (step, status) in [
+        ("prepare", "passed"),
+        ("unit", "passed"),
+        ("integration", "failed"),
+    ] {
+        b.wait(
+            &format!("step {step} {status}"),
+            &format!("{} === '{status}'", node(step)),
+            long,
+        )
+        .await;
+    }
+    b.wait(
+        "the run failed",
+        "document.querySelector('h1 .status')?.textContent.includes('failed')",
+        long,
+    )
+    .await;
+    b.wait(
+        "publish skipped",
+        &format!("{} === 'skipped'", node("publish")),
+        long,
+    )
+    .await;
+    let log = b
+        .wait(
+            "the failing step's log",
+            "document.getElementById('log')?.textContent.includes('boom-marker') && document.getElementById('log').textContent",
+            long,
+        )
+        .await;
+    assert!(
+        log.as_str().unwrap().contains("connection refused"),
+        "{log}"
+    );
+    let panel = b
+        .js("return document.getElementById('step-panel').innerText")
+        .await;
+    assert!(panel.as_str().unwrap().contains("integration"), "{panel}");
+    if let Some(f) = screenshot_path("console-run.png") {
+        b.screenshot(&f).await;
+    }
+    // Back and forward move between the pages.
+    let run_path = b.path().await;
+    b.js("history.back()").await;
+    b.wait(
+        "back on the plan",
+        &format!("location.pathname === '/plans/{plan}'"),
+        long,
+    )
+    .await;
+    b.js("history.forward()").await;
+    b.wait(
+        "forward on the run",
+        &format!("location.pathname === '{run_path}'"),
+        long,
+    )
+    .await;
+
+    // Cancel a run from its page.
+    let slow = store_plan(&p, SLOW_PLAN).await;
+    let (s, run) = p.post("/api/runs", json!({"plan_id": slow})).await;
+    assert_eq!(s, 201, "{run}");
+    let slow_run = run["id"].as_str().unwrap().to_string();
+    b.goto(&format!("/runs/{slow_run}")).await;
+    b.wait(
+        "the step running",
+        &format!("{} === 'running'", node("wait")),
+        long,
+    )
+    .await;
+    b.wait(
+        "the cancel button",
+        "document.getElementById('cancel-run')",
+        long,
+    )
+    .await;
+    b.click("#cancel-run").await;
+    b.wait(
+        "the run cancelled",
+        "document.querySelector('h1 .status')?.textContent.includes('cancelled')",
+        long,
+    )
+    .await;
+    assert_eq!(p.run_state(&slow_run).await["status"], "cancelled");
+
+    // A viewer sees the run but no cancel button, and the API refuses them.
+    let (s, run) = p.post("/api/runs", json!({"plan_id": slow})).await;
+    assert_eq!(s, 201, "{run}");
+    let other = run["id"].as_str().unwrap().to_string();
+    b.sign_out().await;
+    b.sign_in("vera", "password-123").await;
+    b.goto(&format!("/runs/{other}")).await;
+    b.wait(
+        "the step running",
+        &format!("{} === 'running'", node("wait")),
+        long,
+    )
+    .await;
+    assert_eq!(
+        b.js("return !!document.getElementById('cancel-run')").await,
+        json!(false)
+    );
+    let status = b
+        .js_async(&format!(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/runs/{other}/cancel', {{method: 'POST', headers: {{'X-Testbed-Csrf': '1'}}}})
+               .then(r => done(r.status), e => done(String(e)));"
+        ))
+        .await;
+    assert_eq!(status, json!(403));
+    assert_eq!(p.run_state(&other).await["status"], "running");
+    let (s, _) = p
+        .post(&format!("/api/runs/{other}/cancel"), json!(null))
+        .await;
+    assert!(s < 300, "admin cancels the leftover run: {s}");
+
+    // Phone width: the run page still shows the graph and the step panel.
+    b.size(390, 844).await;
+    b.goto(&run_path).await;
+    b.wait(
+        "the graph at phone width",
+        "document.querySelector('.node[data-step=\"integration\"]')",
+        long,
+    )
+    .await;
+}
