@@ -1,4 +1,4 @@
-//! Postman collections from `examples/api/postman/` run against a real HTTP
+//! Postman collections from `tests/fixtures/postman/` run against a real HTTP
 //! server started here.
 
 use std::collections::HashMap;
@@ -138,7 +138,7 @@ fn dead_url() -> String {
 
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/api/postman")
+        .join("tests/fixtures/postman")
         .join(name)
 }
 
@@ -747,7 +747,8 @@ fn bad_data_files_are_problems_at_load_and_nothing_runs() {
     );
 
     // Suites have `each:`; data given with one is said, not ignored.
-    let suite = example("../testbed-smoke.yaml");
+    let suite =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/api/testbed-smoke.yaml");
     let opts = Options {
         data: Some(example("users.csv")),
         iterations: Some(2),

@@ -306,7 +306,7 @@ async fn openapi_check_passes_against_testbeds_own_spec() {
         .to_string();
     let env = [
         ("TESTBED_URL", p.url.clone()),
-        ("TESTBED_PASSWORD", ADMIN_PASSWORD.to_string()),
+        ("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
     ];
     let (code, report, out) = tokio::task::spawn_blocking(move || {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -8,8 +8,8 @@ mod harness;
 
 use harness::run_doc;
 
-/// Every Markdown file whose shell blocks are run; `every_doc_is_run` keeps
-/// this list complete.
+/// The Markdown files with a test of their own below; any other `docs/*.md`
+/// is run by `other_docs`.
 const DOCS: [&str; 9] = [
     "README.md",
     "docs/ARCHITECTURE.md",
@@ -22,20 +22,22 @@ const DOCS: [&str; 9] = [
     "docs/tck.md",
 ];
 
+/// A doc added later is run too, until it gets a test of its own.
 #[test]
-fn every_doc_is_run() {
-    let mut found = vec!["README.md".to_string()];
+fn other_docs() {
     let dir = harness::repo_root().join("docs");
+    let mut others = Vec::new();
     for e in std::fs::read_dir(&dir).expect("docs/") {
         let name = e.expect("entry").file_name().to_string_lossy().into_owned();
-        if name.ends_with(".md") {
-            found.push(format!("docs/{name}"));
+        let doc = format!("docs/{name}");
+        if name.ends_with(".md") && !DOCS.contains(&doc.as_str()) {
+            others.push(doc);
         }
     }
-    found.sort();
-    let mut listed: Vec<String> = DOCS.iter().map(|s| s.to_string()).collect();
-    listed.sort();
-    assert_eq!(found, listed, "add a test below for each new doc file");
+    others.sort();
+    for doc in others {
+        run_doc(&doc);
+    }
 }
 
 #[test]

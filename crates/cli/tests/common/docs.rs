@@ -27,10 +27,11 @@
 //! directives:
 //! - `skip: REASON` — not run; the reason is printed. For blocks that cannot
 //!   run here at all (the whole test suite, benchmarks that take minutes).
-//! - `background [URL|none]` — every command but the last runs as usual; the
-//!   last one (a server: `testbed up`, `testbed server`, `testbed agent`) is
-//!   started in the background and the harness waits until URL answers
-//!   (default `http://127.0.0.1:8774/healthz`; `none`: no wait). Background
+//! - `background [URL [contains TEXT]|none]` — every command but the last
+//!   runs as usual; the last one (a server: `testbed up`, `testbed server`,
+//!   `testbed agent`) is started in the background and the harness waits
+//!   until URL answers (default `http://127.0.0.1:8774/healthz`), with TEXT
+//!   in its body when given (`"agents_connected":2`); `none`: no wait. Background
 //!   processes get SIGINT (as Ctrl-C) at the end of the file, or at `stop`.
 //! - `stop` — before the block, stop the background processes started so far
 //!   (the reader's Ctrl-C in the other terminal).
@@ -66,7 +67,9 @@ pub struct Block {
     pub line: usize,
     pub code: String,
     pub skip: Option<String>,
-    pub background: Option<Option<String>>,
+    /// Started in the background; what to wait for: a URL that answers, and
+    /// optionally a text its body must contain.
+    pub background: Option<Option<(String, Option<String>)>>,
     pub stop: bool,
     pub expect_exit: i32,
     pub etcd: bool,
@@ -168,10 +171,14 @@ fn parse_directive(b: &mut Block, d: &str) -> Result<(), String> {
             b.skip = Some(arg.to_string());
         }
         "background" => {
-            b.background = Some(match arg {
-                "" => Some(DEFAULT_READY.to_string()),
+            let (url, contains) = match arg.split_once(" contains ") {
+                Some((u, c)) => (u.trim(), Some(c.trim().to_string())),
+                None => (arg, None),
+            };
+            b.background = Some(match url {
+                "" => Some((DEFAULT_READY.to_string(), contains)),
                 "none" => None,
-                url => Some(url.to_string()),
+                url => Some((url.to_string(), contains)),
             })
         }
         "stop" => b.stop = true,
@@ -450,7 +457,7 @@ impl Sandbox {
         &mut self,
         line: usize,
         code: &str,
-        ready: Option<&str>,
+        ready: Option<(&str, Option<&str>)>,
     ) -> Result<(), String> {
         self.count += 1;
         let out = self.dir.path().join(format!("bg-{}", self.count));
@@ -461,17 +468,21 @@ impl Sandbox {
             .stderr(file);
         let child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
         self.backgrounds.push(Background { line, child, out });
-        let Some(url) = ready else { return Ok(()) };
+        let Some((url, contains)) = ready else {
+            return Ok(());
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let probe = self
                 .command("curl")
-                .args(["-s", "-o", "/dev/null", "--max-time", "2", url])
-                .stdout(Stdio::null())
+                .args(["-s", "--max-time", "2", url])
                 .stderr(Stdio::null())
-                .status();
-            if probe.is_ok_and(|s| s.success()) {
-                return Ok(());
+                .output();
+            if let Ok(o) = probe {
+                let body = String::from_utf8_lossy(&o.stdout);
+                if o.status.success() && contains.is_none_or(|c| body.contains(c)) {
+                    return Ok(());
+                }
             }
             let bg = self.backgrounds.last_mut().expect("just pushed");
             if let Ok(Some(st)) = bg.child.try_wait() {
@@ -480,7 +491,8 @@ impl Sandbox {
                 ));
             }
             if Instant::now() > deadline {
-                return Err(format!("{url} did not answer within 120 s"));
+                let what = contains.map(|c| format!(" with `{c}`")).unwrap_or_default();
+                return Err(format!("{url} did not answer{what} within 120 s"));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -637,7 +649,8 @@ pub fn run_doc(doc: &str) {
                         );
                     }
                 }
-                if let Err(e) = sb.background(b.line, &last, ready.as_deref()) {
+                let ready = ready.as_ref().map(|(u, c)| (u.as_str(), c.as_deref()));
+                if let Err(e) = sb.background(b.line, &last, ready) {
                     fail(&sb, e, None);
                 }
             }
