@@ -675,6 +675,7 @@ async fn cli_run_embedded_and_against_a_server() {
         .arg("--json")
         .arg(&json_out)
         .env_remove("TESTBED_SERVER")
+        .env("TESTBED_CONFIG_DIR", dir.path().join("no-login"))
         .env("TESTBED_LOG", "warn")
         .output()
         .unwrap();
@@ -691,6 +692,7 @@ async fn cli_run_embedded_and_against_a_server() {
         .arg(&plan)
         .args(["-p", "code=3"])
         .env_remove("TESTBED_SERVER")
+        .env("TESTBED_CONFIG_DIR", dir.path().join("no-login"))
         .env("TESTBED_LOG", "warn")
         .output()
         .unwrap();
