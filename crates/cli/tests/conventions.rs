@@ -256,6 +256,22 @@ async fn client_commands_follow_one_convention() {
     for c in candidates {
         assert!(e.contains(c.as_str()), "candidate {c} not listed: {e}");
     }
+    // The API's lists take the prefix, and say so in the OpenAPI document.
+    let (s, page) = p.get(&format!("/api/tasks?id_prefix={}", &task[..8])).await;
+    assert_eq!((s, page["total"].as_u64()), (200, Some(1)), "{page}");
+    let (_, spec) = p.get("/api/openapi.json").await;
+    for path in ["/api/tasks", "/api/runs", "/api/plans", "/api/reports"] {
+        let params = spec["paths"][path]["get"]["parameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            params
+                .iter()
+                .any(|q| q["name"] == "id_prefix" && q["in"] == "query"),
+            "{path} documents no id_prefix: {params:?}"
+        );
+    }
     // Unknown: not found, exit 2.
     let unknown = (0..16u8)
         .map(|d| format!("{d:x}0000000"))
