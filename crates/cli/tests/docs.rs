@@ -42,10 +42,16 @@ fn other_docs() {
 
 #[test]
 fn annotations_are_checked() {
-    let ok = "<!-- doc: skip: needs a lab -->\n```sh\nfalse\n```\n```json\n{}\n```\n";
+    let ok = "<!-- doc: skip: needs a lab; and an hour -->\n```sh\nfalse\n```\n```json\n{}\n```\n\
+              <!-- doc: stop; background http://x/healthz contains \"a\":2 -->\n```bash\nserve\n```\n";
     let b = harness::blocks(ok).expect("parses");
-    assert_eq!(b.len(), 1);
-    assert_eq!(b[0].skip.as_deref(), Some("needs a lab"));
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[0].skip.as_deref(), Some("needs a lab; and an hour"));
+    assert!(b[1].stop);
+    assert_eq!(
+        b[1].background,
+        Some(Some(("http://x/healthz".into(), Some("\"a\":2".into()))))
+    );
     for (bad, why) in [
         ("<!-- doc: skip -->\n```sh\ntrue\n```\n", "needs a reason"),
         (

@@ -135,12 +135,19 @@ pub fn blocks(text: &str) -> Result<Vec<Block>, String> {
                 timeout: DEFAULT_TIMEOUT,
             };
             if let Some((at, directives)) = note {
-                for d in directives
-                    .split(';')
-                    .map(str::trim)
-                    .filter(|d| !d.is_empty())
-                {
-                    parse_directive(&mut b, d).map_err(|e| format!("line {at}: {e}"))?;
+                // Directives are separated by `;`, except that `skip:` takes
+                // the rest of the comment (a reason may contain `;`).
+                let mut rest = directives.trim();
+                while !rest.is_empty() {
+                    let (d, after) = match rest.split_once(';') {
+                        Some(_) if rest.starts_with("skip") => (rest, ""),
+                        Some((d, after)) => (d.trim(), after.trim()),
+                        None => (rest, ""),
+                    };
+                    if !d.is_empty() {
+                        parse_directive(&mut b, d).map_err(|e| format!("line {at}: {e}"))?;
+                    }
+                    rest = after;
                 }
             }
             out.push(b);
