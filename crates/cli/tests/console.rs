@@ -471,7 +471,13 @@ mod browser {
         /// Waits until `expr` (a JS expression) is truthy; returns its value.
         pub async fn wait(&self, what: &str, expr: &str, timeout: Duration) -> Value {
             let deadline = Instant::now() + timeout;
-            let script = format!("try {{ return ({expr}) || null; }} catch (e) {{ return null; }}");
+            // Elements become plain `true`: a reference into a frame would not
+            // survive the trip back.
+            let script = format!(
+                "try {{ const v = ({expr}); \
+                 return v && typeof v === 'object' && 'nodeType' in v ? true : v || null; }} \
+                 catch (e) {{ return null; }}"
+            );
             loop {
                 let v = self.js(&script).await;
                 if !v.is_null() && v != json!(false) {
@@ -810,6 +816,36 @@ async fn console_in_a_real_browser() {
     )
     .await;
 
+    // The run's report, rendered by the server, with a log link that opens
+    // with the session cookie.
+    b.wait(
+        "the report link",
+        "document.querySelector('a.button[href^=\"/reports/\"]')",
+        long,
+    )
+    .await;
+    b.click("a.button[href^=\"/reports/\"]").await;
+    let frame = "document.getElementById('report-frame')?.contentDocument";
+    b.wait(
+        "the report's log links",
+        &format!("{frame}?.querySelector('a[href^=\"/api/tasks/\"]')"),
+        long,
+    )
+    .await;
+    b.js(&format!(
+        "const links = [...{frame}.querySelectorAll('a[href^=\"/api/tasks/\"]')];
+         links[links.length - 1].click();"
+    ))
+    .await;
+    b.wait(
+        "a log opened from the report",
+        &format!(
+            "{frame}?.location.pathname.endsWith('/log') && {frame}.body.innerText.length > 0"
+        ),
+        long,
+    )
+    .await;
+
     // Cancel a run from its page.
     let slow = store_plan(&p, SLOW_PLAN).await;
     let (s, run) = p.post("/api/runs", json!({"plan_id": slow})).await;
@@ -836,6 +872,71 @@ async fn console_in_a_real_browser() {
     )
     .await;
     assert_eq!(p.run_state(&slow_run).await["status"], "cancelled");
+
+    // A load test started from the console: the chart's request rate moves.
+    let (target, hits) = serve();
+    let (s, project) = p
+        .post(
+            "/api/projects",
+            json!({"name": "shop", "description": "console"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{project}");
+    let (s, plan) = p
+        .post(
+            "/api/performance/plans/",
+            json!({"name": "console-load", "project_id": project["id"], "config": {
+                "concurrent_users": 2, "ramp_up_time": 0, "hold_time": 30,
+                "test_type": "load", "target_url": target}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{plan}");
+    b.goto("/performance").await;
+    let start = "tr[data-plan=\"console-load\"] button[data-action=\"start\"]";
+    b.wait(
+        "the start button",
+        &format!("document.querySelector('{start}')"),
+        long,
+    )
+    .await;
+    b.click(start).await;
+    b.wait(
+        "the execution page",
+        "location.pathname.startsWith('/performance/executions/')",
+        long,
+    )
+    .await;
+    b.wait("the chart", "document.querySelector('.chart canvas')", long)
+        .await;
+    let first = b
+        .wait("a request rate", "Number(document.getElementById('rps')?.dataset.rps) > 0 && Number(document.getElementById('rps').dataset.rps)", long)
+        .await;
+    let points = "document.querySelector('.chart')?.dataset.points";
+    let seen = b
+        .wait(
+            "chart points",
+            &format!("Number({points}) >= 1 && Number({points})"),
+            long,
+        )
+        .await;
+    b.wait(
+        "more chart points",
+        &format!("Number({points}) >= {} + 2", seen.as_u64().unwrap()),
+        long,
+    )
+    .await;
+    assert!(first.as_f64().unwrap() > 0.0);
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    if let Some(f) = screenshot_path("console-load.png") {
+        b.screenshot(&f).await;
+    }
+    let (s, _) = p
+        .post(
+            &format!("/api/performance/plans/{}/stop/", plan["id"]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
 
     // A viewer sees the run but no cancel button, and the API refuses them.
     let (s, run) = p.post("/api/runs", json!({"plan_id": slow})).await;

@@ -342,7 +342,13 @@ function RunPage({ id, query }) {
   const [live, setLive] = useState(true);
   const { data: run, error } = usePoll(() => api("GET", `/api/runs/${id}`), [id], 1000, live);
   const [actionError, setActionError] = useState(null);
-  useEffect(() => { if (run && TERMINAL_RUN.includes(run.status)) setLive(false); }, [run && run.status]);
+  // Poll until the run is over and its report is written (a run that has
+  // no report stops a minute after it finished).
+  useEffect(() => {
+    if (!run || !TERMINAL_RUN.includes(run.status)) return;
+    const age = Date.now() - Date.parse(run.finished_at || run.created_at);
+    if (run.report_id || age > 60000) setLive(false);
+  }, [run && run.status, run && run.report_id]);
   if (!run) return html`<section><${ErrorBox} error=${error} /><p>Loading run…</p></section>`;
   const firstBad = run.spec.steps.find((s) => ["failed", "error", "lost"].includes((run.steps[s.id] || {}).status));
   const firstRunning = run.spec.steps.find((s) => (run.steps[s.id] || {}).status === "running");
@@ -570,6 +576,7 @@ function Execution({ id }) {
           if (xs.length && t <= xs[xs.length - 1]) return; // a replayed second
           xs.push(t); rps.push(d.requests_per_second); p.push(d.response_time); errs.push(d.error_rate); users.push(d.active_users);
           plot && plot.setData([xs, rps, p, errs, users]);
+          box.current && (box.current.dataset.points = xs.length);
           setState({ status: d.paused ? "paused" : "running", last: d });
         } else if (msg.type === "finished") {
           setState((s) => ({ ...s, status: "finished" }));
@@ -593,18 +600,46 @@ function Execution({ id }) {
 }
 
 function Performance() {
-  const plans = usePoll(() => api("GET", "/api/performance/plans/"), [], 5000);
-  const reports = usePoll(() => api("GET", "/api/performance/reports/"), [], 10000);
-  const list = (v) => (v ? v.results || v.plans || v.reports || v : []);
+  // Plans are listed per project (the seed-001 API asks for a project).
+  const plans = usePoll(async () => {
+    const projects = await api("GET", "/api/projects?page_size=100");
+    const all = await Promise.all((projects.results || projects).map((pr) =>
+      api("GET", `/api/performance/plans/?project_id=${pr.id}&page_size=100`)
+        .then((r) => (r.results || r).map((pl) => ({ ...pl, project: pr.name })))));
+    return all.flat();
+  }, [], 2000);
+  const reports = usePoll(() => api("GET", "/api/performance/reports/?page_size=50"), [], 5000);
+  const [actionError, setActionError] = useState(null);
+  const list = (v) => (v ? v.results || v : []);
+  const act = async (plan, action) => {
+    setActionError(null);
+    try {
+      const r = await api("POST", `/api/performance/plans/${plan.id}/${action}/`, {});
+      if (action === "start" && r.execution_id) navigate(`/performance/executions/${r.execution_id}`);
+    } catch (e) { setActionError(e); }
+  };
+  const buttons = (p) => {
+    if (!can("operator")) return null;
+    const b = (action, label, cls = "") => html`<button class=${cls} data-action=${action} onClick=${() => act(p, action)}>${label}</button> `;
+    if (p.status === "running") return [b("pause", "Pause"), b("stop", "Stop", "danger")];
+    if (p.status === "paused") return [b("resume", "Resume"), b("stop", "Stop", "danger")];
+    return b("start", "Start");
+  };
   return html`<section>
     <h1>Performance</h1>
-    <${ErrorBox} error=${plans.error} />
+    <${ErrorBox} error=${plans.error || actionError} />
     <h2>Plans</h2>
-    <ul>${list(plans.data).map((p) => html`<li key=${p.plan_id || p.id}>${p.name || p.plan_id}
-      ${p.execution_id && html` · <a href=${`/performance/executions/${p.execution_id}`}>live execution</a>`}</li>`)}</ul>
+    <div class="scroll"><table id="perf-plans">
+      <thead><tr><th>Project</th><th>Plan</th><th>Status</th><th>Target</th><th>Users</th><th>Last execution</th><th></th></tr></thead>
+      <tbody>${list(plans.data).map((p) => html`<tr key=${p.id} data-plan=${p.name}>
+        <td>${p.project}</td><td>${p.name}</td><td><${Status} s=${p.status} /></td>
+        <td>${(p.config && p.config.target_url) || "—"}</td><td>${(p.config && p.config.concurrent_users) || "—"}</td>
+        <td>${p.last_execution ? html`<a href=${`/performance/executions/${p.last_execution}`}>${p.last_execution}</a>` : "—"}</td>
+        <td>${buttons(p)}</td></tr>`)}</tbody>
+    </table></div>
     <h2>Reports</h2>
-    <ul>${list(reports.data).map((r) => html`<li key=${r.report_id || r.id}>${r.name || r.report_id}
-      ${r.execution_id && html` · <a href=${`/performance/executions/${r.execution_id}`}>execution</a>`}</li>`)}</ul>
+    <ul>${list(reports.data).map((r) => html`<li key=${r.id}>Report ${r.id}${r.plan_name ? " of " + r.plan_name : ""}
+      ${r.execution_id && html` · <a href=${`/performance/executions/${r.execution_id}`}>execution ${r.execution_id}</a>`}</li>`)}</ul>
   </section>`;
 }
 
