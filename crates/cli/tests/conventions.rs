@@ -210,6 +210,30 @@ async fn client_commands_follow_one_convention() {
         assert!(!items.is_empty(), "{list:?} listed nothing");
         assert!(items.iter().all(|i| !i["id"].is_null()), "{list:?}: {v}");
     }
+    // No performance plan yet: still an array.
+    let o = testbed(&cfg, &["perf", "ls", "--json"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(json_of(&o), json!([]));
+    let (s, project) = p
+        .post(
+            "/api/projects",
+            json!({"name": "default", "description": "cli"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{project}");
+    let (s, plan) = p
+        .post(
+            "/api/performance/plans/",
+            json!({"name": "listed", "project_id": project["id"], "config": {
+                "concurrent_users": 1, "ramp_up_time": 0, "hold_time": 1, "test_type": "load",
+                "target_url": format!("{}/healthz", p.url)}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{plan}");
+    let o = testbed(&cfg, &["perf", "ls", "--json"]);
+    assert_eq!(json_of(&o)[0]["name"], "listed");
+    let o = testbed(&cfg, &["perf", "list"]);
+    assert!(out(&o).contains("listed"), "{}", out(&o));
     let o = testbed(&cfg, &["tasks", "ls", "--json", "--limit", "2"]);
     assert_eq!(json_of(&o).as_array().map(Vec::len), Some(2));
     // `list` is an alias of `ls`, and tables carry no colour when redirected.

@@ -248,6 +248,16 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         "task {id} on {}",
         submitted["agent_name"].as_str().unwrap_or("?")
     );
+    // A task that cannot start yet says what it waits for, rather than
+    // showing nothing until it starts.
+    if let Ok(t) = c.get::<Value>(&format!("/api/tasks/{id}")).await {
+        if let Some(reason) = t["reason"].as_str().filter(|_| t["status"] == "queued") {
+            eprintln!(
+                "task {id} is waiting: {}",
+                output::reason_only("pending", reason)
+            );
+        }
+    }
     follow_log(&c, &id).await?;
     finish(&c, &id, args.json).await
 }

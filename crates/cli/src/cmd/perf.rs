@@ -18,6 +18,19 @@ pub enum PerfCmd {
     /// Create a performance plan from a file, start it on the server's load
     /// agents and follow it live (exit 1 when a threshold fails).
     Run(PerfRunArgs),
+    /// List the performance plans of a project.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// The project's id (default: the `default` project `perf run` files plans under).
+        #[arg(long, value_name = "ID")]
+        project: Option<u64>,
+        /// How many plans to list (1–1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Print a JSON array of plans instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -41,17 +54,25 @@ struct PlanFile {
     config: Value,
 }
 
-/// The project to file plans under when the plan names none: `default`,
-/// created on first use.
-async fn default_project(c: &Client) -> anyhow::Result<u64> {
+/// The `default` project's id, if it exists.
+async fn find_default_project(c: &Client) -> anyhow::Result<Option<u64>> {
     let page: Value = c.get("/api/projects?page_size=1000").await?;
-    if let Some(p) = page["results"]
+    match page["results"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|p| p["name"] == "default")
     {
-        return p["id"].as_u64().context("project id");
+        Some(p) => Ok(Some(p["id"].as_u64().context("project id")?)),
+        None => Ok(None),
+    }
+}
+
+/// The project to file plans under when the plan names none: `default`,
+/// created on first use.
+async fn default_project(c: &Client) -> anyhow::Result<u64> {
+    if let Some(id) = find_default_project(c).await? {
+        return Ok(id);
     }
     let p: Value = c
         .post(
@@ -63,7 +84,51 @@ async fn default_project(c: &Client) -> anyhow::Result<u64> {
 }
 
 pub async fn perf(cmd: PerfCmd) -> anyhow::Result<ExitCode> {
-    let PerfCmd::Run(args) = cmd;
+    match cmd {
+        PerfCmd::Run(args) => run(args).await,
+        PerfCmd::Ls {
+            project,
+            limit,
+            json,
+        } => list(project, limit, json).await,
+    }
+}
+
+/// `testbed perf ls`.
+async fn list(project: Option<u64>, limit: u16, json: bool) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let project = match project {
+        Some(id) => Some(id),
+        None => find_default_project(&c).await?,
+    };
+    let rows = match project {
+        Some(id) => {
+            let page: Value = c
+                .get(&format!(
+                    "/api/performance/plans/?project_id={id}&page_size={limit}"
+                ))
+                .await?;
+            page["results"].as_array().cloned().unwrap_or_default()
+        }
+        // No `default` project yet: no plan was run from the CLI.
+        None => Vec::new(),
+    };
+    if json {
+        crate::output::print_json_list(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = crate::output::table(["ID", "NAME", "PROJECT", "STATUS", "CREATED"]);
+    for r in &rows {
+        t.add_row(
+            ["id", "name", "project_id", "status", "created_at"]
+                .map(|k| crate::output::cell(&r[k])),
+        );
+    }
+    println!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(args: PerfRunArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.plan)
         .with_context(|| format!("reading {}", args.plan.display()))?;
     let file: PlanFile = match testbed_core::yaml::from_str(&text) {
