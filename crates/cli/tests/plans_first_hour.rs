@@ -269,3 +269,22 @@ fn up_documents_and_checks_its_agent_flags() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn up_run_as_drops_the_tasks_privileges() {
+    if !nix::unistd::geteuid().is_root() {
+        // Only root can switch users; CI runs as root, where this is checked.
+        eprintln!("not root: --run-as cannot switch users here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &["--run-as", "nobody"]).await;
+    let plan = "name: who\nsteps:\n  - id: who\n    plugin: linux_system\n    method: run_shell\n    params: {command: id, args: [\"-un\"], cwd: /}\n";
+    let id = p.start_run(plan, json!({})).await;
+    let run = p.wait_run(&id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "passed", "{run}");
+    let task = run["steps"]["who"]["instances"][0]["task_id"]
+        .as_str()
+        .unwrap();
+    assert_eq!(p.log(task).await, "nobody\n");
+}
