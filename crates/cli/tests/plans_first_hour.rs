@@ -181,6 +181,24 @@ async fn unmatchable_targets_are_refused_and_waiting_ones_count_down() {
             .unwrap();
         assert_eq!(r.status(), 422, "stored plan with target {target}");
     }
+    // `testbed run` says the same, at the plan file's line and column, exit 2.
+    let file = dir.path().join("nowhere.yaml");
+    std::fs::write(&file, one_step("", "{labels: {arch: sparc}}")).unwrap();
+    let o = Command::new(bin())
+        .arg("run")
+        .arg(&file)
+        .env("TESTBED_SERVER", &p.url)
+        .env("TESTBED_TOKEN", &p.token)
+        .env("TESTBED_CONFIG_DIR", dir.path().join("cli-config"))
+        .env("TESTBED_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("nowhere.yaml:6:13: steps[0].target: step `build`: no registered agent matches labels arch=sparc"),
+        "{err}"
+    );
     // A target that matches is accepted as before.
     let ok = p
         .start_run(&one_step("", "{labels: {arch: x86_64}}"), json!({}))
