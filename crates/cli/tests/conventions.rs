@@ -546,3 +546,70 @@ fn bad_server_addresses_are_named() {
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("TESTBED_SERVER"), "{}", err(&o));
 }
+
+/// `testbed login` at a terminal (a pty from util-linux `script`): the
+/// password typed is not echoed.
+#[tokio::test]
+async fn login_prompt_at_a_terminal_does_not_echo() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::server_in(dir.path(), &[]).await;
+    let cfg = dir.path().join("cfg");
+    let cmdline = format!("{} login --server {}", bin().display(), p.url);
+    let mut child = Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .env("TESTBED_CONFIG_DIR", &cfg)
+        .env_remove("TESTBED_TOKEN")
+        .env_remove("TESTBED_SERVER")
+        .env_remove("TESTBED_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script`");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&seen).contains("password for admin at") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.extend(chunk),
+            Err(_) => panic!("no prompt: {}", String::from_utf8_lossy(&seen)),
+        }
+    }
+    // The prompt is printed just before echo is turned off: give the
+    // prompt's reader a moment to get there before typing.
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{ADMIN_PASSWORD}\n").as_bytes())
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "login did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdin);
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.extend(chunk);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(status.success(), "{text}");
+    assert!(text.contains("logged in to"), "{text}");
+    assert!(
+        !text.contains(ADMIN_PASSWORD),
+        "the password was echoed: {text}"
+    );
+}
