@@ -306,3 +306,48 @@ async fn up_run_as_drops_the_tasks_privileges() {
         .unwrap();
     assert_eq!(p.log(task).await, "nobody\n");
 }
+
+#[tokio::test]
+async fn junit_of_a_run_validates_against_jenkins_xunit_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(&dir.path().join("data"), 1, &[]).await;
+    let plan = dir.path().join("mixed.yaml");
+    std::fs::write(
+        &plan,
+        "name: mixed\nsteps:\n  - id: ok\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n  - id: never\n    plugin: linux_system\n    method: run_shell\n    when: \"no\"\n    params: {command: \"true\"}\n  - id: known\n    plugin: linux_system\n    method: run_shell\n    xfail: \"bug 1\"\n    params: {command: \"false\"}\n",
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
+    let o = Command::new(bin())
+        .arg("run")
+        .arg(&plan)
+        .arg("--junit")
+        .arg(&junit)
+        .env("TESTBED_SERVER", &p.url)
+        .env("TESTBED_TOKEN", &p.token)
+        .env("TESTBED_CONFIG_DIR", dir.path().join("cli-config"))
+        .env("TESTBED_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    // Skips are on the suite (GitLab, Jenkins' JUnit plugin), not the root.
+    let root = xml.lines().find(|l| l.contains("<testsuites")).unwrap();
+    assert!(!root.contains("skipped="), "{root}");
+    let suite = xml.lines().find(|l| l.contains("<testsuite ")).unwrap();
+    assert!(suite.contains(r#"skipped="2""#), "{xml}");
+    let xsd = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../report/tests/schemas/jenkins-xunit-junit-10.xsd");
+    let check = Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(&xsd)
+        .arg(&junit)
+        .output()
+        .expect("xmllint (Debian's libxml2-utils; scripts/test installs it)");
+    assert!(
+        check.status.success(),
+        "{}\n{xml}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
