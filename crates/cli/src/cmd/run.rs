@@ -576,12 +576,16 @@ async fn follow(
     loop {
         if let Some(h) = &interrupt {
             if h.is_finished() && !cancelled {
-                eprintln!("cancelling the run …");
+                eprintln!("cancelling the run … (interrupt again to stop waiting)");
                 let _: Result<Value, _> = client
                     .post(&format!("/api/runs/{id}/cancel"), &json!({}))
                     .await;
                 cancelled = true;
-                interrupt = None;
+                // A second signal ends the wait for a server that is slow
+                // to confirm the cancel.
+                interrupt = Some(tokio::spawn(super::terminated()));
+            } else if h.is_finished() {
+                anyhow::bail!("interrupted again: stopped following the run while it is cancelled");
             }
         }
         let run: Value = client.get(&format!("/api/runs/{id}")).await?;
