@@ -234,6 +234,9 @@ async fn client_commands_follow_one_convention() {
     assert_eq!(json_of(&o)[0]["name"], "listed");
     let o = testbed(&cfg, &["perf", "list"]);
     assert!(out(&o).contains("listed"), "{}", out(&o));
+    let o = testbed(&cfg, &["tasks", "ls", "--json", "--status", "succeeded"]);
+    // The tasks submitted, and the one of the run's step.
+    assert_eq!(json_of(&o).as_array().map(Vec::len), Some(tasks.len() + 1));
     let o = testbed(&cfg, &["tasks", "ls", "--json", "--limit", "2"]);
     assert_eq!(json_of(&o).as_array().map(Vec::len), Some(2));
     // `list` is an alias of `ls`, and tables carry no colour when redirected.
@@ -422,6 +425,10 @@ fn help_documents_exit_codes_and_has_no_colour_or_jargon() {
         help.contains("Only tasks in this status") && help.contains("JSON array"),
         "{help}"
     );
+    // A status that does not exist is named, with the ones that do.
+    let o = testbed(cfg.path(), &["runs", "ls", "--status", "done"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("passed"), "{}", err(&o));
     let help = out(&testbed(cfg.path(), &["runs", "logs", "--help"]));
     assert!(
         help.contains("-f, --follow") && help.contains("until the run ends"),

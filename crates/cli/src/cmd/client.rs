@@ -324,9 +324,8 @@ pub enum TasksCmd {
     /// List recent tasks, newest first.
     #[command(visible_alias = "list")]
     Ls {
-        /// Only tasks in this status: queued, running, succeeded, failed,
-        /// cancelled or lost.
-        #[arg(long)]
+        /// Only tasks in this status.
+        #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "error", "cancelled", "lost"])]
         status: Option<String>,
         /// Only tasks of this agent (name or uuid).
         #[arg(long)]

@@ -16,9 +16,8 @@ pub enum RunsCmd {
     /// List recent runs, newest first.
     #[command(visible_alias = "list")]
     Ls {
-        /// Only runs in this status: pending, running, passed, failed,
-        /// cancelled or error.
-        #[arg(long)]
+        /// Only runs in this status.
+        #[arg(long, value_parser = ["pending", "running", "passed", "failed", "cancelled", "error"])]
         status: Option<String>,
         /// How many runs to list (1–1000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
