@@ -100,7 +100,7 @@ impl ReportFiles {
     the same, but kept in DIR: reopen it with `testbed up --data-dir DIR` and\n      \
     look at the run with `testbed runs show ID`. Its log is DIR/testbed.log.\n  \
     neither logged in nor a flag\n      \
-    like --local, and stderr says so.\n\
+    like --local, and stderr says so.\n\n\
     The local platform's log is not shown unless -v or TESTBED_LOG asks.\n\n\
 Exit codes:\n  \
     0  the run passed\n  \
