@@ -846,6 +846,96 @@ async fn console_in_a_real_browser() {
     )
     .await;
 
+    // Groups: create one from the form and add an agent to it.
+    b.goto("/groups").await;
+    b.wait(
+        "the group form",
+        "document.getElementById('new-group')",
+        long,
+    )
+    .await;
+    b.type_into("#new-group input[name=name]", "lab-a").await;
+    b.click("#new-group button[type=submit]").await;
+    let group = "document.querySelector('tr[data-group=\"lab-a\"]')";
+    b.wait("the new group", group, long).await;
+    b.js(&format!(
+        "const s = {group}.querySelector('select');
+         s.value = [...s.options].find(o => o.textContent === 'local-1').value;
+         s.dispatchEvent(new Event('change', {{bubbles: true}}));"
+    ))
+    .await;
+    b.wait(
+        "the agent in the group",
+        &format!("{group}.innerText.includes('local-1') && {group}.innerText.includes('online')"),
+        long,
+    )
+    .await;
+    let (s, g) = p.get("/api/groups/lab-a").await;
+    assert_eq!(s, 200);
+    assert_eq!(g["agents"][0]["name"], "local-1", "{g}");
+
+    // A one-off task from a form built from the method's schema: a bad value
+    // gets the API's error next to its field; a good one runs, log shown.
+    b.goto("/tasks/new").await;
+    let choose = |id: &str, value: &str| {
+        format!(
+            "const s = document.getElementById('{id}');
+             s.value = [...s.options].find(o => o.textContent.startsWith('{value}')).value;
+             s.dispatchEvent(new Event('change', {{bubbles: true}}));"
+        )
+    };
+    b.wait(
+        "agents to choose",
+        "document.querySelector('#task-agent option:nth-child(2)')",
+        long,
+    )
+    .await;
+    b.js(&choose("task-agent", "local-1")).await;
+    b.wait("plugins", "document.getElementById('task-plugin')", long)
+        .await;
+    b.js(&choose("task-plugin", "linux_system")).await;
+    b.wait("methods", "document.getElementById('task-method')", long)
+        .await;
+    b.js(&choose("task-method", "run_shell")).await;
+    b.wait(
+        "the parameter form",
+        "document.getElementById('t-command')",
+        long,
+    )
+    .await;
+    b.type_into("#t-command", "echo").await;
+    b.type_into("#t-args", "console-task-output").await;
+    b.type_into("#t-timeout", "-5").await;
+    b.click("#submit-task").await;
+    let err = b
+        .wait(
+            "the field's error",
+            "document.getElementById('te-timeout')?.textContent",
+            long,
+        )
+        .await;
+    assert!(!err.as_str().unwrap().is_empty());
+    assert_eq!(
+        b.js("return document.getElementById('te-command').textContent")
+            .await,
+        json!("")
+    );
+    b.js("document.getElementById('t-timeout').value = ''")
+        .await;
+    b.click("#submit-task").await;
+    b.wait(
+        "the task page",
+        "/^\\/tasks\\/[0-9a-f-]{36}$/.test(location.pathname)",
+        long,
+    )
+    .await;
+    b.wait(
+        "the task's log",
+        "document.getElementById('log')?.textContent.includes('console-task-output')",
+        long,
+    )
+    .await;
+
     // Cancel a run from its page.
     let slow = store_plan(&p, SLOW_PLAN).await;
     let (s, run) = p.post("/api/runs", json!({"plan_id": slow})).await;
@@ -926,6 +1016,17 @@ async fn console_in_a_real_browser() {
     )
     .await;
     assert!(first.as_f64().unwrap() > 0.0);
+    // The points sit on a real time axis (Unix seconds, within a day of now).
+    let last = b
+        .js("return Number(document.querySelector('.chart').dataset.last)")
+        .await
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((last - now).abs() < 86400.0, "chart time {last}, now {now}");
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
     if let Some(f) = screenshot_path("console-load.png") {
         b.screenshot(&f).await;
@@ -968,6 +1069,25 @@ async fn console_in_a_real_browser() {
         .post(&format!("/api/runs/{other}/cancel"), json!(null))
         .await;
     assert!(s < 300, "admin cancels the leftover run: {s}");
+
+    // An ended session returns to sign-in, then back to the page.
+    b.goto("/agents?from=revoked").await;
+    b.wait("the agents page", "document.querySelector('tr[data-agent=\"local-1\"]')", long)
+        .await;
+    let (s, _) = p.post("/api/users/vera/revoke", json!(null)).await;
+    assert_eq!(s, 204);
+    b.wait("the sign-in page", "location.pathname === '/login'", long)
+        .await;
+    assert!(b.path().await.contains("next=%2Fagents%3Ffrom%3Drevoked"));
+    b.type_into("#username", "vera").await;
+    b.type_into("#password", "password-123").await;
+    b.click("#login-form button[type=submit]").await;
+    b.wait(
+        "back on the page",
+        "location.pathname + location.search === '/agents?from=revoked'",
+        long,
+    )
+    .await;
 
     // Phone width: the run page still shows the graph and the step panel.
     b.size(390, 844).await;

@@ -509,23 +509,15 @@ function PlanPage({ id }) {
   </section>`;
 }
 
-function Reports() {
-  const { data, error } = usePoll(() => api("GET", "/api/reports?page_size=100"), [], 10000);
-  const list = data ? data.results || data : [];
-  return html`<section>
-    <h1>Reports</h1>
-    <${ErrorBox} error=${error} />
-    <ul>${list.map((r) => html`<li key=${r.id}><a href=${`/reports/${r.id}`}>${r.name || r.plan_name || r.id}</a> ${r.created_at ? fmtTime(r.created_at) : ""}</li>`)}</ul>
-  </section>`;
-}
-
 // The stored report as the server renders it (crates/report's HTML). It is
 // shown same-origin so its log links (`/api/tasks/{id}/log`) open with the
 // session cookie; the renderer escapes every test-supplied string.
-function Report({ id }) {
+function Report({ id, other }) {
+  const src = other ? `/api/reports/${id}/compare/${other}?format=html` : `/api/reports/${id}?format=html`;
   return html`<section class="report">
-    <p><a href="/reports">← Reports</a> · <a href=${`/api/reports/${id}?format=html`} target="_blank" rel="noopener">open alone</a> · <a href=${`/api/reports/${id}?format=junit`} download>JUnit XML</a></p>
-    <iframe id="report-frame" title="report" src=${`/api/reports/${id}?format=html`}></iframe>
+    <p><a href="/reports">← Reports</a> · <a href=${src} target="_blank" rel="noopener">open alone</a>
+      ${!other && html` · <a href=${`/api/reports/${id}?format=junit`} download>JUnit XML</a>`}</p>
+    <iframe id="report-frame" title=${other ? "comparison" : "report"} src=${src}></iframe>
   </section>`;
 }
 
@@ -572,11 +564,13 @@ function Execution({ id }) {
         retry = 0;
         if (msg.type === "metrics") {
           const d = msg.data;
-          const t = Date.parse(msg.timestamp) / 1000;
+          // Unix seconds (the window's start); an RFC 3339 string is accepted too.
+          const t = typeof msg.timestamp === "number" ? msg.timestamp : Date.parse(msg.timestamp) / 1000;
+          if (!Number.isFinite(t)) return;
           if (xs.length && t <= xs[xs.length - 1]) return; // a replayed second
           xs.push(t); rps.push(d.requests_per_second); p.push(d.response_time); errs.push(d.error_rate); users.push(d.active_users);
           plot && plot.setData([xs, rps, p, errs, users]);
-          box.current && (box.current.dataset.points = xs.length);
+          if (box.current) { box.current.dataset.points = xs.length; box.current.dataset.last = t; }
           setState({ status: d.paused ? "paused" : "running", last: d });
         } else if (msg.type === "finished") {
           setState((s) => ({ ...s, status: "finished" }));
@@ -643,9 +637,169 @@ function Performance() {
   </section>`;
 }
 
+function Groups() {
+  const groups = usePoll(() => api("GET", "/api/groups?page_size=1000"), [], 2000);
+  const agents = usePoll(() => api("GET", "/api/agents"), [], 5000);
+  const [error, setError] = useState(null);
+  const [fields, setFields] = useState({});
+  const act = async (method, path, body) => {
+    setError(null); setFields({});
+    try { await api(method, path, body); return true; } catch (e) {
+      const f = {};
+      for (const d of e.details || []) f[d.field.replace(/^\//, "")] = d.message;
+      setFields(f); setError(e); return false;
+    }
+  };
+  const create = async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    const body = { name: f.get("name") };
+    if (f.get("description")) body.description = f.get("description");
+    if (await act("POST", "/api/groups", body)) e.target.reset();
+  };
+  const list = groups.data ? groups.data.results || groups.data : [];
+  const all = agents.data || [];
+  return html`<section>
+    <h1>Groups</h1>
+    <${ErrorBox} error=${groups.error || error} />
+    <div class="scroll"><table id="groups">
+      <thead><tr><th>Group</th><th>Agents</th><th>Reserved by</th>${can("operator") && html`<th>Add an agent</th>`}</tr></thead>
+      <tbody>${list.map((g) => html`<tr key=${g.name} data-group=${g.name}>
+        <td><strong>${g.name}</strong>${g.description ? html`<br /><span class="muted">${g.description}</span>` : ""}</td>
+        <td>${g.agents.length ? g.agents.map((a) => html`<span class="chip" key=${a.uuid}>
+            <a href=${`/agents/${a.uuid}`}>${a.name}</a> ${a.online ? "● online" : "○ offline"}
+            ${can("operator") && html` <button class="link" aria-label=${`remove ${a.name} from ${g.name}`}
+              onClick=${() => act("DELETE", `/api/groups/${encodeURIComponent(g.name)}/agents/${a.uuid}`)}>remove</button>`}
+          </span>`) : html`<span class="muted">none</span>`}</td>
+        <td>${g.reserved_by ? html`<a href=${`/runs/${g.reserved_by}`}>run ${short(g.reserved_by)}</a>` : html`<span class="muted">free</span>`}</td>
+        ${can("operator") && html`<td><select aria-label=${`add an agent to ${g.name}`} onChange=${async (e) => {
+            const v = e.target.value; e.target.value = "";
+            if (v) await act("PUT", `/api/groups/${encodeURIComponent(g.name)}/agents/${v}`);
+          }}>
+          <option value="">add…</option>
+          ${all.filter((a) => !g.agents.some((m) => m.uuid === a.uuid)).map((a) => html`<option value=${a.uuid}>${a.name}</option>`)}
+        </select></td>`}
+      </tr>`)}</tbody>
+    </table></div>
+    ${can("operator") && html`<h2>New group</h2>
+      <form class="filters" id="new-group" onSubmit=${create}>
+        <label>Name <input name="name" required aria-invalid=${fields.name ? "true" : undefined} />
+          <span class="field-error">${fields.name || ""}</span></label>
+        <label>Description <input name="description" /></label>
+        <button type="submit">Create</button>
+      </form>`}
+  </section>`;
+}
+
+// A one-off task (seed 002's POST /v2.1/testcases), its form built from the
+// chosen method's JSON schema; the API's 422 puts each error by its field.
+function NewTask() {
+  const agents = usePoll(() => api("GET", "/api/agents"), [], 5000);
+  const [sel, setSel] = useState({ agent: "", plugin: "", method: "" });
+  const [errors, setErrors] = useState({ top: null, fields: {} });
+  const all = (agents.data || []).filter((a) => a.status === "online");
+  const agent = all.find((a) => a.uuid === sel.agent);
+  const plugin = agent && agent.plugins.find((p) => p.name === sel.plugin);
+  const method = plugin && plugin.methods.find((m) => m.name === sel.method);
+  const props = (method && method.schema && method.schema.properties) || {};
+  const required = (method && method.schema && method.schema.required) || [];
+  const submit = async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    const parameters = {}, bad = {};
+    for (const [name, p] of Object.entries(props)) {
+      const raw = f.get(name);
+      if (p.type === "boolean") { if (raw === "on") parameters[name] = true; continue; }
+      if (raw === null || raw === "") continue;
+      if (p.type === "integer" || p.type === "number") parameters[name] = Number(raw);
+      else if (p.type === "object" || p.type === "array") {
+        try { parameters[name] = JSON.parse(raw); } catch { bad[name] = "not valid JSON"; }
+      } else parameters[name] = raw;
+    }
+    if (Object.keys(bad).length) return setErrors({ top: null, fields: bad });
+    try {
+      const r = await api("POST", "/v2.1/testcases", { plugin: sel.plugin, host: agent.host, method: sel.method, parameters });
+      navigate(`/tasks/${r.task_id}`);
+    } catch (err) {
+      const byField = {};
+      for (const d of err.details || []) byField[d.field.replace(/^\/parameters\/?/, "") || "_"] = d.message;
+      setErrors({ top: err, fields: byField });
+    }
+  };
+  const pick = (k) => (e) => setSel({ ...sel, [k]: e.target.value, ...(k === "agent" ? { plugin: "", method: "" } : k === "plugin" ? { method: "" } : {}) });
+  return html`<section>
+    <h1>New task</h1>
+    ${!can("operator") ? html`<p class="muted">Viewers cannot start tasks.</p>` : html`
+    <div class="filters">
+      <label>Agent <select id="task-agent" value=${sel.agent} onChange=${pick("agent")}><option value="">choose…</option>
+        ${all.map((a) => html`<option value=${a.uuid}>${a.name} (${a.host})</option>`)}</select></label>
+      ${agent && html`<label>Plugin <select id="task-plugin" value=${sel.plugin} onChange=${pick("plugin")}><option value="">choose…</option>
+        ${agent.plugins.map((p) => html`<option value=${p.name}>${p.name}</option>`)}</select></label>`}
+      ${plugin && html`<label>Method <select id="task-method" value=${sel.method} onChange=${pick("method")}><option value="">choose…</option>
+        ${plugin.methods.map((m) => html`<option value=${m.name}>${m.name}</option>`)}</select></label>`}
+    </div>
+    ${method && html`<form id="task-form" onSubmit=${submit}>
+      ${method.description && html`<p class="muted">${method.description}</p>`}
+      ${Object.entries(props).map(([name, p]) => html`<div class="field" key=${sel.method + name}>
+        <label for=${"t-" + name}>${name} <span class="muted">(${p.type || "any"}${required.includes(name) ? ", required" : ""})</span></label>
+        ${p.type === "boolean" ? html`<input type="checkbox" id=${"t-" + name} name=${name} />`
+          : html`<input id=${"t-" + name} name=${name} type=${p.type === "integer" || p.type === "number" ? "number" : "text"} step=${p.type === "number" ? "any" : undefined}
+              aria-invalid=${errors.fields[name] ? "true" : undefined} aria-describedby=${"te-" + name} />`}
+        ${p.description && html`<small>${p.description}</small>`}
+        <span class="field-error" id=${"te-" + name}>${errors.fields[name] || ""}</span>
+      </div>`)}
+      <${ErrorBox} error=${errors.top} />
+      <button type="submit" id="submit-task">Run task</button>
+    </form>`}`}
+  </section>`;
+}
+
+function ReportsPage() {
+  const { data, error } = usePoll(() => api("GET", "/api/reports?page_size=100"), [], 10000);
+  const [a, setA] = useState(""), [b, setB] = useState("");
+  const list = data ? data.results || data : [];
+  return html`<section>
+    <h1>Reports</h1>
+    <${ErrorBox} error=${error} />
+    <div class="scroll"><table id="reports">
+      <thead><tr><th>Report</th><th>Result</th><th>Passed</th><th>Failed</th><th>Skipped</th><th>Created</th><th>Compare</th></tr></thead>
+      <tbody>${list.map((r) => html`<tr key=${r.id}>
+        <td><a href=${`/reports/${r.id}`}>${r.name}</a></td><td><${Status} s=${r.ok ? "passed" : "failed"} /></td>
+        <td>${r.passed}</td><td>${r.failed + r.errors}</td><td>${r.skipped}</td><td>${fmtTime(r.created_at)}</td>
+        <td><label class="inline"><input type="radio" name="base" checked=${a === r.id} onChange=${() => setA(r.id)} /> base</label>
+            <label class="inline"><input type="radio" name="new" checked=${b === r.id} onChange=${() => setB(r.id)} /> new</label></td>
+      </tr>`)}</tbody>
+    </table></div>
+    ${a && b && a !== b && html`<p><a class="button" id="compare" href=${`/reports/${a}/compare/${b}`}>Compare base with new</a></p>`}
+  </section>`;
+}
+
+function Results() {
+  const { data, error } = usePoll(() => api("GET", "/api/results?page_size=1000"), [], 5000);
+  const list = data ? data.results || data : [];
+  const envs = [...new Set(list.map((r) => r.environment))].sort();
+  const cases = [...new Set(list.map((r) => r.testcase))].sort();
+  const at = new Map(list.map((r) => [r.testcase + "\u0000" + r.environment, r]));
+  const word = { pass: "passed", fail: "failed", error: "error", skip: "skipped" };
+  return html`<section>
+    <h1>Results</h1>
+    <p class="muted">The latest result of each test case in each environment.</p>
+    <${ErrorBox} error=${error} />
+    <div class="scroll"><table id="results">
+      <thead><tr><th>Test case</th>${envs.map((e) => html`<th>${e}</th>`)}</tr></thead>
+      <tbody>${cases.map((c) => html`<tr key=${c}><th>${c}</th>${envs.map((e) => {
+        const r = at.get(c + "\u0000" + e);
+        return html`<td>${r ? html`<a href=${`/runs/${r.run_id}`}><${Status} s=${word[r.status] || r.status} title=${r.message || r.status} /></a>
+          ${r.log_url && html` <a href=${r.log_url} target="_blank" rel="noopener">log</a>`}` : "—"}</td>`;
+      })}</tr>`)}</tbody>
+    </table></div>
+  </section>`;
+}
+
 // ---------------------------------------------------------------- app ----
 
-const NAV = [["/agents", "Agents"], ["/runs", "Runs"], ["/plans", "Plans"], ["/performance", "Performance"], ["/reports", "Reports"]];
+const NAV = [["/agents", "Agents"], ["/groups", "Groups"], ["/runs", "Runs"], ["/plans", "Plans"], ["/tasks", "Tasks"],
+  ["/performance", "Performance"], ["/reports", "Reports"], ["/results", "Results"]];
 
 function route(path, query) {
   const seg = path.split("/").filter(Boolean).map(decodeURIComponent);
@@ -653,9 +807,13 @@ function route(path, query) {
     case undefined: case "agents":
       return seg[1] ? html`<${Agent} id=${seg[1]} />` : html`<${Agents} />`;
     case "runs": return seg[1] ? html`<${RunPage} id=${seg[1]} query=${query} />` : html`<${Runs} query=${query} />`;
-    case "tasks": return seg[1] ? html`<${TaskPage} id=${seg[1]} />` : html`<${Runs} query=${query} />`;
+    case "tasks": return seg[1] && seg[1] !== "new" ? html`<${TaskPage} id=${seg[1]} />` : html`<${NewTask} />`;
     case "plans": return seg[1] ? html`<${PlanPage} id=${seg[1]} />` : html`<${Plans} />`;
-    case "reports": return seg[1] ? html`<${Report} id=${seg[1]} />` : html`<${Reports} />`;
+    case "reports":
+      if (seg[1] && seg[2] === "compare" && seg[3]) return html`<${Report} id=${seg[1]} other=${seg[3]} />`;
+      return seg[1] ? html`<${Report} id=${seg[1]} />` : html`<${ReportsPage} />`;
+    case "groups": return html`<${Groups} />`;
+    case "results": return html`<${Results} />`;
     case "performance":
       return seg[1] === "executions" && seg[2] ? html`<${Execution} id=${seg[2]} />` : html`<${Performance} />`;
     default: return html`<section><h1>Not found</h1><p>No console page at ${path}.</p></section>`;

@@ -36,6 +36,7 @@ pub const PAGES: &[&str] = &[
     "tasks",
     "performance",
     "reports",
+    "results",
 ];
 
 /// Prefixes the console never answers (the API's own space).
