@@ -173,16 +173,6 @@ fn main() -> ExitCode {
         .with_ansi(output::color_enabled(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
-        Command::Completions { shell } => return completions(shell),
-        Command::Man { dir } => {
-            return man(dir).unwrap_or_else(|e| {
-                eprintln!("error: {e:#}");
-                ExitCode::from(2)
-            })
-        }
-        _ => {}
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -211,7 +201,8 @@ fn main() -> ExitCode {
             Command::Report(a) => cmd::report::report(a).await,
             Command::Tck(a) => cmd::tck::tck(a).await,
             Command::Api(a) => cmd::api::api(a).await,
-            Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+            Command::Completions { shell } => Ok(completions(shell)),
+            Command::Man { dir } => man(dir),
         }
     });
     match result {
