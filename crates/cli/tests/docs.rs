@@ -70,7 +70,7 @@ fn annotations_are_checked() {
 }
 
 #[test]
-fn a_failing_block_fails_the_file() {
+fn blocks_share_state_and_stop_at_a_failure() {
     let mut sb = harness::Sandbox::new("self-test");
     let r = sb.sh("X=1\ncd examples\n", std::time::Duration::from_secs(30));
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -88,6 +88,42 @@ fn a_failing_block_fails_the_file() {
     );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(r.stdout.starts_with("testbed"), "{}", r.stdout);
+}
+
+/// The harness itself: a failing block names its file and line and shows
+/// its output; a background server is waited for and stopped; skips are
+/// counted.
+#[test]
+fn a_failing_doc_names_its_block() {
+    let md = "# t\n\n\
+              <!-- doc: background http://127.0.0.1:8774/ -->\n\
+              ```sh\n\
+              python3 -m http.server 8774 --bind 127.0.0.1\n\
+              ```\n\
+              ```console\n\
+              curl -sf http://127.0.0.1:8774/ > /dev/null\n\
+              ```\n\
+              <!-- doc: skip: not here -->\n\
+              ```sh\n\
+              exit 9\n\
+              ```\n\
+              <!-- doc: expect-exit 3 -->\n\
+              ```bash\n\
+              exit 3\n\
+              ```\n";
+    assert_eq!(harness::run_markdown("ok.md", md), (3, 1));
+    let bad = format!("{md}\n```sh\necho to-stdout; echo to-stderr >&2; exit 4\n```\n");
+    let e = std::panic::catch_unwind(|| harness::run_markdown("bad.md", &bad))
+        .expect_err("a failing block fails the file");
+    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.starts_with("bad.md:19: exited Some(4), expected 0"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("to-stdout") && msg.contains("to-stderr"),
+        "{msg}"
+    );
 }
 
 #[test]

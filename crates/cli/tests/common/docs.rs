@@ -614,7 +614,13 @@ pub fn tail(text: &str, lines: usize) -> String {
 pub fn run_doc(doc: &str) {
     let path = repo_root().join(doc);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{doc}: {e}"));
-    let blocks = blocks(&text).unwrap_or_else(|e| panic!("{doc}: {e}"));
+    run_markdown(doc, &text);
+}
+
+/// [`run_doc`] on Markdown text; `doc` names it in messages. Returns the
+/// number of blocks run and skipped.
+pub fn run_markdown(doc: &str, text: &str) -> (usize, usize) {
+    let blocks = blocks(text).unwrap_or_else(|e| panic!("{doc}: {e}"));
     let mut sb = Sandbox::new(doc);
     let (mut ran, mut skipped) = (0, Vec::new());
     for b in &blocks {
@@ -685,4 +691,5 @@ pub fn run_doc(doc: &str) {
     for s in &skipped {
         eprintln!("  skipped {s}");
     }
+    (ran, skipped.len())
 }
