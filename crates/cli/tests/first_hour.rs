@@ -255,6 +255,38 @@ async fn logged_in_the_run_goes_to_that_server_and_cancels_say_cancelled() {
     assert!(all.contains("Result: CANCELLED"), "{all}");
     assert!(!all.contains("Result: PASS"), "{all}");
 
+    // The report the server stored says so too, read later by anyone.
+    let (_, r) = p.get(&format!("/api/runs/{id}")).await;
+    let report = r["report_id"]
+        .as_str()
+        .expect("a stored report")
+        .to_string();
+    let (_, rec) = p.get(&format!("/api/reports/{report}")).await;
+    assert_eq!(rec["properties"]["run_status"], "cancelled", "{rec}");
+    let (_, list) = p.get("/api/reports").await;
+    let listed = list["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == report.as_str())
+        .expect("listed");
+    assert_eq!(listed["ok"], false, "a cancelled run is not ok: {listed}");
+    let o = user_cmd(&config)
+        .args(["report", "show", &report])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(out.contains("Result: CANCELLED"), "{out}\n{err}");
+    let o = user_cmd(&config)
+        .args(["report", "show", &report, "--format", "html"])
+        .output()
+        .unwrap();
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("CANCELLED") && !out.contains(">PASS<"),
+        "{out}"
+    );
+
     // A saved login whose server is gone: a clear way out, no silent local run.
     std::fs::write(
         config.join("credentials.json"),

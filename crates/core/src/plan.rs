@@ -175,8 +175,22 @@ pub struct TargetSpec {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "each_selector"
     )]
-    #[schema(no_recursion)]
+    #[schema(schema_with = each_schema)]
     pub each: Option<Box<TargetSpec>>,
+}
+
+/// `each` as the API accepts it: the word `all` or a selector.
+fn each_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["all"])),
+        )
+        .item(Ref::from_schema_name("TargetSpec"))
+        .build();
+    Schema::OneOf(one_of)
 }
 
 /// `each: all` is the empty selector: it matches every agent.

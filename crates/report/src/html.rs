@@ -25,7 +25,7 @@ const MAX_TIMELINE_ROWS: usize = 400;
 pub fn to_html(report: &Report) -> String {
     let sum = report.summary();
     let mut h = String::with_capacity(16 * 1024);
-    let verdict = if sum.ok { "PASS" } else { "FAIL" };
+    let verdict = report.verdict();
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
     h.push_str(&format!(
@@ -54,7 +54,7 @@ fn header(h: &mut String, report: &Report, sum: &Summary) {
     h.push_str(&format!(
         "<h1>{} <span class=\"verdict\">{}</span></h1>\n",
         esc(&report.name),
-        if sum.ok { "PASS" } else { "FAIL" }
+        report.verdict()
     ));
     let mut meta = vec![format!("report {}", esc(&report.id))];
     meta.push(format!("created {}", time(report.created_at)));

@@ -252,12 +252,29 @@ impl Report {
             .is_some_and(|s| s == "cancelled")
     }
 
+    /// The one-word result every rendering shows: `PASS`, `FAIL`, or
+    /// `CANCELLED` for a run stopped before it finished.
+    pub fn verdict(&self) -> &'static str {
+        if self.cancelled() {
+            "CANCELLED"
+        } else if self.summary().ok {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    }
+
     /// Counts over every case of every suite, with [`Report::duration_ms`].
     pub fn summary(&self) -> Summary {
-        Summary::of(
+        let mut s = Summary::of(
             self.suites.iter().flat_map(|s| s.cases.iter()),
             self.duration_ms(),
-        )
+        );
+        // A run stopped half-way is not a pass, whatever ran before the stop.
+        if self.cancelled() {
+            s.ok = false;
+        }
+        s
     }
 
     /// Wall-clock duration: `finished_at - started_at` when both are known; else

@@ -75,13 +75,7 @@ pub fn to_summary(report: &Report) -> String {
         sum.passed, sum.failed, sum.errors, sum.skipped, sum.xfailed, sum.xpassed
     ));
     // A cancelled run is neither a pass nor a test failure.
-    out.push_str(if cancelled {
-        "Result: CANCELLED\n"
-    } else if sum.ok {
-        "Result: PASS\n"
-    } else {
-        "Result: FAIL\n"
-    });
+    out.push_str(&format!("Result: {}\n", report.verdict()));
     out
 }
 

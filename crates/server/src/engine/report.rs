@@ -152,6 +152,14 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
         _ => 0,
     };
     let mut properties = BTreeMap::from([("run_id".to_string(), run.id.to_string())]);
+    // A cancelled run's steps read as skipped, which would sum to a pass:
+    // the mark makes every rendering say CANCELLED instead.
+    if run.status == testbed_core::run::RunStatus::Cancelled {
+        properties.insert(
+            testbed_report::model::RUN_STATUS_PROPERTY.to_string(),
+            "cancelled".to_string(),
+        );
+    }
     if let Some(e) = &run.environment {
         properties.insert("environment".into(), e.clone());
     }
