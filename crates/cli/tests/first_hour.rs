@@ -353,3 +353,57 @@ fn an_interrupted_local_run_says_cancelled() {
     assert!(all.contains("Result: CANCELLED"), "{all}");
     assert!(!all.contains("Result: PASS"), "{all}");
 }
+
+/// `testbed run` labels its local agents as `up` does, and a run whose
+/// step waits says why on a non-terminal stderr (a CI log).
+#[test]
+fn local_agents_take_labels_and_a_waiting_step_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let labelled = dir.path().join("labelled.yaml");
+    std::fs::write(
+        &labelled,
+        "name: labelled\nsteps:\n  - id: greet\n    plugin: linux_system\n    method: run_shell\n    \
+         target: {labels: {arch: x86_64}}\n    params: {command: echo, args: on-x86}\n",
+    )
+    .unwrap();
+    let o = user_cmd(&config)
+        .args(["run", "--local", "--agent-labels", "arch=x86_64"])
+        .arg(&labelled)
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+
+    // Without the label nothing can match: refused before it waits.
+    let o = user_cmd(&config)
+        .args(["run", "--local"])
+        .arg(&labelled)
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(err.contains("arch=x86_64"), "{err}");
+
+    // A step told to wait says what for, in a log, then gives up.
+    let waiting = dir.path().join("waiting.yaml");
+    std::fs::write(
+        &waiting,
+        "name: waiting\nwait_for_agents: true\npending_timeout: 2s\nsteps:\n  - id: greet\n    \
+         plugin: linux_system\n    method: run_shell\n    target: {labels: {arch: sparc}}\n    \
+         params: {command: echo, args: never}\n",
+    )
+    .unwrap();
+    let o = user_cmd(&config)
+        .args(["run", "--local"])
+        .arg(&waiting)
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("… greet pending") && err.contains("arch=sparc"),
+        "the wait is shown: {err}"
+    );
+    assert!(!err.contains("pending pending"), "{err}");
+}

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -130,6 +130,9 @@ pub struct RunArgs {
     /// Local agents of the local platform.
     #[arg(long, default_value_t = 1)]
     pub agents: u32,
+    /// Labels and groups of the local platform's agents.
+    #[command(flatten)]
+    pub tags: super::up::LocalAgentTags,
     /// Show the local platform's log on stderr.
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -212,9 +215,13 @@ fn local_log(dir: Option<&Path>, verbose: bool) -> anyhow::Result<tracing::Dispa
     ))
 }
 
+/// Labels and groups of the local agents.
+type AgentTags = (BTreeMap<String, String>, Vec<String>);
+
 async fn embedded(
     dir: Option<&Path>,
     agents: u32,
+    tags: AgentTags,
     verbose: bool,
 ) -> anyhow::Result<(Embedded, Client)> {
     let (temp, root) = match dir {
@@ -245,7 +252,7 @@ async fn embedded(
     let stop = CancellationToken::new();
     let kept = dir.is_some();
     let started = rt
-        .spawn(start_local(root.clone(), agents, stop.clone(), kept))
+        .spawn(start_local(root.clone(), agents, tags, stop.clone(), kept))
         .await
         .context("starting the local platform")?;
     let mut e = Embedded {
@@ -273,6 +280,7 @@ async fn embedded(
 async fn start_local(
     root: PathBuf,
     agents: u32,
+    (labels, groups): AgentTags,
     stop: CancellationToken,
     kept: bool,
 ) -> anyhow::Result<(testbed_server::Server, String)> {
@@ -318,6 +326,8 @@ async fn start_local(
         let mut cfg = testbed_agent::AgentConfig::new(&server.url(), &server.join_token, &name);
         cfg.plugins = vec!["linux_system".into(), "build_server".into()];
         cfg.state_dir = root.join("agents").join(&name);
+        cfg.labels = labels.clone();
+        cfg.groups = groups.clone();
         let agent = testbed_agent::Agent::build(cfg).await?;
         let s = stop.clone();
         tokio::spawn(async move { agent.run(s).await });
@@ -479,7 +489,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                      --data-dir DIR keeps it)"
                 );
             }
-            let (e, c) = embedded(None, args.agents, args.verbose).await?;
+            let (e, c) = embedded(None, args.agents, args.tags.parse()?, args.verbose).await?;
             (Some(e), c)
         }
         Place::Kept(dir) => {
@@ -489,7 +499,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 dir.display(),
                 dir.display()
             );
-            let (e, c) = embedded(Some(dir), args.agents, args.verbose).await?;
+            let (e, c) = embedded(Some(dir), args.agents, args.tags.parse()?, args.verbose).await?;
             (Some(e), c)
         }
     };
@@ -571,6 +581,7 @@ async fn follow(
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let mut reported: BTreeSet<String> = BTreeSet::new();
+    let mut waiting: BTreeMap<String, Instant> = BTreeMap::new();
     let mut cancelled = false;
     let mut interrupt = Some(interrupt.unwrap_or_else(|| tokio::spawn(super::terminated())));
     loop {
@@ -610,7 +621,20 @@ async fn follow(
                     b
                 });
                 if !bar.is_finished() {
-                    bar.set_message(format!("{status} {reason}"));
+                    bar.set_message(crate::output::status_with_reason(status, reason));
+                }
+            } else if status == "pending" && !reason.is_empty() {
+                // A log or CI job sees why a step waits: once when it starts
+                // waiting, then every 30 s (the reason counts the seconds).
+                let due = waiting
+                    .get(step)
+                    .is_none_or(|t: &Instant| t.elapsed() >= Duration::from_secs(30));
+                if due {
+                    waiting.insert(step.clone(), Instant::now());
+                    eprintln!(
+                        "… {step} {}",
+                        crate::output::status_with_reason(status, reason)
+                    );
                 }
             }
             let terminal = !matches!(status, "pending" | "running");

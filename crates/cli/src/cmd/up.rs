@@ -1,5 +1,6 @@
 //! `testbed up`: the whole platform in one process, nothing to install.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,14 +45,8 @@ pub struct UpArgs {
     /// Directory of exec plugins for the local agents.
     #[arg(long)]
     pub plugin_dir: Option<PathBuf>,
-    /// Labels every local agent carries, `k=v[,k2=v2]` (plan targets
-    /// select them with `labels: k=v`).
-    #[arg(long, value_name = "K=V[,K=V]", default_value = "")]
-    pub agent_labels: String,
-    /// Groups every local agent belongs to, comma-separated (plan targets
-    /// select them with `group: NAME`).
-    #[arg(long, value_name = "G1[,G2]", value_delimiter = ',')]
-    pub agent_groups: Vec<String>,
+    #[command(flatten)]
+    pub tags: LocalAgentTags,
     /// When started as root, the local agents run tasks as this user
     /// (without it, tasks run as root and a warning says so).
     #[arg(long, value_name = "USER")]
@@ -94,16 +89,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         replica: None,
         conn: args.conn.clone(),
     };
-    // Bad labels are refused before anything starts, naming the flag.
-    let labels =
-        parse_labels(&args.agent_labels).map_err(|e| anyhow::anyhow!("--agent-labels: {e}"))?;
-    let groups: Vec<String> = args
-        .agent_groups
-        .iter()
-        .map(|g| g.trim())
-        .filter(|g| !g.is_empty())
-        .map(str::to_string)
-        .collect();
+    let (labels, groups) = args.tags.parse()?;
     if let Some(user) = &args.run_as {
         testbed_agent::process::resolve_run_as(user)
             .map_err(|e| anyhow::anyhow!("--run-as: {e}"))?;
@@ -150,4 +136,34 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Labels and groups of local agents, for `up` and `run --local` alike.
+#[derive(Args, Clone, Debug, Default)]
+pub struct LocalAgentTags {
+    /// Labels every local agent carries, `k=v[,k2=v2]` (plan targets
+    /// select them with `labels: k=v`).
+    #[arg(long, value_name = "K=V[,K=V]", default_value = "")]
+    pub agent_labels: String,
+    /// Groups every local agent belongs to, comma-separated (plan targets
+    /// select them with `group: NAME`).
+    #[arg(long, value_name = "G1[,G2]", value_delimiter = ',')]
+    pub agent_groups: Vec<String>,
+}
+
+impl LocalAgentTags {
+    /// The labels and groups, checked before anything starts: a bad label
+    /// names the flag.
+    pub fn parse(&self) -> anyhow::Result<(BTreeMap<String, String>, Vec<String>)> {
+        let labels =
+            parse_labels(&self.agent_labels).map_err(|e| anyhow::anyhow!("--agent-labels: {e}"))?;
+        let groups = self
+            .agent_groups
+            .iter()
+            .map(|g| g.trim())
+            .filter(|g| !g.is_empty())
+            .map(str::to_string)
+            .collect();
+        Ok((labels, groups))
+    }
 }
