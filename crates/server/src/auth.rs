@@ -236,20 +236,30 @@ pub fn session_cookie(parts: &Parts) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Does the request's `Origin` name this server (the host it was sent to)?
-/// `None` when there is no `Origin` header.
+/// Does the request's `Origin` name this server (the host it was sent to,
+/// or the one a reverse proxy says it was sent to in `X-Forwarded-Host` — a
+/// header no cross-site page can set without a CORS preflight)? `None` when
+/// there is no `Origin` header.
 fn same_origin(parts: &Parts) -> Option<bool> {
     let origin = parts.headers.get(axum::http::header::ORIGIN)?;
-    let host = parts
-        .headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok());
     let origin_host = origin
         .to_str()
         .ok()
         .and_then(|o| o.split_once("://"))
         .map(|(_, rest)| rest.trim_end_matches('/'));
-    Some(matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h)))
+    let Some(origin_host) = origin_host else {
+        return Some(false);
+    };
+    let names_us = |name: &str| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(|h| h.split(','))
+            .any(|h| h.trim().eq_ignore_ascii_case(origin_host))
+    };
+    Some(names_us("host") || names_us("x-forwarded-host"))
 }
 
 /// The cross-site checks of a cookie-authenticated request: a change (any
@@ -715,6 +725,87 @@ impl LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parts(method: &str, path: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = axum::http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let p = parts(
+            "GET",
+            "/api/auth/me",
+            &[("cookie", "a=1; testbed_session=tok.en; b=2")],
+        );
+        assert_eq!(session_cookie(&p).as_deref(), Some("tok.en"));
+        let p = parts("GET", "/", &[("cookie", "testbed_session=")]);
+        assert_eq!(session_cookie(&p), None);
+        let p = parts("GET", "/", &[("cookie", "xtestbed_session=1")]);
+        assert_eq!(session_cookie(&p), None);
+    }
+
+    #[test]
+    fn cookie_changes_need_the_header_or_our_origin() {
+        let host = ("host", "testbed:8774");
+        let ok = |m, path, h: &[(&str, &str)]| check_cookie_request(&parts(m, path, h)).is_ok();
+        assert!(ok("GET", "/api/runs", &[host]));
+        assert!(!ok("POST", "/api/runs", &[host]));
+        assert!(ok("POST", "/api/runs", &[host, ("x-testbed-csrf", "1")]));
+        assert!(ok(
+            "POST",
+            "/api/runs",
+            &[host, ("origin", "http://testbed:8774")]
+        ));
+        assert!(ok(
+            "DELETE",
+            "/api/runs/x",
+            &[host, ("origin", "https://TESTBED:8774")]
+        ));
+        assert!(!ok(
+            "POST",
+            "/api/runs",
+            &[
+                host,
+                ("origin", "http://evil:8774"),
+                ("x-testbed-csrf", "1")
+            ]
+        ));
+        assert!(!ok(
+            "GET",
+            "/api/runs",
+            &[host, ("origin", "http://testbed:9999")]
+        ));
+        assert!(!ok("POST", "/api/runs", &[host, ("origin", "null")]));
+        // Behind a proxy that rewrites Host.
+        let proxied = [
+            ("host", "127.0.0.1:8774"),
+            ("x-forwarded-host", "testbed.example"),
+        ];
+        assert!(ok(
+            "POST",
+            "/api/runs",
+            &[
+                proxied[0],
+                proxied[1],
+                ("origin", "https://testbed.example")
+            ]
+        ));
+        // WebSockets: the Origin must be ours, a header is not enough.
+        assert!(!ok(
+            "GET",
+            "/ws/tasks/x/log",
+            &[host, ("x-testbed-csrf", "1")]
+        ));
+        assert!(ok(
+            "GET",
+            "/ws/tasks/x/log",
+            &[host, ("origin", "http://testbed:8774")]
+        ));
+    }
 
     #[test]
     fn attempts_count_when_they_start() {
