@@ -42,11 +42,12 @@ fn other_docs() {
 
 #[test]
 fn annotations_are_checked() {
-    let ok = "<!-- doc: skip: needs a lab; and an hour -->\n```sh\nfalse\n```\n```json\n{}\n```\n\
+    let ok = "<!-- doc: skip: needs a lab; and an hour -->\n```sh\nfalse\n```\n\n```json\n{\"5b9e-675c\": {\"a\": \"…\", \"b\": [\"c\"]}}\n```\n\
               <!-- doc: stop; background http://x/healthz contains \"a\":2 -->\n```bash\nserve\n```\n";
     let b = harness::blocks(ok).expect("parses");
     assert_eq!(b.len(), 2);
     assert_eq!(b[0].skip.as_deref(), Some("needs a lab; and an hour"));
+    assert_eq!(b[0].shown_keys, ["a", "b"]);
     assert!(b[1].stop);
     assert_eq!(
         b[1].background,

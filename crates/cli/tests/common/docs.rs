@@ -40,6 +40,10 @@
 //!   `scripts/test` installs) on `127.0.0.1:2379` for the rest of the file.
 //! - `timeout SECONDS` — instead of the default 120 s for the block.
 //!
+//! Shown output: a `json` block right below a shell block (only blank lines
+//! between) is what that block prints; every object key it shows must occur
+//! in the real output (placeholders such as `…` are fine).
+//!
 //! A failure names the block by `file:line` and shows its stdout and stderr
 //! (and the output of the background processes).
 #![allow(dead_code)]
@@ -74,6 +78,30 @@ pub struct Block {
     pub expect_exit: i32,
     pub etcd: bool,
     pub timeout: Duration,
+    /// Keys of the `json` block right below this one (only blank lines
+    /// between): the output it shows. Each must appear in the real output.
+    pub shown_keys: Vec<String>,
+}
+
+/// The field names (`"name":`) of a shown JSON output, which may hold
+/// placeholders (`…`) and so need not parse.
+fn json_keys(text: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('"') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('"') else { break };
+        let word = &after[..close];
+        let tail = after[close + 1..].trim_start();
+        // Field names only: a key that is an id (a uuid) is an example value.
+        let field = word.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if tail.starts_with(':') && field && !keys.iter().any(|k| k == word) {
+            keys.push(word.to_string());
+        }
+        rest = &after[close + 1..];
+    }
+    keys
 }
 
 /// The shell blocks of `text`, with their annotations; a malformed annotation
@@ -81,10 +109,12 @@ pub struct Block {
 /// an error naming its line.
 pub fn blocks(text: &str) -> Result<Vec<Block>, String> {
     let lines: Vec<&str> = text.lines().collect();
-    let mut out = Vec::new();
+    let mut out: Vec<Block> = Vec::new();
     let mut i = 0;
     // The annotation waiting for the next fence: (line, directives).
     let mut pending: Option<(usize, String)> = None;
+    // Index of the closing fence of the last shell block.
+    let mut last_shell_close: Option<usize> = None;
     while i < lines.len() {
         let line = lines[i];
         let trimmed = line.trim_start();
@@ -122,8 +152,18 @@ pub fn blocks(text: &str) -> Result<Vec<Block>, String> {
                         "line {at}: doc annotation above a `{lang}` block, which is not run"
                     ));
                 }
+                let mut above = start;
+                while above > 0 && lines[above - 1].trim().is_empty() {
+                    above -= 1;
+                }
+                if lang == "json" && above > 0 && last_shell_close == Some(above - 1) {
+                    if let Some(b) = out.last_mut() {
+                        b.shown_keys = json_keys(&body.join("\n"));
+                    }
+                }
                 continue;
             }
+            last_shell_close = Some(i - 1);
             let mut b = Block {
                 line: start + 1,
                 code: body.join("\n") + "\n",
@@ -133,6 +173,7 @@ pub fn blocks(text: &str) -> Result<Vec<Block>, String> {
                 expect_exit: 0,
                 etcd: false,
                 timeout: DEFAULT_TIMEOUT,
+                shown_keys: Vec::new(),
             };
             if let Some((at, directives)) = note {
                 // Directives are separated by `;`, except that `skip:` takes
@@ -676,6 +717,18 @@ pub fn run_markdown(doc: &str, text: &str) -> (usize, usize) {
                     fail(
                         &sb,
                         format!("exited {:?}, expected {}", r.code, b.expect_exit),
+                        Some(&r),
+                    );
+                }
+                let missing: Vec<&String> = b
+                    .shown_keys
+                    .iter()
+                    .filter(|k| !r.stdout.contains(&format!("\"{k}\"")))
+                    .collect();
+                if !missing.is_empty() {
+                    fail(
+                        &sb,
+                        format!("the JSON shown below it has keys the output lacks: {missing:?}"),
                         Some(&r),
                     );
                 }
