@@ -195,14 +195,18 @@ fn plans_run_as_their_comments_say() {
     assert!(r.stdout.contains("tests passed on"), "{}", r.stdout);
     assert!(r.stdout.contains("all tests passed for "), "{}", r.stdout);
 
-    // Without a matching agent label the test step can never run: the
-    // same plan on a platform whose agents carry no label is refused or
-    // does not pass — it never reports success.
+    // Its comment's `--agent-labels` matters: on agents without the label
+    // the plan is refused before it starts, naming the step and the label.
     sb.stop_backgrounds();
     must(&mut sb, "rm -rf up-data");
     up(&mut sb, "--agents 1", 1);
-    let r = sb.sh(&format!("timeout 60 {}", build[2]), Duration::from_secs(90));
-    assert_ne!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    let r = sb.sh(&build[2], Duration::from_secs(90));
+    assert_eq!(r.code, Some(2), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("steps[1].target") && r.stderr.contains("arch=x86_64"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
