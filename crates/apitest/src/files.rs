@@ -252,9 +252,14 @@ fn environment_vars(opts: &Options) -> Result<Option<Map<String, Value>>, Vec<Fi
     vars_file(&read(path)?, path).map(Some)
 }
 
-/// A variables file: a Postman environment export, or any YAML/JSON object.
+/// A variables file: a Postman environment export (or a bare list of
+/// `{"key", "value"}`), or any YAML/JSON object.
 fn vars_file(text: &str, path: &Path) -> Result<Map<String, Value>, Vec<FileProblem>> {
-    if text.contains("\"values\"") && text.trim_start().starts_with('{') {
+    let start = text.trim_start_matches('\u{feff}').trim_start();
+    // A Postman export, or the bare `[{"key", "value"}]` list Newman accepts.
+    if (text.contains("\"values\"") && start.starts_with('{'))
+        || (start.starts_with('[') && text.contains("\"key\""))
+    {
         return postman::load_environment(text)
             .map(|vars| {
                 vars.iter()

@@ -6,10 +6,16 @@ use serde_json::{Map, Value};
 use super::locate::{self, Locator};
 use crate::problem::Problem;
 
-/// A Postman collection (format v2.1).
+/// A Postman collection (format v2.0 or v2.1).
+///
+/// The two formats differ in how auth parameters are written (v2.0: an object
+/// `{"basic": {"username": …}}`; v2.1: a list `{"basic": [{"key", "value"}]}`);
+/// both read into the same model, as Newman does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collection {
     pub name: String,
+    /// The format, from `info.schema`: `2.0` or `2.1`.
+    pub version: &'static str,
     pub postman_id: Option<String>,
     pub items: Vec<Item>,
     pub events: Vec<Event>,
@@ -290,7 +296,7 @@ impl Checker {
                 self.err(
                     "$",
                     "this is a Postman collection v1 (top-level \"requests\"/\"order\"); only \
-                     v2.1 is supported: export it again from Postman as \"Collection v2.1\"",
+                     v2.0 and v2.1 are supported: export it again from Postman as \"Collection v2.1\"",
                 );
             } else if root.contains_key("values") {
                 self.err(
@@ -298,11 +304,15 @@ impl Checker {
                     "this looks like an environment or globals file, not a collection",
                 );
             } else {
-                self.err("$", "missing \"info\": not a Postman collection v2.1");
+                self.err(
+                    "$",
+                    "missing \"info\": not a Postman collection v2.0 or v2.1",
+                );
             }
             return None;
         };
         let info = self.object(info_v, "$.info")?;
+        let version;
         match info.get("schema") {
             Some(Value::String(schema)) => {
                 if schema.contains("v1.0.0") || schema.contains("/v1/") {
@@ -315,21 +325,18 @@ impl Checker {
                     );
                     return None;
                 }
-                if schema.contains("v2.0.0") {
+                version = if schema.contains("v2.1.0") {
+                    "2.1"
+                } else if schema.contains("v2.0.0") {
+                    "2.0"
+                } else {
+                    ""
+                };
+                if version.is_empty() || !schema.contains("collection") {
                     self.err(
                         "$.info.schema",
                         format!(
-                            "collection format v2.0 ({schema}) is not supported; export it again \
-                             as \"Collection v2.1\""
-                        ),
-                    );
-                    return None;
-                }
-                if !(schema.contains("v2.1.0") && schema.contains("collection")) {
-                    self.err(
-                        "$.info.schema",
-                        format!(
-                            "not a Postman collection v2.1 schema: {schema} (expected \
+                            "not a Postman collection v2.0 or v2.1 schema: {schema} (expected \
                              https://schema.getpostman.com/json/collection/v2.1.0/collection.json)"
                         ),
                     );
@@ -343,7 +350,7 @@ impl Checker {
             None => {
                 self.err(
                     "$.info",
-                    "missing \"schema\": cannot tell the collection format (v2.1 expected)",
+                    "missing \"schema\": cannot tell the collection format (v2.0 or v2.1 expected)",
                 );
                 return None;
             }
@@ -374,6 +381,7 @@ impl Checker {
         let auth = self.auth(root, "$");
         Some(Collection {
             name,
+            version,
             postman_id,
             items,
             events,
@@ -856,7 +864,7 @@ impl Checker {
                 .map(|(k, v)| (k.clone(), super::vars::value_text(v)))
                 .collect(),
             Some(other) => {
-                self.wrong(&pp, "an array", other);
+                self.wrong(&pp, "an array (v2.1) or an object (v2.0)", other);
                 Vec::new()
             }
         }
@@ -982,11 +990,45 @@ mod tests {
     }
 
     #[test]
+    fn reads_v2_0_like_newman() {
+        // v2.0 writes auth parameters as an object, v2.1 as a key/value list;
+        // URLs may be plain strings in both.
+        let v20 = r#"{"info": {"name": "old", "schema": "https://schema.getpostman.com/json/collection/v2.0.0/collection.json"},
+            "auth": {"type": "basic", "basic": {"username": "u", "password": "p", "saveHelperData": true}},
+            "item": [{"name": "r", "request": {"url": "http://x/get", "method": "GET",
+                "auth": {"type": "apikey", "apikey": {"key": "X-K", "value": "v", "in": "header"}}}}]}"#;
+        let c = load(v20).unwrap();
+        assert_eq!(c.version, "2.0");
+        assert_eq!(
+            c.auth,
+            Some(Auth::Basic {
+                username: "u".into(),
+                password: "p".into()
+            })
+        );
+        let Item::Request(r) = &c.items[0] else {
+            panic!("request expected")
+        };
+        assert_eq!(r.request.url.raw.as_deref(), Some("http://x/get"));
+        assert_eq!(
+            r.request.auth,
+            Some(Auth::ApiKey {
+                key: "X-K".into(),
+                value: "v".into(),
+                in_query: false
+            })
+        );
+        let v21 = format!(r#"{{"info": {{"name": "c", "schema": "{V21}"}}, "item": []}}"#);
+        assert_eq!(load(&v21).unwrap().version, "2.1");
+    }
+
+    #[test]
     fn rejects_other_versions() {
-        let v20 = r#"{"info": {"name": "c", "schema": "https://schema.getpostman.com/json/collection/v2.0.0/collection.json"}, "item": []}"#;
-        let e = load(v20).unwrap_err();
-        assert!(e[0].message.contains("v2.0"), "{e:?}");
         let v1 = r#"{"id": "x", "name": "c", "order": [], "requests": []}"#;
         assert!(load(v1).unwrap_err()[0].message.contains("v1"));
+        let v3 = r#"{"info": {"name": "c", "schema": "https://schema.getpostman.com/json/collection/v3.0.0/collection.json"}, "item": []}"#;
+        let e = load(v3).unwrap_err();
+        assert!(e[0].message.contains("v3.0.0"), "{e:?}");
+        assert_eq!(e[0].path, "$.info.schema");
     }
 }

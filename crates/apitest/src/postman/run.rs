@@ -191,9 +191,10 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
     };
     let mut report = Report::new(uuid::Uuid::new_v4().to_string(), name.clone(), started_at);
     report.started_at = Some(started_at);
-    report
-        .properties
-        .insert("format".into(), "postman collection v2.1".into());
+    report.properties.insert(
+        "format".into(),
+        format!("postman collection v{}", collection.version),
+    );
     if let Some(env) = &options.environment.name {
         report.properties.insert("environment".into(), env.clone());
     }

@@ -111,100 +111,75 @@ pub(crate) fn value_text(v: &Value) -> String {
     }
 }
 
-/// Reads a Postman environment or globals export:
-/// `{"name": …, "values": [{"key", "value", "enabled"}, …]}`. Disabled values
-/// are left out, as Postman does.
+/// Reads a Postman environment or globals file in every shape Postman and
+/// Newman write:
+/// - an environment or globals export, `{"name": …, "values": [{"key",
+///   "value", "enabled", "type"}, …]}`;
+/// - a bare list of `{"key", "value"}` entries (Newman's own globals fixtures
+///   and `--export-globals` of old versions).
+///
+/// As in Newman, an entry with `"disabled": true` or `"enabled": false` is
+/// left out, so a disabled duplicate never hides the enabled one; among
+/// enabled duplicates the last wins. A `type` of `string`, `number` or
+/// `boolean` converts the value as Postman's variable types do.
 pub fn load_environment(text: &str) -> Result<Vars, Vec<Problem>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let doc: Value = serde_json::from_str(text).map_err(|e| vec![super::syntax_problem(&e)])?;
     let mut problems = Vec::new();
     let mut vars = Vars::new();
-    match &doc {
+    let wrong = |path: &str, expected: &str, found: &Value| {
+        Problem::new(
+            path,
+            format!(
+                "expected {expected}, found {}",
+                super::collection::kind(found)
+            ),
+        )
+    };
+    let (values, values_path) = match &doc {
+        Value::Array(values) => (Some(values), "$"),
         Value::Object(o) => {
             match o.get("name") {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) => vars.name = Some(s.clone()),
-                Some(other) => problems.push(Problem::new(
-                    "$.name",
-                    format!(
-                        "expected a string, found {}",
-                        super::collection::kind(other)
-                    ),
-                )),
+                Some(other) => problems.push(wrong("$.name", "a string", other)),
             }
             match o.get("values") {
-                Some(Value::Array(values)) => {
-                    for (i, v) in values.iter().enumerate() {
-                        let path = locate::index("$.values", i);
-                        let Some(entry) = v.as_object() else {
-                            problems.push(Problem::new(
-                                path,
-                                format!("expected an object, found {}", super::collection::kind(v)),
-                            ));
-                            continue;
-                        };
-                        let key = match entry.get("key") {
-                            Some(Value::String(k)) => k.clone(),
-                            Some(other) => {
-                                problems.push(Problem::new(
-                                    locate::key(&path, "key"),
-                                    format!(
-                                        "expected a string, found {}",
-                                        super::collection::kind(other)
-                                    ),
-                                ));
-                                continue;
-                            }
-                            None => {
-                                problems.push(Problem::new(path, "missing \"key\""));
-                                continue;
-                            }
-                        };
-                        let enabled = match entry.get("enabled") {
-                            None | Some(Value::Null) => true,
-                            Some(Value::Bool(b)) => *b,
-                            Some(other) => {
-                                problems.push(Problem::new(
-                                    locate::key(&path, "enabled"),
-                                    format!(
-                                        "expected true or false, found {}",
-                                        super::collection::kind(other)
-                                    ),
-                                ));
-                                continue;
-                            }
-                        };
-                        if enabled {
-                            vars.set(key, entry.get("value").cloned().unwrap_or(Value::Null));
-                        }
-                    }
+                Some(Value::Array(values)) => (Some(values), "$.values"),
+                Some(other) => {
+                    problems.push(wrong("$.values", "an array", other));
+                    (None, "")
                 }
-                Some(other) => problems.push(Problem::new(
-                    "$.values",
-                    format!(
-                        "expected an array, found {}",
-                        super::collection::kind(other)
-                    ),
-                )),
                 None if o.contains_key("info") && o.contains_key("item") => {
                     problems.push(Problem::new(
                         "$",
                         "this is a collection, not an environment or globals file",
-                    ))
+                    ));
+                    (None, "")
                 }
-                None => problems.push(Problem::new(
-                    "$",
-                    "missing \"values\" (expected a Postman environment or globals export)",
-                )),
+                None => {
+                    problems.push(Problem::new(
+                        "$",
+                        "missing \"values\" (expected a Postman environment or globals export)",
+                    ));
+                    (None, "")
+                }
             }
         }
-        other => problems.push(Problem::new(
-            "$",
-            format!(
-                "expected an object, found {}",
-                super::collection::kind(other)
-            ),
-        )),
+        other => {
+            problems.push(wrong(
+                "$",
+                "an object (an environment export) or an array of {key, value}",
+                other,
+            ));
+            (None, "")
+        }
+    };
+    for (i, v) in values.into_iter().flatten().enumerate() {
+        let path = locate::index(values_path, i);
+        if let Some(Some((key, value))) = environment_entry(v, &path, &mut problems) {
+            vars.set(key, value);
+        }
     }
     if problems.is_empty() {
         Ok(vars)
@@ -212,6 +187,75 @@ pub fn load_environment(text: &str) -> Result<Vars, Vec<Problem>> {
         locate::Locator::new(text).locate(&mut problems);
         Err(problems)
     }
+}
+
+/// One entry of an environment's `values`: `None` when it has a problem
+/// (added to `problems`), `Some(None)` when it is disabled.
+fn environment_entry(
+    v: &Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Option<(String, Value)>> {
+    let wrong = |path: String, expected: &str, found: &Value| {
+        Problem::new(
+            path,
+            format!(
+                "expected {expected}, found {}",
+                super::collection::kind(found)
+            ),
+        )
+    };
+    let Some(entry) = v.as_object() else {
+        problems.push(wrong(path.to_string(), "an object", v));
+        return None;
+    };
+    let key = match entry.get("key") {
+        Some(Value::String(k)) => k.clone(),
+        Some(other) => {
+            problems.push(wrong(locate::key(path, "key"), "a string", other));
+            return None;
+        }
+        None => {
+            problems.push(Problem::new(path, "missing \"key\""));
+            return None;
+        }
+    };
+    let mut flag = |field: &str| match entry.get(field) {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::Bool(b)) => Some(Some(*b)),
+        Some(other) => {
+            problems.push(wrong(locate::key(path, field), "true or false", other));
+            None
+        }
+    };
+    let enabled = flag("enabled")?;
+    let disabled = flag("disabled")?;
+    if enabled == Some(false) || disabled == Some(true) {
+        return Some(None);
+    }
+    let value = entry.get("value").cloned().unwrap_or(Value::Null);
+    let value = match entry.get("type").and_then(Value::as_str) {
+        Some("string") => Value::String(value_text(&value)),
+        Some("number") => match &value {
+            Value::Number(_) => value,
+            other => value_text(other)
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map_or(other.clone(), Value::Number),
+        },
+        // JavaScript's Boolean(): any non-empty string is true.
+        Some("boolean") => Value::Bool(match &value {
+            Value::Bool(b) => *b,
+            Value::Null => false,
+            Value::String(s) => !s.is_empty(),
+            Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+            _ => true,
+        }),
+        _ => value,
+    };
+    Some(Some((key, value)))
 }
 
 /// Every scope a request sees, by Postman's precedence: local > data >
@@ -394,6 +438,35 @@ mod tests {
         assert_eq!(v.name.as_deref(), Some("local"));
         assert_eq!(v.get_str("a").as_deref(), Some("1"));
         assert!(!v.has("b"));
+        // Newman's disabled-and-duplicates fixture: disabled entries are
+        // ignored, even as a later duplicate; the last enabled duplicate wins.
+        let v = load_environment(
+            r#"{"values":[{"key":"justDisabled","value":"1","disabled":true},
+                {"key":"oneDisabled","value":"1"},{"key":"oneDisabled","value":"2","disabled":true},
+                {"key":"duplicate","value":"1","type":"text"},{"key":"duplicate","value":"2","type":"text"}]}"#,
+        )
+        .unwrap();
+        assert!(!v.has("justDisabled"));
+        assert_eq!(v.get_str("oneDisabled").as_deref(), Some("1"));
+        assert_eq!(v.get_str("duplicate").as_deref(), Some("2"));
+        // A bare list, as Newman's globals fixtures are, with typed values.
+        let v = load_environment(
+            r#"[{"key":"g","value":"x","type":"text","name":"g","enabled":true},
+                {"key":"n","value":"42","type":"number"},{"key":"s","value":7,"type":"string"},
+                {"key":"b","value":"false","type":"boolean"},{"key":"off","value":"1","enabled":false}]"#,
+        )
+        .unwrap();
+        assert_eq!(v.name, None);
+        assert_eq!(v.get("g"), Some(&Value::from("x")));
+        assert_eq!(v.get("n"), Some(&serde_json::json!(42.0)));
+        assert_eq!(v.get("s"), Some(&Value::from("7")));
+        assert_eq!(v.get("b"), Some(&Value::Bool(true)));
+        assert!(!v.has("off"));
+        let e = load_environment(r#"[{"key":"a","disabled":"yes"}]"#).unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            "1:24: $[0].disabled: expected true or false, found a string"
+        );
         let e = load_environment("{\n \"values\": [\n  {\"value\": 1},\n  {\"key\": 3}\n ]\n}")
             .unwrap_err();
         assert_eq!(e.len(), 2);
