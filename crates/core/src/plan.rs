@@ -179,10 +179,11 @@ pub struct TargetSpec {
     pub each: Option<Box<TargetSpec>>,
 }
 
-/// `each` as the API accepts it: the word `all` or a selector.
+/// `each` as the API accepts it: the word `all`, a selector, or null (none).
 fn each_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
     let one_of = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::String)

@@ -94,6 +94,8 @@ fn selector_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Targ
         match v {
             Value::Null => Ok(()),
             Value::Object(m) => match m.get("each") {
+                // `each: all` is the one word a selector takes.
+                Some(Value::String(w)) if w == "all" => Ok(()),
                 Some(each) => objects_only(each, &format!("{path}/each")),
                 None => Ok(()),
             },
@@ -316,5 +318,17 @@ mod tests {
         }
         let none: Environment = serde_json::from_str(r#"{"name":"e","selector":null}"#).unwrap();
         assert!(none.selector.is_none());
+        // `each: all` at any depth, as the OpenAPI document allows; no other word.
+        for all in [
+            r#"{"name":"e","selector":{"each":"all"}}"#,
+            r#"{"name":"e","selector":{"each":{"each":"all"}}}"#,
+        ] {
+            let e: Environment = serde_json::from_str(all).unwrap();
+            assert!(e.selector.unwrap().each.is_some(), "{all}");
+        }
+        assert!(serde_json::from_str::<Environment>(
+            r#"{"name":"e","selector":{"each":{"each":"every"}}}"#
+        )
+        .is_err());
     }
 }
