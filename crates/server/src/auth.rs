@@ -626,6 +626,9 @@ async fn shared_value(
 #[derive(Default)]
 pub struct LoginLimiter {
     attempts: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// `testbed_login_failures_total`: attempts that ended without
+    /// [`Attempt::succeeded`], and refusals by the limit.
+    failures: crate::metrics::LoginFailures,
 }
 
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
@@ -642,10 +645,22 @@ pub struct Attempt<'a> {
     limiter: &'a LoginLimiter,
     keys: Vec<String>,
     at: Instant,
+    succeeded: bool,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.succeeded {
+            self.limiter
+                .failures
+                .inc(crate::metrics::LoginFailure::Credentials);
+        }
+    }
 }
 
 impl Attempt<'_> {
-    pub fn succeeded(self) {
+    pub fn succeeded(mut self) {
+        self.succeeded = true;
         let mut map = self.limiter.lock();
         for key in &self.keys {
             if let Some(q) = map.get_mut(key) {
@@ -678,8 +693,22 @@ impl LoginLimiter {
         self.attempts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts an attempt; `Err(retry_after)` when over a limit.
+    /// The failure counter, for the metrics registry.
+    pub fn failures(&self) -> crate::metrics::LoginFailures {
+        self.failures.clone()
+    }
+
+    /// Starts an attempt; `Err(retry_after)` when over a limit (counted as
+    /// a rate-limited login failure).
     pub fn begin(&self, ip: IpAddr, user: &str) -> Result<Attempt<'_>, Duration> {
+        let started = self.begin_inner(ip, user);
+        if started.is_err() {
+            self.failures.inc(crate::metrics::LoginFailure::RateLimited);
+        }
+        started
+    }
+
+    fn begin_inner(&self, ip: IpAddr, user: &str) -> Result<Attempt<'_>, Duration> {
         let now = Instant::now();
         let mut map = self.lock();
         map.retain(|_, q| {
@@ -718,6 +747,7 @@ impl LoginLimiter {
             limiter: self,
             keys: vec![addr_key, user_key],
             at: now,
+            succeeded: false,
         })
     }
 }

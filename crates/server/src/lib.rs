@@ -9,6 +9,7 @@
 //! * [`dispatch`] — choosing an agent, creating and settling tasks;
 //! * [`controller`] — the assignment relay and the leader's reconcile loop;
 //! * [`listen`], [`tls`] — the accept loop, its limits and HTTPS;
+//! * [`metrics`] — Prometheus `/metrics`;
 //! * [`auth`], [`blobs`], [`records`], [`hub`], [`error`], [`state`].
 
 pub mod agent_session;
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod listen;
+pub mod metrics;
 pub mod performance;
 pub mod records;
 pub mod state;
@@ -53,6 +55,8 @@ pub enum ServerError {
     Bootstrap(String),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("--metrics-listen {addr}: {cause}")]
+    MetricsBind { addr: String, cause: std::io::Error },
 }
 
 /// What a failed bind tells the user: `testbed up` and `testbed server`
@@ -96,6 +100,8 @@ pub struct Server {
     /// The certificate in service when serving HTTPS.
     pub tls: Option<Arc<tls::CertStore>>,
     pub listen_stats: Arc<listen::ListenStats>,
+    /// Where `/metrics` is served without auth (`--metrics-listen`).
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -149,6 +155,23 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         addr: config.listen.clone(),
         cause,
     })?;
+    // Likewise the metrics listener: a typo in its address stops the start.
+    let metrics_listener = match &config.settings.metrics.listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|cause| {
+            ServerError::MetricsBind {
+                addr: addr.clone(),
+                cause,
+            }
+        })?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().map_err(|cause| ServerError::MetricsBind {
+            addr: config.settings.metrics.listen.clone().unwrap_or_default(),
+            cause,
+        })?),
+        None => None,
+    };
     let boot = auth::bootstrap(&config.store, config.admin_password, config.join_token)
         .await
         .map_err(|e| ServerError::Bootstrap(e.message))?;
@@ -165,10 +188,13 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
             limits.max_connections
         );
     }
+    let auth = Auth::new(&boot.secret, boot.join_token.clone(), config.token_ttl);
+    let metrics = Arc::new(metrics::Metrics::new(auth.limiter().failures()));
     let state = AppState(Arc::new(Inner {
-        store: config.store,
+        // Wrapped here, once, so every store call of this replica is timed.
+        store: metrics::InstrumentedStore::wrap(config.store, metrics.store()),
         blobs: config.blobs,
-        auth: Auth::new(&boot.secret, boot.join_token.clone(), config.token_ttl),
+        auth,
         hub: Hub::default(),
         settings: config.settings,
         replica: config.replica,
@@ -176,6 +202,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         leading: Default::default(),
         perf: Default::default(),
         loops: Default::default(),
+        metrics,
     }));
 
     let app = api::router(state.clone());
@@ -191,6 +218,19 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
     if let Some(store) = &cert_store {
         store.clone().watch(TLS_RELOAD_EVERY, shutdown.clone());
     }
+    let mut tasks = vec![http];
+    if let Some(listener) = metrics_listener {
+        let app = metrics::open_router(state.clone());
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!("metrics listener stopped: {e}");
+            }
+        }));
+    }
     let relay = tokio::spawn(controller::assignment_relay(state.clone()));
     let ctrl = tokio::spawn(controller::run_controller(state.clone()));
     tracing::info!(%addr, store = %state.store.describe(), blobs = %state.blobs.describe(), "server listening");
@@ -201,7 +241,11 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         admin_created: boot.admin_created,
         tls: cert_store,
         listen_stats,
+        metrics_addr,
         shutdown,
-        tasks: vec![http, relay, ctrl],
+        tasks: {
+            tasks.extend([relay, ctrl]);
+            tasks
+        },
     })
 }

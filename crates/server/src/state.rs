@@ -29,6 +29,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Serve HTTPS with this certificate and key (re-read when they change).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Who may read `/metrics`, and on which address.
+    pub metrics: crate::metrics::MetricsSettings,
 }
 
 impl Default for Settings {
@@ -41,6 +43,7 @@ impl Default for Settings {
             max_connections_per_address: 2_000,
             header_read_timeout: Duration::from_secs(10),
             tls: None,
+            metrics: Default::default(),
         }
     }
 }
@@ -61,6 +64,8 @@ pub struct Inner {
     /// Health of the background loops (watches of the relay and the plan
     /// engine), shown by `/healthz`.
     pub loops: crate::controller::Loops,
+    /// What `/metrics` shows.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Clone)]

@@ -106,6 +106,7 @@ pub const CLIENT_WS_MAX_MESSAGE: usize = 64 * 1024;
 /// Builds the router and the OpenAPI document.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body;
+    let metrics = state.metrics.clone();
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(auth::login))
@@ -192,6 +193,9 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/ws/agent", get(crate::agent_session::upgrade))
+        // Outside /api and the OpenAPI document: for a scraper holding the
+        // metrics token, never a user session (docs/operations.md).
+        .route("/metrics", get(crate::metrics::serve_with_token))
         // The web console: `/`, its pages' deep links and `/console/…`
         // assets; never anything under /api, /v2.1, /ws or /healthz.
         .merge(testbed_console::router())
@@ -200,6 +204,11 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(guard::check_path))
         .layer(axum::middleware::from_fn(guard::json_errors))
+        // Outermost, so every answer is counted as the client got it.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track_http,
+        ))
         .with_state(state)
 }
 

@@ -1018,7 +1018,12 @@ pub async fn live(
     Ok(ws
         // Viewers only listen: anything they send is small or a mistake.
         .max_message_size(crate::api::CLIENT_WS_MAX_MESSAGE)
-        .on_upgrade(move |socket| stream_live(state, execution_id, socket)))
+        .on_upgrade(move |socket| {
+            state
+                .metrics
+                .clone()
+                .track_ws("performance_live", stream_live(state, execution_id, socket))
+        }))
 }
 
 fn metrics_message(p: &perf::LivePoint) -> Value {

@@ -312,7 +312,12 @@ pub async fn follow(
     Ok(ws
         // Viewers only listen: anything they send is small or a mistake.
         .max_message_size(crate::api::CLIENT_WS_MAX_MESSAGE)
-        .on_upgrade(move |socket| stream_log(state, id, socket)))
+        .on_upgrade(move |socket| {
+            state
+                .metrics
+                .clone()
+                .track_ws("task_log", stream_log(state, id, socket))
+        }))
 }
 
 async fn stream_log(state: AppState, id: Uuid, mut socket: WebSocket) {

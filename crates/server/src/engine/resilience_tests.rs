@@ -106,6 +106,7 @@ fn state_over(store: DynStore, dir: &std::path::Path) -> AppState {
         leading: Default::default(),
         perf: Default::default(),
         loops: Default::default(),
+        metrics: Default::default(),
     }))
 }
 

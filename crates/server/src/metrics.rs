@@ -1,0 +1,861 @@
+//! Prometheus metrics of a server replica, served at `/metrics`.
+//!
+//! Everything is registered once in one [`prometheus_client`] registry:
+//!
+//! * HTTP requests by method, route **template** and status, and their
+//!   latency — from [`track_http`], an axum middleware reading
+//!   [`MatchedPath`], so no id ever becomes a label;
+//! * store operation latency and errors by operation — from
+//!   [`InstrumentedStore`], which wraps the store once in `start()`;
+//! * login failures — counted by the login limiter (`auth.rs`);
+//! * WebSocket sessions open by kind — [`Metrics::track_ws`] around each
+//!   stream;
+//! * gauges read at scrape time: tasks by status (cluster-wide, from the
+//!   store, cached briefly), agents connected here, controller leadership;
+//! * the usual `process_*` metrics, read from `/proc/self` ([`process`]).
+//!
+//! Access: `/metrics` on the API port needs `Authorization: Bearer <metrics
+//! token>` (`--metrics-token-file`, `TESTBED_METRICS_TOKEN`), or it is served
+//! without auth on its own `--metrics-listen` address; with neither, it does
+//! not exist (404). See docs/operations.md.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use serde::Deserialize;
+use testbed_core::task::TaskStatus;
+use testbed_store::{
+    Compare, DynStore, KeyValue, LeaseId, Page, Store, StoreError, TxnOp, WatchStream,
+};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The content type of the OpenMetrics text format, which Prometheus asks
+/// for first and which `prometheus-client` writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How long a scrape-time count of the tasks is reused: scrapes from several
+/// Prometheus servers (or a curl loop) cost one store scan per interval.
+const TASK_COUNT_TTL: Duration = Duration::from_secs(10);
+
+/// Page size of the task scan.
+const TASK_SCAN_PAGE: usize = 1000;
+
+/// Who may read `/metrics`, and where.
+#[derive(Clone, Default)]
+pub struct MetricsSettings {
+    /// `/metrics` on the API port, for `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// A separate listener that serves `/metrics` alone, without auth.
+    pub listen: Option<String>,
+}
+
+impl std::fmt::Debug for MetricsSettings {
+    // The token is a secret: never in a log line or a panic message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSettings")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("listen", &self.listen)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: &'static str,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: &'static str,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why a login failed, for `testbed_login_failures_total{reason}`.
+#[derive(Clone, Copy, Debug)]
+pub enum LoginFailure {
+    /// Wrong username or password (or the check itself failed).
+    Credentials,
+    /// Refused by the rate limit before any check.
+    RateLimited,
+}
+
+/// `testbed_login_failures_total`, owned by the login limiter and
+/// registered by [`Metrics::new`].
+#[derive(Clone, Debug, Default)]
+pub struct LoginFailures(Family<ReasonLabels, Counter>);
+
+impl LoginFailures {
+    pub fn inc(&self, why: LoginFailure) {
+        let reason = match why {
+            LoginFailure::Credentials => "credentials",
+            LoginFailure::RateLimited => "rate_limited",
+        };
+        self.0.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to 10 s: a redb read is microseconds, an etcd round trip a
+    // millisecond or more, a slow request seconds.
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+/// The store's latency and error families, shared with [`InstrumentedStore`].
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    duration: HistogramFamily<OperationLabels>,
+    errors: Family<OperationLabels, Counter>,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            duration: Family::new_with_constructor(latency_histogram),
+            errors: Family::default(),
+        }
+    }
+}
+
+impl StoreMetrics {
+    fn record<T>(&self, operation: &'static str, started: Instant, result: &Result<T, StoreError>) {
+        let labels = OperationLabels { operation };
+        self.duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.errors.get_or_create(&labels).inc();
+        }
+    }
+}
+
+/// The metrics of one server replica.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: HistogramFamily<RouteLabels>,
+    store: StoreMetrics,
+    tasks: Family<StatusLabels, Gauge>,
+    agents_connected: Gauge,
+    ws_sessions: Family<KindLabels, Gauge>,
+    controller_leader: Gauge,
+    /// The last task count and when it was taken.
+    task_count: tokio::sync::Mutex<Option<Instant>>,
+    /// Last scrape error of the task count, logged once per change.
+    task_count_error: Mutex<Option<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(LoginFailures::default())
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new(login_failures: LoginFailures) -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "testbed_http_requests",
+            "HTTP requests answered, by method, route template and status",
+            http_requests.clone(),
+        );
+        let http_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "testbed_http_request_duration",
+            "Time to answer an HTTP request (to the 101 for a WebSocket), by method and route template",
+            Unit::Seconds,
+            http_duration.clone(),
+        );
+        let store = StoreMetrics::default();
+        registry.register_with_unit(
+            "testbed_store_operation_duration",
+            "Latency of store operations (redb or etcd), by operation",
+            Unit::Seconds,
+            store.duration.clone(),
+        );
+        registry.register(
+            "testbed_store_errors",
+            "Store operations that failed, by operation",
+            store.errors.clone(),
+        );
+        let tasks = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "testbed_tasks",
+            "Tasks in the store by status (cluster-wide: every replica reports the same figure)",
+            tasks.clone(),
+        );
+        let agents_connected = Gauge::default();
+        registry.register(
+            "testbed_agents_connected",
+            "Agents connected to this replica",
+            agents_connected.clone(),
+        );
+        let ws_sessions = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "testbed_websocket_sessions",
+            "Client WebSocket sessions open on this replica, by kind (agents: testbed_agents_connected)",
+            ws_sessions.clone(),
+        );
+        registry.register(
+            "testbed_login_failures",
+            "Failed logins: wrong credentials, or refused by the rate limit",
+            login_failures.0.clone(),
+        );
+        let controller_leader = Gauge::default();
+        registry.register(
+            "testbed_controller_leader",
+            "1 while this replica leads the controller, else 0",
+            controller_leader.clone(),
+        );
+        let build = prometheus_client::metrics::info::Info::new(vec![(
+            "version",
+            env!("CARGO_PKG_VERSION"),
+        )]);
+        registry.register("testbed_build", "The running Testbed version", build);
+        registry.register_collector(Box::new(process::ProcessCollector));
+        // Every status and kind from the first scrape on, at 0: a series
+        // that appears only when it first moves breaks rate() and alerts.
+        for status in TASK_STATUSES {
+            tasks.get_or_create_owned(&StatusLabels {
+                status: status.as_str(),
+            });
+        }
+        for kind in ["task_log", "performance_live"] {
+            ws_sessions.get_or_create_owned(&KindLabels { kind });
+        }
+        for reason in ["credentials", "rate_limited"] {
+            login_failures
+                .0
+                .get_or_create_owned(&ReasonLabels { reason });
+        }
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            store,
+            tasks,
+            agents_connected,
+            ws_sessions,
+            controller_leader,
+            task_count: tokio::sync::Mutex::new(None),
+            task_count_error: Mutex::new(None),
+        }
+    }
+
+    /// The families the store wrapper records into.
+    pub fn store(&self) -> StoreMetrics {
+        self.store.clone()
+    }
+
+    /// Runs a client WebSocket session, counted as open while it runs.
+    pub async fn track_ws<F: std::future::Future<Output = ()>>(
+        self: Arc<Self>,
+        kind: &'static str,
+        session: F,
+    ) {
+        struct Open(Gauge);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let gauge = self.ws_sessions.get_or_create_owned(&KindLabels { kind });
+        gauge.inc();
+        let _open = Open(gauge);
+        session.await
+    }
+
+    fn observe_http(&self, method: &'static str, route: String, status: u16, elapsed: Duration) {
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                method,
+                route: route.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method,
+                route,
+                status,
+            })
+            .inc();
+    }
+
+    /// Sets the gauges that are read at scrape time.
+    async fn refresh(&self, state: &AppState) {
+        self.agents_connected.set(state.hub.connected() as i64);
+        self.controller_leader
+            .set(i64::from(state.leading.load(Ordering::Relaxed)));
+        let mut last = self.task_count.lock().await;
+        if last.is_some_and(|at| at.elapsed() < TASK_COUNT_TTL) {
+            return;
+        }
+        match count_tasks(&state.store).await {
+            Ok(counts) => {
+                for (status, n) in TASK_STATUSES.iter().zip(counts) {
+                    self.tasks
+                        .get_or_create(&StatusLabels {
+                            status: status.as_str(),
+                        })
+                        .set(n);
+                }
+                *last = Some(Instant::now());
+                *self.lock_error() = None;
+            }
+            Err(e) => {
+                // The gauges keep their last values; the store's error
+                // counter shows the failure. Log each new error once, not
+                // every scrape.
+                let msg = e.to_string();
+                let mut prev = self.lock_error();
+                if prev.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!("metrics: counting tasks failed: {msg}");
+                    *prev = Some(msg);
+                }
+            }
+        }
+    }
+
+    fn lock_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.task_count_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The exposition: OpenMetrics text.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+const TASK_STATUSES: [TaskStatus; 7] = [
+    TaskStatus::Queued,
+    TaskStatus::Running,
+    TaskStatus::Succeeded,
+    TaskStatus::Failed,
+    TaskStatus::Error,
+    TaskStatus::Cancelled,
+    TaskStatus::Lost,
+];
+
+/// Tasks by status, in the order of [`TASK_STATUSES`]. A record that does
+/// not decode is not counted (the API reports it where it is read).
+async fn count_tasks(store: &DynStore) -> Result<[i64; 7], StoreError> {
+    #[derive(Deserialize)]
+    struct StatusOnly {
+        status: TaskStatus,
+    }
+    let mut counts = [0i64; 7];
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .range(testbed_core::keys::TASKS, after.as_deref(), TASK_SCAN_PAGE)
+            .await?;
+        for kv in &page.kvs {
+            if let Ok(t) = serde_json::from_slice::<StatusOnly>(&kv.value) {
+                if let Some(i) = TASK_STATUSES.iter().position(|s| *s == t.status) {
+                    counts[i] += 1;
+                }
+            }
+        }
+        match (page.more, page.kvs.last()) {
+            (true, Some(last)) => after = Some(last.key.clone()),
+            _ => return Ok(counts),
+        }
+    }
+}
+
+/// The method as a label: the standard ones by name, anything else (a
+/// client may send any token) as `other`, so the label stays bounded.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Counts and times every request by its route template. Requests no route
+/// matched (404s, probes) share the route `unmatched`, so a scanner cannot
+/// grow the label set.
+pub async fn track_http(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    metrics.observe_http(method, route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Constant-time comparison, so the time of a refusal does not tell how
+/// much of a guessed token was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /metrics` on the API port: only for the metrics token (not a user
+/// token: a scraper's secret must not open the API, nor a user's session
+/// the metrics).
+pub async fn serve_with_token(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(expected) = state.settings.metrics.token.as_deref() else {
+        return ApiError::not_found("no such endpoint: /metrics").into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => {
+            exposition(&state).await
+        }
+        Some(_) => ApiError::unauthorized("invalid metrics token").into_response(),
+        None => {
+            let mut r = ApiError::unauthorized(
+                "missing metrics token (Authorization: Bearer <token of --metrics-token-file>)",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+    }
+}
+
+/// `GET /metrics` on `--metrics-listen`: no auth (that address is for the
+/// scraper's network only).
+pub async fn serve_open(State(state): State<AppState>) -> Response {
+    exposition(&state).await
+}
+
+async fn exposition(state: &AppState) -> Response {
+    state.metrics.refresh(state).await;
+    match state.metrics.encode() {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+            body,
+        )
+            .into_response(),
+        Err(_) => ApiError::internal("encoding the metrics failed").into_response(),
+    }
+}
+
+/// The router of `--metrics-listen`: `/metrics` and nothing else.
+pub fn open_router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(serve_open))
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::not_found(format!(
+                "no such endpoint: {} (this address serves /metrics only)",
+                uri.path()
+            ))
+        })
+        .with_state(state)
+}
+
+/// The store, timed and counted per operation. Wraps whatever backend the
+/// server was given, in one place (`start()`), so every caller is measured.
+pub struct InstrumentedStore {
+    inner: DynStore,
+    metrics: StoreMetrics,
+}
+
+impl InstrumentedStore {
+    pub fn wrap(inner: DynStore, metrics: StoreMetrics) -> DynStore {
+        Arc::new(InstrumentedStore { inner, metrics })
+    }
+}
+
+macro_rules! timed {
+    ($self:ident, $op:literal, $call:expr) => {{
+        let started = Instant::now();
+        let result = $call.await;
+        $self.metrics.record($op, started, &result);
+        result
+    }};
+}
+
+#[async_trait]
+impl Store for InstrumentedStore {
+    async fn get(&self, key: &str) -> testbed_store::Result<Option<KeyValue>> {
+        timed!(self, "get", self.inner.get(key))
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> testbed_store::Result<i64> {
+        timed!(self, "put", self.inner.put(key, value, lease))
+    }
+    async fn delete(&self, key: &str) -> testbed_store::Result<bool> {
+        timed!(self, "delete", self.inner.delete(key))
+    }
+    async fn range(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> testbed_store::Result<Page> {
+        timed!(self, "range", self.inner.range(prefix, after, limit))
+    }
+    async fn txn(
+        &self,
+        compares: &[(String, Compare)],
+        ops: Vec<TxnOp>,
+    ) -> testbed_store::Result<Option<i64>> {
+        timed!(self, "txn", self.inner.txn(compares, ops))
+    }
+    // The single-key forms go to the backend's own (possibly faster)
+    // versions, and count as transactions.
+    async fn txn_put(
+        &self,
+        key: &str,
+        compare: Compare,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> testbed_store::Result<Option<i64>> {
+        timed!(self, "txn", self.inner.txn_put(key, compare, value, lease))
+    }
+    async fn txn_delete(&self, key: &str, compare: Compare) -> testbed_store::Result<bool> {
+        timed!(self, "txn", self.inner.txn_delete(key, compare))
+    }
+    async fn revision(&self) -> testbed_store::Result<i64> {
+        timed!(self, "revision", self.inner.revision())
+    }
+    /// Times the opening of the watch; its events are not timed.
+    async fn watch(&self, prefix: &str, from_revision: i64) -> testbed_store::Result<WatchStream> {
+        timed!(self, "watch", self.inner.watch(prefix, from_revision))
+    }
+    async fn grant_lease(&self, ttl: Duration) -> testbed_store::Result<LeaseId> {
+        timed!(self, "grant_lease", self.inner.grant_lease(ttl))
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> testbed_store::Result<()> {
+        timed!(self, "keep_alive", self.inner.keep_alive(lease))
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> testbed_store::Result<()> {
+        timed!(self, "revoke_lease", self.inner.revoke_lease(lease))
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn exclusive(&self) -> bool {
+        self.inner.exclusive()
+    }
+}
+
+/// The usual `process_*` metrics of the Prometheus client libraries, read
+/// from `/proc/self` at scrape time (Linux; elsewhere they are absent).
+pub mod process {
+    use prometheus_client::collector::Collector;
+    use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    use prometheus_client::registry::Unit;
+
+    /// What one read of `/proc/self` found; a field that could not be read
+    /// is `None` and its metric is left out of the scrape.
+    #[derive(Debug, Default, PartialEq)]
+    pub struct Sample {
+        pub cpu_seconds: Option<f64>,
+        pub resident_bytes: Option<i64>,
+        pub virtual_bytes: Option<i64>,
+        pub start_time_seconds: Option<f64>,
+        pub open_fds: Option<i64>,
+        pub max_fds: Option<i64>,
+    }
+
+    /// Fields of `/proc/self/stat` after the command name, which is in
+    /// parentheses and may itself hold spaces and parentheses.
+    fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+        let rest = &stat[stat.rfind(')')? + 1..];
+        Some(rest.split_whitespace().collect())
+    }
+
+    /// `VmRSS:  1234 kB` → bytes.
+    fn status_kb(status: &str, field: &str) -> Option<i64> {
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        let kb: i64 = line[field.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
+    /// Parses the files (split out so it is tested on fixed text).
+    pub fn parse(stat: &str, status: &str, proc_stat: &str, clock_ticks: f64) -> Sample {
+        let fields = stat_fields(stat).unwrap_or_default();
+        // After the name: state is field 3 of proc(5), so index = n - 3.
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let cpu = match (field(14), field(15)) {
+            (Some(u), Some(s)) if clock_ticks > 0.0 => Some((u + s) / clock_ticks),
+            _ => None,
+        };
+        let boot = proc_stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        let start = match (boot, field(22)) {
+            (Some(b), Some(t)) if clock_ticks > 0.0 => Some(b + t / clock_ticks),
+            _ => None,
+        };
+        Sample {
+            cpu_seconds: cpu,
+            resident_bytes: status_kb(status, "VmRSS:"),
+            virtual_bytes: status_kb(status, "VmSize:"),
+            start_time_seconds: start,
+            open_fds: None,
+            max_fds: None,
+        }
+    }
+
+    /// Reads this process's figures now.
+    pub fn sample() -> Sample {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .map(|t| t as f64)
+            .unwrap_or(0.0);
+        let mut s = parse(
+            &read("/proc/self/stat"),
+            &read("/proc/self/status"),
+            &read("/proc/stat"),
+            ticks,
+        );
+        s.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as i64);
+        s.max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .ok()
+            .map(|(soft, _)| i64::try_from(soft).unwrap_or(i64::MAX));
+        s
+    }
+
+    #[derive(Debug)]
+    pub struct ProcessCollector;
+
+    impl Collector for ProcessCollector {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let s = sample();
+            if let Some(v) = s.cpu_seconds {
+                let c = ConstCounter::new(v);
+                c.encode(encoder.encode_descriptor(
+                    "process_cpu",
+                    "Total user and system CPU time spent in seconds",
+                    Some(&Unit::Seconds),
+                    c.metric_type(),
+                )?)?;
+            }
+            let gauges: [(&str, &str, Option<Unit>, Option<f64>); 5] = [
+                (
+                    "process_resident_memory",
+                    "Resident memory size in bytes",
+                    Some(Unit::Bytes),
+                    s.resident_bytes.map(|v| v as f64),
+                ),
+                (
+                    "process_virtual_memory",
+                    "Virtual memory size in bytes",
+                    Some(Unit::Bytes),
+                    s.virtual_bytes.map(|v| v as f64),
+                ),
+                (
+                    "process_start_time",
+                    "Start time of the process since the Unix epoch in seconds",
+                    Some(Unit::Seconds),
+                    s.start_time_seconds,
+                ),
+                (
+                    "process_open_fds",
+                    "Number of open file descriptors",
+                    None,
+                    s.open_fds.map(|v| v as f64),
+                ),
+                (
+                    "process_max_fds",
+                    "Maximum number of open file descriptors",
+                    None,
+                    s.max_fds.map(|v| v as f64),
+                ),
+            ];
+            for (name, help, unit, value) in gauges {
+                if let Some(v) = value {
+                    let g = ConstGauge::new(v);
+                    g.encode(encoder.encode_descriptor(
+                        name,
+                        help,
+                        unit.as_ref(),
+                        g.metric_type(),
+                    )?)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_parse() {
+        // A command name with a space and a parenthesis, as proc(5) allows.
+        let stat = "4242 (testbed (x)) S 1 4242 4242 0 -1 4194560 500 0 0 0 \
+                    250 150 0 0 20 0 8 0 12000 123456789 4000 18446744073709551615";
+        let status = "Name:\ttestbed\nVmSize:\t  123456 kB\nVmRSS:\t    2048 kB\n";
+        let proc_stat = "cpu  1 2 3\nbtime 1700000000\nprocesses 9\n";
+        let s = process::parse(stat, status, proc_stat, 100.0);
+        assert_eq!(s.cpu_seconds, Some(4.0));
+        assert_eq!(s.resident_bytes, Some(2048 * 1024));
+        assert_eq!(s.virtual_bytes, Some(123456 * 1024));
+        assert_eq!(s.start_time_seconds, Some(1_700_000_120.0));
+    }
+
+    #[test]
+    fn unreadable_proc_files_leave_metrics_out() {
+        let s = process::parse("", "", "", 100.0);
+        assert_eq!(s, process::Sample::default());
+    }
+
+    #[test]
+    fn live_process_sample_is_plausible() {
+        let s = process::sample();
+        if cfg!(target_os = "linux") {
+            assert!(s.resident_bytes.unwrap_or(0) > 0, "{s:?}");
+            assert!(s.open_fds.unwrap_or(0) > 0, "{s:?}");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            let start = s.start_time_seconds.unwrap_or(0.0);
+            assert!(start > now - 86_400.0 && start <= now + 1.0, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn exposition_names_follow_conventions() {
+        let login = LoginFailures::default();
+        let m = Metrics::new(login.clone());
+        m.observe_http(
+            "GET",
+            "/api/runs/{id}".into(),
+            200,
+            Duration::from_millis(3),
+        );
+        login.inc(LoginFailure::Credentials);
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains(
+                "testbed_http_requests_total{method=\"GET\",route=\"/api/runs/{id}\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("testbed_http_request_duration_seconds_bucket{"),
+            "{text}"
+        );
+        assert!(
+            text.contains("testbed_login_failures_total{reason=\"credentials\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("testbed_login_failures_total{reason=\"rate_limited\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("testbed_tasks{status=\"lost\"} 0"), "{text}");
+        assert!(
+            text.contains("# TYPE process_cpu_seconds counter"),
+            "{text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        let m = axum::http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(method_label(&m), "other");
+        assert_eq!(method_label(&axum::http::Method::GET), "GET");
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+    }
+
+    #[test]
+    fn settings_debug_hides_the_token() {
+        let s = MetricsSettings {
+            token: Some("s3cret".into()),
+            listen: None,
+        };
+        assert!(!format!("{s:?}").contains("s3cret"));
+    }
+}
