@@ -247,9 +247,13 @@ pub(crate) fn build(
                     }
                 }
             }
-            // The boundary goes in the header; one written by hand has none.
-            out.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
-            body = BuiltBody::Form(parts);
+            // An empty form is no body at all, as in Postman (a GET exported
+            // with `"formdata": []` must not turn into a multipart upload).
+            if !parts.is_empty() {
+                // The boundary goes in the header; one written by hand has none.
+                out.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
+                body = BuiltBody::Form(parts);
+            }
         }
         Some(Body::File { src }) => match src {
             None => r.issues.push(Issue::Unsupported(
@@ -329,14 +333,25 @@ pub(crate) fn build(
                 .push(Issue::Unsupported(format!("auth type '{ty}'")));
         }
     }
-    if !has(&out, "user-agent") {
-        out.push((
-            "User-Agent".into(),
-            concat!("testbed-postman/", env!("CARGO_PKG_VERSION")).into(),
-        ));
-    }
-    if !has(&out, "accept") {
-        out.push(("Accept".into(), "*/*".into()));
+    // The headers Postman's runtime adds to every request unless the request
+    // sets them: servers and scripts that look for them see the same thing
+    // under Newman and here. The user agent keeps Postman's product token
+    // first, since servers match on it, and names this runner after it.
+    let postman_token = uuid::Uuid::new_v4().to_string();
+    let defaults: [(&str, &str); 5] = [
+        (
+            "User-Agent",
+            concat!("PostmanRuntime/7.39.1 testbed/", env!("CARGO_PKG_VERSION")),
+        ),
+        ("Accept", "*/*"),
+        ("Cache-Control", "no-cache"),
+        ("Postman-Token", &postman_token),
+        ("Accept-Encoding", ACCEPT_ENCODING),
+    ];
+    for (name, value) in defaults {
+        if !has(&out, name) {
+            out.push((name.into(), value.into()));
+        }
     }
 
     if !r.issues.is_empty() {
@@ -426,8 +441,18 @@ pub(crate) struct Answer {
     pub size: usize,
 }
 
+/// What Postman offers: the encodings [`decode`] reads.
+pub(crate) const ACCEPT_ENCODING: &str = "gzip, deflate, br";
+
+/// A decoded body larger than this is refused: a small compressed reply must
+/// not be able to exhaust memory.
+const MAX_DECODED: u64 = 512 << 20;
+
+/// The client of one run. It holds the run's cookie jar: a `Set-Cookie` is sent
+/// back on later requests to the same site, as Newman does.
 pub(crate) fn client(timeout: Duration, insecure: bool) -> Result<reqwest::Client, TransportError> {
     reqwest::Client::builder()
+        .cookie_store(true)
         .timeout(timeout)
         .danger_accept_invalid_certs(insecure)
         .build()
@@ -481,13 +506,20 @@ pub(crate) async fn send(
             )
         })
         .collect();
-    let body = resp
+    let wire = resp
         .bytes()
         .await
         .map_err(|e| classify(&e, timeout))?
         .to_vec();
     let time = start.elapsed();
-    let size = body.len()
+    let encoding = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-encoding"))
+        .map(|(_, v)| v.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let body = decode(&encoding, &wire).map_err(TransportError::Invalid)?;
+    let size = wire.len()
         + headers
             .iter()
             .map(|(k, v)| k.len() + v.len() + 4)
@@ -502,9 +534,93 @@ pub(crate) async fn send(
     })
 }
 
+/// The body of a reply as the scripts see it: undone from its
+/// `Content-Encoding` (codings listed in the order they were applied, so undone
+/// last first). Headers stay as received, `Content-Encoding` included, as in
+/// Postman. An encoding this runner does not know leaves the body as is.
+pub(crate) fn decode(encoding: &str, wire: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let codings: Vec<String> = encoding
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    let mut body = wire.to_vec();
+    // A HEAD reply, a 204 or a 304 carries the header with no body.
+    if body.is_empty() {
+        return Ok(body);
+    }
+    for coding in codings.iter().rev() {
+        let mut out = Vec::new();
+        let limited = |r: &mut dyn Read, out: &mut Vec<u8>| -> std::io::Result<()> {
+            r.take(MAX_DECODED + 1).read_to_end(out).map(|_| ())
+        };
+        let read = match coding.as_str() {
+            "gzip" | "x-gzip" => {
+                limited(&mut flate2::read::MultiGzDecoder::new(&body[..]), &mut out)
+            }
+            // RFC 9110's deflate is zlib-wrapped; some servers send it raw,
+            // and browsers (and Postman) accept both.
+            "deflate" => {
+                let zlib = limited(&mut flate2::read::ZlibDecoder::new(&body[..]), &mut out);
+                if zlib.is_err() {
+                    out.clear();
+                    limited(&mut flate2::read::DeflateDecoder::new(&body[..]), &mut out)
+                } else {
+                    zlib
+                }
+            }
+            "br" => limited(
+                &mut brotli_decompressor::Decompressor::new(&body[..], 4096),
+                &mut out,
+            ),
+            _ => return Ok(body),
+        };
+        read.map_err(|e| format!("the reply's {coding} body cannot be decoded: {e}"))?;
+        if out.len() as u64 > MAX_DECODED {
+            return Err(format!(
+                "the reply's {coding} body decodes to more than {} MiB",
+                MAX_DECODED >> 20
+            ));
+        }
+        body = out;
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decodes_what_postman_accepts() {
+        use std::io::Write;
+        let doc = br#"{"gzipped": true}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(doc).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(decode("gzip", &gz).unwrap(), doc);
+        assert_eq!(decode(" X-Gzip ", &gz).unwrap(), doc);
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zlib.write_all(doc).unwrap();
+        assert_eq!(decode("deflate", &zlib.finish().unwrap()).unwrap(), doc);
+        let mut raw =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        raw.write_all(doc).unwrap();
+        assert_eq!(decode("deflate", &raw.finish().unwrap()).unwrap(), doc);
+        let mut br = Vec::new();
+        brotli::BrotliCompress(&mut &doc[..], &mut br, &Default::default()).unwrap();
+        assert_eq!(decode("br", &br).unwrap(), doc);
+        // Applied gzip then br: undone br then gzip.
+        let mut both = Vec::new();
+        brotli::BrotliCompress(&mut &gz[..], &mut both, &Default::default()).unwrap();
+        assert_eq!(decode("gzip, br", &both).unwrap(), doc);
+        assert_eq!(decode("", doc).unwrap(), doc);
+        assert_eq!(decode("zstd", doc).unwrap(), doc);
+        assert_eq!(decode("gzip", b"").unwrap(), b"");
+        let e = decode("gzip", b"not gzip").unwrap_err();
+        assert!(e.contains("gzip body cannot be decoded"), "{e}");
+    }
     use crate::postman::collection::{QueryParam, Variable};
 
     #[test]
