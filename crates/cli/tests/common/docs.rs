@@ -14,7 +14,8 @@
 //! - when the harness runs as root, a network namespace of its own with only a
 //!   loopback, so every file can use the documented `127.0.0.1:8774` (and etcd's
 //!   `127.0.0.1:2379`) while other tests run; otherwise the host's network,
-//!   and those ports must be free.
+//!   and those ports must be free (sandboxes then run one at a time;
+//!   `TESTBED_DOCS_HOST_NETWORK=1` asks for this mode).
 //!
 //! Blocks of a file run one after the other with `bash -e` (a block stops at
 //! its first failing command and fails). Shell variables and exports, and the
@@ -320,10 +321,14 @@ pub struct Sandbox {
     path: String,
     /// The `sleep` holding the network namespace, when there is one.
     netns: Option<Child>,
+    /// Without a namespace, sandboxes share the host's ports: one at a time.
+    _host_net: Option<std::sync::MutexGuard<'static, ()>>,
     backgrounds: Vec<Background>,
     etcd: Option<Child>,
     count: usize,
 }
+
+static HOST_NETWORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
@@ -363,9 +368,15 @@ impl Sandbox {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
         );
         let netns = Self::network_namespace();
-        if netns.is_none() {
-            eprintln!("{name}: no network namespace (needs root); using the host's 127.0.0.1:8774");
-        }
+        let host_net = if netns.is_none() {
+            eprintln!(
+                "{name}: no network namespace (needs root); using the host's 127.0.0.1:8774, one sandbox at a time"
+            );
+            // A test that panicked held it: the lock is still good.
+            Some(HOST_NETWORK.lock().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            None
+        };
         Sandbox {
             name: name.to_string(),
             dir,
@@ -373,6 +384,7 @@ impl Sandbox {
             home,
             path,
             netns,
+            _host_net: host_net,
             backgrounds: Vec::new(),
             etcd: None,
             count: 0,
@@ -382,6 +394,9 @@ impl Sandbox {
     /// A process holding a fresh network namespace with its loopback up, or
     /// None when namespaces are not available (not root).
     fn network_namespace() -> Option<Child> {
+        if std::env::var_os("TESTBED_DOCS_HOST_NETWORK").is_some() {
+            return None;
+        }
         let mut holder = Command::new("unshare")
             .args(["-n", "--", "sleep", "100000"])
             .stdin(Stdio::null())
