@@ -267,6 +267,11 @@ impl Metrics {
                 status: status.as_str(),
             });
         }
+        for operation in STORE_OPERATIONS {
+            store
+                .errors
+                .get_or_create_owned(&OperationLabels { operation });
+        }
         for kind in ["task_log", "performance_live"] {
             ws_sessions.get_or_create_owned(&KindLabels { kind });
         }
@@ -376,6 +381,20 @@ impl Metrics {
         Ok(out)
     }
 }
+
+/// The `operation` label values of the store metrics.
+const STORE_OPERATIONS: [&str; 10] = [
+    "get",
+    "put",
+    "delete",
+    "range",
+    "txn",
+    "revision",
+    "watch",
+    "grant_lease",
+    "keep_alive",
+    "revoke_lease",
+];
 
 const TASK_STATUSES: [TaskStatus; 7] = [
     TaskStatus::Queued,
@@ -827,6 +846,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("testbed_tasks{status=\"lost\"} 0"), "{text}");
+        assert!(
+            text.contains("testbed_store_errors_total{operation=\"txn\"} 0"),
+            "{text}"
+        );
         assert!(
             text.contains("# TYPE process_cpu_seconds counter"),
             "{text}"

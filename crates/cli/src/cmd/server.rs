@@ -75,6 +75,65 @@ pub struct ServerArgs {
     pub replica: Option<String>,
     #[command(flatten)]
     pub conn: ConnArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// Who may read `/metrics`, shared by `server` and `up` (docs/operations.md).
+/// The token itself is never a flag (`ps` would show it): a file, or
+/// `TESTBED_METRICS_TOKEN`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MetricsArgs {
+    /// Serve /metrics on the API port to `Authorization: Bearer <token>`,
+    /// the token read from FILE (or from TESTBED_METRICS_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// Serve /metrics, without auth, on this separate address (for the
+    /// scraper's network only).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
+}
+
+/// Shortest metrics token accepted: it is the only thing between the
+/// network and the metrics.
+const MIN_METRICS_TOKEN: usize = 16;
+
+impl MetricsArgs {
+    pub fn settings(&self) -> anyhow::Result<testbed_server::metrics::MetricsSettings> {
+        let from_env = std::env::var("TESTBED_METRICS_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let token = match (&self.metrics_token_file, from_env) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "--metrics-token-file and TESTBED_METRICS_TOKEN are both set: give one"
+            ),
+            (Some(file), None) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("--metrics-token-file: reading {}", file.display()))?;
+                Some(check_metrics_token(
+                    text.trim(),
+                    &format!("--metrics-token-file {}", file.display()),
+                )?)
+            }
+            (None, Some(t)) => Some(check_metrics_token(t.trim(), "TESTBED_METRICS_TOKEN")?),
+            (None, None) => None,
+        };
+        Ok(testbed_server::metrics::MetricsSettings {
+            token,
+            listen: self.metrics_listen.clone(),
+        })
+    }
+}
+
+fn check_metrics_token(token: &str, source: &str) -> anyhow::Result<String> {
+    if token.len() < MIN_METRICS_TOKEN || token.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        anyhow::bail!(
+            "{source}: the metrics token must be at least {MIN_METRICS_TOKEN} characters with no \
+             spaces or control characters (e.g. `openssl rand -hex 32`)"
+        );
+    }
+    Ok(token.to_string())
 }
 
 /// HTTPS and connection limits, shared by `server` and `up`.
@@ -168,6 +227,7 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<testbed_server::Server> 
             max_connections_per_address: args.conn.max_connections_per_address,
             header_read_timeout: Duration::from_secs(args.conn.header_read_timeout),
             tls: args.conn.tls(),
+            metrics: args.metrics.settings()?,
             ..Settings::default()
         },
         admin_password: std::env::var("TESTBED_ADMIN_PASSWORD").ok(),
@@ -203,6 +263,9 @@ pub fn print_banner(server: &testbed_server::Server, where_: &str) {
     println!("agent join token: {}", server.join_token);
     if let Some(fp) = server.tls_fingerprint() {
         println!("TLS certificate SHA-256 fingerprint: {fp}");
+    }
+    if let Some(addr) = server.metrics_addr {
+        println!("metrics (no auth): http://{addr}/metrics");
     }
 }
 

@@ -10,7 +10,7 @@ use testbed_agent::config::parse_labels;
 use testbed_agent::{Agent, AgentConfig};
 use tokio_util::sync::CancellationToken;
 
-use super::server::{ConnArgs, ServerArgs, StoreArgs};
+use super::server::{ConnArgs, MetricsArgs, ServerArgs, StoreArgs};
 
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "Examples:\n  \
@@ -53,6 +53,8 @@ pub struct UpArgs {
     pub run_as: Option<String>,
     #[command(flatten)]
     pub conn: ConnArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Serve plain HTTP on a non-loopback --listen address (tokens,
     /// commands and logs then cross the network in clear text).
     #[arg(long)]
@@ -88,6 +90,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_body: 1024 * 1024,
         replica: None,
         conn: args.conn.clone(),
+        metrics: args.metrics.clone(),
     };
     let (labels, groups) = args.tags.parse()?;
     if let Some(user) = &args.run_as {
