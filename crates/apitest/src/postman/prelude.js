@@ -680,34 +680,84 @@
   global.console = { log: log('log'), info: log('info'), warn: log('warn'), error: log('error'), debug: log('debug') };
 
   // ---------------------------------------------------------------- legacy API
+  // The pre-`pm` API as postman-sandbox's legacy interface has it: the
+  // `environment` and `globals` objects are snapshots that the `postman.*`
+  // setters keep in step, and those setters store values as text.
   var legacyTests = {};
+  var legacyEnv = scopes.environment.toObject();
+  var legacyGlobals = scopes.globals.toObject();
+  function legacyValue(v) {
+    // postman-sandbox's exact rule: truthy values (and `false`, whose
+    // `false && …` is not a function, so it stays a boolean) with a
+    // `toString` become text; 0, '', null, undefined and NaN stay as they are.
+    if ((v === false || v) && typeof (v && v.toString) === 'function') return v.toString();
+    return v;
+  }
+  function legacySet(scope, mirror) {
+    return function (k, v) { v = legacyValue(v); mirror[k] = v; scope.set(k, v); };
+  }
+  function legacyUnset(scope, mirror) {
+    return function (k) { if (k) delete mirror[k]; scope.unset(k); };
+  }
+  function legacyClear(scope, mirror) {
+    return function () { Object.keys(mirror).forEach(function (k) { delete mirror[k]; }); scope.clear(); };
+  }
   var postman = {
-    setEnvironmentVariable: function (k, v) { scopes.environment.set(k, v); },
+    setEnvironmentVariable: legacySet(scopes.environment, legacyEnv),
     getEnvironmentVariable: function (k) { return scopes.environment.get(k); },
-    clearEnvironmentVariable: function (k) { scopes.environment.unset(k); },
-    clearEnvironmentVariables: function () { scopes.environment.clear(); },
-    setGlobalVariable: function (k, v) { scopes.globals.set(k, v); },
+    clearEnvironmentVariable: legacyUnset(scopes.environment, legacyEnv),
+    clearEnvironmentVariables: legacyClear(scopes.environment, legacyEnv),
+    setGlobalVariable: legacySet(scopes.globals, legacyGlobals),
     getGlobalVariable: function (k) { return scopes.globals.get(k); },
-    clearGlobalVariable: function (k) { scopes.globals.unset(k); },
-    clearGlobalVariables: function () { scopes.globals.clear(); },
-    setNextRequest: setNext,
-    getResponseHeader: function (n) { return response ? response.headers.get(n) : undefined; },
-    getResponseCookie: function () { return unsupported('postman.getResponseCookie'); }
+    clearGlobalVariable: legacyUnset(scopes.globals, legacyGlobals),
+    clearGlobalVariables: legacyClear(scopes.globals, legacyGlobals),
+    setNextRequest: setNext
   };
+  if (response) {
+    // Only test scripts have these, as in postman-sandbox.
+    postman.getResponseHeader = function (n) { return response.headers.get(n); };
+    postman.getResponseCookie = function () { return unsupported('postman.getResponseCookie'); };
+  }
+
+  // Sugar.js, which the Postman sandbox loads, gives every string `has`;
+  // legacy scripts use it as `responseBody.has("text")`. Only this method of
+  // Sugar is provided; its search treats a string literally and a RegExp as
+  // a pattern.
+  Object.defineProperty(String.prototype, 'has', {
+    value: function (find) {
+      var re = find instanceof RegExp ? find : String(find).replace(/[\\/'*+?|()\[\]{}.^$]/g, '\\$&');
+      return String(this).search(re) !== -1;
+    },
+    writable: true,
+    configurable: true
+  });
 
   global.pm = pm;
   global.postman = postman;
   global.tests = legacyTests;
-  global.environment = scopes.environment.toObject();
-  global.globals = scopes.globals.toObject();
+  global.environment = legacyEnv;
+  global.globals = legacyGlobals;
   global.data = scopes.data.toObject();
   global.iteration = input.info.iteration;
   global.request = { url: req.url, method: req.method, headers: request.headers.toObject(), data: req.body && req.body.raw, name: input.info.requestName };
   if (response) {
     global.responseBody = response.text();
-    global.responseCode = { code: response.code, name: response.status, detail: response.status };
+    global.responseCode = { code: response.code, name: response.status, detail: response.status, standardName: response.status };
     global.responseTime = response.responseTime;
-    global.responseHeaders = response.headers.toObject();
+    // Header names arrive lower-cased from the HTTP stack, where Newman keeps
+    // the server's spelling: lookups ignore case so `responseHeaders['Content-Type']`
+    // reads the same either way.
+    global.responseHeaders = new Proxy(response.headers.toObject(), {
+      get: function (t, p) {
+        if (typeof p !== 'string' || Object.prototype.hasOwnProperty.call(t, p)) return t[p];
+        var k = Object.keys(t).find(function (x) { return x.toLowerCase() === p.toLowerCase(); });
+        return k === undefined ? t[p] : t[k];
+      },
+      has: function (t, p) {
+        return typeof p === 'string' ? Object.keys(t).some(function (x) { return x.toLowerCase() === p.toLowerCase(); }) : p in t;
+      }
+    });
+    global.responseCookies = missing('responseCookies');
   }
   global.btoa = function (s) {
     var c = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', o = '';
@@ -762,7 +812,8 @@
     Object.keys(legacyTests).forEach(function (k) {
       var ok = !!legacyTests[k];
       var rec = { name: k, status: ok ? 'pass' : 'fail', index: index++, ms: 0 };
-      if (!ok) rec.error = { name: 'AssertionError', message: 'expected ' + inspect(legacyTests[k]) + ' to be truthy', unsupported: null };
+      // postman-sandbox's message, with String() of the value.
+      if (!ok) rec.error = { name: 'AssertionError', message: 'expected ' + String(legacyTests[k]) + ' to be truthy', unsupported: null };
       out.tests.push(rec);
     });
     return stringify({

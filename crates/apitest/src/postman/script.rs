@@ -447,6 +447,78 @@ mod tests {
     }
 
     #[test]
+    fn legacy_api_as_postman_sandbox_has_it() {
+        let src = r#"
+            tests["has string"] = responseBody.has('"tags"');
+            tests["has regexp"] = responseBody.has(/"id":\s*7/);
+            tests["has is literal"] = !responseBody.has('.*');
+            tests["code"] = responseCode.code === 200 && responseCode.name === "OK";
+            tests["time"] = typeof responseTime === "number";
+            tests["headers any case"] = responseHeaders["Content-Type"] === "application/json"
+                && "CONTENT-TYPE" in responseHeaders;
+            tests["getResponseHeader"] = postman.getResponseHeader("CONTENT-type") === "application/json";
+            postman.setEnvironmentVariable("n", 5);
+            postman.setEnvironmentVariable("o", {a: 1});
+            postman.setEnvironmentVariable("f", false);
+            postman.setEnvironmentVariable("z", 0);
+            postman.setGlobalVariable("g", true);
+            tests["stored as text"] = pm.environment.get("n") === "5"
+                && postman.getEnvironmentVariable("o") === "[object Object]"
+                && pm.environment.get("f") === false && pm.environment.get("z") === 0
+                && postman.getGlobalVariable("g") === "true";
+            tests["environment object follows"] = environment.n === "5" && environment.a === "1" && globals.g === "true";
+            postman.clearEnvironmentVariable("a");
+            tests["cleared"] = environment.a === undefined && !pm.environment.has("a");
+            tests["iteration and data"] = iteration === 0 && typeof data === "object";
+            tests["atob/btoa"] = atob(btoa("user:pw")) === "user:pw" && btoa("hi") === "aGk=";
+            tests["fails"] = 0;
+            postman.setNextRequest("r");
+        "#;
+        let r = run(src, "test-script", &input(), limits());
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+        let failed: Vec<&str> = r
+            .output
+            .tests
+            .iter()
+            .filter(|t| t.status != "pass")
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(failed, vec!["fails"], "{:?}", r.output.tests);
+        assert_eq!(r.output.tests.len(), 13);
+        assert_eq!(
+            r.output.tests[12]
+                .error
+                .as_ref()
+                .map(|e| e.message.as_str()),
+            Some("expected 0 to be truthy")
+        );
+        assert_eq!(r.output.next.name.as_deref(), Some("r"));
+        let env = r.output.vars.as_ref().map(|v| v.environment.clone());
+        assert_eq!(
+            env,
+            Some(json!([
+                ["n", "5"],
+                ["o", "[object Object]"],
+                ["f", false],
+                ["z", 0]
+            ]))
+        );
+        // A pre-request script has no response, so no response helpers, as
+        // in postman-sandbox.
+        let mut pre = input();
+        pre["kind"] = json!("prerequest");
+        pre["response"] = Value::Null;
+        let r = run(
+            "tests['no header helper'] = typeof postman.getResponseHeader === 'undefined' && typeof responseBody === 'undefined';",
+            "prerequest-script",
+            &pre,
+            limits(),
+        );
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+        assert_eq!(r.output.tests[0].status, "pass", "{:?}", r.output.tests);
+    }
+
+    #[test]
     fn limits_and_errors() {
         let r = run("while (true) {}", "test-script", &input(), limits());
         assert_eq!(r.failure.map(|f| f.stop), Some(Stop::TimeLimit));
