@@ -486,7 +486,15 @@ mod browser {
                 }
                 if Instant::now() > deadline {
                     let body = self.js("return document.body.innerText").await;
-                    panic!("timed out waiting for {what} ({expr}); page shows:\n{body}");
+                    let net = self
+                        .js("return location.href + '\\n' + performance.getEntriesByType('resource')
+                             .slice(-15).map(e => e.name + ' ' + e.responseStatus).join('\\n')")
+                        .await;
+                    panic!(
+                        "timed out waiting for {what} ({expr}); page shows:\n{body}\n\
+                         last requests:\n{}",
+                        net.as_str().unwrap_or_default()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -707,7 +715,35 @@ async fn console_in_a_real_browser() {
     .await;
     assert_eq!(b.path().await, "/agents");
 
-    // An agent appears, then shows offline once its process is killed.
+    // Every page of the menu renders (a page that throws says "This page
+    // failed"), each with its own title.
+    for page in [
+        "agents",
+        "groups",
+        "runs",
+        "plans",
+        "tasks",
+        "performance",
+        "reports",
+        "results",
+    ] {
+        b.goto(&format!("/{page}")).await;
+        b.wait(
+            &format!("the {page} page"),
+            &format!(
+                "document.querySelector('main h1') && document.title.toLowerCase().startsWith('{page}')"
+            ),
+            long,
+        )
+        .await;
+        let text = b.js("return document.body.innerText").await;
+        assert!(
+            !text.as_str().unwrap().contains("This page failed"),
+            "/{page}: {text}"
+        );
+    }
+    b.goto("/agents").await;
+
     let state = dir.path().join("doomed");
     let mut doomed = agent(&p.url, "doomed", &state, &[]);
     let row = "document.querySelector('tr[data-agent=\"doomed\"]')";
@@ -978,7 +1014,8 @@ async fn console_in_a_real_browser() {
             "/api/performance/plans/",
             json!({"name": "console-load", "project_id": project["id"], "config": {
                 "concurrent_users": 2, "ramp_up_time": 0, "hold_time": 30,
-                "test_type": "load", "target_url": target}}),
+                "test_type": "load", "target_url": target,
+                "thresholds": ["p(95)<5000", "error_rate<0.5"]}}),
         )
         .await;
     assert_eq!(s, 201, "{plan}");
@@ -1039,6 +1076,48 @@ async fn console_in_a_real_browser() {
         )
         .await;
     assert_eq!(s, 200);
+    // The finished report: summary, thresholds judged (in words), and the
+    // response-time chart with the threshold line.
+    b.goto("/performance").await;
+    b.wait(
+        "the plan link",
+        "document.querySelector('#perf-plans a')",
+        long,
+    )
+    .await;
+    b.click("#perf-plans a").await;
+    b.wait(
+        "the report link",
+        "document.querySelector('#perf-reports a')",
+        long,
+    )
+    .await;
+    b.click("#perf-reports a").await;
+    b.wait(
+        "the report's chart",
+        "document.querySelector('#rt-chart canvas')",
+        long,
+    )
+    .await;
+    let thresholds = b
+        .wait(
+            "the thresholds",
+            "document.getElementById('thresholds')?.innerText",
+            long,
+        )
+        .await;
+    let thresholds = thresholds.as_str().unwrap();
+    assert!(
+        thresholds.contains("p(95)<5000") && thresholds.contains("passed"),
+        "{thresholds}"
+    );
+    let legend = b
+        .js("return document.querySelector('#rt-chart').innerText")
+        .await;
+    assert!(
+        legend.as_str().unwrap().contains("threshold p(95) 5000"),
+        "{legend}"
+    );
 
     // A viewer sees the run but no cancel button, and the API refuses them.
     let (s, run) = p.post("/api/runs", json!({"plan_id": slow})).await;

@@ -3,7 +3,7 @@
 // it JSX-like templates without a compiler. Everything shown comes from the
 // public HTTP API; the session is the HttpOnly `testbed_session` cookie, and
 // every change carries `X-Testbed-Csrf: 1`.
-import { h, render } from "preact";
+import { h, render, Component } from "preact";
 import { useState, useEffect, useRef, useCallback } from "preact/hooks";
 import htm from "htm";
 
@@ -593,18 +593,8 @@ function Execution({ id }) {
   </section>`;
 }
 
-function Performance() {
-  // Plans are listed per project (the seed-001 API asks for a project).
-  const plans = usePoll(async () => {
-    const projects = await api("GET", "/api/projects?page_size=100");
-    const all = await Promise.all((projects.results || projects).map((pr) =>
-      api("GET", `/api/performance/plans/?project_id=${pr.id}&page_size=100`)
-        .then((r) => (r.results || r).map((pl) => ({ ...pl, project: pr.name })))));
-    return all.flat();
-  }, [], 2000);
-  const reports = usePoll(() => api("GET", "/api/performance/reports/?page_size=50"), [], 5000);
+function usePerfActions() {
   const [actionError, setActionError] = useState(null);
-  const list = (v) => (v ? v.results || v : []);
   const act = async (plan, action) => {
     setActionError(null);
     try {
@@ -619,21 +609,55 @@ function Performance() {
     if (p.status === "paused") return [b("resume", "Resume"), b("stop", "Stop", "danger")];
     return b("start", "Start");
   };
+  return { actionError, buttons };
+}
+
+function Performance() {
+  // Plans are listed per project (the seed-001 API asks for a project).
+  const plans = usePoll(async () => {
+    const projects = await api("GET", "/api/projects?page_size=100");
+    const all = await Promise.all((projects.results || projects).map((pr) =>
+      api("GET", `/api/performance/plans/?project_id=${pr.id}&page_size=100`)
+        .then((r) => (r.results || r).map((pl) => ({ ...pl, project: pr.name })))));
+    return all.flat();
+  }, [], 2000);
+  const { actionError, buttons } = usePerfActions();
   return html`<section>
     <h1>Performance</h1>
     <${ErrorBox} error=${plans.error || actionError} />
-    <h2>Plans</h2>
     <div class="scroll"><table id="perf-plans">
-      <thead><tr><th>Project</th><th>Plan</th><th>Status</th><th>Target</th><th>Users</th><th>Last execution</th><th></th></tr></thead>
-      <tbody>${list(plans.data).map((p) => html`<tr key=${p.id} data-plan=${p.name}>
-        <td>${p.project}</td><td>${p.name}</td><td><${Status} s=${p.status} /></td>
-        <td>${(p.config && p.config.target_url) || "—"}</td><td>${(p.config && p.config.concurrent_users) || "—"}</td>
-        <td>${p.last_execution ? html`<a href=${`/performance/executions/${p.last_execution}`}>${p.last_execution}</a>` : "—"}</td>
+      <thead><tr><th>Project</th><th>Plan</th><th>Status</th><th></th></tr></thead>
+      <tbody>${(plans.data || []).map((p) => html`<tr key=${p.id} data-plan=${p.name}>
+        <td>${p.project}</td><td><a href=${`/performance/plans/${p.id}`}>${p.name}</a></td><td><${Status} s=${p.status} /></td>
         <td>${buttons(p)}</td></tr>`)}</tbody>
     </table></div>
+    ${plans.data && !plans.data.length && html`<p class="muted">No performance plans: create one with <code>POST /api/performance/plans/</code>.</p>`}
+  </section>`;
+}
+
+function PerfPlan({ id }) {
+  const plan = usePoll(() => api("GET", `/api/performance/plans/${id}/`), [id], 2000);
+  const reports = usePoll(() => api("GET", `/api/performance/reports/?plan_id=${id}&page_size=50`), [id], 5000);
+  const { actionError, buttons } = usePerfActions();
+  const p = plan.data, c = (p && p.config) || {};
+  return html`<section>
+    <p><a href="/performance">← Performance</a></p>
+    <${ErrorBox} error=${plan.error || actionError} />
+    ${p && html`<h1>${p.name} <${Status} s=${p.status} /></h1>
+      ${p.description && html`<p>${p.description}</p>`}
+      <dl class="facts">
+        <dt>Target</dt><dd>${c.target_url || "—"}</dd>
+        <dt>Users</dt><dd>${c.concurrent_users ?? "—"}</dd>
+        <dt>Type</dt><dd>${c.test_type || "—"}</dd>
+        <dt>Thresholds</dt><dd>${(c.thresholds || []).map((t) => html`<code class="chip">${t}</code>`)}</dd>
+        <dt>Last execution</dt><dd>${p.last_execution ? html`<a href=${`/performance/executions/${p.last_execution}`}>${p.last_execution}</a>` : "—"}</dd>
+      </dl>
+      <div class="actions">${buttons(p)}</div>`}
     <h2>Reports</h2>
-    <ul>${list(reports.data).map((r) => html`<li key=${r.id}>Report ${r.id}${r.plan_name ? " of " + r.plan_name : ""}
-      ${r.execution_id && html` · <a href=${`/performance/executions/${r.execution_id}`}>execution ${r.execution_id}</a>`}</li>`)}</ul>
+    <${ErrorBox} error=${reports.error} />
+    <ul id="perf-reports">${(reports.data ? reports.data.results : []).map((r) => html`<li key=${r.id}>
+      <a href=${`/performance/reports/${r.id}`}>Report ${r.id}</a> · ${fmtTime(r.start_time)} · ${r.status}
+      · ${r.summary.total_requests} requests</li>`)}</ul>
   </section>`;
 }
 
@@ -796,6 +820,56 @@ function Results() {
   </section>`;
 }
 
+// Horizontal lines for thresholds on response time (`p(95)<500`, `avg<200`…).
+function msThresholds(thresholds) {
+  return (thresholds || [])
+    .map((t) => /^\s*(p\([\d.]+\)|avg|med|max|min)\s*[<>]=?\s*([\d.]+)\s*$/.exec(t.expr))
+    .filter(Boolean)
+    .map((m) => ({ label: m[1], value: Number(m[2]) }));
+}
+
+// A uPlot chart that draws given series and dashed threshold lines.
+function Chart({ id, series, data, lines = [], height = 240 }) {
+  const box = useRef(null);
+  useEffect(() => {
+    let plot = null, dead = false;
+    loadUplot().then((uPlot) => {
+      if (dead || !box.current) return;
+      const extra = lines.map((l) => ({ label: `threshold ${l.label} ${l.value}`, stroke: "#c02020", dash: [6, 4], width: 1 }));
+      const all = [...data, ...lines.map((l) => data[0].map(() => l.value))];
+      plot = new uPlot({ width: Math.min(960, box.current.clientWidth || 600), height, series: [{}, ...series, ...extra] }, all, box.current);
+      box.current.dataset.points = data[0].length;
+    });
+    return () => { dead = true; plot && plot.destroy(); };
+  }, [JSON.stringify(data), JSON.stringify(lines)]);
+  return html`<div ref=${box} class="chart" id=${id}></div>`;
+}
+
+function PerfReport({ id }) {
+  const { data: r, error } = usePoll(() => api("GET", `/api/performance/reports/${encodeURIComponent(id)}/`), [id], 60000);
+  if (!r) return html`<section><${ErrorBox} error=${error} /><p>Loading report…</p></section>`;
+  const rt = r.metrics.response_times, sys = r.metrics.system_metrics;
+  const pc = rt.percentiles || {};
+  return html`<section>
+    <p><a href=${`/performance/plans/${r.plan_id}`}>← Plan</a> · <a href=${`/performance/executions/${r.execution_id}`}>execution</a></p>
+    <h1>Load report ${r.id} <${Status} s=${r.passed ? "passed" : "failed"} /></h1>
+    <p class="muted">${fmtTime(r.start_time)} – ${fmtTime(r.end_time)} · status ${r.status} · agents ${r.agents.join(", ") || "—"}${r.lost_agents.length ? " · lost " + r.lost_agents.join(", ") : ""}</p>
+    <dl class="facts" id="perf-summary">
+      <dt>Requests</dt><dd>${r.summary.total_requests}</dd>
+      <dt>Success rate</dt><dd>${r.summary.success_rate} %</dd>
+      <dt>Errors</dt><dd>${r.summary.error_count}</dd>
+      <dt>Response time</dt><dd>avg ${r.summary.avg_response_time} ms · p50 ${pc.p50} · p90 ${pc.p90} · p95 ${pc.p95} · p99 ${pc.p99} ms</dd>
+    </dl>
+    ${r.thresholds.length > 0 && html`<h2>Thresholds</h2><ul id="thresholds">${r.thresholds.map((t) => html`<li key=${t.expr}>
+      <${Status} s=${t.passed ? "passed" : "failed"} /> <code>${t.expr}</code> (observed ${t.observed})</li>`)}</ul>`}
+    <h2>Response time</h2>
+    <${Chart} id="rt-chart" series=${[{ label: "response ms", stroke: "#b05000" }]} data=${[rt.timestamps, rt.values]} lines=${msThresholds(r.thresholds)} />
+    ${sys.cpu.length > 0 && html`<h2>Load agents</h2>
+      <${Chart} id="sys-chart" series=${[{ label: "CPU %", stroke: "#2060c0" }, { label: "memory %", stroke: "#208040" }]}
+        data=${[rt.timestamps.slice(0, sys.cpu.length), sys.cpu.slice(0, rt.timestamps.length), sys.memory.slice(0, rt.timestamps.length)]} />`}
+  </section>`;
+}
+
 // ---------------------------------------------------------------- app ----
 
 const NAV = [["/agents", "Agents"], ["/groups", "Groups"], ["/runs", "Runs"], ["/plans", "Plans"], ["/tasks", "Tasks"],
@@ -815,7 +889,10 @@ function route(path, query) {
     case "groups": return html`<${Groups} />`;
     case "results": return html`<${Results} />`;
     case "performance":
-      return seg[1] === "executions" && seg[2] ? html`<${Execution} id=${seg[2]} />` : html`<${Performance} />`;
+      if (seg[1] === "executions" && seg[2]) return html`<${Execution} id=${seg[2]} />`;
+      if (seg[1] === "reports" && seg[2]) return html`<${PerfReport} id=${seg[2]} />`;
+      if (seg[1] === "plans" && seg[2]) return html`<${PerfPlan} id=${seg[2]} />`;
+      return html`<${Performance} />`;
     default: return html`<section><h1>Not found</h1><p>No console page at ${path}.</p></section>`;
   }
 }
@@ -849,4 +926,19 @@ function App() {
   </div>`;
 }
 
-render(html`<${App} />`, document.getElementById("app"));
+// A page that throws shows the error (and the rest of the console keeps
+// working) instead of leaving a blank screen.
+class Boundary extends Component {
+  componentDidCatch(error) {
+    this.setState({ error });
+  }
+  render({ children }, { error }) {
+    if (error) {
+      return html`<section role="alert"><h1>This page failed</h1><pre class="page-error">${String(error && error.stack || error)}</pre>
+        <p><a href="/agents" onClick=${() => this.setState({ error: null })}>Back to the agents</a></p></section>`;
+    }
+    return children;
+  }
+}
+
+render(html`<${Boundary}><${App} /><//>`, document.getElementById("app"));
