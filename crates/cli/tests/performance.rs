@@ -469,9 +469,15 @@ async fn a_lost_load_agent_is_recorded_and_the_rest_carry_on() {
     let total = r["summary"]["total_requests"].as_u64().unwrap();
     // The survivor's share exactly, plus what the lost agent reported live.
     assert!(total > 0 && total <= count.load(Ordering::SeqCst), "{r}");
-    let secs = r["metrics"]["response_times"]["timestamps"]
+    // The survivor's windows span its whole hold (the agent was killed at
+    // 3 s of 8). The span, not the count of windows: on a starved machine a
+    // second may pass without a window of its own.
+    let stamps: Vec<u64> = r["metrics"]["response_times"]["timestamps"]
         .as_array()
         .unwrap()
-        .len();
-    assert!(secs >= 7, "the survivor ran its whole hold: {secs} s");
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let span = stamps.last().unwrap_or(&0) - stamps.first().unwrap_or(&0);
+    assert!(span >= 6, "the survivor ran its whole hold: {stamps:?}");
 }
