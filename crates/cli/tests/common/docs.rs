@@ -405,14 +405,13 @@ impl Sandbox {
             .spawn()
             .ok()?;
         let pid = holder.id().to_string();
-        // unshare execs sleep once the namespace exists; until then `ip`
-        // would configure the host's loopback, so check we are inside.
+        // Until unshare has made the namespace, `ip` would configure the
+        // host's loopback: wait until the holder's namespace differs.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let own = std::fs::read_link("/proc/self/ns/net").ok();
             let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-            if theirs.is_some() && theirs != own && exe.is_some_and(|e| e.ends_with("sleep")) {
+            if theirs.is_some() && theirs != own {
                 break;
             }
             if matches!(holder.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
