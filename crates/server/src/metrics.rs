@@ -48,8 +48,9 @@ use crate::state::AppState;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// How long a scrape-time count of the tasks is reused: scrapes from several
-/// Prometheus servers (or a curl loop) cost one store scan per interval.
-const TASK_COUNT_TTL: Duration = Duration::from_secs(10);
+/// Prometheus servers (or a curl loop) cost at most one store scan per
+/// interval, and a scrape is never more than this behind.
+const TASK_COUNT_TTL: Duration = Duration::from_secs(1);
 
 /// Page size of the task scan.
 const TASK_SCAN_PAGE: usize = 1000;

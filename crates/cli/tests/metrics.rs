@@ -1,0 +1,657 @@
+//! Prometheus `/metrics` on a real `testbed up`: what it counts after real
+//! work, that labels are route templates (never ids), who may read it (the
+//! metrics token, a separate address, or nobody), and — when Debian's
+//! `prometheus` is installed — that a real Prometheus scrapes it with a
+//! bearer-token file and answers queries about it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const METRICS_TOKEN: &str = "metrics-token-0123456789abcdef";
+
+/// One sample of the exposition: name, labels, value.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses the OpenMetrics / Prometheus text format, strictly enough that a
+/// malformed line fails the test: `name{k="v",…} value` or `name value`,
+/// comments `# HELP|TYPE|UNIT|EOF`.
+fn parse(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                ["HELP ", "TYPE ", "UNIT "]
+                    .iter()
+                    .any(|p| comment.starts_with(p))
+                    || comment == "EOF",
+                "unexpected comment line: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                (name, parse_labels(body, line))
+            }
+            None => (series, BTreeMap::new()),
+        };
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in: {line}"
+        );
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn parse_labels(body: &str, line: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (key, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("bad label in: {line}"));
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => panic!("dangling escape in: {line}"),
+                },
+                Some((i, '"')) => break i,
+                Some((_, c)) => value.push(c),
+                None => panic!("unterminated label value in: {line}"),
+            }
+        };
+        labels.insert(key.to_string(), value);
+        rest = after[end + 1..]
+            .strip_prefix(',')
+            .unwrap_or(&after[end + 1..]);
+    }
+    labels
+}
+
+fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
+    samples.iter().find(|s| {
+        s.name == name
+            && labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+    })
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    find(samples, name, labels)
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+        .value
+}
+
+/// Does `s` contain something shaped like a UUID (8-4-4-4-12 hex)?
+fn has_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    let shape = [8, 4, 4, 4, 12];
+    (0..b.len()).any(|start| {
+        let mut i = start;
+        for (n, len) in shape.iter().enumerate() {
+            if n > 0 {
+                if b.get(i) != Some(&b'-') {
+                    return false;
+                }
+                i += 1;
+            }
+            for _ in 0..*len {
+                if !b.get(i).is_some_and(u8::is_ascii_hexdigit) {
+                    return false;
+                }
+                i += 1;
+            }
+        }
+        true
+    })
+}
+
+async fn scrape(url: &str, token: Option<&str>) -> (u16, String, String) {
+    let mut req = reqwest::Client::new().get(format!("{url}/metrics"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.expect("GET /metrics");
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, ctype, r.text().await.unwrap_or_default())
+}
+
+fn token_file(dir: &Path) -> String {
+    let path = dir.join("metrics.token");
+    std::fs::write(&path, format!("{METRICS_TOKEN}\n")).expect("write token");
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_real_work_by_route_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = token_file(dir.path());
+    let p = Platform::up(
+        &dir.path().join("data"),
+        1,
+        &["--metrics-token-file", &token_path],
+    )
+    .await;
+
+    // Who may read it: the metrics token only.
+    let (status, _, body) = scrape(&p.url, None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, body) = scrape(&p.url, Some("wrong-token-0123456789")).await;
+    assert_eq!(status, 401, "{body}");
+    // A user's session is not the metrics token either.
+    let (status, _, body) = scrape(&p.url, Some(&p.token)).await;
+    assert_eq!(status, 401, "{body}");
+
+    let (status, ctype, body) = scrape(&p.url, Some(METRICS_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let before = parse(&body);
+    let unauthorized_before = value(
+        &before,
+        "testbed_http_requests_total",
+        &[("route", "/metrics"), ("status", "401")],
+    );
+    assert_eq!(unauthorized_before, 3.0, "three refused scrapes");
+
+    // Real work: a task that succeeds, its record read by id, a wrong
+    // login, a path no route matches.
+    let id = p
+        .run(
+            "linux_system",
+            "local-1",
+            "run_shell",
+            json!({"command": "echo", "args": "metrics"}),
+        )
+        .await;
+    let task = p.wait_task(&id, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let (s, _) = p.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(s, 200);
+    let (s, _) = p.get(&format!("/api/tasks/{id}/log")).await;
+    assert_eq!(s, 200);
+    let r = p
+        .http
+        .post(format!("{}/api/auth/login", p.url))
+        .json(&json!({"username": "admin", "password": "not-the-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let (s, _) = p.get(&format!("/no/such/{id}")).await;
+    assert_eq!(s, 404);
+
+    // A log follower open while we scrape: one task_log session.
+    let sleeper = p
+        .run(
+            "linux_system",
+            "local-1",
+            "run_shell",
+            json!({"command": "sleep", "args": "60"}),
+        )
+        .await;
+    p.wait_status(&sleeper, "running", Duration::from_secs(60))
+        .await;
+    let ws_url = format!(
+        "{}/ws/tasks/{sleeper}/log",
+        p.url.replacen("http://", "ws://", 1)
+    );
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)
+            .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", p.token).parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
+
+    // Task counts are read from the store at scrape time, at most once a
+    // second: scrape until the running task shows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (body, after) = loop {
+        let (status, _, body) = scrape(&p.url, Some(METRICS_TOKEN)).await;
+        assert_eq!(status, 200);
+        let after = parse(&body);
+        if value(&after, "testbed_tasks", &[("status", "running")]) == 1.0 {
+            break (body, after);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the running task never counted: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+
+    // Counters moved.
+    assert_eq!(
+        value(
+            &after,
+            "testbed_http_requests_total",
+            &[
+                ("method", "POST"),
+                ("route", "/v2.1/testcases"),
+                ("status", "201")
+            ],
+        ),
+        2.0,
+        "{body}"
+    );
+    // Polled by wait_task and read once more: one series for every id.
+    assert!(
+        value(
+            &after,
+            "testbed_http_requests_total",
+            &[
+                ("method", "GET"),
+                ("route", "/api/tasks/{id}"),
+                ("status", "200")
+            ],
+        ) >= 2.0,
+        "{body}"
+    );
+    assert!(
+        find(
+            &after,
+            "testbed_http_requests_total",
+            &[("route", "/api/tasks/{id}/log"), ("status", "200")],
+        )
+        .is_some(),
+        "{body}"
+    );
+    assert!(
+        value(
+            &after,
+            "testbed_http_requests_total",
+            &[("route", "unmatched"), ("status", "404")],
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        value(
+            &after,
+            "testbed_http_requests_total",
+            &[("route", "/metrics"), ("status", "200")],
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        value(
+            &after,
+            "testbed_http_request_duration_seconds_count",
+            &[("method", "GET"), ("route", "/api/tasks/{id}")],
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        value(
+            &after,
+            "testbed_http_request_duration_seconds_bucket",
+            &[("route", "/api/tasks/{id}"), ("le", "+Inf")],
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        value(&after, "testbed_tasks", &[("status", "succeeded")]) >= 1.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(&after, "testbed_tasks", &[("status", "running")]),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(value(&after, "testbed_agents_connected", &[]), 1.0);
+    assert_eq!(value(&after, "testbed_controller_leader", &[]), 1.0);
+    assert_eq!(
+        value(
+            &after,
+            "testbed_websocket_sessions",
+            &[("kind", "task_log")]
+        ),
+        1.0,
+        "{body}"
+    );
+    assert!(
+        value(
+            &after,
+            "testbed_login_failures_total",
+            &[("reason", "credentials")]
+        ) >= 1.0,
+        "{body}"
+    );
+    // A task is created and settled in transactions, read with get/range.
+    for op in ["get", "range", "txn"] {
+        assert!(
+            value(
+                &after,
+                "testbed_store_operation_duration_seconds_count",
+                &[("operation", op)],
+            ) > value(
+                &before,
+                "testbed_store_operation_duration_seconds_count",
+                &[("operation", op)],
+            ),
+            "store {op} did not move: {body}"
+        );
+        assert_eq!(
+            value(&after, "testbed_store_errors_total", &[("operation", op)]),
+            0.0
+        );
+    }
+    // Process metrics, as the client libraries name them.
+    let pid = p.proc.child.as_ref().unwrap().id();
+    let rss = value(&after, "process_resident_memory_bytes", &[]);
+    assert!(rss > 1e6, "{rss}");
+    assert!(
+        (rss / 1024.0 - rss_kib(pid) as f64).abs() < rss_kib(pid) as f64 * 0.5,
+        "resident memory {rss} B is not this process's ({} KiB)",
+        rss_kib(pid)
+    );
+    assert!(value(&after, "process_cpu_seconds_total", &[]) > 0.0);
+    assert!(value(&after, "process_open_fds", &[]) > 3.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = value(&after, "process_start_time_seconds", &[]);
+    assert!(
+        start <= now + 1.0 && start > now - 600.0,
+        "{start} vs {now}"
+    );
+
+    // Bounded cardinality: every route label is a template or `unmatched`,
+    // and no label anywhere carries an id.
+    for s in &after {
+        if let Some(route) = s.labels.get("route") {
+            assert!(
+                route == "unmatched" || route.starts_with('/'),
+                "route label {route:?}"
+            );
+        }
+        for v in s.labels.values() {
+            assert!(!has_uuid(v), "an id in a label: {s:?}");
+        }
+    }
+    assert!(!body.contains(&id) && !body.contains(&sleeper));
+
+    // The session closed is a session no longer counted.
+    drop(ws);
+    let (s, _) = p
+        .post(&format!("/api/tasks/{sleeper}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 202, "cancel");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, body) = scrape(&p.url, Some(METRICS_TOKEN)).await;
+        let now = parse(&body);
+        if value(&now, "testbed_websocket_sessions", &[("kind", "task_log")]) == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed session is still counted: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // /metrics is not an API operation: not in the OpenAPI document.
+    let (s, spec) = p.get("/api/openapi.json").await;
+    assert_eq!(s, 200);
+    assert!(spec["paths"].get("/metrics").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_unconfigured_is_404_and_listen_address_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // Neither a token nor an address: there is no /metrics, even for an admin.
+    let p = Platform::up(&dir.path().join("a"), 0, &[]).await;
+    let (status, _, body) = scrape(&p.url, None).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _, body) = scrape(&p.url, Some(&p.token)).await;
+    assert_eq!(status, 404, "{body}");
+    let err: Value = serde_json::from_str(&body).expect("JSON error");
+    assert!(err["error"].as_str().unwrap_or("").contains("/metrics"));
+    drop(p);
+
+    // A separate address: open there, absent on the API port.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let p = Platform::up(&dir.path().join("b"), 1, &["--metrics-listen", &listen]).await;
+    let (status, _, _) = scrape(&p.url, None).await;
+    assert_eq!(status, 404);
+    let metrics_url = format!("http://{listen}");
+    let (status, ctype, body) = scrape(&metrics_url, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    let samples = parse(&body);
+    assert_eq!(value(&samples, "testbed_agents_connected", &[]), 1.0);
+    // The agent's session is an API request like any other.
+    assert_eq!(
+        value(
+            &samples,
+            "testbed_http_requests_total",
+            &[("route", "/ws/agent"), ("status", "101")],
+        ),
+        1.0,
+        "{body}"
+    );
+    // That address serves nothing else.
+    let r = reqwest::get(format!("{metrics_url}/api/openapi.json"))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+#[test]
+fn bad_metrics_settings_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["up", "--agents", "0", "--data-dir"])
+            .arg(dir.path().join("d"))
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(args)
+            .env_remove("TESTBED_METRICS_TOKEN");
+        if let Some(t) = env {
+            cmd.env("TESTBED_METRICS_TOKEN", t);
+        }
+        let out = cmd.output().expect("run testbed up");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let missing = dir.path().join("no-such-file");
+    let (code, err) = run(&["--metrics-token-file", missing.to_str().unwrap()], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--metrics-token-file") && err.contains("no-such-file"),
+        "{err}"
+    );
+
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc\n").unwrap();
+    let (code, err) = run(&["--metrics-token-file", short.to_str().unwrap()], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("at least 16 characters"), "{err}");
+
+    let (code, err) = run(&[], Some("short"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("TESTBED_METRICS_TOKEN"), "{err}");
+
+    let good = dir.path().join("good");
+    std::fs::write(&good, METRICS_TOKEN).unwrap();
+    let (code, err) = run(
+        &["--metrics-token-file", good.to_str().unwrap()],
+        Some(METRICS_TOKEN),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("both set"), "{err}");
+
+    let (code, err) = run(&["--metrics-listen", "127.0.0.1:not-a-port"], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--metrics-listen 127.0.0.1:not-a-port"),
+        "{err}"
+    );
+}
+
+/// A real Prometheus (Debian's `prometheus`) scrapes the server with a
+/// bearer-token file; its query API then answers about our series.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_prometheus_scrapes_and_queries() {
+    let Some(prometheus) = which("prometheus") else {
+        eprintln!(
+            "SKIP real_prometheus_scrapes_and_queries: no `prometheus` on PATH \
+             (Debian's prometheus package; scripts/test installs it)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = token_file(dir.path());
+    let p = Platform::up(
+        &dir.path().join("data"),
+        1,
+        &["--metrics-token-file", &token_path],
+    )
+    .await;
+    let target = p.url.trim_start_matches("http://").to_string();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: testbed\n    authorization:\n      \
+             type: Bearer\n      credentials_file: {token_path}\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let prom_listen = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(prometheus);
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prom_listen}"));
+    let _prom = Proc::spawn("prometheus", cmd);
+
+    let http = reqwest::Client::new();
+    let query = |q: &'static str| {
+        let http = http.clone();
+        let url = format!("http://{prom_listen}/api/v1/query");
+        async move {
+            let r = http.get(url).query(&[("query", q)]).send().await.ok()?;
+            r.json::<Value>().await.ok()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let result = loop {
+        if let Some(v) =
+            query("testbed_http_requests_total{route=\"/metrics\",status=\"200\"}").await
+        {
+            if v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+            {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never stored a scrape of {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let series = &result["data"]["result"][0];
+    assert_eq!(series["metric"]["job"], "testbed", "{result}");
+    assert_eq!(series["metric"]["method"], "GET", "{result}");
+    let scraped: f64 = series["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(scraped >= 1.0, "{result}");
+
+    // The target is healthy: every scrape parsed, none refused.
+    let targets: Value = http
+        .get(format!("http://{prom_listen}/api/v1/targets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let active = &targets["data"]["activeTargets"][0];
+    assert_eq!(active["health"], "up", "{targets}");
+    assert_eq!(active["lastError"], "", "{targets}");
+    // Server-side gauges and process metrics arrive too.
+    let v = query("testbed_agents_connected").await.expect("query");
+    assert_eq!(v["data"]["result"][0]["value"][1], "1", "{v}");
+    let v = query("process_resident_memory_bytes").await.expect("query");
+    assert!(
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .is_some_and(|b| b > 1e6),
+        "{v}"
+    );
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+#[test]
+fn parser_rejects_what_prometheus_would() {
+    let ok = parse("# HELP a_total x.\n# TYPE a counter\na_total{r=\"/x/{id}\",s=\"2\\\"0\"} 3\nb 1.5\n# EOF\n");
+    assert_eq!(ok.len(), 2);
+    assert_eq!(ok[0].labels["r"], "/x/{id}");
+    assert_eq!(ok[0].labels["s"], "2\"0");
+    assert!(std::panic::catch_unwind(|| parse("a{r=\"x} 1\n")).is_err());
+    assert!(std::panic::catch_unwind(|| parse("a b\n")).is_err());
+    assert!(has_uuid("/api/tasks/0c6f3a4e-1b2c-4d5e-8f90-1234567890ab"));
+    assert!(!has_uuid("/api/tasks/{id}"));
+}
