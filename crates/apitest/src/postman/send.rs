@@ -158,9 +158,16 @@ pub(crate) fn build(
         // Postman's default when a URL has no scheme.
         format!("http://{url_text}")
     };
-    let unresolved = vars_pattern_names(&url_text);
-    // Sent as is, `{{name}}` would only come back as a puzzling DNS or 404
-    // error; the missing variable is what the reader needs to know.
+    // An unset variable in the scheme, host or port would only come back as
+    // a puzzling DNS or connection error: the missing variable is what the
+    // reader needs to know. In the path or query it is sent as written, as
+    // Newman does (collections assert that `{{unset}}` reaches the server).
+    let authority_end = url_text
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| url_text[start..].find(['/', '?', '#']).map(|j| start + j))
+        .unwrap_or(url_text.len());
+    let unresolved = vars_pattern_names(&url_text[..authority_end]);
     let mut url = if !unresolved.is_empty() {
         r.issues.push(Issue::Invalid(format!(
             "URL {url_text:?} uses variables that are not set: {}",
@@ -671,6 +678,16 @@ mod tests {
             matches!(&e[0], Issue::Invalid(m) if m.ends_with("variables that are not set: {{nowhere}}")),
             "{e:?}"
         );
+        // Past the host, an unset variable goes out as written, as in Newman.
+        let literal = Request {
+            url: Url {
+                raw: Some("http://h/{{p}}?a={{q}}".into()),
+                ..Url::default()
+            },
+            ..req.clone()
+        };
+        let b = build(&literal, &[], None, &scopes, Path::new(".")).unwrap();
+        assert_eq!(b.url, "http://h/%7B%7Bp%7D%7D?a={{q}}");
         let req = Request {
             url: Url {
                 raw: Some("localhost:8/x?q={{$randomCity}}".into()),

@@ -1,0 +1,525 @@
+//! Newman parity. Collections from Newman's own repository
+//! (`tests/fixtures/newman/`, provenance in its README) run against a local
+//! echo server that answers like postman-echo.com for the endpoints they call,
+//! and must give the counts Newman gave on the same server
+//! (`tests/fixtures/newman/counts.json`, written by `record.js` there, which
+//! serves this file's echo server through the ignored `serve_echo_for_newman`).
+//!
+//! The other tests here pin each piece of that parity on its own: compressed
+//! replies, the cookie jar, the headers Newman sends, v2.0 auth.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use axum::extract::{OriginalUri, RawQuery};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use serde_json::{json, Map, Value};
+use testbed_apitest::postman::{self, PostmanRun, RunOptions, Stats, Vars};
+
+// ------------------------------------------------------------ echo server
+
+/// The subset of postman-echo.com the fixtures and the tests here call.
+fn echo_app() -> Router {
+    Router::new()
+        .route("/get", any(echo_get))
+        .route("/headers", get(echo_headers))
+        .route("/gzip", get(gzip))
+        .route("/deflate", get(deflate))
+        .route("/brotli", get(brotli_reply))
+        .route("/cookies", get(cookies))
+        .route("/cookies/set", get(cookies_set))
+        .route("/basic-auth", get(basic_auth))
+}
+
+/// postman-echo's JSON: `application/json; charset=utf-8` (a fixture asserts
+/// the exact value).
+fn json_reply(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// Query arguments as postman-echo gives them: a repeated name becomes a list.
+fn args(query: Option<&str>) -> Value {
+    let mut out = Map::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let (k, v) = (k.into_owned(), Value::String(v.into_owned()));
+        match out.get_mut(&k) {
+            None => {
+                out.insert(k, v);
+            }
+            Some(Value::Array(list)) => list.push(v),
+            Some(first) => *first = Value::Array(vec![first.clone(), v]),
+        }
+    }
+    Value::Object(out)
+}
+
+fn headers_json(headers: &HeaderMap) -> Value {
+    let mut out = BTreeMap::new();
+    for (k, v) in headers {
+        out.insert(
+            k.as_str().to_string(),
+            Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        );
+    }
+    json!(out)
+}
+
+async fn echo_get(
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    OriginalUri(uri): OriginalUri,
+) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "args": args(query.as_deref()),
+            "headers": headers_json(&headers),
+            "url": format!("http://{host}{uri}"),
+        }),
+    )
+}
+
+async fn echo_headers(headers: HeaderMap) -> Response {
+    json_reply(StatusCode::OK, &json!({"headers": headers_json(&headers)}))
+}
+
+/// postman-echo compresses these whatever the request accepts.
+fn encoded(encoding: &'static str, body: Vec<u8>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+            (header::CONTENT_ENCODING, encoding),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn gzip(method: Method, headers: HeaderMap) -> Response {
+    let doc =
+        json!({"gzipped": true, "headers": headers_json(&headers), "method": method.as_str()});
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(doc.to_string().as_bytes()).unwrap();
+    encoded("gzip", z.finish().unwrap())
+}
+
+async fn deflate(method: Method, headers: HeaderMap) -> Response {
+    let doc =
+        json!({"deflated": true, "headers": headers_json(&headers), "method": method.as_str()});
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(doc.to_string().as_bytes()).unwrap();
+    encoded("deflate", z.finish().unwrap())
+}
+
+async fn brotli_reply(method: Method, headers: HeaderMap) -> Response {
+    let doc = json!({"brotli": true, "headers": headers_json(&headers), "method": method.as_str()});
+    let mut out = Vec::new();
+    brotli::BrotliCompress(
+        &mut doc.to_string().as_bytes(),
+        &mut out,
+        &Default::default(),
+    )
+    .unwrap();
+    encoded("br", out)
+}
+
+fn request_cookies(headers: &HeaderMap) -> Value {
+    let mut out = Map::new();
+    for h in headers.get_all(header::COOKIE) {
+        for pair in h.to_str().unwrap_or("").split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=') {
+                out.insert(k.to_string(), Value::String(v.to_string()));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+async fn cookies(headers: HeaderMap) -> Response {
+    json_reply(
+        StatusCode::OK,
+        &json!({"cookies": request_cookies(&headers)}),
+    )
+}
+
+/// Sets each query argument as a cookie and redirects to `/cookies`, as
+/// postman-echo does.
+async fn cookies_set(RawQuery(query): RawQuery) -> Response {
+    let mut r = (StatusCode::FOUND, [(header::LOCATION, "/cookies")]).into_response();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let c = HeaderValue::from_str(&format!("{k}={v}; Path=/")).unwrap();
+        r.headers_mut().append(header::SET_COOKIE, c);
+    }
+    r
+}
+
+/// postman-echo's fixed credentials: postman / password.
+async fn basic_auth(headers: HeaderMap) -> Response {
+    let ok = headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| v == "Basic cG9zdG1hbjpwYXNzd29yZA==");
+    if ok {
+        json_reply(StatusCode::OK, &json!({"authenticated": true}))
+    } else {
+        (StatusCode::UNAUTHORIZED, "Unauthorized").into_response()
+    }
+}
+
+async fn serve_on(port: u16) -> String {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, echo_app()).await.unwrap();
+    });
+    format!("http://{addr}")
+}
+
+async fn serve() -> String {
+    serve_on(0).await
+}
+
+/// Serves the echo server until killed, for `record.js` to run Newman against
+/// (`NEWMAN_ECHO_PORT` picks the port). Not a check: ignored.
+#[tokio::test]
+#[ignore = "serves the echo server for record.js; not a check"]
+async fn serve_echo_for_newman() {
+    let port = std::env::var("NEWMAN_ECHO_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5599);
+    let url = serve_on(port).await;
+    println!("echo server listening on {url}");
+    std::future::pending::<()>().await;
+}
+
+// ------------------------------------------------------------ helpers
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/newman")
+        .join(name)
+}
+
+/// A fixture's text with postman-echo.com pointed at the local echo server
+/// (record.js does the same for Newman): in URL texts, and in URL objects
+/// whose `host` parts are `["postman-echo", "com"]`.
+fn localized(name: &str, base: &str) -> String {
+    let text = std::fs::read_to_string(fixture(name)).unwrap();
+    let host = base.trim_start_matches("http://");
+    let text = text
+        .replace("https://postman-echo.com", base)
+        .replace("http://postman-echo.com", base)
+        .replace("postman-echo.com", host);
+    let Ok(mut doc) = serde_json::from_str::<Value>(&text) else {
+        return text;
+    };
+    let (ip, port) = host.split_once(':').unwrap();
+    fn walk(v: &mut Value, ip: &str, port: &str) {
+        match v {
+            Value::Object(o) => {
+                if o.get("host") == Some(&json!(["postman-echo", "com"])) {
+                    o.insert("host".into(), json!(ip.split('.').collect::<Vec<_>>()));
+                    o.insert("port".into(), json!(port));
+                    o.insert("protocol".into(), json!("http"));
+                }
+                o.values_mut().for_each(|v| walk(v, ip, port));
+            }
+            Value::Array(a) => a.iter_mut().for_each(|v| walk(v, ip, port)),
+            _ => {}
+        }
+    }
+    walk(&mut doc, ip, port);
+    doc.to_string()
+}
+
+fn v20(items: Value) -> String {
+    json!({
+        "info": {"name": "inline", "schema": "https://schema.getpostman.com/json/collection/v2.0.0/collection.json"},
+        "item": items,
+    })
+    .to_string()
+}
+
+fn get_item(name: &str, url: String, test: &str) -> Value {
+    json!({
+        "name": name,
+        "request": {"url": url, "method": "GET", "header": [], "body": {"mode": "formdata", "formdata": []}},
+        "event": [{"listen": "test", "script": {"type": "text/javascript", "exec": test.lines().collect::<Vec<_>>()}}],
+    })
+}
+
+async fn run_text(text: &str, options: RunOptions) -> PostmanRun {
+    let c = postman::load(text).unwrap_or_else(|p| panic!("{p:?}"));
+    postman::run(&c, options).await
+}
+
+/// Every assertion of the run, as `name: outcome (message)`, for messages.
+fn assertions(run: &PostmanRun) -> String {
+    run.executions
+        .iter()
+        .flat_map(|e| e.assertions.iter())
+        .map(|a| format!("{}: {:?} {:?}", a.name, a.outcome, a.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn assert_all_pass(run: &PostmanRun, executed: usize) {
+    let text = format!(
+        "{}\n{}\nunsupported: {:?}",
+        postman::newman_summary(run),
+        assertions(run),
+        run.unsupported
+    );
+    assert_eq!(
+        (run.stats.assertions.executed, run.stats.assertions.failed),
+        (executed, 0),
+        "{text}"
+    );
+    assert_eq!(run.stats.requests.failed, 0, "{text}");
+    assert!(run.unsupported.is_empty(), "{text}");
+}
+
+// ------------------------------------------------------------ each piece
+
+#[tokio::test]
+async fn compressed_replies_are_decoded_with_content_encoding_kept() {
+    let base = serve().await;
+    let check = |flag: &str, encoding: &str| {
+        format!(
+            "var res = JSON.parse(responseBody);\n\
+             tests['decoded'] = res.{flag} === true;\n\
+             tests['offered'] = res.headers['accept-encoding'] === 'gzip, deflate, br';\n\
+             pm.test('encoding header kept', () => pm.expect(pm.response.headers.get('Content-Encoding')).to.equal('{encoding}'));"
+        )
+    };
+    let text = v20(json!([
+        get_item("gzip", format!("{base}/gzip"), &check("gzipped", "gzip")),
+        get_item(
+            "deflate",
+            format!("{base}/deflate"),
+            &check("deflated", "deflate")
+        ),
+        get_item("brotli", format!("{base}/brotli"), &check("brotli", "br")),
+    ]));
+    let run = run_text(&text, RunOptions::default()).await;
+    assert_all_pass(&run, 9);
+}
+
+#[tokio::test]
+async fn requests_carry_newmans_default_headers_unless_set() {
+    let base = serve().await;
+    let test = "var h = JSON.parse(responseBody).headers;\n\
+        tests['token'] = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(h['postman-token']);\n\
+        tests['cache-control'] = h['cache-control'] === 'no-cache';\n\
+        tests['accept'] = h['accept'] === '*/*';\n\
+        tests['user agent'] = h['user-agent'].indexOf('PostmanRuntime/') === 0;\n\
+        pm.environment.set('token' + pm.info.iteration, h['postman-token']);";
+    let mut own = get_item(
+        "own headers",
+        format!("{base}/headers"),
+        "var h = JSON.parse(responseBody).headers;\n\
+         tests['own accept kept'] = h['accept'] === 'application/json';\n\
+         tests['own cache-control kept'] = h['cache-control'] === 'max-age=0';\n\
+         tests['one accept'] = h['accept'].indexOf(',') < 0;",
+    );
+    own["request"]["header"] = json!([
+        {"key": "Accept", "value": "application/json"},
+        {"key": "cache-control", "value": "max-age=0"},
+    ]);
+    let text = v20(json!([
+        get_item("defaults", format!("{base}/headers"), test),
+        own
+    ]));
+    let run = run_text(
+        &text,
+        RunOptions {
+            iterations: Some(2),
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    assert_all_pass(&run, 14);
+    // A fresh Postman-Token on every request.
+    let (a, b) = (
+        run.environment.get_str("token0"),
+        run.environment.get_str("token1"),
+    );
+    assert!(a.is_some() && b.is_some() && a != b, "{a:?} {b:?}");
+}
+
+#[tokio::test]
+async fn cookies_set_by_a_reply_are_sent_back_within_the_run_only() {
+    let base = serve().await;
+    let text = v20(json!([
+        // postman-echo sets the cookies and redirects to /cookies; the jar
+        // already sends them on the redirected request.
+        get_item(
+            "set",
+            format!("{base}/cookies/set?foo1=bar1&foo2=bar2"),
+            "var c = JSON.parse(responseBody).cookies;\ntests['after redirect'] = c.foo1 === 'bar1' && c.foo2 === 'bar2';"
+        ),
+        get_item(
+            "later",
+            format!("{base}/cookies"),
+            "var c = JSON.parse(responseBody).cookies;\ntests['sent back'] = c.foo1 === 'bar1' && c.foo2 === 'bar2';"
+        ),
+    ]));
+    let run = run_text(&text, RunOptions::default()).await;
+    assert_all_pass(&run, 2);
+    // A new run starts with an empty jar.
+    let text = v20(json!([get_item(
+        "fresh",
+        format!("{base}/cookies"),
+        "tests['empty jar'] = Object.keys(JSON.parse(responseBody).cookies).length === 0;"
+    )]));
+    let run = run_text(&text, RunOptions::default()).await;
+    assert_all_pass(&run, 1);
+}
+
+#[tokio::test]
+async fn v2_0_auth_objects_and_legacy_scripts_run() {
+    let base = serve().await;
+    // v2.0 writes auth parameters as an object; this is postman-echo's own
+    // example, with a legacy test script.
+    let text = json!({
+        "info": {"name": "v2.0 auth", "schema": "https://schema.getpostman.com/json/collection/v2.0.0/collection.json"},
+        "item": [{
+            "name": "basic",
+            "request": {
+                "url": format!("{base}/basic-auth"),
+                "method": "GET",
+                "auth": {"type": "basic", "basic": {"username": "postman", "password": "password", "saveHelperData": true, "showPassword": false}}
+            },
+            "event": [{"listen": "test", "script": {"type": "text/javascript", "exec": [
+                "tests['status'] = responseCode.code === 200;",
+                "tests['body has'] = responseBody.has('authenticated');",
+                "tests['json'] = JSON.parse(responseBody).authenticated === true;",
+                "postman.setEnvironmentVariable('code', responseCode.code);"
+            ]}}]
+        }]
+    })
+    .to_string();
+    let run = run_text(&text, RunOptions::default()).await;
+    assert_all_pass(&run, 3);
+    assert_eq!(run.report.properties["format"], "postman collection v2.0");
+    // Legacy setters store text, as Newman does.
+    assert_eq!(run.environment.get("code"), Some(&Value::from("200")));
+}
+
+// ------------------------------------------------------------ Newman's counts
+
+/// One collection of the corpus, as counts.json lists it.
+struct Case {
+    name: String,
+    collection: String,
+    environment: Option<String>,
+    globals: Option<String>,
+    data: Option<String>,
+    newman: Value,
+}
+
+fn cases() -> (Value, Vec<Case>) {
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("counts.json")).unwrap()).unwrap();
+    let file = |c: &Value, k: &str| c[k].as_str().map(str::to_string);
+    let cases = doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            name: c["name"].as_str().unwrap().to_string(),
+            collection: file(c, "collection").unwrap(),
+            environment: file(c, "environment"),
+            globals: file(c, "globals"),
+            data: file(c, "data"),
+            newman: c["newman"].clone(),
+        })
+        .collect();
+    (doc, cases)
+}
+
+/// The counts Newman's JSON reporter gives in `run.stats`, from ours.
+fn newman_stats(s: &Stats) -> Value {
+    let pair = |c: postman::Count| json!({"total": c.executed, "failed": c.failed});
+    json!({
+        "iterations": pair(s.iterations),
+        "requests": pair(s.requests),
+        "testScripts": pair(s.test_scripts),
+        "prerequestScripts": pair(s.prerequest_scripts),
+        "assertions": pair(s.assertions),
+    })
+}
+
+#[tokio::test]
+async fn newman_fixtures_give_newmans_counts() {
+    let base = serve().await;
+    let (doc, cases) = cases();
+    assert!(
+        doc["recorded_with"]
+            .as_str()
+            .is_some_and(|s| s.contains("newman")),
+        "counts.json says which Newman recorded it"
+    );
+    assert!(cases.len() >= 7, "the corpus shrank: {} cases", cases.len());
+    let mut v20 = 0;
+    let mut mismatches = Vec::new();
+    for case in &cases {
+        let text = localized(&case.collection, &base);
+        let collection = postman::load(&text).unwrap_or_else(|p| panic!("{}: {p:?}", case.name));
+        if collection.version == "2.0" {
+            v20 += 1;
+        }
+        let vars = |file: &Option<String>| -> Vars {
+            file.as_ref().map_or_else(Vars::new, |f| {
+                postman::load_environment(&localized(f, &base))
+                    .unwrap_or_else(|p| panic!("{f}: {p:?}"))
+            })
+        };
+        let data = case.data.as_ref().map_or_else(Vec::new, |f| {
+            let text = localized(f, &base);
+            postman::load_data(&text, postman::DataFormat::of(&fixture(f), &text))
+                .unwrap_or_else(|p| panic!("{f}: {p:?}"))
+        });
+        let options = RunOptions {
+            environment: vars(&case.environment),
+            globals: vars(&case.globals),
+            data,
+            working_dir: Some(fixture("")),
+            ..RunOptions::default()
+        };
+        let run = postman::run(&collection, options).await;
+        let ours = newman_stats(&run.stats);
+        if ours != case.newman {
+            mismatches.push(format!(
+                "{}: Newman {} / Testbed {}\n{}\n{}unsupported: {:?}",
+                case.name,
+                case.newman,
+                ours,
+                assertions(&run),
+                postman::newman_summary(&run),
+                run.unsupported
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "counts differ from Newman's:\n{}",
+        mismatches.join("\n\n")
+    );
+    assert!(v20 >= 5, "the corpus must keep v2.0 collections: {v20}");
+}
