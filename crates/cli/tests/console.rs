@@ -883,6 +883,63 @@ async fn console_in_a_real_browser() {
     )
     .await;
 
+    // Re-run with the same parameters, then compare the two reports.
+    b.goto(&run_path).await;
+    b.wait(
+        "the re-run button",
+        "document.getElementById('rerun')",
+        long,
+    )
+    .await;
+    b.click("#rerun").await;
+    b.wait(
+        "the new run",
+        &format!("/^\\/runs\\/[0-9a-f-]{{36}}$/.test(location.pathname) && location.pathname !== '{run_path}'"),
+        long,
+    )
+    .await;
+    b.wait(
+        "the new run's report",
+        "document.querySelector('a.button[href^=\"/reports/\"]')",
+        long,
+    )
+    .await;
+    let rerun = b.path().await;
+    let again = p.run_state(rerun.trim_start_matches("/runs/")).await;
+    assert_eq!(again["params"]["greeting"], "hello", "{again}");
+    b.goto("/reports").await;
+    b.wait(
+        "two reports",
+        "document.querySelectorAll('#reports tbody tr').length >= 2",
+        long,
+    )
+    .await;
+    b.js(
+        "const rows = document.querySelectorAll('#reports tbody tr');
+          rows[1].querySelector('input[name=base]').click();
+          rows[0].querySelector('input[name=new]').click();",
+    )
+    .await;
+    b.wait(
+        "the compare link",
+        "document.getElementById('compare')",
+        long,
+    )
+    .await;
+    b.click("#compare").await;
+    let compared = b
+        .wait(
+            "the comparison",
+            &format!("{frame}?.body?.innerText.includes('Regressions') && {frame}.body.innerText"),
+            long,
+        )
+        .await;
+    assert!(
+        compared.as_str().unwrap().contains("Regressions: 0"),
+        "{compared}"
+    );
+    assert!(b.path().await.contains("/compare/"));
+
     // Groups: create one from the form and add an agent to it.
     b.goto("/groups").await;
     b.wait(

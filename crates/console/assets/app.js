@@ -875,23 +875,25 @@ function PerfReport({ id }) {
 const NAV = [["/agents", "Agents"], ["/groups", "Groups"], ["/runs", "Runs"], ["/plans", "Plans"], ["/tasks", "Tasks"],
   ["/performance", "Performance"], ["/reports", "Reports"], ["/results", "Results"]];
 
+// Pages are keyed by their path: another run (agent, task…) is a fresh page
+// with fresh state, not the previous one's (a finished run's stopped poll).
 function route(path, query) {
   const seg = path.split("/").filter(Boolean).map(decodeURIComponent);
   switch (seg[0]) {
     case undefined: case "agents":
-      return seg[1] ? html`<${Agent} id=${seg[1]} />` : html`<${Agents} />`;
-    case "runs": return seg[1] ? html`<${RunPage} id=${seg[1]} query=${query} />` : html`<${Runs} query=${query} />`;
-    case "tasks": return seg[1] && seg[1] !== "new" ? html`<${TaskPage} id=${seg[1]} />` : html`<${NewTask} />`;
-    case "plans": return seg[1] ? html`<${PlanPage} id=${seg[1]} />` : html`<${Plans} />`;
+      return seg[1] ? html`<${Agent} key=${path} id=${seg[1]} />` : html`<${Agents} />`;
+    case "runs": return seg[1] ? html`<${RunPage} key=${path} id=${seg[1]} query=${query} />` : html`<${Runs} query=${query} />`;
+    case "tasks": return seg[1] && seg[1] !== "new" ? html`<${TaskPage} key=${path} id=${seg[1]} />` : html`<${NewTask} />`;
+    case "plans": return seg[1] ? html`<${PlanPage} key=${path} id=${seg[1]} />` : html`<${Plans} />`;
     case "reports":
-      if (seg[1] && seg[2] === "compare" && seg[3]) return html`<${Report} id=${seg[1]} other=${seg[3]} />`;
-      return seg[1] ? html`<${Report} id=${seg[1]} />` : html`<${ReportsPage} />`;
+      if (seg[1] && seg[2] === "compare" && seg[3]) return html`<${Report} key=${path} id=${seg[1]} other=${seg[3]} />`;
+      return seg[1] ? html`<${Report} key=${path} id=${seg[1]} />` : html`<${ReportsPage} />`;
     case "groups": return html`<${Groups} />`;
     case "results": return html`<${Results} />`;
     case "performance":
-      if (seg[1] === "executions" && seg[2]) return html`<${Execution} id=${seg[2]} />`;
-      if (seg[1] === "reports" && seg[2]) return html`<${PerfReport} id=${seg[2]} />`;
-      if (seg[1] === "plans" && seg[2]) return html`<${PerfPlan} id=${seg[2]} />`;
+      if (seg[1] === "executions" && seg[2]) return html`<${Execution} key=${path} id=${seg[2]} />`;
+      if (seg[1] === "reports" && seg[2]) return html`<${PerfReport} key=${path} id=${seg[2]} />`;
+      if (seg[1] === "plans" && seg[2]) return html`<${PerfPlan} key=${path} id=${seg[2]} />`;
       return html`<${Performance} />`;
     default: return html`<section><h1>Not found</h1><p>No console page at ${path}.</p></section>`;
   }
