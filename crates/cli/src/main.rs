@@ -29,7 +29,7 @@ shortened to a unique prefix; NO_COLOR or a redirected output turns colour off."
 #[derive(Parser)]
 #[command(
     name = "testbed",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("TESTBED_GIT_REVISION"), ")"),
     about = "Distributed test platform: server, agents and client in one binary",
     after_help = EXIT_CODES
 )]
