@@ -1240,3 +1240,225 @@ async fn console_in_a_real_browser() {
     )
     .await;
 }
+
+/// Server CPU time (user + system) of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name (which may contain spaces).
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Console benchmarks (docs/console.md): the agents page with 1,000
+/// simulated agents, the runs list over 10,000 runs, and the server's CPU
+/// while 20 consoles follow a live load test. Slow: run on demand with
+/// `cargo test -p testbed-cli --test console -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn console_benchmark() {
+    if !browser::available() {
+        return;
+    }
+    let runs: usize = std::env::var("TESTBED_BENCH_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &[]).await;
+    let pid = p.proc.child.as_ref().expect("running").id();
+    let long = Duration::from_secs(300);
+    let b = browser::Browser::start(&p.url).await;
+    b.sign_in("admin", ADMIN_PASSWORD).await;
+
+    // 1,000 agents.
+    let mut sim = {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args([
+            "agent",
+            "--server",
+            &p.url,
+            "--name",
+            "sim",
+            "--simulate",
+            "1000",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("sim"))
+        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN)
+        .env("TESTBED_LOG", "error");
+        Proc::spawn("simulated agents", cmd)
+    };
+    let deadline = std::time::Instant::now() + long;
+    loop {
+        let (_, a) = p.get("/api/agents").await;
+        let online = a
+            .as_array()
+            .map_or(0, |v| v.iter().filter(|x| x["status"] == "online").count());
+        if online >= 1001 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{online} agents online"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.goto("/agents").await;
+    let first = b
+        .js_async(
+            "const done = arguments[arguments.length - 1];
+             const tick = () => document.querySelectorAll('#agents tbody tr').length >= 1001
+               ? done(performance.now()) : requestAnimationFrame(tick);
+             tick();",
+        )
+        .await;
+    // Main-thread time spent in long tasks (>50 ms) over 10 s of live updates.
+    let busy = b
+        .js_async(
+            "const done = arguments[arguments.length - 1];
+             let sum = 0;
+             const o = new PerformanceObserver(l => l.getEntries().forEach(e => sum += e.duration));
+             o.observe({type: 'longtask'});
+             setTimeout(() => { o.disconnect(); done(sum); }, 10000);",
+        )
+        .await;
+    println!(
+        "BENCH agents page, 1001 agents: first render {:.0} ms after navigation; long tasks {:.0} ms per 10 s of live updates",
+        first.as_f64().unwrap(),
+        busy.as_f64().unwrap()
+    );
+    assert!(first.as_f64().unwrap() < 30_000.0);
+    sim.kill9();
+
+    // 10,000 runs (each skips its one step, so no agent is needed).
+    let plan = store_plan(
+        &p,
+        "name: bench\nparameters:\n  n: {type: integer, default: 0}\nsteps:\n  - id: s\n    when: \"{{ params.n }} == -1\"\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+    let mut handles = Vec::new();
+    for i in 0..runs {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (http, url, token, plan) =
+            (p.http.clone(), p.url.clone(), p.token.clone(), plan.clone());
+        handles.push(tokio::spawn(async move {
+            let (s, b) = post_as(
+                &http,
+                &url,
+                &token,
+                "/api/runs",
+                json!({"plan_id": plan, "params": {"n": i}}),
+            )
+            .await;
+            drop(permit);
+            assert_eq!(s, 201, "{b}");
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    println!(
+        "BENCH created {runs} runs in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    b.goto("/runs").await;
+    let first = b
+        .js_async(
+            "const done = arguments[arguments.length - 1];
+             const tick = () => document.querySelectorAll('#runs tbody tr').length >= 50
+               ? done(performance.now()) : requestAnimationFrame(tick);
+             tick();",
+        )
+        .await;
+    let t = std::time::Instant::now();
+    let (s, page) = p.get("/api/runs?page=100&page_size=50").await;
+    assert_eq!(s, 200);
+    let api_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(page["total"].as_u64().unwrap() as usize, runs);
+    println!(
+        "BENCH runs page over {runs} runs: first render {:.0} ms after navigation; GET /api/runs page 100 in {api_ms:.0} ms",
+        first.as_f64().unwrap()
+    );
+
+    // 20 consoles on a live load test: each follows the metrics WebSocket
+    // and polls the plan once a second, as the execution page does.
+    let (target, _) = serve();
+    let (_, project) = p
+        .post("/api/projects", json!({"name": "bench", "description": ""}))
+        .await;
+    let (s, lp) = p
+        .post(
+            "/api/performance/plans/",
+            json!({"name": "bench-load", "project_id": project["id"], "config": {
+                "concurrent_users": 2, "ramp_up_time": 0, "hold_time": 40,
+                "test_type": "load", "target_url": target}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{lp}");
+    let (s, started) = p
+        .post(
+            &format!("/api/performance/plans/{}/start/", lp["id"]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{started}");
+    let exec = started["execution_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let quiet_start = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let quiet = cpu_seconds(pid) - quiet_start;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut watchers = Vec::new();
+    for _ in 0..20 {
+        let (url, token, exec, plan_id, stop) = (
+            p.url.clone(),
+            p.token.clone(),
+            exec.clone(),
+            lp["id"].clone(),
+            stop.clone(),
+        );
+        watchers.push(tokio::spawn(async move {
+            use futures_util::StreamExt;
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let ws = format!(
+                "{}/ws/performance/{exec}/",
+                url.replacen("http://", "ws://", 1)
+            );
+            let mut req = ws.into_client_request().unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let (mut sock, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
+            let http = reqwest::Client::new();
+            let mut messages = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::select! {
+                    m = sock.next() => match m { Some(Ok(_)) => messages += 1, _ => break },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let _ = http.get(format!("{url}/api/performance/plans/{plan_id}/"))
+                            .bearer_auth(&token).send().await;
+                    }
+                }
+            }
+            messages
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let busy_start = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let busy = cpu_seconds(pid) - busy_start;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut messages = 0;
+    for w in watchers {
+        messages += w.await.unwrap();
+    }
+    println!(
+        "BENCH live load test: server CPU {:.1} % of a core without consoles, {:.1} % with 20 consoles ({messages} metric messages received)",
+        quiet * 10.0,
+        busy * 10.0
+    );
+    assert!(messages >= 20 * 5, "{messages} messages");
+}
