@@ -1,0 +1,324 @@
+//! Packaging files under `packaging/`, checked offline: the systemd units
+//! by `systemd-analyze verify` and `security` (when systemd is on the
+//! machine), the Dockerfile by its structure; the command lines both of
+//! them start are run for real against the built binary. And `testbed
+//! --version` names the git revision it was built from.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// `key=value` lines of a unit file's section (comments and blanks skipped).
+fn unit_values(unit: &str, key: &str) -> Vec<String> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
+        .collect()
+}
+
+fn has_tool(name: &str) -> bool {
+    Command::new(name).arg("--version").output().is_ok()
+}
+
+#[test]
+fn systemd_units_verify_clean() {
+    if !has_tool("systemd-analyze") {
+        eprintln!("SKIP systemd_units_verify_clean: systemd-analyze is not on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["testbed-server.service", "testbed-agent.service"] {
+        // verify checks that ExecStart's program exists: point it at the
+        // binary under test instead of the installed path.
+        let unit = read(&format!("packaging/systemd/{name}"))
+            .replace("/usr/local/bin/testbed", &bin().display().to_string());
+        std::fs::write(dir.path().join(name), unit).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(["testbed-server.service", "testbed-agent.service"].map(|n| dir.path().join(n)))
+        .output()
+        .expect("systemd-analyze verify");
+    // verify exits 0 on an unknown key or a bad value and only warns:
+    // any output at all is a finding.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+
+    // The server runs no tasks and is locked down hard; the agent less so,
+    // by design (packaging/systemd/testbed-agent.service says why).
+    // `--threshold` is in tenths of the printed 0–10 exposure: the server
+    // must stay at or below 2.0 ("OK"), the agent at or below 8.0.
+    for (name, threshold) in [
+        ("testbed-server.service", "20"),
+        ("testbed-agent.service", "80"),
+    ] {
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(format!("--threshold={threshold}"))
+            .arg(dir.path().join(name))
+            .output()
+            .expect("systemd-analyze security");
+        assert!(
+            out.status.success(),
+            "{name} exposure above {threshold}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn systemd_units_are_hardened_as_documented() {
+    let server = read("packaging/systemd/testbed-server.service");
+    for (key, value) in [
+        ("DynamicUser", "yes"),
+        ("StateDirectory", "testbed"),
+        ("ProtectSystem", "strict"),
+        ("NoNewPrivileges", "yes"),
+        ("PrivateDevices", "yes"),
+    ] {
+        assert_eq!(unit_values(&server, key), [value], "server {key}");
+    }
+    let agent = read("packaging/systemd/testbed-agent.service");
+    for (key, value) in [
+        ("User", "testbed-agent"),
+        ("StateDirectory", "testbed-agent"),
+        ("ProtectSystem", "strict"),
+        ("NoNewPrivileges", "yes"),
+    ] {
+        assert_eq!(unit_values(&agent, key), [value], "agent {key}");
+    }
+    // Secrets come from an environment file, never the command line.
+    for unit in [&server, &agent] {
+        for exec in unit_values(unit, "ExecStart") {
+            assert!(!exec.to_lowercase().contains("token "), "{exec}");
+        }
+    }
+}
+
+/// One Dockerfile instruction: keyword and arguments, continuations joined.
+fn instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if current.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if t.starts_with('#') {
+            continue;
+        }
+        match t.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(t);
+                let (kw, args) = current.split_once(' ').unwrap_or((&current, ""));
+                out.push((kw.to_string(), args.trim().to_string()));
+                current.clear();
+            }
+        }
+    }
+    assert!(current.is_empty(), "dangling continuation: {current}");
+    out
+}
+
+#[test]
+fn dockerfile_is_multi_stage_non_root_with_health_check() {
+    let text = read("packaging/Dockerfile");
+    let ins = instructions(&text);
+    const KNOWN: &[&str] = &[
+        "FROM",
+        "RUN",
+        "CMD",
+        "LABEL",
+        "EXPOSE",
+        "ENV",
+        "ADD",
+        "COPY",
+        "ENTRYPOINT",
+        "VOLUME",
+        "USER",
+        "WORKDIR",
+        "ARG",
+        "ONBUILD",
+        "STOPSIGNAL",
+        "HEALTHCHECK",
+        "SHELL",
+    ];
+    for (kw, args) in &ins {
+        assert!(
+            KNOWN.contains(&kw.as_str()),
+            "unknown instruction {kw} {args}"
+        );
+    }
+    let stages: Vec<usize> = ins
+        .iter()
+        .enumerate()
+        .filter(|(_, (k, _))| k == "FROM")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(stages.len() >= 2, "multi-stage: {stages:?}");
+    let (_, builder) = &ins[stages[0]];
+    assert!(
+        builder.starts_with("rust:") && builder.ends_with(" AS build"),
+        "{builder}"
+    );
+    // The builder's toolchain is the workspace's MSRV, which the lockfile fits.
+    let msrv = read("Cargo.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .expect("workspace rust-version");
+    assert!(
+        ins.iter()
+            .any(|(k, a)| k == "ARG" && *a == format!("RUST_VERSION={msrv}")),
+        "ARG RUST_VERSION={msrv}"
+    );
+    let runtime = &ins[*stages.last().unwrap()..];
+    assert!(runtime[0].1.starts_with("debian:") && runtime[0].1.contains("-slim"));
+    let user = runtime
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "USER")
+        .map(|(_, a)| a.clone())
+        .expect("USER in the runtime stage");
+    assert!(
+        !["root", "0"].contains(&user.split(':').next().unwrap()),
+        "{user}"
+    );
+    assert!(runtime
+        .iter()
+        .any(|(k, a)| k == "COPY" && a.starts_with("--from=build ")));
+    let health = runtime
+        .iter()
+        .find(|(k, _)| k == "HEALTHCHECK")
+        .map(|(_, a)| a.clone())
+        .expect("HEALTHCHECK");
+    assert!(health.contains("CMD "), "{health}");
+    assert!(text.contains("http://127.0.0.1:8774/healthz"));
+    let entry = runtime
+        .iter()
+        .find(|(k, _)| k == "ENTRYPOINT")
+        .map(|(_, a)| a.clone())
+        .expect("ENTRYPOINT");
+    let entry: Vec<String> = serde_json::from_str(&entry).expect("exec-form ENTRYPOINT");
+    assert_eq!(entry, ["/usr/local/bin/testbed", "server"]);
+}
+
+/// The command lines the packaging starts are real: `testbed server` with
+/// the image's CMD and with the unit's ExecStart flags, state moved to a
+/// temporary directory, answers /healthz.
+#[tokio::test(flavor = "multi_thread")]
+async fn packaged_command_lines_start_a_server() {
+    let text = read("packaging/Dockerfile");
+    let cmd = instructions(&text)
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == "CMD")
+        .map(|(_, a)| a)
+        .expect("CMD");
+    let image_args: Vec<String> = serde_json::from_str(&cmd).expect("exec-form CMD");
+    let unit = read("packaging/systemd/testbed-server.service");
+    let exec = unit_values(&unit, "ExecStart").pop().expect("ExecStart");
+    let unit_args: Vec<String> = exec
+        .split_whitespace()
+        .skip(2) // /usr/local/bin/testbed server
+        .map(str::to_string)
+        .collect();
+    for (what, args) in [("image CMD", image_args), ("unit ExecStart", unit_args)] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().display().to_string();
+        let port = free_port();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                a.replace("/var/lib/testbed", &state)
+                    .replace("0.0.0.0:8774", &format!("127.0.0.1:{port}"))
+                    .replace("127.0.0.1:8774", &format!("127.0.0.1:{port}"))
+            })
+            .collect();
+        let mut command = Command::new(bin());
+        command
+            .arg("server")
+            .args(&args)
+            .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD);
+        let proc = Proc::spawn(what, command);
+        proc.wait_line("Testbed is listening on", Duration::from_secs(60));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{what}: /healthz never answered");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            dir.path().join("testbed.redb").is_file(),
+            "{what}: the store is not in the state directory"
+        );
+    }
+}
+
+#[test]
+fn version_names_the_git_revision() {
+    let out = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let line = line.trim();
+    let rev = line
+        .strip_prefix(&format!("testbed {} (git ", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected --version: {line}"));
+    if let Ok(forced) = std::env::var("TESTBED_GIT_REVISION") {
+        assert_eq!(rev, forced.trim());
+        return;
+    }
+    let git = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(repo())
+        .output();
+    match git {
+        Ok(o) if o.status.success() => {
+            assert!(
+                rev.len() >= 7 && rev.chars().all(|c| c.is_ascii_hexdigit()),
+                "{line}"
+            );
+            // The binary was built from this checkout: its revision is HEAD
+            // or (in a tree others commit to meanwhile) an ancestor of it.
+            let ancestor = Command::new("git")
+                .args(["merge-base", "--is-ancestor", rev, "HEAD"])
+                .current_dir(repo())
+                .status()
+                .unwrap();
+            assert!(
+                ancestor.success(),
+                "{rev} is not in this checkout's history"
+            );
+        }
+        _ => assert_eq!(rev, "unknown", "{line}"),
+    }
+}
