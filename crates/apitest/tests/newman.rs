@@ -33,6 +33,10 @@ fn echo_app() -> Router {
         .route("/cookies", get(cookies))
         .route("/cookies/set", get(cookies_set))
         .route("/basic-auth", get(basic_auth))
+        .route("/post", any(echo_body))
+        .route("/put", any(echo_body))
+        .route("/patch", any(echo_body))
+        .route("/delete", any(echo_body))
 }
 
 /// postman-echo's JSON: `application/json; charset=utf-8` (a fixture asserts
@@ -88,6 +92,75 @@ async fn echo_get(
             "args": args(query.as_deref()),
             "headers": headers_json(&headers),
             "url": format!("http://{host}{uri}"),
+        }),
+    )
+}
+
+/// The text fields of a `multipart/form-data` body (files are left out; the
+/// fixtures send none).
+fn multipart_fields(content_type: &str, body: &[u8]) -> Map<String, Value> {
+    let mut out = Map::new();
+    let Some(boundary) = content_type.split("boundary=").nth(1) else {
+        return out;
+    };
+    let boundary = format!("--{}", boundary.trim_matches('"'));
+    let text = String::from_utf8_lossy(body);
+    for part in text.split(boundary.as_str()) {
+        let Some((head, value)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let Some(name) = head
+            .split("name=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        if head.contains("filename=") {
+            continue;
+        }
+        let value = value.strip_suffix("\r\n").unwrap_or(value);
+        out.insert(name.to_string(), Value::String(value.to_string()));
+    }
+    out
+}
+
+/// postman-echo's `/post` (and `/put`, …): the query, the body as `data`, its
+/// fields as `form`, its JSON as `json`.
+async fn echo_body(
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut form = Map::new();
+    let mut data = Value::String(String::new());
+    let mut json_body = Value::Null;
+    if ct.starts_with("application/x-www-form-urlencoded") {
+        form = args(Some(&String::from_utf8_lossy(&body)))
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+    } else if ct.starts_with("multipart/form-data") {
+        form = multipart_fields(&ct, &body);
+    } else {
+        let text = String::from_utf8_lossy(&body).into_owned();
+        json_body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        data = Value::String(text);
+    }
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "args": args(query.as_deref()),
+            "data": data,
+            "files": {},
+            "form": form,
+            "headers": headers_json(&headers),
+            "json": json_body,
         }),
     )
 }
@@ -376,11 +449,15 @@ async fn cookies_set_by_a_reply_are_sent_back_within_the_run_only() {
         get_item(
             "later",
             format!("{base}/cookies"),
-            "var c = JSON.parse(responseBody).cookies;\ntests['sent back'] = c.foo1 === 'bar1' && c.foo2 === 'bar2';"
+            "var c = JSON.parse(responseBody).cookies;\n\
+             tests['sent back'] = c.foo1 === 'bar1' && c.foo2 === 'bar2';\n\
+             tests['legacy cookie'] = postman.getResponseCookie('foo1').value === 'bar1' && postman.getResponseCookie('nope') === undefined;\n\
+             tests['responseCookies'] = responseCookies.length === 2 && responseCookies[1].name === 'foo2';\n\
+             pm.test('pm.cookies', () => { pm.expect(pm.cookies.get('foo2')).to.equal('bar2'); pm.expect(pm.cookies.has('x')).to.be.false; pm.expect(pm.cookies.toObject()).to.eql({foo1: 'bar1', foo2: 'bar2'}); });"
         ),
     ]));
     let run = run_text(&text, RunOptions::default()).await;
-    assert_all_pass(&run, 2);
+    assert_all_pass(&run, 5);
     // A new run starts with an empty jar.
     let text = v20(json!([get_item(
         "fresh",
@@ -475,7 +552,11 @@ async fn newman_fixtures_give_newmans_counts() {
             .is_some_and(|s| s.contains("newman")),
         "counts.json says which Newman recorded it"
     );
-    assert!(cases.len() >= 7, "the corpus shrank: {} cases", cases.len());
+    assert!(
+        cases.len() >= 12,
+        "the corpus shrank: {} cases",
+        cases.len()
+    );
     let mut v20 = 0;
     let mut mismatches = Vec::new();
     for case in &cases {
@@ -521,5 +602,8 @@ async fn newman_fixtures_give_newmans_counts() {
         "counts differ from Newman's:\n{}",
         mismatches.join("\n\n")
     );
-    assert!(v20 >= 5, "the corpus must keep v2.0 collections: {v20}");
+    assert!(
+        v20 >= 11,
+        "the corpus must keep its v2.0 collections: {v20}"
+    );
 }

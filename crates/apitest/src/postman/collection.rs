@@ -55,6 +55,8 @@ pub struct Request {
     pub body: Option<Body>,
     /// `None` inherits from the folder or collection.
     pub auth: Option<Auth>,
+    /// The request's description (legacy scripts read `request.description`).
+    pub description: Option<String>,
 }
 
 /// A URL as Postman stores it: `raw`, and usually its parts too. When `host`
@@ -474,6 +476,7 @@ impl Checker {
                 headers: Vec::new(),
                 body: None,
                 auth: None,
+                description: None,
             });
         }
         let o = self.object(v, path)?;
@@ -513,12 +516,19 @@ impl Checker {
             Some(b) => self.body(b, &locate::key(path, "body")),
         };
         let auth = self.auth(o, path);
+        // A text, or `{"content": …, "type": "text/markdown"}`.
+        let description = match o.get("description") {
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(Value::Object(d)) => d.get("content").and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        };
         Some(Request {
             method,
             url: url?,
             headers,
             body,
             auth,
+            description,
         })
     }
 

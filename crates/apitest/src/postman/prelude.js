@@ -265,6 +265,30 @@
     return this._on().map(function (h) { return h.key + ': ' + h.value; }).join('\n');
   };
 
+  // ---------------------------------------------------------------- cookies
+  // The run's jar for the URL of the reply, names and values only (the
+  // jar does not give the attributes): `pm.cookies` and the legacy
+  // `responseCookies`/`postman.getResponseCookie`.
+  function CookieList(pairs) {
+    this._c = (pairs || []).map(function (p) { return { name: p[0], value: p[1] }; });
+  }
+  CookieList.prototype.one = function (name) {
+    var c = this._c.find(function (c) { return c.name === String(name); });
+    return c ? { name: c.name, value: c.value } : undefined;
+  };
+  CookieList.prototype.get = function (name) { var c = this.one(name); return c ? c.value : undefined; };
+  CookieList.prototype.has = function (name) { return this.one(name) !== undefined; };
+  CookieList.prototype.all = function () { return this._c.map(function (c) { return { name: c.name, value: c.value }; }); };
+  CookieList.prototype.toObject = function () {
+    var o = {};
+    this._c.forEach(function (c) { o[c.name] = c.value; });
+    return o;
+  };
+  CookieList.prototype.toJSON = CookieList.prototype.all;
+  CookieList.prototype.count = function () { return this._c.length; };
+  CookieList.prototype.each = function (fn) { this.all().forEach(fn); };
+  CookieList.prototype.jar = function () { return unsupported('pm.cookies.jar'); };
+
   // ---------------------------------------------------------------- response
   function Response(r) {
     this.code = r.code;
@@ -663,7 +687,7 @@
       set: function () { return unsupported('pm.visualizer'); },
       clear: function () {}
     },
-    cookies: missing('pm.cookies'),
+    cookies: response ? new CookieList(input.response.cookies) : missing('pm.cookies in a pre-request script'),
     vault: missing('pm.vault'),
     require: function (m) { return unsupported("pm.require('" + m + "')"); }
   };
@@ -716,7 +740,7 @@
   if (response) {
     // Only test scripts have these, as in postman-sandbox.
     postman.getResponseHeader = function (n) { return response.headers.get(n); };
-    postman.getResponseCookie = function () { return unsupported('postman.getResponseCookie'); };
+    postman.getResponseCookie = function (name) { return pm.cookies.one(name); };
   }
 
   // Sugar.js, which the Postman sandbox loads, gives every string `has`;
@@ -739,7 +763,7 @@
   global.globals = legacyGlobals;
   global.data = scopes.data.toObject();
   global.iteration = input.info.iteration;
-  global.request = { url: req.url, method: req.method, headers: request.headers.toObject(), data: req.body && req.body.raw, name: input.info.requestName };
+  global.request = { url: req.url, method: req.method, headers: request.headers.toObject(), data: req.body && req.body.raw, name: input.info.requestName, description: req.description === null ? undefined : req.description };
   if (response) {
     global.responseBody = response.text();
     global.responseCode = { code: response.code, name: response.status, detail: response.status, standardName: response.status };
@@ -757,7 +781,7 @@
         return typeof p === 'string' ? Object.keys(t).some(function (x) { return x.toLowerCase() === p.toLowerCase(); }) : p in t;
       }
     });
-    global.responseCookies = missing('responseCookies');
+    global.responseCookies = pm.cookies.all();
   }
   global.btoa = function (s) {
     var c = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', o = '';

@@ -328,7 +328,7 @@ struct Runner<'c> {
     collection_name: String,
     options: RunOptions,
     limits: Limits,
-    client: Result<reqwest::Client, crate::TransportError>,
+    client: Result<send::Http, crate::TransportError>,
     working_dir: PathBuf,
     scopes: Scopes,
     stats: Stats,
@@ -734,10 +734,11 @@ impl<'c> Runner<'c> {
                 Listen::Test => &mut self.stats.test_scripts,
             };
             count.executed += 1;
-            let request = match built {
+            let mut request = match built {
                 Some(b) => built_view(b, &e.item.request.body),
                 None => template_view(e.item, &cur.headers),
             };
+            request["description"] = json!(e.item.request.description);
             let mut info = info.clone();
             info["eventName"] = Value::String(
                 match listen {
@@ -999,6 +1000,7 @@ fn response_view(a: &Answer) -> Value {
         "body": String::from_utf8_lossy(&a.body),
         "responseTime": u64::try_from(a.time.as_millis()).unwrap_or(u64::MAX),
         "responseSize": a.size,
+        "cookies": a.cookies.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
     })
 }
 

@@ -2,9 +2,11 @@
 //! variables filled in, auth applied, body encoded; and sends it.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use reqwest::cookie::{CookieStore as _, Jar};
 use serde_json::{json, Value};
 
 use super::collection::{Auth, Body, FormValue, Header, Request, Url};
@@ -446,6 +448,8 @@ pub(crate) struct Answer {
     pub time: Duration,
     /// Body plus headers, approximately what went over the wire.
     pub size: usize,
+    /// The cookies of the run's jar for the URL of the reply.
+    pub cookies: Vec<(String, String)>,
 }
 
 /// What Postman offers: the encodings [`decode`] reads.
@@ -455,25 +459,45 @@ pub(crate) const ACCEPT_ENCODING: &str = "gzip, deflate, br";
 /// not be able to exhaust memory.
 const MAX_DECODED: u64 = 512 << 20;
 
-/// The client of one run. It holds the run's cookie jar: a `Set-Cookie` is sent
-/// back on later requests to the same site, as Newman does.
-pub(crate) fn client(timeout: Duration, insecure: bool) -> Result<reqwest::Client, TransportError> {
+/// The client of one run, with the run's cookie jar: a `Set-Cookie` is sent
+/// back on later requests to the same site, as Newman does, and scripts read
+/// the jar's cookies for the URL they got their reply from.
+pub(crate) struct Http {
+    client: reqwest::Client,
+    jar: Arc<Jar>,
+}
+
+pub(crate) fn client(timeout: Duration, insecure: bool) -> Result<Http, TransportError> {
+    let jar = Arc::new(Jar::default());
     reqwest::Client::builder()
-        .cookie_store(true)
+        .cookie_provider(jar.clone())
         .timeout(timeout)
         .danger_accept_invalid_certs(insecure)
         .build()
+        .map(|client| Http { client, jar })
         .map_err(|e| TransportError::Invalid(format!("cannot set up the HTTP client: {e}")))
 }
 
+/// The `name=value` pairs of a `Cookie` header.
+fn cookie_pairs(header: &str) -> Vec<(String, String)> {
+    header
+        .split(';')
+        .filter_map(|c| {
+            let c = c.trim();
+            let (k, v) = c.split_once('=').unwrap_or((c, ""));
+            (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 pub(crate) async fn send(
-    client: &reqwest::Client,
+    http: &Http,
     built: &Built,
     timeout: Duration,
 ) -> Result<Answer, TransportError> {
     let method = reqwest::Method::from_bytes(built.method.as_bytes())
         .map_err(|_| TransportError::Invalid(format!("not an HTTP method: {}", built.method)))?;
-    let mut rb = client.request(method, &built.url);
+    let mut rb = http.client.request(method, &built.url);
     for (k, v) in &built.headers {
         rb = rb.header(k.as_str(), v.as_str());
     }
@@ -501,6 +525,17 @@ pub(crate) async fn send(
     };
     let start = Instant::now();
     let resp = rb.send().await.map_err(|e| classify(&e, timeout))?;
+    // What the jar holds for the final URL (after redirects) once this reply's
+    // `Set-Cookie` went in: Newman's `responseCookies`. The jar gives names and
+    // values only, not the attributes.
+    let cookies = http
+        .jar
+        .cookies(resp.url())
+        .map(|h| cookie_pairs(&String::from_utf8_lossy(h.as_bytes())))
+        .unwrap_or_default();
+    // The jar's order changes from run to run; scripts see a stable one.
+    let mut cookies = cookies;
+    cookies.sort();
     let code = resp.status().as_u16();
     let reason = resp.status().canonical_reason().unwrap_or("").to_string();
     let headers: Vec<(String, String)> = resp
@@ -538,6 +573,7 @@ pub(crate) async fn send(
         body,
         time,
         size,
+        cookies,
     })
 }
 
@@ -663,6 +699,7 @@ mod tests {
             headers: Vec::new(),
             body: None,
             auth: None,
+            description: None,
         };
         let b = build(&req, &[], None, &scopes, Path::new(".")).unwrap();
         assert_eq!(b.url, "http://127.0.0.1:9/users/42?a=1");
