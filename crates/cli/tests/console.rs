@@ -535,6 +535,26 @@ mod browser {
             .await;
         }
 
+        /// Sends keys (WebDriver codes, e.g. `\u{e007}` for Enter) to the
+        /// focused element.
+        pub async fn keys_to_active(&self, keys: &str) {
+            let v = self
+                .call(reqwest::Method::GET, "/element/active", Value::Null)
+                .await;
+            let id = v
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(Value::as_str)
+                .expect("active element")
+                .to_string();
+            self.call(
+                reqwest::Method::POST,
+                &format!("/element/{id}/value"),
+                json!({ "text": keys }),
+            )
+            .await;
+        }
+
         pub async fn path(&self) -> String {
             self.js("return location.pathname + location.search")
                 .await
@@ -561,7 +581,8 @@ mod browser {
             .await;
             self.type_into("#username", user).await;
             self.type_into("#password", password).await;
-            self.click("#login-form button[type=submit]").await;
+            // Enter in the password field submits, as a keyboard user would.
+            self.type_into("#password", "\u{e007}").await;
             self.wait(
                 "the signed-in header",
                 &format!("document.getElementById('who')?.textContent.startsWith('{user} ')"),
@@ -1236,6 +1257,39 @@ async fn console_in_a_real_browser() {
     b.wait(
         "the graph at phone width",
         "document.querySelector('.node[data-step=\"integration\"]')",
+        long,
+    )
+    .await;
+    b.wait(
+        "the step panel",
+        "document.getElementById('step-panel')",
+        long,
+    )
+    .await;
+    // Nothing but the graph's own box scrolls sideways.
+    let overflow = b
+        .js("return document.documentElement.scrollWidth - window.innerWidth")
+        .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "page wider than the phone by {overflow} px"
+    );
+
+    // Keyboard: a step of the graph takes focus and Enter opens it.
+    b.js("document.querySelector('.node[data-step=\"unit\"]').focus()")
+        .await;
+    let focused = b.js("return document.activeElement.dataset.step").await;
+    assert_eq!(focused, json!("unit"));
+    b.keys_to_active("\u{e007}").await;
+    b.wait(
+        "the unit step opened",
+        "location.search === '?step=unit'",
+        long,
+    )
+    .await;
+    b.wait(
+        "its panel",
+        "document.querySelector('#step-panel h2')?.textContent.includes('unit')",
         long,
     )
     .await;
