@@ -33,6 +33,7 @@ fn echo_app() -> Router {
         .route("/cookies", get(cookies))
         .route("/cookies/set", get(cookies_set))
         .route("/basic-auth", get(basic_auth))
+        .route("/response-headers", get(response_headers))
         .route("/post", any(echo_body))
         .route("/put", any(echo_body))
         .route("/patch", any(echo_body))
@@ -163,6 +164,21 @@ async fn echo_body(
             "json": json_body,
         }),
     )
+}
+
+/// Each query argument becomes a header of the reply, and the body lists them.
+async fn response_headers(RawQuery(query): RawQuery) -> Response {
+    let set = args(query.as_deref());
+    let mut r = json_reply(StatusCode::OK, &set);
+    for (k, v) in set.as_object().into_iter().flatten() {
+        if let (Ok(name), Some(Ok(value))) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            v.as_str().map(HeaderValue::from_str),
+        ) {
+            r.headers_mut().insert(name, value);
+        }
+    }
+    r
 }
 
 async fn echo_headers(headers: HeaderMap) -> Response {
