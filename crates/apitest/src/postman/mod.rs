@@ -1,6 +1,7 @@
-//! Postman collection v2.1 support: load a collection (and an environment and
-//! globals export), run it with Postman's scripting API in an embedded JS
-//! sandbox, and report like newman.
+//! Postman collection v2.0 and v2.1 support: load a collection (and an
+//! environment and globals export), run it with Postman's scripting API in an
+//! embedded JS sandbox, and report like newman. `tests/newman.rs` checks that
+//! Newman's own collections give the counts Newman gives.
 //!
 //! | module | holds |
 //! | --- | --- |
