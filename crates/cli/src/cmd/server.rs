@@ -118,6 +118,12 @@ impl MetricsArgs {
             (None, Some(t)) => Some(check_metrics_token(t.trim(), "TESTBED_METRICS_TOKEN")?),
             (None, None) => None,
         };
+        if let Some(addr) = self.metrics_listen.as_deref().filter(|a| !is_loopback(a)) {
+            tracing::warn!(
+                "--metrics-listen {addr}: /metrics is served there without auth; only the \
+                 scraper should reach that address (docs/operations.md)"
+            );
+        }
         Ok(testbed_server::metrics::MetricsSettings {
             token,
             listen: self.metrics_listen.clone(),
