@@ -16,7 +16,7 @@ use super::run::ReportFiles;
 
 #[derive(Subcommand, Debug)]
 pub enum ApiCmd {
-    /// Run YAML suites and/or Postman v2.1 collections (exit 1 when a test fails, 2 on bad input).
+    /// Run YAML suites and/or Postman v2.0/v2.1 collections (exit 1 when a test fails, 2 on bad input).
     Run(RunArgs),
     /// Check suites and collections without sending anything: every problem, with line:column.
     Lint(LintArgs),
