@@ -1051,6 +1051,53 @@ async fn console_in_a_real_browser() {
     )
     .await;
 
+    // A dropped log WebSocket reconnects and the log reads the same: no
+    // line twice, none missing.
+    let slow_task = p
+        .run(
+            "linux_system",
+            "local-1",
+            "run_shell",
+            json!({"command": "sh", "args": "-c 'for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 0.4; done'"}),
+        )
+        .await;
+    b.js("const Orig = window.WebSocket;
+          window.__ws = [];
+          window.WebSocket = function (url, protocols) {
+            const w = new Orig(url, protocols); window.__ws.push(w); return w;
+          };
+          window.WebSocket.prototype = Orig.prototype;")
+        .await;
+    // Navigate inside the page (no reload), so the wrapper stays.
+    b.js(&format!(
+        "history.pushState(null, '', '/tasks/{slow_task}'); dispatchEvent(new PopStateEvent('popstate'));"
+    ))
+    .await;
+    b.wait(
+        "the first lines",
+        "document.getElementById('log')?.textContent.includes('line-2')",
+        long,
+    )
+    .await;
+    b.js("window.__ws[window.__ws.length - 1].close(4000)")
+        .await;
+    b.wait("a reconnect", "window.__ws.length >= 2", long).await;
+    let log = b
+        .wait(
+            "the whole log",
+            "document.body.innerText.includes('End of log') && document.getElementById('log').textContent",
+            long,
+        )
+        .await;
+    let log = log.as_str().unwrap();
+    for i in 1..=8 {
+        assert_eq!(
+            log.matches(&format!("line-{i}\n")).count(),
+            1,
+            "line-{i} in {log:?}"
+        );
+    }
+
     // Cancel a run from its page.
     let slow = store_plan(&p, SLOW_PLAN).await;
     let (s, run) = p.post("/api/runs", json!({"plan_id": slow})).await;

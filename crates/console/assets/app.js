@@ -404,18 +404,23 @@ function StepPanel({ run, id, st }) {
 }
 
 // A task's log, streamed from `/ws/tasks/{id}/log` (the session cookie opens
-// it; same origin). The stream starts from the beginning, so a reconnect
-// replaces the text: no duplicated lines and no gap.
+// it; same origin). The stream always starts from the beginning, so after a
+// reconnect the new copy replaces the old one once it has caught up (the old
+// text stays on screen meanwhile): no duplicated lines, no gap, no flicker.
 function Log({ task }) {
   const [text, setText] = useState("");
   const [end, setEnd] = useState(null);
   const pre = useRef(null);
   useEffect(() => {
-    let closed = false, ws = null, retry = 0, timer = null, buf = "";
+    let closed = false, ws = null, retry = 0, timer = null, shown = "", next = "";
     const open = () => {
-      buf = "";
+      next = "";
       ws = new WebSocket(wsUrl(`/ws/tasks/${task}/log`));
-      ws.onmessage = (m) => { buf += m.data; retry = 0; setText(buf); };
+      ws.onmessage = (m) => {
+        next += m.data;
+        retry = 0;
+        if (next.length >= shown.length || !shown.startsWith(next)) { shown = next; setText(shown); }
+      };
       ws.onclose = (ev) => {
         if (closed) return;
         if (ev.code === 1000 || ev.code === 1008 || ev.code === 1011) { setEnd(ev.reason || "finished"); return; }
