@@ -1159,8 +1159,12 @@ async fn console_in_a_real_browser() {
         long,
     )
     .await;
-    b.wait("the chart", "document.querySelector('.chart canvas')", long)
-        .await;
+    b.wait(
+        "the charts",
+        "document.querySelector('.chart canvas') && document.querySelector('#sys-live canvas')",
+        long,
+    )
+    .await;
     let first = b
         .wait("a request rate", "Number(document.getElementById('rps')?.dataset.rps) > 0 && Number(document.getElementById('rps').dataset.rps)", long)
         .await;

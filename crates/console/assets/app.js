@@ -545,11 +545,11 @@ function loadUplot() {
 }
 
 function Execution({ id }) {
-  const box = useRef(null);
+  const box = useRef(null), sysBox = useRef(null);
   const [state, setState] = useState({ status: "connecting", last: null });
   useEffect(() => {
-    let closed = false, ws = null, plot = null, timer = null, retry = 0;
-    const xs = [], rps = [], p = [], errs = [], users = [];
+    let closed = false, ws = null, plot = null, sysPlot = null, timer = null, retry = 0;
+    const xs = [], rps = [], p = [], errs = [], users = [], cpu = [], mem = [];
     loadUplot().then((uPlot) => {
       if (closed) return;
       plot = new uPlot({
@@ -560,6 +560,11 @@ function Execution({ id }) {
           { label: "active users", stroke: "#208040", scale: "users" }],
         axes: [{}, { label: "req/s" }, { scale: "ms", side: 1, label: "ms" }],
       }, [xs, rps, p, errs, users], box.current);
+      sysPlot = new uPlot({
+        width: Math.min(960, sysBox.current.clientWidth || 600), height: 180,
+        series: [{}, { label: "load agents CPU %", stroke: "#2060c0" }, { label: "memory %", stroke: "#208040" }],
+        scales: { y: { range: [0, 100] } },
+      }, [xs, cpu, mem], sysBox.current);
     }).catch((e) => setState((s) => ({ ...s, status: e.message })));
     const open = () => {
       ws = new WebSocket(wsUrl(`/ws/performance/${encodeURIComponent(id)}/`));
@@ -573,8 +578,11 @@ function Execution({ id }) {
           const t = typeof msg.timestamp === "number" ? msg.timestamp : Date.parse(msg.timestamp) / 1000;
           if (!Number.isFinite(t)) return;
           if (xs.length && t <= xs[xs.length - 1]) return; // a replayed second
+          const sm = d.system_metrics || {};
           xs.push(t); rps.push(d.requests_per_second); p.push(d.response_time); errs.push(d.error_rate); users.push(d.active_users);
+          cpu.push(sm.cpu ?? null); mem.push(sm.memory ?? null);
           plot && plot.setData([xs, rps, p, errs, users]);
+          sysPlot && sysPlot.setData([xs, cpu, mem]);
           if (box.current) { box.current.dataset.points = xs.length; box.current.dataset.last = t; }
           setState({ status: d.paused ? "paused" : "running", last: d });
         } else if (msg.type === "finished") {
@@ -587,7 +595,7 @@ function Execution({ id }) {
       };
     };
     open();
-    return () => { closed = true; clearTimeout(timer); ws && ws.close(); plot && plot.destroy(); };
+    return () => { closed = true; clearTimeout(timer); ws && ws.close(); plot && plot.destroy(); sysPlot && sysPlot.destroy(); };
   }, [id]);
   const l = state.last;
   return html`<section>
@@ -595,6 +603,8 @@ function Execution({ id }) {
     <h1>Execution ${id} <${Status} s=${state.status} /></h1>
     ${l && html`<p id="rps" data-rps=${l.requests_per_second}>${l.requests_per_second} requests/s · ${l.response_time} ms · ${l.error_rate} % errors · ${l.active_users} users</p>`}
     <div ref=${box} class="chart" aria-label="requests per second chart"></div>
+    <h2>Load agents</h2>
+    <div ref=${sysBox} class="chart" id="sys-live" aria-label="load agents CPU and memory chart"></div>
   </section>`;
 }
 
