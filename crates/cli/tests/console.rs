@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -1566,4 +1567,68 @@ async fn console_benchmark() {
         busy * 10.0
     );
     assert!(messages >= 20 * 5, "{messages} messages");
+}
+
+/// Over HTTPS the session cookie is `Secure` (never sent back over plain
+/// HTTP), and the console is served there too.
+#[tokio::test]
+async fn session_cookie_is_secure_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(d)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (scripts/test installs it)");
+    assert!(status.success());
+    let port = free_port();
+    let mut cmd = Command::new(bin());
+    cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--store")
+        .arg(format!("redb:{}", d.join("s.redb").display()))
+        .arg("--blobs")
+        .arg(d.join("blobs"))
+        .arg("--tls-cert")
+        .arg(d.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(d.join("key.pem"))
+        .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
+    let proc = Proc::spawn("tls server", cmd);
+    proc.wait_line("Testbed is listening on ", Duration::from_secs(60));
+    let url = format!("https://127.0.0.1:{port}");
+    // The test's own throwaway certificate.
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{url}/api/auth/session"))
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let set = r.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+    let r = http.get(format!("{url}/runs")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().await.unwrap().contains("/console/"));
 }
