@@ -222,6 +222,11 @@ async fn metrics_count_real_work_by_route_template() {
     assert_eq!(r.status().as_u16(), 401);
     let (s, _) = p.get(&format!("/no/such/{id}")).await;
     assert_eq!(s, 404);
+    // A plan run of two steps.
+    let plan = "name: m\nsteps:\n  - id: a\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n  - id: b\n    plugin: linux_system\n    method: run_shell\n    depends_on: [a]\n    params: {command: \"true\"}\n";
+    let run = p.start_run(plan, json!({})).await;
+    let done = p.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "passed", "{done}");
 
     // A log follower open while we scrape: one task_log session.
     let sleeper = p
@@ -341,6 +346,17 @@ async fn metrics_count_real_work_by_route_template() {
         1.0,
         "{body}"
     );
+    assert_eq!(
+        value(&after, "testbed_runs", &[("status", "passed")]),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(&after, "testbed_run_steps", &[("status", "passed")]),
+        2.0,
+        "{body}"
+    );
+    assert_eq!(value(&after, "testbed_runs", &[("status", "failed")]), 0.0);
     assert_eq!(value(&after, "testbed_agents_connected", &[]), 1.0);
     assert_eq!(value(&after, "testbed_controller_leader", &[]), 1.0);
     assert_eq!(

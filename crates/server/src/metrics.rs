@@ -10,8 +10,9 @@
 //! * login failures — counted by the login limiter (`auth.rs`);
 //! * WebSocket sessions open by kind — [`Metrics::track_ws`] around each
 //!   stream;
-//! * gauges read at scrape time: tasks by status (cluster-wide, from the
-//!   store, cached briefly), agents connected here, controller leadership;
+//! * gauges read at scrape time: tasks, runs and steps by status
+//!   (cluster-wide, from the store, cached briefly), agents connected here,
+//!   controller leadership;
 //! * the usual `process_*` metrics, read from `/proc/self` ([`process`]).
 //!
 //! Access: `/metrics` on the API port needs `Authorization: Bearer <metrics
@@ -35,6 +36,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use serde::Deserialize;
+use testbed_core::run::{RunStatus, StepStatus};
 use testbed_core::task::TaskStatus;
 use testbed_store::{
     Compare, DynStore, KeyValue, LeaseId, Page, Store, StoreError, TxnOp, WatchStream,
@@ -176,6 +178,8 @@ pub struct Metrics {
     http_duration: HistogramFamily<RouteLabels>,
     store: StoreMetrics,
     tasks: Family<StatusLabels, Gauge>,
+    runs: Family<StatusLabels, Gauge>,
+    run_steps: Family<StatusLabels, Gauge>,
     agents_connected: Gauge,
     ws_sessions: Family<KindLabels, Gauge>,
     controller_leader: Gauge,
@@ -232,6 +236,18 @@ impl Metrics {
             "Tasks in the store by status (cluster-wide: every replica reports the same figure)",
             tasks.clone(),
         );
+        let runs = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "testbed_runs",
+            "Plan runs in the store by status (cluster-wide, like testbed_tasks)",
+            runs.clone(),
+        );
+        let run_steps = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "testbed_run_steps",
+            "Steps of the runs in the store by status (cluster-wide, like testbed_tasks)",
+            run_steps.clone(),
+        );
         let agents_connected = Gauge::default();
         registry.register(
             "testbed_agents_connected",
@@ -268,6 +284,14 @@ impl Metrics {
                 status: status.as_str(),
             });
         }
+        for (_, status) in RUN_STATUSES {
+            runs.get_or_create_owned(&StatusLabels { status });
+        }
+        for status in STEP_STATUSES {
+            run_steps.get_or_create_owned(&StatusLabels {
+                status: status.as_str(),
+            });
+        }
         for operation in STORE_OPERATIONS {
             store
                 .errors
@@ -287,6 +311,8 @@ impl Metrics {
             http_duration,
             store,
             tasks,
+            runs,
+            run_steps,
             agents_connected,
             ws_sessions,
             controller_leader,
@@ -343,13 +369,19 @@ impl Metrics {
         if last.is_some_and(|at| at.elapsed() < TASK_COUNT_TTL) {
             return;
         }
-        match count_tasks(&state.store).await {
-            Ok(counts) => {
-                for (status, n) in TASK_STATUSES.iter().zip(counts) {
-                    self.tasks
-                        .get_or_create(&StatusLabels {
-                            status: status.as_str(),
-                        })
+        match count_records(&state.store).await {
+            Ok(c) => {
+                let statuses = TASK_STATUSES.iter().map(|s| s.as_str());
+                for (status, n) in statuses.zip(c.tasks) {
+                    self.tasks.get_or_create(&StatusLabels { status }).set(n);
+                }
+                for ((_, status), n) in RUN_STATUSES.iter().zip(c.runs) {
+                    self.runs.get_or_create(&StatusLabels { status }).set(n);
+                }
+                let statuses = STEP_STATUSES.iter().map(|s| s.as_str());
+                for (status, n) in statuses.zip(c.steps) {
+                    self.run_steps
+                        .get_or_create(&StatusLabels { status })
                         .set(n);
                 }
                 *last = Some(Instant::now());
@@ -362,7 +394,7 @@ impl Metrics {
                 let msg = e.to_string();
                 let mut prev = self.lock_error();
                 if prev.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!("metrics: counting tasks failed: {msg}");
+                    tracing::warn!("metrics: counting tasks and runs failed: {msg}");
                     *prev = Some(msg);
                 }
             }
@@ -407,31 +439,95 @@ const TASK_STATUSES: [TaskStatus; 7] = [
     TaskStatus::Lost,
 ];
 
-/// Tasks by status, in the order of [`TASK_STATUSES`]. A record that does
-/// not decode is not counted (the API reports it where it is read).
-async fn count_tasks(store: &DynStore) -> Result<[i64; 7], StoreError> {
-    #[derive(Deserialize)]
-    struct StatusOnly {
-        status: TaskStatus,
-    }
-    let mut counts = [0i64; 7];
+const RUN_STATUSES: [(RunStatus, &str); 6] = [
+    (RunStatus::Pending, "pending"),
+    (RunStatus::Running, "running"),
+    (RunStatus::Passed, "passed"),
+    (RunStatus::Failed, "failed"),
+    (RunStatus::Cancelled, "cancelled"),
+    (RunStatus::Error, "error"),
+];
+
+const STEP_STATUSES: [StepStatus; 8] = [
+    StepStatus::Pending,
+    StepStatus::Running,
+    StepStatus::Passed,
+    StepStatus::Failed,
+    StepStatus::Error,
+    StepStatus::Skipped,
+    StepStatus::Cancelled,
+    StepStatus::Lost,
+];
+
+/// Counts by status, in the order of the `*_STATUSES` arrays.
+#[derive(Debug, Default, PartialEq)]
+struct Counts {
+    tasks: [i64; 7],
+    runs: [i64; 6],
+    steps: [i64; 8],
+}
+
+/// Every value under `prefix`, a page at a time.
+async fn scan(
+    store: &DynStore,
+    prefix: &str,
+    mut each: impl FnMut(&[u8]),
+) -> Result<(), StoreError> {
     let mut after: Option<String> = None;
     loop {
         let page = store
-            .range(testbed_core::keys::TASKS, after.as_deref(), TASK_SCAN_PAGE)
+            .range(prefix, after.as_deref(), TASK_SCAN_PAGE)
             .await?;
         for kv in &page.kvs {
-            if let Ok(t) = serde_json::from_slice::<StatusOnly>(&kv.value) {
-                if let Some(i) = TASK_STATUSES.iter().position(|s| *s == t.status) {
-                    counts[i] += 1;
-                }
-            }
+            each(&kv.value);
         }
         match (page.more, page.kvs.last()) {
             (true, Some(last)) => after = Some(last.key.clone()),
-            _ => return Ok(counts),
+            _ => return Ok(()),
         }
     }
+}
+
+/// Tasks, runs and their steps by status. A record that does not decode is
+/// not counted (the API reports it where it is read).
+async fn count_records(store: &DynStore) -> Result<Counts, StoreError> {
+    #[derive(Deserialize)]
+    struct TaskOnly {
+        status: TaskStatus,
+    }
+    #[derive(Deserialize)]
+    struct StepOnly {
+        status: StepStatus,
+    }
+    #[derive(Deserialize)]
+    struct RunOnly {
+        status: RunStatus,
+        #[serde(default)]
+        steps: std::collections::BTreeMap<String, StepOnly>,
+    }
+    let mut c = Counts::default();
+    scan(store, testbed_core::keys::TASKS, |bytes| {
+        if let Ok(t) = serde_json::from_slice::<TaskOnly>(bytes) {
+            if let Some(i) = TASK_STATUSES.iter().position(|s| *s == t.status) {
+                c.tasks[i] += 1;
+            }
+        }
+    })
+    .await?;
+    scan(store, testbed_core::keys::RUNS, |bytes| {
+        if let Ok(r) = serde_json::from_slice::<RunOnly>(bytes) {
+            if let Some(i) = RUN_STATUSES.iter().position(|(s, _)| *s == r.status) {
+                c.runs[i] += 1;
+            }
+            for step in r.steps.values() {
+                if let Some(i) = STEP_STATUSES.iter().position(|s| *s == step.status) {
+                    c.steps[i] += 1;
+                }
+            }
+        }
+    })
+    .await?;
+    Ok(c)
 }
 
 /// The method as a label: the standard ones by name, anything else (a
@@ -857,6 +953,19 @@ mod tests {
         );
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn status_labels_are_the_api_spelling() {
+        for (status, label) in RUN_STATUSES {
+            assert_eq!(serde_json::to_value(status).unwrap(), label);
+        }
+        for status in STEP_STATUSES {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        for status in TASK_STATUSES {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
     }
 
     #[test]
