@@ -1632,3 +1632,280 @@ async fn session_cookie_is_secure_over_https() {
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.text().await.unwrap().contains("/console/"));
 }
+
+/// Creates a run of `plan` through the API; returns its id and `created_at`.
+async fn run_of(p: &Platform, plan: &str) -> (String, String) {
+    let (s, run) = p.post("/api/runs", json!({ "plan_id": plan })).await;
+    assert_eq!(s, 201, "{run}");
+    (
+        run["id"].as_str().unwrap().to_string(),
+        run["created_at"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Ids of `GET /api/runs` with the query `q`.
+async fn run_ids(p: &Platform, q: &str) -> Vec<String> {
+    let (s, b) = p.get(&format!("/api/runs?page_size=1000&{q}")).await;
+    assert_eq!(s, 200, "{q}: {b}");
+    b["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn q(v: &str) -> String {
+    // `+01:00` offsets must not arrive as spaces.
+    v.replace('+', "%2B")
+}
+
+#[tokio::test]
+async fn runs_list_filters_by_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &[]).await;
+    let plan = store_plan(&p, SLOW_PLAN).await;
+    let (a, a_at) = run_of(&p, &plan).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (b, b_at) = run_of(&p, &plan).await;
+    assert!(a_at < b_at, "{a_at} {b_at}");
+
+    assert_eq!(run_ids(&p, "").await, vec![b.clone(), a.clone()]);
+    // `since` is inclusive, `until` exclusive: consecutive ranges never
+    // show a run twice.
+    assert_eq!(
+        run_ids(&p, &format!("since={}", q(&b_at))).await,
+        vec![b.clone()]
+    );
+    assert_eq!(
+        run_ids(&p, &format!("until={}", q(&b_at))).await,
+        vec![a.clone()]
+    );
+    assert_eq!(
+        run_ids(&p, &format!("since={}&until={}", q(&a_at), q(&b_at))).await,
+        vec![a.clone()]
+    );
+    // Any offset names the same instant.
+    let a_time = chrono::DateTime::parse_from_rfc3339(&a_at).unwrap();
+    let shifted = a_time
+        .with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap())
+        .to_rfc3339();
+    assert!(shifted.contains("+01:00"), "{shifted}");
+    assert_eq!(
+        run_ids(&p, &format!("since={}", q(&shifted))).await,
+        vec![b.clone(), a.clone()]
+    );
+    assert!(run_ids(&p, "since=2999-01-01T00:00:00Z").await.is_empty());
+    // An empty range holds nothing (rather than an error).
+    assert!(
+        run_ids(&p, &format!("since={}&until={}", q(&b_at), q(&a_at)))
+            .await
+            .is_empty()
+    );
+    // Filters combine.
+    assert!(run_ids(&p, &format!("status=passed&since={}", q(&a_at)))
+        .await
+        .is_empty());
+
+    // A bad value: 422 naming the parameter.
+    for (query, field) in [
+        ("since=yesterday", "since"),
+        ("until=2026-13-01T00:00:00Z", "until"),
+        ("since=2026-12-03", "since"),
+        ("since=2026-12-03T00:00:00Z&until=soon", "until"),
+    ] {
+        let (s, body) = p.get(&format!("/api/runs?{query}")).await;
+        assert_eq!(s, 422, "{query}: {body}");
+        assert_eq!(body["details"][0]["field"], field, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("RFC 3339"),
+            "{query}: {body}"
+        );
+    }
+
+    // The OpenAPI document says so (schemathesis holds the server to it).
+    let (s, doc) = p.get("/api/openapi.json").await;
+    assert_eq!(s, 200);
+    let op = &doc["paths"]["/api/runs"]["get"];
+    for name in ["since", "until"] {
+        let param = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} parameter: {op}"));
+        assert_eq!(param["in"], "query");
+        let schema = param["schema"].to_string();
+        assert!(schema.contains("date-time"), "{name}: {schema}");
+    }
+    assert!(op["responses"]["422"].is_object(), "{op}");
+
+    for id in [a, b] {
+        p.post(&format!("/api/runs/{id}/cancel"), json!({})).await;
+    }
+}
+
+#[tokio::test]
+async fn console_runs_date_filter_and_live_percentiles() {
+    if !browser::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::up(dir.path(), 1, &[]).await;
+    let plan = store_plan(&p, SLOW_PLAN).await;
+    let (a, _) = run_of(&p, &plan).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (b_id, b_at) = run_of(&p, &plan).await;
+    let b = browser::Browser::start(&p.url).await;
+    let long = Duration::from_secs(60);
+    b.sign_in("admin", ADMIN_PASSWORD).await;
+    let rows = "document.querySelectorAll('#runs tbody tr')";
+
+    // A shared link with an instant: only the later run, and the filter
+    // says what it is.
+    b.goto(&format!("/runs?since={}", q(&b_at))).await;
+    b.wait(
+        "the runs since the second",
+        &format!("{rows}.length === 1 && document.querySelector('#filter-since-instant')"),
+        long,
+    )
+    .await;
+    let text = b.js(&format!("return {rows}[0].innerText")).await;
+    assert!(text.as_str().unwrap().contains(&b_id[..8]), "{text}");
+    assert!(!text.as_str().unwrap().contains(&a[..8]), "{text}");
+
+    // The date inputs: from tomorrow shows nothing, from today both, and the
+    // day is in the URL (so the filtered list can be shared).
+    b.goto("/runs").await;
+    b.wait("both runs", &format!("{rows}.length === 2"), long)
+        .await;
+    let set_day = |offset: i32| {
+        format!(
+            "const d = new Date(); d.setDate(d.getDate() + {offset}); \
+             const day = d.getFullYear() + '-' + String(d.getMonth() + 1).padStart(2, '0') + '-' \
+               + String(d.getDate()).padStart(2, '0'); \
+             const i = document.getElementById('filter-since'); i.value = day; \
+             i.dispatchEvent(new Event('change', {{ bubbles: true }})); return day;"
+        )
+    };
+    let tomorrow = b.js(&set_day(1)).await;
+    let tomorrow = tomorrow.as_str().unwrap().to_string();
+    b.wait(
+        "no runs from tomorrow",
+        &format!(
+            "location.search === '?since={tomorrow}' && {rows}.length === 0 \
+             && /\\(0 runs\\)/.test(document.querySelector('.pager')?.innerText)"
+        ),
+        long,
+    )
+    .await;
+    let today = b.js(&set_day(0)).await;
+    let today = today.as_str().unwrap().to_string();
+    b.wait(
+        "both runs from today",
+        &format!("location.search === '?since={today}' && {rows}.length === 2"),
+        long,
+    )
+    .await;
+    // `until` is inclusive of its day: until yesterday is empty, until
+    // today has both (kept together with `since` in the URL).
+    b.goto(&format!("/runs?since={today}&until={today}")).await;
+    b.wait("both runs today", &format!("{rows}.length === 2"), long)
+        .await;
+    assert_eq!(
+        b.js("return document.getElementById('filter-until').value")
+            .await,
+        json!(today)
+    );
+    // A bad value in the URL: the API's 422 is shown, naming the parameter.
+    b.goto("/runs?until=soon").await;
+    let err = b
+        .wait(
+            "the error",
+            "document.querySelector('main .error')?.innerText",
+            long,
+        )
+        .await;
+    assert!(err.as_str().unwrap().contains("until"), "{err}");
+    for id in [&a, &b_id] {
+        p.post(&format!("/api/runs/{id}/cancel"), json!({})).await;
+    }
+
+    // A live load test: the chart has p50/p90/p99 series with values, and
+    // the plan's response-time threshold as a line.
+    let (target, hits) = serve();
+    let (s, project) = p
+        .post(
+            "/api/projects",
+            json!({"name": "pct", "description": "console"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{project}");
+    let (s, lp) = p
+        .post(
+            "/api/performance/plans/",
+            json!({"name": "pct-load", "project_id": project["id"], "config": {
+                "concurrent_users": 2, "ramp_up_time": 0, "hold_time": 30,
+                "test_type": "load", "target_url": target,
+                "thresholds": ["p(99)<4000", "error_rate<0.5"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{lp}");
+    let (s, started) = p
+        .post(
+            &format!("/api/performance/plans/{}/start/", lp["id"]),
+            json!({}),
+        )
+        .await;
+    assert!(s == 200 || s == 201 || s == 202, "{s} {started}");
+    let exec = started["execution_id"].as_str().unwrap().to_string();
+    // Without `?plan=`: the page finds the plan whose execution it is.
+    b.goto(&format!("/performance/executions/{exec}")).await;
+    let series = b
+        .wait(
+            "the live chart's series",
+            "document.getElementById('live-chart')?.dataset.series",
+            long,
+        )
+        .await;
+    let series = series.as_str().unwrap().to_string();
+    for label in [
+        "requests/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "threshold p(99) 4000",
+    ] {
+        assert!(series.split('|').any(|s| s == label), "{label} in {series}");
+    }
+    let p99 = b
+        .wait(
+            "a p99 value",
+            "Number(document.getElementById('live-chart').dataset.p99) > 0 \
+             && Number(document.getElementById('live-chart').dataset.p99)",
+            long,
+        )
+        .await;
+    assert!(p99.as_f64().unwrap() > 0.0, "{p99}");
+    // uPlot's legend names the series too (what a reader sees).
+    let legend = b
+        .js("return document.querySelector('#live-chart .u-legend')?.innerText || ''")
+        .await;
+    let legend = legend.as_str().unwrap();
+    assert!(
+        legend.contains("p99 ms") && legend.contains("threshold p(99) 4000"),
+        "{legend}"
+    );
+    let text = b
+        .js("return document.getElementById('rps').innerText")
+        .await;
+    assert!(text.as_str().unwrap().contains("p99"), "{text}");
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    let (s, _) = p
+        .post(
+            &format!("/api/performance/plans/{}/stop/", lp["id"]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+}

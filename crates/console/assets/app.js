@@ -232,17 +232,33 @@ function TaskTable({ tasks }) {
 
 const RUN_STATUSES = ["pending", "running", "passed", "failed", "cancelled", "error"];
 
+// `since`/`until` in a runs URL: a day (YYYY-MM-DD, as the date inputs write
+// it: the browser's local day, `until` inclusive) or an RFC 3339 instant (a
+// shared link may carry one). The API takes instants, so a day becomes the
+// instant its local midnight starts (the next day's for `until`).
+const DAY = /^(\d{4})-(\d{2})-(\d{2})$/;
+function apiInstant(v, end) {
+  const m = DAY.exec(v);
+  if (!m) return v; // an instant, or a mistake: the API's 422 says which
+  const d = new Date(Number(m[1]), Number(m[2]) - 1, Number(m[3]) + (end ? 1 : 0));
+  return Number.isNaN(d.getTime()) ? v : d.toISOString();
+}
+
 function Runs({ query }) {
   const status = query.get("status") || "";
   const plan = query.get("plan_id") || "";
+  const since = query.get("since") || "";
+  const until = query.get("until") || "";
   const page = Number(query.get("page") || 1);
   const plans = usePoll(() => api("GET", "/api/plans?page_size=1000"), [], 30000);
   const runs = usePoll(() => {
     const q = new URLSearchParams({ page, page_size: 50 });
     if (status) q.set("status", status);
     if (plan) q.set("plan_id", plan);
+    if (since) q.set("since", apiInstant(since, false));
+    if (until) q.set("until", apiInstant(until, true));
     return api("GET", `/api/runs?${q}`);
-  }, [status, plan, page], 2000);
+  }, [status, plan, since, until, page], 2000);
   const setFilter = (k, v) => {
     const q = new URLSearchParams(location.search);
     if (v) q.set(k, v); else q.delete(k);
@@ -262,6 +278,13 @@ function Runs({ query }) {
         <option value="">any</option>
         ${planList.map((p) => html`<option value=${p.id}>${p.name}</option>`)}
       </select></label>
+      <label>From <input type="date" id="filter-since" value=${DAY.test(since) ? since : ""}
+        onChange=${(e) => setFilter("since", e.target.value)} /></label>
+      <label>To <input type="date" id="filter-until" value=${DAY.test(until) ? until : ""}
+        onChange=${(e) => setFilter("until", e.target.value)} /></label>
+      ${[["since", since, "from"], ["until", until, "before"]].filter(([, v]) => v && !DAY.test(v)).map(([k, v, word]) => html`
+        <span class="chip" id=${`filter-${k}-instant`}>${word} ${v}
+          <button class="link" aria-label=${`clear ${k}`} onClick=${() => setFilter(k, "")}>×</button></span>`)}
       ${can("operator") && html`<a class="button" href="/plans">Start a run…</a>`}
     </div>
     <${ErrorBox} error=${runs.error} />
@@ -544,22 +567,32 @@ function loadUplot() {
   return uplotLoading;
 }
 
-function Execution({ id }) {
+function Execution({ id, planId }) {
   const box = useRef(null), sysBox = useRef(null);
   const [state, setState] = useState({ status: "connecting", last: null });
   useEffect(() => {
     let closed = false, ws = null, plot = null, sysPlot = null, timer = null, retry = 0;
-    const xs = [], rps = [], p = [], errs = [], users = [], cpu = [], mem = [];
-    loadUplot().then((uPlot) => {
-      if (closed) return;
+    const xs = [], rps = [], p = [], p50 = [], p90 = [], p99 = [], errs = [], users = [], cpu = [], mem = [];
+    let lines = [];
+    // The plan's response-time thresholds, drawn as dashed lines on the ms
+    // scale: constant series as long as the time axis.
+    const data = () => [xs, rps, p, p50, p90, p99, errs, users, ...lines.map((l) => xs.map(() => l.value))];
+    Promise.all([loadUplot(), planOf(id, planId).then((pl) => msThresholds((pl?.config?.thresholds || []).map((expr) => ({ expr }))), () => [])]).then(([uPlot, ls]) => {
+      if (closed || !box.current) return;
+      lines = ls;
+      const series = [{}, { label: "requests/s", stroke: "#2060c0", width: 2 },
+        { label: "avg ms", stroke: "#b05000", scale: "ms" },
+        { label: "p50 ms", stroke: "#d08030", scale: "ms", dash: [2, 2] },
+        { label: "p90 ms", stroke: "#a04070", scale: "ms" },
+        { label: "p99 ms", stroke: "#602080", scale: "ms", width: 2 },
+        { label: "errors %", stroke: "#c02020", scale: "%" },
+        { label: "active users", stroke: "#208040", scale: "users" },
+        ...lines.map((l) => ({ label: `threshold ${l.label} ${l.value}`, stroke: "#c02020", dash: [6, 4], width: 1, scale: "ms" }))];
       plot = new uPlot({
-        width: Math.min(960, box.current.clientWidth || 600), height: 280,
-        series: [{}, { label: "requests/s", stroke: "#2060c0", width: 2 },
-          { label: "response ms", stroke: "#b05000", scale: "ms" },
-          { label: "errors %", stroke: "#c02020", scale: "%" },
-          { label: "active users", stroke: "#208040", scale: "users" }],
+        width: Math.min(960, box.current.clientWidth || 600), height: 280, series,
         axes: [{}, { label: "req/s" }, { scale: "ms", side: 1, label: "ms" }],
-      }, [xs, rps, p, errs, users], box.current);
+      }, data(), box.current);
+      box.current.dataset.series = series.slice(1).map((s) => s.label).join("|");
       sysPlot = new uPlot({
         width: Math.min(960, sysBox.current.clientWidth || 600), height: 180,
         series: [{}, { label: "load agents CPU %", stroke: "#2060c0" }, { label: "memory %", stroke: "#208040" }],
@@ -580,10 +613,16 @@ function Execution({ id }) {
           if (xs.length && t <= xs[xs.length - 1]) return; // a replayed second
           const sm = d.system_metrics || {};
           xs.push(t); rps.push(d.requests_per_second); p.push(d.response_time); errs.push(d.error_rate); users.push(d.active_users);
+          // Percentiles are null in a second without responses (and absent
+          // from servers older than them): a gap, not a zero.
+          p50.push(d.p50 ?? null); p90.push(d.p90 ?? null); p99.push(d.p99 ?? null);
           cpu.push(sm.cpu ?? null); mem.push(sm.memory ?? null);
-          plot && plot.setData([xs, rps, p, errs, users]);
+          plot && plot.setData(data());
           sysPlot && sysPlot.setData([xs, cpu, mem]);
-          if (box.current) { box.current.dataset.points = xs.length; box.current.dataset.last = t; }
+          if (box.current) {
+            box.current.dataset.points = xs.length; box.current.dataset.last = t;
+            if (d.p99 != null) box.current.dataset.p99 = d.p99;
+          }
           setState({ status: d.paused ? "paused" : "running", last: d });
         } else if (msg.type === "finished") {
           setState((s) => ({ ...s, status: "finished" }));
@@ -601,11 +640,28 @@ function Execution({ id }) {
   return html`<section>
     <p><a href="/performance">← Performance</a></p>
     <h1>Execution ${id} <${Status} s=${state.status} /></h1>
-    ${l && html`<p id="rps" data-rps=${l.requests_per_second}>${l.requests_per_second} requests/s · ${l.response_time} ms · ${l.error_rate} % errors · ${l.active_users} users</p>`}
-    <div ref=${box} class="chart" aria-label="requests per second chart"></div>
+    ${l && html`<p id="rps" data-rps=${l.requests_per_second}>${l.requests_per_second} requests/s · avg ${l.response_time} ms
+      ${l.p99 != null && html` · p50 ${l.p50} · p90 ${l.p90} · p99 ${l.p99} ms`} · ${l.error_rate} % errors · ${l.active_users} users</p>`}
+    <div ref=${box} class="chart" id="live-chart" aria-label="requests per second and response time chart"></div>
     <h2>Load agents</h2>
     <div ref=${sysBox} class="chart" id="sys-live" aria-label="load agents CPU and memory chart"></div>
   </section>`;
+}
+
+// The performance plan an execution belongs to: the one named by `?plan=`
+// (the console's own links carry it), else the plan whose last execution it
+// is (the API has no execution → plan lookup), else null.
+async function planOf(execution, planId) {
+  if (planId) return api("GET", `/api/performance/plans/${encodeURIComponent(planId)}/`);
+  const projects = await api("GET", "/api/projects?page_size=100");
+  for (const pr of projects.results || projects) {
+    const plans = await api("GET", `/api/performance/plans/?project_id=${pr.id}&page_size=100`);
+    for (const item of plans.results || plans) {
+      const pl = await api("GET", `/api/performance/plans/${item.id}/`);
+      if (pl.last_execution === execution) return pl;
+    }
+  }
+  return null;
 }
 
 function usePerfActions() {
@@ -614,7 +670,7 @@ function usePerfActions() {
     setActionError(null);
     try {
       const r = await api("POST", `/api/performance/plans/${plan.id}/${action}/`, {});
-      if (action === "start" && r.execution_id) navigate(`/performance/executions/${r.execution_id}`);
+      if (action === "start" && r.execution_id) navigate(`/performance/executions/${r.execution_id}?plan=${plan.id}`);
     } catch (e) { setActionError(e); }
   };
   const buttons = (p) => {
@@ -665,7 +721,7 @@ function PerfPlan({ id }) {
         <dt>Users</dt><dd>${c.concurrent_users ?? "—"}</dd>
         <dt>Type</dt><dd>${c.test_type || "—"}</dd>
         <dt>Thresholds</dt><dd>${(c.thresholds || []).map((t) => html`<code class="chip">${t}</code>`)}</dd>
-        <dt>Last execution</dt><dd>${p.last_execution ? html`<a href=${`/performance/executions/${p.last_execution}`}>${p.last_execution}</a>` : "—"}</dd>
+        <dt>Last execution</dt><dd>${p.last_execution ? html`<a href=${`/performance/executions/${p.last_execution}?plan=${p.id}`}>${p.last_execution}</a>` : "—"}</dd>
       </dl>
       <div class="actions">${buttons(p)}</div>`}
     <h2>Reports</h2>
@@ -866,7 +922,7 @@ function PerfReport({ id }) {
   const rt = r.metrics.response_times, sys = r.metrics.system_metrics;
   const pc = rt.percentiles || {};
   return html`<section>
-    <p><a href=${`/performance/plans/${r.plan_id}`}>← Plan</a> · <a href=${`/performance/executions/${r.execution_id}`}>execution</a></p>
+    <p><a href=${`/performance/plans/${r.plan_id}`}>← Plan</a> · <a href=${`/performance/executions/${r.execution_id}?plan=${r.plan_id}`}>execution</a></p>
     <h1>Load report ${r.id} <${Status} s=${r.passed ? "passed" : "failed"} /></h1>
     <p class="muted">${fmtTime(r.start_time)} – ${fmtTime(r.end_time)} · status ${r.status} · agents ${r.agents.join(", ") || "—"}${r.lost_agents.length ? " · lost " + r.lost_agents.join(", ") : ""}</p>
     <dl class="facts" id="perf-summary">
@@ -906,7 +962,7 @@ function route(path, query) {
     case "groups": return html`<${Groups} />`;
     case "results": return html`<${Results} />`;
     case "performance":
-      if (seg[1] === "executions" && seg[2]) return html`<${Execution} key=${path} id=${seg[2]} />`;
+      if (seg[1] === "executions" && seg[2]) return html`<${Execution} key=${path} id=${seg[2]} planId=${query.get("plan")} />`;
       if (seg[1] === "reports" && seg[2]) return html`<${PerfReport} key=${path} id=${seg[2]} />`;
       if (seg[1] === "plans" && seg[2]) return html`<${PerfPlan} key=${path} id=${seg[2]} />`;
       return html`<${Performance} />`;

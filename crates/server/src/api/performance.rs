@@ -1036,11 +1036,21 @@ fn metrics_message(p: &perf::LivePoint) -> Value {
             "active_users": w.vus,
             "requests_per_second": round2(w.rps()),
             "response_time": perf::window_avg_ms(w),
+            // Added for the console's live chart (clients reading the fields
+            // above are unaffected); null in a second without responses.
+            "p50": window_quantile_ms(w, 0.5),
+            "p90": window_quantile_ms(w, 0.9),
+            "p99": window_quantile_ms(w, 0.99),
             "error_rate": pct(w.errors, w.requests),
             "paused": w.paused,
             "system_metrics": {"cpu": cpu, "memory": mem, "network": net},
         }
     })
+}
+
+/// A latency quantile of one second's merged histogram, in ms.
+fn window_quantile_ms(w: &Window, q: f64) -> Option<f64> {
+    (!w.latency.is_empty()).then(|| round2(w.latency.value_at_quantile(q) as f64 / 1000.0))
 }
 
 async fn send_json(socket: &mut WebSocket, v: &Value) -> bool {
