@@ -1909,3 +1909,217 @@ async fn console_runs_date_filter_and_live_percentiles() {
         .await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn console_kit_matrix_and_result_history() {
+    if !browser::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kit = dir.path().join("kit");
+    std::fs::create_dir_all(&kit).unwrap();
+    std::fs::write(
+        kit.join("01-feature.t"),
+        "print \"1..2\\nok 1 - connects\\nnot ok 2 - lists domains\\n\";\n",
+    )
+    .unwrap();
+    std::fs::write(
+        kit.join("02-stable.t"),
+        "print \"1..1\\nok 1 - stable\\n\";\n",
+    )
+    .unwrap();
+    // Exactly one platform claims the file first: the platforms differ.
+    std::fs::write(
+        kit.join("03-claim.t"),
+        "use Fcntl; print \"1..1\\n\"; \
+         print sysopen(my $f, \"claimed\", O_CREAT|O_EXCL|O_WRONLY) ? \"ok\" : \"not ok\", \" 1 - first to claim\\n\";\n",
+    )
+    .unwrap();
+    let p = Platform::up(
+        &dir.path().join("data"),
+        2,
+        &["--plugins", "linux_system,tap"],
+    )
+    .await;
+    let (s, _) = p.post("/api/groups", json!({"name": "platforms"})).await;
+    assert_eq!(s, 201);
+    for a in ["local-1", "local-2"] {
+        let r = p
+            .http
+            .put(format!("{}/api/groups/platforms/agents/{a}", p.url))
+            .bearer_auth(&p.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let plan = format!(
+        "name: kit\nsteps:\n  - id: kit\n    plugin: tap\n    method: run\n    target: {{each: {{group: platforms}}}}\n    params: {{path: \"{}\"}}\n",
+        kit.display()
+    );
+    let run = p
+        .wait_run(
+            &p.start_run(&plan, json!({})).await,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let report = run["report_id"].as_str().unwrap().to_string();
+
+    // A test case run three times in one environment: pass, pass, fail.
+    let (s, b) = p
+        .post(
+            "/api/environments",
+            json!({"name": "staging", "variables": {}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = p
+        .post(
+            "/api/testcases",
+            json!({"name": "exits", "plugin": "linux_system", "method": "run_shell",
+                   "parameters": {"command": "sh", "args": "-c 'exit {{ params.code }}'"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let cases = "name: cases\nenvironment: staging\nparameters:\n  code: {type: string, default: \"0\"}\nsteps:\n  - id: exits\n    testcase: exits\n";
+    let mut history = Vec::new();
+    for code in ["0", "0", "3"] {
+        let id = p.start_run(cases, json!({ "code": code })).await;
+        let r = p.wait_run(&id, Duration::from_secs(60)).await;
+        let want = if code == "0" { "passed" } else { "failed" };
+        assert_eq!(r["status"], want, "{r}");
+        history.push(id);
+    }
+    history.reverse();
+
+    let b = browser::Browser::start(&p.url).await;
+    let long = Duration::from_secs(60);
+    b.sign_in("admin", ADMIN_PASSWORD).await;
+
+    // The report offers the matrix; the matrix is tests × platforms.
+    b.goto(&format!("/reports/{report}")).await;
+    b.wait(
+        "the matrix link",
+        "document.getElementById('matrix-link')",
+        long,
+    )
+    .await;
+    b.click("#matrix-link").await;
+    b.wait(
+        "the matrix",
+        "document.querySelectorAll('#matrix tbody tr').length === 4",
+        long,
+    )
+    .await;
+    assert_eq!(b.path().await, format!("/reports/{report}/matrix"));
+    let heads = b
+        .js("return [...document.querySelectorAll('#matrix thead th')].map(t => t.innerText.split('\\n')[0])")
+        .await;
+    assert_eq!(heads, json!(["Test", "local-1", "local-2"]));
+    let row = |name: &str| {
+        format!(
+            "[...document.querySelectorAll('#matrix tbody tr')].find(r => r.querySelector('th').innerText === '{name}')"
+        )
+    };
+    let outcomes = |name: &str| {
+        format!(
+            "return [...{}.querySelectorAll('td')].map(td => td.dataset.outcome)",
+            row(name)
+        )
+    };
+    assert_eq!(
+        b.js(&outcomes("01-feature.t › lists domains")).await,
+        json!(["fail", "fail"])
+    );
+    assert_eq!(
+        b.js(&outcomes("02-stable.t › stable")).await,
+        json!(["pass", "pass"])
+    );
+    let claim = b.js(&outcomes("03-claim.t › first to claim")).await;
+    let mut claim: Vec<String> = serde_json::from_value(claim).unwrap();
+    claim.sort();
+    assert_eq!(claim, ["fail", "pass"]);
+    // Status in words, not colour alone.
+    let text = b
+        .js(&format!(
+            "return {}.innerText",
+            row("01-feature.t › lists domains")
+        ))
+        .await;
+    assert!(text.as_str().unwrap().contains("failed"), "{text}");
+
+    // A cell opens its details, with a URL of its own; back closes them.
+    b.js(&format!(
+        "{}.querySelector('td[data-outcome=fail] a').click()",
+        row("03-claim.t › first to claim")
+    ))
+    .await;
+    let detail = b
+        .wait(
+            "the cell's details",
+            "document.getElementById('cell-detail')?.innerText",
+            long,
+        )
+        .await;
+    let detail = detail.as_str().unwrap();
+    assert!(
+        detail.contains("03-claim.t › first to claim on local-") && detail.contains("failed"),
+        "{detail}"
+    );
+    let path = b.path().await;
+    assert!(
+        path.contains("test=03-claim.t") && path.contains("platform=local-"),
+        "{path}"
+    );
+    b.js("history.back()").await;
+    b.wait(
+        "the details closed",
+        "location.search === '' && !document.getElementById('cell-detail') && document.getElementById('matrix')",
+        long,
+    )
+    .await;
+
+    // Results: a cell opens the history of its test case there.
+    b.goto("/results").await;
+    let cell = "td[data-testcase=\"exits\"][data-environment=\"staging\"] a";
+    b.wait(
+        "the results cell",
+        &format!("document.querySelector('{cell}')"),
+        long,
+    )
+    .await;
+    b.click(cell).await;
+    b.wait(
+        "the history",
+        "document.querySelectorAll('#history tbody tr').length === 3",
+        long,
+    )
+    .await;
+    assert_eq!(
+        b.path().await,
+        "/results?testcase=exits&environment=staging"
+    );
+    let runs = b
+        .js("return [...document.querySelectorAll('#history tbody tr')].map(r => r.dataset.run)")
+        .await;
+    assert_eq!(runs, json!(history));
+    let words = b
+        .js("return [...document.querySelectorAll('#history tbody tr')].map(r => r.children[1].innerText.trim())")
+        .await;
+    let words: Vec<String> = serde_json::from_value(words).unwrap();
+    assert!(
+        words[0].ends_with("failed")
+            && words[1].ends_with("passed")
+            && words[2].ends_with("passed"),
+        "{words:?}"
+    );
+    // A history row leads to its run's step.
+    b.click("#history tbody tr a").await;
+    b.wait(
+        "the run page",
+        &format!("location.pathname === '/runs/{}'", history[0]),
+        long,
+    )
+    .await;
+}

@@ -542,10 +542,72 @@ function PlanPage({ id }) {
 // session cookie; the renderer escapes every test-supplied string.
 function Report({ id, other }) {
   const src = other ? `/api/reports/${id}/compare/${other}?format=html` : `/api/reports/${id}?format=html`;
+  // The JSON says whether suites ran on platforms (a kit across a fleet):
+  // then the tests × platforms matrix is offered.
+  const json = usePoll(() => (other ? Promise.resolve(null) : api("GET", `/api/reports/${encodeURIComponent(id)}`)), [id, other], 600000);
+  const matrix = json.data && (json.data.suites || []).some((s) => s.platform);
   return html`<section class="report">
     <p><a href="/reports">← Reports</a> · <a href=${src} target="_blank" rel="noopener">open alone</a>
-      ${!other && html` · <a href=${`/api/reports/${id}?format=junit`} download>JUnit XML</a>`}</p>
+      ${!other && html` · <a href=${`/api/reports/${id}?format=junit`} download>JUnit XML</a>`}
+      ${matrix && html` · <a id="matrix-link" href=${`/reports/${id}/matrix`}>Tests × platforms</a>`}</p>
     <iframe id="report-frame" title=${other ? "comparison" : "report"} src=${src}></iframe>
+  </section>`;
+}
+
+const OUTCOME_WORD = { pass: "passed", fail: "failed", error: "error", skip: "skipped", xfail: "xfail", xpass: "xpass" };
+
+// A kit run's report as tests × platforms: every suite that ran on a
+// platform (an agent of an `each:` step) fills a column; a row is one case
+// of one suite (script). A cell links to itself (`?test=&platform=`), so a
+// selected cell can be shared, and its details show below the matrix.
+function KitMatrix({ id, query }) {
+  const { data: r, error } = usePoll(() => api("GET", `/api/reports/${encodeURIComponent(id)}`), [id], 600000);
+  if (!r) return html`<section><${ErrorBox} error=${error} /><p>Loading report…</p></section>`;
+  const suites = (r.suites || []).filter((s) => s.platform);
+  const platforms = [...new Set(suites.map((s) => s.platform))].sort();
+  const rows = [], at = new Map();
+  for (const s of suites) {
+    for (const c of s.cases || []) {
+      const key = `${s.name} › ${c.name}`;
+      if (!rows.includes(key)) rows.push(key);
+      at.set(key + "\u0000" + s.platform, { ...c, suite: s.name });
+    }
+  }
+  const counts = (pf) => {
+    const cells = rows.map((k) => at.get(k + "\u0000" + pf)).filter(Boolean);
+    return `${cells.filter((c) => ["pass", "xfail", "skip"].includes(c.outcome)).length}/${cells.length} ok`;
+  };
+  const test = query.get("test"), platform = query.get("platform");
+  const sel = test && at.get(test + "\u0000" + platform);
+  const cellUrl = (k, pf) => `/reports/${id}/matrix?${new URLSearchParams({ test: k, platform: pf })}`;
+  return html`<section>
+    <p><a href=${`/reports/${id}`}>← Report</a></p>
+    <h1>${r.name}: tests × platforms</h1>
+    <p class="muted">${fmtTime(r.created_at)} · ${rows.length} tests on ${platforms.length} platforms · select a cell for its details</p>
+    ${!platforms.length && html`<p>No suite of this report ran on a platform.</p>`}
+    <div class="scroll"><table id="matrix">
+      <thead><tr><th>Test</th>${platforms.map((pf) => html`<th key=${pf}>${pf}<br /><span class="muted">${counts(pf)}</span></th>`)}</tr></thead>
+      <tbody>${rows.map((k) => html`<tr key=${k}><th>${k}</th>${platforms.map((pf) => {
+        const c = at.get(k + "\u0000" + pf);
+        const here = sel && k === test && pf === platform;
+        return html`<td key=${pf} data-platform=${pf} data-outcome=${c ? c.outcome : "none"} class=${here ? "selected" : ""}>${c
+          ? html`<a href=${cellUrl(k, pf)} aria-current=${here ? "true" : undefined}><${Status} s=${OUTCOME_WORD[c.outcome] || c.outcome} title=${c.message || c.outcome} /></a>`
+          : html`<span title="not run on this platform">—</span>`}</td>`;
+      })}</tr>`)}</tbody>
+    </table></div>
+    ${test && !sel && html`<p class="error" role="alert">No result for ${test} on ${platform} in this report.</p>`}
+    ${sel && html`<div class="panel" id="cell-detail">
+      <h2>${test} on ${platform}</h2>
+      <dl class="facts">
+        <dt>Outcome</dt><dd><${Status} s=${OUTCOME_WORD[sel.outcome] || sel.outcome} /></dd>
+        ${sel.message && html`<dt>Message</dt><dd>${sel.message}</dd>`}
+        <dt>Duration</dt><dd>${sel.duration_ms} ms</dd>
+        ${sel.attempts > 1 && html`<dt>Attempts</dt><dd>${sel.attempts}</dd>`}
+        ${sel.log_url && html`<dt>Log</dt><dd><a href=${sel.log_url} target="_blank" rel="noopener">log</a></dd>`}
+        ${(sel.artifacts || []).length > 0 && html`<dt>Artifacts</dt><dd>${sel.artifacts.map((a) => html`<a class="chip" href=${a.url}>${a.name}</a>`)}</dd>`}
+      </dl>
+      ${sel.output && html`<pre class="log">${sel.output}</pre>`}
+    </div>`}
   </section>`;
 }
 
@@ -869,8 +931,9 @@ function ReportsPage() {
   </section>`;
 }
 
-function Results() {
+function Results({ query }) {
   const { data, error } = usePoll(() => api("GET", "/api/results?page_size=1000"), [], 5000);
+  const selCase = query.get("testcase"), selEnv = query.get("environment");
   const list = data ? data.results || data : [];
   const envs = [...new Set(list.map((r) => r.environment))].sort();
   const cases = [...new Set(list.map((r) => r.testcase))].sort();
@@ -884,11 +947,65 @@ function Results() {
       <thead><tr><th>Test case</th>${envs.map((e) => html`<th>${e}</th>`)}</tr></thead>
       <tbody>${cases.map((c) => html`<tr key=${c}><th>${c}</th>${envs.map((e) => {
         const r = at.get(c + "\u0000" + e);
-        return html`<td>${r ? html`<a href=${`/runs/${r.run_id}`}><${Status} s=${word[r.status] || r.status} title=${r.message || r.status} /></a>
+        const here = c === selCase && e === selEnv;
+        return html`<td key=${e} data-testcase=${c} data-environment=${e} class=${here ? "selected" : ""}>${r
+          ? html`<a href=${`/results?${new URLSearchParams({ testcase: c, environment: e })}`} aria-current=${here ? "true" : undefined}
+              title="history"><${Status} s=${word[r.status] || r.status} title=${r.message || r.status} /></a>
           ${r.log_url && html` <a href=${r.log_url} target="_blank" rel="noopener">log</a>`}` : "—"}</td>`;
       })}</tr>`)}</tbody>
     </table></div>
+    ${selCase && selEnv && html`<${ResultHistory} key=${selCase + "\u0000" + selEnv} testcase=${selCase} environment=${selEnv} />`}
   </section>`;
+}
+
+// How many recent runs the history looks through.
+const HISTORY_RUNS = 100;
+
+// The history of a test case in an environment. The results API keeps only
+// the latest result of each cell, so the history is read from the runs
+// (the public API the CLI uses too): among the latest HISTORY_RUNS runs,
+// each step that ran this test case in this environment (the step's,
+// else the run's, else the plan's environment; "default" without one).
+function ResultHistory({ testcase, environment }) {
+  const [state, setState] = useState({ rows: null, scanned: 0, error: null });
+  useEffect(() => {
+    let stop = false;
+    (async () => {
+      const list = await api("GET", `/api/runs?page_size=${HISTORY_RUNS}`);
+      const rows = [];
+      const summaries = list.results || [];
+      // A few at a time: a history must not flood the server.
+      for (let i = 0; i < summaries.length && !stop; i += 4) {
+        const runs = await Promise.all(summaries.slice(i, i + 4).map((s) => api("GET", `/api/runs/${s.id}`).catch(() => null)));
+        for (const run of runs.filter(Boolean)) {
+          for (const step of (run.spec && run.spec.steps) || []) {
+            const env = step.environment || run.environment || run.spec.environment || "default";
+            if (step.testcase !== testcase || env !== environment) continue;
+            const st = (run.steps || {})[step.id] || {};
+            const task = (st.instances || []).map((x) => x.task_id).find(Boolean);
+            rows.push({ run, step: step.id, status: st.status || "pending", reason: st.reason, at: st.finished_at || run.created_at, task });
+          }
+        }
+        if (!stop) setState({ rows: [...rows], scanned: Math.min(i + 4, summaries.length), error: null });
+      }
+      if (!stop && !summaries.length) setState({ rows: [], scanned: 0, error: null });
+    })().catch((e) => !stop && setState((s) => ({ ...s, error: e })));
+    return () => { stop = true; };
+  }, [testcase, environment]);
+  const { rows, scanned, error } = state;
+  return html`<div class="panel" id="history">
+    <h2>History of ${testcase} in ${environment}</h2>
+    <p class="muted">Every run of it among the latest ${HISTORY_RUNS} runs, newest first${rows ? ` (${scanned} looked at)` : ""}.</p>
+    <${ErrorBox} error=${error} />
+    ${!rows ? html`<p>Loading…</p>` : !rows.length ? html`<p>None of the latest runs ran it here.</p>` : html`<div class="scroll"><table>
+      <thead><tr><th>When</th><th>Result</th><th>Run</th><th>Reason</th><th>Log</th></tr></thead>
+      <tbody>${rows.map((h) => html`<tr key=${h.run.id + h.step} data-run=${h.run.id}>
+        <td>${fmtTime(h.at)}</td><td><${Status} s=${h.status} /></td>
+        <td><a href=${`/runs/${h.run.id}?step=${encodeURIComponent(h.step)}`}>${short(h.run.id)}</a> ${h.run.plan_name}</td>
+        <td>${h.reason || ""}</td>
+        <td>${h.task ? html`<a href=${`/api/tasks/${h.task}/log`} target="_blank" rel="noopener">log</a>` : "—"}</td></tr>`)}</tbody>
+    </table></div>`}
+  </div>`;
 }
 
 // Horizontal lines for thresholds on response time (`p(95)<500`, `avg<200`…).
@@ -958,9 +1075,10 @@ function route(path, query) {
     case "plans": return seg[1] ? html`<${PlanPage} key=${path} id=${seg[1]} />` : html`<${Plans} />`;
     case "reports":
       if (seg[1] && seg[2] === "compare" && seg[3]) return html`<${Report} key=${path} id=${seg[1]} other=${seg[3]} />`;
+      if (seg[1] && seg[2] === "matrix") return html`<${KitMatrix} key=${path} id=${seg[1]} query=${query} />`;
       return seg[1] ? html`<${Report} key=${path} id=${seg[1]} />` : html`<${ReportsPage} />`;
     case "groups": return html`<${Groups} />`;
-    case "results": return html`<${Results} />`;
+    case "results": return html`<${Results} query=${query} />`;
     case "performance":
       if (seg[1] === "executions" && seg[2]) return html`<${Execution} key=${path} id=${seg[2]} planId=${query.get("plan")} />`;
       if (seg[1] === "reports" && seg[2]) return html`<${PerfReport} key=${path} id=${seg[2]} />`;
