@@ -565,11 +565,16 @@ function KitMatrix({ id, query }) {
   if (!r) return html`<section><${ErrorBox} error=${error} /><p>Loading report…</p></section>`;
   const suites = (r.suites || []).filter((s) => s.platform);
   const platforms = [...new Set(suites.map((s) => s.platform))].sort();
-  const rows = [], at = new Map();
+  const rows = [], seen = new Set(), at = new Map();
   for (const s of suites) {
+    // A name used twice in one script (TAP allows it) is told apart by its
+    // occurrence, so the cells do not overwrite each other.
+    const times = new Map();
     for (const c of s.cases || []) {
-      const key = `${s.name} › ${c.name}`;
-      if (!rows.includes(key)) rows.push(key);
+      const n = (times.get(c.name) || 0) + 1;
+      times.set(c.name, n);
+      const key = `${s.name} › ${c.name}${n > 1 ? ` (${n})` : ""}`;
+      if (!seen.has(key)) { seen.add(key); rows.push(key); }
       at.set(key + "\u0000" + s.platform, { ...c, suite: s.name });
     }
   }
