@@ -643,7 +643,7 @@ function Execution({ id, planId }) {
     let lines = [];
     // The plan's response-time thresholds, drawn as dashed lines on the ms
     // scale: constant series as long as the time axis.
-    const data = () => [xs, rps, p, p50, p90, p99, errs, users, ...lines.map((l) => xs.map(() => l.value))];
+    const data = () => [xs, rps, p, p50, p90, p99, errs, users, ...lines.map((l) => xs.map(() => positive(l.value)))];
     Promise.all([loadUplot(), planOf(id, planId).then((pl) => msThresholds((pl?.config?.thresholds || []).map((expr) => ({ expr }))), () => [])]).then(([uPlot, ls]) => {
       if (closed || !box.current) return;
       lines = ls;
@@ -657,7 +657,9 @@ function Execution({ id, planId }) {
         ...lines.map((l) => ({ label: `threshold ${l.label} ${l.value}`, stroke: "#c02020", dash: [6, 4], width: 1, scale: "ms" }))];
       plot = new uPlot({
         width: Math.min(960, box.current.clientWidth || 600), height: 280, series,
-        axes: [{}, { label: "req/s" }, { scale: "ms", side: 1, label: "ms" }],
+        // Logarithmic: a 0.2 ms p99 and a 5,000 ms threshold both stay readable.
+        scales: { ms: { distr: 3, log: 10 } },
+        axes: [{}, { label: "req/s" }, { scale: "ms", side: 1, label: "ms (log)" }],
       }, data(), box.current);
       box.current.dataset.series = series.slice(1).map((s) => s.label).join("|");
       sysPlot = new uPlot({
@@ -679,10 +681,11 @@ function Execution({ id, planId }) {
           if (!Number.isFinite(t)) return;
           if (xs.length && t <= xs[xs.length - 1]) return; // a replayed second
           const sm = d.system_metrics || {};
-          xs.push(t); rps.push(d.requests_per_second); p.push(d.response_time); errs.push(d.error_rate); users.push(d.active_users);
+          xs.push(t); rps.push(d.requests_per_second); errs.push(d.error_rate); users.push(d.active_users);
           // Percentiles are null in a second without responses (and absent
-          // from servers older than them): a gap, not a zero.
-          p50.push(d.p50 ?? null); p90.push(d.p90 ?? null); p99.push(d.p99 ?? null);
+          // from servers older than them): a gap, not a zero (nor can a log
+          // scale show a zero).
+          p.push(positive(d.response_time)); p50.push(positive(d.p50)); p90.push(positive(d.p90)); p99.push(positive(d.p99));
           cpu.push(sm.cpu ?? null); mem.push(sm.memory ?? null);
           plot && plot.setData(data());
           sysPlot && sysPlot.setData([xs, cpu, mem]);
@@ -714,6 +717,8 @@ function Execution({ id, planId }) {
     <div ref=${sysBox} class="chart" id="sys-live" aria-label="load agents CPU and memory chart"></div>
   </section>`;
 }
+
+const positive = (v) => (typeof v === "number" && v > 0 ? v : null);
 
 // The performance plan an execution belongs to: the one named by `?plan=`
 // (the console's own links carry it), else the plan whose last execution it
