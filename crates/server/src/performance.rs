@@ -527,28 +527,47 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
     let windows = merged_windows(state, tasks).await;
     let agg = aggregate(&windows);
     let any_ran = tasks.iter().any(|t| t.status == TaskStatus::Succeeded);
-    let report_id =
-        records::next_counter(&state.store, &keys::counter("performance_report_id")).await?;
-    let end = testbed_core::now();
-    let mut claimed = false;
-    let exec = records::update::<Execution, _>(&state.store, &key, |e| {
-        if e.report_id.is_some() {
-            claimed = false;
-            return false;
+    // The report is stored before its id is published on the execution:
+    // whoever sees `report_id` (the live stream's `finished`, a client
+    // polling the execution) can read the report at once. The id is then
+    // claimed with a compare-and-set on the execution as it was read; a
+    // finalizer that loses (another replica, or a change such as a stop in
+    // between) removes its report and, if the execution is still open,
+    // tries again from the new state.
+    let (exec, report_id) = loop {
+        let Some((mut exec, _)) = records::get::<Execution>(&state.store, &key).await? else {
+            return Err(ApiError::not_found(format!("no execution {execution}")));
+        };
+        if exec.report_id.is_some() {
+            return Ok(());
         }
-        claimed = true;
-        e.report_id = Some(report_id);
-        e.end_time = Some(end);
-        if e.is_active() {
-            e.status = if any_ran { "completed" } else { "failed" }.into();
+        let report_id =
+            records::next_counter(&state.store, &keys::counter("performance_report_id")).await?;
+        let end = testbed_core::now();
+        let seen = exec.clone();
+        exec.report_id = Some(report_id);
+        exec.end_time = Some(end);
+        if exec.is_active() {
+            exec.status = if any_ran { "completed" } else { "failed" }.into();
         }
-        true
-    })
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("no execution {execution}")))?;
-    if !claimed {
-        return Ok(());
-    }
+        let report = build_report(state, &exec, report_id, end, &windows, &agg).await;
+        records::put(&state.store, &report_key(report_id), &report, None).await?;
+        let mut claimed = false;
+        records::update::<Execution, _>(&state.store, &key, |e| {
+            claimed = e.report_id.is_none()
+                && e.status == seen.status
+                && e.lost_agents == seen.lost_agents;
+            if claimed {
+                *e = exec.clone();
+            }
+            claimed
+        })
+        .await?;
+        if claimed {
+            break (exec, report_id);
+        }
+        state.store.delete(&report_key(report_id)).await?;
+    };
     match serde_json::to_vec(&windows) {
         Ok(bytes) => {
             if let Err(e) = state
@@ -561,6 +580,31 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         }
         Err(e) => tracing::warn!(%execution, "encoding windows: {e}"),
     }
+    state.store.delete(&active_key(execution)).await?;
+    let status = exec.status.clone();
+    records::update::<PerfPlan, _>(&state.store, &plan_key(exec.plan_id), |p| {
+        if p.last_execution.as_deref() == Some(execution) && p.status != status {
+            p.status = status.clone();
+            true
+        } else {
+            false
+        }
+    })
+    .await?;
+    tracing::info!(%execution, report_id, requests = agg.requests, "performance execution ended: {status}");
+    Ok(())
+}
+
+/// The report of an execution that ends at `end`, from its merged windows.
+async fn build_report(
+    state: &AppState,
+    exec: &Execution,
+    report_id: u64,
+    end: DateTime<Utc>,
+    windows: &[Window],
+    agg: &Aggregate,
+) -> PerfReport {
+    let execution = exec.execution_id.as_str();
     let live = state.perf.snapshot(execution);
     let mut system = SystemSeries::default();
     if let Some(live) = &live {
@@ -589,9 +633,9 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
     };
     let secs = ((end - exec.start_time).num_milliseconds().max(1) as f64 / 1000.0)
         .max(windows.len() as f64);
-    let thresholds = judge(state, exec.plan_id, &agg, secs).await;
+    let thresholds = judge(state, exec.plan_id, agg, secs).await;
     let passed = thresholds.iter().all(|t| t.passed);
-    let report = PerfReport {
+    PerfReport {
         id: report_id,
         plan_id: exec.plan_id,
         execution_id: execution.to_string(),
@@ -603,7 +647,7 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
             response_times: TimeSeries {
                 timestamps: windows.iter().map(|w| w.timestamp).collect(),
                 values: windows.iter().map(window_avg_ms).collect(),
-                percentiles: percentiles(&agg),
+                percentiles: percentiles(agg),
             },
             errors: ErrorStats {
                 labels: agg.error_kinds.keys().cloned().collect(),
@@ -615,19 +659,5 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         lost_agents: exec.lost_agents.clone(),
         thresholds,
         passed,
-    };
-    records::put(&state.store, &report_key(report_id), &report, None).await?;
-    state.store.delete(&active_key(execution)).await?;
-    let status = exec.status.clone();
-    records::update::<PerfPlan, _>(&state.store, &plan_key(exec.plan_id), |p| {
-        if p.last_execution.as_deref() == Some(execution) && p.status != status {
-            p.status = status.clone();
-            true
-        } else {
-            false
-        }
-    })
-    .await?;
-    tracing::info!(%execution, report_id, requests = agg.requests, "performance execution ended: {status}");
-    Ok(())
+    }
 }
