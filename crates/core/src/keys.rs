@@ -37,7 +37,9 @@ pub fn is_valid_name(name: &str, max: usize) -> bool {
 
 /// What [`is_valid_name`] asks for, for error messages.
 pub fn name_rule(max: usize) -> String {
-    format!("1–{max} characters of letters, digits, `.`, `_` and `-`, starting with a letter or digit")
+    format!(
+        "1–{max} characters of letters, digits, `.`, `_` and `-`, starting with a letter or digit"
+    )
 }
 
 pub fn testcase(name: &str) -> String {
@@ -163,7 +165,18 @@ mod tests {
         for ok in ["a", "web-1", "A.b_c", "9", &"x".repeat(128)] {
             assert!(is_valid_name(ok, 128), "{ok}");
         }
-        for bad in ["", ".", "..", ".hidden", "-rf", "_x", "a/b", "a b", "é", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-rf",
+            "_x",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
             assert!(!is_valid_name(bad, 128), "{bad}");
         }
     }
