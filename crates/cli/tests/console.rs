@@ -1896,6 +1896,17 @@ async fn console_runs_date_filter_and_live_percentiles() {
         legend.contains("p99 ms") && legend.contains("threshold p(99) 4000"),
         "{legend}"
     );
+    // Each load agent's CPU and memory, named (not only their average).
+    let sys = b
+        .wait(
+            "the load agents' chart by agent",
+            "(document.getElementById('sys-live')?.dataset.series || '').includes('local-1 CPU %') \
+             && document.getElementById('sys-live').dataset.series",
+            long,
+        )
+        .await;
+    let sys = sys.as_str().unwrap();
+    assert!(sys.split('|').any(|l| l == "local-1 memory %"), "{sys}");
     let text = b
         .js("return document.getElementById('rps').innerText")
         .await;
@@ -1908,6 +1919,35 @@ async fn console_runs_date_filter_and_live_percentiles() {
         )
         .await;
     assert_eq!(s, 200);
+
+    // The finished report keeps each agent's series and draws them.
+    let deadline = std::time::Instant::now() + long;
+    let report = loop {
+        let (_, list) = p
+            .get(&format!("/api/performance/reports/?plan_id={}", lp["id"]))
+            .await;
+        if let Some(id) = list["results"][0]["id"].as_u64() {
+            break id;
+        }
+        assert!(std::time::Instant::now() < deadline, "no report: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (_, r) = p.get(&format!("/api/performance/reports/{report}/")).await;
+    let agent = &r["metrics"]["system_metrics"]["agents"]["local-1"];
+    assert_eq!(
+        agent["cpu"].as_array().map(Vec::len),
+        r["metrics"]["system_metrics"]["cpu"]
+            .as_array()
+            .map(Vec::len),
+        "{r}"
+    );
+    b.goto(&format!("/performance/reports/{report}")).await;
+    b.wait(
+        "the report's chart by agent",
+        "(document.querySelector('#sys-chart .u-legend')?.innerText || '').includes('local-1 CPU %')",
+        long,
+    )
+    .await;
 }
 
 #[tokio::test]

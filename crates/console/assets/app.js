@@ -640,6 +640,7 @@ function Execution({ id, planId }) {
   useEffect(() => {
     let closed = false, ws = null, plot = null, sysPlot = null, timer = null, retry = 0;
     const xs = [], rps = [], p = [], p50 = [], p90 = [], p99 = [], errs = [], users = [], cpu = [], mem = [];
+    const agents = [], byAgent = {};
     let lines = [];
     // The plan's response-time thresholds, drawn as dashed lines on the ms
     // scale: constant series as long as the time axis.
@@ -662,12 +663,31 @@ function Execution({ id, planId }) {
         axes: [{}, { label: "req/s" }, { scale: "ms", side: 1, label: "ms (log)" }],
       }, data(), box.current);
       box.current.dataset.series = series.slice(1).map((s) => s.label).join("|");
-      sysPlot = new uPlot({
-        width: Math.min(960, sysBox.current.clientWidth || 600), height: 180,
-        series: [{}, { label: "load agents CPU %", stroke: "#2060c0" }, { label: "memory %", stroke: "#208040" }],
-        scales: { y: { range: [0, 100] } },
-      }, [xs, cpu, mem], sysBox.current);
+      UPlot = uPlot;
+      drawSys();
     }).catch((e) => setState((s) => ({ ...s, status: e.message })));
+    // One CPU and one memory line per load agent, named; the agents are
+    // known from the first second that names them (older servers send only
+    // the average, drawn as before).
+    let UPlot = null, drawnFor = null;
+    const sysData = () => [xs, ...(agents.length ? agents.flatMap((a) => [byAgent[a].cpu, byAgent[a].mem]) : [cpu, mem])];
+    const drawSys = () => {
+      if (!UPlot || !sysBox.current || (sysPlot && drawnFor === agents.join("|"))) return;
+      drawnFor = agents.join("|");
+      sysPlot && sysPlot.destroy();
+      const palette = ["#2060c0", "#208040", "#b05000", "#602080", "#c02020", "#008080"];
+      const series = agents.length
+        ? agents.flatMap((a, i) => [
+          { label: `${a} CPU %`, stroke: palette[i % palette.length], width: 2 },
+          { label: `${a} memory %`, stroke: palette[i % palette.length], dash: [4, 3] }])
+        : [{ label: "load agents CPU %", stroke: "#2060c0" }, { label: "memory %", stroke: "#208040" }];
+      sysPlot = new UPlot({
+        width: Math.min(960, sysBox.current.clientWidth || 600), height: 180,
+        series: [{}, ...series],
+        scales: { y: { range: [0, 100] } },
+      }, sysData(), sysBox.current);
+      sysBox.current.dataset.series = series.map((s) => s.label).join("|");
+    };
     const open = () => {
       ws = new WebSocket(wsUrl(`/ws/performance/${encodeURIComponent(id)}/`));
       ws.onmessage = (m) => {
@@ -687,8 +707,23 @@ function Execution({ id, planId }) {
           // scale show a zero).
           p.push(positive(d.response_time)); p50.push(positive(d.p50)); p90.push(positive(d.p90)); p99.push(positive(d.p99));
           cpu.push(sm.cpu ?? null); mem.push(sm.memory ?? null);
+          const seen = {};
+          for (const a of d.agents || []) {
+            if (!byAgent[a.agent]) {
+              // An agent first heard of now: empty before this second.
+              byAgent[a.agent] = { cpu: xs.slice(0, -1).map(() => null), mem: xs.slice(0, -1).map(() => null) };
+              agents.push(a.agent);
+            }
+            seen[a.agent] = a;
+          }
+          // A second without an agent's sample (lost, finished) is a gap.
+          for (const a of agents) {
+            byAgent[a].cpu.push(seen[a] ? seen[a].cpu : null);
+            byAgent[a].mem.push(seen[a] ? seen[a].memory : null);
+          }
           plot && plot.setData(data());
-          sysPlot && sysPlot.setData([xs, cpu, mem]);
+          drawSys();
+          sysPlot && sysPlot.setData(sysData());
           if (box.current) {
             box.current.dataset.points = xs.length; box.current.dataset.last = t;
             if (d.p99 != null) box.current.dataset.p99 = d.p99;
@@ -1048,6 +1083,18 @@ function PerfReport({ id }) {
   if (!r) return html`<section><${ErrorBox} error=${error} /><p>Loading report…</p></section>`;
   const rt = r.metrics.response_times, sys = r.metrics.system_metrics;
   const pc = rt.percentiles || {};
+  // Each load agent's CPU and memory when the report has them (reports
+  // from before that carry the average only).
+  const n = Math.min(sys.cpu.length, rt.timestamps.length);
+  const names = Object.keys(sys.agents || {});
+  const palette = ["#2060c0", "#208040", "#b05000", "#602080", "#c02020", "#008080"];
+  const sysSeries = names.length
+    ? names.flatMap((a, i) => [{ label: `${a} CPU %`, stroke: palette[i % palette.length], width: 2 },
+      { label: `${a} memory %`, stroke: palette[i % palette.length], dash: [4, 3] }])
+    : [{ label: "CPU %", stroke: "#2060c0" }, { label: "memory %", stroke: "#208040" }];
+  const sysData = [rt.timestamps.slice(0, n), ...(names.length
+    ? names.flatMap((a) => [sys.agents[a].cpu.slice(0, n), sys.agents[a].memory.slice(0, n)])
+    : [sys.cpu.slice(0, n), sys.memory.slice(0, n)])];
   return html`<section>
     <p><a href=${`/performance/plans/${r.plan_id}`}>← Plan</a> · <a href=${`/performance/executions/${r.execution_id}?plan=${r.plan_id}`}>execution</a></p>
     <h1>Load report ${r.id} <${Status} s=${r.passed ? "passed" : "failed"} /></h1>
@@ -1063,8 +1110,7 @@ function PerfReport({ id }) {
     <h2>Response time</h2>
     <${Chart} id="rt-chart" series=${[{ label: "response ms", stroke: "#b05000" }]} data=${[rt.timestamps, rt.values]} lines=${msThresholds(r.thresholds)} />
     ${sys.cpu.length > 0 && html`<h2>Load agents</h2>
-      <${Chart} id="sys-chart" series=${[{ label: "CPU %", stroke: "#2060c0" }, { label: "memory %", stroke: "#208040" }]}
-        data=${[rt.timestamps.slice(0, sys.cpu.length), sys.cpu.slice(0, rt.timestamps.length), sys.memory.slice(0, rt.timestamps.length)]} />`}
+      <${Chart} id="sys-chart" series=${sysSeries} data=${sysData} />`}
   </section>`;
 }
 

@@ -128,6 +128,17 @@ pub struct SystemSeries {
     pub cpu: Vec<f64>,
     pub memory: Vec<f64>,
     pub network: Vec<f64>,
+    /// Each load agent's own CPU and memory (percent), second by second
+    /// beside `cpu`; null where the agent sent no sample that second.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<String, AgentSystemSeries>,
+}
+
+/// One load agent's CPU and memory series in a performance report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct AgentSystemSeries {
+    pub cpu: Vec<Option<f64>>,
+    pub memory: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -220,6 +231,9 @@ pub struct LivePoint {
     /// How many agents' windows are in it.
     pub contributors: usize,
     pub system: Vec<SystemMetrics>,
+    /// The task each of `system`'s samples came from (same order), so a
+    /// viewer can tell the load agents apart.
+    pub system_tasks: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -276,6 +290,7 @@ impl Live {
                 p.window.merge(&window);
                 p.contributors += 1;
                 p.system.push(system);
+                p.system_tasks.push(task);
             }
             None => {
                 exec.points.insert(
@@ -284,6 +299,7 @@ impl Live {
                         window,
                         contributors: 1,
                         system: vec![system],
+                        system_tasks: vec![task],
                     },
                 );
             }
@@ -312,6 +328,20 @@ impl Live {
             l.per_task.remove(&t);
         }
     }
+}
+
+/// Each load agent's CPU and memory (percent) in one second, named by the
+/// agents of `tasks`; samples of tasks not listed are left out.
+pub fn system_by_agent(p: &LivePoint, tasks: &[ExecTask]) -> Vec<(String, f64, f64)> {
+    p.system_tasks
+        .iter()
+        .zip(&p.system)
+        .filter_map(|(task, s)| {
+            let agent = tasks.iter().find(|t| t.task_id == *task)?;
+            let (cpu, mem, _) = system_point(std::slice::from_ref(s));
+            Some((agent.agent_name.clone(), cpu, mem))
+        })
+        .collect()
 }
 
 /// CPU and memory averaged over the agents, network summed (MB/s).
@@ -608,11 +638,24 @@ async fn build_report(
     let live = state.perf.snapshot(execution);
     let mut system = SystemSeries::default();
     if let Some(live) = &live {
-        for p in live.points.values() {
+        for (i, p) in live.points.values().enumerate() {
             let (c, m, n) = system_point(&p.system);
             system.cpu.push(c);
             system.memory.push(m);
             system.network.push(n);
+            for (agent, cpu, mem) in system_by_agent(p, &exec.tasks) {
+                let a = system.agents.entry(agent).or_default();
+                // Seconds before the agent's first sample are gaps.
+                a.cpu.resize(i, None);
+                a.memory.resize(i, None);
+                a.cpu.push(Some(cpu));
+                a.memory.push(Some(mem));
+            }
+        }
+        let len = system.cpu.len();
+        for a in system.agents.values_mut() {
+            a.cpu.resize(len, None);
+            a.memory.resize(len, None);
         }
     }
     let summary = ReportSummary {

@@ -1026,9 +1026,13 @@ pub async fn live(
         }))
 }
 
-fn metrics_message(p: &perf::LivePoint) -> Value {
+fn metrics_message(p: &perf::LivePoint, exec: &Execution) -> Value {
     let w = &p.window;
     let (cpu, mem, net) = perf::system_point(&p.system);
+    let agents: Vec<Value> = perf::system_by_agent(p, &exec.tasks)
+        .into_iter()
+        .map(|(agent, cpu, memory)| json!({"agent": agent, "cpu": cpu, "memory": memory}))
+        .collect();
     json!({
         "type": "metrics",
         "timestamp": w.timestamp,
@@ -1044,6 +1048,8 @@ fn metrics_message(p: &perf::LivePoint) -> Value {
             "error_rate": pct(w.errors, w.requests),
             "paused": w.paused,
             "system_metrics": {"cpu": cpu, "memory": mem, "network": net},
+            // Each load agent's own CPU and memory (percent) in this second.
+            "agents": agents,
         }
     })
 }
@@ -1082,7 +1088,7 @@ async fn stream_live(state: AppState, execution_id: String, mut socket: WebSocke
                 if !complete {
                     break;
                 }
-                if !send_json(&mut socket, &metrics_message(p)).await {
+                if !send_json(&mut socket, &metrics_message(p, &exec)).await {
                     return;
                 }
                 next_index = idx + 1;
