@@ -1128,23 +1128,14 @@ async fn console_in_a_real_browser() {
 
     // A load test started from the console: the chart's request rate moves.
     let (target, hits) = serve();
-    let (s, project) = p
-        .post(
-            "/api/projects",
-            json!({"name": "shop", "description": "console"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{project}");
-    let (s, plan) = p
-        .post(
-            "/api/performance/plans/",
-            json!({"name": "console-load", "project_id": project["id"], "config": {
-                "concurrent_users": 2, "ramp_up_time": 0, "hold_time": 30,
+    let plan = p
+        .perf_plan(
+            "console-load",
+            json!({"concurrent_users": 2, "ramp_up_time": 0, "hold_time": 30,
                 "test_type": "load", "target_url": target,
-                "thresholds": ["p(95)<5000", "error_rate<0.5"]}}),
+                "thresholds": ["p(95)<5000", "error_rate<0.5"]}),
         )
         .await;
-    assert_eq!(s, 201, "{plan}");
     b.goto("/performance").await;
     let start = "tr[data-plan=\"console-load\"] button[data-action=\"start\"]";
     b.wait(
@@ -1834,23 +1825,14 @@ async fn console_runs_date_filter_and_live_percentiles() {
     // A live load test: the chart has p50/p90/p99 series with values, and
     // the plan's response-time threshold as a line.
     let (target, hits) = serve();
-    let (s, project) = p
-        .post(
-            "/api/projects",
-            json!({"name": "pct", "description": "console"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{project}");
-    let (s, lp) = p
-        .post(
-            "/api/performance/plans/",
-            json!({"name": "pct-load", "project_id": project["id"], "config": {
-                "concurrent_users": 2, "ramp_up_time": 0, "hold_time": 30,
+    let lp = p
+        .perf_plan(
+            "pct-load",
+            json!({"concurrent_users": 2, "ramp_up_time": 0, "hold_time": 30,
                 "test_type": "load", "target_url": target,
-                "thresholds": ["p(99)<4000", "error_rate<0.5"]}}),
+                "thresholds": ["p(99)<4000", "error_rate<0.5"]}),
         )
         .await;
-    assert_eq!(s, 201, "{lp}");
     let (s, started) = p
         .post(
             &format!("/api/performance/plans/{}/start/", lp["id"]),
@@ -1975,28 +1957,7 @@ async fn console_kit_matrix_and_result_history() {
          print sysopen(my $f, \"claimed\", O_CREAT|O_EXCL|O_WRONLY) ? \"ok\" : \"not ok\", \" 1 - first to claim\\n\";\n",
     )
     .unwrap();
-    let p = Platform::up(
-        &dir.path().join("data"),
-        2,
-        &["--plugins", "linux_system,tap"],
-    )
-    .await;
-    let (s, _) = p.post("/api/groups", json!({"name": "platforms"})).await;
-    assert_eq!(s, 201);
-    for a in ["local-1", "local-2"] {
-        let r = p
-            .http
-            .put(format!("{}/api/groups/platforms/agents/{a}", p.url))
-            .bearer_auth(&p.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
-    let plan = format!(
-        "name: kit\nsteps:\n  - id: kit\n    plugin: tap\n    method: run\n    target: {{each: {{group: platforms}}}}\n    params: {{path: \"{}\"}}\n",
-        kit.display()
-    );
+    let (p, plan) = Platform::kit_on_two_agents(&dir.path().join("data"), &kit).await;
     let run = p
         .wait_run(
             &p.start_run(&plan, json!({})).await,

@@ -781,28 +781,7 @@ async fn a_kit_across_a_fleet_is_a_matrix_and_runs_compare() {
         "print \"1..1\\nok 1 - stable\\n\";\n",
     )
     .unwrap();
-    let p = Platform::up(
-        &dir.path().join("data"),
-        2,
-        &["--plugins", "linux_system,tap"],
-    )
-    .await;
-    let (s, _) = p.post("/api/groups", json!({"name": "platforms"})).await;
-    assert_eq!(s, 201);
-    for a in ["local-1", "local-2"] {
-        let r = p
-            .http
-            .put(format!("{}/api/groups/platforms/agents/{a}", p.url))
-            .bearer_auth(&p.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
-    let plan = format!(
-        "name: kit\nsteps:\n  - id: kit\n    plugin: tap\n    method: run\n    target: {{each: {{group: platforms}}}}\n    params: {{path: \"{}\"}}\n",
-        kit.display()
-    );
+    let (p, plan) = Platform::kit_on_two_agents(&dir.path().join("data"), &kit).await;
     let first = p
         .wait_run(
             &p.start_run(&plan, json!({})).await,

@@ -536,18 +536,12 @@ async fn agents_join_over_tls_only_when_they_trust_the_server() {
 
     // A performance test's live stream is advertised with the scheme the
     // server speaks: `wss://` under TLS.
-    let (s, project) = p
-        .post("/api/projects", json!({"name": "tls", "description": "d"}))
-        .await;
-    assert_eq!(s, 201, "{project}");
-    let (s, plan) = p
-        .post(
-            "/api/performance/plans/",
-            json!({"name": "tls", "project_id": project["id"], "config":
-                {"concurrent_users": 1, "hold_time": 1, "target_url": format!("{}/healthz", p.url)}}),
+    let plan = p
+        .perf_plan(
+            "tls",
+            json!({"concurrent_users": 1, "hold_time": 1, "target_url": format!("{}/healthz", p.url)}),
         )
         .await;
-    assert_eq!(s, 201, "{plan}");
     let (s, started) = p
         .post(
             &format!("/api/performance/plans/{}/start/", plan["id"]),

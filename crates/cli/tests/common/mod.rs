@@ -594,3 +594,49 @@ pub fn serve() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     });
     (url, count)
 }
+
+impl Platform {
+    /// A platform of two local agents (`local-1`, `local-2`) carrying the
+    /// `tap` plugin, both in the group `platforms`, and the plan that runs
+    /// the kit in `kit` on each of them (`each: {group: platforms}`).
+    pub async fn kit_on_two_agents(data: &Path, kit: &Path) -> (Platform, String) {
+        let p = Platform::up(data, 2, &["--plugins", "linux_system,tap"]).await;
+        let (s, _) = p.post("/api/groups", json!({"name": "platforms"})).await;
+        assert_eq!(s, 201);
+        for a in ["local-1", "local-2"] {
+            let r = p
+                .http
+                .put(format!("{}/api/groups/platforms/agents/{a}", p.url))
+                .bearer_auth(&p.token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        let plan = format!(
+            "name: kit\nsteps:\n  - id: kit\n    plugin: tap\n    method: run\n    target: {{each: {{group: platforms}}}}\n    params: {{path: \"{}\"}}\n",
+            kit.display()
+        );
+        (p, plan)
+    }
+
+    /// Creates a project and, in it, a performance plan `name` with
+    /// `config`; returns the plan as created.
+    pub async fn perf_plan(&self, name: &str, config: Value) -> Value {
+        let (s, project) = self
+            .post(
+                "/api/projects",
+                json!({"name": name, "description": "test"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{project}");
+        let (s, plan) = self
+            .post(
+                "/api/performance/plans/",
+                json!({"name": name, "project_id": project["id"], "config": config}),
+            )
+            .await;
+        assert_eq!(s, 201, "{plan}");
+        plan
+    }
+}
