@@ -319,7 +319,7 @@ pub struct Sandbox {
     pub work: PathBuf,
     pub home: PathBuf,
     path: String,
-    /// The `sleep` holding the network namespace, when there is one.
+    /// The process (`cat`) holding the network namespace, when there is one.
     netns: Option<Child>,
     /// Without a namespace, sandboxes share the host's ports: one at a time.
     _host_net: Option<std::sync::MutexGuard<'static, ()>>,
@@ -398,8 +398,10 @@ impl Sandbox {
             return None;
         }
         let mut holder = Command::new("unshare")
-            .args(["-n", "--", "sleep", "100000"])
-            .stdin(Stdio::null())
+            // `cat` on a pipe from us: it ends with the test process even
+            // when that is killed and never runs its clean-up.
+            .args(["-n", "--", "cat"])
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
