@@ -80,6 +80,7 @@ fn every_shipped_suite_and_example_is_well_formed() {
         "etcd",
         "libvirt",
         "qmp",
+        "cni",
         "docker",
         "podman",
         "kubernetes",
@@ -144,6 +145,18 @@ fn etcd_suite_passes_against_etcd() {
     assert_eq!(code, 0, "{out}");
     assert_all(&report, Outcome::Pass, &out);
     assert!(report.summary().passed >= 7, "{out}");
+}
+
+#[test]
+fn cni_suite_passes_against_the_reference_plugins() {
+    let (code, report, out) = api_run(&[suites().join("cni").to_str().expect("utf-8")], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_all(&report, Outcome::Pass, &out);
+    assert_eq!(report.summary().passed, 13, "{out}");
+    // The suite's namespaces and IPAM store are gone again.
+    let left = Command::new("ip").args(["netns", "list"]).output().expect("ip");
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains("tb-cni-"), "{left}");
 }
 
 #[test]
