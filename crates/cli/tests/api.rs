@@ -154,9 +154,129 @@ fn cni_suite_passes_against_the_reference_plugins() {
     assert_all(&report, Outcome::Pass, &out);
     assert_eq!(report.summary().passed, 13, "{out}");
     // The suite's namespaces and IPAM store are gone again.
-    let left = Command::new("ip").args(["netns", "list"]).output().expect("ip");
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(!left.contains("tb-cni-"), "{left}");
+}
+
+/// A daemon of the machine's own (dockerd, containerd) with everything it
+/// keeps under a temp dir: stopped with SIGTERM so it unmounts and stops
+/// what it started, then SIGKILL if it lingers.
+struct Daemon {
+    name: &'static str,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, dir: tempfile::TempDir, mut cmd: Command) -> Daemon {
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        cmd.stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .stdin(std::process::Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Daemon { name, child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Waits until `socket` accepts connections.
+    fn wait_socket(&mut self, socket: &Path) {
+        for _ in 0..600 {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}):\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{} never listened on {}:\n{}",
+            self.name,
+            socket.display(),
+            self.log()
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The busybox-static image of suites/images, as a `docker save` tarball.
+fn busybox_image(dir: &Path) -> PathBuf {
+    let tar = dir.join("busybox.tar");
+    let out = Command::new(suites().join("images/busybox-image.sh"))
+        .arg(&tar)
+        .output()
+        .expect("busybox-image.sh");
+    assert!(out.status.success(), "{}", text(&out));
+    tar
+}
+
+/// A private dockerd: its own data and exec roots and socket, no iptables
+/// and no default bridge (containers of the suite use no network), and a
+/// containerd of its own under the exec root.
+fn dockerd(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
+    let d = dir.path().to_path_buf();
+    let socket = d.join("docker.sock");
+    let mut cmd = Command::new("dockerd");
+    cmd.arg("--data-root")
+        .arg(d.join("root"))
+        .arg("--exec-root")
+        .arg(d.join("exec"))
+        .arg("--pidfile")
+        .arg(d.join("docker.pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .args([
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--userland-proxy=false",
+        ]);
+    let mut daemon = Daemon::spawn("dockerd", dir, cmd);
+    daemon.wait_socket(&socket);
+    (daemon, socket)
+}
+
+#[test]
+fn docker_suite_passes_against_a_private_dockerd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = busybox_image(dir.path());
+    let (docker, socket) = dockerd(tempfile::tempdir().expect("tempdir"));
+    let (code, report, out) = api_run(
+        &[suites().join("docker").to_str().expect("utf-8")],
+        &[
+            ("DOCKER_SOCKET", socket.to_str().expect("utf-8")),
+            ("DOCKER_IMAGE_TAR", image.to_str().expect("utf-8")),
+            ("DOCKER_IMAGE", "testbed/busybox:latest"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{}", docker.log());
+    assert_all(&report, Outcome::Pass, &out);
+    assert_eq!(report.summary().passed, 10, "{out}");
 }
 
 #[test]
