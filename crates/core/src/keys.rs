@@ -58,8 +58,64 @@ pub fn run(id: &Uuid) -> String {
     format!("/runs/{id}")
 }
 
+/// One step's state of a run: written alone, so a step transition costs
+/// one small record whatever the plan's size.
+pub fn run_step(id: &Uuid, step: &str) -> String {
+    format!("/runs/{id}/steps/{step}")
+}
+
+pub fn run_steps_prefix(id: &Uuid) -> String {
+    format!("/runs/{id}/steps/")
+}
+
+/// `/runs/{id}` (a run-level record, not one of its steps) → the run's id.
+pub fn parse_run(key: &str) -> Option<Uuid> {
+    key.strip_prefix(RUNS)?.parse().ok()
+}
+
+/// Index of every run's summary (what `GET /api/runs` shows), so listing
+/// runs reads neither the plans nor the steps of every run.
+pub const RUN_INDEX: &str = "/index/runs/";
+
+pub fn run_index(id: &Uuid) -> String {
+    format!("/index/runs/{id}")
+}
+
+/// Set once every run record is in the per-step layout (see `engine::migrate`).
+pub const RUN_LAYOUT: &str = "/config/run_layout";
+
 pub fn active_run(id: &Uuid) -> String {
     format!("/active/runs/{id}")
+}
+
+/// Seed 001's performance plans, by numeric id.
+pub const PERF_PLANS: &str = "/performance/plans/";
+pub const PERF_EXECUTIONS: &str = "/performance/executions/";
+pub const PERF_REPORTS: &str = "/performance/reports/";
+/// One key per execution that has not been reported yet: what the
+/// controller leader sweeps, so an execution whose starting replica died
+/// still ends with a report.
+pub const PERF_ACTIVE: &str = "/performance/active/";
+
+pub fn perf_plan(id: u64) -> String {
+    format!("{PERF_PLANS}{id}")
+}
+
+pub fn perf_execution(id: &str) -> String {
+    format!("{PERF_EXECUTIONS}{id}")
+}
+
+pub fn perf_active(execution: &str) -> String {
+    format!("{PERF_ACTIVE}{execution}")
+}
+
+pub fn perf_report(id: u64) -> String {
+    format!("{PERF_REPORTS}{id}")
+}
+
+/// Blob of an execution's merged per-second windows.
+pub fn perf_windows_blob(execution: &str) -> String {
+    format!("performance/{execution}/windows.json")
 }
 
 pub fn result(testcase: &str, environment: &str) -> String {
@@ -198,6 +254,15 @@ mod tests {
         assert_eq!(parse_assign(&assign(&a, &t)), Some((a, t)));
         assert!(assign(&a, &t).starts_with(&assign_prefix(&a)));
         assert_eq!(parse_assign("/assign/nonsense"), None);
+    }
+
+    #[test]
+    fn run_step_keys_stay_under_their_run() {
+        let id = Uuid::new_v4();
+        assert_eq!(parse_run(&run(&id)), Some(id));
+        assert_eq!(parse_run(&run_step(&id, "build")), None);
+        assert!(run_step(&id, "build").starts_with(&run_steps_prefix(&id)));
+        assert!(run_step(&id, "build").starts_with(&run(&id)));
     }
 
     #[test]

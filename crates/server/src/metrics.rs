@@ -514,7 +514,21 @@ async fn count_records(store: &DynStore) -> Result<Counts, StoreError> {
         }
     })
     .await?;
+    #[derive(Deserialize)]
+    struct KindOnly {
+        #[serde(default)]
+        kind: String,
+    }
     scan(store, testbed_core::keys::RUNS, |bytes| {
+        // A step's own record (`/runs/{id}/steps/{step}`, engine::run_store).
+        if serde_json::from_slice::<KindOnly>(bytes).is_ok_and(|k| k.kind == "run_step") {
+            if let Ok(step) = serde_json::from_slice::<StepOnly>(bytes) {
+                if let Some(i) = STEP_STATUSES.iter().position(|s| *s == step.status) {
+                    c.steps[i] += 1;
+                }
+            }
+            return;
+        }
         if let Ok(r) = serde_json::from_slice::<RunOnly>(bytes) {
             if let Some(i) = RUN_STATUSES.iter().position(|(s, _)| *s == r.status) {
                 c.runs[i] += 1;

@@ -330,17 +330,7 @@ fn instant(name: &str, v: &Option<String>) -> ApiResult<Option<chrono::DateTime<
         .transpose()
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RunSummary {
-    pub id: Uuid,
-    pub plan_name: String,
-    pub plan_id: Option<Uuid>,
-    pub status: RunStatus,
-    pub created_by: String,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub report_id: Option<Uuid>,
-}
+pub use crate::engine::run_store::RunSummary;
 
 /// Runs, newest first.
 #[utoipa::path(get, path = "/api/runs", tag = "runs", params(PageQuery, RunFilter, IdPrefix),
@@ -356,25 +346,15 @@ pub async fn list_runs(
     p.check()?;
     let since = instant("since", &f.since)?;
     let until = instant("until", &f.until)?;
-    let mut all: Vec<RunSummary> = records::list::<Run>(&state.store, keys::RUNS, |_| true)
+    // From the summaries alone: neither plans nor steps are read.
+    let mut all: Vec<RunSummary> = engine::run_store::summaries(&state.store)
         .await?
         .into_iter()
-        .map(|(_, r)| r)
         .filter(|r| f.status.is_none_or(|s| r.status == s))
         .filter(|r| since.is_none_or(|t| r.created_at >= t))
         .filter(|r| until.is_none_or(|t| r.created_at < t))
         .filter(|r| f.plan_id.is_none_or(|id| r.plan_id == Some(id)))
         .filter(|r| idp.matches(&r.id))
-        .map(|r| RunSummary {
-            id: r.id,
-            plan_name: r.plan_name,
-            plan_id: r.plan_id,
-            status: r.status,
-            created_by: r.created_by,
-            created_at: r.created_at,
-            finished_at: r.finished_at,
-            report_id: r.report_id,
-        })
         .collect();
     all.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     Ok(Json(p.apply(all)))
@@ -389,9 +369,9 @@ pub async fn get_run(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Run>> {
     let id = parse_uuid("run", &id)?;
-    records::get::<Run>(&state.store, &keys::run(&id))
+    engine::run_store::load(&state.store, &id)
         .await?
-        .map(|(r, _)| Json(r))
+        .map(|l| Json(l.run))
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))
 }
 
@@ -439,11 +419,7 @@ pub async fn delete_run(
             run.status
         )));
     }
-    if !state
-        .store
-        .txn_delete(&keys::run(&id), testbed_store::Compare::ModRevision(rev))
-        .await?
-    {
+    if !engine::run_store::delete(&state.store, &id, rev).await? {
         return Err(ApiError::conflict(format!("run {id} changed; try again")));
     }
     Ok(StatusCode::NO_CONTENT)

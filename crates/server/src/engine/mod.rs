@@ -1,19 +1,25 @@
 //! The plan engine: reconcile loops over runs stored in `/runs/`.
 //!
-//! A run's whole state (every step, every instance, every task id) lives in
-//! its record, and every change is a compare-and-swap on it. The controller
-//! leader reconciles a run whenever one of its tasks or the run itself
-//! changes, and sweeps all active runs periodically for timeouts. Task ids
-//! are derived from (run, step, instance, attempt), so a controller that
-//! dies between creating a task and recording it finds the same task again
-//! instead of starting a second one: no step is lost and none runs twice.
+//! A run is a run-level record (`/runs/{id}`: plan, parameters, status)
+//! and one record per step (`/runs/{id}/steps/{step}`), see [`run_store`];
+//! every change is a compare-and-swap on the records it touches, so a step
+//! transition writes one small record whatever the plan's size. The
+//! controller leader keeps each active run in memory between reconciles
+//! ([`Cache`]) and, on a task's event, looks only at that task's step and
+//! the steps that wait on it; a periodic sweep looks at every step (timeouts,
+//! agents appearing) and, every few seconds, reads everything again from
+//! the store. Task ids are derived from (run, step, instance, attempt), so a
+//! controller that dies between creating a task and recording it finds the
+//! same task again instead of starting a second one: no step is lost and
+//! none runs twice.
 
 pub mod report;
 #[cfg(test)]
 mod resilience_tests;
+pub mod run_store;
 pub mod targets;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -24,12 +30,13 @@ use testbed_core::run::{
 };
 use testbed_core::task::{RunRef, Task, TaskStatus};
 use testbed_core::template;
-use testbed_store::{Compare, LeaseId};
+use testbed_store::{Compare, EventKind, LeaseId};
 use uuid::Uuid;
 
 use crate::dispatch::{self, AgentView};
 use crate::records::{self, RecordError};
 use crate::state::AppState;
+use run_store::Loaded;
 
 /// Namespace of task ids derived from runs.
 const TASK_NS: Uuid = Uuid::from_u128(0x7e57_bed0_0000_4000_8000_0000_0000_0001);
@@ -52,18 +59,118 @@ struct Resolved {
     testcase: Option<(String, String)>,
 }
 
-/// Reconciles every active run once.
-pub async fn reconcile_all(state: &AppState, lease: Option<LeaseId>) -> Result<(), RecordError> {
+/// What the engine keeps of an active run between reconciles: the run as
+/// last read or written (with the revisions to compare on), the plan's
+/// order and dependents, and the environments and test cases its steps
+/// use, read once per run.
+pub struct Cached {
+    l: Loaded,
+    order: Vec<String>,
+    /// Steps that depend on each step.
+    dependents: HashMap<String, Vec<String>>,
+    envs: HashMap<String, Option<Environment>>,
+    testcases: HashMap<String, Option<TestCase>>,
+}
+
+impl Cached {
+    fn new(l: Loaded) -> Cached {
+        let order = l
+            .run
+            .spec
+            .topological()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+        for s in &l.run.spec.steps {
+            for d in &s.depends_on {
+                dependents.entry(d.clone()).or_default().push(s.id.clone());
+            }
+        }
+        Cached {
+            l,
+            order,
+            dependents,
+            envs: HashMap::new(),
+            testcases: HashMap::new(),
+        }
+    }
+}
+
+/// Active runs the engine holds in memory, by id.
+pub type Cache = HashMap<Uuid, Cached>;
+
+/// What one reconcile changed, to be written.
+#[derive(Default)]
+struct Changes {
+    steps: BTreeSet<String>,
+    run: bool,
+}
+
+/// The agents and reservations, read when a step needs placing (at most
+/// once per reconcile).
+#[derive(Default)]
+struct Fleet {
+    view: Option<(Vec<AgentView>, BTreeSet<Uuid>)>,
+}
+
+impl Fleet {
+    async fn get(
+        &mut self,
+        state: &AppState,
+        run: Uuid,
+    ) -> Result<&(Vec<AgentView>, BTreeSet<Uuid>), RecordError> {
+        if self.view.is_none() {
+            let agents = dispatch::agents(&state.store).await?;
+            let locks = targets::locks(&state.store).await?;
+            let excluded = targets::reserved_elsewhere(&agents, &locks, Some(run));
+            self.view = Some((agents, excluded));
+        }
+        // Filled just above.
+        Ok(self.view.get_or_insert_with(Default::default))
+    }
+}
+
+/// Reconciles every active run once, every step of each. `deep` reads each
+/// run and its running tasks from the store again instead of trusting what
+/// the engine holds.
+pub async fn reconcile_all(
+    state: &AppState,
+    lease: Option<LeaseId>,
+    cache: &mut Cache,
+    known: &Known,
+    deep: bool,
+) -> Result<(), RecordError> {
     let page = state.store.range(keys::ACTIVE_RUNS, None, 0).await?;
-    for kv in page.kvs {
-        let Some(id) = kv
-            .key
-            .strip_prefix(keys::ACTIVE_RUNS)
-            .and_then(|s| s.parse::<Uuid>().ok())
-        else {
-            continue;
-        };
-        if let Err(e) = reconcile(state, id, lease, &Known::default()).await {
+    let active: BTreeSet<Uuid> = page
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            kv.key
+                .strip_prefix(keys::ACTIVE_RUNS)
+                .and_then(|s| s.parse::<Uuid>().ok())
+        })
+        .collect();
+    // Runs that ended or were deleted elsewhere.
+    cache.retain(|id, _| active.contains(id));
+    let everything = Known::default();
+    for id in active {
+        if deep {
+            cache.remove(&id);
+        } else if let Some(c) = cache.get(&id) {
+            // The run-level record changes rarely (cancel, end): re-read
+            // the run when it did.
+            let rev = state
+                .store
+                .get(&keys::run(&id))
+                .await?
+                .map(|kv| kv.mod_revision);
+            if rev != Some(c.l.run_rev) {
+                cache.remove(&id);
+            }
+        }
+        let k = if deep { &everything } else { known };
+        if let Err(e) = reconcile(state, id, lease, k, cache, None).await {
             tracing::warn!(run = %id, "reconcile: {e}");
         }
     }
@@ -72,7 +179,7 @@ pub async fn reconcile_all(state: &AppState, lease: Option<LeaseId>) -> Result<(
 
 /// Task states the engine already holds from its watch. When reconciling
 /// on events, only these are consulted (plus the store for steps with a
-/// timeout to enforce); the periodic sweep reads everything from the store,
+/// timeout to enforce); the deep sweep reads everything from the store,
 /// so nothing is missed for longer than a sweep.
 #[derive(Default)]
 pub struct Known {
@@ -81,44 +188,86 @@ pub struct Known {
     pub from_events: bool,
 }
 
+/// Reads a run for the engine, in the per-step layout (a run still in the
+/// old single-record layout is split first).
+async fn load(state: &AppState, id: Uuid) -> Result<Option<Cached>, RecordError> {
+    for _ in 0..8 {
+        let Some(l) = run_store::load(&state.store, &id).await? else {
+            return Ok(None);
+        };
+        if !l.inline || l.run.status.is_terminal() {
+            return Ok(Some(Cached::new(l)));
+        }
+        run_store::split(&state.store, &l).await?;
+    }
+    Err(RecordError::Contended {
+        key: keys::run(&id),
+    })
+}
+
 /// Brings one run forward as far as its state allows. Safe to call at any
-/// time, from any replica, any number of times.
+/// time, from any replica, any number of times. `only`: the steps whose
+/// tasks just ended — then only they and the steps waiting on them are
+/// looked at; `None` looks at every step.
 pub async fn reconcile(
     state: &AppState,
     id: Uuid,
     lease: Option<LeaseId>,
     known: &Known,
+    cache: &mut Cache,
+    only: Option<&BTreeSet<String>>,
 ) -> Result<(), RecordError> {
     for _ in 0..8 {
-        let Some((run, rev)) = records::get::<Run>(&state.store, &keys::run(&id)).await? else {
-            state.store.delete(&keys::active_run(&id)).await?;
-            return Ok(());
+        if !cache.contains_key(&id) {
+            match load(state, id).await? {
+                Some(c) => {
+                    cache.insert(id, c);
+                }
+                None => {
+                    state.store.delete(&keys::active_run(&id)).await?;
+                    return Ok(());
+                }
+            }
+        }
+        let Some(c) = cache.get_mut(&id) else {
+            continue;
         };
-        if run.status.is_terminal() {
+        if c.l.run.status.is_terminal() {
+            let run = c.l.run.clone();
+            cache.remove(&id);
             finish(state, &run).await?;
             return Ok(());
         }
-        let mut next = run.clone();
-        step_forward(state, &mut next, lease, known).await?;
-        if next == run {
-            return Ok(());
-        }
-        let bytes = serde_json::to_vec(&next).map_err(|source| RecordError::Encode {
-            key: keys::run(&id),
-            source,
-        })?;
-        if state
-            .store
-            .txn_put(&keys::run(&id), Compare::ModRevision(rev), bytes, None)
-            .await?
-            .is_some()
-        {
-            if next.status.is_terminal() {
-                finish(state, &next).await?;
+        let mut ch = Changes::default();
+        // What is held in memory is changed in place; on any failure it is
+        // dropped, so the next attempt starts again from the store.
+        let outcome = async {
+            step_forward(state, c, lease, known, only, &mut ch).await?;
+            if ch.steps.is_empty() && !ch.run {
+                return Ok(true);
             }
-            return Ok(());
+            let steps: Vec<String> = ch.steps.iter().cloned().collect();
+            run_store::write(&state.store, &mut c.l, &steps, ch.run).await
         }
-        // Someone else changed the run meanwhile: read it again.
+        .await;
+        match outcome {
+            Ok(true) => {
+                if c.l.run.status.is_terminal() {
+                    let run = c.l.run.clone();
+                    cache.remove(&id);
+                    finish(state, &run).await?;
+                }
+                return Ok(());
+            }
+            // Someone else changed the run meanwhile: read it again.
+            Ok(false) => {
+                cache.remove(&id);
+            }
+            Err(e) => {
+                cache.remove(&id);
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }
@@ -129,99 +278,115 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 
 async fn step_forward(
     state: &AppState,
-    run: &mut Run,
+    c: &mut Cached,
     lease: Option<LeaseId>,
     known: &Known,
+    only: Option<&BTreeSet<String>>,
+    ch: &mut Changes,
 ) -> Result<(), RecordError> {
-    if run.status == RunStatus::Pending {
-        run.status = RunStatus::Running;
-        run.started_at = Some(now());
+    let mut fleet = Fleet::default();
+    {
+        let run = &mut c.l.run;
+        if run.status == RunStatus::Pending {
+            run.status = RunStatus::Running;
+            run.started_at = Some(now());
+            ch.run = true;
+        }
     }
-    let agents = dispatch::agents(&state.store).await?;
-    let locks = targets::locks(&state.store).await?;
+    // A reservation or a cancellation concerns every step.
+    let only = only.filter(|_| !c.l.run.cancel_requested && c.l.run.spec.reserve.is_none());
+    if only.is_none() {
+        let run = &mut c.l.run;
+        // An exclusive reservation comes first: nothing starts until it is held.
+        if let Some(group) = run.spec.reserve.clone() {
+            if !run.cancel_requested {
+                let locks = targets::locks(&state.store).await?;
+                match locks.get(&group) {
+                    Some(holder) if *holder == run.id => {}
+                    Some(holder) => {
+                        let reason = targets::reserved_reason(&group, holder);
+                        for (id, st) in run.steps.iter_mut() {
+                            if st.status == StepStatus::Pending
+                                && st.reason.as_deref() != Some(reason.as_str())
+                            {
+                                st.reason = Some(reason.clone());
+                                ch.steps.insert(id.clone());
+                            }
+                        }
+                        if run.reason.as_deref() != Some(reason.as_str()) {
+                            run.reason = Some(reason);
+                            ch.run = true;
+                        }
+                        return Ok(());
+                    }
+                    None => {
+                        let lock = GroupLock {
+                            run_id: run.id,
+                            since: now(),
+                        };
+                        let bytes =
+                            serde_json::to_vec(&lock).map_err(|source| RecordError::Encode {
+                                key: keys::group_lock(&group),
+                                source,
+                            })?;
+                        // Bound to the controller's lease: if the controller dies,
+                        // the reservation does not outlive it.
+                        state
+                            .store
+                            .txn_put(&keys::group_lock(&group), Compare::Absent, bytes, lease)
+                            .await?;
+                        return Ok(());
+                    }
+                }
+                if run.reason.is_some() {
+                    run.reason = None;
+                    ch.run = true;
+                }
+            }
+        }
 
-    // An exclusive reservation comes first: nothing starts until it is held.
-    if let Some(group) = run.spec.reserve.clone() {
-        if !run.cancel_requested {
-            match locks.get(&group) {
-                Some(holder) if *holder == run.id => {}
-                Some(holder) => {
-                    let reason = targets::reserved_reason(&group, holder);
-                    for st in run.steps.values_mut() {
-                        if st.status == StepStatus::Pending {
-                            st.reason = Some(reason.clone());
+        if run.cancel_requested {
+            for st in run.steps.values_mut() {
+                for inst in st.instances.iter_mut().filter(|i| !i.status.is_terminal()) {
+                    if let Some(t) = inst.task_id {
+                        match dispatch::cancel(state, t).await {
+                            Ok(_) => {}
+                            Err(e) if e.status.as_u16() == 409 || e.status.as_u16() == 404 => {}
+                            Err(e) => tracing::warn!(task = %t, "cancel: {}", e.message),
                         }
                     }
-                    run.reason = Some(reason);
-                    return Ok(());
-                }
-                None => {
-                    let lock = GroupLock {
-                        run_id: run.id,
-                        since: now(),
-                    };
-                    let bytes =
-                        serde_json::to_vec(&lock).map_err(|source| RecordError::Encode {
-                            key: keys::group_lock(&group),
-                            source,
-                        })?;
-                    // Bound to the controller's lease: if the controller dies,
-                    // the reservation does not outlive it.
-                    state
-                        .store
-                        .txn_put(&keys::group_lock(&group), Compare::Absent, bytes, lease)
-                        .await?;
-                    return Ok(());
                 }
             }
-            run.reason = None;
         }
-    }
-    let excluded = targets::reserved_elsewhere(&agents, &locks, Some(run.id));
 
-    if run.cancel_requested {
-        for st in run.steps.values_mut() {
-            for inst in st.instances.iter_mut().filter(|i| !i.status.is_terminal()) {
-                if let Some(t) = inst.task_id {
-                    match dispatch::cancel(state, t).await {
-                        Ok(_) => {}
-                        Err(e) if e.status.as_u16() == 409 || e.status.as_u16() == 404 => {}
-                        Err(e) => tracing::warn!(task = %t, "cancel: {}", e.message),
-                    }
+        for i in 0..c.order.len() {
+            let id = c.order[i].clone();
+            visit(state, c, &id, known, &mut fleet, ch).await?;
+        }
+    } else if let Some(only) = only {
+        // The steps whose tasks ended, then whatever waits on a step that
+        // ended: a worklist, so a chain of skips is followed to its end.
+        let mut work: Vec<String> = only.iter().cloned().collect();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        while let Some(id) = work.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            visit(state, c, &id, known, &mut fleet, ch).await?;
+            let ended =
+                c.l.run
+                    .steps
+                    .get(&id)
+                    .is_some_and(|s| s.status.is_terminal());
+            if ended {
+                if let Some(ds) = c.dependents.get(&id) {
+                    work.extend(ds.iter().filter(|d| !seen.contains(*d)).cloned());
                 }
             }
         }
     }
 
-    let order: Vec<String> = run
-        .spec
-        .topological()
-        .into_iter()
-        .map(String::from)
-        .collect();
-    for id in order {
-        let Some(spec) = run.spec.step(&id).cloned() else {
-            continue;
-        };
-        let status = run.steps.get(&id).map_or(StepStatus::Pending, |s| s.status);
-        match status {
-            StepStatus::Pending => {
-                if run.cancel_requested {
-                    let st = run.steps.entry(id.clone()).or_default();
-                    st.status = StepStatus::Cancelled;
-                    st.reason = Some("run cancelled".into());
-                    st.finished_at = Some(now());
-                    continue;
-                }
-                start_step(state, run, &spec, &agents, &excluded).await?;
-            }
-            StepStatus::Running => {
-                advance_step(state, run, &spec, &agents, &excluded, known).await?;
-            }
-            _ => {}
-        }
-    }
-
+    let run = &mut c.l.run;
     if run.steps.len() == run.spec.steps.len() && run.steps.values().all(|s| s.status.is_terminal())
     {
         // A known-broken step's failure is expected and does not fail the run.
@@ -238,6 +403,59 @@ async fn step_forward(
             RunStatus::Passed
         };
         run.finished_at = Some(now());
+        ch.run = true;
+    }
+    Ok(())
+}
+
+/// Moves one step on: starts it when it is pending and its dependencies
+/// ended, follows its tasks when it runs. Marks it changed when it did.
+async fn visit(
+    state: &AppState,
+    c: &mut Cached,
+    id: &str,
+    known: &Known,
+    fleet: &mut Fleet,
+    ch: &mut Changes,
+) -> Result<(), RecordError> {
+    let status =
+        c.l.run
+            .steps
+            .get(id)
+            .map_or(StepStatus::Pending, |s| s.status);
+    let before = match status {
+        StepStatus::Pending => {
+            let run = &c.l.run;
+            let Some(spec) = run.spec.step(id) else {
+                return Ok(());
+            };
+            let deps_ended = spec
+                .depends_on
+                .iter()
+                .all(|d| run.steps.get(d).is_some_and(|ds| ds.status.is_terminal()));
+            if !deps_ended && !run.cancel_requested {
+                return Ok(());
+            }
+            run.steps.get(id).cloned()
+        }
+        StepStatus::Running => c.l.run.steps.get(id).cloned(),
+        _ => return Ok(()),
+    };
+    let Some(spec) = c.l.run.spec.step(id).cloned() else {
+        return Ok(());
+    };
+    match status {
+        StepStatus::Pending if c.l.run.cancel_requested => {
+            let st = c.l.run.steps.entry(id.to_string()).or_default();
+            st.status = StepStatus::Cancelled;
+            st.reason = Some("run cancelled".into());
+            st.finished_at = Some(now());
+        }
+        StepStatus::Pending => start_step(state, c, &spec, fleet).await?,
+        _ => advance_step(state, c, &spec, fleet, known).await?,
+    }
+    if c.l.run.steps.get(id) != before.as_ref() {
+        ch.steps.insert(id.to_string());
     }
     Ok(())
 }
@@ -255,34 +473,33 @@ fn scope(run: &Run, env: &BTreeMap<String, Value>) -> Value {
     json!({"params": run.params, "env": env, "steps": steps})
 }
 
-async fn load_env(
-    state: &AppState,
-    name: Option<&str>,
-) -> Result<Option<Environment>, RecordError> {
-    match name {
-        Some(n) => Ok(
-            records::get::<Environment>(&state.store, &keys::environment(n))
-                .await?
-                .map(|(e, _)| e),
-        ),
-        None => Ok(None),
-    }
-}
-
+/// A step's environment and test case, read once per run and kept with it.
 async fn resolve(
     state: &AppState,
-    run: &Run,
+    c: &mut Cached,
     spec: &StepSpec,
 ) -> Result<Result<(Resolved, BTreeMap<String, Value>), String>, RecordError> {
+    let run = &c.l.run;
     let env_name = spec
         .environment
         .clone()
         .or_else(|| run.environment.clone())
         .or_else(|| run.spec.environment.clone());
-    let env = load_env(state, env_name.as_deref()).await?;
-    if let (Some(n), None) = (&env_name, &env) {
-        return Ok(Err(format!("environment `{n}` does not exist")));
-    }
+    let env = match &env_name {
+        Some(n) => {
+            if !c.envs.contains_key(n) {
+                let e = records::get::<Environment>(&state.store, &keys::environment(n))
+                    .await?
+                    .map(|(e, _)| e);
+                c.envs.insert(n.clone(), e);
+            }
+            match c.envs.get(n).cloned().flatten() {
+                Some(e) => Some(e),
+                None => return Ok(Err(format!("environment `{n}` does not exist"))),
+            }
+        }
+        None => None,
+    };
     let vars = env
         .as_ref()
         .map(|e| e.variables.clone())
@@ -297,9 +514,13 @@ async fn resolve(
         ),
     };
     let resolved = if let Some(tc_name) = &spec.testcase {
-        let Some((tc, _)) =
-            records::get::<TestCase>(&state.store, &keys::testcase(tc_name)).await?
-        else {
+        if !c.testcases.contains_key(tc_name) {
+            let tc = records::get::<TestCase>(&state.store, &keys::testcase(tc_name))
+                .await?
+                .map(|(t, _)| t);
+            c.testcases.insert(tc_name.clone(), tc);
+        }
+        let Some(tc) = c.testcases.get(tc_name).cloned().flatten() else {
             return Ok(Err(format!("test case `{tc_name}` does not exist")));
         };
         Resolved {
@@ -340,42 +561,57 @@ fn finish_step(st: &mut StepState, status: StepStatus, reason: Option<String>) {
     st.finished_at = Some(now());
 }
 
+/// Does rendering `params` (or the step's condition) need the run's scope?
+/// Building it covers every step of the run, so a plan without templates
+/// skips it.
+fn templated(params: &Value, spec: &StepSpec) -> bool {
+    spec.when.is_some()
+        || template::references_in(params)
+            .map(|r| !r.is_empty())
+            .unwrap_or(true)
+}
+
 async fn start_step(
     state: &AppState,
-    run: &mut Run,
+    c: &mut Cached,
     spec: &StepSpec,
-    agents: &[AgentView],
-    excluded: &BTreeSet<Uuid>,
+    fleet: &mut Fleet,
 ) -> Result<(), RecordError> {
-    // Dependencies first.
-    for d in &spec.depends_on {
-        let Some(ds) = run.steps.get(d) else {
-            return Ok(());
-        };
-        if !ds.status.is_terminal() {
-            return Ok(());
+    {
+        let run = &c.l.run;
+        // Dependencies first.
+        for d in &spec.depends_on {
+            let Some(ds) = run.steps.get(d) else {
+                return Ok(());
+            };
+            if !ds.status.is_terminal() {
+                return Ok(());
+            }
         }
     }
     let mut skip: Option<String> = None;
-    for d in &spec.depends_on {
-        let ds = &run.steps[d];
-        let dep_continues = run.spec.step(d).is_some_and(|s| s.continue_on_failure);
-        match ds.status {
-            StepStatus::Failed | StepStatus::Error | StepStatus::Lost if !dep_continues => {
-                skip = Some(format!("dependency `{d}` {}", ds.status.as_str()));
+    {
+        let run = &c.l.run;
+        for d in &spec.depends_on {
+            let ds = &run.steps[d];
+            let dep_continues = run.spec.step(d).is_some_and(|s| s.continue_on_failure);
+            match ds.status {
+                StepStatus::Failed | StepStatus::Error | StepStatus::Lost if !dep_continues => {
+                    skip = Some(format!("dependency `{d}` {}", ds.status.as_str()));
+                }
+                StepStatus::Skipped | StepStatus::Cancelled => {
+                    skip = Some(format!("dependency `{d}` was {}", ds.status.as_str()));
+                }
+                _ => {}
             }
-            StepStatus::Skipped | StepStatus::Cancelled => {
-                skip = Some(format!("dependency `{d}` was {}", ds.status.as_str()));
+            if skip.is_some() {
+                break;
             }
-            _ => {}
-        }
-        if skip.is_some() {
-            break;
         }
     }
-    let resolved = resolve(state, run, spec).await?;
-    let st_snapshot = run.steps.get(&spec.id).cloned().unwrap_or_default();
-    let mut st = st_snapshot;
+    let resolved = resolve(state, c, spec).await?;
+    let run = &mut c.l.run;
+    let mut st = run.steps.get(&spec.id).cloned().unwrap_or_default();
     if let Some(reason) = skip {
         finish_step(&mut st, StepStatus::Skipped, Some(reason));
         run.steps.insert(spec.id.clone(), st);
@@ -389,7 +625,11 @@ async fn start_step(
             return Ok(());
         }
     };
-    let sc = scope(run, &env);
+    let sc = if templated(&r.params, spec) {
+        scope(run, &env)
+    } else {
+        json!({})
+    };
     if let Some(cond) = &spec.when {
         match template::truthy(cond, &sc) {
             Ok(true) => {}
@@ -409,6 +649,7 @@ async fn start_step(
             }
         }
     }
+    let (agents, excluded) = fleet.get(state, run.id).await?;
     let candidates = targets::eligible(agents, &r.selector, &r.plugin, &r.method, excluded);
     if candidates.is_empty() {
         let ready = *st.ready_at.get_or_insert_with(now);
@@ -590,16 +831,16 @@ async fn create_task(
 
 async fn advance_step(
     state: &AppState,
-    run: &mut Run,
+    c: &mut Cached,
     spec: &StepSpec,
-    agents: &[AgentView],
-    excluded: &BTreeSet<Uuid>,
+    fleet: &mut Fleet,
     known: &Known,
 ) -> Result<(), RecordError> {
-    let Some(mut st) = run.steps.get(&spec.id).cloned() else {
+    let Some(mut st) = c.l.run.steps.get(&spec.id).cloned() else {
         return Ok(());
     };
-    let resolved = resolve(state, run, spec).await?;
+    let resolved = resolve(state, c, spec).await?;
+    let run = &mut c.l.run;
     let (r, _env) = match resolved {
         Ok(ok) => ok,
         Err(reason) => {
@@ -666,6 +907,7 @@ async fn advance_step(
                 };
                 if inst.attempt <= r.retries && !run.cancel_requested {
                     let lost = status == TaskStatus::Lost;
+                    let (agents, excluded) = fleet.get(state, run.id).await?;
                     let agent = retry_agent(agents, &r, excluded, inst.agent_uuid, lost);
                     if let Some(agent) = agent {
                         let attempt = inst.attempt + 1;
@@ -804,7 +1046,7 @@ fn output_result(result: Option<&Value>) -> Value {
 async fn finish(state: &AppState, run: &Run) -> Result<(), RecordError> {
     if run.report_id.is_none() {
         let report_id = report::store_report(state, run).await?;
-        records::update::<Run, _>(&state.store, &keys::run(&run.id), |r| {
+        run_store::update(&state.store, &run.id, |r| {
             if r.report_id.is_none() {
                 r.report_id = Some(report_id);
                 true
@@ -845,7 +1087,7 @@ pub async fn create_run(
     let id = Uuid::new_v4();
     let run = Run {
         kind: Run::KIND.into(),
-        v: 1,
+        v: run_store::RUN_V,
         id,
         plan_id,
         plan_name: spec.name.clone(),
@@ -866,7 +1108,7 @@ pub async fn create_run(
         started_at: None,
         finished_at: None,
     };
-    records::put(&state.store, &keys::run(&id), &run, None).await?;
+    run_store::create(&state.store, &run).await?;
     state
         .store
         .put(&keys::active_run(&id), id.to_string().into_bytes(), None)
@@ -993,6 +1235,14 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
         tasks: Default::default(),
         from_events: true,
     };
+    let mut cache = Cache::new();
+    // Every DEEP_EVERY-th sweep reads every run and running task from the
+    // store again; the others trust what the watches delivered.
+    const DEEP_EVERY: u32 = 10;
+    let mut sweeps: u32 = 0;
+    if let Err(e) = run_store::migrate(&state.store).await {
+        tracing::warn!("run records: moving to the per-step layout: {e}");
+    }
     loop {
         tasks.ensure(&state).await;
         runs.ensure(&state).await;
@@ -1001,14 +1251,16 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
             _ = state.shutdown.cancelled() => break,
             _ = retry.tick() => {}
             _ = sweep.tick() => {
-                if let Err(e) = reconcile_all(&state, Some(lease)).await {
+                sweeps = sweeps.wrapping_add(1);
+                let deep = sweeps % DEEP_EVERY == 0;
+                if let Err(e) = reconcile_all(&state, Some(lease), &mut cache, &known, deep).await {
                     tracing::warn!("engine sweep: {e}");
                 }
             }
             item = tasks.next() => {
                 // Coalesce: every task event already queued is folded in, so
                 // a burst of completions costs one reconcile per run.
-                let mut due = BTreeSet::new();
+                let mut due: BTreeMap<Uuid, BTreeSet<String>> = BTreeMap::new();
                 let mut next = item;
                 let mut broken = None;
                 loop {
@@ -1017,7 +1269,7 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                             if let Ok(task) = serde_json::from_slice::<Task>(&ev.kv.value) {
                                 if let Some(r) = &task.run {
                                     if task.status.is_terminal() {
-                                        due.insert(r.run_id);
+                                        due.entry(r.run_id).or_default().insert(r.step.clone());
                                         known.tasks.insert(task.id, task);
                                     }
                                 }
@@ -1034,13 +1286,13 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                         None => break,
                     }
                 }
-                for run_id in due {
-                    if let Err(e) = reconcile(&state, run_id, Some(lease), &known).await {
+                for (run_id, steps) in due {
+                    if let Err(e) = reconcile(&state, run_id, Some(lease), &known, &mut cache, Some(&steps)).await {
                         tracing::warn!(run = %run_id, "reconcile: {e}");
                     }
                 }
                 if let Some(why) = broken {
-                    resume_after(&state, &mut tasks, why, lease).await;
+                    resume_after(&state, &mut tasks, why, lease, &mut cache).await;
                 }
                 // Bounded: the sweep reads the store anyway.
                 if known.tasks.len() > 100_000 {
@@ -1050,12 +1302,17 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
             item = runs.next() => match runs.take(item) {
                 Ok(ev) => {
                     if let Some(id) = ev.kv.key.strip_prefix(keys::ACTIVE_RUNS).and_then(|s| s.parse::<Uuid>().ok()) {
-                        if let Err(e) = reconcile(&state, id, Some(lease), &known).await {
-                            tracing::warn!(run = %id, "reconcile: {e}");
+                        // A new run, a cancel (which touches the index), or
+                        // the run's end: what is held of it may be stale.
+                        cache.remove(&id);
+                        if ev.kind != EventKind::Delete {
+                            if let Err(e) = reconcile(&state, id, Some(lease), &known, &mut cache, None).await {
+                                tracing::warn!(run = %id, "reconcile: {e}");
+                            }
                         }
                     }
                 }
-                Err(why) => resume_after(&state, &mut runs, why, lease).await,
+                Err(why) => resume_after(&state, &mut runs, why, lease, &mut cache).await,
             },
         }
     }
@@ -1066,7 +1323,13 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
 /// After a watch broke: on compaction, takes the current revision first and
 /// then re-lists every active run, so that what changed during the re-list
 /// is delivered by the new watch and nothing falls in between.
-async fn resume_after(state: &AppState, watch: &mut Follow, why: Broken, lease: LeaseId) {
+async fn resume_after(
+    state: &AppState,
+    watch: &mut Follow,
+    why: Broken,
+    lease: LeaseId,
+    cache: &mut Cache,
+) {
     match why {
         Broken::Compacted => match state.store.revision().await {
             Ok(rev) => {
@@ -1077,7 +1340,8 @@ async fn resume_after(state: &AppState, watch: &mut Follow, why: Broken, lease: 
                 );
                 watch.from = rev + 1;
                 watch.fail(state, Broken::Compacted);
-                if let Err(e) = reconcile_all(state, Some(lease)).await {
+                let everything = Known::default();
+                if let Err(e) = reconcile_all(state, Some(lease), cache, &everything, true).await {
                     tracing::warn!("engine re-list: {e}");
                 }
             }
@@ -1090,9 +1354,9 @@ async fn resume_after(state: &AppState, watch: &mut Follow, why: Broken, lease: 
     }
 }
 
-/// Requests cancellation of a run.
+/// Requests cancellation of a run. Returns the run with its steps.
 pub async fn cancel_run(state: &AppState, id: Uuid) -> Result<Option<Run>, RecordError> {
-    let run = records::update::<Run, _>(&state.store, &keys::run(&id), |r| {
+    let run = run_store::update(&state.store, &id, |r| {
         if r.status.is_terminal() || r.cancel_requested {
             false
         } else {
@@ -1108,7 +1372,10 @@ pub async fn cancel_run(state: &AppState, id: Uuid) -> Result<Option<Run>, Recor
             .put(&keys::active_run(&id), id.to_string().into_bytes(), None)
             .await?;
     }
-    Ok(run)
+    Ok(match run {
+        Some(_) => run_store::load(&state.store, &id).await?.map(|l| l.run),
+        None => None,
+    })
 }
 
 /// Checks that what a plan calls exists on some registered agent.

@@ -224,10 +224,7 @@ async fn runs_move_while_the_engine_watches_break() {
         if !state.loops.failing().is_empty() {
             seen_failing = true;
         }
-        let (r, _) = crate::records::get::<Run>(&state.store, &keys::run(&run.id))
-            .await
-            .unwrap()
-            .unwrap();
+        let (r, _) = load_run(&state, run.id).await;
         if r.status.is_terminal() {
             break r;
         }
@@ -277,10 +274,7 @@ async fn runs_move_while_the_engine_watches_break() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         complete_queued(&state).await;
-        let (r, _) = crate::records::get::<Run>(&state.store, &keys::run(&second.id))
-            .await
-            .unwrap()
-            .unwrap();
+        let (r, _) = load_run(&state, second.id).await;
         if r.status.is_terminal() {
             assert_eq!(r.status, RunStatus::Passed, "{:?}", r.steps);
             break;
@@ -293,6 +287,16 @@ async fn runs_move_while_the_engine_watches_break() {
     stop.cancel();
     engine.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A run as the API shows it (steps assembled from their records) and its
+/// run-level revision.
+async fn load_run(state: &AppState, id: Uuid) -> (Run, i64) {
+    let l = super::run_store::load(&state.store, &id)
+        .await
+        .unwrap()
+        .expect("the run exists");
+    (l.run, l.run_rev)
 }
 
 fn temp_state() -> (AppState, std::path::PathBuf) {
@@ -429,10 +433,7 @@ async fn lose_first_attempt(retries: u32) -> Run {
         } else {
             complete_queued(&state).await;
         }
-        let (r, _) = crate::records::get::<Run>(&state.store, &keys::run(&run.id))
-            .await
-            .unwrap()
-            .unwrap();
+        let (r, _) = load_run(&state, run.id).await;
         if r.status.is_terminal() {
             break r;
         }
@@ -468,4 +469,109 @@ async fn a_lost_step_without_retries_ends_lost() {
             .contains("restarted"),
         "{st:?}"
     );
+}
+
+/// A run stored before step records existed (`v: 1`, every step inline in
+/// `/runs/{id}`): the engine moves it to the per-step layout at start and
+/// finishes it; a finished old run stays readable as it was and gains the
+/// summary the runs list reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_in_the_single_record_layout_are_migrated_and_finish() {
+    use testbed_core::run::{StepState, StepStatus};
+    let (state, dir) = temp_state();
+    add_agent(&state).await;
+    let plan = "name: old\nsteps:\n  - id: a\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n  - id: b\n    depends_on: [a]\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n";
+    let spec = testbed_core::plan::parse(plan).unwrap();
+    let old = |status: RunStatus| {
+        let mut steps = std::collections::BTreeMap::new();
+        let mut a = StepState::new();
+        a.status = StepStatus::Passed;
+        steps.insert("a".to_string(), a);
+        let mut b = StepState::new();
+        if status.is_terminal() {
+            b.status = StepStatus::Passed;
+        }
+        steps.insert("b".to_string(), b);
+        Run {
+            kind: Run::KIND.into(),
+            v: 1,
+            id: Uuid::new_v4(),
+            plan_id: None,
+            plan_name: "old".into(),
+            spec: spec.clone(),
+            params: Default::default(),
+            environment: None,
+            status,
+            reason: None,
+            steps,
+            cancel_requested: false,
+            report_id: None,
+            created_by: "test".into(),
+            created_at: testbed_core::now(),
+            started_at: Some(testbed_core::now()),
+            finished_at: None,
+        }
+    };
+    let (active, done) = (old(RunStatus::Running), old(RunStatus::Passed));
+    for r in [&active, &done] {
+        crate::records::put(&state.store, &keys::run(&r.id), r, None)
+            .await
+            .unwrap();
+    }
+    state
+        .store
+        .put(&keys::active_run(&active.id), b"x".to_vec(), None)
+        .await
+        .unwrap();
+
+    let lease = state
+        .store
+        .grant_lease(Duration::from_secs(600))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let engine = tokio::spawn(super::drive(state.clone(), lease, stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let finished = loop {
+        complete_queued(&state).await;
+        let (r, _) = load_run(&state, active.id).await;
+        if r.status.is_terminal() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "old run stuck: {:?}", r.steps);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.cancel();
+    engine.await.unwrap();
+    assert_eq!(finished.status, RunStatus::Passed, "{:?}", finished.steps);
+    assert_eq!(finished.steps["a"].status, StepStatus::Passed);
+    assert_eq!(finished.steps["b"].status, StepStatus::Passed);
+    // Its steps are records of their own now, and the run-level record
+    // holds none.
+    let (level, _) = crate::records::get::<Run>(&state.store, &keys::run(&active.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(level.steps.is_empty(), "{:?}", level.steps);
+    assert_eq!(level.v, super::run_store::RUN_V);
+    assert!(state
+        .store
+        .get(&keys::run_step(&active.id, "b"))
+        .await
+        .unwrap()
+        .is_some());
+    // The finished old run reads as before, and both are listed.
+    let (d, _) = load_run(&state, done.id).await;
+    assert_eq!(d.steps, done.steps);
+    let listed: Vec<Uuid> = super::run_store::summaries(&state.store)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert!(
+        listed.contains(&active.id) && listed.contains(&done.id),
+        "{listed:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
