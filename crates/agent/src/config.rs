@@ -51,6 +51,10 @@ pub struct AgentConfig {
     /// When started as root, run tasks as this user.
     #[serde(default)]
     pub run_as: Option<String>,
+    /// Serve the agent's Prometheus metrics at `/metrics` on this address
+    /// (no auth: bind it where only the scraper reaches).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// A simulated agent (benchmarks): heartbeats carry no system metrics,
     /// so a thousand of them in one process cost the server, not the host.
     #[serde(skip)]
@@ -105,6 +109,7 @@ impl AgentConfig {
             capacity: default_capacity(),
             allow_shell: false,
             run_as: None,
+            metrics_listen: None,
             simulated: false,
         }
     }

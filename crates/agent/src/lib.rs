@@ -7,13 +7,15 @@
 //! * [`config`] — the agent's configuration (flags or `agent.toml`);
 //! * [`runtime`] — the connection loop, task runner and result outbox;
 //! * [`tls`] — whom the agent trusts on an `https://` server;
-//! * [`metrics`] — system metrics sent with heartbeats.
+//! * [`metrics`] — system metrics sent with heartbeats;
+//! * [`prometheus`] — the agent's own `/metrics` (`--metrics-listen`).
 
 pub mod config;
 pub mod metrics;
 pub mod plugin;
 pub mod plugins;
 pub mod process;
+pub mod prometheus;
 pub mod runtime;
 pub mod tls;
 

@@ -37,6 +37,7 @@ use crate::plugin::{
     ArtifactSink, Control, DynPlugin, ExecSettings, LogSink, MetricSink, PluginError, TaskContext,
 };
 use crate::plugins;
+use crate::prometheus::AgentMetrics;
 
 /// Largest log message sent at once; bigger output is split.
 const LOG_CHUNK: usize = 32 * 1024;
@@ -79,6 +80,11 @@ pub enum AgentError {
     Refused(String),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("metrics_listen {addr}: {source}")]
+    MetricsBind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// What the agent remembers about itself between runs.
@@ -125,6 +131,9 @@ struct Shared {
     contact: Mutex<Contact>,
     /// Tasks the fence killed, so their outcome says why.
     fenced: Mutex<HashSet<Uuid>>,
+    metrics: AgentMetrics,
+    /// Bound in `build` (so a bad address stops the start), served by `run`.
+    metrics_listener: Mutex<Option<tokio::net::TcpListener>>,
 }
 
 /// A configured agent, ready to [`Agent::run`].
@@ -225,6 +234,17 @@ impl Agent {
         };
         let identity = read_identity(&config.state_dir);
         let slots = Arc::new(Semaphore::new(config.capacity as usize));
+        let metrics = AgentMetrics::new(loaded.keys().cloned().collect(), config.capacity);
+        let metrics_listener =
+            match &config.metrics_listen {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
+                    |source| AgentError::MetricsBind {
+                        addr: addr.clone(),
+                        source,
+                    },
+                )?),
+                None => None,
+            };
         Ok(Agent {
             shared: Arc::new(Shared {
                 config,
@@ -240,8 +260,17 @@ impl Agent {
                 slots,
                 contact: Mutex::new(Contact::default()),
                 fenced: Mutex::new(HashSet::new()),
+                metrics,
+                metrics_listener: Mutex::new(metrics_listener),
             }),
         })
+    }
+
+    /// Where `/metrics` is served, if `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        lock(&self.shared.metrics_listener)
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn plugin_specs(&self) -> Vec<PluginSpec> {
@@ -257,10 +286,25 @@ impl Agent {
     /// exponential back-off (with jitter) whenever the connection drops.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let fence = tokio::spawn(self.clone().fence());
+        let exposition = lock(&self.shared.metrics_listener).take().map(|listener| {
+            let metrics = self.shared.metrics.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = metrics.serve(listener, stop).await {
+                    tracing::error!("metrics listener stopped: {e}");
+                }
+            })
+        });
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = Instant::now();
-            match self.session(&shutdown).await {
+            let ended = self.session(&shutdown).await;
+            if lock(&self.shared.outgoing).is_some() {
+                self.shared
+                    .metrics
+                    .session_ended(matches!(ended, Ok(SessionEnd::Shutdown)));
+            }
+            match ended {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::Disconnected(why)) => {
                     tracing::warn!(agent = %self.shared.config.name, "disconnected: {why}");
@@ -282,6 +326,9 @@ impl Agent {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         fence.abort();
+        if let Some(exposition) = exposition {
+            exposition.abort();
+        }
         // Running tasks do not outlive the agent: kill their process groups.
         for entry in lock(&self.shared.tasks).values() {
             if let Entry::Running { cancel, .. } = entry {
@@ -417,6 +464,7 @@ impl Agent {
 
         let (tx, mut rx) = mpsc::unbounded_channel();
         *lock(&self.shared.outgoing) = Some(tx.clone());
+        self.shared.metrics.session_started();
         self.replay(&tx).await;
 
         let mut sampler = (!cfg.simulated).then(Sampler::new);
@@ -661,6 +709,8 @@ impl Agent {
         control: watch::Receiver<Control>,
     ) {
         let id = task.id;
+        let accepted = Instant::now();
+        self.shared.metrics.task_started();
         let permit = tokio::select! {
             p = self.shared.slots.clone().acquire_owned() => p.ok(),
             _ = cancel.cancelled() => None,
@@ -757,6 +807,9 @@ impl Agent {
         let log_bytes = pump.await.unwrap_or(0);
         let _ = tokio::fs::remove_dir_all(&work_dir).await;
         drop(permit);
+        self.shared
+            .metrics
+            .task_finished(&task.plugin, status, accepted.elapsed());
         let outcome = TaskOutcome {
             status,
             exit_code,

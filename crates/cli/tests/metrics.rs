@@ -551,6 +551,18 @@ fn bad_metrics_settings_stop_the_start() {
         err.contains("--metrics-listen 127.0.0.1:not-a-port"),
         "{err}"
     );
+
+    // The agent's own address likewise stops its start, naming the setting.
+    let out = Command::new(bin())
+        .args(["agent", "--server", "http://127.0.0.1:1", "--state-dir"])
+        .arg(dir.path().join("agent"))
+        .args(["--metrics-listen", "127.0.0.1:not-a-port"])
+        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN)
+        .output()
+        .expect("run testbed agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("metrics_listen 127.0.0.1:not-a-port"), "{err}");
 }
 
 /// A real Prometheus (Debian's `prometheus`) scrapes the server with a
@@ -573,6 +585,20 @@ async fn real_prometheus_scrapes_and_queries() {
     )
     .await;
     let target = p.url.trim_start_matches("http://").to_string();
+    // A separate agent process with its own /metrics, scraped as a second job.
+    let agent_target = format!("127.0.0.1:{}", free_port());
+    let _agent = agent(
+        &p.url,
+        "scraped",
+        &dir.path().join("agent"),
+        &[
+            "--plugins",
+            "linux_system",
+            "--metrics-listen",
+            &agent_target,
+        ],
+    );
+    p.wait_agents(2).await;
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
@@ -580,7 +606,8 @@ async fn real_prometheus_scrapes_and_queries() {
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
              scrape_configs:\n  - job_name: testbed\n    authorization:\n      \
              type: Bearer\n      credentials_file: {token_path}\n    \
-             static_configs:\n      - targets: ['{target}']\n"
+             static_configs:\n      - targets: ['{target}']\n\
+             \x20 - job_name: agent\n    static_configs:\n      - targets: ['{agent_target}']\n"
         ),
     )
     .unwrap();
@@ -641,7 +668,69 @@ async fn real_prometheus_scrapes_and_queries() {
     assert_eq!(active["lastError"], "", "{targets}");
     // Server-side gauges and process metrics arrive too.
     let v = query("testbed_agents_connected").await.expect("query");
+    assert_eq!(v["data"]["result"][0]["value"][1], "2", "{v}");
+    // The agent's own series: connected, and the task it ran counted by
+    // plugin and status (a failing one too), with its duration.
+    let ok = p
+        .run(
+            "linux_system",
+            "scraped",
+            "run_shell",
+            json!({"command": "true"}),
+        )
+        .await;
+    let bad = p
+        .run(
+            "linux_system",
+            "scraped",
+            "run_shell",
+            json!({"command": "false"}),
+        )
+        .await;
+    assert_eq!(
+        p.wait_task(&ok, Duration::from_secs(60)).await["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        p.wait_task(&bad, Duration::from_secs(60)).await["status"],
+        "failed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = query(
+            "sum by (status) (testbed_agent_tasks_finished_total{job=\"agent\",plugin=\"linux_system\"})",
+        )
+        .await
+        .expect("query");
+        let by_status: BTreeMap<String, String> = v["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["metric"]["status"].as_str().unwrap_or("").to_string(),
+                    r["value"][1].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        if by_status.get("succeeded").map(String::as_str) == Some("1")
+            && by_status.get("failed").map(String::as_str) == Some("1")
+        {
+            assert_eq!(by_status.get("error").map(String::as_str), Some("0"), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent counts never arrived: {v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let v = query("testbed_agent_connected{job=\"agent\"}")
+        .await
+        .expect("query");
     assert_eq!(v["data"]["result"][0]["value"][1], "1", "{v}");
+    let v =
+        query("testbed_agent_task_duration_seconds_count{job=\"agent\",plugin=\"linux_system\"}")
+            .await
+            .expect("query");
+    assert_eq!(v["data"]["result"][0]["value"][1], "2", "{v}");
     let v = query("process_resident_memory_bytes").await.expect("query");
     assert!(
         v["data"]["result"][0]["value"][1]

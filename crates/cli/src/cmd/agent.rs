@@ -63,6 +63,10 @@ pub struct AgentArgs {
     /// When running as root, run tasks as this user.
     #[arg(long)]
     pub run_as: Option<String>,
+    /// Serve this agent's Prometheus metrics at /metrics on ADDR (host:port).
+    /// No auth: bind it where only the scraper reaches.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// Benchmark mode: run N simulated agents (`NAME-1`…`NAME-N`) that
     /// register, carry only the `noop` plugin and heartbeat without metrics.
     #[arg(long, value_name = "N")]
@@ -117,6 +121,9 @@ impl AgentArgs {
             if self.server_fingerprint.is_some() {
                 cfg.server_fingerprint = self.server_fingerprint.clone();
             }
+            if self.metrics_listen.is_some() {
+                cfg.metrics_listen = self.metrics_listen.clone();
+            }
             cfg.validate()?;
             return Ok(cfg);
         }
@@ -155,6 +162,9 @@ impl AgentArgs {
         cfg.capacity = self.capacity;
         cfg.allow_shell = self.allow_shell;
         cfg.run_as = self.run_as.clone();
+        if self.metrics_listen.is_some() {
+            cfg.metrics_listen = self.metrics_listen.clone();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -173,6 +183,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         cfg.server,
         names.join(", ")
     );
+    if let Some(addr) = agent.metrics_addr() {
+        println!("metrics at http://{addr}/metrics");
+    }
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -194,6 +207,8 @@ async fn simulate(base: AgentConfig, n: u32) -> anyhow::Result<ExitCode> {
         cfg.plugin_dir = None;
         cfg.state_dir = base.state_dir.join(format!("sim-{i}"));
         cfg.simulated = true;
+        // One process, one address: the simulated fleet has no /metrics.
+        cfg.metrics_listen = None;
         let agent = Agent::build(cfg).await?;
         let stop = shutdown.clone();
         handles.push(tokio::spawn(async move { agent.run(stop).await }));
