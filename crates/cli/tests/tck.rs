@@ -664,3 +664,157 @@ fn pytest_tap_output_is_judged() {
         "{outcomes:?}"
     );
 }
+
+/// 200,000 test points from a real Perl producer through the real binary: the
+/// compact path keeps counts, verdict and every failure's detail; the JSON,
+/// JUnit and HTML files are valid, hold the failures, and a passing case costs
+/// a bounded number of bytes in each; `problems`, `compare` and `report
+/// convert` read the JSON back to the same results.
+#[test]
+fn two_hundred_thousand_points_stream_through_every_format() {
+    const N: usize = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let kit = dir.path().join("kit");
+    std::fs::create_dir(&kit).unwrap();
+    std::fs::write(
+        kit.join("big.t"),
+        format!(
+            r#"print "TAP version 13\n1..{N}\n";
+for my $i (1 .. {N}) {{
+  if ($i == 1000 || $i == 150000) {{
+    print "not ok $i - case $i\n  ---\n  message: boom $i\n  ...\n";
+  }} elsif ($i == 5) {{
+    print "ok $i - case $i # SKIP not here\n";
+  }} else {{
+    print "ok $i - case $i\n";
+  }}
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let kit_s = kit.to_str().unwrap();
+    let out = testbed(&[
+        "tck",
+        "run",
+        kit_s,
+        "--json",
+        &p("r.json"),
+        "--junit",
+        &p("r.xml"),
+        "--html",
+        &p("r.html"),
+        "--tap",
+        &p("r.tap"),
+    ]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("Failed tests:  1000, 150000"), "{shown}");
+    assert!(shown.contains(&format!("Files=1, Tests={N},")), "{shown}");
+    assert!(
+        shown.contains("Passed=199997, Failed=2, Errors=0, Skipped=1, Xfailed=0, Xpassed=0"),
+        "{shown}"
+    );
+
+    // JSON: the same report whether read whole or as it streams.
+    let json = std::fs::read_to_string(p("r.json")).unwrap();
+    let report = testbed_report::from_json(&json).unwrap();
+    let compact = testbed_report::read_compact(std::fs::File::open(p("r.json")).unwrap()).unwrap();
+    assert_eq!(compact.clone().into_report(), report);
+    let sum = report.summary();
+    assert_eq!(
+        (sum.total, sum.passed, sum.failed, sum.skipped),
+        (N, N - 3, 2, 1)
+    );
+    let cases = &report.suites[0].cases;
+    assert_eq!(cases[999].name, "case 1000");
+    assert_eq!(cases[999].outcome, Outcome::Fail);
+    assert_eq!(cases[999].message.as_deref(), Some("boom 1000"));
+    assert!(cases[999].output.as_deref().unwrap().contains("boom 1000"));
+    assert_eq!(cases[4].outcome, Outcome::Skip);
+    assert_eq!(cases[4].message.as_deref(), Some("not here"));
+    assert_eq!(cases[N - 1].name, format!("case {N}"));
+    // `{"name":"case 123456","outcome":"pass"},` and its newline: the name plus 30.
+    let per_case = json.len() as f64 / N as f64;
+    assert!(per_case < 42.0, "{per_case:.1} bytes per case in the JSON");
+
+    // JUnit: well-formed, one testcase per point, the failures with their message.
+    let junit = std::fs::read_to_string(p("r.xml")).unwrap();
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as ET\n\
+             r = ET.parse(sys.argv[1]).getroot()\n\
+             cs = r.iter('testcase')\n\
+             n = 0\n\
+             fails = []\n\
+             for c in cs:\n\
+             \x20   n += 1\n\
+             \x20   for f in c.findall('failure'): fails.append(c.get('name') + ': ' + f.get('message'))\n\
+             print(n, r.get('tests'), r.get('failures'), '|'.join(fails))",
+            &p("r.xml"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&py.stdout).trim(),
+        format!("{N} {N} 2 case 1000: boom 1000|case 150000: boom 150000"),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let per_case = junit.len() as f64 / N as f64;
+    assert!(per_case < 80.0, "{per_case:.1} bytes per case in the JUnit");
+
+    // HTML: the failures as cards, no row per case, every case in the embedded data.
+    let html = std::fs::read_to_string(p("r.html")).unwrap();
+    let failures = html.find("<section id=\"failures\">").unwrap();
+    assert!(html[failures..].contains("boom 150000"));
+    assert!(!html.contains("<tr data-outcome"), "one table row per case");
+    let start = html
+        .find("<script type=\"application/json\" id=\"case-data\">")
+        .unwrap();
+    let body = &html[start..];
+    let body = &body[body.find('>').unwrap() + 1..body.find("</script>").unwrap()];
+    let data: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(data[0]["c"].as_array().unwrap().len(), N);
+    let letters = data[0]["o"].as_str().unwrap();
+    assert_eq!(letters.len(), N);
+    assert_eq!(&letters[998..1001], "pfp");
+    assert_eq!(&letters[4..5], "s");
+    let per_case = html.len() as f64 / N as f64;
+    assert!(per_case < 20.0, "{per_case:.1} bytes per case in the HTML");
+
+    // TAP: read back, the same counts.
+    let tap = std::fs::read_to_string(p("r.tap")).unwrap();
+    assert_eq!(tap.lines().filter(|l| l.starts_with("not ok ")).count(), 2);
+    assert!(tap.contains(&format!("\n1..{N}\n")));
+
+    // problems, compare and convert on the file.
+    let problems = testbed(&["tck", "problems", &p("r.json"), "--json"]);
+    assert_eq!(problems.status.code(), Some(1));
+    let listed: serde_json::Value = serde_json::from_slice(&problems.stdout).unwrap();
+    assert_eq!(listed["problems"].as_array().unwrap().len(), 2);
+    assert_eq!(listed["problems"][1]["message"], "boom 150000");
+    std::fs::copy(p("r.json"), p("r2.json")).unwrap();
+    let compared = testbed(&["tck", "compare", &p("r.json"), &p("r2.json")]);
+    assert_eq!(compared.status.code(), Some(0), "{}", text(&compared));
+    assert!(text(&compared).contains("Regressions=0, Fixes=0, New=0, Removed=0"));
+    for (to, file) in [("junit", "r.xml"), ("html", "r.html"), ("json", "r.json")] {
+        let converted = p(&format!("c.{to}"));
+        let out = testbed(&[
+            "report",
+            "convert",
+            &p("r.json"),
+            "--to",
+            to,
+            "-o",
+            &converted,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            std::fs::read(&converted).unwrap() == std::fs::read(p(file)).unwrap(),
+            "convert --to {to} differs from what tck run wrote"
+        );
+    }
+}

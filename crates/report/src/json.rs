@@ -1,14 +1,26 @@
 //! The canonical JSON form of a [`Report`]: what the server stores and serves, and
 //! what every other format can be rebuilt from.
 
-use crate::model::{Report, REPORT_KIND, REPORT_VERSION};
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use chrono::{DateTime, Utc};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Serialize;
+
+use crate::model::{Case, Report, Suite, REPORT_KIND, REPORT_VERSION};
+use crate::view::{CaseList, CompactReport, View};
 use crate::ReportError;
 
-/// The report as pretty-printed JSON. Maps are ordered and absent optional fields are
-/// left out, so equal reports give equal text.
+/// The report as JSON: the report's and each suite's fields on one line, then
+/// one line per case (see [`write_json`]). Maps are ordered and absent optional
+/// fields are left out, so equal reports give equal text.
 pub fn to_json(report: &Report) -> String {
-    match serde_json::to_string_pretty(report) {
-        Ok(s) => s,
+    let mut out = Vec::new();
+    match write_json(report, &mut out) {
+        // Only `&str` went in.
+        Ok(()) => String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         // Cannot happen: every map key is a string and no Serialize impl is custom.
         // Should that change, a JSON error object beats a panic in a server.
         Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
@@ -18,20 +30,7 @@ pub fn to_json(report: &Report) -> String {
 /// Reads a report, checking that it is one (`kind`) of a version this build knows
 /// (`v`). Syntax and shape errors name the line and column.
 pub fn from_json(text: &str) -> Result<Report, ReportError> {
-    let report: Report = serde_json::from_str(text).map_err(|e| {
-        let message = e.to_string();
-        // serde_json appends " at line L column C"; we put the position up front.
-        let suffix = format!(" at line {} column {}", e.line(), e.column());
-        let message = message
-            .strip_suffix(&suffix)
-            .map(str::to_string)
-            .unwrap_or(message);
-        ReportError::Json {
-            line: e.line(),
-            column: e.column(),
-            message,
-        }
-    })?;
+    let report: Report = serde_json::from_str(text).map_err(json_error)?;
     if report.kind != REPORT_KIND {
         return Err(ReportError::WrongKind(report.kind));
     }
@@ -42,4 +41,292 @@ pub fn from_json(text: &str) -> Result<Report, ReportError> {
         });
     }
     Ok(report)
+}
+
+/// Writes the canonical JSON form of `v` as it goes, one case per line; a bare
+/// pass (see [`crate::view::is_bare`]) is written as `{"name":…,"outcome":"pass"}`
+/// and nothing else, which is what it reads back as. [`to_json`] is this, to a
+/// string.
+pub fn write_json<V: View>(v: &V, w: &mut dyn Write) -> io::Result<()> {
+    let r = v.head();
+    let head = Head {
+        kind: &r.kind,
+        v: r.v,
+        id: &r.id,
+        name: &r.name,
+        created_at: &r.created_at,
+        started_at: r.started_at.as_ref(),
+        finished_at: r.finished_at.as_ref(),
+        properties: &r.properties,
+    };
+    open_object(w, &head)?;
+    w.write_all(b",\"suites\":[")?;
+    for (s, suite) in r.suites.iter().enumerate() {
+        w.write_all(if s == 0 { b"\n" } else { b",\n" })?;
+        let head = SuiteHead {
+            name: &suite.name,
+            platform: suite.platform.as_deref(),
+            properties: &suite.properties,
+            started_at: suite.started_at.as_ref(),
+            duration_ms: suite.duration_ms,
+            diagnostics: &suite.diagnostics,
+        };
+        open_object(w, &head)?;
+        w.write_all(b",\"cases\":[")?;
+        for i in 0..v.case_count(s) {
+            w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+            if v.is_bare(s, i) {
+                w.write_all(b"{\"name\":")?;
+                serde_json::to_writer(&mut *w, v.case_name(s, i)).map_err(io::Error::other)?;
+                w.write_all(b",\"outcome\":\"pass\"}")?;
+            } else {
+                serde_json::to_writer(&mut *w, v.case(s, i).as_ref()).map_err(io::Error::other)?;
+            }
+        }
+        w.write_all(b"]}")?;
+    }
+    w.write_all(b"]}\n")
+}
+
+/// Writes `value` (a JSON object) without its closing brace.
+fn open_object(w: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
+    let text = serde_json::to_string(value).map_err(io::Error::other)?;
+    w.write_all(text.strip_suffix('}').unwrap_or(&text).as_bytes())
+}
+
+fn is_empty_map(m: &&BTreeMap<String, String>) -> bool {
+    m.is_empty()
+}
+
+fn is_empty_vec(v: &&Vec<String>) -> bool {
+    v.is_empty()
+}
+
+#[derive(Serialize)]
+struct Head<'a> {
+    kind: &'a str,
+    v: u32,
+    id: &'a str,
+    name: &'a str,
+    created_at: &'a DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<&'a DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<&'a DateTime<Utc>>,
+    #[serde(skip_serializing_if = "is_empty_map")]
+    properties: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct SuiteHead<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_empty_map")]
+    properties: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<&'a DateTime<Utc>>,
+    duration_ms: u64,
+    #[serde(skip_serializing_if = "is_empty_vec")]
+    diagnostics: &'a Vec<String>,
+}
+
+fn json_error(e: serde_json::Error) -> ReportError {
+    let message = e.to_string();
+    // serde_json appends " at line L column C"; we put the position up front.
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let message = message
+        .strip_suffix(&suffix)
+        .map(str::to_string)
+        .unwrap_or(message);
+    ReportError::Json {
+        line: e.line(),
+        column: e.column(),
+        message,
+    }
+}
+
+/// Reads a report as it streams, into a [`CompactReport`]: memory grows with
+/// the failures and the names of the passing cases, never with the text. Reads
+/// every document [`from_json`] reads, old pretty-printed ones included, with
+/// the same checks and errors.
+pub fn read_compact(reader: impl Read) -> Result<CompactReport, ReportError> {
+    let mut de =
+        serde_json::Deserializer::from_reader(io::BufReader::with_capacity(256 * 1024, reader));
+    let report = ReportSeed.deserialize(&mut de).map_err(json_error)?;
+    de.end().map_err(json_error)?;
+    if report.head.kind != REPORT_KIND {
+        return Err(ReportError::WrongKind(report.head.kind));
+    }
+    if report.head.v != REPORT_VERSION {
+        return Err(ReportError::UnsupportedVersion {
+            found: report.head.v,
+            supported: REPORT_VERSION,
+        });
+    }
+    Ok(report)
+}
+
+struct ReportSeed;
+
+impl<'de> DeserializeSeed<'de> for ReportSeed {
+    type Value = CompactReport;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ReportSeed {
+    type Value = CompactReport;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("struct Report")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut kind, mut v, mut id, mut name, mut created_at) = (None, None, None, None, None);
+        let mut started_at = None;
+        let mut finished_at = None;
+        let mut properties = BTreeMap::new();
+        let mut suites = Vec::new();
+        let mut lists = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "kind" => kind = Some(map.next_value::<String>()?),
+                "v" => v = Some(map.next_value::<u32>()?),
+                "id" => id = Some(map.next_value::<String>()?),
+                "name" => name = Some(map.next_value::<String>()?),
+                "created_at" => created_at = Some(map.next_value::<DateTime<Utc>>()?),
+                "started_at" => started_at = map.next_value()?,
+                "finished_at" => finished_at = map.next_value()?,
+                "properties" => properties = map.next_value()?,
+                "suites" => map.next_value_seed(SuitesSeed {
+                    suites: &mut suites,
+                    lists: &mut lists,
+                })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let head = Report {
+            kind: kind.ok_or_else(|| de::Error::missing_field("kind"))?,
+            v: v.ok_or_else(|| de::Error::missing_field("v"))?,
+            id: id.ok_or_else(|| de::Error::missing_field("id"))?,
+            name: name.ok_or_else(|| de::Error::missing_field("name"))?,
+            created_at: created_at.ok_or_else(|| de::Error::missing_field("created_at"))?,
+            started_at,
+            finished_at,
+            properties,
+            suites,
+        };
+        Ok(CompactReport { head, lists })
+    }
+}
+
+struct SuitesSeed<'a> {
+    suites: &'a mut Vec<Suite>,
+    lists: &'a mut Vec<CaseList>,
+}
+
+impl<'de> DeserializeSeed<'de> for SuitesSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SuitesSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sequence of suites")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some((suite, list)) = seq.next_element_seed(SuiteSeed)? {
+            self.suites.push(suite);
+            self.lists.push(list);
+        }
+        Ok(())
+    }
+}
+
+struct SuiteSeed;
+
+impl<'de> DeserializeSeed<'de> for SuiteSeed {
+    type Value = (Suite, CaseList);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SuiteSeed {
+    type Value = (Suite, CaseList);
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("struct Suite")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut suite = Suite::default();
+        let mut name = None;
+        let mut list = CaseList::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "name" => name = Some(map.next_value::<String>()?),
+                "platform" => suite.platform = map.next_value()?,
+                "properties" => suite.properties = map.next_value()?,
+                "started_at" => suite.started_at = map.next_value()?,
+                "duration_ms" => suite.duration_ms = map.next_value()?,
+                "diagnostics" => suite.diagnostics = map.next_value()?,
+                "cases" => map.next_value_seed(CasesSeed { list: &mut list })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        suite.name = name.ok_or_else(|| de::Error::missing_field("name"))?;
+        Ok((suite, list))
+    }
+}
+
+struct CasesSeed<'a> {
+    list: &'a mut CaseList,
+}
+
+impl<'de> DeserializeSeed<'de> for CasesSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CasesSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sequence of cases")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(case) = seq.next_element::<Case>()? {
+            self.list.push(case);
+        }
+        Ok(())
+    }
+}
+
+/// The report as stored by the server: its JSON ([`write_json`]),
+/// gzip-compressed (a passing case then costs a few bytes).
+pub fn to_stored(v: &impl View) -> io::Result<Vec<u8>> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    {
+        let mut w = io::BufWriter::with_capacity(256 * 1024, &mut gz);
+        write_json(v, &mut w)?;
+        w.flush()?;
+    }
+    gz.finish()
+}
+
+/// Reads a stored report, compressed ([`to_stored`]) or plain JSON (as reports
+/// were stored before), into the compact form.
+pub fn read_stored(body: &[u8]) -> Result<CompactReport, ReportError> {
+    if body.starts_with(&[0x1f, 0x8b]) {
+        read_compact(flate2::read::GzDecoder::new(body))
+    } else {
+        read_compact(body)
+    }
 }

@@ -10,8 +10,11 @@
 //! | [`summary`] | a plain-text summary in the style of Perl's `prove`: [`to_summary`] |
 //! | [`html`] | one self-contained HTML file that opens offline: [`to_html`] |
 //!
-//! Every renderer is a pure function from `&Report` to a `String`; [`Format`] picks
-//! one by name for command lines and HTTP downloads.
+//! Every renderer is a pure function from `&Report` to a `String`, and writes
+//! any [`View`] (a [`Report`], or a [`CompactReport`] of a million cases) to an
+//! `io::Write` as it goes; [`Format`] picks one by name for command lines and
+//! HTTP downloads. [`view`] holds the compact form, [`read_compact`] reads a
+//! JSON report into it as it streams.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,13 +26,15 @@ pub mod model;
 pub mod summary;
 pub mod tap;
 mod text;
+pub mod view;
 
-pub use html::to_html;
-pub use json::{from_json, to_json};
-pub use junit::to_junit;
+pub use html::{to_html, write_html};
+pub use json::{from_json, read_compact, read_stored, to_json, to_stored, write_json};
+pub use junit::{to_junit, write_junit};
 pub use model::{Case, Link, Outcome, Report, Suite, Summary, REPORT_KIND, REPORT_VERSION};
-pub use summary::to_summary;
-pub use tap::to_tap;
+pub use summary::{to_summary, write_summary};
+pub use tap::{to_tap, write_tap};
+pub use view::{CaseList, CompactReport, View};
 
 /// Why a report could not be read or rendered.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +88,18 @@ impl Format {
             Format::Summary => to_summary(report),
             Format::Html => to_html(report),
         })
+    }
+
+    /// Writes any [`View`] of a report in this format as it goes: memory does
+    /// not grow with the output.
+    pub fn write<V: View>(self, v: &V, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        match self {
+            Format::Json => write_json(v, w),
+            Format::Junit => write_junit(v, w),
+            Format::Tap => write_tap(v, w),
+            Format::Summary => write_summary(v, w),
+            Format::Html => write_html(v, w),
+        }
     }
 
     /// The name accepted by [`Format::from_str`].

@@ -24,31 +24,38 @@
 //! error, passed unexpectedly (`TODO passed`, which like `prove` does not fail the
 //! run) or when it has diagnostics. A suite without cases is shown as skipped.
 
-use crate::model::{Outcome, Report, Suite};
-use crate::text::{clean, first_line, one_line, secs};
+use std::borrow::Cow;
+use std::io;
+
+use crate::model::{Case, Outcome, Report};
+use crate::text::{clean, first_line, one_line, render_to_string, secs, Out};
+use crate::view::{self, View};
 
 /// The report as a `prove`-like summary.
 pub fn to_summary(report: &Report) -> String {
+    render_to_string(|w| write_summary(report, w))
+}
+
+/// Writes the `prove`-like summary of any [`View`] of a report.
+pub fn write_summary<V: View>(v: &V, w: &mut dyn io::Write) -> io::Result<()> {
+    let mut out = Out::new(w);
+    let report = v.head();
     let names: Vec<String> = report
         .suites
         .iter()
         .map(|s| one_line(&s.display_name()))
         .collect();
     let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
-    let mut out = String::new();
-    for (suite, name) in report.suites.iter().zip(&names) {
+    for (s, name) in names.iter().enumerate() {
         let dots = ".".repeat(width - name.chars().count() + 2);
-        out.push_str(&format!("{name} {dots} {}\n", status(suite)));
+        out.push_str(&format!("{name} {dots} {}\n", status(v, s)));
     }
 
-    let listed: Vec<(&Suite, &String)> = report
-        .suites
-        .iter()
-        .zip(&names)
-        .filter(|(s, _)| {
-            s.is_failure()
-                || s.cases.iter().any(|c| c.outcome == Outcome::Xpass)
-                || !s.diagnostics.is_empty()
+    let listed: Vec<usize> = (0..names.len())
+        .filter(|&s| {
+            view::suite_is_failure(v, s)
+                || (0..v.case_count(s)).any(|i| v.case_outcome(s, i) == Outcome::Xpass)
+                || !report.suites[s].diagnostics.is_empty()
         })
         .collect();
     let cancelled = report.cancelled();
@@ -58,12 +65,12 @@ pub fn to_summary(report: &Report) -> String {
         out.push_str("All tests successful.\n");
     } else {
         out.push_str("\nTest Summary Report\n-------------------\n");
-        for (suite, name) in listed {
-            problems(&mut out, name, suite);
+        for s in listed {
+            problems(&mut out, &names[s], v, s);
         }
     }
 
-    let sum = report.summary();
+    let sum = view::summary(v);
     out.push_str(&format!(
         "Files={}, Tests={}, {} wallclock secs\n",
         report.suites.len(),
@@ -75,23 +82,23 @@ pub fn to_summary(report: &Report) -> String {
         sum.passed, sum.failed, sum.errors, sum.skipped, sum.xfailed, sum.xpassed
     ));
     // A cancelled run is neither a pass nor a test failure.
-    out.push_str(&format!("Result: {}\n", report.verdict()));
-    out
+    out.push_str(&format!("Result: {}\n", view::verdict(v)));
+    out.finish()
 }
 
-fn status(suite: &Suite) -> String {
-    if suite.cases.is_empty() {
+fn status<V: View>(v: &V, s: usize) -> String {
+    if v.case_count(s) == 0 {
         return "skipped: no tests".to_string();
     }
-    if let Some(reason) = suite.skip_reason() {
-        let reason = one_line(reason);
+    if let Some(reason) = view::skip_reason(v, s) {
+        let reason = one_line(&reason);
         return if reason.is_empty() {
             "skipped".to_string()
         } else {
             format!("skipped: {reason}")
         };
     }
-    let sum = suite.summary();
+    let sum = view::suite_summary(v, s);
     if sum.ok {
         "ok".to_string()
     } else {
@@ -99,10 +106,10 @@ fn status(suite: &Suite) -> String {
     }
 }
 
-fn problems(out: &mut String, name: &str, suite: &Suite) {
-    let sum = suite.summary();
-    let failing: Vec<(usize, &crate::Case)> = numbered(suite, |o| o.is_failure());
-    let xpassed: Vec<(usize, &crate::Case)> = numbered(suite, |o| o == Outcome::Xpass);
+fn problems<V: View>(out: &mut Out<'_>, name: &str, v: &V, s: usize) {
+    let sum = view::suite_summary(v, s);
+    let failing = numbered(v, s, |o| o.is_failure());
+    let xpassed = numbered(v, s, |o| o == Outcome::Xpass);
     out.push_str(&format!(
         "{name} (Tests: {} Failed: {})\n",
         sum.total,
@@ -131,22 +138,23 @@ fn problems(out: &mut String, name: &str, suite: &Suite) {
     if !xpassed.is_empty() {
         out.push_str(&format!("  TODO passed:   {}\n", numbers(&xpassed)));
     }
-    for diagnostic in &suite.diagnostics {
+    for diagnostic in &v.head().suites[s].diagnostics {
         out.push_str(&format!("  Diagnostic:    {}\n", one_line(diagnostic)));
     }
 }
 
-fn numbered(suite: &Suite, keep: impl Fn(Outcome) -> bool) -> Vec<(usize, &crate::Case)> {
-    suite
-        .cases
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| keep(c.outcome))
-        .map(|(i, c)| (i + 1, c))
+fn numbered<V: View>(
+    v: &V,
+    s: usize,
+    keep: impl Fn(Outcome) -> bool,
+) -> Vec<(usize, Cow<'_, Case>)> {
+    (0..v.case_count(s))
+        .filter(|&i| keep(v.case_outcome(s, i)))
+        .map(|i| (i + 1, v.case(s, i)))
         .collect()
 }
 
-fn numbers(cases: &[(usize, &crate::Case)]) -> String {
+fn numbers(cases: &[(usize, Cow<'_, Case>)]) -> String {
     cases
         .iter()
         .map(|(n, _)| n.to_string())

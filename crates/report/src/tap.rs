@@ -21,50 +21,69 @@
 //! to a quoted string with `\n` escapes when a block cannot hold the text as is.
 //! Suite diagnostics are written as `#` comments.
 
-use crate::model::{Case, Outcome, Suite};
-use crate::text::{clean, one_line};
+use std::io;
+
+use crate::model::{Case, Outcome};
+use crate::text::{clean, one_line, render_to_string, Out};
+use crate::view::{self, View};
 use crate::Report;
 
 /// The report as a TAP version 13 stream.
 pub fn to_tap(report: &Report) -> String {
-    let mut out = String::from("TAP version 13\n");
-    match report.suites.as_slice() {
-        [] => out.push_str("1..0 # SKIP no tests\n"),
-        [suite] => {
-            comment(&mut out, "", &format!("suite: {}", suite.display_name()));
-            write_suite(&mut out, "", suite);
+    render_to_string(|w| write_tap(report, w))
+}
+
+/// Writes any [`View`] of a report as a TAP version 13 stream.
+pub fn write_tap<V: View>(v: &V, w: &mut dyn io::Write) -> io::Result<()> {
+    let mut out = Out::new(w);
+    out.push_str("TAP version 13\n");
+    let suites = &v.head().suites;
+    match suites.len() {
+        0 => out.push_str("1..0 # SKIP no tests\n"),
+        1 => {
+            comment(
+                &mut out,
+                "",
+                &format!("suite: {}", suites[0].display_name()),
+            );
+            write_suite(&mut out, "", v, 0);
         }
-        suites => {
-            out.push_str(&format!("1..{}\n", suites.len()));
+        n => {
+            out.push_str(&format!("1..{n}\n"));
             for (i, suite) in suites.iter().enumerate() {
                 let name = suite.display_name();
                 comment(&mut out, "    ", &format!("Subtest: {name}"));
-                write_suite(&mut out, "    ", suite);
-                write_suite_point(&mut out, i + 1, &name, suite);
+                write_suite(&mut out, "    ", v, i);
+                write_suite_point(&mut out, i + 1, &name, v, i);
             }
         }
     }
-    out
+    out.finish()
 }
 
-fn write_suite(out: &mut String, indent: &str, suite: &Suite) {
-    for diagnostic in &suite.diagnostics {
+fn write_suite<V: View>(out: &mut Out<'_>, indent: &str, v: &V, s: usize) {
+    for diagnostic in &v.head().suites[s].diagnostics {
         for line in diagnostic.lines() {
             comment(out, indent, line);
         }
     }
-    if suite.cases.is_empty() {
+    let n = v.case_count(s);
+    if n == 0 {
         out.push_str(indent);
         out.push_str("1..0 # SKIP no tests\n");
         return;
     }
-    out.push_str(&format!("{indent}1..{}\n", suite.cases.len()));
-    for (i, case) in suite.cases.iter().enumerate() {
-        write_case(out, indent, i + 1, case);
+    out.push_str(&format!("{indent}1..{n}\n"));
+    for i in 0..n {
+        if v.is_bare(s, i) {
+            test_point(out, indent, true, i + 1, v.case_name(s, i), None);
+        } else {
+            write_case(out, indent, i + 1, &v.case(s, i));
+        }
     }
 }
 
-fn write_case(out: &mut String, indent: &str, number: usize, case: &Case) {
+fn write_case(out: &mut Out<'_>, indent: &str, number: usize, case: &Case) {
     let reason = one_line(case.message.as_deref().unwrap_or(""));
     let (ok, directive) = match case.outcome {
         Outcome::Pass => (true, None),
@@ -87,23 +106,23 @@ fn write_case(out: &mut String, indent: &str, number: usize, case: &Case) {
 }
 
 /// The parent's test point that closes a suite's subtest.
-fn write_suite_point(out: &mut String, number: usize, name: &str, suite: &Suite) {
-    if suite.cases.is_empty() {
+fn write_suite_point<V: View>(out: &mut Out<'_>, number: usize, name: &str, v: &V, s: usize) {
+    if v.case_count(s) == 0 {
         test_point(out, "", true, number, name, Some(("SKIP", "no tests")));
         return;
     }
-    if let Some(reason) = suite.skip_reason() {
+    if let Some(reason) = view::skip_reason(v, s) {
         test_point(
             out,
             "",
             true,
             number,
             name,
-            Some(("SKIP", &one_line(reason))),
+            Some(("SKIP", &one_line(&reason))),
         );
         return;
     }
-    let sum = suite.summary();
+    let sum = view::suite_summary(v, s);
     test_point(out, "", sum.ok, number, name, None);
     if !sum.ok {
         let mut yaml = Yaml::open(out, "");
@@ -118,7 +137,7 @@ fn write_suite_point(out: &mut String, number: usize, name: &str, suite: &Suite)
 }
 
 fn test_point(
-    out: &mut String,
+    out: &mut Out<'_>,
     indent: &str,
     ok: bool,
     number: usize,
@@ -145,14 +164,14 @@ fn test_point(
     out.push('\n');
 }
 
-fn comment(out: &mut String, indent: &str, text: &str) {
+fn comment(out: &mut Out<'_>, indent: &str, text: &str) {
     out.push_str(indent);
     out.push_str("# ");
     out.push_str(&one_line(text));
     out.push('\n');
 }
 
-fn write_yaml(out: &mut String, indent: &str, case: &Case) {
+fn write_yaml(out: &mut Out<'_>, indent: &str, case: &Case) {
     let mut yaml = Yaml::open(out, indent);
     yaml.string("outcome", case.outcome.as_str());
     if let Some(message) = &case.message {
@@ -181,14 +200,14 @@ fn write_yaml(out: &mut String, indent: &str, case: &Case) {
 }
 
 /// A YAML diagnostics block, written line by line.
-struct Yaml<'a> {
-    out: &'a mut String,
+struct Yaml<'a, 'w> {
+    out: &'a mut Out<'w>,
     /// Indentation of the block's keys: the test point's plus two spaces.
     pad: String,
 }
 
-impl<'a> Yaml<'a> {
-    fn open(out: &'a mut String, indent: &str) -> Self {
+impl<'a, 'w> Yaml<'a, 'w> {
+    fn open(out: &'a mut Out<'w>, indent: &str) -> Self {
         let pad = format!("{indent}  ");
         out.push_str(&pad);
         out.push_str("---\n");
@@ -219,7 +238,7 @@ impl<'a> Yaml<'a> {
     }
 }
 
-fn write_string(out: &mut String, pad: &str, key: &str, value: &str) {
+fn write_string(out: &mut Out<'_>, pad: &str, key: &str, value: &str) {
     let cleaned = clean(value);
     let text = cleaned.replace("\r\n", "\n").replace('\r', "\n");
     let text = text.trim_end_matches('\n');

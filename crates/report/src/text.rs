@@ -118,3 +118,65 @@ mod tests {
         assert_eq!(secs(61_234), "61.234");
     }
 }
+
+/// Text written in pieces to an [`io::Write`](std::io::Write), 64 KiB at a
+/// time, so a renderer of a million cases never holds its whole output. The
+/// first write error is kept and returned by [`Out::finish`].
+pub(crate) struct Out<'a> {
+    buf: String,
+    w: &'a mut dyn std::io::Write,
+    err: Option<std::io::Error>,
+}
+
+const OUT_CHUNK: usize = 64 * 1024;
+
+impl<'a> Out<'a> {
+    pub(crate) fn new(w: &'a mut dyn std::io::Write) -> Self {
+        Out {
+            buf: String::with_capacity(OUT_CHUNK + 1024),
+            w,
+            err: None,
+        }
+    }
+
+    pub(crate) fn push_str(&mut self, s: &str) {
+        self.buf.push_str(s);
+        if self.buf.len() >= OUT_CHUNK {
+            self.flush();
+        }
+    }
+
+    pub(crate) fn push(&mut self, c: char) {
+        self.buf.push(c);
+        if self.buf.len() >= OUT_CHUNK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.err.is_none() {
+            if let Err(e) = self.w.write_all(self.buf.as_bytes()) {
+                self.err = Some(e);
+            }
+        }
+        self.buf.clear();
+    }
+
+    pub(crate) fn finish(mut self) -> std::io::Result<()> {
+        self.flush();
+        match self.err.take() {
+            Some(e) => Err(e),
+            None => self.w.flush(),
+        }
+    }
+}
+
+/// What `write` writes, as a string (renderers write UTF-8 only).
+pub(crate) fn render_to_string(
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> String {
+    let mut bytes = Vec::new();
+    // Writing to memory does not fail.
+    let _ = write(&mut bytes);
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}

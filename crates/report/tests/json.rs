@@ -118,3 +118,101 @@ fn minimal_documents_take_defaults_and_unknown_fields_are_ignored() {
     assert_eq!(case.attempts, 1);
     assert!(case.message.is_none() && case.artifacts.is_empty() && case.properties.is_empty());
 }
+
+/// A report large enough for the HTML's list form: bare passes, failures with
+/// detail, a skip, durations on a few, a second suite.
+fn big_report() -> Report {
+    let mut r = Report::new("big", "big kit", common::t(0));
+    let mut a = testbed_report::Suite::new("a.t");
+    for i in 0..6_000u64 {
+        let outcome = match i {
+            17 | 4_000 => Outcome::Fail,
+            18 => Outcome::Skip,
+            19 => Outcome::Xpass,
+            _ => Outcome::Pass,
+        };
+        let mut c = testbed_report::Case::new(format!("case {i} <b>"), outcome);
+        if outcome == Outcome::Fail {
+            c.message = Some(format!("boom {i}"));
+        }
+        if i % 1_000 == 3 {
+            c.duration_ms = i;
+        }
+        a.cases.push(c);
+    }
+    let mut b = testbed_report::Suite::new("b.t");
+    b.cases
+        .push(testbed_report::Case::new("only", Outcome::Pass));
+    r.suites = vec![a, b];
+    r
+}
+
+#[test]
+fn compact_form_renders_the_same_in_every_format() {
+    for report in [
+        common::rich_report(),
+        common::one_failing_suite(),
+        Report::new("e", "empty", common::t(0)),
+        big_report(),
+    ] {
+        let compact = testbed_report::CompactReport::new(report.clone());
+        assert_eq!(compact.summary(), report.summary());
+        for format in testbed_report::Format::ALL {
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            format.write(&report, &mut a).unwrap();
+            format.write(&compact, &mut b).unwrap();
+            assert!(a == b, "{format} of {} differs", report.name);
+        }
+        assert_eq!(compact.into_report(), report);
+    }
+}
+
+#[test]
+fn streaming_reader_reads_old_and_new_forms_and_compressed() {
+    for report in [common::rich_report(), big_report()] {
+        let new = to_json(&report);
+        let old = serde_json::to_string_pretty(&report).unwrap();
+        for text in [&new, &old] {
+            let read = testbed_report::read_compact(text.as_bytes()).unwrap();
+            assert_eq!(read.into_report(), report);
+        }
+        let stored = testbed_report::to_stored(&report).unwrap();
+        assert!(stored.len() < new.len());
+        let read = testbed_report::read_stored(&stored).unwrap();
+        assert_eq!(read.into_report(), report);
+        assert_eq!(
+            testbed_report::read_stored(new.as_bytes()).unwrap(),
+            testbed_report::CompactReport::new(report.clone())
+        );
+    }
+    // Errors as from_json: the position, the kind, the version.
+    let err =
+        testbed_report::read_compact(&b"{\n  \"kind\": \"report\",\n  \"v\": }"[..]).unwrap_err();
+    assert!(matches!(err, ReportError::Json { line: 3, .. }), "{err}");
+    let err = testbed_report::read_compact(
+        &br#"{"kind":"plan","v":1,"id":"x","name":"n","created_at":"2024-05-01T12:00:00Z"}"#[..],
+    )
+    .unwrap_err();
+    assert!(matches!(err, ReportError::WrongKind(_)), "{err}");
+    let err =
+        testbed_report::read_compact(&br#"{"kind":"report","v":1,"id":"x"}"#[..]).unwrap_err();
+    assert!(err.to_string().contains("name"), "{err}");
+}
+
+#[test]
+fn a_bare_pass_costs_its_name_plus_thirty_bytes() {
+    let mut r = Report::new("r", "k", common::t(0));
+    let mut s = testbed_report::Suite::new("s");
+    s.cases = (0..1000)
+        .map(|i| testbed_report::Case::new(format!("case {i:06}"), Outcome::Pass))
+        .collect();
+    r.suites.push(s);
+    let one = to_json(&r).len();
+    r.suites[0].cases.extend(
+        (1000..2000).map(|i| testbed_report::Case::new(format!("case {i:06}"), Outcome::Pass)),
+    );
+    let two = to_json(&r).len();
+    // "case 001000" is 11 bytes: {"name":"…","outcome":"pass"}, plus ",\n".
+    assert_eq!((two - one) / 1000, 11 + 30);
+}

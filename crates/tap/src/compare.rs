@@ -3,10 +3,11 @@
 //!
 //! Tests are keyed by suite (with its platform, for matrix runs) and case name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
-use testbed_report::{Outcome, Report};
+use testbed_report::view::{self, View};
+use testbed_report::Outcome;
 
 /// A test that exists in both reports with a different outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -97,33 +98,188 @@ fn duration_change(before: u64, after: u64, t: Thresholds) -> Option<f64> {
     (pct.abs() >= t.percent).then_some(pct)
 }
 
+/// The case `ja` of suite `sa` of `a` and case `jb` of suite `sb` of `b` are the
+/// same test: list its duration change and outcome change, if any.
+#[allow(clippy::too_many_arguments)]
+fn pair<A: View, B: View>(
+    out: &mut Comparison,
+    sname: &str,
+    a: &A,
+    sa: usize,
+    ja: usize,
+    b: &B,
+    sb: usize,
+    jb: usize,
+    t: Thresholds,
+) {
+    let (before, before_ms) = (a.case_outcome(sa, ja), a.case_duration_ms(sa, ja));
+    let (after, after_ms) = (b.case_outcome(sb, jb), b.case_duration_ms(sb, jb));
+    if let Some(pct) = duration_change(before_ms, after_ms, t) {
+        out.durations.push(DurationChange {
+            suite: sname.to_string(),
+            case: Some(b.case_name(sb, jb).to_string()),
+            before_ms,
+            after_ms,
+            change_pct: pct,
+        });
+    }
+    if before == after {
+        return;
+    }
+    let change = Change {
+        suite: sname.to_string(),
+        case: b.case_name(sb, jb).to_string(),
+        before,
+        after,
+        message: b.case(sb, jb).message.clone(),
+    };
+    if passed(before) && after.is_failure() {
+        out.regressions.push(change);
+    } else if before.is_failure() && passed(after) {
+        out.fixes.push(change);
+    } else {
+        out.changes.push(change);
+    }
+}
+
+fn presence(v: &impl View, suite: &str, s: usize, i: usize) -> Presence {
+    Presence {
+        suite: suite.to_string(),
+        case: v.case_name(s, i).to_string(),
+        outcome: v.case_outcome(s, i),
+    }
+}
+
 /// Compares `a` (before) with `b` (after).
-pub fn compare(a: &Report, b: &Report, t: Thresholds) -> Comparison {
+///
+/// Suites are matched by name; within a pair, when both list the same names in
+/// the same order (the usual case: the same kit run twice), case `i` is
+/// compared with case `i` and nothing more is kept. Otherwise the k-th case of
+/// a name is matched with the k-th case of that name on the other side, through
+/// an index of that one suite. So comparing two reports of a million cases
+/// costs no memory beyond the reports, in the usual case.
+pub fn compare<A: View, B: View>(a: &A, b: &B, t: Thresholds) -> Comparison {
+    let names_a: Vec<String> = a.head().suites.iter().map(|s| s.display_name()).collect();
+    let names_b: Vec<String> = b.head().suites.iter().map(|s| s.display_name()).collect();
+    let unique = |names: &[String]| {
+        let set: HashSet<&str> = names.iter().map(String::as_str).collect();
+        set.len() == names.len()
+    };
+    if !unique(&names_a) || !unique(&names_b) {
+        return compare_any(a, b, t, &names_a, &names_b);
+    }
     let mut out = Comparison {
-        before: a.id.clone(),
-        after: b.id.clone(),
+        before: a.head().id.clone(),
+        after: b.head().id.clone(),
         ..Comparison::default()
     };
-    let suite_names_a: Vec<String> = a.suites.iter().map(|s| s.display_name()).collect();
+    let suite_of_a: HashMap<&str, usize> = names_a
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    // Removed cases are listed in `a`'s order, at the end.
+    let mut removed: Vec<Option<Vec<Presence>>> = vec![None; names_a.len()];
+    for (sb, sname) in names_b.iter().enumerate() {
+        let nb = b.case_count(sb);
+        let Some(&sa) = suite_of_a.get(sname.as_str()) else {
+            out.new.extend((0..nb).map(|j| presence(b, sname, sb, j)));
+            continue;
+        };
+        let before = view::suite_duration_ms(a, sa);
+        let after = view::suite_duration_ms(b, sb);
+        if let Some(pct) = duration_change(before, after, t) {
+            out.durations.push(DurationChange {
+                suite: sname.clone(),
+                case: None,
+                before_ms: before,
+                after_ms: after,
+                change_pct: pct,
+            });
+        }
+        let na = a.case_count(sa);
+        let same = na == nb && (0..na).all(|j| a.case_name(sa, j) == b.case_name(sb, j));
+        if same {
+            for j in 0..nb {
+                pair(&mut out, sname, a, sa, j, b, sb, j, t);
+            }
+            removed[sa] = Some(Vec::new());
+            continue;
+        }
+        let mut index: HashMap<(&str, usize), usize> = HashMap::new();
+        let mut occ: HashMap<&str, usize> = HashMap::new();
+        for j in 0..na {
+            let name = a.case_name(sa, j);
+            let k = occ.entry(name).or_insert(0);
+            index.insert((name, *k), j);
+            *k += 1;
+        }
+        let mut seen = vec![false; na];
+        let mut occ: HashMap<&str, usize> = HashMap::new();
+        for j in 0..nb {
+            let name = b.case_name(sb, j);
+            let k = occ.entry(name).or_insert(0);
+            let key = (name, *k);
+            *k += 1;
+            match index.get(&key) {
+                None => out.new.push(presence(b, sname, sb, j)),
+                Some(&ja) => {
+                    seen[ja] = true;
+                    pair(&mut out, sname, a, sa, ja, b, sb, j, t);
+                }
+            }
+        }
+        removed[sa] = Some(
+            (0..na)
+                .filter(|&j| !seen[j])
+                .map(|j| presence(a, sname, sa, j))
+                .collect(),
+        );
+    }
+    for (sa, r) in removed.into_iter().enumerate() {
+        match r {
+            Some(r) => out.removed.extend(r),
+            None => out
+                .removed
+                .extend((0..a.case_count(sa)).map(|j| presence(a, &names_a[sa], sa, j))),
+        }
+    }
+    out
+}
+
+/// [`compare`] when a report has two suites of the same name: one index over
+/// every case of `a`, the later suite's entries winning, as it always was.
+fn compare_any<A: View, B: View>(
+    a: &A,
+    b: &B,
+    t: Thresholds,
+    names_a: &[String],
+    names_b: &[String],
+) -> Comparison {
+    let mut out = Comparison {
+        before: a.head().id.clone(),
+        after: b.head().id.clone(),
+        ..Comparison::default()
+    };
     // TAP descriptions may repeat within a script; the k-th occurrence of a
     // name is matched with the k-th occurrence on the other side.
-    let mut index: HashMap<(&str, &str, usize), (Outcome, u64)> = HashMap::new();
+    let mut index: HashMap<(&str, &str, usize), (usize, usize)> = HashMap::new();
     let mut suite_ms: HashMap<&str, u64> = HashMap::new();
-    for (suite, name) in a.suites.iter().zip(&suite_names_a) {
-        suite_ms.insert(name, suite.summary().duration_ms);
+    for (sa, name) in names_a.iter().enumerate() {
+        suite_ms.insert(name, view::suite_duration_ms(a, sa));
         let mut occ: HashMap<&str, usize> = HashMap::new();
-        for c in &suite.cases {
-            let k = occ.entry(&c.name).or_insert(0);
-            index.insert((name, &c.name, *k), (c.outcome, c.duration_ms));
+        for j in 0..a.case_count(sa) {
+            let cname = a.case_name(sa, j);
+            let k = occ.entry(cname).or_insert(0);
+            index.insert((name, cname, *k), (sa, j));
             *k += 1;
         }
     }
-    let mut seen: std::collections::HashSet<(String, String, usize)> = Default::default();
-    for suite in &b.suites {
-        let sname = suite.display_name();
+    let mut seen: HashSet<(String, String, usize)> = HashSet::new();
+    for (sb, sname) in names_b.iter().enumerate() {
         let mut occ: HashMap<&str, usize> = HashMap::new();
         if let Some(&before) = suite_ms.get(sname.as_str()) {
-            let after = suite.summary().duration_ms;
+            let after = view::suite_duration_ms(b, sb);
             if let Some(pct) = duration_change(before, after, t) {
                 out.durations.push(DurationChange {
                     suite: sname.clone(),
@@ -134,60 +290,29 @@ pub fn compare(a: &Report, b: &Report, t: Thresholds) -> Comparison {
                 });
             }
         }
-        for c in &suite.cases {
-            let k = occ.entry(&c.name).or_insert(0);
-            let key = (sname.as_str(), c.name.as_str(), *k);
+        for j in 0..b.case_count(sb) {
+            let cname = b.case_name(sb, j);
+            let k = occ.entry(cname).or_insert(0);
+            let key = (sname.as_str(), cname, *k);
             *k += 1;
             match index.get(&key) {
-                None => out.new.push(Presence {
-                    suite: sname.clone(),
-                    case: c.name.clone(),
-                    outcome: c.outcome,
-                }),
-                Some(&(before, before_ms)) => {
-                    seen.insert((sname.clone(), c.name.clone(), key.2));
-                    if let Some(pct) = duration_change(before_ms, c.duration_ms, t) {
-                        out.durations.push(DurationChange {
-                            suite: sname.clone(),
-                            case: Some(c.name.clone()),
-                            before_ms,
-                            after_ms: c.duration_ms,
-                            change_pct: pct,
-                        });
-                    }
-                    if before == c.outcome {
-                        continue;
-                    }
-                    let change = Change {
-                        suite: sname.clone(),
-                        case: c.name.clone(),
-                        before,
-                        after: c.outcome,
-                        message: c.message.clone(),
-                    };
-                    if passed(before) && c.outcome.is_failure() {
-                        out.regressions.push(change);
-                    } else if before.is_failure() && passed(c.outcome) {
-                        out.fixes.push(change);
-                    } else {
-                        out.changes.push(change);
-                    }
+                None => out.new.push(presence(b, sname, sb, j)),
+                Some(&(sa, ja)) => {
+                    seen.insert((sname.clone(), cname.to_string(), key.2));
+                    pair(&mut out, sname, a, sa, ja, b, sb, j, t);
                 }
             }
         }
     }
-    for (suite, name) in a.suites.iter().zip(&suite_names_a) {
+    for (sa, name) in names_a.iter().enumerate() {
         let mut occ: HashMap<&str, usize> = HashMap::new();
-        for c in &suite.cases {
-            let k = occ.entry(&c.name).or_insert(0);
-            let key = (name.clone(), c.name.clone(), *k);
+        for j in 0..a.case_count(sa) {
+            let cname = a.case_name(sa, j);
+            let k = occ.entry(cname).or_insert(0);
+            let key = (name.clone(), cname.to_string(), *k);
             *k += 1;
             if !seen.contains(&key) {
-                out.removed.push(Presence {
-                    suite: name.clone(),
-                    case: c.name.clone(),
-                    outcome: c.outcome,
-                });
+                out.removed.push(presence(a, name, sa, j));
             }
         }
     }
@@ -380,7 +505,7 @@ pub fn to_html(c: &Comparison) -> String {
 mod tests {
     use super::*;
     use chrono::Utc;
-    use testbed_report::{Case, Suite};
+    use testbed_report::{Case, Report, Suite};
 
     fn report(id: &str, cases: &[(&str, &str, Outcome)], suite_ms: u64) -> Report {
         let mut r = Report::new(id, "kit", Utc::now());
@@ -454,5 +579,54 @@ mod tests {
         let c = compare(&a, &a, Thresholds::default());
         assert!(!c.has_regressions());
         assert!(c.new.is_empty() && c.removed.is_empty() && c.durations.is_empty());
+    }
+
+    /// The per-suite matching (same order, or an index of one suite) finds
+    /// exactly what one index over the whole report does.
+    #[test]
+    fn suite_by_suite_matches_the_whole_report_index() {
+        use Outcome::*;
+        let mut a = report(
+            "a",
+            &[
+                ("s1", "x", Pass),
+                ("s1", "x", Fail),
+                ("s1", "y", Pass),
+                ("s1", "z", Error),
+                ("s2", "p", Pass),
+                ("s3", "gone", Pass),
+            ],
+            100,
+        );
+        let mut b = report(
+            "b",
+            &[
+                ("s1", "y", Fail),
+                ("s1", "x", Pass),
+                ("s1", "x", Pass),
+                ("s1", "new", Skip),
+                ("s2", "p", Fail),
+                ("s4", "fresh", Pass),
+            ],
+            400,
+        );
+        a.suites[1].cases[0].duration_ms = 1000;
+        b.suites[1].cases[0].duration_ms = 3000;
+        let names = |r: &Report| {
+            r.suites
+                .iter()
+                .map(|s| s.display_name())
+                .collect::<Vec<_>>()
+        };
+        let t = Thresholds::default();
+        for (x, y) in [(&a, &b), (&b, &a), (&a, &a)] {
+            let fast = compare(x, y, t);
+            let slow = compare_any(x, y, t, &names(x), &names(y));
+            assert_eq!(fast, slow);
+        }
+        let c = compare(&a, &b, t);
+        assert_eq!(c.regressions.len(), 2, "{c:?}");
+        assert_eq!(c.removed.len(), 2, "{c:?}");
+        assert_eq!(c.new.len(), 2, "{c:?}");
     }
 }

@@ -27,7 +27,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use testbed_report::{Case, Outcome, Report, Suite};
+use testbed_report::view::View;
+use testbed_report::{Case, CaseList, CompactReport, Outcome, Report};
 
 use crate::config::{parse_toml, ConfigError};
 use crate::parser::SCRIPT_CASE;
@@ -89,15 +90,26 @@ impl Broken {
             .all(|(k, m)| labels.get(k).is_some_and(|v| m.matches(v)))
     }
 
-    fn selects(&self, case: &Case) -> bool {
+    /// Whether the entry names case `i` of a suite: by its TAP number (the
+    /// `tap.number` property when the script numbered out of sequence, else
+    /// its position), its name or its description.
+    fn selects(&self, list: &CaseList, i: usize, whole: Option<&Case>) -> bool {
         match self.selector() {
             None => true,
             Some(sel) if !sel.is_empty() && sel.bytes().all(|b| b.is_ascii_digit()) => {
-                case.properties.get("tap.number").map(String::as_str) == Some(sel)
+                match whole {
+                    Some(c) => match c.properties.get("tap.number") {
+                        Some(n) => n == sel,
+                        None => c.name != SCRIPT_CASE && (i + 1).to_string() == sel,
+                    },
+                    None => (i + 1).to_string() == sel,
+                }
             }
             Some(sel) => {
-                case.name == sel
-                    || case.properties.get("tap.description").map(String::as_str) == Some(sel)
+                list.name(i) == sel
+                    || whole.is_some_and(|c| {
+                        c.properties.get("tap.description").map(String::as_str) == Some(sel)
+                    })
             }
         }
     }
@@ -139,21 +151,30 @@ impl Expectations {
     /// into `xpass`, using the report's platform labels. Returns how many cases
     /// changed.
     pub fn apply(&self, report: &mut Report) -> usize {
-        let labels = report_labels(report);
+        let created = report.created_at;
+        let mut compact =
+            CompactReport::new(std::mem::replace(report, Report::new("", "", created)));
+        let changed = self.apply_compact(&mut compact);
+        *report = compact.into_report();
+        changed
+    }
+
+    /// [`Expectations::apply`] on a report in compact form.
+    pub fn apply_compact(&self, report: &mut CompactReport) -> usize {
+        let labels = report_labels(&report.head);
         let entries: Vec<&Broken> = self
             .broken
             .iter()
             .filter(|b| b.applies_to(&labels))
             .collect();
         let mut changed = 0;
-        for suite in &mut report.suites {
-            let name = suite.name.clone();
+        for (suite, list) in report.head.suites.iter().zip(report.lists.iter_mut()) {
             let mut masked = 0;
-            for entry in entries.iter().filter(|e| e.script() == name) {
-                masked += apply_entry(entry, suite);
+            for entry in entries.iter().filter(|e| e.script() == suite.name) {
+                masked += apply_entry(entry, list);
             }
             if masked > 0 {
-                masked += explain_exit_status(suite);
+                masked += explain_exit_status(list);
             }
             changed += masked;
         }
@@ -164,37 +185,49 @@ impl Expectations {
 /// Test::More and friends exit with the number of failed tests, so masking
 /// every failing test point must also mask the non-zero exit status they
 /// caused; any other script-level problem (bad plan, bail out, timeout) stays.
-fn explain_exit_status(suite: &mut Suite) -> usize {
-    let points_fail = suite
-        .cases
-        .iter()
-        .any(|c| c.name != SCRIPT_CASE && c.outcome.is_failure());
-    let points_xfail = suite
-        .cases
-        .iter()
-        .any(|c| c.name != SCRIPT_CASE && c.outcome == Outcome::Xfail);
+fn explain_exit_status(list: &mut CaseList) -> usize {
+    // Bare cases are passes: only the whole ones can fail.
+    let points_fail = list
+        .whole()
+        .any(|(_, c)| c.name != SCRIPT_CASE && c.outcome.is_failure());
+    let points_xfail = list
+        .whole()
+        .any(|(_, c)| c.name != SCRIPT_CASE && c.outcome == Outcome::Xfail);
     if points_fail || !points_xfail {
         return 0;
     }
-    let Some(script) = suite.cases.iter_mut().find(|c| {
-        c.name == SCRIPT_CASE
+    let Some(i) = list.whole().find_map(|(i, c)| {
+        (c.name == SCRIPT_CASE
             && c.outcome == Outcome::Fail
             && c.message
                 .as_deref()
-                .is_some_and(|m| m.starts_with("Non-zero exit status: ") && !m.contains(';'))
+                .is_some_and(|m| m.starts_with("Non-zero exit status: ") && !m.contains(';')))
+        .then_some(i)
     }) else {
         return 0;
     };
+    let mut script = list.get(i).into_owned();
     script.outcome = Outcome::Xfail;
     let was = script.message.take().unwrap_or_default();
     script.message = Some(format!("{was}, from known-broken tests"));
+    list.set(i, script);
     1
 }
 
-fn apply_entry(entry: &Broken, suite: &mut Suite) -> usize {
+fn apply_entry(entry: &Broken, list: &mut CaseList) -> usize {
     let mut changed = 0;
     let mut any_failed = false;
-    for case in suite.cases.iter_mut().filter(|c| entry.selects(c)) {
+    // A whole-script entry changes failures only, and bare cases are passes.
+    let candidates: Vec<usize> = if entry.selector().is_none() {
+        list.whole().map(|(i, _)| i).collect()
+    } else {
+        let whole: std::collections::HashMap<usize, &Case> = list.whole().collect();
+        (0..list.len())
+            .filter(|&i| entry.selects(list, i, whole.get(&i).copied()))
+            .collect()
+    };
+    for i in candidates {
+        let mut case = list.get(i).into_owned();
         match case.outcome {
             Outcome::Fail | Outcome::Error => {
                 any_failed = true;
@@ -204,31 +237,39 @@ fn apply_entry(entry: &Broken, suite: &mut Suite) -> usize {
                     None => entry.why(),
                 });
                 case.outcome = Outcome::Xfail;
+                list.set(i, case);
                 changed += 1;
             }
             // A whole-script entry flags the script, not every passing point.
             Outcome::Pass if entry.selector().is_some() => {
                 case.outcome = Outcome::Xpass;
                 case.message = Some(format!("{}; but it passed", entry.why()));
+                list.set(i, case);
                 changed += 1;
             }
             Outcome::Xfail => any_failed = true,
             _ => {}
         }
     }
-    if entry.selector().is_none() && !any_failed && suite.skip_reason().is_none() {
+    if entry.selector().is_none() && !any_failed && !all_skipped(list) {
         let mut case = Case::new(SCRIPT_CASE, Outcome::Xpass);
         case.message = Some(format!("{}; but it passed", entry.why()));
-        suite.cases.push(case);
+        list.push(case);
         changed += 1;
     }
     changed
+}
+
+/// Whether the suite was skipped as a whole ([`testbed_report::Suite::skip_reason`]).
+fn all_skipped(list: &CaseList) -> bool {
+    !list.is_empty() && (0..list.len()).all(|i| list.outcome(i) == Outcome::Skip)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::Utc;
+    use testbed_report::Suite;
 
     fn case(n: u32, desc: &str, outcome: Outcome) -> Case {
         let mut c = Case::new(format!("{n} - {desc}"), outcome);
@@ -354,39 +395,29 @@ pub struct Problem {
 }
 
 /// Every failing case of a (masked) report.
-pub fn problems(report: &Report) -> Vec<Problem> {
-    report
-        .suites
-        .iter()
-        .flat_map(|s| {
-            s.cases
-                .iter()
-                .filter(|c| c.outcome.is_failure())
-                .map(move |c| Problem {
-                    script: s.display_name(),
-                    test: c.name.clone(),
-                    outcome: c.outcome,
-                    message: c.message.clone().unwrap_or_default(),
-                })
-        })
-        .collect()
+pub fn problems(report: &impl View) -> Vec<Problem> {
+    matching(report, Outcome::is_failure)
 }
 
 /// Known-broken tests that passed: expectations that have gone stale.
-pub fn stale(report: &Report) -> Vec<Problem> {
-    report
-        .suites
-        .iter()
-        .flat_map(|s| {
-            s.cases
-                .iter()
-                .filter(|c| c.outcome == Outcome::Xpass)
-                .map(move |c| Problem {
-                    script: s.display_name(),
+pub fn stale(report: &impl View) -> Vec<Problem> {
+    matching(report, |o| o == Outcome::Xpass)
+}
+
+fn matching(report: &impl View, keep: impl Fn(Outcome) -> bool) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (s, suite) in report.head().suites.iter().enumerate() {
+        for i in 0..report.case_count(s) {
+            if keep(report.case_outcome(s, i)) {
+                let c = report.case(s, i);
+                out.push(Problem {
+                    script: suite.display_name(),
                     test: c.name.clone(),
                     outcome: c.outcome,
                     message: c.message.clone().unwrap_or_default(),
-                })
-        })
-        .collect()
+                });
+            }
+        }
+    }
+    out
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use testbed_report::{Outcome, Report, Suite};
+use testbed_report::{CaseList, CompactReport, Outcome, Report, Suite};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
@@ -194,6 +194,12 @@ pub fn command_for(path: &Path) -> Result<Vec<String>, String> {
 
 /// Runs every script of the kit and gathers their suites into one report.
 pub async fn run_kit(cfg: &RunConfig) -> Result<Report, HarnessError> {
+    Ok(run_kit_compact(cfg).await?.into_report())
+}
+
+/// [`run_kit`], the report in compact form: a kit printing a million passing
+/// test points takes megabytes, not gigabytes.
+pub async fn run_kit_compact(cfg: &RunConfig) -> Result<CompactReport, HarnessError> {
     let scripts = discover(cfg)?;
     let root = kit_root(cfg);
     let name = root
@@ -228,33 +234,30 @@ pub async fn run_kit(cfg: &RunConfig) -> Result<Report, HarnessError> {
         let echo = cfg.echo.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let suite = run_script(&script, &root, &env, timeout, echo.as_ref()).await;
+            let suite = run_script_compact(&script, &root, &env, timeout, echo.as_ref()).await;
             (i, suite)
         });
     }
-    let mut suites: Vec<Option<Suite>> = vec![None; scripts.len()];
+    let mut suites: Vec<Option<(Suite, CaseList)>> = vec![None; scripts.len()];
     while let Some(joined) = tasks.join_next().await {
         if let Ok((i, suite)) = joined {
             suites[i] = Some(suite);
         }
     }
-    report.suites = suites
-        .into_iter()
-        .zip(&scripts)
-        .map(|(s, script)| {
-            s.unwrap_or_else(|| {
-                error_suite(&script.name, "the harness task running it panicked".into())
-            })
-        })
-        .collect();
-    report.finished_at = Some(Utc::now());
+    let mut report = CompactReport::new(report);
+    for (s, script) in suites.into_iter().zip(&scripts) {
+        let (suite, list) = s.unwrap_or_else(|| {
+            error_suite(&script.name, "the harness task running it panicked".into())
+        });
+        report.push_suite(suite, list);
+    }
+    report.head.finished_at = Some(Utc::now());
     Ok(report)
 }
 
-fn error_suite(name: &str, msg: String) -> Suite {
-    Parser::new()
-        .finish()
-        .into_suite(name, &ScriptExit::Error(msg))
+fn error_suite(name: &str, msg: String) -> (Suite, CaseList) {
+    let (parsed, list) = Parser::new().finish_list();
+    parsed.into_suite_list(list, name, &ScriptExit::Error(msg))
 }
 
 /// Reads `reader` to its end, keeping at most `max` bytes.
@@ -280,6 +283,19 @@ pub async fn run_script(
     timeout: Duration,
     echo: Option<&EchoFn>,
 ) -> Suite {
+    let (mut suite, list) = run_script_compact(script, cwd, env, timeout, echo).await;
+    suite.cases = list.to_vec();
+    suite
+}
+
+/// [`run_script`], the cases in a compact list rather than in the suite.
+pub async fn run_script_compact(
+    script: &Script,
+    cwd: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+    echo: Option<&EchoFn>,
+) -> (Suite, CaseList) {
     let started = Utc::now();
     let clock = Instant::now();
     let argv = match command_for(&script.path) {
@@ -370,32 +386,35 @@ pub async fn run_script(
     if let Some(echo) = echo {
         echo(&script.name, &tap, &stderr);
     }
-    let mut suite = parser.finish().into_suite(&script.name, &exit);
+    let (parsed, list) = parser.finish_list();
+    let (mut suite, mut list) = parsed.into_suite_list(list, &script.name, &exit);
     suite.started_at = Some(started);
     suite.duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     suite.properties.insert("command".into(), argv.join(" "));
-    attach_stderr(&mut suite, stderr);
-    suite
+    attach_stderr(&mut list, stderr);
+    (suite, list)
 }
 
 /// Puts stderr where a reader of a failure looks: on the `(script)` case, else
 /// on the first failing case.
-fn attach_stderr(suite: &mut Suite, stderr: String) {
+fn attach_stderr(list: &mut CaseList, stderr: String) {
     if stderr.trim().is_empty() {
         return;
     }
-    let target = suite
-        .cases
-        .iter()
-        .position(|c| c.name == SCRIPT_CASE && c.outcome != Outcome::Skip)
-        .or_else(|| suite.cases.iter().position(|c| c.outcome.is_failure()));
+    // Both kinds of target are failures or the script's case, never bare passes.
+    let target = list
+        .whole()
+        .find(|(_, c)| c.name == SCRIPT_CASE && c.outcome != Outcome::Skip)
+        .or_else(|| list.whole().find(|(_, c)| c.outcome.is_failure()))
+        .map(|(i, _)| i);
     if let Some(i) = target {
-        let case = &mut suite.cases[i];
+        let mut case = list.get(i).into_owned();
         let out = case.output.get_or_insert_with(String::new);
         if !out.is_empty() {
             out.push_str("\n--- stderr ---\n");
         }
         out.push_str(&stderr);
+        list.set(i, case);
     }
 }
 

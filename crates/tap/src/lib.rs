@@ -19,5 +19,5 @@ pub use config::{ConfigError, KitConfig};
 pub use expect::Expectations;
 pub mod harness;
 
-pub use harness::{run_kit, RunConfig};
+pub use harness::{run_kit, run_kit_compact, RunConfig};
 pub mod compare;

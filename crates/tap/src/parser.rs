@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use testbed_report::{Case, Outcome, Suite};
+use testbed_report::{Case, CaseList, Outcome, Suite};
 
 /// Lines longer than this are cut; TAP lines are short and garbage must not grow
 /// the buffer without bound.
@@ -108,7 +108,9 @@ struct Yaml {
 /// A streaming TAP parser; see the module docs.
 pub struct Parser {
     levels: Vec<Level>,
-    cases: Vec<Case>,
+    /// Top-level test points; a passing one with nothing to add is kept as
+    /// its name alone, so a million of them cost megabytes, not a gigabyte.
+    cases: CaseList,
     yaml: Option<Yaml>,
     /// The depth and case index of the last test point, the only place a YAML
     /// block may follow.
@@ -152,7 +154,7 @@ impl Parser {
     pub fn new() -> Self {
         Parser {
             levels: vec![Level::default()],
-            cases: Vec::new(),
+            cases: CaseList::new(),
             yaml: None,
             last_point: None,
             line_no: 0,
@@ -459,11 +461,12 @@ impl Parser {
             return;
         }
         let mut case = Case::new(label, outcome);
-        case.properties
-            .insert("tap.number".to_string(), number.to_string());
-        if !p.description.is_empty() {
+        // The number only when it is not the point's position (numbering out of
+        // sequence): a known-broken `script#N` means the position otherwise. The
+        // description is the case's name.
+        if number != expected {
             case.properties
-                .insert("tap.description".to_string(), p.description.clone());
+                .insert("tap.number".to_string(), number.to_string());
         }
         match p.directive {
             Some(Directive::Skip(r)) | Some(Directive::Todo(r)) if !r.is_empty() => {
@@ -486,7 +489,8 @@ impl Parser {
         let Some(y) = self.yaml.take() else { return };
         match testbed_core::yaml::from_str::<serde_norway::Value>(&y.text) {
             Ok(value) => {
-                if let Some(case) = y.case.and_then(|i| self.cases.get_mut(i)) {
+                if let Some(i) = y.case.filter(|&i| i < self.cases.len()) {
+                    let mut case = self.cases.get(i).into_owned();
                     if case.message.is_none() && case.outcome.is_failure() {
                         case.message = yaml_message(&value);
                     }
@@ -495,6 +499,7 @@ impl Parser {
                         out.push('\n');
                     }
                     out.push_str(&y.text);
+                    self.cases.set(i, case);
                 }
             }
             Err(e) => {
@@ -505,7 +510,15 @@ impl Parser {
     }
 
     /// Ends the stream; judges plan and sequence.
-    pub fn finish(mut self) -> Parsed {
+    pub fn finish(self) -> Parsed {
+        let (mut parsed, list) = self.finish_list();
+        parsed.cases = list.to_vec();
+        parsed
+    }
+
+    /// [`Parser::finish`], the cases in their compact list rather than in
+    /// [`Parsed::cases`] (left empty).
+    pub fn finish_list(mut self) -> (Parsed, CaseList) {
         if !self.partial.is_empty() {
             let rest = std::mem::take(&mut self.partial);
             self.line(&rest);
@@ -547,15 +560,16 @@ impl Parser {
             self.diagnostics
                 .push(format!("... {} more diagnostics", self.dropped_diagnostics));
         }
-        Parsed {
-            cases: self.cases,
+        let parsed = Parsed {
+            cases: Vec::new(),
             diagnostics: self.diagnostics,
             problems: self.problems,
             skip_all,
             planned: top.plan.map(|p| p.count),
             bailed_out: self.bailed,
             version: self.version.unwrap_or(12),
-        }
+        };
+        (parsed, self.cases)
     }
 }
 
@@ -567,9 +581,23 @@ impl Parsed {
 
     /// The suite of the report model, judged with the script's exit status: a
     /// `(script)` case carries a skip-all, or every script-level failure.
-    pub fn into_suite(self, name: impl Into<String>, exit: &ScriptExit) -> Suite {
+    pub fn into_suite(mut self, name: impl Into<String>, exit: &ScriptExit) -> Suite {
+        let cases = std::mem::take(&mut self.cases);
+        let (mut suite, list) = self.into_suite_list(cases.into_iter().collect(), name, exit);
+        suite.cases = list.to_vec();
+        suite
+    }
+
+    /// [`Parsed::into_suite`] for cases in a compact list (from
+    /// [`Parser::finish_list`]): the suite has no cases, the list has them all.
+    pub fn into_suite_list(
+        self,
+        cases: CaseList,
+        name: impl Into<String>,
+        exit: &ScriptExit,
+    ) -> (Suite, CaseList) {
+        let mut cases = cases;
         let mut suite = Suite::new(name);
-        suite.cases = self.cases;
         suite.diagnostics = self.diagnostics;
         let mut problems = self.problems;
         let mut outcome = Outcome::Fail;
@@ -580,7 +608,7 @@ impl Parsed {
         if !problems.is_empty() {
             let mut case = Case::new(SCRIPT_CASE, outcome);
             case.message = Some(problems.join("; "));
-            suite.cases.push(case);
+            cases.push(case);
         } else if let Some(reason) = self.skip_all {
             let mut case = Case::new(SCRIPT_CASE, Outcome::Skip);
             case.message = Some(if reason.is_empty() {
@@ -588,7 +616,7 @@ impl Parsed {
             } else {
                 reason
             });
-            suite.cases.push(case);
+            cases.push(case);
         }
         let mut props = BTreeMap::new();
         props.insert("tap.version".to_string(), self.version.to_string());
@@ -596,7 +624,7 @@ impl Parsed {
             props.insert("tap.planned".to_string(), p.to_string());
         }
         suite.properties = props;
-        suite
+        (suite, cases)
     }
 }
 

@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use serde_json::Value;
+use std::io::Write;
+use testbed_report::Format;
 
 use crate::client::{Client, IdKind};
 use crate::output::{self, cell};
@@ -44,13 +46,14 @@ pub enum ReportCmd {
     },
 }
 
-pub fn render(report: &testbed_report::Report, format: &str) -> anyhow::Result<String> {
+/// The format named on a command line.
+fn format_named(format: &str) -> anyhow::Result<Format> {
     Ok(match format {
-        "summary" | "text" => testbed_report::to_summary(report),
-        "json" => testbed_report::to_json(report),
-        "junit" | "xml" => testbed_report::to_junit(report)?,
-        "tap" => testbed_report::to_tap(report),
-        "html" => testbed_report::to_html(report),
+        "summary" | "text" => Format::Summary,
+        "json" => Format::Json,
+        "junit" | "xml" => Format::Junit,
+        "tap" => Format::Tap,
+        "html" => Format::Html,
         other => anyhow::bail!("unknown format `{other}` (summary, json, junit, tap, html)"),
     })
 }
@@ -90,8 +93,13 @@ pub async fn report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
             let (text, _) = c
                 .get_text(&format!("/api/reports/{id}?format=json"))
                 .await?;
-            let r = testbed_report::from_json(&text)?;
-            print!("{}", render(&r, &format)?);
+            let format = format_named(&format)?;
+            let r = testbed_report::read_compact(text.as_bytes())?;
+            drop(text);
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            format.write(&r, &mut out)?;
+            out.flush()?;
             Ok(if r.summary().ok {
                 ExitCode::SUCCESS
             } else {
@@ -99,16 +107,21 @@ pub async fn report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
             })
         }
         ReportCmd::Convert { file, to, output } => {
-            let text = std::fs::read_to_string(&file)
+            let format = format_named(&to)?;
+            // Read and written as they stream, so a report of a million cases
+            // converts in bounded memory.
+            let f = std::fs::File::open(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let r =
-                testbed_report::from_json(&text).with_context(|| format!("{}", file.display()))?;
-            let out = render(&r, &to)?;
+                testbed_report::read_compact(f).with_context(|| format!("{}", file.display()))?;
             match output {
-                Some(p) => {
-                    std::fs::write(&p, out).with_context(|| format!("writing {}", p.display()))?
+                Some(p) => super::tck::write_report_file(&p, format, &r)?,
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    format.write(&r, &mut out)?;
+                    out.flush()?;
                 }
-                None => print!("{out}"),
             }
             Ok(ExitCode::SUCCESS)
         }

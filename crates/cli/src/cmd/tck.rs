@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use testbed_report::{CompactReport, Format, View};
 use testbed_tap::compare::{self, Thresholds};
 use testbed_tap::expect::{problems, stale};
 use testbed_tap::{Expectations, KitConfig, RunConfig};
@@ -128,18 +129,71 @@ async fn run(a: TckRunArgs) -> anyhow::Result<ExitCode> {
             }
         }));
     }
-    let mut report = testbed_tap::run_kit(&cfg).await?;
+    let mut report = testbed_tap::run_kit_compact(&cfg).await?;
     if let Some(e) = &expect {
-        e.apply(&mut report);
+        e.apply_compact(&mut report);
     }
-    a.reports.conclude(&report)
+    conclude(&a.reports, &report)
+}
+
+/// [`ReportFiles::conclude`] for a report in compact form: every file is
+/// written as it is rendered, so neither the cases nor the text of a million
+/// of them are ever held whole.
+fn conclude(files: &ReportFiles, report: &CompactReport) -> anyhow::Result<ExitCode> {
+    for (path, format) in [
+        (&files.json, Format::Json),
+        (&files.tap, Format::Tap),
+        (&files.html, Format::Html),
+        (&files.junit, Format::Junit),
+    ] {
+        if let Some(p) = path {
+            write_report_file(p, format, report)?;
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    testbed_report::write_summary(report, &mut out).context("writing the summary")?;
+    Ok(if report.summary().ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Writes `report` in `format` to `path` through a temporary file and a
+/// rename, so a CI job that reads the file never sees half a report, even if
+/// this process is killed.
+pub(crate) fn write_report_file(
+    path: &Path,
+    format: Format,
+    report: &impl View,
+) -> anyhow::Result<()> {
+    let ctx = || format!("writing {}", path.display());
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new("."))).with_context(ctx)?;
+    let mut w = std::io::BufWriter::with_capacity(256 * 1024, tmp);
+    format.write(report, &mut w).with_context(ctx)?;
+    let tmp = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(ctx)?;
+    // A temporary file is private (0600); a report is not.
+    let mut mode = tmp.as_file().metadata().with_context(ctx)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o644);
+    tmp.as_file().set_permissions(mode).with_context(ctx)?;
+    tmp.persist(path).with_context(ctx)?;
+    Ok(())
 }
 
 /// A JSON report file or, when no such file exists, the id of a report stored
-/// on the server (`TESTBED_SERVER`, as for `testbed report show`).
-async fn load_report(path: &Path) -> anyhow::Result<testbed_report::Report> {
+/// on the server (`TESTBED_SERVER`, as for `testbed report show`); read as it
+/// streams, into the compact form.
+async fn load_report(path: &Path) -> anyhow::Result<CompactReport> {
     let text = if path.exists() {
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        let file =
+            std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        return testbed_report::read_compact(file)
+            .with_context(|| format!("reading {}", path.display()));
     } else {
         let id = path.display().to_string();
         let client = crate::client::Client::from_env()
@@ -150,13 +204,14 @@ async fn load_report(path: &Path) -> anyhow::Result<testbed_report::Report> {
             .with_context(|| format!("{id} is not a file, nor a stored report"))?;
         text
     };
-    testbed_report::from_json(&text).with_context(|| format!("reading {}", path.display()))
+    testbed_report::read_compact(text.as_bytes())
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 async fn problems_cmd(a: ProblemsArgs) -> anyhow::Result<ExitCode> {
     let mut report = load_report(&a.report).await?;
     if let Some(p) = &a.expect {
-        Expectations::load(p)?.apply(&mut report);
+        Expectations::load(p)?.apply_compact(&mut report);
     }
     let left = problems(&report);
     let stale = stale(&report);

@@ -160,6 +160,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(runs::list_reports))
         .routes(routes!(runs::get_report, runs::delete_report))
         .routes(routes!(runs::compare_reports))
+        .routes(routes!(runs::report_cases))
         .routes(routes!(projects::list_projects, projects::create_project))
         .routes(routes!(
             projects::get_project,

@@ -499,16 +499,17 @@ pub struct FormatQuery {
     pub format: Option<String>,
 }
 
-/// Load a stored report's canonical JSON.
-pub async fn load_report(state: &AppState, id: &Uuid) -> ApiResult<testbed_report::Report> {
+/// Load a stored report's canonical JSON (gzip-compressed or not) into the
+/// compact form, read as it streams: a report of a million cases takes
+/// megabytes here, not the gigabyte its cases would as records.
+pub async fn load_report(state: &AppState, id: &Uuid) -> ApiResult<testbed_report::CompactReport> {
     let body = state
         .blobs
         .get(&keys::report_blob(id))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .ok_or_else(|| ApiError::not_found(format!("no report {id}")))?;
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError::internal("report is not UTF-8"))?;
-    testbed_report::from_json(text).map_err(|e| ApiError::internal(format!("report {id}: {e}")))
+    testbed_report::read_stored(&body).map_err(|e| ApiError::internal(format!("report {id}: {e}")))
 }
 
 /// A report in any format: `?format=json|junit|tap|summary|html`.
@@ -522,20 +523,12 @@ pub async fn get_report(
     Query(q): Query<FormatQuery>,
 ) -> ApiResult<Response> {
     let id = parse_uuid("report", &id)?;
-    let report = load_report(&state, &id).await?;
-    let (ct, body) = match q.format.as_deref().unwrap_or("json") {
-        "json" => ("application/json", testbed_report::to_json(&report)),
-        "junit" | "xml" => (
-            "application/xml",
-            testbed_report::to_junit(&report)
-                .map_err(|e| ApiError::internal(format!("rendering JUnit: {e}")))?,
-        ),
-        "tap" => ("text/plain; charset=utf-8", testbed_report::to_tap(&report)),
-        "summary" | "text" => (
-            "text/plain; charset=utf-8",
-            testbed_report::to_summary(&report),
-        ),
-        "html" => ("text/html; charset=utf-8", testbed_report::to_html(&report)),
+    let format = match q.format.as_deref().unwrap_or("json") {
+        "json" => testbed_report::Format::Json,
+        "junit" | "xml" => testbed_report::Format::Junit,
+        "tap" => testbed_report::Format::Tap,
+        "summary" | "text" => testbed_report::Format::Summary,
+        "html" => testbed_report::Format::Html,
         other => {
             return Err(ApiError::field(
                 "/format",
@@ -543,7 +536,114 @@ pub async fn get_report(
             ))
         }
     };
+    let report = load_report(&state, &id).await?;
+    let ct = match format {
+        // As before: no charset on these two.
+        testbed_report::Format::Json => "application/json",
+        testbed_report::Format::Junit => "application/xml",
+        f => f.content_type(),
+    };
+    let mut body = Vec::new();
+    format
+        .write(&report, &mut body)
+        .map_err(|e| ApiError::internal(format!("rendering {format}: {e}")))?;
     Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CasesQuery {
+    /// Only cases with this outcome: pass, fail, error, skip, xfail or xpass;
+    /// `problems` for fail and error.
+    pub outcome: Option<String>,
+    /// Only cases whose name contains this text (case-insensitive).
+    pub q: Option<String>,
+    /// Only the cases of the suite with this display name (`name [platform]`).
+    pub suite: Option<String>,
+}
+
+/// One case of a report, where it is: its suite's display name and its
+/// 1-based position in the suite.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CaseRow {
+    pub suite: String,
+    pub number: usize,
+    #[serde(flatten)]
+    pub case: testbed_report::Case,
+}
+
+/// A report's cases, a page at a time, in report order, optionally filtered by
+/// outcome, suite and name: the way to read a report of a million cases.
+#[utoipa::path(get, path = "/api/reports/{id}/cases", tag = "reports",
+    params(("id" = String, Path), PageQuery, CasesQuery),
+    responses((status = 200, body = Page<CaseRow>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn report_cases(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(id): Path<String>,
+    Query(p): Query<PageQuery>,
+    Query(f): Query<CasesQuery>,
+) -> ApiResult<Json<Page<CaseRow>>> {
+    use testbed_report::{Outcome, View};
+    p.check()?;
+    let id = parse_uuid("report", &id)?;
+    let wanted: Option<Vec<Outcome>> = match f.outcome.as_deref() {
+        None | Some("") => None,
+        Some("problems") => Some(vec![Outcome::Fail, Outcome::Error]),
+        Some(o) => Some(vec![Outcome::ALL
+            .into_iter()
+            .find(|x| x.as_str() == o)
+            .ok_or_else(|| {
+                ApiError::field(
+                    "/outcome",
+                    format!(
+                        "unknown outcome `{o}` (pass, fail, error, skip, xfail, xpass, problems)"
+                    ),
+                )
+            })?]),
+    };
+    let q =
+        f.q.as_deref()
+            .filter(|q| !q.is_empty())
+            .map(str::to_lowercase);
+    let report = load_report(&state, &id).await?;
+    let skip = (p.page - 1).saturating_mul(p.page_size);
+    let mut total = 0usize;
+    let mut results = Vec::new();
+    for (s, suite) in report.head().suites.iter().enumerate() {
+        let sname = suite.display_name();
+        if f.suite.as_deref().is_some_and(|want| want != sname) {
+            continue;
+        }
+        for i in 0..report.case_count(s) {
+            if wanted
+                .as_ref()
+                .is_some_and(|w| !w.contains(&report.case_outcome(s, i)))
+            {
+                continue;
+            }
+            if q.as_deref()
+                .is_some_and(|q| !report.case_name(s, i).to_lowercase().contains(q))
+            {
+                continue;
+            }
+            if total >= skip && results.len() < p.page_size {
+                results.push(CaseRow {
+                    suite: sname.clone(),
+                    number: i + 1,
+                    case: report.case(s, i).into_owned(),
+                });
+            }
+            total += 1;
+        }
+    }
+    Ok(Json(Page {
+        total,
+        page: p.page,
+        page_size: p.page_size,
+        results,
+    }))
 }
 
 /// Delete a report.

@@ -203,10 +203,15 @@ pub async fn save(
 ) -> Result<Uuid, RecordError> {
     let id = Uuid::new_v4();
     report.id = id.to_string();
-    let body = testbed_report::to_json(&report);
+    // Compressed: a passing case costs a few bytes (api/runs.rs reads both forms).
+    let body = testbed_report::to_stored(&report).map_err(|e| {
+        RecordError::Store(testbed_store::StoreError::Unavailable(format!(
+            "compressing the report: {e}"
+        )))
+    })?;
     state
         .blobs
-        .put(&keys::report_blob(&id), Bytes::from(body.into_bytes()))
+        .put(&keys::report_blob(&id), Bytes::from(body))
         .await
         .map_err(|e| {
             RecordError::Store(testbed_store::StoreError::Unavailable(format!(
