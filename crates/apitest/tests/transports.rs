@@ -51,6 +51,7 @@ fn etcd_target(port: u16) -> GrpcTarget {
         protos: vec!["proto/etcd.proto".into()],
         includes: vec![],
         tls: None,
+        metadata: Default::default(),
     }
 }
 
@@ -566,6 +567,7 @@ fn grpc_proto_errors() {
         protos: vec!["bad.proto".into()],
         includes: vec![],
         tls: None,
+        metadata: Default::default(),
     };
     match GrpcClient::new(&target, dir.path()) {
         Err(TransportError::Invalid(message)) => {

@@ -279,6 +279,92 @@ fn docker_suite_passes_against_a_private_dockerd() {
     assert_eq!(report.summary().passed, 10, "{out}");
 }
 
+/// A private containerd: its own root, state, sockets and config (the CRI
+/// plugin off: it wants CNI config and a network of its own).
+fn containerd(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
+    let d = dir.path().to_path_buf();
+    let socket = d.join("containerd.sock");
+    let config = d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = socket.display(),
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config").arg(&config);
+    let mut daemon = Daemon::spawn("containerd", dir, cmd);
+    daemon.wait_socket(&socket);
+    (daemon, socket)
+}
+
+#[test]
+fn containerd_suite_passes_over_grpc_on_its_unix_socket() {
+    let (mut daemon, socket) = containerd(tempfile::tempdir().expect("tempdir"));
+    let sock = socket.to_str().expect("utf-8");
+    let (code, report, out) = api_run(
+        &[suites().join("containerd").to_str().expect("utf-8")],
+        &[("CONTAINERD_SOCKET", sock)],
+    );
+    assert_eq!(code, 0, "{out}\n{}", daemon.log());
+    assert_all(&report, Outcome::Pass, &out);
+    assert_eq!(report.summary().passed, 6, "{out}");
+    let ctr = |args: &[&str]| {
+        let o = Command::new("ctr")
+            .args(["-a", sock])
+            .args(args)
+            .output()
+            .expect("ctr");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let left = ctr(&["namespaces", "ls", "-q"]);
+    assert!(
+        !left.contains("testbed-"),
+        "the suite's namespace is gone: {left}\n{out}"
+    );
+
+    // The target dies mid-suite: the tests after that are errors naming
+    // the transport's reason, and the suite still ends.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let protos = suites().join("containerd/proto");
+    let suite = dir.path().join("dies.yaml");
+    std::fs::write(
+        &suite,
+        format!(
+            "name: dies\ngrpc:\n  address: unix://{sock}\n  protos: [{p}/github.com/containerd/containerd/api/services/version/v1/version.proto]\n  includes: [{p}]\n\
+             tests:\n  - name: before\n    steps: [{{grpc: {{method: containerd.services.version.v1.Version/Version}}, assert: [{{status: 0}}]}}]\n\
+             \x20 - name: kill it\n    steps: [{{exec: {{command: [kill, '-9', '{pid}']}}}}]\n\
+             \x20 - name: after\n    steps: [{{grpc: {{method: containerd.services.version.v1.Version/Version, timeout: 5s}}, assert: [{{status: 0}}]}}]\n\
+             \x20 - name: still after\n    steps: [{{grpc: {{method: containerd.services.version.v1.Version/Version, timeout: 5s}}}}]\n",
+            p = protos.display(),
+            pid = daemon.child.id(),
+        ),
+    )
+    .expect("write");
+    let (code, report, out) = api_run(&[suite.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, 1, "{out}");
+    let cases = &report.suites[0].cases;
+    assert_eq!(cases.len(), 4, "{out}");
+    assert_eq!(cases[0].outcome, Outcome::Pass, "{out}");
+    assert_eq!(cases[1].outcome, Outcome::Pass, "{out}");
+    for c in &cases[2..] {
+        assert_eq!(c.outcome, Outcome::Error, "{out}");
+        let why = c.message.clone().unwrap_or_default();
+        assert!(
+            why.contains("connection refused") || why.contains("reset") || why.contains("closed"),
+            "{why}"
+        );
+    }
+    let _ = daemon.child.wait();
+}
+
 #[test]
 fn suites_whose_target_is_absent_are_skipped_with_the_reason() {
     let env = [

@@ -77,8 +77,10 @@ const JSON_OPTIONS: SerializeOptions = SerializeOptions::new()
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcTarget {
-    /// `host:port` or `http://host:port` (plain-text HTTP/2), or
-    /// `https://host:port` (HTTP/2 over TLS).
+    /// `host:port` or `http://host:port` (plain-text HTTP/2),
+    /// `https://host:port` (HTTP/2 over TLS), or `unix:///path/to.sock`
+    /// (plain-text HTTP/2 over a Unix socket, as containerd serves; a
+    /// relative path is taken from the suite's directory).
     pub address: String,
     /// `.proto` files, relative to the suite's directory.
     pub protos: Vec<String>,
@@ -90,6 +92,10 @@ pub struct GrpcTarget {
     /// turns TLS on for a bare `host:port` too.
     #[serde(default)]
     pub tls: Option<TlsOptions>,
+    /// Metadata sent with every call (a call's own `metadata` wins), such
+    /// as containerd's `containerd-namespace`.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// One gRPC call.
@@ -136,7 +142,15 @@ pub struct StreamOptions {
 /// call and re-opened on the next call after it breaks.
 pub struct GrpcClient {
     pool: DescriptorPool,
+    /// The `:authority` of requests: `host:port`, or `localhost` over a
+    /// Unix socket, as gRPC's own clients send.
     authority: String,
+    /// What error messages call the server: the authority or the socket.
+    peer: String,
+    /// Set for a `unix://` address: connect here instead of over TCP.
+    unix: Option<PathBuf>,
+    /// The target's metadata, sent with every call.
+    metadata: BTreeMap<String, String>,
     /// None for plain-text h2c.
     tls: Option<Tls>,
     connection: Mutex<Option<Connection>>,
@@ -166,7 +180,7 @@ struct Tls {
 impl fmt::Debug for GrpcClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrpcClient")
-            .field("authority", &self.authority)
+            .field("peer", &self.peer)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
@@ -175,6 +189,29 @@ impl fmt::Debug for GrpcClient {
 impl GrpcClient {
     /// Compiles the target's protos. Does not connect: the first call does.
     pub fn new(target: &GrpcTarget, base_dir: &Path) -> Result<Self, TransportError> {
+        if let Some(path) = unix_path(&target.address)? {
+            if target.tls.is_some() {
+                return Err(TransportError::Invalid(format!(
+                    "gRPC address `{}` is a Unix socket but a `tls` section is given: \
+                     TLS over a Unix socket is not supported",
+                    target.address
+                )));
+            }
+            let path = base_dir.join(path);
+            let client = GrpcClient::new(
+                &GrpcTarget {
+                    address: "localhost:0".into(),
+                    ..target.clone()
+                },
+                base_dir,
+            )?;
+            return Ok(GrpcClient {
+                authority: "localhost".into(),
+                peer: path.display().to_string(),
+                unix: Some(path),
+                ..client
+            });
+        }
         let (authority, https) = parse_address(&target.address)?;
         let tls = match (&target.tls, https) {
             // `http://` says plain text in so many words; doing TLS anyway,
@@ -223,6 +260,9 @@ impl GrpcClient {
         }
         Ok(GrpcClient {
             pool: compiler.descriptor_pool(),
+            peer: authority.clone(),
+            unix: None,
+            metadata: target.metadata.clone(),
             authority,
             tls,
             connection: Mutex::new(None),
@@ -239,7 +279,9 @@ impl GrpcClient {
         let start = Instant::now();
         let method = self.method(&call.method)?;
         let frames = encode_requests(&method, call)?;
-        let metadata = metadata(&call.metadata)?;
+        let mut merged = self.metadata.clone();
+        merged.extend(call.metadata.clone());
+        let metadata = metadata(&merged)?;
         let timeout =
             parse_duration(call.timeout.as_deref(), "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
         let call_deadline = Deadline::now() + timeout;
@@ -294,7 +336,7 @@ impl GrpcClient {
         if parts.status != StatusCode::OK && status.is_none() {
             return Err(TransportError::Protocol(format!(
                 "{} answered HTTP {} without grpc-status: not a gRPC endpoint?",
-                self.authority, parts.status
+                self.peer, parts.status
             )));
         }
 
@@ -335,7 +377,7 @@ impl GrpcClient {
                         if status.is_none() {
                             return Err(TransportError::Protocol(format!(
                                 "{} sent trailers without grpc-status",
-                                self.authority
+                                self.peer
                             )));
                         }
                     }
@@ -353,7 +395,7 @@ impl GrpcClient {
             None => {
                 return Err(TransportError::Protocol(format!(
                     "{} ended the stream without grpc-status",
-                    self.authority
+                    self.peer
                 )))
             }
         };
@@ -361,7 +403,7 @@ impl GrpcClient {
         if !streaming && messages.len() > 1 {
             return Err(TransportError::Protocol(format!(
                 "{} sent {} messages for unary method {}",
-                self.authority,
+                self.peer,
                 messages.len(),
                 method.full_name()
             )));
@@ -423,7 +465,10 @@ impl GrpcClient {
                 return Ok((connection.clone(), true));
             }
         }
-        let connection = connect(&self.authority, self.tls.as_ref()).await?;
+        let connection = match &self.unix {
+            Some(path) => connect_unix(path, &self.peer).await?,
+            None => connect(&self.authority, self.tls.as_ref()).await?,
+        };
         *slot = Some(connection.clone());
         Ok((connection, false))
     }
@@ -433,7 +478,7 @@ impl GrpcClient {
     /// error is awaited briefly: its task records it as it ends.
     async fn failure(&self, e: hyper::Error, connection: &Connection) -> TransportError {
         if let Some(tls) = connection.tls_error.as_ref().and_then(|t| t.get()) {
-            return TransportError::Tls(format!("{}: {tls}", self.authority));
+            return TransportError::Tls(format!("{}: {tls}", self.peer));
         }
         if e.is_canceled() || e.is_closed() {
             let mut failure = connection.failure.clone();
@@ -446,7 +491,7 @@ impl GrpcClient {
                 }
             }
         }
-        hyper_error(&self.authority, &e)
+        hyper_error(&self.peer, &e)
     }
 
     /// The HTTP/2 request carrying `frames`, and, when the request stream
@@ -628,9 +673,78 @@ fn decode_response(desc: MessageDescriptor, raw: &Bytes) -> Result<Value, Transp
     let message = DynamicMessage::decode(desc.clone(), raw.clone()).map_err(|e| {
         TransportError::Protocol(format!("response is not a valid {}: {e}", desc.full_name()))
     })?;
-    message
-        .serialize_with_options(serde_json::value::Serializer, &JSON_OPTIONS)
-        .map_err(|e| TransportError::Protocol(format!("cannot render response as JSON: {e}")))
+    render(&message)
+}
+
+/// The message as JSON. The serializer fails on a `google.protobuf.Any`
+/// whose type the protos do not define (containerd's container runtime
+/// options say `containerd.runc.v1.Options`), which would lose the whole
+/// reply; then the message is rendered field by field and each such Any
+/// is kept as on the wire, `{"type_url", "value"}` with the value base64.
+fn render(message: &DynamicMessage) -> Result<Value, TransportError> {
+    match message.serialize_with_options(serde_json::value::Serializer, &JSON_OPTIONS) {
+        Ok(json) => Ok(json),
+        Err(e) => render_by_field(message).ok_or_else(|| {
+            TransportError::Protocol(format!("cannot render response as JSON: {e}"))
+        }),
+    }
+}
+
+fn render_by_field(message: &DynamicMessage) -> Option<Value> {
+    use base64::Engine;
+    use prost_reflect::{Kind, ReflectMessage, Value as Field};
+    let desc = message.descriptor();
+    if desc.full_name() == "google.protobuf.Any" {
+        let type_url = message.get_field_by_name("type_url")?.as_str()?.to_owned();
+        let value = message.get_field_by_name("value")?;
+        let value = base64::engine::general_purpose::STANDARD.encode(value.as_bytes()?);
+        return Some(serde_json::json!({"type_url": type_url, "value": value}));
+    }
+    let mut out = serde_json::Map::new();
+    for field in desc.fields() {
+        // As the serializer does: unset messages and oneof members stay out.
+        let singular_message = matches!(field.kind(), Kind::Message(_)) && !field.is_list();
+        if !message.has_field(&field) && (singular_message || field.containing_oneof().is_some()) {
+            continue;
+        }
+        let value = message.get_field(&field);
+        let json = match &*value {
+            Field::Message(m) => render(m).ok()?,
+            Field::List(items) if matches!(field.kind(), Kind::Message(_)) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| i.as_message().and_then(|m| render(m).ok()))
+                    .collect::<Option<_>>()?,
+            ),
+            Field::Map(entries) if entries.values().any(|v| v.as_message().is_some()) => {
+                let mut map = serde_json::Map::new();
+                for (key, v) in entries {
+                    let key = match key {
+                        prost_reflect::MapKey::Bool(b) => b.to_string(),
+                        prost_reflect::MapKey::I32(n) => n.to_string(),
+                        prost_reflect::MapKey::I64(n) => n.to_string(),
+                        prost_reflect::MapKey::U32(n) => n.to_string(),
+                        prost_reflect::MapKey::U64(n) => n.to_string(),
+                        prost_reflect::MapKey::String(s) => s.clone(),
+                    };
+                    map.insert(key, render(v.as_message()?).ok()?);
+                }
+                Value::Object(map)
+            }
+            // Scalars, enums and lists of them hold no Any: the serializer
+            // renders them alone, in a message holding only this field.
+            _ => {
+                let mut only = DynamicMessage::new(desc.clone());
+                only.set_field(&field, value.into_owned());
+                let json = only
+                    .serialize_with_options(serde_json::value::Serializer, &JSON_OPTIONS)
+                    .ok()?;
+                json.get(field.name())?.clone()
+            }
+        };
+        out.insert(field.name().to_owned(), json);
+    }
+    Some(Value::Object(out))
 }
 
 fn metadata(map: &BTreeMap<String, String>) -> Result<HeaderMap, TransportError> {
@@ -733,6 +847,44 @@ fn tls(options: &TlsOptions, authority: &str, base_dir: &Path) -> Result<Tls, Tr
         connector: TlsConnector::from(Arc::new(config)),
         server_name,
     })
+}
+
+/// The socket path of a `unix:` address (`unix:///run/x.sock`,
+/// `unix:/run/x.sock`, `unix:rel.sock`), or None for any other address.
+fn unix_path(address: &str) -> Result<Option<PathBuf>, TransportError> {
+    let Some(rest) = address.strip_prefix("unix:") else {
+        return Ok(None);
+    };
+    let path = match rest.strip_prefix("//") {
+        // unix://HOST/path has no meaning for a socket; only an empty host.
+        Some(after) if after.starts_with('/') => after,
+        Some(_) => {
+            return Err(TransportError::Invalid(format!(
+                "gRPC address `{address}`: write a Unix socket as unix:///absolute/path or unix:relative/path"
+            )))
+        }
+        None => rest,
+    };
+    if path.is_empty() {
+        return Err(TransportError::Invalid(format!(
+            "gRPC address `{address}` names no socket"
+        )));
+    }
+    Ok(Some(PathBuf::from(path)))
+}
+
+async fn connect_unix(path: &Path, peer: &str) -> Result<Connection, TransportError> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| match e.kind() {
+            // A socket file left by a daemon that died refuses; a missing
+            // one is as good as refused: nobody listens there.
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
+                TransportError::Refused(format!("{peer}: {e}"))
+            }
+            _ => TransportError::Connect(format!("{peer}: {e}")),
+        })?;
+    handshake(TokioIo::new(stream), peer, None).await
 }
 
 async fn connect(authority: &str, tls: Option<&Tls>) -> Result<Connection, TransportError> {
