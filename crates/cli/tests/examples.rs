@@ -18,7 +18,7 @@ const JOIN_TOKEN: &str = "examples-join-token";
 
 /// What each test below covers; `every_example_is_run` checks that every
 /// file under examples/ is listed here (a directory covers its files).
-const COVERED: [&str; 9] = [
+const COVERED: [&str; 10] = [
     "examples/plans/smoke.yaml",
     "examples/plans/build-and-test.yaml",
     "examples/plans/demo-repo",
@@ -28,6 +28,7 @@ const COVERED: [&str; 9] = [
     "examples/plugins/echo.py",
     "examples/agent.toml",
     "examples/tck",
+    "examples/cni",
 ];
 
 fn files(dir: &Path, out: &mut Vec<String>) {
@@ -415,4 +416,37 @@ fn tck_kits_run_as_documented() {
     assert!(r.stdout.contains("timed out after 3s"), "{}", r.stdout);
     assert!(r.stdout.contains("malformed.sh"), "{}", r.stdout);
     assert!(r.stdout.contains("garbage.sh"), "{}", r.stdout);
+}
+
+#[test]
+fn cni_example_gives_two_namespaces_a_network() {
+    let mut sb = Sandbox::new("examples/cni");
+    let suite = usage("examples/cni/two-namespaces.yaml");
+    assert_eq!(
+        suite,
+        ["testbed api run examples/cni/two-namespaces.yaml"],
+        "{suite:?}"
+    );
+    let r = must(&mut sb, &format!("{} --json cni.json", suite[0]));
+    assert!(r.stdout.contains("Passed=3,"), "{}", r.stdout);
+    let cases = outcomes(&json_file(&sb, "cni.json"));
+    assert!(
+        cases.iter().any(|(n, o)| n == "red pings blue" && o == "pass"),
+        "{cases:?}"
+    );
+    // The suite removed its namespaces, whatever their names were.
+    let r = must(&mut sb, "ip netns list");
+    assert!(!r.stdout.contains("tb-host-"), "{}", r.stdout);
+
+    // The same suite as a plan step on `testbed up`'s agent.
+    let plan = usage("examples/cni/plan.yaml");
+    assert_eq!(plan, ["testbed run examples/cni/plan.yaml"], "{plan:?}");
+    up(&mut sb, "", 1);
+    let r = must(&mut sb, &format!("{} --json plan.json", plan[0]));
+    assert!(r.stdout.contains("Result: PASS"), "{}", r.stdout);
+    let cases = outcomes(&json_file(&sb, "plan.json"));
+    assert!(
+        cases.iter().any(|(n, o)| n.contains("red pings blue") && o == "pass"),
+        "{cases:?}"
+    );
 }
