@@ -153,6 +153,38 @@ async fn dag_with_outputs_conditions_and_failures() {
     assert!(summary.contains("Result: FAIL"), "{summary}");
     let (s, _) = p.get(&format!("/api/reports/{report}?format=pdf")).await;
     assert_eq!(s, 422);
+    // The cases a page at a time, in order, filtered by outcome and name.
+    let (s, page) = p
+        .get(&format!("/api/reports/{report}/cases?page_size=4"))
+        .await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["total"], 9);
+    assert_eq!(page["results"].as_array().unwrap().len(), 4);
+    assert_eq!(page["results"][0]["number"], 1);
+    assert_eq!(page["results"][0]["name"], cases[0]["name"]);
+    let (_, last) = p
+        .get(&format!("/api/reports/{report}/cases?page=3&page_size=4"))
+        .await;
+    assert_eq!(last["results"].as_array().unwrap().len(), 1);
+    assert_eq!(last["results"][0]["number"], 9);
+    let (_, failing) = p
+        .get(&format!("/api/reports/{report}/cases?outcome=problems"))
+        .await;
+    let failing = failing["results"].as_array().unwrap();
+    assert!(failing
+        .iter()
+        .all(|c| c["outcome"] == "fail" || c["outcome"] == "error"));
+    let fatal = failing.iter().find(|c| c["name"] == "fatal").unwrap();
+    assert!(fatal["output"].as_str().unwrap().contains("boom"));
+    let (_, named) = p
+        .get(&format!("/api/reports/{report}/cases?q=FATAL"))
+        .await;
+    assert_eq!(named["total"], 2, "{named}");
+    let (s, bad) = p
+        .get(&format!("/api/reports/{report}/cases?outcome=broken"))
+        .await;
+    assert_eq!(s, 422, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("outcome"), "{bad}");
     let (s, list) = p.get("/api/reports?page_size=5").await;
     assert_eq!(s, 200);
     assert_eq!(list["total"], 1);
