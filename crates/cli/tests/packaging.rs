@@ -322,3 +322,263 @@ fn version_names_the_git_revision() {
         _ => assert_eq!(rev, "unknown", "{line}"),
     }
 }
+
+/// Every document of the Kubernetes manifests, as JSON values.
+fn manifests() -> Vec<(String, serde_json::Value)> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for name in ["etcd.yaml", "server.yaml", "agent.yaml"] {
+        let text = read(&format!("packaging/kubernetes/{name}"));
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let v = serde_json::Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if !v.is_null() {
+                docs.push((name.to_string(), v));
+            }
+        }
+    }
+    docs
+}
+
+fn workload<'a>(
+    docs: &'a [(String, serde_json::Value)],
+    kind: &str,
+    name: &str,
+) -> &'a serde_json::Value {
+    docs.iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in packaging/kubernetes"))
+}
+
+fn container_args(w: &serde_json::Value) -> Vec<String> {
+    w["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_string())
+        .collect()
+}
+
+/// The manifests are valid Kubernetes objects, checked offline against the
+/// API's own schemas (PyPI's kubernetes-validate, strict: unknown fields
+/// are errors), and the validator is shown to refuse a broken copy.
+#[test]
+fn kubernetes_manifests_validate_offline() {
+    let Some(validate) = which("kubernetes-validate") else {
+        eprintln!("SKIP kubernetes_manifests_validate_offline: no kubernetes-validate (scripts/test installs it from PyPI)");
+        return;
+    };
+    let dir = repo().join("packaging/kubernetes");
+    let files = ["etcd.yaml", "server.yaml", "agent.yaml"].map(|f| dir.join(f));
+    let out = Command::new(&validate)
+        .args(["--strict", "-k", "1.30.0"])
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert_eq!(said.matches(" passed for resource ").count(), 7, "{said}");
+
+    let broken = tempfile::tempdir().unwrap();
+    let bad = broken.path().join("server.yaml");
+    std::fs::write(
+        &bad,
+        read("packaging/kubernetes/server.yaml").replace("readinessProbe:", "readinesProbe:"),
+    )
+    .unwrap();
+    let out = Command::new(&validate)
+        .args(["--strict", "-k", "1.30.0"])
+        .arg(&bad)
+        .output()
+        .expect("kubernetes-validate");
+    assert!(!out.status.success(), "a misspelt field passed validation");
+}
+
+/// What the manifests deploy holds together: security settings the docs
+/// promise, and names that agree across objects (the agent's server URL is
+/// the Service, the store lists the etcd members the StatefulSet makes,
+/// every Secret key read exists in the documented `kubectl create secret`).
+#[test]
+fn kubernetes_manifests_agree_with_each_other() {
+    let docs = manifests();
+    let etcd = workload(&docs, "StatefulSet", "etcd");
+    let server = workload(&docs, "Deployment", "testbed-server");
+    let agent = workload(&docs, "DaemonSet", "testbed-agent");
+    assert!(
+        server["spec"]["replicas"].as_u64().unwrap() >= 2,
+        "N replicas"
+    );
+    let members = etcd["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(members % 2, 1, "an odd etcd cluster");
+    let args = container_args(server);
+    let store = &args[args.iter().position(|a| a == "--store").unwrap() + 1];
+    let expected: Vec<String> = (0..members)
+        .map(|i| format!("etcd-{i}.etcd:2379"))
+        .collect();
+    assert_eq!(store, &format!("etcd://{}", expected.join(",")));
+    let blobs = &args[args.iter().position(|a| a == "--blobs").unwrap() + 1];
+    assert!(
+        blobs.starts_with("s3://"),
+        "replicas share blobs through S3: {blobs}"
+    );
+    let agent_args = container_args(agent);
+    assert_eq!(
+        agent_args[agent_args.iter().position(|a| a == "--server").unwrap() + 1],
+        "http://testbed:8774"
+    );
+    workload(&docs, "Service", "testbed");
+    let header = read("packaging/kubernetes/server.yaml");
+    for w in [etcd, server, agent] {
+        let pod = &w["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{w}");
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"], false,
+            "{w}"
+        );
+        assert_eq!(
+            c["securityContext"]["capabilities"]["drop"][0], "ALL",
+            "{w}"
+        );
+        for env in c["env"].as_array().into_iter().flatten() {
+            if let Some(key) = env["valueFrom"]["secretKeyRef"]["key"].as_str() {
+                assert!(
+                    header.contains(&format!("--from-literal={key}=")),
+                    "secret key {key} is not in the documented kubectl create secret"
+                );
+            }
+        }
+    }
+}
+
+/// The manifests' command lines run for real: two server replicas with the
+/// Deployment's arguments over a real etcd (member addresses and the
+/// bucket swapped for the test's), then the DaemonSet's agent against them;
+/// both replicas answer /healthz and /metrics, and the agent serves its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_command_lines_start_a_cluster() {
+    let docs = manifests();
+    let server_args = container_args(workload(&docs, "Deployment", "testbed-server"));
+    let agent_args = container_args(workload(&docs, "DaemonSet", "testbed-agent"));
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(1, &dir.path().join("etcd"));
+    let blobs = dir.path().join("blobs");
+    let mut replicas = Vec::new();
+    for pod in ["testbed-server-a", "testbed-server-b"] {
+        let (port, metrics) = (free_port(), free_port());
+        let args: Vec<String> = server_args
+            .iter()
+            .map(|a| {
+                if a.starts_with("etcd://") {
+                    etcd.spec()
+                } else if a.starts_with("s3://") {
+                    blobs.display().to_string()
+                } else {
+                    a.replace("$(POD_NAME)", pod)
+                        .replace("0.0.0.0:8774", &format!("127.0.0.1:{port}"))
+                        .replace("0.0.0.0:9464", &format!("127.0.0.1:{metrics}"))
+                }
+            })
+            .collect();
+        let mut command = Command::new(bin());
+        command
+            .arg("server")
+            .args(&args)
+            .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
+        let proc = Proc::spawn(pod, command);
+        proc.wait_line("Testbed is listening on", Duration::from_secs(60));
+        replicas.push((proc, port, metrics));
+    }
+    let agent_metrics = free_port();
+    let server_url = format!("http://127.0.0.1:{}", replicas[0].1);
+    let args: Vec<String> = agent_args
+        .iter()
+        .map(|a| {
+            a.replace("http://testbed:8774", &server_url)
+                .replace("$(NODE_NAME)", "node-1")
+                .replace(
+                    "/var/lib/testbed-agent",
+                    &dir.path().join("agent").display().to_string(),
+                )
+                .replace("0.0.0.0:9465", &format!("127.0.0.1:{agent_metrics}"))
+        })
+        .collect();
+    let mut command = Command::new(bin());
+    command
+        .arg("agent")
+        .args(&args)
+        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
+    let _agent = Proc::spawn("agent node-1", command);
+
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ready = true;
+        for (_, port, metrics) in &replicas {
+            let health = http
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await;
+            ready &= health.is_ok_and(|r| r.status().is_success());
+            let m = http
+                .get(format!("http://127.0.0.1:{metrics}/metrics"))
+                .send()
+                .await;
+            ready &= m.is_ok_and(|r| r.status().is_success());
+        }
+        let agent = http
+            .get(format!("http://127.0.0.1:{agent_metrics}/metrics"))
+            .send()
+            .await;
+        let connected = match agent {
+            Ok(r) => r
+                .text()
+                .await
+                .unwrap_or_default()
+                .contains("testbed_agent_connected 1"),
+            Err(_) => false,
+        };
+        if ready && connected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the manifests' cluster never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The agent registered under its node's name, seen through the other replica.
+    let token = login(
+        &http,
+        &format!("http://127.0.0.1:{}", replicas[1].1),
+        "admin",
+        ADMIN_PASSWORD,
+    )
+    .await;
+    let slaves: serde_json::Value = http
+        .get(format!(
+            "http://127.0.0.1:{}/v2.1/slaves/detail",
+            replicas[1].1
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(slaves.to_string().contains("node-1"), "{slaves}");
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
