@@ -144,3 +144,251 @@ async fn controller_fails_over_and_the_run_goes_on() {
     let (_, hb) = b.get("/healthz").await;
     assert_eq!(hb["controller_leader"], true);
 }
+
+/// Two replicas share only etcd and an S3-compatible store (moto's server
+/// mode, a real S3 REST API over HTTP): no directory in common. A task's
+/// log, written through the replica that holds the agent, is read through
+/// the other while it runs and after it ends.
+#[tokio::test]
+async fn replicas_share_blobs_through_an_object_store() {
+    let Some(s3) = Moto::start(&[]).await else {
+        eprintln!(
+            "SKIP replicas_share_blobs_through_an_object_store: no `moto_server` on PATH \
+             (PyPI moto[server]; scripts/test installs it)"
+        );
+        return;
+    };
+    s3.create_bucket("testbed").await;
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(1, dir.path());
+    let blobs = "s3://testbed/cluster-1";
+    let replica = || {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let (store, env) = (etcd.spec(), s3.env());
+        async move { Platform::server_env(&store, blobs, &listen, &[], &env).await }
+    };
+    let a = replica().await;
+    let b = replica().await;
+
+    let _agent = agent(&a.url, "s3-agent", &dir.path().join("agent"), &[]);
+    b.wait_agents(1).await;
+    let task = a
+        .run(
+            "linux_system",
+            "s3-agent",
+            "run_shell",
+            json!({"command": "sh", "args": "-c 'echo first line; sleep 3; echo second line'"}),
+        )
+        .await;
+    // While it runs, B merges the chunks A stored.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = b.log(&task).await;
+        if log.contains("first line") {
+            assert!(!log.contains("second line"), "{log}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never saw the log: {log:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.task(&task).await["status"], "running");
+    let t = b.wait_task(&task, Duration::from_secs(30)).await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    assert_eq!(b.log(&task).await, "first line\nsecond line\n");
+    assert_eq!(a.log(&task).await, "first line\nsecond line\n");
+    // The log is one object in the bucket, under the prefix; the chunks
+    // were folded away.
+    let keys = s3
+        .keys("testbed", &format!("cluster-1/tasks/{task}/"))
+        .await;
+    assert_eq!(keys, vec![format!("cluster-1/tasks/{task}/log.txt")]);
+    // Nothing went to a local blob directory (the default one is
+    // `testbed-blobs` in the working directory).
+    assert!(!std::path::Path::new("testbed-blobs").exists());
+}
+
+/// A blob setting that cannot work stops the start with exit code 2 and a
+/// message naming the setting and what failed.
+#[tokio::test]
+async fn a_misconfigured_object_store_stops_the_start() {
+    let Some(s3) = Moto::start(&[]).await else {
+        eprintln!("SKIP a_misconfigured_object_store_stops_the_start: no `moto_server` on PATH");
+        return;
+    };
+    s3.create_bucket("present").await;
+    // This one checks signatures: no key is known to it, so every key is bad.
+    let strict = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
+        .await
+        .expect("moto");
+    let dir = tempfile::tempdir().unwrap();
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let with = |endpoint: &str| {
+        let mut env = s3.env();
+        env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+        env.push(("AWS_ENDPOINT_URL".into(), endpoint.to_string()));
+        env
+    };
+    let cases: Vec<(&str, Vec<(String, String)>, &str)> = vec![
+        ("gs://bucket/x", s3.env(), "unsupported blob store `gs://`"),
+        ("s3:///prefix", s3.env(), "no bucket"),
+        ("file://relative/dir", s3.env(), "absolute path"),
+        ("s3://missing/x", s3.env(), "the bucket does not exist"),
+        (
+            "s3://present/x",
+            with(&down),
+            "cannot be reached: check AWS_ENDPOINT_URL",
+        ),
+        (
+            "s3://present/x",
+            with("not a url"),
+            "AWS_ENDPOINT_URL \"not a url\" is not a URL",
+        ),
+        (
+            "s3://present/x",
+            with(&strict.endpoint),
+            "access refused: check AWS_ACCESS_KEY_ID",
+        ),
+    ];
+    for (i, (spec, env, expected)) in cases.into_iter().enumerate() {
+        let out = std::process::Command::new(bin())
+            .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--store")
+            .arg(format!(
+                "redb:{}",
+                dir.path().join(format!("s{i}.redb")).display()
+            ))
+            .args(["--blobs", spec])
+            .envs(env)
+            .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{spec}: {err}");
+        assert!(err.contains("--blobs (TESTBED_BLOBS)"), "{spec}: {err}");
+        assert!(err.contains(spec), "{spec}: {err}");
+        assert!(
+            err.contains(expected),
+            "{spec}: expected {expected:?} in {err}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening"),
+            "{spec}"
+        );
+    }
+    // The variable works like the flag.
+    let out = std::process::Command::new(bin())
+        .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--store")
+        .arg(format!("redb:{}", dir.path().join("env.redb").display()))
+        .envs(s3.env())
+        .env("TESTBED_BLOBS", "s3://missing/y")
+        .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("s3://missing/y: writing a probe object failed"),
+        "{err}"
+    );
+}
+
+/// A load test started through one replica whose load agent holds its
+/// session with the other: the live WebSocket and the metrics endpoint of
+/// the starting replica show the agent's seconds (relayed through the
+/// store), not only the replica that receives them.
+#[tokio::test]
+async fn live_load_metrics_show_on_every_replica() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(1, dir.path());
+    let blobs = dir.path().join("blobs");
+    let a = Platform::server(
+        &etcd.spec(),
+        &blobs,
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    )
+    .await;
+    let b = Platform::server(
+        &etcd.spec(),
+        &blobs,
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    )
+    .await;
+    let _agent = agent(
+        &b.url,
+        "loader",
+        &dir.path().join("agent"),
+        &["--plugins", "load"],
+    );
+    b.wait_agents(1).await;
+    a.wait_agents(1).await;
+    let (target, count) = serve();
+    let plan = a
+        .perf_plan(
+            "relayed",
+            json!({"concurrent_users": 2, "hold_time": 4, "test_type": "load",
+                "target_url": target, "request_timeout": 2000}),
+        )
+        .await;
+    let id = plan["id"].as_u64().unwrap();
+    let (s, started) = a
+        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{started}");
+    let exec = started["execution_id"].as_str().unwrap().to_string();
+    let ws_url = started["websocket_url"].as_str().unwrap();
+    assert!(ws_url.contains(&a.url.replace("http://", "")), "{ws_url}");
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let mut busy_seconds = 0;
+    let mut busy_mid_run = None;
+    let mut finished = None;
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(40), ws.next())
+        .await
+        .expect("websocket went quiet")
+    {
+        match msg.unwrap() {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("metrics") => {
+                        if v["data"]["requests_per_second"].as_f64().unwrap() > 0.0 {
+                            busy_seconds += 1;
+                            if busy_mid_run.is_none() {
+                                // While it runs, replica A's metrics endpoint
+                                // sees the requests too.
+                                let (s, m) =
+                                    a.get(&format!("/api/performance/metrics/{exec}/")).await;
+                                assert_eq!(s, 200, "{m}");
+                                busy_mid_run =
+                                    m["metrics"]["throughput"]["total_requests"].as_u64();
+                            }
+                        }
+                    }
+                    Some("finished") => finished = Some(v),
+                    _ => panic!("unexpected message {v}"),
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(busy_seconds >= 2, "only {busy_seconds} busy seconds on A");
+    assert!(
+        busy_mid_run.is_some_and(|n| n > 0),
+        "A's metrics endpoint showed no requests mid-run: {busy_mid_run:?}"
+    );
+    let finished = finished.expect("no finished message");
+    assert_eq!(finished["status"], "completed", "{finished}");
+    assert_eq!(
+        finished["summary"]["total_requests"].as_u64(),
+        Some(count.load(std::sync::atomic::Ordering::SeqCst))
+    );
+}

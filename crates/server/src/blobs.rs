@@ -1,6 +1,9 @@
-//! Blobs: task logs and artifacts, anything that grows without bound and so
-//! never goes into the store. Backed by `object_store` (a local or shared
-//! directory today; S3-compatible stores through the same trait).
+//! Blobs: task logs and artifacts, reports and load-test series — anything
+//! that grows without bound and so never goes into the store. Backed by
+//! `object_store`: a local or shared directory (the default), or any
+//! S3-compatible object store (`--blobs s3://BUCKET/PREFIX`), which is what
+//! lets replicas on different machines share logs without a shared
+//! filesystem.
 //!
 //! A running task's log is a set of chunk objects named by byte offset, so
 //! every write is a whole new object (object stores cannot append) and a
@@ -10,12 +13,15 @@
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig, WriteMultipart};
 use testbed_core::keys;
 use thiserror::Error;
 use uuid::Uuid;
@@ -29,7 +35,17 @@ pub enum BlobError {
         path: String,
         source: std::io::Error,
     },
+    /// The blob setting cannot be used: `spec` is what was given, `what`
+    /// says what failed and what to check.
+    #[error("{spec}: {what}")]
+    Config { spec: String, what: String },
 }
+
+/// Blobs above this size are uploaded in parts (S3 takes at most 5 GiB in
+/// one PUT, and a part that fails is retried alone).
+const MULTIPART_OVER: usize = 16 * 1024 * 1024;
+/// Part size of multipart uploads (S3's minimum is 5 MiB).
+const PART_SIZE: usize = 8 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Blobs {
@@ -51,12 +67,148 @@ impl Blobs {
         })
     }
 
+    /// Blobs where `spec` says: `s3://BUCKET[/PREFIX]` (credentials, region
+    /// and endpoint from the usual `AWS_*` variables), `file:///PATH`, or a
+    /// plain directory path. The store is checked before it is returned (a
+    /// probe object is written, read back and deleted), so a wrong bucket,
+    /// endpoint or credential stops the start instead of losing logs later.
+    pub async fn open(spec: &str) -> Result<Self, BlobError> {
+        let blobs = if let Some(rest) = spec.strip_prefix("s3://") {
+            Self::s3(spec, rest)?
+        } else if let Some(path) = spec.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(config(
+                    spec,
+                    "a file URL needs an absolute path (file:///var/lib/testbed/blobs); \
+                     a relative directory is given without file://",
+                ));
+            }
+            Self::local(FsPath::new(path))?
+        } else if let Some((scheme, _)) = spec.split_once("://") {
+            return Err(config(
+                spec,
+                &format!(
+                    "unsupported blob store `{scheme}://`: give s3://BUCKET/PREFIX (any \
+                     S3-compatible store), file:///PATH or a directory"
+                ),
+            ));
+        } else if spec.is_empty() {
+            return Err(config(
+                spec,
+                "empty: give s3://BUCKET/PREFIX or a directory",
+            ));
+        } else {
+            Self::local(FsPath::new(spec))?
+        };
+        blobs.probe(spec).await?;
+        Ok(blobs)
+    }
+
+    fn s3(spec: &str, rest: &str) -> Result<Self, BlobError> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(config(
+                spec,
+                "no bucket: give s3://BUCKET or s3://BUCKET/PREFIX",
+            ));
+        }
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            // Before anything else that sets client options: this call
+            // replaces them all.
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(60)),
+            )
+            // The default retries for three minutes: too long for a log
+            // write an agent waits on, and for a start that should fail.
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 4,
+                retry_timeout: Duration::from_secs(20),
+            });
+        let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        if let Some(endpoint) = &endpoint {
+            if url::Url::parse(endpoint).is_err() {
+                return Err(config(
+                    spec,
+                    &format!("AWS_ENDPOINT_URL {endpoint:?} is not a URL (http(s)://HOST:PORT)"),
+                ));
+            }
+            // An http:// endpoint is a deliberate choice (a local MinIO,
+            // moto, Ceph on a private network); object_store refuses it
+            // unless told.
+            if endpoint.starts_with("http://") {
+                builder = builder.with_allow_http(true);
+            }
+        }
+        let s3 = builder.build().map_err(|e| {
+            config(
+                spec,
+                &format!(
+                    "{e} (credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+                          the region from AWS_REGION, the endpoint from AWS_ENDPOINT_URL)"
+                ),
+            )
+        })?;
+        let prefix = prefix.trim_matches('/');
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(PrefixStore::new(s3, prefix))
+        };
+        let mut describe = format!("s3://{bucket}/{prefix}");
+        if let Some(endpoint) = endpoint {
+            describe.push_str(&format!(" at {endpoint}"));
+        }
+        Ok(Blobs { store, describe })
+    }
+
+    /// Writes, reads back and deletes one object, naming what failed.
+    async fn probe(&self, spec: &str) -> Result<(), BlobError> {
+        let path = Path::from(format!(".testbed-probe/{}", Uuid::new_v4()));
+        let data = Bytes::from_static(b"testbed blob store probe");
+        let step = |op: &str, e: object_store::Error| config(spec, &probe_failure(op, &e));
+        self.store
+            .put(&path, data.clone().into())
+            .await
+            .map_err(|e| step("writing", e))?;
+        let read = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| step("reading back", e))?
+            .bytes()
+            .await
+            .map_err(|e| step("reading back", e))?;
+        if read != data {
+            return Err(config(
+                spec,
+                "a probe object read back differs from what was written",
+            ));
+        }
+        self.store
+            .delete(&path)
+            .await
+            .map_err(|e| step("deleting", e))?;
+        Ok(())
+    }
+
     pub fn describe(&self) -> &str {
         &self.describe
     }
 
     pub async fn put(&self, path: &str, data: Bytes) -> Result<(), BlobError> {
-        self.store.put(&Path::from(path), data.into()).await?;
+        let path = Path::from(path);
+        if data.len() <= MULTIPART_OVER {
+            self.store.put(&path, data.into()).await?;
+            return Ok(());
+        }
+        let upload = self.store.put_multipart(&path).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        writer.put(data);
+        writer.finish().await?;
         Ok(())
     }
 
@@ -160,6 +312,36 @@ impl Blobs {
     }
 }
 
+fn config(spec: &str, what: &str) -> BlobError {
+    BlobError::Config {
+        spec: spec.to_string(),
+        what: what.to_string(),
+    }
+}
+
+/// What a failed probe step means, in the terms of the settings to check.
+fn probe_failure(op: &str, e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let hint = if text.contains("NoSuchBucket") || text.contains("bucket does not exist") {
+        "the bucket does not exist (create it, or fix the name)"
+    } else if text.contains("InvalidAccessKeyId")
+        || text.contains("SignatureDoesNotMatch")
+        || text.contains("AccessDenied")
+        || text.contains("403")
+    {
+        "access refused: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the role) \
+         and the bucket's policy"
+    } else if text.contains("error sending request")
+        || text.contains("connect")
+        || text.contains("dns error")
+    {
+        "the store cannot be reached: check AWS_ENDPOINT_URL (or AWS_REGION) and the network"
+    } else {
+        "check the bucket, AWS_ENDPOINT_URL, AWS_REGION and the credentials"
+    };
+    format!("{op} a probe object failed: {hint} ({text})")
+}
+
 /// Merges possibly overlapping, possibly duplicated chunks by offset.
 pub fn merge(mut chunks: Vec<(u64, Bytes)>) -> Vec<u8> {
     chunks.sort_by_key(|(o, _)| *o);
@@ -194,6 +376,30 @@ mod tests {
             (10, Bytes::from_static(b"k")),
         ];
         assert_eq!(merge(chunks), b"abcdefghijk");
+    }
+
+    #[tokio::test]
+    async fn open_takes_a_directory_or_a_file_url_and_uploads_large_blobs_in_parts() {
+        let root = std::env::temp_dir().join(format!("testbed-blobs-{}", Uuid::new_v4()));
+        let plain = root.join("plain");
+        let blobs = Blobs::open(plain.to_str().unwrap()).await.unwrap();
+        blobs.put("a/b", Bytes::from_static(b"x")).await.unwrap();
+        assert!(plain.join("a/b").is_file());
+        let url = format!("file://{}", root.join("url").display());
+        let blobs = Blobs::open(&url).await.unwrap();
+        // Over MULTIPART_OVER: goes through put_multipart.
+        let big = Bytes::from(vec![7u8; MULTIPART_OVER + PART_SIZE / 2]);
+        blobs.put("big", big.clone()).await.unwrap();
+        assert_eq!(blobs.get("big").await.unwrap().unwrap(), big);
+        // The probe leaves nothing behind.
+        assert!(blobs.list(".testbed-probe").await.unwrap().is_empty());
+        for bad in ["", "ftp://x/y", "file://rel", "s3://"] {
+            assert!(
+                matches!(Blobs::open(bad).await, Err(BlobError::Config { .. })),
+                "{bad:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(root);
     }
 
     #[tokio::test]

@@ -56,11 +56,13 @@ pub struct ServerArgs {
     pub listen: String,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Directory for logs and artifacts (shared by all replicas of a
-    /// cluster). Defaults to `blobs/` beside a redb file, else
-    /// `testbed-blobs`.
-    #[arg(long)]
-    pub blobs: Option<PathBuf>,
+    /// Where logs, artifacts, reports and load-test series go, shared by
+    /// all replicas of a cluster: `s3://BUCKET/PREFIX` (any S3-compatible
+    /// store; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL), `file:///PATH` or a directory. Defaults to `blobs/`
+    /// beside a redb file, else `testbed-blobs`.
+    #[arg(long, env = "TESTBED_BLOBS", value_name = "URL|DIR")]
+    pub blobs: Option<String>,
     /// Seconds an agent may stay silent before it is declared gone.
     #[arg(long, default_value_t = 10)]
     pub lease_ttl: u64,
@@ -217,11 +219,15 @@ pub async fn start(args: &ServerArgs) -> anyhow::Result<testbed_server::Server> 
     let store = testbed_store::open(&args.store.store, args.store.etcd_options())
         .await
         .with_context(|| format!("opening store {}", args.store.store))?;
-    let blob_dir = args
+    let blob_spec = args
         .blobs
         .clone()
-        .unwrap_or_else(|| default_blobs(&args.store.store));
-    let blobs = Blobs::local(&blob_dir).context("opening blob store")?;
+        .unwrap_or_else(|| default_blobs(&args.store.store).display().to_string());
+    // Checked now (a probe object written, read and deleted): a wrong
+    // bucket or credential must stop the start, not lose the first logs.
+    let blobs = Blobs::open(&blob_spec)
+        .await
+        .context("--blobs (TESTBED_BLOBS)")?;
     let config = ServerConfig {
         listen: args.listen.clone(),
         store,

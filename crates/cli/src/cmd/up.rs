@@ -26,6 +26,11 @@ pub struct UpArgs {
     /// Where the embedded store, logs and artifacts live.
     #[arg(long, default_value = "testbed-data")]
     pub data_dir: PathBuf,
+    /// Where logs, artifacts, reports and load-test series go:
+    /// `s3://BUCKET/PREFIX` (AWS_* variables for credentials, region and
+    /// endpoint), `file:///PATH` or a directory. Default: DATA_DIR/blobs.
+    #[arg(long, env = "TESTBED_BLOBS", value_name = "URL|DIR")]
+    pub blobs: Option<String>,
     /// Local agents to start.
     #[arg(long, default_value_t = 1)]
     pub agents: u32,
@@ -84,7 +89,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             etcd_key: None,
             etcd_prefix: String::new(),
         },
-        blobs: Some(args.data_dir.join("blobs")),
+        blobs: Some(
+            args.blobs
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("blobs").display().to_string()),
+        ),
         lease_ttl: args.lease_ttl,
         token_hours: 12,
         max_body: 1024 * 1024,

@@ -640,3 +640,115 @@ impl Platform {
         plan
     }
 }
+
+/// A real S3-compatible server: moto's server mode (PyPI `moto[server]`,
+/// installed by scripts/test), on a fresh port.
+pub struct Moto {
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`, what AWS_ENDPOINT_URL takes.
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// `None` when `moto_server` is not on PATH. `env` goes to the server
+    /// (e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0` to check credentials).
+    pub async fn start(env: &[(&str, &str)]) -> Option<Moto> {
+        let exe = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("moto_server"))
+                .find(|p| p.is_file())
+        })?;
+        let port = free_port();
+        let mut cmd = Command::new(exe);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let proc = Proc::spawn("moto", cmd);
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // Any answer will do: a moto that checks credentials refuses
+            // this unsigned request.
+            if http.get(format!("{endpoint}/")).send().await.is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto never answered on {endpoint}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(Moto { proc, endpoint })
+    }
+
+    /// Creates `bucket` (moto takes unsigned requests unless told to
+    /// check credentials).
+    pub async fn create_bucket(&self, bucket: &str) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .send()
+            .await
+            .expect("PUT bucket");
+        assert!(
+            r.status().is_success(),
+            "creating bucket {bucket}: {}",
+            r.status()
+        );
+    }
+
+    /// Keys in `bucket` under `prefix` (ListObjectsV2, first page).
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let xml = reqwest::Client::new()
+            .get(format!(
+                "{}/{bucket}?list-type=2&prefix={prefix}",
+                self.endpoint
+            ))
+            .send()
+            .await
+            .expect("list")
+            .text()
+            .await
+            .expect("list body");
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The AWS_* variables a Testbed server needs to use this store.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+        ]
+    }
+}
+
+impl Platform {
+    /// `testbed server` over `store` with `--blobs BLOBS` (a URL or a
+    /// directory) and extra environment variables.
+    pub async fn server_env(
+        store: &str,
+        blobs: &str,
+        listen: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Platform {
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "server", "--listen", listen, "--store", store, "--blobs", blobs,
+        ])
+        .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
+        let proc = Proc::spawn(&format!("server {listen}"), cmd);
+        let url = banner_url(&proc);
+        Self::connect(proc, url).await
+    }
+}
