@@ -582,3 +582,93 @@ fn which(name: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+/// `scripts/release` packs the binary with its docs, packaging, man pages
+/// and completions, and the checksum file verifies the archive; the
+/// unpacked binary runs.
+#[test]
+fn release_archive_is_complete_and_checksummed() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(repo().join("scripts/release"))
+        .arg(out.path())
+        .env("TESTBED_RELEASE_BINARY", bin())
+        .output()
+        .expect("scripts/release");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let sums = std::fs::read_to_string(out.path().join("SHA256SUMS")).unwrap();
+    let archive = sums
+        .split_whitespace()
+        .nth(1)
+        .expect("a file in SHA256SUMS")
+        .to_string();
+    assert!(
+        archive.starts_with(&format!("testbed-{}-", env!("CARGO_PKG_VERSION")))
+            && archive.ends_with(".tar.gz"),
+        "{archive}"
+    );
+    let check = Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // A flipped byte is caught.
+    let path = out.path().join(&archive);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(out.path().join("tampered.tar.gz"), &bytes).unwrap();
+    std::fs::write(
+        out.path().join("TAMPERED"),
+        sums.replace(&archive, "tampered.tar.gz"),
+    )
+    .unwrap();
+    let check = Command::new("sha256sum")
+        .args(["-c", "TAMPERED"])
+        .current_dir(out.path())
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+
+    let unpacked = tempfile::tempdir().unwrap();
+    let tar = Command::new("tar")
+        .arg("-xzf")
+        .arg(&path)
+        .arg("-C")
+        .arg(unpacked.path())
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let root = unpacked.path().join(archive.trim_end_matches(".tar.gz"));
+    for f in [
+        "testbed",
+        "LICENSE",
+        "README.md",
+        "docs/operations.md",
+        "packaging/Dockerfile",
+        "packaging/kubernetes/server.yaml",
+        "share/man/man1/testbed.1",
+        "share/completions/testbed.bash",
+        "share/completions/_testbed",
+        "share/completions/testbed.fish",
+    ] {
+        let p = root.join(f);
+        assert!(
+            std::fs::metadata(&p).is_ok_and(|m| m.len() > 0),
+            "{f} missing or empty in the archive"
+        );
+    }
+    let v = Command::new(root.join("testbed"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("testbed "));
+}
