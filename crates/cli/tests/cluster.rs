@@ -392,3 +392,100 @@ async fn live_load_metrics_show_on_every_replica() {
         Some(count.load(std::sync::atomic::Ordering::SeqCst))
     );
 }
+
+/// A load test started through one replica whose load agent holds its
+/// session with the other: the live WebSocket and the metrics endpoint of
+/// the starting replica show the agent's seconds (relayed through the
+/// store), not only the replica that receives them.
+#[tokio::test]
+async fn live_load_metrics_show_on_every_replica() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(1, dir.path());
+    let blobs = dir.path().join("blobs");
+    let a = Platform::server(
+        &etcd.spec(),
+        &blobs,
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    )
+    .await;
+    let b = Platform::server(
+        &etcd.spec(),
+        &blobs,
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    )
+    .await;
+    let _agent = agent(
+        &b.url,
+        "loader",
+        &dir.path().join("agent"),
+        &["--plugins", "load"],
+    );
+    b.wait_agents(1).await;
+    a.wait_agents(1).await;
+    let (target, count) = serve();
+    let plan = a
+        .perf_plan(
+            "relayed",
+            json!({"concurrent_users": 2, "hold_time": 4, "test_type": "load",
+                "target_url": target, "request_timeout": 2000}),
+        )
+        .await;
+    let id = plan["id"].as_u64().unwrap();
+    let (s, started) = a
+        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{started}");
+    let exec = started["execution_id"].as_str().unwrap().to_string();
+    let ws_url = started["websocket_url"].as_str().unwrap();
+    assert!(ws_url.contains(&a.url.replace("http://", "")), "{ws_url}");
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let mut busy_seconds = 0;
+    let mut busy_mid_run = None;
+    let mut finished = None;
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(40), ws.next())
+        .await
+        .expect("websocket went quiet")
+    {
+        match msg.unwrap() {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("metrics") => {
+                        if v["data"]["requests_per_second"].as_f64().unwrap() > 0.0 {
+                            busy_seconds += 1;
+                            if busy_mid_run.is_none() {
+                                // While it runs, replica A's metrics endpoint
+                                // sees the requests too.
+                                let (s, m) =
+                                    a.get(&format!("/api/performance/metrics/{exec}/")).await;
+                                assert_eq!(s, 200, "{m}");
+                                busy_mid_run =
+                                    m["metrics"]["throughput"]["total_requests"].as_u64();
+                            }
+                        }
+                    }
+                    Some("finished") => finished = Some(v),
+                    _ => panic!("unexpected message {v}"),
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(busy_seconds >= 2, "only {busy_seconds} busy seconds on A");
+    assert!(
+        busy_mid_run.is_some_and(|n| n > 0),
+        "A's metrics endpoint showed no requests mid-run: {busy_mid_run:?}"
+    );
+    let finished = finished.expect("no finished message");
+    assert_eq!(finished["status"], "completed", "{finished}");
+    assert_eq!(
+        finished["summary"]["total_requests"].as_u64(),
+        Some(count.load(std::sync::atomic::Ordering::SeqCst))
+    );
+}

@@ -113,6 +113,16 @@ pub fn perf_report(id: u64) -> String {
     format!("{PERF_REPORTS}{id}")
 }
 
+/// One replica's share of one second of an execution's live metrics,
+/// zero-padded so that key order is time order.
+pub fn perf_live(execution: &str, second: u64, replica: &str) -> String {
+    format!("/performance/live/{execution}/{second:020}/{replica}")
+}
+
+pub fn perf_live_prefix(execution: &str) -> String {
+    format!("/performance/live/{execution}/")
+}
+
 /// Blob of an execution's merged per-second windows.
 pub fn perf_windows_blob(execution: &str) -> String {
     format!("performance/{execution}/windows.json")

@@ -3,10 +3,19 @@
 //! watcher that turns a finished execution into a report.
 //!
 //! Two paths carry an agent's windows. Live: each window arrives as a
-//! `metrics` message on the replica holding the agent's session and is
-//! merged into [`Live`] (what the WebSocket and the metrics endpoint show).
-//! Exact: the `load` task's result holds every window, so the report is built
-//! from the stored results and loses nothing when a connection drops.
+//! `metrics` message on the replica holding the agent's session, is merged
+//! into [`Live`], and that replica's share of the second is published in the
+//! store (`/performance/live/{execution}/{second}/{replica}`), which is what
+//! the WebSocket and the metrics endpoint of *every* replica read and merge
+//! ([`live_since`]). Exact: the `load` task's result holds every window, so
+//! the report is built from the stored results and loses nothing when a
+//! connection drops.
+//!
+//! Why the store and not a replica-to-replica relay: every replica already
+//! reads and watches the store, so the relay needs no membership, addresses
+//! or authentication between replicas, survives a replica's restart, and a
+//! reader on any replica (or one that connects late) sees every second from
+//! the start. Its cost is one small write per load agent per second.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -26,28 +35,50 @@ use crate::error::{ApiError, ApiResult};
 use crate::records;
 use crate::state::AppState;
 
-pub const PLANS: &str = "/performance/plans/";
-pub const EXECUTIONS: &str = "/performance/executions/";
-pub const REPORTS: &str = "/performance/reports/";
-/// One key per execution that has not been reported yet: what the
-/// controller leader sweeps, so an execution whose starting replica died
-/// still ends with a report.
-pub const ACTIVE: &str = "/performance/active/";
+// The store keys live with every other key in `testbed_core::keys`.
+pub use testbed_core::keys::{
+    perf_active as active_key, perf_execution as execution_key, perf_plan as plan_key,
+    perf_report as report_key, perf_windows_blob as windows_blob, PERF_ACTIVE as ACTIVE,
+    PERF_EXECUTIONS as EXECUTIONS, PERF_PLANS as PLANS, PERF_REPORTS as REPORTS,
+};
 
-pub fn plan_key(id: u64) -> String {
-    format!("{PLANS}{id}")
+/// The status of a performance plan (its latest execution's) and of an
+/// execution. The serde names are seed 001's strings, so records and
+/// responses read exactly as they did when these were plain strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PerfStatus {
+    /// A plan never started.
+    Created,
+    Running,
+    Paused,
+    Completed,
+    Stopped,
+    Failed,
 }
-pub fn execution_key(id: &str) -> String {
-    format!("{EXECUTIONS}{id}")
+
+impl PerfStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PerfStatus::Created => "created",
+            PerfStatus::Running => "running",
+            PerfStatus::Paused => "paused",
+            PerfStatus::Completed => "completed",
+            PerfStatus::Stopped => "stopped",
+            PerfStatus::Failed => "failed",
+        }
+    }
+
+    /// Load is being generated, or held by a pause.
+    pub fn is_active(self) -> bool {
+        matches!(self, PerfStatus::Running | PerfStatus::Paused)
+    }
 }
-pub fn active_key(execution: &str) -> String {
-    format!("{ACTIVE}{execution}")
-}
-pub fn report_key(id: u64) -> String {
-    format!("{REPORTS}{id}")
-}
-pub fn windows_blob(execution: &str) -> String {
-    format!("performance/{execution}/windows.json")
+
+impl std::fmt::Display for PerfStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -59,7 +90,7 @@ pub struct PerfPlan {
     #[schema(value_type = Object)]
     pub config: Value,
     /// created, running, paused, completed, stopped or failed (of the latest execution).
-    pub status: String,
+    pub status: PerfStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
@@ -81,7 +112,7 @@ pub struct Execution {
     pub execution_id: String,
     pub plan_id: u64,
     /// running, paused, stopped, completed or failed.
-    pub status: String,
+    pub status: PerfStatus,
     pub start_time: DateTime<Utc>,
     /// When the agents begin load together (Unix ms).
     pub load_start_ms: u64,
@@ -98,7 +129,7 @@ pub struct Execution {
 
 impl Execution {
     pub fn is_active(&self) -> bool {
-        matches!(self.status.as_str(), "running" | "paused")
+        self.status.is_active()
     }
 }
 
@@ -166,7 +197,7 @@ pub struct PerfReport {
     pub start_time: DateTime<Utc>,
     pub end_time: DateTime<Utc>,
     /// completed, stopped or failed.
-    pub status: String,
+    pub status: PerfStatus,
     pub summary: ReportSummary,
     pub metrics: ReportMetrics,
     /// Agents that generated load.
@@ -310,6 +341,15 @@ impl Live {
         self.lock().execs.get(execution).cloned()
     }
 
+    /// This replica's share of one second of an execution.
+    fn point(&self, execution: &str, index: u64) -> Option<LivePoint> {
+        self.lock()
+            .execs
+            .get(execution)
+            .and_then(|e| e.points.get(&index))
+            .cloned()
+    }
+
     fn task_windows(&self, task: &Uuid) -> Vec<Window> {
         self.lock().per_task.get(task).cloned().unwrap_or_default()
     }
@@ -399,7 +439,119 @@ pub async fn on_metrics(state: &AppState, task_id: Uuid, window: Value, system: 
             e
         }
     };
+    let index = window.index;
     state.perf.record(&execution, task_id, window, system);
+    if let Some(p) = state.perf.point(&execution, index) {
+        publish(state, &execution, index, &p).await;
+    }
+}
+
+/// One replica's share of one second, as stored for the other replicas.
+#[derive(Debug, Serialize, Deserialize)]
+struct LiveShare {
+    window: Window,
+    contributors: usize,
+    system: Vec<SystemMetrics>,
+    system_tasks: Vec<Uuid>,
+}
+
+async fn publish(state: &AppState, execution: &str, index: u64, p: &LivePoint) {
+    let share = LiveShare {
+        window: p.window.clone(),
+        contributors: p.contributors,
+        system: p.system.clone(),
+        system_tasks: p.system_tasks.clone(),
+    };
+    let key = keys::perf_live(execution, index, &state.replica);
+    match serde_json::to_vec(&share) {
+        Ok(bytes) => {
+            if let Err(e) = state.store.put(&key, bytes, None).await {
+                // The live view misses this second; the report does not.
+                tracing::warn!(%execution, "publishing a live second: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(%execution, "encoding a live second: {e}"),
+    }
+}
+
+/// The live seconds of an execution from `from` on, merged across the
+/// replicas that received its agents' windows. `expected` is how many
+/// agents the execution has.
+pub async fn live_since(
+    state: &AppState,
+    execution: &str,
+    from: u64,
+    expected: usize,
+) -> ApiResult<ExecLive> {
+    let prefix = keys::perf_live_prefix(execution);
+    // Keys sort by second (zero-padded): start just before `from`'s.
+    let mut after = (from > 0).then(|| format!("{prefix}{:020}", from - 1) + "0");
+    let mut out = ExecLive {
+        points: BTreeMap::new(),
+        expected,
+    };
+    loop {
+        let page = state.store.range(&prefix, after.as_deref(), 500).await?;
+        for kv in &page.kvs {
+            let Ok(share) = serde_json::from_slice::<LiveShare>(&kv.value) else {
+                continue;
+            };
+            match out.points.get_mut(&share.window.index) {
+                Some(p) => {
+                    p.window.merge(&share.window);
+                    p.contributors += share.contributors;
+                    p.system.extend(share.system);
+                    p.system_tasks.extend(share.system_tasks);
+                }
+                None => {
+                    out.points.insert(
+                        share.window.index,
+                        LivePoint {
+                            window: share.window,
+                            contributors: share.contributors,
+                            system: share.system,
+                            system_tasks: share.system_tasks,
+                        },
+                    );
+                }
+            }
+        }
+        match (page.more, page.kvs.last()) {
+            (true, Some(last)) => after = Some(last.key.clone()),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Removes an execution's live seconds (its report holds them for good).
+async fn forget_live(state: &AppState, execution: &str) {
+    let prefix = keys::perf_live_prefix(execution);
+    loop {
+        let page = match state.store.range(&prefix, None, 100).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%execution, "removing live seconds: {e}");
+                return;
+            }
+        };
+        if page.kvs.is_empty() {
+            return;
+        }
+        let ops = page
+            .kvs
+            .iter()
+            .map(|kv| testbed_store::TxnOp::Delete {
+                key: kv.key.clone(),
+            })
+            .collect();
+        if let Err(e) = state.store.txn(&[], ops).await {
+            tracing::warn!(%execution, "removing live seconds: {e}");
+            return;
+        }
+        if !page.more {
+            return;
+        }
+    }
 }
 
 /// Follows an execution until all its tasks ended, records agents lost on
@@ -423,6 +575,7 @@ pub async fn watch_execution(state: AppState, execution: String) {
         _ = tokio::time::sleep(Duration::from_secs(60)) => {}
     }
     state.perf.forget(&execution);
+    forget_live(&state, &execution).await;
 }
 
 /// Controller-leader pass over unreported executions (see [`ACTIVE`]).
@@ -578,7 +731,11 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         exec.report_id = Some(report_id);
         exec.end_time = Some(end);
         if exec.is_active() {
-            exec.status = if any_ran { "completed" } else { "failed" }.into();
+            exec.status = if any_ran {
+                PerfStatus::Completed
+            } else {
+                PerfStatus::Failed
+            };
         }
         let report = build_report(state, &exec, report_id, end, &windows, &agg).await;
         records::put(&state.store, &report_key(report_id), &report, None).await?;
@@ -611,10 +768,10 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         Err(e) => tracing::warn!(%execution, "encoding windows: {e}"),
     }
     state.store.delete(&active_key(execution)).await?;
-    let status = exec.status.clone();
+    let status = exec.status;
     records::update::<PerfPlan, _>(&state.store, &plan_key(exec.plan_id), |p| {
         if p.last_execution.as_deref() == Some(execution) && p.status != status {
-            p.status = status.clone();
+            p.status = status;
             true
         } else {
             false
@@ -684,7 +841,7 @@ async fn build_report(
         execution_id: execution.to_string(),
         start_time: exec.start_time,
         end_time: end,
-        status: exec.status.clone(),
+        status: exec.status,
         summary,
         metrics: ReportMetrics {
             response_times: TimeSeries {

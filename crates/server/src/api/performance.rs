@@ -27,7 +27,7 @@ use crate::dispatch;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
 use crate::performance::{
     self as perf, execution_key, plan_key, report_key, round2, ExecTask, Execution, PerfPlan,
-    PerfReport, ReportSummary,
+    PerfReport, PerfStatus, ReportSummary,
 };
 use crate::records;
 use crate::state::AppState;
@@ -240,7 +240,7 @@ pub async fn create_plan(
         description: v.description,
         project_id: v.project_id.unwrap_or_default(),
         config: v.config,
-        status: "created".into(),
+        status: PerfStatus::Created,
         created_at: now,
         updated_at: now,
         last_execution: None,
@@ -267,7 +267,7 @@ pub struct PlanItem {
     pub name: String,
     pub description: String,
     pub project_id: u64,
-    pub status: String,
+    pub status: PerfStatus,
     pub created_at: DateTime<Utc>,
 }
 
@@ -373,7 +373,7 @@ pub async fn delete_plan(
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
     c.require_owner(&plan.created_by, &format!("plan {}", plan.id))?;
-    if matches!(plan.status.as_str(), "running" | "paused") {
+    if plan.status.is_active() {
         return Err(ApiError::conflict(format!(
             "plan {} is {}; stop it first",
             plan.id, plan.status
@@ -390,7 +390,7 @@ pub async fn delete_plan(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StartResponse {
     pub execution_id: String,
-    pub status: String,
+    pub status: PerfStatus,
     pub start_time: DateTime<Utc>,
     pub websocket_url: String,
 }
@@ -409,7 +409,7 @@ pub async fn start(
 ) -> ApiResult<Json<StartResponse>> {
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
-    if matches!(plan.status.as_str(), "running" | "paused") {
+    if plan.status.is_active() {
         return Err(ApiError::conflict(format!(
             "plan {} is already {}",
             plan.id, plan.status
@@ -456,12 +456,12 @@ pub async fn start(
     let execution_id = Uuid::new_v4().to_string();
     let mut busy = None;
     records::update::<PerfPlan, _>(&state.store, &plan_key(plan.id), |p| {
-        if matches!(p.status.as_str(), "running" | "paused") {
-            busy = Some(p.status.clone());
+        if p.status.is_active() {
+            busy = Some(p.status);
             return false;
         }
         busy = None;
-        p.status = "running".into();
+        p.status = PerfStatus::Running;
         p.last_execution = Some(execution_id.clone());
         true
     })
@@ -511,7 +511,7 @@ pub async fn start(
     let execution = Execution {
         execution_id: execution_id.clone(),
         plan_id: plan.id,
-        status: "running".into(),
+        status: PerfStatus::Running,
         start_time: now,
         load_start_ms,
         stop_time: None,
@@ -551,7 +551,7 @@ pub async fn start(
         // Without an execution record nothing could ever end this run:
         // give the plan back so it can be started again.
         let _ = records::update::<PerfPlan, _>(&state.store, &plan_key(plan.id), |p| {
-            p.status = "failed".into();
+            p.status = PerfStatus::Failed;
             true
         })
         .await;
@@ -585,7 +585,7 @@ pub async fn start(
     Ok(Json(StartResponse {
         websocket_url: format!("{scheme}://{host}/ws/performance/{execution_id}/?token={token}"),
         execution_id,
-        status: "running".into(),
+        status: PerfStatus::Running,
         start_time: now,
     }))
 }
@@ -594,7 +594,7 @@ pub async fn start(
 async fn current_execution(
     state: &AppState,
     plan: &PerfPlan,
-    states: &[&str],
+    states: &[PerfStatus],
 ) -> ApiResult<Execution> {
     let Some(id) = &plan.last_execution else {
         return Err(ApiError::conflict(format!(
@@ -603,11 +603,12 @@ async fn current_execution(
         )));
     };
     let exec = load_execution(state, id).await?;
-    if !states.contains(&exec.status.as_str()) {
+    if !states.contains(&exec.status) {
+        let wanted: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
         return Err(ApiError::conflict(format!(
             "execution {id} is {}, not {}",
             exec.status,
-            states.join(" or ")
+            wanted.join(" or ")
         )));
     }
     Ok(exec)
@@ -618,17 +619,17 @@ async fn current_execution(
 async fn transition(
     state: &AppState,
     exec: &Execution,
-    from: &[&str],
-    to: &str,
+    from: &[PerfStatus],
+    to: PerfStatus,
     stamp: impl Fn(&mut Execution, DateTime<Utc>),
 ) -> ApiResult<(Execution, DateTime<Utc>)> {
     let now = testbed_core::now();
     let mut moved = false;
     let updated =
         records::update::<Execution, _>(&state.store, &execution_key(&exec.execution_id), |e| {
-            moved = from.contains(&e.status.as_str()) && e.report_id.is_none();
+            moved = from.contains(&e.status) && e.report_id.is_none();
             if moved {
-                e.status = to.into();
+                e.status = to;
                 stamp(e, now);
             }
             moved
@@ -641,11 +642,11 @@ async fn transition(
             exec.execution_id, updated.status
         )));
     }
-    let status = to.to_string();
+    let status = to;
     let execution_id = exec.execution_id.clone();
     records::update::<PerfPlan, _>(&state.store, &plan_key(exec.plan_id), |p| {
         if p.last_execution.as_deref() == Some(execution_id.as_str()) && p.status != status {
-            p.status = status.clone();
+            p.status = status;
             true
         } else {
             false
@@ -658,7 +659,7 @@ async fn transition(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StopResponse {
     pub execution_id: String,
-    pub status: String,
+    pub status: PerfStatus,
     pub stop_time: DateTime<Utc>,
 }
 
@@ -674,14 +675,18 @@ pub async fn stop(
 ) -> ApiResult<Json<StopResponse>> {
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
-    let exec = current_execution(&state, &plan, &["running", "paused"]).await?;
+    let exec = current_execution(&state, &plan, &[PerfStatus::Running, PerfStatus::Paused]).await?;
     c.require_owner(
         &exec.created_by,
         &format!("execution {}", exec.execution_id),
     )?;
-    let (exec, now) = transition(&state, &exec, &["running", "paused"], "stopped", |e, t| {
-        e.stop_time = Some(t)
-    })
+    let (exec, now) = transition(
+        &state,
+        &exec,
+        &[PerfStatus::Running, PerfStatus::Paused],
+        PerfStatus::Stopped,
+        |e, t| e.stop_time = Some(t),
+    )
     .await?;
     for t in &exec.tasks {
         // A task that already ended cannot be cancelled; that is fine here.
@@ -691,7 +696,7 @@ pub async fn stop(
     }
     Ok(Json(StopResponse {
         execution_id: exec.execution_id,
-        status: "stopped".into(),
+        status: PerfStatus::Stopped,
         stop_time: now,
     }))
 }
@@ -699,14 +704,14 @@ pub async fn stop(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PauseResponse {
     pub execution_id: String,
-    pub status: String,
+    pub status: PerfStatus,
     pub pause_time: DateTime<Utc>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ResumeResponse {
     pub execution_id: String,
-    pub status: String,
+    pub status: PerfStatus,
     pub resume_time: DateTime<Utc>,
 }
 
@@ -733,19 +738,23 @@ pub async fn pause(
 ) -> ApiResult<Json<PauseResponse>> {
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
-    let exec = current_execution(&state, &plan, &["running"]).await?;
+    let exec = current_execution(&state, &plan, &[PerfStatus::Running]).await?;
     c.require_owner(
         &exec.created_by,
         &format!("execution {}", exec.execution_id),
     )?;
-    let (exec, now) = transition(&state, &exec, &["running"], "paused", |e, t| {
-        e.pause_time = Some(t)
-    })
+    let (exec, now) = transition(
+        &state,
+        &exec,
+        &[PerfStatus::Running],
+        PerfStatus::Paused,
+        |e, t| e.pause_time = Some(t),
+    )
     .await?;
     signal(&state, &exec, true).await?;
     Ok(Json(PauseResponse {
         execution_id: exec.execution_id,
-        status: "paused".into(),
+        status: PerfStatus::Paused,
         pause_time: now,
     }))
 }
@@ -762,19 +771,23 @@ pub async fn resume(
 ) -> ApiResult<Json<ResumeResponse>> {
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
-    let exec = current_execution(&state, &plan, &["paused"]).await?;
+    let exec = current_execution(&state, &plan, &[PerfStatus::Paused]).await?;
     c.require_owner(
         &exec.created_by,
         &format!("execution {}", exec.execution_id),
     )?;
-    let (exec, now) = transition(&state, &exec, &["paused"], "running", |e, t| {
-        e.resume_time = Some(t)
-    })
+    let (exec, now) = transition(
+        &state,
+        &exec,
+        &[PerfStatus::Paused],
+        PerfStatus::Running,
+        |e, t| e.resume_time = Some(t),
+    )
     .await?;
     signal(&state, &exec, false).await?;
     Ok(Json(ResumeResponse {
         execution_id: exec.execution_id,
-        status: "running".into(),
+        status: PerfStatus::Running,
         resume_time: now,
     }))
 }
@@ -795,7 +808,7 @@ pub struct ReportItem {
     pub execution_id: String,
     pub start_time: DateTime<Utc>,
     pub end_time: DateTime<Utc>,
-    pub status: String,
+    pub status: PerfStatus,
     pub summary: ReportSummary,
 }
 
@@ -892,10 +905,10 @@ pub struct MetricsQuery {
     pub time_range: Option<u64>,
 }
 
-/// The execution's series: live from this replica while it runs, else
-/// the stored windows.
+/// The execution's series: live (from every replica, through the store)
+/// while it runs, else the stored windows.
 async fn series(state: &AppState, exec: &Execution) -> (Vec<Window>, Vec<(f64, f64, f64)>) {
-    if let Some(live) = state.perf.snapshot(&exec.execution_id) {
+    if let Ok(live) = perf::live_since(state, &exec.execution_id, 0, exec.tasks.len()).await {
         if !live.points.is_empty() {
             let windows = live.points.values().map(|p| p.window.clone()).collect();
             let system = live
@@ -1074,7 +1087,9 @@ async fn stream_live(state: AppState, execution_id: String, mut socket: WebSocke
             Err(_) => return,
         };
         let ended = exec.report_id.is_some();
-        if let Some(live) = state.perf.snapshot(&execution_id) {
+        if let Ok(live) =
+            perf::live_since(&state, &execution_id, next_index, exec.tasks.len()).await
+        {
             let newest = live.points.keys().next_back().copied();
             let expected = if live.expected == 0 {
                 usize::MAX
@@ -1116,7 +1131,7 @@ async fn stream_live(state: AppState, execution_id: String, mut socket: WebSocke
             let _ = socket
                 .send(WsMessage::Close(Some(CloseFrame {
                     code: 1000,
-                    reason: exec.status.clone().into(),
+                    reason: exec.status.as_str().into(),
                 })))
                 .await;
             return;
