@@ -218,19 +218,15 @@ pub async fn reconcile(
     only: Option<&BTreeSet<String>>,
 ) -> Result<(), RecordError> {
     for _ in 0..8 {
-        if !cache.contains_key(&id) {
-            match load(state, id).await? {
-                Some(c) => {
-                    cache.insert(id, c);
-                }
+        let c = match cache.entry(id) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match load(state, id).await? {
+                Some(c) => v.insert(c),
                 None => {
                     state.store.delete(&keys::active_run(&id)).await?;
                     return Ok(());
                 }
-            }
-        }
-        let Some(c) = cache.get_mut(&id) else {
-            continue;
+            },
         };
         if c.l.run.status.is_terminal() {
             let run = c.l.run.clone();
@@ -1239,7 +1235,7 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
     // Every DEEP_EVERY-th sweep reads every run and running task from the
     // store again; the others trust what the watches delivered.
     const DEEP_EVERY: u32 = 10;
-    let mut sweeps: u32 = 0;
+    let mut since_deep: u32 = 0;
     if let Err(e) = run_store::migrate(&state.store).await {
         tracing::warn!("run records: moving to the per-step layout: {e}");
     }
@@ -1251,8 +1247,11 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
             _ = state.shutdown.cancelled() => break,
             _ = retry.tick() => {}
             _ = sweep.tick() => {
-                sweeps = sweeps.wrapping_add(1);
-                let deep = sweeps % DEEP_EVERY == 0;
+                since_deep += 1;
+                let deep = since_deep >= DEEP_EVERY;
+                if deep {
+                    since_deep = 0;
+                }
                 if let Err(e) = reconcile_all(&state, Some(lease), &mut cache, &known, deep).await {
                     tracing::warn!("engine sweep: {e}");
                 }
