@@ -9,12 +9,14 @@
 //! | [`data`] | iteration data files (JSON or CSV), one iteration per row |
 //! | [`vars`] | variable scopes, `{{var}}` substitution, environment files |
 //! | `script` | the QuickJS sandbox and its `pm` prelude |
+//! | `libs` | the libraries scripts may `require` (lodash, CryptoJS, moment…), loaded on first use |
 //! | `send` | turning a request into HTTP: URL, headers, body, auth |
 //! | [`run`](mod@run) | the runner and its results |
 //! | [`newman`] | newman's CLI text output |
 
 pub mod collection;
 pub mod data;
+mod libs;
 mod locate;
 pub mod newman;
 pub mod run;

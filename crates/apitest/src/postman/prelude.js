@@ -807,15 +807,86 @@
   };
   // No timers in the sandbox: a callback runs once the script's own code is
   // done, which keeps the order of effects of the common "defer" use.
-  global.setTimeout = function (fn) { Promise.resolve().then(function () { fn(); }); return 0; };
-  global.clearTimeout = function () {};
-  global.require = function (m) { return unsupported("require('" + m + "')"); };
-  global.CryptoJS = missing('CryptoJS');
-  global._ = missing('lodash (_)');
-  global.moment = missing('moment');
-  global.cheerio = missing('cheerio');
-  global.tv4 = missing('tv4');
-  global.xml2Json = missing('xml2Json');
+  global.setTimeout = function (fn) {
+    var args = Array.prototype.slice.call(arguments, 2);
+    Promise.resolve().then(function () { fn.apply(undefined, args); });
+    return 0;
+  };
+  global.setImmediate = global.setTimeout;
+  global.clearTimeout = global.clearImmediate = function () {};
+  // ---------------------------------------------------------------- libraries
+  // What postman-sandbox lets scripts `require`, and the legacy globals it
+  // sets, from the real packages (libs.rs). A library is loaded the first
+  // time a script touches it, so scripts that use none pay nothing.
+  var loadLib = global.__lib;
+  delete global.__lib;
+  var libs = {}, loading = 0;
+  function lib(name) {
+    if (!Object.prototype.hasOwnProperty.call(libs, name)) {
+      loading++;
+      try { libs[name] = loadLib(name); } finally { loading--; }
+    }
+    return libs[name];
+  }
+  var requirable = {
+    lodash: function () { return lib('lodash'); },
+    'crypto-js': function () { return lib('crypto-js'); },
+    moment: function () { return lib('moment'); },
+    tv4: function () { return lib('tv4'); },
+    ajv: function () { return lib('ajv'); },
+    chai: function () { return lib('chai'); },
+    xml2js: function () { return lib('xml2js'); },
+    cheerio: function () { return lib('cheerio'); },
+    'csv-parse/lib/sync': function () { return lib('csv-parse/lib/sync'); },
+    uuid: function () { return lib('uuid'); },
+    atob: function () { return global.atob; },
+    btoa: function () { return global.btoa; }
+  };
+  // Postman has these too (Node's built-ins as browserify shims them, and its
+  // own collection SDK); here they are named as missing rather than "not found".
+  var absent = ['path', 'assert', 'buffer', 'util', 'url', 'punycode', 'querystring', 'string_decoder',
+    'stream', 'timers', 'events', 'postman-collection', 'backbone', 'liquid-json'];
+  global.require = function (m) {
+    var name = String(m);
+    if (Object.prototype.hasOwnProperty.call(requirable, name)) return requirable[name]();
+    if (absent.indexOf(name) >= 0) return unsupported("require('" + name + "')");
+    var e = new Error("Cannot find module '" + name + "'");
+    e.code = 'MODULE_NOT_FOUND';
+    throw e;
+  };
+  // A global that loads its library on first read; a script may also assign
+  // or declare the name (`var _ = require('lodash')`) without loading it.
+  function lazyGlobal(name, get) {
+    Object.defineProperty(global, name, {
+      get: function () {
+        // A library looking for an earlier copy of itself (lodash's `root._`,
+        // kept for noConflict) must not load another library.
+        if (loading) return undefined;
+        var v = get();
+        Object.defineProperty(global, name, { value: v, writable: true, configurable: true, enumerable: false });
+        return v;
+      },
+      set: function (v) {
+        Object.defineProperty(global, name, { value: v, writable: true, configurable: true, enumerable: true });
+      },
+      configurable: true,
+      enumerable: false
+    });
+  }
+  // The legacy sandbox's globals: lodash 3 as `_` (noConflict, as postman-sandbox has it).
+  lazyGlobal('_', function () { return lib('lodash3'); });
+  lazyGlobal('CryptoJS', function () { return lib('crypto-js'); });
+  lazyGlobal('tv4', function () { return lib('tv4'); });
+  lazyGlobal('cheerio', function () { return lib('cheerio'); });
+  // postman-sandbox's xml2Json: xml2js with these options, run synchronously.
+  global.xml2Json = function (string) {
+    var result = {};
+    lib('xml2js').parseString(string, { explicitArray: false, async: false, trim: true, mergeAttrs: false }, function (_err, r) {
+      result = r;
+    });
+    return result;
+  };
+  global.Backbone = missing('Backbone');
 
   global.__errinfo = function (e) { return JSON.stringify(errInfo(e)); };
 

@@ -249,6 +249,7 @@ fn run_inner(
             "__dynamic",
             Function::new(ctx.clone(), |name: String| vars::dynamic_value(&name))?,
         )?;
+        g.set("__lib", Function::new(ctx.clone(), super::libs::load)?)?;
         load_prelude(&ctx)
     })?;
 
@@ -328,7 +329,7 @@ fn run_inner(
 
 /// Name and message of a thrown value, read without running JS (the deadline
 /// may already have passed, and any JS would be interrupted again).
-fn describe<'js>(_ctx: &Ctx<'js>, v: JsValue<'js>) -> ErrInfo {
+pub(super) fn describe<'js>(_ctx: &Ctx<'js>, v: JsValue<'js>) -> ErrInfo {
     if let Some(o) = v.as_object() {
         let name = o
             .get::<_, Option<String>>("name")
@@ -608,6 +609,118 @@ mod tests {
         assert!(r.failure.is_none(), "{:?}", r.failure);
         assert_eq!(r.output.tests.len(), 1);
         assert_eq!(r.output.tests[0].status, "pass", "{:?}", r.output.tests);
+    }
+
+    #[test]
+    fn sandbox_libraries_are_the_real_ones() {
+        let src = r#"
+            const lodash = require('lodash');
+            pm.test('lodash 4', () => {
+                pm.expect(lodash.VERSION).to.equal('4.18.1');
+                pm.expect(lodash.chunk([1, 2, 3], 2)).to.eql([[1, 2], [3]]);
+            });
+            pm.test('legacy _ is lodash 3', () => pm.expect(_.VERSION).to.equal('3.10.2'));
+            pm.test('CryptoJS', () => {
+                pm.expect(CryptoJS.MD5('abc').toString()).to.equal('900150983cd24fb0d6963f7d28e17f72');
+                pm.expect(require('crypto-js').HmacSHA256('m', 'k').toString(CryptoJS.enc.Base64))
+                    .to.equal('tgCQ4wUil661oICInOL8S8qVfnVvrrTffTGADKHncew=');
+            });
+            pm.test('moment', () => {
+                const moment = require('moment');
+                pm.expect(moment.version).to.equal('2.30.1');
+                pm.expect(moment.utc('2020-01-02T03:04:05Z').add(1, 'day').format('YYYY-MM-DD')).to.equal('2020-01-03');
+            });
+            pm.test('tv4', () => {
+                pm.expect(tv4.validate({a: 1}, {type: 'object', properties: {a: {type: 'string'}}})).to.be.false;
+                pm.expect(require('tv4').validate({a: 's'}, {properties: {a: {type: 'string'}}})).to.be.true;
+            });
+            pm.test('ajv', () => {
+                const Ajv = require('ajv');
+                const v = new Ajv({allErrors: true}).compile({type: 'object', required: ['id'], properties: {id: {type: 'integer'}}});
+                pm.expect(v(pm.response.json())).to.be.true;
+                pm.expect(v({id: 'x'})).to.be.false;
+            });
+            pm.test('chai', () => {
+                const chai = require('chai');
+                chai.expect([1, 2]).to.have.members([2, 1]);
+                pm.expect(() => chai.assert.equal(1, 2)).to.throw();
+            });
+            pm.test('xml2js and xml2Json', () => {
+                let parsed;
+                require('xml2js').parseString('<a><b>1</b></a>', (err, r) => { parsed = r; });
+                pm.expect(parsed).to.eql({a: {b: ['1']}});
+                pm.expect(xml2Json('<a x="1"><b> t </b></a>')).to.eql({a: {$: {x: '1'}, b: 't'}});
+            });
+            pm.test('cheerio', () => {
+                const $ = cheerio.load('<ul><li class="x">one</li><li>two</li></ul>');
+                pm.expect($('li.x').text()).to.equal('one');
+                pm.expect(require('cheerio').load('<p>hi</p>')('p').length).to.equal(1);
+            });
+            pm.test('csv-parse', () => {
+                pm.expect(require('csv-parse/lib/sync')('a,b\n1,2', {columns: true})).to.eql([{a: '1', b: '2'}]);
+            });
+            pm.test('uuid', () => pm.expect(require('uuid').v4()).to.match(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/));
+            pm.test('atob', () => pm.expect(require('atob')(require('btoa')('x'))).to.equal('x'));
+            pm.test('unknown module', () => pm.expect(() => require('left-pad')).to.throw("Cannot find module 'left-pad'"));
+        "#;
+        let r = run(
+            src,
+            "test-script",
+            &input(),
+            Limits {
+                time: Duration::from_secs(10),
+                memory: 64 << 20,
+            },
+        );
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+        let bad: Vec<_> = r
+            .output
+            .tests
+            .iter()
+            .filter(|t| t.status != "pass")
+            .collect();
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(r.output.tests.len(), 13);
+        // Every vendored library is reachable.
+        assert_eq!(super::super::libs::names().count(), 11);
+        // Declaring a library's global name does not load it, and a script's
+        // own `_` wins.
+        let r = run(
+            "var _ = 5; const CryptoJS = 1; pm.test('own', () => pm.expect(_ + CryptoJS).to.equal(6));",
+            "test-script",
+            &input(),
+            limits(),
+        );
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+        assert_eq!(r.output.tests[0].status, "pass", "{:?}", r.output.tests);
+    }
+
+    /// What a script pays for each library it uses, once the process has
+    /// compiled it: `cargo test --release -p testbed-apitest --lib library_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a timing aid, not a check"]
+    fn library_cost() {
+        let lim = Limits {
+            time: Duration::from_secs(10),
+            memory: 64 << 20,
+        };
+        let base = "pm.test('status', () => pm.response.to.have.status(200));";
+        let time = |src: &str| {
+            let n = 200;
+            let t = Instant::now();
+            for _ in 0..n {
+                let r = run(src, "test-script", &input(), lim);
+                assert!(r.failure.is_none(), "{:?}", r.failure);
+            }
+            t.elapsed() / n
+        };
+        let none = time(base);
+        eprintln!("no library: {none:?} per script");
+        for name in super::super::libs::names() {
+            let src = format!("require({name:?});\n{base}");
+            let _ = time(&src); // compiles it once for the process
+            eprintln!("{name}: {:?} per script", time(&src));
+        }
     }
 
     /// `cargo test --release -p testbed-apitest --lib script_speed -- --ignored --nocapture`
