@@ -229,6 +229,13 @@ impl HttpClient {
             ..Reply::default()
         };
         reply.parse_json();
+        // SOAP and other XML replies: readable by the same jsonpath asserts.
+        let xml = reply
+            .header("content-type")
+            .is_some_and(|t| t.contains("xml"));
+        if reply.json.is_none() && xml {
+            reply.json = super::xml::to_json(&reply.body);
+        }
         Ok(reply)
     }
 }

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod grpc;
 pub mod http;
 pub mod qmp;
+pub mod xml;
 
 /// Why a call got no reply. Tests hit by one of these end as `error`, not
 /// `fail`: the system under test was not judged.
