@@ -431,7 +431,9 @@ fn cni_example_gives_two_namespaces_a_network() {
     assert!(r.stdout.contains("Passed=3,"), "{}", r.stdout);
     let cases = outcomes(&json_file(&sb, "cni.json"));
     assert!(
-        cases.iter().any(|(n, o)| n == "red pings blue" && o == "pass"),
+        cases
+            .iter()
+            .any(|(n, o)| n == "red pings blue" && o == "pass"),
         "{cases:?}"
     );
     // The suite removed its namespaces, whatever their names were.
@@ -446,7 +448,9 @@ fn cni_example_gives_two_namespaces_a_network() {
     assert!(r.stdout.contains("Result: PASS"), "{}", r.stdout);
     let cases = outcomes(&json_file(&sb, "plan.json"));
     assert!(
-        cases.iter().any(|(n, o)| n.contains("red pings blue") && o == "pass"),
+        cases
+            .iter()
+            .any(|(n, o)| n.contains("red pings blue") && o == "pass"),
         "{cases:?}"
     );
 }
