@@ -38,6 +38,13 @@ struct Args {
     /// Concurrent submitters for the throughput figure.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Concurrent API clients for the `POST /v2.1/testcases` latency figure
+    /// (each posts without waiting for the task to end); 0 skips it.
+    #[arg(long, default_value_t = 50)]
+    api_clients: usize,
+    /// Requests per API client.
+    #[arg(long, default_value_t = 40)]
+    api_requests: usize,
 }
 
 type Waiters = Arc<Mutex<(HashMap<Uuid, oneshot::Sender<()>>, HashSet<Uuid>)>>;
@@ -167,6 +174,46 @@ async fn main() -> anyhow::Result<()> {
         secs,
         total as f64 / secs
     );
+
+    // API latency: many clients posting at once; the answer (the task
+    // queued) is what is timed, not the task's end.
+    if args.api_clients > 0 {
+        let mut joins = Vec::new();
+        for _ in 0..args.api_clients {
+            let (http, url, token, waiters) =
+                (http.clone(), url.clone(), token.clone(), waiters.clone());
+            let n = args.api_requests;
+            joins.push(tokio::spawn(async move {
+                let mut out = Vec::with_capacity(n);
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let t0 = Instant::now();
+                    ids.push(submit(&http, &url, &token, "bench").await?);
+                    out.push(t0.elapsed());
+                }
+                // Drained before the next client's figures are gathered,
+                // so the store is quiet again at the end.
+                for id in ids {
+                    wait(&waiters, id).await;
+                }
+                anyhow::Ok(out)
+            }));
+        }
+        let mut lat = Vec::new();
+        for j in joins {
+            lat.extend(j.await??);
+        }
+        lat.sort();
+        println!(
+            "store={} POST /v2.1/testcases under {} clients ({} requests): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+            args.store,
+            args.api_clients,
+            lat.len(),
+            ms(percentile(&lat, 0.50)),
+            ms(percentile(&lat, 0.90)),
+            ms(percentile(&lat, 0.99)),
+        );
+    }
     bench.shutdown().await;
     Ok(())
 }

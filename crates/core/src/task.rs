@@ -100,8 +100,55 @@ pub struct RunRef {
     pub attempt: u32,
 }
 
+/// What a new task is: the work and where it goes. [`Task::queued`] fills
+/// in the rest, so every place that creates tasks builds the same record.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: Uuid,
+    pub plugin: String,
+    pub method: String,
+    pub parameters: Value,
+    /// The `host` the caller asked for; for tasks the server places by
+    /// selector it is the chosen agent's host.
+    pub host: String,
+    pub agent_uuid: Uuid,
+    pub agent_name: String,
+    pub created_by: String,
+    pub run: Option<RunRef>,
+    /// Why it is held back from its agent, if it is.
+    pub reason: Option<String>,
+}
+
 impl Task {
     pub const KIND: &'static str = "task";
+
+    /// A task just dispatched: queued, nothing run, nothing stored yet.
+    pub fn queued(new: NewTask) -> Task {
+        Task {
+            kind: Task::KIND.into(),
+            v: 1,
+            id: new.id,
+            plugin: new.plugin,
+            method: new.method,
+            parameters: new.parameters,
+            host: new.host,
+            agent_uuid: new.agent_uuid,
+            agent_name: new.agent_name,
+            status: TaskStatus::Queued,
+            exit_code: None,
+            result: None,
+            error: None,
+            created_by: new.created_by,
+            created_at: crate::now(),
+            started_at: None,
+            finished_at: None,
+            cancel_requested: false,
+            artifacts: Vec::new(),
+            log_bytes: 0,
+            run: new.run,
+            reason: new.reason,
+        }
+    }
 
     pub fn duration_ms(&self) -> Option<i64> {
         match (self.started_at, self.finished_at) {

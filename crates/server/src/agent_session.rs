@@ -13,7 +13,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::request::Parts;
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use testbed_core::agent::{AgentLiveness, AgentRecord};
 use testbed_core::keys;
 use testbed_core::protocol::{AgentMessage, Hello, ServerMessage, PROTOCOL_VERSION};
@@ -159,41 +159,64 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
     reconcile(&state, uuid, &hello, &tx).await?;
 
     let mut lease = lease;
+    // A message read ahead while gathering results (see below), handled
+    // next.
+    let mut carried: Option<Option<Result<Message, axum::Error>>> = None;
     let end = loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => {
-                let _ = sink.send(Message::Close(None)).await;
-                break End::Shutdown;
-            }
-            out = rx.recv() => {
-                let Some(msg) = out else { break End::Replaced };
-                if send(&mut sink, &msg).await.is_err() {
-                    break End::Dropped;
+        let incoming = match carried.take() {
+            Some(incoming) => incoming,
+            None => tokio::select! {
+                _ = state.shutdown.cancelled() => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break End::Shutdown;
                 }
-            }
-            incoming = stream.next() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    let msg = match serde_json::from_str::<AgentMessage>(&text) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(%uuid, "unreadable agent message: {e}");
-                            continue;
-                        }
-                    };
-                    match msg {
-                        AgentMessage::Heartbeat { metrics, running } => {
+                out = rx.recv() => {
+                    let Some(msg) = out else { break End::Replaced };
+                    if send(&mut sink, &msg).await.is_err() {
+                        break End::Dropped;
+                    }
+                    continue;
+                }
+                incoming = stream.next() => incoming,
+            },
+        };
+        match incoming {
+            Some(Ok(Message::Text(text))) => {
+                // Messages that arrived together are handled together, so
+                // the results among them settle in one store write.
+                let mut results = Vec::new();
+                let mut next = Some(text);
+                while let Some(text) = next.take() {
+                    match serde_json::from_str::<AgentMessage>(&text) {
+                        Ok(AgentMessage::Heartbeat { metrics, running }) => {
                             liveness.heartbeat_at = testbed_core::now();
                             liveness.running = running.len() as u32;
                             liveness.metrics = metrics;
                             lease = keep_alive(&state, lease, &alive_key, &liveness).await?;
                         }
-                        other => handle(&state, uuid, other, &tx).await?,
+                        Ok(AgentMessage::Result { task_id, outcome }) => {
+                            results.push((task_id, outcome));
+                        }
+                        Ok(other) => {
+                            // In order: what came before it is settled first.
+                            settle(&state, uuid, &mut results, &tx).await?;
+                            handle(&state, uuid, other, &tx).await?;
+                        }
+                        Err(e) => tracing::warn!(%uuid, "unreadable agent message: {e}"),
+                    }
+                    if results.len() < dispatch::SETTLE_BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(Message::Text(text)))) => next = Some(text),
+                            Some(other) => carried = Some(other),
+                            None => {}
+                        }
                     }
                 }
-                Some(Ok(Message::Close(_))) => break End::Closed,
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break End::Dropped,
-            },
+                settle(&state, uuid, &mut results, &tx).await?;
+            }
+            Some(Ok(Message::Close(_))) => break End::Closed,
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break End::Dropped,
         }
     };
     state.hub.detach(uuid, session);
@@ -220,6 +243,25 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
         End::Dropped | End::Shutdown | End::Replaced => {
             tracing::info!(agent = %record.name, "agent connection lost; lease runs out in {ttl} s unless it reconnects");
         }
+    }
+    Ok(())
+}
+
+/// Settles the results gathered so far and acks them (even unknown ones,
+/// so the agent stops resending them).
+async fn settle(
+    state: &AppState,
+    agent: Uuid,
+    results: &mut Vec<(Uuid, testbed_core::task::TaskOutcome)>,
+    tx: &mpsc::UnboundedSender<ServerMessage>,
+) -> Result<(), SessionError> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = results.iter().map(|(id, _)| *id).collect();
+    dispatch::settle_from(state, agent, std::mem::take(results)).await?;
+    for task_id in ids {
+        let _ = tx.send(ServerMessage::Ack { task_id });
     }
     Ok(())
 }
@@ -345,7 +387,7 @@ async fn reconcile(
     let assigned: Vec<(String, Assignment)> =
         records::list(&state.store, &keys::assign_prefix(&uuid), |_| true).await?;
     for (_, a) in assigned {
-        let Some((task, _)) = records::get::<Task>(&state.store, &keys::task(&a.task_id)).await?
+        let Some((task, rev)) = records::get::<Task>(&state.store, &keys::task(&a.task_id)).await?
         else {
             // An assignment without a task: its dispatch was interrupted.
             state.store.delete(&keys::assign(&uuid, &a.task_id)).await?;
@@ -373,9 +415,7 @@ async fn reconcile(
                 .await?;
             }
             TaskStatus::Queued => {
-                let _ = tx.send(ServerMessage::Assign {
-                    task: Box::new(task),
-                });
+                state.hub.assign(task, rev);
             }
             TaskStatus::Running => {
                 // The agent process that ran it is gone (a new one says
@@ -424,14 +464,8 @@ async fn handle(
             state.hub.task_changed(task_id);
         }
         AgentMessage::Result { task_id, outcome } => {
-            let belongs = records::get::<Task>(&state.store, &keys::task(&task_id))
-                .await?
-                .is_some_and(|(t, _)| t.agent_uuid == agent);
-            if belongs {
-                dispatch::settle(state, task_id, outcome).await?;
-            }
-            // Acked even when unknown, so the agent stops resending it.
-            let _ = tx.send(ServerMessage::Ack { task_id });
+            let mut one = vec![(task_id, outcome)];
+            settle(state, agent, &mut one, tx).await?;
         }
         AgentMessage::Metrics {
             task_id,

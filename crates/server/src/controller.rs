@@ -1,8 +1,9 @@
 //! Background loops of a server replica.
 //!
-//! * [`assignment_relay`] runs on every replica: it watches `/assign/` and
+//! * [`assignment_relay`] runs on every replica: it watches `/assign/`,
 //!   forwards new assignments (and cancel flags) to the agents connected to
-//!   this replica.
+//!   this replica, and keeps the replica's per-agent load
+//!   ([`crate::placement::Load`]) in step with the store.
 //! * [`run_controller`] runs only on the elected leader (a lease-bound
 //!   `/leader/controller` key): it reconciles store state, marking the tasks
 //!   of agents whose lease expired `lost`, and drives the plan engine.
@@ -121,16 +122,38 @@ pub fn backoff(n: u32) -> Duration {
     (BACKOFF_MIN * factor).min(BACKOFF_MAX)
 }
 
-/// Forwards assignments to locally connected agents. Restarts its watch
-/// from the last revision it saw if the stream breaks, so nothing is missed.
+/// How often the relay re-lists `/assign/` to correct the in-memory load
+/// (its watch keeps it right; this bounds the effect of a missed update).
+const RELIST_EVERY: Duration = Duration::from_secs(60);
+
+/// Forwards assignments to locally connected agents and follows every
+/// agent's load. Restarts its watch from the last revision it saw if the
+/// stream breaks, so nothing is missed.
 pub async fn assignment_relay(state: AppState) {
-    let mut from = match state.store.revision().await {
-        Ok(r) => r + 1,
-        Err(_) => 1,
-    };
+    let mut from = 0;
+    let mut relist = true;
     loop {
         if state.shutdown.is_cancelled() {
             return;
+        }
+        if relist {
+            // The listing may be newer than `from`; replaying the events in
+            // between converges, as `assigned`/`released` are idempotent.
+            match relist_load(&state).await {
+                Ok(rev) => {
+                    if from == 0 {
+                        from = rev + 1;
+                    }
+                    relist = false;
+                }
+                Err(e) => {
+                    let wait = state
+                        .loops
+                        .failed(RELAY, format!("listing assignments: {e}"));
+                    sleep_or_shutdown(&state, wait).await;
+                    continue;
+                }
+            }
         }
         let mut stream = match state.store.watch(keys::ASSIGN, from).await {
             Ok(s) => s,
@@ -144,20 +167,30 @@ pub async fn assignment_relay(state: AppState) {
         };
         state.loops.ok(RELAY);
         let mut wait = BACKOFF_MIN;
+        let mut relist_tick = tokio::time::interval(RELIST_EVERY);
+        relist_tick.tick().await;
         loop {
             let next = tokio::select! {
                 _ = state.shutdown.cancelled() => return,
+                _ = relist_tick.tick() => {
+                    if let Err(e) = relist_load(&state).await {
+                        tracing::warn!("re-listing assignments: {e}");
+                    }
+                    continue;
+                }
                 n = stream.next() => n,
             };
             match next {
                 Some(Ok(ev)) => {
                     from = ev.revision() + 1;
-                    if ev.kind != EventKind::Put {
-                        continue;
-                    }
                     let Some((agent, task_id)) = keys::parse_assign(&ev.kv.key) else {
                         continue;
                     };
+                    if ev.kind != EventKind::Put {
+                        state.hub.load.released(agent, task_id);
+                        continue;
+                    }
+                    state.hub.load.assigned(agent, task_id);
                     if !state.hub.is_local(&agent) {
                         continue;
                     }
@@ -168,7 +201,7 @@ pub async fn assignment_relay(state: AppState) {
                     if a.held.is_some() {
                         continue;
                     }
-                    forward(&state, agent, task_id, &a).await;
+                    forward(&state, agent, task_id, a, ev.kv.mod_revision).await;
                 }
                 Some(Err(testbed_store::StoreError::Compacted { .. })) => {
                     // History is gone: re-list what is outstanding for the
@@ -177,6 +210,7 @@ pub async fn assignment_relay(state: AppState) {
                         Ok(r) => {
                             tracing::warn!("assignment watch compacted; re-listing");
                             from = r + 1;
+                            relist = true;
                             resend_local(&state).await;
                         }
                         Err(e) => {
@@ -197,6 +231,27 @@ pub async fn assignment_relay(state: AppState) {
         }
         sleep_or_shutdown(&state, wait).await;
     }
+}
+
+/// Rebuilds the per-agent load from `/assign/`; the store revision read
+/// before the listing.
+async fn relist_load(state: &AppState) -> Result<i64, testbed_store::StoreError> {
+    let rev = state.store.revision().await?;
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = state
+            .store
+            .range(keys::ASSIGN, after.as_deref(), 1000)
+            .await?;
+        all.extend(page.kvs.iter().filter_map(|kv| keys::parse_assign(&kv.key)));
+        match (page.more, page.kvs.last()) {
+            (true, Some(last)) => after = Some(last.key.clone()),
+            _ => break,
+        }
+    }
+    state.hub.load.reset(all);
+    Ok(rev)
 }
 
 const RELAY: &str = "assignment relay";
@@ -221,12 +276,22 @@ async fn resend_local(state: &AppState) {
         if !state.hub.is_local(&agent) || a.held.is_some() {
             continue;
         }
-        forward(state, agent, task_id, &a).await;
+        // The revision only matters for a settle without a read; an
+        // unknown one (0) just sends that settle down the reading path.
+        forward(state, agent, task_id, a, 0).await;
     }
 }
 
-/// Sends one assignment's news to its (locally connected) agent.
-async fn forward(state: &AppState, agent: uuid::Uuid, task_id: uuid::Uuid, a: &Assignment) {
+/// Sends one assignment's news to its (locally connected) agent. `rev` is
+/// the assignment's `mod_revision`, which is also its task's when the
+/// assignment carries it (both are written in one transaction).
+async fn forward(
+    state: &AppState,
+    agent: uuid::Uuid,
+    task_id: uuid::Uuid,
+    a: Assignment,
+    rev: i64,
+) {
     if a.cancel {
         state.hub.send(&agent, ServerMessage::Cancel { task_id });
     } else if let Some(paused) = a.paused {
@@ -236,16 +301,13 @@ async fn forward(state: &AppState, agent: uuid::Uuid, task_id: uuid::Uuid, a: &A
             ServerMessage::Resume { task_id }
         };
         state.hub.send(&agent, msg);
-    } else if let Ok(Some((task, _))) =
+    } else if let Some(task) = a.task {
+        state.hub.assign(*task, rev);
+    } else if let Ok(Some((task, rev))) =
         records::get::<Task>(&state.store, &keys::task(&task_id)).await
     {
         if task.status == TaskStatus::Queued {
-            state.hub.send(
-                &agent,
-                ServerMessage::Assign {
-                    task: Box::new(task),
-                },
-            );
+            state.hub.assign(task, rev);
         }
     }
 }
@@ -417,7 +479,7 @@ async fn lead_loops(
 /// the agent has killed whatever it ran for us (it does so once cut off for
 /// half a TTL), so a retry never overlaps the attempt it replaces.
 pub async fn sweep_lost(state: &AppState) -> Result<(), records::RecordError> {
-    let live = dispatch::live_agents(&state.store).await?;
+    let live = crate::placement::live_agents(&state.store).await?;
     // Only read when some task is held.
     let mut reserved: Option<BTreeMap<uuid::Uuid, String>> = None;
     let mut after: Option<String> = None;

@@ -1,28 +1,35 @@
 //! Turning a request into a task on an agent, and settling it.
 //!
 //! A task is dispatched by writing two records: `/tasks/{id}` (the task) and
-//! `/assign/{agent}/{task}` (the work queue of that agent). Whichever
-//! replica holds the agent's WebSocket watches `/assign/` and forwards the
-//! task; the assignment is deleted when the result is stored, so the set of
-//! `/assign/{agent}/…` keys is exactly the agent's outstanding work — the
-//! scheduler's load measure and the controller's list of what to mark
-//! `lost` if the agent dies.
+//! `/assign/{agent}/{task}` (the work queue of that agent), in one
+//! transaction. The assignment carries a copy of the task as created, so
+//! whichever replica holds the agent's WebSocket forwards it straight from
+//! its watch on `/assign/` without reading the task; the assignment is
+//! deleted when the result is stored (again one transaction with the task's
+//! update), so the set of `/assign/{agent}/…` keys is exactly the agent's
+//! outstanding work — the load [`crate::placement`] balances and the
+//! controller's list of what to mark `lost` if the agent dies.
+//!
+//! Which agent gets a task is [`crate::placement`]'s decision; this module
+//! only writes and settles.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use testbed_core::agent::{AgentLiveness, AgentRecord};
 use testbed_core::keys;
 use testbed_core::protocol::ServerMessage;
 use testbed_core::schema::{self, FieldError};
-use testbed_core::task::{Task, TaskOutcome, TaskStatus};
+use testbed_core::task::{NewTask, Task, TaskOutcome, TaskStatus};
 use testbed_store::{Compare, DynStore, TxnOp};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
+use crate::placement::{self, Fleet, Refusal};
 use crate::records::{self, RecordError};
 use crate::state::AppState;
+
+pub use crate::placement::{agents, live_agents, AgentView};
 
 /// The value of `/assign/{agent}/{task}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,64 +47,16 @@ pub struct Assignment {
     /// run); nobody sends it until the controller clears this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    /// The task as created (or as released from its hold), so the replica
+    /// holding the agent can send it without reading `/tasks/{id}`; its
+    /// `mod_revision` is the assignment's own (both are written in one
+    /// transaction). Absent in assignments written by older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Box<Task>>,
 }
 
 impl Assignment {
     pub const KIND: &'static str = "assignment";
-}
-
-/// An agent registration with its liveness, if live.
-#[derive(Debug, Clone)]
-pub struct AgentView {
-    pub record: AgentRecord,
-    pub alive: Option<AgentLiveness>,
-}
-
-/// Every registered agent, with liveness, from one pass over `/agents/`.
-pub async fn agents(store: &DynStore) -> Result<Vec<AgentView>, RecordError> {
-    let mut records: BTreeMap<Uuid, AgentRecord> = BTreeMap::new();
-    let mut alive: BTreeMap<Uuid, AgentLiveness> = BTreeMap::new();
-    let all: Vec<(String, Value)> = records::list(store, keys::AGENTS, |_| true).await?;
-    for (key, value) in all {
-        if let Some(uuid) = keys::parse_agent_alive(&key) {
-            if let Ok(l) = serde_json::from_value(value) {
-                alive.insert(uuid, l);
-            }
-        } else if let Some(uuid) = keys::parse_agent(&key) {
-            let record = serde_json::from_value(value).map_err(|source| RecordError::Decode {
-                key: key.clone(),
-                source,
-            })?;
-            records.insert(uuid, record);
-        }
-    }
-    let mut out: Vec<AgentView> = records
-        .into_iter()
-        .map(|(uuid, record)| AgentView {
-            alive: alive.remove(&uuid),
-            record,
-        })
-        .collect();
-    out.sort_by_key(|a| a.record.id);
-    Ok(out)
-}
-
-/// The uuids of live agents.
-pub async fn live_agents(store: &DynStore) -> Result<BTreeSet<Uuid>, RecordError> {
-    let mut out = BTreeSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.range(keys::AGENTS, after.as_deref(), 1000).await?;
-        for kv in &page.kvs {
-            if let Some(uuid) = keys::parse_agent_alive(&kv.key) {
-                out.insert(uuid);
-            }
-        }
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = Some(last.key.clone()),
-            _ => return Ok(out),
-        }
-    }
 }
 
 /// Seed 002's `POST /v2.1/testcases` body.
@@ -121,15 +80,6 @@ pub struct SubmitRequest {
 
 fn empty_object() -> Value {
     Value::Object(Default::default())
-}
-
-fn list(items: impl IntoIterator<Item = String>) -> String {
-    let v: BTreeSet<String> = items.into_iter().collect();
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.into_iter().collect::<Vec<_>>().join(", ")
-    }
 }
 
 /// Validates a request against the live agents, picks the least loaded
@@ -158,125 +108,38 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
         return Err(ApiError::validation(problems));
     }
 
-    let all = agents(&state.store).await?;
-    // Agents of a group reserved by a run take no other work: a task aimed
-    // only at such agents waits, held, until the reservation ends.
-    let locks = crate::engine::targets::locks(&state.store).await?;
-    let reserved = crate::engine::targets::reservations(&all, &locks, None);
-    let live: Vec<&AgentView> = all.iter().filter(|a| a.alive.is_some()).collect();
-    let host_is_live = live.iter().any(|a| a.record.matches_host(&req.host));
-    if !host_is_live
-        && all
-            .iter()
-            .any(|a| a.alive.is_none() && a.record.matches_host(&req.host))
-    {
-        return Err(ApiError::conflict(format!(
-            "every agent matching host `{}` is offline",
-            req.host
-        )));
-    }
-    let carrying: Vec<&AgentView> = live
-        .iter()
-        .copied()
-        .filter(|a| a.record.plugin(&req.plugin).is_some())
-        .collect();
-    if carrying.is_empty() {
-        return Err(ApiError::field(
-            "/plugin",
-            format!(
-                "unknown plugin `{}`; live agents carry: {}",
-                req.plugin,
-                list(
-                    live.iter()
-                        .flat_map(|a| a.record.plugins.iter().map(|p| p.name.clone()))
-                )
-            ),
-        ));
-    }
-    let with_method: Vec<&AgentView> = carrying
-        .iter()
-        .copied()
-        .filter(|a| {
-            a.record
-                .plugin(&req.plugin)
-                .and_then(|p| p.method(&req.method))
-                .is_some()
-        })
-        .collect();
-    if with_method.is_empty() {
-        return Err(ApiError::field(
-            "/method",
-            format!(
-                "plugin `{}` has no method `{}`; it has: {}",
-                req.plugin,
-                req.method,
-                list(carrying.iter().flat_map(|a| {
-                    a.record
-                        .plugin(&req.plugin)
-                        .map(|p| p.methods.iter().map(|m| m.name.clone()).collect::<Vec<_>>())
-                        .unwrap_or_default()
-                }))
-            ),
-        ));
-    }
-    let matching: Vec<&AgentView> = with_method
-        .iter()
-        .copied()
-        .filter(|a| a.record.matches_host(&req.host))
-        .collect();
-    if matching.is_empty() {
-        let message = if host_is_live {
-            format!(
-                "no agent matching host `{}` carries {}.{}; agents that do: {}",
-                req.host,
-                req.plugin,
-                req.method,
-                list(with_method.iter().map(|a| a.record.host.clone()))
-            )
-        } else {
-            format!(
-                "no live agent matches host `{}`; live hosts: {}",
-                req.host,
-                list(live.iter().map(|a| a.record.host.clone()))
-            )
-        };
-        return Err(ApiError::field("/host", message));
-    }
-    // Free agents first; only when every match is reserved does the task
-    // wait for one of them.
-    let free: Vec<&AgentView> = matching
-        .iter()
-        .copied()
-        .filter(|a| !reserved.contains_key(&a.record.uuid))
-        .collect();
-    let candidates = if free.is_empty() { matching } else { free };
+    let fleet = Fleet::read(&state.store).await?;
+    let candidates = placement::for_request(&fleet, &req.plugin, &req.method, &req.host).map_err(
+        |r| match r {
+            Refusal::Offline { host } => {
+                ApiError::conflict(format!("every agent matching host `{host}` is offline"))
+            }
+            Refusal::Field { field, message } => ApiError::field(field, message),
+        },
+    )?;
 
     // Parameters are checked against the schema the chosen agents announced.
-    if let Some(method) = candidates[0]
-        .record
-        .plugin(&req.plugin)
+    if let Some(method) = candidates
+        .agents
+        .first()
+        .and_then(|a| a.record.plugin(&req.plugin))
         .and_then(|p| p.method(&req.method))
     {
         schema::validate(&method.schema, &req.parameters, "/parameters")
             .map_err(ApiError::validation)?;
     }
 
-    let mut best: Option<(usize, u32, &AgentView)> = None;
-    for a in candidates {
-        let outstanding = outstanding(state, &a.record.uuid).await?;
-        let running = a.alive.as_ref().map_or(0, |l| l.running);
-        if best.is_none_or(|(o, r, _)| (outstanding, running) < (o, r)) {
-            best = Some((outstanding, running, a));
-        }
-    }
-    let Some((_, _, agent)) = best else {
+    let Some(agent) = state.hub.load.least_loaded(&candidates.agents) else {
         return Err(ApiError::unavailable("no eligible agent"));
     };
-    let held = reserved.get(&agent.record.uuid).cloned();
-
-    let task = Task {
-        kind: Task::KIND.into(),
-        v: 1,
+    // Agents of a group reserved by a run take no other work: a task aimed
+    // only at such agents waits, held, until the reservation ends.
+    let held = if candidates.held {
+        fleet.reservations(None).remove(&agent.record.uuid)
+    } else {
+        None
+    };
+    let task = Task::queued(NewTask {
         id: Uuid::new_v4(),
         plugin: req.plugin,
         method: req.method,
@@ -284,20 +147,10 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
         host: req.host,
         agent_uuid: agent.record.uuid,
         agent_name: agent.record.name.clone(),
-        status: TaskStatus::Queued,
-        exit_code: None,
-        result: None,
-        error: None,
         created_by: created_by.to_string(),
-        created_at: testbed_core::now(),
-        started_at: None,
-        finished_at: None,
-        cancel_requested: false,
-        artifacts: Vec::new(),
-        log_bytes: 0,
         run: None,
         reason: held.clone(),
-    };
+    });
     if let Some(why) = &held {
         tracing::info!(task = %task.id, agent = %task.agent_name, "task held: {why}");
     }
@@ -305,12 +158,10 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
     Ok(task)
 }
 
-/// Reservations ([`crate::engine::targets::reservations`]) of every
-/// registered agent, read from the store.
+/// Reservations ([`placement::reservations`]) of every registered agent,
+/// read from the store.
 pub async fn reservations(store: &DynStore) -> Result<BTreeMap<Uuid, String>, RecordError> {
-    let all = agents(store).await?;
-    let locks = crate::engine::targets::locks(store).await?;
-    Ok(crate::engine::targets::reservations(&all, &locks, None))
+    Ok(Fleet::read(store).await?.reservations(None))
 }
 
 /// Sends a held task on its way: clears the hold on its assignment and the
@@ -331,6 +182,7 @@ pub async fn release_held(state: &AppState, agent: Uuid, task_id: Uuid) -> Resul
         }
         a.held = None;
         task.reason = None;
+        a.task = Some(Box::new(task.clone()));
         let ops = vec![
             TxnOp::Put {
                 key: task_key.clone(),
@@ -363,8 +215,9 @@ fn encode<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, RecordError> {
     })
 }
 
-/// Tasks assigned to `agent` and not yet finished: the scheduler's load
-/// measure, the same on every replica.
+/// Tasks assigned to `agent` and not yet finished, counted in the store (the
+/// same on every replica at once; placement uses its in-memory
+/// [`placement::Load`] instead).
 pub async fn outstanding(state: &AppState, agent: &Uuid) -> Result<usize, RecordError> {
     records::count(&state.store, &keys::assign_prefix(agent)).await
 }
@@ -375,7 +228,7 @@ pub async fn started(
     task_id: Uuid,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), RecordError> {
-    records::update::<Task, _>(&state.store, &keys::task(&task_id), |t| {
+    let written = records::update_rev::<Task, _>(&state.store, &keys::task(&task_id), |t| {
         if t.status == TaskStatus::Queued {
             t.status = TaskStatus::Running;
             t.started_at = Some(at);
@@ -385,7 +238,104 @@ pub async fn started(
         }
     })
     .await?;
+    if let Some((task, rev)) = written {
+        // The session's copy follows, so the result still settles in one
+        // write.
+        state.hub.refresh(task, rev);
+    }
     state.hub.task_changed(task_id);
+    Ok(())
+}
+
+/// Folds a finished task's log chunks into one object; its stored length.
+async fn fold_log(state: &AppState, task_id: Uuid, outcome: &TaskOutcome) -> u64 {
+    // A task that printed nothing sent no chunks: nothing to fold, and no
+    // object to look for.
+    if outcome.log_bytes == 0 {
+        return 0;
+    }
+    match state.blobs.finish_log(&task_id).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(%task_id, "folding log: {e}");
+            outcome.log_bytes
+        }
+    }
+}
+
+fn apply_outcome(t: &mut Task, outcome: &TaskOutcome, stored_len: u64) {
+    t.status = outcome.status;
+    t.exit_code = outcome.exit_code;
+    t.result = outcome.result.clone();
+    t.error = outcome.error.clone();
+    if t.started_at.is_none() {
+        t.started_at = outcome.started_at;
+    }
+    t.finished_at = Some(outcome.finished_at);
+    t.log_bytes = stored_len;
+}
+
+/// The most tasks settled in one transaction: two ops each, within etcd's
+/// default cap of 128 ops per transaction.
+pub const SETTLE_BATCH: usize = 64;
+
+/// Stores the outcomes `agent` reported (once each: a duplicate result
+/// changes nothing) and releases their assignments. Results whose task this
+/// replica still holds as sent (unchanged since) are settled together in
+/// one transaction, without reading anything; the others (the task changed
+/// meanwhile, or was sent by another replica) one by one, read first. A
+/// result for a task that is not `agent`'s is ignored.
+pub async fn settle_from(
+    state: &AppState,
+    agent: Uuid,
+    results: Vec<(Uuid, TaskOutcome)>,
+) -> Result<(), RecordError> {
+    let mut slow = Vec::new();
+    let mut fast: Vec<(Uuid, TaskOutcome, u64, Task, i64)> = Vec::new();
+    for (task_id, outcome) in results {
+        let stored_len = fold_log(state, task_id, &outcome).await;
+        match state.hub.in_flight(&agent, &task_id) {
+            Some((task, rev)) => fast.push((task_id, outcome, stored_len, task, rev)),
+            None => slow.push((task_id, outcome, stored_len)),
+        }
+    }
+    while !fast.is_empty() {
+        let chunk: Vec<_> = fast.drain(..fast.len().min(SETTLE_BATCH)).collect();
+        let mut compares = Vec::with_capacity(chunk.len());
+        let mut ops = Vec::with_capacity(chunk.len() * 2);
+        for (task_id, outcome, stored_len, task, rev) in &chunk {
+            let key = keys::task(task_id);
+            let mut t = task.clone();
+            apply_outcome(&mut t, outcome, *stored_len);
+            ops.push(TxnOp::Put {
+                key: key.clone(),
+                value: encode(&key, &t)?,
+                lease: None,
+            });
+            ops.push(TxnOp::Delete {
+                key: keys::assign(&agent, task_id),
+            });
+            compares.push((key, Compare::ModRevision(*rev)));
+        }
+        if state.store.txn(&compares, ops).await?.is_some() {
+            for (task_id, ..) in &chunk {
+                state.hub.forget(&agent, task_id);
+                state.hub.load.released(agent, *task_id);
+                state.hub.task_changed(*task_id);
+            }
+        } else {
+            // One of them changed (a cancel request, say): each on its own.
+            slow.extend(
+                chunk
+                    .into_iter()
+                    .map(|(id, outcome, len, ..)| (id, outcome, len)),
+            );
+        }
+    }
+    for (task_id, outcome, stored_len) in slow {
+        state.hub.forget(&agent, &task_id);
+        settle_read(state, Some(agent), task_id, &outcome, stored_len).await?;
+    }
     Ok(())
 }
 
@@ -397,30 +347,29 @@ pub async fn settle(
     task_id: Uuid,
     outcome: TaskOutcome,
 ) -> Result<(), RecordError> {
-    let stored_len = match state.blobs.finish_log(&task_id).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(%task_id, "folding log: {e}");
-            outcome.log_bytes
-        }
-    };
+    let stored_len = fold_log(state, task_id, &outcome).await;
+    settle_read(state, None, task_id, &outcome, stored_len).await
+}
+
+async fn settle_read(
+    state: &AppState,
+    agent: Option<Uuid>,
+    task_id: Uuid,
+    outcome: &TaskOutcome,
+    stored_len: u64,
+) -> Result<(), RecordError> {
     let key = keys::task(&task_id);
     for _ in 0..64 {
         let Some((mut t, rev)) = records::get::<Task>(&state.store, &key).await? else {
             break;
         };
+        if agent.is_some_and(|a| a != t.agent_uuid) {
+            return Ok(());
+        }
         if t.status.is_terminal() && t.status != TaskStatus::Lost {
             break;
         }
-        t.status = outcome.status;
-        t.exit_code = outcome.exit_code;
-        t.result = outcome.result.clone();
-        t.error = outcome.error.clone();
-        if t.started_at.is_none() {
-            t.started_at = outcome.started_at;
-        }
-        t.finished_at = Some(outcome.finished_at);
-        t.log_bytes = stored_len;
+        apply_outcome(&mut t, outcome, stored_len);
         // The result and the release of the assignment are one write.
         let ops = vec![
             TxnOp::Put {
@@ -438,6 +387,7 @@ pub async fn settle(
             .await?
             .is_some()
         {
+            state.hub.load.released(t.agent_uuid, task_id);
             break;
         }
     }
@@ -472,6 +422,7 @@ pub async fn finish_without_agent(
             .store
             .delete(&keys::assign(&t.agent_uuid, &task_id))
             .await?;
+        state.hub.load.released(t.agent_uuid, task_id);
     }
     state.hub.task_changed(task_id);
     Ok(())
@@ -598,6 +549,7 @@ async fn create_held(
         cancel: false,
         paused: None,
         held,
+        task: Some(Box::new(task.clone())),
     };
     // Task and assignment in one write: an agent never sees an assignment
     // without its task, and a crash never leaves a task without one.
@@ -613,6 +565,15 @@ async fn create_held(
             lease: None,
         },
     ];
-    state.store.txn(&[(key, Compare::Absent)], ops).await?;
-    Ok(())
+    // Counted before the write, so the next placement on this replica sees
+    // it even if the task is done before this call returns; the watch
+    // confirms (or, should the write fail, the next re-list corrects) it.
+    state.hub.load.assigned(task.agent_uuid, task.id);
+    match state.store.txn(&[(key, Compare::Absent)], ops).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            state.hub.load.released(task.agent_uuid, task.id);
+            Err(e.into())
+        }
+    }
 }

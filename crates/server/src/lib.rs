@@ -24,6 +24,7 @@ pub mod hub;
 pub mod listen;
 pub mod metrics;
 pub mod performance;
+pub mod placement;
 pub mod records;
 pub mod state;
 pub mod tls;

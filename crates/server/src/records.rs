@@ -86,7 +86,23 @@ pub async fn create<T: Serialize>(
 /// Read-modify-write with compare-and-swap, retried on conflict. `change`
 /// returns `false` to leave the record as it is. Returns the record as
 /// written (or as found, when unchanged); `None` when the key is absent.
-pub async fn update<T, F>(store: &DynStore, key: &str, mut change: F) -> Result<Option<T>>
+pub async fn update<T, F>(store: &DynStore, key: &str, change: F) -> Result<Option<T>>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnMut(&mut T) -> bool,
+{
+    Ok(update_rev(store, key, change)
+        .await?
+        .map(|(value, _)| value))
+}
+
+/// [`update`], also returning the record's `mod_revision` after it (the
+/// revision written, or the one found when unchanged).
+pub async fn update_rev<T, F>(
+    store: &DynStore,
+    key: &str,
+    mut change: F,
+) -> Result<Option<(T, i64)>>
 where
     T: Serialize + DeserializeOwned,
     F: FnMut(&mut T) -> bool,
@@ -96,16 +112,15 @@ where
             return Ok(None);
         };
         if !change(&mut value) {
-            return Ok(Some(value));
+            return Ok(Some((value, rev)));
         }
         let bytes = encode(key, &value)?;
         let lease = None;
-        if store
+        if let Some(written) = store
             .txn_put(key, Compare::ModRevision(rev), bytes, lease)
             .await?
-            .is_some()
         {
-            return Ok(Some(value));
+            return Ok(Some((value, written)));
         }
     }
     Err(RecordError::Contended {

@@ -738,11 +738,11 @@ async fn start_step(
     Ok(())
 }
 
-/// Where attempt n+1 of an instance runs. A failed task is retried on the
-/// same agent while it lives; a lost one on another eligible agent, or on
-/// the same one if it came back (restarted) and no other qualifies — its
-/// lost attempt died with it, so nothing overlaps.
+/// Where attempt n+1 of an instance runs ([`crate::placement::Load::retry`]):
+/// a failed attempt on the same agent while it lives, a lost one on the
+/// least loaded other eligible agent.
 fn retry_agent<'a>(
+    load: &crate::placement::Load,
     agents: &'a [AgentView],
     r: &Resolved,
     excluded: &BTreeSet<Uuid>,
@@ -750,34 +750,19 @@ fn retry_agent<'a>(
     lost: bool,
 ) -> Option<&'a AgentView> {
     let eligible = targets::eligible(agents, &r.selector, &r.plugin, &r.method, excluded);
-    let same = agents
-        .iter()
-        .find(|a| a.record.uuid == previous && a.alive.is_some());
-    if !lost {
-        if let Some(same) = same {
-            return Some(same);
-        }
-    }
-    eligible
-        .iter()
-        .find(|a| a.record.uuid != previous)
-        .or_else(|| eligible.iter().find(|a| a.record.uuid == previous))
-        .copied()
+    load.retry(agents, &eligible, previous, lost)
 }
 
 async fn least_loaded<'a>(
     state: &AppState,
     candidates: &[&'a AgentView],
 ) -> Result<&'a AgentView, RecordError> {
-    let mut best: Option<(usize, &AgentView)> = None;
-    for a in candidates {
-        let n = dispatch::outstanding(state, &a.record.uuid).await?;
-        if best.is_none_or(|(b, _)| n < b) {
-            best = Some((n, a));
-        }
-    }
-    // `candidates` is never empty here.
-    Ok(best.map(|(_, a)| a).unwrap_or(candidates[0]))
+    // From the replica's in-memory load; `candidates` is never empty here.
+    Ok(state
+        .hub
+        .load
+        .least_loaded(candidates)
+        .unwrap_or(candidates[0]))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -793,9 +778,7 @@ async fn create_task(
     params: Value,
 ) -> Result<(), RecordError> {
     let id = task_id(&run.id, step, instance, attempt);
-    let task = Task {
-        kind: Task::KIND.into(),
-        v: 1,
+    let task = Task::queued(testbed_core::task::NewTask {
         id,
         plugin: plugin.to_string(),
         method: method.to_string(),
@@ -803,17 +786,7 @@ async fn create_task(
         host: agent.record.host.clone(),
         agent_uuid: agent.record.uuid,
         agent_name: agent.record.name.clone(),
-        status: TaskStatus::Queued,
-        exit_code: None,
-        result: None,
-        error: None,
         created_by: run.created_by.clone(),
-        created_at: now(),
-        started_at: None,
-        finished_at: None,
-        cancel_requested: false,
-        artifacts: Vec::new(),
-        log_bytes: 0,
         run: Some(RunRef {
             run_id: run.id,
             step: step.to_string(),
@@ -821,7 +794,7 @@ async fn create_task(
             attempt,
         }),
         reason: None,
-    };
+    });
     dispatch::create(state, &task).await
 }
 
@@ -904,7 +877,7 @@ async fn advance_step(
                 if inst.attempt <= r.retries && !run.cancel_requested {
                     let lost = status == TaskStatus::Lost;
                     let (agents, excluded) = fleet.get(state, run.id).await?;
-                    let agent = retry_agent(agents, &r, excluded, inst.agent_uuid, lost);
+                    let agent = retry_agent(&state.hub.load, agents, &r, excluded, inst.agent_uuid, lost);
                     if let Some(agent) = agent {
                         let attempt = inst.attempt + 1;
                         create_task(

@@ -1,0 +1,533 @@
+//! Where work runs: which agents may take a task (eligibility) and which of
+//! them does (choice). One-off tasks ([`crate::dispatch::submit`]), plan
+//! steps and their retries ([`crate::engine`]) and load tests
+//! ([`crate::performance`]) all place work here, so they agree on what
+//! "eligible" and "least loaded" mean.
+//!
+//! Eligibility is read from the store (agent records, their liveness keys,
+//! group reservations) once per decision. Load is not: counting every
+//! candidate's `/assign/{agent}/…` keys per decision cost one store read per
+//! candidate. Each replica keeps the set of outstanding assignments per agent
+//! in memory ([`Load`]) instead, fed by the assignment watch every replica
+//! already runs (so it sees work placed by the other replicas), re-listed
+//! from the store when that watch starts or loses history, and updated at
+//! once for the work this replica places itself, so a burst of submissions
+//! spreads before the watch catches up.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+
+use serde_json::Value;
+use testbed_core::agent::{AgentLiveness, AgentRecord};
+use testbed_core::keys;
+use testbed_core::plan::TargetSpec;
+use testbed_core::run::GroupLock;
+use testbed_store::DynStore;
+use uuid::Uuid;
+
+use crate::records::{self, RecordError};
+
+/// An agent registration with its liveness, if live.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub record: AgentRecord,
+    pub alive: Option<AgentLiveness>,
+}
+
+impl AgentView {
+    fn carries(&self, plugin: &str, method: &str) -> bool {
+        self.record
+            .plugin(plugin)
+            .and_then(|p| p.method(method))
+            .is_some()
+    }
+
+    fn running(&self) -> u32 {
+        self.alive.as_ref().map_or(0, |l| l.running)
+    }
+}
+
+/// Every registered agent, with liveness, from one pass over `/agents/`.
+pub async fn agents(store: &DynStore) -> Result<Vec<AgentView>, RecordError> {
+    let mut records: BTreeMap<Uuid, AgentRecord> = BTreeMap::new();
+    let mut alive: BTreeMap<Uuid, AgentLiveness> = BTreeMap::new();
+    let all: Vec<(String, Value)> = records::list(store, keys::AGENTS, |_| true).await?;
+    for (key, value) in all {
+        if let Some(uuid) = keys::parse_agent_alive(&key) {
+            if let Ok(l) = serde_json::from_value(value) {
+                alive.insert(uuid, l);
+            }
+        } else if let Some(uuid) = keys::parse_agent(&key) {
+            let record = serde_json::from_value(value).map_err(|source| RecordError::Decode {
+                key: key.clone(),
+                source,
+            })?;
+            records.insert(uuid, record);
+        }
+    }
+    let mut out: Vec<AgentView> = records
+        .into_iter()
+        .map(|(uuid, record)| AgentView {
+            alive: alive.remove(&uuid),
+            record,
+        })
+        .collect();
+    out.sort_by_key(|a| a.record.id);
+    Ok(out)
+}
+
+/// The uuids of live agents.
+pub async fn live_agents(store: &DynStore) -> Result<BTreeSet<Uuid>, RecordError> {
+    let mut out = BTreeSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.range(keys::AGENTS, after.as_deref(), 1000).await?;
+        for kv in &page.kvs {
+            if let Some(uuid) = keys::parse_agent_alive(&kv.key) {
+                out.insert(uuid);
+            }
+        }
+        match (page.more, page.kvs.last()) {
+            (true, Some(last)) => after = Some(last.key.clone()),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Groups reserved by some run: group name → run id.
+pub async fn locks(store: &DynStore) -> Result<BTreeMap<String, Uuid>, RecordError> {
+    let mut out = BTreeMap::new();
+    let all: Vec<(String, GroupLock)> =
+        records::list(store, keys::GROUPS, |k| k.ends_with("/lock")).await?;
+    for (key, lock) in all {
+        if let Some(name) = key
+            .strip_prefix(keys::GROUPS)
+            .and_then(|k| k.strip_suffix("/lock"))
+        {
+            out.insert(name.to_string(), lock.run_id);
+        }
+    }
+    Ok(out)
+}
+
+/// Why work waits for a group a run holds.
+pub fn reserved_reason(group: &str, holder: &Uuid) -> String {
+    format!("pending: group `{group}` is reserved by run {holder}")
+}
+
+/// Agents that belong to a group reserved by a run other than `run`, each
+/// with why it takes no other work.
+pub fn reservations(
+    agents: &[AgentView],
+    locks: &BTreeMap<String, Uuid>,
+    run: Option<Uuid>,
+) -> BTreeMap<Uuid, String> {
+    agents
+        .iter()
+        .filter_map(|a| {
+            a.record.groups.iter().find_map(|g| {
+                locks
+                    .get(g)
+                    .filter(|holder| Some(**holder) != run)
+                    .map(|holder| (a.record.uuid, reserved_reason(g, holder)))
+            })
+        })
+        .collect()
+}
+
+/// The agents of [`reservations`] alone.
+pub fn reserved_elsewhere(
+    agents: &[AgentView],
+    locks: &BTreeMap<String, Uuid>,
+    run: Option<Uuid>,
+) -> BTreeSet<Uuid> {
+    reservations(agents, locks, run).into_keys().collect()
+}
+
+/// Does the agent match the selector (host, name/id/uuid, group, labels)?
+pub fn matches(a: &AgentView, sel: &TargetSpec) -> bool {
+    let r = &a.record;
+    if let Some(h) = &sel.host {
+        if &r.host != h {
+            return false;
+        }
+    }
+    if let Some(id) = &sel.agent {
+        let by_id = id.parse::<u64>().is_ok_and(|n| n == r.id);
+        if !(by_id || r.matches_host(id)) {
+            return false;
+        }
+    }
+    if let Some(g) = &sel.group {
+        if !r.groups.contains(g) {
+            return false;
+        }
+    }
+    if let Some(labels) = &sel.labels {
+        if !labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Live agents that match, carry `plugin.method`, and are not in
+/// `excluded` (reserved by another run).
+pub fn eligible<'a>(
+    agents: &'a [AgentView],
+    sel: &TargetSpec,
+    plugin: &str,
+    method: &str,
+    excluded: &BTreeSet<Uuid>,
+) -> Vec<&'a AgentView> {
+    agents
+        .iter()
+        .filter(|a| a.alive.is_some())
+        .filter(|a| !excluded.contains(&a.record.uuid))
+        .filter(|a| a.carries(plugin, method))
+        .filter(|a| matches(a, sel))
+        .collect()
+}
+
+/// What placement needs to know about the fleet for one decision.
+pub struct Fleet {
+    pub agents: Vec<AgentView>,
+    pub locks: BTreeMap<String, Uuid>,
+}
+
+impl Fleet {
+    pub async fn read(store: &DynStore) -> Result<Fleet, RecordError> {
+        Ok(Fleet {
+            agents: agents(store).await?,
+            locks: locks(store).await?,
+        })
+    }
+
+    /// Agents reserved by a run other than `run`, with why.
+    pub fn reservations(&self, run: Option<Uuid>) -> BTreeMap<Uuid, String> {
+        reservations(&self.agents, &self.locks, run)
+    }
+}
+
+/// Why a one-off task has no agent, naming the request field at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Every agent matching the host is registered but offline.
+    Offline { host: String },
+    /// The field (`/plugin`, `/method`, `/host`) asks for what no live agent
+    /// offers; the message says what they do offer.
+    Field {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The agents a one-off task (`plugin.method` on `host`: a host, an agent
+/// name or uuid) may go to. Free agents come first: the result is the free
+/// ones when there are any, else the reserved ones, with `held` set, and
+/// the task waits for a reservation to end.
+pub struct Candidates<'a> {
+    pub agents: Vec<&'a AgentView>,
+    pub held: bool,
+}
+
+pub fn for_request<'a>(
+    fleet: &'a Fleet,
+    plugin: &str,
+    method: &str,
+    host: &str,
+) -> Result<Candidates<'a>, Refusal> {
+    fn list(items: impl IntoIterator<Item = String>) -> String {
+        let v: BTreeSet<String> = items.into_iter().collect();
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.into_iter().collect::<Vec<_>>().join(", ")
+        }
+    }
+    let all = &fleet.agents;
+    let live: Vec<&AgentView> = all.iter().filter(|a| a.alive.is_some()).collect();
+    let host_is_live = live.iter().any(|a| a.record.matches_host(host));
+    if !host_is_live
+        && all
+            .iter()
+            .any(|a| a.alive.is_none() && a.record.matches_host(host))
+    {
+        return Err(Refusal::Offline { host: host.into() });
+    }
+    let carrying: Vec<&AgentView> = live
+        .iter()
+        .copied()
+        .filter(|a| a.record.plugin(plugin).is_some())
+        .collect();
+    if carrying.is_empty() {
+        return Err(Refusal::Field {
+            field: "/plugin",
+            message: format!(
+                "unknown plugin `{plugin}`; live agents carry: {}",
+                list(
+                    live.iter()
+                        .flat_map(|a| a.record.plugins.iter().map(|p| p.name.clone()))
+                )
+            ),
+        });
+    }
+    let with_method: Vec<&AgentView> = carrying
+        .iter()
+        .copied()
+        .filter(|a| a.carries(plugin, method))
+        .collect();
+    if with_method.is_empty() {
+        return Err(Refusal::Field {
+            field: "/method",
+            message: format!(
+                "plugin `{plugin}` has no method `{method}`; it has: {}",
+                list(carrying.iter().flat_map(|a| {
+                    a.record
+                        .plugin(plugin)
+                        .map(|p| p.methods.iter().map(|m| m.name.clone()).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                }))
+            ),
+        });
+    }
+    let matching: Vec<&AgentView> = with_method
+        .iter()
+        .copied()
+        .filter(|a| a.record.matches_host(host))
+        .collect();
+    if matching.is_empty() {
+        let message = if host_is_live {
+            format!(
+                "no agent matching host `{host}` carries {plugin}.{method}; agents that do: {}",
+                list(with_method.iter().map(|a| a.record.host.clone()))
+            )
+        } else {
+            format!(
+                "no live agent matches host `{host}`; live hosts: {}",
+                list(live.iter().map(|a| a.record.host.clone()))
+            )
+        };
+        return Err(Refusal::Field {
+            field: "/host",
+            message,
+        });
+    }
+    let reserved = fleet.reservations(None);
+    let free: Vec<&AgentView> = matching
+        .iter()
+        .copied()
+        .filter(|a| !reserved.contains_key(&a.record.uuid))
+        .collect();
+    Ok(if free.is_empty() {
+        Candidates {
+            agents: matching,
+            held: true,
+        }
+    } else {
+        Candidates {
+            agents: free,
+            held: false,
+        }
+    })
+}
+
+/// Outstanding assignments per agent, as this replica knows them (see the
+/// module documentation for how it stays in step with the store).
+#[derive(Default)]
+pub struct Load {
+    by_agent: Mutex<HashMap<Uuid, HashSet<Uuid>>>,
+}
+
+impl Load {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, HashSet<Uuid>>> {
+        // Every operation leaves the map whole, so a panic elsewhere
+        // cannot have torn it.
+        self.by_agent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `task` is assigned to `agent` (idempotent).
+    pub fn assigned(&self, agent: Uuid, task: Uuid) {
+        self.lock().entry(agent).or_default().insert(task);
+    }
+
+    /// `task` no longer occupies `agent` (idempotent).
+    pub fn released(&self, agent: Uuid, task: Uuid) {
+        let mut map = self.lock();
+        if let Some(set) = map.get_mut(&agent) {
+            set.remove(&task);
+            if set.is_empty() {
+                map.remove(&agent);
+            }
+        }
+    }
+
+    /// Replaces everything known with a fresh listing of `/assign/`.
+    pub fn reset(&self, assignments: impl IntoIterator<Item = (Uuid, Uuid)>) {
+        let mut fresh: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
+        for (agent, task) in assignments {
+            fresh.entry(agent).or_default().insert(task);
+        }
+        *self.lock() = fresh;
+    }
+
+    pub fn outstanding(&self, agent: &Uuid) -> usize {
+        self.lock().get(agent).map_or(0, |s| s.len())
+    }
+
+    /// The candidates ordered least loaded first: outstanding assignments,
+    /// then what the agent last said it runs, then registration order.
+    pub fn ranked<'a>(&self, candidates: &[&'a AgentView]) -> Vec<&'a AgentView> {
+        let map = self.lock();
+        let mut ranked: Vec<(usize, u32, u64, &'a AgentView)> = candidates
+            .iter()
+            .map(|a| {
+                let n = map.get(&a.record.uuid).map_or(0, |s| s.len());
+                (n, a.running(), a.record.id, *a)
+            })
+            .collect();
+        ranked.sort_by_key(|(n, running, id, _)| (*n, *running, *id));
+        ranked.into_iter().map(|(_, _, _, a)| a).collect()
+    }
+
+    /// The least loaded candidate; `None` only when there is none.
+    pub fn least_loaded<'a>(&self, candidates: &[&'a AgentView]) -> Option<&'a AgentView> {
+        self.ranked(candidates).into_iter().next()
+    }
+
+    /// `n` distinct agents, least loaded first (for a load test's parts);
+    /// fewer when fewer are eligible.
+    pub fn pick<'a>(&self, candidates: &[&'a AgentView], n: usize) -> Vec<&'a AgentView> {
+        let mut out = self.ranked(candidates);
+        out.truncate(n);
+        out
+    }
+
+    /// Where attempt n+1 of a step instance runs. A failed attempt is
+    /// retried on the same agent while it lives; a lost one on the least
+    /// loaded other eligible agent, or on the same one if it came back
+    /// (restarted) and no other qualifies — its lost attempt died with it,
+    /// so nothing overlaps.
+    pub fn retry<'a>(
+        &self,
+        agents: &'a [AgentView],
+        eligible: &[&'a AgentView],
+        previous: Uuid,
+        lost: bool,
+    ) -> Option<&'a AgentView> {
+        if !lost {
+            if let Some(same) = agents
+                .iter()
+                .find(|a| a.record.uuid == previous && a.alive.is_some())
+            {
+                return Some(same);
+            }
+        }
+        let others: Vec<&AgentView> = eligible
+            .iter()
+            .copied()
+            .filter(|a| a.record.uuid != previous)
+            .collect();
+        self.least_loaded(&others)
+            .or_else(|| eligible.iter().copied().find(|a| a.record.uuid == previous))
+    }
+}
+
+/// `n` agents for the parts of a load test: live, carrying `load.run`,
+/// matching `sel`, not reserved by a run, least loaded first. Fewer than `n`
+/// when fewer qualify (the caller says how many it found).
+pub async fn load_agents(
+    store: &DynStore,
+    load: &Load,
+    sel: &TargetSpec,
+    n: usize,
+) -> Result<Vec<AgentRecord>, RecordError> {
+    let fleet = Fleet::read(store).await?;
+    let reserved = reserved_elsewhere(&fleet.agents, &fleet.locks, None);
+    let eligible = eligible(&fleet.agents, sel, "load", "run", &reserved);
+    Ok(load
+        .pick(&eligible, n)
+        .into_iter()
+        .map(|a| a.record.clone())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: u64, running: u32) -> AgentView {
+        let now = testbed_core::now();
+        AgentView {
+            record: AgentRecord {
+                kind: AgentRecord::KIND.into(),
+                v: 1,
+                uuid: Uuid::from_u128(u128::from(id)),
+                id,
+                name: format!("a{id}"),
+                host: "h".into(),
+                labels: Default::default(),
+                groups: Vec::new(),
+                plugins: Vec::new(),
+                capacity: 1,
+                version: "0".into(),
+                root: false,
+                run_as: None,
+                registered_at: now,
+                last_seen_at: now,
+            },
+            alive: Some(AgentLiveness {
+                kind: AgentLiveness::KIND.into(),
+                v: 1,
+                replica: "r".into(),
+                connected_at: now,
+                heartbeat_at: now,
+                running,
+                metrics: Default::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_least_loaded_agent_is_chosen_and_load_follows_assignments() {
+        let agents = [agent(1, 0), agent(2, 0), agent(3, 0)];
+        let refs: Vec<&AgentView> = agents.iter().collect();
+        let load = Load::default();
+        let uuid = |i: usize| agents[i].record.uuid;
+        // Ties go to the earliest registered.
+        assert_eq!(load.least_loaded(&refs).map(|a| a.record.id), Some(1));
+        load.assigned(uuid(0), Uuid::from_u128(100));
+        load.assigned(uuid(0), Uuid::from_u128(100));
+        load.assigned(uuid(1), Uuid::from_u128(101));
+        assert_eq!(load.outstanding(&uuid(0)), 1, "assigning twice counts once");
+        assert_eq!(load.least_loaded(&refs).map(|a| a.record.id), Some(3));
+        let picked: Vec<u64> = load.pick(&refs, 2).iter().map(|a| a.record.id).collect();
+        assert_eq!(picked, vec![3, 1]);
+        load.released(uuid(0), Uuid::from_u128(100));
+        assert_eq!(load.outstanding(&uuid(0)), 0);
+        load.reset([(uuid(2), Uuid::from_u128(7))]);
+        assert_eq!(load.outstanding(&uuid(1)), 0, "reset forgets what is gone");
+        assert_eq!(load.least_loaded(&refs).map(|a| a.record.id), Some(1));
+    }
+
+    #[test]
+    fn a_lost_attempt_is_retried_on_the_least_loaded_other_agent() {
+        let agents = [agent(1, 0), agent(2, 0), agent(3, 0)];
+        let refs: Vec<&AgentView> = agents.iter().collect();
+        let load = Load::default();
+        let (a1, a2) = (agents[0].record.uuid, agents[1].record.uuid);
+        load.assigned(a2, Uuid::from_u128(100));
+        let lost = load.retry(&agents, &refs, a1, true).map(|a| a.record.id);
+        assert_eq!(
+            lost,
+            Some(3),
+            "not the first other candidate, the least loaded"
+        );
+        let failed = load.retry(&agents, &refs, a1, false).map(|a| a.record.id);
+        assert_eq!(failed, Some(1), "a failed attempt stays on its live agent");
+        let only_self = load
+            .retry(&agents, &refs[..1], a1, true)
+            .map(|a| a.record.id);
+        assert_eq!(only_self, Some(1));
+    }
+}
