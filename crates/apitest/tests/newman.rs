@@ -514,6 +514,44 @@ async fn v2_0_auth_objects_and_legacy_scripts_run() {
     assert_eq!(run.environment.get("code"), Some(&Value::from("200")));
 }
 
+#[tokio::test]
+async fn send_request_callback_and_promise_forms_use_the_runs_jar() {
+    let base = serve().await;
+    let script = format!(
+        "pm.sendRequest('{base}/cookies/set?sr=1', function (err, res) {{\n\
+           pm.test('callback', () => {{ pm.expect(err).to.equal(null); pm.expect(res.code).to.equal(200); pm.expect(res.json().cookies.sr).to.equal('1'); }});\n\
+         }});\n\
+         const res = await pm.sendRequest({{url: '{base}/post', method: 'POST', header: {{'X-A': 'b'}}, body: {{mode: 'urlencoded', urlencoded: [{{key: 'k', value: 'v'}}]}}}});\n\
+         pm.test('promise', () => {{ pm.expect(res.json().form).to.eql({{k: 'v'}}); pm.expect(res.json().headers['x-a']).to.equal('b'); pm.response.to.have.status(200); }});\n\
+         pm.sendRequest('http://127.0.0.1:1/none', (err, r) => pm.test('error', () => {{ pm.expect(err).to.be.an('error'); pm.expect(r).to.equal(undefined); }}));\n\
+         pm.visualizer.set('<b>{{{{x}}}}</b>', {{x: 1}});"
+    );
+    let text = v20(json!([
+        get_item("send", format!("{base}/get"), &script),
+        // The cookie the script's request got is in the run's jar.
+        get_item(
+            "later",
+            format!("{base}/cookies"),
+            "pm.test('jar', () => pm.expect(pm.response.json().cookies.sr).to.equal('1'));"
+        ),
+    ]));
+    let run = run_text(&text, RunOptions::default()).await;
+    assert_all_pass(&run, 4);
+    // What a callback throws fails its script, as a throw in the script would.
+    let text = v20(json!([get_item(
+        "throws",
+        format!("{base}/get"),
+        &format!("pm.sendRequest('{base}/get', () => {{ throw new TypeError('late'); }});")
+    )]));
+    let run = run_text(&text, RunOptions::default()).await;
+    assert_eq!(run.stats.test_scripts.failed, 1, "{}", assertions(&run));
+    assert!(
+        assertions(&run).contains("TypeError: late"),
+        "{}",
+        assertions(&run)
+    );
+}
+
 // ------------------------------------------------------------ Newman's counts
 
 /// One collection of the corpus, as counts.json lists it.

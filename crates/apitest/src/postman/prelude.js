@@ -655,6 +655,70 @@
 
   var response = input.response ? new Response(input.response) : undefined;
 
+  // ---------------------------------------------------------------- sendRequest
+  // The request goes out when called (the script's thread waits for it, the
+  // time limit paused); the callback or promise settles after the script's own
+  // code, as in postman-sandbox. Variables are not resolved, no auth applied;
+  // the run's cookie jar is used.
+  var sendNative = global.__send;
+  delete global.__send;
+  function pairList(v) {
+    if (!v) return [];
+    if (Array.isArray(v)) {
+      return v.filter(function (h) { return h && !h.disabled; }).map(function (h) {
+        if (typeof h === 'string') { var i = h.indexOf(':'); return [h.slice(0, i).trim(), h.slice(i + 1).trim()]; }
+        return [String(h.key), text(h.value)];
+      });
+    }
+    if (typeof v === 'string') {
+      return v.split('\n').filter(function (l) { return l.indexOf(':') > 0; }).map(function (l) {
+        var i = l.indexOf(':'); return [l.slice(0, i).trim(), l.slice(i + 1).trim()];
+      });
+    }
+    if (v instanceof HeaderList) return v.all().map(function (h) { return [h.key, text(h.value)]; });
+    return Object.keys(v).map(function (k) { return [k, text(v[k])]; });
+  }
+  function scriptRequest(req) {
+    if (typeof req === 'string') return { url: req, method: 'GET', headers: [], body: { mode: 'none' } };
+    var url = req.url;
+    if (url && typeof url === 'object' && !(url instanceof UrlObj)) {
+      url = url.raw || ((url.protocol ? url.protocol + '://' : '') + [].concat(url.host || []).join('.') + (url.port ? ':' + url.port : '') + '/' + [].concat(url.path || []).join('/'));
+    }
+    var body = { mode: 'none' }, b = req.body;
+    if (b && typeof b === 'object') {
+      if (b.mode === 'raw') body = { mode: 'raw', raw: text(b.raw) };
+      else if (b.mode === 'urlencoded') body = { mode: 'urlencoded', pairs: pairList(b.urlencoded) };
+      else if (b.mode === 'formdata') body = { mode: 'formdata', pairs: pairList(b.formdata) };
+      else if (b.mode === 'graphql') body = { mode: 'raw', raw: JSON.stringify(b.graphql || {}) };
+      else if (b.mode) unsupported('pm.sendRequest body mode ' + b.mode);
+    } else if (typeof b === 'string') {
+      body = { mode: 'raw', raw: b };
+    }
+    return { url: String(url), method: String(req.method || 'GET'), headers: pairList(req.header || req.headers), body: body };
+  }
+  function sendRequest(req, callback) {
+    var settled;
+    if (!sendNative) unsupported('pm.sendRequest');
+    if (!req) {
+      settled = Promise.reject(new Error('sendrequest: nothing to request'));
+    } else {
+      var r = parse(sendNative(stringify(scriptRequest(req))));
+      if (r.error !== undefined) {
+        var e = new Error(r.error);
+        settled = Promise.reject(e);
+      } else {
+        settled = Promise.resolve(new Response(r.response));
+      }
+    }
+    if (typeof callback === 'function') {
+      settled.then(function (res) { callback.call(pm, null, res); })
+        .catch(function (err) { callback.call(pm, err); })
+        .catch(function (err) { if (!out.thrown) out.thrown = errInfo(err); });
+      return pm;
+    }
+    return settled;
+  }
+
   function setNext(name) { out.next = { set: true, name: name === null || name === undefined ? null : String(name) }; }
 
   var pm = {
@@ -682,9 +746,14 @@
       },
       location: input.location
     },
-    sendRequest: function () { return unsupported('pm.sendRequest'); },
+    sendRequest: sendRequest,
+    // Newman shows no visualizations: the template is checked as Postman
+    // checks it and then dropped.
     visualizer: {
-      set: function () { return unsupported('pm.visualizer'); },
+      set: function (template, data) {
+        if (typeof template !== 'string') throw new Error('Invalid template. Template must be of type string, found ' + typeof template);
+        if (data && typeof data !== 'object') throw new Error('Invalid data. Data must be an object, found ' + typeof data);
+      },
       clear: function () {}
     },
     cookies: response ? new CookieList(input.response.cookies) : missing('pm.cookies in a pre-request script'),
@@ -924,7 +993,8 @@
       unsupported: out.unsupported,
       headers: request.headers._h,
       next: out.next,
-      skip: out.skip
+      skip: out.skip,
+      thrown: out.thrown || null
     });
   };
 })(globalThis);

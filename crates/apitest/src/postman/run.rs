@@ -762,7 +762,12 @@ impl<'c> Runner<'c> {
                 "request": request,
                 "response": answer.map(response_view),
             });
-            let run = run_script(source, &label, input, self.limits).await;
+            let sender = self.client.as_ref().ok().map(|http| script::Sender {
+                http: http.clone(),
+                handle: tokio::runtime::Handle::current(),
+                timeout: self.options.timeout,
+            });
+            let run = run_script(source, &label, input, self.limits, sender).await;
             self.apply(listen, &label, cur, run);
         }
     }
@@ -923,11 +928,19 @@ impl<'c> Runner<'c> {
     }
 }
 
-async fn run_script(source: &str, label: &str, input: Value, limits: Limits) -> ScriptRun {
+async fn run_script(
+    source: &str,
+    label: &str,
+    input: Value,
+    limits: Limits,
+    sender: Option<script::Sender>,
+) -> ScriptRun {
     let source = source.to_string();
     let label = label.to_string();
     // The engine blocks for up to the time limit; keep it off the async workers.
-    match tokio::task::spawn_blocking(move || script::run(&source, &label, &input, limits)).await {
+    match tokio::task::spawn_blocking(move || script::run(&source, &label, &input, limits, sender))
+        .await
+    {
         Ok(run) => run,
         Err(e) => ScriptRun {
             output: script::Output::default(),
@@ -992,7 +1005,7 @@ fn built_view(b: &Built, body: &Option<Body>) -> Value {
     })
 }
 
-fn response_view(a: &Answer) -> Value {
+pub(crate) fn response_view(a: &Answer) -> Value {
     json!({
         "code": a.code,
         "status": a.reason,

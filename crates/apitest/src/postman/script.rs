@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 
+use super::send;
 use super::vars;
 
 const PRELUDE: &str = include_str!("prelude.js");
@@ -96,6 +97,35 @@ const STACK_LIMIT: usize = 512 * 1024;
 /// Time allowed to collect a script's results after it ended.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
+/// What `pm.sendRequest` sends with: the run's client (its cookie jar
+/// included) on the run's tokio runtime, which the script's blocking thread
+/// waits on.
+#[derive(Clone)]
+pub(crate) struct Sender {
+    pub http: send::Http,
+    pub handle: tokio::runtime::Handle,
+    pub timeout: Duration,
+}
+
+impl Sender {
+    /// Sends one script request; the reply (or what went wrong) as the JSON
+    /// text the prelude reads.
+    fn send(&self, request: &str) -> String {
+        let built = serde_json::from_str::<send::ScriptRequest>(request)
+            .map_err(|e| format!("pm.sendRequest: unreadable request: {e}"))
+            .and_then(send::ScriptRequest::built);
+        let reply = built.and_then(|b| {
+            self.handle
+                .block_on(send::send(&self.http, &b, self.timeout))
+                .map_err(|e| e.to_string())
+        });
+        match reply {
+            Ok(a) => serde_json::json!({ "response": super::run::response_view(&a) }).to_string(),
+            Err(message) => serde_json::json!({ "error": message }).to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub time: Duration,
@@ -113,6 +143,9 @@ pub(crate) struct Output {
     pub headers: Option<Vec<HeaderOut>>,
     pub next: NextOut,
     pub skip: bool,
+    /// What a callback that ran after the script's own code threw
+    /// (`pm.sendRequest`'s, a timer's): the script failed as if it threw.
+    pub thrown: Option<ErrInfo>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,8 +232,14 @@ enum EngineError {
 
 /// Runs one script to completion, or until a limit stops it. Blocking: call it
 /// from a blocking thread.
-pub(crate) fn run(source: &str, script_name: &str, input: &Value, limits: Limits) -> ScriptRun {
-    match run_inner(source, script_name, input, limits) {
+pub(crate) fn run(
+    source: &str,
+    script_name: &str,
+    input: &Value,
+    limits: Limits,
+    sender: Option<Sender>,
+) -> ScriptRun {
+    match run_inner(source, script_name, input, limits, sender) {
         Ok(run) => run,
         Err(e) => ScriptRun {
             output: Output::default(),
@@ -218,6 +257,7 @@ fn run_inner(
     script_name: &str,
     input: &Value,
     limits: Limits,
+    sender: Option<Sender>,
 ) -> Result<ScriptRun, EngineError> {
     let rt = Runtime::new()?;
     rt.set_memory_limit(limits.memory);
@@ -250,6 +290,21 @@ fn run_inner(
             Function::new(ctx.clone(), |name: String| vars::dynamic_value(&name))?,
         )?;
         g.set("__lib", Function::new(ctx.clone(), super::libs::load)?)?;
+        if let Some(sender) = sender {
+            let deadline = deadline.clone();
+            let send = move |request: String| {
+                // Waiting for the server is not the script's time: the
+                // deadline moves by as long as the request took (the
+                // request has its own timeout).
+                let t0 = Instant::now();
+                let reply = sender.send(&request);
+                if let Some(d) = deadline.get() {
+                    deadline.set(Some(d + t0.elapsed()));
+                }
+                reply
+            };
+            g.set("__send", Function::new(ctx.clone(), send)?)?;
+        }
         load_prelude(&ctx)
     })?;
 
@@ -259,15 +314,25 @@ fn run_inner(
         // Postman scripts are sloppy-mode code: `x = 1` without a declaration works.
         options.strict = false;
         options.filename = Some(script_name.to_string());
-        let thrown = match ctx.eval_with_options::<(), _>(source.as_bytes().to_vec(), options) {
-            Ok(()) => None,
-            Err(rquickjs::Error::Exception) => Some(Ok(describe(&ctx, ctx.catch()))),
-            Err(e) => Some(Err(e)),
-        };
+        // Top-level `await` works, as in Postman (`await pm.sendRequest(…)`):
+        // the script's completion is then a promise, and what it threw is
+        // that promise's rejection.
+        options.promise = true;
+        let done = ctx.eval_with_options::<JsValue, _>(source.as_bytes().to_vec(), options);
         // Promise callbacks (`.then`, the sandbox's setTimeout) run now, still
         // under the deadline.
         while !hit.get() && ctx.execute_pending_job() {}
-        thrown
+        match done {
+            Ok(v) => match v.as_promise().map(|p| p.result::<JsValue>()) {
+                Some(Some(Err(rquickjs::Error::Exception))) => {
+                    Some(Ok(describe(&ctx, ctx.catch())))
+                }
+                Some(Some(Err(e))) => Some(Err(e)),
+                _ => None,
+            },
+            Err(rquickjs::Error::Exception) => Some(Ok(describe(&ctx, ctx.catch()))),
+            Err(e) => Some(Err(e)),
+        }
     });
     deadline.set(None);
     let timed_out = hit.get();
@@ -285,7 +350,11 @@ fn run_inner(
     });
     deadline.set(None);
     let text = text?;
-    let output: Output = serde_json::from_str(&text)?;
+    let mut output: Output = serde_json::from_str(&text)?;
+    let thrown = match (thrown, output.thrown.take()) {
+        (None, Some(info)) => Some(Ok(info)),
+        (t, _) => t,
+    };
 
     let failure = if timed_out {
         Some(Failure {
@@ -370,6 +439,11 @@ pub(super) fn describe<'js>(_ctx: &Ctx<'js>, v: JsValue<'js>) -> ErrInfo {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Scripts without `pm.sendRequest`, which the runner's tests cover.
+    fn run(source: &str, name: &str, input: &Value, limits: Limits) -> ScriptRun {
+        super::run(source, name, input, limits, None)
+    }
 
     fn input() -> Value {
         json!({

@@ -346,22 +346,7 @@ pub(crate) fn build(
     // sets them: servers and scripts that look for them see the same thing
     // under Newman and here. The user agent keeps Postman's product token
     // first, since servers match on it, and names this runner after it.
-    let postman_token = uuid::Uuid::new_v4().to_string();
-    let defaults: [(&str, &str); 5] = [
-        (
-            "User-Agent",
-            concat!("PostmanRuntime/7.39.1 testbed/", env!("CARGO_PKG_VERSION")),
-        ),
-        ("Accept", "*/*"),
-        ("Cache-Control", "no-cache"),
-        ("Postman-Token", &postman_token),
-        ("Accept-Encoding", ACCEPT_ENCODING),
-    ];
-    for (name, value) in defaults {
-        if !has(&out, name) {
-            out.push((name.into(), value.into()));
-        }
-    }
+    add_default_headers(&mut out);
 
     if !r.issues.is_empty() {
         return Err(r.issues);
@@ -375,6 +360,116 @@ pub(crate) fn build(
         headers: out,
         body,
     })
+}
+
+/// The headers Postman's runtime adds to every request unless the request
+/// sets them: servers and scripts that look for them see the same thing
+/// under Newman and here. The user agent keeps Postman's product token
+/// first, since servers match on it, and names this runner after it.
+pub(crate) fn add_default_headers(out: &mut Vec<(String, String)>) {
+    let postman_token = uuid::Uuid::new_v4().to_string();
+    let defaults: [(&str, &str); 5] = [
+        (
+            "User-Agent",
+            concat!("PostmanRuntime/7.39.1 testbed/", env!("CARGO_PKG_VERSION")),
+        ),
+        ("Accept", "*/*"),
+        ("Cache-Control", "no-cache"),
+        ("Postman-Token", &postman_token),
+        ("Accept-Encoding", ACCEPT_ENCODING),
+    ];
+    for (name, value) in defaults {
+        if !out.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            out.push((name.into(), value.into()));
+        }
+    }
+}
+
+/// A request a script sends with `pm.sendRequest`, as the prelude hands it
+/// over: no variables resolved, no auth, the run's cookie jar.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ScriptRequest {
+    pub url: String,
+    #[serde(default = "get")]
+    pub method: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub body: ScriptBody,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub(crate) enum ScriptBody {
+    #[default]
+    None,
+    Raw {
+        raw: String,
+    },
+    Urlencoded {
+        pairs: Vec<(String, String)>,
+    },
+    Formdata {
+        pairs: Vec<(String, String)>,
+    },
+}
+
+impl ScriptRequest {
+    pub(crate) fn built(self) -> Result<Built, String> {
+        let url = if self.url.contains("://") {
+            self.url
+        } else {
+            format!("http://{}", self.url)
+        };
+        let url = url::Url::parse(&url)
+            .map_err(|e| format!("invalid URL {url:?}: {e}"))?
+            .to_string();
+        let mut headers = self.headers;
+        let body = match self.body {
+            ScriptBody::None => BuiltBody::None,
+            ScriptBody::Raw { raw } => BuiltBody::Bytes(raw.into_bytes()),
+            ScriptBody::Urlencoded { pairs } => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                for (k, v) in &pairs {
+                    form.append_pair(k, v);
+                }
+                if !headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                {
+                    headers.push((
+                        "Content-Type".into(),
+                        "application/x-www-form-urlencoded".into(),
+                    ));
+                }
+                BuiltBody::Bytes(form.finish().into_bytes())
+            }
+            ScriptBody::Formdata { pairs } => {
+                headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
+                BuiltBody::Form(
+                    pairs
+                        .into_iter()
+                        .map(|(name, v)| FormPart {
+                            name,
+                            value: PartValue::Text(v),
+                            content_type: None,
+                        })
+                        .collect(),
+                )
+            }
+        };
+        add_default_headers(&mut headers);
+        Ok(Built {
+            method: self.method.to_ascii_uppercase(),
+            url,
+            headers,
+            body,
+        })
+    }
 }
 
 /// The `{{name}}` references left in a text after substitution.
@@ -462,6 +557,7 @@ const MAX_DECODED: u64 = 512 << 20;
 /// The client of one run, with the run's cookie jar: a `Set-Cookie` is sent
 /// back on later requests to the same site, as Newman does, and scripts read
 /// the jar's cookies for the URL they got their reply from.
+#[derive(Clone)]
 pub(crate) struct Http {
     client: reqwest::Client,
     jar: Arc<Jar>,
