@@ -7,9 +7,11 @@
 #   bench/results.sh 100000 1000000 10000000  (10M takes a few minutes)
 #   TESTBED=/path/to/testbed bench/results.sh (another build, e.g. an older one)
 #
-# Rows: `tck run` alone; with --json --junit --html; `tck problems` and
-# `tck compare` (two reports of the same size), `report convert` to HTML, and
-# prove. Figures go in docs/benchmarks.md, "Results at scale".
+# Rows: `tck run` alone; with --json --junit --html; the HTML opened in
+# headless Chromium (bench/html_open.py: first paint, list ready, a search) when
+# chromium and chromedriver are installed; `tck problems` and `tck compare` (two
+# reports of the same size), `report convert` to HTML, and prove. Figures go in
+# docs/benchmarks.md, "Results at scale".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES=("$@")
@@ -66,6 +68,9 @@ EOF
   printf '  %-42s %s\n' "JSON" "$(size "$D/r.json" "$N")"
   printf '  %-42s %s\n' "JUnit" "$(size "$D/r.xml" "$N")"
   printf '  %-42s %s\n' "HTML" "$(size "$D/r.html" "$N")"
+  if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+    python3 bench/html_open.py "$D/r.html" "case $((N * 7 / 9))" || echo "  (Chromium measurement failed)"
+  fi
   gzip -k -6 "$D/r.json"
   printf '  %-42s %s\n' "JSON, gzip -6" "$(size "$D/r.json.gz" "$N")"
   cp "$D/r.json" "$D/r2.json"

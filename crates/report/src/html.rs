@@ -746,14 +746,14 @@ const LIST_CSS: &str = r#".list { position: relative; height: 70vh; overflow-y: 
 /// scroll height is capped, since browsers cap an element's height; past the
 /// cap a scroll position maps to a row proportionally).
 const LIST_SCRIPT: &str = r#"(function () {
-  var form = document.getElementById('filters'), data = document.getElementById('case-data');
+  var form = document.getElementById('filters');
   var box = document.getElementById('list'), spacer = document.getElementById('list-spacer');
   var rows = document.getElementById('list-rows'), status = document.getElementById('list-status');
-  if (!form || !data || !box) return;
+  if (!form || !box) return;
   var H = 22, MAXH = 8000000, LETTER = { p: 'pass', f: 'fail', e: 'error', s: 'skip', x: 'xfail', X: 'xpass' };
   var names = [], outcomes = '', suiteOf, starts = [], suiteNames = [], durations = null, lower = null, shown = null;
   function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]; }); }
-  function load() {
+  function load(data) {
     var suites = JSON.parse(data.textContent), total = 0, i, j;
     suites.forEach(function (s) { total += s.c.length; });
     suiteOf = new Uint32Array(total);
@@ -804,9 +804,18 @@ const LIST_SCRIPT: &str = r#"(function () {
   form.addEventListener('input', function () { clearTimeout(pending); pending = setTimeout(apply, 120); });
   form.addEventListener('submit', function (e) { e.preventDefault(); });
   box.addEventListener('scroll', function () { window.requestAnimationFrame(draw); });
-  // After the first paint: the summary and the failures show at once.
-  window.requestAnimationFrame(function () {
-    setTimeout(function () { load(); form.hidden = false; apply(); }, 0);
-  });
+  // The data follows this script; it is read once the document is parsed, and
+  // after a paint, so the summary and the failures show at once.
+  function start() {
+    window.requestAnimationFrame(function () {
+      setTimeout(function () {
+        var data = document.getElementById('case-data');
+        if (!data) return;
+        load(data); form.hidden = false; apply();
+      }, 0);
+    });
+  }
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+  else start();
 })();
 "#;
