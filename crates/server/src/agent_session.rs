@@ -28,6 +28,12 @@ use crate::error::ApiError;
 use crate::records::{self, RecordError};
 use crate::state::AppState;
 
+/// The longest a live agent's record (`/agents/{uuid}/alive`: heartbeat
+/// time, system metrics) goes without being rewritten while nothing in it
+/// but the figures changes. Liveness itself is the lease, refreshed by every
+/// heartbeat; this only bounds how stale the shown metrics get.
+const LIVENESS_REFRESH: Duration = Duration::from_secs(15);
+
 /// How long an agent credential is valid; renewed on every connection.
 const CREDENTIAL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -162,6 +168,9 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
     // A message read ahead while gathering results (see below), handled
     // next.
     let mut carried: Option<Option<Result<Message, axum::Error>>> = None;
+    // When the liveness record was last written with heartbeat figures
+    // (never yet: the first heartbeat brings the first metrics).
+    let mut written_at: Option<std::time::Instant> = None;
     let end = loop {
         let incoming = match carried.take() {
             Some(incoming) => incoming,
@@ -189,10 +198,23 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
                 while let Some(text) = next.take() {
                     match serde_json::from_str::<AgentMessage>(&text) {
                         Ok(AgentMessage::Heartbeat { metrics, running }) => {
+                            let running = running.len() as u32;
+                            let now = std::time::Instant::now();
+                            // A heartbeat is a lease keep-alive; the record
+                            // is rewritten only when what it says changed
+                            // (the running count, the first metrics) or has
+                            // aged, so a fleet costs few durable writes.
+                            let write = running != liveness.running
+                                || written_at.is_none_or(|t| now - t >= LIVENESS_REFRESH);
                             liveness.heartbeat_at = testbed_core::now();
-                            liveness.running = running.len() as u32;
+                            liveness.running = running;
                             liveness.metrics = metrics;
-                            lease = keep_alive(&state, lease, &alive_key, &liveness).await?;
+                            let (kept, wrote) =
+                                keep_alive(&state, lease, &alive_key, &liveness, write).await?;
+                            lease = kept;
+                            if wrote {
+                                written_at = Some(now);
+                            }
                         }
                         Ok(AgentMessage::Result { task_id, outcome }) => {
                             results.push((task_id, outcome));
@@ -297,23 +319,29 @@ where
         .map_err(|_| SessionError::Protocol("send failed".into()))
 }
 
-/// Refreshes the lease; if it already expired (the agent was silent too
-/// long, or the store lost it), takes a new one and re-announces liveness.
+/// Refreshes the lease and, when `write`, the liveness record; if the lease
+/// already expired (the agent was silent too long, or the store lost it),
+/// takes a new one and re-announces liveness. Returns the lease and whether
+/// the record was written.
 async fn keep_alive(
     state: &AppState,
     lease: LeaseId,
     alive_key: &str,
     liveness: &AgentLiveness,
-) -> Result<LeaseId, SessionError> {
-    let lease = match state.store.keep_alive(lease).await {
-        Ok(()) => lease,
-        Err(StoreError::LeaseNotFound(_)) => {
-            state.store.grant_lease(state.settings.lease_ttl).await?
-        }
+    write: bool,
+) -> Result<(LeaseId, bool), SessionError> {
+    let (lease, write) = match state.store.keep_alive(lease).await {
+        Ok(()) => (lease, write),
+        Err(StoreError::LeaseNotFound(_)) => (
+            state.store.grant_lease(state.settings.lease_ttl).await?,
+            true,
+        ),
         Err(e) => return Err(e.into()),
     };
-    records::put(&state.store, alive_key, liveness, Some(lease)).await?;
-    Ok(lease)
+    if write {
+        records::put(&state.store, alive_key, liveness, Some(lease)).await?;
+    }
+    Ok((lease, write))
 }
 
 /// Creates or refreshes `/agents/{uuid}`, keeping its numeric id.

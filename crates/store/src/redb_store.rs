@@ -78,6 +78,12 @@ const CATCH_UP_BATCH: usize = 512;
 /// writers Testbed has in flight at once.
 const MAX_GROUP: usize = 512;
 
+/// redb's page cache. Its default (1 GiB) lets the cache grow with every
+/// page ever written, and a fleet's heartbeats touch many: the server's RSS
+/// then grows with the fleet for no benefit, as the pages that matter are
+/// few and the OS page cache keeps the file's hot pages anyway.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Events buffered between a watcher's task and its consumer.
 const WATCH_CHANNEL: usize = 256;
 
@@ -400,7 +406,10 @@ where
 fn open_database(path: &Path) -> Result<Database> {
     let started = Instant::now();
     loop {
-        match Database::create(path) {
+        match redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+        {
             Ok(db) => return Ok(db),
             Err(DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < ALREADY_OPEN_GRACE => {
                 std::thread::sleep(Duration::from_millis(25));
