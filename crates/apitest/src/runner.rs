@@ -551,7 +551,21 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
         out.cases = all_cases(Outcome::Error, &msg, &scope);
         out.diagnostics.push(msg);
     } else {
+        // Set by the first failure or error when the suite is fail_fast.
+        let mut stopped: Option<String> = None;
         for t in &tests {
+            if let Some(first) = &stopped {
+                let names = instances(t, &scope)
+                    .map(|v| v.into_iter().map(|(n, _)| n).collect())
+                    .unwrap_or_else(|_| vec![t.name.clone()]);
+                for n in names {
+                    let mut c = Case::new(n, Outcome::Skip);
+                    c.message = Some(format!("not run: fail_fast, after `{first}`"));
+                    echo_case(opts, &c);
+                    out.cases.push(c);
+                }
+                continue;
+            }
             let runs = match instances(t, &scope) {
                 Ok(r) => r,
                 Err(e) => {
@@ -563,8 +577,18 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
                 }
             };
             for (name, item) in runs {
+                if let Some(first) = &stopped {
+                    let mut c = Case::new(name, Outcome::Skip);
+                    c.message = Some(format!("not run: fail_fast, after `{first}`"));
+                    echo_case(opts, &c);
+                    out.cases.push(c);
+                    continue;
+                }
                 let case = run_test(&conns, t, name, item, &scope).await;
                 echo_case(opts, &case);
+                if suite.fail_fast && matches!(case.outcome, Outcome::Fail | Outcome::Error) {
+                    stopped = Some(case.name.clone());
+                }
                 out.cases.push(case);
             }
         }

@@ -38,6 +38,9 @@ pub struct Suite {
     pub setup: Vec<Step>,
     pub teardown: Vec<Step>,
     pub tests: Vec<Test>,
+    /// After the first test that fails or errors, the rest are not run
+    /// (reported as skipped, naming that test); by default they all run.
+    pub fail_fast: bool,
 }
 
 impl Suite {
@@ -169,8 +172,9 @@ pub struct Retry {
     pub interval: Duration,
 }
 
-const TOP_KEYS: [&str; 11] = [
+const TOP_KEYS: [&str; 12] = [
     "name",
+    "fail_fast",
     "description",
     "vars",
     "environments",
@@ -676,6 +680,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
         Some(_) => c.push("environments", "a mapping of environment name: {variables}"),
     }
     let requires = c.requirements(m.get("requires"), "requires");
+    let fail_fast = match m.get("fail_fast") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            c.push("fail_fast", "true or false");
+            false
+        }
+    };
     let setup = c.steps(m.get("setup"), "setup", false, &targets);
     let teardown = c.steps(m.get("teardown"), "teardown", false, &targets);
     let tests: Vec<Test> = match m.get("tests") {
@@ -725,6 +737,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
         setup,
         teardown,
         tests,
+        fail_fast,
     })
 }
 

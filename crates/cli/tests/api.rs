@@ -364,6 +364,23 @@ fn containerd_suite_passes_over_grpc_on_its_unix_socket() {
         );
     }
     let _ = daemon.child.wait();
+
+    // With fail_fast the suite stops at the first error: the rest are not
+    // run, and say why.
+    let text = std::fs::read_to_string(&suite).expect("read");
+    std::fs::write(&suite, format!("fail_fast: true\n{text}")).expect("write");
+    let (code, report, out) = api_run(&[suite.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, 1, "{out}");
+    let cases = &report.suites[0].cases;
+    assert_eq!(cases[0].outcome, Outcome::Error, "{out}");
+    for c in &cases[1..] {
+        assert_eq!(c.outcome, Outcome::Skip, "{out}");
+        assert_eq!(
+            c.message.as_deref(),
+            Some("not run: fail_fast, after `before`"),
+            "{out}"
+        );
+    }
 }
 
 /// vcsim from Debian's govmomi sources (golang-github-vmware-govmomi-dev),

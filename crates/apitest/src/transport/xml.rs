@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 
 use quick_xml::events::Event;
-use quick_xml::Reader;
+use quick_xml::{Reader, XmlVersion};
 use serde_json::{Map, Value};
 
 /// One element being read: its name, attributes and children so far.
@@ -72,7 +72,10 @@ fn open(e: &quick_xml::events::BytesStart<'_>) -> Option<Open> {
         if key == "xmlns" || key.starts_with("xmlns:") {
             continue;
         }
-        let value = attr.unescape_value().ok()?.into_owned();
+        let value = attr
+            .normalized_value(XmlVersion::Implicit1_0)
+            .ok()?
+            .into_owned();
         fields.insert(format!("@{}", local(key.as_bytes())), Value::String(value));
     }
     Some(Open {
