@@ -490,6 +490,10 @@ fn case_data<V: View>(h: &mut Out<'_>, v: &V) {
     h.push_str("]</script>\n");
 }
 
+/// A timeline candidate as it is ranked: duration, then the earlier first;
+/// then suite, case and start.
+type Ranked = (u64, Reverse<usize>, usize, usize, u64);
+
 /// One bar of the timeline: suite and case index, start and duration.
 struct Bar {
     suite: usize,
@@ -512,7 +516,7 @@ fn bars<V: View>(v: &V) -> (usize, Vec<Bar>) {
     });
     let offset = |t: DateTime<Utc>| u64::try_from((t - origin).num_milliseconds()).unwrap_or(0);
     // The kept bars, the shortest (then the latest) on top, to be pushed out first.
-    let mut kept: BinaryHeap<Reverse<(u64, Reverse<usize>, usize, usize, u64)>> = BinaryHeap::new();
+    let mut kept: BinaryHeap<Reverse<Ranked>> = BinaryHeap::new();
     let mut seq = 0usize;
     let mut cursor = 0u64;
     for (s, suite) in report.suites.iter().enumerate() {

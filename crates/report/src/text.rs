@@ -94,31 +94,6 @@ pub(crate) fn secs(ms: u64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clean_strips_controls_and_ansi() {
-        assert_eq!(clean("plain\ttext\n"), "plain\ttext\n");
-        assert!(matches!(clean("plain"), Cow::Borrowed(_)));
-        assert_eq!(clean("\u{1b}[1;31mred\u{1b}[0m"), "red");
-        assert_eq!(clean("a\u{0}b\u{7}c\u{7f}d\u{85}e\u{ffff}"), "abcde");
-        assert_eq!(clean("\u{1b}]0;title\u{7}x"), "x");
-        assert_eq!(clean("\u{1b}]8;;u\u{1b}\\x"), "x");
-        assert_eq!(clean("end\u{1b}"), "end");
-    }
-
-    #[test]
-    fn one_line_and_secs() {
-        assert_eq!(one_line("  a\nb\r\n\tc "), "a b c");
-        assert_eq!(first_line("\n  first \nsecond"), "first");
-        assert_eq!(secs(0), "0.000");
-        assert_eq!(secs(1005), "1.005");
-        assert_eq!(secs(61_234), "61.234");
-    }
-}
-
 /// Text written in pieces to an [`io::Write`](std::io::Write), 64 KiB at a
 /// time, so a renderer of a million cases never holds its whole output. The
 /// first write error is kept and returned by [`Out::finish`].
@@ -179,4 +154,29 @@ pub(crate) fn render_to_string(
     // Writing to memory does not fail.
     let _ = write(&mut bytes);
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_strips_controls_and_ansi() {
+        assert_eq!(clean("plain\ttext\n"), "plain\ttext\n");
+        assert!(matches!(clean("plain"), Cow::Borrowed(_)));
+        assert_eq!(clean("\u{1b}[1;31mred\u{1b}[0m"), "red");
+        assert_eq!(clean("a\u{0}b\u{7}c\u{7f}d\u{85}e\u{ffff}"), "abcde");
+        assert_eq!(clean("\u{1b}]0;title\u{7}x"), "x");
+        assert_eq!(clean("\u{1b}]8;;u\u{1b}\\x"), "x");
+        assert_eq!(clean("end\u{1b}"), "end");
+    }
+
+    #[test]
+    fn one_line_and_secs() {
+        assert_eq!(one_line("  a\nb\r\n\tc "), "a b c");
+        assert_eq!(first_line("\n  first \nsecond"), "first");
+        assert_eq!(secs(0), "0.000");
+        assert_eq!(secs(1005), "1.005");
+        assert_eq!(secs(61_234), "61.234");
+    }
 }
