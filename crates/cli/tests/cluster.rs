@@ -231,7 +231,8 @@ async fn a_misconfigured_object_store_stops_the_start() {
         env.push(("AWS_ENDPOINT_URL".into(), endpoint.to_string()));
         env
     };
-    let cases: Vec<(&str, Vec<(String, String)>, &str)> = vec![
+    type Env = Vec<(String, String)>;
+    let cases: Vec<(&str, Env, &str)> = vec![
         ("gs://bucket/x", s3.env(), "unsupported blob store `gs://`"),
         ("s3:///prefix", s3.env(), "no bucket"),
         ("file://relative/dir", s3.env(), "absolute path"),

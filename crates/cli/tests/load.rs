@@ -230,3 +230,109 @@ fn load_names_refused_and_unknown_hosts_and_fails() {
         "{help}"
     );
 }
+
+/// `--out json=FILE --out csv=FILE`: one line per window, the same windows
+/// as the report's series; a remote-write endpoint that is down drops its
+/// windows (counted) while the run goes on and passes.
+#[test]
+fn load_streams_windows_to_files_and_survives_a_dead_exporter() {
+    let (url, _) = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("windows.jsonl");
+    let csv = dir.path().join("windows.csv");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/api/v1/write", dead.local_addr().unwrap());
+    drop(dead);
+    let out = testbed(&[
+        "load",
+        &url,
+        "-c",
+        "2",
+        "-d",
+        "3s",
+        "--json",
+        "--out",
+        &format!("json={}", json.display()),
+        "--out",
+        &format!("csv={}", csv.display()),
+        "--out",
+        &format!("prometheus-rw={dead_url}"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let series = report["series"].as_array().unwrap();
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), series.len(), "{lines:?}");
+    let total: u64 = lines.iter().map(|l| l["requests"].as_u64().unwrap()).sum();
+    assert_eq!(total, report["summary"]["requests"].as_u64().unwrap());
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], i as u64, "{l}");
+        assert!(l["time_ms"].as_u64().unwrap() > 1_600_000_000_000, "{l}");
+    }
+    assert!(lines[0]["p99_ms"].as_f64().is_some(), "{}", lines[0]);
+
+    // No cell needs quoting here (maps are `code:count;…`).
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut rows = text.lines().map(|l| l.split(',').collect::<Vec<_>>());
+    let header = rows.next().unwrap();
+    assert_eq!(header[0], "time_ms");
+    assert_eq!(header[3], "requests");
+    let rows: Vec<Vec<&str>> = rows.collect();
+    assert_eq!(rows.len(), lines.len());
+    assert!(rows.iter().all(|r| r.len() == header.len()), "{text}");
+    let csv_total: u64 = rows.iter().map(|r| r[3].parse::<u64>().unwrap()).sum();
+    assert_eq!(csv_total, total);
+
+    let n = lines.len();
+    assert!(
+        stderr.contains(&format!(
+            "output json={}: {n} window(s) written",
+            json.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "output prometheus-rw={dead_url}: 0 window(s) written, {n} dropped (last error: "
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn load_rejects_bad_outputs_before_starting() {
+    let (url, count) = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("w.jsonl");
+    for (out_arg, says) in [
+        (
+            "influx=http://127.0.0.1:8086".to_string(),
+            "unknown output `influx`",
+        ),
+        (
+            "prometheus-rw=127.0.0.1:9090".to_string(),
+            "not an http(s) URL",
+        ),
+        (
+            "csv".to_string(),
+            "expected json=FILE, csv=FILE or prometheus-rw=URL",
+        ),
+        (format!("json={}", missing.display()), "cannot create"),
+    ] {
+        let out = testbed(&["load", &url, "-d", "1s", "--out", &out_arg]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{out_arg}: {stderr}");
+        assert!(stderr.contains(&format!("--out {out_arg}: ")), "{stderr}");
+        assert!(stderr.contains(says), "{out_arg}: {stderr}");
+    }
+    let out = testbed(&["load", &url, "-d", "1s", "--tag", "0bad=x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tag \"0bad=x\""));
+    assert_eq!(count.load(Ordering::SeqCst), 0, "no load was sent");
+}

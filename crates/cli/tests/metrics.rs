@@ -760,3 +760,116 @@ fn parser_rejects_what_prometheus_would() {
     assert!(has_uuid("/api/tasks/0c6f3a4e-1b2c-4d5e-8f90-1234567890ab"));
     assert!(!has_uuid("/api/tasks/{id}"));
 }
+
+/// `testbed load --out prometheus-rw=URL` into a real Prometheus (Debian's
+/// `prometheus` with its remote-write receiver on): the series come back
+/// from its query API with the run's own figures.
+#[tokio::test(flavor = "multi_thread")]
+async fn load_windows_reach_a_real_prometheus_by_remote_write() {
+    let Some(prometheus) = which("prometheus") else {
+        eprintln!(
+            "SKIP load_windows_reach_a_real_prometheus_by_remote_write: no `prometheus` on PATH"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, "global:\n  scrape_interval: 1m\n").unwrap();
+    let prom_listen = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(prometheus);
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prom_listen}"))
+        .arg("--web.enable-remote-write-receiver");
+    let _prom = Proc::spawn("prometheus", cmd);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("http://{prom_listen}/-/ready"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "Prometheus never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (target, _) = serve();
+    let write_url = format!("http://{prom_listen}/api/v1/write");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin())
+            .args([
+                "load",
+                &target,
+                "-c",
+                "2",
+                "-d",
+                "3s",
+                "--json",
+                "--tag",
+                "testid=rw-test",
+            ])
+            .arg("--out")
+            .arg(format!("prometheus-rw={write_url}"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let windows = report["series"].as_array().unwrap().len();
+    assert!(
+        stderr.contains(&format!("{windows} window(s) written")),
+        "{stderr}"
+    );
+
+    let query = |q: String| {
+        let http = http.clone();
+        let url = format!("http://{prom_listen}/api/v1/query");
+        async move {
+            let r = http.get(url).query(&[("query", q)]).send().await.unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    // The cumulative counter's last sample is the run's total.
+    let v = query("testbed_load_requests_total{testid=\"rw-test\"}".into()).await;
+    let series = &v["data"]["result"][0];
+    assert_eq!(series["metric"]["job"], "testbed_load", "{v}");
+    let total: f64 = series["value"][1].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        total,
+        report["summary"]["requests"].as_f64().unwrap(),
+        "{v}"
+    );
+    // One sample per window.
+    let v =
+        query("count_over_time(testbed_load_requests_total{testid=\"rw-test\"}[5m])".into()).await;
+    assert_eq!(
+        v["data"]["result"][0]["value"][1],
+        windows.to_string(),
+        "{v}"
+    );
+    // Latency quantiles in seconds, ordered.
+    let v = query("testbed_load_latency_seconds{testid=\"rw-test\"}".into()).await;
+    let mut q: BTreeMap<String, f64> = BTreeMap::new();
+    for s in v["data"]["result"].as_array().unwrap() {
+        q.insert(
+            s["metric"]["quantile"].as_str().unwrap().to_string(),
+            s["value"][1].as_str().unwrap().parse().unwrap(),
+        );
+    }
+    assert_eq!(q.len(), 5, "{v}");
+    assert!(
+        q["0.5"] > 0.0 && q["0.5"] <= q["0.99"] && q["0.99"] <= q["1"],
+        "{q:?}"
+    );
+    assert!(
+        q["1"] < 1.0,
+        "a local 200 answered in under a second: {q:?}"
+    );
+}

@@ -35,6 +35,7 @@ mod engine;
 mod error;
 mod h1;
 mod metrics;
+pub mod output;
 mod plan;
 mod preset;
 mod report;

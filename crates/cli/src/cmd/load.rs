@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use testbed_load::output::Outputs;
 use testbed_load::{Load, Plan, Protocol, RateStage, Report, RequestSpec, Stage, Window};
 
 #[derive(Args, Debug, Clone)]
@@ -70,6 +71,34 @@ pub struct LoadArgs {
     /// Print only the final report, as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also send every per-second window to: `json=FILE` (JSON lines),
+    /// `csv=FILE`, or `prometheus-rw=URL` (Prometheus remote write, e.g.
+    /// http://prometheus:9090/api/v1/write). Repeatable. An output that
+    /// falls behind drops windows (counted at the end), never slowing the load.
+    #[arg(long = "out", value_name = "KIND=WHERE")]
+    pub outs: Vec<String>,
+    /// Label `K=V` on every remote-write series (repeatable), e.g. testid=nightly.
+    #[arg(long = "tag", value_name = "K=V")]
+    pub tags: Vec<String>,
+}
+
+/// `--tag K=V` settings as label pairs; names as Prometheus allows them.
+fn tags(args: &LoadArgs) -> anyhow::Result<Vec<(String, String)>> {
+    args.tags
+        .iter()
+        .map(|t| {
+            let Some((k, v)) = t.split_once('=') else {
+                bail!("--tag {t:?}: expected K=V");
+            };
+            let valid = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with("__");
+            if !valid {
+                bail!("--tag {t:?}: a label name is letters, digits and _, not starting with a digit or __");
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -144,6 +173,9 @@ pub fn plan(args: &LoadArgs) -> anyhow::Result<Plan> {
 pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
     let total = plan.duration();
+    // Opened before the load starts: a file that cannot be created stops
+    // here, not after the run.
+    let outputs = Outputs::open(&args.outs, &tags(&args)?)?;
     let mut run = testbed_load::start(plan).context("starting the load")?;
     let ctl = run.controller();
     let stopper = tokio::spawn(async move {
@@ -152,11 +184,29 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     });
     let mut live = Live::new(!args.json, total);
     while let Some(w) = run.next_window().await {
+        outputs.window(&w);
         live.window(&w);
     }
     live.finish();
     stopper.abort();
     let report = run.report().await?;
+    if !outputs.is_empty() {
+        let stats = tokio::task::spawn_blocking(move || outputs.finish()).await?;
+        for s in stats {
+            // On stderr: stdout may be the --json report.
+            match (&s.last_error, s.dropped) {
+                (None, 0) => eprintln!("output {}: {} window(s) written", s.output, s.written),
+                (e, dropped) => eprintln!(
+                    "output {}: {} window(s) written, {dropped} dropped{}",
+                    s.output,
+                    s.written,
+                    e.as_ref()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                ),
+            }
+        }
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
