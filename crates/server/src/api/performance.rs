@@ -14,26 +14,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use testbed_core::keys;
 use testbed_core::schema::FieldError;
-use testbed_core::task::{Task, TaskStatus};
 use testbed_core::user::Role;
 use testbed_load::{SeedConfig, Window};
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 
 use super::page::{Page, PageQuery};
 use super::projects::{fe, parse_int_id, Message};
 use crate::auth::Caller;
-use crate::dispatch;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
+use crate::performance::control::{self, load_execution, AgentSel, Started};
 use crate::performance::{
-    self as perf, execution_key, plan_key, report_key, round2, ExecTask, Execution, PerfPlan,
-    PerfReport, PerfStatus, ReportSummary,
+    self as perf, plan_key, report_key, round2, Execution, PerfPlan, PerfReport, PerfStatus,
+    ReportSummary,
 };
 use crate::records;
 use crate::state::AppState;
-
-/// Lead time given to agents so they all begin load at the same instant.
-const START_LEAD_MS: u64 = 1500;
 
 /// Plan body (create and update).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -50,14 +45,6 @@ pub struct PlanInput {
     /// `agents` (a number, or `{group}` / `{labels}` with an optional `count`).
     #[schema(value_type = Object)]
     pub config: Value,
-}
-
-/// Which agents carry an execution.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct AgentSel {
-    count: usize,
-    group: Option<String>,
-    labels: BTreeMap<String, String>,
 }
 
 fn agent_sel(config: &Value, errs: &mut Vec<FieldError>) -> AgentSel {
@@ -212,13 +199,6 @@ async fn load_plan(state: &AppState, raw: &str) -> ApiResult<PerfPlan> {
         .await?
         .map(|(p, _)| p)
         .ok_or_else(|| ApiError::not_found(format!("no plan {id}")))
-}
-
-async fn load_execution(state: &AppState, id: &str) -> ApiResult<Execution> {
-    records::get::<Execution>(&state.store, &execution_key(id))
-        .await?
-        .map(|(e, _)| e)
-        .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))
 }
 
 /// Create a performance plan.
@@ -409,162 +389,16 @@ pub async fn start(
 ) -> ApiResult<Json<StartResponse>> {
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
-    if plan.status.is_active() {
-        return Err(ApiError::conflict(format!(
-            "plan {} is already {}",
-            plan.id, plan.status
-        )));
-    }
     let mut errs = Vec::new();
     let engine_plan = check_config(&plan.config, &mut errs);
     let sel = agent_sel(&plan.config, &mut errs);
     let Some(engine_plan) = engine_plan.filter(|_| errs.is_empty()) else {
         return Err(ApiError::validation(errs));
     };
-    let parts = engine_plan.split(sel.count);
-
-    // The same eligibility as every other task: live, carrying load.run,
-    // matching the selector, and not in a group another run reserved.
-    let agents = dispatch::agents(&state.store).await?;
-    let locks = crate::engine::targets::locks(&state.store).await?;
-    let reserved = crate::engine::targets::reserved_elsewhere(&agents, &locks, None);
-    let spec = testbed_core::plan::TargetSpec {
-        group: sel.group.clone(),
-        labels: (!sel.labels.is_empty()).then(|| sel.labels.clone()),
-        ..Default::default()
-    };
-    let mut candidates = Vec::new();
-    for a in crate::engine::targets::eligible(&agents, &spec, "load", "run", &reserved) {
-        let busy = dispatch::outstanding(&state, &a.record.uuid).await?;
-        candidates.push((busy, a.record.id, a.record.clone()));
-    }
-    candidates.sort_by_key(|(busy, id, _)| (*busy, *id));
-    if candidates.len() < parts.len() {
-        return Err(ApiError::unavailable(format!(
-            "the plan needs {} agent(s) carrying the `load` plugin{}; {} available",
-            parts.len(),
-            match (&sel.group, sel.labels.is_empty()) {
-                (Some(g), _) => format!(" in group `{g}`"),
-                (None, false) => " with the requested labels".to_string(),
-                _ => String::new(),
-            },
-            candidates.len()
-        )));
-    }
-
-    // Claiming the plan is the compare-and-swap that makes a second start 409.
-    let execution_id = Uuid::new_v4().to_string();
-    let mut busy = None;
-    records::update::<PerfPlan, _>(&state.store, &plan_key(plan.id), |p| {
-        if p.status.is_active() {
-            busy = Some(p.status);
-            return false;
-        }
-        busy = None;
-        p.status = PerfStatus::Running;
-        p.last_execution = Some(execution_id.clone());
-        true
-    })
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("no plan {}", plan.id)))?;
-    if let Some(status) = busy {
-        return Err(ApiError::conflict(format!(
-            "plan {} is already {status}",
-            plan.id
-        )));
-    }
-
-    let now = testbed_core::now();
-    let load_start_ms = now.timestamp_millis().max(0) as u64 + START_LEAD_MS;
-    let mut tasks = Vec::new();
-    for (part, (_, _, agent)) in parts.iter().zip(&candidates) {
-        let parameters = json!({
-            "plan": part,
-            "start_at_ms": load_start_ms,
-            "execution_id": execution_id,
-        });
-        tasks.push(Task {
-            kind: Task::KIND.into(),
-            v: 1,
-            id: Uuid::new_v4(),
-            plugin: "load".into(),
-            method: "run".into(),
-            parameters,
-            host: agent.host.clone(),
-            agent_uuid: agent.uuid,
-            agent_name: agent.name.clone(),
-            status: TaskStatus::Queued,
-            exit_code: None,
-            result: None,
-            error: None,
-            created_by: c.name.clone(),
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            cancel_requested: false,
-            artifacts: Vec::new(),
-            log_bytes: 0,
-            run: None,
-            reason: None,
-        });
-    }
-    let execution = Execution {
-        execution_id: execution_id.clone(),
-        plan_id: plan.id,
-        status: PerfStatus::Running,
+    let Started {
+        execution_id,
         start_time: now,
-        load_start_ms,
-        stop_time: None,
-        pause_time: None,
-        resume_time: None,
-        end_time: None,
-        tasks: tasks
-            .iter()
-            .map(|t| ExecTask {
-                task_id: t.id,
-                agent_uuid: t.agent_uuid,
-                agent_name: t.agent_name.clone(),
-            })
-            .collect(),
-        lost_agents: Vec::new(),
-        report_id: None,
-        created_by: c.name.clone(),
-    };
-    let recorded = async {
-        records::put(
-            &state.store,
-            &execution_key(&execution_id),
-            &execution,
-            None,
-        )
-        .await?;
-        records::put(
-            &state.store,
-            &perf::active_key(&execution_id),
-            &json!({"plan_id": plan.id}),
-            None,
-        )
-        .await
-    }
-    .await;
-    if let Err(e) = recorded {
-        // Without an execution record nothing could ever end this run:
-        // give the plan back so it can be started again.
-        let _ = records::update::<PerfPlan, _>(&state.store, &plan_key(plan.id), |p| {
-            p.status = PerfStatus::Failed;
-            true
-        })
-        .await;
-        return Err(e.into());
-    }
-    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
-    state.perf.register(&execution_id, &ids);
-    // From here on the watcher (and the leader's sweep) own the execution:
-    // a task that could not be created counts as missing once it is stale.
-    tokio::spawn(perf::watch_execution(state.clone(), execution_id.clone()));
-    for t in &tasks {
-        dispatch::create(&state, t).await?;
-    }
+    } = control::start(&state, &c.name, &plan, engine_plan, &sel).await?;
 
     // Scoped to this execution's stream and read-only: the URL gets
     // passed around, a session token must not be.
@@ -590,72 +424,6 @@ pub async fn start(
     }))
 }
 
-/// The plan's current execution, which must be in one of `states`.
-async fn current_execution(
-    state: &AppState,
-    plan: &PerfPlan,
-    states: &[PerfStatus],
-) -> ApiResult<Execution> {
-    let Some(id) = &plan.last_execution else {
-        return Err(ApiError::conflict(format!(
-            "plan {} has not been started",
-            plan.id
-        )));
-    };
-    let exec = load_execution(state, id).await?;
-    if !states.contains(&exec.status) {
-        let wanted: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
-        return Err(ApiError::conflict(format!(
-            "execution {id} is {}, not {}",
-            exec.status,
-            wanted.join(" or ")
-        )));
-    }
-    Ok(exec)
-}
-
-/// Moves the execution from one of `from` to `to`, stamping the time;
-/// 409 when someone else moved it first.
-async fn transition(
-    state: &AppState,
-    exec: &Execution,
-    from: &[PerfStatus],
-    to: PerfStatus,
-    stamp: impl Fn(&mut Execution, DateTime<Utc>),
-) -> ApiResult<(Execution, DateTime<Utc>)> {
-    let now = testbed_core::now();
-    let mut moved = false;
-    let updated =
-        records::update::<Execution, _>(&state.store, &execution_key(&exec.execution_id), |e| {
-            moved = from.contains(&e.status) && e.report_id.is_none();
-            if moved {
-                e.status = to;
-                stamp(e, now);
-            }
-            moved
-        })
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no execution {}", exec.execution_id)))?;
-    if !moved {
-        return Err(ApiError::conflict(format!(
-            "execution {} is {}",
-            exec.execution_id, updated.status
-        )));
-    }
-    let status = to;
-    let execution_id = exec.execution_id.clone();
-    records::update::<PerfPlan, _>(&state.store, &plan_key(exec.plan_id), |p| {
-        if p.last_execution.as_deref() == Some(execution_id.as_str()) && p.status != status {
-            p.status = status;
-            true
-        } else {
-            false
-        }
-    })
-    .await?;
-    Ok((updated, now))
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StopResponse {
     pub execution_id: String,
@@ -675,25 +443,10 @@ pub async fn stop(
 ) -> ApiResult<Json<StopResponse>> {
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
-    let exec = current_execution(&state, &plan, &[PerfStatus::Running, PerfStatus::Paused]).await?;
-    c.require_owner(
-        &exec.created_by,
-        &format!("execution {}", exec.execution_id),
-    )?;
-    let (exec, now) = transition(
-        &state,
-        &exec,
-        &[PerfStatus::Running, PerfStatus::Paused],
-        PerfStatus::Stopped,
-        |e, t| e.stop_time = Some(t),
-    )
+    let (exec, now) = control::stop(&state, &plan, |e| {
+        c.require_owner(&e.created_by, &format!("execution {}", e.execution_id))
+    })
     .await?;
-    for t in &exec.tasks {
-        // A task that already ended cannot be cancelled; that is fine here.
-        if let Err(e) = dispatch::cancel(&state, t.task_id).await {
-            tracing::debug!(task = %t.task_id, "cancel: {}", e.message);
-        }
-    }
     Ok(Json(StopResponse {
         execution_id: exec.execution_id,
         status: PerfStatus::Stopped,
@@ -715,17 +468,6 @@ pub struct ResumeResponse {
     pub resume_time: DateTime<Utc>,
 }
 
-/// Asks the execution's agents to pause or resume, through their
-/// assignments so that every replica's agents are reached.
-async fn signal(state: &AppState, exec: &Execution, pause: bool) -> ApiResult<()> {
-    for t in &exec.tasks {
-        if !dispatch::set_paused(state, t.agent_uuid, t.task_id, pause).await? {
-            tracing::debug!(task = %t.task_id, "pause/resume: task already ended");
-        }
-    }
-    Ok(())
-}
-
 /// Pause the running execution: no new requests until resumed.
 #[utoipa::path(post, path = "/api/performance/plans/{plan_id}/pause/", tag = "performance",
     params(("plan_id" = u64, Path)),
@@ -738,20 +480,10 @@ pub async fn pause(
 ) -> ApiResult<Json<PauseResponse>> {
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
-    let exec = current_execution(&state, &plan, &[PerfStatus::Running]).await?;
-    c.require_owner(
-        &exec.created_by,
-        &format!("execution {}", exec.execution_id),
-    )?;
-    let (exec, now) = transition(
-        &state,
-        &exec,
-        &[PerfStatus::Running],
-        PerfStatus::Paused,
-        |e, t| e.pause_time = Some(t),
-    )
+    let (exec, now) = control::pause(&state, &plan, |e| {
+        c.require_owner(&e.created_by, &format!("execution {}", e.execution_id))
+    })
     .await?;
-    signal(&state, &exec, true).await?;
     Ok(Json(PauseResponse {
         execution_id: exec.execution_id,
         status: PerfStatus::Paused,
@@ -771,20 +503,10 @@ pub async fn resume(
 ) -> ApiResult<Json<ResumeResponse>> {
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
-    let exec = current_execution(&state, &plan, &[PerfStatus::Paused]).await?;
-    c.require_owner(
-        &exec.created_by,
-        &format!("execution {}", exec.execution_id),
-    )?;
-    let (exec, now) = transition(
-        &state,
-        &exec,
-        &[PerfStatus::Paused],
-        PerfStatus::Running,
-        |e, t| e.resume_time = Some(t),
-    )
+    let (exec, now) = control::resume(&state, &plan, |e| {
+        c.require_owner(&e.created_by, &format!("execution {}", e.execution_id))
+    })
     .await?;
-    signal(&state, &exec, false).await?;
     Ok(Json(ResumeResponse {
         execution_id: exec.execution_id,
         status: PerfStatus::Running,

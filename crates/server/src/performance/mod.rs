@@ -17,6 +17,8 @@
 //! reader on any replica (or one that connects late) sees every second from
 //! the start. Its cost is one small write per load agent per second.
 
+pub mod control;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
