@@ -141,3 +141,38 @@ fn passing_and_empty_reports_render() {
     assert!(!empty.contains("id=\"failures\""));
     assert!(!empty.contains("<svg"), "no cases, no timeline");
 }
+
+#[test]
+fn large_reports_list_cases_from_embedded_data_not_rows() {
+    let mut report = Report::new("big", "big", common::t(0));
+    let mut suite = Suite::new("s");
+    suite.cases = (0..6_000u64)
+        .map(|i| {
+            let outcome = if i == 10 {
+                Outcome::Fail
+            } else {
+                Outcome::Pass
+            };
+            common::case(&format!("c{i}"), outcome, 0)
+        })
+        .collect();
+    suite.cases[20].name = "</script><script>alert(1)</script>".into();
+    report.suites.push(suite);
+    let html = to_html(&report);
+    assert!(!html.contains("<tr data-outcome"), "no row per case");
+    // The failure in full, first.
+    let failures = html.find("<section id=\"failures\">").unwrap();
+    assert!(html[failures..].contains("c10"));
+    // Every case in the data, which no name can break out of.
+    assert!(!html.contains("<script>alert"), "unescaped name");
+    let start = html
+        .find("<script type=\"application/json\" id=\"case-data\">")
+        .unwrap();
+    let data = &html[start..];
+    let data = &data[data.find('>').unwrap() + 1..data.find("</script>").unwrap()];
+    let data: serde_json::Value = serde_json::from_str(data).unwrap();
+    assert_eq!(data[0]["s"], "s");
+    assert_eq!(data[0]["c"].as_array().unwrap().len(), 6_000);
+    assert_eq!(data[0]["c"][20], "</script><script>alert(1)</script>");
+    assert_eq!(&data[0]["o"].as_str().unwrap()[9..12], "pfp");
+}
