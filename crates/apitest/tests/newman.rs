@@ -33,6 +33,9 @@ fn echo_app() -> Router {
         .route("/cookies", get(cookies))
         .route("/cookies/set", get(cookies_set))
         .route("/basic-auth", get(basic_auth))
+        .route("/digest-auth", get(digest_auth))
+        .route("/oauth1", any(oauth1_auth))
+        .route("/auth/hawk", any(hawk_auth))
         .route("/response-headers", get(response_headers))
         .route("/post", any(echo_body))
         .route("/put", any(echo_body))
@@ -264,6 +267,180 @@ async fn basic_auth(headers: HeaderMap) -> Response {
         json_reply(StatusCode::OK, &json!({"authenticated": true}))
     } else {
         (StatusCode::UNAUTHORIZED, "Unauthorized").into_response()
+    }
+}
+
+/// The `key="value", …` fields of an auth header after its scheme.
+fn auth_fields(value: &str) -> BTreeMap<String, String> {
+    let rest = value.split_once(' ').map_or("", |(_, r)| r);
+    rest.split(',')
+        .filter_map(|f| f.trim().split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect()
+}
+
+fn authorization(headers: &HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn md5_hex(s: &str) -> String {
+    use md5::Digest as _;
+    md5::Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// postman-echo's digest endpoint: postman / password in realm Users; no or
+/// a wrong Authorization gets the challenge.
+async fn digest_auth(method: Method, uri: OriginalUri, headers: HeaderMap) -> Response {
+    const NONCE: &str = "ni1LiL0O37PRRhofWdCLmwFsnEtH1lew";
+    let auth = authorization(&headers);
+    if auth.starts_with("Digest ") {
+        let f = auth_fields(&auth);
+        let ha1 = md5_hex("postman:Users:password");
+        let ha2 = md5_hex(&format!("{}:{}", method.as_str(), uri.0));
+        let want = md5_hex(&format!(
+            "{ha1}:{NONCE}:{}:{}:auth:{ha2}",
+            f.get("nc").map_or("", String::as_str),
+            f.get("cnonce").map_or("", String::as_str)
+        ));
+        if f.get("response") == Some(&want)
+            && f.get("uri").map(String::as_str) == Some(&uri.0.to_string())
+        {
+            return json_reply(StatusCode::OK, &json!({"authenticated": true}));
+        }
+    }
+    let mut r = (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(
+            "Digest realm=\"Users\", nonce=\"ni1LiL0O37PRRhofWdCLmwFsnEtH1lew\", qop=\"auth\"",
+        ),
+    );
+    r
+}
+
+fn rfc3986(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn pct_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// postman-echo's OAuth 1.0a endpoint: consumer key RKCGzna7bv9YD57c, secret
+/// D+EdQ-gs$-%@2Nu7, no token; the HMAC-SHA1 signature recomputed here.
+async fn oauth1_auth(
+    method: Method,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let auth = authorization(&headers);
+    let f: BTreeMap<String, String> = auth_fields(&auth)
+        .into_iter()
+        .map(|(k, v)| (k, pct_decode(&v)))
+        .collect();
+    let mut params: Vec<(String, String)> = f
+        .iter()
+        .filter(|(k, _)| k.starts_with("oauth_") && *k != "oauth_signature")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    params.extend(url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned());
+    let mut enc: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (rfc3986(k), rfc3986(v)))
+        .collect();
+    enc.sort();
+    let text = enc
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let base = format!(
+        "{}&{}&{}",
+        method.as_str(),
+        rfc3986(&format!("http://{host}{}", uri.0.path())),
+        rfc3986(&text)
+    );
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{}&", rfc3986("D+EdQ-gs$-%@2Nu7")).as_bytes(),
+    );
+    use base64::Engine as _;
+    let want = base64::engine::general_purpose::STANDARD
+        .encode(ring::hmac::sign(&key, base.as_bytes()).as_ref());
+    if f.get("oauth_consumer_key").map(String::as_str) == Some("RKCGzna7bv9YD57c")
+        && f.get("oauth_signature") == Some(&want)
+    {
+        json_reply(
+            StatusCode::OK,
+            &json!({"status": "pass", "message": "OAuth-1.0a signature verification was successful"}),
+        )
+    } else {
+        json_reply(
+            StatusCode::UNAUTHORIZED,
+            &json!({"status": "fail", "message": "HMAC-SHA1 verification failed", "base_uri": base}),
+        )
+    }
+}
+
+/// postman-echo's Hawk endpoint: id dh37fgj492je, key
+/// werxhqb98rpaxn39848xrunpaw3489ruxnpa98w4rxn, sha256.
+async fn hawk_auth(method: Method, uri: OriginalUri, headers: HeaderMap) -> Response {
+    let f = auth_fields(&authorization(&headers));
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let (name, port) = host.split_once(':').unwrap_or((host, "80"));
+    let get = |k: &str| f.get(k).map_or("", String::as_str);
+    let normalized = format!(
+        "hawk.1.header\n{}\n{}\n{}\n{}\n{name}\n{port}\n{}\n{}\n",
+        get("ts"),
+        get("nonce"),
+        method.as_str(),
+        uri.0,
+        get("hash"),
+        get("ext")
+    );
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        b"werxhqb98rpaxn39848xrunpaw3489ruxnpa98w4rxn",
+    );
+    use base64::Engine as _;
+    let want = base64::engine::general_purpose::STANDARD
+        .encode(ring::hmac::sign(&key, normalized.as_bytes()).as_ref());
+    if get("id") == "dh37fgj492je" && get("mac") == want {
+        json_reply(
+            StatusCode::OK,
+            &json!({"message": "Hawk Authentication Successful"}),
+        )
+    } else {
+        json_reply(
+            StatusCode::UNAUTHORIZED,
+            &json!({"statusCode": 401, "error": "Unauthorized"}),
+        )
     }
 }
 
@@ -550,6 +727,43 @@ async fn send_request_callback_and_promise_forms_use_the_runs_jar() {
         "{}",
         assertions(&run)
     );
+}
+
+#[tokio::test]
+async fn auth_helpers_are_accepted_by_servers_that_check_them() {
+    let base = serve().await;
+    let item = |name: &str, path: &str, auth: Value, test: &str| {
+        let mut i = get_item(name, format!("{base}{path}"), test);
+        i["request"]["auth"] = auth;
+        i
+    };
+    let text = v20(json!([
+        item("digest", "/digest-auth?x=1", json!({"type": "digest", "digest": {"username": "{{user}}", "password": "password"}}),
+             "pm.test('digest', () => pm.expect(pm.response.json().authenticated).to.equal(true));"),
+        item("digest wrong", "/digest-auth", json!({"type": "digest", "digest": {"username": "postman", "password": "nope"}}),
+             "pm.test('refused', () => pm.response.to.have.status(401));"),
+        item("oauth1", "/oauth1?a=b%20c", json!({"type": "oauth1", "oauth1": {"consumerKey": "RKCGzna7bv9YD57c", "consumerSecret": "D+EdQ-gs$-%@2Nu7", "signatureMethod": "HMAC-SHA1"}}),
+             "pm.test('oauth1', () => pm.expect(pm.response.json().status).to.equal('pass'));"),
+        item("hawk", "/auth/hawk?q=1", json!({"type": "hawk", "hawk": {"authId": "dh37fgj492je", "authKey": "werxhqb98rpaxn39848xrunpaw3489ruxnpa98w4rxn", "algorithm": "sha256", "extraData": "some-app-data"}}),
+             "pm.test('hawk', () => pm.response.to.have.status(200));"),
+        item("oauth2", "/headers", json!({"type": "oauth2", "oauth2": {"accessToken": "tok", "addTokenTo": "header"}}),
+             "pm.test('bearer', () => pm.expect(pm.response.json().headers.authorization).to.equal('Bearer tok'));"),
+        item("oauth2 query", "/get", json!({"type": "oauth2", "oauth2": {"accessToken": "tok", "addTokenTo": "queryParams"}}),
+             "pm.test('query', () => pm.expect(pm.response.json().args.access_token).to.equal('tok'));"),
+    ]));
+    let mut env = Vars::new();
+    env.set("user", "postman");
+    let run = run_text(
+        &text,
+        RunOptions {
+            environment: env,
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    assert_all_pass(&run, 6);
+    // The challenge and its answer are one request, as in Newman.
+    assert_eq!(run.stats.requests.executed, 6);
 }
 
 // ------------------------------------------------------------ Newman's counts

@@ -388,9 +388,9 @@ async fn edge_cases_are_reported_not_hidden() {
     );
 
     // Unsupported features are named, and fail what they touch.
-    let (o, msg) = outcome(&run, "OAuth2 request › Would check the token");
+    let (o, msg) = outcome(&run, "NTLM request › Would check the token");
     assert_eq!(o, Outcome::Error);
-    assert!(msg.contains("unsupported: auth type 'oauth2'"), "{msg}");
+    assert!(msg.contains("unsupported: auth type 'ntlm'"), "{msg}");
     // pm.sendRequest is supported (tests/newman.rs checks what it sends).
     assert_eq!(
         outcome(&run, "Uses pm.sendRequest › Calls another API").0,
@@ -406,7 +406,7 @@ async fn edge_cases_are_reported_not_hidden() {
     assert_eq!(
         run.unsupported,
         [
-            "request 'OAuth2 request': auth type 'oauth2'",
+            "request 'NTLM request': auth type 'ntlm'",
             "request 'Unknown dynamic variable': dynamic variable '{{$randomCity}}'",
             "request 'File upload without a file': file upload in form field 'doc' with no file chosen (src)",
         ]
@@ -470,7 +470,7 @@ async fn edge_cases_are_reported_not_hidden() {
         "{text}"
     );
     assert!(text.contains("inside \"Failing assertion\""), "{text}");
-    assert!(text.contains("unsupported (each is counted as an error):\n  - request 'OAuth2 request': auth type 'oauth2'"), "{text}");
+    assert!(text.contains("unsupported (each is counted as an error):\n  - request 'NTLM request': auth type 'ntlm'"), "{text}");
 }
 
 #[tokio::test]

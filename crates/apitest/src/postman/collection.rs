@@ -156,17 +156,33 @@ pub enum Auth {
         value: String,
         in_query: bool,
     },
-    /// A type Postman has and this engine does not implement (oauth2, digest,
-    /// awsv4…); requests that use it end as errors.
+    /// digest, oauth1, oauth2 (token use) or hawk, with Postman's parameter
+    /// names (`send.rs` and `auth.rs` read them).
+    Helper {
+        kind: String,
+        params: Vec<(String, String)>,
+    },
+    /// A type Postman has and this engine does not implement (awsv4, ntlm…);
+    /// requests that use it end as errors.
     Unsupported(String),
 }
 
+impl Auth {
+    /// A helper's parameter, `""` when not set.
+    pub(crate) fn param<'a>(params: &'a [(String, String)], key: &str) -> &'a str {
+        params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
 /// Auth types this engine sends.
-const AUTH_SUPPORTED: [&str; 4] = ["noauth", "basic", "bearer", "apikey"];
-/// Auth types Postman has but this engine does not implement.
-const AUTH_UNSUPPORTED: [&str; 10] = [
-    "awsv4", "digest", "edgegrid", "hawk", "oauth1", "oauth2", "ntlm", "jwt", "asap", "akamai",
+const AUTH_SUPPORTED: [&str; 8] = [
+    "noauth", "basic", "bearer", "apikey", "digest", "oauth1", "oauth2", "hawk",
 ];
+/// Auth types Postman has but this engine does not implement.
+const AUTH_UNSUPPORTED: [&str; 6] = ["awsv4", "edgegrid", "ntlm", "jwt", "asap", "akamai"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -832,6 +848,10 @@ impl Checker {
             },
             "bearer" => Auth::Bearer {
                 token: get("token").unwrap_or_default(),
+            },
+            "digest" | "oauth1" | "oauth2" | "hawk" => Auth::Helper {
+                kind: ty.clone(),
+                params,
             },
             _ => Auth::ApiKey {
                 key: get("key").unwrap_or_else(|| "x-api-key".into()),

@@ -11,9 +11,11 @@
 //! | `script` | the QuickJS sandbox and its `pm` prelude |
 //! | `libs` | the libraries scripts may `require` (lodash, CryptoJS, moment…), loaded on first use |
 //! | `send` | turning a request into HTTP: URL, headers, body, auth |
+//! | `auth` | the signing auth helpers: digest, OAuth 1.0, Hawk |
 //! | [`run`](mod@run) | the runner and its results |
 //! | [`newman`] | newman's CLI text output |
 
+mod auth;
 pub mod collection;
 pub mod data;
 mod libs;

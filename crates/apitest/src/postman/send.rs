@@ -21,6 +21,9 @@ pub(crate) struct Built {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: BuiltBody,
+    /// A digest auth's resolved parameters: the runner answers the server's
+    /// challenge with them.
+    pub digest: Option<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +307,7 @@ pub(crate) fn build(
         }
     }
 
+    let mut digest = None;
     match auth {
         None | Some(Auth::NoAuth) => {}
         Some(Auth::Basic { username, password }) => {
@@ -337,6 +341,75 @@ pub(crate) fn build(
                 out.push((key, value));
             }
         }
+        Some(Auth::Helper { kind, params }) => {
+            let params: Vec<(String, String)> =
+                params.iter().map(|(k, v)| (k.clone(), r.text(v))).collect();
+            let get = |k: &str| Auth::param(&params, k).to_string();
+            let set_auth = |out: &mut Vec<(String, String)>, value: String| {
+                out.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+                out.push(("Authorization".into(), value));
+            };
+            match (kind.as_str(), url.as_mut()) {
+                ("oauth2", u) => {
+                    let token = get("accessToken");
+                    if get("addTokenTo") == "queryParams" {
+                        if let Some(u) = u {
+                            u.query_pairs_mut().append_pair("access_token", &token);
+                        }
+                    } else if !token.is_empty() {
+                        let prefix = match get("headerPrefix").as_str() {
+                            "" => "Bearer".to_string(),
+                            p => p.to_string(),
+                        };
+                        set_auth(&mut out, format!("{prefix} {token}").trim().to_string());
+                    }
+                }
+                ("digest", Some(u)) => {
+                    let uri = match u.query() {
+                        Some(q) => format!("{}?{q}", u.path()),
+                        None => u.path().to_string(),
+                    };
+                    if let Some(h) = super::auth::digest(&params, None, &req.method, &uri) {
+                        set_auth(&mut out, h);
+                    }
+                    digest = Some(params.clone());
+                }
+                ("oauth1", Some(u)) => {
+                    let form: Vec<(String, String)> = match (&body, default_type) {
+                        (BuiltBody::Bytes(b), Some("application/x-www-form-urlencoded")) => {
+                            url::form_urlencoded::parse(b).into_owned().collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    match super::auth::oauth1(&params, &req.method, u, &form) {
+                        Ok(super::auth::OAuth1::Header(h)) => set_auth(&mut out, h),
+                        Ok(super::auth::OAuth1::Query(pairs)) => {
+                            let mut q = u.query_pairs_mut();
+                            for (k, v) in &pairs {
+                                q.append_pair(k, v);
+                            }
+                        }
+                        Err(what) => r.issues.push(Issue::Unsupported(what)),
+                    }
+                }
+                ("hawk", Some(u)) => {
+                    let ct = out
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    let payload = match &body {
+                        BuiltBody::Bytes(b) => Some((b.as_slice(), ct.as_str())),
+                        _ => None,
+                    };
+                    match super::auth::hawk(&params, &req.method, u, payload) {
+                        Ok(h) => set_auth(&mut out, h),
+                        Err(what) => r.issues.push(Issue::Unsupported(what)),
+                    }
+                }
+                _ => {}
+            }
+        }
         Some(Auth::Unsupported(ty)) => {
             r.issues
                 .push(Issue::Unsupported(format!("auth type '{ty}'")));
@@ -359,6 +432,7 @@ pub(crate) fn build(
         url: url.to_string(),
         headers: out,
         body,
+        digest,
     })
 }
 
@@ -468,6 +542,7 @@ impl ScriptRequest {
             url,
             headers,
             body,
+            digest: None,
         })
     }
 }
