@@ -36,6 +36,44 @@ shortened to a unique prefix; NO_COLOR or a redirected output turns colour off."
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Diagnostics on stderr as `text` (for people) or `json` (one object
+    /// per line, for log collectors); also TESTBED_LOG_FORMAT.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "TESTBED_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr, filtered by TESTBED_LOG (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESTBED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(output::color_enabled(&std::io::stderr()))
+            .init(),
+        // One JSON object per line: the event's fields flattened beside
+        // timestamp, level and target, and the spans it happened in.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -165,14 +203,7 @@ fn main() -> ExitCode {
     if !cli.command.feeds_child_processes() {
         output::default_sigpipe();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TESTBED_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(output::color_enabled(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

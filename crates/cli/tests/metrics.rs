@@ -873,3 +873,65 @@ async fn load_windows_reach_a_real_prometheus_by_remote_write() {
         "a local 200 answered in under a second: {q:?}"
     );
 }
+
+/// `--log-format json` (or TESTBED_LOG_FORMAT=json): every diagnostic of
+/// the server and the agent is one JSON object per line, fields included.
+#[tokio::test]
+async fn json_logs_for_server_and_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::server_in(dir.path(), &["--log-format", "json"]).await;
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "agent",
+        "--server",
+        &p.url,
+        "--name",
+        "json-agent",
+        "--state-dir",
+    ])
+    .arg(dir.path().join("agent"))
+    .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN)
+    .env("TESTBED_LOG_FORMAT", "json");
+    let agent = Proc::spawn("agent", cmd);
+    p.wait_agents(1).await;
+    let task = p
+        .run(
+            "linux_system",
+            "json-agent",
+            "run_shell",
+            json!({"command": "true"}),
+        )
+        .await;
+    p.wait_task(&task, Duration::from_secs(20)).await;
+    for (proc, needle) in [(&p.proc, "this replica leads"), (&agent, "json-agent")] {
+        let line = proc.wait_line(needle, Duration::from_secs(20));
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", proc.name));
+        assert!(v["timestamp"].as_str().is_some(), "{line}");
+        assert!(
+            matches!(v["level"].as_str(), Some("INFO" | "WARN" | "DEBUG")),
+            "{line}"
+        );
+        assert!(v["message"].as_str().is_some(), "{line}");
+        assert!(
+            v["target"].as_str().unwrap().starts_with("testbed"),
+            "{line}"
+        );
+    }
+    // Every diagnostic seen so far is JSON (stdout's banner aside).
+    for line in p.proc.lines.try_iter().chain(agent.lines.try_iter()) {
+        if line.starts_with('{') {
+            serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        }
+    }
+    let out = Command::new(bin())
+        .args(["server", "--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--log-format") && err.contains("text, json"),
+        "{err}"
+    );
+}
