@@ -1126,3 +1126,66 @@ fn error_chain(e: &dyn StdError) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_addresses() {
+        let path = |a: &str| unix_path(a).map(|p| p.map(|p| p.display().to_string()));
+        assert_eq!(
+            path("unix:///run/c.sock").ok().flatten().as_deref(),
+            Some("/run/c.sock")
+        );
+        assert_eq!(
+            path("unix:/run/c.sock").ok().flatten().as_deref(),
+            Some("/run/c.sock")
+        );
+        assert_eq!(
+            path("unix:c.sock").ok().flatten().as_deref(),
+            Some("c.sock")
+        );
+        assert!(matches!(path("127.0.0.1:2379"), Ok(None)));
+        for bad in ["unix://host/c.sock", "unix:", "unix://"] {
+            assert!(
+                matches!(path(bad), Err(TransportError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_unix_socket_with_tls_or_nobody_listening() {
+        let dir = std::env::temp_dir().join(format!("tb-grpc-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("m.proto"),
+            "syntax = \"proto3\";\npackage m;\nmessage E {}\nservice S { rpc C(E) returns (E); }\n",
+        )
+        .expect("proto");
+        let target = |tls: Option<TlsOptions>| GrpcTarget {
+            address: format!("unix://{}/absent.sock", dir.display()),
+            protos: vec!["m.proto".into()],
+            includes: vec![],
+            tls,
+            metadata: BTreeMap::new(),
+        };
+        match GrpcClient::new(&target(Some(TlsOptions::default())), &dir) {
+            Err(TransportError::Invalid(m)) => assert!(m.contains("Unix socket"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let client = GrpcClient::new(&target(None), &dir).expect("client");
+        let call: GrpcCall =
+            serde_json::from_value(serde_json::json!({"method": "m.S/C"})).expect("call");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        match rt.block_on(client.call(&call)) {
+            Err(TransportError::Refused(m)) => assert!(m.contains("absent.sock"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
