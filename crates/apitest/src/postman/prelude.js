@@ -542,7 +542,8 @@
     return check(this, r.status === want, 'expected response to have status reason ' + inspect(want) + ' but got ' + inspect(r.status), 'expected response to not have status reason ' + inspect(want));
   });
   method(['header'], function (name, value) {
-    var r = isResponse(this);
+    // chai-postman asserts headers of requests too (`pm.request.to.have.header`).
+    var r = this._obj && this._obj.headers instanceof HeaderList ? this._obj : isResponse(this);
     var actual = r.headers.get(name);
     if (arguments.length < 2) {
       return check(this, actual !== undefined, 'expected response to have header with key ' + inspect(name), 'expected response to not have header with key ' + inspect(name));
@@ -570,7 +571,17 @@
     if (arguments.length === 1) return check(this, g.found, 'expected ' + inspect(j) + ' to have property ' + inspect(path), 'expected ' + inspect(j) + ' to not have property ' + inspect(path));
     return check(this, g.found && deepEqual(g.value, value), 'expected ' + inspect(j) + ' to have property ' + inspect(path) + ' of ' + inspect(value) + (g.found ? ', but got ' + inspect(g.value) : ''), 'expected ' + inspect(j) + ' to not have property ' + inspect(path) + ' of ' + inspect(value));
   });
-  method(['jsonSchema'], function () { return unsupported('pm.response.to.have.jsonSchema'); });
+  // chai-postman's jsonSchema: ajv (the vendored one) over the value, or over
+  // a response's JSON body, with its messages.
+  method(['jsonSchema'], function (schema, options) {
+    var data = this._obj;
+    if (data instanceof Response) {
+      try { data = JSON.parse(data.text()); } catch (e) { data = undefined; }
+    }
+    var Ajv = lib('ajv'), ajv = new Ajv(Object.assign({ allErrors: true, logger: false }, options || {}));
+    var valid = ajv.validate(schema, data);
+    return check(this, valid, 'expected data to satisfy schema but found following errors: \n' + ajv.errorsText(), 'expected data to not satisfy schema');
+  });
   method(['responseTime'], function () { return unsupported('pm.response.to.have.responseTime'); });
   prop('json', function () {
     var r = isResponse(this), ok = true;
@@ -651,6 +662,7 @@
     removeHeader: function (n) { this.headers.remove(n); },
     upsertHeader: function (h) { this.headers.upsert(h); }
   };
+  Object.defineProperty(request, 'to', { get: function () { return new Assertion(request).to; } });
   Object.defineProperty(request, 'auth', { get: function () { return unsupported('pm.request.auth'); } });
 
   var response = input.response ? new Response(input.response) : undefined;

@@ -608,12 +608,14 @@ impl<'c> Runner<'c> {
                         Err(e) => Err(e.clone()),
                     };
                     // Digest auth: the server's challenge answered once, as
-                    // Postman's runtime does; one request in the counts.
+                    // Postman's runtime does.
                     let mut built = built;
                     if let (Ok(answer), Some(params), Ok(client)) =
                         (&sent, &built.digest, &self.client)
                     {
                         if let Some(signed) = digest_retry(answer, params, &built) {
+                            // Newman counts the challenge and the answer as two requests.
+                            self.stats.requests.executed += 1;
                             built = signed;
                             sent = send::send(client, &built, self.options.timeout).await;
                         }
