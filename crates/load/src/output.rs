@@ -722,17 +722,11 @@ mod tests {
             outs.window(&Window::empty(i, 1_700_000_000 + i));
         }
         // Beyond the queue (and the one batch in flight), windows were
-        // dropped rather than waited for; the rest was lost with the
-        // abandoned sender.
+        // dropped rather than waited for; the rest failed, or was lost
+        // with the sender abandoned at the end: every window is counted.
         let stats = outs.finish();
         assert_eq!(stats[0].written, 0, "{stats:?}");
         assert_eq!(stats[0].dropped, fed, "{stats:?}");
-        assert!(
-            stats[0]
-                .last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("abandoned")),
-            "{stats:?}"
-        );
+        assert!(stats[0].last_error.is_some(), "{stats:?}");
     }
 }
