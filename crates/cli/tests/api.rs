@@ -282,6 +282,85 @@ fn docker_suite_passes_against_a_private_dockerd() {
     assert_eq!(report.summary().passed, 10, "{out}");
 }
 
+/// A private Podman API service (`podman system service`, as root): its own
+/// storage root, run root, tmp dir, CNI config dir and socket, set through a
+/// containers.conf of its own. vfs storage and cgroupfs need neither
+/// overlay mounts nor systemd. The ulimits are the sandbox's: as root Podman
+/// gives containers nofile and nproc of 1048576, above this machine's hard
+/// limits, and runc's setrlimit is then refused.
+fn podman_service(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
+    let d = dir.path().to_path_buf();
+    let socket = d.join("podman.sock");
+    let conf = d.join("containers.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+             [network]\nnetwork_config_dir = \"{net}\"\n\
+             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+             runtime = \"runc\"\ntmp_dir = \"{tmp}\"\n",
+            net = d.join("net").display(),
+            tmp = d.join("tmp").display(),
+        ),
+    )
+    .expect("containers.conf");
+    let mut cmd = Command::new("podman");
+    cmd.env("CONTAINERS_CONF", &conf)
+        .arg("--root")
+        .arg(d.join("root"))
+        .arg("--runroot")
+        .arg(d.join("run"))
+        .args(["--storage-driver", "vfs", "system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()));
+    let mut daemon = Daemon::spawn("podman", dir, cmd);
+    daemon.wait_socket(&socket);
+    (daemon, socket)
+}
+
+#[test]
+fn docker_suite_passes_against_podmans_compatible_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = busybox_image(dir.path());
+    let (podman, socket) = podman_service(tempfile::tempdir().expect("tempdir"));
+    let (code, report, out) = api_run(
+        &[suites().join("docker").to_str().expect("utf-8")],
+        &[
+            ("DOCKER_SOCKET", socket.to_str().expect("utf-8")),
+            ("DOCKER_IMAGE_TAR", image.to_str().expect("utf-8")),
+            ("DOCKER_IMAGE", "testbed/busybox:latest"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{}", podman.log());
+    assert_all(&report, Outcome::Pass, &out);
+    assert_eq!(report.summary().passed, 10, "{out}");
+}
+
+#[test]
+fn podman_suite_passes_against_a_private_podman_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = busybox_image(dir.path());
+    let (podman, socket) = podman_service(tempfile::tempdir().expect("tempdir"));
+    let (code, report, out) = api_run(
+        &[suites().join("podman").to_str().expect("utf-8")],
+        &[
+            ("PODMAN_SOCKET", socket.to_str().expect("utf-8")),
+            ("PODMAN_IMAGE_TAR", image.to_str().expect("utf-8")),
+            ("PODMAN_IMAGE", "localhost/testbed/busybox:latest"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{}", podman.log());
+    assert_all(&report, Outcome::Pass, &out);
+    assert_eq!(report.summary().passed, 11, "{out}");
+    // The suite removed what it made; only the pause image it needed stays.
+    let left = Command::new("curl")
+        .args(["-s", "--unix-socket", socket.to_str().expect("utf-8")])
+        .arg("http://podman/v4.0.0/libpod/containers/json?all=true")
+        .output()
+        .expect("curl");
+    let left: serde_json::Value = serde_json::from_slice(&left.stdout).expect("JSON");
+    assert_eq!(left, json!([]), "{out}");
+}
+
 /// A private containerd: its own root, state, sockets and config (the CRI
 /// plugin off: it wants CNI config and a network of its own).
 fn containerd(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
