@@ -287,7 +287,10 @@ fn docker_suite_passes_against_a_private_dockerd() {
 /// containers.conf of its own. vfs storage and cgroupfs need neither
 /// overlay mounts nor systemd. The ulimits are the sandbox's: as root Podman
 /// gives containers nofile and nproc of 1048576, above this machine's hard
-/// limits, and runc's setrlimit is then refused.
+/// limits, and runc's setrlimit is then refused. An exec session's conmon
+/// waits exit_command_delay (300 s by default) before it cleans up: 5 s
+/// keeps the session inspectable by the suite without leaving conmons
+/// behind the test for minutes.
 fn podman_service(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
     let d = dir.path().to_path_buf();
     let socket = d.join("podman.sock");
@@ -298,7 +301,7 @@ fn podman_service(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
             "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
              [network]\nnetwork_config_dir = \"{net}\"\n\
              [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-             runtime = \"runc\"\ntmp_dir = \"{tmp}\"\n",
+             runtime = \"runc\"\ntmp_dir = \"{tmp}\"\nexit_command_delay = 5\n",
             net = d.join("net").display(),
             tmp = d.join("tmp").display(),
         ),
