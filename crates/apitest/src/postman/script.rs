@@ -791,7 +791,10 @@ mod tests {
         let none = time(base);
         eprintln!("no library: {none:?} per script");
         for name in super::super::libs::names() {
-            let src = format!("require({name:?});\n{base}");
+            let src = match name {
+                "lodash3" => format!("_.VERSION;\n{base}"),
+                _ => format!("require({name:?});\n{base}"),
+            };
             let _ = time(&src); // compiles it once for the process
             eprintln!("{name}: {:?} per script", time(&src));
         }
