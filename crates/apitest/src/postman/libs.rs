@@ -107,8 +107,8 @@ fn compile(lib: &Lib) -> Result<Vec<u8>, String> {
 
 /// The library's bytecode, compiled on first use in this process.
 fn bytecode(index: usize) -> Result<&'static [u8], String> {
-    const UNSET: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
-    static CODE: [OnceLock<Result<Vec<u8>, String>>; LIBS.len()] = [UNSET; LIBS.len()];
+    static CODE: [OnceLock<Result<Vec<u8>, String>>; LIBS.len()] =
+        [const { OnceLock::new() }; LIBS.len()];
     CODE[index]
         .get_or_init(|| compile(&LIBS[index]))
         .as_deref()
