@@ -877,7 +877,8 @@ async fn advance_step(
                 if inst.attempt <= r.retries && !run.cancel_requested {
                     let lost = status == TaskStatus::Lost;
                     let (agents, excluded) = fleet.get(state, run.id).await?;
-                    let agent = retry_agent(&state.hub.load, agents, &r, excluded, inst.agent_uuid, lost);
+                    let agent =
+                        retry_agent(&state.hub.load, agents, &r, excluded, inst.agent_uuid, lost);
                     if let Some(agent) = agent {
                         let attempt = inst.attempt + 1;
                         create_task(
