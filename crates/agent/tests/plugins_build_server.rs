@@ -1,7 +1,6 @@
 //! `build_server` against real git repositories.
 
-#[path = "plugins_support.rs"]
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,6 @@
 //! Exec plugins: real executables in a plugin directory.
 
-#[path = "plugins_support.rs"]
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! `linux_system` with real processes.
 
-#[path = "plugins_support.rs"]
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,7 @@
 //! The `load` plugin against a small HTTP/1.1 server in the test: windows
 //! inline or as an artifact, live metrics, and cancel ending with a result.
 
-#[path = "plugins_support.rs"]
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};

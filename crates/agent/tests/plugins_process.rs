@@ -1,7 +1,6 @@
 //! The child-process runner, with real processes.
 
-#[path = "plugins_support.rs"]
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! directory reaped at the next start, and tasks fenced when the server has
 //! been out of reach for half the lease.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -4,7 +4,7 @@
 //! contract checks against Testbed's own server, and suites run by agents
 //! inside plans.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The client commands, run as a user would: `testbed login`, `agents ls`,
 //! `exec`, `tasks`.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

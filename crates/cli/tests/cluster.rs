@@ -1,6 +1,6 @@
 //! Server replicas on a real etcd cluster.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

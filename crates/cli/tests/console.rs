@@ -2,7 +2,7 @@
 //! session cookie (sign-in, CSRF, revocation, roles) over plain HTTP. The
 //! browser scenarios are in `console_browser` below.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
@@ -1351,7 +1351,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// Console benchmarks (docs/console.md): the agents page with 1,000
 /// simulated agents, the runs list over 10,000 runs, and the server's CPU
 /// while 20 consoles follow a live load test. Slow: run on demand with
-/// `cargo test -p testbed-cli --test console -- --ignored --nocapture`.
+/// `cargo test -p testbed-cli --test e2e console::console_benchmark -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn console_benchmark() {

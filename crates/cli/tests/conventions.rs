@@ -4,7 +4,7 @@
 //! pipe, "did you mean", server addresses without a scheme, a 401 that says
 //! what to do, a clear "address in use", completions and man pages.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;

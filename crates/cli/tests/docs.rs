@@ -3,8 +3,7 @@
 //! sandbox, the `<!-- doc: … -->` annotations and the one rewrite made).
 //! One test per file, so a failure names its file and line.
 
-#[path = "common/docs.rs"]
-mod harness;
+use crate::harness;
 
 use harness::run_doc;
 

@@ -4,8 +4,7 @@
 //! `PATH`, and its own network namespace, so the examples' `127.0.0.1:8774`
 //! is the `testbed up` started here.
 
-#[path = "common/docs.rs"]
-mod harness;
+use crate::harness;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Faults: agents and servers killed with SIGKILL, restarts on the same
 //! data, clean shutdown.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! kept), what the user sees (no server log lines), and how a cancelled or
 //! interrupted run ends (`Result: CANCELLED`, exit 2, never PASS).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

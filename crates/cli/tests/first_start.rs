@@ -2,7 +2,7 @@
 //! lost password reset with `testbed admin reset-password`, and a first
 //! start that cannot bind, all on the real binary.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::TcpListener;

@@ -2,7 +2,7 @@
 //! are refused with a 4xx naming the limit, while `/healthz` keeps answering
 //! and the server's memory stays bounded (issue 10, items 1 and 2).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! `prometheus` is installed — that a real Prometheus scrapes it with a
 //! bearer-token file and answers queries about it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! them start are run for real against the built binary. And `testbed
 //! --version` names the git revision it was built from.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

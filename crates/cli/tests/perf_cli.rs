@@ -1,7 +1,7 @@
 //! `testbed perf run`: a performance plan file through a server, followed
 //! live, judged by its thresholds.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

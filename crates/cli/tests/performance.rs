@@ -2,7 +2,7 @@
 //! agents driving a small HTTP/1.1 server inside the test, whose own request
 //! counter is the ground truth for the reports.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

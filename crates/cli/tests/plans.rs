@@ -1,7 +1,7 @@
 //! Plans end to end: the DAG engine, templates, fan-out, retries, groups
 //! and reservations, cancellation, failover, results and reports.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -176,9 +176,7 @@ async fn dag_with_outputs_conditions_and_failures() {
         .all(|c| c["outcome"] == "fail" || c["outcome"] == "error"));
     let fatal = failing.iter().find(|c| c["name"] == "fatal").unwrap();
     assert!(fatal["output"].as_str().unwrap().contains("boom"));
-    let (_, named) = p
-        .get(&format!("/api/reports/{report}/cases?q=FATAL"))
-        .await;
+    let (_, named) = p.get(&format!("/api/reports/{report}/cases?q=FATAL")).await;
     assert_eq!(named["total"], 2, "{named}");
     let (s, bad) = p
         .get(&format!("/api/reports/{report}/cases?outcome=broken"))

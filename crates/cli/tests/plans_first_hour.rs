@@ -3,7 +3,7 @@
 //! steps that say what they wait for and for how long, templates that trim
 //! captured stdout and offer `trim`/`join`/`json`, and `each: all`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The seed-002 API, auth and errors, logs, cancel and plugins, against a
 //! real `testbed up` process.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! data directory each time: every run finishes, every step's work is done
 //! once, and a restart does not stand still for a lease TTL.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

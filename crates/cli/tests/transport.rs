@@ -3,7 +3,7 @@
 //! certificate renewal without restart, agents that verify the server, and
 //! `testbed up` refusing plain HTTP on a public address.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

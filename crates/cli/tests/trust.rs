@@ -3,7 +3,7 @@
 //! reach other keys, a login flood neither locks the admin out nor eats the
 //! server's memory, secrets on disk are private.
 
-mod common;
+use crate::common;
 
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,6 @@
 //! The self-contained HTML report.
 
-mod common;
+use crate::common;
 
 use testbed_report::{to_html, Outcome, Report, Suite};
 

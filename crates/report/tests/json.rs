@@ -1,6 +1,6 @@
 //! The canonical JSON form: round trips, errors with positions, compatibility.
 
-mod common;
+use crate::common;
 
 use testbed_report::{from_json, to_json, Outcome, Report, ReportError};
 

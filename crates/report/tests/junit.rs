@@ -1,7 +1,7 @@
 //! JUnit XML: valid against the schema (checked by the real `xmllint`), and what a
 //! consumer reads back is what the model said.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

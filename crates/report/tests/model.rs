@@ -1,6 +1,6 @@
 //! Summary semantics and the model's helpers.
 
-mod common;
+use crate::common;
 
 use std::str::FromStr;
 

@@ -1,6 +1,6 @@
 //! The `prove`-like plain summary.
 
-mod common;
+use crate::common;
 
 use testbed_report::{to_summary, Outcome, Report, Suite};
 

@@ -1,7 +1,7 @@
 //! TAP 13: what Perl's own `TAP::Parser` (the parser behind `prove`) reads from the
 //! rendered stream.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
