@@ -7,25 +7,24 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
+/// Two server replicas over one real etcd, sharing a blob directory.
+async fn two_replicas(dir: &std::path::Path) -> (Etcd, Platform, Platform) {
+    let etcd = Etcd::start(1, dir);
+    let blobs = dir.join("blobs");
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        replicas.push(Platform::server(&etcd.spec(), &blobs, &addr, &[]).await);
+    }
+    let b = replicas.pop().expect("two replicas");
+    let a = replicas.pop().expect("two replicas");
+    (etcd, a, b)
+}
+
 #[tokio::test]
 async fn two_replicas_serve_the_same_data() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(1, dir.path());
-    let blobs = dir.path().join("blobs");
-    let a = Platform::server(
-        &etcd.spec(),
-        &blobs,
-        &format!("127.0.0.1:{}", free_port()),
-        &[],
-    )
-    .await;
-    let b = Platform::server(
-        &etcd.spec(),
-        &blobs,
-        &format!("127.0.0.1:{}", free_port()),
-        &[],
-    )
-    .await;
+    let (_etcd, a, b) = two_replicas(dir.path()).await;
     assert_eq!(a.join_token, b.join_token);
 
     // The agent holds a session with replica A; the task goes in through B.
@@ -306,22 +305,7 @@ async fn live_load_metrics_show_on_every_replica() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(1, dir.path());
-    let blobs = dir.path().join("blobs");
-    let a = Platform::server(
-        &etcd.spec(),
-        &blobs,
-        &format!("127.0.0.1:{}", free_port()),
-        &[],
-    )
-    .await;
-    let b = Platform::server(
-        &etcd.spec(),
-        &blobs,
-        &format!("127.0.0.1:{}", free_port()),
-        &[],
-    )
-    .await;
+    let (_etcd, a, b) = two_replicas(dir.path()).await;
     let _agent = agent(
         &b.url,
         "loader",
