@@ -5,6 +5,8 @@
 #
 #   bench/agents.sh [N] [SECONDS]        (defaults: 1000 agents, 30 s)
 #
+# WAIT=SECONDS (default 120) is how long the fleet may take to register.
+#
 # TESTBED_BIN=path/to/testbed measures that binary instead of building one
 # (to compare two builds).
 set -euo pipefail
@@ -43,7 +45,7 @@ while :; do
 try: print(len(json.load(sys.stdin)))
 except Exception: print(0)')
   [ "$live" -ge "$N" ] && break
-  [ $(( $(date +%s) - start )) -gt 120 ] && { echo "only $live of $N agents registered" >&2; exit 1; }
+  [ $(( $(date +%s) - start )) -gt "${WAIT:-120}" ] && { echo "only $live of $N agents registered after ${WAIT:-120} s" >&2; exit 1; }
   sleep 1
 done
 echo "all $N agents live after $(( $(date +%s) - start )) s"
