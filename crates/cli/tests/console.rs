@@ -379,6 +379,9 @@ mod browser {
             let port = free_port();
             let mut cmd = Command::new("/usr/bin/chromedriver");
             cmd.arg(format!("--port={port}"));
+            // Its own process group, so Chromium (chromedriver's child) goes
+            // with it on drop even when the session's DELETE does not get through.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             let driver = Proc::spawn("chromedriver", cmd);
             driver.wait_line("was started successfully", Duration::from_secs(30));
             let profile = tempfile::tempdir().unwrap();
@@ -623,6 +626,14 @@ mod browser {
                 }
             })
             .join();
+            if let Some(pid) = self._driver.child.as_ref().map(|c| c.id()) {
+                if let Ok(pid) = i32::try_from(pid) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
         }
     }
 
