@@ -741,14 +741,6 @@ async fn real_prometheus_scrapes_and_queries() {
     );
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 #[test]
 fn parser_rejects_what_prometheus_would() {
     let ok = parse("# HELP a_total x.\n# TYPE a counter\na_total{r=\"/x/{id}\",s=\"2\\\"0\"} 3\nb 1.5\n# EOF\n");

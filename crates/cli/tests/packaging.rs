@@ -575,14 +575,6 @@ async fn kubernetes_command_lines_start_a_cluster() {
     assert!(slaves.to_string().contains("node-1"), "{slaves}");
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 /// `scripts/release` packs the binary with its docs, packaging, man pages
 /// and completions, and the checksum file verifies the archive; the
 /// unpacked binary runs.

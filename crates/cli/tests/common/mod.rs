@@ -450,12 +450,18 @@ impl Etcd {
     }
 }
 
+/// `name` as found on `PATH`, if it is there.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 fn which_etcd() -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join("etcd");
-        if p.is_file() {
-            return p;
-        }
+    if let Some(p) = which("etcd") {
+        return p;
     }
     panic!("etcd not found on PATH: run the README's test command (scripts/test), which installs Debian's etcd-server");
 }
