@@ -9,6 +9,7 @@
 //! | [`tap`] | TAP version 13: [`to_tap`] |
 //! | [`summary`] | a plain-text summary in the style of Perl's `prove`: [`to_summary`] |
 //! | [`html`] | one self-contained HTML file that opens offline: [`to_html`] |
+//! | [`compare`] | two reports side by side: regressions, fixes, new and removed tests, duration changes |
 //!
 //! Every renderer is a pure function from `&Report` to a `String`, and writes
 //! any [`View`] (a [`Report`], or a [`CompactReport`] of a million cases) to an
@@ -19,6 +20,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod compare;
 pub mod html;
 pub mod json;
 pub mod junit;

@@ -6,8 +6,8 @@
 
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion};
+use testbed_report::compare::{compare, Thresholds};
 use testbed_report::{Case, Outcome, Report, Suite};
-use testbed_tap::compare::{compare, Thresholds};
 use testbed_tap::Parser;
 
 fn million_lines() -> String {

@@ -7,7 +7,6 @@
 //! | [`config`] | the kit configuration (`kit.toml`) and the environment scripts get |
 //! | [`expect`] | known-broken expectations: failures become `xfail`, stale entries `xpass` |
 //! | [`harness`] | finds and runs scripts in parallel with a time limit: [`run_kit`] |
-//! | [`compare`] | regressions, fixes, new and removed tests and duration changes between two reports |
 
 pub mod parser;
 
@@ -20,4 +19,3 @@ pub use expect::Expectations;
 pub mod harness;
 
 pub use harness::{run_kit, run_kit_compact, RunConfig};
-pub mod compare;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use testbed_report::compare::{self, Thresholds};
 use testbed_report::{CompactReport, Format, View};
-use testbed_tap::compare::{self, Thresholds};
 use testbed_tap::expect::{problems, stale};
 use testbed_tap::{Expectations, KitConfig, RunConfig};
 

@@ -701,22 +701,22 @@ pub async fn compare_reports(
 ) -> ApiResult<Response> {
     let a = load_report(&state, &parse_uuid("report", &id)?).await?;
     let b = load_report(&state, &parse_uuid("report", &other)?).await?;
-    let mut t = testbed_tap::compare::Thresholds::default();
+    let mut t = testbed_report::compare::Thresholds::default();
     if let Some(th) = &q.threshold {
-        t.percent = testbed_tap::compare::parse_percent(th).ok_or_else(|| {
+        t.percent = testbed_report::compare::parse_percent(th).ok_or_else(|| {
             ApiError::field("/threshold", format!("`{th}` is not a percentage like 20%"))
         })?;
     }
-    let c = testbed_tap::compare::compare(&a, &b, t);
+    let c = testbed_report::compare::compare(&a, &b, t);
     let (ct, body) = match q.format.as_deref().unwrap_or("json") {
-        "json" => ("application/json", testbed_tap::compare::to_json(&c)),
+        "json" => ("application/json", testbed_report::compare::to_json(&c)),
         "text" => (
             "text/plain; charset=utf-8",
-            testbed_tap::compare::to_text(&c),
+            testbed_report::compare::to_text(&c),
         ),
         "html" => (
             "text/html; charset=utf-8",
-            testbed_tap::compare::to_html(&c),
+            testbed_report::compare::to_html(&c),
         ),
         other => {
             return Err(ApiError::field(

@@ -5,9 +5,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::view::{self, View};
+use crate::Outcome;
 use serde::Serialize;
-use testbed_report::view::{self, View};
-use testbed_report::Outcome;
 
 /// A test that exists in both reports with a different outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -142,6 +142,28 @@ fn pair<A: View, B: View>(
     }
 }
 
+/// Suite `sb` of `b` took `after` where its namesake took `before`: list
+/// the change if it is significant.
+fn suite_durations(
+    out: &mut Comparison,
+    sname: &str,
+    before: u64,
+    b: &impl View,
+    sb: usize,
+    t: Thresholds,
+) {
+    let after = view::suite_duration_ms(b, sb);
+    if let Some(pct) = duration_change(before, after, t) {
+        out.durations.push(DurationChange {
+            suite: sname.to_string(),
+            case: None,
+            before_ms: before,
+            after_ms: after,
+            change_pct: pct,
+        });
+    }
+}
+
 fn presence(v: &impl View, suite: &str, s: usize, i: usize) -> Presence {
     Presence {
         suite: suite.to_string(),
@@ -186,17 +208,7 @@ pub fn compare<A: View, B: View>(a: &A, b: &B, t: Thresholds) -> Comparison {
             out.new.extend((0..nb).map(|j| presence(b, sname, sb, j)));
             continue;
         };
-        let before = view::suite_duration_ms(a, sa);
-        let after = view::suite_duration_ms(b, sb);
-        if let Some(pct) = duration_change(before, after, t) {
-            out.durations.push(DurationChange {
-                suite: sname.clone(),
-                case: None,
-                before_ms: before,
-                after_ms: after,
-                change_pct: pct,
-            });
-        }
+        suite_durations(&mut out, sname, view::suite_duration_ms(a, sa), b, sb, t);
         let na = a.case_count(sa);
         let same = na == nb && (0..na).all(|j| a.case_name(sa, j) == b.case_name(sb, j));
         if same {
@@ -206,22 +218,12 @@ pub fn compare<A: View, B: View>(a: &A, b: &B, t: Thresholds) -> Comparison {
             removed[sa] = Some(Vec::new());
             continue;
         }
-        let mut index: HashMap<(&str, usize), usize> = HashMap::new();
-        let mut occ: HashMap<&str, usize> = HashMap::new();
-        for j in 0..na {
-            let name = a.case_name(sa, j);
-            let k = occ.entry(name).or_insert(0);
-            index.insert((name, *k), j);
-            *k += 1;
-        }
+        let index: HashMap<(&str, usize), usize> = occurrences(a, sa)
+            .map(|(j, name, k)| ((name, k), j))
+            .collect();
         let mut seen = vec![false; na];
-        let mut occ: HashMap<&str, usize> = HashMap::new();
-        for j in 0..nb {
-            let name = b.case_name(sb, j);
-            let k = occ.entry(name).or_insert(0);
-            let key = (name, *k);
-            *k += 1;
-            match index.get(&key) {
+        for (j, name, k) in occurrences(b, sb) {
+            match index.get(&(name, k)) {
                 None => out.new.push(presence(b, sname, sb, j)),
                 Some(&ja) => {
                     seen[ja] = true;
@@ -261,62 +263,50 @@ fn compare_any<A: View, B: View>(
         after: b.head().id.clone(),
         ..Comparison::default()
     };
-    // TAP descriptions may repeat within a script; the k-th occurrence of a
-    // name is matched with the k-th occurrence on the other side.
     let mut index: HashMap<(&str, &str, usize), (usize, usize)> = HashMap::new();
     let mut suite_ms: HashMap<&str, u64> = HashMap::new();
     for (sa, name) in names_a.iter().enumerate() {
         suite_ms.insert(name, view::suite_duration_ms(a, sa));
-        let mut occ: HashMap<&str, usize> = HashMap::new();
-        for j in 0..a.case_count(sa) {
-            let cname = a.case_name(sa, j);
-            let k = occ.entry(cname).or_insert(0);
-            index.insert((name, cname, *k), (sa, j));
-            *k += 1;
+        for (j, cname, k) in occurrences(a, sa) {
+            index.insert((name, cname, k), (sa, j));
         }
     }
     let mut seen: HashSet<(String, String, usize)> = HashSet::new();
     for (sb, sname) in names_b.iter().enumerate() {
-        let mut occ: HashMap<&str, usize> = HashMap::new();
         if let Some(&before) = suite_ms.get(sname.as_str()) {
-            let after = view::suite_duration_ms(b, sb);
-            if let Some(pct) = duration_change(before, after, t) {
-                out.durations.push(DurationChange {
-                    suite: sname.clone(),
-                    case: None,
-                    before_ms: before,
-                    after_ms: after,
-                    change_pct: pct,
-                });
-            }
+            suite_durations(&mut out, sname, before, b, sb, t);
         }
-        for j in 0..b.case_count(sb) {
-            let cname = b.case_name(sb, j);
-            let k = occ.entry(cname).or_insert(0);
-            let key = (sname.as_str(), cname, *k);
-            *k += 1;
-            match index.get(&key) {
+        for (j, cname, k) in occurrences(b, sb) {
+            match index.get(&(sname.as_str(), cname, k)) {
                 None => out.new.push(presence(b, sname, sb, j)),
                 Some(&(sa, ja)) => {
-                    seen.insert((sname.clone(), cname.to_string(), key.2));
+                    seen.insert((sname.clone(), cname.to_string(), k));
                     pair(&mut out, sname, a, sa, ja, b, sb, j, t);
                 }
             }
         }
     }
     for (sa, name) in names_a.iter().enumerate() {
-        let mut occ: HashMap<&str, usize> = HashMap::new();
-        for j in 0..a.case_count(sa) {
-            let cname = a.case_name(sa, j);
-            let k = occ.entry(cname).or_insert(0);
-            let key = (name.clone(), cname.to_string(), *k);
-            *k += 1;
-            if !seen.contains(&key) {
+        for (j, cname, k) in occurrences(a, sa) {
+            if !seen.contains(&(name.clone(), cname.to_string(), k)) {
                 out.removed.push(presence(a, name, sa, j));
             }
         }
     }
     out
+}
+
+/// The cases of suite `s` as (index, name, occurrence): TAP descriptions may
+/// repeat within a script, and the k-th occurrence of a name is matched with
+/// the k-th occurrence on the other side.
+fn occurrences<V: View>(v: &V, s: usize) -> impl Iterator<Item = (usize, &str, usize)> {
+    let mut occ: HashMap<&str, usize> = HashMap::new();
+    (0..v.case_count(s)).map(move |j| {
+        let name = v.case_name(s, j);
+        let k = occ.entry(name).or_insert(0);
+        *k += 1;
+        (j, name, *k - 1)
+    })
 }
 
 /// The comparison as plain text.
@@ -504,8 +494,8 @@ pub fn to_html(c: &Comparison) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Case, Report, Suite};
     use chrono::Utc;
-    use testbed_report::{Case, Report, Suite};
 
     fn report(id: &str, cases: &[(&str, &str, Outcome)], suite_ms: u64) -> Report {
         let mut r = Report::new(id, "kit", Utc::now());
@@ -586,30 +576,19 @@ mod tests {
     #[test]
     fn suite_by_suite_matches_the_whole_report_index() {
         use Outcome::*;
-        let mut a = report(
-            "a",
-            &[
-                ("s1", "x", Pass),
-                ("s1", "x", Fail),
-                ("s1", "y", Pass),
-                ("s1", "z", Error),
-                ("s2", "p", Pass),
-                ("s3", "gone", Pass),
-            ],
-            100,
-        );
-        let mut b = report(
-            "b",
-            &[
-                ("s1", "y", Fail),
-                ("s1", "x", Pass),
-                ("s1", "x", Pass),
-                ("s1", "new", Skip),
-                ("s2", "p", Fail),
-                ("s4", "fresh", Pass),
-            ],
-            400,
-        );
+        // Row k is the k-th case of each report, not a pair of one test.
+        let (before, after): (Vec<_>, Vec<_>) = [
+            (("s1", "x", Pass), ("s1", "y", Fail)),
+            (("s1", "x", Fail), ("s1", "x", Pass)),
+            (("s1", "y", Pass), ("s1", "x", Pass)),
+            (("s1", "z", Error), ("s1", "new", Skip)),
+            (("s2", "p", Pass), ("s2", "p", Fail)),
+            (("s3", "gone", Pass), ("s4", "fresh", Pass)),
+        ]
+        .into_iter()
+        .unzip();
+        let mut a = report("a", &before, 100);
+        let mut b = report("b", &after, 400);
         a.suites[1].cases[0].duration_ms = 1000;
         b.suites[1].cases[0].duration_ms = 3000;
         let names = |r: &Report| {
