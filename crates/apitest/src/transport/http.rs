@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -294,20 +293,12 @@ pub(crate) fn rustls_config(
     base: &Path,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, TransportError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use testbed_tls::{certs_from_pem, key_from_pem, Identity, TlsError, Trust};
 
-    let certs = |file: &str, what: &str| -> Result<Vec<CertificateDer<'static>>, TransportError> {
-        let pem = read(base, file, what)?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TransportError::Tls(format!("{what} {file}: {e}")))?;
-        if certs.is_empty() {
-            return Err(TransportError::Tls(format!(
-                "{what} {file}: no PEM certificate in it"
-            )));
-        }
-        Ok(certs)
+    let tls_err =
+        |what: &str, file: &str, e: TlsError| TransportError::Tls(format!("{what} {file}: {e}"));
+    let certs = |what: &str, file: &str| {
+        certs_from_pem(&read(base, file, what)?).map_err(|e| tls_err(what, file, e))
     };
     // Checked before any file is read so the mistake is named first.
     let identity = match (&tls.cert, &tls.key) {
@@ -319,94 +310,26 @@ pub(crate) fn rustls_config(
             ))
         }
     };
-
-    // An explicit provider, so nothing depends on which process-wide
-    // default another crate (reqwest) may or may not have installed.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TransportError::Tls(e.to_string()))?;
-    let builder = if tls.insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider)))
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        match &tls.ca {
-            Some(ca) => {
-                for cert in certs(ca, "tls.ca")? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| TransportError::Tls(format!("tls.ca {ca}: {e}")))?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        builder.with_root_certificates(roots)
+    let trust = match (&tls.ca, tls.insecure) {
+        (_, true) => Trust::AcceptAny,
+        (Some(ca), false) => Trust::Roots(certs("tls.ca", ca)?),
+        (None, false) => Trust::WebRoots,
     };
-    let mut config = match identity {
-        Some((cert, key)) => {
-            let chain = certs(cert, "tls.cert")?;
-            let pem = read(base, key, "tls.key")?;
-            let key_der = PrivateKeyDer::from_pem_slice(&pem)
-                .map_err(|e| TransportError::Tls(format!("tls.key {key}: {e}")))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| TransportError::Tls(format!("tls.cert {cert} / tls.key {key}: {e}")))?
-        }
-        None => builder.with_no_client_auth(),
+    let identity = match identity {
+        Some((cert, key)) => Some(Identity {
+            chain: certs("tls.cert", cert)?,
+            key: key_from_pem(&read(base, key, "tls.key")?)
+                .map_err(|e| tls_err("tls.key", key, e))?,
+        }),
+        None => None,
     };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
-}
-
-/// The `insecure` verifier: any certificate chain and name are accepted, but
-/// the handshake signatures are still checked, so the peer must at least
-/// hold the key of the certificate it presents.
-#[derive(Debug)]
-struct AcceptAnyServerCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    let name = |file: &Option<String>| file.clone().unwrap_or_default();
+    testbed_tls::client_config(trust, identity, alpn).map_err(|e| match e {
+        TlsError::Root(_) => tls_err("tls.ca", &name(&tls.ca), e),
+        TlsError::Identity(_) => {
+            let pair = format!("{} / tls.key {}", name(&tls.cert), name(&tls.key));
+            tls_err("tls.cert", &pair, e)
+        }
+        e => TransportError::Tls(e.to_string()),
+    })
 }
