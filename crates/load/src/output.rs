@@ -1,5 +1,6 @@
 //! Where per-second windows go besides the live view, like k6's `--out`:
-//! a JSON-lines file, a CSV file, or a Prometheus remote-write endpoint.
+//! a JSON-lines file, a CSV file, a Prometheus remote-write endpoint or an
+//! OTLP/HTTP metrics endpoint ([`otlp`]).
 //!
 //! Every output runs on a thread of its own behind a bounded queue that
 //! the caller feeds with [`Outputs::window`], which never waits: when an
@@ -21,6 +22,13 @@ use thiserror::Error;
 
 use crate::metrics::Window;
 
+mod otlp;
+
+/// The OTLP messages [`otlp`] sends, re-exported so a receiver (a test)
+/// decodes them with the very same types.
+pub use opentelemetry_proto::tonic as otlp_proto;
+pub use otlp::LATENCY_BOUNDS_S;
+
 /// Windows an output may have queued before new ones are dropped: a
 /// minute of a run.
 pub const QUEUE: usize = 60;
@@ -31,7 +39,7 @@ const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum OutputError {
-    /// `--out` was not `json=FILE`, `csv=FILE` or `prometheus-rw=URL`.
+    /// `--out` was not `json=FILE`, `csv=FILE`, `prometheus-rw=URL` or `otlp=URL`.
     #[error("--out {spec}: {reason}")]
     Spec { spec: String, reason: String },
     #[error("--out {spec}: cannot create {path}: {source}")]
@@ -53,35 +61,51 @@ pub enum OutputSpec {
     Json(PathBuf),
     Csv(PathBuf),
     PrometheusRw(String),
+    /// The full OTLP/HTTP metrics URL (`/v1/metrics` added to a bare
+    /// endpoint).
+    Otlp(String),
 }
 
 impl OutputSpec {
-    /// `json=FILE`, `csv=FILE` or `prometheus-rw=URL` (http or https).
+    /// `json=FILE`, `csv=FILE`, `prometheus-rw=URL` or `otlp=URL` (http or
+    /// https).
     pub fn parse(spec: &str) -> Result<OutputSpec, OutputError> {
         let err = |reason: &str| OutputError::Spec {
             spec: spec.to_string(),
             reason: reason.to_string(),
         };
         let Some((kind, arg)) = spec.split_once('=') else {
-            return Err(err("expected json=FILE, csv=FILE or prometheus-rw=URL"));
+            return Err(err(
+                "expected json=FILE, csv=FILE, prometheus-rw=URL or otlp=URL",
+            ));
         };
         if arg.is_empty() {
             return Err(err("nothing after `=`"));
         }
+        let http_url = |example: &str| {
+            url::Url::parse(arg)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+                .ok_or_else(|| err(&format!("{arg:?} is not an http(s) URL (e.g. {example})")))
+        };
         match kind {
             "json" => Ok(OutputSpec::Json(PathBuf::from(arg))),
             "csv" => Ok(OutputSpec::Csv(PathBuf::from(arg))),
             "prometheus-rw" | "experimental-prometheus-rw" => {
-                let url = url::Url::parse(arg).ok();
-                if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()) {
-                    return Err(err(&format!(
-                        "{arg:?} is not an http(s) URL (e.g. http://prometheus:9090/api/v1/write)"
-                    )));
-                }
+                http_url("http://prometheus:9090/api/v1/write")?;
                 Ok(OutputSpec::PrometheusRw(arg.to_string()))
             }
+            "otlp" | "opentelemetry" => {
+                let mut url = http_url("http://otel-collector:4318")?;
+                // As OTEL_EXPORTER_OTLP_ENDPOINT: a bare endpoint gets the
+                // signal's path; a URL with a path is used as it is.
+                if url.path() == "/" {
+                    url.set_path("/v1/metrics");
+                }
+                Ok(OutputSpec::Otlp(url.to_string()))
+            }
             other => Err(err(&format!(
-                "unknown output `{other}`: expected json, csv or prometheus-rw"
+                "unknown output `{other}`: expected json, csv, prometheus-rw or otlp"
             ))),
         }
     }
@@ -127,8 +151,13 @@ pub struct Outputs {
 impl Outputs {
     /// Opens every output now, so a file that cannot be created is an
     /// error before any load starts. `labels` go on every remote-write
-    /// series (`job` is always set).
-    pub fn open(specs: &[String], labels: &[(String, String)]) -> Result<Outputs, OutputError> {
+    /// series (`job` is always set) and every OTLP data point; `name`
+    /// (the plan's) is the OTLP attribute `testbed.plan`.
+    pub fn open(
+        specs: &[String],
+        labels: &[(String, String)],
+        name: &str,
+    ) -> Result<Outputs, OutputError> {
         let mut outputs = Vec::new();
         for spec in specs {
             let parsed = OutputSpec::parse(spec)?;
@@ -140,6 +169,7 @@ impl Outputs {
                 }),
                 OutputSpec::Csv(path) => Box::new(Csv::create(spec, &path)?),
                 OutputSpec::PrometheusRw(url) => Box::new(RemoteWrite::new(url, labels)),
+                OutputSpec::Otlp(url) => Box::new(otlp::Otlp::new(url, labels, name)),
             };
             let c = counts.clone();
             let thread = std::thread::Builder::new()
@@ -290,6 +320,42 @@ pub struct Row {
     pub max_ms: Option<f64>,
     pub status_codes: std::collections::BTreeMap<u16, u64>,
     pub error_kinds: std::collections::BTreeMap<String, u64>,
+    /// The window's latencies for histogram outputs (not written to files).
+    #[serde(skip)]
+    pub latency: LatencyBuckets,
+}
+
+/// A window's latencies counted into [`LATENCY_BOUNDS_S`]' buckets: one
+/// count per bound (values up to it) and one for the values above the last.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyBuckets {
+    pub counts: Vec<u64>,
+    /// How many responses, and the sum of their latencies in seconds.
+    pub count: u64,
+    pub sum_s: f64,
+    pub min_s: Option<f64>,
+    pub max_s: Option<f64>,
+}
+
+impl LatencyBuckets {
+    fn of(h: &hdrhistogram::Histogram<u64>) -> LatencyBuckets {
+        let mut counts = vec![0u64; LATENCY_BOUNDS_S.len() + 1];
+        let mut sum_s = 0.0;
+        for v in h.iter_recorded() {
+            let s = h.highest_equivalent(v.value_iterated_to()) as f64 / 1e6;
+            let i = LATENCY_BOUNDS_S.partition_point(|&b| b < s);
+            counts[i] += v.count_at_value();
+            sum_s += s * v.count_at_value() as f64;
+        }
+        let any = !h.is_empty();
+        LatencyBuckets {
+            counts,
+            count: h.len(),
+            sum_s,
+            min_s: any.then(|| h.min() as f64 / 1e6),
+            max_s: any.then(|| h.max() as f64 / 1e6),
+        }
+    }
 }
 
 impl Row {
@@ -318,11 +384,12 @@ impl Row {
             max_ms: (!h.is_empty()).then(|| h.max() as f64 / 1000.0),
             status_codes: w.status_codes.clone(),
             error_kinds: w.error_kinds.clone(),
+            latency: LatencyBuckets::of(h),
         }
     }
 }
 
-trait Sink: Send {
+pub(crate) trait Sink: Send {
     fn write(&mut self, rows: &[Row]) -> Result<(), String>;
     fn close(&mut self) -> Result<(), String> {
         Ok(())
@@ -445,8 +512,7 @@ impl Sink for Csv {
 struct RemoteWrite {
     url: String,
     labels: Vec<(String, String)>,
-    /// The output's own thread drives its requests on this runtime.
-    client: Result<(tokio::runtime::Runtime, reqwest::Client), String>,
+    client: Result<Poster, String>,
     /// Running totals, so counters keep counting across windows.
     totals: Totals,
 }
@@ -468,22 +534,10 @@ impl RemoteWrite {
     fn new(url: String, labels: &[(String, String)]) -> RemoteWrite {
         let mut all = vec![("job".to_string(), "testbed_load".to_string())];
         all.extend(labels.iter().filter(|(k, _)| k != "job").cloned());
-        let client = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-            .and_then(|rt| {
-                reqwest::Client::builder()
-                    .timeout(REMOTE_TIMEOUT)
-                    .connect_timeout(REMOTE_TIMEOUT)
-                    .build()
-                    .map(|c| (rt, c))
-                    .map_err(|e| e.to_string())
-            });
         RemoteWrite {
             url,
             labels: all,
-            client,
+            client: Poster::new(),
             totals: Totals::default(),
         }
     }
@@ -574,23 +628,81 @@ impl Sink for RemoteWrite {
     fn write(&mut self, rows: &[Row]) -> Result<(), String> {
         use prost::Message as _;
         let series = self.series(rows);
-        let (rt, client) = self.client.as_ref().map_err(|e| e.clone())?;
+        let poster = self.client.as_ref().map_err(|e| e.clone())?;
         let body = remote::WriteRequest { timeseries: series }.encode_to_vec();
         let body = snap::raw::Encoder::new()
             .compress_vec(&body)
             .map_err(|e| format!("snappy: {e}"))?;
-        let url = &self.url;
-        rt.block_on(async {
-            let r = client
+        poster.post(
+            &self.url,
+            &[
+                ("Content-Encoding", "snappy"),
+                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+            ],
+            body,
+        )
+    }
+}
+
+/// An error with its causes: reqwest's own message alone does not say
+/// whether the connection was refused or timed out.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let c_text = c.to_string();
+        if !out.contains(&c_text) {
+            out.push_str(": ");
+            out.push_str(&c_text);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// An HTTP client for the remote outputs, driven on the output's own
+/// thread (a runtime of its own: the load's runtime never waits on it).
+pub(crate) struct Poster {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Poster {
+    pub(crate) fn new() -> Result<Poster, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let client = reqwest::Client::builder()
+            .timeout(REMOTE_TIMEOUT)
+            .connect_timeout(REMOTE_TIMEOUT)
+            .user_agent("testbed-load")
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Poster { rt, client })
+    }
+
+    /// POSTs a protobuf body; anything but a 2xx answer is an error that
+    /// names the URL.
+    pub(crate) fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(), String> {
+        self.rt.block_on(async {
+            let mut req = self
+                .client
                 .post(url)
-                .header("Content-Encoding", "snappy")
-                .header("Content-Type", "application/x-protobuf")
-                .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-                .header("User-Agent", "testbed-load")
+                .header("Content-Type", "application/x-protobuf");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let r = req
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| format!("{url}: {e}"))?;
+                .map_err(|e| format!("{url}: {}", causes(&e)))?;
             if !r.status().is_success() {
                 let status = r.status();
                 let text = r.text().await.unwrap_or_default();
@@ -649,8 +761,18 @@ mod tests {
             OutputSpec::parse("prometheus-rw=http://127.0.0.1:9090/api/v1/write").unwrap(),
             OutputSpec::PrometheusRw("http://127.0.0.1:9090/api/v1/write".into())
         );
+        assert_eq!(
+            OutputSpec::parse("otlp=http://127.0.0.1:4318").unwrap(),
+            OutputSpec::Otlp("http://127.0.0.1:4318/v1/metrics".into())
+        );
+        assert_eq!(
+            OutputSpec::parse("otlp=https://otel.example/api/otlp/v1/metrics").unwrap(),
+            OutputSpec::Otlp("https://otel.example/api/otlp/v1/metrics".into())
+        );
         for (bad, says) in [
             ("json", "expected json=FILE"),
+            ("otlp=127.0.0.1:4318", "not an http(s) URL"),
+            ("otlp=grpc://collector:4317", "not an http(s) URL"),
             ("csv=", "nothing after"),
             ("influx=http://x", "unknown output `influx`"),
             ("prometheus-rw=localhost:9090", "not an http(s) URL"),
@@ -673,6 +795,7 @@ mod tests {
                 format!("csv={}", csv.display()),
             ],
             &[],
+            "files",
         )
         .unwrap();
         let mut w = Window::empty(0, 1_700_000_000);
@@ -716,7 +839,15 @@ mod tests {
         // timeout.
         let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/api/v1/write", stall.local_addr().unwrap());
-        let outs = Outputs::open(&[format!("prometheus-rw={url}")], &[]).unwrap();
+        let outs = Outputs::open(
+            &[
+                format!("prometheus-rw={url}"),
+                format!("otlp=http://{}", stall.local_addr().unwrap()),
+            ],
+            &[],
+            "stalled",
+        )
+        .unwrap();
         let fed = QUEUE as u64 * 3;
         for i in 0..fed {
             outs.window(&Window::empty(i, 1_700_000_000 + i));
@@ -725,8 +856,57 @@ mod tests {
         // dropped rather than waited for; the rest failed, or was lost
         // with the sender abandoned at the end: every window is counted.
         let stats = outs.finish();
-        assert_eq!(stats[0].written, 0, "{stats:?}");
-        assert_eq!(stats[0].dropped, fed, "{stats:?}");
-        assert!(stats[0].last_error.is_some(), "{stats:?}");
+        for s in &stats {
+            assert_eq!(s.written, 0, "{stats:?}");
+            assert_eq!(s.dropped, fed, "{stats:?}");
+            assert!(s.last_error.is_some(), "{stats:?}");
+        }
+    }
+
+    #[test]
+    fn otlp_counters_and_histogram_accumulate_over_windows() {
+        use otlp_proto::metrics::v1::{metric::Data, number_data_point::Value};
+        let mut o = otlp::Otlp::new(
+            "http://127.0.0.1:1/v1/metrics".into(),
+            &[("testid".into(), "unit".into())],
+            "plan-a",
+        );
+        let mut w0 = Window::empty(0, 1_700_000_000);
+        w0.requests = 3;
+        for us in [300, 2_000, 40_000] {
+            w0.latency.record(us).unwrap();
+        }
+        let mut w1 = Window::empty(1, 1_700_000_001);
+        w1.requests = 2;
+        w1.errors = 1;
+        w1.latency.record(2_000).unwrap();
+        w1.latency.record(2_000).unwrap();
+        let req = o.request(&[Row::of(&w0), Row::of(&w1)]);
+        let rm = &req.resource_metrics[0];
+        let service = &rm.resource.as_ref().unwrap().attributes[0];
+        assert_eq!(service.key, "service.name");
+        let metrics = &rm.scope_metrics[0].metrics;
+        let find = |n: &str| metrics.iter().find(|m| m.name == n).unwrap();
+        let Some(Data::Sum(requests)) = &find(otlp::names::REQUESTS).data else {
+            panic!("requests is a sum")
+        };
+        let values: Vec<_> = requests.data_points.iter().map(|p| p.value).collect();
+        assert_eq!(values, [Some(Value::AsInt(3)), Some(Value::AsInt(5))]);
+        let p = &requests.data_points[1];
+        assert_eq!(p.start_time_unix_nano, 1_700_000_000_000_000_000);
+        assert_eq!(p.time_unix_nano, 1_700_000_002_000_000_000);
+        assert!(p.attributes.iter().any(|a| a.key == "testbed.plan"));
+        assert!(p.attributes.iter().any(|a| a.key == "testid"));
+        let Some(Data::Histogram(h)) = &find(otlp::names::DURATION).data else {
+            panic!("duration is a histogram")
+        };
+        let last = &h.data_points[1];
+        assert_eq!(last.count, 5);
+        assert_eq!(last.bucket_counts.iter().sum::<u64>(), 5);
+        assert_eq!(last.bucket_counts.len(), LATENCY_BOUNDS_S.len() + 1);
+        // 0.3 ms in the first bucket (≤ 0.5 ms), the three 2 ms in ≤ 2.5 ms.
+        assert_eq!(last.bucket_counts[0], 1);
+        assert_eq!(last.bucket_counts[2], 3);
+        assert!((last.max.unwrap() - 0.04).abs() < 0.001, "{last:?}");
     }
 }
