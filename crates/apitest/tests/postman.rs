@@ -163,45 +163,55 @@ fn outcome(run: &PostmanRun, case: &str) -> (Outcome, String) {
         .flat_map(|s| s.cases.iter())
         .find(|c| c.name == case)
         .map(|c| (c.outcome, c.message.clone().unwrap_or_default()))
-        .unwrap_or_else(|| {
-            let names: Vec<_> = run
-                .report
-                .suites
-                .iter()
-                .flat_map(|s| s.cases.iter().map(|c| c.name.clone()))
-                .collect();
-            panic!("no case {case:?}; cases: {names:#?}")
-        })
+        .unwrap_or_else(|| panic!("no case {case:?}; cases: {:#?}", case_names(run)))
 }
 
-#[tokio::test]
-async fn demo_collection_passes_against_a_real_server() {
+/// Asserts that each of `cases` passed.
+#[track_caller]
+fn assert_passed(run: &PostmanRun, cases: &[&str]) {
+    for case in cases {
+        assert_eq!(outcome(run, case).0, Outcome::Pass, "{case}");
+    }
+}
+
+/// Asserts that `case` has `expected` as its outcome and a message containing `says`.
+#[track_caller]
+fn assert_outcome(run: &PostmanRun, case: &str, expected: Outcome, says: &str) {
+    let (o, msg) = outcome(run, case);
+    assert_eq!(o, expected, "{case}: {msg}");
+    assert!(msg.contains(says), "{case}: {msg}");
+}
+
+/// The demo collection, `iterations` times (once by default), against a
+/// fresh server with the local environment and the globals; it must pass.
+/// The run, newman's summary of it and the server's URL.
+async fn run_demo(iterations: Option<usize>) -> (PostmanRun, String, String) {
     let base = serve().await;
     let globals = postman::load_environment(&read("globals.postman_globals.json")).unwrap();
     let options = RunOptions {
         environment: environment(&base),
         globals,
         working_dir: Some(example("")),
+        iterations,
         ..RunOptions::default()
     };
     let run = postman::run(&collection("testbed-demo.postman_collection.json"), options).await;
     let text = postman::newman_summary(&run);
     assert!(run.ok(), "{text}");
+    (run, text, base)
+}
+
+#[tokio::test]
+async fn demo_collection_passes_against_a_real_server() {
+    let (run, text, base) = run_demo(None).await;
     assert!(run.unsupported.is_empty());
 
     let st = &run.stats;
-    assert_eq!((st.iterations.executed, st.iterations.failed), (1, 0));
-    assert_eq!(
-        (st.requests.executed, st.requests.failed),
-        (15, 0),
-        "{text}"
-    );
-    assert_eq!(
-        (st.prerequest_scripts.executed, st.prerequest_scripts.failed),
-        (24, 0)
-    );
-    assert_eq!((st.test_scripts.executed, st.test_scripts.failed), (37, 0));
-    assert_eq!((st.assertions.executed, st.assertions.failed), (46, 0));
+    assert_eq!(st.iterations, count(1, 0));
+    assert_eq!(st.requests, count(15, 0), "{text}");
+    assert_eq!(st.prerequest_scripts, count(24, 0));
+    assert_eq!(st.test_scripts, count(37, 0));
+    assert_eq!(st.assertions, count(46, 0));
     let summary = run.report.summary();
     assert_eq!((summary.total, summary.passed), (46, 46));
 
@@ -211,54 +221,27 @@ async fn demo_collection_passes_against_a_real_server() {
     assert!(run.report.started_at.is_some() && run.report.finished_at.is_some());
 
     // The token set by `pm.environment.set` in Login was sent by the next request.
-    assert_eq!(outcome(&run, "Login › Token issued").0, Outcome::Pass);
-    assert_eq!(
-        outcome(
-            &run,
-            "Bearer from login › Token from the previous request accepted"
-        )
-        .0,
-        Outcome::Pass
+    assert_passed(
+        &run,
+        &[
+            "Login › Token issued",
+            "Bearer from login › Token from the previous request accepted",
+        ],
     );
     assert_eq!(run.environment.get_str("token").as_deref(), Some(TOKEN));
-    // Folder basic auth inherited; request noauth stops inheritance;
-    // collection API key inherited by top-level requests.
-    assert_eq!(
-        outcome(
-            &run,
-            "Basic inherited from folder › Basic credentials accepted"
-        )
-        .0,
-        Outcome::Pass
-    );
-    assert_eq!(
-        outcome(&run, "No auth is rejected › 401 without credentials").0,
-        Outcome::Pass
-    );
-    assert_eq!(
-        outcome(
-            &run,
-            "API key from collection › Collection API key accepted"
-        )
-        .0,
-        Outcome::Pass
-    );
-    assert_eq!(
-        outcome(&run, "API key in query › Query API key accepted").0,
-        Outcome::Pass
-    );
-    // Script order and local variables across the scripts of one request.
-    assert_eq!(
-        outcome(
-            &run,
-            "Echo raw JSON › Scripts ran collection, folder, request"
-        )
-        .0,
-        Outcome::Pass
-    );
-    assert_eq!(
-        outcome(&run, "Get JSON › legacy: responseBody mentions testbed").0,
-        Outcome::Pass
+    assert_passed(
+        &run,
+        &[
+            // Folder basic auth inherited; request noauth stops inheritance;
+            // collection API key inherited by top-level requests.
+            "Basic inherited from folder › Basic credentials accepted",
+            "No auth is rejected › 401 without credentials",
+            "API key from collection › Collection API key accepted",
+            "API key in query › Query API key accepted",
+            // Script order and local variables across the scripts of one request.
+            "Echo raw JSON › Scripts ran collection, folder, request",
+            "Get JSON › legacy: responseBody mentions testbed",
+        ],
     );
     assert!(
         run.console
@@ -322,9 +305,12 @@ async fn folder_selection_and_unknown_names() {
             "No auth is rejected"
         ]
     );
-    let (o, msg) = outcome(&run, "folder 'Nope'");
-    assert_eq!(o, Outcome::Error);
-    assert!(msg.contains("no folder or request named 'Nope'"), "{msg}");
+    assert_outcome(
+        &run,
+        "folder 'Nope'",
+        Outcome::Error,
+        "no folder or request named 'Nope'",
+    );
 }
 
 #[tokio::test]
@@ -350,32 +336,26 @@ async fn edge_cases_are_reported_not_hidden() {
     assert!(!run.ok());
 
     // A failed assertion fails only its own test.
-    assert_eq!(
-        outcome(&run, "Failing assertion › Status code is 200").0,
-        Outcome::Pass
-    );
+    assert_passed(&run, &["Failing assertion › Status code is 200"]);
     let (o, msg) = outcome(&run, "Failing assertion › Name is wrong on purpose");
     assert_eq!(o, Outcome::Fail);
     assert_eq!(msg, "expected 'testbed' to equal 'not-testbed'");
 
     // A script that throws outside pm.test is a failed test named after it.
-    assert_eq!(
-        outcome(&run, "Throwing script › Runs before the throw").0,
-        Outcome::Pass
-    );
+    assert_passed(&run, &["Throwing script › Runs before the throw"]);
     let (o, msg) = outcome(&run, "Throwing script › test-script");
     assert_eq!(o, Outcome::Fail);
     assert!(msg.starts_with("ReferenceError: "), "{msg}");
     assert!(msg.contains("thisFunctionDoesNotExist"), "{msg}");
 
     // An endless loop is stopped by the time limit.
-    assert_eq!(
-        outcome(&run, "Endless script › Runs before the loop").0,
-        Outcome::Pass
+    assert_passed(&run, &["Endless script › Runs before the loop"]);
+    assert_outcome(
+        &run,
+        "Endless script › test-script",
+        Outcome::Error,
+        "time limit of 1s",
     );
-    let (o, msg) = outcome(&run, "Endless script › test-script");
-    assert_eq!(o, Outcome::Error);
-    assert!(msg.contains("time limit of 1s"), "{msg}");
     let endless = run
         .executions
         .iter()
@@ -388,21 +368,26 @@ async fn edge_cases_are_reported_not_hidden() {
     );
 
     // Unsupported features are named, and fail what they touch.
-    let (o, msg) = outcome(&run, "NTLM request › Would check the token");
-    assert_eq!(o, Outcome::Error);
-    assert!(msg.contains("unsupported: auth type 'ntlm'"), "{msg}");
+    assert_outcome(
+        &run,
+        "NTLM request › Would check the token",
+        Outcome::Error,
+        "unsupported: auth type 'ntlm'",
+    );
     // pm.sendRequest is supported (tests/newman.rs checks what it sends).
-    assert_eq!(
-        outcome(&run, "Uses pm.sendRequest › Calls another API").0,
-        Outcome::Pass
+    assert_passed(
+        &run,
+        &[
+            "Uses pm.sendRequest › Calls another API",
+            "Uses pm.sendRequest › Plain test still passes",
+        ],
     );
-    assert_eq!(
-        outcome(&run, "Uses pm.sendRequest › Plain test still passes").0,
-        Outcome::Pass
+    assert_outcome(
+        &run,
+        "Unknown dynamic variable › Status code is 200",
+        Outcome::Error,
+        "{{$randomCity}}",
     );
-    let (o, msg) = outcome(&run, "Unknown dynamic variable › Status code is 200");
-    assert_eq!(o, Outcome::Error);
-    assert!(msg.contains("{{$randomCity}}"), "{msg}");
     assert_eq!(
         run.unsupported,
         [
@@ -423,35 +408,22 @@ async fn edge_cases_are_reported_not_hidden() {
     assert_eq!(o, Outcome::Error);
     assert_eq!(msg, "timed out after 700ms");
 
-    let (o, msg) = outcome(&run, "File upload without a file › Uploaded");
-    assert_eq!(o, Outcome::Error);
-    assert!(msg.contains("no file chosen"), "{msg}");
+    assert_outcome(
+        &run,
+        "File upload without a file › Uploaded",
+        Outcome::Error,
+        "no file chosen",
+    );
 
     // A request without tests is one case; skipRequest skips; setNextRequest jumps.
-    assert_eq!(outcome(&run, "No tests").0, Outcome::Pass);
+    assert_passed(&run, &["No tests", "Last › Reached through setNextRequest"]);
     assert_eq!(outcome(&run, "Skipped by script").0, Outcome::Skip);
-    assert_eq!(
-        outcome(&run, "Last › Reached through setNextRequest").0,
-        Outcome::Pass
-    );
     assert!(run.executions.iter().all(|e| e.name != "Never run"));
 
     let st = &run.stats;
-    assert_eq!(
-        (st.requests.executed, st.requests.failed),
-        (12, 5),
-        "{text}"
-    );
-    assert_eq!(
-        (st.test_scripts.executed, st.test_scripts.failed),
-        (6, 2),
-        "{text}"
-    );
-    assert_eq!(
-        (st.assertions.executed, st.assertions.failed),
-        (8, 1),
-        "{text}"
-    );
+    assert_eq!(st.requests, count(12, 5), "{text}");
+    assert_eq!(st.test_scripts, count(6, 2), "{text}");
+    assert_eq!(st.assertions, count(8, 1), "{text}");
     let s = run.report.summary();
     assert_eq!(
         (s.passed, s.failed, s.errors, s.skipped),
@@ -550,6 +522,11 @@ fn data_rows(name: &str) -> Vec<Vars> {
         .unwrap_or_else(|p| panic!("{name}: {p:?}"))
 }
 
+/// Executed and failed counts, as in `run.stats`.
+fn count(executed: usize, failed: usize) -> postman::Count {
+    postman::Count { executed, failed }
+}
+
 /// Every case name of the run.
 fn case_names(run: &PostmanRun) -> Vec<String> {
     run.report
@@ -576,24 +553,10 @@ async fn iteration_data_from_csv_and_json_drives_one_iteration_per_row() {
         let text = postman::newman_summary(&run);
         assert!(run.ok(), "{file}:\n{text}");
         let st = &run.stats;
-        assert_eq!(
-            st.iterations,
-            postman::Count {
-                executed: 3,
-                failed: 0
-            },
-            "{text}"
-        );
+        assert_eq!(st.iterations, count(3, 0), "{text}");
         assert_eq!(st.requests.executed, 3, "{text}");
         assert_eq!(st.test_scripts.executed, 3, "{text}");
-        assert_eq!(
-            st.assertions,
-            postman::Count {
-                executed: 12,
-                failed: 0
-            },
-            "{text}"
-        );
+        assert_eq!(st.assertions, count(12, 0), "{text}");
         let names = case_names(&run);
         assert_eq!(names.len(), 12, "{names:#?}");
         for i in 1..=3 {
@@ -623,58 +586,32 @@ async fn iteration_data_from_csv_and_json_drives_one_iteration_per_row() {
         );
     }
 
-    // -n caps the rows…
+    // -n caps the rows, or reuses the last row beyond them, as newman does.
     let mut env = Vars::new();
     env.set("baseUrl", base.as_str());
-    let run = postman::run(
-        &collection("users.postman_collection.json"),
-        RunOptions {
-            environment: env.clone(),
-            data: data_rows("users.csv"),
-            iterations: Some(2),
-            ..RunOptions::default()
-        },
-    )
-    .await;
-    assert!(run.ok(), "{}", postman::newman_summary(&run));
-    assert_eq!(run.stats.iterations.executed, 2);
-    assert_eq!(
-        run.console.last().map(String::as_str),
-        Some("get user: iteration 2/2: alan")
-    );
-    // …or reuses the last row beyond them, as newman does.
-    let run = postman::run(
-        &collection("users.postman_collection.json"),
-        RunOptions {
-            environment: env,
-            data: data_rows("users.json"),
-            iterations: Some(4),
-            ..RunOptions::default()
-        },
-    )
-    .await;
-    assert!(run.ok(), "{}", postman::newman_summary(&run));
-    assert_eq!(run.stats.iterations.executed, 4);
-    assert_eq!(
-        run.console.last().map(String::as_str),
-        Some("get user: iteration 4/4: grace")
-    );
+    for (file, n, last) in [
+        ("users.csv", 2, "get user: iteration 2/2: alan"),
+        ("users.json", 4, "get user: iteration 4/4: grace"),
+    ] {
+        let run = postman::run(
+            &collection("users.postman_collection.json"),
+            RunOptions {
+                environment: env.clone(),
+                data: data_rows(file),
+                iterations: Some(n),
+                ..RunOptions::default()
+            },
+        )
+        .await;
+        assert!(run.ok(), "{}", postman::newman_summary(&run));
+        assert_eq!(run.stats.iterations.executed, n);
+        assert_eq!(run.console.last().map(String::as_str), Some(last));
+    }
 }
 
 #[tokio::test]
 async fn iteration_count_without_data_repeats_the_collection() {
-    let base = serve().await;
-    let globals = postman::load_environment(&read("globals.postman_globals.json")).unwrap();
-    let options = RunOptions {
-        environment: environment(&base),
-        globals,
-        working_dir: Some(example("")),
-        iterations: Some(2),
-        ..RunOptions::default()
-    };
-    let run = postman::run(&collection("testbed-demo.postman_collection.json"), options).await;
-    let text = postman::newman_summary(&run);
-    assert!(run.ok(), "{text}");
+    let (run, text, _) = run_demo(Some(2)).await;
     assert_eq!(run.stats.iterations.executed, 2);
     assert_eq!(run.stats.requests.executed, 30, "{text}");
     let names = case_names(&run);
@@ -691,20 +628,27 @@ fn bad_data_files_are_problems_at_load_and_nothing_runs() {
     use testbed_apitest::files::{self, Options};
     let dir = tempfile::tempdir().unwrap();
     let c = example("users.postman_collection.json");
+    let problems = |paths: &[PathBuf], opts: &Options| -> Vec<String> {
+        files::load(paths, opts)
+            .map(|_| ())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
     let load = |data: &std::path::Path| {
         let opts = Options {
             data: Some(data.to_path_buf()),
             ..Options::default()
         };
-        files::load(std::slice::from_ref(&c), &opts)
-            .map(|_| ())
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
+        problems(std::slice::from_ref(&c), &opts)
     };
-    let ragged = dir.path().join("ragged.csv");
-    std::fs::write(&ragged, "id,name\n1,ada\n2\n3,grace,extra\n").unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ragged = write("ragged.csv", "id,name\n1,ada\n2\n3,grace,extra\n");
     let r = ragged.display();
     assert_eq!(
         load(&ragged),
@@ -713,26 +657,22 @@ fn bad_data_files_are_problems_at_load_and_nothing_runs() {
             format!("{r}:4:1: this row has 3 field(s), the header row has 2"),
         ]
     );
-    let object = dir.path().join("object.json");
-    std::fs::write(&object, "{\"id\": 1}").unwrap();
-    assert_eq!(
-        load(&object),
-        [format!(
-            "{}:1:1: $: expected an array of objects (one per iteration), found an object",
-            object.display()
-        )]
-    );
-    let mixed = dir.path().join("mixed.json");
-    std::fs::write(&mixed, "[\n  {\"id\": 1},\n  [2]\n]").unwrap();
-    assert_eq!(
-        load(&mixed),
-        [format!(
-            "{}:3:3: $[1]: expected an object (one iteration's variables), found an array",
-            mixed.display()
-        )]
-    );
-    let syntax = dir.path().join("syntax.json");
-    std::fs::write(&syntax, "[\n  {\"id\": 1,}\n]").unwrap();
+    for (name, text, problem) in [
+        (
+            "object.json",
+            "{\"id\": 1}",
+            "1:1: $: expected an array of objects (one per iteration), found an object",
+        ),
+        (
+            "mixed.json",
+            "[\n  {\"id\": 1},\n  [2]\n]",
+            "3:3: $[1]: expected an object (one iteration's variables), found an array",
+        ),
+    ] {
+        let path = write(name, text);
+        assert_eq!(load(&path), [format!("{}:{problem}", path.display())]);
+    }
+    let syntax = write("syntax.json", "[\n  {\"id\": 1,}\n]");
     let p = load(&syntax);
     assert!(
         p[0].starts_with(&format!("{}:2:", syntax.display())),
@@ -754,12 +694,7 @@ fn bad_data_files_are_problems_at_load_and_nothing_runs() {
         iterations: Some(2),
         ..Options::default()
     };
-    let p: Vec<String> = files::load(&[suite, c.clone()], &opts)
-        .map(|_| ())
-        .unwrap_err()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let p = problems(&[suite, c.clone()], &opts);
     assert_eq!(p.len(), 2, "{p:?}");
     assert!(
         p[0].contains(
