@@ -1,23 +1,39 @@
-//! The plugin trait: what every capability of an agent looks like.
+//! Everything a plugin author needs, in one place (`docs/plugins.md` is the
+//! guide).
 //!
 //! A plugin has a name and methods, each with a JSON schema for its
 //! parameters (announced to the server in `hello`, checked there before
-//! dispatch). `invoke` gets a [`TaskContext`]: a log sink, a cancellation
-//! token, a work directory, an artifact sink and the agent's execution
-//! settings. Built-in plugins and exec plugins (external executables) sit
-//! behind the same trait, the way Vector's sources and sinks do.
+//! dispatch). A method's parameters are a struct deriving `Deserialize` and
+//! `JsonSchema`: [`method`] derives the schema from it and [`params`]
+//! parses into it, so the two agree. `invoke` gets a [`TaskContext`]: a log
+//! sink, a cancellation token, a work directory, an artifact sink, the
+//! agent's execution settings, a metric sink and pause/resume requests.
+//! Child processes go through [`run_process`] (own process group, killed as
+//! one on cancellation). Built-in plugins and exec plugins (external
+//! executables) sit behind the same trait, the way Vector's sources and
+//! sinks do.
+
+mod params;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use serde_json::Value;
-use testbed_core::agent::PluginSpec;
-use testbed_core::task::{Artifact, TaskStatus};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
+
+pub use self::params::{method, parse_params, schema_of, type_name};
+/// Child processes in their own process group (the module, for what a
+/// plugin rarely needs, such as running outside a task).
+pub use crate::process;
+pub use crate::process::{run as run_process, run_lines, CommandSpec, ProcessOutcome};
+pub use async_trait::async_trait;
+pub use schemars::JsonSchema;
+pub use serde::Deserialize;
+pub use serde_json::{json, Map, Value};
+pub use testbed_core::agent::{MethodSpec, PluginSpec};
+pub use testbed_core::task::{Artifact, TaskStatus};
+pub use tokio_util::sync::CancellationToken;
+pub use uuid::Uuid;
 
 #[async_trait]
 pub trait Plugin: Send + Sync {
@@ -36,6 +52,13 @@ pub trait Plugin: Send + Sync {
 }
 
 pub type DynPlugin = Arc<dyn Plugin>;
+
+/// A string of shell words split into an argv (quotes and backslashes; no
+/// variables, globs or operators); an unsplittable one is an error on `field`.
+pub fn split_words(field: &str, words: &str) -> Result<Vec<String>, PluginError> {
+    shell_words::split(words)
+        .map_err(|e| PluginError::invalid(field, format!("cannot split `{words}` into words: {e}")))
+}
 
 /// What a finished invocation reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +106,10 @@ impl PluginOutput {
 pub enum PluginError {
     #[error("unknown method `{method}` (this plugin has: {available})")]
     UnknownMethod { method: String, available: String },
-    #[error("invalid parameter `{field}`: {message}")]
+    /// `field` is the parameter's path below the parameters (`env/A`), or
+    /// `parameters` for the whole; `message` is a sentence naming it (see
+    /// [`PluginError::invalid`]).
+    #[error("{message}")]
     InvalidParams { field: String, message: String },
     #[error("{0}")]
     Refused(String),
@@ -100,6 +126,51 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// Parameter `field` is wrong: "parameter `field`: {problem}".
+    pub fn invalid(field: impl Into<String>, problem: impl std::fmt::Display) -> Self {
+        let field = field.into();
+        PluginError::InvalidParams {
+            message: format!("parameter `{field}`: {problem}"),
+            field,
+        }
+    }
+
+    /// "unknown parameter `field` (this method takes: …)".
+    pub fn unknown_param(field: impl Into<String>, known: &str) -> Self {
+        let field = field.into();
+        let known = if known.is_empty() {
+            "this method takes no parameters".to_string()
+        } else {
+            format!("this method takes: {known}")
+        };
+        PluginError::InvalidParams {
+            message: format!("unknown parameter `{field}` ({known})"),
+            field,
+        }
+    }
+
+    /// "missing parameter `field`".
+    pub fn missing_param(field: impl Into<String>) -> Self {
+        let field = field.into();
+        PluginError::InvalidParams {
+            message: format!("missing parameter `{field}`"),
+            field,
+        }
+    }
+
+    /// The answer to a method `spec` does not have.
+    pub fn unknown_method(method: &str, spec: &PluginSpec) -> Self {
+        PluginError::UnknownMethod {
+            method: method.to_string(),
+            available: spec
+                .methods
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         PluginError::Io {
             context: context.into(),

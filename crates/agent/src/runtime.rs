@@ -151,6 +151,16 @@ impl Agent {
     /// Loads plugins and identity. Fails on an unknown plugin name, a broken
     /// exec plugin or an unusable state directory.
     pub async fn build(config: AgentConfig) -> Result<Agent, AgentError> {
+        Self::build_with(config, plugins::BUILTIN).await
+    }
+
+    /// [`Agent::build`] with `builtin` as the table of built-in plugins (a
+    /// program embedding the agent declares its own with
+    /// [`crate::builtin_plugins!`]).
+    pub async fn build_with(
+        config: AgentConfig,
+        builtin: &[fn() -> DynPlugin],
+    ) -> Result<Agent, AgentError> {
         // Task groups that outlived an earlier run of this agent (their
         // watchers died with it) are killed before anything new starts.
         let groups = config.state_dir.join("groups");
@@ -174,11 +184,11 @@ impl Agent {
         };
         let exec_names: Vec<String> = exec.iter().map(|p| p.spec().name).collect();
         for name in &config.plugins {
-            let plugin = plugins::builtin(name)
+            let plugin = plugins::find(builtin, name)
                 .or_else(|| exec.iter().find(|p| &p.spec().name == name).cloned())
                 .ok_or_else(|| AgentError::UnknownPlugin {
                     name: name.clone(),
-                    builtin: plugins::BUILTIN.join(", "),
+                    builtin: plugins::names(builtin).join(", "),
                     exec: if exec_names.is_empty() {
                         "none".into()
                     } else {
@@ -191,7 +201,7 @@ impl Agent {
         // there is how an operator adds a capability.
         for p in exec {
             let name = p.spec().name;
-            if plugins::builtin(&name).is_some() {
+            if plugins::find(builtin, &name).is_some() {
                 return Err(AgentError::ExecPlugins(format!(
                     "exec plugin `{name}` has the name of a built-in plugin; rename it"
                 )));

@@ -55,7 +55,7 @@ fn run_shell_schema_accepts_the_seed_example_and_names_bad_fields() {
             "/parameters/timeout",
         ),
         (json!({"command": "ls", "args": [1]}), "/parameters/args/0"),
-        (json!({"command": "ls", "bogus": true}), "/parameters"),
+        (json!({"command": "ls", "bogus": true}), "/parameters/bogus"),
     ];
     for (params, field) in cases {
         let errs = validate(schema, &params, "/parameters").unwrap_err();

@@ -6,69 +6,50 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use serde_json::{json, Value};
 use testbed_apitest::files::{self, Options};
-use testbed_core::agent::{MethodSpec, PluginSpec};
 
-use super::linux_system::unknown_method;
-use crate::plugin::{Plugin, PluginError, PluginOutput, TaskContext};
+use crate::plugin::{
+    async_trait, method, parse_params, Deserialize, JsonSchema, Map, Plugin, PluginError,
+    PluginOutput, PluginSpec, TaskContext, Value,
+};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Api;
 
-pub const NAME: &str = "api";
-
-fn schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "path": {"type": "string", "minLength": 1, "description": "suite, collection or directory on the agent"},
-            "suite": {"description": "an inline suite: YAML text or the suite as an object"},
-            "environment": {"type": "string", "description": "a suite environment's name, or a variables file on the agent"},
-            "vars": {"type": "object", "description": "variables that win over the suite's"},
-            "tags": {"type": "array", "items": {"type": "string"}},
-            "skip_tags": {"type": "array", "items": {"type": "string"}},
-            "insecure": {"type": "boolean"},
-            "jobs": {"type": "integer", "minimum": 1, "maximum": 64, "description": "files run at the same time"}
-        },
-        "oneOf": [{"required": ["path"]}, {"required": ["suite"]}],
-        "additionalProperties": false
-    })
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> PluginError {
-    PluginError::InvalidParams {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-fn strings(params: &Value, key: &str) -> Vec<String> {
-    params
-        .get(key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["path"]}, {"required": ["suite"]}]))]
+struct RunSuite {
+    /// suite, collection or directory on the agent
+    #[schemars(length(min = 1))]
+    path: Option<String>,
+    /// an inline suite: YAML text or the suite as an object
+    suite: Option<Value>,
+    /// a suite environment's name, or a variables file on the agent
+    environment: Option<String>,
+    /// variables that win over the suite's
+    #[serde(default)]
+    vars: Map<String, Value>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    skip_tags: Vec<String>,
+    #[serde(default)]
+    insecure: bool,
+    /// files run at the same time
+    #[schemars(range(min = 1, max = 64))]
+    jobs: Option<u64>,
 }
 
 #[async_trait]
 impl Plugin for Api {
     fn spec(&self) -> PluginSpec {
         PluginSpec {
-            name: NAME.to_string(),
-            methods: vec![MethodSpec {
-                name: "run_suite".into(),
-                description:
-                    "Runs API test suites or Postman collections here; the result is their report."
-                        .into(),
-                schema: schema(),
-            }],
+            name: "api".into(),
+            methods: vec![method::<RunSuite>(
+                "run_suite",
+                "Runs API test suites or Postman collections here; the result is their report.",
+            )],
         }
     }
 
@@ -79,18 +60,17 @@ impl Plugin for Api {
         ctx: &TaskContext,
     ) -> Result<PluginOutput, PluginError> {
         if method != "run_suite" {
-            return Err(unknown_method(method, &self.spec()));
+            return Err(PluginError::unknown_method(method, &self.spec()));
         }
-        let path = match (
-            params.get("path").and_then(Value::as_str),
-            params.get("suite"),
-        ) {
-            (Some(p), None) => PathBuf::from(p),
+        let p: RunSuite = parse_params(params)?;
+        let inline = p.suite.is_some();
+        let path = match (p.path, p.suite) {
+            (Some(path), None) => PathBuf::from(path),
             (None, Some(inline)) => {
                 let text = match inline {
-                    Value::String(s) => s.clone(),
-                    other => serde_json::to_string_pretty(other)
-                        .map_err(|e| invalid("suite", e.to_string()))?,
+                    Value::String(s) => s,
+                    other => serde_json::to_string_pretty(&other)
+                        .map_err(|e| PluginError::invalid("suite", e))?,
                 };
                 std::fs::create_dir_all(&ctx.work_dir)
                     .map_err(|e| PluginError::Failed(e.to_string()))?;
@@ -98,27 +78,24 @@ impl Plugin for Api {
                 std::fs::write(&file, text).map_err(|e| PluginError::Failed(e.to_string()))?;
                 file
             }
-            _ => return Err(invalid("path", "give one of `path` or `suite`")),
+            _ => {
+                return Err(PluginError::invalid(
+                    "path",
+                    "give one of `path` or `suite`",
+                ))
+            }
         };
         let log = ctx.log.clone();
         let opts = Options {
-            environment: params
-                .get("environment")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            vars: params
-                .get("vars")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default(),
-            tags: strings(&params, "tags"),
-            skip_tags: strings(&params, "skip_tags"),
-            insecure: params
-                .get("insecure")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            environment: p.environment,
+            vars: p.vars,
+            tags: p.tags,
+            skip_tags: p.skip_tags,
+            insecure: p.insecure,
             script_timeout: std::time::Duration::from_secs(5),
-            jobs: params.get("jobs").and_then(Value::as_u64).unwrap_or(1) as usize,
+            jobs: p
+                .jobs
+                .map_or(1, |j| usize::try_from(j).unwrap_or(usize::MAX)),
             echo: Some(Arc::new(move |l: &str| {
                 for line in l.lines() {
                     log.line(line);
@@ -128,14 +105,7 @@ impl Plugin for Api {
         };
         let loaded = files::load(std::slice::from_ref(&path), &opts).map_err(|problems| {
             let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            invalid(
-                if params.get("suite").is_some() {
-                    "suite"
-                } else {
-                    "path"
-                },
-                all.join("\n"),
-            )
+            PluginError::invalid(if inline { "suite" } else { "path" }, all.join("\n"))
         })?;
         let report = tokio::select! {
             r = files::run(&loaded, &opts) => r,

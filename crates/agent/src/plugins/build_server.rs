@@ -3,26 +3,22 @@
 //! It also offers `run_shell` and `system_information`, which are
 //! `linux_system`'s own implementations.
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use serde_json::{json, Value};
-use testbed_core::agent::{MethodSpec, PluginSpec};
-use testbed_core::task::{Artifact, TaskStatus};
-
 use super::linux_system::{
-    self, run_shell_method, shell_command, split_words, system_information_method, type_name,
-    unknown_method, Params,
+    self, checked_env, run_shell_method, seconds, shell_command, system_information_method, Args,
 };
-use crate::plugin::{Plugin, PluginError, PluginOutput, TaskContext};
-use crate::process::{self, CommandSpec, ProcessOutcome};
+use crate::plugin::{
+    async_trait, json, method, parse_params, run_process, split_words, type_name, Artifact,
+    CommandSpec, Deserialize, JsonSchema, MethodSpec, Plugin, PluginError, PluginOutput,
+    PluginSpec, ProcessOutcome, TaskContext, TaskStatus, Value,
+};
 
 /// The plugin `build_server`: `run_shell`, `system_information` and `build`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildServer;
-
-pub const NAME: &str = "build_server";
 
 /// Where the repository is checked out, inside the task's work directory.
 const CHECKOUT_DIR: &str = "src";
@@ -31,7 +27,7 @@ const CHECKOUT_DIR: &str = "src";
 impl Plugin for BuildServer {
     fn spec(&self) -> PluginSpec {
         PluginSpec {
-            name: NAME.to_string(),
+            name: "build_server".into(),
             methods: vec![
                 run_shell_method(),
                 system_information_method(),
@@ -50,64 +46,54 @@ impl Plugin for BuildServer {
             "run_shell" => linux_system::run_shell(params, ctx).await,
             "system_information" => linux_system::system_information(params, ctx).await,
             "build" => build(params, ctx).await,
-            _ => Err(unknown_method(method, &self.spec())),
+            _ => Err(PluginError::unknown_method(method, &self.spec())),
         }
     }
 }
 
+/// `build`'s parameters.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Build {
+    /// A git URL (https://, ssh://, git@host:path, file://) or an absolute path to a local repository.
+    #[schemars(length(min = 1))]
+    repo: String,
+    /// Branch, tag or commit to build; the remote's default branch when absent.
+    #[serde(rename = "ref")]
+    #[schemars(length(min = 1))]
+    git_ref: Option<String>,
+    /// The build command, run in the checkout: a string split like shell words, or an argv array.
+    #[schemars(extend("minLength" = 1, "minItems" = 1))]
+    command: Args,
+    /// Run `command` through /bin/sh -c. Refused unless the agent allows shell mode (allow_shell).
+    #[serde(default)]
+    shell: bool,
+    /// Extra environment variables for the build command.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Seconds the whole build (checkout and command) may take.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    timeout: Option<f64>,
+    /// Files to upload after a successful build: an object of name → path relative to the checkout, or an array of relative paths (named by their file name).
+    #[serde(default)]
+    #[schemars(schema_with = "artifacts_schema")]
+    artifacts: Option<Value>,
+}
+
+fn artifacts_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["object", "array"],
+        "additionalProperties": {"type": "string", "minLength": 1},
+        "items": {"type": "string", "minLength": 1}
+    })
+}
+
 fn build_method() -> MethodSpec {
-    MethodSpec {
-        name: "build".to_string(),
-        description: "Checks out a git repository (a local path or a URL) at a ref, runs a build \
-                      command in the checkout and uploads the files it produced as artifacts."
-            .to_string(),
-        schema: json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "type": "object",
-            "properties": {
-                "repo": {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": "A git URL (https://, ssh://, git@host:path, file://) or an absolute path to a local repository."
-                },
-                "ref": {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": "Branch, tag or commit to build; the remote's default branch when absent."
-                },
-                "command": {
-                    "type": ["string", "array"],
-                    "minLength": 1,
-                    "minItems": 1,
-                    "items": {"type": "string"},
-                    "description": "The build command, run in the checkout: a string split like shell words, or an argv array."
-                },
-                "shell": {
-                    "type": "boolean",
-                    "default": false,
-                    "description": "Run `command` through /bin/sh -c. Refused unless the agent allows shell mode (allow_shell)."
-                },
-                "env": {
-                    "type": "object",
-                    "additionalProperties": {"type": "string"},
-                    "description": "Extra environment variables for the build command."
-                },
-                "timeout": {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "description": "Seconds the whole build (checkout and command) may take."
-                },
-                "artifacts": {
-                    "type": ["object", "array"],
-                    "additionalProperties": {"type": "string", "minLength": 1},
-                    "items": {"type": "string", "minLength": 1},
-                    "description": "Files to upload after a successful build: an object of name → path relative to the checkout, or an array of relative paths (named by their file name)."
-                }
-            },
-            "required": ["repo", "command"],
-            "additionalProperties": false
-        }),
-    }
+    method::<Build>(
+        "build",
+        "Checks out a git repository (a local path or a URL) at a ref, runs a build \
+         command in the checkout and uploads the files it produced as artifacts.",
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,30 +104,20 @@ struct ArtifactSpec {
 }
 
 async fn build(params: Value, ctx: &TaskContext) -> Result<PluginOutput, PluginError> {
-    let mut p = Params::new(
-        params,
-        &[
-            "repo",
-            "ref",
-            "command",
-            "shell",
-            "env",
-            "timeout",
-            "artifacts",
-        ],
-    )?;
-    let repo = p.required_str("repo")?;
+    let p: Build = parse_params(params)?;
+    let repo = p.repo;
+    if repo.is_empty() {
+        return Err(PluginError::invalid("repo", "must not be empty"));
+    }
     check_repo(&repo)?;
-    let git_ref = p.str("ref")?;
+    let git_ref = p.git_ref;
     if let Some(r) = &git_ref {
         check_ref(r)?;
     }
-    let shell = p.bool("shell")?.unwrap_or(false);
-    let command = p.take("command");
-    let mut command = build_command(command, shell, ctx)?;
-    command.env = p.env("env")?;
-    let timeout = p.timeout("timeout")?;
-    let artifacts = parse_artifacts(p.take("artifacts"))?;
+    let mut command = build_command(p.command, p.shell, ctx)?;
+    command.env = checked_env("env", p.env)?;
+    let timeout = seconds("timeout", p.timeout)?;
+    let artifacts = parse_artifacts(p.artifacts)?;
 
     let started = Instant::now();
     let deadline = timeout.map(|t| Instant::now() + t);
@@ -183,7 +159,7 @@ async fn build(params: Value, ctx: &TaskContext) -> Result<PluginOutput, PluginE
     command.cwd = Some(checkout.clone());
     command.timeout = remaining(deadline);
     let argv = command.argv();
-    let outcome = process::run(command, ctx).await?;
+    let outcome = run_process(command, ctx).await?;
     if outcome.cancelled {
         return Err(PluginError::Cancelled);
     }
@@ -259,61 +235,30 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
 
 /// The build command from `command` (and `shell`).
 fn build_command(
-    command: Option<Value>,
+    command: Args,
     shell: bool,
     ctx: &TaskContext,
 ) -> Result<CommandSpec, PluginError> {
-    let invalid = |message: &str| PluginError::InvalidParams {
-        field: "command".to_string(),
-        message: message.to_string(),
-    };
-    let command = command.ok_or_else(|| invalid("is required"))?;
     if shell {
         let script = match command {
-            Value::String(s) => s,
-            Value::Array(items) => shell_words::join(strings(items)?),
-            other => {
-                return Err(invalid(&format!(
-                    "must be a string or an array of strings, not {}",
-                    type_name(&other)
-                )))
-            }
+            Args::Words(s) => s,
+            Args::List(items) => shell_words::join(items),
         };
         if script.trim().is_empty() {
-            return Err(invalid("must not be empty"));
+            return Err(PluginError::invalid("command", "must not be empty"));
         }
         return shell_command(&script, None, ctx);
     }
     let argv = match command {
-        Value::String(s) => split_words("command", &s)?,
-        Value::Array(items) => strings(items)?,
-        other => {
-            return Err(invalid(&format!(
-                "must be a string or an array of strings, not {}",
-                type_name(&other)
-            )))
-        }
+        Args::Words(s) => split_words("command", &s)?,
+        Args::List(items) => items,
     };
     match argv.split_first() {
         Some((program, args)) if !program.is_empty() => {
             Ok(CommandSpec::new(program.clone()).args(args.iter().cloned()))
         }
-        _ => Err(invalid("must name a program")),
+        _ => Err(PluginError::invalid("command", "must name a program")),
     }
-}
-
-fn strings(items: Vec<Value>) -> Result<Vec<String>, PluginError> {
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| match v {
-            Value::String(s) => Ok(s),
-            other => Err(PluginError::InvalidParams {
-                field: format!("command/{i}"),
-                message: format!("must be a string, not {}", type_name(&other)),
-            }),
-        })
-        .collect()
 }
 
 /// Runs one git step, logging it like a shell transcript. A failing step
@@ -350,7 +295,7 @@ async fn git(
     if std::env::var_os("GIT_SSH_COMMAND").is_none() && std::env::var_os("GIT_SSH").is_none() {
         spec = spec.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
     }
-    let outcome = process::run(spec, ctx).await?;
+    let outcome = run_process(spec, ctx).await?;
     if outcome.cancelled {
         return Err(PluginError::Cancelled);
     }
@@ -397,10 +342,7 @@ fn is_remote(repo: &str) -> bool {
 }
 
 fn check_repo(repo: &str) -> Result<(), PluginError> {
-    let invalid = |message: String| PluginError::InvalidParams {
-        field: "repo".to_string(),
-        message,
-    };
+    let invalid = |message: String| PluginError::invalid("repo", message);
     if repo.starts_with('-') {
         return Err(invalid("must not start with `-`".to_string()));
     }
@@ -424,10 +366,7 @@ fn check_repo(repo: &str) -> Result<(), PluginError> {
 }
 
 fn check_ref(r: &str) -> Result<(), PluginError> {
-    let invalid = |message: &str| PluginError::InvalidParams {
-        field: "ref".to_string(),
-        message: message.to_string(),
-    };
+    let invalid = |message: &str| PluginError::invalid("ref", message);
     if r.is_empty() {
         return Err(invalid("must not be empty"));
     }
@@ -441,7 +380,7 @@ fn check_ref(r: &str) -> Result<(), PluginError> {
 }
 
 fn parse_artifacts(value: Option<Value>) -> Result<Vec<ArtifactSpec>, PluginError> {
-    let invalid = |field: String, message: String| PluginError::InvalidParams { field, message };
+    let invalid = |field: String, message: String| PluginError::invalid(field, message);
     let mut specs = Vec::new();
     match value {
         None => {}
@@ -507,12 +446,10 @@ fn check_artifact_name(field: &str, name: &str) -> Result<(), PluginError> {
         || name.chars().any(char::is_control)
         || name.len() > 255;
     if bad {
-        return Err(PluginError::InvalidParams {
-            field: field.to_string(),
-            message: format!(
-                "`{name}` is not a valid artifact name (a file name: no `/`, not `.` or `..`)"
-            ),
-        });
+        return Err(PluginError::invalid(
+            field,
+            format!("`{name}` is not a valid artifact name (a file name: no `/`, not `.` or `..`)"),
+        ));
     }
     Ok(())
 }
@@ -524,12 +461,10 @@ fn check_artifact_path(field: &str, path: &str) -> Result<PathBuf, PluginError> 
         && p.components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     if !inside {
-        return Err(PluginError::InvalidParams {
-            field: field.to_string(),
-            message: format!(
-                "`{path}` must be a path relative to the checkout, without `..` components"
-            ),
-        });
+        return Err(PluginError::invalid(
+            field,
+            format!("`{path}` must be a path relative to the checkout, without `..` components"),
+        ));
     }
     Ok(p.to_path_buf())
 }
@@ -603,10 +538,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn build_schema_is_valid() {
-        for m in BuildServer.spec().methods {
-            testbed_core::schema::check_schema(&m.schema).unwrap();
-        }
+    fn build_schema_is_derived() {
+        let s = build_method().schema;
+        assert_eq!(s["required"], json!(["repo", "command"]));
+        assert_eq!(s["additionalProperties"], false);
+        assert!(s["properties"]["ref"].is_object(), "{s}");
+        assert_eq!(s["properties"]["command"]["minItems"], 1);
     }
 
     #[test]

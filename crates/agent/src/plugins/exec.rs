@@ -12,18 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use testbed_core::agent::{MethodSpec, PluginSpec};
 use testbed_core::schema::check_schema;
-use testbed_core::task::TaskStatus;
 use thiserror::Error;
-use tokio_util::sync::CancellationToken;
 
-use super::linux_system::unknown_method;
-use crate::plugin::{DynPlugin, LogSink, Plugin, PluginError, PluginOutput, TaskContext};
-use crate::process::{self, CommandSpec, RunEnv, StdoutMode};
+use crate::plugin::{
+    async_trait, json, process, CancellationToken, CommandSpec, Deserialize, DynPlugin, LogSink,
+    MethodSpec, Plugin, PluginError, PluginOutput, PluginSpec, TaskContext, TaskStatus, Value,
+};
+use process::{RunEnv, StdoutMode};
 
 /// How long an executable may take to describe itself.
 pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -337,7 +333,7 @@ impl Plugin for ExecPlugin {
         ctx: &TaskContext,
     ) -> Result<PluginOutput, PluginError> {
         if self.spec.method(method).is_none() {
-            return Err(unknown_method(method, &self.spec));
+            return Err(PluginError::unknown_method(method, &self.spec));
         }
         // The plugin runs in the work directory, so a relative path would
         // mean something else to it.

@@ -3,17 +3,21 @@
 //! The method implementations are `pub(crate)` so `build_server`, which
 //! offers the same two methods, runs exactly this code.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use serde_json::{json, Map, Value};
+use schemars::{json_schema, Schema, SchemaGenerator};
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use sysinfo::{CpuRefreshKind, System};
-use testbed_core::agent::{MethodSpec, PluginSpec};
-use testbed_core::task::TaskStatus;
 
-use crate::plugin::{Plugin, PluginError, PluginOutput, TaskContext};
-use crate::process::{self, CommandSpec, ProcessOutcome};
+use crate::plugin::{
+    async_trait, json, method, parse_params, run_process, split_words, CommandSpec, Deserialize,
+    JsonSchema, MethodSpec, Plugin, PluginError, PluginOutput, PluginSpec, ProcessOutcome,
+    TaskContext, TaskStatus, Value,
+};
 
 /// Seed 002's description of `run_shell`, kept verbatim because clients of
 /// `/v2.1/slaves` show it.
@@ -30,13 +34,11 @@ pub const SYSTEM_INFORMATION_DESCRIPTION: &str =
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LinuxSystem;
 
-pub const NAME: &str = "linux_system";
-
 #[async_trait]
 impl Plugin for LinuxSystem {
     fn spec(&self) -> PluginSpec {
         PluginSpec {
-            name: NAME.to_string(),
+            name: "linux_system".into(),
             methods: vec![run_shell_method(), system_information_method()],
         }
     }
@@ -50,93 +52,53 @@ impl Plugin for LinuxSystem {
         match method {
             "run_shell" => run_shell(params, ctx).await,
             "system_information" => system_information(params, ctx).await,
-            _ => Err(unknown_method(method, &self.spec())),
+            _ => Err(PluginError::unknown_method(method, &self.spec())),
         }
     }
 }
 
-pub(crate) fn unknown_method(method: &str, spec: &PluginSpec) -> PluginError {
-    PluginError::UnknownMethod {
-        method: method.to_string(),
-        available: spec
-            .methods
-            .iter()
-            .map(|m| m.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-    }
+/// `run_shell`'s parameters.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunShell {
+    /// The program to run, looked up in PATH (not a command line: arguments go in `args`).
+    #[schemars(length(min = 1))]
+    command: String,
+    /// Arguments: a string split like a shell splits words (quotes, backslashes; no variables, globs or operators), or an array of strings passed as they are.
+    args: Option<Args>,
+    /// Working directory; relative to the task's work directory, which is the default.
+    #[schemars(length(min = 1))]
+    cwd: Option<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Seconds after which the command and everything it started are killed.
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    timeout: Option<f64>,
+    /// Run `command args` through /bin/sh -c. Refused unless the agent allows shell mode (allow_shell).
+    #[serde(default)]
+    shell: bool,
+    /// Text written to the command's standard input (otherwise it reads /dev/null).
+    stdin: Option<String>,
+}
+
+/// `system_information`'s parameters.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SystemInformationParams {
+    /// Optionally also run this program (as run_shell does); its result is returned under `command_output`.
+    #[schemars(length(min = 1))]
+    command: Option<String>,
+    /// Arguments of `command`, split like shell words.
+    args: Option<String>,
 }
 
 pub(crate) fn run_shell_method() -> MethodSpec {
-    MethodSpec {
-        name: "run_shell".to_string(),
-        description: SEED_DESCRIPTION.to_string(),
-        schema: json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "type": "object",
-            "properties": {
-                "command": {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": "The program to run, looked up in PATH (not a command line: arguments go in `args`)."
-                },
-                "args": {
-                    "type": ["string", "array"],
-                    "items": {"type": "string"},
-                    "description": "Arguments: a string split like a shell splits words (quotes, backslashes; no variables, globs or operators), or an array of strings passed as they are."
-                },
-                "cwd": {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": "Working directory; relative to the task's work directory, which is the default."
-                },
-                "env": {
-                    "type": "object",
-                    "additionalProperties": {"type": "string"},
-                    "description": "Extra environment variables."
-                },
-                "timeout": {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "description": "Seconds after which the command and everything it started are killed."
-                },
-                "shell": {
-                    "type": "boolean",
-                    "default": false,
-                    "description": "Run `command args` through /bin/sh -c. Refused unless the agent allows shell mode (allow_shell)."
-                },
-                "stdin": {
-                    "type": "string",
-                    "description": "Text written to the command's standard input (otherwise it reads /dev/null)."
-                }
-            },
-            "required": ["command"],
-            "additionalProperties": false
-        }),
-    }
+    method::<RunShell>("run_shell", SEED_DESCRIPTION)
 }
 
 pub(crate) fn system_information_method() -> MethodSpec {
-    MethodSpec {
-        name: "system_information".to_string(),
-        description: SYSTEM_INFORMATION_DESCRIPTION.to_string(),
-        schema: json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "type": "object",
-            "properties": {
-                "command": {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": "Optionally also run this program (as run_shell does); its result is returned under `command_output`."
-                },
-                "args": {
-                    "type": "string",
-                    "description": "Arguments of `command`, split like shell words."
-                }
-            },
-            "additionalProperties": false
-        }),
-    }
+    method::<SystemInformationParams>("system_information", SYSTEM_INFORMATION_DESCRIPTION)
 }
 
 /// `run_shell`: runs one command; the task succeeds iff it exits with 0.
@@ -144,20 +106,61 @@ pub(crate) async fn run_shell(
     params: Value,
     ctx: &TaskContext,
 ) -> Result<PluginOutput, PluginError> {
-    let mut p = Params::new(
-        params,
-        &["command", "args", "cwd", "env", "timeout", "shell", "stdin"],
-    )?;
+    let p: RunShell = parse_params(params)?;
+    if p.command.is_empty() {
+        return Err(PluginError::invalid("command", "must not be empty"));
+    }
+    if let Some(Args::Words(words)) = &p.args {
+        // Split now so unbalanced quotes are reported before anything
+        // runs, even in shell mode where sh would choke.
+        split_words("args", words)?;
+    }
     let request = ShellRequest {
-        command: p.required_str("command")?,
-        args: p.args("args")?,
-        cwd: p.str("cwd")?.map(PathBuf::from),
-        env: p.env("env")?,
-        timeout: p.timeout("timeout")?,
-        shell: p.bool("shell")?.unwrap_or(false),
-        stdin: p.str("stdin")?,
+        command: p.command,
+        args: p.args,
+        cwd: p.cwd.map(PathBuf::from),
+        env: checked_env("env", p.env)?,
+        timeout: seconds("timeout", p.timeout)?,
+        shell: p.shell,
+        stdin: p.stdin,
     };
     request.run(ctx).await
+}
+
+/// Environment variables, checked for what `execve` cannot take.
+pub(crate) fn checked_env(
+    field: &str,
+    env: BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, PluginError> {
+    env.into_iter()
+        .map(|(key, value)| {
+            let name = format!("{field}/{key}");
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(PluginError::invalid(
+                    name,
+                    "is not a valid environment variable name",
+                ));
+            }
+            if value.contains('\0') {
+                return Err(PluginError::invalid(name, "must not contain NUL"));
+            }
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// A number of seconds above 0.
+pub(crate) fn seconds(field: &str, secs: Option<f64>) -> Result<Option<Duration>, PluginError> {
+    let Some(secs) = secs else { return Ok(None) };
+    if secs.is_nan() || secs <= 0.0 {
+        return Err(PluginError::invalid(
+            field,
+            "must be a number of seconds above 0",
+        ));
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| PluginError::invalid(field, "is too large"))
 }
 
 /// One command to run on behalf of a task, as `run_shell` takes it.
@@ -178,6 +181,41 @@ pub(crate) struct ShellRequest {
 pub(crate) enum Args {
     Words(String),
     List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Args {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ArgsVisitor;
+        impl<'de> Visitor<'de> for ArgsVisitor {
+            type Value = Args;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Args, E> {
+                Ok(Args::Words(s.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Args, A::Error> {
+                let mut list = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    list.push(item);
+                }
+                Ok(Args::List(list))
+            }
+        }
+        d.deserialize_any(ArgsVisitor)
+    }
+}
+
+impl JsonSchema for Args {
+    fn schema_name() -> Cow<'static, str> {
+        "Args".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": ["string", "array"], "items": {"type": "string"}})
+    }
 }
 
 impl ShellRequest {
@@ -206,7 +244,7 @@ impl ShellRequest {
     pub async fn run(&self, ctx: &TaskContext) -> Result<PluginOutput, PluginError> {
         let spec = self.to_command(ctx)?;
         let argv = spec.argv();
-        let outcome = process::run(spec, ctx).await.map_err(|e| self.explain(e))?;
+        let outcome = run_process(spec, ctx).await.map_err(|e| self.explain(e))?;
         if outcome.cancelled {
             return Err(PluginError::Cancelled);
         }
@@ -260,13 +298,6 @@ pub(crate) fn shell_command(
     Ok(CommandSpec::new("/bin/sh").arg("-c").arg(script))
 }
 
-pub(crate) fn split_words(field: &str, words: &str) -> Result<Vec<String>, PluginError> {
-    shell_words::split(words).map_err(|e| PluginError::InvalidParams {
-        field: field.to_string(),
-        message: format!("cannot split `{words}` into words: {e}"),
-    })
-}
-
 /// The result of a finished command, as `run_shell` reports it.
 pub(crate) fn command_output(outcome: &ProcessOutcome, argv: &[String]) -> PluginOutput {
     PluginOutput {
@@ -293,14 +324,9 @@ pub(crate) async fn system_information(
     params: Value,
     ctx: &TaskContext,
 ) -> Result<PluginOutput, PluginError> {
-    let mut p = Params::new(params, &["command", "args"])?;
-    let command = p.str("command")?;
-    let args = p.str("args")?;
+    let SystemInformationParams { command, args } = parse_params(params)?;
     if command.as_deref() == Some("") {
-        return Err(PluginError::InvalidParams {
-            field: "command".to_string(),
-            message: "must not be empty".to_string(),
-        });
+        return Err(PluginError::invalid("command", "must not be empty"));
     }
 
     let info = tokio::task::spawn_blocking(collect_system_information)
@@ -484,207 +510,38 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Reads a method's parameters field by field. The server has validated
-/// them against the schema already; this repeats the checks that matter
-/// because a plugin can also be invoked directly, and a clear
-/// `InvalidParams` naming the field beats a confusing failure later.
-pub(crate) struct Params {
-    map: Map<String, Value>,
-}
-
-impl Params {
-    /// `null` stands for "no parameters"; fields not in `allowed` are refused
-    /// (the schemas say `additionalProperties: false`).
-    pub fn new(params: Value, allowed: &[&str]) -> Result<Self, PluginError> {
-        let map = match params {
-            Value::Object(map) => map,
-            Value::Null => Map::new(),
-            other => {
-                return Err(PluginError::InvalidParams {
-                    field: "parameters".to_string(),
-                    message: format!("must be an object, not {}", type_name(&other)),
-                })
-            }
-        };
-        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(PluginError::InvalidParams {
-                field: unknown.clone(),
-                message: format!(
-                    "unknown parameter (expected one of: {})",
-                    allowed.join(", ")
-                ),
-            });
-        }
-        Ok(Params { map })
-    }
-
-    fn invalid(field: &str, message: impl Into<String>) -> PluginError {
-        PluginError::InvalidParams {
-            field: field.to_string(),
-            message: message.into(),
-        }
-    }
-
-    pub fn take(&mut self, field: &str) -> Option<Value> {
-        match self.map.remove(field) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v),
-        }
-    }
-
-    pub fn str(&mut self, field: &str) -> Result<Option<String>, PluginError> {
-        match self.take(field) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(Self::invalid(
-                field,
-                format!("must be a string, not {}", type_name(&other)),
-            )),
-        }
-    }
-
-    pub fn required_str(&mut self, field: &str) -> Result<String, PluginError> {
-        match self.str(field)? {
-            None => Err(Self::invalid(field, "is required")),
-            Some(s) if s.is_empty() => Err(Self::invalid(field, "must not be empty")),
-            Some(s) => Ok(s),
-        }
-    }
-
-    pub fn bool(&mut self, field: &str) -> Result<Option<bool>, PluginError> {
-        match self.take(field) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(b)),
-            Some(other) => Err(Self::invalid(
-                field,
-                format!("must be true or false, not {}", type_name(&other)),
-            )),
-        }
-    }
-
-    /// A string of shell words or an array of strings.
-    pub fn args(&mut self, field: &str) -> Result<Option<Args>, PluginError> {
-        match self.take(field) {
-            None => Ok(None),
-            Some(Value::String(s)) => {
-                // Split now so unbalanced quotes are reported before
-                // anything runs, even in shell mode where sh would choke.
-                split_words(field, &s)?;
-                Ok(Some(Args::Words(s)))
-            }
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::String(s) => Ok(s),
-                    other => Err(Self::invalid(
-                        &format!("{field}/{i}"),
-                        format!("must be a string, not {}", type_name(&other)),
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(|list| Some(Args::List(list))),
-            Some(other) => Err(Self::invalid(
-                field,
-                format!(
-                    "must be a string or an array of strings, not {}",
-                    type_name(&other)
-                ),
-            )),
-        }
-    }
-
-    pub fn env(&mut self, field: &str) -> Result<Vec<(String, String)>, PluginError> {
-        let map = match self.take(field) {
-            None => return Ok(Vec::new()),
-            Some(Value::Object(map)) => map,
-            Some(other) => {
-                return Err(Self::invalid(
-                    field,
-                    format!("must be an object of strings, not {}", type_name(&other)),
-                ))
-            }
-        };
-        map.into_iter()
-            .map(|(key, value)| {
-                let name = format!("{field}/{key}");
-                if key.is_empty() || key.contains('=') || key.contains('\0') {
-                    return Err(Self::invalid(
-                        &name,
-                        "is not a valid environment variable name",
-                    ));
-                }
-                match value {
-                    Value::String(s) if s.contains('\0') => {
-                        Err(Self::invalid(&name, "must not contain NUL"))
-                    }
-                    Value::String(s) => Ok((key, s)),
-                    other => Err(Self::invalid(
-                        &name,
-                        format!("must be a string, not {}", type_name(&other)),
-                    )),
-                }
-            })
-            .collect()
-    }
-
-    /// Seconds, a number greater than zero.
-    pub fn timeout(&mut self, field: &str) -> Result<Option<Duration>, PluginError> {
-        match self.take(field) {
-            None => Ok(None),
-            Some(Value::Number(n)) => {
-                let secs = n.as_f64().unwrap_or(f64::NAN);
-                if secs.is_nan() || secs <= 0.0 {
-                    return Err(Self::invalid(field, "must be a number of seconds above 0"));
-                }
-                Duration::try_from_secs_f64(secs)
-                    .map(Some)
-                    .map_err(|_| Self::invalid(field, "is too large"))
-            }
-            Some(other) => Err(Self::invalid(
-                field,
-                format!("must be a number of seconds, not {}", type_name(&other)),
-            )),
-        }
-    }
-}
-
-pub(crate) fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn schemas_are_valid() {
-        for m in LinuxSystem.spec().methods {
-            testbed_core::schema::check_schema(&m.schema).unwrap();
-        }
+    fn the_schemas_say_what_the_parsing_does() {
+        let spec = LinuxSystem.spec();
+        let run_shell = &spec.methods[0].schema;
+        assert_eq!(run_shell["required"], json!(["command"]));
+        assert_eq!(run_shell["additionalProperties"], false);
+        assert_eq!(
+            run_shell["properties"]["args"]["type"],
+            json!(["string", "array"])
+        );
+        assert_eq!(run_shell["properties"]["timeout"]["exclusiveMinimum"], 0);
+        assert_eq!(run_shell["properties"]["cwd"]["type"], "string");
     }
 
     #[test]
     fn params_name_the_field() {
-        let err = Params::new(json!({"bogus": 1}), &["command"])
-            .err()
-            .unwrap();
-        assert!(matches!(err, PluginError::InvalidParams { field, .. } if field == "bogus"));
-        let mut p = Params::new(json!({"timeout": 0}), &["timeout"]).unwrap();
-        assert!(p.timeout("timeout").is_err());
-        let mut p = Params::new(json!({"args": "'a"}), &["args"]).unwrap();
-        assert!(
-            matches!(p.args("args"), Err(PluginError::InvalidParams { field, .. }) if field == "args")
-        );
-        let mut p = Params::new(json!({"env": {"A=B": "x"}}), &["env"]).unwrap();
-        assert!(p.env("env").is_err());
+        let field = |r: Result<_, PluginError>| match r {
+            Err(PluginError::InvalidParams { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let err = parse_params::<RunShell>(json!({"command": "ls", "bogus": 1}));
+        assert_eq!(field(err.map(|_| ())), "bogus");
+        assert_eq!(field(seconds("timeout", Some(0.0)).map(|_| ())), "timeout");
+        assert_eq!(field(split_words("args", "'a").map(|_| ())), "args");
+        let env = BTreeMap::from([("A=B".to_string(), "x".to_string())]);
+        assert_eq!(field(checked_env("env", env).map(|_| ())), "env/A=B");
+        let err = parse_params::<RunShell>(json!({"command": "ls", "args": ["a", 1]}));
+        assert_eq!(field(err.map(|_| ())), "args/1");
     }
 
     #[test]

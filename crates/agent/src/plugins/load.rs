@@ -5,17 +5,15 @@
 
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use serde_json::{json, Value};
-use testbed_core::agent::{MethodSpec, PluginSpec};
 use testbed_load::{Controller, Plan, RunOptions, RunState};
 
-use crate::plugin::{Control, Plugin, PluginError, PluginOutput, TaskContext};
+use crate::plugin::{
+    async_trait, fixed_control, json, method, parse_params, Control, Deserialize, JsonSchema, Map,
+    Plugin, PluginError, PluginOutput, PluginSpec, TaskContext, Value,
+};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Load;
-
-pub const NAME: &str = "load";
 
 /// Results carry at most this many windows inline (about 5 minutes); a
 /// longer run's windows go up as the artifact [`WINDOWS_ARTIFACT`], so task
@@ -23,27 +21,31 @@ pub const NAME: &str = "load";
 pub const INLINE_WINDOWS: usize = 300;
 pub const WINDOWS_ARTIFACT: &str = "windows.json";
 
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Run {
+    /// A testbed-load plan (`crates/load`).
+    plan: Map<String, Value>,
+    /// Unix milliseconds at which to start, so several agents start together.
+    start_at_ms: Option<u64>,
+    /// The performance execution this share belongs to (the server's).
+    // The server reads it back from the task; the engine needs none.
+    #[allow(dead_code)]
+    execution_id: Option<String>,
+    /// Windows kept inline in the result; more go up as an artifact.
+    inline_windows: Option<u64>,
+}
+
 #[async_trait]
 impl Plugin for Load {
     fn spec(&self) -> PluginSpec {
         PluginSpec {
-            name: NAME.to_string(),
-            methods: vec![MethodSpec {
-                name: "run".into(),
-                description: "Runs a load plan (a testbed-load `Plan`), optionally starting at \
-                              `start_at_ms` (Unix ms) so that several agents start together."
-                    .into(),
-                schema: json!({
-                    "type": "object",
-                    "required": ["plan"],
-                    "properties": {
-                        "plan": {"type": "object"},
-                        "start_at_ms": {"type": "integer", "minimum": 0},
-                        "execution_id": {"type": "string"},
-                        "inline_windows": {"type": "integer", "minimum": 0}
-                    }
-                }),
-            }],
+            name: "load".into(),
+            methods: vec![method::<Run>(
+                "run",
+                "Runs a load plan (a testbed-load `Plan`), optionally starting at \
+                 `start_at_ms` (Unix ms) so that several agents start together.",
+            )],
         }
     }
 
@@ -54,19 +56,13 @@ impl Plugin for Load {
         ctx: &TaskContext,
     ) -> Result<PluginOutput, PluginError> {
         if method != "run" {
-            return Err(PluginError::UnknownMethod {
-                method: method.to_string(),
-                available: "run".into(),
-            });
+            return Err(PluginError::unknown_method(method, &self.spec()));
         }
-        let plan: Plan = serde_json::from_value(params.get("plan").cloned().unwrap_or(Value::Null))
-            .map_err(|e| PluginError::InvalidParams {
-                field: "plan".into(),
-                message: e.to_string(),
-            })?;
-        let start_at = params
-            .get("start_at_ms")
-            .and_then(Value::as_u64)
+        let p: Run = parse_params(params)?;
+        let plan: Plan = serde_json::from_value(Value::Object(p.plan))
+            .map_err(|e| PluginError::invalid("plan", e))?;
+        let start_at = p
+            .start_at_ms
             .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
         let mut run = testbed_load::start_with(plan, RunOptions { start_at })
             .map_err(|e| PluginError::Failed(e.to_string()))?;
@@ -96,7 +92,7 @@ impl Plugin for Load {
                 changed = control.changed() => {
                     if changed.is_err() {
                         // The runtime dropped the sender: nothing more will come.
-                        control = crate::plugin::fixed_control();
+                        control = fixed_control();
                         continue;
                     }
                     want = *control.borrow_and_update();
@@ -128,10 +124,9 @@ impl Plugin for Load {
             "[load] done: {} requests, {} errors",
             report.summary.requests, report.summary.errors
         ));
-        let inline = params
-            .get("inline_windows")
-            .and_then(Value::as_u64)
-            .map_or(INLINE_WINDOWS, |n| n as usize);
+        let inline = p
+            .inline_windows
+            .map_or(INLINE_WINDOWS, |n| usize::try_from(n).unwrap_or(usize::MAX));
         let mut result = json!({
             "requests": report.summary.requests,
             "errors": report.summary.errors,

@@ -4,38 +4,38 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use serde_json::{json, Value};
-use testbed_core::agent::{MethodSpec, PluginSpec};
-
-use crate::plugin::{Plugin, PluginError, PluginOutput, TaskContext};
+use crate::plugin::{
+    async_trait, json, method, parse_params, Deserialize, JsonSchema, Plugin, PluginError,
+    PluginOutput, PluginSpec, TaskContext, Value,
+};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Noop;
 
-pub const NAME: &str = "noop";
+/// `noop` takes nothing.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Sleep {
+    /// Milliseconds to wait.
+    #[schemars(range(max = 86_400_000))]
+    ms: u64,
+}
 
 #[async_trait]
 impl Plugin for Noop {
     fn spec(&self) -> PluginSpec {
         PluginSpec {
-            name: NAME.to_string(),
+            name: "noop".into(),
             methods: vec![
-                MethodSpec {
-                    name: "noop".into(),
-                    description: "Returns at once; measures the platform's own overhead.".into(),
-                    schema: json!({"type": "object", "additionalProperties": false}),
-                },
-                MethodSpec {
-                    name: "sleep".into(),
-                    description: "Waits `ms` milliseconds (cancellable).".into(),
-                    schema: json!({
-                        "type": "object",
-                        "required": ["ms"],
-                        "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 86_400_000}},
-                        "additionalProperties": false
-                    }),
-                },
+                method::<NoParams>(
+                    "noop",
+                    "Returns at once; measures the platform's own overhead.",
+                ),
+                method::<Sleep>("sleep", "Waits `ms` milliseconds (cancellable)."),
             ],
         }
     }
@@ -47,23 +47,18 @@ impl Plugin for Noop {
         ctx: &TaskContext,
     ) -> Result<PluginOutput, PluginError> {
         match method {
-            "noop" => Ok(PluginOutput::success(json!({}))),
+            "noop" => {
+                let NoParams {} = parse_params(params)?;
+                Ok(PluginOutput::success(json!({})))
+            }
             "sleep" => {
-                let ms = params.get("ms").and_then(Value::as_u64).ok_or_else(|| {
-                    PluginError::InvalidParams {
-                        field: "ms".into(),
-                        message: "a non-negative integer is required".into(),
-                    }
-                })?;
+                let Sleep { ms } = parse_params(params)?;
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(PluginOutput::success(json!({"slept_ms": ms}))),
                     _ = ctx.cancel.cancelled() => Err(PluginError::Cancelled),
                 }
             }
-            other => Err(PluginError::UnknownMethod {
-                method: other.to_string(),
-                available: "noop, sleep".into(),
-            }),
+            other => Err(PluginError::unknown_method(other, &self.spec())),
         }
     }
 }
