@@ -139,6 +139,37 @@ async fn run_text(text: &str, vars: Value) -> testbed_report::Suite {
     runner::run_suite(&s, &opts).await
 }
 
+/// Runs `tests` (a suite's text below its `http:` line) against a fresh
+/// server; the suite's results and the server's URL.
+async fn run_on_server(tests: &str) -> (testbed_report::Suite, String) {
+    let base = serve().await;
+    let text = format!("http: {{base_url: \"{{{{ base }}}}\"}}\n{tests}");
+    (run_text(&text, json!({"base": base})).await, base)
+}
+
+/// The ids the test server was asked to delete, in order.
+async fn deleted_items(base: &str) -> Value {
+    reqwest::get(format!("{base}/deleted"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// The address of a port that was just free: nothing listens there.
+fn closed_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+/// A case's message, or "" when it has none.
+fn message(c: &testbed_report::Case) -> &str {
+    c.message.as_deref().unwrap_or_default()
+}
+
 fn outcome<'a>(s: &'a testbed_report::Suite, name: &str) -> &'a testbed_report::Case {
     s.cases.iter().find(|c| c.name == name).unwrap_or_else(|| {
         panic!(
@@ -247,21 +278,14 @@ teardown:
         ]
     );
     // Both the test's and the suite's teardown ran: item 2 and the fixture (1).
-    let deleted: Value = reqwest::get(format!("{base}/deleted"))
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let deleted = deleted_items(&base).await;
     assert_eq!(deleted, json!([2, 1]));
 }
 
 #[tokio::test]
 async fn failures_say_what_was_expected_and_keep_the_reply() {
-    let base = serve().await;
-    let s = run_text(
+    let (s, _) = run_on_server(
         r#"
-http: {base_url: "{{ base }}"}
 tests:
   - name: wrong status
     steps:
@@ -283,12 +307,11 @@ tests:
       - request: {url: /items}
         assert: [{status: 200}]
 "#,
-        json!({"base": base}),
     )
     .await;
     let c = outcome(&s, "wrong status");
     assert_eq!(c.outcome, Outcome::Fail);
-    let m = c.message.as_deref().unwrap_or_default();
+    let m = message(c);
     assert!(
         m.contains("POST /items") && m.contains("expected 200, got 201"),
         "{m}"
@@ -301,15 +324,9 @@ tests:
         "{:?}",
         c.output
     );
-    let m = outcome(&s, "wrong field")
-        .message
-        .clone()
-        .unwrap_or_default();
+    let m = message(outcome(&s, "wrong field"));
     assert!(m.contains("$.name: expected \"y\", got \"x\""), "{m}");
-    let m = outcome(&s, "missing capture")
-        .message
-        .clone()
-        .unwrap_or_default();
+    let m = message(outcome(&s, "missing capture"));
     assert!(m.contains("capture `nope`"), "{m}");
     assert_eq!(
         outcome(&s, "still runs after failures").outcome,
@@ -320,11 +337,7 @@ tests:
 #[tokio::test]
 async fn an_unreachable_target_is_an_error_and_the_rest_go_on() {
     let base = serve().await;
-    // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let closed = closed_addr();
     let s = run_text(
         r#"
 http: {base_url: "{{ base }}", timeout: 2s}
@@ -345,22 +358,14 @@ tests:
     let refused = outcome(&s, "refused");
     assert_eq!(refused.outcome, Outcome::Error);
     assert!(
-        refused
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("connection refused"),
+        message(refused).contains("connection refused"),
         "{:?}",
         refused.message
     );
     let dns = outcome(&s, "dns");
     assert_eq!(dns.outcome, Outcome::Error);
     assert!(
-        dns.message
-            .as_deref()
-            .unwrap_or_default()
-            .to_lowercase()
-            .contains("dns"),
+        message(dns).to_lowercase().contains("dns"),
         "{:?}",
         dns.message
     );
@@ -369,10 +374,7 @@ tests:
 
 #[tokio::test]
 async fn an_absent_target_skips_the_suite_with_the_reason() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let closed = closed_addr();
     let s = run_text(
         r#"
 requires:
@@ -390,7 +392,7 @@ tests:
     assert_eq!(s.cases.len(), 2);
     for c in &s.cases {
         assert_eq!(c.outcome, Outcome::Skip);
-        let m = c.message.as_deref().unwrap_or_default();
+        let m = message(c);
         assert!(m.starts_with(&format!("requires tcp {closed}")), "{m}");
     }
 }
@@ -462,10 +464,8 @@ tests:
 
 #[tokio::test]
 async fn setup_failure_errors_every_test_and_teardown_still_runs() {
-    let base = serve().await;
-    let s = run_text(
+    let (s, base) = run_on_server(
         r#"
-http: {base_url: "{{ base }}"}
 setup:
   - request: {method: POST, url: /items, json: {}}
     assert: [{status: 201}]
@@ -475,25 +475,12 @@ tests:
   - name: a
     steps: [{request: {url: /items}}]
 "#,
-        json!({"base": base}),
     )
     .await;
     let a = outcome(&s, "a");
     assert_eq!(a.outcome, Outcome::Error);
-    assert!(
-        a.message
-            .as_deref()
-            .unwrap_or_default()
-            .starts_with("setup failed"),
-        "{:?}",
-        a.message
-    );
-    let deleted: Value = reqwest::get(format!("{base}/deleted"))
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    assert!(message(a).starts_with("setup failed"), "{:?}", a.message);
+    let deleted = deleted_items(&base).await;
     assert_eq!(
         deleted,
         json!([99]),
