@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use testbed_core::keys;
 use testbed_core::protocol::ServerMessage;
 use testbed_core::schema::{self, FieldError};
@@ -30,6 +29,7 @@ use crate::records::{self, RecordError};
 use crate::state::AppState;
 
 pub use crate::placement::{agents, live_agents, AgentView};
+pub use testbed_api::tasks::SubmitRequest;
 
 /// The value of `/assign/{agent}/{task}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,29 +57,6 @@ pub struct Assignment {
 
 impl Assignment {
     pub const KIND: &'static str = "assignment";
-}
-
-/// Seed 002's `POST /v2.1/testcases` body.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitRequest {
-    /// Plugin name, e.g. `linux_system`.
-    #[schema(pattern = r"\S")]
-    pub plugin: String,
-    /// An agent's host, name or uuid.
-    #[schema(pattern = r"\S")]
-    pub host: String,
-    /// Method of the plugin, e.g. `run_shell`.
-    #[schema(pattern = r"\S")]
-    pub method: String,
-    /// The method's parameters, e.g. `{"command":"ls","args":"-alt"}`.
-    #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
-    pub parameters: Value,
-}
-
-fn empty_object() -> Value {
-    Value::Object(Default::default())
 }
 
 /// Validates a request against the live agents, picks the least loaded

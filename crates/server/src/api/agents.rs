@@ -1,71 +1,43 @@
 //! `/api/agents`: every registered agent, online or not.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use testbed_core::agent::{AgentStatus, PluginSpec, SystemMetrics};
+use testbed_core::agent::AgentStatus;
 use testbed_core::keys;
 use testbed_core::user::Role;
-use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::dispatch::{self, AgentView};
 use crate::error::{ApiError, ApiResult, ErrorBody, Json};
 use crate::state::AppState;
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AgentInfo {
-    pub uuid: Uuid,
-    pub id: u64,
-    pub name: String,
-    pub host: String,
-    pub labels: BTreeMap<String, String>,
-    pub groups: Vec<String>,
-    pub status: AgentStatus,
-    pub plugins: Vec<PluginSpec>,
-    pub capacity: u32,
-    /// Tasks assigned and not finished.
-    pub outstanding: usize,
-    /// Tasks running, as of the last heartbeat.
-    pub running: u32,
-    pub metrics: Option<SystemMetrics>,
-    pub heartbeat_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub replica: Option<String>,
-    pub version: String,
-    pub root: bool,
-    pub run_as: Option<String>,
-    pub registered_at: chrono::DateTime<chrono::Utc>,
-    pub last_seen_at: chrono::DateTime<chrono::Utc>,
-}
+use testbed_api::agents::AgentInfo;
 
 async fn info(state: &AppState, a: AgentView) -> ApiResult<AgentInfo> {
     let outstanding = dispatch::outstanding(state, &a.record.uuid).await?;
     let r = a.record;
+    let p = r.profile;
     Ok(AgentInfo {
         uuid: r.uuid,
         id: r.id,
-        name: r.name,
-        host: r.host,
-        labels: r.labels,
-        groups: r.groups,
+        name: p.name,
+        host: p.host,
+        labels: p.labels,
+        groups: p.groups,
         status: if a.alive.is_some() {
             AgentStatus::Online
         } else {
             AgentStatus::Offline
         },
-        plugins: r.plugins,
-        capacity: r.capacity,
+        plugins: p.plugins,
+        capacity: p.capacity,
         outstanding,
         running: a.alive.as_ref().map_or(0, |l| l.running),
         metrics: a.alive.as_ref().map(|l| l.metrics.clone()),
         heartbeat_at: a.alive.as_ref().map(|l| l.heartbeat_at),
         replica: a.alive.as_ref().map(|l| l.replica.clone()),
-        version: r.version,
-        root: r.root,
-        run_as: r.run_as,
+        version: p.version,
+        root: p.root,
+        run_as: p.run_as,
         registered_at: r.registered_at,
         last_seen_at: r.last_seen_at,
     })

@@ -6,34 +6,18 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::{HeaderName, CACHE_CONTROL, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use serde::{Deserialize, Serialize};
 use testbed_core::keys;
 use testbed_core::schema::FieldError;
 use testbed_core::user::{Role, UserRecord};
-use utoipa::ToSchema;
 
 use crate::auth::{hash_password, verify_password, Caller, SESSION_COOKIE};
 use crate::error::{ApiError, ApiResult, ErrorBody, Json};
 use crate::records;
 use crate::state::AppState;
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LoginRequest {
-    pub username: String,
-    pub password: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LoginResponse {
-    /// Send as `Authorization: Bearer <token>`.
-    pub token: String,
-    pub token_type: String,
-    /// Seconds until the token expires.
-    pub expires_in: u64,
-    pub username: String,
-    pub role: Role,
-}
+use testbed_api::auth::{
+    CreateUser, LoginRequest, LoginResponse, SessionView, StreamTokenRequest, StreamTokenResponse,
+    UpdateUser, UserView,
+};
 
 /// Log in and get a JWT.
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth",
@@ -92,14 +76,6 @@ async fn check_password(
     };
     attempt.succeeded();
     Ok(user)
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SessionView {
-    pub username: String,
-    pub role: Role,
-    /// Seconds until the session ends (then sign in again).
-    pub expires_in: u64,
 }
 
 /// The `Set-Cookie` of a session: `HttpOnly` (no script reads it),
@@ -202,22 +178,6 @@ async fn revoke_tokens(state: &AppState, name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StreamTokenRequest {
-    /// The WebSocket path the token opens, e.g. `/ws/tasks/{id}/log`.
-    #[schema(pattern = r"^/ws/(?!agent$)(?![\s\S]*\.\.)")]
-    pub path: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct StreamTokenResponse {
-    /// Put in the WebSocket URL as `?token=`; read-only, valid for `path` only.
-    pub token: String,
-    /// Seconds until it expires (it only needs to open the socket).
-    pub expires_in: u64,
-}
-
 /// A short-lived, read-only token for one WebSocket path, for clients (such
 /// as browsers) that cannot send an `Authorization` header on a WebSocket.
 #[utoipa::path(post, path = "/api/auth/stream-token", tag = "auth",
@@ -241,23 +201,6 @@ pub async fn stream_token(
     }))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct UserView {
-    pub username: String,
-    pub role: Role,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl From<UserRecord> for UserView {
-    fn from(u: UserRecord) -> Self {
-        UserView {
-            username: u.name,
-            role: u.role,
-            created_at: u.created_at,
-        }
-    }
-}
-
 /// Who the token belongs to.
 #[utoipa::path(get, path = "/api/auth/me", tag = "auth",
     responses((status = 200, body = UserView), (status = 401, body = ErrorBody)),
@@ -267,16 +210,6 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json
         .await?
         .ok_or_else(|| ApiError::unauthorized("user no longer exists"))?;
     Ok(Json(user.into()))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateUser {
-    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    pub username: String,
-    #[schema(min_length = 8)]
-    pub password: String,
-    pub role: Role,
 }
 
 /// Create a user (admin).
@@ -353,17 +286,6 @@ pub async fn delete_user(
         return Err(ApiError::not_found(format!("no user `{name}`")));
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateUser {
-    /// A new role (admin only).
-    pub role: Option<Role>,
-    /// A new password (admin, or the user themself); ends every session of
-    /// the user.
-    #[schema(min_length = 8)]
-    pub password: Option<String>,
 }
 
 /// Change a user's role or password. An admin may change anyone; a user may

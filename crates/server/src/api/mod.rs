@@ -19,14 +19,14 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody, Json};
 use crate::state::AppState;
+use testbed_api::meta::Health;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,6 +35,12 @@ use crate::state::AppState;
     components(schemas(ErrorBody))
 )]
 struct ApiDoc;
+
+/// The document's frame: this module's settings plus every wire type of
+/// `testbed-api`, whose schemas the handlers' annotations then refer to.
+fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi().merge_from(testbed_api::Schemas::openapi())
+}
 
 struct BearerAuth;
 
@@ -51,23 +57,6 @@ impl Modify for BearerAuth {
             ),
         );
     }
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Health {
-    pub status: String,
-    pub store: String,
-    pub revision: i64,
-    pub replica: String,
-    /// Agents connected to this replica.
-    pub agents_connected: usize,
-    /// This replica runs the controller (plan engine, lost-task sweeps).
-    pub controller_leader: bool,
-    /// Every background loop of this replica works: its watches are open
-    /// (a broken one is re-opened with back-off; details are in the log).
-    pub controller_loops_ok: bool,
-    /// The loops that are failing right now, by name.
-    pub controller_loops_failing: Vec<String>,
 }
 
 /// Liveness and store reachability (no auth).
@@ -107,7 +96,7 @@ pub const CLIENT_WS_MAX_MESSAGE: usize = 64 * 1024;
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body;
     let metrics = state.metrics.clone();
-    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, openapi) = OpenApiRouter::with_openapi(document())
         .routes(routes!(healthz))
         .routes(routes!(auth::login))
         .routes(routes!(auth::create_session, auth::delete_session))
@@ -215,7 +204,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The OpenAPI document alone (for `testbed openapi` and tests).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, api) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+    let (_, api) = OpenApiRouter::<AppState>::with_openapi(document())
         .routes(routes!(healthz))
         .split_for_parts();
     api

@@ -1,9 +1,10 @@
 //! Pagination shared by every list endpoint: `page`, `page_size`, `total`.
 
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::error::{ApiError, ApiResult};
+pub use testbed_api::page::Page;
 use testbed_core::keys;
 
 #[derive(Debug, Clone, Deserialize, IntoParams)]
@@ -28,14 +29,6 @@ fn one() -> usize {
 }
 fn twenty() -> usize {
     20
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Page<T> {
-    pub total: usize,
-    pub page: usize,
-    pub page_size: usize,
-    pub results: Vec<T>,
 }
 
 impl PageQuery {

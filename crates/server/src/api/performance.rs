@@ -9,14 +9,13 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use testbed_core::keys;
 use testbed_core::schema::FieldError;
 use testbed_core::user::Role;
 use testbed_load::{SeedConfig, Window};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
 use super::page::{Page, PageQuery};
 use super::projects::{fe, parse_int_id, Message};
@@ -24,28 +23,14 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
 use crate::performance::control::{self, load_execution, AgentSel, Started};
 use crate::performance::{
-    self as perf, plan_key, report_key, round2, Execution, PerfPlan, PerfReport, PerfStatus,
-    ReportSummary,
+    self as perf, plan_key, report_key, round2, Execution, LoadTest, PerfReport, PerfStatus,
 };
 use crate::records;
 use crate::state::AppState;
-
-/// Plan body (create and update).
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct PlanInput {
-    #[schema(pattern = r"\S", max_length = 200)]
-    pub name: String,
-    pub description: Option<String>,
-    /// Required on create.
-    pub project_id: Option<u64>,
-    /// `concurrent_users`, `ramp_up_time` (s), `hold_time` (s), `test_type`
-    /// (load|stress|spike|soak), `target_url`, `request_timeout` (ms); optional
-    /// `stages`, `arrival_rate`, `rate_stages`, `max_vus`, `scenario`,
-    /// `thresholds`, `method`, `headers`, `body`, `protocol`, `insecure`, and
-    /// `agents` (a number, or `{group}` / `{labels}` with an optional `count`).
-    #[schema(value_type = Object)]
-    pub config: Value,
-}
+use testbed_api::performance::{
+    LoadTestInput, LoadTestItem, PauseResponse, ReportItem, ResumeResponse, StartResponse,
+    StopResponse,
+};
 
 fn agent_sel(config: &Value, errs: &mut Vec<FieldError>) -> AgentSel {
     let mut sel = AgentSel {
@@ -193,28 +178,28 @@ async fn validate(state: &AppState, body: &Value, creating: bool) -> ApiResult<V
     })
 }
 
-async fn load_plan(state: &AppState, raw: &str) -> ApiResult<PerfPlan> {
+async fn load_plan(state: &AppState, raw: &str) -> ApiResult<LoadTest> {
     let id = parse_int_id(raw, "plan")?;
-    records::get::<PerfPlan>(&state.store, &plan_key(id))
+    records::get::<LoadTest>(&state.store, &plan_key(id))
         .await?
         .map(|(p, _)| p)
         .ok_or_else(|| ApiError::not_found(format!("no plan {id}")))
 }
 
 /// Create a performance plan.
-#[utoipa::path(post, path = "/api/performance/plans/", tag = "performance", request_body = PlanInput,
-    responses((status = 201, body = PerfPlan), (status = 422, body = ErrorBody)),
+#[utoipa::path(post, path = "/api/performance/plans/", tag = "performance", request_body = LoadTestInput,
+    responses((status = 201, body = LoadTest), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_plan(
     State(state): State<AppState>,
     c: Caller,
     Json(body): Json<Value>,
-) -> ApiResult<(StatusCode, Json<PerfPlan>)> {
+) -> ApiResult<(StatusCode, Json<LoadTest>)> {
     c.require(Role::Operator)?;
     let v = validate(&state, &body, true).await?;
     let id = records::next_counter(&state.store, &keys::counter("performance_plan_id")).await?;
     let now = testbed_core::now();
-    let plan = PerfPlan {
+    let plan = LoadTest {
         id,
         name: v.name,
         description: v.description,
@@ -240,17 +225,6 @@ pub struct PlanFilter {
     pub project_id: Option<String>,
 }
 
-/// A plan in a list (the seed's fields).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PlanItem {
-    pub id: u64,
-    pub name: String,
-    pub description: String,
-    pub project_id: u64,
-    pub status: PerfStatus,
-    pub created_at: DateTime<Utc>,
-}
-
 /// A required integer query parameter (seed 001 filters lists by it).
 fn required_id(name: &str, value: Option<&str>) -> ApiResult<u64> {
     match value {
@@ -266,26 +240,26 @@ fn required_id(name: &str, value: Option<&str>) -> ApiResult<u64> {
 
 /// Plans of a project.
 #[utoipa::path(get, path = "/api/performance/plans/", tag = "performance", params(PlanFilter, PageQuery),
-    responses((status = 200, body = Page<PlanItem>), (status = 400, body = ErrorBody)),
+    responses((status = 200, body = Page<LoadTestItem>), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_plans(
     State(state): State<AppState>,
     _c: Caller,
     Query(f): Query<PlanFilter>,
     Query(p): Query<PageQuery>,
-) -> ApiResult<Json<Page<PlanItem>>> {
+) -> ApiResult<Json<Page<LoadTestItem>>> {
     p.check()?;
     let project = required_id("project_id", f.project_id.as_deref())?;
-    let mut plans: Vec<PerfPlan> = records::list(&state.store, perf::PLANS, |_| true)
+    let mut plans: Vec<LoadTest> = records::list(&state.store, perf::PLANS, |_| true)
         .await?
         .into_iter()
         .map(|(_, v)| v)
-        .filter(|p: &PerfPlan| p.project_id == project)
+        .filter(|p: &LoadTest| p.project_id == project)
         .collect();
     plans.sort_by_key(|p| p.id);
     let items = plans
         .into_iter()
-        .map(|p| PlanItem {
+        .map(|p| LoadTestItem {
             id: p.id,
             name: p.name,
             description: p.description,
@@ -300,32 +274,32 @@ pub async fn list_plans(
 /// One plan.
 #[utoipa::path(get, path = "/api/performance/plans/{plan_id}/", tag = "performance",
     params(("plan_id" = u64, Path)),
-    responses((status = 200, body = PerfPlan), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = LoadTest), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_plan(
     State(state): State<AppState>,
     _c: Caller,
     Path(plan_id): Path<String>,
-) -> ApiResult<Json<PerfPlan>> {
+) -> ApiResult<Json<LoadTest>> {
     Ok(Json(load_plan(&state, &plan_id).await?))
 }
 
 /// Update a plan (name, description, config; project_id optional).
 #[utoipa::path(put, path = "/api/performance/plans/{plan_id}/", tag = "performance",
-    params(("plan_id" = u64, Path)), request_body = PlanInput,
-    responses((status = 200, body = PerfPlan), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    params(("plan_id" = u64, Path)), request_body = LoadTestInput,
+    responses((status = 200, body = LoadTest), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn put_plan(
     State(state): State<AppState>,
     c: Caller,
     Path(plan_id): Path<String>,
     Json(body): Json<Value>,
-) -> ApiResult<Json<PerfPlan>> {
+) -> ApiResult<Json<LoadTest>> {
     c.require(Role::Operator)?;
     let current = load_plan(&state, &plan_id).await?;
     c.require_owner(&current.created_by, &format!("plan {}", current.id))?;
     let v = validate(&state, &body, false).await?;
     let now = testbed_core::now();
-    let updated = records::update::<PerfPlan, _>(&state.store, &plan_key(current.id), |p| {
+    let updated = records::update::<LoadTest, _>(&state.store, &plan_key(current.id), |p| {
         p.name = v.name.clone();
         p.description = v.description.clone();
         if let Some(project) = v.project_id {
@@ -365,14 +339,6 @@ pub async fn delete_plan(
     Ok(Json(Message {
         message: format!("plan {} deleted", plan.id),
     }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StartResponse {
-    pub execution_id: String,
-    pub status: PerfStatus,
-    pub start_time: DateTime<Utc>,
-    pub websocket_url: String,
 }
 
 /// Start the plan on the agents carrying the `load` plugin.
@@ -424,13 +390,6 @@ pub async fn start(
     }))
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StopResponse {
-    pub execution_id: String,
-    pub status: PerfStatus,
-    pub stop_time: DateTime<Utc>,
-}
-
 /// Stop the running (or paused) execution; its report is still produced.
 #[utoipa::path(post, path = "/api/performance/plans/{plan_id}/stop/", tag = "performance",
     params(("plan_id" = u64, Path)),
@@ -452,20 +411,6 @@ pub async fn stop(
         status: PerfStatus::Stopped,
         stop_time: now,
     }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PauseResponse {
-    pub execution_id: String,
-    pub status: PerfStatus,
-    pub pause_time: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ResumeResponse {
-    pub execution_id: String,
-    pub status: PerfStatus,
-    pub resume_time: DateTime<Utc>,
 }
 
 /// Pause the running execution: no new requests until resumed.
@@ -520,18 +465,6 @@ pub struct ReportFilter {
     /// Required: the plan whose reports to list.
     #[param(required = true, value_type = u64)]
     pub plan_id: Option<String>,
-}
-
-/// A report in a list (no series).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReportItem {
-    pub id: u64,
-    pub plan_id: u64,
-    pub execution_id: String,
-    pub start_time: DateTime<Utc>,
-    pub end_time: DateTime<Utc>,
-    pub status: PerfStatus,
-    pub summary: ReportSummary,
 }
 
 /// Reports of a plan.
@@ -771,6 +704,9 @@ fn metrics_message(p: &perf::LivePoint, exec: &Execution) -> Value {
     json!({
         "type": "metrics",
         "timestamp": w.timestamp,
+        // The merged second itself (histogram as base64 HdrHistogram V2),
+        // for clients that pass it on exactly (`testbed perf run --out`).
+        "window": w,
         "data": {
             "active_users": w.vus,
             "requests_per_second": round2(w.rps()),

@@ -3,47 +3,22 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use testbed_core::keys;
 use testbed_core::schema::FieldError;
 use testbed_core::user::Role;
-use utoipa::ToSchema;
 
 use super::page::{Page, PageQuery};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
 use crate::records;
 use crate::state::AppState;
+pub use testbed_api::projects::{Message, Project, ProjectInput};
 
 pub const PROJECTS: &str = "/projects/";
 
 pub fn project_key(id: u64) -> String {
     format!("{PROJECTS}{id}")
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Project {
-    pub id: u64,
-    pub name: String,
-    pub description: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Body of create and update.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct ProjectInput {
-    #[schema(pattern = r"\S", max_length = 200)]
-    pub name: String,
-    #[serde(default)]
-    pub description: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Message {
-    pub message: String,
 }
 
 /// `name` (required, 1–200 characters) and `description` (optional string)

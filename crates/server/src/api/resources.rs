@@ -9,7 +9,7 @@ use testbed_core::agent::AgentRecord;
 use testbed_core::keys;
 use testbed_core::run::{Environment, Group, GroupLock, TestCase};
 use testbed_core::user::Role;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::page::{check_name, Page, PageQuery};
@@ -18,6 +18,7 @@ use crate::dispatch;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
 use crate::records;
 use crate::state::AppState;
+use testbed_api::resources::{GroupMember, GroupView};
 
 async fn list_all<T: DeserializeOwned>(state: &AppState, prefix: &str) -> ApiResult<Vec<T>> {
     // Only direct children: `/groups/g/lock` is not a group.
@@ -295,37 +296,15 @@ pub async fn delete_environment(
 
 // ---- groups -----------------------------------------------------------
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct GroupView {
-    // Spelled out rather than `#[serde(flatten)]`ed: `Group` denies unknown
-    // fields, and a flattened `allOf` with it would make the spec reject
-    // every real response (`testbed api check` caught this).
-    pub name: String,
-    pub description: Option<String>,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    /// Member agents: uuid → name.
-    pub agents: Vec<GroupMember>,
-    /// The run holding the group exclusively, if any.
-    pub reserved_by: Option<Uuid>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct GroupMember {
-    pub uuid: Uuid,
-    pub id: u64,
-    pub name: String,
-    pub online: bool,
-}
-
 async fn group_view(state: &AppState, group: Group) -> ApiResult<GroupView> {
     let agents = dispatch::agents(&state.store)
         .await?
         .into_iter()
-        .filter(|a| a.record.groups.contains(&group.name))
+        .filter(|a| a.record.profile.groups.contains(&group.name))
         .map(|a| GroupMember {
             uuid: a.record.uuid,
             id: a.record.id,
-            name: a.record.name.clone(),
+            name: a.record.profile.name.clone(),
             online: a.alive.is_some(),
         })
         .collect();
@@ -411,7 +390,7 @@ pub async fn delete_group(
     }
     let status = delete_one(&state, &keys::group(&name), &format!("group `{name}`")).await?;
     for a in dispatch::agents(&state.store).await? {
-        if a.record.groups.contains(&name) {
+        if a.record.profile.groups.contains(&name) {
             set_membership(&state, a.record.uuid, &name, false).await?;
         }
     }
@@ -425,14 +404,14 @@ async fn set_membership(
     member: bool,
 ) -> ApiResult<AgentRecord> {
     records::update::<AgentRecord, _>(&state.store, &keys::agent(&agent), |r| {
-        let has = r.groups.iter().any(|g| g == group);
+        let has = r.profile.groups.iter().any(|g| g == group);
         match (has, member) {
             (false, true) => {
-                r.groups.push(group.to_string());
+                r.profile.groups.push(group.to_string());
                 true
             }
             (true, false) => {
-                r.groups.retain(|g| g != group);
+                r.profile.groups.retain(|g| g != group);
                 true
             }
             _ => false,

@@ -1,19 +1,16 @@
 //! Plans, runs, results and reports.
 
-use std::collections::BTreeMap;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Deserialize;
 use testbed_core::keys;
 use testbed_core::plan::{self, PlanSpec, Problem};
 use testbed_core::run::{PlanRecord, ReportRecord, ResultRecord, Run, RunStatus};
 use testbed_core::schema::FieldError;
 use testbed_core::user::Role;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::page::{Page, PageQuery};
@@ -23,6 +20,8 @@ use crate::engine;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
 use crate::records;
 use crate::state::AppState;
+use testbed_api::reports::CaseRow;
+use testbed_api::runs::CreateRun;
 
 fn problems(ps: Vec<Problem>) -> ApiError {
     ApiError::validation(
@@ -232,19 +231,6 @@ pub async fn delete_plan(
         return Err(ApiError::not_found(format!("no plan {id}")));
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRun {
-    /// A stored plan…
-    pub plan_id: Option<Uuid>,
-    /// …or a plan's YAML source.
-    pub plan: Option<String>,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub params: BTreeMap<String, Value>,
-    pub environment: Option<String>,
 }
 
 /// Start a run of a plan.
@@ -560,16 +546,6 @@ pub struct CasesQuery {
     pub q: Option<String>,
     /// Only the cases of the suite with this display name (`name [platform]`).
     pub suite: Option<String>,
-}
-
-/// One case of a report, where it is: its suite's display name and its
-/// 1-based position in the suite.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CaseRow {
-    pub suite: String,
-    pub number: usize,
-    #[serde(flatten)]
-    pub case: testbed_report::Case,
 }
 
 /// A report's cases, a page at a time, in report order, optionally filtered by

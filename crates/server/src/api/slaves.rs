@@ -5,46 +5,27 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use serde::{Deserialize, Serialize};
 use testbed_core::agent::AgentStatus;
 use testbed_core::user::Role;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::dispatch::{self, AgentView, SubmitRequest};
+use crate::dispatch::{self, AgentView};
 use crate::error::{ApiError, ApiResult, ErrorBody, Json};
 use crate::state::AppState;
-
-/// A compute node ("slave") as seed 002 shows it, plus name, labels, groups
-/// and status.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Slave {
-    /// plugin → method → description.
-    pub compute_node_method: BTreeMap<String, BTreeMap<String, String>>,
-    /// Comma-separated plugin names.
-    pub compute_node_type: String,
-    pub host: String,
-    pub id: u64,
-    /// Present on `GET /v2.1/slaves/{id}`; the key of the map in `detail`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uuid: Option<Uuid>,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub groups: Vec<String>,
-    pub status: AgentStatus,
-}
+use testbed_api::agents::Slave;
+use testbed_api::tasks::{SubmitRequest, Submitted};
 
 fn slave(a: &AgentView, with_uuid: bool) -> Slave {
     Slave {
         compute_node_method: a.record.compute_node_method(),
         compute_node_type: a.record.compute_node_type(),
-        host: a.record.host.clone(),
+        host: a.record.profile.host.clone(),
         id: a.record.id,
         uuid: with_uuid.then_some(a.record.uuid),
-        name: a.record.name.clone(),
-        labels: a.record.labels.clone(),
-        groups: a.record.groups.clone(),
+        name: a.record.profile.name.clone(),
+        labels: a.record.profile.labels.clone(),
+        groups: a.record.profile.groups.clone(),
         status: if a.alive.is_some() {
             AgentStatus::Online
         } else {
@@ -95,21 +76,7 @@ pub fn find<'a>(agents: &'a [AgentView], id: &str) -> Option<&'a AgentView> {
     if let Ok(u) = id.parse::<Uuid>() {
         return agents.iter().find(|a| a.record.uuid == u);
     }
-    agents.iter().find(|a| a.record.name == id)
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Submitted {
-    pub task_id: Uuid,
-    pub status: testbed_core::task::TaskStatus,
-    pub agent_uuid: Uuid,
-    pub agent_name: String,
-    /// `GET` it for status, exit code, timings and result.
-    pub url: String,
-    /// The log so far, as text.
-    pub log_url: String,
-    /// The log live, over a WebSocket.
-    pub log_ws: String,
+    agents.iter().find(|a| a.record.profile.name == id)
 }
 
 /// Run one plugin method on an agent (seed 002's test-case mode). Returns at

@@ -9,11 +9,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use testbed_core::keys;
 use testbed_core::task::{Artifact, Task, TaskStatus};
 use testbed_core::user::Role;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::{AgentCaller, Caller};
@@ -21,24 +21,7 @@ use crate::dispatch;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
 use crate::records;
 use crate::state::AppState;
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TaskView {
-    #[serde(flatten)]
-    pub task: Task,
-    pub duration_ms: Option<i64>,
-    pub log_url: String,
-}
-
-impl From<Task> for TaskView {
-    fn from(task: Task) -> Self {
-        TaskView {
-            duration_ms: task.duration_ms(),
-            log_url: format!("/api/tasks/{}/log", task.id),
-            task,
-        }
-    }
-}
+use testbed_api::tasks::{TaskPage, TaskView};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -62,14 +45,6 @@ fn one() -> usize {
 }
 fn twenty() -> usize {
     20
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TaskPage {
-    pub total: usize,
-    pub page: usize,
-    pub page_size: usize,
-    pub results: Vec<TaskView>,
 }
 
 /// Tasks, newest first.

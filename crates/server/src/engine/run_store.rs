@@ -13,12 +13,12 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use testbed_core::keys;
-use testbed_core::run::{Run, RunStatus, StepState};
+use testbed_core::run::{Run, StepState};
 use testbed_store::{Compare, DynStore, TxnOp};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::records::RecordError;
+pub use testbed_api::runs::RunSummary;
 
 /// The run-level record's schema version in this layout.
 pub const RUN_V: u32 = 2;
@@ -39,34 +39,6 @@ pub struct StepRecord {
 
 impl StepRecord {
     pub const KIND: &'static str = "run_step";
-}
-
-/// What the runs list shows of a run (`/index/runs/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct RunSummary {
-    pub id: Uuid,
-    pub plan_name: String,
-    pub plan_id: Option<Uuid>,
-    pub status: RunStatus,
-    pub created_by: String,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub report_id: Option<Uuid>,
-}
-
-impl RunSummary {
-    pub fn of(r: &Run) -> RunSummary {
-        RunSummary {
-            id: r.id,
-            plan_name: r.plan_name.clone(),
-            plan_id: r.plan_id,
-            status: r.status,
-            created_by: r.created_by.clone(),
-            created_at: r.created_at,
-            finished_at: r.finished_at,
-            report_id: r.report_id,
-        }
-    }
 }
 
 /// A run as read from the store, with the revisions its writes compare on.

@@ -11,7 +11,7 @@ use serde_json::json;
 use testbed_core::task::{Task, TaskStatus};
 use uuid::Uuid;
 
-use super::{self as perf, execution_key, plan_key, ExecTask, Execution, PerfPlan, PerfStatus};
+use super::{self as perf, execution_key, plan_key, ExecTask, Execution, LoadTest, PerfStatus};
 use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
 use crate::records;
@@ -48,7 +48,7 @@ pub async fn load_execution(state: &AppState, id: &str) -> ApiResult<Execution> 
 pub async fn start(
     state: &AppState,
     caller: &str,
-    plan: &PerfPlan,
+    plan: &LoadTest,
     engine_plan: testbed_load::Plan,
     sel: &AgentSel,
 ) -> ApiResult<Started> {
@@ -92,7 +92,7 @@ pub async fn start(
     // Claiming the plan is the compare-and-swap that makes a second start 409.
     let execution_id = Uuid::new_v4().to_string();
     let mut busy = None;
-    records::update::<PerfPlan, _>(&state.store, &plan_key(plan.id), |p| {
+    records::update::<LoadTest, _>(&state.store, &plan_key(plan.id), |p| {
         if p.status.is_active() {
             busy = Some(p.status);
             return false;
@@ -187,7 +187,7 @@ pub async fn start(
     if let Err(e) = recorded {
         // Without an execution record nothing could ever end this run:
         // give the plan back so it can be started again.
-        let _ = records::update::<PerfPlan, _>(&state.store, &plan_key(plan.id), |p| {
+        let _ = records::update::<LoadTest, _>(&state.store, &plan_key(plan.id), |p| {
             p.status = PerfStatus::Failed;
             true
         })
@@ -212,7 +212,7 @@ pub async fn start(
 /// The plan's current execution, which must be in one of `states`.
 pub async fn current_execution(
     state: &AppState,
-    plan: &PerfPlan,
+    plan: &LoadTest,
     states: &[PerfStatus],
 ) -> ApiResult<Execution> {
     let Some(id) = &plan.last_execution else {
@@ -263,7 +263,7 @@ async fn transition(
     }
     let status = to;
     let execution_id = exec.execution_id.clone();
-    records::update::<PerfPlan, _>(&state.store, &plan_key(exec.plan_id), |p| {
+    records::update::<LoadTest, _>(&state.store, &plan_key(exec.plan_id), |p| {
         if p.last_execution.as_deref() == Some(execution_id.as_str()) && p.status != status {
             p.status = status;
             true
@@ -279,7 +279,7 @@ async fn transition(
 /// produced. `may` is asked whether the caller may act on the execution.
 pub async fn stop(
     state: &AppState,
-    plan: &PerfPlan,
+    plan: &LoadTest,
     may: impl Fn(&Execution) -> ApiResult<()>,
 ) -> ApiResult<(Execution, DateTime<Utc>)> {
     let exec = current_execution(state, plan, &[PerfStatus::Running, PerfStatus::Paused]).await?;
@@ -304,7 +304,7 @@ pub async fn stop(
 /// Pauses the running execution of `plan`: no new requests until resumed.
 pub async fn pause(
     state: &AppState,
-    plan: &PerfPlan,
+    plan: &LoadTest,
     may: impl Fn(&Execution) -> ApiResult<()>,
 ) -> ApiResult<(Execution, DateTime<Utc>)> {
     let exec = current_execution(state, plan, &[PerfStatus::Running]).await?;
@@ -324,7 +324,7 @@ pub async fn pause(
 /// Resumes the paused execution of `plan`; the remaining schedule continues.
 pub async fn resume(
     state: &AppState,
-    plan: &PerfPlan,
+    plan: &LoadTest,
     may: impl Fn(&Execution) -> ApiResult<()>,
 ) -> ApiResult<(Execution, DateTime<Utc>)> {
     let exec = current_execution(state, plan, &[PerfStatus::Paused]).await?;

@@ -30,12 +30,16 @@ use testbed_core::agent::SystemMetrics;
 use testbed_core::keys;
 use testbed_core::task::{Task, TaskStatus};
 use testbed_load::{merge_windows, Aggregate, Window};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::records;
 use crate::state::AppState;
+
+pub use testbed_api::performance::{
+    AgentSystemSeries, ErrorStats, ExecTask, Execution, LoadTest, Percentiles, PerfReport,
+    PerfStatus, ReportMetrics, ReportSummary, SystemSeries, ThresholdOutcome, TimeSeries,
+};
 
 // The store keys live with every other key in `testbed_core::keys`.
 pub use testbed_core::keys::{
@@ -44,189 +48,14 @@ pub use testbed_core::keys::{
     PERF_EXECUTIONS as EXECUTIONS, PERF_PLANS as PLANS, PERF_REPORTS as REPORTS,
 };
 
-/// The status of a performance plan (its latest execution's) and of an
-/// execution. The serde names are seed 001's strings, so records and
-/// responses read exactly as they did when these were plain strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PerfStatus {
-    /// A plan never started.
-    Created,
-    Running,
-    Paused,
-    Completed,
-    Stopped,
-    Failed,
-}
-
-impl PerfStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PerfStatus::Created => "created",
-            PerfStatus::Running => "running",
-            PerfStatus::Paused => "paused",
-            PerfStatus::Completed => "completed",
-            PerfStatus::Stopped => "stopped",
-            PerfStatus::Failed => "failed",
-        }
-    }
-
-    /// Load is being generated, or held by a pause.
-    pub fn is_active(self) -> bool {
-        matches!(self, PerfStatus::Running | PerfStatus::Paused)
-    }
-}
-
-impl std::fmt::Display for PerfStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct PerfPlan {
-    pub id: u64,
-    pub name: String,
-    pub description: String,
-    pub project_id: u64,
-    #[schema(value_type = Object)]
-    pub config: Value,
-    /// created, running, paused, completed, stopped or failed (of the latest execution).
-    pub status: PerfStatus,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    #[serde(default)]
-    pub last_execution: Option<String>,
-    /// Who created the plan: only they (or an admin) may change or delete it.
-    #[serde(default)]
-    pub created_by: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ExecTask {
-    pub task_id: Uuid,
-    pub agent_uuid: Uuid,
-    pub agent_name: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Execution {
-    pub execution_id: String,
-    pub plan_id: u64,
-    /// running, paused, stopped, completed or failed.
-    pub status: PerfStatus,
-    pub start_time: DateTime<Utc>,
-    /// When the agents begin load together (Unix ms).
-    pub load_start_ms: u64,
-    pub stop_time: Option<DateTime<Utc>>,
-    pub pause_time: Option<DateTime<Utc>>,
-    pub resume_time: Option<DateTime<Utc>>,
-    pub end_time: Option<DateTime<Utc>>,
-    pub tasks: Vec<ExecTask>,
-    /// Agents whose share was lost (agent died mid-run).
-    pub lost_agents: Vec<String>,
-    pub report_id: Option<u64>,
-    pub created_by: String,
-}
-
-impl Execution {
-    pub fn is_active(&self) -> bool {
-        self.status.is_active()
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p90: f64,
-    pub p95: f64,
-    pub p99: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct TimeSeries {
-    pub timestamps: Vec<u64>,
-    pub values: Vec<f64>,
-    pub percentiles: Percentiles,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ErrorStats {
-    pub labels: Vec<String>,
-    pub values: Vec<u64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct SystemSeries {
-    pub cpu: Vec<f64>,
-    pub memory: Vec<f64>,
-    pub network: Vec<f64>,
-    /// Each load agent's own CPU and memory (percent), second by second
-    /// beside `cpu`; null where the agent sent no sample that second.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub agents: BTreeMap<String, AgentSystemSeries>,
-}
-
-/// One load agent's CPU and memory series in a performance report.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct AgentSystemSeries {
-    pub cpu: Vec<Option<f64>>,
-    pub memory: Vec<Option<f64>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ReportSummary {
-    pub total_requests: u64,
-    /// Percent.
-    pub success_rate: f64,
-    /// Milliseconds.
-    pub avg_response_time: f64,
-    pub error_count: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ReportMetrics {
-    pub response_times: TimeSeries,
-    pub errors: ErrorStats,
-    pub system_metrics: SystemSeries,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct PerfReport {
-    pub id: u64,
-    pub plan_id: u64,
-    pub execution_id: String,
-    pub start_time: DateTime<Utc>,
-    pub end_time: DateTime<Utc>,
-    /// completed, stopped or failed.
-    pub status: PerfStatus,
-    pub summary: ReportSummary,
-    pub metrics: ReportMetrics,
-    /// Agents that generated load.
-    pub agents: Vec<String>,
-    pub lost_agents: Vec<String>,
-    /// The plan's thresholds (`p(95)<500`, `error_rate<0.01`, …) judged on
-    /// the merged result of every agent.
-    #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
-    pub thresholds: Vec<testbed_load::ThresholdResult>,
-    /// No threshold failed.
-    #[serde(default = "yes")]
-    pub passed: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
 /// Judges a plan's thresholds on the merged windows of an execution.
 async fn judge(
     state: &AppState,
     plan_id: u64,
     agg: &Aggregate,
     secs: f64,
-) -> Vec<testbed_load::ThresholdResult> {
-    let Ok(Some((plan, _))) = records::get::<PerfPlan>(&state.store, &plan_key(plan_id)).await
+) -> Vec<ThresholdOutcome> {
+    let Ok(Some((plan, _))) = records::get::<LoadTest>(&state.store, &plan_key(plan_id)).await
     else {
         return Vec::new();
     };
@@ -241,7 +70,14 @@ async fn judge(
         .thresholds
         .iter()
         .filter_map(|t| testbed_load::Threshold::parse(t).ok())
-        .map(|t| t.judge(&summary))
+        .map(|t| {
+            let judged = t.judge(&summary);
+            ThresholdOutcome {
+                expr: judged.expr,
+                observed: judged.observed,
+                passed: judged.passed,
+            }
+        })
         .collect()
 }
 
@@ -771,7 +607,7 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
     }
     state.store.delete(&active_key(execution)).await?;
     let status = exec.status;
-    records::update::<PerfPlan, _>(&state.store, &plan_key(exec.plan_id), |p| {
+    records::update::<LoadTest, _>(&state.store, &plan_key(exec.plan_id), |p| {
         if p.last_execution.as_deref() == Some(execution) && p.status != status {
             p.status = status;
             true
