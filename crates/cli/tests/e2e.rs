@@ -28,6 +28,10 @@ mod performance;
 mod plans;
 mod plans_first_hour;
 mod platform;
+// docs/plugins.md's worked example says `use crate::plugin::…`, as a
+// plugin inside the agent does.
+use testbed_agent::plugin;
+mod plugin_guide;
 mod restart;
 mod tck;
 mod transport;

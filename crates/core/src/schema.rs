@@ -114,8 +114,13 @@ fn in_words(e: &jsonschema::ValidationError, params: &Value, prefix: &str) -> Ve
                 TypeKind::Multiple(ts) => ts.into_iter().map(|t| t.to_string()).collect(),
             };
             let wanted: Vec<String> = wanted.iter().map(|t| a_kind(t)).collect();
-            let got =
-                a_kind(&jsonschema::primitive_type::PrimitiveType::from(&*e.instance).to_string());
+            let got = match &*e.instance {
+                Value::Number(n) if n.is_f64() => "a number".to_string(),
+                Value::Number(_) => "an integer".to_string(),
+                other => {
+                    a_kind(&jsonschema::primitive_type::PrimitiveType::from(other).to_string())
+                }
+            };
             said(format!("expected {}, got {got}", wanted.join(" or ")))
         }
         _ => said(e.to_string()),
