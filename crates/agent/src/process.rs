@@ -1,25 +1,23 @@
 //! Running child processes for plugins.
 //!
 //! Every command a task starts goes through [`run`] (or [`run_lines`]), so
-//! the rules hold everywhere: the child gets its own process group, so that
-//! cancelling or timing out kills everything it started and not only the
-//! direct child; output is streamed into the task log as it arrives rather
-//! than collected at the end; nothing here waits forever, even on a
-//! grandchild that keeps a pipe open or ignores SIGTERM; and the group is
-//! tied to the agent's life by a [`Lifeline`], so it is SIGKILLed if the
-//! agent dies (however it dies) while the task runs.
+//! the rules hold everywhere: the child gets its own process group (through
+//! [`testbed_process`]), so that cancelling or timing out kills everything
+//! it started and not only the direct child, and the group is SIGKILLed if
+//! the agent dies (however it dies) while the task runs; output is streamed
+//! into the task log as it arrives rather than collected at the end; and
+//! nothing here waits forever, even on a grandchild that keeps a pipe open
+//! or ignores SIGTERM.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::{geteuid, Pid, User};
-use testbed_lifeline::Lifeline;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use nix::unistd::{geteuid, User};
+use testbed_process::{Ended, SpawnError};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -258,18 +256,7 @@ pub async fn run_in(
     }
 
     let mut command = Command::new(&cmd.program);
-    command
-        .args(&cmd.args)
-        .current_dir(&cwd)
-        .stdin(if cmd.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    command.args(&cmd.args).current_dir(&cwd);
     for key in SECRET_ENV {
         command.env_remove(key);
     }
@@ -283,22 +270,12 @@ pub async fn run_in(
     // The group dies with the agent, even a SIGKILLed one: a task whose
     // outcome nobody can report any more must not finish behind the
     // server's back (it is marked lost and may be retried elsewhere).
-    let lifeline = Lifeline::attach(&mut command)
-        .map_err(|e| PluginError::io(format!("preparing {}", cmd.program), e))?;
-
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|e| spawn_error(&cmd.program, e))?;
-    let pgid = match child.id() {
-        Some(pid) => Pid::from_raw(pid as i32),
-        None => {
-            return Err(PluginError::Failed(format!(
-                "{}: the process vanished right after it started",
-                cmd.program
-            )))
-        }
-    };
-    let lifeline = lifeline.started(pgid.as_raw() as u32);
-    let mut guard = GroupGuard { pgid, armed: true };
+    let mut group = testbed_process::spawn(&mut command, cmd.stdin).map_err(|e| match e {
+        SpawnError::Prepare(e) => PluginError::io(format!("preparing {}", cmd.program), e),
+        SpawnError::Spawn(e) => spawn_error(&cmd.program, e),
+        SpawnError::Vanished => PluginError::Failed(format!("{}: {e}", cmd.program)),
+    })?;
 
     let stop_reading = CancellationToken::new();
     let out_done = CancellationToken::new();
@@ -308,73 +285,42 @@ pub async fn run_in(
         StdoutMode::Lines(f) => Sink::lines(f),
     };
     let out_task = spawn_pump(
-        child.stdout.take(),
+        group.child().stdout.take(),
         out_sink,
         stop_reading.clone(),
         out_done.clone(),
     );
     let err_task = spawn_pump(
-        child.stderr.take(),
+        group.child().stderr.take(),
         Sink::log(env.log.clone(), false),
         stop_reading.clone(),
         err_done.clone(),
     );
-    let feeder = match (child.stdin.take(), cmd.stdin) {
-        // A child that exits without reading its input makes this fail
-        // with EPIPE, which is its business, not an error of ours.
-        (Some(mut pipe), Some(bytes)) => Some(tokio::spawn(async move {
-            let _ = pipe.write_all(&bytes).await;
-            let _ = pipe.shutdown().await;
-        })),
-        _ => None,
-    };
 
-    enum Stop {
-        Exited(std::io::Result<ExitStatus>),
-        Cancelled,
-        TimedOut,
-    }
-    let deadline = cmd.timeout.map(|t| tokio::time::Instant::now() + t);
-    let stop = tokio::select! {
-        status = child.wait() => Stop::Exited(status),
-        _ = env.cancel.cancelled() => Stop::Cancelled,
-        _ = sleep_until(deadline), if deadline.is_some() => Stop::TimedOut,
-    };
+    let stop = group.wait_until(env.cancel, cmd.timeout).await;
     let (cancelled, timed_out) = match &stop {
-        Stop::Exited(_) => (false, false),
-        Stop::Cancelled => (true, false),
-        Stop::TimedOut => (false, true),
+        Ended::Exited(_) => (false, false),
+        Ended::Cancelled => (true, false),
+        Ended::TimedOut => (false, true),
     };
-
     let status = match stop {
-        Stop::Exited(status) => status,
-        Stop::Cancelled | Stop::TimedOut => {
-            signal_group(pgid, Signal::SIGTERM);
+        Ended::Exited(status) => status,
+        Ended::Cancelled | Ended::TimedOut => {
             // The grace period ends early once the leader is reaped and
             // nobody holds the output pipes any more.
-            let all_gone = async {
-                let status = child.wait().await;
+            let pipes_closed = async {
                 out_done.cancelled().await;
                 err_done.cancelled().await;
-                status
             };
-            let status = tokio::time::timeout(KILL_GRACE, all_gone).await.ok();
-            // Whatever is left ignored SIGTERM or let go of the pipes; it
-            // goes now. The group id is the leader's pid, reaped moments ago
-            // at most, so it cannot have been handed to anyone else yet.
-            signal_group(pgid, Signal::SIGKILL);
-            match status {
+            match group.terminate(KILL_GRACE, pipes_closed).await {
                 Some(status) => status,
-                None => match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                    Ok(status) => status,
-                    Err(_) => {
-                        stop_reading.cancel();
-                        return Err(PluginError::Failed(format!(
-                            "{}: the process did not exit after SIGKILL",
-                            cmd.program
-                        )));
-                    }
-                },
+                None => {
+                    stop_reading.cancel();
+                    return Err(PluginError::Failed(format!(
+                        "{}: the process did not exit after SIGKILL",
+                        cmd.program
+                    )));
+                }
             }
         }
     };
@@ -384,8 +330,7 @@ pub async fn run_in(
     // may mean to start a daemon), but their output is not waited for
     // beyond the grace period either; nor are they killed should the agent
     // die later: the task's outcome is known by then.
-    guard.armed = false;
-    drop(lifeline);
+    group.release();
 
     let pipes_closed = async {
         out_done.cancelled().await;
@@ -400,12 +345,9 @@ pub async fn run_in(
     let out_sink = out_task.await.ok();
     // Joined only so the last of stderr is in the log before we return.
     let _ = err_task.await;
-
-    // A leftover process that inherited stdin but never reads it would keep
-    // the writer blocked for as long as it lives.
-    if let Some(feeder) = feeder {
-        feeder.abort();
-    }
+    // Dropping the group stops feeding stdin: a leftover process that
+    // inherited it but never reads would keep the writer blocked.
+    drop(group);
 
     let stdout_tail = out_sink.map(Sink::into_tail).unwrap_or_default();
     Ok(ProcessOutcome {
@@ -461,33 +403,6 @@ fn spawn_error(program: &str, e: std::io::Error) -> PluginError {
             PluginError::Failed(format!("permission denied: {program}"))
         }
         _ => PluginError::Failed(format!("cannot run {program}: {e}")),
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn signal_group(pgid: Pid, signal: Signal) {
-    // ESRCH (the group is already gone) is the outcome we want anyway.
-    let _ = killpg(pgid, signal);
-}
-
-/// Kills the process group if the run is abandoned half-way (its future
-/// dropped), so no task outlives the agent's interest in it.
-struct GroupGuard {
-    pgid: Pid,
-    armed: bool,
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            signal_group(self.pgid, Signal::SIGKILL);
-        }
     }
 }
 

@@ -4,7 +4,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -311,29 +310,20 @@ pub async fn run_script_compact(
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(cwd)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        // Its own process group, so a timeout kills the children it spawned.
-        .process_group(0);
-    // And that group dies with this process (an agent SIGKILLed mid-run),
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    // Its own process group, so a timeout kills the children it spawned,
+    // and that group dies with this process (an agent SIGKILLed mid-run),
     // so no script outlives whoever could report it.
-    let lifeline = match testbed_lifeline::Lifeline::attach(&mut cmd) {
-        Ok(l) => l,
+    let mut group = match testbed_process::spawn(&mut cmd, None) {
+        Ok(g) => g,
         Err(e) => return error_suite(&script.name, format!("cannot run {}: {e}", argv[0])),
     };
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return error_suite(&script.name, format!("cannot run {}: {e}", argv[0])),
-    };
-    let _lifeline = child.id().map(|pid| lifeline.started(pid));
-    let stderr_task = child
+    let stderr_task = group
+        .child()
         .stderr
         .take()
         .map(|e| tokio::spawn(capture_bounded(e, MAX_STDERR)));
-    let mut stdout = child.stdout.take();
+    let mut stdout = group.child().stdout.take();
     let mut parser = Parser::new();
     let mut transcript: Vec<u8> = Vec::new();
 
@@ -351,7 +341,7 @@ pub async fn run_script_compact(
                 }
             }
         }
-        child.wait().await
+        group.wait().await
     };
     let exit = match tokio::time::timeout(timeout, run).await {
         Ok(Ok(status)) => match (status.code(), status.signal()) {
@@ -361,18 +351,13 @@ pub async fn run_script_compact(
         },
         Ok(Err(e)) => ScriptExit::Error(format!("waiting for the script: {e}")),
         Err(_) => {
-            if let Some(pid) = child.id() {
-                if let Ok(pid) = i32::try_from(pid) {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            let _ = child.wait().await;
+            let _ = group.kill_and_wait().await;
             ScriptExit::TimedOut(timeout)
         }
     };
+    // Whatever the script left running after it exited by itself is its
+    // own business.
+    group.release();
     drop(stdout);
     let stderr = match stderr_task {
         // A grandchild outside the group may hold the pipe open; don't wait on it.

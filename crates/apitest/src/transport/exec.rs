@@ -5,15 +5,12 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::task::JoinHandle;
+use testbed_process::SpawnError;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::TransportError;
 use crate::Reply;
@@ -69,19 +66,6 @@ pub struct ExecCall {
     pub timeout: Option<String>,
 }
 
-/// Kills a process group when dropped, unless disarmed: covers timeouts
-/// and steps whose future is dropped mid-run.
-struct GroupKiller(Option<Pid>);
-
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            // ESRCH means the group is already gone, which is the goal.
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
-    }
-}
-
 /// Runs the program to completion or timeout.
 ///
 /// The status is the exit code, or 128 + the signal number when a signal
@@ -117,48 +101,19 @@ pub async fn run(call: &ExecCall, base_dir: &Path) -> Result<Reply, TransportErr
     }
     let name = &argv[0];
     let mut command = tokio::process::Command::new(program_path(name, &cwd));
-    command
-        .args(&argv[1..])
-        .envs(&call.env)
-        .current_dir(&cwd)
-        .stdin(if call.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    command.args(&argv[1..]).envs(&call.env).current_dir(&cwd);
     // The group dies with this process (an agent SIGKILLed mid-step), so
     // nothing of a step outlives whoever could report it.
-    let lifeline =
-        testbed_lifeline::Lifeline::attach(&mut command).map_err(|e| spawn_error(name, e))?;
-    let mut child = command.spawn().map_err(|e| spawn_error(name, e))?;
-    let _lifeline = child.id().map(|pid| lifeline.started(pid));
-    let mut killer = GroupKiller(
-        child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw),
-    );
-
-    // Written from a task so a program that produces output before reading
-    // all its input cannot deadlock against us.
-    let writer = match (child.stdin.take(), call.stdin.clone()) {
-        (Some(mut pipe), Some(data)) => Some(tokio::spawn(async move {
-            // A program may exit without reading its input; that is its
-            // business, not an error of the step.
-            let _ = pipe.write_all(data.as_bytes()).await;
-            let _ = pipe.shutdown().await;
-        })),
-        _ => None,
-    };
-    let mut stdout = tokio::spawn(read_capped(child.stdout.take()));
-    let mut stderr = tokio::spawn(read_capped(child.stderr.take()));
+    let stdin = call.stdin.clone().map(String::into_bytes);
+    let mut group = testbed_process::spawn(&mut command, stdin).map_err(|e| match e {
+        SpawnError::Prepare(e) | SpawnError::Spawn(e) => spawn_error(name, e),
+        SpawnError::Vanished => TransportError::Connect(format!("`{name}`: {e}")),
+    })?;
+    let mut stdout = tokio::spawn(read_capped(group.child().stdout.take()));
+    let mut stderr = tokio::spawn(read_capped(group.child().stderr.take()));
 
     let finished = tokio::time::timeout(timeout, async {
-        let status = child.wait().await;
+        let status = group.wait().await;
         // Outputs close when every process holding them has exited, which
         // may be after the program itself when it left children behind.
         let out = (&mut stdout).await;
@@ -170,20 +125,18 @@ pub async fn run(call: &ExecCall, base_dir: &Path) -> Result<Reply, TransportErr
     let (status, out, err) = match finished {
         Ok(done) => done,
         Err(_) => {
-            drop(killer);
             // Reap the killed child; it is already dead or dying.
-            let _ = child.wait().await;
-            abort(&mut [stdout, stderr], writer);
+            let _ = group.kill_and_wait().await;
+            stdout.abort();
+            stderr.abort();
             return Err(TransportError::Timeout(format!(
                 "{} (`{name}` killed)",
                 humantime::format_duration(timeout)
             )));
         }
     };
-    killer.0 = None;
-    if let Some(writer) = writer {
-        writer.abort();
-    }
+    group.release();
+    drop(group);
 
     let status = status.map_err(|e| TransportError::Io(format!("waiting for `{name}`: {e}")))?;
     let code = status
@@ -271,13 +224,4 @@ fn joined(
     result
         .map_err(|e| TransportError::Io(format!("reading {which} of `{name}`: {e}")))?
         .map_err(|e| TransportError::Io(format!("reading {which} of `{name}`: {e}")))
-}
-
-fn abort(readers: &mut [JoinHandle<Captured>], writer: Option<JoinHandle<()>>) {
-    for reader in readers {
-        reader.abort();
-    }
-    if let Some(writer) = writer {
-        writer.abort();
-    }
 }
