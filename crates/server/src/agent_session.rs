@@ -283,6 +283,8 @@ async fn settle(
     let ids: Vec<Uuid> = results.iter().map(|(id, _)| *id).collect();
     dispatch::settle_from(state, agent, std::mem::take(results)).await?;
     for task_id in ids {
+        // A load task's live figures stop counting with its result.
+        state.metrics.task_ended(&task_id);
         let _ = tx.send(ServerMessage::Ack { task_id });
     }
     Ok(())

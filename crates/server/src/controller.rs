@@ -24,6 +24,7 @@ use testbed_core::task::{Task, TaskStatus};
 use testbed_store::{Compare, EventKind};
 
 use crate::dispatch::{self, Assignment};
+use crate::metrics::Pass;
 use crate::records;
 use crate::state::AppState;
 
@@ -201,7 +202,14 @@ pub async fn assignment_relay(state: AppState) {
                     if a.held.is_some() {
                         continue;
                     }
+                    // Dispatch latency counts an assignment's first write
+                    // only: one released from a hold waited by design.
+                    let created = a.task.as_ref().map(|t| t.created_at);
+                    let first = ev.kv.version == 1;
                     forward(&state, agent, task_id, a, ev.kv.mod_revision).await;
+                    if let (true, Some(created)) = (first, created) {
+                        state.metrics.dispatched(created);
+                    }
                 }
                 Some(Err(testbed_store::StoreError::Compacted { .. })) => {
                     // History is gone: re-list what is outstanding for the
@@ -452,13 +460,14 @@ async fn lead_loops(
                 restart_at = Some(tokio::time::Instant::now() + wait);
             }
             _ = sweep_tick.tick() => {
-                if let Err(e) = sweep_lost(state).await {
+                if let Err(e) = state.metrics.reconcile(Pass::LostSweep, sweep_lost(state)).await {
                     tracing::warn!("controller sweep: {e}");
                 }
             }
             _ = perf_tick.tick() => {
                 // Executions whose starting replica died end here.
-                if let Err(e) = crate::performance::sweep(state).await {
+                let pass = crate::performance::sweep(state);
+                if let Err(e) = state.metrics.reconcile(Pass::PerformanceSweep, pass).await {
                     tracing::warn!("performance sweep: {}", e.message);
                 }
             }

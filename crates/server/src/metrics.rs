@@ -11,8 +11,18 @@
 //! * WebSocket sessions open by kind — [`Metrics::track_ws`] around each
 //!   stream;
 //! * gauges read at scrape time: tasks, runs and steps by status
-//!   (cluster-wide, from the store, cached briefly), agents connected here,
-//!   controller leadership;
+//!   (cluster-wide, from the store, cached briefly), the queues of tasks
+//!   waiting for their agents (total, deepest, agents with one), agents
+//!   connected here, controller leadership;
+//! * dispatch latency — [`Metrics::dispatched`], from the assignment relay
+//!   (`controller.rs`) as it hands a new assignment to an agent connected
+//!   here;
+//! * reconcile pass latency and errors by pass — [`Metrics::reconcile`]
+//!   around the engine's per-run reconcile and sweep and the controller's
+//!   sweeps;
+//! * live load-test figures of the executions whose agents report to this
+//!   replica — [`Metrics::load_window`] from `performance::on_metrics`,
+//!   summed at scrape time over the load tasks that are still reporting;
 //! * the usual `process_*` metrics, read from `/proc/self` ([`process`]).
 //!
 //! Access: `/metrics` on the API port needs `Authorization: Bearer <metrics
@@ -107,6 +117,42 @@ pub struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    pass: &'static str,
+}
+
+/// A reconcile pass, for `testbed_reconcile_duration_seconds{pass}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// The plan engine bringing one run forward (on an event or in a sweep).
+    Run,
+    /// The plan engine's periodic sweep over every active run.
+    EngineSweep,
+    /// The controller's sweep for tasks of dead agents and held tasks.
+    LostSweep,
+    /// The controller's sweep over unreported performance executions.
+    PerformanceSweep,
+}
+
+impl Pass {
+    const ALL: [Pass; 4] = [
+        Pass::Run,
+        Pass::EngineSweep,
+        Pass::LostSweep,
+        Pass::PerformanceSweep,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Pass::Run => "run",
+            Pass::EngineSweep => "engine_sweep",
+            Pass::LostSweep => "lost_sweep",
+            Pass::PerformanceSweep => "performance_sweep",
+        }
+    }
+}
+
 /// Why a login failed, for `testbed_login_failures_total{reason}`.
 #[derive(Clone, Copy, Debug)]
 pub enum LoginFailure {
@@ -139,6 +185,97 @@ fn latency_histogram() -> Histogram {
     Histogram::new([
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ])
+}
+
+/// Dispatch takes milliseconds when all is well; a backlog or a slow store
+/// makes it seconds, a task held up by a reconnecting agent minutes.
+fn dispatch_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        300.0,
+    ])
+}
+
+/// A load task's window is only "the last second" while its agent keeps
+/// sending one a second; a task silent this long (its agent died, the
+/// result went to another replica) no longer counts as running here.
+const LOAD_STALE: Duration = Duration::from_secs(5);
+
+/// The latest per-second window of each load task reporting to this
+/// replica, by task (never a label: summed at scrape time).
+#[derive(Default)]
+struct LoadLive {
+    tasks: Mutex<std::collections::HashMap<uuid::Uuid, LoadTask>>,
+}
+
+struct LoadTask {
+    execution: String,
+    at: Instant,
+    window: testbed_load::Window,
+}
+
+/// The live load gauges, all at 0 while nothing runs.
+#[derive(Clone, Default)]
+struct LoadGauges {
+    executions: Gauge,
+    virtual_users: Gauge,
+    requests_per_second: Gauge<f64, std::sync::atomic::AtomicU64>,
+    errors_per_second: Gauge<f64, std::sync::atomic::AtomicU64>,
+    p50: Gauge<f64, std::sync::atomic::AtomicU64>,
+    p95: Gauge<f64, std::sync::atomic::AtomicU64>,
+    p99: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// What the load gauges show: sums over the tasks still reporting, the
+/// percentiles of their latest windows merged.
+#[derive(Debug, Default, PartialEq)]
+struct LoadFigures {
+    executions: i64,
+    virtual_users: i64,
+    requests_per_second: f64,
+    errors_per_second: f64,
+    /// p50, p95, p99 in seconds.
+    latency: [f64; 3],
+}
+
+impl LoadLive {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<uuid::Uuid, LoadTask>> {
+        // Each operation leaves the map whole.
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn figures(&self, now: Instant) -> LoadFigures {
+        let mut tasks = self.lock();
+        tasks.retain(|_, t| now.saturating_duration_since(t.at) < LOAD_STALE);
+        let mut f = LoadFigures::default();
+        let mut executions = std::collections::HashSet::new();
+        let mut latency: Option<testbed_load::hdrhistogram::Histogram<u64>> = None;
+        for t in tasks.values() {
+            executions.insert(t.execution.as_str());
+            let w = &t.window;
+            // A final window may be shorter than a second: scale to a rate.
+            let secs = w.duration_ms.max(1) as f64 / 1000.0;
+            f.virtual_users += w.vus as i64;
+            f.requests_per_second += w.requests as f64 / secs;
+            f.errors_per_second += w.errors as f64 / secs;
+            match &mut latency {
+                Some(h) => {
+                    // Both are the load engine's histograms (same bounds);
+                    // a failed merge only leaves this window's latencies out.
+                    let _ = h.add(&w.latency);
+                }
+                None => latency = Some(w.latency.clone()),
+            }
+        }
+        f.executions = executions.len() as i64;
+        if let Some(h) = latency.filter(|h| !h.is_empty()) {
+            // Recorded in microseconds.
+            for (slot, q) in f.latency.iter_mut().zip([0.5, 0.95, 0.99]) {
+                *slot = h.value_at_quantile(q) as f64 / 1e6;
+            }
+        }
+        f
+    }
 }
 
 /// The store's latency and error families, shared with [`InstrumentedStore`].
@@ -181,6 +318,13 @@ pub struct Metrics {
     agents_connected: Gauge,
     ws_sessions: Family<KindLabels, Gauge>,
     controller_leader: Gauge,
+    dispatch_latency: Histogram,
+    queue_depth_max: Gauge,
+    queue_agents: Gauge,
+    reconcile_duration: HistogramFamily<PassLabels>,
+    reconcile_errors: Family<PassLabels, Counter>,
+    load: LoadLive,
+    load_gauges: LoadGauges,
     /// The last task count and when it was taken.
     task_count: tokio::sync::Mutex<Option<Instant>>,
     /// Last scrape error of the task count, logged once per change.
@@ -269,6 +413,75 @@ impl Metrics {
             "1 while this replica leads the controller, else 0",
             controller_leader.clone(),
         );
+        let dispatch_latency = dispatch_histogram();
+        registry.register_with_unit(
+            "testbed_dispatch_latency",
+            "Time from a task's submission (its created_at) until this replica hands its \
+             assignment to the agent's connection; tasks held for a reservation and resends \
+             after a reconnect are not counted",
+            Unit::Seconds,
+            dispatch_latency.clone(),
+        );
+        let queue_depth_max = Gauge::default();
+        registry.register(
+            "testbed_agent_queue_depth_max",
+            "Queued tasks (assigned, not yet running) of the agent with the most \
+             (cluster-wide; the total is testbed_tasks{status=\"queued\"})",
+            queue_depth_max.clone(),
+        );
+        let queue_agents = Gauge::default();
+        registry.register(
+            "testbed_agents_with_queued_tasks",
+            "Agents with at least one queued task (cluster-wide)",
+            queue_agents.clone(),
+        );
+        let reconcile_duration: HistogramFamily<PassLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "testbed_reconcile_duration",
+            "Time of one reconcile pass of the controller leader, by pass",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let reconcile_errors = Family::<PassLabels, Counter>::default();
+        registry.register(
+            "testbed_reconcile_errors",
+            "Reconcile passes that failed (retried on the next event or sweep), by pass",
+            reconcile_errors.clone(),
+        );
+        let load_gauges = LoadGauges::default();
+        registry.register(
+            "testbed_load_executions_running",
+            "Performance executions with a load agent reporting to this replica",
+            load_gauges.executions.clone(),
+        );
+        registry.register(
+            "testbed_load_virtual_users",
+            "Virtual users active in the last second, summed over the load agents reporting here",
+            load_gauges.virtual_users.clone(),
+        );
+        registry.register(
+            "testbed_load_requests_per_second",
+            "Requests finished in the last second, summed over the load agents reporting here",
+            load_gauges.requests_per_second.clone(),
+        );
+        registry.register(
+            "testbed_load_errors_per_second",
+            "Failed requests in the last second, summed over the load agents reporting here",
+            load_gauges.errors_per_second.clone(),
+        );
+        for (name, which) in [
+            ("testbed_load_latency_p50", &load_gauges.p50),
+            ("testbed_load_latency_p95", &load_gauges.p95),
+            ("testbed_load_latency_p99", &load_gauges.p99),
+        ] {
+            registry.register_with_unit(
+                name,
+                "Response time percentile of the last second, over the load agents reporting here",
+                Unit::Seconds,
+                which.clone(),
+            );
+        }
         let build = prometheus_client::metrics::info::Info::new(vec![(
             "version",
             env!("CARGO_PKG_VERSION"),
@@ -298,6 +511,13 @@ impl Metrics {
         for kind in ["task_log", "performance_live"] {
             ws_sessions.get_or_create_owned(&KindLabels { kind });
         }
+        for pass in Pass::ALL {
+            let labels = PassLabels {
+                pass: pass.as_str(),
+            };
+            reconcile_errors.get_or_create_owned(&labels);
+            reconcile_duration.get_or_create_owned(&labels);
+        }
         for reason in ["credentials", "rate_limited"] {
             login_failures
                 .0
@@ -314,6 +534,13 @@ impl Metrics {
             agents_connected,
             ws_sessions,
             controller_leader,
+            dispatch_latency,
+            queue_depth_max,
+            queue_agents,
+            reconcile_duration,
+            reconcile_errors,
+            load: LoadLive::default(),
+            load_gauges,
             task_count: tokio::sync::Mutex::new(None),
             task_count_error: Mutex::new(None),
         }
@@ -342,6 +569,73 @@ impl Metrics {
         session.await
     }
 
+    /// A task created at `created_at` (by whichever replica) was handed to
+    /// its agent's connection now. Wall clocks of two replicas may differ:
+    /// a negative difference counts as 0.
+    pub fn dispatched(&self, created_at: chrono::DateTime<chrono::Utc>) {
+        let took = (chrono::Utc::now() - created_at)
+            .to_std()
+            .unwrap_or_default();
+        self.dispatch_latency.observe(took.as_secs_f64());
+    }
+
+    /// Runs one reconcile pass, timed and, should it fail, counted.
+    pub async fn reconcile<T, E>(
+        &self,
+        pass: Pass,
+        run: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = run.await;
+        let labels = PassLabels {
+            pass: pass.as_str(),
+        };
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.reconcile_errors.get_or_create(&labels).inc();
+        }
+        result
+    }
+
+    /// A load task of `execution` reported the window of one second.
+    pub fn load_window(&self, execution: &str, task: uuid::Uuid, window: &testbed_load::Window) {
+        let mut tasks = self.load.lock();
+        // Windows arrive in order; a late one never replaces a newer one.
+        if tasks
+            .get(&task)
+            .is_some_and(|t| t.window.index > window.index)
+        {
+            return;
+        }
+        tasks.insert(
+            task,
+            LoadTask {
+                execution: execution.to_string(),
+                at: Instant::now(),
+                window: window.clone(),
+            },
+        );
+    }
+
+    /// A task ended: if it was a load task, it no longer runs here.
+    pub fn task_ended(&self, task: &uuid::Uuid) {
+        self.load.lock().remove(task);
+    }
+
+    fn refresh_load(&self) {
+        let f = self.load.figures(Instant::now());
+        let g = &self.load_gauges;
+        g.executions.set(f.executions);
+        g.virtual_users.set(f.virtual_users);
+        g.requests_per_second.set(f.requests_per_second);
+        g.errors_per_second.set(f.errors_per_second);
+        g.p50.set(f.latency[0]);
+        g.p95.set(f.latency[1]);
+        g.p99.set(f.latency[2]);
+    }
+
     fn observe_http(&self, method: &'static str, route: String, status: u16, elapsed: Duration) {
         self.http_duration
             .get_or_create(&RouteLabels {
@@ -363,6 +657,7 @@ impl Metrics {
         self.agents_connected.set(state.hub.connected() as i64);
         self.controller_leader
             .set(i64::from(state.leading.load(Ordering::Relaxed)));
+        self.refresh_load();
         let mut last = self.task_count.lock().await;
         if last.is_some_and(|at| at.elapsed() < TASK_COUNT_TTL) {
             return;
@@ -382,6 +677,8 @@ impl Metrics {
                         .get_or_create(&StatusLabels { status })
                         .set(n);
                 }
+                self.queue_depth_max.set(c.queue_max);
+                self.queue_agents.set(c.queue_agents);
                 *last = Some(Instant::now());
                 *self.lock_error() = None;
             }
@@ -461,6 +758,10 @@ struct Counts {
     tasks: [i64; 7],
     runs: [i64; 6],
     steps: [i64; 8],
+    /// Queued tasks of the agent with the most.
+    queue_max: i64,
+    /// Agents with a queued task.
+    queue_agents: i64,
 }
 
 /// Every value under `prefix`, a page at a time.
@@ -490,6 +791,7 @@ async fn count_records(store: &DynStore) -> Result<Counts, StoreError> {
     #[derive(Deserialize)]
     struct TaskOnly {
         status: TaskStatus,
+        agent_uuid: Option<uuid::Uuid>,
     }
     #[derive(Deserialize)]
     struct StepOnly {
@@ -502,14 +804,20 @@ async fn count_records(store: &DynStore) -> Result<Counts, StoreError> {
         steps: std::collections::BTreeMap<String, StepOnly>,
     }
     let mut c = Counts::default();
+    let mut queues: std::collections::HashMap<uuid::Uuid, i64> = Default::default();
     scan(store, testbed_core::keys::TASKS, |bytes| {
         if let Ok(t) = serde_json::from_slice::<TaskOnly>(bytes) {
             if let Some(i) = TASK_STATUSES.iter().position(|s| *s == t.status) {
                 c.tasks[i] += 1;
             }
+            if let (TaskStatus::Queued, Some(agent)) = (t.status, t.agent_uuid) {
+                *queues.entry(agent).or_default() += 1;
+            }
         }
     })
     .await?;
+    c.queue_max = queues.values().copied().max().unwrap_or(0);
+    c.queue_agents = queues.len() as i64;
     #[derive(Deserialize)]
     struct KindOnly {
         #[serde(default)]
@@ -736,6 +1044,7 @@ pub use testbed_telemetry::process;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testbed_load::Window;
 
     #[test]
     fn exposition_names_follow_conventions() {
@@ -778,6 +1087,106 @@ mod tests {
         );
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn new_families_are_there_at_zero() {
+        let m = Metrics::default();
+        let text = m.encode().unwrap();
+        for line in [
+            "testbed_dispatch_latency_seconds_count 0",
+            "testbed_agent_queue_depth_max 0",
+            "testbed_agents_with_queued_tasks 0",
+            "testbed_reconcile_duration_seconds_count{pass=\"engine_sweep\"} 0",
+            "testbed_reconcile_errors_total{pass=\"lost_sweep\"} 0",
+            "testbed_load_executions_running 0",
+            "testbed_load_virtual_users 0",
+            "testbed_load_requests_per_second 0.0",
+            "testbed_load_latency_p99_seconds 0.0",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn reconcile_passes_are_timed_and_failures_counted() {
+        let m = Metrics::default();
+        let ok: Result<(), ()> = m.reconcile(Pass::Run, async { Ok(()) }).await;
+        assert!(ok.is_ok());
+        let failed: Result<(), &str> = m.reconcile(Pass::Run, async { Err("contended") }).await;
+        assert_eq!(failed, Err("contended"));
+        m.dispatched(chrono::Utc::now() - chrono::Duration::milliseconds(20));
+        // Another replica's clock ahead of ours: 0, not negative.
+        m.dispatched(chrono::Utc::now() + chrono::Duration::seconds(5));
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("testbed_reconcile_duration_seconds_count{pass=\"run\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("testbed_reconcile_errors_total{pass=\"run\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("testbed_dispatch_latency_seconds_count 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("testbed_dispatch_latency_seconds_bucket{le=\"0.001\"} 1"),
+            "{text}"
+        );
+    }
+
+    fn window(index: u64, duration_ms: u64, requests: u64, errors: u64, vus: u64) -> Window {
+        let mut w = Window::empty(index, 0);
+        w.duration_ms = duration_ms;
+        w.requests = requests;
+        w.errors = errors;
+        w.vus = vus;
+        for i in 0..requests {
+            // 1 ms to 100 ms, in microseconds.
+            w.latency
+                .record(1_000 + i * 99_000 / requests.max(1))
+                .unwrap();
+        }
+        w
+    }
+
+    #[test]
+    fn load_figures_sum_the_latest_window_of_each_task() {
+        let m = Metrics::default();
+        let (a, b, c) = (
+            uuid::Uuid::from_u128(1),
+            uuid::Uuid::from_u128(2),
+            uuid::Uuid::from_u128(3),
+        );
+        m.load_window("e1", a, &window(3, 1000, 100, 5, 10));
+        m.load_window("e1", b, &window(3, 1000, 50, 0, 5));
+        // A later window replaces; a late one does not.
+        m.load_window("e2", c, &window(1, 1000, 10, 0, 1));
+        m.load_window("e2", c, &window(2, 500, 20, 10, 2));
+        m.load_window("e2", c, &window(1, 1000, 999, 0, 99));
+        let f = m.load.figures(Instant::now());
+        assert_eq!(f.executions, 2);
+        assert_eq!(f.virtual_users, 17);
+        // The final half-second window of c counts as a rate.
+        assert_eq!(f.requests_per_second, 190.0);
+        assert_eq!(f.errors_per_second, 25.0);
+        let [p50, p95, p99] = f.latency;
+        assert!(
+            0.001 <= p50 && p50 < p95 && p95 <= p99 && p99 <= 0.101,
+            "{f:?}"
+        );
+
+        // A finished task stops counting; a silent one after LOAD_STALE.
+        m.task_ended(&c);
+        let f = m.load.figures(Instant::now());
+        assert_eq!((f.executions, f.virtual_users), (1, 15));
+        let f = m.load.figures(Instant::now() + LOAD_STALE);
+        assert_eq!(f, LoadFigures::default());
+        m.refresh_load();
+        let text = m.encode().unwrap();
+        assert!(text.contains("testbed_load_executions_running 0"), "{text}");
     }
 
     #[test]

@@ -208,8 +208,21 @@ async fn load(state: &AppState, id: Uuid) -> Result<Option<Cached>, RecordError>
 /// Brings one run forward as far as its state allows. Safe to call at any
 /// time, from any replica, any number of times. `only`: the steps whose
 /// tasks just ended — then only they and the steps waiting on them are
-/// looked at; `None` looks at every step.
+/// looked at; `None` looks at every step. Timed and counted in
+/// `testbed_reconcile_duration_seconds{pass="run"}`.
 pub async fn reconcile(
+    state: &AppState,
+    id: Uuid,
+    lease: Option<LeaseId>,
+    known: &Known,
+    cache: &mut Cache,
+    only: Option<&BTreeSet<String>>,
+) -> Result<(), RecordError> {
+    let pass = reconcile_run(state, id, lease, known, cache, only);
+    state.metrics.reconcile(crate::metrics::Pass::Run, pass).await
+}
+
+async fn reconcile_run(
     state: &AppState,
     id: Uuid,
     lease: Option<LeaseId>,
@@ -1226,7 +1239,8 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                 if deep {
                     since_deep = 0;
                 }
-                if let Err(e) = reconcile_all(&state, Some(lease), &mut cache, &known, deep).await {
+                let pass = reconcile_all(&state, Some(lease), &mut cache, &known, deep);
+                if let Err(e) = state.metrics.reconcile(crate::metrics::Pass::EngineSweep, pass).await {
                     tracing::warn!("engine sweep: {e}");
                 }
             }

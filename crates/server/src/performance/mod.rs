@@ -278,6 +278,7 @@ pub async fn on_metrics(state: &AppState, task_id: Uuid, window: Value, system: 
         }
     };
     let index = window.index;
+    state.metrics.load_window(&execution, task_id, &window);
     state.perf.record(&execution, task_id, window, system);
     if let Some(p) = state.perf.point(&execution, index) {
         publish(state, &execution, index, &p).await;
