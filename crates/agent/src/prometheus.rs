@@ -39,6 +39,14 @@ fn duration_histogram() -> Histogram {
     ])
 }
 
+/// Waiting for a slot: none at all on an idle agent, up to the length of
+/// the tasks ahead on a busy one.
+fn wait_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0,
+    ])
+}
+
 /// Everything the agent counts. Cheap to clone (the families are shared).
 #[derive(Clone)]
 pub struct AgentMetrics {
@@ -48,6 +56,8 @@ pub struct AgentMetrics {
     sessions: Counter,
     disconnects: Counter,
     running: Gauge,
+    queued: Gauge,
+    queue_wait: Histogram,
     finished: Family<FinishedLabels, Counter>,
     duration: HistogramFamily<PluginLabels>,
 }
@@ -94,8 +104,21 @@ impl AgentMetrics {
         let running = Gauge::default();
         registry.register(
             "testbed_agent_tasks_running",
-            "Tasks accepted and not yet finished (waiting for a slot included)",
+            "Tasks holding one of the agent's slots (running)",
             running.clone(),
+        );
+        let queued = Gauge::default();
+        registry.register(
+            "testbed_agent_tasks_queued",
+            "Tasks accepted from the server and waiting for a free slot (this agent's queue depth)",
+            queued.clone(),
+        );
+        let queue_wait = wait_histogram();
+        registry.register_with_unit(
+            "testbed_agent_task_queue_wait",
+            "Time from a task's acceptance until it got a slot (tasks cancelled while waiting not counted)",
+            Unit::Seconds,
+            queue_wait.clone(),
         );
         let finished = Family::<FinishedLabels, Counter>::default();
         registry.register(
@@ -132,6 +155,8 @@ impl AgentMetrics {
             sessions,
             disconnects,
             running,
+            queued,
+            queue_wait,
             finished,
             duration,
         }
@@ -153,12 +178,26 @@ impl AgentMetrics {
         }
     }
 
-    pub fn task_started(&self) {
-        self.running.inc();
+    /// A task was accepted: it waits for a slot.
+    pub fn task_accepted(&self) {
+        self.queued.inc();
     }
 
-    pub fn task_finished(&self, plugin: &str, status: TaskStatus, took: Duration) {
-        self.running.dec();
+    /// A task stopped waiting: it got a slot after `waited` (`None`: it was
+    /// cancelled while waiting).
+    pub fn task_slot(&self, waited: Option<Duration>) {
+        self.queued.dec();
+        if let Some(waited) = waited {
+            self.running.inc();
+            self.queue_wait.observe(waited.as_secs_f64());
+        }
+    }
+
+    /// A task ended; `ran`: it had a slot ([`Self::task_slot`] with a wait).
+    pub fn task_finished(&self, plugin: &str, status: TaskStatus, took: Duration, ran: bool) {
+        if ran {
+            self.running.dec();
+        }
         // A plugin name comes from the server; only the ones this agent
         // carries become label values, so a bad task cannot add series.
         let plugin = if self.plugins.iter().any(|p| p == plugin) {
@@ -197,13 +236,41 @@ mod tests {
     fn counts_tasks_with_bounded_labels() {
         let m = AgentMetrics::new(vec!["noop".into()], 4);
         m.session_started();
-        m.task_started();
-        m.task_started();
-        m.task_finished("noop", TaskStatus::Succeeded, Duration::from_millis(3));
-        m.task_finished("made-up", TaskStatus::Error, Duration::from_millis(3));
+        for _ in 0..3 {
+            m.task_accepted();
+        }
+        m.task_slot(Some(Duration::from_millis(1)));
+        m.task_slot(Some(Duration::from_millis(2)));
+        let text = testbed_telemetry::encode(&m.registry).unwrap();
+        assert!(text.contains("testbed_agent_tasks_running 2"), "{text}");
+        assert!(text.contains("testbed_agent_tasks_queued 1"), "{text}");
+        assert!(
+            text.contains("testbed_agent_task_queue_wait_seconds_count 2"),
+            "{text}"
+        );
+        m.task_finished(
+            "noop",
+            TaskStatus::Succeeded,
+            Duration::from_millis(3),
+            true,
+        );
+        m.task_finished("made-up", TaskStatus::Error, Duration::from_millis(3), true);
+        // The third is cancelled while it waits: it never ran.
+        m.task_slot(None);
+        m.task_finished(
+            "noop",
+            TaskStatus::Cancelled,
+            Duration::from_millis(3),
+            false,
+        );
         let text = testbed_telemetry::encode(&m.registry).unwrap();
         assert!(text.contains("testbed_agent_connected 1"), "{text}");
         assert!(text.contains("testbed_agent_tasks_running 0"), "{text}");
+        assert!(text.contains("testbed_agent_tasks_queued 0"), "{text}");
+        assert!(
+            text.contains("testbed_agent_task_queue_wait_seconds_count 2"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "testbed_agent_tasks_finished_total{plugin=\"noop\",status=\"succeeded\"} 1"

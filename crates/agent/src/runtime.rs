@@ -720,11 +720,15 @@ impl Agent {
     ) {
         let id = task.id;
         let accepted = Instant::now();
-        self.shared.metrics.task_started();
+        self.shared.metrics.task_accepted();
         let permit = tokio::select! {
             p = self.shared.slots.clone().acquire_owned() => p.ok(),
             _ = cancel.cancelled() => None,
         };
+        let ran = permit.is_some();
+        self.shared
+            .metrics
+            .task_slot(ran.then(|| accepted.elapsed()));
         let started_at = testbed_core::now();
         let (log, rx) = LogSink::channel();
         let pump = tokio::spawn(pump_log(self.clone(), id, self.log_path(&id), rx));
@@ -819,7 +823,7 @@ impl Agent {
         drop(permit);
         self.shared
             .metrics
-            .task_finished(&task.plugin, status, accepted.elapsed());
+            .task_finished(&task.plugin, status, accepted.elapsed(), ran);
         let outcome = TaskOutcome {
             status,
             exit_code,
