@@ -72,20 +72,24 @@ pub struct LoadArgs {
     #[arg(long)]
     pub json: bool,
     /// Also send every per-second window to: `json=FILE` (JSON lines),
-    /// `csv=FILE`, or `prometheus-rw=URL` (Prometheus remote write, e.g.
-    /// http://prometheus:9090/api/v1/write). Repeatable. An output that
+    /// `csv=FILE`, `prometheus-rw=URL` (Prometheus remote write, e.g.
+    /// http://prometheus:9090/api/v1/write) or `otlp=URL` (OTLP/HTTP
+    /// metrics, e.g. http://otel-collector:4318). Repeatable. An output that
     /// falls behind drops windows (counted at the end), never slowing the load.
     #[arg(long = "out", value_name = "KIND=WHERE")]
     pub outs: Vec<String>,
-    /// Label `K=V` on every remote-write series (repeatable), e.g. testid=nightly.
+    /// Label `K=V` on every remote-write series and OTLP data point
+    /// (repeatable), e.g. testid=nightly.
     #[arg(long = "tag", value_name = "K=V")]
     pub tags: Vec<String>,
+    /// The run's name in OTLP outputs (attribute `testbed.plan`); default: the URL.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 /// `--tag K=V` settings as label pairs; names as Prometheus allows them.
-fn tags(args: &LoadArgs) -> anyhow::Result<Vec<(String, String)>> {
-    args.tags
-        .iter()
+pub fn tags(tags: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    tags.iter()
         .map(|t| {
             let Some((k, v)) = t.split_once('=') else {
                 bail!("--tag {t:?}: expected K=V");
@@ -175,7 +179,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let total = plan.duration();
     // Opened before the load starts: a file that cannot be created stops
     // here, not after the run.
-    let outputs = Outputs::open(&args.outs, &tags(&args)?)?;
+    let name = args.name.as_deref().unwrap_or(&args.url);
+    let outputs = Outputs::open(&args.outs, &tags(&args.tags)?, name)?;
     let mut run = testbed_load::start(plan).context("starting the load")?;
     let ctl = run.controller();
     let stopper = tokio::spawn(async move {
@@ -190,23 +195,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     live.finish();
     stopper.abort();
     let report = run.report().await?;
-    if !outputs.is_empty() {
-        let stats = tokio::task::spawn_blocking(move || outputs.finish()).await?;
-        for s in stats {
-            // On stderr: stdout may be the --json report.
-            match (&s.last_error, s.dropped) {
-                (None, 0) => eprintln!("output {}: {} window(s) written", s.output, s.written),
-                (e, dropped) => eprintln!(
-                    "output {}: {} window(s) written, {dropped} dropped{}",
-                    s.output,
-                    s.written,
-                    e.as_ref()
-                        .map(|e| format!(" (last error: {e})"))
-                        .unwrap_or_default()
-                ),
-            }
-        }
-    }
+    finish_outputs(outputs).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
@@ -224,6 +213,29 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Flushes the outputs and says, on stderr (stdout may be a --json
+/// report), what each wrote and dropped.
+pub async fn finish_outputs(outputs: Outputs) -> anyhow::Result<()> {
+    if outputs.is_empty() {
+        return Ok(());
+    }
+    let stats = tokio::task::spawn_blocking(move || outputs.finish()).await?;
+    for s in stats {
+        match (&s.last_error, s.dropped) {
+            (None, 0) => eprintln!("output {}: {} window(s) written", s.output, s.written),
+            (e, dropped) => eprintln!(
+                "output {}: {} window(s) written, {dropped} dropped{}",
+                s.output,
+                s.written,
+                e.as_ref()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Human names and counts of a report's errors, most frequent first:

@@ -41,6 +41,15 @@ pub struct PerfRunArgs {
     /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also send every second of the execution (merged over its agents, as
+    /// the server streams it) to: `json=FILE`, `csv=FILE`,
+    /// `prometheus-rw=URL` or `otlp=URL`, written from here. Repeatable; an
+    /// output that falls behind drops seconds (counted at the end).
+    #[arg(long = "out", value_name = "KIND=WHERE")]
+    pub outs: Vec<String>,
+    /// Label `K=V` on every remote-write series and OTLP data point (repeatable).
+    #[arg(long = "tag", value_name = "K=V")]
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +151,12 @@ async fn run(args: PerfRunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    // Before anything reaches the server: a bad --out starts nothing.
+    let outputs = testbed_load::output::Outputs::open(
+        &args.outs,
+        &super::load::tags(&args.tags)?,
+        &file.name,
+    )?;
     let c = Client::from_env()?;
     let project_id = match file.project_id {
         Some(id) => id,
@@ -179,12 +194,21 @@ async fn run(args: PerfRunArgs) -> anyhow::Result<ExitCode> {
     .context("opening live metrics")?;
     let mut report_id: Option<u64> = None;
     let mut second = 0u64;
+    let mut no_window_said = outputs.is_empty();
     while let Some(msg) = ws.next().await {
         let Message::Text(t) = msg? else { continue };
         let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
         match v["type"].as_str() {
             Some("metrics") => {
                 second += 1;
+                match serde_json::from_value::<testbed_load::Window>(v["window"].clone()) {
+                    Ok(w) => outputs.window(&w),
+                    Err(e) if !no_window_said => {
+                        no_window_said = true;
+                        eprintln!("warning: --out gets nothing: the server's live seconds carry no window ({e})");
+                    }
+                    Err(_) => {}
+                }
                 let d = &v["data"];
                 eprintln!(
                     "{second:>4}s  users {:>5}  rps {:>9.1}  avg {:>8.2} ms  errors {:>5.2}%{}",
@@ -206,6 +230,7 @@ async fn run(args: PerfRunArgs) -> anyhow::Result<ExitCode> {
             _ => {}
         }
     }
+    super::load::finish_outputs(outputs).await?;
     let report: Value = match report_id {
         Some(id) => c.get(&format!("/api/performance/reports/{id}/")).await?,
         None => {
