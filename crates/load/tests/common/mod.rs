@@ -81,49 +81,32 @@ pub fn spawn_tls() -> TestServer {
         .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = Arc::new(State::default());
-    let st = state.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let st = st.clone();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let io = TokioIo::new(tls);
-                    let svc = service_fn(move |req| handle(req, st.clone()));
-                    if h2 {
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, svc)
-                            .await;
-                    } else {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, svc)
-                            .await;
-                    }
-                });
-            }
-        });
-    });
-    TestServer { addr, state }
+    serve(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let tls = acceptor.accept(stream).await.ok()?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            Some((tls, h2))
+        }
+    })
 }
 
 pub fn spawn(h2_only: bool) -> TestServer {
+    serve(move |stream| async move {
+        let _ = stream.set_nodelay(true);
+        Some((stream, h2_only))
+    })
+}
+
+/// Serves [`handle`] on a fresh 127.0.0.1 port from a runtime of its own
+/// thread. `open` turns each accepted connection into its transport and
+/// whether it speaks HTTP/2 (or `None` to drop it).
+fn serve<F, Fut, IO>(open: F) -> TestServer
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Option<(IO, bool)>> + Send,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -141,12 +124,15 @@ pub fn spawn(h2_only: bool) -> TestServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let _ = stream.set_nodelay(true);
                 let st = st.clone();
+                let open = open.clone();
                 tokio::spawn(async move {
-                    let io = TokioIo::new(stream);
+                    let Some((io, h2)) = open(stream).await else {
+                        return;
+                    };
+                    let io = TokioIo::new(io);
                     let svc = service_fn(move |req| handle(req, st.clone()));
-                    if h2_only {
+                    if h2 {
                         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                             .serve_connection(io, svc)
                             .await;
