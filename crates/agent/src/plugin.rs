@@ -4,7 +4,7 @@
 //! A plugin has a name and methods, each with a JSON schema for its
 //! parameters (announced to the server in `hello`, checked there before
 //! dispatch). A method's parameters are a struct deriving `Deserialize` and
-//! `JsonSchema`: [`method`] derives the schema from it and [`params`]
+//! `JsonSchema`: [`method`] derives the schema from it and [`parse_params`]
 //! parses into it, so the two agree. `invoke` gets a [`TaskContext`]: a log
 //! sink, a cancellation token, a work directory, an artifact sink, the
 //! agent's execution settings, a metric sink and pause/resume requests.
@@ -13,6 +13,7 @@
 //! executables) sit behind the same trait, the way Vector's sources and
 //! sinks do.
 
+mod args;
 mod params;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
+pub use self::args::{checked_env, seconds, shell_command, Args};
 pub use self::params::{method, parse_params, schema_of, type_name};
 /// Child processes in their own process group (the module, for what a
 /// plugin rarely needs, such as running outside a task).

@@ -7,13 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::linux_system::{
-    self, checked_env, run_shell_method, seconds, shell_command, system_information_method, Args,
-};
+// build_server offers linux_system's two methods: the same code, not a copy.
+use super::linux_system::{self, run_shell_method, system_information_method};
 use crate::plugin::{
-    async_trait, json, method, parse_params, run_process, split_words, type_name, Artifact,
-    CommandSpec, Deserialize, JsonSchema, MethodSpec, Plugin, PluginError, PluginOutput,
-    PluginSpec, ProcessOutcome, TaskContext, TaskStatus, Value,
+    async_trait, checked_env, json, method, parse_params, run_process, seconds, shell_command,
+    split_words, type_name, Args, Artifact, CommandSpec, Deserialize, JsonSchema, MethodSpec,
+    Plugin, PluginError, PluginOutput, PluginSpec, ProcessOutcome, TaskContext, TaskStatus, Value,
 };
 
 /// The plugin `build_server`: `run_shell`, `system_information` and `build`.
