@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use testbed_core::agent::PluginSpec;
+use testbed_core::agent::{AgentProfile, PluginSpec};
 use testbed_core::protocol::{AgentMessage, Hello, ServerMessage, PROTOCOL_VERSION};
 use testbed_core::task::{Artifact, Task, TaskOutcome, TaskStatus};
 use thiserror::Error;
@@ -414,15 +414,17 @@ impl Agent {
         let hello = AgentMessage::Hello(Hello {
             protocol: PROTOCOL_VERSION,
             uuid: lock(&self.shared.identity).uuid,
-            name: cfg.name.clone(),
-            host: cfg.host.clone().unwrap_or_else(hostname),
-            labels: cfg.labels.clone(),
-            groups: cfg.groups.clone(),
-            plugins: self.plugin_specs(),
-            capacity: cfg.capacity,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            root: nix::unistd::geteuid().is_root(),
-            run_as: self.shared.settings.run_as.as_ref().map(|r| r.user.clone()),
+            profile: AgentProfile {
+                name: cfg.name.clone(),
+                host: cfg.host.clone().unwrap_or_else(hostname),
+                labels: cfg.labels.clone(),
+                groups: cfg.groups.clone(),
+                plugins: self.plugin_specs(),
+                capacity: cfg.capacity,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                root: nix::unistd::geteuid().is_root(),
+                run_as: self.shared.settings.run_as.as_ref().map(|r| r.user.clone()),
+            },
             running,
             unacked,
         });

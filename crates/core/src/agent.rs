@@ -45,18 +45,11 @@ pub struct SystemMetrics {
     pub load_average_1m: f64,
 }
 
-/// The durable registration of an agent, kept at `/agents/{uuid}`.
-///
-/// It survives the agent going away, so its numeric id stays stable across
-/// reconnects and restarts; liveness is the separate, lease-bound
-/// `/agents/{uuid}/alive` key ([`AgentLiveness`]).
+/// What an agent says about itself in `hello` ([`crate::protocol::Hello`]),
+/// kept as-is in its [`AgentRecord`]: one type, so the record cannot drift
+/// from what agents send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct AgentRecord {
-    pub kind: String,
-    pub v: u32,
-    pub uuid: Uuid,
-    /// Small, stable number (seed 002's `id`).
-    pub id: u64,
+pub struct AgentProfile {
     pub name: String,
     pub host: String,
     pub labels: BTreeMap<String, String>,
@@ -68,6 +61,32 @@ pub struct AgentRecord {
     /// The agent process runs as root (tasks may have been dropped to `run_as`).
     pub root: bool,
     pub run_as: Option<String>,
+}
+
+impl AgentProfile {
+    pub fn plugin(&self, name: &str) -> Option<&PluginSpec> {
+        self.plugins.iter().find(|p| p.name == name)
+    }
+}
+
+/// The durable registration of an agent, kept at `/agents/{uuid}`.
+///
+/// It survives the agent going away, so its numeric id stays stable across
+/// reconnects and restarts; liveness is the separate, lease-bound
+/// `/agents/{uuid}/alive` key ([`AgentLiveness`]).
+///
+/// The profile is flattened, so the stored JSON keeps one flat object with
+/// the fields in the same order as before the profile had a type of its own
+/// (the record layout is an external contract, see docs/seed-interfaces.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentRecord {
+    pub kind: String,
+    pub v: u32,
+    pub uuid: Uuid,
+    /// Small, stable number (seed 002's `id`).
+    pub id: u64,
+    #[serde(flatten)]
+    pub profile: AgentProfile,
     pub registered_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
 }
@@ -77,7 +96,8 @@ impl AgentRecord {
 
     /// `linux_system,build_server`: seed 002's `compute_node_type`.
     pub fn compute_node_type(&self) -> String {
-        self.plugins
+        self.profile
+            .plugins
             .iter()
             .map(|p| p.name.as_str())
             .collect::<Vec<_>>()
@@ -86,7 +106,8 @@ impl AgentRecord {
 
     /// plugin → method → description: seed 002's `compute_node_method`.
     pub fn compute_node_method(&self) -> BTreeMap<String, BTreeMap<String, String>> {
-        self.plugins
+        self.profile
+            .plugins
             .iter()
             .map(|p| {
                 let methods = p
@@ -100,12 +121,14 @@ impl AgentRecord {
     }
 
     pub fn plugin(&self, name: &str) -> Option<&PluginSpec> {
-        self.plugins.iter().find(|p| p.name == name)
+        self.profile.plugin(name)
     }
 
     /// Does `selector` (a host, a name or a uuid) name this agent?
     pub fn matches_host(&self, selector: &str) -> bool {
-        self.host == selector || self.name == selector || self.uuid.to_string() == selector
+        self.profile.host == selector
+            || self.profile.name == selector
+            || self.uuid.to_string() == selector
     }
 }
 
@@ -133,4 +156,78 @@ impl AgentLiveness {
 pub enum AgentStatus {
     Online,
     Offline,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile() -> AgentProfile {
+        AgentProfile {
+            name: "n1".into(),
+            host: "h1".into(),
+            labels: BTreeMap::from([("zone".into(), "a".into())]),
+            groups: vec!["g".into()],
+            plugins: vec![PluginSpec {
+                name: "linux_system".into(),
+                methods: Vec::new(),
+            }],
+            capacity: 2,
+            version: "0.1.0".into(),
+            root: false,
+            run_as: None,
+        }
+    }
+
+    /// The record as stores written before the profile had a type of its
+    /// own hold it: one flat object, fields in this order.
+    const STORED: &str = concat!(
+        r#"{"kind":"agent","v":1,"uuid":"00000000-0000-0000-0000-000000000007","id":7,"#,
+        r#""name":"n1","host":"h1","labels":{"zone":"a"},"groups":["g"],"#,
+        r#""plugins":[{"name":"linux_system","methods":[]}],"capacity":2,"#,
+        r#""version":"0.1.0","root":false,"run_as":null,"#,
+        r#""registered_at":"2026-01-01T00:00:00Z","last_seen_at":"2026-01-01T00:00:00Z"}"#
+    );
+
+    #[test]
+    fn record_json_is_the_flat_stored_layout() {
+        let at: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let record = AgentRecord {
+            kind: AgentRecord::KIND.into(),
+            v: 1,
+            uuid: Uuid::from_u128(7),
+            id: 7,
+            profile: profile(),
+            registered_at: at,
+            last_seen_at: at,
+        };
+        assert_eq!(serde_json::to_string(&record).unwrap(), STORED);
+        let back: AgentRecord = serde_json::from_str(STORED).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.compute_node_type(), "linux_system");
+        assert!(back.matches_host("h1") && back.matches_host("n1"));
+    }
+
+    #[test]
+    fn hello_carries_the_profile_flat() {
+        use crate::protocol::{AgentMessage, Hello};
+        let hello = AgentMessage::Hello(Hello {
+            protocol: 1,
+            uuid: None,
+            profile: profile(),
+            running: Vec::new(),
+            unacked: Vec::new(),
+        });
+        let text = serde_json::to_string(&hello).unwrap();
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"type":"hello","protocol":1,"uuid":null,"#,
+                r#""name":"n1","host":"h1","labels":{"zone":"a"},"groups":["g"],"#,
+                r#""plugins":[{"name":"linux_system","methods":[]}],"capacity":2,"#,
+                r#""version":"0.1.0","root":false,"run_as":null,"running":[],"unacked":[]}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<AgentMessage>(&text).unwrap(), hello);
+    }
 }

@@ -16,12 +16,10 @@
 //! resend what the server may have missed: a duplicate `assign` is ignored by
 //! the agent, a duplicate `log` chunk or `result` by the server.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::agent::{PluginSpec, SystemMetrics};
+use crate::agent::{AgentProfile, SystemMetrics};
 use crate::task::{Task, TaskOutcome};
 
 /// Version of this protocol; the server refuses agents of another major.
@@ -67,15 +65,9 @@ pub struct Hello {
     /// The uuid the agent had before (kept in its state directory), so its
     /// registration and numeric id survive restarts.
     pub uuid: Option<Uuid>,
-    pub name: String,
-    pub host: String,
-    pub labels: BTreeMap<String, String>,
-    pub groups: Vec<String>,
-    pub plugins: Vec<PluginSpec>,
-    pub capacity: u32,
-    pub version: String,
-    pub root: bool,
-    pub run_as: Option<String>,
+    /// Name, host, plugins, capacity…: stored as the agent's record as-is.
+    #[serde(flatten)]
+    pub profile: AgentProfile,
     /// Tasks still running on the agent (after a reconnect).
     pub running: Vec<Uuid>,
     /// Tasks that finished but whose result the server has not acknowledged;

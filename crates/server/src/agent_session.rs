@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::request::Parts;
 use axum::response::Response;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use testbed_core::agent::{AgentLiveness, AgentRecord};
+use testbed_core::agent::{AgentLiveness, AgentProfile, AgentRecord};
 use testbed_core::keys;
 use testbed_core::protocol::{AgentMessage, Hello, ServerMessage, PROTOCOL_VERSION};
 use testbed_core::task::{Task, TaskStatus};
@@ -117,7 +117,7 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
         )
         .await;
     }
-    for p in &hello.plugins {
+    for p in &hello.profile.plugins {
         for m in &p.methods {
             if let Err(e) = testbed_core::schema::check_schema(&m.schema) {
                 return refuse(
@@ -160,7 +160,7 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
         heartbeat_secs: (ttl / 3).max(1),
     };
     send(&mut sink, &welcome).await?;
-    tracing::info!(agent = %record.name, %uuid, id = record.id, "agent connected");
+    tracing::info!(agent = %record.profile.name, %uuid, id = record.id, "agent connected");
 
     reconcile(&state, uuid, &hello, &tx).await?;
 
@@ -252,18 +252,18 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
         End::Closed => match dispatch::outstanding(&state, &uuid).await {
             Ok(0) => {
                 let _ = state.store.revoke_lease(lease).await;
-                tracing::info!(agent = %record.name, "agent disconnected");
+                tracing::info!(agent = %record.profile.name, "agent disconnected");
             }
             Ok(n) => tracing::info!(
-                agent = %record.name,
+                agent = %record.profile.name,
                 "agent disconnected with {n} task(s) outstanding; they are lost in {ttl} s unless it reconnects"
             ),
             Err(e) => {
-                tracing::warn!(agent = %record.name, "agent disconnected; counting its tasks: {e}")
+                tracing::warn!(agent = %record.profile.name, "agent disconnected; counting its tasks: {e}")
             }
         },
         End::Dropped | End::Shutdown | End::Replaced => {
-            tracing::info!(agent = %record.name, "agent connection lost; lease runs out in {ttl} s unless it reconnects");
+            tracing::info!(agent = %record.profile.name, "agent connection lost; lease runs out in {ttl} s unless it reconnects");
         }
     }
     Ok(())
@@ -355,22 +355,19 @@ async fn register(
     let key = keys::agent(&uuid);
     let now = testbed_core::now();
     let apply = |r: &mut AgentRecord| {
-        r.name = hello.name.clone();
-        r.host = hello.host.clone();
-        r.labels = hello.labels.clone();
-        r.plugins = hello.plugins.clone();
-        r.capacity = hello.capacity;
-        r.version = hello.version.clone();
-        r.root = hello.root;
-        r.run_as = hello.run_as.clone();
-        r.last_seen_at = now;
         // Groups set through the API are the server's; the agent's
         // configured groups are merged in.
-        for g in &hello.groups {
-            if !r.groups.contains(g) {
-                r.groups.push(g.clone());
+        let mut groups = std::mem::take(&mut r.profile.groups);
+        for g in &hello.profile.groups {
+            if !groups.contains(g) {
+                groups.push(g.clone());
             }
         }
+        r.profile = AgentProfile {
+            groups,
+            ..hello.profile.clone()
+        };
+        r.last_seen_at = now;
     };
     loop {
         if let Some(r) = records::update::<AgentRecord, _>(&state.store, &key, |r| {
@@ -387,15 +384,10 @@ async fn register(
             v: 1,
             uuid,
             id,
-            name: String::new(),
-            host: String::new(),
-            labels: Default::default(),
-            groups: Vec::new(),
-            plugins: Vec::new(),
-            capacity: 1,
-            version: String::new(),
-            root: false,
-            run_as: None,
+            profile: AgentProfile {
+                groups: Vec::new(),
+                ..hello.profile.clone()
+            },
             registered_at: now,
             last_seen_at: now,
         };

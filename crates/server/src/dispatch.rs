@@ -123,7 +123,7 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
         parameters: req.parameters,
         host: req.host,
         agent_uuid: agent.record.uuid,
-        agent_name: agent.record.name.clone(),
+        agent_name: agent.record.profile.name.clone(),
         created_by: created_by.to_string(),
         run: None,
         reason: held.clone(),

@@ -125,7 +125,7 @@ pub fn reservations(
     agents
         .iter()
         .filter_map(|a| {
-            a.record.groups.iter().find_map(|g| {
+            a.record.profile.groups.iter().find_map(|g| {
                 locks
                     .get(g)
                     .filter(|holder| Some(**holder) != run)
@@ -148,7 +148,7 @@ pub fn reserved_elsewhere(
 pub fn matches(a: &AgentView, sel: &TargetSpec) -> bool {
     let r = &a.record;
     if let Some(h) = &sel.host {
-        if &r.host != h {
+        if &r.profile.host != h {
             return false;
         }
     }
@@ -159,12 +159,15 @@ pub fn matches(a: &AgentView, sel: &TargetSpec) -> bool {
         }
     }
     if let Some(g) = &sel.group {
-        if !r.groups.contains(g) {
+        if !r.profile.groups.contains(g) {
             return false;
         }
     }
     if let Some(labels) = &sel.labels {
-        if !labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)) {
+        if !labels
+            .iter()
+            .all(|(k, v)| r.profile.labels.get(k) == Some(v))
+        {
             return false;
         }
     }
@@ -266,8 +269,12 @@ pub fn for_request<'a>(
             message: format!(
                 "unknown plugin `{plugin}`; live agents carry: {}",
                 list(
-                    live.iter()
-                        .flat_map(|a| a.record.plugins.iter().map(|p| p.name.clone()))
+                    live.iter().flat_map(|a| a
+                        .record
+                        .profile
+                        .plugins
+                        .iter()
+                        .map(|p| p.name.clone()))
                 )
             ),
         });
@@ -300,12 +307,12 @@ pub fn for_request<'a>(
         let message = if host_is_live {
             format!(
                 "no agent matching host `{host}` carries {plugin}.{method}; agents that do: {}",
-                list(with_method.iter().map(|a| a.record.host.clone()))
+                list(with_method.iter().map(|a| a.record.profile.host.clone()))
             )
         } else {
             format!(
                 "no live agent matches host `{host}`; live hosts: {}",
-                list(live.iter().map(|a| a.record.host.clone()))
+                list(live.iter().map(|a| a.record.profile.host.clone()))
             )
         };
         return Err(Refusal::Field {
@@ -455,6 +462,7 @@ pub async fn load_agents(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testbed_core::agent::AgentProfile;
 
     fn agent(id: u64, running: u32) -> AgentView {
         let now = testbed_core::now();
@@ -464,15 +472,17 @@ mod tests {
                 v: 1,
                 uuid: Uuid::from_u128(u128::from(id)),
                 id,
-                name: format!("a{id}"),
-                host: "h".into(),
-                labels: Default::default(),
-                groups: Vec::new(),
-                plugins: Vec::new(),
-                capacity: 1,
-                version: "0".into(),
-                root: false,
-                run_as: None,
+                profile: AgentProfile {
+                    name: format!("a{id}"),
+                    host: "h".into(),
+                    labels: Default::default(),
+                    groups: Vec::new(),
+                    plugins: Vec::new(),
+                    capacity: 1,
+                    version: "0".into(),
+                    root: false,
+                    run_as: None,
+                },
                 registered_at: now,
                 last_seen_at: now,
             },

@@ -219,7 +219,10 @@ pub async fn reconcile(
     only: Option<&BTreeSet<String>>,
 ) -> Result<(), RecordError> {
     let pass = reconcile_run(state, id, lease, known, cache, only);
-    state.metrics.reconcile(crate::metrics::Pass::Run, pass).await
+    state
+        .metrics
+        .reconcile(crate::metrics::Pass::Run, pass)
+        .await
 }
 
 async fn reconcile_run(
@@ -696,7 +699,7 @@ async fn start_step(
     st.instances = Vec::new();
     for (i, agent) in chosen.iter().enumerate() {
         let mut isc = sc.clone();
-        isc["agent"] = json!({"name": agent.record.name, "host": agent.record.host, "uuid": agent.record.uuid, "labels": agent.record.labels});
+        isc["agent"] = json!({"name": agent.record.profile.name, "host": agent.record.profile.host, "uuid": agent.record.uuid, "labels": agent.record.profile.labels});
         let params = match template::render(&r.params, &isc) {
             Ok(p) => p,
             Err(e) => {
@@ -729,7 +732,7 @@ async fn start_step(
         .await?;
         st.instances.push(Instance {
             agent_uuid: agent.record.uuid,
-            agent_name: agent.record.name.clone(),
+            agent_name: agent.record.profile.name.clone(),
             status: StepStatus::Running,
             attempt: 1,
             task_id: Some(tid),
@@ -796,9 +799,9 @@ async fn create_task(
         plugin: plugin.to_string(),
         method: method.to_string(),
         parameters: params,
-        host: agent.record.host.clone(),
+        host: agent.record.profile.host.clone(),
         agent_uuid: agent.record.uuid,
-        agent_name: agent.record.name.clone(),
+        agent_name: agent.record.profile.name.clone(),
         created_by: run.created_by.clone(),
         run: Some(RunRef {
             run_id: run.id,
@@ -910,7 +913,7 @@ async fn advance_step(
                         inst.task_id = Some(task_id(&run.id, &spec.id, idx, attempt));
                         inst.attempt = attempt;
                         inst.agent_uuid = agent.record.uuid;
-                        inst.agent_name = agent.record.name.clone();
+                        inst.agent_name = agent.record.profile.name.clone();
                         inst.reason = Some(format!(
                             "retry {} after: {}",
                             attempt - 1,
@@ -1385,7 +1388,7 @@ pub fn check_against_agents(
         if carrying.is_empty() {
             let known: BTreeSet<String> = agents
                 .iter()
-                .flat_map(|a| a.record.plugins.iter().map(|p| p.name.clone()))
+                .flat_map(|a| a.record.profile.plugins.iter().map(|p| p.name.clone()))
                 .collect();
             out.push(testbed_core::plan::Problem::at(
                 format!("steps[{i}].plugin"),
@@ -1509,7 +1512,7 @@ fn unmatchable_targets(spec: &PlanSpec, agents: &[AgentView]) -> Vec<testbed_cor
                     sel.describe(),
                     matching
                         .iter()
-                        .map(|a| a.record.name.as_str())
+                        .map(|a| a.record.profile.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use testbed_core::agent::{AgentLiveness, AgentRecord, MethodSpec, PluginSpec};
+use testbed_core::agent::{AgentLiveness, AgentProfile, AgentRecord, MethodSpec, PluginSpec};
 use testbed_core::keys;
 use testbed_core::run::{Run, RunStatus};
 use testbed_core::task::{Task, TaskOutcome, TaskStatus};
@@ -118,22 +118,24 @@ async fn add_agent(state: &AppState) -> (Uuid, LeaseId) {
         v: 1,
         uuid,
         id: 1,
-        name: "sim".into(),
-        host: "sim".into(),
-        labels: Default::default(),
-        groups: Vec::new(),
-        plugins: vec![PluginSpec {
-            name: "linux_system".into(),
-            methods: vec![MethodSpec {
-                name: "run_shell".into(),
-                description: String::new(),
-                schema: serde_json::json!({"type": "object"}),
+        profile: AgentProfile {
+            name: "sim".into(),
+            host: "sim".into(),
+            labels: Default::default(),
+            groups: Vec::new(),
+            plugins: vec![PluginSpec {
+                name: "linux_system".into(),
+                methods: vec![MethodSpec {
+                    name: "run_shell".into(),
+                    description: String::new(),
+                    schema: serde_json::json!({"type": "object"}),
+                }],
             }],
-        }],
-        capacity: 4,
-        version: "test".into(),
-        root: false,
-        run_as: None,
+            capacity: 4,
+            version: "test".into(),
+            root: false,
+            run_as: None,
+        },
         registered_at: testbed_core::now(),
         last_seen_at: testbed_core::now(),
     };

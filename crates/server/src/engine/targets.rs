@@ -52,14 +52,17 @@ pub fn known_for(sel: &TargetSpec, agents: &[AgentView]) -> String {
         list(
             "labels",
             records
-                .flat_map(|r| r.labels.iter().map(|(k, v)| format!("{k}={v}")))
+                .flat_map(|r| r.profile.labels.iter().map(|(k, v)| format!("{k}={v}")))
                 .collect(),
         )
     } else if sel.group.is_some() {
-        list("groups", records.flat_map(|r| r.groups.clone()).collect())
+        list(
+            "groups",
+            records.flat_map(|r| r.profile.groups.clone()).collect(),
+        )
     } else if sel.host.is_some() {
-        list("hosts", records.map(|r| r.host.clone()).collect())
+        list("hosts", records.map(|r| r.profile.host.clone()).collect())
     } else {
-        list("names", records.map(|r| r.name.clone()).collect())
+        list("names", records.map(|r| r.profile.name.clone()).collect())
     }
 }
