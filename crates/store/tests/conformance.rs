@@ -160,6 +160,19 @@ fn del_op(key: &str) -> TxnOp {
     TxnOp::Delete { key: key.into() }
 }
 
+/// Applies `ops` with no compares; the revision they made.
+async fn commit(s: &DynStore, ops: Vec<TxnOp>) -> i64 {
+    s.txn(&[], ops)
+        .await
+        .unwrap()
+        .expect("a transaction without compares applies")
+}
+
+/// Applies `ops` with no compares, which must fail; the error.
+async fn refused(s: &DynStore, ops: Vec<TxnOp>) -> StoreError {
+    s.txn(&[], ops).await.unwrap_err()
+}
+
 fn cmp(key: &str, compare: Compare) -> (String, Compare) {
     (key.into(), compare)
 }
@@ -839,11 +852,7 @@ mod cases {
         assert_quiet(&mut w, Duration::from_millis(300)).await;
 
         // Deleting everything at once is one revision too.
-        let rev2 = s
-            .txn(&[], vec![del_op("/txd/b"), del_op("/txd/c")])
-            .await
-            .unwrap()
-            .unwrap();
+        let rev2 = commit(s, vec![del_op("/txd/b"), del_op("/txd/c")]).await;
         assert_eq!(rev2, rev + 1);
         assert_eq!(
             next_events(&mut w, 2).await,
@@ -880,17 +889,15 @@ mod cases {
         let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
         let unknown = 0x7fff_ffff_0000_0002;
         let before = s.revision().await.unwrap();
-        let err = s
-            .txn(
-                &[],
-                vec![
-                    put_op("/txl/plain", "1"),
-                    leased_put_op("/txl/a", "2", Some(lease)),
-                    leased_put_op("/txl/b", "3", Some(unknown)),
-                ],
-            )
-            .await
-            .unwrap_err();
+        let err = refused(
+            s,
+            vec![
+                put_op("/txl/plain", "1"),
+                leased_put_op("/txl/a", "2", Some(lease)),
+                leased_put_op("/txl/b", "3", Some(unknown)),
+            ],
+        )
+        .await;
         assert!(
             matches!(err, StoreError::LeaseNotFound(id) if id == unknown),
             "{err:?}"
@@ -900,32 +907,27 @@ mod cases {
             assert_eq!(s.get(key).await.unwrap(), None, "{key}");
         }
 
-        let rev = s
-            .txn(
-                &[],
-                vec![
-                    leased_put_op("/txl/a", "2", Some(lease)),
-                    put_op("/txl/plain", "1"),
-                ],
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        let rev = commit(
+            s,
+            vec![
+                leased_put_op("/txl/a", "2", Some(lease)),
+                put_op("/txl/plain", "1"),
+            ],
+        )
+        .await;
         let a = s.get("/txl/a").await.unwrap().unwrap();
         assert_eq!((a.lease, a.mod_revision), (lease, rev));
 
         s.revoke_lease(lease).await.unwrap();
         let revoked = s.revision().await.unwrap();
-        let err = s
-            .txn(
-                &[],
-                vec![
-                    put_op("/txl/c", "4"),
-                    leased_put_op("/txl/d", "5", Some(lease)),
-                ],
-            )
-            .await
-            .unwrap_err();
+        let err = refused(
+            s,
+            vec![
+                put_op("/txl/c", "4"),
+                leased_put_op("/txl/d", "5", Some(lease)),
+            ],
+        )
+        .await;
         assert!(
             matches!(err, StoreError::LeaseNotFound(id) if id == lease),
             "{err:?}"
@@ -943,24 +945,17 @@ mod cases {
     /// A consumer that has seen a revision has seen all of its events, so
     /// resuming from its last revision + 1 neither loses nor repeats any.
     pub async fn watch_resumes_after_a_multi_event_revision(s: &DynStore) {
-        let r1 = s
-            .txn(
-                &[],
-                vec![
-                    put_op("/wr/a", "1"),
-                    put_op("/wr/b", "2"),
-                    put_op("/wr/c", "3"),
-                ],
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        let r1 = commit(
+            s,
+            vec![
+                put_op("/wr/a", "1"),
+                put_op("/wr/b", "2"),
+                put_op("/wr/c", "3"),
+            ],
+        )
+        .await;
         let r2 = s.put("/wr/d", b"4".to_vec(), None).await.unwrap();
-        let r3 = s
-            .txn(&[], vec![del_op("/wr/a"), put_op("/wr/e", "5")])
-            .await
-            .unwrap()
-            .unwrap();
+        let r3 = commit(s, vec![del_op("/wr/a"), put_op("/wr/e", "5")]).await;
 
         let mut w = s.watch("/wr/", r1).await.unwrap();
         assert_eq!(
@@ -990,11 +985,7 @@ mod cases {
 
         // Live, then resumed after the live revision.
         let mut w = s.watch("/wr/", 0).await.unwrap();
-        let r4 = s
-            .txn(&[], vec![put_op("/wr/f", "6"), del_op("/wr/b")])
-            .await
-            .unwrap()
-            .unwrap();
+        let r4 = commit(s, vec![put_op("/wr/f", "6"), del_op("/wr/b")]).await;
         assert_eq!(
             next_events(&mut w, 2).await,
             [(r4, put("/wr/f", "6")), (r4, del("/wr/b"))]
@@ -1011,17 +1002,14 @@ mod cases {
         let first = s.revision().await.unwrap() + 1;
         let n = 600;
         for i in 0..n {
-            let rev = s
-                .txn(
-                    &[],
-                    vec![
-                        put_op(&format!("/many/{i:03}/b"), "b"),
-                        put_op(&format!("/many/{i:03}/a"), "a"),
-                    ],
-                )
-                .await
-                .unwrap()
-                .unwrap();
+            let rev = commit(
+                s,
+                vec![
+                    put_op(&format!("/many/{i:03}/b"), "b"),
+                    put_op(&format!("/many/{i:03}/a"), "a"),
+                ],
+            )
+            .await;
             assert_eq!(rev, first + i);
         }
         let mut w = s.watch("/many/", first).await.unwrap();
@@ -1099,16 +1087,14 @@ mod cases {
                 for i in 0..25 {
                     let rev = if i % 5 == 4 {
                         // Some transactions of two events in the mix.
-                        s.txn(
-                            &[],
+                        commit(
+                            &s,
                             vec![
                                 put_op(&format!("/gap/{t}/{i}/x"), "x"),
                                 put_op(&format!("/gap/{t}/{i}/y"), "y"),
                             ],
                         )
                         .await
-                        .unwrap()
-                        .unwrap()
                     } else {
                         s.put(&format!("/gap/{t}/{i}"), vec![i], None)
                             .await
