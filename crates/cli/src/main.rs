@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use testbed_telemetry::otel::{self, Otel, WithTraceIds};
 
 /// Shown at the end of `testbed --help`; docs/cli.md says the same.
 const EXIT_CODES: &str = "\
@@ -54,25 +55,64 @@ enum LogFormat {
     Json,
 }
 
-/// Logs to stderr, filtered by TESTBED_LOG (default `info`).
-fn init_logging(format: LogFormat) {
+/// Logs to stderr, filtered by TESTBED_LOG (default `info`); with `otel`,
+/// spans are exported too and lines logged inside one carry its
+/// `trace_id` and `span_id`.
+fn init_logging(format: LogFormat, otel: Option<&Otel>) {
+    use tracing_subscriber::fmt::format::JsonFields;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESTBED_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let traced = otel.is_some();
+    let text = tracing_subscriber::fmt::format();
+    // One JSON object per line: the event's fields flattened beside
+    // timestamp, level and target, and the span it happened in.
+    let json = tracing_subscriber::fmt::format()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false);
+    let fmt = match (format, traced) {
+        (LogFormat::Text, false) => layer
             .with_ansi(output::color_enabled(&std::io::stderr()))
-            .init(),
-        // One JSON object per line: the event's fields flattened beside
-        // timestamp, level and target, and the spans it happened in.
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+            .event_format(text)
+            .boxed(),
+        // Plain text: the ids are appended after the formatter ran.
+        (LogFormat::Text, true) => layer
+            .with_ansi(false)
+            .event_format(WithTraceIds::new(text, false))
+            .boxed(),
+        (LogFormat::Json, false) => layer
+            .fmt_fields(JsonFields::new())
+            .event_format(json)
+            .boxed(),
+        (LogFormat::Json, true) => layer
+            .fmt_fields(JsonFields::new())
+            .event_format(WithTraceIds::new(json, true))
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel.map(|o| o.layer()))
+        .init();
+}
+
+/// Trace export for the commands that run a server or an agent, from
+/// `--otlp-endpoint` or the OTEL_* variables; `None` when not configured.
+fn init_traces(command: &Command) -> anyhow::Result<Option<Otel>> {
+    let (flag, service) = match command {
+        Command::Up(a) => (&a.traces, "testbed-server"),
+        Command::Server(a) => (&a.traces, "testbed-server"),
+        Command::Agent(a) => (&a.traces, "testbed-agent"),
+        _ => return Ok(None),
+    };
+    let endpoint =
+        otel::resolve_endpoint(flag.otlp_endpoint.as_deref(), |k| std::env::var(k).ok())?;
+    match endpoint {
+        Some(url) => Ok(Some(otel::init(&url, service)?)),
+        None => Ok(None),
     }
 }
 
@@ -203,7 +243,14 @@ fn main() -> ExitCode {
     if !cli.command.feeds_child_processes() {
         output::default_sigpipe();
     }
-    init_logging(cli.log_format);
+    let traces = match init_traces(&cli.command) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cli.log_format, traces.as_ref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -236,6 +283,12 @@ fn main() -> ExitCode {
             Command::Man { dir } => man(dir),
         }
     });
+    // What is still queued goes out before the process ends (blocking:
+    // after the runtime is done).
+    drop(runtime);
+    if let Some(t) = traces {
+        t.shutdown();
+    }
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -34,5 +34,6 @@ use testbed_agent::plugin;
 mod plugin_guide;
 mod restart;
 mod tck;
+mod traces;
 mod transport;
 mod trust;

@@ -86,6 +86,7 @@ impl Hub {
         };
         let id = task.id;
         let msg = ServerMessage::Assign {
+            traceparent: crate::engine::trace::traceparent(&task),
             task: Box::new(task.clone()),
         };
         if conn.tx.send(msg).is_err() {

@@ -4,6 +4,8 @@
 //! count differs); what they share is here: the usual `process_*` metrics
 //! ([`process`]), the OpenMetrics content type, and [`router`], which
 //! serves a registry at `/metrics` on a listen address of its own.
+//!
+//! Traces (OTLP export, trace ids in log lines) are in [`otel`].
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::registry::Registry;
 
+pub mod otel;
 pub mod process;
 
 /// What `/metrics` answers with: OpenMetrics text, which Prometheus

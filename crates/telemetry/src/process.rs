@@ -141,7 +141,9 @@ impl Collector for ProcessCollector {
                 g.encode(encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?)?;
             }
         }
-        Ok(())
+        // Both processes register this collector, so the trace exporter's
+        // counter rides along rather than needing a registration of its own.
+        crate::otel::encode_dropped(&mut encoder)
     }
 }
 

@@ -71,6 +71,8 @@ pub struct AgentArgs {
     /// register, carry only the `noop` plugin and heartbeat without metrics.
     #[arg(long, value_name = "N")]
     pub simulate: Option<u32>,
+    #[command(flatten)]
+    pub traces: super::server::TraceArgs,
 }
 
 impl AgentArgs {

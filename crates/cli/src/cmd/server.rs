@@ -79,6 +79,20 @@ pub struct ServerArgs {
     pub conn: ConnArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub traces: TraceArgs,
+}
+
+/// Where `server`, `up` and `agent` send their traces (docs/operations.md,
+/// "Traces and logs"); read by `main` before logging starts.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TraceArgs {
+    /// Export traces (OTLP over HTTP, protobuf) to the collector at URL,
+    /// e.g. `http://127.0.0.1:4318` (`/v1/traces` is appended); else
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the full URL) or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT. Off when none is set.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Who may read `/metrics`, shared by `server` and `up` (docs/operations.md).

@@ -60,6 +60,8 @@ pub struct UpArgs {
     pub conn: ConnArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub traces: super::server::TraceArgs,
     /// Serve plain HTTP on a non-loopback --listen address (tokens,
     /// commands and logs then cross the network in clear text).
     #[arg(long)]
@@ -100,6 +102,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         replica: None,
         conn: args.conn.clone(),
         metrics: args.metrics.clone(),
+        traces: args.traces.clone(),
     };
     let (labels, groups) = args.tags.parse()?;
     if let Some(user) = &args.run_as {
