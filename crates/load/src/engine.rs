@@ -1,6 +1,6 @@
 //! Starting a run and controlling it: [`start`] spawns the engine threads and
 //! a coordinator that merges their per-second windows; [`RunHandle`] yields
-//! the windows and the final [`Report`]; [`Controller`] pauses, resumes and
+//! the windows and the final [`Report`]; [`RunControl`] pauses, resumes and
 //! stops from anywhere.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,7 +48,7 @@ struct Clock {
     pauses: Vec<(Instant, Instant)>,
 }
 
-/// Run state shared by the controller, the engine threads and the coordinator.
+/// Run state shared by the [`RunControl`], the engine threads and the coordinator.
 #[derive(Debug)]
 pub(crate) struct Control {
     pub start: Instant,
@@ -189,11 +189,11 @@ impl Control {
 /// Pauses, resumes and stops a run; cheap to clone and usable from any
 /// thread or runtime.
 #[derive(Debug, Clone)]
-pub struct Controller {
+pub struct RunControl {
     control: Arc<Control>,
 }
 
-impl Controller {
+impl RunControl {
     /// No new requests start until [`resume`](Self::resume); requests in
     /// flight finish. Paused time does not count towards the stages. Returns
     /// false if the run was not running.
@@ -231,15 +231,15 @@ impl Controller {
 /// A started run: per-second windows as they close, then the report.
 #[derive(Debug)]
 pub struct RunHandle {
-    controller: Controller,
+    control: RunControl,
     windows: mpsc::UnboundedReceiver<Window>,
     report: oneshot::Receiver<Report>,
     check_names: Vec<String>,
 }
 
 impl RunHandle {
-    pub fn controller(&self) -> Controller {
-        self.controller.clone()
+    pub fn control(&self) -> RunControl {
+        self.control.clone()
     }
 
     /// Names of the scenario's checks, in the order of [`Window::checks`].
@@ -355,7 +355,7 @@ pub fn start_with(plan: Plan, opts: RunOptions) -> Result<RunHandle, LoadError> 
             LoadError::Spawn(e)
         })?;
     Ok(RunHandle {
-        controller: Controller { control },
+        control: RunControl { control },
         windows: win_rx,
         report: rep_rx,
         check_names,

@@ -9,7 +9,7 @@
 //!   `test_type` presets; [`Plan::split`] shares a plan out across agents.
 //! - [`start`] runs a plan on its own threads and returns a [`RunHandle`]:
 //!   per-second [`Window`]s as they close, then the [`Report`]; its
-//!   [`Controller`] pauses, resumes and stops.
+//!   [`RunControl`] pauses, resumes and stops.
 //! - [`Window`]s carry HDR histograms and serialize to JSON (histogram as
 //!   base64 V2), so windows from several engines can be shipped and merged
 //!   exactly ([`Window::merge`], [`merge_windows`], [`Aggregate`],
@@ -43,7 +43,7 @@ mod scenario;
 pub mod threshold;
 mod worker;
 
-pub use engine::{start, start_with, Controller, RunHandle, RunOptions, RunState};
+pub use engine::{start, start_with, RunControl, RunHandle, RunOptions, RunState};
 pub use error::{ConfigError, FieldError, LoadError, ThresholdError};
 pub use metrics::{
     merge_windows, new_histogram, CheckCount, ErrorKind, Window, CAUSE_REFUSED, CAUSE_RESET,

@@ -217,7 +217,7 @@ async fn pause_holds_requests_and_resume_extends_the_hold() {
     plan.scenario.think_time = None;
     let t0 = Instant::now();
     let mut run = testbed_load::start(plan).unwrap();
-    let ctl = run.controller();
+    let ctl = run.control();
     let collector = tokio::spawn(async move {
         let mut ws = Vec::new();
         while let Some(w) = run.next_window().await {
@@ -258,7 +258,7 @@ async fn stop_returns_a_report_promptly() {
     let mut plan = Plan::closed(srv.url("/slow?ms=5000"), 3, secs(60.0));
     plan.request_timeout = secs(30.0);
     let run = testbed_load::start(plan).unwrap();
-    let ctl = run.controller();
+    let ctl = run.control();
     tokio::time::sleep(secs(0.5)).await;
     let t = Instant::now();
     assert!(ctl.stop());

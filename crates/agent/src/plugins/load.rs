@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use testbed_load::{Controller, Plan, RunOptions, RunState};
+use testbed_load::{Plan, RunControl, RunOptions, RunState};
 
 use crate::plugin::{
     async_trait, fixed_control, json, method, parse_params, Control, Deserialize, JsonSchema, Map,
@@ -66,7 +66,7 @@ impl Plugin for Load {
             .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
         let mut run = testbed_load::start_with(plan, RunOptions { start_at })
             .map_err(|e| PluginError::Failed(e.to_string()))?;
-        let controller = run.controller();
+        let controller = run.control();
         let mut control = ctx.control.clone();
         let mut engine_state = controller.watch();
         let mut engine_open = true;
@@ -150,7 +150,7 @@ impl Plugin for Load {
 
 /// Brings the engine to the wanted state if it can be now; returns whether
 /// it changed anything.
-fn apply(controller: &Controller, want: Control) -> bool {
+fn apply(controller: &RunControl, want: Control) -> bool {
     match (want, controller.state()) {
         (Control::Pause, RunState::Running) => controller.pause(),
         (Control::Run, RunState::Paused) => controller.resume(),

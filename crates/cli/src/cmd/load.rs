@@ -182,7 +182,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let name = args.name.as_deref().unwrap_or(&args.url);
     let outputs = Outputs::open(&args.outs, &tags(&args.tags)?, name)?;
     let mut run = testbed_load::start(plan).context("starting the load")?;
-    let ctl = run.controller();
+    let ctl = run.control();
     let stopper = tokio::spawn(async move {
         super::terminated().await;
         ctl.stop();
