@@ -23,6 +23,7 @@ use testbed_core::agent::{AgentProfile, PluginSpec};
 use testbed_core::protocol::{AgentMessage, Hello, ServerMessage, PROTOCOL_VERSION};
 use testbed_core::task::{Artifact, Task, TaskOutcome, TaskStatus};
 use thiserror::Error;
+use tracing::Instrument as _;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -626,7 +627,7 @@ impl Agent {
 
     fn handle(&self, msg: ServerMessage, tx: &mpsc::UnboundedSender<AgentMessage>) {
         match msg {
-            ServerMessage::Assign { task } => {
+            ServerMessage::Assign { task, traceparent } => {
                 let fresh = lock(&self.shared.seen).insert(task.id);
                 if !fresh {
                     // Already running or done here; if done and unacked, the
@@ -651,7 +652,11 @@ impl Agent {
                     },
                 );
                 let agent = self.clone();
-                tokio::spawn(async move { agent.run_task(*task, cancel, control_rx).await });
+                let span = execute_span(&task, traceparent.as_deref());
+                tokio::spawn(
+                    async move { agent.run_task(*task, cancel, control_rx).await }
+                        .instrument(span),
+                );
             }
             ServerMessage::Cancel { task_id } => {
                 if let Some(Entry::Running { cancel, .. }) = lock(&self.shared.tasks).get(&task_id)
@@ -817,6 +822,12 @@ impl Agent {
         };
         drop(log);
         drop(metrics);
+        let span = tracing::Span::current();
+        span.record("status", status.as_str());
+        if status != TaskStatus::Succeeded {
+            span.record("otel.status_code", "error");
+        }
+        tracing::debug!(task = %id, %status, "task finished");
         // Live metrics go out before the result, so the server's series is
         // complete when it learns the task ended.
         let _ = metrics_pump.await;
@@ -846,6 +857,22 @@ impl Agent {
             outcome,
         });
     }
+}
+
+/// The span of running `task` here, a child of the server's span of it
+/// when the server sent its `traceparent`; none when traces are off.
+fn execute_span(task: &Task, traceparent: Option<&str>) -> tracing::Span {
+    let parent = traceparent.and_then(testbed_telemetry::otel::SpanRef::parse);
+    testbed_telemetry::otel::child_of(parent, || {
+        tracing::info_span!(
+            "task.execute",
+            task = %task.id,
+            plugin = %task.plugin,
+            method = %task.method,
+            status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    })
 }
 
 /// Moves a task's output to its log file and, batched, to the server.

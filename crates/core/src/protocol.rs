@@ -88,6 +88,10 @@ pub enum ServerMessage {
     },
     Assign {
         task: Box<Task>,
+        /// W3C trace context of the server's span of the task, when the
+        /// server exports traces: the agent's span of the run is its child.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     Cancel {
         task_id: Uuid,

@@ -295,7 +295,12 @@ pub async fn settle_from(
             compares.push((key, Compare::ModRevision(*rev)));
         }
         if state.store.txn(&compares, ops).await?.is_some() {
-            for (task_id, ..) in &chunk {
+            for (task_id, outcome, stored_len, task, _) in &chunk {
+                if crate::engine::trace::enabled() {
+                    let mut t = task.clone();
+                    apply_outcome(&mut t, outcome, *stored_len);
+                    crate::engine::trace::task_ended(&t);
+                }
                 state.hub.forget(&agent, task_id);
                 state.hub.load.released(agent, *task_id);
                 state.hub.task_changed(*task_id);
@@ -365,6 +370,7 @@ async fn settle_read(
             .is_some()
         {
             state.hub.load.released(t.agent_uuid, task_id);
+            crate::engine::trace::task_ended(&t);
             break;
         }
     }
@@ -392,6 +398,7 @@ pub async fn finish_without_agent(
     })
     .await?;
     if let Some(t) = updated {
+        crate::engine::trace::task_ended(&t);
         if let Err(e) = state.blobs.finish_log(&task_id).await {
             tracing::warn!(%task_id, "folding log: {e}");
         }
@@ -547,7 +554,12 @@ async fn create_held(
     // confirms (or, should the write fail, the next re-list corrects) it.
     state.hub.load.assigned(task.agent_uuid, task.id);
     match state.store.txn(&[(key, Compare::Absent)], ops).await {
-        Ok(_) => Ok(()),
+        Ok(written) => {
+            if written.is_some() {
+                crate::engine::trace::dispatched(task);
+            }
+            Ok(())
+        }
         Err(e) => {
             state.hub.load.released(task.agent_uuid, task.id);
             Err(e.into())

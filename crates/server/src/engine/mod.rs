@@ -18,6 +18,7 @@ pub mod report;
 mod resilience_tests;
 pub mod run_store;
 pub mod targets;
+pub mod trace;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -264,6 +265,7 @@ async fn reconcile_run(
         .await;
         match outcome {
             Ok(true) => {
+                trace::after_write(&c.l.run, &ch.steps, ch.run);
                 if c.l.run.status.is_terminal() {
                     let run = c.l.run.clone();
                     cache.remove(&id);
