@@ -1145,6 +1145,11 @@ mod cases {
 mod redb_specific {
     use super::*;
 
+    /// A redb store in `dir` opened with `options`.
+    fn redb_in(dir: &Path, options: RedbOptions) -> DynStore {
+        Arc::new(RedbStore::open_with(dir.join("s.redb"), options).unwrap())
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reopen_keeps_data_revision_and_leases() {
         let dir = tempfile::tempdir().unwrap();
@@ -1203,12 +1208,13 @@ mod redb_specific {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watch_keeps_up_after_lagging() {
         let dir = tempfile::tempdir().unwrap();
-        let options = RedbOptions {
-            watch_buffer: 8,
-            ..Default::default()
-        };
-        let s: DynStore =
-            Arc::new(RedbStore::open_with(dir.path().join("s.redb"), options).unwrap());
+        let s = redb_in(
+            dir.path(),
+            RedbOptions {
+                watch_buffer: 8,
+                ..Default::default()
+            },
+        );
         let mut w = s.watch("/lag/", 0).await.unwrap();
         // Far more events than the broadcast and the stream buffer hold,
         // written before the watcher reads any.
@@ -1243,12 +1249,13 @@ mod redb_specific {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watch_keeps_up_after_lagging_with_transactions() {
         let dir = tempfile::tempdir().unwrap();
-        let options = RedbOptions {
-            watch_buffer: 4,
-            ..Default::default()
-        };
-        let s: DynStore =
-            Arc::new(RedbStore::open_with(dir.path().join("s.redb"), options).unwrap());
+        let s = redb_in(
+            dir.path(),
+            RedbOptions {
+                watch_buffer: 4,
+                ..Default::default()
+            },
+        );
         let mut w = s.watch("/lagt/", 0).await.unwrap();
         let n = 300;
         let mut revisions = Vec::new();
@@ -1376,12 +1383,13 @@ mod redb_specific {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watch_from_compacted_revision_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let options = RedbOptions {
-            history_revisions: 10,
-            ..Default::default()
-        };
-        let s: DynStore =
-            Arc::new(RedbStore::open_with(dir.path().join("s.redb"), options).unwrap());
+        let s = redb_in(
+            dir.path(),
+            RedbOptions {
+                history_revisions: 10,
+                ..Default::default()
+            },
+        );
         for i in 0..30 {
             s.put(&format!("/c/{i}"), Vec::new(), None).await.unwrap();
         }
