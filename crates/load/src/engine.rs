@@ -1,6 +1,6 @@
 //! Starting a run and controlling it: [`start`] spawns the engine threads and
 //! a coordinator that merges their per-second windows; [`RunHandle`] yields
-//! the windows and the final [`Report`]; [`RunControl`] pauses, resumes and
+//! the windows and the final [`LoadReport`]; [`RunControl`] pauses, resumes and
 //! stops from anywhere.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::{ConfigError, LoadError};
 use crate::metrics::Window;
 use crate::plan::{Plan, Schedule};
-use crate::report::{EndReason, Report};
+use crate::report::{EndReason, LoadReport};
 use crate::scenario::CompiledScenario;
 use crate::threshold::{self, Threshold};
 use crate::worker::{self, WorkerMsg};
@@ -233,7 +233,7 @@ impl RunControl {
 pub struct RunHandle {
     control: RunControl,
     windows: mpsc::UnboundedReceiver<Window>,
-    report: oneshot::Receiver<Report>,
+    report: oneshot::Receiver<LoadReport>,
     check_names: Vec<String>,
 }
 
@@ -254,12 +254,12 @@ impl RunHandle {
     }
 
     /// Waits for the end of the run (windows not yet taken are dropped).
-    pub async fn report(self) -> Result<Report, LoadError> {
+    pub async fn report(self) -> Result<LoadReport, LoadError> {
         self.report.await.map_err(|_| LoadError::Aborted)
     }
 
     /// [`report`](Self::report) for callers outside an async runtime.
-    pub fn blocking_report(self) -> Result<Report, LoadError> {
+    pub fn blocking_report(self) -> Result<LoadReport, LoadError> {
         self.report.blocking_recv().map_err(|_| LoadError::Aborted)
     }
 }
@@ -369,7 +369,7 @@ fn coordinate(
     thresholds: Vec<Threshold>,
     mut rx: mpsc::UnboundedReceiver<WorkerMsg>,
     out: mpsc::UnboundedSender<Window>,
-    report: oneshot::Sender<Report>,
+    report: oneshot::Sender<LoadReport>,
 ) {
     let control = &shared.control;
     let n = shared.workers;
@@ -425,7 +425,7 @@ fn coordinate(
     let wall = last_end
         .saturating_duration_since(control.start)
         .as_secs_f64();
-    let r = Report::from_windows(
+    let r = LoadReport::from_windows(
         &all,
         active,
         wall,

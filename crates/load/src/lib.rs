@@ -8,12 +8,12 @@
 //!   `target_url`, `request_timeout`) onto a plan with the documented
 //!   `test_type` presets; [`Plan::split`] shares a plan out across agents.
 //! - [`start`] runs a plan on its own threads and returns a [`RunHandle`]:
-//!   per-second [`Window`]s as they close, then the [`Report`]; its
+//!   per-second [`Window`]s as they close, then the [`LoadReport`]; its
 //!   [`RunControl`] pauses, resumes and stops.
 //! - [`Window`]s carry HDR histograms and serialize to JSON (histogram as
 //!   base64 V2), so windows from several engines can be shipped and merged
 //!   exactly ([`Window::merge`], [`merge_windows`], [`Aggregate`],
-//!   [`Report::from_windows`]).
+//!   [`LoadReport::from_windows`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), testbed_load::LoadError> {
@@ -54,7 +54,9 @@ pub use plan::{
     Stage, StatusMatch, ThinkTime,
 };
 pub use preset::{SeedConfig, TestType};
-pub use report::{Aggregate, EndReason, ErrorCount, NamedCheckCount, Report, SeriesPoint, Summary};
+pub use report::{
+    Aggregate, EndReason, ErrorCount, LoadReport, NamedCheckCount, SeriesPoint, Summary,
+};
 pub use threshold::{Threshold, ThresholdResult};
 
 /// hdrhistogram, re-exported so users of [`Window::latency`] need not

@@ -1,4 +1,4 @@
-//! Totals over many windows ([`Aggregate`]) and the final [`Report`]:
+//! Totals over many windows ([`Aggregate`]) and the final [`LoadReport`]:
 //! summary with percentiles, error breakdown, per-second series and
 //! threshold results.
 
@@ -279,7 +279,7 @@ pub enum EndReason {
 
 /// The final result of a run (or of several merged runs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+pub struct LoadReport {
     /// Unix time (ms) at which load started.
     pub started_at_ms: u64,
     /// Wall-clock length including pauses, in seconds.
@@ -309,7 +309,7 @@ pub struct NamedCheckCount {
     pub failed: u64,
 }
 
-impl Report {
+impl LoadReport {
     /// Builds a report from (possibly merged) windows. `active_secs` is the
     /// run's length without pauses; `check_names` label the check counts.
     pub fn from_windows(
@@ -320,7 +320,7 @@ impl Report {
         end: EndReason,
         thresholds: &[Threshold],
         check_names: &[String],
-    ) -> Report {
+    ) -> LoadReport {
         let mut agg = Aggregate::default();
         for w in windows {
             agg.add(w);
@@ -359,7 +359,7 @@ impl Report {
                 failed: c.failed,
             })
             .collect();
-        Report {
+        LoadReport {
             started_at_ms,
             wall_secs,
             end,

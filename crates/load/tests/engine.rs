@@ -16,7 +16,7 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-async fn run_collect(plan: Plan) -> (Vec<Window>, testbed_load::Report) {
+async fn run_collect(plan: Plan) -> (Vec<Window>, testbed_load::LoadReport) {
     let mut run = testbed_load::start(plan).expect("start");
     let mut windows = Vec::new();
     while let Some(w) = run.next_window().await {
@@ -25,7 +25,7 @@ async fn run_collect(plan: Plan) -> (Vec<Window>, testbed_load::Report) {
     (windows, run.report().await.expect("report"))
 }
 
-fn error_count(r: &testbed_load::Report, label: &str) -> u64 {
+fn error_count(r: &testbed_load::LoadReport, label: &str) -> u64 {
     r.errors
         .iter()
         .find(|e| e.label == label)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use testbed_load::output::Outputs;
-use testbed_load::{Load, Plan, Protocol, RateStage, Report, RequestSpec, Stage, Window};
+use testbed_load::{Load, LoadReport, Plan, Protocol, RateStage, RequestSpec, Stage, Window};
 
 #[derive(Args, Debug, Clone)]
 #[command(
@@ -241,7 +241,7 @@ pub async fn finish_outputs(outputs: Outputs) -> anyhow::Result<()> {
 /// Human names and counts of a report's errors, most frequent first:
 /// connection errors by cause where known, then the seed's labels, then the
 /// requests cut at the deadline.
-fn error_breakdown(r: &Report) -> Vec<(String, u64)> {
+fn error_breakdown(r: &LoadReport) -> Vec<(String, u64)> {
     let mut out = named_errors(
         r.errors.iter().map(|e| (e.label.as_str(), e.count)),
         r.error_causes.iter().map(|e| (e.label.as_str(), e.count)),
@@ -277,7 +277,7 @@ fn named_errors<'a>(
     out
 }
 
-fn failure_causes(r: &Report) -> String {
+fn failure_causes(r: &LoadReport) -> String {
     let list = error_breakdown(r);
     if list.is_empty() {
         return "no request was sent".to_string();
@@ -387,7 +387,7 @@ fn bytes(n: u64) -> String {
 
 /// The human summary: totals, percentiles, a latency histogram, status
 /// codes, errors and thresholds.
-pub fn summary(r: &Report) -> String {
+pub fn summary(r: &LoadReport) -> String {
     let s = &r.summary;
     let mut o = String::new();
     let _ = writeln!(o, "\nSummary:");
