@@ -52,7 +52,7 @@ fn serve() -> (String, Arc<AtomicU64>) {
 }
 
 fn plan(url: &str, secs: u64) -> Value {
-    serde_json::to_value(testbed_load::Plan::closed(
+    serde_json::to_value(testbed_load::LoadProfile::closed(
         url,
         1,
         Duration::from_secs(secs),

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{ConfigError, LoadError};
 use crate::metrics::Window;
-use crate::plan::{Plan, Schedule};
+use crate::plan::{LoadProfile, Schedule};
 use crate::report::{EndReason, LoadReport};
 use crate::scenario::CompiledScenario;
 use crate::threshold::{self, Threshold};
@@ -266,7 +266,7 @@ impl RunHandle {
 
 /// Read-only state every engine thread shares.
 pub(crate) struct Shared {
-    pub plan: Plan,
+    pub plan: LoadProfile,
     pub scenario: CompiledScenario,
     pub schedule: Schedule,
     pub control: Arc<Control>,
@@ -275,12 +275,12 @@ pub(crate) struct Shared {
 }
 
 /// Validates and compiles `plan` and starts it now.
-pub fn start(plan: Plan) -> Result<RunHandle, LoadError> {
+pub fn start(plan: LoadProfile) -> Result<RunHandle, LoadError> {
     start_with(plan, RunOptions::default())
 }
 
 /// Like [`start`], with run options (synchronised start).
-pub fn start_with(plan: Plan, opts: RunOptions) -> Result<RunHandle, LoadError> {
+pub fn start_with(plan: LoadProfile, opts: RunOptions) -> Result<RunHandle, LoadError> {
     plan.validate()?;
     let thresholds: Vec<Threshold> = threshold::parse_all(&plan.thresholds)
         .map_err(|e| ConfigError::single("thresholds", e.to_string()))?;

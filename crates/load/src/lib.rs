@@ -1,12 +1,12 @@
 //! `testbed-load`: a fast HTTP load engine.
 //!
-//! - [`Plan`]: scenario (requests, checks, think time, data variables),
+//! - [`LoadProfile`]: scenario (requests, checks, think time, data variables),
 //!   workload model ([`Load::Closed`] users with k6-style stages or
 //!   [`Load::Open`] arrival rate, latency from the intended start), request
 //!   timeout and thresholds. [`SeedConfig`] maps the seed-001 `config`
 //!   (`concurrent_users`, `ramp_up_time`, `hold_time`, `test_type`,
 //!   `target_url`, `request_timeout`) onto a plan with the documented
-//!   `test_type` presets; [`Plan::split`] shares a plan out across agents.
+//!   `test_type` presets; [`LoadProfile::split`] shares a plan out across agents.
 //! - [`start`] runs a plan on its own threads and returns a [`RunHandle`]:
 //!   per-second [`Window`]s as they close, then the [`LoadReport`]; its
 //!   [`RunControl`] pauses, resumes and stops.
@@ -18,7 +18,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), testbed_load::LoadError> {
 //! use std::time::Duration;
-//! let mut plan = testbed_load::Plan::closed("http://127.0.0.1:8080/", 50, Duration::from_secs(10));
+//! let mut plan = testbed_load::LoadProfile::closed("http://127.0.0.1:8080/", 50, Duration::from_secs(10));
 //! plan.thresholds.push("p(99)<250".into());
 //! let mut run = testbed_load::start(plan)?;
 //! while let Some(w) = run.next_window().await {
@@ -50,8 +50,8 @@ pub use metrics::{
     CAUSE_UNKNOWN_HOST, MAX_LATENCY_US, SIGFIG,
 };
 pub use plan::{
-    Check, DataFormat, DataSource, Load, Order, Plan, Protocol, RateStage, RequestSpec, Scenario,
-    Stage, StatusMatch, ThinkTime,
+    Check, DataFormat, DataSource, Load, LoadProfile, Order, Protocol, RateStage, RequestSpec,
+    Scenario, Stage, StatusMatch, ThinkTime,
 };
 pub use preset::{SeedConfig, TestType};
 pub use report::{

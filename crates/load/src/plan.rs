@@ -14,7 +14,7 @@ use crate::error::{ConfigError, FieldError};
 /// A complete description of one load run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Plan {
+pub struct LoadProfile {
     pub scenario: Scenario,
     pub load: Load,
     /// Per-request deadline; a request that exceeds it is a `Timeout` error.
@@ -248,10 +248,10 @@ pub enum DataFormat {
     Json,
 }
 
-impl Plan {
+impl LoadProfile {
     /// `users` users hitting `url` for `duration` (wrk/oha style).
-    pub fn closed(url: impl Into<String>, users: u64, duration: Duration) -> Plan {
-        Plan::with_load(
+    pub fn closed(url: impl Into<String>, users: u64, duration: Duration) -> LoadProfile {
+        LoadProfile::with_load(
             url,
             Load::Closed {
                 start_vus: users,
@@ -264,8 +264,13 @@ impl Plan {
     }
 
     /// `rate` requests/s to `url` for `duration` from at most `max_vus` users.
-    pub fn open(url: impl Into<String>, rate: f64, duration: Duration, max_vus: u64) -> Plan {
-        Plan::with_load(
+    pub fn open(
+        url: impl Into<String>,
+        rate: f64,
+        duration: Duration,
+        max_vus: u64,
+    ) -> LoadProfile {
+        LoadProfile::with_load(
             url,
             Load::Open {
                 start_rate: rate,
@@ -278,8 +283,8 @@ impl Plan {
         )
     }
 
-    fn with_load(url: impl Into<String>, load: Load) -> Plan {
-        Plan {
+    fn with_load(url: impl Into<String>, load: Load) -> LoadProfile {
+        LoadProfile {
             scenario: Scenario {
                 requests: vec![RequestSpec::get(url)],
                 order: Order::Weighted,
@@ -435,7 +440,7 @@ impl Plan {
     /// rates are divided exactly. Returns fewer than `n` plans when there are
     /// fewer users than agents; every part keeps the scenario, timeouts and
     /// thresholds (which the merged result, not each part, should be judged by).
-    pub fn split(&self, n: usize) -> Vec<Plan> {
+    pub fn split(&self, n: usize) -> Vec<LoadProfile> {
         let n = n.max(1);
         let parts = (self.max_vus().max(1) as usize).min(n);
         (0..parts)
@@ -635,14 +640,14 @@ mod tests {
 
     #[test]
     fn split_adds_up() {
-        let p = Plan::closed("http://127.0.0.1:1/", 10, Duration::from_secs(5));
+        let p = LoadProfile::closed("http://127.0.0.1:1/", 10, Duration::from_secs(5));
         let parts = p.split(3);
         assert_eq!(parts.len(), 3);
         let total: u64 = parts.iter().map(|p| p.max_vus()).sum();
         assert_eq!(total, 10);
-        let p = Plan::closed("http://127.0.0.1:1/", 2, Duration::from_secs(5));
+        let p = LoadProfile::closed("http://127.0.0.1:1/", 2, Duration::from_secs(5));
         assert_eq!(p.split(5).len(), 2);
-        let p = Plan::open("http://127.0.0.1:1/", 300.0, Duration::from_secs(5), 10);
+        let p = LoadProfile::open("http://127.0.0.1:1/", 300.0, Duration::from_secs(5), 10);
         let parts = p.split(4);
         let rate: f64 = parts
             .iter()

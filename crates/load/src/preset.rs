@@ -1,6 +1,6 @@
 //! Seed-001 performance-plan configs (`concurrent_users`, `ramp_up_time`,
 //! `hold_time`, `test_type`, `target_url`, `request_timeout`) and the
-//! `test_type` presets that turn them into a [`Plan`].
+//! `test_type` presets that turn them into a [`LoadProfile`].
 //!
 //! Presets, with U = `concurrent_users`, R = `ramp_up_time`, H = `hold_time`
 //! (a ramp of zero means "start at full load"; steps inside a preset take
@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, FieldError};
-use crate::plan::{Load, Order, Plan, Protocol, RateStage, RequestSpec, Scenario, Stage};
+use crate::plan::{Load, LoadProfile, Order, Protocol, RateStage, RequestSpec, Scenario, Stage};
 
 /// The seed's `test_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,7 +230,7 @@ impl SeedConfig {
     }
 
     /// Validates every field (naming each bad one) and builds the plan.
-    pub fn to_plan(&self) -> Result<Plan, ConfigError> {
+    pub fn to_plan(&self) -> Result<LoadProfile, ConfigError> {
         let mut errs = Vec::new();
         let test_type = match self.test_type.as_deref() {
             None => Some(TestType::Load),
@@ -377,7 +377,7 @@ impl SeedConfig {
                 }
             }
         };
-        let plan = Plan {
+        let plan = LoadProfile {
             scenario,
             load,
             request_timeout: timeout,

@@ -625,7 +625,7 @@ fn encode_h1(
     out.extend_from_slice(body);
 }
 
-/// I/O-free validation of one request for [`crate::Plan::validate`].
+/// I/O-free validation of one request for [`crate::LoadProfile::validate`].
 pub(crate) fn validate_request(i: usize, r: &RequestSpec, errs: &mut Vec<FieldError>) {
     let field = |f: &str| format!("scenario.requests[{i}].{f}");
     if Method::from_bytes(r.method.trim().to_ascii_uppercase().as_bytes()).is_err() {

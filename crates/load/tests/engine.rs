@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use testbed_load::{
-    merge_windows, Check, DataSource, EndReason, Load, Order, Plan, Protocol, RequestSpec,
+    merge_windows, Check, DataSource, EndReason, Load, Order, LoadProfile, Protocol, RequestSpec,
     SeedConfig, Stage, StatusMatch, Window,
 };
 
@@ -16,7 +16,7 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-async fn run_collect(plan: Plan) -> (Vec<Window>, testbed_load::LoadReport) {
+async fn run_collect(plan: LoadProfile) -> (Vec<Window>, testbed_load::LoadReport) {
     let mut run = testbed_load::start(plan).expect("start");
     let mut windows = Vec::new();
     while let Some(w) = run.next_window().await {
@@ -37,7 +37,7 @@ fn error_count(r: &testbed_load::LoadReport, label: &str) -> u64 {
 async fn request_counts_equal_the_servers() {
     let _g = common::serial().await;
     let srv = common::spawn(false);
-    let plan = Plan::closed(srv.url("/ok"), 4, secs(1.0));
+    let plan = LoadProfile::closed(srv.url("/ok"), 4, secs(1.0));
     let (windows, report) = run_collect(plan).await;
     let s = &report.summary;
     assert!(s.requests > 50, "only {} requests", s.requests);
@@ -57,7 +57,7 @@ async fn errors_are_classified() {
     let _g = common::serial().await;
     let srv = common::spawn(false);
     // 404 and 500 by code.
-    let mut plan = Plan::closed(srv.url("/404"), 2, secs(0.5));
+    let mut plan = LoadProfile::closed(srv.url("/404"), 2, secs(0.5));
     plan.scenario
         .requests
         .push(RequestSpec::get(srv.url("/500")));
@@ -73,7 +73,7 @@ async fn errors_are_classified() {
     assert_eq!(r.summary.success_rate, 0.0);
 
     // A request slower than the timeout.
-    let mut plan = Plan::closed(srv.url("/slow?ms=2000"), 2, secs(0.6));
+    let mut plan = LoadProfile::closed(srv.url("/slow?ms=2000"), 2, secs(0.6));
     plan.request_timeout = Duration::from_millis(200);
     let (_, r) = run_collect(plan).await;
     assert!(error_count(&r, "Timeout") >= 2, "{:?}", r.errors);
@@ -84,7 +84,7 @@ async fn errors_are_classified() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let plan = Plan::closed(format!("http://127.0.0.1:{port}/"), 2, secs(1.0));
+    let plan = LoadProfile::closed(format!("http://127.0.0.1:{port}/"), 2, secs(1.0));
     let t = Instant::now();
     let (windows, r) = run_collect(plan).await;
     assert!(t.elapsed() < secs(3.0));
@@ -105,7 +105,7 @@ async fn errors_are_classified() {
     assert!(!windows.is_empty());
 
     // TLS to a plain-HTTP port.
-    let mut plan = Plan::closed(format!("https://{}/", srv.addr), 1, secs(0.3));
+    let mut plan = LoadProfile::closed(format!("https://{}/", srv.addr), 1, secs(0.3));
     plan.insecure = true;
     let (_, r) = run_collect(plan).await;
     assert!(error_count(&r, "TLS Error") > 0, "{:?}", r.errors);
@@ -115,7 +115,7 @@ async fn errors_are_classified() {
 async fn checks_and_thresholds_decide() {
     let _g = common::serial().await;
     let srv = common::spawn(false);
-    let mut plan = Plan::closed(srv.url("/ok"), 2, secs(0.5));
+    let mut plan = LoadProfile::closed(srv.url("/ok"), 2, secs(0.5));
     plan.scenario.requests[0].checks = vec![
         Check::Status(StatusMatch::One(200)),
         Check::BodyContains("\"ok\"".into()),
@@ -164,7 +164,7 @@ async fn checks_and_thresholds_decide() {
 async fn h2c_prior_knowledge_works() {
     let _g = common::serial().await;
     let srv = common::spawn(true);
-    let mut plan = Plan::closed(srv.url("/ok"), 3, secs(0.7));
+    let mut plan = LoadProfile::closed(srv.url("/ok"), 3, secs(0.7));
     plan.protocol = Protocol::Http2;
     let (_, r) = run_collect(plan.clone()).await;
     assert!(r.summary.requests > 20);
@@ -181,7 +181,7 @@ async fn https_negotiates_h2_or_http1_and_checks_certificates() {
     let _g = common::serial().await;
     let srv = common::spawn_tls();
     let url = format!("https://localhost:{}/ok", srv.addr.port());
-    let mut plan = Plan::closed(&url, 2, secs(0.5));
+    let mut plan = LoadProfile::closed(&url, 2, secs(0.5));
     plan.insecure = true;
     let (_, r) = run_collect(plan.clone()).await;
     assert!(r.summary.requests > 5);
@@ -213,7 +213,7 @@ async fn https_negotiates_h2_or_http1_and_checks_certificates() {
 async fn pause_holds_requests_and_resume_extends_the_hold() {
     let _g = common::serial().await;
     let srv = common::spawn(false);
-    let mut plan = Plan::closed(srv.url("/slow?ms=5"), 2, secs(2.0));
+    let mut plan = LoadProfile::closed(srv.url("/slow?ms=5"), 2, secs(2.0));
     plan.scenario.think_time = None;
     let t0 = Instant::now();
     let mut run = testbed_load::start(plan).unwrap();
@@ -255,7 +255,7 @@ async fn pause_holds_requests_and_resume_extends_the_hold() {
 async fn stop_returns_a_report_promptly() {
     let _g = common::serial().await;
     let srv = common::spawn(false);
-    let mut plan = Plan::closed(srv.url("/slow?ms=5000"), 3, secs(60.0));
+    let mut plan = LoadProfile::closed(srv.url("/slow?ms=5000"), 3, secs(60.0));
     plan.request_timeout = secs(30.0);
     let run = testbed_load::start(plan).unwrap();
     let ctl = run.control();
@@ -276,7 +276,7 @@ async fn requests_in_flight_at_the_deadline_are_cut_and_counted() {
     let _g = common::serial().await;
     let srv = common::spawn(false);
     // Answers come long after the run's end, well within the timeout.
-    let mut plan = Plan::closed(srv.url("/slow?ms=20000"), 3, secs(1.0));
+    let mut plan = LoadProfile::closed(srv.url("/slow?ms=20000"), 3, secs(1.0));
     plan.request_timeout = secs(30.0);
     let t = Instant::now();
     let (windows, r) = run_collect(plan).await;
@@ -289,7 +289,7 @@ async fn requests_in_flight_at_the_deadline_are_cut_and_counted() {
     assert!(windows.iter().any(|w| w.in_flight == 3), "{windows:?}");
 
     // A healthy target's last answers land within the grace: nothing cut.
-    let plan = Plan::closed(srv.url("/ok"), 2, secs(0.5));
+    let plan = LoadProfile::closed(srv.url("/ok"), 2, secs(0.5));
     let (_, r) = run_collect(plan).await;
     assert_eq!(r.summary.cut, 0);
     assert!(r.summary.requests > 0);
@@ -299,7 +299,7 @@ async fn requests_in_flight_at_the_deadline_are_cut_and_counted() {
 async fn open_model_keeps_its_rate() {
     let _g = common::serial().await;
     let srv = common::spawn(false);
-    let plan = Plan::open(srv.url("/slow?ms=20"), 200.0, secs(3.0), 50);
+    let plan = LoadProfile::open(srv.url("/slow?ms=20"), 200.0, secs(3.0), 50);
     let (windows, r) = run_collect(plan).await;
     let n = r.summary.requests as f64;
     assert!((540.0..=660.0).contains(&n), "{n} requests for 600 planned");
@@ -316,7 +316,7 @@ async fn open_model_keeps_its_rate() {
     assert!(r.summary.p50_ms >= 20.0);
 
     // A pool too small for the rate drops iterations.
-    let plan = Plan::open(srv.url("/slow?ms=100"), 100.0, secs(1.0), 2);
+    let plan = LoadProfile::open(srv.url("/slow?ms=100"), 100.0, secs(1.0), 2);
     let (_, r) = run_collect(plan).await;
     assert!(
         r.summary.dropped_iterations > 50,
@@ -330,9 +330,9 @@ async fn open_model_is_free_of_coordinated_omission() {
     let _g = common::serial().await;
     let srv = common::spawn(false);
     srv.arm_stall();
-    let (_, closed) = run_collect(Plan::closed(srv.url("/stall"), 1, secs(2.5))).await;
+    let (_, closed) = run_collect(LoadProfile::closed(srv.url("/stall"), 1, secs(2.5))).await;
     srv.arm_stall();
-    let (_, open) = run_collect(Plan::open(srv.url("/stall"), 100.0, secs(2.5), 200)).await;
+    let (_, open) = run_collect(LoadProfile::open(srv.url("/stall"), 100.0, secs(2.5), 200)).await;
     // Both saw the one-second stall…
     assert!(closed.summary.max_ms >= 900.0, "{}", closed.summary.max_ms);
     assert!(open.summary.max_ms >= 900.0, "{}", open.summary.max_ms);
@@ -358,8 +358,8 @@ async fn open_model_is_free_of_coordinated_omission() {
 async fn windows_from_two_engines_merge_exactly() {
     let _g = common::serial().await;
     let srv = common::spawn(false);
-    let a = testbed_load::start(Plan::closed(srv.url("/ok"), 2, secs(1.0))).unwrap();
-    let b = testbed_load::start(Plan::closed(srv.url("/slow?ms=3"), 2, secs(1.0))).unwrap();
+    let a = testbed_load::start(LoadProfile::closed(srv.url("/ok"), 2, secs(1.0))).unwrap();
+    let b = testbed_load::start(LoadProfile::closed(srv.url("/slow?ms=3"), 2, secs(1.0))).unwrap();
     let collect = |mut run: testbed_load::RunHandle| async move {
         let mut ws = Vec::new();
         while let Some(w) = run.next_window().await {
@@ -407,7 +407,7 @@ async fn windows_from_two_engines_merge_exactly() {
 async fn closed_model_ramps_up() {
     let _g = common::serial().await;
     let srv = common::spawn(false);
-    let mut plan = Plan::closed(srv.url("/slow?ms=10"), 8, secs(1.0));
+    let mut plan = LoadProfile::closed(srv.url("/slow?ms=10"), 8, secs(1.0));
     plan.load = Load::Closed {
         start_vus: 0,
         stages: vec![
@@ -430,7 +430,7 @@ async fn closed_model_ramps_up() {
 
 #[test]
 fn validation_names_the_field() {
-    let mut plan = Plan::closed("not a url", 0, Duration::ZERO);
+    let mut plan = LoadProfile::closed("not a url", 0, Duration::ZERO);
     plan.request_timeout = Duration::ZERO;
     plan.thresholds = vec!["p(95)<<5".into()];
     let err = match testbed_load::start(plan) {
@@ -473,7 +473,7 @@ async fn data_file_variables_are_substituted() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("users.csv");
     std::fs::write(&csv, "user,id\nann,1\nbob,2\ncy,3\n").unwrap();
-    let mut plan = Plan::closed(srv.url("/user/{{user}}?id={{id}}"), 2, secs(0.5));
+    let mut plan = LoadProfile::closed(srv.url("/user/{{user}}?id={{id}}"), 2, secs(0.5));
     plan.scenario.requests[0]
         .headers
         .insert("X-User".into(), "{{user}}".into());

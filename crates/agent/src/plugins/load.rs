@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use testbed_load::{Plan, RunControl, RunOptions, RunState};
+use testbed_load::{LoadProfile, RunControl, RunOptions, RunState};
 
 use crate::plugin::{
     async_trait, fixed_control, json, method, parse_params, Control, Deserialize, JsonSchema, Map,
@@ -43,7 +43,7 @@ impl Plugin for Load {
             name: "load".into(),
             methods: vec![method::<Run>(
                 "run",
-                "Runs a load plan (a testbed-load `Plan`), optionally starting at \
+                "Runs a load plan (a testbed-load `LoadProfile`), optionally starting at \
                  `start_at_ms` (Unix ms) so that several agents start together.",
             )],
         }
@@ -59,7 +59,7 @@ impl Plugin for Load {
             return Err(PluginError::unknown_method(method, &self.spec()));
         }
         let p: Run = parse_params(params)?;
-        let plan: Plan = serde_json::from_value(Value::Object(p.plan))
+        let plan: LoadProfile = serde_json::from_value(Value::Object(p.plan))
             .map_err(|e| PluginError::invalid("plan", e))?;
         let start_at = p
             .start_at_ms

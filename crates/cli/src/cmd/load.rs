@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use testbed_load::output::Outputs;
-use testbed_load::{Load, LoadReport, Plan, Protocol, RateStage, RequestSpec, Stage, Window};
+use testbed_load::{
+    Load, LoadProfile, LoadReport, Protocol, RateStage, RequestSpec, Stage, Window,
+};
 
 #[derive(Args, Debug, Clone)]
 #[command(
@@ -110,7 +112,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The plan `args` describe.
-pub fn plan(args: &LoadArgs) -> anyhow::Result<Plan> {
+pub fn plan(args: &LoadArgs) -> anyhow::Result<LoadProfile> {
     let mut req = RequestSpec::get(args.url.clone());
     req.method = args.method.clone();
     for h in &args.headers {
@@ -124,7 +126,7 @@ pub fn plan(args: &LoadArgs) -> anyhow::Result<Plan> {
     let ramp = args.ramp_up.filter(|r| !r.is_zero());
     let mut plan = match args.rate {
         Some(rate) => {
-            let mut p = Plan::open(args.url.clone(), rate, args.duration, args.connections);
+            let mut p = LoadProfile::open(args.url.clone(), rate, args.duration, args.connections);
             if let (
                 Some(r),
                 Load::Open {
@@ -144,7 +146,7 @@ pub fn plan(args: &LoadArgs) -> anyhow::Result<Plan> {
             p
         }
         None => {
-            let mut p = Plan::closed(args.url.clone(), args.connections, args.duration);
+            let mut p = LoadProfile::closed(args.url.clone(), args.connections, args.duration);
             if let (Some(r), Load::Closed { start_vus, stages }) = (ramp, &mut p.load) {
                 *start_vus = 0;
                 stages.insert(

@@ -85,7 +85,7 @@ fn agent_sel(config: &Value, errs: &mut Vec<FieldError>) -> AgentSel {
 }
 
 /// Every problem with the config, each naming its field under `/config/`.
-fn check_config(config: &Value, errs: &mut Vec<FieldError>) -> Option<testbed_load::Plan> {
+fn check_config(config: &Value, errs: &mut Vec<FieldError>) -> Option<testbed_load::LoadProfile> {
     if !config.is_object() {
         errs.push(fe("/config", "must be an object"));
         return None;

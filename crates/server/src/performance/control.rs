@@ -49,7 +49,7 @@ pub async fn start(
     state: &AppState,
     caller: &str,
     plan: &LoadTest,
-    engine_plan: testbed_load::Plan,
+    engine_plan: testbed_load::LoadProfile,
     sel: &AgentSel,
 ) -> ApiResult<Started> {
     if plan.status.is_active() {
