@@ -139,7 +139,7 @@ pub async fn reconcile_all(
     state: &AppState,
     lease: Option<LeaseId>,
     cache: &mut Cache,
-    known: &Known,
+    known: &WatchedTasks,
     deep: bool,
 ) -> Result<(), RecordError> {
     let page = state.store.range(keys::ACTIVE_RUNS, None, 0).await?;
@@ -154,7 +154,7 @@ pub async fn reconcile_all(
         .collect();
     // Runs that ended or were deleted elsewhere.
     cache.retain(|id, _| active.contains(id));
-    let everything = Known::default();
+    let everything = WatchedTasks::default();
     for id in active {
         if deep {
             cache.remove(&id);
@@ -183,7 +183,7 @@ pub async fn reconcile_all(
 /// timeout to enforce); the deep sweep reads everything from the store,
 /// so nothing is missed for longer than a sweep.
 #[derive(Default)]
-pub struct Known {
+pub struct WatchedTasks {
     pub tasks: std::collections::HashMap<Uuid, Task>,
     /// Event-driven: trust `tasks` for tasks that ended.
     pub from_events: bool,
@@ -215,7 +215,7 @@ pub async fn reconcile(
     state: &AppState,
     id: Uuid,
     lease: Option<LeaseId>,
-    known: &Known,
+    known: &WatchedTasks,
     cache: &mut Cache,
     only: Option<&BTreeSet<String>>,
 ) -> Result<(), RecordError> {
@@ -230,7 +230,7 @@ async fn reconcile_run(
     state: &AppState,
     id: Uuid,
     lease: Option<LeaseId>,
-    known: &Known,
+    known: &WatchedTasks,
     cache: &mut Cache,
     only: Option<&BTreeSet<String>>,
 ) -> Result<(), RecordError> {
@@ -294,7 +294,7 @@ async fn step_forward(
     state: &AppState,
     c: &mut Cached,
     lease: Option<LeaseId>,
-    known: &Known,
+    known: &WatchedTasks,
     only: Option<&BTreeSet<String>>,
     ch: &mut Changes,
 ) -> Result<(), RecordError> {
@@ -428,7 +428,7 @@ async fn visit(
     state: &AppState,
     c: &mut Cached,
     id: &str,
-    known: &Known,
+    known: &WatchedTasks,
     fleet: &mut Fleet,
     ch: &mut Changes,
 ) -> Result<(), RecordError> {
@@ -821,7 +821,7 @@ async fn advance_step(
     c: &mut Cached,
     spec: &StepSpec,
     fleet: &mut Fleet,
-    known: &Known,
+    known: &WatchedTasks,
 ) -> Result<(), RecordError> {
     let Some(mut st) = c.l.run.steps.get(&spec.id).cloned() else {
         return Ok(());
@@ -1219,7 +1219,7 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     // A down watch is retried at least this often (its back-off permitting).
     let mut retry = tokio::time::interval(crate::controller::BACKOFF_MIN);
-    let mut known = Known {
+    let mut known = WatchedTasks {
         tasks: Default::default(),
         from_events: true,
     };
@@ -1332,7 +1332,7 @@ async fn resume_after(
                 );
                 watch.from = rev + 1;
                 watch.fail(state, Broken::Compacted);
-                let everything = Known::default();
+                let everything = WatchedTasks::default();
                 if let Err(e) = reconcile_all(state, Some(lease), cache, &everything, true).await {
                     tracing::warn!("engine re-list: {e}");
                 }
