@@ -18,7 +18,7 @@ use testbed_load::{SeedConfig, Window};
 use utoipa::IntoParams;
 
 use super::page::{Page, PageQuery};
-use super::projects::{fe, parse_int_id, Message};
+use super::projects::{field_error, parse_int_id, Message};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
 use crate::performance::control::{self, load_execution, AgentSel, Started};
@@ -38,7 +38,7 @@ fn agent_sel(config: &Value, errs: &mut Vec<FieldError>) -> AgentSel {
         ..Default::default()
     };
     let bad_count = |errs: &mut Vec<FieldError>| {
-        errs.push(fe(
+        errs.push(field_error(
             "/config/agents",
             "count must be an integer from 1 to 1000",
         ))
@@ -59,24 +59,24 @@ fn agent_sel(config: &Value, errs: &mut Vec<FieldError>) -> AgentSel {
                     "count" => sel.count = count(v, errs),
                     "group" => match v.as_str() {
                         Some(g) if !g.is_empty() => sel.group = Some(g.to_string()),
-                        _ => errs.push(fe("/config/agents/group", "must be a group name")),
+                        _ => errs.push(field_error("/config/agents/group", "must be a group name")),
                     },
                     "labels" => match serde_json::from_value::<BTreeMap<String, String>>(v.clone())
                     {
                         Ok(l) => sel.labels = l,
-                        Err(_) => errs.push(fe(
+                        Err(_) => errs.push(field_error(
                             "/config/agents/labels",
                             "must be an object of string labels",
                         )),
                     },
-                    other => errs.push(fe(
+                    other => errs.push(field_error(
                         &format!("/config/agents/{other}"),
                         "unknown field (expected count, group or labels)",
                     )),
                 }
             }
         }
-        Some(_) => errs.push(fe(
+        Some(_) => errs.push(field_error(
             "/config/agents",
             "must be a number of agents or an object {count, group, labels}",
         )),
@@ -87,7 +87,7 @@ fn agent_sel(config: &Value, errs: &mut Vec<FieldError>) -> AgentSel {
 /// Every problem with the config, each naming its field under `/config/`.
 fn check_config(config: &Value, errs: &mut Vec<FieldError>) -> Option<testbed_load::LoadProfile> {
     if !config.is_object() {
-        errs.push(fe("/config", "must be an object"));
+        errs.push(field_error("/config", "must be an object"));
         return None;
     }
     agent_sel(config, errs);
@@ -97,14 +97,14 @@ fn check_config(config: &Value, errs: &mut Vec<FieldError>) -> Option<testbed_lo
             errs.extend(
                 e.errors
                     .iter()
-                    .map(|x| fe(&field(&x.field), x.message.clone())),
+                    .map(|x| field_error(&field(&x.field), x.message.clone())),
             );
             None
         }
         Ok(cfg) => {
             let unknown: Vec<&String> = cfg.extra.keys().filter(|k| *k != "agents").collect();
             for k in unknown {
-                errs.push(fe(&field(k), "unknown field"));
+                errs.push(field_error(&field(k), "unknown field"));
             }
             match cfg.to_plan() {
                 Ok(p) => Some(p),
@@ -112,7 +112,7 @@ fn check_config(config: &Value, errs: &mut Vec<FieldError>) -> Option<testbed_lo
                     errs.extend(
                         e.errors
                             .iter()
-                            .map(|x| fe(&field(&x.field), x.message.clone())),
+                            .map(|x| field_error(&field(&x.field), x.message.clone())),
                     );
                     None
                 }
@@ -137,7 +137,7 @@ async fn validate(state: &AppState, body: &Value, creating: bool) -> ApiResult<V
     let project_id = match body.get("project_id") {
         None | Some(Value::Null) => {
             if creating {
-                errs.push(fe("/project_id", "is required"));
+                errs.push(field_error("/project_id", "is required"));
             }
             None
         }
@@ -147,19 +147,19 @@ async fn validate(state: &AppState, body: &Value, creating: bool) -> ApiResult<V
                     .await?
                     .is_none()
                 {
-                    errs.push(fe("/project_id", format!("no project {id}")));
+                    errs.push(field_error("/project_id", format!("no project {id}")));
                 }
                 Some(id)
             }
             None => {
-                errs.push(fe("/project_id", "must be a positive integer"));
+                errs.push(field_error("/project_id", "must be a positive integer"));
                 None
             }
         },
     };
     let config = match body.get("config") {
         None | Some(Value::Null) => {
-            errs.push(fe("/config", "is required"));
+            errs.push(field_error("/config", "is required"));
             Value::Null
         }
         Some(c) => {

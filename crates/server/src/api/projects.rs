@@ -28,15 +28,15 @@ pub(crate) fn name_and_description(body: &Value, errs: &mut Vec<FieldError>) -> 
     let name = match body.get("name") {
         Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= 200 => s.clone(),
         Some(Value::String(_)) => {
-            errs.push(fe("/name", "must be 1–200 characters"));
+            errs.push(field_error("/name", "must be 1–200 characters"));
             String::new()
         }
         None | Some(Value::Null) => {
-            errs.push(fe("/name", "is required"));
+            errs.push(field_error("/name", "is required"));
             String::new()
         }
         Some(_) => {
-            errs.push(fe("/name", "must be a string"));
+            errs.push(field_error("/name", "must be a string"));
             String::new()
         }
     };
@@ -44,7 +44,7 @@ pub(crate) fn name_and_description(body: &Value, errs: &mut Vec<FieldError>) -> 
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
         Some(_) => {
-            errs.push(fe("/description", "must be a string"));
+            errs.push(field_error("/description", "must be a string"));
             String::new()
         }
     };
@@ -64,7 +64,7 @@ fn read_input(body: &Value) -> ApiResult<(String, String)> {
     }
 }
 
-pub(crate) fn fe(field: &str, message: impl Into<String>) -> FieldError {
+pub(crate) fn field_error(field: &str, message: impl Into<String>) -> FieldError {
     FieldError {
         field: field.to_string(),
         message: message.into(),
