@@ -84,9 +84,9 @@ pub async fn serve(
     let per_address = Arc::new(PerAddress::default());
     let mut conns = JoinSet::new();
     let mut backoff = Duration::ZERO;
-    let mut refused_report = Report::new();
-    let mut error_report = Report::new();
-    let mut address_report = Report::new();
+    let mut refused_report = ThrottledLog::new();
+    let mut error_report = ThrottledLog::new();
+    let mut address_report = ThrottledLog::new();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -221,14 +221,14 @@ struct Slot {
 }
 
 /// Logs a repeated event at most every 10 s, with the count since.
-struct Report {
+struct ThrottledLog {
     last: Option<Instant>,
     pending: u64,
 }
 
-impl Report {
+impl ThrottledLog {
     fn new() -> Self {
-        Report {
+        ThrottledLog {
             last: None,
             pending: 0,
         }
