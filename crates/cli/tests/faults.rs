@@ -15,14 +15,7 @@ async fn killed_agent_vanishes_and_its_task_is_lost() {
     let p = Platform::server_in(dir.path(), &["--lease-ttl", "2"]).await;
     let mut a = agent(&p.url, "doomed", &dir.path().join("agent"), &[]);
     p.wait_agents(1).await;
-    let task = p
-        .run(
-            "linux_system",
-            "doomed",
-            "run_shell",
-            json!({"command": "sleep", "args": "60"}),
-        )
-        .await;
+    let task = p.run_shell("doomed", "sleep", "60").await;
     p.wait_status(&task, "running", Duration::from_secs(10))
         .await;
 
@@ -49,21 +42,11 @@ async fn killed_agent_vanishes_and_its_task_is_lost() {
 #[tokio::test]
 async fn server_killed_mid_task_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let blobs = dir.path().join("blobs");
-    let mut p = Platform::server(&store, &blobs, &listen, &[]).await;
+    let mut p = Platform::server_in(dir.path(), &[]).await;
     let _a = agent(&p.url, "survivor", &dir.path().join("agent"), &[]);
     p.wait_agents(1).await;
 
-    let done = p
-        .run(
-            "linux_system",
-            "survivor",
-            "run_shell",
-            json!({"command": "echo", "args": "finished before"}),
-        )
-        .await;
+    let done = p.run_shell("survivor", "echo", "finished before").await;
     p.wait_status(&done, "succeeded", Duration::from_secs(10))
         .await;
 
@@ -73,20 +56,12 @@ async fn server_killed_mid_task_loses_nothing() {
         runs.display()
     );
     let long = p
-        .run(
-            "linux_system",
-            "survivor",
-            "run_shell",
-            json!({"command": "sh", "args": format!("-c '{script}'")}),
-        )
+        .run_shell("survivor", "sh", &format!("-c '{script}'"))
         .await;
     p.wait_status(&long, "running", Duration::from_secs(10))
         .await;
 
-    p.proc.kill9();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let p2 = Platform::server(&store, &blobs, &listen, &[]).await;
-    drop(std::mem::replace(&mut p, p2));
+    p.kill_and_restart_in(dir.path(), &[]).await;
 
     // The agent reconnects, the task completes once, and its whole log lands.
     let t = p.wait_task(&long, Duration::from_secs(30)).await;
@@ -109,14 +84,7 @@ async fn up_restarts_with_every_record() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut p = Platform::up(&data, 1, &[]).await;
-    let task = p
-        .run(
-            "linux_system",
-            "local-1",
-            "run_shell",
-            json!({"command": "echo", "args": "persisted"}),
-        )
-        .await;
+    let task = p.run_shell("local-1", "echo", "persisted").await;
     p.wait_status(&task, "succeeded", Duration::from_secs(10))
         .await;
     let (_, before) = p.get("/api/agents").await;
@@ -147,33 +115,24 @@ async fn restarted_agent_keeps_its_id_and_reports_lost_work() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::server_in(dir.path(), &["--lease-ttl", "30"]).await;
     let state = dir.path().join("agent");
-    let mut a = agent(
-        &p.url,
-        "phoenix",
-        &state,
-        &["--labels", "arch=x86_64,os=linux"],
-    );
-    let before = p.wait_agents(1).await;
-    let task = p
-        .run(
-            "linux_system",
+    let phoenix = || {
+        agent(
+            &p.url,
             "phoenix",
-            "run_shell",
-            json!({"command": "sleep", "args": "60"}),
+            &state,
+            &["--labels", "arch=x86_64,os=linux"],
         )
-        .await;
+    };
+    let mut a = phoenix();
+    let before = p.wait_agents(1).await;
+    let task = p.run_shell("phoenix", "sleep", "60").await;
     p.wait_status(&task, "running", Duration::from_secs(10))
         .await;
 
     // Restarted well inside the TTL: same identity, and the server learns
     // the running task died with the old process.
     a.kill9();
-    let _a = agent(
-        &p.url,
-        "phoenix",
-        &state,
-        &["--labels", "arch=x86_64,os=linux"],
-    );
+    let _a = phoenix();
     let t = p.wait_status(&task, "lost", Duration::from_secs(15)).await;
     assert!(t["error"].as_str().unwrap().contains("restarted"), "{t}");
     let after = p.wait_agents(1).await;
@@ -209,14 +168,7 @@ async fn root_agent_drops_task_privileges_to_run_as() {
         &["--run-as", "nobody"],
     );
     p.wait_agents(2).await;
-    let task = p
-        .run(
-            "linux_system",
-            "dropped",
-            "run_shell",
-            json!({"command": "id", "args": "-un"}),
-        )
-        .await;
+    let task = p.run_shell("dropped", "id", "-un").await;
     let t = p.wait_task(&task, Duration::from_secs(20)).await;
     assert_eq!(t["status"], "succeeded", "{t} {}", p.log(&task).await);
     assert_eq!(p.log(&task).await, "nobody\n");

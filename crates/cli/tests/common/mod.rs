@@ -196,7 +196,11 @@ impl Platform {
     }
 
     async fn connect(proc: Proc, url: String) -> Platform {
-        let http = reqwest::Client::new();
+        Self::connect_with(proc, url, reqwest::Client::new()).await
+    }
+
+    /// A platform of `proc` at `url`, logged in as the admin through `http`.
+    pub async fn connect_with(proc: Proc, url: String, http: reqwest::Client) -> Platform {
         let token = login(&http, &url, "admin", ADMIN_PASSWORD).await;
         Platform {
             proc,
@@ -208,22 +212,12 @@ impl Platform {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .expect("GET");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        status_and_json(self.request_as(reqwest::Method::GET, path, &self.token)).await
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         let r = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
+            .request_as(reqwest::Method::GET, path, &self.token)
             .send()
             .await
             .expect("GET");
@@ -254,51 +248,44 @@ impl Platform {
 
     /// Polls until the task's status is terminal (or `timeout`).
     pub async fn wait_task(&self, id: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let t = self.task(id).await;
-            if !matches!(t["status"].as_str(), Some("queued" | "running")) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task {id} still {} after {timeout:?}",
-                t["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_task_until(id, timeout, "done", |t| {
+            !matches!(t["status"].as_str(), Some("queued" | "running"))
+        })
+        .await
     }
 
     pub async fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let t = self.task(id).await;
-            if t["status"] == status {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task {id} is {} not {status} after {timeout:?}",
-                t["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_task_until(id, timeout, status, |t| t["status"] == status)
+            .await
+    }
+
+    /// Polls the task until `f` holds for it; `what` names the awaited state.
+    async fn wait_task_until(
+        &self,
+        id: &str,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        poll(
+            timeout,
+            || self.task(id),
+            f,
+            |t| format!("task {id} is {} not {what} after {timeout:?}", t["status"]),
+        )
+        .await
     }
 
     /// Waits until `/v2.1/slaves/detail` lists exactly `n` live agents.
     pub async fn wait_agents(&self, n: usize) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, body) = self.get("/v2.1/slaves/detail").await;
-            if status == 200 && body.as_object().map(|m| m.len()) == Some(n) {
-                return body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} live agents, have {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (_, body) = poll(
+            Duration::from_secs(30),
+            || self.get("/v2.1/slaves/detail"),
+            |(status, body)| *status == 200 && body.as_object().map(|m| m.len()) == Some(n),
+            |(_, body)| format!("expected {n} live agents, have {body}"),
+        )
+        .await;
+        body
     }
 
     pub async fn log(&self, id: &str) -> String {
@@ -339,15 +326,12 @@ pub async fn post_as(
     path: &str,
     body: Value,
 ) -> (u16, Value) {
-    let r = http
-        .post(format!("{url}{path}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .expect("POST");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    status_and_json(
+        http.post(format!("{url}{path}"))
+            .bearer_auth(token)
+            .json(&body),
+    )
+    .await
 }
 
 /// A separate `testbed agent` process.
@@ -517,20 +501,11 @@ impl Platform {
 
     /// Polls until the run ends.
     pub async fn wait_run(&self, id: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let r = self.run_state(id).await;
-            if !matches!(r["status"].as_str(), Some("pending" | "running"))
+        self.wait_run_until(id, timeout, |r| {
+            !matches!(r["status"].as_str(), Some("pending" | "running"))
                 && r["report_id"].is_string()
-            {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "run {id} not done after {timeout:?}: {r}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Polls until `f` holds for the run.
@@ -540,18 +515,35 @@ impl Platform {
         timeout: Duration,
         f: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let r = self.run_state(id).await;
-            if f(&r) {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "run {id}: condition not met after {timeout:?}: {r}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        poll(
+            timeout,
+            || self.run_state(id),
+            f,
+            |r| format!("run {id}: condition not met after {timeout:?}: {r}"),
+        )
+        .await
+    }
+}
+
+/// Calls `next` every 100 ms until `done` holds for what it returns, and
+/// returns that; panics with `why` of the last one after `timeout`.
+pub async fn poll<T, Fut>(
+    timeout: Duration,
+    next: impl Fn() -> Fut,
+    done: impl Fn(&T) -> bool,
+    why: impl Fn(&T) -> String,
+) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = next().await;
+        if done(&v) {
+            return v;
         }
+        assert!(Instant::now() < deadline, "{}", why(&v));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -756,5 +748,151 @@ impl Platform {
         let proc = Proc::spawn(&format!("server {listen}"), cmd);
         let url = banner_url(&proc);
         Self::connect(proc, url).await
+    }
+}
+
+impl Platform {
+    /// `method path` as the holder of `token`, with an optional JSON body:
+    /// the status and the JSON answer (`Null` when the answer is not JSON).
+    pub async fn call_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.request_as(method, path, token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        status_and_json(req).await
+    }
+
+    /// A request for `method path` carrying `token`.
+    pub fn request_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+    }
+
+    /// `method path` as the admin; see [`Platform::call_as`].
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_as(method, path, &self.token, body).await
+    }
+
+    /// `method path` with a YAML body (a plan) as the holder of `token`:
+    /// the status and the JSON answer.
+    pub async fn send_yaml_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        yaml: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let req = self
+            .request_as(method, path, token)
+            .header("content-type", "application/yaml")
+            .body(yaml);
+        status_and_json(req).await
+    }
+
+    /// `method path` with a YAML body as the admin.
+    pub async fn send_yaml(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        yaml: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        self.send_yaml_as(method, path, &self.token, yaml).await
+    }
+
+    /// Submits `command args` to `linux_system.run_shell` on `host`; the task id.
+    pub async fn run_shell(&self, host: &str, command: &str, args: &str) -> String {
+        self.run(
+            "linux_system",
+            host,
+            "run_shell",
+            json!({"command": command, "args": args}),
+        )
+        .await
+    }
+
+    /// Kills (SIGKILL) a platform started by [`Platform::server_in`]`(dir, extra)`
+    /// and starts a new server on the same address, store and blobs.
+    pub async fn kill_and_restart_in(&mut self, dir: &Path, extra: &[&str]) {
+        let listen = self.url.trim_start_matches("http://").to_string();
+        self.proc.kill9();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let store = format!("redb:{}", dir.join("s.redb").display());
+        let again = Platform::server(&store, &dir.join("blobs"), &listen, extra).await;
+        drop(std::mem::replace(self, again));
+    }
+}
+
+/// Sends `req`: the status and the JSON answer (`Null` when it is not JSON).
+pub async fn status_and_json(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The first instance's task id of step `id` in a run's state.
+pub fn step_task(run: &Value, id: &str) -> String {
+    run["steps"][id]["instances"][0]["task_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no task for step {id}: {run}"))
+        .to_string()
+}
+
+/// The `details` of an error answer as `"field" "message"` lines.
+pub fn detail_lines(body: &Value) -> Vec<String> {
+    body["details"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no details: {body}"))
+        .iter()
+        .map(|d| format!("{} {}", d["field"], d["message"]))
+        .collect()
+}
+
+/// Asserts that one of `lines` contains every one of `parts`.
+#[track_caller]
+pub fn assert_some_line_has(lines: &[String], parts: &[&str]) {
+    assert!(
+        lines.iter().any(|l| parts.iter().all(|p| l.contains(p))),
+        "no line has all of {parts:?}: {lines:#?}"
+    );
+}
+
+impl Platform {
+    /// Deletes `path` as the admin (204) and checks that it is gone (404).
+    pub async fn delete_and_check_gone(&self, path: &str) {
+        let (s, b) = self.call(reqwest::Method::DELETE, path, None).await;
+        assert_eq!(s, 204, "DELETE {path}: {b}");
+        let (s, b) = self.get(path).await;
+        assert_eq!(s, 404, "{path} still there: {b}");
+    }
+
+    /// Waits (10 s at most) until step `step` of run `id` is `status`; the run.
+    pub async fn wait_step(&self, id: &str, step: &str, status: &str) -> Value {
+        self.wait_run_until(id, Duration::from_secs(10), |r| {
+            r["steps"][step]["status"] == status
+        })
+        .await
+    }
+
+    /// Starts a run of an inline YAML plan and waits for its end.
+    pub async fn run_plan(&self, yaml: &str, params: Value, timeout: Duration) -> Value {
+        let id = self.start_run(yaml, params).await;
+        self.wait_run(&id, timeout).await
     }
 }
