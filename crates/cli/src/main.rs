@@ -285,8 +285,8 @@ fn main() -> ExitCode {
     });
     // What is still queued goes out before the process ends (blocking:
     // after the runtime is done).
-    drop(runtime);
     if let Some(t) = traces {
+        drop(runtime);
         t.shutdown();
     }
     match result {
