@@ -3,8 +3,14 @@
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use testbed_load::output::otlp_proto::collector::metrics::v1::ExportMetricsServiceRequest;
+use testbed_load::output::otlp_proto::common::v1::{any_value, KeyValue};
+use testbed_load::output::otlp_proto::metrics::v1::{
+    metric::Data, number_data_point, HistogramDataPoint, NumberDataPoint,
+};
+use testbed_load::output::prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A keep-alive HTTP/1.1 server answering every request `200 ok`, counting them.
@@ -241,7 +247,8 @@ fn load_streams_windows_to_files_and_survives_a_dead_exporter() {
     let json = dir.path().join("windows.jsonl");
     let csv = dir.path().join("windows.csv");
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("http://{}/api/v1/write", dead.local_addr().unwrap());
+    let dead_addr = dead.local_addr().unwrap();
+    let dead_url = format!("http://{dead_addr}/api/v1/write");
     drop(dead);
     let out = testbed(&[
         "load",
@@ -257,6 +264,8 @@ fn load_streams_windows_to_files_and_survives_a_dead_exporter() {
         &format!("csv={}", csv.display()),
         "--out",
         &format!("prometheus-rw={dead_url}"),
+        "--out",
+        &format!("otlp=http://{dead_addr}"),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -303,6 +312,17 @@ fn load_streams_windows_to_files_and_survives_a_dead_exporter() {
         )),
         "{stderr}"
     );
+    // The cause, not only reqwest's "error sending request".
+    let otlp_line = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("output otlp=http://{dead_addr}: ")))
+        .unwrap_or_else(|| panic!("no otlp line: {stderr}"));
+    assert!(
+        otlp_line.contains(&format!(
+            "0 window(s) written, {n} dropped (last error: http://{dead_addr}/v1/metrics: "
+        )) && otlp_line.to_lowercase().contains("connection refused"),
+        "{otlp_line}"
+    );
 }
 
 #[test]
@@ -321,8 +341,9 @@ fn load_rejects_bad_outputs_before_starting() {
         ),
         (
             "csv".to_string(),
-            "expected json=FILE, csv=FILE or prometheus-rw=URL",
+            "expected json=FILE, csv=FILE, prometheus-rw=URL or otlp=URL",
         ),
+        ("otlp=localhost:4318".to_string(), "not an http(s) URL"),
         (format!("json={}", missing.display()), "cannot create"),
     ] {
         let out = testbed(&["load", &url, "-d", "1s", "--out", &out_arg]);
@@ -335,4 +356,198 @@ fn load_rejects_bad_outputs_before_starting() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tag \"0bad=x\""));
     assert_eq!(count.load(Ordering::SeqCst), 0, "no load was sent");
+}
+
+/// What an OTLP/HTTP receiver got: each request's path, content type and
+/// decoded body.
+pub(crate) type OtlpReceived = Arc<Mutex<Vec<(String, String, ExportMetricsServiceRequest)>>>;
+
+/// An OTLP/HTTP metrics receiver on 127.0.0.1 (keep-alive HTTP/1.1, `200`
+/// with an empty `ExportMetricsServiceResponse`); an undecodable body is a
+/// `400` and is not recorded. Its base URL, without a path.
+pub(crate) fn otlp_receiver() -> (String, OtlpReceived) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let got: OtlpReceived = Default::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((mut s, _)) = listener.accept().await {
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let end = loop {
+                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break p + 4;
+                            }
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        let header = |name: &str| {
+                            head.lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                                })
+                                .unwrap_or_default()
+                        };
+                        let len: usize = header("content-length").parse().unwrap_or(0);
+                        while buf.len() < end + len {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = buf.drain(..end + len).skip(end).collect();
+                        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                        let status = match ExportMetricsServiceRequest::decode(&body[..]) {
+                            Ok(req) => {
+                                g.lock().unwrap().push((path, header("content-type"), req));
+                                "200 OK"
+                            }
+                            Err(_) => "400 Bad Request",
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
+                        );
+                        if s.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (url, got)
+}
+
+fn string_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    attrs
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
+}
+
+/// Every data point of the sum `name`, in the order received.
+pub(crate) fn otlp_sum_points(got: &OtlpReceived, name: &str) -> Vec<NumberDataPoint> {
+    otlp_metrics(got, name)
+        .into_iter()
+        .flat_map(|d| match d {
+            Data::Sum(s) => s.data_points,
+            other => panic!("{name} is not a sum: {other:?}"),
+        })
+        .collect()
+}
+
+fn otlp_metrics(got: &OtlpReceived, name: &str) -> Vec<Data> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(_, _, r)| r.resource_metrics.iter())
+        .flat_map(|rm| rm.scope_metrics.iter())
+        .flat_map(|sm| sm.metrics.iter())
+        .filter(|m| m.name == name)
+        .filter_map(|m| m.data.clone())
+        .collect()
+}
+
+pub(crate) fn int_value(p: &NumberDataPoint) -> u64 {
+    match p.value {
+        Some(number_data_point::Value::AsInt(n)) => n as u64,
+        other => panic!("not an int: {other:?}"),
+    }
+}
+
+/// Checks what an OTLP receiver got from one run of `requests` requests
+/// named `plan`: every request a protobuf POST to `/v1/metrics` from
+/// service `testbed-load`, cumulative request counts rising window by
+/// window to the total, a histogram counting every response. The number of
+/// windows received.
+pub(crate) fn check_otlp(got: &OtlpReceived, plan: &str, requests: u64) -> usize {
+    for (path, ctype, req) in got.lock().unwrap().iter() {
+        assert_eq!(path, "/v1/metrics");
+        assert_eq!(ctype, "application/x-protobuf");
+        let resource = req.resource_metrics[0].resource.as_ref().unwrap();
+        assert_eq!(
+            string_attr(&resource.attributes, "service.name"),
+            Some("testbed-load")
+        );
+    }
+    let points = otlp_sum_points(got, "testbed.load.requests");
+    assert!(!points.is_empty(), "no window received");
+    let totals: Vec<u64> = points.iter().map(int_value).collect();
+    assert!(totals.windows(2).all(|w| w[0] <= w[1]), "{totals:?}");
+    // Each window's own count is the step from the one before; they add
+    // up to the run's total.
+    let per_window: u64 = std::iter::once(totals[0])
+        .chain(totals.windows(2).map(|w| w[1] - w[0]))
+        .sum();
+    assert_eq!(per_window, requests, "{totals:?}");
+    for p in &points {
+        assert_eq!(string_attr(&p.attributes, "testbed.plan"), Some(plan));
+        assert!(p.time_unix_nano > p.start_time_unix_nano, "{p:?}");
+    }
+    let hist: Vec<HistogramDataPoint> = otlp_metrics(got, "testbed.load.request.duration")
+        .into_iter()
+        .flat_map(|d| match d {
+            Data::Histogram(h) => h.data_points,
+            other => panic!("duration is not a histogram: {other:?}"),
+        })
+        .collect();
+    let last = hist.last().expect("histogram points");
+    assert_eq!(last.count, requests);
+    assert_eq!(last.bucket_counts.iter().sum::<u64>(), requests);
+    let vus = otlp_metrics(got, "testbed.load.vus");
+    assert!(!vus.is_empty(), "users gauge");
+    points.len()
+}
+
+/// `--out otlp=URL`: a receiver on 127.0.0.1 gets every window as OTLP
+/// metrics, whose request counts add up to the run's total.
+#[test]
+fn load_streams_windows_to_an_otlp_receiver() {
+    let (url, count) = serve();
+    let (otlp, got) = otlp_receiver();
+    let out = testbed(&[
+        "load",
+        &url,
+        "-c",
+        "2",
+        "-d",
+        "3s",
+        "--json",
+        "--name",
+        "smoke",
+        "--tag",
+        "testid=e2e",
+        "--out",
+        &format!("otlp={otlp}"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let total = report["summary"]["requests"].as_u64().unwrap();
+    assert_eq!(total, count.load(Ordering::SeqCst));
+    let windows = check_otlp(&got, "smoke", total);
+    assert_eq!(windows, report["series"].as_array().unwrap().len());
+    let points = otlp_sum_points(&got, "testbed.load.requests");
+    assert_eq!(string_attr(&points[0].attributes, "testid"), Some("e2e"));
+    assert!(
+        stderr.contains(&format!("output otlp={otlp}: {windows} window(s) written")),
+        "{stderr}"
+    );
 }

@@ -28,6 +28,8 @@ mod otlp;
 /// decodes them with the very same types.
 pub use opentelemetry_proto::tonic as otlp_proto;
 pub use otlp::LATENCY_BOUNDS_S;
+/// prost, for `Message::decode` on [`otlp_proto`] types.
+pub use prost;
 
 /// Windows an output may have queued before new ones are dropped: a
 /// minute of a run.
