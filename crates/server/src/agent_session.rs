@@ -149,7 +149,7 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
     records::put(&state.store, &alive_key, &liveness, Some(lease)).await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
-    let session = state.hub.attach(uuid, tx.clone());
+    let session = state.sessions.attach(uuid, tx.clone());
     let credential = state.auth.issue_agent(&uuid, CREDENTIAL_TTL)?;
     let ttl = state.settings.lease_ttl.as_secs().max(1);
     let welcome = ServerMessage::Welcome {
@@ -241,7 +241,7 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
             Some(Err(_)) | None => break End::Dropped,
         }
     };
-    state.hub.detach(uuid, session);
+    state.sessions.detach(uuid, session);
     match end {
         // The agent said goodbye: it is gone now, not one TTL from now.
         // The agent said goodbye. With nothing outstanding it is gone now,
@@ -437,7 +437,7 @@ async fn reconcile(
                 .await?;
             }
             TaskStatus::Queued => {
-                state.hub.assign(task, rev);
+                state.sessions.assign(task, rev);
             }
             TaskStatus::Running => {
                 // The agent process that ran it is gone (a new one says
@@ -483,7 +483,7 @@ async fn handle(
             if let Err(e) = state.blobs.put_log_chunk(&task_id, offset, &data).await {
                 tracing::warn!(%task_id, "storing log chunk: {e}");
             }
-            state.hub.task_changed(task_id);
+            state.sessions.task_changed(task_id);
         }
         AgentMessage::Result { task_id, outcome } => {
             let mut one = vec![(task_id, outcome)];

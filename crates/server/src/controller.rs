@@ -188,11 +188,11 @@ pub async fn assignment_relay(state: AppState) {
                         continue;
                     };
                     if ev.kind != EventKind::Put {
-                        state.hub.load.released(agent, task_id);
+                        state.sessions.load.released(agent, task_id);
                         continue;
                     }
-                    state.hub.load.assigned(agent, task_id);
-                    if !state.hub.is_local(&agent) {
+                    state.sessions.load.assigned(agent, task_id);
+                    if !state.sessions.is_local(&agent) {
                         continue;
                     }
                     let Ok(a) = serde_json::from_slice::<Assignment>(&ev.kv.value) else {
@@ -258,7 +258,7 @@ async fn relist_load(state: &AppState) -> Result<i64, testbed_store::StoreError>
             _ => break,
         }
     }
-    state.hub.load.reset(all);
+    state.sessions.load.reset(all);
     Ok(rev)
 }
 
@@ -281,7 +281,7 @@ async fn resend_local(state: &AppState) {
         let Some((agent, task_id)) = keys::parse_assign(&key) else {
             continue;
         };
-        if !state.hub.is_local(&agent) || a.held.is_some() {
+        if !state.sessions.is_local(&agent) || a.held.is_some() {
             continue;
         }
         // The revision only matters for a settle without a read; an
@@ -301,21 +301,23 @@ async fn forward(
     rev: i64,
 ) {
     if a.cancel {
-        state.hub.send(&agent, ServerMessage::Cancel { task_id });
+        state
+            .sessions
+            .send(&agent, ServerMessage::Cancel { task_id });
     } else if let Some(paused) = a.paused {
         let msg = if paused {
             ServerMessage::Pause { task_id }
         } else {
             ServerMessage::Resume { task_id }
         };
-        state.hub.send(&agent, msg);
+        state.sessions.send(&agent, msg);
     } else if let Some(task) = a.task {
-        state.hub.assign(*task, rev);
+        state.sessions.assign(*task, rev);
     } else if let Ok(Some((task, rev))) =
         records::get::<Task>(&state.store, &keys::task(&task_id)).await
     {
         if task.status == TaskStatus::Queued {
-            state.hub.assign(task, rev);
+            state.sessions.assign(task, rev);
         }
     }
 }

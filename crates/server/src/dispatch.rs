@@ -106,7 +106,7 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
             .map_err(ApiError::validation)?;
     }
 
-    let Some(agent) = state.hub.load.least_loaded(&candidates.agents) else {
+    let Some(agent) = state.sessions.load.least_loaded(&candidates.agents) else {
         return Err(ApiError::unavailable("no eligible agent"));
     };
     // Agents of a group reserved by a run take no other work: a task aimed
@@ -178,7 +178,7 @@ pub async fn release_held(state: &AppState, agent: Uuid, task_id: Uuid) -> Resul
         ];
         if state.store.txn(&compares, ops).await?.is_some() {
             tracing::info!(%task_id, "reservation ended; task sent to its agent");
-            state.hub.task_changed(task_id);
+            state.sessions.task_changed(task_id);
             return Ok(());
         }
     }
@@ -218,9 +218,9 @@ pub async fn started(
     if let Some((task, rev)) = written {
         // The session's copy follows, so the result still settles in one
         // write.
-        state.hub.refresh(task, rev);
+        state.sessions.refresh(task, rev);
     }
-    state.hub.task_changed(task_id);
+    state.sessions.task_changed(task_id);
     Ok(())
 }
 
@@ -271,7 +271,7 @@ pub async fn settle_from(
     let mut fast: Vec<(Uuid, TaskOutcome, u64, Task, i64)> = Vec::new();
     for (task_id, outcome) in results {
         let stored_len = fold_log(state, task_id, &outcome).await;
-        match state.hub.in_flight(&agent, &task_id) {
+        match state.sessions.in_flight(&agent, &task_id) {
             Some((task, rev)) => fast.push((task_id, outcome, stored_len, task, rev)),
             None => slow.push((task_id, outcome, stored_len)),
         }
@@ -301,9 +301,9 @@ pub async fn settle_from(
                     apply_outcome(&mut t, outcome, *stored_len);
                     crate::engine::trace::task_ended(&t);
                 }
-                state.hub.forget(&agent, task_id);
-                state.hub.load.released(agent, *task_id);
-                state.hub.task_changed(*task_id);
+                state.sessions.forget(&agent, task_id);
+                state.sessions.load.released(agent, *task_id);
+                state.sessions.task_changed(*task_id);
             }
         } else {
             // One of them changed (a cancel request, say): each on its own.
@@ -315,7 +315,7 @@ pub async fn settle_from(
         }
     }
     for (task_id, outcome, stored_len) in slow {
-        state.hub.forget(&agent, &task_id);
+        state.sessions.forget(&agent, &task_id);
         settle_read(state, Some(agent), task_id, &outcome, stored_len).await?;
     }
     Ok(())
@@ -369,12 +369,12 @@ async fn settle_read(
             .await?
             .is_some()
         {
-            state.hub.load.released(t.agent_uuid, task_id);
+            state.sessions.load.released(t.agent_uuid, task_id);
             crate::engine::trace::task_ended(&t);
             break;
         }
     }
-    state.hub.task_changed(task_id);
+    state.sessions.task_changed(task_id);
     Ok(())
 }
 
@@ -406,9 +406,9 @@ pub async fn finish_without_agent(
             .store
             .delete(&keys::assign(&t.agent_uuid, &task_id))
             .await?;
-        state.hub.load.released(t.agent_uuid, task_id);
+        state.sessions.load.released(t.agent_uuid, task_id);
     }
-    state.hub.task_changed(task_id);
+    state.sessions.task_changed(task_id);
     Ok(())
 }
 
@@ -471,7 +471,7 @@ pub async fn cancel(state: &AppState, task_id: Uuid) -> ApiResult<Task> {
         // Fast path when the agent is connected here; the watch on
         // `/assign/` covers the other replicas.
         state
-            .hub
+            .sessions
             .send(&task.agent_uuid, ServerMessage::Cancel { task_id });
     }
     let (task, _) = records::get::<Task>(&state.store, &key)
@@ -507,7 +507,7 @@ pub async fn set_paused(
         } else {
             ServerMessage::Resume { task_id }
         };
-        state.hub.send(&agent, msg);
+        state.sessions.send(&agent, msg);
     }
     Ok(found)
 }
@@ -552,7 +552,7 @@ async fn create_held(
     // Counted before the write, so the next placement on this replica sees
     // it even if the task is done before this call returns; the watch
     // confirms (or, should the write fail, the next re-list corrects) it.
-    state.hub.load.assigned(task.agent_uuid, task.id);
+    state.sessions.load.assigned(task.agent_uuid, task.id);
     match state.store.txn(&[(key, Compare::Absent)], ops).await {
         Ok(written) => {
             if written.is_some() {
@@ -561,7 +561,7 @@ async fn create_held(
             Ok(())
         }
         Err(e) => {
-            state.hub.load.released(task.agent_uuid, task.id);
+            state.sessions.load.released(task.agent_uuid, task.id);
             Err(e.into())
         }
     }

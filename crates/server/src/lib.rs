@@ -1,4 +1,4 @@
-//! The Testbed server: API, agent hub and controller, over one store.
+//! The Testbed server: API, agent sessions and controller, over one store.
 //!
 //! [`start`] binds the listener, then bootstraps shared secrets and the admin
 //! user, and spawns the background loops; the returned [`Server`] is shut
@@ -10,7 +10,7 @@
 //! * [`controller`] — the assignment relay and the leader's reconcile loop;
 //! * [`listen`], [`tls`] — the accept loop, its limits and HTTPS;
 //! * [`metrics`] — Prometheus `/metrics`;
-//! * [`auth`], [`blobs`], [`records`], [`hub`], [`error`], [`state`].
+//! * [`auth`], [`blobs`], [`records`], [`sessions`], [`error`], [`state`].
 
 pub mod agent_session;
 pub mod api;
@@ -20,12 +20,12 @@ pub mod controller;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
-pub mod hub;
 pub mod listen;
 pub mod metrics;
 pub mod performance;
 pub mod placement;
 pub mod records;
+pub mod sessions;
 pub mod state;
 pub mod tls;
 
@@ -42,7 +42,7 @@ pub use state::Settings;
 
 use crate::auth::Auth;
 use crate::blobs::Blobs;
-use crate::hub::Hub;
+use crate::sessions::AgentSessions;
 use crate::state::{AppState, Inner};
 
 #[derive(Debug, Error)]
@@ -196,7 +196,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         store: metrics::InstrumentedStore::wrap(config.store, metrics.store()),
         blobs: config.blobs,
         auth,
-        hub: Hub::default(),
+        sessions: AgentSessions::default(),
         settings: config.settings,
         replica: config.replica,
         shutdown: shutdown.clone(),

@@ -654,7 +654,7 @@ impl Metrics {
 
     /// Sets the gauges that are read at scrape time.
     async fn refresh(&self, state: &AppState) {
-        self.agents_connected.set(state.hub.connected() as i64);
+        self.agents_connected.set(state.sessions.connected() as i64);
         self.controller_leader
             .set(i64::from(state.leading.load(Ordering::Relaxed)));
         self.refresh_load();

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::blobs::Blobs;
-use crate::hub::Hub;
+use crate::sessions::AgentSessions;
 
 /// Tunables of a server replica.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ pub struct Inner {
     pub store: DynStore,
     pub blobs: Blobs,
     pub auth: Auth,
-    pub hub: Hub,
+    pub sessions: AgentSessions,
     pub settings: Settings,
     /// This replica's name, recorded with the agents it holds.
     pub replica: String,

@@ -81,7 +81,7 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError
             .to_string(),
         revision,
         replica: state.replica.clone(),
-        agents_connected: state.hub.connected(),
+        agents_connected: state.sessions.connected(),
         controller_leader: state.leading.load(std::sync::atomic::Ordering::Relaxed),
         controller_loops_ok: failing.is_empty(),
         controller_loops_failing: failing,

@@ -296,7 +296,7 @@ pub async fn follow(
 }
 
 async fn stream_log(state: AppState, id: Uuid, mut socket: WebSocket) {
-    let mut changes = state.hub.subscribe_tasks();
+    let mut changes = state.sessions.subscribe_tasks();
     let mut offset: u64 = 0;
     loop {
         // Read the status before the log, so the last read after the task

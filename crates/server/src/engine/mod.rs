@@ -777,7 +777,7 @@ async fn least_loaded<'a>(
 ) -> Result<&'a AgentView, RecordError> {
     // From the replica's in-memory load; `candidates` is never empty here.
     Ok(state
-        .hub
+        .sessions
         .load
         .least_loaded(candidates)
         .unwrap_or(candidates[0]))
@@ -895,8 +895,14 @@ async fn advance_step(
                 if inst.attempt <= r.retries && !run.cancel_requested {
                     let lost = status == TaskStatus::Lost;
                     let (agents, excluded) = fleet.get(state, run.id).await?;
-                    let agent =
-                        retry_agent(&state.hub.load, agents, &r, excluded, inst.agent_uuid, lost);
+                    let agent = retry_agent(
+                        &state.sessions.load,
+                        agents,
+                        &r,
+                        excluded,
+                        inst.agent_uuid,
+                        lost,
+                    );
                     if let Some(agent) = agent {
                         let attempt = inst.attempt + 1;
                         create_task(

@@ -99,7 +99,7 @@ fn state_over(store: DynStore, dir: &std::path::Path) -> AppState {
         store,
         blobs: crate::blobs::Blobs::local(&dir.join("blobs")).unwrap(),
         auth: crate::auth::Auth::new(b"test-secret", "join".into(), Duration::from_secs(60)),
-        hub: Default::default(),
+        sessions: Default::default(),
         settings: Settings::default(),
         replica: "test".into(),
         shutdown: CancellationToken::new(),

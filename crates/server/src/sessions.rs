@@ -20,7 +20,7 @@ struct Conn {
     in_flight: HashMap<Uuid, (Task, i64)>,
 }
 
-pub struct Hub {
+pub struct AgentSessions {
     agents: Mutex<HashMap<Uuid, Conn>>,
     next_session: std::sync::atomic::AtomicU64,
     tasks: broadcast::Sender<Uuid>,
@@ -28,9 +28,9 @@ pub struct Hub {
     pub load: crate::placement::Load,
 }
 
-impl Default for Hub {
+impl Default for AgentSessions {
     fn default() -> Self {
-        Hub {
+        AgentSessions {
             agents: Mutex::new(HashMap::new()),
             next_session: Default::default(),
             tasks: broadcast::channel(4096).0,
@@ -39,7 +39,7 @@ impl Default for Hub {
     }
 }
 
-impl Hub {
+impl AgentSessions {
     /// Registers a session for `agent`, replacing (and so closing) any older
     /// session of the same agent on this replica. Returns the session number.
     pub fn attach(&self, agent: Uuid, tx: mpsc::UnboundedSender<ServerMessage>) -> u64 {
