@@ -3,9 +3,12 @@
 
 use crate::common;
 
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 const DAG: &str = r#"
@@ -66,6 +69,32 @@ fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
     &run["steps"][id]
 }
 
+/// The case named `name` among a suite's `cases`.
+fn case<'a>(cases: &'a [Value], name: &str) -> &'a Value {
+    cases
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name}"))
+}
+
+/// `testbed` with no server: an embedded platform, no stored login.
+fn embedded(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env_remove("TESTBED_SERVER")
+        .env("TESTBED_CONFIG_DIR", dir.join("no-login"))
+        .env("TESTBED_LOG", "warn");
+    cmd
+}
+
+/// `testbed` talking to `p`.
+fn against(p: &Platform) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env("TESTBED_SERVER", &p.url)
+        .env("TESTBED_TOKEN", &p.token)
+        .env("TESTBED_LOG", "warn");
+    cmd
+}
+
 #[tokio::test]
 async fn dag_with_outputs_conditions_and_failures() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,10 +106,7 @@ async fn dag_with_outputs_conditions_and_failures() {
     // Captured stdout loses its trailing newline, as with shell `$(…)`.
     assert_eq!(step(&run, "hello")["outputs"]["said"], "hello Ann");
     assert_eq!(step(&run, "again")["status"], "passed");
-    let again_task = step(&run, "again")["instances"][0]["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let again_task = step_task(&run, "again");
     // `args` is split with shell-word rules, so the newline separates words.
     assert_eq!(p.log(&again_task).await, "prev=hello Ann code=0\n");
     assert_eq!(step(&run, "never")["status"], "skipped");
@@ -107,17 +133,11 @@ async fn dag_with_outputs_conditions_and_failures() {
     assert_eq!(s, 200);
     let cases = body["suites"][0]["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 9);
-    let kb = cases.iter().find(|c| c["name"] == "known-broken").unwrap();
+    let kb = case(cases, "known-broken");
     assert_eq!(kb["outcome"], "xfail");
     assert!(kb["message"].as_str().unwrap().contains("bug 42"));
-    assert_eq!(
-        cases
-            .iter()
-            .find(|c| c["name"] == "fixed-meanwhile")
-            .unwrap()["outcome"],
-        "xpass"
-    );
-    let fatal = cases.iter().find(|c| c["name"] == "fatal").unwrap();
+    assert_eq!(case(cases, "fixed-meanwhile")["outcome"], "xpass");
+    let fatal = case(cases, "fatal");
     assert_eq!(fatal["outcome"], "fail");
     assert!(fatal["output"].as_str().unwrap().contains("boom"));
     assert!(fatal["log_url"]
@@ -174,7 +194,7 @@ async fn dag_with_outputs_conditions_and_failures() {
     assert!(failing
         .iter()
         .all(|c| c["outcome"] == "fail" || c["outcome"] == "error"));
-    let fatal = failing.iter().find(|c| c["name"] == "fatal").unwrap();
+    let fatal = case(failing, "fatal");
     assert!(fatal["output"].as_str().unwrap().contains("boom"));
     let (_, named) = p.get(&format!("/api/reports/{report}/cases?q=FATAL")).await;
     assert_eq!(named["total"], 2, "{named}");
@@ -187,16 +207,7 @@ async fn dag_with_outputs_conditions_and_failures() {
     assert_eq!(s, 200);
     assert_eq!(list["total"], 1);
     // A finished run can be deleted.
-    let r = p
-        .http
-        .delete(format!("{}/api/runs/{id}", p.url))
-        .bearer_auth(&p.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let (s, _) = p.get(&format!("/api/runs/{id}")).await;
-    assert_eq!(s, 404);
+    p.delete_and_check_gone(&format!("/api/runs/{id}")).await;
 }
 
 #[tokio::test]
@@ -224,22 +235,9 @@ async fn bad_plans_are_refused_with_every_problem_located() {
     // Static problems first: cycle and unknown step, with line:column.
     let (s, b) = p.post("/api/runs", json!({"plan": bad})).await;
     assert_eq!(s, 422, "{b}");
-    let fields: Vec<String> = b["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| format!("{} {}", d["field"], d["message"]))
-        .collect();
-    assert!(
-        fields
-            .iter()
-            .any(|f| f.contains("depends_on[0] (line 11, column 18)") && f.contains("ghost")),
-        "{fields:#?}"
-    );
-    assert!(
-        fields.iter().any(|f| f.contains("dependency cycle")),
-        "{fields:#?}"
-    );
+    let fields = detail_lines(&b);
+    assert_some_line_has(&fields, &["depends_on[0] (line 11, column 18)", "ghost"]);
+    assert_some_line_has(&fields, &["dependency cycle"]);
 
     // Once the DAG is sound, plugins, methods and parameters are checked.
     let bad2 = "name: bad2\nsteps:\n  - id: b\n    plugin: nosuch\n    method: x\n  - id: c\n    plugin: linux_system\n    method: run_shel\n  - id: d\n    plugin: linux_system\n    method: run_shell\n    params: {command: 5}\n  - id: e\n    plugin: linux_system\n    method: run_shell\n    params: {command: echo, args: \"{{ params.missing }}\"}\n";
@@ -250,40 +248,14 @@ async fn bad_plans_are_refused_with_every_problem_located() {
     let bad3 = "name: bad3\nsteps:\n  - id: b\n    plugin: nosuch\n    method: x\n  - id: c\n    plugin: linux_system\n    method: run_shel\n  - id: d\n    plugin: linux_system\n    method: run_shell\n    params: {command: 5}\n";
     let (s, b) = p.post("/api/runs", json!({"plan": bad3})).await;
     assert_eq!(s, 422, "{b}");
-    let fields: Vec<String> = b["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| format!("{} {}", d["field"], d["message"]))
-        .collect();
-    assert!(
-        fields
-            .iter()
-            .any(|f| f.contains("steps[0].plugin (line 4") && f.contains("linux_system")),
-        "{fields:#?}"
-    );
-    assert!(
-        fields
-            .iter()
-            .any(|f| f.contains("steps[1].method (line 8") && f.contains("run_shell")),
-        "{fields:#?}"
-    );
-    assert!(
-        fields.iter().any(|f| f.contains("steps[2].params.command")),
-        "{fields:#?}"
-    );
+    let fields = detail_lines(&b);
+    assert_some_line_has(&fields, &["steps[0].plugin (line 4", "linux_system"]);
+    assert_some_line_has(&fields, &["steps[1].method (line 8", "run_shell"]);
+    assert_some_line_has(&fields, &["steps[2].params.command"]);
 
     // Stored plans are checked the same way, and nothing is created.
-    let r = p
-        .http
-        .post(format!("{}/api/plans", p.url))
-        .bearer_auth(&p.token)
-        .header("content-type", "application/yaml")
-        .body(bad3)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
+    let (s, b) = p.send_yaml(Method::POST, "/api/plans", bad3).await;
+    assert_eq!(s, 422, "{b}");
     let (_, plans) = p.get("/api/plans").await;
     assert_eq!(plans["total"], 0);
     let (_, runs) = p.get("/api/runs").await;
@@ -310,17 +282,8 @@ async fn stored_plan_crud_and_runs() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plans/smoke.yaml"),
     )
     .unwrap();
-    let r = p
-        .http
-        .post(format!("{}/api/plans", p.url))
-        .bearer_auth(&p.token)
-        .header("content-type", "application/yaml")
-        .body(smoke.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let plan: Value = r.json().await.unwrap();
+    let (s, plan) = p.send_yaml(Method::POST, "/api/plans", smoke.clone()).await;
+    assert_eq!(s, 201, "{plan}");
     let plan_id = plan["id"].as_str().unwrap();
     let (_, list) = p.get("/api/plans?q=smo").await;
     assert_eq!(list["total"], 1);
@@ -339,28 +302,18 @@ async fn stored_plan_crud_and_runs() {
         .get(&format!("/api/runs?plan_id={plan_id}&status=passed"))
         .await;
     assert_eq!(runs["total"], 1);
-    let r = p
-        .http
-        .put(format!("{}/api/plans/{plan_id}", p.url))
-        .bearer_auth(&p.token)
-        .header("content-type", "application/yaml")
-        .body(smoke.replace("name: smoke", "name: smoke2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (s, b) = p
+        .send_yaml(
+            Method::PUT,
+            &format!("/api/plans/{plan_id}"),
+            smoke.replace("name: smoke", "name: smoke2"),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
     let (_, got) = p.get(&format!("/api/plans/{plan_id}")).await;
     assert_eq!(got["name"], "smoke2");
-    let r = p
-        .http
-        .delete(format!("{}/api/plans/{plan_id}", p.url))
-        .bearer_auth(&p.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let (s, _) = p.get(&format!("/api/plans/{plan_id}")).await;
-    assert_eq!(s, 404);
+    p.delete_and_check_gone(&format!("/api/plans/{plan_id}"))
+        .await;
 }
 
 #[tokio::test]
@@ -371,29 +324,23 @@ async fn testcases_environments_and_results() {
         .post("/api/environments", json!({"name": "staging", "variables": {"GREETING": "hi from staging"}, "selector": {"agent": "local-1"}}))
         .await;
     assert_eq!(s, 201, "{b}");
-    let (s, b) = p
-        .post(
-            "/api/testcases",
+    // Created, then refused as a duplicate name, then as a bad name.
+    for (testcase, status) in [
+        (
             json!({"name": "greet", "steps": ["say the greeting"], "expected_result": "the greeting is printed",
                    "plugin": "linux_system", "method": "run_shell",
                    "parameters": {"command": "echo", "args": "{{ env.GREETING }}"}, "tags": ["smoke"]}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let (s, _) = p
-        .post(
-            "/api/testcases",
-            json!({"name": "greet", "plugin": "x", "method": "y"}),
-        )
-        .await;
-    assert_eq!(s, 409);
-    let (s, b) = p
-        .post(
-            "/api/testcases",
+            201,
+        ),
+        (json!({"name": "greet", "plugin": "x", "method": "y"}), 409),
+        (
             json!({"name": "bad name!", "plugin": "x", "method": "y"}),
-        )
-        .await;
-    assert_eq!(s, 422, "{b}");
+            422,
+        ),
+    ] {
+        let (s, b) = p.post("/api/testcases", testcase).await;
+        assert_eq!(s, status, "{b}");
+    }
     let (_, l) = p.get("/api/testcases?tag=smoke").await;
     assert_eq!(l["total"], 1);
 
@@ -401,10 +348,7 @@ async fn testcases_environments_and_results() {
     let id = p.start_run(plan, json!({})).await;
     let run = p.wait_run(&id, Duration::from_secs(30)).await;
     assert_eq!(run["status"], "passed", "{run}");
-    let task = step(&run, "greet")["instances"][0]["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let task = step_task(&run, "greet");
     assert_eq!(p.log(&task).await, "hi from staging\n");
     let (s, r) = p.get("/api/results/greet/staging").await;
     assert_eq!(s, 200, "{r}");
@@ -431,24 +375,14 @@ async fn testcases_environments_and_results() {
 async fn fan_out_retries_and_pending_reasons() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::server_in(dir.path(), &[]).await;
-    let _a = agent(
-        &p.url,
-        "x86-a",
-        &dir.path().join("a"),
-        &["--labels", "arch=x86_64"],
-    );
-    let _b = agent(
-        &p.url,
-        "x86-b",
-        &dir.path().join("b"),
-        &["--labels", "arch=x86_64"],
-    );
-    let _c = agent(
-        &p.url,
-        "arm-c",
-        &dir.path().join("c"),
-        &["--labels", "arch=arm64"],
-    );
+    let _agents: Vec<Proc> = [
+        ("x86-a", "arch=x86_64"),
+        ("x86-b", "arch=x86_64"),
+        ("arm-c", "arch=arm64"),
+    ]
+    .into_iter()
+    .map(|(name, labels)| agent(&p.url, name, &dir.path().join(name), &["--labels", labels]))
+    .collect();
     p.wait_agents(3).await;
     let flag = dir.path().join("flag");
     let plan = format!(
@@ -520,10 +454,7 @@ async fn lost_task_is_retried_on_another_agent() {
         .as_str()
         .unwrap()
         .to_string();
-    let task = run["steps"]["work"]["instances"][0]["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let task = step_task(&run, "work");
     p.wait_status(&task, "running", Duration::from_secs(10))
         .await;
     if first == "ga" {
@@ -549,21 +480,14 @@ async fn reserved_group_takes_no_other_work() {
     let p = Platform::up(dir.path(), 1, &[]).await;
     let (s, _) = p.post("/api/groups", json!({"name": "lab"})).await;
     assert_eq!(s, 201);
-    let r = p
-        .http
-        .put(format!("{}/api/groups/lab/agents/local-1", p.url))
-        .bearer_auth(&p.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (s, b) = p
+        .call(Method::PUT, "/api/groups/lab/agents/local-1", None)
+        .await;
+    assert_eq!(s, 200, "{b}");
     let owner = "name: owner\nreserve: lab\nsteps:\n  - id: hold\n    plugin: linux_system\n    method: run_shell\n    target: {group: lab}\n    params: {command: sleep, args: \"2\"}\n";
     let other = "name: other\nsteps:\n  - id: want\n    plugin: linux_system\n    method: run_shell\n    target: {group: lab}\n    params: {command: echo, args: later}\n";
     let first = p.start_run(owner, json!({})).await;
-    p.wait_run_until(&first, Duration::from_secs(10), |r| {
-        r["steps"]["hold"]["status"] == "running"
-    })
-    .await;
+    p.wait_step(&first, "hold", "running").await;
     let (_, g) = p.get("/api/groups/lab").await;
     assert_eq!(g["reserved_by"], first.as_str());
     let second = p.start_run(other, json!({})).await;
@@ -573,20 +497,13 @@ async fn reserved_group_takes_no_other_work() {
         })
         .await;
     assert_eq!(waiting["steps"]["want"]["status"], "pending");
-    assert!(
-        waiting["steps"]["want"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("waiting for an agent with group=lab"),
-        "{waiting}"
-    );
-    assert!(
-        waiting["steps"]["want"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("another run reserved"),
-        "{waiting}"
-    );
+    let reason = waiting["steps"]["want"]["reason"].as_str().unwrap();
+    for part in [
+        "waiting for an agent with group=lab",
+        "another run reserved",
+    ] {
+        assert!(reason.contains(part), "{waiting}");
+    }
     // Nor does a one-off task land there: it waits, queued, saying why.
     let (s, b) = p
         .post("/v2.1/testcases", json!({"plugin": "linux_system", "host": "local-1", "method": "run_shell", "parameters": {"command": "echo", "args": "after the reservation"}}))
@@ -605,11 +522,14 @@ async fn reserved_group_takes_no_other_work() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(p.task(&one_off).await["status"], "queued");
     // A held task can be cancelled like any queued one.
-    let (s, b) = p
-        .post("/v2.1/testcases", json!({"plugin": "linux_system", "host": "local-1", "method": "run_shell", "parameters": {"command": "true"}}))
+    let dropped = p
+        .run(
+            "linux_system",
+            "local-1",
+            "run_shell",
+            json!({"command": "true"}),
+        )
         .await;
-    assert_eq!(s, 201, "{b}");
-    let dropped = b["task_id"].as_str().unwrap().to_string();
     let (s, b) = p
         .post(&format!("/api/tasks/{dropped}/cancel"), json!({}))
         .await;
@@ -634,15 +554,8 @@ async fn cancelling_a_run_stops_its_tasks() {
     let p = Platform::up(dir.path(), 1, &[]).await;
     let plan = "name: long\nsteps:\n  - id: slow\n    plugin: linux_system\n    method: run_shell\n    params: {command: sleep, args: \"60\"}\n  - id: next\n    plugin: linux_system\n    method: run_shell\n    depends_on: [slow]\n    params: {command: \"true\"}\n";
     let id = p.start_run(plan, json!({})).await;
-    let run = p
-        .wait_run_until(&id, Duration::from_secs(10), |r| {
-            r["steps"]["slow"]["status"] == "running"
-        })
-        .await;
-    let task = run["steps"]["slow"]["instances"][0]["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let run = p.wait_step(&id, "slow", "running").await;
+    let task = step_task(&run, "slow");
     p.wait_status(&task, "running", Duration::from_secs(10))
         .await;
     let started = Instant::now();
@@ -660,10 +573,7 @@ async fn cancelling_a_run_stops_its_tasks() {
 #[tokio::test]
 async fn run_survives_a_killed_server() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let store = format!("redb:{}", dir.path().join("s.redb").display());
-    let blobs = dir.path().join("blobs");
-    let mut p = Platform::server(&store, &blobs, &listen, &[]).await;
+    let mut p = Platform::server_in(dir.path(), &[]).await;
     let _a = agent(&p.url, "steady", &dir.path().join("a"), &[]);
     p.wait_agents(1).await;
     let out = dir.path().join("out.txt");
@@ -672,14 +582,8 @@ async fn run_survives_a_killed_server() {
         o = out.display()
     );
     let id = p.start_run(&plan, json!({})).await;
-    p.wait_run_until(&id, Duration::from_secs(10), |r| {
-        r["steps"]["first"]["status"] == "running"
-    })
-    .await;
-    p.proc.kill9();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let p2 = Platform::server(&store, &blobs, &listen, &[]).await;
-    drop(std::mem::replace(&mut p, p2));
+    p.wait_step(&id, "first", "running").await;
+    p.kill_and_restart_in(dir.path(), &[]).await;
     let run = p.wait_run(&id, Duration::from_secs(30)).await;
     assert_eq!(run["status"], "passed", "{run}");
     assert_eq!(
@@ -697,16 +601,13 @@ async fn cli_run_embedded_and_against_a_server() {
     let junit = dir.path().join("junit.xml");
     let json_out = dir.path().join("report.json");
     // No TESTBED_SERVER: an embedded platform runs it.
-    let o = std::process::Command::new(bin())
+    let o = embedded(dir.path())
         .arg("run")
         .arg(&plan)
         .arg("--junit")
         .arg(&junit)
         .arg("--json")
         .arg(&json_out)
-        .env_remove("TESTBED_SERVER")
-        .env("TESTBED_CONFIG_DIR", dir.path().join("no-login"))
-        .env("TESTBED_LOG", "warn")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -717,13 +618,10 @@ async fn cli_run_embedded_and_against_a_server() {
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
     assert_eq!(r["suites"][0]["cases"][0]["outcome"], "pass");
     // A failing test → exit 1, and the failing step's log is shown.
-    let o = std::process::Command::new(bin())
+    let o = embedded(dir.path())
         .arg("run")
         .arg(&plan)
         .args(["-p", "code=3"])
-        .env_remove("TESTBED_SERVER")
-        .env("TESTBED_CONFIG_DIR", dir.path().join("no-login"))
-        .env("TESTBED_LOG", "warn")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -739,12 +637,7 @@ async fn cli_run_embedded_and_against_a_server() {
         "name: x\nsteps:\n  - id: a\n    plugin: p\n    method: m\n    depends_on: [zz]\n",
     )
     .unwrap();
-    let o = std::process::Command::new(bin())
-        .arg("run")
-        .arg(&bad)
-        .env_remove("TESTBED_SERVER")
-        .output()
-        .unwrap();
+    let o = embedded(dir.path()).arg("run").arg(&bad).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -754,30 +647,16 @@ async fn cli_run_embedded_and_against_a_server() {
 
     // With TESTBED_SERVER the same plan goes to that server.
     let p = Platform::up(&dir.path().join("data"), 1, &[]).await;
-    let o = std::process::Command::new(bin())
-        .arg("run")
-        .arg(&plan)
-        .env("TESTBED_SERVER", &p.url)
-        .env("TESTBED_TOKEN", &p.token)
-        .env("TESTBED_LOG", "warn")
-        .output()
-        .unwrap();
+    let o = against(&p).arg("run").arg(&plan).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (_, runs) = p.get("/api/runs").await;
     assert_eq!(runs["total"], 1);
     // `testbed runs ls` and `report show` against it.
-    let o = std::process::Command::new(bin())
-        .args(["runs", "ls"])
-        .env("TESTBED_SERVER", &p.url)
-        .env("TESTBED_TOKEN", &p.token)
-        .output()
-        .unwrap();
+    let o = against(&p).args(["runs", "ls"]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("cli"));
     let report = runs["results"][0]["report_id"].as_str().unwrap();
-    let o = std::process::Command::new(bin())
+    let o = against(&p)
         .args(["report", "show", report, "--format", "tap"])
-        .env("TESTBED_SERVER", &p.url)
-        .env("TESTBED_TOKEN", &p.token)
         .output()
         .unwrap();
     assert!(
@@ -786,7 +665,7 @@ async fn cli_run_embedded_and_against_a_server() {
         String::from_utf8_lossy(&o.stdout)
     );
     // Offline conversion of a report file.
-    let o = std::process::Command::new(bin())
+    let o = Command::new(bin())
         .args(["report", "convert"])
         .arg(&json_out)
         .args(["--to", "summary"])
@@ -812,12 +691,7 @@ async fn a_kit_across_a_fleet_is_a_matrix_and_runs_compare() {
     )
     .unwrap();
     let (p, plan) = Platform::kit_on_two_agents(&dir.path().join("data"), &kit).await;
-    let first = p
-        .wait_run(
-            &p.start_run(&plan, json!({})).await,
-            Duration::from_secs(60),
-        )
-        .await;
+    let first = p.run_plan(&plan, json!({}), Duration::from_secs(60)).await;
     assert_eq!(first["status"], "passed", "{first}");
     let r1 = first["report_id"].as_str().unwrap().to_string();
     let (_, report) = p.get(&format!("/api/reports/{r1}")).await;
@@ -851,12 +725,7 @@ async fn a_kit_across_a_fleet_is_a_matrix_and_runs_compare() {
         "print \"1..2\\nok 1 - connects\\nnot ok 2 - lists domains\\n\";\n",
     )
     .unwrap();
-    let second = p
-        .wait_run(
-            &p.start_run(&plan, json!({})).await,
-            Duration::from_secs(60),
-        )
-        .await;
+    let second = p.run_plan(&plan, json!({}), Duration::from_secs(60)).await;
     assert_eq!(second["status"], "failed");
     let r2 = second["report_id"].as_str().unwrap();
     let (s, cmp) = p.get(&format!("/api/reports/{r1}/compare/{r2}")).await;
@@ -867,18 +736,8 @@ async fn a_kit_across_a_fleet_is_a_matrix_and_runs_compare() {
         .iter()
         .map(|c| format!("{} {}", c["suite"], c["case"]))
         .collect();
-    assert!(
-        regressions
-            .iter()
-            .any(|r| r.contains("local-1") && r.contains("lists domains")),
-        "{cmp}"
-    );
-    assert!(
-        regressions
-            .iter()
-            .any(|r| r.contains("local-2") && r.contains("lists domains")),
-        "{cmp}"
-    );
+    assert_some_line_has(&regressions, &["local-1", "lists domains"]);
+    assert_some_line_has(&regressions, &["local-2", "lists domains"]);
     assert!(!regressions.iter().any(|r| r.contains("stable")), "{cmp}");
     let (_, text) = p
         .get_text(&format!("/api/reports/{r1}/compare/{r2}?format=text"))
