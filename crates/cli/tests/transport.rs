@@ -33,31 +33,47 @@ fn openssl(args: &[&str], dir: &Path) {
     );
 }
 
+/// `openssl req` for a new P-256 key in `key`: a request in `out` for
+/// `subject`, or with `self_signed` a certificate valid for two days.
+fn new_ec_key(dir: &Path, key: &str, out: &str, subject: &str, self_signed: bool) {
+    let mut args = vec!["req"];
+    if self_signed {
+        args.extend(["-x509", "-days", "2"]);
+    }
+    args.extend([
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        out,
+        "-subj",
+        subject,
+    ]);
+    openssl(&args, dir);
+}
+
+/// A fresh `pki` folder under `dir` for CAs and their certificates.
+fn pki_dir(dir: &Path) -> PathBuf {
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    pki
+}
+
+/// Two CAs of these names in a `pki` folder under `dir`.
+fn cas(dir: &Path, names: [&str; 2]) -> [Ca; 2] {
+    let pki = pki_dir(dir);
+    names.map(|name| Ca::new(&pki, name))
+}
+
 impl Ca {
     fn new(dir: &Path, name: &str) -> Ca {
         let key = format!("{name}.key");
         let pem = format!("{name}.pem");
-        let subject = format!("/CN={name} test CA");
-        openssl(
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-subj",
-                &subject,
-            ],
-            dir,
-        );
+        new_ec_key(dir, &key, &pem, &format!("/CN={name} test CA"), true);
         Ca {
             dir: dir.to_path_buf(),
             name: name.to_string(),
@@ -83,23 +99,7 @@ impl Ca {
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
         )
         .unwrap();
-        openssl(
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                "/CN=localhost",
-            ],
-            d,
-        );
+        new_ec_key(d, &key, &csr, "/CN=localhost", false);
         let ca_pem = format!("{}.pem", self.name);
         let ca_key = format!("{}.key", self.name);
         openssl(
@@ -156,6 +156,21 @@ fn served_fingerprint(port: u16) -> String {
     text.trim().rsplit('=').next().unwrap_or("").to_uppercase()
 }
 
+/// The last word of a banner line: the URL, the fingerprint.
+fn last_word(line: &str) -> String {
+    line.rsplit(' ').next().unwrap().trim().to_string()
+}
+
+/// The port a platform listens on.
+fn port_of(p: &Platform) -> u16 {
+    p.url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// A platform of `proc` at `url` (HTTPS), with an admin client trusting `ca`.
+async fn tls_platform(proc: Proc, url: String, ca: &Path) -> Platform {
+    Platform::connect_with(proc, url, client_trusting(ca)).await
+}
+
 fn client_trusting(ca: &Path) -> reqwest::Client {
     let pem = std::fs::read(ca).unwrap();
     reqwest::Client::builder()
@@ -190,40 +205,22 @@ async fn tls_server(
         .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
     let proc = Proc::spawn("tls server", cmd);
-    let url = proc
-        .wait_line("Testbed is listening on ", Duration::from_secs(60))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    let url = last_word(&proc.wait_line("Testbed is listening on ", Duration::from_secs(60)));
     assert_eq!(url, format!("https://127.0.0.1:{port}"));
-    let fingerprint = proc
-        .wait_line(
-            "TLS certificate SHA-256 fingerprint: ",
-            Duration::from_secs(5),
-        )
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
-    let http = client_trusting(ca);
-    let token = login(&http, &url, "admin", ADMIN_PASSWORD).await;
-    let p = Platform {
-        proc,
-        url,
-        token,
-        join_token: JOIN_TOKEN.to_string(),
-        http,
-    };
-    (p, port, fingerprint)
+    let fingerprint = last_word(&proc.wait_line(
+        "TLS certificate SHA-256 fingerprint: ",
+        Duration::from_secs(5),
+    ));
+    (tls_platform(proc, url, ca).await, port, fingerprint)
 }
 
 /// Opens a connection and sends a request header without its final blank
 /// line, as a slow-loris client does.
 fn half_sent(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    send_half_request(TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+}
+
+fn send_half_request(mut s: TcpStream) -> TcpStream {
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .expect("send");
     s
@@ -254,11 +251,27 @@ async fn healthz_within(url: &str, bound: Duration) -> Result<Duration, String> 
     }
 }
 
+/// Polls `/healthz` (1 s a try) until it answers; fails after 15 s, saying
+/// what it did not recover from.
+async fn wait_healthz_recovers(url: &str, from: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if healthz_within(url, Duration::from_secs(1)).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz did not recover after {from}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn half_sent_requests_neither_block_others_nor_stay_open() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::server_in(dir.path(), &["--header-read-timeout", "3"]).await;
-    let port: u16 = p.url.rsplit(':').next().unwrap().parse().unwrap();
+    let port = port_of(&p);
 
     let opened = Instant::now();
     let held: Vec<TcpStream> = (0..300).map(|_| half_sent(port)).collect();
@@ -305,7 +318,7 @@ async fn connections_beyond_the_limit_are_closed_at_once_and_the_server_recovers
         &["--max-connections", "20", "--header-read-timeout", "3"],
     )
     .await;
-    let port: u16 = p.url.rsplit(':').next().unwrap().parse().unwrap();
+    let port = port_of(&p);
     // The harness's idle keep-alive connection (its login) times out after
     // the header deadline too; then the limit is all ours.
     tokio::time::sleep(Duration::from_millis(3500)).await;
@@ -337,26 +350,13 @@ async fn connections_beyond_the_limit_are_closed_at_once_and_the_server_recovers
         .wait_line("connection limit reached", Duration::from_secs(5));
 
     // Once the held ones time out, the server serves again.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if healthz_within(&p.url, Duration::from_secs(1)).await.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/healthz did not recover after the header timeout"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_healthz_recovers(&p.url, "the header timeout").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_join_over_tls_only_when_they_trust_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path().join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    let ca = Ca::new(&pki, "ca");
-    let other = Ca::new(&pki, "other");
+    let [ca, other] = cas(dir.path(), ["ca", "other"]);
     let (cert, key) = ca.issue("server");
     let (p, _port, printed) = tls_server(dir.path(), &cert, &key, &ca.pem(), &[]).await;
     assert_eq!(printed, file_fingerprint(&cert), "banner fingerprint");
@@ -384,14 +384,7 @@ async fn agents_join_over_tls_only_when_they_trust_the_server() {
         ],
     );
     p.wait_agents(1).await;
-    let id = p
-        .run(
-            "linux_system",
-            "tls-ca",
-            "run_shell",
-            json!({"command": "echo", "args": "over tls"}),
-        )
-        .await;
+    let id = p.run_shell("tls-ca", "echo", "over tls").await;
     let t = p.wait_task(&id, Duration::from_secs(30)).await;
     assert_eq!(t["status"], "succeeded", "{t}");
     assert!(p.log(&id).await.contains("over tls"));
@@ -604,10 +597,7 @@ async fn join_token_is_refused_on_the_command_line() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renewed_certificate_is_served_without_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path().join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    let first = Ca::new(&pki, "first");
-    let second = Ca::new(&pki, "second");
+    let [first, second] = cas(dir.path(), ["first", "second"]);
     let (cert1, key1) = first.issue("one");
     let (cert2, key2) = second.issue("two");
     // The server reads its own copies, which the "renewal" overwrites.
@@ -675,8 +665,7 @@ async fn up_refuses_plain_http_on_a_public_address_unless_insecure() {
 
     // With TLS it starts on the public address, and its local agents trust
     // the certificate it serves.
-    let pki = dir.path().join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
+    let pki = pki_dir(dir.path());
     let ca = Ca::new(&pki, "ca");
     let (cert, key) = ca.issue("up");
     let port = free_port();
@@ -694,25 +683,9 @@ async fn up_refuses_plain_http_on_a_public_address_unless_insecure() {
         "TLS certificate SHA-256 fingerprint",
         Duration::from_secs(60),
     );
-    let url = format!("https://127.0.0.1:{port}");
-    let http = client_trusting(&ca.pem());
-    let token = login(&http, &url, "admin", ADMIN_PASSWORD).await;
-    let p = Platform {
-        proc,
-        url,
-        token,
-        join_token: JOIN_TOKEN.to_string(),
-        http,
-    };
+    let p = tls_platform(proc, format!("https://127.0.0.1:{port}"), &ca.pem()).await;
     p.wait_agents(1).await;
-    let id = p
-        .run(
-            "linux_system",
-            "local-1",
-            "run_shell",
-            json!({"command": "echo", "args": "local over tls"}),
-        )
-        .await;
+    let id = p.run_shell("local-1", "echo", "local over tls").await;
     let t = p.wait_task(&id, Duration::from_secs(30)).await;
     assert_eq!(t["status"], "succeeded", "{t}");
 }
@@ -748,17 +721,7 @@ async fn a_low_open_file_limit_lowers_the_connection_limit_instead_of_running_ou
     assert!(refused >= 600 - 144, "{refused} closed at once");
 
     // The server is still there, and serves again after the deadline.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if healthz_within(&url, Duration::from_secs(1)).await.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/healthz did not recover after the flood"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_healthz_recovers(&url, "the flood").await;
     let http = reqwest::Client::new();
     let token = login(&http, &url, "admin", ADMIN_PASSWORD).await;
     assert!(!token.is_empty());
@@ -772,11 +735,9 @@ async fn half_sent_from(from: &str, port: u16) -> TcpStream {
         .connect(format!("127.0.0.1:{port}").parse().unwrap())
         .await
         .expect("connect");
-    let mut s = stream.into_std().unwrap();
+    let s = stream.into_std().unwrap();
     s.set_nonblocking(false).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        .expect("send");
-    s
+    send_half_request(s)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -794,7 +755,7 @@ async fn one_address_cannot_take_every_connection() {
         ],
     )
     .await;
-    let port: u16 = p.url.rsplit(':').next().unwrap().parse().unwrap();
+    let port = port_of(&p);
 
     let mut attack = Vec::new();
     for _ in 0..60 {
