@@ -23,6 +23,11 @@ fn testbed(args: &[&str]) -> Output {
         .expect("running testbed")
 }
 
+/// A path as a command-line argument.
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -38,7 +43,7 @@ fn run_kit(args: &[&str]) -> (i32, Report, String) {
     let json = dir.path().join("r.json");
     let mut all = vec!["tck", "run"];
     all.extend_from_slice(args);
-    all.extend_from_slice(&["--json", json.to_str().unwrap()]);
+    all.extend_from_slice(&["--json", arg(&json)]);
     let out = testbed(&all);
     if let Ok(meta) = std::fs::metadata(&json) {
         use std::os::unix::fs::PermissionsExt;
@@ -161,7 +166,7 @@ fn prove(dir: &Path) -> Prove {
 fn perl_counts_match_prove() {
     let dir = examples().join("perl");
     let p = prove(&dir);
-    let (code, report, out) = run_kit(&[dir.to_str().unwrap()]);
+    let (code, report, out) = run_kit(&[arg(&dir)]);
     assert_eq!(code, 1, "{out}");
     assert_eq!(report.suites.len(), p.files, "{out}");
     let tests: usize = report.suites.iter().map(|s| points(s).count()).sum();
@@ -230,10 +235,10 @@ fn kit_config_resources_and_env() {
     let dir = examples().join("perl");
     let cfg = dir.join("kit.toml");
     let (_, report, out) = run_kit(&[
-        dir.join("07-needs-iscsi.t").to_str().unwrap(),
-        dir.join("08-env.t").to_str().unwrap(),
+        arg(&dir.join("07-needs-iscsi.t")),
+        arg(&dir.join("08-env.t")),
         "--config",
-        cfg.to_str().unwrap(),
+        arg(&cfg),
     ]);
     let iscsi = suite(&report, "07-needs-iscsi.t");
     assert_eq!(
@@ -261,11 +266,7 @@ fn kit_config_resources_and_env() {
     )
     .unwrap();
     std::fs::copy(dir.join("07-needs-iscsi.t"), tmp.path().join("iscsi.t")).unwrap();
-    let (code, report, out) = run_kit(&[
-        tmp.path().to_str().unwrap(),
-        "--config",
-        kit.to_str().unwrap(),
-    ]);
+    let (code, report, out) = run_kit(&[arg(tmp.path()), "--config", arg(&kit)]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         outcome(suite(&report, "iscsi.t"), "log in to 10.0.0.9"),
@@ -275,7 +276,7 @@ fn kit_config_resources_and_env() {
 
 #[test]
 fn python_scripts_run_through_python3() {
-    let (code, report, out) = run_kit(&[examples().join("python").to_str().unwrap()]);
+    let (code, report, out) = run_kit(&[arg(&examples().join("python"))]);
     assert_eq!(code, 1, "{out}");
     let s = suite(&report, "test_basic.py");
     assert!(
@@ -296,7 +297,7 @@ fn node_test_runner() {
         node.is_ok_and(|o| o.status.success()),
         "this test needs Node.js (`node` on PATH) for its built-in TAP test runner"
     );
-    let (code, report, out) = run_kit(&[examples().join("node").to_str().unwrap()]);
+    let (code, report, out) = run_kit(&[arg(&examples().join("node"))]);
     assert_eq!(code, 1, "{out}");
     let s = suite(&report, "run-node.sh");
     assert_eq!(outcome(s, "adds"), Outcome::Pass);
@@ -324,12 +325,12 @@ fn node_test_runner() {
 fn known_broken_turns_failures_into_xfail_and_fixed_into_xpass() {
     let dir = examples().join("perl");
     let (code, report, out) = run_kit(&[
-        dir.join("01-pass.t").to_str().unwrap(),
-        dir.join("02-fail.t").to_str().unwrap(),
+        arg(&dir.join("01-pass.t")),
+        arg(&dir.join("02-fail.t")),
         "--config",
-        dir.join("kit.toml").to_str().unwrap(),
+        arg(&dir.join("kit.toml")),
         "--expect",
-        dir.join("known-broken.toml").to_str().unwrap(),
+        arg(&dir.join("known-broken.toml")),
     ]);
     assert_eq!(code, 0, "masked failures must not fail the run\n{out}");
     let fail = suite(&report, "02-fail.t");
@@ -359,22 +360,16 @@ fn problems_exit_codes() {
     let out = testbed(&[
         "tck",
         "run",
-        dir.join("02-fail.t").to_str().unwrap(),
-        dir.join("06-dies.t").to_str().unwrap(),
+        arg(&dir.join("02-fail.t")),
+        arg(&dir.join("06-dies.t")),
         "--config",
-        dir.join("kit.toml").to_str().unwrap(),
+        arg(&dir.join("kit.toml")),
         "--json",
-        json.to_str().unwrap(),
+        arg(&json),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let expect = dir.join("known-broken.toml");
-    let out = testbed(&[
-        "tck",
-        "problems",
-        json.to_str().unwrap(),
-        "--expect",
-        expect.to_str().unwrap(),
-    ]);
+    let out = testbed(&["tck", "problems", arg(&json), "--expect", arg(&expect)]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("06-dies.t"), "{t}");
@@ -387,26 +382,20 @@ fn problems_exit_codes() {
     let out = testbed(&[
         "tck",
         "run",
-        dir.join("02-fail.t").to_str().unwrap(),
+        arg(&dir.join("02-fail.t")),
         "--config",
-        dir.join("kit.toml").to_str().unwrap(),
+        arg(&dir.join("kit.toml")),
         "--json",
-        json.to_str().unwrap(),
+        arg(&json),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let out = testbed(&[
-        "tck",
-        "problems",
-        json.to_str().unwrap(),
-        "--expect",
-        expect.to_str().unwrap(),
-    ]);
+    let out = testbed(&["tck", "problems", arg(&json), "--expect", arg(&expect)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let out = testbed(&["tck", "problems", json.to_str().unwrap(), "--json"]);
+    let out = testbed(&["tck", "problems", arg(&json), "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["problems"][0]["script"], "02-fail.t");
-    let out = testbed(&["tck", "problems", json.to_str().unwrap()]);
+    let out = testbed(&["tck", "problems", arg(&json)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("02-fail.t :: domain state after destroy"),
@@ -442,7 +431,7 @@ fn compare_detects_regression_and_fix() {
     );
     write_script(&kit, "t.sh", "echo 1..1; echo ok 1 - brand new\n");
     run_kit_to(&kit, &b);
-    let out = testbed(&["tck", "compare", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let out = testbed(&["tck", "compare", arg(&a), arg(&b)]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(
@@ -458,44 +447,24 @@ fn compare_detects_regression_and_fix() {
         "{t}"
     );
 
-    let out = testbed(&[
-        "tck",
-        "compare",
-        b.to_str().unwrap(),
-        a.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
+    let out = testbed(&["tck", "compare", arg(&b), arg(&a), "--format", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["regressions"].as_array().unwrap().len(), 1);
     assert_eq!(v["removed"][0]["case"], "brand new");
-    let out = testbed(&[
-        "tck",
-        "compare",
-        a.to_str().unwrap(),
-        a.to_str().unwrap(),
-        "--format",
-        "html",
-    ]);
+    let out = testbed(&["tck", "compare", arg(&a), arg(&a), "--format", "html"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("<html>"));
 }
 
 fn run_kit_to(kit: &Path, json: &Path) {
-    let out = testbed(&[
-        "tck",
-        "run",
-        kit.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let out = testbed(&["tck", "run", arg(&kit), "--json", arg(&json)]);
     assert!(json.exists(), "{}", text(&out));
 }
 
 #[test]
 fn malformed_tap_becomes_diagnostics() {
     let bad = examples().join("bad/malformed.sh");
-    let (code, report, out) = run_kit(&[bad.to_str().unwrap()]);
+    let (code, report, out) = run_kit(&[arg(&bad)]);
     assert_eq!(code, 1, "numbering gaps fail a script, as in prove\n{out}");
     let s = suite(&report, "malformed.sh");
     let d = s.diagnostics.join("\n");
@@ -508,7 +477,7 @@ fn malformed_tap_becomes_diagnostics() {
 fn fifty_megabytes_of_garbage_complete() {
     let bad = examples().join("bad/garbage.sh");
     let started = Instant::now();
-    let (_, report, out) = run_kit(&[bad.to_str().unwrap(), "--timeout", "120s"]);
+    let (_, report, out) = run_kit(&[arg(&bad), "--timeout", "120s"]);
     let s = suite(&report, "garbage.sh");
     assert_eq!(outcome(s, "before the garbage"), Outcome::Pass, "{out}");
     assert!(s.diagnostics.len() < 20, "{:?}", s.diagnostics);
@@ -519,7 +488,7 @@ fn fifty_megabytes_of_garbage_complete() {
 fn timeout_kills_the_script_and_its_children() {
     let bad = examples().join("bad/sleeps.sh");
     let started = Instant::now();
-    let (code, report, out) = run_kit(&[bad.to_str().unwrap(), "--timeout", "1s"]);
+    let (code, report, out) = run_kit(&[arg(&bad), "--timeout", "1s"]);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -553,16 +522,16 @@ fn parallel_jobs_and_report_files() {
     let html = tmp.path().join("r.html");
     let started = Instant::now();
     let (code, report, out) = run_kit(&[
-        kit.to_str().unwrap(),
+        arg(&kit),
         "-j",
         "4",
         "--verbose",
         "--junit",
-        junit.to_str().unwrap(),
+        arg(&junit),
         "--tap",
-        tap.to_str().unwrap(),
+        arg(&tap),
         "--html",
-        html.to_str().unwrap(),
+        arg(&html),
     ]);
     assert!(
         started.elapsed() < Duration::from_millis(3500),
@@ -597,13 +566,7 @@ fn usage_errors_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("kit.toml");
     std::fs::write(&cfg, "platform = \"x\"\nresource = 1\n").unwrap();
-    let out = testbed(&[
-        "tck",
-        "run",
-        tmp.path().to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    let out = testbed(&["tck", "run", arg(tmp.path()), "--config", arg(&cfg)]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("kit.toml:2:1"), "{}", text(&out));
     let exp = tmp.path().join("known.toml");
@@ -612,13 +575,7 @@ fn usage_errors_exit_2() {
         "[[broken]]\ntest = \"a.t\"\nreason = \"r\"\nplatfrom = {}\n",
     )
     .unwrap();
-    let out = testbed(&[
-        "tck",
-        "problems",
-        cfg.to_str().unwrap(),
-        "--expect",
-        exp.to_str().unwrap(),
-    ]);
+    let out = testbed(&["tck", "problems", arg(&cfg), "--expect", arg(&exp)]);
     assert_eq!(out.status.code(), Some(2));
     let out = testbed(&["tck", "run", "/nonexistent/kit"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -693,8 +650,8 @@ for my $i (1 .. {N}) {{
         ),
     )
     .unwrap();
-    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let kit_s = kit.to_str().unwrap();
+    let p = |name: &str| arg(&dir.path().join(name)).to_string();
+    let kit_s = arg(&kit);
     let out = testbed(&[
         "tck",
         "run",
