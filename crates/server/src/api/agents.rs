@@ -44,6 +44,17 @@ async fn info(state: &AppState, a: AgentView) -> ApiResult<AgentInfo> {
 }
 
 /// Every registered agent with its status, load and latest metrics.
+/// Finds an agent by numeric id, uuid or name.
+pub fn find<'a>(agents: &'a [AgentView], id: &str) -> Option<&'a AgentView> {
+    if let Ok(n) = id.parse::<u64>() {
+        return agents.iter().find(|a| a.record.id == n);
+    }
+    if let Ok(u) = id.parse::<uuid::Uuid>() {
+        return agents.iter().find(|a| a.record.uuid == u);
+    }
+    agents.iter().find(|a| a.record.profile.name == id)
+}
+
 #[utoipa::path(get, path = "/api/agents", tag = "agents",
     responses((status = 200, body = Vec<AgentInfo>), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -69,7 +80,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<AgentInfo>> {
     let agents = dispatch::agents(&state.store).await?;
-    let a = super::slaves::find(&agents, &id)
+    let a = find(&agents, &id)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no agent `{id}`")))?;
     Ok(Json(info(&state, a).await?))
@@ -87,8 +98,7 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
     let agents = dispatch::agents(&state.store).await?;
-    let a = super::slaves::find(&agents, &id)
-        .ok_or_else(|| ApiError::not_found(format!("no agent `{id}`")))?;
+    let a = find(&agents, &id).ok_or_else(|| ApiError::not_found(format!("no agent `{id}`")))?;
     if a.alive.is_some() {
         return Err(ApiError::conflict(format!(
             "agent `{id}` is online; stop it first"

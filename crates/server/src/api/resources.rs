@@ -429,7 +429,7 @@ async fn member_target(state: &AppState, group: &str, agent: &str) -> ApiResult<
         return Err(ApiError::not_found(format!("no group `{group}`")));
     }
     let agents = dispatch::agents(&state.store).await?;
-    super::slaves::find(&agents, agent)
+    super::agents::find(&agents, agent)
         .map(|a| a.record.uuid)
         .ok_or_else(|| ApiError::not_found(format!("no agent `{agent}`")))
 }

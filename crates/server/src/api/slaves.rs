@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use testbed_core::agent::AgentStatus;
 use testbed_core::user::Role;
-use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::dispatch::{self, AgentView};
@@ -63,20 +62,9 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Slave>> {
     let agents = dispatch::agents(&state.store).await?;
-    let found =
-        find(&agents, &id).ok_or_else(|| ApiError::not_found(format!("no slave `{id}`")))?;
+    let found = super::agents::find(&agents, &id)
+        .ok_or_else(|| ApiError::not_found(format!("no slave `{id}`")))?;
     Ok(Json(slave(found, true)))
-}
-
-/// Finds an agent by numeric id, uuid or name.
-pub fn find<'a>(agents: &'a [AgentView], id: &str) -> Option<&'a AgentView> {
-    if let Ok(n) = id.parse::<u64>() {
-        return agents.iter().find(|a| a.record.id == n);
-    }
-    if let Ok(u) = id.parse::<Uuid>() {
-        return agents.iter().find(|a| a.record.uuid == u);
-    }
-    agents.iter().find(|a| a.record.profile.name == id)
 }
 
 /// Run one plugin method on an agent (seed 002's test-case mode). Returns at
