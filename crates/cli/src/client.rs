@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use testbed_agent::tls::ClientConfig;
+use testbed_api::auth::{LoginRequest, LoginResponse};
+use testbed_api::page::Page;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Credentials {
@@ -181,6 +183,13 @@ impl IdKind {
     }
 }
 
+/// What `resolve` reads of any listed record: every list it asks holds
+/// records with a uuid `id` (tasks, runs, plans, reports).
+#[derive(Debug, Deserialize)]
+struct Identified {
+    id: uuid::Uuid,
+}
+
 /// Candidates listed when a prefix is ambiguous.
 const AMBIGUOUS_SHOWN: usize = 10;
 
@@ -231,21 +240,20 @@ impl Client {
             bail!("no {noun} `{given}`: {noun} ids are uuids (or a unique prefix of one)");
         }
         let prefix = given.to_ascii_lowercase();
-        let page: serde_json::Value = self
+        let page: Page<Identified> = self
             .get(&format!(
                 "{}?id_prefix={prefix}&page_size={AMBIGUOUS_SHOWN}",
                 kind.list_path()
             ))
             .await?;
         // Filtered here too: a server without `id_prefix` lists everything.
-        let ids: Vec<&str> = page["results"]
-            .as_array()
+        let ids: Vec<String> = page
+            .results
             .into_iter()
-            .flatten()
-            .filter_map(|r| r["id"].as_str())
+            .map(|r| r.id.to_string())
             .filter(|id| id.starts_with(&prefix))
             .collect();
-        let total = page["total"].as_u64().unwrap_or(0).max(ids.len() as u64);
+        let total = (page.total as u64).max(ids.len() as u64);
         match ids.as_slice() {
             [] => bail!("no {noun} whose id starts with `{given}`"),
             [one] if total == 1 => Ok(one.to_string()),
@@ -316,6 +324,9 @@ impl Client {
         .into())
     }
 
+    /// GETs `path` and decodes the answer as `T`: an API type of
+    /// [`testbed_api`] where fields are read, `serde_json::Value` where the
+    /// answer is passed through as it came (`--json`).
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self
             .http
@@ -324,7 +335,8 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("connecting to {}", self.server))?;
-        Ok(Self::check_authed(resp).await?.json().await?)
+        let body = Self::check_authed(resp).await?.bytes().await?;
+        decode_bytes(&format!("GET {path}"), &body)
     }
 
     pub async fn get_text(&self, path: &str) -> anyhow::Result<(String, Option<String>)> {
@@ -370,8 +382,59 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("connecting to {}", self.server))?;
-        Ok(Self::check_authed(resp).await?.json().await?)
+        let answer = Self::check_authed(resp).await?.bytes().await?;
+        decode_bytes(&format!("POST {path}"), &answer)
     }
+}
+
+/// An answer that is not the API type this client expects: a field the
+/// server stopped sending, or sends in another shape. Names the request
+/// and the field, so a server and client that drifted apart say where.
+#[derive(Debug)]
+pub struct UnexpectedAnswer {
+    /// `GET /api/agents`.
+    pub request: String,
+    /// Where in the answer, e.g. `results[0]` (`.` for the whole answer).
+    pub at: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for UnexpectedAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the server's answer to {} ", self.request)?;
+        if self.at != "." {
+            write!(f, "at `{}` ", self.at)?;
+        }
+        write!(
+            f,
+            "is not what this client reads: {} (are the client and server the same version?)",
+            self.problem
+        )
+    }
+}
+
+impl std::error::Error for UnexpectedAnswer {}
+
+fn unexpected<E: std::fmt::Display>(
+    request: &str,
+    e: serde_path_to_error::Error<E>,
+) -> UnexpectedAnswer {
+    UnexpectedAnswer {
+        request: request.to_string(),
+        at: e.path().to_string(),
+        problem: e.into_inner().to_string(),
+    }
+}
+
+fn decode_bytes<T: DeserializeOwned>(request: &str, body: &[u8]) -> anyhow::Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Ok(serde_path_to_error::deserialize(&mut de).map_err(|e| unexpected(request, e))?)
+}
+
+/// Decodes an answer already read as JSON (kept raw for `--json`) into its
+/// API type, with [`UnexpectedAnswer`]'s errors.
+pub fn decode<T: DeserializeOwned>(request: &str, answer: serde_json::Value) -> anyhow::Result<T> {
+    Ok(serde_path_to_error::deserialize(answer).map_err(|e| unexpected(request, e))?)
 }
 
 /// What to do about a refused token: depends on where it came from.
@@ -388,16 +451,16 @@ pub fn relogin_hint() -> &'static str {
 pub async fn login(server: &str, username: &str, password: &str) -> anyhow::Result<String> {
     let resp = http_client(server)
         .post(format!("{}/api/auth/login", server.trim_end_matches('/')))
-        .json(&serde_json::json!({"username": username, "password": password}))
+        .json(&LoginRequest {
+            username: username.to_string(),
+            password: password.to_string(),
+        })
         .send()
         .await
         .with_context(|| format!("connecting to {server}"))?;
-    let resp = Client::check(resp).await?;
-    let v: serde_json::Value = resp.json().await?;
-    match v.get("token").and_then(|t| t.as_str()) {
-        Some(t) => Ok(t.to_string()),
-        None => bail!("login answered without a token"),
-    }
+    let body = Client::check(resp).await?.bytes().await?;
+    let answer: LoginResponse = decode_bytes("POST /api/auth/login", &body)?;
+    Ok(answer.token)
 }
 
 /// Whom the client trusts on an `https://` server, as an agent does:

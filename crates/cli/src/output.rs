@@ -85,6 +85,14 @@ pub fn cell(v: &Value) -> String {
     }
 }
 
+/// A typed API value as a table cell, spelled as the server sends it
+/// (status names, RFC 3339 times): what [`cell`] shows of the same JSON.
+pub fn text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .map(|v| cell(&v))
+        .unwrap_or_default()
+}
+
 /// A step or task status with the server's reason, for one line:
 /// `pending` + `pending: no agent matches …` reads `pending (no agent
 /// matches …)`, not `pending pending: no agent matches …`.

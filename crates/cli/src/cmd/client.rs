@@ -14,6 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Client, Credentials, IdKind};
 use crate::output::{self, cell};
+use testbed_api::agents::AgentInfo;
+use testbed_api::tasks::{SubmitRequest, Submitted, TaskPage, TaskView};
+use testbed_core::task::TaskStatus;
 
 #[derive(Args, Debug)]
 pub struct LoginArgs {
@@ -109,52 +112,47 @@ pub async fn agents(cmd: AgentsCmd) -> anyhow::Result<ExitCode> {
     let c = Client::from_env()?;
     match cmd {
         AgentsCmd::Ls { json } => {
-            let list: Vec<Value> = c.get("/api/agents").await?;
+            let raw: Vec<Value> = c.get("/api/agents").await?;
             if json {
-                output::print_json_list(&list)?;
+                output::print_json_list(&raw)?;
                 return Ok(ExitCode::SUCCESS);
             }
+            let list: Vec<AgentInfo> = client::decode("GET /api/agents", Value::Array(raw))?;
             let mut table = output::table([
                 "ID", "NAME", "HOST", "STATUS", "PLUGINS", "LABELS", "TASKS", "CPU %", "MEM",
             ]);
             for a in &list {
-                let plugins = a["plugins"]
-                    .as_array()
-                    .map(|ps| {
-                        ps.iter()
-                            .filter_map(|p| p["name"].as_str())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
-                let labels = a["labels"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
-                let (cpu, mem) = match a.get("metrics").filter(|m| !m.is_null()) {
+                let plugins = a
+                    .plugins
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let labels = a
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let (cpu, mem) = match &a.metrics {
                     Some(m) => (
-                        format!("{:.0}", m["cpu_percent"].as_f64().unwrap_or(0.0)),
+                        format!("{:.0}", m.cpu_percent),
                         format!(
                             "{:.1}/{:.1} GiB",
-                            m["memory_used_bytes"].as_f64().unwrap_or(0.0) / 1073741824.0,
-                            m["memory_total_bytes"].as_f64().unwrap_or(0.0) / 1073741824.0
+                            m.memory_used_bytes as f64 / 1073741824.0,
+                            m.memory_total_bytes as f64 / 1073741824.0
                         ),
                     ),
                     None => ("-".into(), "-".into()),
                 };
                 table.add_row([
-                    cell(&a["id"]),
-                    a["name"].as_str().unwrap_or_default().to_string(),
-                    a["host"].as_str().unwrap_or_default().to_string(),
-                    a["status"].as_str().unwrap_or_default().to_string(),
+                    a.id.to_string(),
+                    a.name.clone(),
+                    a.host.clone(),
+                    output::text(&a.status),
                     plugins,
                     labels,
-                    cell(&a["outstanding"]),
+                    a.outstanding.to_string(),
                     cpu,
                     mem,
                 ]);
@@ -162,27 +160,20 @@ pub async fn agents(cmd: AgentsCmd) -> anyhow::Result<ExitCode> {
             println!("{table}");
         }
         AgentsCmd::Show { id, json } => {
-            let a: Value = c.get(&format!("/api/agents/{id}")).await?;
+            let path = format!("/api/agents/{id}");
+            let raw: Value = c.get(&path).await?;
             if json {
-                output::print_json(&a)?;
-            } else {
-                println!(
-                    "{} (id {}, {})",
-                    a["name"].as_str().unwrap_or_default(),
-                    a["id"],
-                    a["uuid"].as_str().unwrap_or_default()
-                );
-                println!("  host:   {}", a["host"].as_str().unwrap_or_default());
-                println!("  status: {}", a["status"].as_str().unwrap_or_default());
-                for p in a["plugins"].as_array().into_iter().flatten() {
-                    println!("  plugin {}", p["name"].as_str().unwrap_or_default());
-                    for m in p["methods"].as_array().into_iter().flatten() {
-                        println!(
-                            "    {:<20} {}",
-                            m["name"].as_str().unwrap_or_default(),
-                            m["description"].as_str().unwrap_or_default()
-                        );
-                    }
+                output::print_json(&raw)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let a: AgentInfo = client::decode(&format!("GET {path}"), raw)?;
+            println!("{} (id {}, {})", a.name, a.id, a.uuid);
+            println!("  host:   {}", a.host);
+            println!("  status: {}", output::text(&a.status));
+            for p in &a.plugins {
+                println!("  plugin {}", p.name);
+                for m in &p.methods {
+                    println!("    {:<20} {}", m.name, m.description);
                 }
             }
         }
@@ -230,28 +221,32 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
             obj.insert("args".into(), json!(shell_words::join(&args.argv[1..])));
         }
     }
-    let submitted: Value = c
+    let submitted: Submitted = c
         .post(
             "/v2.1/testcases",
-            &json!({"plugin": args.plugin, "host": args.host, "method": args.method, "parameters": parameters}),
+            &SubmitRequest {
+                plugin: args.plugin,
+                host: args.host,
+                method: args.method,
+                parameters,
+            },
         )
         .await?;
-    let id = submitted["task_id"]
-        .as_str()
-        .context("no task_id in the answer")?
-        .to_string();
+    let id = submitted.task_id.to_string();
     if args.detach {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!(
-        "task {id} on {}",
-        submitted["agent_name"].as_str().unwrap_or("?")
-    );
+    eprintln!("task {id} on {}", submitted.agent_name);
     // A task that cannot start yet says what it waits for, rather than
     // showing nothing until it starts.
-    if let Ok(t) = c.get::<Value>(&format!("/api/tasks/{id}")).await {
-        if let Some(reason) = t["reason"].as_str().filter(|_| t["status"] == "queued") {
+    if let Ok(t) = c.get::<TaskView>(&format!("/api/tasks/{id}")).await {
+        if let Some(reason) = t
+            .task
+            .reason
+            .as_deref()
+            .filter(|_| t.task.status == TaskStatus::Queued)
+        {
             eprintln!(
                 "task {id} is waiting: {}",
                 output::reason_only("pending", reason)
@@ -290,31 +285,37 @@ async fn follow_log(c: &Client, id: &str) -> anyhow::Result<()> {
 
 /// Prints the outcome and maps it to the exit code.
 async fn finish(c: &Client, id: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/tasks/{id}");
+    let request = format!("GET {path}");
     // The log closes when the task ends; poll briefly in case of a race.
-    let mut task: Value = c.get(&format!("/api/tasks/{id}")).await?;
+    let mut raw: Value = c.get(&path).await?;
+    let mut task: TaskView = client::decode(&request, raw.clone())?;
     for _ in 0..50 {
-        if !matches!(task["status"].as_str(), Some("queued" | "running")) {
+        if task.task.status.is_terminal() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        task = c.get(&format!("/api/tasks/{id}")).await?;
+        raw = c.get(&path).await?;
+        task = client::decode(&request, raw.clone())?;
     }
     if as_json {
-        output::print_json(&task)?;
+        output::print_json(&raw)?;
     }
-    let status = task["status"].as_str().unwrap_or("?");
-    let exit = task["exit_code"].as_i64();
+    let t = &task.task;
     eprintln!(
-        "task {id}: {status}{}{}",
-        exit.map(|e| format!(", exit code {e}")).unwrap_or_default(),
-        task["error"]
-            .as_str()
+        "task {id}: {}{}{}",
+        t.status,
+        t.exit_code
+            .map(|e| format!(", exit code {e}"))
+            .unwrap_or_default(),
+        t.error
+            .as_deref()
             .map(|e| format!(" ({e})"))
             .unwrap_or_default()
     );
-    Ok(match status {
-        "succeeded" => ExitCode::SUCCESS,
-        "failed" => ExitCode::from(exit.map_or(1, |e| e.clamp(1, 255) as u8)),
+    Ok(match t.status {
+        TaskStatus::Succeeded => ExitCode::SUCCESS,
+        TaskStatus::Failed => ExitCode::from(t.exit_code.map_or(1, |e| e.clamp(1, 255) as u8)),
         _ => ExitCode::from(2),
     })
 }
@@ -376,29 +377,23 @@ pub async fn tasks(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
             if let Some(a) = agent {
                 path.push_str(&format!("&agent={}", query_value(&a)));
             }
-            let page: Value = c.get(&path).await?;
-            let rows = page["results"].as_array().cloned().unwrap_or_default();
+            let mut page: Value = c.get(&path).await?;
             if json {
+                let rows = page["results"].as_array().cloned().unwrap_or_default();
                 output::print_json_list(&rows)?;
                 return Ok(ExitCode::SUCCESS);
             }
+            let page: TaskPage = client::decode(&format!("GET {path}"), page.take())?;
             let mut table =
                 output::table(["ID", "PLUGIN.METHOD", "AGENT", "STATUS", "EXIT", "CREATED"]);
-            for t in &rows {
+            for TaskView { task: t, .. } in &page.results {
                 table.add_row([
-                    t["id"].as_str().unwrap_or_default().to_string(),
-                    format!(
-                        "{}.{}",
-                        t["plugin"].as_str().unwrap_or_default(),
-                        t["method"].as_str().unwrap_or_default()
-                    ),
-                    t["agent_name"].as_str().unwrap_or_default().to_string(),
-                    t["status"].as_str().unwrap_or_default().to_string(),
-                    t["exit_code"]
-                        .as_i64()
-                        .map(|e| e.to_string())
-                        .unwrap_or_default(),
-                    t["created_at"].as_str().unwrap_or_default().to_string(),
+                    t.id.to_string(),
+                    format!("{}.{}", t.plugin, t.method),
+                    t.agent_name.clone(),
+                    t.status.to_string(),
+                    t.exit_code.map(|e| e.to_string()).unwrap_or_default(),
+                    output::text(&t.created_at),
                 ]);
             }
             println!("{table}");
@@ -406,11 +401,12 @@ pub async fn tasks(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
         }
         TasksCmd::Show { id, json } => {
             let id = c.resolve(IdKind::Task, &id).await?;
-            let t: Value = c.get(&format!("/api/tasks/{id}")).await?;
+            let path = format!("/api/tasks/{id}");
+            let raw: Value = c.get(&path).await?;
             if json {
-                output::print_json(&t)?;
+                output::print_json(&raw)?;
             } else {
-                print_task(&t);
+                print_task(&client::decode(&format!("GET {path}"), raw)?);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -426,13 +422,10 @@ pub async fn tasks(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
         }
         TasksCmd::Cancel { id } => {
             let id = c.resolve(IdKind::Task, &id).await?;
-            let t: Value = c
+            let t: TaskView = c
                 .post(&format!("/api/tasks/{id}/cancel"), &json!({}))
                 .await?;
-            println!(
-                "cancel requested; task is {}",
-                t["status"].as_str().unwrap_or("?")
-            );
+            println!("cancel requested; task is {}", t.task.status);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -453,46 +446,42 @@ pub fn query_value(v: &str) -> String {
 
 /// `tasks show` for humans: the fields a user asks about, as `agents show`
 /// prints an agent.
-fn print_task(t: &Value) {
-    let s = |k: &str| cell(&t[k]);
-    println!("task {} ({}.{})", s("id"), s("plugin"), s("method"));
-    let mut status = s("status");
-    if let Some(code) = t["exit_code"].as_i64() {
+fn print_task(view: &TaskView) {
+    let t = &view.task;
+    println!("task {} ({}.{})", t.id, t.plugin, t.method);
+    let mut status = t.status.to_string();
+    if let Some(code) = t.exit_code {
         status.push_str(&format!(", exit code {code}"));
     }
     println!("  status:     {status}");
-    if !t["reason"].is_null() {
-        println!("  reason:     {}", s("reason"));
+    if let Some(reason) = &t.reason {
+        println!("  reason:     {reason}");
     }
-    if !t["error"].is_null() {
-        println!("  error:      {}", s("error"));
+    if let Some(error) = &t.error {
+        println!("  error:      {error}");
     }
     println!(
         "  agent:      {} (asked for host `{}`)",
-        s("agent_name"),
-        s("host")
+        t.agent_name, t.host
     );
-    println!("  by:         {}", s("created_by"));
-    println!("  created:    {}", s("created_at"));
-    if !t["started_at"].is_null() {
-        println!("  started:    {}", s("started_at"));
+    println!("  by:         {}", t.created_by);
+    println!("  created:    {}", output::text(&t.created_at));
+    if let Some(at) = &t.started_at {
+        println!("  started:    {}", output::text(at));
     }
-    if !t["finished_at"].is_null() {
-        println!("  finished:   {}", s("finished_at"));
+    if let Some(at) = &t.finished_at {
+        println!("  finished:   {}", output::text(at));
     }
-    if let Some(ms) = t["duration_ms"].as_i64() {
+    if let Some(ms) = view.duration_ms {
         println!("  duration:   {:.3} s", ms as f64 / 1000.0);
     }
-    if let Some(run) = t["run"].as_object() {
+    if let Some(run) = &t.run {
         println!(
             "  run:        {} step `{}` (instance {}, attempt {})",
-            cell(&run["run_id"]),
-            cell(&run["step"]),
-            cell(&run["instance"]),
-            cell(&run["attempt"])
+            run.run_id, run.step, run.instance, run.attempt
         );
     }
-    if let Some(params) = t["parameters"].as_object().filter(|p| !p.is_empty()) {
+    if let Some(params) = t.parameters.as_object().filter(|p| !p.is_empty()) {
         println!("  parameters:");
         for (k, v) in params {
             println!("    {k}: {}", cell(v));
@@ -500,17 +489,12 @@ fn print_task(t: &Value) {
     }
     println!(
         "  log:        {} bytes (`testbed tasks logs {}`)",
-        s("log_bytes"),
-        s("id")
+        t.log_bytes, t.id
     );
-    for a in t["artifacts"].as_array().into_iter().flatten() {
-        println!(
-            "  artifact:   {} ({} bytes)",
-            cell(&a["name"]),
-            cell(&a["size"])
-        );
+    for a in &t.artifacts {
+        println!("  artifact:   {} ({} bytes)", a.name, a.size);
     }
-    if let Some(result) = t["result"].as_object() {
+    if let Some(result) = t.result.as_ref().and_then(Value::as_object) {
         println!("  result:");
         for (k, v) in result {
             let text = cell(v);

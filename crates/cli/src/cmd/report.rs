@@ -10,8 +10,11 @@ use serde_json::Value;
 use std::io::Write;
 use testbed_report::Format;
 
-use crate::client::{Client, IdKind};
-use crate::output::{self, cell};
+use testbed_api::page::Page;
+use testbed_api::reports::ReportRecord;
+
+use crate::client::{self, Client, IdKind};
+use crate::output;
 
 #[derive(Subcommand, Debug)]
 pub enum ReportCmd {
@@ -62,26 +65,28 @@ pub async fn report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ReportCmd::Ls { limit, json } => {
             let c = Client::from_env()?;
-            let page: Value = c.get(&format!("/api/reports?page_size={limit}")).await?;
-            let rows = page["results"].as_array().cloned().unwrap_or_default();
+            let path = format!("/api/reports?page_size={limit}");
+            let mut page: Value = c.get(&path).await?;
             if json {
+                let rows = page["results"].as_array().cloned().unwrap_or_default();
                 output::print_json_list(&rows)?;
                 return Ok(ExitCode::SUCCESS);
             }
+            let page: Page<ReportRecord> = client::decode(&format!("GET {path}"), page.take())?;
             let mut t = output::table([
                 "ID", "NAME", "RESULT", "TOTAL", "PASSED", "FAILED", "ERRORS", "SKIPPED", "CREATED",
             ]);
-            for r in &rows {
+            for r in &page.results {
                 t.add_row([
-                    cell(&r["id"]),
-                    cell(&r["name"]),
-                    if r["ok"] == true { "PASS" } else { "FAIL" }.to_string(),
-                    cell(&r["total"]),
-                    cell(&r["passed"]),
-                    cell(&r["failed"]),
-                    cell(&r["errors"]),
-                    cell(&r["skipped"]),
-                    cell(&r["created_at"]),
+                    r.id.to_string(),
+                    r.name.clone(),
+                    if r.ok { "PASS" } else { "FAIL" }.to_string(),
+                    r.total.to_string(),
+                    r.passed.to_string(),
+                    r.failed.to_string(),
+                    r.errors.to_string(),
+                    r.skipped.to_string(),
+                    output::text(&r.created_at),
                 ]);
             }
             println!("{t}");

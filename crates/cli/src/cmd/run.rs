@@ -20,6 +20,10 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ApiFailure, Client};
+use crate::output;
+use testbed_api::agents::Slave;
+use testbed_api::auth::UserView;
+use testbed_api::runs::{CreateRun, Run, RunStatus, StepState, StepStatus};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct ReportFiles {
@@ -266,8 +270,8 @@ async fn embedded(
     e.server = Some(server);
     // Wait for the local agents so the plan's checks see their plugins.
     for _ in 0..100 {
-        let d: Value = client.get("/v2.1/slaves/detail").await?;
-        if d.as_object().map_or(0, |m| m.len()) >= agents.max(1) as usize {
+        let d: BTreeMap<String, Slave> = client.get("/v2.1/slaves/detail").await?;
+        if d.len() >= agents.max(1) as usize {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -412,16 +416,9 @@ fn logged_in() -> bool {
 /// there.
 async fn remote() -> anyhow::Result<(Client, String)> {
     let client = Client::from_env()?;
-    let me: Result<Value, _> = client.get("/api/auth/me").await;
+    let me: Result<UserView, _> = client.get("/api/auth/me").await;
     match me {
-        Ok(me) => {
-            let name = me["username"]
-                .as_str()
-                .or_else(|| me["name"].as_str())
-                .unwrap_or("?")
-                .to_string();
-            Ok((client, name))
-        }
+        Ok(me) => Ok((client, me.username)),
         Err(e) => match e.downcast_ref::<ApiFailure>() {
             Some(f) if f.status == 401 => anyhow::bail!(
                 "{}: {} — log in again with `testbed login`, or run on a local platform \
@@ -506,10 +503,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Ctrl-C and SIGTERM are caught from here on (registered before the run
     // exists, so no signal can kill it unreported): they cancel the run.
     let interrupted = interrupt_listener()?;
-    let created: Result<Value, _> = client
+    let created: Result<Run, _> = client
         .post(
             "/api/runs",
-            &json!({"plan": source, "params": params, "environment": args.environment}),
+            &CreateRun {
+                plan_id: None,
+                plan: Some(source),
+                params,
+                environment: args.environment.clone(),
+            },
         )
         .await;
     let run = match created {
@@ -524,8 +526,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let id = run["id"].as_str().context("no run id")?.to_string();
-    let plan_name = run["plan_name"].as_str().unwrap_or("");
+    let id = run.id.to_string();
+    let plan_name = &run.plan_name;
     match &place {
         // Its id would name a run nobody can look up once the platform is gone.
         Place::Throwaway => eprintln!("run {plan_name} (on the throwaway platform)"),
@@ -574,7 +576,7 @@ async fn follow(
     client: &Client,
     id: &str,
     interrupt: Option<tokio::task::JoinHandle<()>>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Run> {
     let tty = std::io::stderr().is_terminal();
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {msg}")
@@ -599,19 +601,15 @@ async fn follow(
                 anyhow::bail!("interrupted again: stopped following the run while it is cancelled");
             }
         }
-        let run: Value = client.get(&format!("/api/runs/{id}")).await?;
-        let order: Vec<String> = run["spec"]["steps"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s["id"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let run: Run = client.get(&format!("/api/runs/{id}")).await?;
+        let order: Vec<String> = run.spec.steps.iter().map(|s| s.id.clone()).collect();
         for step in &order {
-            let st = &run["steps"][step];
-            let status = st["status"].as_str().unwrap_or("pending");
-            let reason = st["reason"].as_str().unwrap_or("");
+            // A step with no state yet is pending.
+            let st = run.steps.get(step).cloned().unwrap_or_default();
+            let st = &st;
+            let status = &output::text(&st.status);
+            let status = status.as_str();
+            let reason = st.reason.as_deref().unwrap_or("");
             if tty {
                 let bar = bars.entry(step.clone()).or_insert_with(|| {
                     let b = multi.add(ProgressBar::new_spinner());
@@ -652,7 +650,7 @@ async fn follow(
                 }
             }
         }
-        if !matches!(run["status"].as_str(), Some("pending" | "running")) {
+        if !matches!(run.status, RunStatus::Pending | RunStatus::Running) {
             if let Some(h) = interrupt {
                 h.abort();
             }
@@ -662,44 +660,36 @@ async fn follow(
     }
 }
 
-fn step_line(step: &str, st: &Value) -> String {
-    let status = st["status"].as_str().unwrap_or("?");
+fn step_line(step: &str, st: &StepState) -> String {
+    let status = output::text(&st.status);
+    let status = status.as_str();
     let mark = match status {
         "passed" => "✓",
         "skipped" => "-",
         "cancelled" => "⊘",
         _ => "✗",
     };
-    let dur = match (st["started_at"].as_str(), st["finished_at"].as_str()) {
+    let dur = match (st.started_at, st.finished_at) {
         (Some(s), Some(f)) => {
-            let p = |t: &str| chrono_like(t);
-            match (p(s), p(f)) {
-                (Some(a), Some(b)) => format!(" ({:.1}s)", (b - a).max(0.0)),
-                _ => String::new(),
-            }
+            let secs = (f - s).num_milliseconds() as f64 / 1000.0;
+            format!(" ({:.1}s)", secs.max(0.0))
         }
         _ => String::new(),
     };
-    let reason = st["reason"]
-        .as_str()
+    let reason = st
+        .reason
+        .as_deref()
         .map(|r| format!(": {r}"))
         .unwrap_or_default();
     format!("{mark} {step} {status}{dur}{reason}")
 }
 
-/// Seconds since the epoch of an RFC 3339 time.
-fn chrono_like(t: &str) -> Option<f64> {
-    chrono::DateTime::parse_from_rfc3339(t)
-        .ok()
-        .map(|d| d.timestamp_millis() as f64 / 1000.0)
-}
-
-async fn print_failure_log(client: &Client, st: &Value) {
-    for inst in st["instances"].as_array().into_iter().flatten() {
-        if !matches!(inst["status"].as_str(), Some("failed" | "error")) {
+async fn print_failure_log(client: &Client, st: &StepState) {
+    for inst in &st.instances {
+        if !matches!(inst.status, StepStatus::Failed | StepStatus::Error) {
             continue;
         }
-        let Some(task) = inst["task_id"].as_str() else {
+        let Some(task) = inst.task_id else {
             continue;
         };
         if let Ok((log, _)) = client.get_text(&format!("/api/tasks/{task}/log")).await {
@@ -708,7 +698,7 @@ async fn print_failure_log(client: &Client, st: &Value) {
             eprintln!(
                 "  ── log of {} on {} (last {} lines) ──",
                 task,
-                inst["agent_name"].as_str().unwrap_or("?"),
+                inst.agent_name,
                 lines.len() - start
             );
             for l in &lines[start..] {
@@ -723,20 +713,20 @@ async fn print_failure_log(client: &Client, st: &Value) {
 /// keeps no links into it.
 async fn conclude(
     client: &Client,
-    run: &Value,
+    run: &Run,
     files: &ReportFiles,
     throwaway: bool,
 ) -> anyhow::Result<ExitCode> {
-    let id = run["id"].as_str().unwrap_or("");
+    let id = run.id;
     // The report is written right after the run ends.
-    let mut report_id = run["report_id"].as_str().map(String::from);
+    let mut report_id = run.report_id;
     for _ in 0..50 {
         if report_id.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let r: Value = client.get(&format!("/api/runs/{id}")).await?;
-        report_id = r["report_id"].as_str().map(String::from);
+        let r: Run = client.get(&format!("/api/runs/{id}")).await?;
+        report_id = r.report_id;
     }
     let report_id = report_id.context("the run ended without a report")?;
     let (json_text, _) = client
@@ -754,9 +744,9 @@ async fn conclude(
     files.write(&report)?;
     print!("{}", testbed_report::to_summary(&report));
     // 2 for a cancelled run: neither a pass nor a test failure.
-    Ok(match run["status"].as_str() {
-        Some("passed") => ExitCode::SUCCESS,
-        Some("failed") => ExitCode::from(1),
+    Ok(match run.status {
+        RunStatus::Passed => ExitCode::SUCCESS,
+        RunStatus::Failed => ExitCode::from(1),
         _ => ExitCode::from(2),
     })
 }

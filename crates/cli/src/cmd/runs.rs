@@ -8,8 +8,11 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use super::client::query_value;
-use crate::client::{Client, IdKind};
-use crate::output::{self, cell};
+use testbed_api::page::Page;
+use testbed_api::runs::{Run, RunStatus, RunSummary};
+
+use crate::client::{self, Client, IdKind};
+use crate::output;
 
 #[derive(Subcommand, Debug)]
 pub enum RunsCmd {
@@ -61,56 +64,64 @@ pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
             if let Some(s) = status {
                 path.push_str(&format!("&status={}", query_value(&s)));
             }
-            let page: Value = c.get(&path).await?;
-            let rows = page["results"].as_array().cloned().unwrap_or_default();
+            let mut page: Value = c.get(&path).await?;
             if json {
+                let rows = page["results"].as_array().cloned().unwrap_or_default();
                 output::print_json_list(&rows)?;
                 return Ok(ExitCode::SUCCESS);
             }
+            let page: Page<RunSummary> = client::decode(&format!("GET {path}"), page.take())?;
             let mut t = output::table(["ID", "PLAN", "STATUS", "BY", "CREATED", "REPORT"]);
-            for r in &rows {
+            for r in &page.results {
                 t.add_row([
-                    r["id"].as_str().unwrap_or_default(),
-                    r["plan_name"].as_str().unwrap_or_default(),
-                    r["status"].as_str().unwrap_or_default(),
-                    r["created_by"].as_str().unwrap_or_default(),
-                    r["created_at"].as_str().unwrap_or_default(),
-                    r["report_id"].as_str().unwrap_or_default(),
+                    r.id.to_string(),
+                    r.plan_name.clone(),
+                    output::text(&r.status),
+                    r.created_by.clone(),
+                    output::text(&r.created_at),
+                    output::text(&r.report_id),
                 ]);
             }
             println!("{t}");
         }
         RunsCmd::Show { id, json } => {
             let id = c.resolve(IdKind::Run, &id).await?;
-            let r: Value = c.get(&format!("/api/runs/{id}")).await?;
+            let path = format!("/api/runs/{id}");
+            let raw: Value = c.get(&path).await?;
             if json {
-                output::print_json(&r)?;
+                output::print_json(&raw)?;
                 return Ok(ExitCode::SUCCESS);
             }
+            let r: Run = client::decode(&format!("GET {path}"), raw)?;
             println!(
                 "run {} of {}: {}",
-                cell(&r["id"]),
-                cell(&r["plan_name"]),
-                output::status_with_reason(&cell(&r["status"]), &cell(&r["reason"]))
+                r.id,
+                r.plan_name,
+                output::status_with_reason(
+                    &output::text(&r.status),
+                    r.reason.as_deref().unwrap_or_default()
+                )
             );
             let mut t = output::table(["STEP", "STATUS", "AGENTS", "ATTEMPTS", "REASON"]);
-            for s in r["spec"]["steps"].as_array().into_iter().flatten() {
-                let id = s["id"].as_str().unwrap_or_default();
-                let st = &r["steps"][id];
-                let insts = st["instances"].as_array().cloned().unwrap_or_default();
-                let status = cell(&st["status"]);
-                let reason = output::reason_only(&status, &cell(&st["reason"]));
+            for s in &r.spec.steps {
+                let st = r.steps.get(&s.id);
+                let insts = st.map(|st| st.instances.as_slice()).unwrap_or_default();
+                let status = st.map(|st| output::text(&st.status)).unwrap_or_default();
+                let reason = output::reason_only(
+                    &status,
+                    st.and_then(|st| st.reason.as_deref()).unwrap_or_default(),
+                );
                 t.add_row([
-                    id.to_string(),
+                    s.id.clone(),
                     status,
                     insts
                         .iter()
-                        .filter_map(|i| i["agent_name"].as_str())
+                        .map(|i| i.agent_name.as_str())
                         .collect::<Vec<_>>()
                         .join(","),
                     insts
                         .iter()
-                        .map(|i| i["attempt"].to_string())
+                        .map(|i| i.attempt.to_string())
                         .collect::<Vec<_>>()
                         .join(","),
                     reason,
@@ -120,27 +131,20 @@ pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
         }
         RunsCmd::Cancel { id } => {
             let id = c.resolve(IdKind::Run, &id).await?;
-            let r: Value = c
+            let r: Run = c
                 .post(&format!("/api/runs/{id}/cancel"), &json!({}))
                 .await?;
-            println!(
-                "cancel requested; run is {}",
-                r["status"].as_str().unwrap_or("?")
-            );
+            println!("cancel requested; run is {}", output::text(&r.status));
         }
         RunsCmd::Logs { id, follow } => {
             let id = c.resolve(IdKind::Run, &id).await?;
             let mut offsets: BTreeMap<String, usize> = BTreeMap::new();
             loop {
-                let r: Value = c.get(&format!("/api/runs/{id}")).await?;
-                for s in r["spec"]["steps"].as_array().into_iter().flatten() {
-                    let step = s["id"].as_str().unwrap_or_default();
-                    for inst in r["steps"][step]["instances"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                    {
-                        let Some(task) = inst["task_id"].as_str() else {
+                let r: Run = c.get(&format!("/api/runs/{id}")).await?;
+                for s in &r.spec.steps {
+                    let step = s.id.as_str();
+                    for inst in r.steps.get(step).into_iter().flat_map(|st| &st.instances) {
+                        let Some(task) = inst.task_id else {
                             continue;
                         };
                         let off = offsets.entry(task.to_string()).or_insert(0);
@@ -151,16 +155,13 @@ pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
                             continue;
                         }
                         if *off == 0 {
-                            println!(
-                                "── {step} on {} ──",
-                                inst["agent_name"].as_str().unwrap_or("?")
-                            );
+                            println!("── {step} on {} ──", inst.agent_name);
                         }
                         *off += text.len();
                         print!("{text}");
                     }
                 }
-                if !follow || !matches!(r["status"].as_str(), Some("pending" | "running")) {
+                if !follow || !matches!(r.status, RunStatus::Pending | RunStatus::Running) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
