@@ -14,12 +14,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{ring as provider, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::CertificateDer;
 pub use rustls::ClientConfig;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use testbed_tls::Trust;
 use thiserror::Error;
 
 use crate::config::AgentConfig;
@@ -139,30 +136,21 @@ pub fn trust(
     if !server.starts_with("https://") {
         return Ok(None);
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let config = if let Some(fp) = fingerprint {
-        let pin = parse_fingerprint(fp)?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier::new(move || Some(pin))))
-            .with_no_client_auth()
-    } else {
-        let mut roots = RootCertStore::empty();
-        match ca_file {
-            Some(path) => {
-                for cert in read_certs(path)? {
-                    roots.add(cert).map_err(|e| TlsError::Pem {
-                        path: path.to_path_buf(),
-                        message: e.to_string(),
-                    })?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    let trust = match (fingerprint, ca_file) {
+        (Some(fp), _) => {
+            let pin = parse_fingerprint(fp)?;
+            pin_trust(move || Some(pin))
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        (None, Some(path)) => Trust::Roots(read_certs(path)?),
+        (None, None) => Trust::WebRoots,
     };
+    let config = testbed_tls::client_config(trust, None, &[]).map_err(|e| match (e, ca_file) {
+        (testbed_tls::TlsError::Root(e), Some(path)) => TlsError::Pem {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        },
+        (e, _) => TlsError::Config(e.to_string()),
+    })?;
     Ok(Some(Arc::new(config)))
 }
 
@@ -172,12 +160,8 @@ pub fn trust(
 pub fn pinned_config(
     pin: impl Fn() -> Option<[u8; 32]> + Send + Sync + 'static,
 ) -> Result<ClientTls, TlsError> {
-    let config = ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier::new(pin)))
-        .with_no_client_auth();
+    let config = testbed_tls::client_config(pin_trust(pin), None, &[])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(ClientTls(Arc::new(config)))
 }
 
@@ -186,68 +170,25 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
+    testbed_tls::certs_from_pem(&pem).map_err(|e| match e {
+        testbed_tls::TlsError::NoCertificate => TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        },
+        e => TlsError::Pem {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
+        },
+    })
 }
 
-type Pin = dyn Fn() -> Option<[u8; 32]> + Send + Sync;
-
-struct PinVerifier {
-    pin: Box<Pin>,
-    provider: CryptoProvider,
-}
-
-impl PinVerifier {
-    fn new(pin: impl Fn() -> Option<[u8; 32]> + Send + Sync + 'static) -> Self {
-        PinVerifier {
-            pin: Box::new(pin),
-            provider: provider::default_provider(),
-        }
-    }
-}
-
-impl fmt::Debug for PinVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PinVerifier")
-    }
-}
-
-#[derive(Error)]
-#[error("the server's certificate has fingerprint {got}, not the pinned server_fingerprint {want}")]
-struct PinMismatch {
-    got: String,
-    want: String,
-}
-
-// rustls shows a certificate error with `Debug`: make that the sentence.
-impl fmt::Debug for PinMismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+/// Trusts exactly the certificate whose SHA-256 `pin` returns, whatever
+/// its issuer and names; the handshake signature still proves the server
+/// holds its key.
+fn pin_trust(pin: impl Fn() -> Option<[u8; 32]> + Send + Sync + 'static) -> Trust {
+    Trust::Check(Arc::new(move |end_entity: &CertificateDer<'_>| {
         let got = sha256(end_entity);
-        match (self.pin)() {
-            Some(want) if want == got => Ok(ServerCertVerified::assertion()),
+        match pin() {
+            Some(want) if want == got => Ok(()),
             want => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
                     got: fingerprint(end_entity),
@@ -263,40 +204,20 @@ impl ServerCertVerifier for PinVerifier {
                 }))),
             )),
         }
-    }
+    }))
+}
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
+#[derive(Error)]
+#[error("the server's certificate has fingerprint {got}, not the pinned server_fingerprint {want}")]
+struct PinMismatch {
+    got: String,
+    want: String,
+}
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+// rustls shows a certificate error with `Debug`: make that the sentence.
+impl fmt::Debug for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

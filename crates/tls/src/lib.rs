@@ -1,11 +1,12 @@
 //! rustls configurations, built in one place so every component speaks TLS
 //! the same way: rustls with the ring provider, named explicitly so nothing
 //! depends on which process-wide default another crate (reqwest) installed,
-//! and the only certificate verifier in the workspace that accepts anything
-//! (`insecure`) written once.
+//! and the one certificate verifier that skips chain validation (for
+//! `insecure` and for pinned certificates) written once.
 //!
 //! * [`client_config`]: trust the public web roots (webpki-roots), a CA
-//!   bundle or any certificate ([`Trust`]), optionally presenting a client
+//!   bundle, any certificate, or one that passes the caller's own check
+//!   (a pinned fingerprint) ([`Trust`]), optionally presenting a client
 //!   certificate ([`Identity`]), offering the given ALPN protocols.
 //! * [`server_config`]: a certificate chain and key, e.g. from PEM with
 //!   [`certs_from_pem`] and [`key_from_pem`].
@@ -13,6 +14,7 @@
 //! Files are the caller's business (each names its own settings in its
 //! errors); this crate takes bytes.
 
+use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -40,8 +42,12 @@ pub enum TlsError {
     Config(rustls::Error),
 }
 
+/// A check of the server's own (leaf) certificate, e.g. against a pinned
+/// fingerprint; an error rejects the handshake with it.
+pub type LeafCheck = Arc<dyn Fn(&CertificateDer<'_>) -> Result<(), rustls::Error> + Send + Sync>;
+
 /// Whose certificates a client accepts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Trust {
     /// The Mozilla roots shipped in webpki-roots.
     WebRoots,
@@ -52,6 +58,20 @@ pub enum Trust {
     /// still checked, so the peer must hold the key of the certificate it
     /// presents.
     AcceptAny,
+    /// Whatever certificate passes the check, whatever its issuer and
+    /// names; handshake signatures are checked as with `AcceptAny`.
+    Check(LeafCheck),
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trust::WebRoots => f.write_str("WebRoots"),
+            Trust::Roots(certs) => write!(f, "Roots({} certificates)", certs.len()),
+            Trust::AcceptAny => f.write_str("AcceptAny"),
+            Trust::Check(_) => f.write_str("Check(..)"),
+        }
+    }
 }
 
 /// A certificate chain and its private key: a client certificate for
@@ -106,7 +126,16 @@ pub fn client_config(
     let builder = match trust {
         Trust::AcceptAny => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider))),
+            .with_custom_certificate_verifier(Arc::new(LeafVerifier {
+                check: None,
+                provider,
+            })),
+        Trust::Check(check) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(LeafVerifier {
+                check: Some(check),
+                provider,
+            })),
         Trust::WebRoots => builder.with_root_certificates(RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         }),
@@ -141,19 +170,31 @@ pub fn server_config(identity: Identity, alpn: &[&[u8]]) -> Result<ServerConfig,
     Ok(config)
 }
 
-/// The verifier of [`Trust::AcceptAny`].
-#[derive(Debug)]
-struct AcceptAnyServerCert(Arc<CryptoProvider>);
+/// The verifier of [`Trust::AcceptAny`] (no check) and [`Trust::Check`]:
+/// the chain and names are not validated, the handshake signatures are.
+struct LeafVerifier {
+    check: Option<LeafCheck>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for AcceptAnyServerCert {
+impl fmt::Debug for LeafVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LeafVerifier")
+    }
+}
+
+impl ServerCertVerifier for LeafVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(check) = &self.check {
+            check(end_entity)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -167,7 +208,7 @@ impl ServerCertVerifier for AcceptAnyServerCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -181,12 +222,14 @@ impl ServerCertVerifier for AcceptAnyServerCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -287,6 +330,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    }
+
+    #[test]
+    fn a_leaf_check_decides_alone() {
+        let leaf = certs_from_pem(CERT).unwrap().remove(0);
+        let pinned = move |want: CertificateDer<'static>| {
+            Trust::Check(Arc::new(move |got: &CertificateDer<'_>| {
+                if got.as_ref() == want.as_ref() {
+                    Ok(())
+                } else {
+                    Err(rustls::Error::General("not the pinned certificate".into()))
+                }
+            }))
+        };
+        let ok = client_config(pinned(leaf), None, &[]).unwrap();
+        assert!(handshake(ok, server(&[]), "elsewhere.example").is_ok());
+        let ca = certs_from_pem(CA).unwrap().remove(0);
+        let refused = client_config(pinned(ca), None, &[]).unwrap();
+        let err = handshake(refused, server(&[]), "localhost").unwrap_err();
+        assert_eq!(
+            err,
+            rustls::Error::General("not the pinned certificate".into())
+        );
     }
 
     #[test]
