@@ -12,25 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-async fn call(
-    p: &Platform,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = p
-        .http
-        .request(method, format!("{}{path}", p.url))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 fn shell(cmd: &str) -> Value {
     json!({"plugin": "linux_system", "host": "local-1", "method": "run_shell",
            "parameters": {"command": "sh", "args": format!("-c '{cmd}'")}})
@@ -46,24 +27,26 @@ async fn a_revoked_user_loses_access_on_the_next_request() {
     let olga = p.user("olga", "operator").await;
     let (s, b) = post_as(&p.http, &p.url, &olga, "/v2.1/testcases", shell("true")).await;
     assert_eq!(s, 201, "{b}");
-    let (s, b) = call(
-        &p,
-        Method::PUT,
-        "/api/users/olga",
-        &p.token,
-        Some(json!({"role": "viewer"})),
-    )
-    .await;
+    let (s, b) = p
+        .call_as(
+            Method::PUT,
+            "/api/users/olga",
+            &p.token,
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
     assert_eq!((s, b["role"].as_str()), (200, Some("viewer")), "{b}");
     let (s, b) = post_as(&p.http, &p.url, &olga, "/v2.1/testcases", shell("true")).await;
     assert_eq!(s, 403, "a demoted operator still runs commands: {b}");
-    let (s, _) = call(&p, Method::GET, "/api/tasks", &olga, None).await;
+    let (s, _) = p.call_as(Method::GET, "/api/tasks", &olga, None).await;
     assert_eq!(s, 200, "a viewer still reads");
 
     // Deleted: refused at once.
-    let (s, _) = call(&p, Method::DELETE, "/api/users/olga", &p.token, None).await;
+    let (s, _) = p
+        .call_as(Method::DELETE, "/api/users/olga", &p.token, None)
+        .await;
     assert_eq!(s, 204);
-    let (s, b) = call(&p, Method::GET, "/api/tasks", &olga, None).await;
+    let (s, b) = p.call_as(Method::GET, "/api/tasks", &olga, None).await;
     assert_eq!(s, 401, "a deleted user's token still works: {b}");
     assert!(
         b["error"].as_str().unwrap().contains("no longer exists"),
@@ -77,47 +60,51 @@ async fn a_revoked_user_loses_access_on_the_next_request() {
         )
         .await;
     assert_eq!(s, 201);
-    let (s, _) = call(&p, Method::GET, "/api/users", &olga, None).await;
+    let (s, _) = p.call_as(Method::GET, "/api/users", &olga, None).await;
     assert_eq!(s, 401, "a recreated user's old token carries the new role");
 
     // Logout ends every session of the user.
     let lena1 = p.user("lena", "operator").await;
     let lena2 = login(&p.http, &p.url, "lena", "password-123").await;
-    let (s, _) = call(&p, Method::POST, "/api/auth/logout", &lena1, None).await;
+    let (s, _) = p
+        .call_as(Method::POST, "/api/auth/logout", &lena1, None)
+        .await;
     assert_eq!(s, 204);
     for t in [&lena1, &lena2] {
-        let (s, b) = call(&p, Method::GET, "/api/auth/me", t, None).await;
+        let (s, b) = p.call_as(Method::GET, "/api/auth/me", t, None).await;
         assert_eq!(s, 401, "{b}");
         assert!(b["error"].as_str().unwrap().contains("revoked"), "{b}");
     }
     // A new password (set by the user) also ends old sessions.
     let lena3 = login(&p.http, &p.url, "lena", "password-123").await;
-    let (s, b) = call(
-        &p,
-        Method::PUT,
-        "/api/users/lena",
-        &lena3,
-        Some(json!({"password": "another-pass-9"})),
-    )
-    .await;
+    let (s, b) = p
+        .call_as(
+            Method::PUT,
+            "/api/users/lena",
+            &lena3,
+            Some(json!({"password": "another-pass-9"})),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
-    let (s, _) = call(&p, Method::GET, "/api/auth/me", &lena3, None).await;
+    let (s, _) = p.call_as(Method::GET, "/api/auth/me", &lena3, None).await;
     assert_eq!(s, 401);
     let lena4 = login(&p.http, &p.url, "lena", "another-pass-9").await;
     // …but a user cannot promote themself.
-    let (s, b) = call(
-        &p,
-        Method::PUT,
-        "/api/users/lena",
-        &lena4,
-        Some(json!({"role": "admin"})),
-    )
-    .await;
+    let (s, b) = p
+        .call_as(
+            Method::PUT,
+            "/api/users/lena",
+            &lena4,
+            Some(json!({"role": "admin"})),
+        )
+        .await;
     assert_eq!(s, 403, "{b}");
     // The admin can end someone's sessions.
-    let (s, _) = call(&p, Method::POST, "/api/users/lena/revoke", &p.token, None).await;
+    let (s, _) = p
+        .call_as(Method::POST, "/api/users/lena/revoke", &p.token, None)
+        .await;
     assert_eq!(s, 204);
-    let (s, _) = call(&p, Method::GET, "/api/auth/me", &lena4, None).await;
+    let (s, _) = p.call_as(Method::GET, "/api/auth/me", &lena4, None).await;
     assert_eq!(s, 401);
 }
 
@@ -134,34 +121,22 @@ async fn operators_change_only_their_own_tasks_runs_and_plans() {
     assert_eq!(s, 201, "{b}");
     let task = b["task_id"].as_str().unwrap().to_string();
     let cancel = format!("/api/tasks/{task}/cancel");
-    let (s, b) = call(&p, Method::POST, &cancel, &bob, None).await;
+    let (s, b) = p.call_as(Method::POST, &cancel, &bob, None).await;
     assert_eq!(s, 403, "bob cancelled ann's task: {b}");
     assert!(b["error"].as_str().unwrap().contains("ann"), "{b}");
-    let (s, b) = call(&p, Method::POST, &cancel, &ann, None).await;
+    let (s, b) = p.call_as(Method::POST, &cancel, &ann, None).await;
     assert_eq!(s, 202, "{b}");
 
     // Plans.
     let yaml = "name: mine\nsteps:\n  - id: a\n    plugin: linux_system\n    method: run_shell\n    params: {command: sleep, args: '30'}\n";
-    let r = p
-        .http
-        .post(format!("{}/api/plans", p.url))
-        .bearer_auth(&ann)
-        .header("content-type", "application/yaml")
-        .body(yaml)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let plan: Value = r.json().await.unwrap();
+    let (s, plan) = p
+        .send_yaml_as(reqwest::Method::POST, "/api/plans", &ann, yaml)
+        .await;
+    assert_eq!(s, 201, "{plan}");
     let plan_id = plan["id"].as_str().unwrap().to_string();
-    let (s, _) = call(
-        &p,
-        Method::DELETE,
-        &format!("/api/plans/{plan_id}"),
-        &bob,
-        None,
-    )
-    .await;
+    let (s, _) = p
+        .call_as(Method::DELETE, &format!("/api/plans/{plan_id}"), &bob, None)
+        .await;
     assert_eq!(s, 403);
 
     // Runs: bob may start ann's stored plan (his run), not stop hers.
@@ -175,32 +150,32 @@ async fn operators_change_only_their_own_tasks_runs_and_plans() {
     .await;
     assert_eq!(s, 201, "{run}");
     let run_id = run["id"].as_str().unwrap().to_string();
-    let (s, _) = call(
-        &p,
-        Method::POST,
-        &format!("/api/runs/{run_id}/cancel"),
-        &bob,
-        None,
-    )
-    .await;
+    let (s, _) = p
+        .call_as(
+            Method::POST,
+            &format!("/api/runs/{run_id}/cancel"),
+            &bob,
+            None,
+        )
+        .await;
     assert_eq!(s, 403);
-    let (s, b) = call(
-        &p,
-        Method::POST,
-        &format!("/api/runs/{run_id}/cancel"),
-        &p.token,
-        None,
-    )
-    .await;
+    let (s, b) = p
+        .call_as(
+            Method::POST,
+            &format!("/api/runs/{run_id}/cancel"),
+            &p.token,
+            None,
+        )
+        .await;
     assert_eq!(s, 202, "an admin acts on everyone's runs: {b}");
-    let (s, _) = call(
-        &p,
-        Method::DELETE,
-        &format!("/api/plans/{plan_id}"),
-        &p.token,
-        None,
-    )
-    .await;
+    let (s, _) = p
+        .call_as(
+            Method::DELETE,
+            &format!("/api/plans/{plan_id}"),
+            &p.token,
+            None,
+        )
+        .await;
     assert_eq!(s, 204);
 }
 
@@ -219,7 +194,7 @@ async fn names_in_paths_cannot_reach_other_keys() {
         "/api/testcases/a%5Cb",
     ] {
         for m in [Method::GET, Method::DELETE, Method::PUT] {
-            let (s, b) = call(&p, m.clone(), path, &p.token, Some(json!({}))).await;
+            let (s, b) = p.call_as(m.clone(), path, &p.token, Some(json!({}))).await;
             assert_eq!(s, 400, "{m} {path}: {b}");
             assert!(b["error"].as_str().unwrap().contains("path segment"), "{b}");
         }
@@ -285,7 +260,9 @@ async fn tokens_in_urls_are_for_websockets_only_and_scoped() {
     assert_eq!(s, 200, "{b}");
     let stream = b["token"].as_str().unwrap().to_string();
     assert!(b["expires_in"].as_u64().unwrap() <= 600);
-    let (s, _) = call(&p, reqwest::Method::GET, "/api/tasks", &stream, None).await;
+    let (s, _) = p
+        .call_as(reqwest::Method::GET, "/api/tasks", &stream, None)
+        .await;
     assert_eq!(s, 401, "a stream token works as a session token");
     let ws = format!(
         "{}{ws_path}?token={stream}",
@@ -338,17 +315,15 @@ async fn anonymous_callers_learn_little_and_every_error_is_json() {
     );
 
     // Too large a plan: 413 as JSON.
-    let r = p
-        .http
-        .post(format!("{}/api/plans", p.url))
-        .bearer_auth(&p.token)
-        .header("content-type", "application/yaml")
-        .body(vec![b'#'; 2 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    let b: Value = r.json().await.expect("413 as JSON");
+    let (s, b) = p
+        .send_yaml(
+            reqwest::Method::POST,
+            "/api/plans",
+            vec![b'#'; 2 * 1024 * 1024],
+        )
+        .await;
+    assert_eq!(s, 413);
+    // The body is `Null` unless it is JSON.
     assert!(b["error"].is_string(), "{b}");
 
     // Not a WebSocket upgrade: 400 as JSON. (A new connection: the server
