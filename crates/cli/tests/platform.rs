@@ -73,14 +73,7 @@ async fn seed_002_slaves_and_testcases() {
 
     // Host matches an agent's host too; a failing command is `failed` with its code.
     let host = first["host"].as_str().unwrap();
-    let task = p
-        .run(
-            "linux_system",
-            host,
-            "run_shell",
-            json!({"command": "sh", "args": "-c 'echo oops >&2; exit 3'"}),
-        )
-        .await;
+    let task = p.run_shell(host, "sh", "-c 'echo oops >&2; exit 3'").await;
     let t = p.wait_task(&task, Duration::from_secs(30)).await;
     assert_eq!(t["status"], "failed");
     assert_eq!(t["exit_code"], 3);
@@ -111,22 +104,8 @@ async fn least_loaded_agent_runs_the_task() {
         .unwrap()
         .to_string();
     // Both agents share the host; two long tasks must land on different agents.
-    let a = p
-        .run(
-            "linux_system",
-            &host,
-            "run_shell",
-            json!({"command": "sleep", "args": "3"}),
-        )
-        .await;
-    let b = p
-        .run(
-            "linux_system",
-            &host,
-            "run_shell",
-            json!({"command": "sleep", "args": "3"}),
-        )
-        .await;
+    let a = p.run_shell(&host, "sleep", "3").await;
+    let b = p.run_shell(&host, "sleep", "3").await;
     let (ta, tb) = (p.task(&a).await, p.task(&b).await);
     assert_ne!(
         ta["agent_uuid"], tb["agent_uuid"],
@@ -316,11 +295,10 @@ async fn live_log_then_stored_log() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::up(dir.path(), 1, &[]).await;
     let task = p
-        .run(
-            "linux_system",
+        .run_shell(
             "local-1",
-            "run_shell",
-            json!({"command": "sh", "args": "-c 'for i in 1 2 3 4; do echo line$i; sleep 0.5; done'"}),
+            "sh",
+            "-c 'for i in 1 2 3 4; do echo line$i; sleep 0.5; done'",
         )
         .await;
     // Readable while it runs.
