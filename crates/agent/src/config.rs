@@ -1,4 +1,7 @@
 //! Agent configuration, from command-line flags or an `agent.toml` file.
+//!
+//! What seed 002 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-002-compute-nodes-and-test-cases.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

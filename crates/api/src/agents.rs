@@ -1,5 +1,8 @@
 //! Agents: `/api/agents` and seed 002's `/v2.1/slaves` (the seed's name for
 //! the same machines, kept at that edge).
+//!
+//! What seed 002 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-002-compute-nodes-and-test-cases.
 
 use std::collections::BTreeMap;
 

@@ -14,6 +14,9 @@
 //! Types that are also records of the data model (tasks, runs, plans,
 //! result reports) live in `testbed-core` and `testbed-report` and are
 //! re-exported here from the module of their resource.
+//!
+//! What seeds 001 and 002 fix here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md.
 
 pub mod agents;
 pub mod auth;

@@ -3,6 +3,9 @@
 //!
 //! A [`LoadTest`], an [`Execution`] and a [`PerfReport`] are also the
 //! records the server stores, served as stored.
+//!
+//! What seed 001 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-001-http-api-and-performance-tests.
 
 use std::collections::BTreeMap;
 

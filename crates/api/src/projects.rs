@@ -1,4 +1,7 @@
 //! Projects: what performance tests belong to (seed 001's `project_id`).
+//!
+//! What seed 001 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-001-http-api-and-performance-tests.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

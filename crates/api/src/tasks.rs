@@ -1,4 +1,7 @@
 //! Tasks: seed 002's `POST /v2.1/testcases` and `/api/tasks`.
+//!
+//! What seed 002 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-002-compute-nodes-and-test-cases.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

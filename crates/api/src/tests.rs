@@ -1,5 +1,8 @@
 //! Each type read from JSON shaped as the server sends it, and written back
 //! unchanged: a renamed or dropped field fails here before a client sees it.
+//!
+//! What seed 002 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-002-compute-nodes-and-test-cases.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

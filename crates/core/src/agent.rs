@@ -1,4 +1,7 @@
 //! Agents ("slaves" / compute nodes in seed 002) and what they carry.
+//!
+//! What seed 002 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-002-compute-nodes-and-test-cases.
 
 use std::collections::BTreeMap;
 

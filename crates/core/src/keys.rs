@@ -1,4 +1,4 @@
-//! The store key layout of DESIGN.md, in one place so no caller spells a key
+//! The store key layout (docs/seed-interfaces.md#seed-003-the-store), in one place so no caller spells a key
 //! by hand. Keys are relative to the store's root prefix, which the store
 //! itself applies.
 

@@ -1,5 +1,8 @@
 //! Runs of plans and the seed-003 resources around them: test cases,
 //! environments, groups and the latest result per case and environment.
+//!
+//! What seed 003 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-003-the-store.
 
 use std::collections::BTreeMap;
 

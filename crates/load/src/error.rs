@@ -1,5 +1,8 @@
 //! Error types of the load engine: configuration errors that name the bad
 //! field (so an API can answer 422 listing each one) and run-time start errors.
+//!
+//! What seed 001 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-001-http-api-and-performance-tests.
 
 use std::fmt;
 

@@ -28,6 +28,9 @@
 //! println!("p99 {} ms, passed: {}", report.summary.p99_ms, report.passed);
 //! # Ok(()) }
 //! ```
+//!
+//! What seed 001 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-001-http-api-and-performance-tests.
 
 mod client;
 pub mod duration;

@@ -15,6 +15,9 @@
 //!
 //! With `arrival_rate` set the same shapes apply to the rate (open model)
 //! and `max_vus` (default U × the shape's peak factor) bounds the pool.
+//!
+//! What seed 001 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-001-http-api-and-performance-tests.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! API errors: every failure leaves as `{"error": "…"}` (seed 001) with the
 //! right status, plus `details` naming each offending field on a 422.
+//!
+//! What seed 001 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-001-http-api-and-performance-tests.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, Request};

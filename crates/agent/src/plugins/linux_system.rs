@@ -2,6 +2,9 @@
 //!
 //! The method implementations are `pub(crate)` so `build_server`, which
 //! offers the same two methods, runs exactly this code.
+//!
+//! What seed 002 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-002-compute-nodes-and-test-cases.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

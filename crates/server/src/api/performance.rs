@@ -1,6 +1,9 @@
 //! Seed-001 performance-test API: plans, execution control (start, stop,
 //! pause, resume), reports, metrics and the live WebSocket. Paths keep the
 //! seed's trailing slashes.
+//!
+//! What seed 001 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-001-http-api-and-performance-tests.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! Seed-003 resources with full CRUD: test cases, environments and groups
 //! (with their members and reservation).
+//!
+//! What seed 003 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-003-the-store.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

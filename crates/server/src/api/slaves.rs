@@ -1,5 +1,8 @@
 //! Seed 002's API, verbatim: `/v2.1/slaves/detail`, `/v2.1/slaves/{id}`,
 //! `POST /v2.1/testcases`.
+//!
+//! What seed 002 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-002-compute-nodes-and-test-cases.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,8 @@
 //! A finished run as a report (the common result model of
 //! `testbed-report`), and the seed-003 latest result per test case.
+//!
+//! What seed 003 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-003-the-store.
 
 use std::collections::BTreeMap;
 

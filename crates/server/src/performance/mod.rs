@@ -16,6 +16,9 @@
 //! or authentication between replicas, survives a replica's restart, and a
 //! reader on any replica (or one that connects late) sees every second from
 //! the start. Its cost is one small write per load agent per second.
+//!
+//! What seed 001 fixes here (names, paths, fields) is summarised in
+//! docs/seed-interfaces.md#seed-001-http-api-and-performance-tests.
 
 pub mod control;
 
