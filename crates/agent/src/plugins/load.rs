@@ -24,7 +24,7 @@ pub const WINDOWS_ARTIFACT: &str = "windows.json";
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Run {
-    /// A testbed-load plan (`crates/load`).
+    /// What to request and how hard: a testbed-load `LoadProfile` (`crates/load`).
     plan: Map<String, Value>,
     /// Unix milliseconds at which to start, so several agents start together.
     start_at_ms: Option<u64>,
