@@ -164,6 +164,21 @@ fn agent(url: &str, name: &str, state: &Path, extra: &[&str]) -> Proc {
     Proc::spawn(&format!("agent {name}"), cmd)
 }
 
+/// Runs `true` on `agent`; its task id, once it succeeded.
+async fn run_true(p: &Platform, agent: &str) -> String {
+    let id = p
+        .run(
+            "linux_system",
+            agent,
+            "run_shell",
+            json!({"command": "true"}),
+        )
+        .await;
+    let done = p.wait_task(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    id
+}
+
 const PLAN: &str = "name: traced\nsteps:\n  - id: first\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n  - id: second\n    plugin: linux_system\n    method: run_shell\n    depends_on: [first]\n    params: {command: echo, args: two}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,16 +195,7 @@ async fn a_task_and_a_run_are_traced_across_server_and_agent() {
     p.wait_agents(1).await;
 
     // A task on its own: the server's span, and the agent's under it.
-    let id = p
-        .run(
-            "linux_system",
-            "traced",
-            "run_shell",
-            json!({"command": "true"}),
-        )
-        .await;
-    let done = p.wait_task(&id, Duration::from_secs(30)).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
+    let id = run_true(&p, "traced").await;
     let task = rx
         .wait("the server's task span", |s| {
             s.name == "task" && s.attrs.get("testbed.task.id") == Some(&id)
@@ -300,16 +306,7 @@ async fn a_collector_that_is_down_costs_spans_not_tasks() {
     );
     p.wait_agents(1).await;
     for _ in 0..5 {
-        let id = p
-            .run(
-                "linux_system",
-                "dark",
-                "run_shell",
-                json!({"command": "true"}),
-            )
-            .await;
-        let done = p.wait_task(&id, Duration::from_secs(30)).await;
-        assert_eq!(done["status"], "succeeded", "{done}");
+        run_true(&p, "dark").await;
     }
     let run_id = p.start_run(PLAN, json!({})).await;
     let run = p.wait_run(&run_id, Duration::from_secs(60)).await;
