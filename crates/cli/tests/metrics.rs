@@ -1,6 +1,7 @@
 //! Prometheus `/metrics` on a real `testbed up`: what it counts after real
-//! work, that labels are route templates (never ids), who may read it (the
-//! metrics token, a separate address, or nobody), and — when Debian's
+//! work (dispatch latency, queue depths, reconcile passes, live load
+//! figures included), that labels are route templates (never ids), who may
+//! read it (the metrics token, a separate address, or nobody), and — when Debian's
 //! `prometheus` is installed — that a real Prometheus scrapes it with a
 //! bearer-token file and answers queries about it.
 
@@ -726,6 +727,26 @@ async fn real_prometheus_scrapes_and_queries() {
         .await
         .expect("query");
     assert_eq!(v["data"]["result"][0]["value"][1], "1", "{v}");
+    // The server saw both tasks dispatched, each once; the agent's queue
+    // is empty again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = query("testbed_dispatch_latency_seconds_count{job=\"testbed\"}")
+            .await
+            .expect("query");
+        if v["data"]["result"][0]["value"][1] == "2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dispatches never reached Prometheus: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let v = query("testbed_agent_tasks_queued{job=\"agent\"}")
+        .await
+        .expect("query");
+    assert_eq!(v["data"]["result"][0]["value"][1], "0", "{v}");
     let v =
         query("testbed_agent_task_duration_seconds_count{job=\"agent\",plugin=\"linux_system\"}")
             .await
@@ -926,4 +947,297 @@ async fn json_logs_for_server_and_agent() {
         err.contains("--log-format") && err.contains("text, json"),
         "{err}"
     );
+}
+
+/// Scrapes `url` (with `token`) until `ready` holds of the samples; the
+/// samples then. Gauges read from the store are up to a second behind.
+async fn scrape_until(
+    url: &str,
+    token: Option<&str>,
+    what: &str,
+    ready: impl Fn(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _, body) = scrape(url, token).await;
+        assert_eq!(status, 200, "{body}");
+        let samples = parse(&body);
+        if ready(&samples) {
+            return samples;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Dispatch latency after real tasks on a real agent, the queues while
+/// three tasks wait behind an agent's single slot (on the server and on the
+/// agent's own `/metrics`), and the reconcile passes of a plan run.
+#[tokio::test(flavor = "multi_thread")]
+async fn dispatch_queues_and_reconcile_follow_real_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = token_file(dir.path());
+    let p = Platform::up(
+        &dir.path().join("data"),
+        0,
+        &["--metrics-token-file", &token_path],
+    )
+    .await;
+    let agent_url = format!("http://127.0.0.1:{}", free_port());
+    let _agent = agent(
+        &p.url,
+        "narrow",
+        &dir.path().join("agent"),
+        &[
+            "--plugins",
+            "linux_system",
+            "--capacity",
+            "1",
+            "--metrics-listen",
+            agent_url.trim_start_matches("http://"),
+        ],
+    );
+    p.wait_agents(1).await;
+    let token = Some(METRICS_TOKEN);
+
+    // Every new family is there from the first scrape, at 0.
+    let (_, _, body) = scrape(&p.url, token).await;
+    let first = parse(&body);
+    for (name, labels) in [
+        ("testbed_dispatch_latency_seconds_count", vec![]),
+        ("testbed_agent_queue_depth_max", vec![]),
+        ("testbed_agents_with_queued_tasks", vec![]),
+        ("testbed_reconcile_errors_total", vec![("pass", "run")]),
+        (
+            "testbed_reconcile_errors_total",
+            vec![("pass", "lost_sweep")],
+        ),
+        ("testbed_load_executions_running", vec![]),
+        ("testbed_load_virtual_users", vec![]),
+        ("testbed_load_requests_per_second", vec![]),
+        ("testbed_load_errors_per_second", vec![]),
+        ("testbed_load_latency_p99_seconds", vec![]),
+    ] {
+        assert_eq!(value(&first, name, &labels), 0.0, "{name}: {body}");
+    }
+    let (_, _, body) = scrape(&agent_url, None).await;
+    let agent_first = parse(&body);
+    assert_eq!(value(&agent_first, "testbed_agent_tasks_queued", &[]), 0.0);
+    assert_eq!(
+        value(
+            &agent_first,
+            "testbed_agent_task_queue_wait_seconds_count",
+            &[]
+        ),
+        0.0
+    );
+
+    // One task on the real agent: one dispatch observed.
+    let id = p
+        .run(
+            "linux_system",
+            "narrow",
+            "run_shell",
+            json!({"command": "true"}),
+        )
+        .await;
+    assert_eq!(
+        p.wait_task(&id, Duration::from_secs(60)).await["status"],
+        "succeeded"
+    );
+    let (_, _, body) = scrape(&p.url, token).await;
+    let after = parse(&body);
+    assert_eq!(
+        value(&after, "testbed_dispatch_latency_seconds_count", &[]),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "testbed_dispatch_latency_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        1.0,
+        "{body}"
+    );
+
+    // Three sleepers on one slot: one runs, two wait.
+    let mut sleepers = Vec::new();
+    for _ in 0..3 {
+        sleepers.push(
+            p.run(
+                "linux_system",
+                "narrow",
+                "run_shell",
+                json!({"command": "sleep", "args": "60"}),
+            )
+            .await,
+        );
+    }
+    p.wait_status(&sleepers[0], "running", Duration::from_secs(60))
+        .await;
+    let queued = scrape_until(&p.url, token, "two tasks queued", |s| {
+        value(s, "testbed_tasks", &[("status", "queued")]) == 2.0
+    })
+    .await;
+    assert_eq!(value(&queued, "testbed_agent_queue_depth_max", &[]), 2.0);
+    assert_eq!(value(&queued, "testbed_agents_with_queued_tasks", &[]), 1.0);
+    assert_eq!(
+        value(&queued, "testbed_tasks", &[("status", "running")]),
+        1.0
+    );
+    assert_eq!(
+        value(&queued, "testbed_dispatch_latency_seconds_count", &[]),
+        4.0,
+        "each task is dispatched once, queued or not"
+    );
+    // The agent holds them too: its own queue depth.
+    let on_agent = scrape_until(&agent_url, None, "the agent's queue at 2", |s| {
+        value(s, "testbed_agent_tasks_queued", &[]) == 2.0
+    })
+    .await;
+    assert_eq!(value(&on_agent, "testbed_agent_tasks_running", &[]), 1.0);
+    // No ids in any label, on either side.
+    for s in queued.iter().chain(&on_agent) {
+        for v in s.labels.values() {
+            assert!(!has_uuid(v), "an id in a label: {s:?}");
+        }
+    }
+
+    // Cancelled — the waiting ones first, so neither takes the slot the
+    // running one frees — the queues empty; the two never got a slot.
+    for id in sleepers.iter().rev() {
+        let (s, _) = p.post(&format!("/api/tasks/{id}/cancel"), json!({})).await;
+        assert_eq!(s, 202);
+        p.wait_status(id, "cancelled", Duration::from_secs(60))
+            .await;
+    }
+    let drained = scrape_until(&p.url, token, "the queues empty", |s| {
+        value(s, "testbed_tasks", &[("status", "queued")]) == 0.0
+    })
+    .await;
+    assert_eq!(value(&drained, "testbed_agent_queue_depth_max", &[]), 0.0);
+    assert_eq!(
+        value(&drained, "testbed_agents_with_queued_tasks", &[]),
+        0.0
+    );
+    let on_agent = scrape_until(&agent_url, None, "the agent idle", |s| {
+        value(s, "testbed_agent_tasks_running", &[]) == 0.0
+    })
+    .await;
+    assert_eq!(value(&on_agent, "testbed_agent_tasks_queued", &[]), 0.0);
+    assert_eq!(
+        value(
+            &on_agent,
+            "testbed_agent_task_queue_wait_seconds_count",
+            &[]
+        ),
+        2.0,
+        "the first task and the first sleeper got a slot"
+    );
+
+    // A plan run: the engine's per-run passes are timed, none failed.
+    let before = scrape_until(&p.url, token, "a scrape", |_| true).await;
+    let runs = |s: &[Sample]| {
+        value(
+            s,
+            "testbed_reconcile_duration_seconds_count",
+            &[("pass", "run")],
+        )
+    };
+    let plan = "name: r\nsteps:\n  - id: a\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n  - id: b\n    plugin: linux_system\n    method: run_shell\n    depends_on: [a]\n    params: {command: \"true\"}\n";
+    let run = p.start_run(plan, json!({})).await;
+    let done = p.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "passed", "{done}");
+    let (_, _, body) = scrape(&p.url, token).await;
+    let after = parse(&body);
+    // At least: the start, each step's end.
+    assert!(runs(&after) >= runs(&before) + 3.0, "{body}");
+    for pass in ["run", "engine_sweep", "lost_sweep"] {
+        assert!(
+            value(
+                &after,
+                "testbed_reconcile_duration_seconds_count",
+                &[("pass", pass)]
+            ) >= 1.0,
+            "{pass}: {body}"
+        );
+        assert_eq!(
+            value(&after, "testbed_reconcile_errors_total", &[("pass", pass)]),
+            0.0,
+            "{pass}: {body}"
+        );
+    }
+    // Its two steps were dispatched like any task.
+    assert_eq!(
+        value(&after, "testbed_dispatch_latency_seconds_count", &[]),
+        6.0,
+        "{body}"
+    );
+}
+
+/// The live load gauges while a real performance execution runs on a real
+/// agent, and back at 0 once it ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn load_gauges_follow_a_running_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let p = Platform::up(&dir.path().join("data"), 1, &["--metrics-listen", &listen]).await;
+    let url = format!("http://{listen}");
+    let (target, count) = serve();
+    let plan = p
+        .perf_plan(
+            "gauged",
+            json!({"concurrent_users": 2, "ramp_up_time": 0, "hold_time": 4,
+                "test_type": "load", "target_url": target, "request_timeout": 2000}),
+        )
+        .await;
+    let id = plan["id"].as_u64().unwrap();
+    let (s, started) = p
+        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{started}");
+
+    let live = scrape_until(&url, None, "a running execution", |s| {
+        value(s, "testbed_load_requests_per_second", &[]) > 0.0
+    })
+    .await;
+    assert_eq!(value(&live, "testbed_load_executions_running", &[]), 1.0);
+    let vus = value(&live, "testbed_load_virtual_users", &[]);
+    assert!((1.0..=2.0).contains(&vus), "{vus} virtual users of 2");
+    assert_eq!(value(&live, "testbed_load_errors_per_second", &[]), 0.0);
+    let (p50, p99) = (
+        value(&live, "testbed_load_latency_p50_seconds", &[]),
+        value(&live, "testbed_load_latency_p99_seconds", &[]),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "p50 {p50} p99 {p99}");
+    // Answered requests, so within the 2 s request timeout.
+    assert!(p99 < 2.0, "p99 {p99}");
+
+    // Ended: the report exists, the gauges are back at 0.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, plan) = p.get(&format!("/api/performance/plans/{id}/")).await;
+        if plan["status"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never completed: {plan}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(count.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    let idle = scrape_until(&url, None, "the load gauges at 0", |s| {
+        value(s, "testbed_load_executions_running", &[]) == 0.0
+    })
+    .await;
+    for name in [
+        "testbed_load_virtual_users",
+        "testbed_load_requests_per_second",
+        "testbed_load_errors_per_second",
+        "testbed_load_latency_p50_seconds",
+        "testbed_load_latency_p95_seconds",
+        "testbed_load_latency_p99_seconds",
+    ] {
+        assert_eq!(value(&idle, name, &[]), 0.0, "{name}");
+    }
 }
