@@ -149,30 +149,22 @@ async fn client_commands_follow_one_convention() {
     );
 
     // Work to list: tasks, and a run with its report.
+    let submit = || {
+        p.run(
+            "linux_system",
+            "local-1",
+            "run_shell",
+            json!({"command": "true"}),
+        )
+    };
     let mut tasks = Vec::new();
     for _ in 0..3 {
-        tasks.push(
-            p.run(
-                "linux_system",
-                "local-1",
-                "run_shell",
-                json!({"command": "true"}),
-            )
-            .await,
-        );
+        tasks.push(submit().await);
     }
     // Two ids sharing a first digit (at most 17 ids by pigeonhole) make an
     // ambiguous prefix.
     while shared_first_digit(&tasks).is_none() {
-        tasks.push(
-            p.run(
-                "linux_system",
-                "local-1",
-                "run_shell",
-                json!({"command": "true"}),
-            )
-            .await,
-        );
+        tasks.push(submit().await);
     }
     for t in &tasks {
         p.wait_task(t, Duration::from_secs(30)).await;
