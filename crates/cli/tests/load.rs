@@ -13,13 +13,15 @@ use testbed_load::output::otlp_proto::metrics::v1::{
 use testbed_load::output::prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A keep-alive HTTP/1.1 server answering every request `200 ok`, counting them.
-fn serve() -> (String, Arc<AtomicU64>) {
+/// A keep-alive HTTP/1.1 server on 127.0.0.1 answering each request with
+/// what `reply` makes of its head and body: its address.
+fn http_server(
+    reply: impl Fn(&str, Vec<u8>) -> String + Send + Sync + 'static,
+) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
+    let addr = listener.local_addr().unwrap();
+    let reply = Arc::new(reply);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -28,24 +30,11 @@ fn serve() -> (String, Arc<AtomicU64>) {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((mut s, _)) = listener.accept().await {
-                let c = c.clone();
+                let reply = reply.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let end = loop {
-                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break p + 4;
-                            }
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        buf.drain(..end);
-                        c.fetch_add(1, Ordering::SeqCst);
-                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if s.write_all(reply).await.is_err() {
+                    while let Some((head, body)) = read_request(&mut s, &mut buf).await {
+                        if s.write_all(reply(&head, body).as_bytes()).await.is_err() {
                             return;
                         }
                     }
@@ -53,7 +42,61 @@ fn serve() -> (String, Arc<AtomicU64>) {
             }
         });
     });
-    (url, count)
+    addr
+}
+
+/// The next request on `s` (head and body, by its Content-Length); None
+/// once the connection ends.
+async fn read_request(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    let mut chunk = [0u8; 8192];
+    let mut more = async |buf: &mut Vec<u8>| match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    };
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if !more(buf).await {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let len: usize = header(&head, "content-length").parse().unwrap_or(0);
+    while buf.len() < end + len {
+        if !more(buf).await {
+            return None;
+        }
+    }
+    let body = buf.drain(..end + len).skip(end).collect();
+    Some((head, body))
+}
+
+/// A header's value in a request head ("" when absent).
+fn header(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// A server answering every request `200 ok`, counting them.
+fn serve() -> (String, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let addr = http_server(move |_, _| {
+        c.fetch_add(1, Ordering::SeqCst);
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string()
+    });
+    (format!("http://{addr}/"), count)
 }
 
 fn testbed(args: &[&str]) -> Output {
@@ -366,70 +409,21 @@ pub(crate) type OtlpReceived = Arc<Mutex<Vec<(String, String, ExportMetricsServi
 /// with an empty `ExportMetricsServiceResponse`); an undecodable body is a
 /// `400` and is not recorded. Its base URL, without a path.
 pub(crate) fn otlp_receiver() -> (String, OtlpReceived) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let got: OtlpReceived = Default::default();
     let g = got.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((mut s, _)) = listener.accept().await {
-                let g = g.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 8192];
-                    loop {
-                        let end = loop {
-                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break p + 4;
-                            }
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        let header = |name: &str| {
-                            head.lines()
-                                .find_map(|l| {
-                                    let (k, v) = l.split_once(':')?;
-                                    k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-                                })
-                                .unwrap_or_default()
-                        };
-                        let len: usize = header("content-length").parse().unwrap_or(0);
-                        while buf.len() < end + len {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let body: Vec<u8> = buf.drain(..end + len).skip(end).collect();
-                        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                        let status = match ExportMetricsServiceRequest::decode(&body[..]) {
-                            Ok(req) => {
-                                g.lock().unwrap().push((path, header("content-type"), req));
-                                "200 OK"
-                            }
-                            Err(_) => "400 Bad Request",
-                        };
-                        let reply = format!(
-                            "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
-                        );
-                        if s.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+    let addr = http_server(move |head, body| {
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        let status = match ExportMetricsServiceRequest::decode(&body[..]) {
+            Ok(req) => {
+                let ctype = header(head, "content-type");
+                g.lock().unwrap().push((path, ctype, req));
+                "200 OK"
             }
-        });
+            Err(_) => "400 Bad Request",
+        };
+        format!("HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
     });
-    (url, got)
+    (format!("http://{addr}"), got)
 }
 
 fn string_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
