@@ -1,6 +1,7 @@
-//! The store key layout (docs/seed-interfaces.md#seed-003-the-store), in one place so no caller spells a key
-//! by hand. Keys are relative to the store's root prefix, which the store
-//! itself applies.
+//! The store key layout, in one place so no caller spells a key by hand
+//! (seed 003's keys beside ours: docs/seed-interfaces.md#seed-003-the-store).
+//! Keys are relative to the store's root prefix, which the store itself
+//! applies.
 
 use uuid::Uuid;
 
