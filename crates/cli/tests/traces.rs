@@ -186,7 +186,7 @@ async fn a_task_and_a_run_are_traced_across_server_and_agent() {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let p = server(dir.path(), &["--otlp-endpoint", &rx.url]).await;
-    let _a = agent(
+    let a = agent(
         &p.url,
         "traced",
         &dir.path().join("agent"),
@@ -216,6 +216,12 @@ async fn a_task_and_a_run_are_traced_across_server_and_agent() {
     assert_eq!(exec.attrs["plugin"], "linux_system");
     assert_eq!(exec.attrs["method"], "run_shell");
     assert_eq!(exec.attrs["status"], "succeeded");
+    // The agent logs text: the ids are appended to the line.
+    let line = a.wait_line(&format!("task finished task={id}"), Duration::from_secs(30));
+    assert!(
+        line.ends_with(&format!("trace_id={} span_id={}", exec.trace, exec.span)),
+        "{line}"
+    );
 
     // The server's JSON log lines about the task carry its trace id.
     let mut lines = Vec::new();
