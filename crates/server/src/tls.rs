@@ -12,8 +12,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::crypto::ring as provider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use thiserror::Error;
@@ -148,12 +146,11 @@ impl CertStore {
 
     /// A rustls configuration that always serves the current certificate.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| TlsError::Config(e.to_string()))?
-                .with_no_client_auth()
-                .with_cert_resolver(self.clone());
+        let mut config = rustls::ServerConfig::builder_with_provider(testbed_tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
         // The API is HTTP/1.1 only (WebSocket upgrades included).
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
@@ -175,20 +172,19 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 fn load_pair(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let cert_pem = read(&files.cert)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
+    let chain = testbed_tls::certs_from_pem(&cert_pem).map_err(|e| match e {
+        testbed_tls::TlsError::NoCertificate => TlsError::NoCertificate {
+            path: files.cert.clone(),
+        },
+        e => TlsError::Pem {
             path: files.cert.clone(),
             message: e.to_string(),
-        })?;
-    let Some(leaf) = chain.first() else {
-        return Err(TlsError::NoCertificate {
-            path: files.cert.clone(),
-        });
-    };
-    let fingerprint = fingerprint(leaf);
+        },
+    })?;
+    // Never empty: certs_from_pem refuses PEM without a certificate.
+    let fingerprint = fingerprint(&chain[0]);
     let key_pem = read(&files.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Key {
+    let key = testbed_tls::key_from_pem(&key_pem).map_err(|e| TlsError::Key {
         path: files.key.clone(),
         message: e.to_string(),
     })?;
