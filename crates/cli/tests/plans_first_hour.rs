@@ -170,27 +170,18 @@ async fn unmatchable_targets_are_refused_and_waiting_ones_count_down() {
             "target {target}: {ps:#?}"
         );
         // Storing such a plan is refused the same way.
-        let r = p
-            .http
-            .post(format!("{}/api/plans", p.url))
-            .bearer_auth(&p.token)
-            .header("content-type", "application/yaml")
-            .body(one_step("", target))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 422, "stored plan with target {target}");
+        let (s, b) = p
+            .send_yaml(reqwest::Method::POST, "/api/plans", one_step("", target))
+            .await;
+        assert_eq!(s, 422, "stored plan with target {target}: {b}");
     }
     // `testbed run` says the same, at the plan file's line and column, exit 2.
     let file = dir.path().join("nowhere.yaml");
     std::fs::write(&file, one_step("", "{labels: {arch: sparc}}")).unwrap();
-    let o = Command::new(bin())
+    let o = p
+        .cli(&dir.path().join("cli-config"))
         .arg("run")
         .arg(&file)
-        .env("TESTBED_SERVER", &p.url)
-        .env("TESTBED_TOKEN", &p.token)
-        .env("TESTBED_CONFIG_DIR", dir.path().join("cli-config"))
-        .env("TESTBED_LOG", "warn")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -318,15 +309,12 @@ async fn junit_of_a_run_validates_against_jenkins_xunit_schema() {
     )
     .unwrap();
     let junit = dir.path().join("junit.xml");
-    let o = Command::new(bin())
+    let o = p
+        .cli(&dir.path().join("cli-config"))
         .arg("run")
         .arg(&plan)
         .arg("--junit")
         .arg(&junit)
-        .env("TESTBED_SERVER", &p.url)
-        .env("TESTBED_TOKEN", &p.token)
-        .env("TESTBED_CONFIG_DIR", dir.path().join("cli-config"))
-        .env("TESTBED_LOG", "warn")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

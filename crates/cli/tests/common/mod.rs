@@ -890,6 +890,16 @@ impl Platform {
         .await
     }
 
+    /// `testbed` as a client of this platform, its settings in `config_dir`.
+    pub fn cli(&self, config_dir: &Path) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.env("TESTBED_SERVER", &self.url)
+            .env("TESTBED_TOKEN", &self.token)
+            .env("TESTBED_CONFIG_DIR", config_dir)
+            .env("TESTBED_LOG", "warn");
+        cmd
+    }
+
     /// Starts a run of an inline YAML plan and waits for its end.
     pub async fn run_plan(&self, yaml: &str, params: Value, timeout: Duration) -> Value {
         let id = self.start_run(yaml, params).await;
