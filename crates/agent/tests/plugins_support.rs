@@ -178,8 +178,28 @@ pub async fn read_pid(path: &Path) -> u32 {
     panic!("no pid appeared in {}", path.display());
 }
 
+/// Writes an executable script. The file is written by a child `sh`, not by
+/// this process: a test thread forking at the moment this process held the
+/// file open for writing would carry the descriptor into its child until that
+/// child's exec, and running the script then fails with ETXTBSY ("Text file
+/// busy").
 pub fn write_script(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, body).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    use std::io::Write;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "writing {}",
+        path.display()
+    );
 }
