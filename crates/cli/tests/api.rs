@@ -62,6 +62,14 @@ fn assert_all(report: &Report, outcome: Outcome, out: &str) {
     }
 }
 
+/// Asserts a clean exit and that all `n` cases passed.
+#[track_caller]
+fn assert_passes(code: i32, report: &Report, out: &str, n: usize) {
+    assert_eq!(code, 0, "{out}");
+    assert_all(report, Outcome::Pass, out);
+    assert_eq!(report.summary().passed, n, "{out}");
+}
+
 #[test]
 fn every_shipped_suite_and_example_is_well_formed() {
     let example = suites().join("../examples/api/testbed-smoke.yaml");
@@ -99,9 +107,7 @@ fn every_shipped_suite_and_example_is_well_formed() {
 #[test]
 fn libvirt_suite_passes_against_the_test_driver() {
     let (code, report, out) = api_run(&[suites().join("libvirt").to_str().expect("utf-8")], &[]);
-    assert_eq!(code, 0, "{out}");
-    assert_all(&report, Outcome::Pass, &out);
-    assert_eq!(report.summary().passed, 7, "{out}");
+    assert_passes(code, &report, &out, 7);
 }
 
 #[test]
@@ -130,9 +136,7 @@ fn qmp_suite_passes_against_qemu() {
         &[suites().join("qmp").to_str().expect("utf-8")],
         &[("QMP_SOCKET", &sock)],
     );
-    assert_eq!(code, 0, "{out}");
-    assert_all(&report, Outcome::Pass, &out);
-    assert_eq!(report.summary().passed, 7, "{out}");
+    assert_passes(code, &report, &out, 7);
 }
 
 #[test]
@@ -151,9 +155,7 @@ fn etcd_suite_passes_against_etcd() {
 #[test]
 fn cni_suite_passes_against_the_reference_plugins() {
     let (code, report, out) = api_run(&[suites().join("cni").to_str().expect("utf-8")], &[]);
-    assert_eq!(code, 0, "{out}");
-    assert_all(&report, Outcome::Pass, &out);
-    assert_eq!(report.summary().passed, 13, "{out}");
+    assert_passes(code, &report, &out, 13);
     // The suite's namespaces and IPAM store are gone again.
     let left = Command::new("ip")
         .args(["netns", "list"])
@@ -264,22 +266,38 @@ fn dockerd(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
     (daemon, socket)
 }
 
-#[test]
-fn docker_suite_passes_against_a_private_dockerd() {
+/// Runs the container-engine suite `suite` against `daemon` listening on
+/// `socket`, with the busybox image (as `image`, its tar built in a fresh
+/// folder) given through `PREFIX_SOCKET`, `PREFIX_IMAGE_TAR` and
+/// `PREFIX_IMAGE`; every case must pass, `passed` of them. The output.
+fn engine_suite_passes(
+    suite: &str,
+    prefix: &str,
+    (daemon, socket): &(Daemon, PathBuf),
+    image: &str,
+    passed: usize,
+) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
-    let image = busybox_image(dir.path());
-    let (docker, socket) = dockerd(tempfile::tempdir().expect("tempdir"));
+    let tar = busybox_image(dir.path());
+    let keys = ["SOCKET", "IMAGE_TAR", "IMAGE"].map(|k| format!("{prefix}_{k}"));
     let (code, report, out) = api_run(
-        &[suites().join("docker").to_str().expect("utf-8")],
+        &[suites().join(suite).to_str().expect("utf-8")],
         &[
-            ("DOCKER_SOCKET", socket.to_str().expect("utf-8")),
-            ("DOCKER_IMAGE_TAR", image.to_str().expect("utf-8")),
-            ("DOCKER_IMAGE", "testbed/busybox:latest"),
+            (&keys[0], socket.to_str().expect("utf-8")),
+            (&keys[1], tar.to_str().expect("utf-8")),
+            (&keys[2], image),
         ],
     );
-    assert_eq!(code, 0, "{out}\n{}", docker.log());
+    assert_eq!(code, 0, "{out}\n{}", daemon.log());
     assert_all(&report, Outcome::Pass, &out);
-    assert_eq!(report.summary().passed, 10, "{out}");
+    assert_eq!(report.summary().passed, passed, "{out}");
+    out
+}
+
+#[test]
+fn docker_suite_passes_against_a_private_dockerd() {
+    let docker = dockerd(tempfile::tempdir().expect("tempdir"));
+    engine_suite_passes("docker", "DOCKER", &docker, "testbed/busybox:latest", 10);
 }
 
 /// A private Podman API service (`podman system service`, as root): its own
@@ -322,38 +340,21 @@ fn podman_service(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
 
 #[test]
 fn docker_suite_passes_against_podmans_compatible_api() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let image = busybox_image(dir.path());
-    let (podman, socket) = podman_service(tempfile::tempdir().expect("tempdir"));
-    let (code, report, out) = api_run(
-        &[suites().join("docker").to_str().expect("utf-8")],
-        &[
-            ("DOCKER_SOCKET", socket.to_str().expect("utf-8")),
-            ("DOCKER_IMAGE_TAR", image.to_str().expect("utf-8")),
-            ("DOCKER_IMAGE", "testbed/busybox:latest"),
-        ],
-    );
-    assert_eq!(code, 0, "{out}\n{}", podman.log());
-    assert_all(&report, Outcome::Pass, &out);
-    assert_eq!(report.summary().passed, 10, "{out}");
+    let podman = podman_service(tempfile::tempdir().expect("tempdir"));
+    engine_suite_passes("docker", "DOCKER", &podman, "testbed/busybox:latest", 10);
 }
 
 #[test]
 fn podman_suite_passes_against_a_private_podman_service() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let image = busybox_image(dir.path());
-    let (podman, socket) = podman_service(tempfile::tempdir().expect("tempdir"));
-    let (code, report, out) = api_run(
-        &[suites().join("podman").to_str().expect("utf-8")],
-        &[
-            ("PODMAN_SOCKET", socket.to_str().expect("utf-8")),
-            ("PODMAN_IMAGE_TAR", image.to_str().expect("utf-8")),
-            ("PODMAN_IMAGE", "localhost/testbed/busybox:latest"),
-        ],
+    let podman = podman_service(tempfile::tempdir().expect("tempdir"));
+    let out = engine_suite_passes(
+        "podman",
+        "PODMAN",
+        &podman,
+        "localhost/testbed/busybox:latest",
+        11,
     );
-    assert_eq!(code, 0, "{out}\n{}", podman.log());
-    assert_all(&report, Outcome::Pass, &out);
-    assert_eq!(report.summary().passed, 11, "{out}");
+    let socket = &podman.1;
     // The suite removed what it made; only the pause image it needed stays.
     let left = Command::new("curl")
         .args(["-s", "--unix-socket", socket.to_str().expect("utf-8")])
@@ -513,9 +514,7 @@ fn vsphere_suites_pass_against_vcsim() {
             ("VSPHERE_PASSWORD", "pass"),
         ],
     );
-    assert_eq!(code, 0, "{out}");
-    assert_all(&report, Outcome::Pass, &out);
-    assert_eq!(report.summary().passed, 10, "{out}");
+    assert_passes(code, &report, &out, 10);
 }
 
 #[test]
@@ -687,9 +686,7 @@ async fn openapi_check_passes_against_testbeds_own_spec() {
     })
     .await
     .expect("join");
-    assert_eq!(code, 0, "{out}");
-    assert_all(&report, Outcome::Pass, &out);
-    assert_eq!(report.summary().passed, 4, "{out}");
+    assert_passes(code, &report, &out, 4);
 }
 
 #[tokio::test]
@@ -697,27 +694,29 @@ async fn a_postman_collection_logs_in_and_uses_the_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = Platform::server_in(dir.path(), &[]).await;
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/api/postman");
-    let collection = examples
-        .join("testbed-api.postman_collection.json")
-        .display()
-        .to_string();
-    let env = examples
-        .join("testbed.postman_environment.json")
-        .display()
-        .to_string();
-    let base = format!("baseUrl={}", p.url);
-    let password = format!("password={ADMIN_PASSWORD}");
-    let (code, report, out) = tokio::task::spawn_blocking(move || {
-        api_run(
-            &[&collection, "-e", &env, "--var", &base, "--var", &password],
-            &[],
-        )
-    })
-    .await
-    .expect("join");
-    assert_eq!(code, 0, "{out}");
-    assert_all(&report, Outcome::Pass, &out);
-    assert_eq!(report.summary().passed, 9, "{out}");
+    let run = |password: &str| {
+        let args = [
+            examples
+                .join("testbed-api.postman_collection.json")
+                .display()
+                .to_string(),
+            "-e".into(),
+            examples
+                .join("testbed.postman_environment.json")
+                .display()
+                .to_string(),
+            "--var".into(),
+            format!("baseUrl={}", p.url),
+            "--var".into(),
+            format!("password={password}"),
+        ];
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            api_run(&args, &[])
+        })
+    };
+    let (code, report, out) = run(ADMIN_PASSWORD).await.expect("join");
+    assert_passes(code, &report, &out, 9);
     assert!(
         out.contains("│              assertions │"),
         "newman's table:\n{out}"
@@ -731,31 +730,7 @@ async fn a_postman_collection_logs_in_and_uses_the_token() {
     );
 
     // The wrong password: the token is never set, so the bearer requests fail.
-    let collection = examples
-        .join("testbed-api.postman_collection.json")
-        .display()
-        .to_string();
-    let env = examples
-        .join("testbed.postman_environment.json")
-        .display()
-        .to_string();
-    let base = format!("baseUrl={}", p.url);
-    let (code, report, out) = tokio::task::spawn_blocking(move || {
-        api_run(
-            &[
-                &collection,
-                "-e",
-                &env,
-                "--var",
-                &base,
-                "--var",
-                "password=wrong",
-            ],
-            &[],
-        )
-    })
-    .await
-    .expect("join");
+    let (code, report, out) = run("wrong").await.expect("join");
     assert_eq!(code, 1, "{out}");
     assert!(report.summary().failed >= 3, "{out}");
 }
@@ -1084,26 +1059,11 @@ async fn openapi_check_leaves_a_servers_data_alone() {
         .await;
     assert_eq!(s, 201, "{b}");
     let yaml = "name: stored\nsteps:\n  - id: a\n    plugin: linux_system\n    method: run_shell\n    params: {command: echo, args: hi}\n";
-    let r = p
-        .http
-        .post(format!("{}/api/plans", p.url))
-        .bearer_auth(&p.token)
-        .header("content-type", "application/yaml")
-        .body(yaml)
-        .send()
-        .await
-        .expect("POST /api/plans");
-    assert_eq!(r.status().as_u16(), 201);
+    let (s, b) = p.send_yaml(reqwest::Method::POST, "/api/plans", yaml).await;
+    assert_eq!(s, 201, "{b}");
     let run = p.start_run(yaml, json!({})).await;
     p.wait_run(&run, Duration::from_secs(60)).await;
-    let task = p
-        .run(
-            "linux_system",
-            "local-1",
-            "run_shell",
-            json!({"command": "echo", "args": "hi"}),
-        )
-        .await;
+    let task = p.run_shell("local-1", "echo", "hi").await;
     p.wait_task(&task, Duration::from_secs(30)).await;
     let before = dump(&p, &project["id"], &perf["id"]).await;
 
