@@ -9,6 +9,11 @@ use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use testbed_api::page::Page;
+use testbed_api::performance::{
+    LoadTest, LoadTestInput, LoadTestItem, PerfReport, ReportItem, StartResponse,
+};
+use testbed_api::projects::{Project, ProjectInput};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::Client;
@@ -65,16 +70,12 @@ struct PlanFile {
 
 /// The `default` project's id, if it exists.
 async fn find_default_project(c: &Client) -> anyhow::Result<Option<u64>> {
-    let page: Value = c.get("/api/projects?page_size=1000").await?;
-    match page["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == "default")
-    {
-        Some(p) => Ok(Some(p["id"].as_u64().context("project id")?)),
-        None => Ok(None),
-    }
+    let page: Page<Project> = c.get("/api/projects?page_size=1000").await?;
+    Ok(page
+        .results
+        .iter()
+        .find(|p| p.name == "default")
+        .map(|p| p.id))
 }
 
 /// The project to file plans under when the plan names none: `default`,
@@ -83,13 +84,16 @@ async fn default_project(c: &Client) -> anyhow::Result<u64> {
     if let Some(id) = find_default_project(c).await? {
         return Ok(id);
     }
-    let p: Value = c
+    let p: Project = c
         .post(
             "/api/projects",
-            &json!({"name": "default", "description": "plans run from the CLI"}),
+            &ProjectInput {
+                name: "default".into(),
+                description: Some("plans run from the CLI".into()),
+            },
         )
         .await?;
-    p["id"].as_u64().context("project id")
+    Ok(p.id)
 }
 
 pub async fn perf(cmd: PerfCmd) -> anyhow::Result<ExitCode> {
@@ -110,28 +114,31 @@ async fn list(project: Option<u64>, limit: u16, json: bool) -> anyhow::Result<Ex
         Some(id) => Some(id),
         None => find_default_project(&c).await?,
     };
-    let rows = match project {
+    let (path, rows) = match project {
         Some(id) => {
-            let page: Value = c
-                .get(&format!(
-                    "/api/performance/plans/?project_id={id}&page_size={limit}"
-                ))
-                .await?;
-            page["results"].as_array().cloned().unwrap_or_default()
+            let path = format!("/api/performance/plans/?project_id={id}&page_size={limit}");
+            let page: Value = c.get(&path).await?;
+            let rows = page["results"].as_array().cloned().unwrap_or_default();
+            (path, rows)
         }
         // No `default` project yet: no plan was run from the CLI.
-        None => Vec::new(),
+        None => (String::new(), Vec::new()),
     };
     if json {
         crate::output::print_json_list(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let tests: Vec<LoadTestItem> =
+        crate::client::decode(&format!("GET {path}"), Value::Array(rows))?;
     let mut t = crate::output::table(["ID", "NAME", "PROJECT", "STATUS", "CREATED"]);
-    for r in &rows {
-        t.add_row(
-            ["id", "name", "project_id", "status", "created_at"]
-                .map(|k| crate::output::cell(&r[k])),
-        );
+    for r in &tests {
+        t.add_row([
+            r.id.to_string(),
+            r.name.clone(),
+            r.project_id.to_string(),
+            r.status.to_string(),
+            crate::output::text(&r.created_at),
+        ]);
     }
     println!("{t}");
     Ok(ExitCode::SUCCESS)
@@ -162,10 +169,15 @@ async fn run(args: PerfRunArgs) -> anyhow::Result<ExitCode> {
         Some(id) => id,
         None => default_project(&c).await?,
     };
-    let plan: Value = match c
+    let plan: LoadTest = match c
         .post(
             "/api/performance/plans/",
-            &json!({"name": file.name, "description": file.description, "project_id": project_id, "config": file.config}),
+            &LoadTestInput {
+                name: file.name.clone(),
+                description: file.description.clone(),
+                project_id: Some(project_id),
+                config: file.config.clone(),
+            },
         )
         .await
     {
@@ -175,18 +187,15 @@ async fn run(args: PerfRunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let plan_id = plan["id"].as_u64().context("plan id")?;
-    let started: Value = c
+    let plan_id = plan.id;
+    let started: StartResponse = c
         .post(
             &format!("/api/performance/plans/{plan_id}/start/"),
             &json!({}),
         )
         .await?;
-    let ws_url = started["websocket_url"].as_str().context("websocket_url")?;
-    eprintln!(
-        "execution {} of plan {plan_id}",
-        started["execution_id"].as_str().unwrap_or("?")
-    );
+    let ws_url = started.websocket_url.as_str();
+    eprintln!("execution {} of plan {plan_id}", started.execution_id);
     let (mut ws, _) = crate::client::ws_connect(
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)?,
     )
@@ -231,44 +240,54 @@ async fn run(args: PerfRunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     super::load::finish_outputs(outputs).await?;
-    let report: Value = match report_id {
-        Some(id) => c.get(&format!("/api/performance/reports/{id}/")).await?,
+    // Missed on the socket (it closed first): the plan's newest report.
+    let report_id = match report_id {
+        Some(id) => id,
         None => {
-            let page: Value = c
+            let page: Page<ReportItem> = c
                 .get(&format!(
                     "/api/performance/reports/?plan_id={plan_id}&page_size=1"
                 ))
                 .await?;
-            page["results"][0].clone()
+            page.results
+                .first()
+                .map(|r| r.id)
+                .context("the execution ended without a report")?
         }
     };
+    let path = format!("/api/performance/reports/{report_id}/");
+    let raw: Value = c.get(&path).await?;
     if args.json {
-        crate::output::print_json(&report)?;
-    } else {
-        let s = &report["summary"];
-        let p = &report["metrics"]["response_times"]["percentiles"];
+        crate::output::print_json(&raw)?;
+    }
+    let report: PerfReport = crate::client::decode(&format!("GET {path}"), raw)?;
+    if !args.json {
+        // Numbers as JSON spells them (`100.0`), as this line always read.
+        let n = crate::output::text::<f64>;
+        let s = &report.summary;
+        let p = &report.metrics.response_times.percentiles;
         println!(
             "{}: {} requests, {}% success, avg {} ms, p50 {} / p90 {} / p95 {} / p99 {} ms, {} errors",
-            report["status"].as_str().unwrap_or("?"),
-            s["total_requests"],
-            s["success_rate"],
-            s["avg_response_time"],
-            p["p50"],
-            p["p90"],
-            p["p95"],
-            p["p99"],
-            s["error_count"]
+            report.status,
+            s.total_requests,
+            n(&s.success_rate),
+            n(&s.avg_response_time),
+            n(&p.p50),
+            n(&p.p90),
+            n(&p.p95),
+            n(&p.p99),
+            s.error_count
         );
-        for t in report["thresholds"].as_array().into_iter().flatten() {
+        for t in &report.thresholds {
             println!(
                 "  {} {} (observed {})",
-                if t["passed"] == true { "✓" } else { "✗" },
-                t["expr"].as_str().unwrap_or("?"),
-                t["observed"]
+                if t.passed { "✓" } else { "✗" },
+                t.expr,
+                n(&t.observed)
             );
         }
     }
-    Ok(if report["passed"] == false {
+    Ok(if !report.passed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
