@@ -142,11 +142,7 @@ async fn add_agent(state: &AppState) -> (Uuid, LeaseId) {
     crate::records::put(&state.store, &keys::agent(&uuid), &record, None)
         .await
         .unwrap();
-    let lease = state
-        .store
-        .grant_lease(Duration::from_secs(600))
-        .await
-        .unwrap();
+    let lease = long_lease(state).await;
     let alive = AgentLiveness {
         kind: AgentLiveness::KIND.into(),
         v: 1,
@@ -163,6 +159,43 @@ async fn add_agent(state: &AppState) -> (Uuid, LeaseId) {
 }
 
 /// Plays the agent: every queued task succeeds at once.
+/// A lease that outlives any test.
+async fn long_lease(state: &AppState) -> LeaseId {
+    state
+        .store
+        .grant_lease(Duration::from_secs(600))
+        .await
+        .unwrap()
+}
+
+/// The engine driving `state`'s runs on a lease of its own, until stopped.
+struct Engine {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Engine {
+    async fn start(state: &AppState) -> Engine {
+        let lease = long_lease(state).await;
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(super::drive(state.clone(), lease, stop.clone()));
+        Engine { stop, handle }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.unwrap();
+    }
+}
+
+/// Creates a run of the YAML `plan`.
+async fn create_plan_run(state: &AppState, plan: &str) -> Run {
+    let spec = testbed_core::plan::parse(plan).unwrap();
+    super::create_run(state, spec, None, Default::default(), None, "test")
+        .await
+        .unwrap()
+}
+
 async fn complete_queued(state: &AppState) {
     let page = state.store.range(keys::TASKS, None, 0).await.unwrap();
     for kv in page.kvs {
@@ -206,18 +239,9 @@ async fn runs_move_while_the_engine_watches_break() {
     add_agent(&state).await;
 
     let plan = "name: chain\nsteps:\n  - id: a\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n  - id: b\n    depends_on: [a]\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n  - id: c\n    depends_on: [b]\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n";
-    let spec = testbed_core::plan::parse(plan).unwrap();
-    let run = super::create_run(&state, spec, None, Default::default(), None, "test")
-        .await
-        .unwrap();
+    let run = create_plan_run(&state, plan).await;
 
-    let lease = state
-        .store
-        .grant_lease(Duration::from_secs(600))
-        .await
-        .unwrap();
-    let stop = CancellationToken::new();
-    let engine = tokio::spawn(super::drive(state.clone(), lease, stop.clone()));
+    let engine = Engine::start(&state).await;
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen_failing = false;
@@ -286,8 +310,7 @@ async fn runs_move_while_the_engine_watches_break() {
     }
     assert!(state.loops.failing().is_empty());
 
-    stop.cancel();
-    engine.await.unwrap();
+    engine.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -399,17 +422,8 @@ async fn lose_first_attempt(retries: u32) -> Run {
     let (state, dir) = temp_state();
     add_agent(&state).await;
     let plan = format!("name: once\nsteps:\n  - id: s\n    plugin: linux_system\n    method: run_shell\n    retries: {retries}\n    params: {{command: \"true\"}}\n");
-    let spec = testbed_core::plan::parse(&plan).unwrap();
-    let run = super::create_run(&state, spec, None, Default::default(), None, "test")
-        .await
-        .unwrap();
-    let lease = state
-        .store
-        .grant_lease(Duration::from_secs(600))
-        .await
-        .unwrap();
-    let stop = CancellationToken::new();
-    let engine = tokio::spawn(super::drive(state.clone(), lease, stop.clone()));
+    let run = create_plan_run(&state, &plan).await;
+    let engine = Engine::start(&state).await;
     let first = super::task_id(&run.id, "s", 0, 1);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut lost_it = false;
@@ -442,8 +456,7 @@ async fn lose_first_attempt(retries: u32) -> Run {
         assert!(Instant::now() < deadline, "run stuck: {:?}", r.steps);
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    stop.cancel();
-    engine.await.unwrap();
+    engine.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     done
 }
@@ -526,13 +539,7 @@ async fn runs_in_the_single_record_layout_are_migrated_and_finish() {
         .await
         .unwrap();
 
-    let lease = state
-        .store
-        .grant_lease(Duration::from_secs(600))
-        .await
-        .unwrap();
-    let stop = CancellationToken::new();
-    let engine = tokio::spawn(super::drive(state.clone(), lease, stop.clone()));
+    let engine = Engine::start(&state).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let finished = loop {
         complete_queued(&state).await;
@@ -543,8 +550,7 @@ async fn runs_in_the_single_record_layout_are_migrated_and_finish() {
         assert!(Instant::now() < deadline, "old run stuck: {:?}", r.steps);
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    stop.cancel();
-    engine.await.unwrap();
+    engine.stop().await;
     assert_eq!(finished.status, RunStatus::Passed, "{:?}", finished.steps);
     assert_eq!(finished.steps["a"].status, StepStatus::Passed);
     assert_eq!(finished.steps["b"].status, StepStatus::Passed);
