@@ -515,3 +515,40 @@ pub async fn ws_connect(
         other => Ok(other?),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use testbed_api::page::Page;
+    use testbed_api::runs::RunSummary;
+    use testbed_api::tasks::Submitted;
+
+    use super::decode;
+
+    #[test]
+    fn a_field_the_server_stopped_sending_is_named() {
+        // A submission answer without `agent_name`.
+        let answer = json!({
+            "task_id": "3f2a61f4-9c1e-4a57-b0a4-6f0ad1b9c001", "status": "queued",
+            "agent_uuid": "8d0c4e52-1b7a-4c1e-9f3a-2e5b6c7d8e02",
+            "url": "/api/tasks/x", "log_url": "/api/tasks/x/log", "log_ws": "/ws/tasks/x/log"
+        });
+        let e = decode::<Submitted>("POST /v2.1/testcases", answer).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("POST /v2.1/testcases"), "{text}");
+        assert!(text.contains("missing field `agent_name`"), "{text}");
+    }
+
+    #[test]
+    fn where_in_a_list_is_named() {
+        let answer = json!({"total": 1, "page": 1, "page_size": 50, "results": [{
+            "id": "c4d5e6f7-0a1b-4c2d-8e3f-405162738493", "plan_name": "smoke", "plan_id": null,
+            "status": "finished", "created_by": "admin",
+            "created_at": "2026-12-03T20:08:17Z", "finished_at": null, "report_id": null
+        }]});
+        let e = decode::<Page<RunSummary>>("GET /api/runs", answer).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("at `results[0].status`"), "{text}");
+        assert!(text.contains("unknown variant `finished`"), "{text}");
+    }
+}

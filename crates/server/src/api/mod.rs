@@ -220,3 +220,29 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         format!("{method} is not allowed on {}", uri.path()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    /// The served document carries testbed-api's types by name, so the
+    /// schemas clients read are the ones the handlers return.
+    #[test]
+    fn the_document_has_the_wire_types() {
+        let doc = serde_json::to_value(super::openapi()).expect("encodes");
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        for name in [
+            "Health",
+            "Slave",
+            "Submitted",
+            "SubmitRequest",
+            "TaskView",
+            "AgentInfo",
+            "RunSummary",
+            "LoadTest",
+            "Execution",
+            "PerfReport",
+        ] {
+            assert!(schemas.contains_key(name), "no schema `{name}`");
+        }
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+}
