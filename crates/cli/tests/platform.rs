@@ -122,13 +122,8 @@ async fn auth_and_bad_input() {
     // Open endpoints.
     let r = http.get(format!("{}/healthz", p.url)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = http
-        .get(format!("{}/api/openapi.json", p.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let spec: Value = r.json().await.unwrap();
+    let (s, spec) = status_and_json(http.get(format!("{}/api/openapi.json", p.url))).await;
+    assert_eq!(s, 200, "{spec}");
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
     for path in [
         "/v2.1/slaves/detail",
@@ -147,13 +142,8 @@ async fn auth_and_bad_input() {
     }
 
     // No token, a bad token, an expired-looking token.
-    let r = http
-        .get(format!("{}/v2.1/slaves/detail", p.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let body: Value = r.json().await.unwrap();
+    let (s, body) = status_and_json(http.get(format!("{}/v2.1/slaves/detail", p.url))).await;
+    assert_eq!(s, 401, "{body}");
     assert!(body["error"].as_str().unwrap().contains("Bearer"));
     let r = http
         .get(format!("{}/api/tasks", p.url))

@@ -233,14 +233,7 @@ async fn names_in_paths_cannot_reach_other_keys() {
 async fn tokens_in_urls_are_for_websockets_only_and_scoped() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::up(dir.path(), 1, &[]).await;
-    let task = p
-        .run(
-            "linux_system",
-            "local-1",
-            "run_shell",
-            json!({"command": "echo", "args": "hi"}),
-        )
-        .await;
+    let task = p.run_shell("local-1", "echo", "hi").await;
     p.wait_task(&task, Duration::from_secs(30)).await;
 
     // A session token in the query of an ordinary endpoint is not a login.
@@ -298,15 +291,7 @@ fn uuid_like() -> String {
 async fn anonymous_callers_learn_little_and_every_error_is_json() {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::up(dir.path(), 0, &[]).await;
-    let h: Value = p
-        .http
-        .get(format!("{}/healthz", p.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: Value = p.healthz().await;
     assert_eq!(h["store"], "redb", "{h}");
     let dir_name = dir.path().to_string_lossy().to_string();
     assert!(
@@ -356,17 +341,9 @@ async fn a_login_flood_is_bounded_and_does_not_lock_the_admin_out() {
             .build()
             .unwrap();
         let url = format!("{}/api/auth/login", p.url);
-        flood.push(tokio::spawn(async move {
-            let r = client
-                .post(url)
-                .json(&json!({"username": "admin", "password": format!("guess-{i}")}))
-                .send()
-                .await
-                .expect("login");
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.unwrap_or(Value::Null);
-            (status, body)
-        }));
+        flood.push(tokio::spawn(status_and_json(client.post(url).json(
+            &json!({"username": "admin", "password": format!("guess-{i}")}),
+        ))));
     }
     // The server stays responsive meanwhile.
     let started = Instant::now();

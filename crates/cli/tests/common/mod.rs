@@ -900,6 +900,17 @@ impl Platform {
         cmd
     }
 
+    /// `GET /healthz` without credentials: its JSON.
+    pub async fn healthz(&self) -> Value {
+        let r = self
+            .http
+            .get(format!("{}/healthz", self.url))
+            .send()
+            .await
+            .expect("GET /healthz");
+        r.json().await.expect("healthz JSON")
+    }
+
     /// Starts a run of an inline YAML plan and waits for its end.
     pub async fn run_plan(&self, yaml: &str, params: Value, timeout: Duration) -> Value {
         let id = self.start_run(yaml, params).await;
