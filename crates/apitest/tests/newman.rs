@@ -200,31 +200,31 @@ fn encoded(encoding: &'static str, body: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// What an encoded reply carries: `flag: true`, the request's headers and method.
+fn encoded_doc(flag: &str, method: &Method, headers: &HeaderMap) -> String {
+    let mut doc = json!({"headers": headers_json(headers), "method": method.as_str()});
+    doc[flag] = json!(true);
+    doc.to_string()
+}
+
 async fn gzip(method: Method, headers: HeaderMap) -> Response {
-    let doc =
-        json!({"gzipped": true, "headers": headers_json(&headers), "method": method.as_str()});
     let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    z.write_all(doc.to_string().as_bytes()).unwrap();
+    z.write_all(encoded_doc("gzipped", &method, &headers).as_bytes())
+        .unwrap();
     encoded("gzip", z.finish().unwrap())
 }
 
 async fn deflate(method: Method, headers: HeaderMap) -> Response {
-    let doc =
-        json!({"deflated": true, "headers": headers_json(&headers), "method": method.as_str()});
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    z.write_all(doc.to_string().as_bytes()).unwrap();
+    z.write_all(encoded_doc("deflated", &method, &headers).as_bytes())
+        .unwrap();
     encoded("deflate", z.finish().unwrap())
 }
 
 async fn brotli_reply(method: Method, headers: HeaderMap) -> Response {
-    let doc = json!({"brotli": true, "headers": headers_json(&headers), "method": method.as_str()});
+    let doc = encoded_doc("brotli", &method, &headers);
     let mut out = Vec::new();
-    brotli::BrotliCompress(
-        &mut doc.to_string().as_bytes(),
-        &mut out,
-        &Default::default(),
-    )
-    .unwrap();
+    brotli::BrotliCompress(&mut doc.as_bytes(), &mut out, &Default::default()).unwrap();
     encoded("br", out)
 }
 
