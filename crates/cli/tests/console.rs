@@ -277,14 +277,7 @@ async fn cookie_websockets_need_the_consoles_origin() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::up(dir.path(), 1, &[]).await;
-    let id = p
-        .run(
-            "linux_system",
-            "local-1",
-            "run_shell",
-            json!({"command": "echo", "args": "hello"}),
-        )
-        .await;
+    let id = p.run_shell("local-1", "echo", "hello").await;
     p.wait_task(&id, Duration::from_secs(60)).await;
     let (cookie, _) = session(&p, "admin", ADMIN_PASSWORD).await;
     let host = p.url.trim_start_matches("http://").to_string();
@@ -1066,11 +1059,10 @@ async fn console_in_a_real_browser() {
     // A dropped log WebSocket reconnects and the log reads the same: no
     // line twice, none missing.
     let slow_task = p
-        .run(
-            "linux_system",
+        .run_shell(
             "local-1",
-            "run_shell",
-            json!({"command": "sh", "args": "-c 'for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 0.4; done'"}),
+            "sh",
+            "-c 'for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 0.4; done'",
         )
         .await;
     b.js("const Orig = window.WebSocket;
