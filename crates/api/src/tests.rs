@@ -15,7 +15,10 @@ use crate::*;
 fn round_trip<T: Serialize + DeserializeOwned>(v: Value) -> T {
     let typed: T = serde_json::from_value(v.clone())
         .unwrap_or_else(|e| panic!("{}: {e}", std::any::type_name::<T>()));
-    let back = serde_json::to_value(&typed).expect("encodes");
+    // Through text, as the server sends it: `to_value` would widen an f32
+    // (an agent's CPU percent) to f64 digits the server never writes.
+    let text = serde_json::to_string(&typed).expect("encodes");
+    let back: Value = serde_json::from_str(&text).expect("parses");
     assert_eq!(back, v, "{} changed on the way", std::any::type_name::<T>());
     typed
 }
@@ -277,4 +280,47 @@ fn the_document_names_every_schema() {
     }
     let slave = &schemas["Slave"]["properties"];
     assert!(slave.get("compute_node_method").is_some());
+}
+
+/// Answers of a real server (`testbed up --agents 1`, after `testbed exec`,
+/// `testbed run examples/plans/smoke.yaml` and `testbed perf run
+/// examples/perf/healthz.yaml`), saved with curl: each must decode into its
+/// type and encode back to the same JSON.
+#[test]
+fn real_answers_round_trip() {
+    use std::collections::BTreeMap;
+    fn answer(text: &str) -> Value {
+        serde_json::from_str(text).expect("saved answers are JSON")
+    }
+    macro_rules! check {
+        ($file:literal, $ty:ty) => {
+            round_trip::<$ty>(answer(include_str!(concat!("answers/", $file))))
+        };
+    }
+    let agents = check!("agents.json", Vec<agents::AgentInfo>);
+    assert!(agents[0].plugins.iter().any(|p| p.name == "linux_system"));
+    check!("slaves_detail.json", BTreeMap<String, agents::Slave>);
+    let slave = check!("slave.json", agents::Slave);
+    assert!(slave.uuid.is_some());
+    check!("task.json", tasks::TaskView);
+    check!("tasks_page.json", tasks::TaskPage);
+    check!("healthz.json", meta::Health);
+    check!("me.json", auth::UserView);
+    let run = check!("run.json", runs::Run);
+    assert_eq!(run.spec.steps.len(), run.steps.len());
+    check!("runs_page.json", page::Page<runs::RunSummary>);
+    check!("reports_page.json", page::Page<reports::ReportRecord>);
+    check!("report_cases.json", page::Page<reports::CaseRow>);
+    check!("projects_page.json", page::Page<projects::Project>);
+    check!(
+        "load_tests_page.json",
+        page::Page<performance::LoadTestItem>
+    );
+    check!("load_test.json", performance::LoadTest);
+    check!(
+        "perf_reports_page.json",
+        page::Page<performance::ReportItem>
+    );
+    let report = check!("perf_report.json", performance::PerfReport);
+    assert_eq!(report.thresholds.len(), 2);
 }
