@@ -623,22 +623,25 @@ fn grpc_proto_errors() {
     assert!(plain.contains("https://"), "{plain}");
     let scheme = failure("grpcs://127.0.0.1:1", None);
     assert!(scheme.contains("https://"), "{scheme}");
-    let half = failure(
-        "https://127.0.0.1:1",
-        Some(TlsOptions {
-            cert: Some("client.pem".into()),
-            ..TlsOptions::default()
-        }),
-    );
-    assert!(half.contains("tls.cert and tls.key go together"), "{half}");
-    let missing_ca = failure(
-        "https://127.0.0.1:1",
-        Some(TlsOptions {
-            ca: Some("nope.pem".into()),
-            ..TlsOptions::default()
-        }),
-    );
-    assert!(missing_ca.contains("nope.pem"), "{missing_ca}");
+    for (tls, says) in [
+        (
+            TlsOptions {
+                cert: Some("client.pem".into()),
+                ..TlsOptions::default()
+            },
+            "tls.cert and tls.key go together",
+        ),
+        (
+            TlsOptions {
+                ca: Some("nope.pem".into()),
+                ..TlsOptions::default()
+            },
+            "nope.pem",
+        ),
+    ] {
+        let message = failure("https://127.0.0.1:1", Some(tls));
+        assert!(message.contains(says), "{message}");
+    }
 }
 
 #[tokio::test]
