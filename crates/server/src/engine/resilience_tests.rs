@@ -196,6 +196,18 @@ async fn create_plan_run(state: &AppState, plan: &str) -> Run {
         .unwrap()
 }
 
+/// The run once it has ended, or `None` after a pause of 50 ms; panics,
+/// saying `stuck` and where its steps are, once `deadline` has passed.
+async fn ended(state: &AppState, id: Uuid, deadline: Instant, stuck: &str) -> Option<Run> {
+    let (r, _) = load_run(state, id).await;
+    if r.status.is_terminal() {
+        return Some(r);
+    }
+    assert!(Instant::now() < deadline, "{stuck}: {:?}", r.steps);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    None
+}
+
 async fn complete_queued(state: &AppState) {
     let page = state.store.range(keys::TASKS, None, 0).await.unwrap();
     for kv in page.kvs {
@@ -204,16 +216,9 @@ async fn complete_queued(state: &AppState) {
             continue;
         };
         if t.status == TaskStatus::Queued {
-            let outcome = TaskOutcome {
-                status: TaskStatus::Succeeded,
-                exit_code: Some(0),
-                result: None,
-                error: None,
-                started_at: Some(testbed_core::now()),
-                finished_at: testbed_core::now(),
-                log_bytes: 0,
-            };
-            crate::dispatch::settle(state, t.id, outcome).await.unwrap();
+            crate::dispatch::settle(state, t.id, succeeded())
+                .await
+                .unwrap();
         }
     }
 }
@@ -250,16 +255,9 @@ async fn runs_move_while_the_engine_watches_break() {
         if !state.loops.failing().is_empty() {
             seen_failing = true;
         }
-        let (r, _) = load_run(&state, run.id).await;
-        if r.status.is_terminal() {
+        if let Some(r) = ended(&state, run.id, deadline, "the run stopped moving").await {
             break r;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the run stopped moving: {:?}",
-            r.steps
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(done.status, RunStatus::Passed, "{:?}", done.steps);
     assert!(seen_failing, "the failing watches were never reported");
@@ -300,13 +298,10 @@ async fn runs_move_while_the_engine_watches_break() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         complete_queued(&state).await;
-        let (r, _) = load_run(&state, second.id).await;
-        if r.status.is_terminal() {
+        if let Some(r) = ended(&state, second.id, deadline, "second run stuck").await {
             assert_eq!(r.status, RunStatus::Passed, "{:?}", r.steps);
             break;
         }
-        assert!(Instant::now() < deadline, "second run stuck: {:?}", r.steps);
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(state.loops.failing().is_empty());
 
@@ -449,12 +444,9 @@ async fn lose_first_attempt(retries: u32) -> Run {
         } else {
             complete_queued(&state).await;
         }
-        let (r, _) = load_run(&state, run.id).await;
-        if r.status.is_terminal() {
+        if let Some(r) = ended(&state, run.id, deadline, "run stuck").await {
             break r;
         }
-        assert!(Instant::now() < deadline, "run stuck: {:?}", r.steps);
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     engine.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -543,12 +535,9 @@ async fn runs_in_the_single_record_layout_are_migrated_and_finish() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let finished = loop {
         complete_queued(&state).await;
-        let (r, _) = load_run(&state, active.id).await;
-        if r.status.is_terminal() {
+        if let Some(r) = ended(&state, active.id, deadline, "old run stuck").await {
             break r;
         }
-        assert!(Instant::now() < deadline, "old run stuck: {:?}", r.steps);
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     engine.stop().await;
     assert_eq!(finished.status, RunStatus::Passed, "{:?}", finished.steps);
