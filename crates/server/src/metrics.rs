@@ -187,8 +187,8 @@ fn latency_histogram() -> Histogram {
     ])
 }
 
-/// Dispatch takes milliseconds when all is well; a backlog or a slow store
-/// makes it seconds, a task held up by a reconnecting agent minutes.
+/// Dispatch takes milliseconds when all is well; a backlog of watch events
+/// or a slow store makes it seconds.
 fn dispatch_histogram() -> Histogram {
     Histogram::new([
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
