@@ -457,7 +457,7 @@ fn compare_detects_regression_and_fix() {
 }
 
 fn run_kit_to(kit: &Path, json: &Path) {
-    let out = testbed(&["tck", "run", arg(&kit), "--json", arg(&json)]);
+    let out = testbed(&["tck", "run", arg(kit), "--json", arg(json)]);
     assert!(json.exists(), "{}", text(&out));
 }
 
