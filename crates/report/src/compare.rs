@@ -512,28 +512,29 @@ mod tests {
         r
     }
 
+    type Row<'a> = (&'a str, &'a str, Outcome);
+
+    /// Reports "a" and "b": row k holds the k-th case of each (not
+    /// necessarily one test seen twice), then each report's suite duration.
+    fn reports(rows: &[(Row, Row)], suite_ms: (u64, u64)) -> (Report, Report) {
+        let (before, after): (Vec<Row>, Vec<Row>) = rows.iter().copied().unzip();
+        (
+            report("a", &before, suite_ms.0),
+            report("b", &after, suite_ms.1),
+        )
+    }
+
     #[test]
     fn finds_regressions_fixes_new_removed() {
         use Outcome::*;
-        let a = report(
-            "a",
+        let (a, b) = reports(
             &[
-                ("x.t", "1", Pass),
-                ("x.t", "2", Fail),
-                ("x.t", "3", Pass),
-                ("y.t", "1", Pass),
+                (("x.t", "1", Pass), ("x.t", "1", Fail)),
+                (("x.t", "2", Fail), ("x.t", "2", Pass)),
+                (("x.t", "3", Pass), ("x.t", "4", Pass)),
+                (("y.t", "1", Pass), ("y.t", "1", Skip)),
             ],
-            1000,
-        );
-        let b = report(
-            "b",
-            &[
-                ("x.t", "1", Fail),
-                ("x.t", "2", Pass),
-                ("x.t", "4", Pass),
-                ("y.t", "1", Skip),
-            ],
-            2000,
+            (1000, 2000),
         );
         let c = compare(&a, &b, Thresholds::default());
         assert_eq!(c.regressions.len(), 1);
@@ -576,19 +577,17 @@ mod tests {
     #[test]
     fn suite_by_suite_matches_the_whole_report_index() {
         use Outcome::*;
-        // Row k is the k-th case of each report, not a pair of one test.
-        let (before, after): (Vec<_>, Vec<_>) = [
-            (("s1", "x", Pass), ("s1", "y", Fail)),
-            (("s1", "x", Fail), ("s1", "x", Pass)),
-            (("s1", "y", Pass), ("s1", "x", Pass)),
-            (("s1", "z", Error), ("s1", "new", Skip)),
-            (("s2", "p", Pass), ("s2", "p", Fail)),
-            (("s3", "gone", Pass), ("s4", "fresh", Pass)),
-        ]
-        .into_iter()
-        .unzip();
-        let mut a = report("a", &before, 100);
-        let mut b = report("b", &after, 400);
+        let (mut a, mut b) = reports(
+            &[
+                (("s1", "x", Pass), ("s1", "y", Fail)),
+                (("s1", "x", Fail), ("s1", "x", Pass)),
+                (("s1", "y", Pass), ("s1", "x", Pass)),
+                (("s1", "z", Error), ("s1", "new", Skip)),
+                (("s2", "p", Pass), ("s2", "p", Fail)),
+                (("s3", "gone", Pass), ("s4", "fresh", Pass)),
+            ],
+            (100, 400),
+        );
         a.suites[1].cases[0].duration_ms = 1000;
         b.suites[1].cases[0].duration_ms = 3000;
         let names = |r: &Report| {

@@ -236,7 +236,7 @@ impl ServerCertVerifier for LeafVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::{ClientConnection, ServerConnection};
+    use rustls::{ClientConnection, Connection, ServerConnection};
 
     // Made with `openssl req -x509` (the CA, whose key was thrown away) and
     // `openssl x509 -req` (the server, for localhost and 127.0.0.1), valid
@@ -257,32 +257,40 @@ mod tests {
         name: &str,
     ) -> Result<Option<Vec<u8>>, rustls::Error> {
         let name = ServerName::try_from(name.to_string()).unwrap();
-        let mut c = ClientConnection::new(Arc::new(client), name)?;
-        let mut s = ServerConnection::new(Arc::new(server))?;
+        let mut c = Connection::Client(ClientConnection::new(Arc::new(client), name)?);
+        let mut s = Connection::Server(ServerConnection::new(Arc::new(server))?);
         for _ in 0..10 {
-            let mut wire = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut wire).unwrap();
-            }
-            let mut rd = &wire[..];
-            while !rd.is_empty() {
-                s.read_tls(&mut rd).unwrap();
-                s.process_new_packets()?;
-            }
-            let mut wire = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut wire).unwrap();
-            }
-            let mut rd = &wire[..];
-            while !rd.is_empty() {
-                c.read_tls(&mut rd).unwrap();
-                c.process_new_packets()?;
-            }
+            transfer(&mut c, &mut s)?;
+            transfer(&mut s, &mut c)?;
             if !c.is_handshaking() && !s.is_handshaking() {
                 return Ok(c.alpn_protocol().map(<[u8]>::to_vec));
             }
         }
         panic!("the handshake did not finish");
+    }
+
+    /// Everything `from` has to send, received and processed by `to`.
+    fn transfer(from: &mut Connection, to: &mut Connection) -> Result<(), rustls::Error> {
+        let mut wire = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut wire).unwrap();
+        }
+        let mut rd = &wire[..];
+        while !rd.is_empty() {
+            to.read_tls(&mut rd).unwrap();
+            to.process_new_packets()?;
+        }
+        Ok(())
+    }
+
+    /// The client refuses the server's certificate when dialling `name`.
+    fn assert_refused(trust: Trust, name: &str) {
+        let client = client_config(trust, None, &[]).unwrap();
+        let err = handshake(client, server(&[]), name).unwrap_err();
+        assert!(
+            matches!(err, rustls::Error::InvalidCertificate(_)),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -295,30 +303,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
-        let err = handshake(
-            client_config(trust(), None, &[]).unwrap(),
-            server(&[]),
-            "elsewhere.example",
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, rustls::Error::InvalidCertificate(_)),
-            "{err:?}"
-        );
+        assert_refused(trust(), "elsewhere.example");
     }
 
     #[test]
     fn web_roots_refuse_a_self_signed_certificate() {
-        let err = handshake(
-            client_config(Trust::WebRoots, None, &[]).unwrap(),
-            server(&[]),
-            "localhost",
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, rustls::Error::InvalidCertificate(_)),
-            "{err:?}"
-        );
+        assert_refused(Trust::WebRoots, "localhost");
     }
 
     #[test]
