@@ -191,6 +191,18 @@ impl Daemon {
     }
 
     /// Waits until `socket` accepts connections.
+    /// Spawns `cmd` and waits until it listens on `socket`.
+    fn serving(
+        name: &'static str,
+        dir: tempfile::TempDir,
+        cmd: Command,
+        socket: PathBuf,
+    ) -> (Daemon, PathBuf) {
+        let mut daemon = Daemon::spawn(name, dir, cmd);
+        daemon.wait_socket(&socket);
+        (daemon, socket)
+    }
+
     fn wait_socket(&mut self, socket: &Path) {
         for _ in 0..600 {
             if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -261,9 +273,7 @@ fn dockerd(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
             "--bridge=none",
             "--userland-proxy=false",
         ]);
-    let mut daemon = Daemon::spawn("dockerd", dir, cmd);
-    daemon.wait_socket(&socket);
-    (daemon, socket)
+    Daemon::serving("dockerd", dir, cmd, socket)
 }
 
 /// Runs the container-engine suite `suite` against `daemon` listening on
@@ -333,9 +343,7 @@ fn podman_service(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
         .arg(d.join("run"))
         .args(["--storage-driver", "vfs", "system", "service", "--time=0"])
         .arg(format!("unix://{}", socket.display()));
-    let mut daemon = Daemon::spawn("podman", dir, cmd);
-    daemon.wait_socket(&socket);
-    (daemon, socket)
+    Daemon::serving("podman", dir, cmd, socket)
 }
 
 #[test]
@@ -386,9 +394,7 @@ fn containerd(dir: tempfile::TempDir) -> (Daemon, PathBuf) {
     .expect("config");
     let mut cmd = Command::new("containerd");
     cmd.arg("--config").arg(&config);
-    let mut daemon = Daemon::spawn("containerd", dir, cmd);
-    daemon.wait_socket(&socket);
-    (daemon, socket)
+    Daemon::serving("containerd", dir, cmd, socket)
 }
 
 #[test]
