@@ -20,6 +20,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod error;
 pub mod meta;
 pub mod page;
 pub mod performance;
@@ -35,6 +36,7 @@ use utoipa::OpenApi;
 /// document, so a type is documented even before a handler names it.
 #[derive(OpenApi)]
 #[openapi(components(schemas(
+    error::ErrorBody,
     meta::Health,
     auth::LoginRequest,
     auth::LoginResponse,

@@ -82,6 +82,18 @@ fn tasks_as_sent() {
 }
 
 #[test]
+fn errors_as_sent() {
+    let e: error::ErrorBody = round_trip(json!({
+        "error": "invalid request",
+        "details": [{"field": "/parameters/command", "message": "missing parameter `command`"}]
+    }));
+    assert_eq!(e.details[0].field, "/parameters/command");
+    // Only a 422 has details.
+    let e: error::ErrorBody = round_trip(json!({"error": "no task 3f2a (404)"}));
+    assert!(e.details.is_empty());
+}
+
+#[test]
 fn a_missing_field_is_named() {
     let mut v = task();
     v.as_object_mut().unwrap().remove("status");
@@ -244,6 +256,7 @@ fn the_document_names_every_schema() {
     let doc = serde_json::to_value(Schemas::openapi()).expect("encodes");
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
     for name in [
+        "ErrorBody",
         "Health",
         "LoginRequest",
         "LoginResponse",

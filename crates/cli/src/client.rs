@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use testbed_agent::tls::ClientConfig;
 use testbed_api::auth::{LoginRequest, LoginResponse};
+use testbed_api::error::ErrorBody;
 use testbed_api::page::Page;
+use testbed_core::schema::FieldError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Credentials {
@@ -140,7 +142,7 @@ pub struct ApiFailure {
     pub status: u16,
     pub message: String,
     /// `details` of a 422: one entry per offending field.
-    pub details: serde_json::Value,
+    pub details: Vec<FieldError>,
 }
 
 impl std::fmt::Display for ApiFailure {
@@ -309,17 +311,16 @@ impl Client {
             return Ok(resp);
         }
         let text = resp.text().await.unwrap_or_default();
-        let parsed = serde_json::from_str::<serde_json::Value>(&text).ok();
-        let message = parsed
-            .as_ref()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or(text);
+        // Not every failure is the API's `{"error": …}` (a proxy's page, a
+        // plain-text 502): then the text itself is the message.
+        let (message, details) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => (body.error, body.details),
+            Err(_) => (text, Vec::new()),
+        };
         Err(ApiFailure {
             status: status.as_u16(),
             message,
-            details: parsed
-                .and_then(|v| v.get("details").cloned())
-                .unwrap_or(serde_json::Value::Null),
+            details,
         }
         .into())
     }

@@ -1,12 +1,12 @@
 //! Validation of task parameters against a method's JSON schema, done on the
 //! server before a task is dispatched so bad input never reaches an agent.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 /// One reason parameters were refused, naming the field.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FieldError {
     /// JSON pointer into the request, such as `/parameters/command`.
     pub field: String,

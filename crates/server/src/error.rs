@@ -12,16 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use testbed_core::schema::FieldError;
 use testbed_store::StoreError;
-use utoipa::ToSchema;
 
-/// The body of every error response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-    /// Per-field problems (422 only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub details: Vec<FieldError>,
-}
+pub use testbed_api::error::ErrorBody;
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -379,10 +379,11 @@ fn print_problems(file: &Path, err: &anyhow::Error) -> bool {
     if f.status != 422 {
         return false;
     }
-    match f.details.as_array() {
-        Some(list) if !list.is_empty() => {
+    match f.details.as_slice() {
+        [] => eprintln!("{}: {}", file.display(), f.message),
+        list => {
             for d in list {
-                let field = d["field"].as_str().unwrap_or("");
+                let field = d.field.as_str();
                 // "steps[1].depends_on[0] (line 9, column 17)"
                 let (path, loc) = match field.split_once(" (line ") {
                     Some((p, rest)) => {
@@ -392,14 +393,9 @@ fn print_problems(file: &Path, err: &anyhow::Error) -> bool {
                     }
                     None => (field.to_string(), String::new()),
                 };
-                eprintln!(
-                    "{}:{loc}{path}: {}",
-                    file.display(),
-                    d["message"].as_str().unwrap_or("")
-                );
+                eprintln!("{}:{loc}{path}: {}", file.display(), d.message);
             }
         }
-        _ => eprintln!("{}: {}", file.display(), f.message),
     }
     true
 }
