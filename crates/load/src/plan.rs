@@ -1,6 +1,7 @@
-//! The plan: what to request (scenario), how hard (closed or open workload
-//! model with k6-style stages), limits and pass/fail thresholds; its
-//! validation with field-naming errors and its split across agents.
+//! The load profile ([`LoadProfile`]): what to request (scenario), how hard
+//! (closed or open workload model with k6-style stages), limits and
+//! pass/fail thresholds; its validation with field-naming errors and its
+//! split across agents.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
