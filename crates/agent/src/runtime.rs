@@ -23,13 +23,13 @@ use testbed_core::agent::{AgentProfile, PluginSpec};
 use testbed_core::protocol::{AgentMessage, Hello, ServerMessage, PROTOCOL_VERSION};
 use testbed_core::task::{Artifact, Task, TaskOutcome, TaskStatus};
 use thiserror::Error;
-use tracing::Instrument as _;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::config::AgentConfig;
@@ -654,8 +654,7 @@ impl Agent {
                 let agent = self.clone();
                 let span = execute_span(&task, traceparent.as_deref());
                 tokio::spawn(
-                    async move { agent.run_task(*task, cancel, control_rx).await }
-                        .instrument(span),
+                    async move { agent.run_task(*task, cancel, control_rx).await }.instrument(span),
                 );
             }
             ServerMessage::Cancel { task_id } => {

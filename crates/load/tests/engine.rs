@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use testbed_load::{
-    merge_windows, Check, DataSource, EndReason, Load, Order, LoadProfile, Protocol, RequestSpec,
+    merge_windows, Check, DataSource, EndReason, Load, LoadProfile, Order, Protocol, RequestSpec,
     SeedConfig, Stage, StatusMatch, Window,
 };
 
