@@ -372,10 +372,10 @@ pub async fn cancel_run(
     c.require(Role::Operator)?;
     let id = parse_uuid("run", &id)?;
     run_owner_check(&state, &c, &id).await?;
-    let run = engine::cancel_run(&state, id)
+    let engine::Cancelled { run, already_ended } = engine::cancel_run(&state, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    if run.status.is_terminal() {
+    if already_ended {
         return Err(ApiError::conflict(format!(
             "run {id} already ended ({:?})",
             run.status

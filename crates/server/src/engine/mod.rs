@@ -1353,9 +1353,14 @@ async fn resume_after(
 }
 
 /// Requests cancellation of a run. Returns the run with its steps.
-pub async fn cancel_run(state: &AppState, id: Uuid) -> Result<Option<Run>, RecordError> {
+pub async fn cancel_run(state: &AppState, id: Uuid) -> Result<Option<Cancelled>, RecordError> {
+    // Whether the run had ended is decided inside the compare-and-swap, on
+    // the record this cancel changes: read afterwards, a run the reconciler
+    // cancelled at once (no task running yet) would look "already ended".
+    let mut already_ended = false;
     let run = run_store::update(&state.store, &id, |r| {
-        if r.status.is_terminal() || r.cancel_requested {
+        already_ended = r.status.is_terminal();
+        if already_ended || r.cancel_requested {
             false
         } else {
             r.cancel_requested = true;
@@ -1371,9 +1376,22 @@ pub async fn cancel_run(state: &AppState, id: Uuid) -> Result<Option<Run>, Recor
             .await?;
     }
     Ok(match run {
-        Some(_) => run_store::load(&state.store, &id).await?.map(|l| l.run),
+        Some(_) => run_store::load(&state.store, &id)
+            .await?
+            .map(|l| Cancelled {
+                run: l.run,
+                already_ended,
+            }),
         None => None,
     })
+}
+
+/// What [`cancel_run`] found and left.
+pub struct Cancelled {
+    /// The run after the cancel request (it may have ended since).
+    pub run: Run,
+    /// It had ended before this request: nothing was cancelled.
+    pub already_ended: bool,
 }
 
 /// Checks that what a plan calls exists on some registered agent.
