@@ -479,5 +479,5 @@ async fn a_lost_load_agent_is_recorded_and_the_rest_carry_on() {
         .filter_map(Value::as_u64)
         .collect();
     let span = stamps.last().unwrap_or(&0) - stamps.first().unwrap_or(&0);
-    assert!(span >= 6, "the survivor ran its whole hold: {stamps:?}");
+    assert!(span >= 6, "the survivor ran its whole hold: {stamps:?} {r}");
 }
