@@ -167,6 +167,13 @@ pub fn read_compact(reader: impl Read) -> Result<CompactReport, ReportError> {
     Ok(report)
 }
 
+/// Reads a report held as a JSON value (a task's result) into the compact
+/// form, without copying the value or making a [`Case`] of each bare pass.
+/// Like `serde_json::from_value::<Report>`, it does not check `kind` and `v`.
+pub fn compact_from_value(value: &serde_json::Value) -> Result<CompactReport, ReportError> {
+    ReportSeed.deserialize(value).map_err(json_error)
+}
+
 struct ReportSeed;
 
 impl<'de> DeserializeSeed<'de> for ReportSeed {
@@ -302,8 +309,133 @@ impl<'de> Visitor<'de> for CasesSeed<'_> {
         f.write_str("a sequence of cases")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(case) = seq.next_element::<Case>()? {
-            self.list.push(case);
+        while seq
+            .next_element_seed(CaseSeed {
+                list: &mut *self.list,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+}
+
+/// One case, read straight into a [`CaseList`]: a bare pass costs its name's
+/// bytes in the list and no allocation of its own (the name is copied from
+/// the parser's buffer into the list as it is read). Reads what the derived
+/// `Deserialize` of [`Case`] reads, with the same defaults and errors.
+struct CaseSeed<'a> {
+    list: &'a mut CaseList,
+}
+
+impl<'de> DeserializeSeed<'de> for CaseSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_struct("Case", CASE_FIELDS, self)
+    }
+}
+
+const CASE_FIELDS: &[&str] = &[
+    "name",
+    "outcome",
+    "duration_ms",
+    "message",
+    "output",
+    "log_url",
+    "artifacts",
+    "started_at",
+    "agent",
+    "attempts",
+    "properties",
+];
+
+/// A key of a case object: the index of a known field in [`CASE_FIELDS`], or
+/// `None` for one to ignore; read without allocating.
+struct CaseKey;
+
+impl<'de> DeserializeSeed<'de> for CaseKey {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CaseKey {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("field identifier")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(CASE_FIELDS.iter().position(|f| *f == v))
+    }
+}
+
+/// A case's name, appended to the list's name buffer.
+struct NameInto<'a> {
+    list: &'a mut CaseList,
+}
+
+impl<'de> DeserializeSeed<'de> for NameInto<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_string(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameInto<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.list.push_name_part(v);
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for CaseSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("struct Case")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mark = self.list.name_mark();
+        let mut seen = 0u32;
+        let mut outcome = None;
+        let mut c = Case::new(String::new(), crate::Outcome::Pass);
+        while let Some(key) = map.next_key_seed(CaseKey)? {
+            let Some(k) = key else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if seen & (1 << k) != 0 {
+                return Err(de::Error::duplicate_field(CASE_FIELDS[k]));
+            }
+            seen |= 1 << k;
+            match k {
+                0 => map.next_value_seed(NameInto {
+                    list: &mut *self.list,
+                })?,
+                1 => outcome = Some(map.next_value()?),
+                2 => c.duration_ms = map.next_value()?,
+                3 => c.message = map.next_value()?,
+                4 => c.output = map.next_value()?,
+                5 => c.log_url = map.next_value()?,
+                6 => c.artifacts = map.next_value()?,
+                7 => c.started_at = map.next_value()?,
+                8 => c.agent = map.next_value()?,
+                9 => c.attempts = map.next_value()?,
+                _ => c.properties = map.next_value()?,
+            }
+        }
+        if seen & 1 == 0 {
+            return Err(de::Error::missing_field("name"));
+        }
+        c.outcome = outcome.ok_or_else(|| de::Error::missing_field("outcome"))?;
+        if crate::view::is_bare(&c) {
+            self.list.finish_bare(mark);
+        } else {
+            c.name = self.list.take_name(mark);
+            self.list.push(c);
         }
         Ok(())
     }

@@ -120,6 +120,37 @@ impl CaseList {
         }
     }
 
+    /// Appends `part` to the name of the case being read (see
+    /// [`CaseList::finish_bare`]): a reader writes a bare case's name straight
+    /// into the list, without a `String` of its own.
+    pub(crate) fn push_name_part(&mut self, part: &str) {
+        self.names.push_str(part);
+    }
+
+    /// Where the name of the next case starts, for [`CaseList::finish_bare`].
+    pub(crate) fn name_mark(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Ends the case whose name was appended since `mark` as a bare pass; a
+    /// list too long for its offsets keeps it whole instead.
+    pub(crate) fn finish_bare(&mut self, mark: usize) {
+        match u32::try_from(self.names.len()) {
+            Ok(end) => self.ends.push(end),
+            Err(_) => {
+                let name = self.take_name(mark);
+                self.push(Case::new(name, Outcome::Pass));
+            }
+        }
+    }
+
+    /// Takes back the name appended since `mark`, for a case kept whole.
+    pub(crate) fn take_name(&mut self, mark: usize) -> String {
+        let name = self.names.get(mark..).unwrap_or_default().to_string();
+        self.names.truncate(mark.min(self.names.len()));
+        name
+    }
+
     fn whole_index(&self, i: usize) -> Option<usize> {
         let i = u32::try_from(i).ok()?;
         self.whole_at.binary_search(&i).ok()

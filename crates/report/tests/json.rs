@@ -216,3 +216,54 @@ fn a_bare_pass_costs_its_name_plus_thirty_bytes() {
     // "case 001000" is 11 bytes: {"name":"…","outcome":"pass"}, plus ",\n".
     assert_eq!((two - one) / 1000, 11 + 30);
 }
+
+/// The streaming reader's cases (read into the compact list without a record
+/// each) agree with the derived reader of `from_json`: any field order, escaped
+/// names, unknown fields and nulls read the same; a duplicate or missing field
+/// is an error in both. `compact_from_value` (task results) reads the same.
+#[test]
+fn streaming_cases_read_as_from_json_does() {
+    let doc = |cases: &str| {
+        format!(
+            r#"{{"kind":"report","v":1,"id":"x","name":"n","created_at":"2024-05-01T12:00:00Z","suites":[{{"name":"s","cases":[{cases}]}}]}}"#
+        )
+    };
+    let good = doc(concat!(
+        r#"{"outcome":"pass","name":"late name"},"#,
+        r#"{"name":"esc \"q\" \u00e9\n","outcome":"pass","extra":[1,{"a":2}]},"#,
+        r#"{"name":"n","outcome":"fail","message":null,"duration_ms":5,"attempts":2},"#,
+        r#"{"duration_ms":0,"name":"zero","outcome":"pass","agent":null},"#,
+        r#"{"name":"with props","outcome":"pass","properties":{"k":"v"}},"#,
+        r#"{"name":"","outcome":"skip","message":"why"}"#
+    ));
+    let whole = testbed_report::from_json(&good).unwrap();
+    let compact = testbed_report::read_compact(good.as_bytes()).unwrap();
+    assert_eq!(compact.clone().into_report(), whole);
+    let value: serde_json::Value = serde_json::from_str(&good).unwrap();
+    assert_eq!(
+        testbed_report::json::compact_from_value(&value).unwrap(),
+        compact
+    );
+    assert_eq!(whole.suites[0].cases[1].name, "esc \"q\" é\n");
+    // Bare passes are kept as names only; the rest whole.
+    assert_eq!(compact.lists[0].whole().count(), 3);
+    for bad in [
+        r#"{"name":"a","name":"b","outcome":"pass"}"#,
+        r#"{"name":"a","outcome":"pass","duration_ms":1,"duration_ms":2}"#,
+        r#"{"outcome":"pass"}"#,
+        r#"{"name":"a"}"#,
+        r#"{"name":"a","outcome":"maybe"}"#,
+        r#"{"name":7,"outcome":"pass"}"#,
+    ] {
+        let text = doc(bad);
+        // The message, not the column: the two readers (a slice, a stream)
+        // may place the same error a byte apart.
+        let message = |e: ReportError| match e {
+            ReportError::Json { message, line, .. } => (line, message),
+            other => panic!("{bad}: {other}"),
+        };
+        let a = message(testbed_report::from_json(&text).unwrap_err());
+        let b = message(testbed_report::read_compact(text.as_bytes()).unwrap_err());
+        assert_eq!(a, b, "{bad}");
+    }
+}
