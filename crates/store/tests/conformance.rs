@@ -96,6 +96,7 @@ macro_rules! conformance {
                 watch_replays_many_transactions,
                 concurrent_cas_increments_lose_nothing,
                 concurrent_writers_get_gap_free_revisions,
+                concurrent_cas_on_one_revision_lets_exactly_one_win,
             );
         }
     };
@@ -1072,6 +1073,70 @@ mod cases {
         assert_eq!(kv.value, (TASKS * EACH).to_string().into_bytes());
         assert_eq!(kv.version, (TASKS * EACH) as i64);
         assert_eq!(Some(&kv.mod_revision), wins.keys().last());
+    }
+
+    /// Many compare-and-swaps released at once against the same expected
+    /// revision (on the embedded store they land in one group commit): exactly
+    /// one wins, every other sees the conflict and wrote nothing, and plain
+    /// writes racing alongside them are not disturbed by the failed ones.
+    pub async fn concurrent_cas_on_one_revision_lets_exactly_one_win(s: &DynStore) {
+        const CONTENDERS: usize = 32;
+        for round in 0..5 {
+            let key = format!("/race/{round}");
+            // Even rounds race to create the key, odd ones to update it.
+            let compare = if round % 2 == 0 {
+                Compare::Absent
+            } else {
+                let rev = s.put(&key, b"seed".to_vec(), None).await.unwrap();
+                Compare::ModRevision(rev)
+            };
+            let before = s.get(&key).await.unwrap();
+            let gate = Arc::new(tokio::sync::Barrier::new(CONTENDERS * 2));
+            let mut tasks = Vec::new();
+            for i in 0..CONTENDERS {
+                let (s2, key2, gate2) = (s.clone(), key.clone(), gate.clone());
+                tasks.push(tokio::spawn(async move {
+                    let (s, key, gate) = (s2, key2, gate2);
+                    gate.wait().await;
+                    // Two keys per transaction: the loser must write neither.
+                    let ops = vec![
+                        put_op(&key, &format!("w{i}")),
+                        put_op(&format!("{key}/by/{i}"), "x"),
+                    ];
+                    (i, s.txn(&[(key.clone(), compare)], ops).await.unwrap())
+                }));
+                let (s2, key2, gate2) = (s.clone(), key.clone(), gate.clone());
+                tasks.push(tokio::spawn(async move {
+                    let (s, key, gate) = (s2, key2, gate2);
+                    gate.wait().await;
+                    let rev = s
+                        .put(&format!("{key}/plain/{i}"), b"p".to_vec(), None)
+                        .await
+                        .unwrap();
+                    (usize::MAX, Some(rev))
+                }));
+            }
+            let mut winners = Vec::new();
+            for task in tasks {
+                let (i, result) = task.await.unwrap();
+                if i != usize::MAX {
+                    if let Some(rev) = result {
+                        winners.push((i, rev));
+                    }
+                }
+            }
+            assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+            let (winner, rev) = winners[0];
+            let kv = s.get(&key).await.unwrap().unwrap();
+            assert_eq!(kv.value, format!("w{winner}").into_bytes());
+            assert_eq!(kv.mod_revision, rev);
+            assert_eq!(kv.version, before.map_or(1, |b| b.version + 1));
+            let by = s.range(&format!("{key}/by/"), None, 0).await.unwrap();
+            let by: Vec<&str> = by.kvs.iter().map(|kv| kv.key.as_str()).collect();
+            assert_eq!(by, vec![format!("{key}/by/{winner}")], "round {round}");
+            let plain = s.range(&format!("{key}/plain/"), None, 0).await.unwrap();
+            assert_eq!(plain.kvs.len(), CONTENDERS, "round {round}");
+        }
     }
 
     /// Concurrent writers of different keys: every write takes the next
