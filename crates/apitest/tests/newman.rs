@@ -36,6 +36,8 @@ fn echo_app() -> Router {
         .route("/digest-auth", get(digest_auth))
         .route("/oauth1", any(oauth1_auth))
         .route("/auth/hawk", any(hawk_auth))
+        .route("/aws/{*rest}", any(aws_auth))
+        .route("/edgegrid/{*rest}", any(edgegrid_auth))
         .route("/response-headers", get(response_headers))
         .route("/post", any(echo_body))
         .route("/put", any(echo_body))
@@ -444,6 +446,234 @@ async fn hawk_auth(method: Method, uri: OriginalUri, headers: HeaderMap) -> Resp
     }
 }
 
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data)
+        .as_ref()
+        .to_vec()
+}
+
+/// A header's values as the signing specs canonicalise them: trimmed, runs of
+/// spaces as one, repeated headers joined with commas.
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// The secret of the access key AKIDEXAMPLE (AWS's example credentials).
+const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+
+/// Verifies AWS Signature V4, in the headers or in the query, written from
+/// AWS's description of the canonical request (not from the signer): the
+/// path as received encoded again segment by segment (once only for S3),
+/// every query parameter but the signature encoded and sorted, the headers
+/// named in SignedHeaders, the SHA-256 of the body as received. Answers what
+/// it verified, for the collection's tests to check.
+async fn aws_auth(
+    method: Method,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let uri = uri.0;
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let q = |k: &str| {
+        query
+            .iter()
+            .find(|(qk, _)| qk == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let auth = authorization(&headers);
+    let in_query = query.iter().any(|(k, _)| k == "X-Amz-Signature");
+    let (credential, signed, signature, datetime) = if in_query {
+        (
+            q("X-Amz-Credential"),
+            q("X-Amz-SignedHeaders"),
+            q("X-Amz-Signature"),
+            q("X-Amz-Date"),
+        )
+    } else {
+        let f: BTreeMap<&str, &str> = auth
+            .strip_prefix("AWS4-HMAC-SHA256 ")
+            .unwrap_or("")
+            .split(", ")
+            .filter_map(|p| p.split_once('='))
+            .collect();
+        let get = |k: &str| f.get(k).map_or(String::new(), |v| v.to_string());
+        (
+            get("Credential"),
+            get("SignedHeaders"),
+            get("Signature"),
+            header_text(&headers, "x-amz-date").unwrap_or_default(),
+        )
+    };
+    let scope: Vec<&str> = credential.splitn(2, '/').collect();
+    let (key_id, scope) = (scope[0], scope.get(1).copied().unwrap_or(""));
+    let parts: Vec<&str> = scope.split('/').collect();
+    let [date, region, service, "aws4_request"] = parts[..] else {
+        return json_reply(
+            StatusCode::FORBIDDEN,
+            &json!({"authenticated": false, "error": "bad credential scope", "auth": auth}),
+        );
+    };
+    let path = if service == "s3" {
+        uri.path().to_string()
+    } else {
+        uri.path()
+            .split('/')
+            .map(rfc3986)
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let mut canonical_query: Vec<(String, String)> = query
+        .iter()
+        .filter(|(k, _)| k != "X-Amz-Signature")
+        .map(|(k, v)| (rfc3986(k), rfc3986(v)))
+        .collect();
+    canonical_query.sort();
+    let canonical_query = canonical_query
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let canonical_headers: String = signed
+        .split(';')
+        .map(|name| {
+            format!(
+                "{name}:{}\n",
+                header_text(&headers, name).unwrap_or_default()
+            )
+        })
+        .collect();
+    let body_hash = hex(&sha256(&body));
+    let hash_header = header_text(&headers, "x-amz-content-sha256");
+    let canonical = format!(
+        "{}\n{path}\n{canonical_query}\n{canonical_headers}\n{signed}\n{body_hash}",
+        method.as_str()
+    );
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{datetime}\n{scope}\n{}",
+        hex(&sha256(canonical.as_bytes()))
+    );
+    let mut key = format!("AWS4{AWS_SECRET}").into_bytes();
+    for part in [date, region, service, "aws4_request"] {
+        key = hmac_sha256(&key, part.as_bytes());
+    }
+    let want = hex(&hmac_sha256(&key, to_sign.as_bytes()));
+    let ok = key_id == "AKIDEXAMPLE"
+        && signature == want
+        && datetime.starts_with(date)
+        && signed.split(';').any(|h| h == "host")
+        && hash_header.as_ref().is_none_or(|h| *h == body_hash);
+    let token = if in_query {
+        q("X-Amz-Security-Token")
+    } else {
+        header_text(&headers, "x-amz-security-token").unwrap_or_default()
+    };
+    json_reply(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        },
+        &json!({
+            "authenticated": ok,
+            "inQuery": in_query,
+            "service": service,
+            "region": region,
+            "signedHeaders": signed,
+            "token": token,
+            "bodyHashHeader": hash_header,
+            "canonical": canonical,
+        }),
+    )
+}
+
+/// The client secret of client token `ct`, access token `at`.
+const EDGEGRID_SECRET: &str = "edgegrid-client-secret";
+
+/// Verifies Akamai EdgeGrid (EG1-HMAC-SHA256) from Akamai's client-auth
+/// description: method, scheme, host, path and query, the X-Test1/X-Test2
+/// headers (this server's headers to sign), the body's SHA-256 for a POST,
+/// and the header without its signature, tab-separated, signed with the
+/// HMAC of the timestamp.
+async fn edgegrid_auth(
+    method: Method,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let auth = authorization(&headers);
+    let Some(at) = auth.find("signature=") else {
+        return json_reply(StatusCode::UNAUTHORIZED, &json!({"authenticated": false}));
+    };
+    let (unsigned, signature) = (&auth[..at], &auth[at + "signature=".len()..]);
+    let f: BTreeMap<&str, &str> = unsigned
+        .strip_prefix("EG1-HMAC-SHA256 ")
+        .unwrap_or("")
+        .split(';')
+        .filter_map(|p| p.split_once('='))
+        .collect();
+    let get = |k: &str| f.get(k).copied().unwrap_or("");
+    let signed_headers: Vec<String> = ["x-test1", "x-test2"]
+        .iter()
+        .filter_map(|n| header_text(&headers, n).map(|v| format!("{n}:{v}")))
+        .collect();
+    let content_hash = if method == Method::POST && !body.is_empty() {
+        b64(&sha256(&body))
+    } else {
+        String::new()
+    };
+    let data = [
+        method.as_str(),
+        "http",
+        &header_text(&headers, "host").unwrap_or_default(),
+        uri.0.path_and_query().map_or("/", |p| p.as_str()),
+        &signed_headers.join("\t"),
+        &content_hash,
+        unsigned,
+    ]
+    .join("\t");
+    let key = b64(&hmac_sha256(
+        EDGEGRID_SECRET.as_bytes(),
+        get("timestamp").as_bytes(),
+    ));
+    let want = b64(&hmac_sha256(key.as_bytes(), data.as_bytes()));
+    let ok = get("client_token") == "ct" && get("access_token") == "at" && signature == want;
+    json_reply(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        },
+        &json!({"authenticated": ok, "signedHeaders": signed_headers.len(), "bodyHashed": !content_hash.is_empty()}),
+    )
+}
+
 async fn serve_on(port: u16) -> String {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -764,6 +994,79 @@ async fn auth_helpers_are_accepted_by_servers_that_check_them() {
     assert_all_pass(&run, 6);
     // The challenge and its answer are two requests, as Newman counts them.
     assert_eq!(run.stats.requests.executed, 8);
+}
+
+#[tokio::test]
+async fn awsv4_and_edgegrid_are_accepted_by_servers_that_verify_them() {
+    let base = serve().await;
+    let aws = |extra: Value| {
+        let mut a = json!({"accessKey": "AKIDEXAMPLE", "secretKey": "{{awsSecret}}"});
+        a.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"type": "awsv4", "awsv4": a})
+    };
+    let edge = |extra: Value| {
+        let mut a = json!({"clientToken": "ct", "accessToken": "at", "clientSecret": "edgegrid-client-secret"});
+        a.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"type": "edgegrid", "edgegrid": a})
+    };
+    let item = |name: &str,
+                method: &str,
+                path: &str,
+                auth: Value,
+                body: Value,
+                header: Value,
+                test: &str| {
+        let mut i = get_item(name, format!("{base}{path}"), test);
+        i["request"]["auth"] = auth;
+        i["request"]["method"] = json!(method);
+        i["request"]["body"] = body;
+        i["request"]["header"] = header;
+        i
+    };
+    let none = json!({});
+    let no_headers = json!([]);
+    let raw = json!({"mode": "raw", "raw": "{\"k\": \"{{v}}\"}", "options": {"raw": {"language": "json"}}});
+    let form = json!({"mode": "urlencoded", "urlencoded": [{"key": "a b", "value": "c&d"}]});
+    let empty_hash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let text = v20(json!([
+        item("aws get", "GET", "/aws/a%20b/c?b=2&a=1&a=0&e=", aws(json!({"sessionToken": "tok"})), none.clone(), no_headers.clone(),
+             "pm.test('aws get', () => { const r = pm.response.json(); pm.expect(r.authenticated).to.equal(true); pm.expect([r.service, r.region, r.token, r.bodyHashHeader]).to.eql(['execute-api', 'us-east-1', 'tok', null]); pm.expect(r.signedHeaders).to.equal('host;x-amz-date;x-amz-security-token'); });"),
+        item("aws raw", "POST", "/aws/fn/invoke", aws(json!({"service": "lambda", "region": "eu-west-1"})), raw, json!([{"key": "X-Custom", "value": "  a   b "}, {"key": "X-Amz-Date", "value": "stale"}]),
+             "pm.test('aws raw', () => { const r = pm.response.json(); pm.expect(r.authenticated).to.equal(true); pm.expect(r.signedHeaders).to.equal('content-type;host;x-amz-content-sha256;x-amz-date;x-custom'); pm.expect(r.bodyHashHeader).to.have.lengthOf(64); });"),
+        item("aws form s3", "PUT", "/aws/bucket/key.txt", aws(json!({"service": "s3"})), form, no_headers.clone(),
+             "pm.test('aws form', () => { pm.response.to.have.status(200); pm.expect(pm.response.json().signedHeaders).to.include('x-amz-content-sha256'); });"),
+        item("aws s3 empty", "GET", "/aws/bucket/", aws(json!({"service": "s3", "region": "us-west-2"})), none.clone(), no_headers.clone(),
+             &format!("pm.test('aws s3 empty', () => pm.expect(pm.response.json().bodyHashHeader).to.equal('{empty_hash}'));")),
+        item("aws query", "GET", "/aws/q?x=1", aws(json!({"addAuthDataToQuery": true, "sessionToken": "qtok"})), none.clone(), no_headers.clone(),
+             "pm.test('aws query', () => { const r = pm.response.json(); pm.expect([r.authenticated, r.inQuery, r.token, r.signedHeaders]).to.eql([true, true, 'qtok', 'host']); });"),
+        item("aws wrong secret", "GET", "/aws/x", json!({"type": "awsv4", "awsv4": {"accessKey": "AKIDEXAMPLE", "secretKey": "nope"}}), none.clone(), no_headers.clone(),
+             "pm.test('aws refused', () => pm.response.to.have.status(403));"),
+        item("edgegrid get", "GET", "/edgegrid/x?p=1&q=2", edge(json!({})), none.clone(), no_headers.clone(),
+             "pm.test('edgegrid get', () => pm.expect(pm.response.json()).to.eql({authenticated: true, signedHeaders: 0, bodyHashed: false}));"),
+        item("edgegrid post", "POST", "/edgegrid/post", edge(json!({"headersToSign": "X-Test1, x-test2"})), json!({"mode": "raw", "raw": "datadata"}),
+             json!([{"key": "X-Test1", "value": "  one   two "}, {"key": "X-Test2", "value": "b"}]),
+             "pm.test('edgegrid post', () => pm.expect(pm.response.json()).to.eql({authenticated: true, signedHeaders: 2, bodyHashed: true}));"),
+        item("edgegrid base url", "GET", "/edgegrid/b", edge(json!({"baseURL": base})), none.clone(), no_headers.clone(),
+             "pm.test('edgegrid base url', () => pm.response.to.have.status(200));"),
+        item("edgegrid wrong secret", "GET", "/edgegrid/x", edge(json!({"clientSecret": "nope"})), none.clone(), no_headers.clone(),
+             "pm.test('edgegrid refused', () => pm.response.to.have.status(401));"),
+    ]));
+    let mut env = Vars::new();
+    env.set("awsSecret", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+    env.set("v", "body value");
+    let run = run_text(
+        &text,
+        RunOptions {
+            environment: env,
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    assert_all_pass(&run, 10);
 }
 
 // ------------------------------------------------------------ Newman's counts

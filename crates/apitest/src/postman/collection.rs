@@ -156,13 +156,13 @@ pub enum Auth {
         value: String,
         in_query: bool,
     },
-    /// digest, oauth1, oauth2 (token use) or hawk, with Postman's parameter
+    /// digest, oauth1, oauth2 (token use), hawk, awsv4 or edgegrid, with Postman's parameter
     /// names (`send.rs` and `auth.rs` read them).
     Helper {
         kind: String,
         params: Vec<(String, String)>,
     },
-    /// A type Postman has and this engine does not implement (awsv4, ntlm…);
+    /// A type Postman has and this engine does not implement (ntlm, jwt…);
     /// requests that use it end as errors.
     Unsupported(String),
 }
@@ -178,11 +178,14 @@ impl Auth {
 }
 
 /// Auth types this engine sends.
-const AUTH_SUPPORTED: [&str; 8] = [
-    "noauth", "basic", "bearer", "apikey", "digest", "oauth1", "oauth2", "hawk",
+const AUTH_SUPPORTED: [&str; 10] = [
+    "noauth", "basic", "bearer", "apikey", "digest", "oauth1", "oauth2", "hawk", "awsv4",
+    "edgegrid",
 ];
 /// Auth types Postman has but this engine does not implement.
-const AUTH_UNSUPPORTED: [&str; 6] = ["awsv4", "edgegrid", "ntlm", "jwt", "asap", "akamai"];
+/// ntlm: NTLMv2 is a three-message handshake that must stay on one
+/// kept-alive connection, which the run's pooled HTTP client does not pin.
+const AUTH_UNSUPPORTED: [&str; 4] = ["ntlm", "jwt", "asap", "akamai"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -849,7 +852,7 @@ impl Checker {
             "bearer" => Auth::Bearer {
                 token: get("token").unwrap_or_default(),
             },
-            "digest" | "oauth1" | "oauth2" | "hawk" => Auth::Helper {
+            "digest" | "oauth1" | "oauth2" | "hawk" | "awsv4" | "edgegrid" => Auth::Helper {
                 kind: ty.clone(),
                 params,
             },

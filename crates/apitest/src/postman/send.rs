@@ -407,6 +407,38 @@ pub(crate) fn build(
                         Err(what) => r.issues.push(Issue::Unsupported(what)),
                     }
                 }
+                ("awsv4", Some(u)) => {
+                    let payload = match &body {
+                        BuiltBody::Bytes(b) => Some(b.as_slice()),
+                        _ => None,
+                    };
+                    super::auth::awsv4(
+                        &params,
+                        &req.method,
+                        u,
+                        &mut out,
+                        payload,
+                        chrono::Utc::now(),
+                    );
+                }
+                ("edgegrid", Some(u)) => {
+                    let payload = match &body {
+                        BuiltBody::Bytes(b) => Some(b.as_slice()),
+                        _ => None,
+                    };
+                    match super::auth::edgegrid(
+                        &params,
+                        &req.method,
+                        u,
+                        &out,
+                        payload,
+                        chrono::Utc::now(),
+                    ) {
+                        Ok(Some(h)) => set_auth(&mut out, h),
+                        Ok(None) => {}
+                        Err(what) => r.issues.push(Issue::Invalid(what)),
+                    }
+                }
                 _ => {}
             }
         }
