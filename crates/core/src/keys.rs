@@ -93,9 +93,10 @@ pub fn active_run(id: &Uuid) -> String {
 pub const PERF_PLANS: &str = "/performance/plans/";
 pub const PERF_EXECUTIONS: &str = "/performance/executions/";
 pub const PERF_REPORTS: &str = "/performance/reports/";
-/// One key per execution that has not been reported yet: what the
-/// controller leader sweeps, so an execution whose starting replica died
-/// still ends with a report.
+/// One key per execution the controller leader still reconciles (from its
+/// start until a minute after its report, when its live seconds go): the
+/// index its watch follows, so an execution does not depend on the replica
+/// that started it.
 pub const PERF_ACTIVE: &str = "/performance/active/";
 
 pub fn perf_plan(id: u64) -> String {
@@ -114,10 +115,10 @@ pub fn perf_report(id: u64) -> String {
     format!("{PERF_REPORTS}{id}")
 }
 
-/// One replica's share of one second of an execution's live metrics,
+/// One load task's window of one second of an execution's live metrics,
 /// zero-padded so that key order is time order.
-pub fn perf_live(execution: &str, second: u64, replica: &str) -> String {
-    format!("/performance/live/{execution}/{second:020}/{replica}")
+pub fn perf_live(execution: &str, second: u64, task: &Uuid) -> String {
+    format!("/performance/live/{execution}/{second:020}/{task}")
 }
 
 pub fn perf_live_prefix(execution: &str) -> String {

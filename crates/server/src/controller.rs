@@ -6,7 +6,8 @@
 //!   ([`crate::placement::Load`]) in step with the store.
 //! * [`run_controller`] runs only on the elected leader (a lease-bound
 //!   `/leader/controller` key): it reconciles store state, marking the tasks
-//!   of agents whose lease expired `lost`, and drives the plan engine.
+//!   of agents whose lease expired `lost`, and drives the plan engine (which
+//!   reconciles performance executions too).
 //!
 //! Every loop is supervised: a broken watch is opened again from the last
 //! revision it delivered (after a re-list when that history was compacted),
@@ -423,7 +424,6 @@ async fn lead_loops(
     let keep = state.settings.lease_ttl / 3;
     let mut keep_tick = tokio::time::interval(keep.max(Duration::from_millis(100)));
     let mut sweep_tick = tokio::time::interval(Duration::from_millis(500));
-    let mut perf_tick = tokio::time::interval(Duration::from_secs(2));
     // The plan engine is supervised here: should it ever stop while this
     // replica leads (a panic), it is started again after a back-off, and is
     // reported failing meanwhile.
@@ -464,13 +464,6 @@ async fn lead_loops(
             _ = sweep_tick.tick() => {
                 if let Err(e) = state.metrics.reconcile(Pass::LostSweep, sweep_lost(state)).await {
                     tracing::warn!("controller sweep: {e}");
-                }
-            }
-            _ = perf_tick.tick() => {
-                // Executions whose starting replica died end here.
-                let pass = crate::performance::sweep(state);
-                if let Err(e) = state.metrics.reconcile(Pass::PerformanceSweep, pass).await {
-                    tracing::warn!("performance sweep: {}", e.message);
                 }
             }
         }

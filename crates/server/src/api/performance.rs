@@ -1,33 +1,31 @@
 //! Seed-001 performance-test API: plans, execution control (start, stop,
 //! pause, resume), reports, metrics and the live WebSocket. Paths keep the
-//! seed's trailing slashes.
+//! seed's trailing slashes. Thin: each handler checks the caller's role,
+//! reads its input and calls [`crate::performance`], which holds what the
+//! records mean and what each operation does.
 //!
 //! What seed 001 fixes here (names, paths, fields) is summarised in
 //! docs/seed-interfaces.md#seed-001-http-api-and-performance-tests.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use testbed_core::keys;
-use testbed_core::schema::FieldError;
 use testbed_core::user::Role;
-use testbed_load::{SeedConfig, Window};
 use utoipa::IntoParams;
 
 use super::page::{Page, PageQuery};
 use super::projects::{field_error, parse_int_id, Message};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
-use crate::performance::control::{self, load_execution, AgentSel, Started};
-use crate::performance::{
-    self as perf, plan_key, report_key, round2, Execution, LoadTest, PerfReport, PerfStatus,
-};
+use crate::performance::config;
+use crate::performance::control::{self, load_execution, Action, PlanFields, Started};
+use crate::performance::{self as perf, LoadTest, PerfReport, PerfStatus};
 use crate::records;
 use crate::state::AppState;
 use testbed_api::performance::{
@@ -35,103 +33,8 @@ use testbed_api::performance::{
     StopResponse,
 };
 
-fn agent_sel(config: &Value, errs: &mut Vec<FieldError>) -> AgentSel {
-    let mut sel = AgentSel {
-        count: 1,
-        ..Default::default()
-    };
-    let bad_count = |errs: &mut Vec<FieldError>| {
-        errs.push(field_error(
-            "/config/agents",
-            "count must be an integer from 1 to 1000",
-        ))
-    };
-    let count = |v: &Value, errs: &mut Vec<FieldError>| match v.as_u64() {
-        Some(n) if (1..=1000).contains(&n) => n as usize,
-        _ => {
-            bad_count(errs);
-            1
-        }
-    };
-    match config.get("agents") {
-        None | Some(Value::Null) => {}
-        Some(v @ Value::Number(_)) => sel.count = count(v, errs),
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                match k.as_str() {
-                    "count" => sel.count = count(v, errs),
-                    "group" => match v.as_str() {
-                        Some(g) if !g.is_empty() => sel.group = Some(g.to_string()),
-                        _ => errs.push(field_error("/config/agents/group", "must be a group name")),
-                    },
-                    "labels" => match serde_json::from_value::<BTreeMap<String, String>>(v.clone())
-                    {
-                        Ok(l) => sel.labels = l,
-                        Err(_) => errs.push(field_error(
-                            "/config/agents/labels",
-                            "must be an object of string labels",
-                        )),
-                    },
-                    other => errs.push(field_error(
-                        &format!("/config/agents/{other}"),
-                        "unknown field (expected count, group or labels)",
-                    )),
-                }
-            }
-        }
-        Some(_) => errs.push(field_error(
-            "/config/agents",
-            "must be a number of agents or an object {count, group, labels}",
-        )),
-    }
-    sel
-}
-
-/// Every problem with the config, each naming its field under `/config/`.
-fn check_config(config: &Value, errs: &mut Vec<FieldError>) -> Option<testbed_load::LoadProfile> {
-    if !config.is_object() {
-        errs.push(field_error("/config", "must be an object"));
-        return None;
-    }
-    agent_sel(config, errs);
-    let field = |f: &str| format!("/config/{}", f.replace('.', "/"));
-    match SeedConfig::from_json(config) {
-        Err(e) => {
-            errs.extend(
-                e.errors
-                    .iter()
-                    .map(|x| field_error(&field(&x.field), x.message.clone())),
-            );
-            None
-        }
-        Ok(cfg) => {
-            let unknown: Vec<&String> = cfg.extra.keys().filter(|k| *k != "agents").collect();
-            for k in unknown {
-                errs.push(field_error(&field(k), "unknown field"));
-            }
-            match cfg.to_plan() {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    errs.extend(
-                        e.errors
-                            .iter()
-                            .map(|x| field_error(&field(&x.field), x.message.clone())),
-                    );
-                    None
-                }
-            }
-        }
-    }
-}
-
-struct ValidPlan {
-    name: String,
-    description: String,
-    project_id: Option<u64>,
-    config: Value,
-}
-
-async fn validate(state: &AppState, body: &Value, creating: bool) -> ApiResult<ValidPlan> {
+/// A plan's body, checked: every problem at once, each naming its field.
+async fn validate(state: &AppState, body: &Value, creating: bool) -> ApiResult<PlanFields> {
     if !body.is_object() {
         return Err(ApiError::field("/", "the body must be a JSON object"));
     }
@@ -166,14 +69,14 @@ async fn validate(state: &AppState, body: &Value, creating: bool) -> ApiResult<V
             Value::Null
         }
         Some(c) => {
-            check_config(c, &mut errs);
+            config::check_config(c, &mut errs);
             c.clone()
         }
     };
     if !errs.is_empty() {
         return Err(ApiError::validation(errs));
     }
-    Ok(ValidPlan {
+    Ok(PlanFields {
         name,
         description,
         project_id,
@@ -181,12 +84,17 @@ async fn validate(state: &AppState, body: &Value, creating: bool) -> ApiResult<V
     })
 }
 
+/// The plan a path names.
 async fn load_plan(state: &AppState, raw: &str) -> ApiResult<LoadTest> {
-    let id = parse_int_id(raw, "plan")?;
-    records::get::<LoadTest>(&state.store, &plan_key(id))
-        .await?
-        .map(|(p, _)| p)
-        .ok_or_else(|| ApiError::not_found(format!("no plan {id}")))
+    control::load_plan(state, parse_int_id(raw, "plan")?).await
+}
+
+/// The plan a path names, which the caller (an operator) may change.
+async fn own_plan(state: &AppState, c: &Caller, raw: &str) -> ApiResult<LoadTest> {
+    c.require(Role::Operator)?;
+    let plan = load_plan(state, raw).await?;
+    c.require_owner(&plan.created_by, &format!("plan {}", plan.id))?;
+    Ok(plan)
 }
 
 /// Create a performance plan.
@@ -199,24 +107,8 @@ pub async fn create_plan(
     Json(body): Json<Value>,
 ) -> ApiResult<(StatusCode, Json<LoadTest>)> {
     c.require(Role::Operator)?;
-    let v = validate(&state, &body, true).await?;
-    let id = records::next_counter(&state.store, &keys::counter("performance_plan_id")).await?;
-    let now = testbed_core::now();
-    let plan = LoadTest {
-        id,
-        name: v.name,
-        description: v.description,
-        project_id: v.project_id.unwrap_or_default(),
-        config: v.config,
-        status: PerfStatus::Created,
-        created_at: now,
-        updated_at: now,
-        last_execution: None,
-        created_by: c.name.clone(),
-    };
-    if !records::create(&state.store, &plan_key(id), &plan, None).await? {
-        return Err(ApiError::conflict(format!("plan {id} exists")));
-    }
+    let fields = validate(&state, &body, true).await?;
+    let plan = control::create_plan(&state, &c.name, fields).await?;
     Ok((StatusCode::CREATED, Json(plan)))
 }
 
@@ -253,25 +145,7 @@ pub async fn list_plans(
 ) -> ApiResult<Json<Page<LoadTestItem>>> {
     p.check()?;
     let project = required_id("project_id", f.project_id.as_deref())?;
-    let mut plans: Vec<LoadTest> = records::list(&state.store, perf::PLANS, |_| true)
-        .await?
-        .into_iter()
-        .map(|(_, v)| v)
-        .filter(|p: &LoadTest| p.project_id == project)
-        .collect();
-    plans.sort_by_key(|p| p.id);
-    let items = plans
-        .into_iter()
-        .map(|p| LoadTestItem {
-            id: p.id,
-            name: p.name,
-            description: p.description,
-            project_id: p.project_id,
-            status: p.status,
-            created_at: p.created_at,
-        })
-        .collect();
-    Ok(Json(p.apply(items)))
+    Ok(Json(p.apply(control::plans_of(&state, project).await?)))
 }
 
 /// One plan.
@@ -297,24 +171,9 @@ pub async fn put_plan(
     Path(plan_id): Path<String>,
     Json(body): Json<Value>,
 ) -> ApiResult<Json<LoadTest>> {
-    c.require(Role::Operator)?;
-    let current = load_plan(&state, &plan_id).await?;
-    c.require_owner(&current.created_by, &format!("plan {}", current.id))?;
-    let v = validate(&state, &body, false).await?;
-    let now = testbed_core::now();
-    let updated = records::update::<LoadTest, _>(&state.store, &plan_key(current.id), |p| {
-        p.name = v.name.clone();
-        p.description = v.description.clone();
-        if let Some(project) = v.project_id {
-            p.project_id = project;
-        }
-        p.config = v.config.clone();
-        p.updated_at = now;
-        true
-    })
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("no plan {}", current.id)))?;
-    Ok(Json(updated))
+    let plan = own_plan(&state, &c, &plan_id).await?;
+    let fields = validate(&state, &body, false).await?;
+    Ok(Json(control::update_plan(&state, plan.id, fields).await?))
 }
 
 /// Delete a plan (refused while it runs).
@@ -327,18 +186,8 @@ pub async fn delete_plan(
     c: Caller,
     Path(plan_id): Path<String>,
 ) -> ApiResult<Json<Message>> {
-    c.require(Role::Operator)?;
-    let plan = load_plan(&state, &plan_id).await?;
-    c.require_owner(&plan.created_by, &format!("plan {}", plan.id))?;
-    if plan.status.is_active() {
-        return Err(ApiError::conflict(format!(
-            "plan {} is {}; stop it first",
-            plan.id, plan.status
-        )));
-    }
-    if !state.store.delete(&plan_key(plan.id)).await? {
-        return Err(ApiError::not_found(format!("no plan {}", plan.id)));
-    }
+    let plan = own_plan(&state, &c, &plan_id).await?;
+    control::delete_plan(&state, &plan).await?;
     Ok(Json(Message {
         message: format!("plan {} deleted", plan.id),
     }))
@@ -358,16 +207,11 @@ pub async fn start(
 ) -> ApiResult<Json<StartResponse>> {
     c.require(Role::Operator)?;
     let plan = load_plan(&state, &plan_id).await?;
-    let mut errs = Vec::new();
-    let engine_plan = check_config(&plan.config, &mut errs);
-    let sel = agent_sel(&plan.config, &mut errs);
-    let Some(engine_plan) = engine_plan.filter(|_| errs.is_empty()) else {
-        return Err(ApiError::validation(errs));
-    };
+    let (profile, sel) = config::read(&plan.config).map_err(ApiError::validation)?;
     let Started {
         execution_id,
-        start_time: now,
-    } = control::start(&state, &c.name, &plan, engine_plan, &sel).await?;
+        start_time,
+    } = control::start(&state, &c.name, &plan, profile, &sel).await?;
 
     // Scoped to this execution's stream and read-only: the URL gets
     // passed around, a session token must not be.
@@ -389,8 +233,25 @@ pub async fn start(
         websocket_url: format!("{scheme}://{host}/ws/performance/{execution_id}/?token={token}"),
         execution_id,
         status: PerfStatus::Running,
-        start_time: now,
+        start_time,
     }))
+}
+
+/// Stop, pause or resume the plan's current execution as an operator who
+/// may act on it: the execution's id and when it moved.
+async fn act(
+    state: &AppState,
+    c: &Caller,
+    plan_id: &str,
+    action: Action,
+) -> ApiResult<(String, DateTime<Utc>)> {
+    c.require(Role::Operator)?;
+    let plan = load_plan(state, plan_id).await?;
+    let (exec, at) = control::act(state, &plan, action, |e| {
+        c.require_owner(&e.created_by, &format!("execution {}", e.execution_id))
+    })
+    .await?;
+    Ok((exec.execution_id, at))
 }
 
 /// Stop the running (or paused) execution; its report is still produced.
@@ -403,16 +264,12 @@ pub async fn stop(
     c: Caller,
     Path(plan_id): Path<String>,
 ) -> ApiResult<Json<StopResponse>> {
-    c.require(Role::Operator)?;
-    let plan = load_plan(&state, &plan_id).await?;
-    let (exec, now) = control::stop(&state, &plan, |e| {
-        c.require_owner(&e.created_by, &format!("execution {}", e.execution_id))
-    })
-    .await?;
+    let (execution_id, stop_time) = act(&state, &c, &plan_id, Action::Stop).await?;
+    let status = Action::Stop.to();
     Ok(Json(StopResponse {
-        execution_id: exec.execution_id,
-        status: PerfStatus::Stopped,
-        stop_time: now,
+        execution_id,
+        status,
+        stop_time,
     }))
 }
 
@@ -426,16 +283,12 @@ pub async fn pause(
     c: Caller,
     Path(plan_id): Path<String>,
 ) -> ApiResult<Json<PauseResponse>> {
-    c.require(Role::Operator)?;
-    let plan = load_plan(&state, &plan_id).await?;
-    let (exec, now) = control::pause(&state, &plan, |e| {
-        c.require_owner(&e.created_by, &format!("execution {}", e.execution_id))
-    })
-    .await?;
+    let (execution_id, pause_time) = act(&state, &c, &plan_id, Action::Pause).await?;
+    let status = Action::Pause.to();
     Ok(Json(PauseResponse {
-        execution_id: exec.execution_id,
-        status: PerfStatus::Paused,
-        pause_time: now,
+        execution_id,
+        status,
+        pause_time,
     }))
 }
 
@@ -449,16 +302,12 @@ pub async fn resume(
     c: Caller,
     Path(plan_id): Path<String>,
 ) -> ApiResult<Json<ResumeResponse>> {
-    c.require(Role::Operator)?;
-    let plan = load_plan(&state, &plan_id).await?;
-    let (exec, now) = control::resume(&state, &plan, |e| {
-        c.require_owner(&e.created_by, &format!("execution {}", e.execution_id))
-    })
-    .await?;
+    let (execution_id, resume_time) = act(&state, &c, &plan_id, Action::Resume).await?;
+    let status = Action::Resume.to();
     Ok(Json(ResumeResponse {
-        execution_id: exec.execution_id,
-        status: PerfStatus::Running,
-        resume_time: now,
+        execution_id,
+        status,
+        resume_time,
     }))
 }
 
@@ -482,26 +331,7 @@ pub async fn list_reports(
 ) -> ApiResult<Json<Page<ReportItem>>> {
     p.check()?;
     let plan = required_id("plan_id", f.plan_id.as_deref())?;
-    let mut reports: Vec<PerfReport> = records::list(&state.store, perf::REPORTS, |_| true)
-        .await?
-        .into_iter()
-        .map(|(_, v)| v)
-        .filter(|r: &PerfReport| r.plan_id == plan)
-        .collect();
-    reports.sort_by_key(|r| std::cmp::Reverse(r.id));
-    let items = reports
-        .into_iter()
-        .map(|r| ReportItem {
-            id: r.id,
-            plan_id: r.plan_id,
-            execution_id: r.execution_id,
-            start_time: r.start_time,
-            end_time: r.end_time,
-            status: r.status,
-            summary: r.summary,
-        })
-        .collect();
-    Ok(Json(p.apply(items)))
+    Ok(Json(p.apply(control::reports_of(&state, plan).await?)))
 }
 
 /// One report with its series.
@@ -514,10 +344,7 @@ pub async fn get_report(
     Path(report_id): Path<String>,
 ) -> ApiResult<Json<PerfReport>> {
     let id = parse_int_id(&report_id, "report")?;
-    records::get::<PerfReport>(&state.store, &report_key(id))
-        .await?
-        .map(|(r, _)| Json(r))
-        .ok_or_else(|| ApiError::not_found(format!("no report {id}")))
+    Ok(Json(control::load_report(&state, id).await?))
 }
 
 /// Delete a report (and its stored windows).
@@ -531,23 +358,10 @@ pub async fn delete_report(
 ) -> ApiResult<Json<Message>> {
     c.require(Role::Operator)?;
     let id = parse_int_id(&report_id, "report")?;
-    let Some((report, _)) = records::get::<PerfReport>(&state.store, &report_key(id)).await? else {
-        return Err(ApiError::not_found(format!("no report {id}")));
-    };
-    // A report belongs to whoever ran its execution.
-    let owner = load_execution(&state, &report.execution_id)
-        .await
-        .map(|e| e.created_by)
-        .unwrap_or_default();
-    c.require_owner(&owner, &format!("report {id}"))?;
-    state.store.delete(&report_key(id)).await?;
-    if let Err(e) = state
-        .blobs
-        .delete(&perf::windows_blob(&report.execution_id))
-        .await
-    {
-        tracing::debug!("deleting windows of report {id}: {e}");
-    }
+    control::delete_report(&state, id, |owner| {
+        c.require_owner(owner, &format!("report {id}"))
+    })
+    .await?;
     Ok(Json(Message {
         message: format!("report {id} deleted"),
     }))
@@ -563,71 +377,6 @@ pub struct MetricsQuery {
     pub time_range: Option<u64>,
 }
 
-/// The execution's series: live (from every replica, through the store)
-/// while it runs, else the stored windows.
-async fn series(state: &AppState, exec: &Execution) -> (Vec<Window>, Vec<(f64, f64, f64)>) {
-    if let Ok(live) = perf::live_since(state, &exec.execution_id, 0, exec.tasks.len()).await {
-        if !live.points.is_empty() {
-            let windows = live.points.values().map(|p| p.window.clone()).collect();
-            let system = live
-                .points
-                .values()
-                .map(|p| perf::system_point(&p.system))
-                .collect();
-            return (windows, system);
-        }
-    }
-    let windows = match state
-        .blobs
-        .get(&perf::windows_blob(&exec.execution_id))
-        .await
-    {
-        Ok(Some(bytes)) => serde_json::from_slice::<Vec<Window>>(&bytes).unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    (windows, Vec::new())
-}
-
-fn metrics_body(windows: &[Window], system: &[(f64, f64, f64)]) -> Value {
-    let agg = perf::aggregate(windows);
-    let last = windows.last();
-    let h = &agg.latency;
-    let ms = |us: u64| round2(us as f64 / 1000.0);
-    let active = windows.iter().filter(|w| !w.paused).count().max(1) as f64;
-    let (cpu, mem, net) = system.last().copied().unwrap_or_default();
-    json!({
-        "response_time": {
-            "current": last.map(perf::window_avg_ms).unwrap_or(0.0),
-            "avg": if h.is_empty() { 0.0 } else { round2(h.mean() / 1000.0) },
-            "min": if h.is_empty() { 0.0 } else { ms(h.min()) },
-            "max": if h.is_empty() { 0.0 } else { ms(h.max()) },
-            "p95": perf::percentiles(&agg).p95,
-        },
-        "throughput": {
-            "current_rps": last.map(|w| round2(w.rps())).unwrap_or(0.0),
-            "avg_rps": if windows.is_empty() { 0.0 } else { round2(agg.requests as f64 / active) },
-            "total_requests": agg.requests,
-        },
-        "error_rate": {
-            "current": last.map(|w| pct(w.errors, w.requests)).unwrap_or(0.0),
-            "total_errors": agg.errors,
-        },
-        "system": {
-            "cpu_usage": cpu,
-            "memory_usage": mem,
-            "network_io": net,
-        },
-    })
-}
-
-fn pct(a: u64, b: u64) -> f64 {
-    if b == 0 {
-        0.0
-    } else {
-        round2(a as f64 * 100.0 / b as f64)
-    }
-}
-
 /// Current metrics of an execution.
 #[utoipa::path(get, path = "/api/performance/metrics/{execution_id}/", tag = "performance",
     params(("execution_id" = String, Path), MetricsQuery),
@@ -639,37 +388,20 @@ pub async fn metrics(
     Path(execution_id): Path<String>,
     Query(q): Query<MetricsQuery>,
 ) -> ApiResult<Json<Value>> {
-    const TYPES: &[&str] = &["response_time", "throughput", "error_rate", "system"];
-    if let Some(t) = &q.metric_type {
-        if !TYPES.contains(&t.as_str()) {
-            return Err(ApiError::field(
-                "metric_type",
-                format!("unknown metric type `{t}` (expected {})", TYPES.join(", ")),
-            ));
-        }
+    let types = perf::METRIC_TYPES;
+    if let Some(t) = q.metric_type.as_deref().filter(|t| !types.contains(t)) {
+        return Err(ApiError::field(
+            "metric_type",
+            format!("unknown metric type `{t}` (expected {})", types.join(", ")),
+        ));
     }
     let exec = load_execution(&state, &execution_id).await?;
-    let (mut windows, mut system) = series(&state, &exec).await;
-    if let Some(range) = q.time_range {
-        if let Some(last) = windows.last().map(|w| w.index) {
-            let from = last.saturating_sub(range.saturating_sub(1));
-            let keep = windows.iter().position(|w| w.index >= from).unwrap_or(0);
-            windows.drain(..keep);
-            if system.len() > windows.len() {
-                system.drain(..system.len() - windows.len());
-            }
-        }
-    }
-    let mut body = metrics_body(&windows, &system);
-    if let (Some(t), Some(all)) = (&q.metric_type, body.as_object()) {
-        let one = all.get(t.as_str()).cloned().unwrap_or(Value::Null);
-        body = json!({ t.as_str(): one });
-    }
+    let (windows, system) = perf::series(&state, &exec, q.time_range).await;
     Ok(Json(json!({
         "execution_id": exec.execution_id,
         "status": exec.status,
         "timestamp": testbed_core::now(),
-        "metrics": body,
+        "metrics": perf::metrics_body(&windows, &system, q.metric_type.as_deref()),
     })))
 }
 
@@ -697,42 +429,6 @@ pub async fn live(
         }))
 }
 
-fn metrics_message(p: &perf::LivePoint, exec: &Execution) -> Value {
-    let w = &p.window;
-    let (cpu, mem, net) = perf::system_point(&p.system);
-    let agents: Vec<Value> = perf::system_by_agent(p, &exec.tasks)
-        .into_iter()
-        .map(|(agent, cpu, memory)| json!({"agent": agent, "cpu": cpu, "memory": memory}))
-        .collect();
-    json!({
-        "type": "metrics",
-        "timestamp": w.timestamp,
-        // The merged second itself (histogram as base64 HdrHistogram V2),
-        // for clients that pass it on exactly (`testbed perf run --out`).
-        "window": w,
-        "data": {
-            "active_users": w.vus,
-            "requests_per_second": round2(w.rps()),
-            "response_time": perf::window_avg_ms(w),
-            // Added for the console's live chart (clients reading the fields
-            // above are unaffected); null in a second without responses.
-            "p50": window_quantile_ms(w, 0.5),
-            "p90": window_quantile_ms(w, 0.9),
-            "p99": window_quantile_ms(w, 0.99),
-            "error_rate": pct(w.errors, w.requests),
-            "paused": w.paused,
-            "system_metrics": {"cpu": cpu, "memory": mem, "network": net},
-            // Each load agent's own CPU and memory (percent) in this second.
-            "agents": agents,
-        }
-    })
-}
-
-/// A latency quantile of one second's merged histogram, in ms.
-fn window_quantile_ms(w: &Window, q: f64) -> Option<f64> {
-    (!w.latency.is_empty()).then(|| round2(w.latency.value_at_quantile(q) as f64 / 1000.0))
-}
-
 async fn send_json(socket: &mut WebSocket, v: &Value) -> bool {
     socket
         .send(WsMessage::Text(v.to_string().into()))
@@ -752,11 +448,7 @@ async fn stream_live(state: AppState, execution_id: String, mut socket: WebSocke
             perf::live_since(&state, &execution_id, next_index, exec.tasks.len()).await
         {
             let newest = live.points.keys().next_back().copied();
-            let expected = if live.expected == 0 {
-                usize::MAX
-            } else {
-                live.expected
-            };
+            let expected = live.expected.max(1);
             for (idx, p) in live.points.range(next_index..) {
                 // A second is complete when every agent's window is in, or
                 // a later one exists (an agent finished or was lost).
@@ -764,31 +456,14 @@ async fn stream_live(state: AppState, execution_id: String, mut socket: WebSocke
                 if !complete {
                     break;
                 }
-                if !send_json(&mut socket, &metrics_message(p, &exec)).await {
+                if !send_json(&mut socket, &perf::metrics_message(p, &exec)).await {
                     return;
                 }
                 next_index = idx + 1;
             }
         }
         if ended {
-            let report = match exec.report_id {
-                Some(id) => records::get::<PerfReport>(&state.store, &report_key(id))
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|(r, _)| r),
-                None => None,
-            };
-            let msg = json!({
-                "type": "finished",
-                "timestamp": testbed_core::now().timestamp(),
-                "execution_id": exec.execution_id,
-                "status": exec.status,
-                "report_id": exec.report_id,
-                "lost_agents": exec.lost_agents,
-                "summary": report.map(|r| serde_json::to_value(r.summary).unwrap_or(Value::Null)),
-            });
-            let _ = send_json(&mut socket, &msg).await;
+            let _ = send_json(&mut socket, &perf::finished_message(&state, &exec).await).await;
             let _ = socket
                 .send(WsMessage::Close(Some(CloseFrame {
                     code: 1000,

@@ -1193,10 +1193,13 @@ impl Follow {
 /// Names of the engine's watches, as `/healthz` reports them when failing.
 pub const TASKS_WATCH: &str = "plan engine: task watch";
 pub const RUNS_WATCH: &str = "plan engine: run watch";
+pub const EXECUTIONS_WATCH: &str = "plan engine: performance execution watch";
 
 /// Reconciles runs as their tasks change (event-driven) and sweeps every
-/// active run each second (timeouts, agents appearing). Runs while this
-/// replica leads the controller.
+/// active run each second (timeouts, agents appearing); performance
+/// executions ride on the same task watch and sweep, with a watch of their
+/// own index (`performance::reconcile`). Runs while this replica leads the
+/// controller.
 ///
 /// Supervised: a watch that fails is opened again from the revision after
 /// the last event it delivered, with back-off, and reported failing (log,
@@ -1222,6 +1225,10 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
     };
     let mut tasks = Follow::new(TASKS_WATCH, keys::TASKS, from);
     let mut runs = Follow::new(RUNS_WATCH, keys::ACTIVE_RUNS, from);
+    // Performance executions are reconciled here too, from the same task
+    // watch and sweep (see `performance::reconcile`).
+    let mut executions = Follow::new(EXECUTIONS_WATCH, keys::PERF_ACTIVE, from);
+    let mut perf = crate::performance::reconcile::Executions::default();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     // A down watch is retried at least this often (its back-off permitting).
     let mut retry = tokio::time::interval(crate::controller::BACKOFF_MIN);
@@ -1240,6 +1247,7 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
     loop {
         tasks.ensure(&state).await;
         runs.ensure(&state).await;
+        executions.ensure(&state).await;
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = state.shutdown.cancelled() => break,
@@ -1254,6 +1262,7 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                 if let Err(e) = state.metrics.reconcile(crate::metrics::Pass::EngineSweep, pass).await {
                     tracing::warn!("engine sweep: {e}");
                 }
+                perf.sweep(&state).await;
             }
             item = tasks.next() => {
                 // Coalesce: every task event already queued is folded in, so
@@ -1265,6 +1274,7 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                     match tasks.take(next) {
                         Ok(ev) => {
                             if let Ok(task) = serde_json::from_slice::<Task>(&ev.kv.value) {
+                                perf.on_task(&task);
                                 if let Some(r) = &task.run {
                                     if task.status.is_terminal() {
                                         due.entry(r.run_id).or_default().insert(r.step.clone());
@@ -1289,8 +1299,13 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                         tracing::warn!(run = %run_id, "reconcile: {e}");
                     }
                 }
+                perf.flush(&state).await;
                 if let Some(why) = broken {
+                    let compacted = matches!(why, Broken::Compacted);
                     resume_after(&state, &mut tasks, why, lease, &mut cache).await;
+                    if compacted {
+                        perf.sweep(&state).await;
+                    }
                 }
                 // Bounded: the sweep reads the store anyway.
                 if known.tasks.len() > 100_000 {
@@ -1312,10 +1327,24 @@ pub async fn drive(state: AppState, lease: LeaseId, stop: tokio_util::sync::Canc
                 }
                 Err(why) => resume_after(&state, &mut runs, why, lease, &mut cache).await,
             },
+            item = executions.next() => match executions.take(item) {
+                Ok(ev) => {
+                    perf.on_active(&ev.kv.key, ev.kind == EventKind::Delete);
+                    perf.flush(&state).await;
+                }
+                Err(why) => {
+                    let compacted = matches!(why, Broken::Compacted);
+                    resume_after(&state, &mut executions, why, lease, &mut cache).await;
+                    if compacted {
+                        perf.sweep(&state).await;
+                    }
+                }
+            },
         }
     }
     state.loops.forget(TASKS_WATCH);
     state.loops.forget(RUNS_WATCH);
+    state.loops.forget(EXECUTIONS_WATCH);
 }
 
 /// After a watch broke: on compaction, takes the current revision first and

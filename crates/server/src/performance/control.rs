@@ -1,38 +1,35 @@
-//! Starting, stopping, pausing and resuming a performance plan's
-//! execution: which status each may start from, what it changes (the
-//! execution, the plan's status, the agents' tasks), and the 409s when
+//! What the API asks of performance plans and their executions: the plans'
+//! records, and starting, stopping, pausing and resuming an execution —
+//! from which status each may start, what it changes, and the 409 when
 //! another request moved first. The API's handlers check the caller's role,
-//! parse and validate input, and call these.
-
-use std::collections::BTreeMap;
+//! parse input and shape responses; they call these.
+//!
+//! Control is intent: each operation is a compare-and-swap on the
+//! execution's record plus a touch of its `/performance/active/` entry, and
+//! the controller leader's reconciler ([`super::reconcile`]) carries it to
+//! the load tasks (creates them, cancels them, pauses and resumes them) —
+//! the one path, whichever replica took the request and whether or not it
+//! still lives.
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use testbed_core::task::{Task, TaskStatus};
+use testbed_core::task::{NewTask, Task};
+use testbed_store::{Compare, TxnOp};
 use uuid::Uuid;
 
-use super::{self as perf, execution_key, plan_key, ExecTask, Execution, LoadTest, PerfStatus};
-use crate::dispatch;
+use super::config::AgentSel;
+use super::reconcile::Active;
+use super::{
+    active_key, execution_key, plan_key, report_key, windows_blob, ExecTask, Execution, LoadTest,
+    PerfReport, PerfStatus, PLANS, REPORTS,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::records;
 use crate::state::AppState;
+use testbed_api::performance::{LoadTestItem, ReportItem};
 
 /// Lead time given to agents so they all begin load at the same instant.
 const START_LEAD_MS: u64 = 1500;
-
-/// Which agents carry an execution.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AgentSel {
-    pub count: usize,
-    pub group: Option<String>,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// An execution just started.
-pub struct Started {
-    pub execution_id: String,
-    pub start_time: DateTime<Utc>,
-}
 
 pub async fn load_execution(state: &AppState, id: &str) -> ApiResult<Execution> {
     records::get::<Execution>(&state.store, &execution_key(id))
@@ -41,15 +38,171 @@ pub async fn load_execution(state: &AppState, id: &str) -> ApiResult<Execution> 
         .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))
 }
 
-/// Starts `plan` (already checked: `engine_plan` is its load plan) on the
-/// agents `sel` asks for, as `caller`: claims the plan (a second start is a
-/// 409), records the execution, and creates one `load` task per agent with
-/// a shared start time.
+pub async fn load_plan(state: &AppState, id: u64) -> ApiResult<LoadTest> {
+    records::get::<LoadTest>(&state.store, &plan_key(id))
+        .await?
+        .map(|(p, _)| p)
+        .ok_or_else(|| ApiError::not_found(format!("no plan {id}")))
+}
+
+/// A plan's checked fields (create and update).
+pub struct PlanFields {
+    pub name: String,
+    pub description: String,
+    /// Required on create; on update, absent keeps the current project.
+    pub project_id: Option<u64>,
+    pub config: serde_json::Value,
+}
+
+pub async fn create_plan(state: &AppState, caller: &str, f: PlanFields) -> ApiResult<LoadTest> {
+    let id = records::next_counter(
+        &state.store,
+        &testbed_core::keys::counter("performance_plan_id"),
+    )
+    .await?;
+    let now = testbed_core::now();
+    let plan = LoadTest {
+        id,
+        name: f.name,
+        description: f.description,
+        project_id: f.project_id.unwrap_or_default(),
+        config: f.config,
+        status: PerfStatus::Created,
+        created_at: now,
+        updated_at: now,
+        last_execution: None,
+        created_by: caller.to_string(),
+    };
+    if !records::create(&state.store, &plan_key(id), &plan, None).await? {
+        return Err(ApiError::conflict(format!("plan {id} exists")));
+    }
+    Ok(plan)
+}
+
+pub async fn update_plan(state: &AppState, id: u64, f: PlanFields) -> ApiResult<LoadTest> {
+    let now = testbed_core::now();
+    records::update::<LoadTest, _>(&state.store, &plan_key(id), |p| {
+        p.name = f.name.clone();
+        p.description = f.description.clone();
+        if let Some(project) = f.project_id {
+            p.project_id = project;
+        }
+        p.config = f.config.clone();
+        p.updated_at = now;
+        true
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no plan {id}")))
+}
+
+/// Deletes a plan that is not running.
+pub async fn delete_plan(state: &AppState, plan: &LoadTest) -> ApiResult<()> {
+    if plan.status.is_active() {
+        return Err(ApiError::conflict(format!(
+            "plan {} is {}; stop it first",
+            plan.id, plan.status
+        )));
+    }
+    if !state.store.delete(&plan_key(plan.id)).await? {
+        return Err(ApiError::not_found(format!("no plan {}", plan.id)));
+    }
+    Ok(())
+}
+
+/// The plans of a project, by id.
+pub async fn plans_of(state: &AppState, project: u64) -> ApiResult<Vec<LoadTestItem>> {
+    let mut plans: Vec<LoadTest> = records::list(&state.store, PLANS, |_| true)
+        .await?
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|p: &LoadTest| p.project_id == project)
+        .collect();
+    plans.sort_by_key(|p| p.id);
+    Ok(plans
+        .into_iter()
+        .map(|p| LoadTestItem {
+            id: p.id,
+            name: p.name,
+            description: p.description,
+            project_id: p.project_id,
+            status: p.status,
+            created_at: p.created_at,
+        })
+        .collect())
+}
+
+/// The reports of a plan, newest first.
+pub async fn reports_of(state: &AppState, plan: u64) -> ApiResult<Vec<ReportItem>> {
+    let mut reports: Vec<PerfReport> = records::list(&state.store, REPORTS, |_| true)
+        .await?
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|r: &PerfReport| r.plan_id == plan)
+        .collect();
+    reports.sort_by_key(|r| std::cmp::Reverse(r.id));
+    Ok(reports
+        .into_iter()
+        .map(|r| ReportItem {
+            id: r.id,
+            plan_id: r.plan_id,
+            execution_id: r.execution_id,
+            start_time: r.start_time,
+            end_time: r.end_time,
+            status: r.status,
+            summary: r.summary,
+        })
+        .collect())
+}
+
+pub async fn load_report(state: &AppState, id: u64) -> ApiResult<PerfReport> {
+    records::get::<PerfReport>(&state.store, &report_key(id))
+        .await?
+        .map(|(r, _)| r)
+        .ok_or_else(|| ApiError::not_found(format!("no report {id}")))
+}
+
+/// Deletes a report and its stored windows; `may` is asked whether the
+/// caller may, given who ran its execution.
+pub async fn delete_report(
+    state: &AppState,
+    id: u64,
+    may: impl Fn(&str) -> ApiResult<()>,
+) -> ApiResult<()> {
+    let report = load_report(state, id).await?;
+    // A report belongs to whoever ran its execution.
+    let owner = load_execution(state, &report.execution_id)
+        .await
+        .map(|e| e.created_by)
+        .unwrap_or_default();
+    may(&owner)?;
+    state.store.delete(&report_key(id)).await?;
+    if let Err(e) = state
+        .blobs
+        .delete(&windows_blob(&report.execution_id))
+        .await
+    {
+        tracing::debug!("deleting windows of report {id}: {e}");
+    }
+    Ok(())
+}
+
+/// An execution just started.
+pub struct Started {
+    pub execution_id: String,
+    pub start_time: DateTime<Utc>,
+}
+
+/// Starts `plan` (already checked: `profile` is its load profile) on the
+/// agents `sel` asks for, as `caller`: places one part of the profile on
+/// each agent ([`crate::placement::load_agents`]), claims the plan (a
+/// second start is a 409), and records the execution with its load tasks
+/// for the controller to create — with a shared start time, so the agents
+/// begin together.
 pub async fn start(
     state: &AppState,
     caller: &str,
     plan: &LoadTest,
-    engine_plan: testbed_load::LoadProfile,
+    profile: testbed_load::LoadProfile,
     sel: &AgentSel,
 ) -> ApiResult<Started> {
     if plan.status.is_active() {
@@ -58,34 +211,20 @@ pub async fn start(
             plan.id, plan.status
         )));
     }
-    let parts = engine_plan.split(sel.count);
-
-    // The same eligibility as every other task: live, carrying load.run,
-    // matching the selector, and not in a group another run reserved.
-    let agents = dispatch::agents(&state.store).await?;
-    let locks = crate::engine::targets::locks(&state.store).await?;
-    let reserved = crate::engine::targets::reserved_elsewhere(&agents, &locks, None);
-    let spec = testbed_core::plan::TargetSpec {
-        group: sel.group.clone(),
-        labels: (!sel.labels.is_empty()).then(|| sel.labels.clone()),
-        ..Default::default()
-    };
-    let mut candidates = Vec::new();
-    for a in crate::engine::targets::eligible(&agents, &spec, "load", "run", &reserved) {
-        let busy = dispatch::outstanding(state, &a.record.uuid).await?;
-        candidates.push((busy, a.record.id, a.record.clone()));
-    }
-    candidates.sort_by_key(|(busy, id, _)| (*busy, *id));
-    if candidates.len() < parts.len() {
+    let parts = profile.split(sel.count);
+    let agents = crate::placement::load_agents(
+        &state.store,
+        &state.sessions.load,
+        &sel.target(),
+        parts.len(),
+    )
+    .await?;
+    if agents.len() < parts.len() {
         return Err(ApiError::unavailable(format!(
             "the plan needs {} agent(s) carrying the `load` plugin{}; {} available",
             parts.len(),
-            match (&sel.group, sel.labels.is_empty()) {
-                (Some(g), _) => format!(" in group `{g}`"),
-                (None, false) => " with the requested labels".to_string(),
-                _ => String::new(),
-            },
-            candidates.len()
+            sel.describe(),
+            agents.len()
         )));
     }
 
@@ -113,38 +252,28 @@ pub async fn start(
 
     let now = testbed_core::now();
     let load_start_ms = now.timestamp_millis().max(0) as u64 + START_LEAD_MS;
-    let mut tasks = Vec::new();
-    for (part, (_, _, agent)) in parts.iter().zip(&candidates) {
-        let parameters = json!({
-            "plan": part,
-            "start_at_ms": load_start_ms,
-            "execution_id": execution_id,
-        });
-        tasks.push(Task {
-            kind: Task::KIND.into(),
-            v: 1,
-            id: Uuid::new_v4(),
-            plugin: "load".into(),
-            method: "run".into(),
-            parameters,
-            host: agent.profile.host.clone(),
-            agent_uuid: agent.uuid,
-            agent_name: agent.profile.name.clone(),
-            status: TaskStatus::Queued,
-            exit_code: None,
-            result: None,
-            error: None,
-            created_by: caller.to_string(),
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            cancel_requested: false,
-            artifacts: Vec::new(),
-            log_bytes: 0,
-            run: None,
-            reason: None,
-        });
-    }
+    let tasks: Vec<Task> = parts
+        .iter()
+        .zip(&agents)
+        .map(|(part, agent)| {
+            Task::queued(NewTask {
+                id: Uuid::new_v4(),
+                plugin: "load".into(),
+                method: "run".into(),
+                parameters: json!({
+                    "plan": part,
+                    "start_at_ms": load_start_ms,
+                    "execution_id": execution_id,
+                }),
+                host: agent.profile.host.clone(),
+                agent_uuid: agent.uuid,
+                agent_name: agent.profile.name.clone(),
+                created_by: caller.to_string(),
+                run: None,
+                reason: None,
+            })
+        })
+        .collect();
     let execution = Execution {
         execution_id: execution_id.clone(),
         plan_id: plan.id,
@@ -167,24 +296,12 @@ pub async fn start(
         report_id: None,
         created_by: caller.to_string(),
     };
-    let recorded = async {
-        records::put(
-            &state.store,
-            &execution_key(&execution_id),
-            &execution,
-            None,
-        )
-        .await?;
-        records::put(
-            &state.store,
-            &perf::active_key(&execution_id),
-            &json!({"plan_id": plan.id}),
-            None,
-        )
-        .await
-    }
-    .await;
-    if let Err(e) = recorded {
+    let active = Active {
+        plan_id: plan.id,
+        tasks,
+        reported_at: None,
+    };
+    if let Err(e) = record(state, &execution, &active).await {
         // Without an execution record nothing could ever end this run:
         // give the plan back so it can be started again.
         let _ = records::update::<LoadTest, _>(&state.store, &plan_key(plan.id), |p| {
@@ -192,21 +309,38 @@ pub async fn start(
             true
         })
         .await;
-        return Err(e.into());
+        return Err(e);
     }
-    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
-    state.perf.register(&execution_id, &ids);
-    // From here on the watcher (and the leader's sweep) own the execution:
-    // a task that could not be created counts as missing once it is stale.
-    tokio::spawn(perf::watch_execution(state.clone(), execution_id.clone()));
-    for t in &tasks {
-        dispatch::create(state, t).await?;
-    }
-
     Ok(Started {
         execution_id,
         start_time: now,
     })
+}
+
+/// The execution and its entry in the controller's index, in one write:
+/// the leader never sees one without the other.
+async fn record(state: &AppState, exec: &Execution, active: &Active) -> ApiResult<()> {
+    let key = execution_key(&exec.execution_id);
+    let ops = vec![
+        TxnOp::Put {
+            key: key.clone(),
+            value: serde_json::to_vec(exec)?,
+            lease: None,
+        },
+        TxnOp::Put {
+            key: active_key(&exec.execution_id),
+            value: serde_json::to_vec(active)?,
+            lease: None,
+        },
+    ];
+    match state
+        .store
+        .txn(&[(key.clone(), Compare::Absent)], ops)
+        .await?
+    {
+        Some(_) => Ok(()),
+        None => Err(ApiError::conflict(format!("execution {key} exists"))),
+    }
 }
 
 /// The plan's current execution, which must be in one of `states`.
@@ -233,23 +367,68 @@ pub async fn current_execution(
     Ok(exec)
 }
 
-/// Moves the execution from one of `from` to `to`, stamping the time;
-/// 409 when someone else moved it first.
-async fn transition(
+/// What may be asked of a running execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// End it; its report is still produced.
+    Stop,
+    /// No new requests until resumed.
+    Pause,
+    /// The remaining schedule continues.
+    Resume,
+}
+
+impl Action {
+    /// The statuses it may start from.
+    fn from(self) -> &'static [PerfStatus] {
+        match self {
+            Action::Stop => &[PerfStatus::Running, PerfStatus::Paused],
+            Action::Pause => &[PerfStatus::Running],
+            Action::Resume => &[PerfStatus::Paused],
+        }
+    }
+
+    /// The status it leads to.
+    pub fn to(self) -> PerfStatus {
+        match self {
+            Action::Stop => PerfStatus::Stopped,
+            Action::Pause => PerfStatus::Paused,
+            Action::Resume => PerfStatus::Running,
+        }
+    }
+
+    fn stamp(self, e: &mut Execution, at: DateTime<Utc>) {
+        let field = match self {
+            Action::Stop => &mut e.stop_time,
+            Action::Pause => &mut e.pause_time,
+            Action::Resume => &mut e.resume_time,
+        };
+        *field = Some(at);
+    }
+}
+
+/// Applies `action` to the current execution of `plan` (`may` is asked
+/// whether the caller may act on it): moves its status with a
+/// compare-and-swap — 409 when another request moved it first — mirrors
+/// the status on the plan, and wakes the controller's reconciler, which
+/// carries it to the tasks. Returns the execution and when it moved.
+pub async fn act(
     state: &AppState,
-    exec: &Execution,
-    from: &[PerfStatus],
-    to: PerfStatus,
-    stamp: impl Fn(&mut Execution, DateTime<Utc>),
+    plan: &LoadTest,
+    action: Action,
+    may: impl Fn(&Execution) -> ApiResult<()>,
 ) -> ApiResult<(Execution, DateTime<Utc>)> {
+    let exec = current_execution(state, plan, action.from()).await?;
+    may(&exec)?;
     let now = testbed_core::now();
+    let to = action.to();
     let mut moved = false;
     let updated =
         records::update::<Execution, _>(&state.store, &execution_key(&exec.execution_id), |e| {
-            moved = from.contains(&e.status) && e.report_id.is_none();
+            moved = action.from().contains(&e.status) && e.report_id.is_none();
             if moved {
                 e.status = to;
-                stamp(e, now);
+                action.stamp(e, now);
             }
             moved
         })
@@ -261,93 +440,17 @@ async fn transition(
             exec.execution_id, updated.status
         )));
     }
-    let status = to;
     let execution_id = exec.execution_id.clone();
     records::update::<LoadTest, _>(&state.store, &plan_key(exec.plan_id), |p| {
-        if p.last_execution.as_deref() == Some(execution_id.as_str()) && p.status != status {
-            p.status = status;
+        if p.last_execution.as_deref() == Some(execution_id.as_str()) && p.status != to {
+            p.status = to;
             true
         } else {
             false
         }
     })
     .await?;
+    // Rewritten unchanged: the leader's watch on the index sees it at once.
+    records::update::<Active, _>(&state.store, &active_key(&execution_id), |_| true).await?;
     Ok((updated, now))
-}
-
-/// Stops the running (or paused) execution of `plan`; its report is still
-/// produced. `may` is asked whether the caller may act on the execution.
-pub async fn stop(
-    state: &AppState,
-    plan: &LoadTest,
-    may: impl Fn(&Execution) -> ApiResult<()>,
-) -> ApiResult<(Execution, DateTime<Utc>)> {
-    let exec = current_execution(state, plan, &[PerfStatus::Running, PerfStatus::Paused]).await?;
-    may(&exec)?;
-    let (exec, now) = transition(
-        state,
-        &exec,
-        &[PerfStatus::Running, PerfStatus::Paused],
-        PerfStatus::Stopped,
-        |e, t| e.stop_time = Some(t),
-    )
-    .await?;
-    for t in &exec.tasks {
-        // A task that already ended cannot be cancelled; that is fine here.
-        if let Err(e) = dispatch::cancel(state, t.task_id).await {
-            tracing::debug!(task = %t.task_id, "cancel: {}", e.message);
-        }
-    }
-    Ok((exec, now))
-}
-
-/// Pauses the running execution of `plan`: no new requests until resumed.
-pub async fn pause(
-    state: &AppState,
-    plan: &LoadTest,
-    may: impl Fn(&Execution) -> ApiResult<()>,
-) -> ApiResult<(Execution, DateTime<Utc>)> {
-    let exec = current_execution(state, plan, &[PerfStatus::Running]).await?;
-    may(&exec)?;
-    let (exec, now) = transition(
-        state,
-        &exec,
-        &[PerfStatus::Running],
-        PerfStatus::Paused,
-        |e, t| e.pause_time = Some(t),
-    )
-    .await?;
-    signal(state, &exec, true).await?;
-    Ok((exec, now))
-}
-
-/// Resumes the paused execution of `plan`; the remaining schedule continues.
-pub async fn resume(
-    state: &AppState,
-    plan: &LoadTest,
-    may: impl Fn(&Execution) -> ApiResult<()>,
-) -> ApiResult<(Execution, DateTime<Utc>)> {
-    let exec = current_execution(state, plan, &[PerfStatus::Paused]).await?;
-    may(&exec)?;
-    let (exec, now) = transition(
-        state,
-        &exec,
-        &[PerfStatus::Paused],
-        PerfStatus::Running,
-        |e, t| e.resume_time = Some(t),
-    )
-    .await?;
-    signal(state, &exec, false).await?;
-    Ok((exec, now))
-}
-
-/// Asks the execution's agents to pause or resume, through their
-/// assignments so that every replica's agents are reached.
-async fn signal(state: &AppState, exec: &Execution, pause: bool) -> ApiResult<()> {
-    for t in &exec.tasks {
-        if !dispatch::set_paused(state, t.agent_uuid, t.task_id, pause).await? {
-            tracing::debug!(task = %t.task_id, "pause/resume: task already ended");
-        }
-    }
-    Ok(())
 }

@@ -1,34 +1,45 @@
-//! Performance tests (seed 001) behind the API: plan, execution and report
-//! records, the live per-second series merged from the load agents, and the
-//! watcher that turns a finished execution into a report.
+//! Performance tests (seed 001): plan, execution and report records with
+//! typed statuses ([`PerfStatus`]), what a plan's config means
+//! ([`config`]), the execution's control ([`control`]: start, stop, pause,
+//! resume as intent recorded in the store), the controller's reconciler of
+//! executions ([`reconcile`]), the live per-second series and the report.
+//!
+//! An execution is driven like a plan run: the API records what is wanted
+//! (the execution, its placed load tasks, its status), and the controller
+//! leader's reconciler — fed by the plan engine's task watch and a watch on
+//! `/performance/active/` — creates the tasks, carries stop and pause to
+//! them, records lost agents and builds the report. Nothing of an execution
+//! lives in the replica that started it.
 //!
 //! Two paths carry an agent's windows. Live: each window arrives as a
-//! `metrics` message on the replica holding the agent's session, is merged
-//! into [`Live`], and that replica's share of the second is published in the
-//! store (`/performance/live/{execution}/{second}/{replica}`), which is what
-//! the WebSocket and the metrics endpoint of *every* replica read and merge
-//! ([`live_since`]). Exact: the `load` task's result holds every window, so
-//! the report is built from the stored results and loses nothing when a
-//! connection drops.
+//! `metrics` message on the replica holding the agent's session, which
+//! stores it under the task's own key for that second
+//! (`/performance/live/{execution}/{second}/{task}`); the WebSocket and the
+//! metrics endpoint of *every* replica read and merge those keys
+//! ([`live_since`]), and so does the report for CPU, memory and the windows
+//! of a task whose agent died. Exact: the `load` task's result holds every
+//! window, so the report loses nothing when a connection drops.
 //!
 //! Why the store and not a replica-to-replica relay: every replica already
 //! reads and watches the store, so the relay needs no membership, addresses
 //! or authentication between replicas, survives a replica's restart, and a
-//! reader on any replica (or one that connects late) sees every second from
-//! the start. Its cost is one small write per load agent per second.
+//! reader on any replica (or one that connects late, or the leader building
+//! the report) sees every second from the start. Its cost is one small
+//! write per load agent per second.
 //!
 //! What seed 001 fixes here (names, paths, fields) is summarised in
 //! docs/seed-interfaces.md#seed-001-http-api-and-performance-tests.
 
+pub mod config;
 pub mod control;
+pub mod reconcile;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use testbed_core::agent::SystemMetrics;
 use testbed_core::keys;
 use testbed_core::task::{Task, TaskStatus};
@@ -96,6 +107,15 @@ fn us_to_ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// `a` as a percentage of `b` (0 when `b` is).
+fn pct(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        round2(a as f64 * 100.0 / b as f64)
+    }
+}
+
 /// One second of one execution, merged across its agents.
 #[derive(Debug, Clone)]
 pub struct LivePoint {
@@ -108,107 +128,59 @@ pub struct LivePoint {
     pub system_tasks: Vec<Uuid>,
 }
 
+impl LivePoint {
+    fn add(&mut self, s: LiveSecond, task: Uuid) {
+        self.window.merge(&s.window);
+        self.contributors += 1;
+        self.system.push(s.system);
+        self.system_tasks.push(task);
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ExecLive {
     pub points: BTreeMap<u64, LivePoint>,
-    /// Agents (tasks) of the execution, when this replica started it.
+    /// Agents (tasks) of the execution.
     pub expected: usize,
 }
 
-#[derive(Default)]
-struct LiveInner {
-    execs: HashMap<String, ExecLive>,
-    tasks: HashMap<Uuid, String>,
-    /// Each task's own windows, for a report that must do without the
-    /// result of a task whose agent died.
-    per_task: HashMap<Uuid, Vec<Window>>,
-}
+/// Above this many remembered tasks, [`Live`] starts afresh (a forgotten
+/// task is looked up again in the store).
+const MAX_BOUND_TASKS: usize = 4096;
 
-/// The live series of the executions whose agents report to this replica.
+/// Which execution each load task connected here belongs to, so a window
+/// is stored without reading its task. Bounded: it is a cache, the task
+/// record says the same.
 #[derive(Default)]
 pub struct Live {
-    inner: Mutex<LiveInner>,
+    tasks: Mutex<HashMap<Uuid, String>>,
 }
 
 impl Live {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn register(&self, execution: &str, tasks: &[Uuid]) {
-        let mut l = self.lock();
-        l.execs.entry(execution.to_string()).or_default().expected = tasks.len();
-        for t in tasks {
-            l.tasks.insert(*t, execution.to_string());
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, String>> {
+        // Every operation leaves the map whole.
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn execution_of(&self, task: &Uuid) -> Option<String> {
-        self.lock().tasks.get(task).cloned()
+        self.lock().get(task).cloned()
     }
 
     fn bind(&self, task: Uuid, execution: &str) {
         let mut l = self.lock();
-        l.tasks.insert(task, execution.to_string());
-        l.execs.entry(execution.to_string()).or_default();
-    }
-
-    fn record(&self, execution: &str, task: Uuid, window: Window, system: SystemMetrics) {
-        let mut l = self.lock();
-        l.per_task.entry(task).or_default().push(window.clone());
-        let exec = l.execs.entry(execution.to_string()).or_default();
-        match exec.points.get_mut(&window.index) {
-            Some(p) => {
-                p.window.merge(&window);
-                p.contributors += 1;
-                p.system.push(system);
-                p.system_tasks.push(task);
-            }
-            None => {
-                exec.points.insert(
-                    window.index,
-                    LivePoint {
-                        window,
-                        contributors: 1,
-                        system: vec![system],
-                        system_tasks: vec![task],
-                    },
-                );
-            }
+        if l.len() >= MAX_BOUND_TASKS {
+            l.clear();
         }
+        l.insert(task, execution.to_string());
     }
+}
 
-    pub fn snapshot(&self, execution: &str) -> Option<ExecLive> {
-        self.lock().execs.get(execution).cloned()
+/// The execution a task is a load share of, if it is one.
+pub fn execution_of(task: &Task) -> Option<&str> {
+    if task.plugin != "load" {
+        return None;
     }
-
-    /// This replica's share of one second of an execution.
-    fn point(&self, execution: &str, index: u64) -> Option<LivePoint> {
-        self.lock()
-            .execs
-            .get(execution)
-            .and_then(|e| e.points.get(&index))
-            .cloned()
-    }
-
-    fn task_windows(&self, task: &Uuid) -> Vec<Window> {
-        self.lock().per_task.get(task).cloned().unwrap_or_default()
-    }
-
-    pub fn forget(&self, execution: &str) {
-        let mut l = self.lock();
-        l.execs.remove(execution);
-        let gone: Vec<Uuid> = l
-            .tasks
-            .iter()
-            .filter(|(_, e)| *e == execution)
-            .map(|(t, _)| *t)
-            .collect();
-        for t in gone {
-            l.tasks.remove(&t);
-            l.per_task.remove(&t);
-        }
-    }
+    task.parameters.get("execution_id").and_then(Value::as_str)
 }
 
 /// Each load agent's CPU and memory (percent) in one second, named by the
@@ -250,7 +222,14 @@ pub fn system_point(samples: &[SystemMetrics]) -> (f64, f64, f64) {
     (round2(cpu), round2(mem), round2(net))
 }
 
-/// A `metrics` message from an agent.
+/// A `metrics` message from an agent: stored as the task's share of that
+/// second, for every replica (and the report) to read.
+///
+/// The store write is not awaited by the agent's session: a session handles
+/// its messages in order and answers the agent's pings only between them, so
+/// a write held up by a busy store (one per load agent per second) would
+/// hold up the pongs too — and an agent that hears nothing for half its
+/// lease kills its tasks (the fence), cutting the load short.
 pub async fn on_metrics(state: &AppState, task_id: Uuid, window: Value, system: SystemMetrics) {
     let window: Window = match serde_json::from_value(window) {
         Ok(w) => w,
@@ -259,53 +238,30 @@ pub async fn on_metrics(state: &AppState, task_id: Uuid, window: Value, system: 
             return;
         }
     };
+    let state = state.clone();
+    tokio::spawn(async move { store_second(&state, task_id, window, system).await });
+}
+
+async fn store_second(state: &AppState, task_id: Uuid, window: Window, system: SystemMetrics) {
     let execution = match state.perf.execution_of(&task_id) {
         Some(e) => e,
         None => {
-            // Started by another replica: the task names its execution.
+            // The task names its execution.
             let Ok(Some((task, _))) =
                 records::get::<Task>(&state.store, &keys::task(&task_id)).await
             else {
                 return;
             };
-            let Some(e) = task
-                .parameters
-                .get("execution_id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-            else {
+            let Some(e) = execution_of(&task).map(str::to_string) else {
                 return;
             };
             state.perf.bind(task_id, &e);
             e
         }
     };
-    let index = window.index;
     state.metrics.load_window(&execution, task_id, &window);
-    state.perf.record(&execution, task_id, window, system);
-    if let Some(p) = state.perf.point(&execution, index) {
-        publish(state, &execution, index, &p).await;
-    }
-}
-
-/// One replica's share of one second, as stored for the other replicas.
-#[derive(Debug, Serialize, Deserialize)]
-struct LiveShare {
-    window: Window,
-    contributors: usize,
-    system: Vec<SystemMetrics>,
-    system_tasks: Vec<Uuid>,
-}
-
-async fn publish(state: &AppState, execution: &str, index: u64, p: &LivePoint) {
-    let share = LiveShare {
-        window: p.window.clone(),
-        contributors: p.contributors,
-        system: p.system.clone(),
-        system_tasks: p.system_tasks.clone(),
-    };
-    let key = keys::perf_live(execution, index, &state.replica);
-    match serde_json::to_vec(&share) {
+    let key = keys::perf_live(&execution, window.index, &task_id);
+    match serde_json::to_vec(&LiveSecond { window, system }) {
         Ok(bytes) => {
             if let Err(e) = state.store.put(&key, bytes, None).await {
                 // The live view misses this second; the report does not.
@@ -316,47 +272,37 @@ async fn publish(state: &AppState, execution: &str, index: u64, p: &LivePoint) {
     }
 }
 
-/// The live seconds of an execution from `from` on, merged across the
-/// replicas that received its agents' windows. `expected` is how many
-/// agents the execution has.
-pub async fn live_since(
+/// One task's window of one second, as stored for every replica.
+#[derive(Debug, Serialize, Deserialize)]
+struct LiveSecond {
+    window: Window,
+    system: SystemMetrics,
+}
+
+/// The stored live seconds of an execution from second `from` on, with
+/// the task each came from, in key (time) order.
+async fn read_live(
     state: &AppState,
     execution: &str,
     from: u64,
-    expected: usize,
-) -> ApiResult<ExecLive> {
+) -> ApiResult<Vec<(Uuid, LiveSecond)>> {
     let prefix = keys::perf_live_prefix(execution);
     // Keys sort by second (zero-padded): start just before `from`'s.
     let mut after = (from > 0).then(|| format!("{prefix}{:020}", from - 1) + "0");
-    let mut out = ExecLive {
-        points: BTreeMap::new(),
-        expected,
-    };
+    let mut out = Vec::new();
     loop {
         let page = state.store.range(&prefix, after.as_deref(), 500).await?;
         for kv in &page.kvs {
-            let Ok(share) = serde_json::from_slice::<LiveShare>(&kv.value) else {
+            let task = kv
+                .key
+                .rsplit('/')
+                .next()
+                .and_then(|t| t.parse::<Uuid>().ok());
+            let (Some(task), Ok(second)) = (task, serde_json::from_slice::<LiveSecond>(&kv.value))
+            else {
                 continue;
             };
-            match out.points.get_mut(&share.window.index) {
-                Some(p) => {
-                    p.window.merge(&share.window);
-                    p.contributors += share.contributors;
-                    p.system.extend(share.system);
-                    p.system_tasks.extend(share.system_tasks);
-                }
-                None => {
-                    out.points.insert(
-                        share.window.index,
-                        LivePoint {
-                            window: share.window,
-                            contributors: share.contributors,
-                            system: share.system,
-                            system_tasks: share.system_tasks,
-                        },
-                    );
-                }
-            }
+            out.push((task, second));
         }
         match (page.more, page.kvs.last()) {
             (true, Some(last)) => after = Some(last.key.clone()),
@@ -365,19 +311,53 @@ pub async fn live_since(
     }
 }
 
+/// Merges stored seconds per second, across tasks.
+fn merge_live(seconds: Vec<(Uuid, LiveSecond)>, expected: usize) -> ExecLive {
+    let mut out = ExecLive {
+        points: BTreeMap::new(),
+        expected,
+    };
+    for (task, s) in seconds {
+        match out.points.get_mut(&s.window.index) {
+            Some(p) => p.add(s, task),
+            None => {
+                out.points.insert(
+                    s.window.index,
+                    LivePoint {
+                        window: s.window,
+                        contributors: 1,
+                        system: vec![s.system],
+                        system_tasks: vec![task],
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The live seconds of an execution from `from` on, merged across its
+/// agents whichever replicas received them. `expected` is how many agents
+/// the execution has.
+pub async fn live_since(
+    state: &AppState,
+    execution: &str,
+    from: u64,
+    expected: usize,
+) -> ApiResult<ExecLive> {
+    Ok(merge_live(
+        read_live(state, execution, from).await?,
+        expected,
+    ))
+}
+
 /// Removes an execution's live seconds (its report holds them for good).
-async fn forget_live(state: &AppState, execution: &str) {
+async fn forget_live(state: &AppState, execution: &str) -> ApiResult<()> {
     let prefix = keys::perf_live_prefix(execution);
     loop {
-        let page = match state.store.range(&prefix, None, 100).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(%execution, "removing live seconds: {e}");
-                return;
-            }
-        };
+        let page = state.store.range(&prefix, None, 100).await?;
         if page.kvs.is_empty() {
-            return;
+            return Ok(());
         }
         let ops = page
             .kvs
@@ -386,132 +366,69 @@ async fn forget_live(state: &AppState, execution: &str) {
                 key: kv.key.clone(),
             })
             .collect();
-        if let Err(e) = state.store.txn(&[], ops).await {
-            tracing::warn!(%execution, "removing live seconds: {e}");
-            return;
-        }
+        state.store.txn(&[], ops).await?;
         if !page.more {
-            return;
+            return Ok(());
         }
     }
-}
-
-/// Follows an execution until all its tasks ended, records agents lost on
-/// the way, then builds its report. Idempotent, so a second watcher (or a
-/// restart) does no harm.
-pub async fn watch_execution(state: AppState, execution: String) {
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-        }
-        match step(&state, &execution).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(%execution, "performance execution: {}", e.message),
-        }
-    }
-    // Keep the live series a little longer for late WebSocket readers.
-    tokio::select! {
-        _ = state.shutdown.cancelled() => {}
-        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-    }
-    state.perf.forget(&execution);
-    forget_live(&state, &execution).await;
-}
-
-/// Controller-leader pass over unreported executions (see [`ACTIVE`]).
-pub async fn sweep(state: &AppState) -> ApiResult<()> {
-    let active: Vec<(String, Value)> = records::list(&state.store, ACTIVE, |_| true).await?;
-    for (key, _) in active {
-        let execution = &key[ACTIVE.len()..];
-        step(state, execution).await?;
-    }
-    Ok(())
-}
-
-async fn step(state: &AppState, execution: &str) -> ApiResult<bool> {
-    let key = execution_key(execution);
-    let Some((exec, _)) = records::get::<Execution>(&state.store, &key).await? else {
-        state.store.delete(&active_key(execution)).await?;
-        return Ok(true);
-    };
-    if exec.report_id.is_some() {
-        state.store.delete(&active_key(execution)).await?;
-        return Ok(true);
-    }
-    let mut tasks = Vec::new();
-    for t in &exec.tasks {
-        if let Some((task, _)) = records::get::<Task>(&state.store, &keys::task(&t.task_id)).await?
-        {
-            tasks.push(task);
-        }
-    }
-    let lost: Vec<String> = tasks
-        .iter()
-        .filter(|t| t.status == TaskStatus::Lost && !exec.lost_agents.contains(&t.agent_name))
-        .map(|t| t.agent_name.clone())
-        .collect();
-    if !lost.is_empty() {
-        tracing::warn!(%execution, "load agents lost: {}", lost.join(", "));
-        records::update::<Execution, _>(&state.store, &key, |e| {
-            let mut changed = false;
-            for a in &lost {
-                if !e.lost_agents.contains(a) {
-                    e.lost_agents.push(a.clone());
-                    changed = true;
-                }
-            }
-            changed
-        })
-        .await?;
-    }
-    // A task record still missing long after the start was never created
-    // (its dispatch failed): the execution ends without it.
-    let stale = testbed_core::now() - exec.start_time > chrono::Duration::seconds(30);
-    if (tasks.len() < exec.tasks.len() && !stale) || !tasks.iter().all(|t| t.status.is_terminal()) {
-        return Ok(false);
-    }
-    finalize(state, execution, &tasks).await?;
-    Ok(true)
 }
 
 /// Windows of every task's result (inline, or the artifact a long run
-/// uploaded), merged per second. A task without a result (its agent was
-/// lost) counts with the windows it sent live.
-async fn merged_windows(state: &AppState, tasks: &[Task]) -> Vec<Window> {
+/// uploaded), merged per second. A task without them (its agent was lost)
+/// counts with the windows it sent live.
+async fn merged_windows(
+    state: &AppState,
+    tasks: &[Task],
+    live: &[(Uuid, LiveSecond)],
+) -> Vec<Window> {
     let mut all: Vec<Window> = Vec::new();
     for t in tasks {
-        let result = t.result.as_ref();
-        if let Some(name) = result
-            .and_then(|r| r.get("windows_artifact"))
-            .and_then(Value::as_str)
-        {
-            match state.blobs.get(&keys::artifact_blob(&t.id, name)).await {
-                Ok(Some(bytes)) => match serde_json::from_slice::<Vec<Window>>(&bytes) {
-                    Ok(ws) => all.extend(ws),
-                    Err(e) => tracing::warn!(task = %t.id, "unreadable windows artifact: {e}"),
-                },
-                Ok(None) => tracing::warn!(task = %t.id, "windows artifact missing"),
-                Err(e) => tracing::warn!(task = %t.id, "reading windows artifact: {e}"),
-            }
-            continue;
-        }
-        let Some(ws) = result
-            .and_then(|r| r.get("windows"))
-            .and_then(Value::as_array)
-        else {
-            all.extend(state.perf.task_windows(&t.id));
-            continue;
-        };
-        for w in ws {
-            match serde_json::from_value::<Window>(w.clone()) {
-                Ok(w) => all.push(w),
-                Err(e) => tracing::warn!(task = %t.id, "unreadable window in result: {e}"),
-            }
+        match result_windows(state, t).await {
+            Some(ws) => all.extend(ws),
+            None => all.extend(
+                live.iter()
+                    .filter(|(task, _)| *task == t.id)
+                    .map(|(_, s)| s.window.clone()),
+            ),
         }
     }
     merge_windows(all.iter())
+}
+
+/// The windows a task returned with its result, if it returned them.
+async fn result_windows(state: &AppState, t: &Task) -> Option<Vec<Window>> {
+    let result = t.result.as_ref()?;
+    if let Some(name) = result.get("windows_artifact").and_then(Value::as_str) {
+        return match state.blobs.get(&keys::artifact_blob(&t.id, name)).await {
+            Ok(Some(bytes)) => match serde_json::from_slice::<Vec<Window>>(&bytes) {
+                Ok(ws) => Some(ws),
+                Err(e) => {
+                    tracing::warn!(task = %t.id, "unreadable windows artifact: {e}");
+                    None
+                }
+            },
+            Ok(None) => {
+                tracing::warn!(task = %t.id, "windows artifact missing");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(task = %t.id, "reading windows artifact: {e}");
+                None
+            }
+        };
+    }
+    let ws = result.get("windows").and_then(Value::as_array)?;
+    Some(
+        ws.iter()
+            .filter_map(|w| match serde_json::from_value::<Window>(w.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(task = %t.id, "unreadable window in result: {e}");
+                    None
+                }
+            })
+            .collect(),
+    )
 }
 
 pub fn percentiles(agg: &Aggregate) -> Percentiles {
@@ -547,9 +464,14 @@ pub fn window_avg_ms(w: &Window) -> f64 {
     }
 }
 
+/// Builds and stores the report of an execution whose tasks all ended, and
+/// ends the execution and its plan with it. The live seconds are read from
+/// the store, so whichever replica leads builds the same report.
 async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResult<()> {
     let key = execution_key(execution);
-    let windows = merged_windows(state, tasks).await;
+    let seconds = read_live(state, execution, 0).await?;
+    let windows = merged_windows(state, tasks, &seconds).await;
+    let live = merge_live(seconds, tasks.len());
     let agg = aggregate(&windows);
     let any_ran = tasks.iter().any(|t| t.status == TaskStatus::Succeeded);
     // The report is stored before its id is published on the execution:
@@ -579,7 +501,7 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
                 PerfStatus::Failed
             };
         }
-        let report = build_report(state, &exec, report_id, end, &windows, &agg).await;
+        let report = build_report(state, &exec, report_id, end, &windows, &agg, &live).await;
         records::put(&state.store, &report_key(report_id), &report, None).await?;
         let mut claimed = false;
         records::update::<Execution, _>(&state.store, &key, |e| {
@@ -609,7 +531,6 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         }
         Err(e) => tracing::warn!(%execution, "encoding windows: {e}"),
     }
-    state.store.delete(&active_key(execution)).await?;
     let status = exec.status;
     records::update::<LoadTest, _>(&state.store, &plan_key(exec.plan_id), |p| {
         if p.last_execution.as_deref() == Some(execution) && p.status != status {
@@ -624,7 +545,8 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
     Ok(())
 }
 
-/// The report of an execution that ends at `end`, from its merged windows.
+/// The report of an execution that ends at `end`, from its merged windows
+/// and (for CPU and memory) its live seconds.
 async fn build_report(
     state: &AppState,
     exec: &Execution,
@@ -632,11 +554,11 @@ async fn build_report(
     end: DateTime<Utc>,
     windows: &[Window],
     agg: &Aggregate,
+    live: &ExecLive,
 ) -> PerfReport {
     let execution = exec.execution_id.as_str();
-    let live = state.perf.snapshot(execution);
     let mut system = SystemSeries::default();
-    if let Some(live) = &live {
+    {
         for (i, p) in live.points.values().enumerate() {
             let (c, m, n) = system_point(&p.system);
             system.cpu.push(c);
@@ -702,4 +624,140 @@ async fn build_report(
         thresholds,
         passed,
     }
+}
+
+/// The metric types `/api/performance/metrics/{id}/` may be asked for.
+pub const METRIC_TYPES: &[&str] = &["response_time", "throughput", "error_rate", "system"];
+
+/// The execution's series: live (from every replica, through the store)
+/// while it runs, else the stored windows. `time_range`: only the last
+/// this many seconds.
+pub async fn series(
+    state: &AppState,
+    exec: &Execution,
+    time_range: Option<u64>,
+) -> (Vec<Window>, Vec<(f64, f64, f64)>) {
+    let (mut windows, mut system) = match live_since(state, &exec.execution_id, 0, 0).await {
+        Ok(live) if !live.points.is_empty() => (
+            live.points.values().map(|p| p.window.clone()).collect(),
+            live.points
+                .values()
+                .map(|p| system_point(&p.system))
+                .collect(),
+        ),
+        _ => {
+            let windows = match state.blobs.get(&windows_blob(&exec.execution_id)).await {
+                Ok(Some(bytes)) => {
+                    serde_json::from_slice::<Vec<Window>>(&bytes).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            (windows, Vec::new())
+        }
+    };
+    if let (Some(range), Some(last)) = (time_range, windows.last().map(|w| w.index)) {
+        let from = last.saturating_sub(range.saturating_sub(1));
+        let keep = windows.iter().position(|w| w.index >= from).unwrap_or(0);
+        windows.drain(..keep);
+        if system.len() > windows.len() {
+            system.drain(..system.len() - windows.len());
+        }
+    }
+    (windows, system)
+}
+
+/// The `metrics` of `/api/performance/metrics/{id}/`: every type, or the
+/// one asked for.
+pub fn metrics_body(windows: &[Window], system: &[(f64, f64, f64)], only: Option<&str>) -> Value {
+    let agg = aggregate(windows);
+    let last = windows.last();
+    let h = &agg.latency;
+    let ms = |us: u64| round2(us_to_ms(us));
+    let active = windows.iter().filter(|w| !w.paused).count().max(1) as f64;
+    let (cpu, mem, net) = system.last().copied().unwrap_or_default();
+    let all = json!({
+        "response_time": {
+            "current": last.map(window_avg_ms).unwrap_or(0.0),
+            "avg": if h.is_empty() { 0.0 } else { round2(h.mean() / 1000.0) },
+            "min": if h.is_empty() { 0.0 } else { ms(h.min()) },
+            "max": if h.is_empty() { 0.0 } else { ms(h.max()) },
+            "p95": percentiles(&agg).p95,
+        },
+        "throughput": {
+            "current_rps": last.map(|w| round2(w.rps())).unwrap_or(0.0),
+            "avg_rps": if windows.is_empty() { 0.0 } else { round2(agg.requests as f64 / active) },
+            "total_requests": agg.requests,
+        },
+        "error_rate": {
+            "current": last.map(|w| pct(w.errors, w.requests)).unwrap_or(0.0),
+            "total_errors": agg.errors,
+        },
+        "system": {
+            "cpu_usage": cpu,
+            "memory_usage": mem,
+            "network_io": net,
+        },
+    });
+    match only {
+        Some(t) => json!({ t: all.get(t).cloned().unwrap_or(Value::Null) }),
+        None => all,
+    }
+}
+
+/// One second of the live WebSocket.
+pub fn metrics_message(p: &LivePoint, exec: &Execution) -> Value {
+    let w = &p.window;
+    let (cpu, mem, net) = system_point(&p.system);
+    let agents: Vec<Value> = system_by_agent(p, &exec.tasks)
+        .into_iter()
+        .map(|(agent, cpu, memory)| json!({"agent": agent, "cpu": cpu, "memory": memory}))
+        .collect();
+    json!({
+        "type": "metrics",
+        "timestamp": w.timestamp,
+        // The merged second itself (histogram as base64 HdrHistogram V2),
+        // for clients that pass it on exactly (`testbed perf run --out`).
+        "window": w,
+        "data": {
+            "active_users": w.vus,
+            "requests_per_second": round2(w.rps()),
+            "response_time": window_avg_ms(w),
+            // Added for the console's live chart (clients reading the fields
+            // above are unaffected); null in a second without responses.
+            "p50": window_quantile_ms(w, 0.5),
+            "p90": window_quantile_ms(w, 0.9),
+            "p99": window_quantile_ms(w, 0.99),
+            "error_rate": pct(w.errors, w.requests),
+            "paused": w.paused,
+            "system_metrics": {"cpu": cpu, "memory": mem, "network": net},
+            // Each load agent's own CPU and memory (percent) in this second.
+            "agents": agents,
+        }
+    })
+}
+
+/// A latency quantile of one second's merged histogram, in ms.
+fn window_quantile_ms(w: &Window, q: f64) -> Option<f64> {
+    (!w.latency.is_empty()).then(|| round2(us_to_ms(w.latency.value_at_quantile(q))))
+}
+
+/// The live WebSocket's last message: how the execution ended.
+pub async fn finished_message(state: &AppState, exec: &Execution) -> Value {
+    let report = match exec.report_id {
+        Some(id) => records::get::<PerfReport>(&state.store, &report_key(id))
+            .await
+            .ok()
+            .flatten()
+            .map(|(r, _)| r),
+        None => None,
+    };
+    json!({
+        "type": "finished",
+        "timestamp": testbed_core::now().timestamp(),
+        "execution_id": exec.execution_id,
+        "status": exec.status,
+        "report_id": exec.report_id,
+        "lost_agents": exec.lost_agents,
+        "summary": report.map(|r| serde_json::to_value(r.summary).unwrap_or(Value::Null)),
+    })
 }
