@@ -42,7 +42,50 @@ pub struct Options {
     /// Iterations of each collection (newman's `-n`); by default one per data
     /// row, or one.
     pub iterations: Option<usize>,
+    /// Newman's other run options, for collections.
+    pub collections: CollectionOptions,
     pub echo: Option<Echo>,
+}
+
+/// Newman's run options that have no counterpart in suites.
+#[derive(Debug, Clone, Default)]
+pub struct CollectionOptions {
+    /// Run only these folders or requests (`--folder`, repeatable).
+    pub folders: Vec<String>,
+    /// Stop at the first failure or error (`--bail`).
+    pub bail: bool,
+    /// Run nothing when a `--folder` name is unknown (`--bail folder`).
+    pub bail_on_unknown_folder: bool,
+    /// Between requests (`--delay-request`).
+    pub delay_request: Duration,
+    /// Per request (`--timeout-request`); the runner's default when `None`.
+    pub request_timeout: Option<Duration>,
+    /// The whole run of each collection (`--timeout`).
+    pub run_timeout: Option<Duration>,
+    /// `--ignore-redirects`.
+    pub ignore_redirects: bool,
+    /// A tough-cookie jar to start from (`--cookie-jar`), read by [`load`].
+    pub cookie_jar: Option<PathBuf>,
+    /// `--global-var` values: win over the globals file.
+    pub global_vars: Map<String, Value>,
+    /// Where file bodies are read from (`--working-dir`); the collection's
+    /// directory when `None`.
+    pub working_dir: Option<PathBuf>,
+}
+
+/// One collection's run, with everything newman's reporters and exports use.
+#[derive(Debug, Clone)]
+pub struct CollectionRun {
+    pub file: PathBuf,
+    pub run: postman::PostmanRun,
+}
+
+/// What [`run_detailed`] gives: the report of every file, and each
+/// collection's own run.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub report: Report,
+    pub collections: Vec<CollectionRun>,
 }
 
 /// One problem of one input file, printed as `file:line:column: path: message`.
@@ -115,8 +158,12 @@ pub struct Loaded {
     pub inputs: Vec<Input>,
     /// The variables of `Options::environment` when it names a file.
     env_file: Option<Map<String, Value>>,
+    /// The `name` of a Postman environment file, kept for newman's
+    /// `--export-environment`.
+    env_name: Option<String>,
     globals: postman::Vars,
     data: Vec<postman::Vars>,
+    cookies: Vec<postman::JarCookie>,
 }
 
 impl Input {
@@ -188,6 +235,7 @@ pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Loaded, Vec<FileProblem
     let env_file = keep(&mut problems, environment_vars(opts)).flatten();
     let globals = keep(&mut problems, globals(opts)).unwrap_or_default();
     let data = keep(&mut problems, iteration_data(opts)).unwrap_or_default();
+    let cookies = keep(&mut problems, cookie_jar(opts)).unwrap_or_default();
     for f in files {
         let Some(text) = keep(&mut problems, read(&f)) else {
             continue;
@@ -206,6 +254,7 @@ pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Loaded, Vec<FileProblem
             for (given, flag) in [
                 (opts.data.is_some(), "-d/--iteration-data"),
                 (opts.iterations.is_some(), "-n/--iteration-count"),
+                (!opts.collections.folders.is_empty(), "--folder"),
             ] {
                 if given {
                     problems.push(problem(
@@ -223,12 +272,34 @@ pub fn load(paths: &[PathBuf], opts: &Options) -> Result<Loaded, Vec<FileProblem
             }
         }
     }
+    // A collection takes an environment file, not a suite environment's
+    // name: a missing file must not pass unnoticed, as in Newman.
+    let only_collections =
+        !inputs.is_empty() && inputs.iter().all(|i| matches!(i, Input::Collection { .. }));
+    if let Some(env) = opts.environment.as_deref() {
+        if only_collections && !Path::new(env).is_file() {
+            problems.push(problem(
+                Path::new(env),
+                "-e/--environment: no such file (a Postman collection takes an environment file)"
+                    .into(),
+            ));
+        }
+    }
     if problems.is_empty() {
         Ok(Loaded {
             inputs,
+            env_name: opts
+                .environment
+                .as_deref()
+                .map(Path::new)
+                .filter(|p| p.is_file())
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|t| postman::load_environment(&t).ok())
+                .and_then(|v| v.name),
             env_file,
             globals,
             data,
+            cookies,
         })
     } else {
         Err(problems)
@@ -278,12 +349,20 @@ fn vars_file(text: &str, path: &Path) -> Result<Map<String, Value>, Vec<FileProb
     }
 }
 
-type SuitesFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<testbed_report::Suite>> + Send + 'a>>;
+/// What one input gave: its suites, and its run when it is a collection.
+type InputRun = (Vec<testbed_report::Suite>, Option<CollectionRun>);
+
+type SuitesFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = InputRun> + Send + 'a>>;
 
 /// Runs loaded inputs into one report, `opts.jobs` files at a time; the
 /// report lists them in the order given either way.
 pub async fn run(loaded: &Loaded, opts: &Options) -> Report {
+    run_detailed(loaded, opts).await.report
+}
+
+/// [`run`], with each collection's own run as well (newman's counts,
+/// variables and cookies as the run left them).
+pub async fn run_detailed(loaded: &Loaded, opts: &Options) -> Ran {
     let inputs = &loaded.inputs;
     // A variables file stands in for the environment's name.
     let env_name = match &loaded.env_file {
@@ -328,22 +407,29 @@ pub async fn run(loaded: &Loaded, opts: &Options) -> Report {
         };
         let vars = &vars;
         runs.push(Box::pin(async move {
-            let suites = run_input(input, &suite_opts, vars, loaded, opts).await;
+            let done = run_input(input, &suite_opts, vars, loaded, opts).await;
             if let (Some(e), Ok(h)) = (&opts.echo, held.lock()) {
                 for line in h.iter() {
                     e(line);
                 }
             }
-            suites
+            done
         }));
     }
-    let done: Vec<Vec<testbed_report::Suite>> = futures_util::stream::iter(runs)
+    let done: Vec<InputRun> = futures_util::stream::iter(runs)
         .buffered(jobs)
         .collect()
         .await;
-    report.suites = done.into_iter().flatten().collect();
+    let mut collections = Vec::new();
+    for (suites, run) in done {
+        report.suites.extend(suites);
+        collections.extend(run);
+    }
     report.finished_at = Some(chrono::Utc::now());
-    report
+    Ran {
+        report,
+        collections,
+    }
 }
 
 async fn run_input(
@@ -352,29 +438,54 @@ async fn run_input(
     vars: &Map<String, Value>,
     loaded: &Loaded,
     opts: &Options,
-) -> Vec<testbed_report::Suite> {
+) -> InputRun {
     match input {
-        Input::Suite(s) => vec![runner::run_suite(s, suite_opts).await],
+        Input::Suite(s) => (vec![runner::run_suite(s, suite_opts).await], None),
         Input::Collection { collection, file } => {
             let mut environment = postman::Vars::new();
+            environment.name = loaded.env_name.clone();
             for (k, v) in vars {
                 environment.set(k.clone(), v.clone());
             }
+            let mut globals = loaded.globals.clone();
+            for (k, v) in &opts.collections.global_vars {
+                globals.set(k.clone(), v.clone());
+            }
+            let c = &opts.collections;
+            let defaults = postman::RunOptions::default();
             let run_opts = postman::RunOptions {
                 environment,
-                globals: loaded.globals.clone(),
+                globals,
                 insecure: opts.insecure,
                 script_time_limit: opts.script_timeout,
-                working_dir: file.parent().map(Path::to_path_buf),
+                timeout: c.request_timeout.unwrap_or(defaults.timeout),
+                working_dir: c
+                    .working_dir
+                    .clone()
+                    .or_else(|| file.parent().map(Path::to_path_buf)),
                 iterations: opts.iterations,
                 data: loaded.data.clone(),
-                ..postman::RunOptions::default()
+                folders: c.folders.clone(),
+                bail: c.bail,
+                bail_on_unknown_folder: c.bail_on_unknown_folder,
+                delay_request: c.delay_request,
+                follow_redirects: !c.ignore_redirects,
+                run_timeout: c.run_timeout,
+                cookies: loaded.cookies.clone(),
+                ..defaults
             };
             let run = postman::run(collection, run_opts).await;
             if let Some(e) = &suite_opts.echo {
                 e(&postman::newman_summary(&run));
             }
-            run.report.suites
+            let suites = run.report.suites.clone();
+            (
+                suites,
+                Some(CollectionRun {
+                    file: file.clone(),
+                    run,
+                }),
+            )
         }
     }
 }
@@ -385,6 +496,14 @@ fn globals(opts: &Options) -> Result<postman::Vars, Vec<FileProblem>> {
         return Ok(postman::Vars::default());
     };
     postman::load_environment(&read(path)?).map_err(|ps| located(path, ps))
+}
+
+/// The cookies of the `--cookie-jar` file, when one is given.
+fn cookie_jar(opts: &Options) -> Result<Vec<postman::JarCookie>, Vec<FileProblem>> {
+    let Some(path) = &opts.collections.cookie_jar else {
+        return Ok(Vec::new());
+    };
+    postman::load_cookie_jar(&read(path)?).map_err(|ps| located(path, ps))
 }
 
 /// The rows of the iteration data file, when one is given.

@@ -8,6 +8,7 @@
 //! | [`collection`] | the collection model and its loader, which reports every problem with its location |
 //! | [`data`] | iteration data files (JSON or CSV), one iteration per row |
 //! | [`vars`] | variable scopes, `{{var}}` substitution, environment files |
+//! | [`jar`] | the run's cookie jar, and Newman's tough-cookie jar files |
 //! | `script` | the QuickJS sandbox and its `pm` prelude |
 //! | `libs` | the libraries scripts may `require` (lodash, CryptoJS, moment…), loaded on first use |
 //! | `send` | turning a request into HTTP: URL, headers, body, auth |
@@ -18,6 +19,7 @@
 mod auth;
 pub mod collection;
 pub mod data;
+pub mod jar;
 mod libs;
 mod locate;
 pub mod newman;
@@ -28,7 +30,8 @@ pub mod vars;
 
 pub use collection::{load, Collection};
 pub use data::{load_data, DataFormat};
-pub use newman::newman_summary;
+pub use jar::{cookie_jar_json, load_cookie_jar, JarCookie};
+pub use newman::{ascii, newman_json, newman_scope, newman_stats, newman_summary};
 pub use run::{
     run, AssertionResult, ConsoleLine, Count, Execution, Failure, PostmanRun, ResponseInfo,
     RunOptions, Stats,

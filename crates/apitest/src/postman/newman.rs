@@ -4,10 +4,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use serde_json::{json, Value};
 use testbed_report::Outcome;
 
 use super::collection::Listen;
-use super::run::{Execution, PostmanRun};
+use super::run::{Count, Execution, PostmanRun, Stats};
+use super::vars::Vars;
 
 /// The run as newman's CLI reporter prints it.
 pub fn newman_summary(run: &PostmanRun) -> String {
@@ -231,6 +233,159 @@ fn failures(s: &mut String, run: &PostmanRun) {
         let _ = writeln!(s, "{indent}at {}", f.at);
         let _ = writeln!(s, "{indent}inside \"{}\"\n", f.inside);
     }
+}
+
+/// `run.stats` as newman's JSON reporter writes it: each row's `total`,
+/// `pending` and `failed`.
+pub fn newman_stats(stats: &Stats) -> Value {
+    let row = |c: Count| json!({"total": c.executed, "pending": 0, "failed": c.failed});
+    json!({
+        "iterations": row(stats.iterations),
+        "requests": row(stats.requests),
+        "testScripts": row(stats.test_scripts),
+        "prerequestScripts": row(stats.prerequest_scripts),
+        "assertions": row(stats.assertions),
+    })
+}
+
+/// A variable scope as newman exports it (`--export-environment`,
+/// `--export-globals`, and the JSON reporter's `environment`/`globals`).
+pub fn newman_scope(vars: &Vars, scope: &str, default_name: &str) -> Value {
+    json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "name": vars.name.clone().unwrap_or_else(|| default_name.to_string()),
+        "values": vars
+            .iter()
+            .map(|(k, v)| json!({"type": "any", "value": v, "key": k, "enabled": true}))
+            .collect::<Vec<_>>(),
+        "_postman_variable_scope": scope,
+        "_postman_exported_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "_postman_exported_using": concat!("Testbed/", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+/// The run as newman's JSON reporter (`-r json`) writes it: `collection`,
+/// `environment`, `globals` and `run` with `stats`, `timings`,
+/// `executions` and `failures` (each with its `source`, the request it came
+/// from, and its `error`).
+pub fn newman_json(run: &PostmanRun) -> Value {
+    // Which request each numbered failure belongs to.
+    let mut sources: Vec<Option<&Execution>> = vec![None; run.failures.len()];
+    for ex in &run.executions {
+        for a in &ex.assertions {
+            if let Some(slot) = a.failure.and_then(|n| sources.get_mut(n.wrapping_sub(1))) {
+                *slot = Some(ex);
+            }
+        }
+    }
+    let failures: Vec<Value> = run
+        .failures
+        .iter()
+        .zip(&sources)
+        .map(|(f, ex)| {
+            let message = if f.message.is_empty() {
+                &f.title
+            } else {
+                &f.message
+            };
+            let mut error = json!({"name": f.kind, "message": message});
+            if f.at.starts_with("assertion:") {
+                error["test"] = json!(f.title);
+            }
+            let source = ex.map_or(f.inside.as_str(), |ex| ex.name.as_str());
+            let parent = ex
+                .map(|ex| ex.folders.join(" / "))
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| run.report.name.clone());
+            json!({
+                "error": error,
+                "at": f.at,
+                "source": {"name": source},
+                "parent": {"name": parent},
+                "cursor": {"iteration": ex.map(|ex| ex.iteration)},
+            })
+        })
+        .collect();
+    let executions: Vec<Value> = run
+        .executions
+        .iter()
+        .map(|ex| {
+            let mut e = json!({
+                "cursor": {"iteration": ex.iteration},
+                "item": {"name": ex.name},
+                "request": {"method": ex.method, "url": ex.url},
+                "assertions": ex.assertions.iter().map(|a| {
+                    let mut v = json!({"assertion": a.name, "skipped": a.outcome == Outcome::Skip});
+                    if a.outcome.is_failure() {
+                        v["error"] = json!({"message": a.message});
+                    }
+                    v
+                }).collect::<Vec<_>>(),
+            });
+            if let Some(r) = &ex.response {
+                e["response"] = json!({
+                    "code": r.code,
+                    "status": r.reason,
+                    "responseTime": u64::try_from(r.time.as_millis()).unwrap_or(u64::MAX),
+                    "responseSize": r.size,
+                });
+            }
+            if let Some(err) = &ex.error {
+                e["requestError"] = json!({"message": err});
+            }
+            e
+        })
+        .collect();
+    let times: Vec<f64> = run
+        .executions
+        .iter()
+        .filter_map(|e| e.response.as_ref())
+        .map(|r| r.time.as_secs_f64() * 1000.0)
+        .collect();
+    let n = times.len().max(1) as f64;
+    let mean = times.iter().sum::<f64>() / n;
+    let sd = (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let ms = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
+    json!({
+        "collection": {"info": {"name": run.report.name}},
+        "environment": newman_scope(&run.environment, "environment", ""),
+        "globals": newman_scope(&run.globals, "globals", "globals"),
+        "run": {
+            "stats": newman_stats(&run.stats),
+            "timings": {
+                "responseAverage": mean,
+                "responseMin": if times.is_empty() { 0.0 } else { times.iter().copied().fold(f64::INFINITY, f64::min) },
+                "responseMax": times.iter().copied().fold(0.0, f64::max),
+                "responseSd": sd,
+                "started": ms(run.report.started_at),
+                "completed": ms(run.report.finished_at),
+            },
+            "executions": executions,
+            "transfers": {"responseTotal": run.executions.iter().filter_map(|e| e.response.as_ref()).map(|r| r.size).sum::<usize>()},
+            "failures": failures,
+            "error": Value::Null,
+        },
+    })
+}
+
+/// `text` with newman's `--disable-unicode` symbols: plain ASCII for the
+/// marks, arrows and table rules.
+pub fn ascii(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '✓' => "ok".to_string(),
+            '✗' => "x".to_string(),
+            '→' => "->".to_string(),
+            '❏' => "*".to_string(),
+            '›' => ">".to_string(),
+            '─' => "-".to_string(),
+            '│' => "|".to_string(),
+            '┌' | '┐' | '└' | '┘' | '├' | '┤' | '┬' | '┴' | '┼' => {
+                "+".to_string()
+            }
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 fn bytes(n: usize) -> String {

@@ -14,6 +14,7 @@ use testbed_report::{Case, Outcome, Report, Suite};
 use super::collection::{
     Auth, Body, Collection, Folder, FormValue, Header, Item, Listen, RequestItem,
 };
+use super::jar::{JarCookie, RunJar};
 use super::script::{self, Limits, ScriptRun, Stop};
 use super::send::{self, Answer, Built, Issue};
 use super::vars::{Scopes, Vars};
@@ -33,6 +34,20 @@ pub struct RunOptions {
     pub insecure: bool,
     /// Stop at the first request with a failure or error (newman's `--bail`).
     pub bail: bool,
+    /// Run nothing when a name in `folders` is not in the collection
+    /// (newman's `--bail folder`); otherwise the rest still runs.
+    pub bail_on_unknown_folder: bool,
+    /// Wait this long before each request but the first (newman's
+    /// `--delay-request`).
+    pub delay_request: Duration,
+    /// Follow redirects, as Postman does by default; `false` is newman's
+    /// `--ignore-redirects`.
+    pub follow_redirects: bool,
+    /// A limit on the whole run (newman's `--timeout`): what is still running
+    /// then is stopped, and the run ends with an error.
+    pub run_timeout: Option<Duration>,
+    /// The cookie jar the run starts with (newman's `--cookie-jar`).
+    pub cookies: Vec<JarCookie>,
     /// Run only these folders or requests, by name (newman's `--folder`); empty
     /// runs everything.
     pub folders: Vec<String>,
@@ -57,6 +72,11 @@ impl Default for RunOptions {
             script_memory_limit: 64 << 20,
             insecure: false,
             bail: false,
+            bail_on_unknown_folder: false,
+            delay_request: Duration::ZERO,
+            follow_redirects: true,
+            run_timeout: None,
+            cookies: Vec::new(),
             folders: Vec::new(),
             iterations: None,
             data: Vec::new(),
@@ -162,6 +182,8 @@ pub struct PostmanRun {
     pub environment: Vars,
     pub globals: Vars,
     pub collection_variables: Vars,
+    /// The cookie jar as the run left it (newman's `--export-cookie-jar`).
+    pub cookies: Vec<JarCookie>,
 }
 
 impl PostmanRun {
@@ -213,7 +235,12 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
             time: options.script_time_limit,
             memory: options.script_memory_limit,
         },
-        client: send::client(options.timeout, options.insecure),
+        client: send::client(
+            options.timeout,
+            options.insecure,
+            options.follow_redirects,
+            RunJar::with(&options.cookies),
+        ),
         working_dir: options
             .working_dir
             .clone()
@@ -228,6 +255,7 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
         suites: Vec::new(),
     };
 
+    let mut iterations = iterations;
     if !runner.options.folders.is_empty() {
         let wanted = runner.options.folders.clone();
         for w in &wanted {
@@ -236,6 +264,9 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
                 .any(|e| e.item.name == *w || e.folders.iter().any(|f| f.name == *w));
             if !known {
                 runner.selection_error(w);
+                if runner.options.bail_on_unknown_folder {
+                    iterations = 0;
+                }
             }
         }
         plan.retain(|e| {
@@ -245,6 +276,8 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
         });
     }
 
+    let deadline = runner.options.run_timeout.map(|t| (t, t0 + t));
+    let mut sent_any = false;
     'iterations: for iteration in 0..iterations {
         runner.stats.iterations.executed += 1;
         // Fresh each iteration, so that a script's `pm.iterationData.unset`
@@ -262,7 +295,24 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
                 runner.loop_error(&plan[i], iteration, iterations);
                 break;
             }
-            let outcome = runner.run_entry(&plan[i], iteration, iterations).await;
+            if sent_any && !runner.options.delay_request.is_zero() {
+                tokio::time::sleep(runner.options.delay_request).await;
+            }
+            sent_any = true;
+            let outcome = match deadline {
+                None => runner.run_entry(&plan[i], iteration, iterations).await,
+                Some((limit, at)) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    let step = runner.run_entry(&plan[i], iteration, iterations);
+                    match tokio::time::timeout(left, step).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            runner.timeout_error(&plan[i], limit);
+                            break 'iterations;
+                        }
+                    }
+                }
+            };
             if runner.options.bail && outcome.failed {
                 let suite = runner.suite(&plan[i]);
                 runner.suites[suite]
@@ -284,6 +334,10 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
     let finished_at = Utc::now();
     report.finished_at = Some(finished_at);
     report.suites = runner.suites;
+    let cookies = match &runner.client {
+        Ok(http) => http.jar.export(),
+        Err(_) => Vec::new(),
+    };
     PostmanRun {
         report,
         stats: runner.stats,
@@ -295,6 +349,7 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
         environment: runner.scopes.environment,
         globals: runner.scopes.globals,
         collection_variables: runner.scopes.collection,
+        cookies,
     }
 }
 
@@ -435,6 +490,27 @@ impl<'c> Runner<'c> {
         let s = self.top_suite();
         self.suites[s].cases.push(case(
             format!("folder '{wanted}'"),
+            Outcome::Error,
+            Some(message),
+        ));
+    }
+
+    /// The run's time limit ran out while `e` was running.
+    fn timeout_error(&mut self, e: &Entry<'c>, limit: Duration) {
+        let message = format!(
+            "the run's time limit ({} ms) ran out; the run stopped here",
+            limit.as_millis()
+        );
+        self.failure(Failure {
+            kind: "TimeoutError".into(),
+            title: message.clone(),
+            message: String::new(),
+            at: "run".into(),
+            inside: request_name(e.item),
+        });
+        let s = self.suite(e);
+        self.suites[s].cases.push(case(
+            format!("{} › run time limit", request_name(e.item)),
             Outcome::Error,
             Some(message),
         ));

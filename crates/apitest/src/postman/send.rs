@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use reqwest::cookie::{CookieStore as _, Jar};
 use serde_json::{json, Value};
 
 use super::collection::{Auth, Body, FormValue, Header, Request, Url};
+use super::jar::RunJar;
 use super::vars::{self, Scopes};
 use crate::transport::http::classify;
 use crate::TransportError;
@@ -667,30 +667,32 @@ const MAX_DECODED: u64 = 512 << 20;
 #[derive(Clone)]
 pub(crate) struct Http {
     client: reqwest::Client,
-    jar: Arc<Jar>,
+    pub(crate) jar: Arc<RunJar>,
 }
 
-pub(crate) fn client(timeout: Duration, insecure: bool) -> Result<Http, TransportError> {
-    let jar = Arc::new(Jar::default());
+/// `follow_redirects: false` is Newman's `--ignore-redirects`: a 3xx reply is
+/// the response the tests see.
+pub(crate) fn client(
+    timeout: Duration,
+    insecure: bool,
+    follow_redirects: bool,
+    jar: RunJar,
+) -> Result<Http, TransportError> {
+    let jar = Arc::new(jar);
+    let redirects = if follow_redirects {
+        // Postman's default `maxRedirects`.
+        reqwest::redirect::Policy::limited(10)
+    } else {
+        reqwest::redirect::Policy::none()
+    };
     reqwest::Client::builder()
         .cookie_provider(jar.clone())
+        .redirect(redirects)
         .timeout(timeout)
         .danger_accept_invalid_certs(insecure)
         .build()
         .map(|client| Http { client, jar })
         .map_err(|e| TransportError::Invalid(format!("cannot set up the HTTP client: {e}")))
-}
-
-/// The `name=value` pairs of a `Cookie` header.
-fn cookie_pairs(header: &str) -> Vec<(String, String)> {
-    header
-        .split(';')
-        .filter_map(|c| {
-            let c = c.trim();
-            let (k, v) = c.split_once('=').unwrap_or((c, ""));
-            (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
-        })
-        .collect()
 }
 
 pub(crate) async fn send(
@@ -731,13 +733,8 @@ pub(crate) async fn send(
     // What the jar holds for the final URL (after redirects) once this reply's
     // `Set-Cookie` went in: Newman's `responseCookies`. The jar gives names and
     // values only, not the attributes.
-    let cookies = http
-        .jar
-        .cookies(resp.url())
-        .map(|h| cookie_pairs(&String::from_utf8_lossy(h.as_bytes())))
-        .unwrap_or_default();
+    let mut cookies = http.jar.pairs(resp.url());
     // The jar's order changes from run to run; scripts see a stable one.
-    let mut cookies = cookies;
     cookies.sort();
     let code = resp.status().as_u16();
     let reason = resp.status().canonical_reason().unwrap_or("").to_string();

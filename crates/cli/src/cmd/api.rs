@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use testbed_apitest::files::{self, Options};
 use testbed_apitest::openapi::{self, CheckOptions};
+use testbed_apitest::postman;
 
 use super::run::ReportFiles;
 
@@ -65,6 +66,142 @@ pub struct RunArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub reports: ReportFiles,
+    #[command(flatten)]
+    pub newman: NewmanArgs,
+}
+
+/// Newman's `run` options, spelt as Newman spells them, so that a CI line
+/// `newman run …` works as `testbed api run …` (docs/api-tests.md maps each).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Newman options (Postman collections)")]
+pub struct NewmanArgs {
+    /// Run only this folder or request, by name (repeatable).
+    #[arg(long = "folder", value_name = "NAME")]
+    pub folders: Vec<String>,
+    /// Stop at the first failure or error. Modifiers (comma-separated):
+    /// `folder` runs nothing when a --folder name is unknown; `failure` is
+    /// plain --bail.
+    #[arg(long, value_name = "MODIFIERS", num_args = 0..=1, default_missing_value = "",
+          value_parser = parse_bail)]
+    pub bail: Option<Bail>,
+    /// Wait this long between requests, in milliseconds.
+    #[arg(long, value_name = "MS", value_parser = millis)]
+    pub delay_request: Option<Duration>,
+    /// Time limit per request, in milliseconds (0: none; default 30000).
+    #[arg(long, value_name = "MS", value_parser = millis)]
+    pub timeout_request: Option<Duration>,
+    /// Time limit per script, in milliseconds (0: none); as --script-timeout.
+    #[arg(long, value_name = "MS", value_parser = millis, conflicts_with = "script_timeout")]
+    pub timeout_script: Option<Duration>,
+    /// Time limit for the whole run of each collection, in milliseconds (0: none).
+    #[arg(long, value_name = "MS", value_parser = millis)]
+    pub timeout: Option<Duration>,
+    /// Do not follow redirects: a 3xx reply is the response the tests see.
+    #[arg(long)]
+    pub ignore_redirects: bool,
+    /// Write the environment as the run left it here (a Postman environment file).
+    #[arg(long, value_name = "FILE")]
+    pub export_environment: Option<PathBuf>,
+    /// Write the globals as the run left them here.
+    #[arg(long, value_name = "FILE")]
+    pub export_globals: Option<PathBuf>,
+    /// Write the collection, with its variables as the run left them, here.
+    #[arg(long, value_name = "FILE")]
+    pub export_collection: Option<PathBuf>,
+    /// Start with the cookies of this jar (tough-cookie's JSON, as Newman reads it).
+    #[arg(long, value_name = "FILE")]
+    pub cookie_jar: Option<PathBuf>,
+    /// Write the run's cookie jar here (tough-cookie's JSON).
+    #[arg(long, value_name = "FILE")]
+    pub export_cookie_jar: Option<PathBuf>,
+    /// An environment variable, KEY=VALUE (repeatable); as --var.
+    #[arg(long = "env-var", value_name = "KEY=VALUE")]
+    pub env_vars: Vec<String>,
+    /// A global variable, KEY=VALUE (repeatable; wins over -g).
+    #[arg(long = "global-var", value_name = "KEY=VALUE")]
+    pub global_vars: Vec<String>,
+    /// Reporters, comma-separated: cli (the default), json, junit.
+    #[arg(short = 'r', long = "reporters", value_name = "NAMES", value_delimiter = ',',
+          value_parser = ["cli", "json", "junit"])]
+    pub reporters: Vec<String>,
+    /// Where the json reporter writes (default: newman/newman-run-report-<time>.json).
+    #[arg(long, value_name = "FILE")]
+    pub reporter_json_export: Option<PathBuf>,
+    /// Where the junit reporter writes (default: newman/newman-run-report-<time>.xml).
+    #[arg(long, value_name = "FILE")]
+    pub reporter_junit_export: Option<PathBuf>,
+    /// Colour: on, off or auto (the output has none; accepted for Newman's CI lines).
+    #[arg(long, value_name = "on|off|auto", value_parser = ["on", "off", "auto"])]
+    pub color: Option<String>,
+    /// Plain ASCII instead of Unicode marks and rules in the cli output.
+    #[arg(long)]
+    pub disable_unicode: bool,
+    /// Accepted for Newman's CI lines; the output is the same.
+    #[arg(long)]
+    pub verbose: bool,
+    /// Exit 0 even when tests fail (bad input still exits 2).
+    #[arg(short = 'x', long)]
+    pub suppress_exit_code: bool,
+    /// Where file bodies and form-data files are read from (default: the collection's directory).
+    #[arg(long, value_name = "DIR")]
+    pub working_dir: Option<PathBuf>,
+}
+
+/// `--bail` and its modifiers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bail {
+    pub folder: bool,
+}
+
+fn parse_bail(s: &str) -> Result<Bail, String> {
+    let mut bail = Bail::default();
+    for m in s.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        match m {
+            "folder" => bail.folder = true,
+            "failure" => {}
+            other => {
+                return Err(format!(
+                    "unknown modifier {other:?} (use folder, failure, or none)"
+                ))
+            }
+        }
+    }
+    Ok(bail)
+}
+
+/// Milliseconds, as Newman's options take them; 0 means no limit.
+fn millis(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("expected a whole number of milliseconds, not {s:?}"))
+}
+
+/// Newman's 0 ("no limit") for a time limit.
+fn limit(d: Duration) -> Duration {
+    if d.is_zero() {
+        // A year stands for "never": tokio's timers take it without overflow.
+        Duration::from_secs(365 * 24 * 3600)
+    } else {
+        d
+    }
+}
+
+fn key_values(
+    flag: &str,
+    given: &[String],
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut out = serde_json::Map::new();
+    for v in given {
+        let (k, val) = v
+            .split_once('=')
+            .with_context(|| format!("{flag} {v:?}: expected NAME=VALUE"))?;
+        out.insert(
+            k.trim().to_string(),
+            serde_json::Value::String(val.to_string()),
+        );
+    }
+    Ok(out)
 }
 
 #[derive(Args, Debug)]
@@ -124,17 +261,29 @@ fn print_problems(problems: &[files::FileProblem]) {
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut vars = serde_json::Map::new();
-    for v in &a.vars {
-        let (k, val) = v
-            .split_once('=')
-            .with_context(|| format!("--var {v:?}: expected NAME=VALUE"))?;
-        vars.insert(
-            k.trim().to_string(),
-            serde_json::Value::String(val.to_string()),
-        );
-    }
-    let quiet = a.quiet;
+    let n = &a.newman;
+    let mut vars = key_values("--env-var", &n.env_vars)?;
+    vars.extend(key_values("--var", &a.vars)?);
+    let reporters: Vec<&str> = if n.reporters.is_empty() {
+        vec!["cli"]
+    } else {
+        n.reporters.iter().map(String::as_str).collect()
+    };
+    let quiet = a.quiet || !reporters.contains(&"cli");
+    let ascii = n.disable_unicode;
+    let collections = files::CollectionOptions {
+        folders: n.folders.clone(),
+        bail: n.bail.is_some(),
+        bail_on_unknown_folder: n.bail.is_some_and(|b| b.folder),
+        delay_request: n.delay_request.unwrap_or_default(),
+        request_timeout: n.timeout_request.map(limit),
+        run_timeout: n.timeout.filter(|t| !t.is_zero()),
+        ignore_redirects: n.ignore_redirects,
+        cookie_jar: n.cookie_jar.clone(),
+        global_vars: key_values("--global-var", &n.global_vars)?,
+        working_dir: n.working_dir.clone(),
+    };
+    let script_timeout = n.timeout_script.map_or(a.script_timeout, limit);
     let opts = Options {
         environment: a.environment,
         globals: a.globals,
@@ -142,11 +291,20 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         tags: a.tags,
         skip_tags: a.skip_tags,
         insecure: a.insecure,
-        script_timeout: a.script_timeout,
+        script_timeout,
         jobs: a.jobs,
         data: a.data,
         iterations: a.iterations,
-        echo: (!quiet).then(|| Arc::new(|l: &str| println!("{l}")) as files::Echo),
+        collections,
+        echo: (!quiet).then(|| {
+            Arc::new(move |l: &str| {
+                if ascii {
+                    println!("{}", postman::ascii(l));
+                } else {
+                    println!("{l}");
+                }
+            }) as files::Echo
+        }),
     };
     let loaded = match files::load(&a.paths, &opts) {
         Ok(l) => l,
@@ -158,16 +316,126 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     // Steps run one after another, so one thread serves them best: the
     // request and its connection task then never wake each other across
     // threads (about a third of the time per request on loopback).
-    let report = tokio::task::spawn_blocking(move || {
+    // Newman runs one collection; its file outputs describe that one run.
+    let outputs = newman_outputs(&a.newman, &reporters);
+    let collections = loaded
+        .inputs
+        .iter()
+        .filter(|i| matches!(i, files::Input::Collection { .. }))
+        .count();
+    if !outputs.is_empty() && (collections != 1 || loaded.inputs.len() != 1) {
+        eprintln!(
+            "{} write(s) what one Postman collection's run left, as Newman does: give exactly \
+             one collection (got {} input(s), {collections} collection(s))",
+            outputs.join(", "),
+            loaded.inputs.len()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let ran = tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map(|rt| rt.block_on(files::run(&loaded, &opts)))
+            .map(|rt| rt.block_on(files::run_detailed(&loaded, &opts)))
     })
     .await
     .context("the test runner stopped")?
     .context("starting the test runner")?;
-    a.reports.conclude(&report)
+    if let Some(c) = ran.collections.first() {
+        write_newman_outputs(&a.newman, &reporters, c, &ran.report)?;
+    }
+    let code = a.reports.conclude(&ran.report)?;
+    Ok(if a.newman.suppress_exit_code {
+        ExitCode::SUCCESS
+    } else {
+        code
+    })
+}
+
+/// The Newman options given that write files about one collection's run.
+fn newman_outputs(n: &NewmanArgs, reporters: &[&str]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for (given, flag) in [
+        (n.export_environment.is_some(), "--export-environment"),
+        (n.export_globals.is_some(), "--export-globals"),
+        (n.export_collection.is_some(), "--export-collection"),
+        (n.export_cookie_jar.is_some(), "--export-cookie-jar"),
+        (reporters.contains(&"json"), "-r json"),
+        (reporters.contains(&"junit"), "-r junit"),
+    ] {
+        if given {
+            out.push(flag);
+        }
+    }
+    out
+}
+
+/// Newman's default report path: `newman/newman-run-report-<time>.<ext>`.
+fn default_report_path(ext: &str) -> PathBuf {
+    let t = chrono::Utc::now().format("%Y-%m-%d-%H-%M-%S-%3f-0");
+    PathBuf::from("newman").join(format!("newman-run-report-{t}.{ext}"))
+}
+
+fn write_file(path: &std::path::Path, body: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("writing {}", path.display()))?;
+    }
+    std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+fn write_newman_outputs(
+    n: &NewmanArgs,
+    reporters: &[&str],
+    c: &files::CollectionRun,
+    report: &testbed_report::Report,
+) -> anyhow::Result<()> {
+    let run = &c.run;
+    if let Some(p) = &n.export_environment {
+        write_file(
+            p,
+            &pretty(&postman::newman_scope(&run.environment, "environment", "")),
+        )?;
+    }
+    if let Some(p) = &n.export_globals {
+        write_file(
+            p,
+            &pretty(&postman::newman_scope(&run.globals, "globals", "globals")),
+        )?;
+    }
+    if let Some(p) = &n.export_cookie_jar {
+        write_file(p, &pretty(&postman::cookie_jar_json(&run.cookies)))?;
+    }
+    if let Some(p) = &n.export_collection {
+        let text = std::fs::read_to_string(&c.file)
+            .with_context(|| format!("reading {}", c.file.display()))?;
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("reading {}", c.file.display()))?;
+        doc["variable"] = run
+            .collection_variables
+            .iter()
+            .map(|(k, v)| serde_json::json!({"key": k, "value": v, "type": "any"}))
+            .collect();
+        write_file(p, &pretty(&doc))?;
+    }
+    if reporters.contains(&"json") {
+        let p = n
+            .reporter_json_export
+            .clone()
+            .unwrap_or_else(|| default_report_path("json"));
+        write_file(&p, &pretty(&postman::newman_json(run)))?;
+    }
+    if reporters.contains(&"junit") {
+        let p = n
+            .reporter_junit_export
+            .clone()
+            .unwrap_or_else(|| default_report_path("xml"));
+        write_file(&p, &testbed_report::to_junit(report)?)?;
+    }
+    Ok(())
 }
 
 fn lint(a: LintArgs) -> anyhow::Result<ExitCode> {
