@@ -266,19 +266,33 @@
   };
 
   // ---------------------------------------------------------------- cookies
-  // The run's jar for the URL of the reply, names and values only (the
-  // jar does not give the attributes): `pm.cookies` and the legacy
-  // `responseCookies`/`postman.getResponseCookie`.
-  function CookieList(pairs) {
-    this._c = (pairs || []).map(function (p) { return { name: p[0], value: p[1] }; });
+  // `pm.cookies` and the legacy `responseCookies`/`postman.getResponseCookie`:
+  // the run's jar for the URL of the reply, names and values. A list from
+  // `pm.cookies.jar().getAll` holds whole cookies (domain, path, expires…).
+  function Cookie(c) {
+    this.name = c.name;
+    this.value = c.value;
+    if (c.domain !== undefined) {
+      this.expires = c.expires || null;
+      this.domain = c.domain;
+      this.path = c.path;
+      this.secure = !!c.secure;
+      this.httpOnly = !!c.httpOnly;
+      this.hostOnly = !!c.hostOnly;
+    }
+  }
+  Cookie.prototype.valueOf = function () { return this.value; };
+  Cookie.prototype.toString = function () { return this.name + '=' + this.value; };
+  function CookieList(items) {
+    this._c = (items || []).map(function (p) { return Array.isArray(p) ? { name: p[0], value: p[1] } : new Cookie(p); });
   }
   CookieList.prototype.one = function (name) {
     var c = this._c.find(function (c) { return c.name === String(name); });
-    return c ? { name: c.name, value: c.value } : undefined;
+    return c ? (c instanceof Cookie ? c : { name: c.name, value: c.value }) : undefined;
   };
   CookieList.prototype.get = function (name) { var c = this.one(name); return c ? c.value : undefined; };
   CookieList.prototype.has = function (name) { return this.one(name) !== undefined; };
-  CookieList.prototype.all = function () { return this._c.map(function (c) { return { name: c.name, value: c.value }; }); };
+  CookieList.prototype.all = function () { return this._c.map(function (c) { return c instanceof Cookie ? c : { name: c.name, value: c.value }; }); };
   CookieList.prototype.toObject = function () {
     var o = {};
     this._c.forEach(function (c) { o[c.name] = c.value; });
@@ -287,7 +301,72 @@
   CookieList.prototype.toJSON = CookieList.prototype.all;
   CookieList.prototype.count = function () { return this._c.length; };
   CookieList.prototype.each = function (fn) { this.all().forEach(fn); };
-  CookieList.prototype.jar = function () { return unsupported('pm.cookies.jar'); };
+  CookieList.prototype.map = function (fn) { return this.all().map(fn); };
+  CookieList.prototype.filter = function (fn) { return this.all().filter(fn); };
+  CookieList.prototype.find = function (fn) { return this.all().find(fn); };
+  CookieList.prototype.jar = function () { return new CookieJar(); };
+
+  // pm.cookies.jar(): the run's own jar, with postman-sandbox's CookieJar
+  // methods (Newman has no domain allow-list). The jar answers at once; the
+  // callbacks run after the script's own code, as Postman's asynchronous
+  // ones do, and what they throw fails the script.
+  var jarNative = global.__jar;
+  delete global.__jar;
+  function jarUrl(url, op) {
+    if (url && typeof url === 'object' && typeof url.toString === 'function' && !Array.isArray(url)) url = url.toString();
+    if (!url || typeof url !== 'string') throw new TypeError('CookieJar.' + op + '() requires a valid url');
+    return url;
+  }
+  function jarCall(op, args) {
+    if (!jarNative) unsupported('pm.cookies.jar');
+    args.op = op;
+    return parse(jarNative(stringify(args)));
+  }
+  function later(callback, err, result) {
+    if (typeof callback !== 'function') return;
+    Promise.resolve().then(function () {
+      if (err) callback(new Error(err));
+      else callback(null, result);
+    }).catch(function (e) { if (!out.thrown) out.thrown = errInfo(e); });
+  }
+  function CookieJar() {}
+  CookieJar.prototype.get = function (url, name, callback) {
+    url = jarUrl(url, 'get');
+    if (typeof callback !== 'function') throw new TypeError('CookieJar.get() requires a callback function');
+    if (typeof name !== 'string') throw new TypeError('CookieJar.get() requires cookie name to be a string');
+    var r = jarCall('get', { url: url, name: name });
+    later(callback, r.error, r.cookies && r.cookies.length ? r.cookies[0].value : null);
+  };
+  CookieJar.prototype.getAll = function (url, options, callback) {
+    url = jarUrl(url, 'getAll');
+    if (typeof options === 'function' && !callback) { callback = options; options = {}; }
+    if (typeof callback !== 'function') throw new TypeError('CookieJar.getAll() requires a callback function');
+    if (typeof options !== 'object') throw new TypeError('CookieJar.getAll() requires options to be an object');
+    var r = jarCall('getAll', { url: url });
+    later(callback, r.error, r.error ? undefined : new CookieList(r.cookies));
+  };
+  CookieJar.prototype.set = function (url, name, value, callback) {
+    url = jarUrl(url, 'set');
+    if (typeof value === 'function' && !callback) { callback = value; value = null; }
+    var cookie;
+    if (name && value) cookie = { name: String(name), value: String(value) };
+    else if (name && typeof name === 'object') cookie = { name: String(name.name || name.key), value: text(name.value), domain: name.domain, path: name.path, expires: name.expires, maxAge: name.maxAge, secure: name.secure, httpOnly: name.httpOnly, hostOnly: name.hostOnly };
+    else if (typeof name === 'string') cookie = { header: name };
+    else throw new TypeError('CookieJar.set() requires a valid set cookie arguments');
+    var r = jarCall('set', { url: url, cookie: cookie });
+    later(callback, r.error, r.cookies && r.cookies.length ? new Cookie(r.cookies[0]) : undefined);
+  };
+  CookieJar.prototype.unset = function (url, name, callback) {
+    url = jarUrl(url, 'unset');
+    if (typeof name !== 'string') throw new TypeError('CookieJar.unset() requires cookie name to be a string');
+    var r = jarCall('unset', { url: url, name: name });
+    later(callback, r.error);
+  };
+  CookieJar.prototype.clear = function (url, callback) {
+    url = jarUrl(url, 'clear');
+    var r = jarCall('clear', { url: url });
+    later(callback, r.error);
+  };
 
   // ---------------------------------------------------------------- response
   function Response(r) {
@@ -768,7 +847,8 @@
       },
       clear: function () {}
     },
-    cookies: response ? new CookieList(input.response.cookies) : missing('pm.cookies in a pre-request script'),
+    // A pre-request script has no reply: its list is empty, its jar() works.
+    cookies: new CookieList(response ? input.response.cookies : []),
     vault: missing('pm.vault'),
     require: function (m) { return unsupported("pm.require('" + m + "')"); }
   };

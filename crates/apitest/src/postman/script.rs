@@ -126,6 +126,231 @@ impl Sender {
     }
 }
 
+/// A `pm.cookies.jar()` call, as the prelude hands it over.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op")]
+enum JarOp {
+    #[serde(rename = "get")]
+    Get { url: String, name: String },
+    #[serde(rename = "getAll")]
+    GetAll { url: String },
+    #[serde(rename = "set")]
+    Set { url: String, cookie: JarSet },
+    #[serde(rename = "unset")]
+    Unset { url: String, name: String },
+    #[serde(rename = "clear")]
+    Clear { url: String },
+}
+
+/// A cookie to set: a `Set-Cookie` text, or its fields.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum JarSet {
+    Header {
+        header: String,
+    },
+    Fields {
+        name: String,
+        #[serde(default)]
+        value: String,
+        domain: Option<String>,
+        path: Option<String>,
+        expires: Option<Value>,
+        #[serde(rename = "maxAge")]
+        max_age: Option<Value>,
+        #[serde(default)]
+        secure: Option<bool>,
+        #[serde(default, rename = "httpOnly")]
+        http_only: Option<bool>,
+    },
+}
+
+impl JarSet {
+    /// The `Set-Cookie` line, and the cookie's name.
+    fn line(&self) -> Result<(String, String), String> {
+        match self {
+            JarSet::Header { header } => {
+                let name = header.split(['=', ';']).next().unwrap_or("").trim();
+                Ok((header.clone(), name.to_string()))
+            }
+            JarSet::Fields {
+                name,
+                value,
+                domain,
+                path,
+                expires,
+                max_age,
+                secure,
+                http_only,
+            } => {
+                if name.is_empty() || name.contains(['=', ';']) {
+                    return Err(format!("CookieJar.set(): invalid cookie name {name:?}"));
+                }
+                let mut line = format!("{name}={value}");
+                if let Some(d) = domain.as_deref().filter(|d| !d.is_empty()) {
+                    line.push_str(&format!("; Domain={d}"));
+                }
+                if let Some(p) = path.as_deref().filter(|p| !p.is_empty()) {
+                    line.push_str(&format!("; Path={p}"));
+                }
+                match max_age {
+                    Some(Value::Number(n)) => line.push_str(&format!("; Max-Age={n}")),
+                    Some(Value::String(n)) if !n.is_empty() => {
+                        line.push_str(&format!("; Max-Age={n}"))
+                    }
+                    _ => {}
+                }
+                // A date: tough-cookie's ISO text, or a JavaScript Date as
+                // JSON gives it (the same ISO text).
+                if let Some(Value::String(e)) = expires {
+                    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(e) {
+                        line.push_str(&format!(
+                            "; Expires={}",
+                            t.to_utc().format("%a, %d %b %Y %H:%M:%S GMT")
+                        ));
+                    } else if e != "Infinity" && !e.is_empty() {
+                        line.push_str(&format!("; Expires={e}"));
+                    }
+                }
+                if secure == &Some(true) {
+                    line.push_str("; Secure");
+                }
+                if http_only == &Some(true) {
+                    line.push_str("; HttpOnly");
+                }
+                Ok((line, name.clone()))
+            }
+        }
+    }
+}
+
+/// The jar's cookies that go to `url`, with their attributes, longest path
+/// first (the order a `Cookie` header lists them in); `name` keeps only
+/// those of that name.
+fn jar_cookies(jar: &super::jar::RunJar, url: &url::Url, name: Option<&str>) -> Vec<Value> {
+    // The jar decides what goes to the URL; its export gives the attributes.
+    let sent: Vec<(String, String)> = jar.pairs(url);
+    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+    let path = url.path();
+    let mut out: Vec<super::jar::JarCookie> = jar
+        .export()
+        .into_iter()
+        .filter(|c| name.is_none_or(|n| c.key == n))
+        .filter(|c| sent.iter().any(|(k, v)| *k == c.key && *v == c.value))
+        .filter(|c| {
+            let d = c
+                .domain
+                .as_deref()
+                .unwrap_or("")
+                .trim_start_matches('.')
+                .to_ascii_lowercase();
+            let domain_ok = if c.host_only == Some(true) {
+                host == d
+            } else {
+                host == d || host.ends_with(&format!(".{d}"))
+            };
+            let p = c.path.as_deref().unwrap_or("/");
+            let path_ok = path == p
+                || (path.starts_with(p) && (p.ends_with('/') || path[p.len()..].starts_with('/')));
+            domain_ok && path_ok && (!c.secure || url.scheme() == "https")
+        })
+        .collect();
+    out.sort_by_key(|c| std::cmp::Reverse(c.path.as_deref().map_or(0, str::len)));
+    out.into_iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.key,
+                "value": c.value,
+                "domain": c.domain,
+                "path": c.path,
+                "expires": c.expires,
+                "secure": c.secure,
+                "httpOnly": c.http_only,
+                "hostOnly": c.host_only == Some(true),
+            })
+        })
+        .collect()
+}
+
+/// Stores `line` as a reply from `url` would.
+fn jar_store(jar: &super::jar::RunJar, line: &str, url: &url::Url) -> Result<(), String> {
+    use reqwest::cookie::CookieStore as _;
+    let value = reqwest::header::HeaderValue::from_str(line)
+        .map_err(|_| format!("CookieJar: not a cookie that can be sent: {line:?}"))?;
+    jar.set_cookies(&mut std::iter::once(&value), url);
+    Ok(())
+}
+
+/// Expires every cookie of `cookies` (as [`jar_cookies`] lists them), which
+/// removes it from the jar.
+fn jar_expire(jar: &super::jar::RunJar, cookies: &[Value], url: &url::Url) -> Result<(), String> {
+    for c in cookies {
+        let text = |k: &str| c[k].as_str().unwrap_or("").to_string();
+        let mut line = format!("{}=; Path={}; Max-Age=0", text("name"), text("path"));
+        if c["hostOnly"] != Value::Bool(true) {
+            line.push_str(&format!("; Domain={}", text("domain")));
+        }
+        jar_store(jar, &line, url)?;
+    }
+    Ok(())
+}
+
+fn jar_op(jar: &super::jar::RunJar, op: &str) -> Result<Value, String> {
+    let op: JarOp =
+        serde_json::from_str(op).map_err(|e| format!("CookieJar: unreadable call: {e}"))?;
+    let parse = |u: &str| {
+        let text = if u.contains("://") {
+            u.to_string()
+        } else {
+            format!("http://{u}")
+        };
+        url::Url::parse(&text).map_err(|e| format!("CookieJar: invalid url {u:?}: {e}"))
+    };
+    Ok(match op {
+        JarOp::Get { url, name } => {
+            serde_json::json!({ "cookies": jar_cookies(jar, &parse(&url)?, Some(&name)) })
+        }
+        JarOp::GetAll { url } => {
+            serde_json::json!({ "cookies": jar_cookies(jar, &parse(&url)?, None) })
+        }
+        JarOp::Set { url, cookie } => {
+            let u = parse(&url)?;
+            let (line, name) = cookie.line()?;
+            jar_store(jar, &line, &u)?;
+            let stored = jar_cookies(jar, &u, Some(&name));
+            if stored.is_empty() {
+                // tough-cookie's refusal, in its words.
+                return Err(format!(
+                    "Cookie not in this host's domain or path, or already expired: {line} for {url}"
+                ));
+            }
+            serde_json::json!({ "cookies": stored })
+        }
+        JarOp::Unset { url, name } => {
+            let u = parse(&url)?;
+            let found = jar_cookies(jar, &u, Some(&name));
+            jar_expire(jar, &found[..found.len().min(1)], &u)?;
+            serde_json::json!({})
+        }
+        JarOp::Clear { url } => {
+            let u = parse(&url)?;
+            jar_expire(jar, &jar_cookies(jar, &u, None), &u)?;
+            serde_json::json!({})
+        }
+    })
+}
+
+impl Sender {
+    /// A `pm.cookies.jar()` call on the run's jar; the answer (or what went
+    /// wrong) as the JSON text the prelude reads.
+    fn jar(&self, op: &str) -> String {
+        match jar_op(&self.http.jar, op) {
+            Ok(v) => v.to_string(),
+            Err(message) => serde_json::json!({ "error": message }).to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub time: Duration,
@@ -291,6 +516,11 @@ fn run_inner(
         )?;
         g.set("__lib", Function::new(ctx.clone(), super::libs::load)?)?;
         if let Some(sender) = sender {
+            let jar = sender.clone();
+            g.set(
+                "__jar",
+                Function::new(ctx.clone(), move |op: String| jar.jar(&op))?,
+            )?;
             let deadline = deadline.clone();
             let send = move |request: String| {
                 // Waiting for the server is not the script's time: the
