@@ -93,12 +93,23 @@ pub enum Assert {
 pub struct SpecError {
     pub path: String,
     pub message: String,
+    /// The problem is the key at `path` itself (an unknown operator), so
+    /// it is located where the key is written, not at its value.
+    pub at_key: bool,
 }
 
 fn spec_err(path: impl Into<String>, message: impl Into<String>) -> SpecError {
     SpecError {
         path: path.into(),
         message: message.into(),
+        at_key: false,
+    }
+}
+
+fn key_err(path: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError {
+        at_key: true,
+        ..spec_err(path, message)
     }
 }
 
@@ -150,9 +161,9 @@ fn parse_op(name: &str, v: &Value) -> Result<Op, SpecError> {
             Op::Type(t.to_string())
         }
         other => {
-            return Err(spec_err(
+            return Err(key_err(
                 other,
-                format!("unknown operator (known: {})", OPS.join(", ")),
+                format!("unknown operator `{other}` (known: {})", OPS.join(", ")),
             ))
         }
     })
@@ -236,15 +247,17 @@ pub fn parse_assert(v: &Value, base: &Path) -> Result<Assert, SpecError> {
                     .find(|k| *k != subject_key)
                     .cloned()
                     .unwrap_or_default();
-                return Err(spec_err(
+                return Err(key_err(
                     extra,
                     format!("put operators under `{subject_key}`: {subject_key}: {{lt: 400}}"),
                 ));
             }
             let ops = match sv {
                 Value::Object(o) => {
-                    let ops = ops_of(o, "")
-                        .map_err(|e| spec_err(format!("{subject_key}.{}", e.path), e.message))?;
+                    let ops = ops_of(o, "").map_err(|e| SpecError {
+                        path: format!("{subject_key}.{}", e.path),
+                        ..e
+                    })?;
                     if ops.is_empty() {
                         return Err(spec_err(subject_key, "no operator given"));
                     }
@@ -330,7 +343,7 @@ pub fn parse_capture(v: &Value) -> Result<Capture, SpecError> {
             match k.as_str() {
                 "jsonpath" => Ok(Capture::Subject(jsonpath(s, "jsonpath")?)),
                 "header" => Ok(Capture::Subject(Subject::Header(s.to_ascii_lowercase()))),
-                other => Err(spec_err(other, "unknown capture (jsonpath, header, regex)")),
+                other => Err(key_err(other, "unknown capture (jsonpath, header, regex)")),
             }
         }
         _ => Err(spec_err("", "a capture is a string or a mapping")),
@@ -682,9 +695,12 @@ mod tests {
     fn bad_asserts_name_the_field() {
         let e = parse_assert(&json!({"jsonpath": "$.x", "eq": 1}), Path::new(".")).unwrap_err();
         assert_eq!(e.path, "eq");
+        assert!(e.at_key, "an unknown operator is the key's problem");
+        assert!(e.message.contains("unknown operator `eq`"), "{}", e.message);
         let e =
             parse_assert(&json!({"status": {"lt": 1, "around": 2}}), Path::new(".")).unwrap_err();
         assert_eq!(e.path, "status.around");
+        assert!(e.at_key);
         let e = parse_assert(&json!({"jsonpath": "$[", "equals": 1}), Path::new(".")).unwrap_err();
         assert_eq!(e.path, "jsonpath");
         let e = parse_assert(&json!({"body": {"matches": "("}}), Path::new(".")).unwrap_err();

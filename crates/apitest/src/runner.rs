@@ -2,14 +2,17 @@
 //! suite per suite file, one case per test (per iteration of a data-driven
 //! test), so JUnit, TAP, HTML and JSON come from `testbed-report`.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{Map, Value};
 use testbed_report::{Case, Outcome, Report};
-use tokio::sync::Mutex;
+use tokio::sync::{oneshot, Mutex};
 
 use crate::check::{self, Assert};
 use crate::suite::{ActionKind, Requirement, Step, StepAssert, Suite, Test};
@@ -89,13 +92,21 @@ impl<'a> Conns<'a> {
         self.suite.base_dir()
     }
 
+    /// Makes one call; `started` is told when it is under way (see
+    /// [`GrpcClient::call_notify`]; other transports: as soon as it starts).
     async fn call(
         &self,
         kind: ActionKind,
         call: &Value,
         scope: &mut Scope,
+        mut started: Option<oneshot::Sender<()>>,
     ) -> Result<Reply, TransportError> {
         let call = call.clone();
+        if kind != ActionKind::Grpc {
+            if let Some(tx) = started.take() {
+                let _ = tx.send(());
+            }
+        }
         match kind {
             ActionKind::Http => {
                 let req: HttpRequest = from_value(call)?;
@@ -122,7 +133,7 @@ impl<'a> Conns<'a> {
                     })
                     .as_ref()
                     .map_err(Clone::clone)?;
-                client.call(&c).await
+                client.call_notify(&c, started).await
             }
             ActionKind::Qmp => {
                 let c: QmpCall = from_value(call)?;
@@ -168,7 +179,88 @@ impl<'a> Conns<'a> {
                     ))),
                 }
             }
+            // The runner answers `await` from the background steps.
+            ActionKind::Await => Err(TransportError::Invalid("`await` is not a call".into())),
         }
+    }
+}
+
+/// A background step's call, borrowing the suite's connections.
+type Pending<'c> = Pin<Box<dyn Future<Output = Result<Reply, TransportError>> + Send + 'c>>;
+
+/// The background steps of one test (its steps and teardown), of setup, or
+/// of the suite's teardown. They are polled in this task whenever a later
+/// step runs, so they need no `'static` connections, and dropping one
+/// cancels its call (a gRPC stream is reset, an `exec` group killed).
+#[derive(Default)]
+struct Background<'c> {
+    running: Vec<(String, Pending<'c>)>,
+    /// Ended, not yet awaited.
+    done: Vec<(String, Result<Reply, TransportError>)>,
+}
+
+impl<'c> Background<'c> {
+    /// Polls every running step once, keeping the results of those that end.
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if let Poll::Ready(result) = self.running[i].1.as_mut().poll(cx) {
+                let (name, _) = self.running.remove(i);
+                self.done.push((name, result));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Runs `fg` to its end while the background steps progress too.
+    async fn drive<T>(&mut self, fg: impl Future<Output = T>) -> T {
+        let mut fg = std::pin::pin!(fg);
+        std::future::poll_fn(|cx| {
+            self.poll(cx);
+            fg.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Starts a step in the background and returns once it is under way.
+    async fn start(&mut self, name: String, call: Pending<'c>, started: oneshot::Receiver<()>) {
+        self.running.push((name, call));
+        // Err: the call ended before saying so; its result is kept.
+        let _ = self.drive(started).await;
+    }
+
+    /// The result of the named step, waiting for it if it still runs;
+    /// `None` when no such step was started (an earlier step failed).
+    async fn wait(&mut self, name: &str) -> Option<Result<Reply, TransportError>> {
+        if !self.running.iter().any(|(n, _)| n == name) && !self.done.iter().any(|(n, _)| n == name)
+        {
+            return None;
+        }
+        let result = std::future::poll_fn(|cx| {
+            self.poll(cx);
+            match self.done.iter().position(|(n, _)| n == name) {
+                Some(i) => Poll::Ready(self.done.remove(i).1),
+                None => Poll::Pending,
+            }
+        })
+        .await;
+        Some(result)
+    }
+
+    /// Cancels what still runs; what was never awaited, said in one line
+    /// (`None` when everything was awaited).
+    fn finish(&mut self) -> Option<String> {
+        let mut notes: Vec<String> = self
+            .running
+            .drain(..)
+            .map(|(n, _)| format!("background step `{n}` was still running at the end: cancelled"))
+            .collect();
+        notes.extend(self.done.drain(..).map(|(n, r)| match r {
+            Ok(_) => format!("background step `{n}` ended but was never awaited"),
+            Err(e) => format!("background step `{n}` failed and was never awaited: {e}"),
+        }));
+        (!notes.is_empty()).then(|| notes.join("; "))
     }
 }
 
@@ -199,8 +291,16 @@ fn excerpt(reply: &Reply) -> String {
     s
 }
 
-fn evaluate(asserts: &[StepAssert], reply: &Reply, scope: &Scope) -> Result<(), String> {
-    for a in asserts {
+/// Checks asserts; a template that cannot be rendered is named with its
+/// place in the suite (`at` is `tests[0].steps[1].assert`).
+fn evaluate(
+    suite: &Suite,
+    at: &str,
+    asserts: &[StepAssert],
+    reply: &Reply,
+    scope: &Scope,
+) -> Result<(), String> {
+    for (i, a) in asserts.iter().enumerate() {
         match &a.assert {
             Assert::Schema(v) => check::validate_schema(v, reply)?,
             Assert::Compare { subject, ops } => {
@@ -208,7 +308,9 @@ fn evaluate(asserts: &[StepAssert], reply: &Reply, scope: &Scope) -> Result<(), 
                 for op in ops {
                     let mut op = op.clone();
                     if let Some(v) = op.operand_mut() {
-                        *v = template::render_value(v, scope).map_err(|e| e.to_string())?;
+                        *v = template::render_value(v, scope).map_err(|e| {
+                            format!("{}: {e}", suite.position(&format!("{at}[{i}]")))
+                        })?;
                     }
                     check::apply(subject, &op, actual.as_ref())?;
                 }
@@ -218,23 +320,64 @@ fn evaluate(asserts: &[StepAssert], reply: &Reply, scope: &Scope) -> Result<(), 
     Ok(())
 }
 
-async fn run_step(
-    conns: &Conns<'_>,
+async fn run_step<'c>(
+    conns: &'c Conns<'_>,
     step: &Step,
     scope: &mut Scope,
+    bg: &mut Background<'c>,
 ) -> Result<Duration, StepFailure> {
+    let suite = conns.suite;
     let label = step.label();
     let err_at = |m: String| StepFailure::error(format!("{label}: {m}"));
-    let call = template::render_value(&step.call, scope).map_err(|e| err_at(e.to_string()))?;
+    let call = match template::render_value_at(&step.call, scope) {
+        Ok(c) => c,
+        Err((below, e)) => {
+            // Located, so the template at fault is found in the file.
+            let mut path = format!("{}.{}", step.path, step.kind.key());
+            if !below.is_empty() && !below.starts_with('[') {
+                path.push('.');
+            }
+            path.push_str(&below);
+            return Err(err_at(format!("{}: {e}", suite.position(&path))));
+        }
+    };
+    if step.background {
+        let name = step.name.clone().unwrap_or_else(|| label.clone());
+        let (tx, rx) = oneshot::channel();
+        let mut own = scope.clone();
+        let kind = step.kind;
+        let pending: Pending<'c> =
+            Box::pin(async move { conns.call(kind, &call, &mut own, Some(tx)).await });
+        bg.start(name, pending, rx).await;
+        return Ok(Duration::ZERO);
+    }
     let attempts = step.retry.map_or(1, |r| r.attempts);
     let interval = step.retry.map_or(Duration::ZERO, |r| r.interval);
     let started = Instant::now();
     let mut last: Option<StepFailure> = None;
+    let assert_at = format!("{}.assert", step.path);
+    let until_at = format!("{}.until", step.path);
     for attempt in 1..=attempts {
         if attempt > 1 {
-            tokio::time::sleep(interval).await;
+            bg.drive(tokio::time::sleep(interval)).await;
         }
-        let reply = match conns.call(step.kind, &call, scope).await {
+        let result = if step.kind == ActionKind::Await {
+            let name = call.as_str().unwrap_or_default();
+            match bg.wait(name).await {
+                Some(Ok(reply)) => Ok(reply),
+                Some(Err(e)) => {
+                    return Err(err_at(format!("the background step `{name}` failed: {e}")))
+                }
+                None => {
+                    return Err(err_at(format!(
+                        "the background step `{name}` was not started (an earlier step failed)"
+                    )))
+                }
+            }
+        } else {
+            bg.drive(conns.call(step.kind, &call, scope, None)).await
+        };
+        let reply = match result {
             Ok(r) => r,
             Err(e) => {
                 let permanent = matches!(e, TransportError::Invalid(_));
@@ -246,7 +389,7 @@ async fn run_step(
             }
         };
         if !step.until.is_empty() {
-            if let Err(m) = evaluate(&step.until, &reply, scope) {
+            if let Err(m) = evaluate(suite, &until_at, &step.until, &reply, scope) {
                 last = Some(StepFailure {
                     outcome: Outcome::Fail,
                     message: format!("{label}: still not there after {attempt} attempt(s): {m}"),
@@ -255,7 +398,7 @@ async fn run_step(
                 continue;
             }
         }
-        if let Err(m) = evaluate(&step.assert, &reply, scope) {
+        if let Err(m) = evaluate(suite, &assert_at, &step.assert, &reply, scope) {
             last = Some(StepFailure {
                 outcome: Outcome::Fail,
                 message: format!("{label}: {m}"),
@@ -286,26 +429,28 @@ async fn run_step(
 }
 
 /// Runs steps in order, stopping at the first failure.
-async fn run_steps(
-    conns: &Conns<'_>,
+async fn run_steps<'c>(
+    conns: &'c Conns<'_>,
     steps: &[Step],
     scope: &mut Scope,
+    bg: &mut Background<'c>,
 ) -> Result<(), StepFailure> {
     for s in steps {
-        run_step(conns, s, scope).await?;
+        run_step(conns, s, scope, bg).await?;
     }
     Ok(())
 }
 
 /// Runs cleanup steps: all of them, whatever fails, reporting the first failure.
-async fn run_cleanup(
-    conns: &Conns<'_>,
+async fn run_cleanup<'c>(
+    conns: &'c Conns<'_>,
     steps: &[Step],
     scope: &mut Scope,
+    bg: &mut Background<'c>,
 ) -> Result<(), StepFailure> {
     let mut first = None;
     for s in steps {
-        if let Err(e) = run_step(conns, s, scope).await {
+        if let Err(e) = run_step(conns, s, scope, bg).await {
             first.get_or_insert(e);
         }
     }
@@ -357,7 +502,13 @@ fn initial_scope(suite: &Suite, opts: &RunOptions) -> Result<Scope, String> {
                         scope.insert((*k).clone(), v);
                     }
                     Err(e) => {
-                        first_error.get_or_insert(format!("vars.{k}: {e}"));
+                        // The suite's own vars are located in its file.
+                        let at = if std::ptr::eq(layer, &suite.vars) {
+                            format!("{}: ", suite.position(&format!("vars.{k}")))
+                        } else {
+                            String::new()
+                        };
+                        first_error.get_or_insert(format!("{at}vars.{k}: {e}"));
                         left.push((*k, *v));
                     }
                 }
@@ -544,7 +695,13 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
         }
     }
     let conns = Conns::new(suite);
-    let setup = run_steps(&conns, &suite.setup, &mut scope).await;
+    let mut bg = Background::default();
+    let setup = run_steps(&conns, &suite.setup, &mut scope, &mut bg).await;
+    if let Some(note) = bg.finish() {
+        echo(opts, &format!("  setup: {note}"));
+        out.diagnostics.push(format!("setup: {note}"));
+    }
+    drop(bg);
     if let Err(f) = &setup {
         let msg = format!("setup failed: {}", f.message);
         echo(opts, &format!("  {msg}"));
@@ -593,7 +750,14 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
             }
         }
     }
-    if let Err(f) = run_cleanup(&conns, &suite.teardown, &mut scope).await {
+    let mut bg = Background::default();
+    let teardown = run_cleanup(&conns, &suite.teardown, &mut scope, &mut bg).await;
+    if let Some(note) = bg.finish() {
+        echo(opts, &format!("  teardown: {note}"));
+        out.diagnostics.push(format!("teardown: {note}"));
+    }
+    drop(bg);
+    if let Err(f) = teardown {
         let mut c = Case::new("teardown", f.outcome);
         c.message = Some(f.message);
         c.output = f.output;
@@ -632,8 +796,13 @@ async fn run_test(
         scope.insert("item".into(), v);
         scope.insert("index".into(), Value::from(i));
     }
-    let result = run_steps(conns, &t.steps, &mut scope).await;
-    let cleanup = run_cleanup(conns, &t.teardown, &mut scope).await;
+    // The test's steps and its teardown share background steps, so the
+    // teardown may await one the steps started.
+    let mut bg = Background::default();
+    let result = run_steps(conns, &t.steps, &mut scope, &mut bg).await;
+    let cleanup = run_cleanup(conns, &t.teardown, &mut scope, &mut bg).await;
+    let left = bg.finish();
+    drop(bg);
     match (result, cleanup) {
         (Err(f), _) => {
             case.outcome = f.outcome;
@@ -646,6 +815,14 @@ async fn run_test(
             case.output = f.output;
         }
         (Ok(()), Ok(())) => {}
+    }
+    // Reported without changing the outcome: a step left running on
+    // purpose (a lease kept alive for the test) is not a failure.
+    if let Some(note) = left {
+        case.message = Some(match case.message.take() {
+            Some(m) => format!("{m}; {note}"),
+            None => note,
+        });
     }
     finish_case(&mut case, t.xfail.as_deref());
     case.duration_ms = started.elapsed().as_millis() as u64;

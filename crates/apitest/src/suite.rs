@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use testbed_core::plan::{load_problem, locate, Problem as PlanProblem};
+use testbed_core::plan::{load_problem, locate, locate_keys, Problem as PlanProblem};
 
 use crate::problem::Problem;
 
@@ -41,11 +42,24 @@ pub struct Suite {
     /// After the first test that fails or errors, the rest are not run
     /// (reported as skipped, naming that test); by default they all run.
     pub fail_fast: bool,
+    /// The text it was read from, to locate problems found at run time.
+    pub source: Arc<str>,
 }
 
 impl Suite {
     pub fn base_dir(&self) -> &Path {
         self.file.parent().unwrap_or(Path::new("."))
+    }
+
+    /// `file:line:column` of a path in the suite (`tests[0].steps[1].grpc`),
+    /// or just the file when the path cannot be found.
+    pub fn position(&self, path: &str) -> String {
+        let mut p = [PlanProblem::at(path.to_string(), String::new())];
+        locate(&self.source, &mut p);
+        match (p[0].line, p[0].column) {
+            (Some(l), Some(c)) => format!("{}:{l}:{c}", self.file.display()),
+            _ => self.file.display().to_string(),
+        }
     }
 }
 
@@ -93,6 +107,8 @@ pub enum ActionKind {
     Qmp,
     Exec,
     Sleep,
+    /// Waits for a background step of the same test and checks its reply.
+    Await,
 }
 
 impl ActionKind {
@@ -103,6 +119,7 @@ impl ActionKind {
             ActionKind::Qmp => "qmp",
             ActionKind::Exec => "exec",
             ActionKind::Sleep => "sleep",
+            ActionKind::Await => "await",
         }
     }
 }
@@ -125,6 +142,8 @@ pub struct Step {
     pub assert: Vec<StepAssert>,
     pub until: Vec<StepAssert>,
     pub retry: Option<Retry>,
+    /// Runs while the following steps run; an `await` step collects it.
+    pub background: bool,
     pub path: String,
 }
 
@@ -162,6 +181,7 @@ impl Step {
                 _ => "exec".into(),
             },
             ActionKind::Sleep => format!("sleep {}", c.as_str().unwrap_or("")),
+            ActionKind::Await => format!("await {}", c.as_str().unwrap_or("")),
         }
     }
 }
@@ -197,12 +217,27 @@ const TEST_KEYS: [&str; 9] = [
     "description",
     "requires",
 ];
-const STEP_KEYS: [&str; 10] = [
-    "name", "request", "grpc", "qmp", "exec", "sleep", "capture", "assert", "until", "retry",
+const STEP_KEYS: [&str; 12] = [
+    "name",
+    "request",
+    "grpc",
+    "qmp",
+    "exec",
+    "sleep",
+    "await",
+    "background",
+    "capture",
+    "assert",
+    "until",
+    "retry",
 ];
+const ACTIONS: &str = "request, grpc, qmp, exec, sleep, await";
 
 struct Checker<'a> {
     problems: Vec<PlanProblem>,
+    /// Indexes of problems with a key itself (an unknown field or
+    /// operator): located where the key is written.
+    keyed: Vec<usize>,
     base: &'a Path,
 }
 
@@ -212,10 +247,15 @@ impl Checker<'_> {
             .push(PlanProblem::at(path.into(), message.into()));
     }
 
+    fn push_key(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.keyed.push(self.problems.len());
+        self.push(path, message);
+    }
+
     fn keys(&mut self, map: &Map<String, Value>, allowed: &[&str], path: &str) {
         for k in map.keys() {
             if !allowed.contains(&k.as_str()) {
-                self.push(
+                self.push_key(
                     join(path, k),
                     format!(
                         "unknown field `{k}` (expected one of {})",
@@ -226,9 +266,15 @@ impl Checker<'_> {
         }
     }
 
+    /// Checks the templates in `v`; a bad one is reported at its own string.
     fn templates(&mut self, v: &Value, path: &str) {
-        if let Err(e) = template::check_value(v) {
-            self.push(path, e.to_string());
+        if let Err((below, e)) = template::check_value(v) {
+            let at = if below.starts_with('[') || below.is_empty() {
+                format!("{path}{below}")
+            } else {
+                join(path, &below)
+            };
+            self.push(at, e.to_string());
         }
     }
 
@@ -296,7 +342,7 @@ impl Checker<'_> {
             "http" => Requirement::Http(s),
             "file" => Requirement::File(s),
             other => {
-                self.push(
+                self.push_key(
                     join(path, other),
                     format!("unknown requirement (expected one of {})", kinds.join(", ")),
                 );
@@ -335,6 +381,7 @@ impl Checker<'_> {
                     assert,
                     raw: a.clone(),
                 }),
+                Err(e) if e.at_key => self.push_key(join(&at, &e.path), e.message),
                 Err(e) => self.push(join(&at, &e.path), e.message),
             }
         }
@@ -367,12 +414,55 @@ impl Checker<'_> {
             .collect()
     }
 
+    /// Background steps and the `await` steps that collect them, over the
+    /// blocks that share them (a test's steps, then its teardown): every
+    /// await names a background step started before it and not yet
+    /// awaited, and background names are unique.
+    fn background_links(&mut self, blocks: &[&[Step]]) {
+        let mut started: Vec<(&str, &str)> = Vec::new();
+        let mut awaited: Vec<(&str, &str)> = Vec::new();
+        for step in blocks.iter().flat_map(|b| b.iter()) {
+            if step.background {
+                let Some(name) = step.name.as_deref() else {
+                    continue;
+                };
+                if let Some((_, at)) = started.iter().find(|(n, _)| *n == name) {
+                    self.push(
+                        join(&step.path, "name"),
+                        format!("a background step named {name:?} already starts at {at}"),
+                    );
+                    continue;
+                }
+                started.push((name, &step.path));
+            } else if step.kind == ActionKind::Await {
+                let name = step.call.as_str().unwrap_or_default();
+                let at = join(&step.path, "await");
+                if let Some((_, first)) = awaited.iter().find(|(n, _)| *n == name) {
+                    self.push(at, format!("{name:?} is already awaited at {first}"));
+                } else if started.iter().any(|(n, _)| *n == name) {
+                    awaited.push((name, &step.path));
+                } else {
+                    let known: Vec<&str> = started.iter().map(|(n, _)| *n).collect();
+                    self.push(
+                        at,
+                        format!(
+                            "no background step named {name:?} before this one ({})",
+                            if known.is_empty() {
+                                "there is none: mark the step to wait for `background: true`"
+                                    .to_string()
+                            } else {
+                                format!("background steps: {}", known.join(", "))
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn step(&mut self, v: &Value, path: &str, suite: &SuiteTargets) -> Option<Step> {
         let Some(m) = v.as_object() else {
-            self.push(
-                path,
-                "a step is a mapping with one of request, grpc, qmp, exec, sleep",
-            );
+            self.push(path, format!("a step is a mapping with one of {ACTIONS}"));
             return None;
         };
         self.keys(m, &STEP_KEYS, path);
@@ -382,6 +472,7 @@ impl Checker<'_> {
             ActionKind::Qmp,
             ActionKind::Exec,
             ActionKind::Sleep,
+            ActionKind::Await,
         ]
         .into_iter()
         .filter(|k| m.contains_key(k.key()))
@@ -389,7 +480,7 @@ impl Checker<'_> {
         let kind = match kinds.as_slice() {
             [k] => *k,
             [] => {
-                self.push(path, "a step needs one of request, grpc, qmp, exec, sleep");
+                self.push(path, format!("a step needs one of {ACTIONS}"));
                 return None;
             }
             [_, second, ..] => {
@@ -455,7 +546,64 @@ impl Checker<'_> {
                     false
                 }
             },
+            ActionKind::Await => match call.as_str() {
+                Some(s) if !s.is_empty() && !s.contains("{{") => true,
+                _ => {
+                    self.push(&at, "the name of a background step of this test");
+                    false
+                }
+            },
         };
+        let background = match m.get("background") {
+            None | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => {
+                let at = join(path, "background");
+                match kind {
+                    ActionKind::Http | ActionKind::Grpc | ActionKind::Exec => {}
+                    ActionKind::Qmp => self.push(
+                        &at,
+                        "a qmp step cannot run in the background: the suite has one QMP \
+                         session, and events are kept for `wait_event` anyway",
+                    ),
+                    other => self.push(
+                        &at,
+                        format!(
+                            "only request, grpc and exec steps run in the background, not {}",
+                            other.key()
+                        ),
+                    ),
+                }
+                if !m.get("name").is_some_and(Value::is_string) {
+                    self.push(&at, "a background step needs a `name`, which `await` names");
+                }
+                for field in ["capture", "assert", "until", "retry"] {
+                    if m.contains_key(field) {
+                        self.push(
+                            join(path, field),
+                            format!(
+                                "a background step's reply is checked by the step that awaits \
+                                 it: move `{field}` to the `await` step"
+                            ),
+                        );
+                    }
+                }
+                true
+            }
+            Some(_) => {
+                self.push(join(path, "background"), "true or false");
+                false
+            }
+        };
+        if kind == ActionKind::Await {
+            for field in ["until", "retry"] {
+                if m.contains_key(field) {
+                    self.push(
+                        join(path, field),
+                        format!("an `await` step waits once; `{field}` does not apply"),
+                    );
+                }
+            }
+        }
         // Keep going after a bad action, so its asserts are checked too.
         let mut capture = Vec::new();
         match m.get("capture") {
@@ -464,6 +612,10 @@ impl Checker<'_> {
                 for (name, spec) in c {
                     match check::parse_capture(spec) {
                         Ok(cap) => capture.push((name.clone(), cap)),
+                        Err(e) if e.at_key => self.push_key(
+                            join(&join(&join(path, "capture"), name), &e.path),
+                            e.message,
+                        ),
                         Err(e) => self.push(
                             join(&join(&join(path, "capture"), name), &e.path),
                             e.message,
@@ -497,6 +649,7 @@ impl Checker<'_> {
             assert,
             until,
             retry,
+            background,
             path: path.to_string(),
         })
     }
@@ -573,6 +726,7 @@ impl Checker<'_> {
         let requires = self.requirements(m.get("requires"), &join(path, "requires"));
         let steps = self.steps(m.get("steps"), &join(path, "steps"), true, suite);
         let teardown = self.steps(m.get("teardown"), &join(path, "teardown"), false, suite);
+        self.background_links(&[&steps, &teardown]);
         Some(Test {
             name: name?,
             tags,
@@ -636,6 +790,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
     let base = file.parent().unwrap_or(Path::new("."));
     let mut c = Checker {
         problems: Vec::new(),
+        keyed: Vec::new(),
         base,
     };
     let Some(m) = root.as_object() else {
@@ -690,6 +845,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
     };
     let setup = c.steps(m.get("setup"), "setup", false, &targets);
     let teardown = c.steps(m.get("teardown"), "teardown", false, &targets);
+    c.background_links(&[&setup]);
+    c.background_links(&[&teardown]);
     let tests: Vec<Test> = match m.get("tests") {
         Some(Value::Array(a)) => a
             .iter()
@@ -718,6 +875,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
         // Plans and suites share the YAML locator; the problems leave as
         // this crate's type, which collections use too.
         let mut problems = c.problems;
+        for i in c.keyed {
+            if let Some(p) = problems.get_mut(i) {
+                locate_keys(text, std::slice::from_mut(p));
+            }
+        }
         locate(text, &mut problems);
         return Err(problems.into_iter().map(from_plan).collect());
     }
@@ -738,6 +900,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Suite, Vec<Problem>> {
         teardown,
         tests,
         fail_fast,
+        source: Arc::from(text),
     })
 }
 

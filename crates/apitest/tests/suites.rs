@@ -102,6 +102,31 @@ fn app() -> Router {
             }),
         )
         .route(
+            // A long poll: answers once there are more than `after` items.
+            "/wait",
+            get(
+                |State(s): State<Arc<Shop>>,
+                 axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, usize>>| async move {
+                    let after = q.get("after").copied().unwrap_or(0);
+                    loop {
+                        let items = s.items.lock().map(|i| i.clone()).unwrap_or_default();
+                        if items.len() > after {
+                            return Json(json!({"count": items.len(), "last": items.last().map(|(_, n)| n.clone())}));
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                },
+            ),
+        )
+        .route(
+            // Never answers.
+            "/hang",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                "late"
+            }),
+        )
+        .route(
             "/version",
             get(|req: axum::extract::Request| async move {
                 Json(json!({"http": format!("{:?}", req.version())}))
@@ -569,9 +594,19 @@ tests:
     assert_eq!(at("http.bogus").1, Some(2));
     assert_eq!(at("tests[0].steps[0].assert[0].status.around").1, Some(8));
     let eq = at("tests[0].steps[0].assert[1].eq");
-    assert_eq!((eq.1, eq.2), (Some(10), Some(17)), "points at the value");
+    assert_eq!((eq.1, eq.2), (Some(10), Some(13)), "points at the key");
+    assert!(problems
+        .iter()
+        .any(|p| p.message.contains("unknown operator `eq`")));
+    let around = at("tests[0].steps[0].assert[0].status.around");
+    assert_eq!((around.1, around.2), (Some(8), Some(22)), "at the key");
     assert_eq!(at("tests[0].steps[1].exec").1, Some(12));
-    assert_eq!(at("tests[1].steps[0].request").1, Some(15));
+    let bad = at("tests[1].steps[0].request.url");
+    assert_eq!(
+        (bad.1, bad.2),
+        (Some(15), Some(24)),
+        "the template's own string"
+    );
     assert_eq!(at("tests[1].steps[0].retry.attempts").1, Some(16));
     let cmd = at("tests[1].steps[1].exec.command");
     assert_eq!(cmd.1, Some(17), "the nested field, not just the step");
@@ -584,4 +619,200 @@ tests:
     assert!(problems.len() >= 7, "{problems:#?}");
     let syntax = suite::parse("tests: [\n  - {name: x\n", Path::new("s.yaml")).expect_err("syntax");
     assert!(syntax[0].line.is_some(), "{syntax:?}");
+}
+
+#[tokio::test]
+async fn templates_compute_with_captured_values() {
+    let (s, _) = run_on_server(
+        r#"
+vars:
+  n: "41"
+tests:
+  - name: arithmetic and comparisons
+    steps:
+      - request: {method: POST, url: /items, json: {name: "n{{ n + 1 }}"}}
+        capture: {id: $.id}
+      - request: {url: "/items/{{ id * 3 - id * 2 }}"}
+        assert:
+          - jsonpath: $.name
+            equals: "n{{ n | int + 1 }}"
+          - jsonpath: $.id
+            equals: "{{ (id + 1) / 2 }}"
+          - jsonpath: $.id
+            lt: "{{ id + 0.5 }}"
+      - request: {method: POST, url: /echo, json: {big: "{{ id > 0 and not (n == 40) }}", half: "{{ n / 2.0 }}"}}
+        assert:
+          - jsonpath: $.body
+            equals: '{"big":true,"half":20.5}'
+  - name: a bad value at run time is located
+    steps:
+      - request: {url: /items}
+        capture: {word: "$[0].name"}
+      - request:
+          url: /items
+          query: {page: "{{ word + 1 }}"}
+  - name: an overflow is an error
+    steps:
+      - request: {url: "/items/{{ 9223372036854775807 + id0 }}"}
+"#,
+    )
+    .await;
+    let c = outcome(&s, "arithmetic and comparisons");
+    assert_eq!(c.outcome, Outcome::Pass, "{:?} {:?}", c.message, c.output);
+    let c = outcome(&s, "a bad value at run time is located");
+    assert_eq!(c.outcome, Outcome::Error);
+    let m = message(c);
+    // Where the `{{ word + 1 }}` string starts in the file (its first
+    // line is the `http:` line run_on_server adds, then an empty one).
+    assert!(m.contains("suite.yaml:28:25: "), "{m}");
+    assert!(m.contains("cannot add string \"n42\" to integer 1"), "{m}");
+    let m = message(outcome(&s, "an overflow is an error"));
+    assert!(m.contains("`id0` is not defined"), "{m}");
+}
+
+#[test]
+fn a_malformed_template_is_located_at_its_string() {
+    let text = "\
+tests:
+  - name: t
+    steps:
+      - request:
+          url: /a
+          query: {page: \"{{ rev | int + }}\"}
+";
+    let problems = suite::parse(text, Path::new("bad.yaml")).expect_err("must not load");
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    let p = &problems[0];
+    assert_eq!(p.path, "tests[0].steps[0].request.query.page");
+    assert_eq!((p.line, p.column), (Some(6), Some(25)), "{p:?}");
+    assert!(
+        p.message.contains("expected a value after `+` at the end"),
+        "{}",
+        p.message
+    );
+}
+
+#[tokio::test]
+async fn a_background_step_runs_while_later_steps_run() {
+    let (s, _) = run_on_server(
+        r#"
+tests:
+  - name: long poll sees a later create
+    steps:
+      - name: poll
+        background: true
+        request: {url: "/wait?after=0", timeout: 10s}
+      - request: {method: POST, url: /items, json: {name: late}}
+        assert: [{status: 201}]
+      - await: poll
+        assert:
+          - status: 200
+          - jsonpath: $.last
+            equals: late
+        capture: {count: $.count}
+      - request: {url: "/items/{{ count }}"}
+        assert:
+          - jsonpath: $.name
+            equals: late
+  - name: a background step that never answers is bounded by its timeout
+    steps:
+      - name: stuck
+        background: true
+        request: {url: /hang, timeout: 300ms}
+      - await: stuck
+  - name: one never awaited is cancelled and reported
+    steps:
+      - name: forgotten
+        background: true
+        request: {url: /hang, timeout: 30s}
+      - request: {url: /items}
+  - name: teardown may await what the steps started
+    steps:
+      - name: poll
+        background: true
+        request: {url: "/wait?after=0"}
+      - request: {url: /nope}
+        assert: [{status: 200}]
+    teardown:
+      - await: poll
+        assert: [{status: 200}]
+"#,
+    )
+    .await;
+    let c = outcome(&s, "long poll sees a later create");
+    assert_eq!(c.outcome, Outcome::Pass, "{:?} {:?}", c.message, c.output);
+    let c = outcome(
+        &s,
+        "a background step that never answers is bounded by its timeout",
+    );
+    assert_eq!(c.outcome, Outcome::Error);
+    let m = message(c);
+    assert!(
+        m.contains("await stuck: the background step `stuck` failed: timed out after 300ms"),
+        "{m}"
+    );
+    assert!(c.duration_ms < 5000, "{}", c.duration_ms);
+    let c = outcome(&s, "one never awaited is cancelled and reported");
+    assert_eq!(c.outcome, Outcome::Pass, "reported, not failed");
+    assert!(
+        c.duration_ms < 5000,
+        "cancelled, not waited for: {}",
+        c.duration_ms
+    );
+    assert_eq!(
+        message(c),
+        "background step `forgotten` was still running at the end: cancelled"
+    );
+    let c = outcome(&s, "teardown may await what the steps started");
+    assert_eq!(c.outcome, Outcome::Fail, "{:?}", c.message);
+    assert!(message(c).contains("GET /nope"), "{}", message(c));
+}
+
+#[test]
+fn background_and_await_are_checked_when_the_suite_loads() {
+    let text = "\
+tests:
+  - name: t
+    steps:
+      - background: true
+        request: {url: /a}
+        assert: [{status: 200}]
+      - name: q
+        background: true
+        qmp: {execute: stop}
+      - await: nothing
+      - name: w
+        background: true
+        request: {url: /w}
+      - await: w
+      - await: w
+        retry: {attempts: 2}
+";
+    let problems = suite::parse(text, Path::new("bad.yaml")).expect_err("must not load");
+    let has = |path: &str, text: &str| {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == path && p.message.contains(text) && p.line.is_some()),
+            "no {path}: {text} in {problems:#?}"
+        )
+    };
+    has("tests[0].steps[0].background", "needs a `name`");
+    has(
+        "tests[0].steps[0].assert",
+        "move `assert` to the `await` step",
+    );
+    has(
+        "tests[0].steps[1].background",
+        "a qmp step cannot run in the background",
+    );
+    has(
+        "tests[0].steps[2].await",
+        "no background step named \"nothing\"",
+    );
+    has(
+        "tests[0].steps[5].await",
+        "already awaited at tests[0].steps[4]",
+    );
+    has("tests[0].steps[5].retry", "waits once");
 }

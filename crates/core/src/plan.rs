@@ -532,6 +532,17 @@ pub fn load_problem(e: &crate::yaml::Error) -> Problem {
 
 /// Fills in line and column of each problem from the YAML source.
 pub fn locate(text: &str, problems: &mut [Problem]) {
+    locate_with(text, problems, false);
+}
+
+/// Like [`locate`], but a path ending in a key points at where that key is
+/// written rather than at its value: for problems with the key itself (an
+/// unknown field or operator), whose value may be lines away or absent.
+pub fn locate_keys(text: &str, problems: &mut [Problem]) {
+    locate_with(text, problems, true);
+}
+
+fn locate_with(text: &str, problems: &mut [Problem], at_key: bool) {
     // marked-yaml builds the whole tree: only for text within the input limits.
     if crate::yaml::check(text, &crate::yaml::Limits::DEFAULT).is_err() {
         return;
@@ -544,9 +555,20 @@ pub fn locate(text: &str, problems: &mut [Problem]) {
             continue;
         }
         let mut node = &root;
-        for seg in split_path(&p.path) {
+        let mut key_mark = None;
+        let segs = split_path(&p.path);
+        let last = segs.len().saturating_sub(1);
+        for (i, seg) in segs.into_iter().enumerate() {
             let next = match seg {
-                PathSeg::Key(k) => node.as_mapping().and_then(|m| m.get_node(&k)),
+                PathSeg::Key(k) => node.as_mapping().and_then(|m| {
+                    if at_key && i == last {
+                        key_mark = m
+                            .keys()
+                            .find(|key| key.as_str() == k)
+                            .and_then(|key| key.span().start().copied());
+                    }
+                    m.get_node(&k)
+                }),
                 PathSeg::Index(i) => node.as_sequence().and_then(|s| s.get(i)),
             };
             match next {
@@ -554,7 +576,7 @@ pub fn locate(text: &str, problems: &mut [Problem]) {
                 None => break,
             }
         }
-        if let Some(m) = node.span().start() {
+        if let Some(m) = key_mark.as_ref().or(node.span().start()) {
             p.line = Some(m.line());
             p.column = Some(m.column());
         }

@@ -56,7 +56,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::time::{timeout_at, Instant as Deadline};
 use tokio_rustls::TlsConnector;
 
@@ -276,8 +276,26 @@ impl GrpcClient {
 
     /// Makes one call. A non-zero gRPC status is a reply, not an error.
     pub async fn call(&self, call: &GrpcCall) -> Result<Reply, TransportError> {
+        self.call_notify(call, None).await
+    }
+
+    /// Makes one call and says on `started` when it is under way: for a
+    /// stream (a server-streaming method or a `stream` call) when its first
+    /// message has arrived — etcd's Watch answers `created` once the watch
+    /// is registered, so a write after that is seen — and for any other
+    /// call as soon as it is sent. Dropped unsent when the call ends first.
+    pub async fn call_notify(
+        &self,
+        call: &GrpcCall,
+        mut started: Option<oneshot::Sender<()>>,
+    ) -> Result<Reply, TransportError> {
         let start = Instant::now();
         let method = self.method(&call.method)?;
+        if call.stream.is_none() && !method.is_server_streaming() {
+            if let Some(tx) = started.take() {
+                let _ = tx.send(());
+            }
+        }
         let frames = encode_requests(&method, call)?;
         let mut merged = self.metadata.clone();
         merged.extend(call.metadata.clone());
@@ -368,6 +386,9 @@ impl GrpcClient {
                     deframer.push(data)?;
                     while let Some(message) = deframer.next()? {
                         messages.push(message);
+                        if let Some(tx) = started.take() {
+                            let _ = tx.send(());
+                        }
                     }
                 }
                 Err(frame) => {
