@@ -377,3 +377,186 @@ async fn live_load_metrics_show_on_every_replica() {
         Some(count.load(std::sync::atomic::Ordering::SeqCst))
     );
 }
+
+/// Waits until `p` leads the controller.
+async fn wait_leader(p: &Platform) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, h) = p.get("/healthz").await;
+        if h["controller_leader"] == true {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} never led", p.url);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for the plan's first report, through `p`.
+async fn perf_report(p: &Platform, plan: u64, within: Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (s, b) = p
+            .get(&format!("/api/performance/reports/?plan_id={plan}"))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        if let Some(id) = b["results"][0]["id"].as_u64() {
+            let (s, r) = p.get(&format!("/api/performance/reports/{id}/")).await;
+            assert_eq!(s, 200, "{r}");
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no report for plan {plan}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the target's request count stands still for a second.
+async fn until_quiet(count: &std::sync::atomic::AtomicU64, within: Duration) -> u64 {
+    use std::sync::atomic::Ordering::SeqCst;
+    let deadline = std::time::Instant::now() + within;
+    let mut last = count.load(SeqCst);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = count.load(SeqCst);
+        if now == last {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load never paused"
+        );
+        last = now;
+    }
+}
+
+/// The report is built by the controller leader from what is in the store,
+/// not from the memory of the replica that happens to finish it: a load
+/// test started through the leader, whose load agent holds its session with
+/// the other replica, reports the agent's CPU and memory. (When the
+/// starting replica built the report from its own memory, these series were
+/// empty here.)
+#[tokio::test]
+async fn the_report_holds_the_figures_of_agents_on_another_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_etcd, a, b) = two_replicas(dir.path()).await;
+    wait_leader(&a).await;
+    let _agent = agent(
+        &b.url,
+        "loader",
+        &dir.path().join("agent"),
+        &["--plugins", "load"],
+    );
+    b.wait_agents(1).await;
+    a.wait_agents(1).await;
+    let (target, count) = serve();
+    let plan = a
+        .perf_plan(
+            "elsewhere",
+            json!({"concurrent_users": 2, "hold_time": 3, "test_type": "load",
+                "target_url": target, "request_timeout": 2000}),
+        )
+        .await;
+    let id = plan["id"].as_u64().unwrap();
+    let (s, started) = a
+        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{started}");
+    let r = perf_report(&a, id, Duration::from_secs(40)).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(
+        r["summary"]["total_requests"].as_u64(),
+        Some(count.load(std::sync::atomic::Ordering::SeqCst)),
+        "{r}"
+    );
+    let system = &r["metrics"]["system_metrics"];
+    assert!(
+        !system["cpu"].as_array().unwrap().is_empty(),
+        "no CPU series: {r}"
+    );
+    let cpu = system["agents"]["loader"]["cpu"].as_array();
+    assert!(
+        cpu.is_some_and(|c| c.iter().any(|v| v.is_number())),
+        "no CPU series for the agent: {r}"
+    );
+}
+
+/// An execution belongs to the controller, not to the replica that started
+/// it: that replica (also the leader) is killed mid-run, and the other one
+/// takes over, carries a pause, a resume and a stop asked of it to the load
+/// agent, and reports the execution.
+#[tokio::test]
+async fn an_execution_outlives_the_replica_that_started_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(1, dir.path());
+    let blobs = dir.path().join("blobs");
+    let ttl = ["--lease-ttl", "3"];
+    let listen = || format!("127.0.0.1:{}", free_port());
+    let mut a = Platform::server(&etcd.spec(), &blobs, &listen(), &ttl).await;
+    wait_leader(&a).await;
+    let b = Platform::server(&etcd.spec(), &blobs, &listen(), &ttl).await;
+    let _agent = agent(
+        &b.url,
+        "loader",
+        &dir.path().join("agent"),
+        &["--plugins", "load"],
+    );
+    b.wait_agents(1).await;
+    let (target, count) = serve();
+    let plan = a
+        .perf_plan(
+            "orphan",
+            json!({"concurrent_users": 2, "ramp_up_time": 0, "hold_time": 60,
+                "test_type": "load", "target_url": target, "request_timeout": 2000}),
+        )
+        .await;
+    let id = plan["id"].as_u64().unwrap();
+    let (s, started) = a
+        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{started}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while count.load(SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no load");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.proc.kill9();
+
+    // Asked of B before B leads: B's reconciler carries it once it does.
+    let (s, p) = b
+        .post(&format!("/api/performance/plans/{id}/pause/"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{p}");
+    let paused_at = until_quiet(&count, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count.load(SeqCst), paused_at, "requests while paused");
+    let (_, h) = b.get("/healthz").await;
+    assert_eq!(h["controller_leader"], true, "{h}");
+
+    let (s, r) = b
+        .post(&format!("/api/performance/plans/{id}/resume/"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count.load(SeqCst) == paused_at {
+        assert!(std::time::Instant::now() < deadline, "no load after resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, st) = b
+        .post(&format!("/api/performance/plans/{id}/stop/"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{st}");
+    let r = perf_report(&b, id, Duration::from_secs(30)).await;
+    assert_eq!(r["status"], "stopped", "{r}");
+    // Every answered request, give or take the two in flight at the stop.
+    let total = r["summary"]["total_requests"].as_u64().unwrap();
+    let served = count.load(SeqCst);
+    assert!(total <= served && total + 2 >= served, "{served} served: {r}");
+    let windows = r["metrics"]["response_times"]["timestamps"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(windows < 45, "stopped well short of the hold: {windows} s");
+}
