@@ -1070,3 +1070,123 @@ async fn exec_errors_and_output_cap() {
     assert_eq!(big.body.len(), 16 << 20);
     assert!(big.stderr.unwrap().contains("stdout cut at 16 MiB"));
 }
+
+/// The shipped etcd suite (`suites/etcd/`, which CI also runs through the
+/// CLI) against a real etcd: its live watch in the background sees a put
+/// made after the watch opened, and its revision arithmetic holds.
+#[tokio::test]
+async fn the_shipped_etcd_suite_passes_with_a_live_watch() {
+    let etcd = Etcd::start().await;
+    let loaded =
+        suite::load(&etcd_suite_dir().join("etcd.yaml")).unwrap_or_else(|p| panic!("{p:?}"));
+    let opts = RunOptions {
+        vars: json!({"endpoint": format!("127.0.0.1:{}", etcd.client_port)})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        ..RunOptions::default()
+    };
+    let out = runner::run_suite(&loaded, &opts).await;
+    for c in &out.cases {
+        assert_eq!(
+            c.outcome,
+            Outcome::Pass,
+            "{}: {:?}\n{:?}",
+            c.name,
+            c.message,
+            c.output
+        );
+        assert_eq!(c.message, None, "{}: nothing left running", c.name);
+    }
+    let names: Vec<&str> = out.cases.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        names.contains(&"a live watch sees a put made while it is open"),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"revisions computed from a capture"),
+        "{names:?}"
+    );
+}
+
+/// A background watch that is never answered within its timeout is
+/// reported as such where it is awaited; one still open at the end of its
+/// test is cancelled (the stream reset) and reported.
+#[tokio::test]
+async fn background_grpc_streams_are_bounded_and_cancelled() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bg.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"grpc:
+  address: "127.0.0.1:{port}"
+  protos: ["{proto}"]
+tests:
+  - name: a watch that sees nothing until its time is up
+    steps:
+      - name: quiet
+        background: true
+        grpc:
+          method: etcdserverpb.Watch/Watch
+          message: {{create_request: {{key: "{key}"}}}}
+          stream: {{max_messages: 2, timeout: 300ms}}
+      - await: quiet
+        assert:
+          - jsonpath: $
+            length: 2
+  - name: a unary call that cannot finish in time
+    steps:
+      - name: slow
+        background: true
+        grpc:
+          method: etcdserverpb.Watch/Watch
+          message: {{create_request: {{key: "{key}"}}}}
+          timeout: 300ms
+      - await: slow
+  - name: a watch left open
+    steps:
+      - name: open
+        background: true
+        grpc:
+          method: etcdserverpb.Watch/Watch
+          message: {{create_request: {{key: "{key}"}}}}
+          stream: {{timeout: 60s}}
+      - grpc: {{method: etcdserverpb.Maintenance/Status}}
+"#,
+            port = etcd.client_port,
+            proto = etcd_suite_dir().join("proto/etcd.proto").display(),
+            key = b64("quiet"),
+        ),
+    )
+    .unwrap();
+    let loaded = suite::load(&file).unwrap_or_else(|p| panic!("{p:?}"));
+    let started = Instant::now();
+    let out = runner::run_suite(&loaded, &RunOptions::default()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "nothing waited for 60s"
+    );
+    let case = |name: &str| out.cases.iter().find(|c| c.name == name).unwrap();
+    let quiet = case("a watch that sees nothing until its time is up");
+    assert_eq!(quiet.outcome, Outcome::Fail, "{:?}", quiet.message);
+    let m = quiet.message.clone().unwrap_or_default();
+    assert!(
+        m.contains("await quiet: $: expected length 2, got 1"),
+        "{m}"
+    );
+    let slow = case("a unary call that cannot finish in time");
+    assert_eq!(slow.outcome, Outcome::Error, "{:?}", slow.message);
+    let m = slow.message.clone().unwrap_or_default();
+    assert!(
+        m.contains("the background step `slow` failed: timed out after 300ms"),
+        "{m}"
+    );
+    let open = case("a watch left open");
+    assert_eq!(open.outcome, Outcome::Pass, "{:?}", open.message);
+    assert_eq!(
+        open.message.as_deref(),
+        Some("background step `open` was still running at the end: cancelled")
+    );
+}

@@ -149,7 +149,16 @@ fn etcd_suite_passes_against_etcd() {
     );
     assert_eq!(code, 0, "{out}");
     assert_all(&report, Outcome::Pass, &out);
-    assert!(report.summary().passed >= 7, "{out}");
+    assert!(report.summary().passed >= 9, "{out}");
+    // The live watch runs in the background while the put is made.
+    assert!(
+        report
+            .suites
+            .iter()
+            .flat_map(|s| &s.cases)
+            .any(|c| c.name == "a live watch sees a put made while it is open"),
+        "{out}"
+    );
 }
 
 #[test]
