@@ -199,11 +199,12 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// The two reads go out together: on etcd each is a round trip, and
+    /// waiting for one before sending the other added a round trip to every
+    /// placement. (They were never one snapshot, so nothing is lost.)
     pub async fn read(store: &DynStore) -> Result<Fleet, RecordError> {
-        Ok(Fleet {
-            agents: agents(store).await?,
-            locks: locks(store).await?,
-        })
+        let (agents, locks) = tokio::try_join!(agents(store), locks(store))?;
+        Ok(Fleet { agents, locks })
     }
 
     /// Agents reserved by a run other than `run`, with why.

@@ -122,8 +122,9 @@ impl Fleet {
         run: Uuid,
     ) -> Result<&(Vec<AgentView>, BTreeSet<Uuid>), RecordError> {
         if self.view.is_none() {
-            let agents = dispatch::agents(&state.store).await?;
-            let locks = targets::locks(&state.store).await?;
+            // Sent together: on etcd each read is a round trip of its own.
+            let (agents, locks) =
+                tokio::try_join!(dispatch::agents(&state.store), targets::locks(&state.store))?;
             let excluded = targets::reserved_elsewhere(&agents, &locks, Some(run));
             self.view = Some((agents, excluded));
         }
