@@ -1127,6 +1127,55 @@ async fn cookie_jar_methods_reach_the_runs_jar() {
     assert_all_pass(&run, 12);
 }
 
+#[tokio::test]
+async fn v1_collections_run_converted_as_newman_converts_them() {
+    let base = serve().await;
+    // A v1 export: folders placed by folders_order (a subfolder by its
+    // parent), requests by each order, the top-level ones last; one request
+    // no order lists, which Newman does not run either.
+    let text = json!({
+        "id": "c1", "name": "v1 collection",
+        "order": ["top"],
+        "folders_order": ["f1"],
+        "folders": [
+            {"id": "f1", "name": "outer", "order": ["form"], "folders_order": ["f2"]},
+            {"id": "f2", "name": "inner", "order": ["raw"]}
+        ],
+        "requests": [
+            {"id": "top", "name": "top", "method": "GET", "url": format!("{base}/basic-auth"),
+             "currentHelper": "basicAuth", "helperAttributes": {"username": "postman", "password": "password"},
+             "tests": "tests['order'] = pm.environment.get('seen') === 'raw,form';\ntests['auth'] = responseCode.code === 200;"},
+            {"id": "form", "name": "form", "method": "POST", "url": format!("{base}/post"),
+             "dataMode": "urlencoded", "data": [{"key": "a", "value": "1", "type": "text"}, {"key": "off", "value": "x", "enabled": false}],
+             "headers": "X-Text: t\n// X-Off: o\nX-Both: from text",
+             "headerData": [{"key": "X-Both", "value": "from data"}],
+             "preRequestScript": "pm.environment.set('seen', pm.environment.get('seen') + ',form');",
+             "tests": "var r = JSON.parse(responseBody);\ntests['form'] = JSON.stringify(r.form) === '{\"a\":\"1\"}';\ntests['headers'] = r.headers['x-text'] === 't' && r.headers['x-off'] === undefined && r.headers['x-both'] === 'from data';"},
+            {"id": "raw", "name": "raw", "method": "POST", "url": format!("{base}/post"),
+             "dataMode": "raw", "rawModeData": "{\"k\": \"{{v}}\"}", "headers": "Content-Type: application/json",
+             "preRequestScript": "pm.environment.set('seen', 'raw');",
+             "tests": "pm.test('raw', () => pm.expect(pm.response.json().json).to.eql({k: 'var'}));"},
+            {"id": "orphan", "name": "orphan", "method": "GET", "url": format!("{base}/get"), "tests": "tests['never'] = false;"}
+        ]
+    })
+    .to_string();
+    let collection = postman::load(&text).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(collection.version, "1.0");
+    let mut env = Vars::new();
+    env.set("v", "var");
+    let run = postman::run(
+        &collection,
+        RunOptions {
+            environment: env,
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    assert_all_pass(&run, 5);
+    assert_eq!(run.stats.requests.executed, 3);
+    assert_eq!(run.report.properties["format"], "postman collection v1.0");
+}
+
 // ------------------------------------------------------------ Newman's counts
 
 /// One collection of the corpus, as counts.json lists it.

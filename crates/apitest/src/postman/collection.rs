@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 use super::locate::{self, Locator};
 use crate::problem::Problem;
 
-/// A Postman collection (format v2.0 or v2.1).
+mod v1;
+
+/// A Postman collection (format v2.0 or v2.1, or v1 converted at load).
 ///
 /// The two formats differ in how auth parameters are written (v2.0: an object
 /// `{"basic": {"username": …}}`; v2.1: a list `{"basic": [{"key", "value"}]}`);
@@ -14,7 +16,7 @@ use crate::problem::Problem;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collection {
     pub name: String,
-    /// The format, from `info.schema`: `2.0` or `2.1`.
+    /// The format, from `info.schema`: `2.0` or `2.1`; `1.0` for a v1 collection.
     pub version: &'static str,
     pub postman_id: Option<String>,
     pub items: Vec<Item>,
@@ -226,6 +228,9 @@ pub(crate) fn kind(v: &Value) -> &'static str {
 pub fn load(text: &str) -> Result<Collection, Vec<Problem>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let doc: Value = serde_json::from_str(text).map_err(|e| vec![super::syntax_problem(&e)])?;
+    if let Some(root) = doc.as_object().filter(|r| v1::is_v1(r)) {
+        return load_v1(text, root);
+    }
     let mut ck = Checker::default();
     let collection = ck.collection(&doc);
     if ck.problems.is_empty() {
@@ -236,6 +241,32 @@ pub fn load(text: &str) -> Result<Collection, Vec<Problem>> {
     }
     Locator::new(text).locate(&mut ck.problems);
     Err(ck.problems)
+}
+
+/// A v1 collection: converted to the v2.0 document, then read as one.
+fn load_v1(text: &str, root: &Map<String, Value>) -> Result<Collection, Vec<Problem>> {
+    let doc = v1::convert(root).map_err(|mut problems| {
+        Locator::new(text).locate(&mut problems);
+        problems
+    })?;
+    let mut ck = Checker::default();
+    let collection = ck.collection(&doc);
+    match collection {
+        Some(mut c) if ck.problems.is_empty() => {
+            c.version = "1.0";
+            Ok(c)
+        }
+        // What the conversion let through: its path is in the converted
+        // document, so it says so.
+        _ => Err(ck
+            .problems
+            .into_iter()
+            .map(|p| {
+                let message = format!("{} (in the v2 form of this v1 collection)", p.message);
+                Problem::new(p.path, message)
+            })
+            .collect()),
+    }
 }
 
 #[derive(Default)]
@@ -313,13 +344,7 @@ impl Checker {
     fn collection(&mut self, doc: &Value) -> Option<Collection> {
         let root = self.object(doc, "$")?;
         let Some(info_v) = root.get("info") else {
-            if root.contains_key("requests") || root.contains_key("order") {
-                self.err(
-                    "$",
-                    "this is a Postman collection v1 (top-level \"requests\"/\"order\"); only \
-                     v2.0 and v2.1 are supported: export it again from Postman as \"Collection v2.1\"",
-                );
-            } else if root.contains_key("values") {
+            if root.contains_key("values") {
                 self.err(
                     "$",
                     "this looks like an environment or globals file, not a collection",
@@ -1056,9 +1081,31 @@ mod tests {
     }
 
     #[test]
-    fn rejects_other_versions() {
-        let v1 = r#"{"id": "x", "name": "c", "order": [], "requests": []}"#;
-        assert!(load(v1).unwrap_err()[0].message.contains("v1"));
+    fn reads_v1_and_rejects_other_versions() {
+        let v1 = r#"{"id": "x", "name": "c", "order": ["r"], "requests": [{"id": "r", "name": "n", "url": "http://h/:id", "pathVariables": {"id": "7"}, "headers": "A: b\n// C: d", "dataMode": "params", "data": [{"key": "f", "value": "up.txt", "type": "file"}]}]}"#;
+        let c = load(v1).unwrap();
+        assert_eq!(c.version, "1.0");
+        let Item::Request(r) = &c.items[0] else {
+            panic!("{c:?}")
+        };
+        assert_eq!(r.request.url.variables[0].key, "id");
+        assert_eq!(
+            r.request
+                .headers
+                .iter()
+                .map(|h| (h.key.as_str(), h.disabled))
+                .collect::<Vec<_>>(),
+            [("A", false), ("C", true)]
+        );
+        assert_eq!(
+            r.request.body,
+            Some(Body::FormData(vec![FormField {
+                key: "f".into(),
+                value: FormValue::Files(vec!["up.txt".into()]),
+                content_type: None,
+                disabled: false
+            }]))
+        );
         let v3 = r#"{"info": {"name": "c", "schema": "https://schema.getpostman.com/json/collection/v3.0.0/collection.json"}, "item": []}"#;
         let e = load(v3).unwrap_err();
         assert!(e[0].message.contains("v3.0.0"), "{e:?}");
