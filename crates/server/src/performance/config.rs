@@ -118,13 +118,17 @@ pub fn check_config(
     }
     agent_sel(config, errs);
     let field = |f: &str| format!("/config/{}", f.replace('.', "/"));
+    // The load engine names fields with dots; the API, as JSON pointers.
+    let under_config = |errs: &mut Vec<FieldError>, e: testbed_load::ConfigError| {
+        errs.extend(
+            e.errors
+                .iter()
+                .map(|x| field_error(&field(&x.field), x.message.clone())),
+        );
+    };
     match SeedConfig::from_json(config) {
         Err(e) => {
-            errs.extend(
-                e.errors
-                    .iter()
-                    .map(|x| field_error(&field(&x.field), x.message.clone())),
-            );
+            under_config(errs, e);
             None
         }
         Ok(cfg) => {
@@ -135,11 +139,7 @@ pub fn check_config(
             match cfg.to_plan() {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    errs.extend(
-                        e.errors
-                            .iter()
-                            .map(|x| field_error(&field(&x.field), x.message.clone())),
-                    );
+                    under_config(errs, e);
                     None
                 }
             }

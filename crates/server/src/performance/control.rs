@@ -109,14 +109,23 @@ pub async fn delete_plan(state: &AppState, plan: &LoadTest) -> ApiResult<()> {
     Ok(())
 }
 
-/// The plans of a project, by id.
-pub async fn plans_of(state: &AppState, project: u64) -> ApiResult<Vec<LoadTestItem>> {
-    let mut plans: Vec<LoadTest> = records::list(&state.store, PLANS, |_| true)
-        .await?
+/// The records under `prefix` that `keep` keeps.
+async fn every<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    prefix: &str,
+    keep: impl Fn(&T) -> bool,
+) -> ApiResult<Vec<T>> {
+    let all: Vec<(String, T)> = records::list(&state.store, prefix, |_| true).await?;
+    Ok(all
         .into_iter()
         .map(|(_, v)| v)
-        .filter(|p: &LoadTest| p.project_id == project)
-        .collect();
+        .filter(|v| keep(v))
+        .collect())
+}
+
+/// The plans of a project, by id.
+pub async fn plans_of(state: &AppState, project: u64) -> ApiResult<Vec<LoadTestItem>> {
+    let mut plans = every(state, PLANS, |p: &LoadTest| p.project_id == project).await?;
     plans.sort_by_key(|p| p.id);
     Ok(plans
         .into_iter()
@@ -133,12 +142,7 @@ pub async fn plans_of(state: &AppState, project: u64) -> ApiResult<Vec<LoadTestI
 
 /// The reports of a plan, newest first.
 pub async fn reports_of(state: &AppState, plan: u64) -> ApiResult<Vec<ReportItem>> {
-    let mut reports: Vec<PerfReport> = records::list(&state.store, REPORTS, |_| true)
-        .await?
-        .into_iter()
-        .map(|(_, v)| v)
-        .filter(|r: &PerfReport| r.plan_id == plan)
-        .collect();
+    let mut reports = every(state, REPORTS, |r: &PerfReport| r.plan_id == plan).await?;
     reports.sort_by_key(|r| std::cmp::Reverse(r.id));
     Ok(reports
         .into_iter()
