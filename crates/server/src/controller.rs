@@ -149,10 +149,7 @@ pub async fn assignment_relay(state: AppState) {
                     relist = false;
                 }
                 Err(e) => {
-                    let wait = state
-                        .loops
-                        .failed(RELAY, format!("listing assignments: {e}"));
-                    sleep_or_shutdown(&state, wait).await;
+                    relay_failed(&state, format!("listing assignments: {e}")).await;
                     continue;
                 }
             }
@@ -160,10 +157,7 @@ pub async fn assignment_relay(state: AppState) {
         let mut stream = match state.store.watch(keys::ASSIGN, from).await {
             Ok(s) => s,
             Err(e) => {
-                let wait = state
-                    .loops
-                    .failed(RELAY, format!("watching assignments: {e}"));
-                sleep_or_shutdown(&state, wait).await;
+                relay_failed(&state, format!("watching assignments: {e}")).await;
                 continue;
             }
         };
@@ -321,6 +315,13 @@ async fn forward(
             state.sessions.assign(task, rev);
         }
     }
+}
+
+/// Records a failure of the relay loop and waits out its back-off before
+/// the loop starts over.
+async fn relay_failed(state: &AppState, error: String) {
+    let wait = state.loops.failed(RELAY, error);
+    sleep_or_shutdown(state, wait).await;
 }
 
 async fn sleep_or_shutdown(state: &AppState, d: Duration) {

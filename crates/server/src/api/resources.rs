@@ -6,6 +6,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use testbed_core::agent::AgentRecord;
@@ -23,6 +24,28 @@ use crate::records;
 use crate::state::AppState;
 use testbed_api::resources::{GroupMember, GroupView};
 
+/// A seed-003 resource kept under its name (`/testcases/{name}`, …): what
+/// the generic create, get, replace and delete below need to know of it, so
+/// each resource's handlers differ only in their types and documentation.
+trait Named: Serialize + DeserializeOwned {
+    /// What an error message calls one ("test case").
+    const WHAT: &'static str;
+    fn key(name: &str) -> String;
+    fn name(&self) -> &str;
+    /// The checks a schema cannot make; the name's by default.
+    fn check(&self) -> ApiResult<()> {
+        check_name("/name", self.name())
+    }
+    fn created_at(&self) -> DateTime<Utc>;
+    /// Sets the times kept with it: when it was created (the replaced
+    /// one's, on a replace) and `now`, the time of this change.
+    fn stamp(&mut self, created: DateTime<Utc>, now: DateTime<Utc>);
+}
+
+fn described<T: Named>(name: &str) -> String {
+    format!("{} `{name}`", T::WHAT)
+}
+
 async fn list_all<T: DeserializeOwned>(state: &AppState, prefix: &str) -> ApiResult<Vec<T>> {
     // Only direct children: `/groups/g/lock` is not a group.
     let items: Vec<(String, T)> =
@@ -30,28 +53,55 @@ async fn list_all<T: DeserializeOwned>(state: &AppState, prefix: &str) -> ApiRes
     Ok(items.into_iter().map(|(_, v)| v).collect())
 }
 
-async fn get_one<T: DeserializeOwned>(state: &AppState, key: &str, what: &str) -> ApiResult<T> {
-    records::get::<T>(&state.store, key)
+async fn stored<T: Named>(state: &AppState, name: &str) -> ApiResult<Option<T>> {
+    Ok(records::get::<T>(&state.store, &T::key(name))
         .await?
-        .map(|(v, _)| v)
-        .ok_or_else(|| ApiError::not_found(format!("no {what}")))
+        .map(|(v, _)| v))
 }
 
-async fn create_one<T: Serialize>(
-    state: &AppState,
-    key: &str,
-    value: &T,
-    what: &str,
-) -> ApiResult<()> {
-    if !records::create(&state.store, key, value, None).await? {
-        return Err(ApiError::conflict(format!("{what} exists")));
+async fn get_one<T: Named>(state: &AppState, name: &str) -> ApiResult<T> {
+    stored(state, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no {}", described::<T>(name))))
+}
+
+/// Checks and stores a new `value`; 409 when its name is taken.
+async fn create_one<T: Named>(state: &AppState, mut value: T) -> ApiResult<T> {
+    value.check()?;
+    let now = testbed_core::now();
+    value.stamp(now, now);
+    let name = value.name().to_string();
+    if !records::create(&state.store, &T::key(&name), &value, None).await? {
+        return Err(ApiError::conflict(format!(
+            "{} exists",
+            described::<T>(&name)
+        )));
     }
-    Ok(())
+    Ok(value)
 }
 
-async fn delete_one(state: &AppState, key: &str, what: &str) -> ApiResult<StatusCode> {
-    if !state.store.delete(key).await? {
-        return Err(ApiError::not_found(format!("no {what}")));
+/// Checks and stores `value` as `name` (the path's), keeping the creation
+/// time of the one it replaces.
+async fn put_one<T: Named>(state: &AppState, name: &str, mut value: T) -> ApiResult<T> {
+    if value.name() != name {
+        return Err(ApiError::field(
+            "/name",
+            format!("must match the path (`{name}`)"),
+        ));
+    }
+    value.check()?;
+    let created = match stored::<T>(state, name).await? {
+        Some(old) => old.created_at(),
+        None => value.created_at(),
+    };
+    value.stamp(created, testbed_core::now());
+    records::put(&state.store, &T::key(name), &value, None).await?;
+    Ok(value)
+}
+
+async fn delete_one<T: Named>(state: &AppState, name: &str) -> ApiResult<StatusCode> {
+    if !state.store.delete(&T::key(name)).await? {
+        return Err(ApiError::not_found(format!("no {}", described::<T>(name))));
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -66,6 +116,26 @@ pub struct NameFilter {
 }
 
 // ---- test cases -------------------------------------------------------
+
+impl Named for TestCase {
+    const WHAT: &'static str = "test case";
+    fn key(name: &str) -> String {
+        keys::testcase(name)
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn check(&self) -> ApiResult<()> {
+        check_testcase(self)
+    }
+    fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    fn stamp(&mut self, created: DateTime<Utc>, now: DateTime<Utc>) {
+        self.created_at = created;
+        self.updated_at = now;
+    }
+}
 
 fn check_testcase(tc: &TestCase) -> ApiResult<()> {
     check_name("/name", &tc.name)?;
@@ -116,20 +186,10 @@ pub async fn list_testcases(
 pub async fn create_testcase(
     State(state): State<AppState>,
     c: Caller,
-    Json(mut tc): Json<TestCase>,
+    Json(tc): Json<TestCase>,
 ) -> ApiResult<(StatusCode, Json<TestCase>)> {
     c.require(Role::Operator)?;
-    check_testcase(&tc)?;
-    tc.created_at = testbed_core::now();
-    tc.updated_at = tc.created_at;
-    create_one(
-        &state,
-        &keys::testcase(&tc.name),
-        &tc,
-        &format!("test case `{}`", tc.name),
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(tc)))
+    Ok((StatusCode::CREATED, Json(create_one(&state, tc).await?)))
 }
 
 /// One test case.
@@ -140,14 +200,7 @@ pub async fn get_testcase(
     _c: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<TestCase>> {
-    Ok(Json(
-        get_one(
-            &state,
-            &keys::testcase(&name),
-            &format!("test case `{name}`"),
-        )
-        .await?,
-    ))
+    Ok(Json(get_one(&state, &name).await?))
 }
 
 /// Replace a test case (created if missing).
@@ -157,22 +210,10 @@ pub async fn put_testcase(
     State(state): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    Json(mut tc): Json<TestCase>,
+    Json(tc): Json<TestCase>,
 ) -> ApiResult<Json<TestCase>> {
     c.require(Role::Operator)?;
-    if tc.name != name {
-        return Err(ApiError::field(
-            "/name",
-            format!("must match the path (`{name}`)"),
-        ));
-    }
-    check_testcase(&tc)?;
-    if let Some((old, _)) = records::get::<TestCase>(&state.store, &keys::testcase(&name)).await? {
-        tc.created_at = old.created_at;
-    }
-    tc.updated_at = testbed_core::now();
-    records::put(&state.store, &keys::testcase(&name), &tc, None).await?;
-    Ok(Json(tc))
+    Ok(Json(put_one(&state, &name, tc).await?))
 }
 
 /// Delete a test case.
@@ -184,15 +225,27 @@ pub async fn delete_testcase(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     c.require(Role::Operator)?;
-    delete_one(
-        &state,
-        &keys::testcase(&name),
-        &format!("test case `{name}`"),
-    )
-    .await
+    delete_one::<TestCase>(&state, &name).await
 }
 
 // ---- environments -----------------------------------------------------
+
+impl Named for Environment {
+    const WHAT: &'static str = "environment";
+    fn key(name: &str) -> String {
+        keys::environment(name)
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    fn stamp(&mut self, created: DateTime<Utc>, now: DateTime<Utc>) {
+        self.created_at = created;
+        self.updated_at = now;
+    }
+}
 
 /// Environments (filter by `q`).
 #[utoipa::path(get, path = "/api/environments", tag = "environments", params(PageQuery, NameFilter),
@@ -219,20 +272,10 @@ pub async fn list_environments(
 pub async fn create_environment(
     State(state): State<AppState>,
     c: Caller,
-    Json(mut e): Json<Environment>,
+    Json(e): Json<Environment>,
 ) -> ApiResult<(StatusCode, Json<Environment>)> {
     c.require(Role::Operator)?;
-    check_name("/name", &e.name)?;
-    e.created_at = testbed_core::now();
-    e.updated_at = e.created_at;
-    create_one(
-        &state,
-        &keys::environment(&e.name),
-        &e,
-        &format!("environment `{}`", e.name),
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(e)))
+    Ok((StatusCode::CREATED, Json(create_one(&state, e).await?)))
 }
 
 /// One environment.
@@ -243,14 +286,7 @@ pub async fn get_environment(
     _c: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Environment>> {
-    Ok(Json(
-        get_one(
-            &state,
-            &keys::environment(&name),
-            &format!("environment `{name}`"),
-        )
-        .await?,
-    ))
+    Ok(Json(get_one(&state, &name).await?))
 }
 
 /// Replace an environment (created if missing).
@@ -260,24 +296,10 @@ pub async fn put_environment(
     State(state): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    Json(mut e): Json<Environment>,
+    Json(e): Json<Environment>,
 ) -> ApiResult<Json<Environment>> {
     c.require(Role::Operator)?;
-    if e.name != name {
-        return Err(ApiError::field(
-            "/name",
-            format!("must match the path (`{name}`)"),
-        ));
-    }
-    check_name("/name", &e.name)?;
-    if let Some((old, _)) =
-        records::get::<Environment>(&state.store, &keys::environment(&name)).await?
-    {
-        e.created_at = old.created_at;
-    }
-    e.updated_at = testbed_core::now();
-    records::put(&state.store, &keys::environment(&name), &e, None).await?;
-    Ok(Json(e))
+    Ok(Json(put_one(&state, &name, e).await?))
 }
 
 /// Delete an environment.
@@ -289,15 +311,27 @@ pub async fn delete_environment(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     c.require(Role::Operator)?;
-    delete_one(
-        &state,
-        &keys::environment(&name),
-        &format!("environment `{name}`"),
-    )
-    .await
+    delete_one::<Environment>(&state, &name).await
 }
 
 // ---- groups -----------------------------------------------------------
+
+impl Named for Group {
+    const WHAT: &'static str = "group";
+    fn key(name: &str) -> String {
+        keys::group(name)
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    /// A group is never replaced, so it keeps no time of change.
+    fn stamp(&mut self, created: DateTime<Utc>, _now: DateTime<Utc>) {
+        self.created_at = created;
+    }
+}
 
 async fn group_view(state: &AppState, group: Group) -> ApiResult<GroupView> {
     let agents = dispatch::agents(&state.store)
@@ -346,18 +380,10 @@ pub async fn list_groups(
 pub async fn create_group(
     State(state): State<AppState>,
     c: Caller,
-    Json(mut g): Json<Group>,
+    Json(g): Json<Group>,
 ) -> ApiResult<(StatusCode, Json<GroupView>)> {
     c.require(Role::Operator)?;
-    check_name("/name", &g.name)?;
-    g.created_at = testbed_core::now();
-    create_one(
-        &state,
-        &keys::group(&g.name),
-        &g,
-        &format!("group `{}`", g.name),
-    )
-    .await?;
+    let g = create_one(&state, g).await?;
     Ok((StatusCode::CREATED, Json(group_view(&state, g).await?)))
 }
 
@@ -369,7 +395,7 @@ pub async fn get_group(
     _c: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<GroupView>> {
-    let g: Group = get_one(&state, &keys::group(&name), &format!("group `{name}`")).await?;
+    let g: Group = get_one(&state, &name).await?;
     Ok(Json(group_view(&state, g).await?))
 }
 
@@ -391,7 +417,7 @@ pub async fn delete_group(
             lock.run_id
         )));
     }
-    let status = delete_one(&state, &keys::group(&name), &format!("group `{name}`")).await?;
+    let status = delete_one::<Group>(&state, &name).await?;
     for a in dispatch::agents(&state.store).await? {
         if a.record.profile.groups.contains(&name) {
             set_membership(&state, a.record.uuid, &name, false).await?;
@@ -425,10 +451,7 @@ async fn set_membership(
 }
 
 async fn member_target(state: &AppState, group: &str, agent: &str) -> ApiResult<Uuid> {
-    if records::get::<Group>(&state.store, &keys::group(group))
-        .await?
-        .is_none()
-    {
+    if stored::<Group>(state, group).await?.is_none() {
         return Err(ApiError::not_found(format!("no group `{group}`")));
     }
     let agents = dispatch::agents(&state.store).await?;
@@ -449,7 +472,7 @@ pub async fn add_member(
     c.require(Role::Operator)?;
     let uuid = member_target(&state, &name, &agent).await?;
     set_membership(&state, uuid, &name, true).await?;
-    let g: Group = get_one(&state, &keys::group(&name), &format!("group `{name}`")).await?;
+    let g: Group = get_one(&state, &name).await?;
     Ok(Json(group_view(&state, g).await?))
 }
 
@@ -465,6 +488,6 @@ pub async fn remove_member(
     c.require(Role::Operator)?;
     let uuid = member_target(&state, &name, &agent).await?;
     set_membership(&state, uuid, &name, false).await?;
-    let g: Group = get_one(&state, &keys::group(&name), &format!("group `{name}`")).await?;
+    let g: Group = get_one(&state, &name).await?;
     Ok(Json(group_view(&state, g).await?))
 }

@@ -16,6 +16,7 @@ use testbed_core::user::Role;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use super::page::PageQuery;
 use crate::auth::{AgentCaller, Caller};
 use crate::dispatch;
 use crate::error::{ApiError, ApiResult, ErrorBody, Json, Query};
@@ -30,39 +31,21 @@ pub struct ListQuery {
     pub status: Option<TaskStatus>,
     /// Only tasks of this agent (uuid or name).
     pub agent: Option<String>,
-    /// 1-based page number.
-    #[serde(default = "one")]
-    #[param(minimum = 1, maximum = 1000000)]
-    pub page: usize,
-    /// Items per page (1–1000).
-    #[serde(default = "twenty")]
-    #[param(minimum = 1, maximum = 1000)]
-    pub page_size: usize,
-}
-
-fn one() -> usize {
-    1
-}
-fn twenty() -> usize {
-    20
 }
 
 /// Tasks, newest first.
 #[utoipa::path(get, path = "/api/tasks", tag = "tasks",
-    params(ListQuery, super::runs::IdPrefix),
+    params(ListQuery, PageQuery, super::runs::IdPrefix),
     responses((status = 200, body = TaskPage), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
     Query(q): Query<ListQuery>,
+    Query(p): Query<PageQuery>,
     Query(idp): Query<super::runs::IdPrefix>,
 ) -> ApiResult<Json<TaskPage>> {
-    if q.page == 0 || q.page > super::page::MAX_PAGE || q.page_size == 0 || q.page_size > 1000 {
-        return Err(ApiError::bad_request(
-            "page must be between 1 and 1000000 and page_size between 1 and 1000",
-        ));
-    }
+    p.check()?;
     let all: Vec<(String, Task)> = records::list(&state.store, keys::TASKS, |_| true).await?;
     let mut tasks: Vec<Task> = all
         .into_iter()
@@ -76,19 +59,13 @@ pub async fn list(
         })
         .collect();
     tasks.sort_by_key(|t| std::cmp::Reverse(t.created_at));
-    let total = tasks.len();
-    let results = tasks
-        .into_iter()
-        // Saturating: a page far past the end is empty, not an overflow.
-        .skip((q.page - 1).saturating_mul(q.page_size))
-        .take(q.page_size)
-        .map(TaskView::from)
-        .collect();
+    // Only the page's tasks are turned into views.
+    let page = p.apply(tasks);
     Ok(Json(TaskPage {
-        total,
-        page: q.page,
-        page_size: q.page_size,
-        results,
+        total: page.total,
+        page: page.page,
+        page_size: page.page_size,
+        results: page.results.into_iter().map(TaskView::from).collect(),
     }))
 }
 
