@@ -196,7 +196,8 @@ struct Expr {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
-    Num(Value),
+    /// A number, or a JSON list or object (`default([])`).
+    Lit(Value),
     Str(String),
     /// A name or a path (`item.list[1].x`), or a keyword.
     Word(String),
@@ -207,7 +208,7 @@ enum Tok {
 impl Tok {
     fn show(&self) -> String {
         match self {
-            Tok::Num(v) => v.to_string(),
+            Tok::Lit(v) => v.to_string(),
             Tok::Str(s) => format!("{s:?}"),
             Tok::Word(w) | Tok::Generator(w) => w.clone(),
             Tok::Op(o) => o.to_string(),
@@ -263,6 +264,36 @@ fn tokens(text: &str) -> Result<Vec<Tok>, String> {
             i += end + 1;
             continue;
         }
+        if c == '[' || c == '{' {
+            // A JSON list or object: up to the bracket that closes it,
+            // brackets inside strings aside.
+            let mut depth = 0usize;
+            let mut in_str = false;
+            let mut escaped = false;
+            let mut end = None;
+            for (k, ch) in rest.char_indices() {
+                match ch {
+                    _ if escaped => escaped = false,
+                    '\\' if in_str => escaped = true,
+                    '"' => in_str = !in_str,
+                    '[' | '{' if !in_str => depth += 1,
+                    ']' | '}' if !in_str => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = Some(k);
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let end = end.ok_or_else(|| format!("`{c}` is not closed"))?;
+            let v: Value = serde_json::from_str(&rest[..=end])
+                .map_err(|e| format!("bad JSON literal {}: {e}", &rest[..=end]))?;
+            out.push(Tok::Lit(v));
+            i += end + 1;
+            continue;
+        }
         if c.is_ascii_digit() {
             let mut j = 0;
             let mut float = false;
@@ -296,7 +327,7 @@ fn tokens(text: &str) -> Result<Vec<Tok>, String> {
             if rest[j..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
                 return Err(format!("bad number {}", &rest[..j + 1]));
             }
-            out.push(Tok::Num(v));
+            out.push(Tok::Lit(v));
             i += j;
             continue;
         }
@@ -366,7 +397,7 @@ impl Parser {
         }
         let (mut lhs, mut d) = match self.next() {
             None => return Err(format!("expected a value{} at the end", self.after())),
-            Some(Tok::Num(v)) => (Node::Literal(v), 1),
+            Some(Tok::Lit(v)) => (Node::Literal(v), 1),
             Some(Tok::Str(s)) => (Node::Literal(Value::String(s)), 1),
             Some(Tok::Generator(g)) => {
                 if !GENERATORS.contains(&g.as_str()) {
@@ -492,7 +523,7 @@ impl Parser {
                 self.pos += 1;
             }
             let v = match self.next() {
-                Some(Tok::Num(Value::Number(n))) if negative => n
+                Some(Tok::Lit(Value::Number(n))) if negative => n
                     .as_i64()
                     .and_then(i64::checked_neg)
                     .map(Value::from)
@@ -501,7 +532,7 @@ impl Parser {
                             .and_then(|f| Number::from_f64(-f))
                             .map(Value::Number)
                     }),
-                Some(Tok::Num(v)) => Some(v),
+                Some(Tok::Lit(v)) => Some(v),
                 Some(Tok::Str(s)) if !negative => Some(Value::String(s)),
                 Some(Tok::Word(w)) if !negative => match w.as_str() {
                     "true" => Some(Value::Bool(true)),
@@ -1091,6 +1122,12 @@ mod tests {
         assert_eq!(r("{{ -5 }}"), json!(-5));
         assert_eq!(r("{{ x | default(-2) }}"), json!(-2));
         assert_eq!(r("{{ \"a\\\"b\" }}"), json!("a\"b"));
+        assert_eq!(r("{{ x | default([]) }}"), json!([]));
+        assert_eq!(
+            r("{{ x | default({\"a\": [1, \"]\"]}) }}"),
+            json!({"a": [1, "]"]})
+        );
+        assert_eq!(r("{{ [1, 2] | json }}"), json!("[1,2]"));
     }
 
     #[test]
