@@ -1231,17 +1231,21 @@ async fn newman_fixtures_give_newmans_counts() {
         "counts.json says which Newman recorded it"
     );
     assert!(
-        cases.len() >= 12,
+        cases.len() >= 20,
         "the corpus shrank: {} cases",
         cases.len()
     );
     let mut v20 = 0;
+    let mut v1 = 0;
     let mut mismatches = Vec::new();
     for case in &cases {
         let text = localized(&case.collection, &base);
         let collection = postman::load(&text).unwrap_or_else(|p| panic!("{}: {p:?}", case.name));
         if collection.version == "2.0" {
             v20 += 1;
+        }
+        if collection.version == "1.0" {
+            v1 += 1;
         }
         let vars = |file: &Option<String>| -> Vars {
             file.as_ref().map_or_else(Vars::new, |f| {
@@ -1284,4 +1288,5 @@ async fn newman_fixtures_give_newmans_counts() {
         v20 >= 11,
         "the corpus must keep its v2.0 collections: {v20}"
     );
+    assert!(v1 >= 1, "the corpus must keep its v1 collection");
 }

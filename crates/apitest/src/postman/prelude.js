@@ -455,9 +455,10 @@
   }
 
   prop('ok', function () {
+    // chai-postman's `ok` of a response is its reason, OK (a 201 is not ok).
     if (this._obj instanceof Response) {
-      var c = this._obj.code;
-      return check(this, c >= 200 && c < 300, 'expected response code to be 2XX but found ' + c, 'expected response code to not be 2XX but found ' + c);
+      var reason = String(this._obj.status).toUpperCase();
+      return check(this, reason === 'OK', 'expected response to have status reason \'OK\' but got ' + inspect(reason), 'expected response to not have status reason ' + inspect(reason));
     }
     return check(this, !!this._obj, 'expected ' + inspect(this._obj) + ' to be truthy', 'expected ' + inspect(this._obj) + ' to be falsy');
   });
@@ -623,11 +624,36 @@
   method(['header'], function (name, value) {
     // chai-postman asserts headers of requests too (`pm.request.to.have.header`).
     var r = this._obj && this._obj.headers instanceof HeaderList ? this._obj : isResponse(this);
+    var ror = r instanceof Response ? 'response' : 'request';
     var actual = r.headers.get(name);
     if (arguments.length < 2) {
-      return check(this, actual !== undefined, 'expected response to have header with key ' + inspect(name), 'expected response to not have header with key ' + inspect(name));
+      return check(this, actual !== undefined, 'expected ' + ror + ' to have header with key ' + inspect(name), 'expected ' + ror + ' to not have header with key ' + inspect(name));
     }
-    return check(this, actual === value, 'expected response header ' + inspect(name) + ' to be ' + inspect(value) + ' but got ' + inspect(actual), 'expected response header ' + inspect(name) + ' to not be ' + inspect(value));
+    return check(this, actual === value, 'expected ' + ror + ' header ' + inspect(name) + ' to be ' + inspect(value) + ' but got ' + inspect(actual), 'expected ' + ror + ' header ' + inspect(name) + ' to not be ' + inspect(value));
+  });
+  // chai-postman's type checks: `pm.request` is the request, a reply of the
+  // run or of pm.sendRequest a response.
+  function isRequestObj(o) { return o !== undefined && o === request; }
+  prop('postmanRequest', function () {
+    return check(this, isRequestObj(this._obj), 'expecting a postman request object but got ' + inspect(this._obj), 'not expecting a postman request object');
+  });
+  prop('postmanResponse', function () {
+    return check(this, this._obj instanceof Response, 'expecting a postman response object but got ' + inspect(this._obj), 'not expecting a postman response object');
+  });
+  prop('postmanRequestOrResponse', function () {
+    return check(this, isRequestObj(this._obj) || this._obj instanceof Response, 'expecting a postman request or response object but got ' + inspect(this._obj), 'not expecting a postman request or response object');
+  });
+  method(['statusCode', 'code'], function (want) {
+    var r = isResponse(this);
+    return check(this, r.code === Number(want), 'expected response to have status code ' + Number(want) + ' but got ' + r.code, 'expected response to not have status code ' + r.code);
+  });
+  method(['statusReason'], function (want) {
+    var r = isResponse(this);
+    return check(this, r.status === String(want), 'expected response to have status reason ' + inspect(String(want)) + ' but got ' + inspect(r.status), 'expected response to not have status reason ' + inspect(r.status));
+  });
+  method(['statusCodeClass'], function (want) {
+    var c = isResponse(this).code;
+    return check(this, Math.floor(c / 100) === want, 'expected response code to be ' + want + 'XX but found ' + c, 'expected response code to not be ' + want + 'XX');
   });
   method(['body'], function (want) {
     var r = isResponse(this), b = r.text();
@@ -687,6 +713,8 @@
   statusClass('forbidden', 403, 403, '403');
   statusClass('notFound', 404, 404, '404');
   statusClass('rateLimited', 429, 429, '429');
+  statusClass('withoutContent', 204, 204, '204');
+  statusClass('notAcceptable', 406, 406, '406');
 
   // ---------------------------------------------------------------- pm
   var index = 0;

@@ -452,6 +452,17 @@ pub(crate) fn build(
     // under Newman and here. The user agent keeps Postman's product token
     // first, since servers match on it, and names this runner after it.
     add_default_headers(&mut out);
+    // Postman's runtime sends Host as one of its own headers, so a test
+    // script sees it in pm.request (Newman's sandbox-libraries asserts it).
+    if let Some(u) = &url {
+        if !has(&out, "host") {
+            let mut host = u.host_str().unwrap_or("").to_string();
+            if let Some(port) = u.port() {
+                host.push_str(&format!(":{port}"));
+            }
+            out.push(("Host".into(), host));
+        }
+    }
 
     if !r.issues.is_empty() {
         return Err(r.issues);
