@@ -4,6 +4,7 @@
 //! Tests are keyed by suite (with its platform, for matrix runs) and case name.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
 
 use crate::view::{self, View};
 use crate::Outcome;
@@ -311,68 +312,84 @@ fn occurrences<V: View>(v: &V, s: usize) -> impl Iterator<Item = (usize, &str, u
 
 /// The comparison as plain text.
 pub fn to_text(c: &Comparison) -> String {
-    let mut s = format!("Comparing {} -> {}\n", c.before, c.after);
-    let section = |s: &mut String, title: &str, rows: Vec<String>| {
-        if rows.is_empty() {
-            return;
-        }
-        s.push_str(&format!("\n{title} ({}):\n", rows.len()));
-        for r in rows {
-            s.push_str("  ");
-            s.push_str(&r);
-            s.push('\n');
-        }
-    };
-    let change_row = |ch: &Change| {
-        let mut r = format!("{} :: {}  {} -> {}", ch.suite, ch.case, ch.before, ch.after);
-        if let Some(m) = &ch.message {
-            r.push_str(&format!("  ({})", m.lines().next().unwrap_or("")));
-        }
-        r
-    };
-    let presence_row = |p: &Presence| format!("{} :: {}  {}", p.suite, p.case, p.outcome);
-    section(
-        &mut s,
-        "Regressions",
-        c.regressions.iter().map(change_row).collect(),
-    );
-    section(&mut s, "Fixes", c.fixes.iter().map(change_row).collect());
-    section(
-        &mut s,
-        "Other changes",
-        c.changes.iter().map(change_row).collect(),
-    );
-    section(
-        &mut s,
-        "New tests",
-        c.new.iter().map(presence_row).collect(),
-    );
-    section(
-        &mut s,
-        "Removed tests",
-        c.removed.iter().map(presence_row).collect(),
-    );
-    section(
-        &mut s,
-        "Duration changes",
-        c.durations
-            .iter()
-            .map(|d| {
-                format!(
-                    "{}{}  {} ms -> {} ms ({:+.0}%)",
-                    d.suite,
-                    d.case
-                        .as_deref()
-                        .map(|c| format!(" :: {c}"))
-                        .unwrap_or_default(),
-                    d.before_ms,
-                    d.after_ms,
-                    d.change_pct
-                )
-            })
-            .collect(),
-    );
-    s.push_str(&format!(
+    render(c, write_text)
+}
+
+/// The comparison as JSON.
+pub fn to_json(c: &Comparison) -> String {
+    render(c, write_json)
+}
+
+/// The comparison as one self-contained HTML page.
+pub fn to_html(c: &Comparison) -> String {
+    render(c, write_html)
+}
+
+fn render(c: &Comparison, write: fn(&Comparison, &mut dyn Write) -> io::Result<()>) -> String {
+    let mut out = Vec::new();
+    match write(c, &mut out) {
+        Ok(()) => String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        // A Vec does not fail; serde_json only on a non-string map key, and
+        // there is none. A JSON error object beats a panic in a server.
+        Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+    }
+}
+
+fn change_row(w: &mut dyn Write, ch: &Change) -> io::Result<()> {
+    write!(
+        w,
+        "  {} :: {}  {} -> {}",
+        ch.suite, ch.case, ch.before, ch.after
+    )?;
+    if let Some(m) = &ch.message {
+        write!(w, "  ({})", m.lines().next().unwrap_or(""))?;
+    }
+    writeln!(w)
+}
+
+fn presence_row(w: &mut dyn Write, p: &Presence) -> io::Result<()> {
+    writeln!(w, "  {} :: {}  {}", p.suite, p.case, p.outcome)
+}
+
+fn duration_row(w: &mut dyn Write, d: &DurationChange) -> io::Result<()> {
+    write!(w, "  {}", d.suite)?;
+    if let Some(c) = &d.case {
+        write!(w, " :: {c}")?;
+    }
+    writeln!(
+        w,
+        "  {} ms -> {} ms ({:+.0}%)",
+        d.before_ms, d.after_ms, d.change_pct
+    )
+}
+
+/// One section of the text form: its title and count, then a row per item;
+/// nothing when there are none.
+fn section<T>(
+    w: &mut dyn Write,
+    title: &str,
+    items: &[T],
+    row: fn(&mut dyn Write, &T) -> io::Result<()>,
+) -> io::Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    write!(w, "\n{title} ({}):\n", items.len())?;
+    items.iter().try_for_each(|i| row(w, i))
+}
+
+/// Writes [`to_text`] as it goes: memory does not grow with the differences.
+pub fn write_text(c: &Comparison, w: &mut dyn Write) -> io::Result<()> {
+    writeln!(w, "Comparing {} -> {}", c.before, c.after)?;
+    section(w, "Regressions", &c.regressions, change_row)?;
+    section(w, "Fixes", &c.fixes, change_row)?;
+    section(w, "Other changes", &c.changes, change_row)?;
+    section(w, "New tests", &c.new, presence_row)?;
+    section(w, "Removed tests", &c.removed, presence_row)?;
+    section(w, "Duration changes", &c.durations, duration_row)?;
+    write!(
+        w,
         "\nRegressions={}, Fixes={}, New={}, Removed={}, Duration changes={}\nResult: {}\n",
         c.regressions.len(),
         c.fixes.len(),
@@ -384,13 +401,12 @@ pub fn to_text(c: &Comparison) -> String {
         } else {
             "OK"
         }
-    ));
-    s
+    )
 }
 
-/// The comparison as JSON.
-pub fn to_json(c: &Comparison) -> String {
-    serde_json::to_string_pretty(c).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+/// Writes [`to_json`] (pretty-printed) as it goes.
+pub fn write_json(c: &Comparison, w: &mut dyn Write) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *w, c).map_err(io::Error::other)
 }
 
 fn esc(s: &str) -> String {
@@ -400,12 +416,62 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The comparison as one self-contained HTML page.
-pub fn to_html(c: &Comparison) -> String {
-    let mut h = String::from(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Report comparison</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}.fail{color:#b00}.pass{color:#070}</style></head><body>",
-    );
-    h.push_str(&format!(
+fn table<T>(
+    w: &mut dyn Write,
+    title: &str,
+    head: &str,
+    items: &[T],
+    row: fn(&mut dyn Write, &T) -> io::Result<()>,
+) -> io::Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    write!(w, "<h2>{title}</h2><table><tr>{head}</tr>")?;
+    items.iter().try_for_each(|i| row(w, i))?;
+    w.write_all(b"</table>")
+}
+
+fn change_tr(w: &mut dyn Write, ch: &Change) -> io::Result<()> {
+    write!(
+        w,
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        esc(&ch.suite),
+        esc(&ch.case),
+        ch.before,
+        ch.after,
+        esc(ch.message.as_deref().unwrap_or(""))
+    )
+}
+
+fn presence_tr(w: &mut dyn Write, p: &Presence) -> io::Result<()> {
+    write!(
+        w,
+        "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+        esc(&p.suite),
+        esc(&p.case),
+        p.outcome
+    )
+}
+
+fn duration_tr(w: &mut dyn Write, d: &DurationChange) -> io::Result<()> {
+    write!(
+        w,
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:+.0}%</td></tr>",
+        esc(&d.suite),
+        esc(d.case.as_deref().unwrap_or("")),
+        d.before_ms,
+        d.after_ms,
+        d.change_pct
+    )
+}
+
+/// Writes [`to_html`] as it goes.
+pub fn write_html(c: &Comparison, w: &mut dyn Write) -> io::Result<()> {
+    w.write_all(
+        b"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Report comparison</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}.fail{color:#b00}.pass{color:#070}</style></head><body>",
+    )?;
+    write!(
+        w,
         "<h1>{} &rarr; {}</h1><p class=\"{}\">Regressions: {}, fixes: {}, new: {}, removed: {}, duration changes: {}</p>",
         esc(&c.before),
         esc(&c.after),
@@ -415,80 +481,22 @@ pub fn to_html(c: &Comparison) -> String {
         c.new.len(),
         c.removed.len(),
         c.durations.len()
-    ));
-    let table = |h: &mut String, title: &str, head: &str, rows: Vec<String>| {
-        if rows.is_empty() {
-            return;
-        }
-        h.push_str(&format!("<h2>{title}</h2><table><tr>{head}</tr>"));
-        for r in rows {
-            h.push_str(&r);
-        }
-        h.push_str("</table>");
-    };
-    let change_rows = |v: &[Change]| -> Vec<String> {
-        v.iter()
-            .map(|ch| {
-                format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    esc(&ch.suite),
-                    esc(&ch.case),
-                    ch.before,
-                    ch.after,
-                    esc(ch.message.as_deref().unwrap_or(""))
-                )
-            })
-            .collect()
-    };
+    )?;
     let change_head = "<th>suite</th><th>test</th><th>before</th><th>after</th><th>message</th>";
-    table(
-        &mut h,
-        "Regressions",
-        change_head,
-        change_rows(&c.regressions),
-    );
-    table(&mut h, "Fixes", change_head, change_rows(&c.fixes));
-    table(
-        &mut h,
-        "Other changes",
-        change_head,
-        change_rows(&c.changes),
-    );
-    let presence_rows = |v: &[Presence]| -> Vec<String> {
-        v.iter()
-            .map(|p| {
-                format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    esc(&p.suite),
-                    esc(&p.case),
-                    p.outcome
-                )
-            })
-            .collect()
-    };
+    table(w, "Regressions", change_head, &c.regressions, change_tr)?;
+    table(w, "Fixes", change_head, &c.fixes, change_tr)?;
+    table(w, "Other changes", change_head, &c.changes, change_tr)?;
     let ph = "<th>suite</th><th>test</th><th>outcome</th>";
-    table(&mut h, "New tests", ph, presence_rows(&c.new));
-    table(&mut h, "Removed tests", ph, presence_rows(&c.removed));
+    table(w, "New tests", ph, &c.new, presence_tr)?;
+    table(w, "Removed tests", ph, &c.removed, presence_tr)?;
     table(
-        &mut h,
+        w,
         "Duration changes",
         "<th>suite</th><th>test</th><th>before ms</th><th>after ms</th><th>change</th>",
-        c.durations
-            .iter()
-            .map(|d| {
-                format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:+.0}%</td></tr>",
-                    esc(&d.suite),
-                    esc(d.case.as_deref().unwrap_or("")),
-                    d.before_ms,
-                    d.after_ms,
-                    d.change_pct
-                )
-            })
-            .collect(),
-    );
-    h.push_str("</body></html>\n");
-    h
+        &c.durations,
+        duration_tr,
+    )?;
+    w.write_all(b"</body></html>\n")
 }
 
 #[cfg(test)]

@@ -529,11 +529,73 @@ pub async fn get_report(
         testbed_report::Format::Junit => "application/xml",
         f => f.content_type(),
     };
-    let mut body = Vec::new();
-    format
-        .write(&report, &mut body)
-        .map_err(|e| ApiError::internal(format!("rendering {format}: {e}")))?;
+    let body = streamed(move |w| format.write(&report, w));
     Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
+}
+
+/// Bytes of rendered output sent to the client at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// A response body rendered by `render` on a blocking thread as the client
+/// reads it: a few chunks are in flight at a time, so a report of a million
+/// cases costs its compact form here, not its rendered size (hundreds of MB
+/// of HTML or JUnit). The status and headers go out before rendering starts;
+/// a rendering error then cuts the body short (the client sees an incomplete
+/// response) and is logged.
+fn streamed<F>(render: F) -> axum::body::Body
+where
+    F: FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChunkSender {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let done = render(&mut w).and_then(|()| std::io::Write::flush(&mut w));
+        if let Err(e) = done {
+            // A client that went away is not worth a warning.
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                tracing::warn!(error = %e, "rendering a response body failed part-way");
+                let _ = w.tx.blocking_send(Err(e));
+            }
+        }
+    });
+    axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Collects rendered output into [`CHUNK`]-sized pieces for [`streamed`];
+/// blocks while the client is behind, and fails with `BrokenPipe` once the
+/// response is dropped, which stops the rendering.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -683,17 +745,12 @@ pub async fn compare_reports(
             ApiError::field("/threshold", format!("`{th}` is not a percentage like 20%"))
         })?;
     }
-    let c = testbed_report::compare::compare(&a, &b, t);
-    let (ct, body) = match q.format.as_deref().unwrap_or("json") {
-        "json" => ("application/json", testbed_report::compare::to_json(&c)),
-        "text" => (
-            "text/plain; charset=utf-8",
-            testbed_report::compare::to_text(&c),
-        ),
-        "html" => (
-            "text/html; charset=utf-8",
-            testbed_report::compare::to_html(&c),
-        ),
+    use testbed_report::compare::{write_html, write_json, write_text, Comparison};
+    type Writer = fn(&Comparison, &mut dyn std::io::Write) -> std::io::Result<()>;
+    let (ct, write): (&str, Writer) = match q.format.as_deref().unwrap_or("json") {
+        "json" => ("application/json", write_json),
+        "text" => ("text/plain; charset=utf-8", write_text),
+        "html" => ("text/html; charset=utf-8", write_html),
         other => {
             return Err(ApiError::field(
                 "/format",
@@ -701,5 +758,12 @@ pub async fn compare_reports(
             ))
         }
     };
-    Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
+    let c = testbed_report::compare::compare(&a, &b, t);
+    // The reports are done with: only the differences are kept for the body.
+    drop((a, b));
+    Ok((
+        [(header::CONTENT_TYPE, ct)],
+        streamed(move |w| write(&c, w)),
+    )
+        .into_response())
 }
