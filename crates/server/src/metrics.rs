@@ -131,7 +131,7 @@ pub enum Pass {
     EngineSweep,
     /// The controller's sweep for tasks of dead agents and held tasks.
     LostSweep,
-    /// The controller's sweep over unreported performance executions.
+    /// The controller leader's sweep over active performance executions.
     PerformanceSweep,
 }
 

@@ -59,7 +59,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// This replica currently leads the controller.
     pub leading: std::sync::atomic::AtomicBool,
-    /// Live series of performance executions whose agents report here.
+    /// Which execution each load task reporting here belongs to (the live
+    /// series themselves are in the store, see `performance`).
     pub perf: crate::performance::Live,
     /// Health of the background loops (watches of the relay and the plan
     /// engine), shown by `/healthz`.
