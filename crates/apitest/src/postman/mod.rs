@@ -1,18 +1,18 @@
-//! Postman collection v2.0 and v2.1 support: load a collection (and an
+//! Postman collection v2.0 and v2.1 support (v1 converted at load): load a collection (and an
 //! environment and globals export), run it with Postman's scripting API in an
 //! embedded JS sandbox, and report like newman. `tests/newman.rs` checks that
 //! Newman's own collections give the counts Newman gives.
 //!
 //! | module | holds |
 //! | --- | --- |
-//! | [`collection`] | the collection model and its loader, which reports every problem with its location |
+//! | [`collection`] | the collection model and its loader, which reports every problem with its location; v1 is converted to v2.0 first (`collection/v1.rs`) |
 //! | [`data`] | iteration data files (JSON or CSV), one iteration per row |
 //! | [`vars`] | variable scopes, `{{var}}` substitution, environment files |
 //! | [`jar`] | the run's cookie jar, and Newman's tough-cookie jar files |
 //! | `script` | the QuickJS sandbox and its `pm` prelude |
 //! | `libs` | the libraries scripts may `require` (lodash, CryptoJS, moment…), loaded on first use |
 //! | `send` | turning a request into HTTP: URL, headers, body, auth |
-//! | `auth` | the signing auth helpers: digest, OAuth 1.0, Hawk |
+//! | `auth` | the signing auth helpers: digest, OAuth 1.0, Hawk, AWS Signature V4, Akamai EdgeGrid |
 //! | [`run`](mod@run) | the runner and its results |
 //! | [`newman`] | newman's CLI text output |
 
