@@ -10,7 +10,7 @@ use bytes::Bytes;
 use testbed_core::keys;
 use testbed_core::run::{ReportRecord, ResultRecord, Run, StepState, StepStatus};
 use testbed_core::task::Task;
-use testbed_report::{Case, Link, Outcome, Report, Suite};
+use testbed_report::{Case, CaseList, CompactReport, Link, Outcome, Report, Suite};
 use uuid::Uuid;
 
 use crate::records::{self, RecordError};
@@ -39,13 +39,16 @@ fn tail(s: &str, n: usize) -> String {
     format!("…{}", &s[start..])
 }
 
-/// Builds the report of a run from its record, its tasks and their logs.
-pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
+/// Builds the report of a run from its record, its tasks and their logs, in
+/// the compact form: the reports of `tap` and `api` steps (a kit can hold a
+/// million cases) are read from the task results straight into it, never as
+/// one [`Case`] record per test.
+pub async fn build(state: &AppState, run: &Run) -> Result<CompactReport, RecordError> {
     let mut cases = Vec::new();
     // Steps that produced reports of their own (a TAP kit run by the `tap`
     // plugin) contribute their suites, each tagged with the agent that ran
     // it: across an `each:` step that is a matrix of tests × platforms.
-    let mut nested: Vec<Suite> = Vec::new();
+    let mut nested: Vec<(Suite, CaseList)> = Vec::new();
     for id in run.spec.topological() {
         let Some(st) = run.steps.get(id) else {
             continue;
@@ -90,12 +93,12 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
                 .result
                 .as_ref()
                 .and_then(|v| v.get("report"))
-                .and_then(|v| serde_json::from_value::<Report>(v.clone()).ok())
+                .and_then(|v| testbed_report::json::compact_from_value(v).ok())
             {
-                for mut suite in r.suites {
+                for (mut suite, list) in r.head.suites.into_iter().zip(r.lists) {
                     suite.platform = Some(inst.agent_name.clone());
                     suite.properties.insert("step".into(), id.to_string());
-                    nested.push(suite);
+                    nested.push((suite, list));
                 }
             }
             let mut output = None;
@@ -175,7 +178,7 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
             },
         );
     }
-    Ok(Report {
+    let mut report = CompactReport::new(Report {
         kind: testbed_report::REPORT_KIND.to_string(),
         v: testbed_report::REPORT_VERSION,
         id: String::new(),
@@ -184,7 +187,7 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
         started_at: run.started_at,
         finished_at: run.finished_at,
         properties,
-        suites: std::iter::once(Suite {
+        suites: vec![Suite {
             name: run.plan_name.clone(),
             platform: None,
             properties: BTreeMap::new(),
@@ -192,20 +195,22 @@ pub async fn build(state: &AppState, run: &Run) -> Result<Report, RecordError> {
             duration_ms,
             cases,
             diagnostics: Vec::new(),
-        })
-        .chain(nested)
-        .collect(),
-    })
+        }],
+    });
+    for (suite, list) in nested {
+        report.push_suite(suite, list);
+    }
+    Ok(report)
 }
 
 /// Stores a report: its canonical JSON as a blob, its summary in the store.
 pub async fn save(
     state: &AppState,
-    mut report: Report,
+    mut report: CompactReport,
     run_id: Option<Uuid>,
 ) -> Result<Uuid, RecordError> {
     let id = Uuid::new_v4();
-    report.id = id.to_string();
+    report.head.id = id.to_string();
     // Compressed: a passing case costs a few bytes (api/runs.rs reads both forms).
     let body = testbed_report::to_stored(&report).map_err(|e| {
         RecordError::Store(testbed_store::StoreError::Unavailable(format!(
@@ -224,9 +229,9 @@ pub async fn save(
     let s = report.summary();
     let record = ReportRecord {
         id,
-        name: report.name.clone(),
+        name: report.head.name.clone(),
         run_id,
-        created_at: report.created_at,
+        created_at: report.head.created_at,
         total: s.total,
         passed: s.passed,
         failed: s.failed,
