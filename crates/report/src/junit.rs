@@ -9,7 +9,7 @@
 //! | suite | `<testsuite name id tests failures errors skipped time [timestamp] [hostname]>`; the name is [`Suite::display_name`], so a matrix run's platforms stay apart, and the platform is also the `hostname` |
 //! | report and suite properties, platform | `<properties>` of each suite (a suite's value wins) |
 //! | suite diagnostics | the suite's `<system-out>` |
-//! | case | `<testcase name classname time>`, `classname` being the suite's display name with `.` replaced by `_` (Jenkins splits a class name at its last dot into package and class, which would turn `t/basic.t` into class `t`) |
+//! | case | `<testcase name classname [time]>` (`time` only when the case has a duration: a passing case is `<testcase name=".." classname=".."/>`), `classname` being the suite's display name with `.` replaced by `_` (Jenkins splits a class name at its last dot into package and class, which would turn `t/basic.t` into class `t`) |
 //! | `fail` / `error` | `<failure>` / `<error>`, `message` = first line of the message, body = the whole message |
 //! | `skip` | `<skipped message="reason"/>` |
 //! | `xfail` | `<skipped message="expected failure: reason"/>`: JUnit has no expected failure, and a skip is what dashboards show as "not run, not broken" |
@@ -151,7 +151,6 @@ fn write_suite<V: View>(
             let mut start = BytesStart::new("testcase");
             attr(&mut start, "name", &one_line(v.case_name(index, i)));
             attr(&mut start, "classname", &classname);
-            attr(&mut start, "time", "0.000");
             w.write_event(Event::Empty(start))?;
         } else {
             write_case(w, &classname, &v.case(index, i))?;
@@ -167,7 +166,11 @@ fn write_case(w: &mut XmlWriter<'_>, classname: &str, case: &Case) -> io::Result
     let mut start = BytesStart::new("testcase");
     attr(&mut start, "name", &one_line(&case.name));
     attr(&mut start, "classname", classname);
-    attr(&mut start, "time", &secs(case.duration_ms));
+    // Optional in both schemas, and 13 bytes of nothing on each of a million
+    // passing cases: a case without a measured duration goes without.
+    if case.duration_ms > 0 {
+        attr(&mut start, "time", &secs(case.duration_ms));
+    }
 
     let message = case.message.as_deref().unwrap_or("");
     let out = system_out(case);
