@@ -22,6 +22,7 @@ mod fuzz_corpus;
 mod hostile;
 mod load;
 mod metrics;
+mod newman_cli;
 mod packaging;
 mod perf_cli;
 mod performance;

@@ -1,0 +1,658 @@
+//! `testbed api run` as a drop-in for `newman run`: Newman's options and
+//! exit codes, its json reporter's counts, its exports and cookie jar files,
+//! through the real binary against a real HTTP server on 127.0.0.1 that
+//! answers like postman-echo.com for the endpoints used here.
+//!
+//! The counts are compared with those Newman itself recorded for the corpus
+//! of crates/apitest/tests/fixtures/newman (counts.json; the collections that
+//! need only the endpoints served here).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use axum::extract::{Path as UrlPath, RawQuery};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use serde_json::{json, Map, Value};
+
+// ------------------------------------------------------------ echo server
+
+fn percent_decode(s: &str) -> String {
+    let s = s.replace('+', " ");
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(n) = u8::from_str_radix(hex, 16) {
+                out.push(n);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// Query arguments as postman-echo gives them: a repeated name becomes a list.
+fn args(query: Option<&str>) -> Value {
+    let mut out = Map::new();
+    for (k, v) in pairs(query.unwrap_or("")) {
+        let v = Value::String(v);
+        match out.get_mut(&k) {
+            None => {
+                out.insert(k, v);
+            }
+            Some(Value::Array(list)) => list.push(v),
+            Some(first) => *first = Value::Array(vec![first.clone(), v]),
+        }
+    }
+    Value::Object(out)
+}
+
+fn headers_json(headers: &HeaderMap) -> Value {
+    let mut out = Map::new();
+    for (k, v) in headers {
+        out.insert(
+            k.as_str().to_string(),
+            Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        );
+    }
+    Value::Object(out)
+}
+
+fn json_reply(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+async fn echo_get(headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    json_reply(
+        StatusCode::OK,
+        &json!({"args": args(query.as_deref()), "headers": headers_json(&headers)}),
+    )
+}
+
+/// The text fields of a `multipart/form-data` body.
+fn multipart_fields(content_type: &str, body: &[u8]) -> Map<String, Value> {
+    let mut out = Map::new();
+    let Some(boundary) = content_type.split("boundary=").nth(1) else {
+        return out;
+    };
+    let boundary = format!("--{}", boundary.trim_matches('"'));
+    let text = String::from_utf8_lossy(body);
+    for part in text.split(boundary.as_str()) {
+        let Some((head, value)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let Some(name) = head
+            .split("name=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        let value = value.strip_suffix("\r\n").unwrap_or(value);
+        out.insert(name.to_string(), Value::String(value.to_string()));
+    }
+    out
+}
+
+async fn echo_body(
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut form = Map::new();
+    let mut data = Value::String(String::new());
+    let mut json_body = Value::Null;
+    if ct.starts_with("application/x-www-form-urlencoded") {
+        form = args(Some(&String::from_utf8_lossy(&body)))
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+    } else if ct.starts_with("multipart/form-data") {
+        form = multipart_fields(&ct, &body);
+    } else {
+        let text = String::from_utf8_lossy(&body).into_owned();
+        json_body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        data = Value::String(text);
+    }
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "args": args(query.as_deref()), "data": data, "files": {}, "form": form,
+            "headers": headers_json(&headers), "json": json_body,
+        }),
+    )
+}
+
+async fn response_headers(RawQuery(query): RawQuery) -> Response {
+    let set = args(query.as_deref());
+    let mut r = json_reply(StatusCode::OK, &set);
+    for (k, v) in set.as_object().into_iter().flatten() {
+        if let (Ok(name), Some(Ok(value))) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            v.as_str().map(HeaderValue::from_str),
+        ) {
+            r.headers_mut().insert(name, value);
+        }
+    }
+    r
+}
+
+async fn cookies(headers: HeaderMap) -> Response {
+    let mut out = Map::new();
+    for h in headers.get_all(header::COOKIE) {
+        for pair in h.to_str().unwrap_or("").split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=') {
+                out.insert(k.to_string(), Value::String(v.to_string()));
+            }
+        }
+    }
+    json_reply(StatusCode::OK, &json!({"cookies": out}))
+}
+
+/// Sets each query argument as a cookie and redirects to `/cookies`, as
+/// postman-echo does.
+async fn cookies_set(RawQuery(query): RawQuery) -> Response {
+    let mut r = (StatusCode::FOUND, [(header::LOCATION, "/cookies")]).into_response();
+    for (k, v) in pairs(query.as_deref().unwrap_or("")) {
+        let c = HeaderValue::from_str(&format!("{k}={v}; Path=/")).expect("cookie");
+        r.headers_mut().append(header::SET_COOKIE, c);
+    }
+    r
+}
+
+async fn status(UrlPath(code): UrlPath<u16>) -> Response {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+    json_reply(code, &json!({"status": code.as_u16()}))
+}
+
+async fn delay(UrlPath(ms): UrlPath<u64>) -> Response {
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    json_reply(StatusCode::OK, &json!({"delay": ms}))
+}
+
+fn echo_app() -> Router {
+    Router::new()
+        .route("/get", any(echo_get))
+        .route("/post", any(echo_body))
+        .route("/put", any(echo_body))
+        .route("/response-headers", get(response_headers))
+        .route("/cookies", get(cookies))
+        .route("/cookies/set", get(cookies_set))
+        .route("/status/{code}", get(status))
+        .route("/delay/{ms}", get(delay))
+}
+
+/// The server on a thread of its own, so that the blocking `testbed` runs of
+/// a test never starve it.
+fn serve() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            axum::serve(listener, echo_app()).await.expect("serve");
+        });
+    });
+    format!("http://{addr}")
+}
+
+// ------------------------------------------------------------ helpers
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../apitest/tests/fixtures/newman")
+}
+
+/// A fixture with postman-echo.com pointed at `base`, as record.js did for
+/// Newman: in URL texts, and in URL objects whose `host` is
+/// `["postman-echo", "com"]`.
+fn localized(name: &str, base: &str) -> String {
+    let text = std::fs::read_to_string(fixtures().join(name)).expect("fixture");
+    let host = base.trim_start_matches("http://");
+    let text = text
+        .replace("https://postman-echo.com", base)
+        .replace("http://postman-echo.com", base)
+        .replace("postman-echo.com", host);
+    let Ok(mut doc) = serde_json::from_str::<Value>(&text) else {
+        return text;
+    };
+    let (ip, port) = host.split_once(':').expect("host:port");
+    fn walk(v: &mut Value, ip: &str, port: &str) {
+        match v {
+            Value::Object(o) => {
+                if o.get("host") == Some(&json!(["postman-echo", "com"])) {
+                    o.insert("host".into(), json!(ip.split('.').collect::<Vec<_>>()));
+                    o.insert("port".into(), json!(port));
+                    o.insert("protocol".into(), json!("http"));
+                }
+                o.values_mut().for_each(|v| walk(v, ip, port));
+            }
+            Value::Array(a) => a.iter_mut().for_each(|v| walk(v, ip, port)),
+            _ => {}
+        }
+    }
+    walk(&mut doc, ip, port);
+    doc.to_string()
+}
+
+/// `testbed ARGS` in `dir`.
+fn testbed_in(dir: &Path, args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .current_dir(dir)
+        .env("TESTBED_LOG", "error")
+        .output()
+        .expect("running testbed")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn read_json(path: &Path, out: &str) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}\n{out}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{out}", path.display()))
+}
+
+fn item(name: &str, url: &str, test: &str) -> Value {
+    json!({
+        "name": name,
+        "request": {"url": url, "method": "GET"},
+        "event": [{"listen": "test", "script": {"exec": test.lines().collect::<Vec<_>>()}}],
+    })
+}
+
+fn collection(items: Value) -> String {
+    json!({
+        "info": {"name": "drop-in", "schema": "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"},
+        "item": items,
+    })
+    .to_string()
+}
+
+/// `run.executions[].item.name` of a json reporter file.
+fn executed(report: &Value) -> Vec<String> {
+    report["run"]["executions"]
+        .as_array()
+        .expect("executions")
+        .iter()
+        .map(|e| e["item"]["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+// ------------------------------------------------------------ tests
+
+/// Collections of the corpus that call endpoints beyond the ones served
+/// here (compression, signing auth helpers); tests/newman.rs covers them.
+const NEEDS_MORE: &[&str] = &[
+    "newman-gzip-test",
+    "hawk-auth-test",
+    "oauth1-var-in-url-params",
+    "helper",
+];
+
+#[test]
+fn the_json_reporter_and_the_table_give_newmans_recorded_counts() {
+    let base = serve();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("counts.json")).expect("counts.json"),
+    )
+    .expect("counts.json");
+    let mut compared = 0;
+    let mut mismatches = Vec::new();
+    for case in doc["cases"].as_array().expect("cases") {
+        let name = case["name"].as_str().expect("name");
+        if NEEDS_MORE.contains(&name) {
+            continue;
+        }
+        let mut args = vec!["api".to_string(), "run".to_string()];
+        for (key, flag) in [
+            ("collection", ""),
+            ("environment", "-e"),
+            ("globals", "-g"),
+            ("data", "-d"),
+        ] {
+            if let Some(f) = case[key].as_str() {
+                let path = dir.path().join(f);
+                std::fs::write(&path, localized(f, &base)).expect("write");
+                if !flag.is_empty() {
+                    args.push(flag.into());
+                }
+                args.push(path.display().to_string());
+            }
+        }
+        let report = dir.path().join(format!("{name}.json"));
+        args.extend(strings(&["-r", "cli,json", "--reporter-json-export"]));
+        args.push(report.display().to_string());
+        let out = testbed_in(dir.path(), &args);
+        let all = text(&out);
+        let stats = &read_json(&report, &all)["run"]["stats"];
+        let newman = &case["newman"];
+        let mut ours = Map::new();
+        for row in newman.as_object().expect("rows").keys() {
+            ours.insert(
+                row.clone(),
+                json!({"total": stats[row]["total"], "failed": stats[row]["failed"]}),
+            );
+        }
+        if Value::Object(ours.clone()) != *newman {
+            mismatches.push(format!("{name}: Newman {newman} / Testbed {ours:?}\n{all}"));
+            continue;
+        }
+        // The cli reporter's table says the same.
+        let a = &newman["assertions"];
+        let row = format!("│{:>25}│{:>19}│", "assertions ", format!("{} ", a["total"]));
+        assert!(all.contains(&row), "{name}: no `{row}` in\n{all}");
+        // Newman exits 1 when any row has a failure.
+        let failed: u64 = newman
+            .as_object()
+            .expect("rows")
+            .values()
+            .map(|r| r["failed"].as_u64().unwrap_or(0))
+            .sum();
+        let want = if failed > 0 { 1 } else { 0 };
+        assert_eq!(out.status.code(), Some(want), "{name}: exit code\n{all}");
+        compared += 1;
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n\n"));
+    assert!(
+        compared >= 14,
+        "only {compared} corpus collections compared"
+    );
+}
+
+/// A CI line written for Newman, with `newman run` replaced by
+/// `testbed api run` and nothing else changed.
+#[test]
+fn a_newman_ci_line_runs_with_only_the_command_name_changed() {
+    let base = serve();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let items = json!([
+        {"name": "users", "item": [
+            item("list users", &format!("{base}/get?page=1"),
+                "pm.test('200', () => pm.response.to.have.status(200));\n\
+                 pm.environment.set('token', 'from-run');\n\
+                 pm.globals.set('seen', pm.globals.get('region') + '-ok');"),
+            item("set a cookie", "{{baseUrl}}/cookies/set?session=s1",
+                "pm.test('redirect not followed', () => pm.response.to.have.status(302));"),
+        ]},
+        {"name": "orders", "item": [
+            item("never run", &format!("{base}/status/500"), "pm.test('x', () => pm.response.to.have.status(200));"),
+        ]},
+    ]);
+    std::fs::write(
+        dir.path().join("api.postman_collection.json"),
+        collection(items),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("ci.postman_environment.json"),
+        json!({"name": "ci", "values": [{"key": "token", "value": "none", "enabled": true}]})
+            .to_string(),
+    )
+    .expect("write");
+    let newman_line = format!(
+        "newman run api.postman_collection.json -e ci.postman_environment.json \
+         --env-var baseUrl={base} --global-var region=eu --folder users --bail \
+         --delay-request 10 --timeout-request 5000 --timeout-script 2000 --timeout 60000 \
+         --insecure --ignore-redirects --color off --disable-unicode \
+         -r cli,json,junit --reporter-json-export out/report.json \
+         --reporter-junit-export out/junit.xml --export-environment out/env.json \
+         --export-globals out/globals.json --export-cookie-jar out/jar.json"
+    );
+    let line = newman_line.replacen("newman run", "testbed api run", 1);
+    let args = shell_words::split(&line).expect("words");
+    assert_eq!(args[0], "testbed");
+    let out = testbed_in(dir.path(), &args[1..]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("|              assertions |                 2 |"),
+        "ASCII table:\n{stdout}"
+    );
+    assert!(!stdout.contains('│') && !stdout.contains('✓'), "{stdout}");
+
+    let report = read_json(&dir.path().join("out/report.json"), &all);
+    assert_eq!(executed(&report), ["list users", "set a cookie"], "{all}");
+    assert_eq!(report["run"]["stats"]["requests"]["total"], 2);
+    assert_eq!(
+        report["run"]["stats"]["assertions"],
+        json!({"total": 2, "pending": 0, "failed": 0})
+    );
+    let junit = std::fs::read_to_string(dir.path().join("out/junit.xml")).expect("junit");
+    assert!(junit.contains("<testsuite"), "{junit}");
+    let env = read_json(&dir.path().join("out/env.json"), &all);
+    assert_eq!(env["name"], "ci");
+    assert_eq!(env["_postman_variable_scope"], "environment");
+    let value = |doc: &Value, key: &str| {
+        doc["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .find(|v| v["key"] == key)
+            .map(|v| v["value"].clone())
+    };
+    assert_eq!(value(&env, "token"), Some(json!("from-run")), "{env}");
+    let globals = read_json(&dir.path().join("out/globals.json"), &all);
+    assert_eq!(value(&globals, "seen"), Some(json!("eu-ok")), "{globals}");
+    let jar = read_json(&dir.path().join("out/jar.json"), &all);
+    let cookies = jar["cookies"].as_array().expect("cookies");
+    assert!(jar["version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("tough-cookie")));
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c["key"] == "session" && c["value"] == "s1" && c["domain"] == "127.0.0.1"),
+        "{jar}"
+    );
+}
+
+#[test]
+fn folder_bail_and_exit_codes_follow_newman() {
+    let base = serve();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = "pm.test('ok', () => pm.response.to.have.status(200));";
+    let items = json!([
+        {"name": "A", "item": [item("a1", &format!("{base}/get"), ok), item("a2", &format!("{base}/status/500"), ok), item("a3", &format!("{base}/get"), ok)]},
+        {"name": "B", "item": [item("b1", &format!("{base}/get"), ok)]},
+        {"name": "C", "item": [item("c1", &format!("{base}/get"), ok)]},
+    ]);
+    let file = dir.path().join("c.postman_collection.json");
+    std::fs::write(&file, collection(items)).expect("write");
+    let file = file.display().to_string();
+    let run = |extra: &[&str]| {
+        let report = dir.path().join("r.json");
+        let _ = std::fs::remove_file(&report);
+        let mut args = strings(&["api", "run", &file, "-r", "json", "--reporter-json-export"]);
+        args.push(report.display().to_string());
+        args.extend(strings(extra));
+        let out = testbed_in(dir.path(), &args);
+        let all = text(&out);
+        let doc = std::fs::read_to_string(&report)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        (
+            out.status.code(),
+            doc.map(|d| executed(&d)).unwrap_or_default(),
+            all,
+        )
+    };
+
+    // --folder, repeatable, by name: only those folders run.
+    let (code, names, all) = run(&["--folder", "B", "--folder", "C"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(names, ["b1", "c1"], "{all}");
+    // Everything: a2 fails, the rest still runs; exit 1.
+    let (code, names, all) = run(&[]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_eq!(names, ["a1", "a2", "a3", "b1", "c1"], "{all}");
+    // --bail: the run stops after the first failing request.
+    let (code, names, all) = run(&["--bail"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_eq!(names, ["a1", "a2"], "{all}");
+    // -x: the same failures, exit 0.
+    let (code, _, all) = run(&["-x"]);
+    assert_eq!(code, Some(0), "{all}");
+    // An unknown folder is an error; with `--bail folder` nothing runs.
+    let (code, names, all) = run(&["--folder", "Z", "--folder", "B"]);
+    assert_eq!(
+        (code, names.as_slice()),
+        (Some(1), &["b1".to_string()][..]),
+        "{all}"
+    );
+    assert!(all.contains("no folder or request named 'Z'"), "{all}");
+    let (code, names, all) = run(&["--folder", "Z", "--folder", "B", "--bail", "folder"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert!(names.is_empty(), "{all}");
+    // --timeout: the whole run's limit ends a slow run with an error.
+    let slow = dir.path().join("slow.postman_collection.json");
+    std::fs::write(
+        &slow,
+        collection(json!([item("slow", &format!("{base}/delay/3000"), ok)])),
+    )
+    .expect("write");
+    let out = testbed_in(
+        dir.path(),
+        &strings(&[
+            "api",
+            "run",
+            &slow.display().to_string(),
+            "--timeout",
+            "300",
+        ]),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("time limit (300 ms)"), "{}", text(&out));
+
+    // Bad option values and unreadable files: exit 2, naming the option or file.
+    for (args, names) in [
+        (vec!["--delay-request", "soon"], "--delay-request"),
+        (vec!["-r", "htmlextra"], "--reporters"),
+        (vec!["--bail", "sometimes"], "--bail"),
+        (vec!["--cookie-jar", "missing-jar.json"], "missing-jar.json"),
+        (vec!["-g", "missing-globals.json"], "missing-globals.json"),
+        (vec!["-e", "missing-env.json"], "missing-env.json"),
+    ] {
+        let mut all_args = strings(&["api", "run", &file]);
+        all_args.extend(strings(&args));
+        let out = testbed_in(dir.path(), &all_args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains(names),
+            "{args:?} must name {names}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn a_cookie_jar_round_trips_between_runs() {
+    let base = serve();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Run 1: the server sets a cookie; the exported jar holds it.
+    let set = dir.path().join("set.postman_collection.json");
+    std::fs::write(
+        &set,
+        collection(json!([item(
+            "set",
+            &format!("{base}/cookies/set?flavour=oat"),
+            ""
+        )])),
+    )
+    .expect("write");
+    let out = testbed_in(
+        dir.path(),
+        &strings(&[
+            "api",
+            "run",
+            &set.display().to_string(),
+            "--export-cookie-jar",
+            "jar.json",
+        ]),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let jar = read_json(&dir.path().join("jar.json"), &text(&out));
+    let cookie = jar["cookies"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["key"] == "flavour"))
+        .unwrap_or_else(|| panic!("no cookie in {jar}"));
+    assert_eq!(cookie["value"], "oat");
+    assert_eq!(cookie["path"], "/");
+
+    // Run 2: a collection that only reads /cookies gets it from the jar; a
+    // cookie written by hand in tough-cookie's form is sent as well.
+    let mut jar = jar;
+    jar["cookies"].as_array_mut().expect("cookies").push(json!({
+        "key": "handmade", "value": "yes", "domain": "127.0.0.1", "path": "/",
+        "hostOnly": true, "creation": "2026-01-01T00:00:00.000Z",
+    }));
+    std::fs::write(dir.path().join("jar2.json"), jar.to_string()).expect("write");
+    let read = dir.path().join("read.postman_collection.json");
+    std::fs::write(
+        &read,
+        collection(json!([item(
+            "read",
+            &format!("{base}/cookies"),
+            "pm.test('sent', () => {\n\
+               const c = pm.response.json().cookies;\n\
+               pm.expect(c.flavour).to.equal('oat');\n\
+               pm.expect(c.handmade).to.equal('yes');\n\
+             });"
+        )])),
+    )
+    .expect("write");
+    let read = read.display().to_string();
+    let out = testbed_in(
+        dir.path(),
+        &strings(&["api", "run", &read, "--cookie-jar", "jar2.json"]),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Without the jar the same test fails: the cookie came from the file.
+    let out = testbed_in(dir.path(), &strings(&["api", "run", &read]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
