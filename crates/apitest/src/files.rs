@@ -220,10 +220,22 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FileProblem> {
     Ok(out)
 }
 
-/// Whether a JSON document is a Postman collection (`info.schema` names one).
+/// Whether a JSON document is a Postman collection (`info.schema` names one),
+/// or a v1 collection (no `info`; `requests` or `order` at the top).
 fn is_collection(text: &str) -> bool {
-    let head = &text[..text.len().min(4096)];
-    head.contains("schema.getpostman.com") || head.contains("\"_postman_id\"")
+    // The first 4 KiB, cut at a character boundary.
+    let mut end = text.len().min(4096);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &text[..end];
+    if head.contains("schema.getpostman.com") || head.contains("\"_postman_id\"") {
+        return true;
+    }
+    (head.contains("\"order\"") || head.contains("\"requests\""))
+        && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).is_ok_and(|o| {
+            !o.contains_key("info") && (o.contains_key("requests") || o.contains_key("order"))
+        })
 }
 
 /// Loads every input and side file; on any problem returns all of them and
