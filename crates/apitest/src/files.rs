@@ -526,3 +526,22 @@ fn iteration_data(opts: &Options) -> Result<Vec<postman::Vars>, Vec<FileProblem>
     let text = read(path)?;
     postman::load_data(&text, postman::DataFormat::of(path, &text)).map_err(|ps| located(path, ps))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_collection;
+
+    #[test]
+    fn collections_are_told_from_suites_by_their_content() {
+        assert!(is_collection(
+            r#"{"info": {"schema": "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"}, "item": []}"#
+        ));
+        // v1: no info, requests and order at the top.
+        assert!(is_collection(r#"{"id": "1", "order": [], "requests": []}"#));
+        assert!(!is_collection(r#"{"info": {}, "order": []}"#));
+        assert!(!is_collection(r#"{"name": "suite", "tests": []}"#));
+        // A multi-byte character across the 4 KiB mark does not panic.
+        let text = format!("{{\"x\": \"{}é\"}}", "a".repeat(4088));
+        assert!(!is_collection(&text));
+    }
+}
