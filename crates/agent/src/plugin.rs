@@ -23,7 +23,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 pub use self::args::{checked_env, seconds, shell_command, Args};
-pub use self::params::{method, parse_params, schema_of, type_name};
+pub use self::params::{method, parse_only, parse_params, schema_of, type_name};
 /// Child processes in their own process group (the module, for what a
 /// plugin rarely needs, such as running outside a task).
 pub use crate::process;
@@ -45,15 +45,14 @@ pub trait Plugin: Send + Sync {
     /// Runs `method` with `params` (already validated against the method's
     /// schema by the server). Output goes to `ctx.log`; the returned value is
     /// the task's result. Must return promptly once `ctx.cancel` fires.
-    async fn invoke(
-        &self,
-        method: &str,
-        params: Value,
-        ctx: &TaskContext,
-    ) -> Result<PluginOutput, PluginError>;
+    async fn invoke(&self, method: &str, params: Value, ctx: &TaskContext) -> PluginResult;
 }
 
 pub type DynPlugin = Arc<dyn Plugin>;
+
+/// What an invocation ends in: the trait's and every method handler's
+/// return type.
+pub type PluginResult = Result<PluginOutput, PluginError>;
 
 /// A string of shell words split into an argv (quotes and backslashes; no
 /// variables, globs or operators); an unsplittable one is an error on `field`.

@@ -6,10 +6,25 @@ use std::time::{Duration, Instant};
 
 use support::{read_pid, wait_gone, Harness};
 use testbed_agent::plugin::PluginError;
-use testbed_agent::process::{self, resolve_run_as, CommandSpec, STDOUT_TAIL_BYTES};
+use testbed_agent::process::{
+    self, resolve_run_as, CommandSpec, ProcessOutcome, STDOUT_TAIL_BYTES,
+};
 
 fn sh(script: &str) -> CommandSpec {
     CommandSpec::new("sh").arg("-c").arg(script)
+}
+
+/// Cancels `h`'s task and waits (10 s at most) for `run` to return.
+async fn cancel_and_wait<E: std::fmt::Debug>(
+    h: &Harness,
+    run: tokio::task::JoinHandle<Result<ProcessOutcome, E>>,
+) -> ProcessOutcome {
+    h.ctx.cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("run did not return after cancel")
+        .unwrap()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -24,12 +39,7 @@ async fn output_is_streamed_before_the_process_ends() {
     h.wait_for_log("first\n").await;
     h.wait_for_log("prompt> ").await;
     assert!(!run.is_finished());
-    h.ctx.cancel.cancel();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("run did not return after cancel")
-        .unwrap()
-        .unwrap();
+    let outcome = cancel_and_wait(&h, run).await;
     assert!(outcome.cancelled);
     assert!(!outcome.success());
 }
@@ -145,50 +155,37 @@ async fn timeout_kills_the_process_group() {
     assert!(wait_gone(pid).await, "background process {pid} survived");
 }
 
-#[tokio::test]
-async fn cancel_kills_a_group_that_ignores_sigterm() {
+/// Runs `script` (which writes a background process's pid to the file it
+/// gets as `{pid_file}`), cancels the task once that pid is there, and
+/// checks that the run ended as cancelled, by signal `signal`, and that the
+/// background process is gone.
+async fn cancel_and_check(script: &str, signal: i32) {
     let h = Harness::new();
     let pid_file = h.work_dir().join("bg.pid");
     let ctx = h.ctx.clone();
-    let script = format!(
-        "trap '' TERM; sleep 30 & echo $! > {}; wait",
-        pid_file.display()
-    );
+    let script = script.replace("{pid_file}", &pid_file.display().to_string());
     let run = tokio::spawn(async move { process::run(sh(&script), &ctx).await });
     let pid = read_pid(&pid_file).await;
-    h.ctx.cancel.cancel();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("run did not return after cancel")
-        .unwrap()
-        .unwrap();
+    let outcome = cancel_and_wait(&h, run).await;
     assert!(outcome.cancelled);
-    // SIGTERM was ignored, so it took SIGKILL.
-    assert_eq!(outcome.signal, Some(9));
+    assert_eq!(outcome.signal, Some(signal));
     assert!(wait_gone(pid).await, "background process {pid} survived");
 }
 
 #[tokio::test]
+async fn cancel_kills_a_group_that_ignores_sigterm() {
+    // SIGTERM is ignored, so it takes SIGKILL.
+    cancel_and_check("trap '' TERM; sleep 30 & echo $! > {pid_file}; wait", 9).await;
+}
+
+#[tokio::test]
 async fn cancel_kills_a_detached_process_that_ignores_sigterm() {
-    let h = Harness::new();
-    let pid_file = h.work_dir().join("bg.pid");
-    let ctx = h.ctx.clone();
     // It lets go of the pipes, so nothing shows that it is still there.
-    let script = format!(
-        "(trap '' TERM; exec sleep 30 </dev/null >/dev/null 2>&1) & echo $! > {}; sleep 30",
-        pid_file.display()
-    );
-    let run = tokio::spawn(async move { process::run(sh(&script), &ctx).await });
-    let pid = read_pid(&pid_file).await;
-    h.ctx.cancel.cancel();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("run did not return after cancel")
-        .unwrap()
-        .unwrap();
-    assert!(outcome.cancelled);
-    assert_eq!(outcome.signal, Some(15));
-    assert!(wait_gone(pid).await, "background process {pid} survived");
+    cancel_and_check(
+        "(trap '' TERM; exec sleep 30 </dev/null >/dev/null 2>&1) & echo $! > {pid_file}; sleep 30",
+        15,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use testbed_core::agent::MethodSpec;
+use testbed_core::agent::{MethodSpec, PluginSpec};
 
 use super::PluginError;
 
@@ -76,6 +76,20 @@ fn drop_null(v: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(drop_null),
         _ => {}
+    }
+}
+
+/// The parameters of a plugin with one method: parsed into `P` (as
+/// [`parse_params`]) when `method` is the one `spec` announces, so that the
+/// name is written once, in the spec; the unknown-method answer otherwise.
+pub fn parse_only<P: DeserializeOwned>(
+    spec: &PluginSpec,
+    method: &str,
+    params: Value,
+) -> Result<P, PluginError> {
+    match spec.methods.as_slice() {
+        [only] if only.name == method => parse_params(params),
+        _ => Err(PluginError::unknown_method(method, spec)),
     }
 }
 

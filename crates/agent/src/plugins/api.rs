@@ -9,8 +9,8 @@ use std::sync::Arc;
 use testbed_apitest::files::{self, Options};
 
 use crate::plugin::{
-    async_trait, method, parse_params, Deserialize, JsonSchema, Map, Plugin, PluginError,
-    PluginOutput, PluginSpec, TaskContext, Value,
+    async_trait, method, parse_only, Deserialize, JsonSchema, Map, Plugin, PluginError,
+    PluginOutput, PluginResult, PluginSpec, TaskContext, Value,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,16 +53,8 @@ impl Plugin for Api {
         }
     }
 
-    async fn invoke(
-        &self,
-        method: &str,
-        params: Value,
-        ctx: &TaskContext,
-    ) -> Result<PluginOutput, PluginError> {
-        if method != "run_suite" {
-            return Err(PluginError::unknown_method(method, &self.spec()));
-        }
-        let p: RunSuite = parse_params(params)?;
+    async fn invoke(&self, method: &str, params: Value, ctx: &TaskContext) -> PluginResult {
+        let p: RunSuite = parse_only(&self.spec(), method, params)?;
         let inline = p.suite.is_some();
         let path = match (p.path, p.suite) {
             (Some(path), None) => PathBuf::from(path),

@@ -12,7 +12,8 @@ use super::linux_system::{self, run_shell_method, system_information_method};
 use crate::plugin::{
     async_trait, checked_env, json, method, parse_params, run_process, seconds, shell_command,
     split_words, type_name, Args, Artifact, CommandSpec, Deserialize, JsonSchema, MethodSpec,
-    Plugin, PluginError, PluginOutput, PluginSpec, ProcessOutcome, TaskContext, TaskStatus, Value,
+    Plugin, PluginError, PluginOutput, PluginResult, PluginSpec, ProcessOutcome, TaskContext,
+    TaskStatus, Value,
 };
 
 /// The plugin `build_server`: `run_shell`, `system_information` and `build`.
@@ -35,12 +36,7 @@ impl Plugin for BuildServer {
         }
     }
 
-    async fn invoke(
-        &self,
-        method: &str,
-        params: Value,
-        ctx: &TaskContext,
-    ) -> Result<PluginOutput, PluginError> {
+    async fn invoke(&self, method: &str, params: Value, ctx: &TaskContext) -> PluginResult {
         match method {
             "run_shell" => linux_system::run_shell(params, ctx).await,
             "system_information" => linux_system::system_information(params, ctx).await,
@@ -102,7 +98,7 @@ struct ArtifactSpec {
     path: PathBuf,
 }
 
-async fn build(params: Value, ctx: &TaskContext) -> Result<PluginOutput, PluginError> {
+async fn build(params: Value, ctx: &TaskContext) -> PluginResult {
     let p: Build = parse_params(params)?;
     let repo = p.repo;
     if repo.is_empty() {

@@ -17,7 +17,8 @@ use thiserror::Error;
 
 use crate::plugin::{
     async_trait, json, process, CancellationToken, CommandSpec, Deserialize, DynPlugin, LogSink,
-    MethodSpec, Plugin, PluginError, PluginOutput, PluginSpec, TaskContext, TaskStatus, Value,
+    MethodSpec, Plugin, PluginError, PluginOutput, PluginResult, PluginSpec, TaskContext,
+    TaskStatus, Value,
 };
 use process::{RunEnv, StdoutMode};
 
@@ -326,12 +327,7 @@ impl Plugin for ExecPlugin {
         self.spec.clone()
     }
 
-    async fn invoke(
-        &self,
-        method: &str,
-        params: Value,
-        ctx: &TaskContext,
-    ) -> Result<PluginOutput, PluginError> {
+    async fn invoke(&self, method: &str, params: Value, ctx: &TaskContext) -> PluginResult {
         if self.spec.method(method).is_none() {
             return Err(PluginError::unknown_method(method, &self.spec));
         }

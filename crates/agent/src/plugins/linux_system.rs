@@ -15,7 +15,7 @@ use sysinfo::{CpuRefreshKind, System};
 use crate::plugin::{
     async_trait, checked_env, json, method, parse_params, run_process, seconds, shell_command,
     split_words, Args, CommandSpec, Deserialize, JsonSchema, MethodSpec, Plugin, PluginError,
-    PluginOutput, PluginSpec, ProcessOutcome, TaskContext, TaskStatus, Value,
+    PluginOutput, PluginResult, PluginSpec, ProcessOutcome, TaskContext, TaskStatus, Value,
 };
 
 /// Seed 002's description of `run_shell`, kept verbatim because clients of
@@ -42,12 +42,7 @@ impl Plugin for LinuxSystem {
         }
     }
 
-    async fn invoke(
-        &self,
-        method: &str,
-        params: Value,
-        ctx: &TaskContext,
-    ) -> Result<PluginOutput, PluginError> {
+    async fn invoke(&self, method: &str, params: Value, ctx: &TaskContext) -> PluginResult {
         match method {
             "run_shell" => run_shell(params, ctx).await,
             "system_information" => system_information(params, ctx).await,
@@ -101,10 +96,7 @@ pub(crate) fn system_information_method() -> MethodSpec {
 }
 
 /// `run_shell`: runs one command; the task succeeds iff it exits with 0.
-pub(crate) async fn run_shell(
-    params: Value,
-    ctx: &TaskContext,
-) -> Result<PluginOutput, PluginError> {
+pub(crate) async fn run_shell(params: Value, ctx: &TaskContext) -> PluginResult {
     let p: RunShell = parse_params(params)?;
     if p.command.is_empty() {
         return Err(PluginError::invalid("command", "must not be empty"));
@@ -162,7 +154,7 @@ impl ShellRequest {
         Ok(spec)
     }
 
-    pub async fn run(&self, ctx: &TaskContext) -> Result<PluginOutput, PluginError> {
+    pub async fn run(&self, ctx: &TaskContext) -> PluginResult {
         let spec = self.to_command(ctx)?;
         let argv = spec.argv();
         let outcome = run_process(spec, ctx).await.map_err(|e| self.explain(e))?;
@@ -212,10 +204,7 @@ pub(crate) fn command_output(outcome: &ProcessOutcome, argv: &[String]) -> Plugi
 
 /// `system_information`: a description of the machine, optionally with the
 /// output of a command.
-pub(crate) async fn system_information(
-    params: Value,
-    ctx: &TaskContext,
-) -> Result<PluginOutput, PluginError> {
+pub(crate) async fn system_information(params: Value, ctx: &TaskContext) -> PluginResult {
     let SystemInformationParams { command, args } = parse_params(params)?;
     if command.as_deref() == Some("") {
         return Err(PluginError::invalid("command", "must not be empty"));

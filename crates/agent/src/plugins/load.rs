@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use testbed_load::{LoadProfile, RunControl, RunOptions, RunState};
 
 use crate::plugin::{
-    async_trait, fixed_control, json, method, parse_params, Control, Deserialize, JsonSchema, Map,
-    Plugin, PluginError, PluginOutput, PluginSpec, TaskContext, Value,
+    async_trait, fixed_control, json, method, parse_only, Control, Deserialize, JsonSchema, Map,
+    Plugin, PluginError, PluginOutput, PluginResult, PluginSpec, TaskContext, Value,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,16 +49,8 @@ impl Plugin for Load {
         }
     }
 
-    async fn invoke(
-        &self,
-        method: &str,
-        params: Value,
-        ctx: &TaskContext,
-    ) -> Result<PluginOutput, PluginError> {
-        if method != "run" {
-            return Err(PluginError::unknown_method(method, &self.spec()));
-        }
-        let p: Run = parse_params(params)?;
+    async fn invoke(&self, method: &str, params: Value, ctx: &TaskContext) -> PluginResult {
+        let p: Run = parse_only(&self.spec(), method, params)?;
         let plan: LoadProfile = serde_json::from_value(Value::Object(p.plan))
             .map_err(|e| PluginError::invalid("plan", e))?;
         let start_at = p

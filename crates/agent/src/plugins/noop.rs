@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::plugin::{
     async_trait, json, method, parse_params, Deserialize, JsonSchema, Plugin, PluginError,
-    PluginOutput, PluginSpec, TaskContext, Value,
+    PluginOutput, PluginResult, PluginSpec, TaskContext, Value,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,12 +40,7 @@ impl Plugin for Noop {
         }
     }
 
-    async fn invoke(
-        &self,
-        method: &str,
-        params: Value,
-        ctx: &TaskContext,
-    ) -> Result<PluginOutput, PluginError> {
+    async fn invoke(&self, method: &str, params: Value, ctx: &TaskContext) -> PluginResult {
         match method {
             "noop" => {
                 let NoParams {} = parse_params(params)?;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use testbed_tap::{Expectations, KitConfig, RunConfig};
 
 use crate::plugin::{
-    async_trait, method, parse_params, Deserialize, JsonSchema, Plugin, PluginError, PluginOutput,
-    PluginSpec, TaskContext, Value,
+    async_trait, method, parse_only, Deserialize, JsonSchema, Plugin, PluginError, PluginOutput,
+    PluginResult, PluginSpec, TaskContext, Value,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,16 +43,8 @@ impl Plugin for Tap {
         }
     }
 
-    async fn invoke(
-        &self,
-        method: &str,
-        params: Value,
-        ctx: &TaskContext,
-    ) -> Result<PluginOutput, PluginError> {
-        if method != "run" {
-            return Err(PluginError::unknown_method(method, &self.spec()));
-        }
-        let p: Run = parse_params(params)?;
+    async fn invoke(&self, method: &str, params: Value, ctx: &TaskContext) -> PluginResult {
+        let p: Run = parse_only(&self.spec(), method, params)?;
         let mut cfg = RunConfig::new(vec![PathBuf::from(&p.path)]);
         if let Some(c) = &p.config {
             cfg.kit =

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use crate::plugin::{
-    async_trait, json, method, parse_params, run_process, CommandSpec, Deserialize, JsonSchema,
-    Plugin, PluginError, PluginOutput, PluginSpec, TaskContext, TaskStatus, Value,
+    async_trait, json, method, parse_only, run_process, CommandSpec, Deserialize, JsonSchema,
+    Plugin, PluginError, PluginOutput, PluginResult, PluginSpec, TaskContext, TaskStatus, Value,
 };
 
 /// The plugin. It keeps no state; the registration table builds it with
@@ -39,16 +39,8 @@ impl Plugin for Countdown {
         }
     }
 
-    async fn invoke(
-        &self,
-        method: &str,
-        params: Value,
-        ctx: &TaskContext,
-    ) -> Result<PluginOutput, PluginError> {
-        if method != "count" {
-            return Err(PluginError::unknown_method(method, &self.spec()));
-        }
-        let p: Count = parse_params(params)?;
+    async fn invoke(&self, method: &str, params: Value, ctx: &TaskContext) -> PluginResult {
+        let p: Count = parse_only(&self.spec(), method, params)?;
         for n in (1..=p.from).rev() {
             ctx.log.line(&n.to_string());
             tokio::select! {
