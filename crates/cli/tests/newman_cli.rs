@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use axum::extract::{Path as UrlPath, RawQuery};
+use axum::extract::{OriginalUri, Path as UrlPath, RawQuery};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -86,10 +86,22 @@ fn json_reply(status: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
-async fn echo_get(headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+async fn echo_get(
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    OriginalUri(uri): OriginalUri,
+) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     json_reply(
         StatusCode::OK,
-        &json!({"args": args(query.as_deref()), "headers": headers_json(&headers)}),
+        &json!({
+            "args": args(query.as_deref()),
+            "headers": headers_json(&headers),
+            "url": format!("http://{host}{uri}"),
+        }),
     )
 }
 
