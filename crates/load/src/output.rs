@@ -327,6 +327,15 @@ pub struct Row {
     pub latency: LatencyBuckets,
 }
 
+/// The smaller (or larger) of two optional values; the one there is when
+/// only one is.
+fn combine(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(f(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A window's latencies counted into [`LATENCY_BOUNDS_S`]' buckets: one
 /// count per bound (values up to it) and one for the values above the last.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -340,6 +349,19 @@ pub struct LatencyBuckets {
 }
 
 impl LatencyBuckets {
+    /// Adds `other`'s latencies: the buckets of both windows together.
+    fn add(&mut self, other: &LatencyBuckets) {
+        self.counts
+            .resize(other.counts.len().max(self.counts.len()), 0);
+        for (b, c) in self.counts.iter_mut().zip(&other.counts) {
+            *b += c;
+        }
+        self.count += other.count;
+        self.sum_s += other.sum_s;
+        self.min_s = combine(self.min_s, other.min_s, f64::min);
+        self.max_s = combine(self.max_s, other.max_s, f64::max);
+    }
+
     fn of(h: &hdrhistogram::Histogram<u64>) -> LatencyBuckets {
         let mut counts = vec![0u64; LATENCY_BOUNDS_S.len() + 1];
         let mut sum_s = 0.0;
@@ -361,6 +383,20 @@ impl LatencyBuckets {
 }
 
 impl Row {
+    /// The latency percentiles the window has, as Prometheus and OTLP name
+    /// them: the quantile (`"0.5"` … `"1"` for the maximum) and seconds.
+    pub fn quantiles_s(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        [
+            ("0.5", self.p50_ms),
+            ("0.9", self.p90_ms),
+            ("0.95", self.p95_ms),
+            ("0.99", self.p99_ms),
+            ("1", self.max_ms),
+        ]
+        .into_iter()
+        .filter_map(|(q, ms)| Some((q, ms? / 1000.0)))
+    }
+
     pub fn of(w: &Window) -> Row {
         let h = &w.latency;
         let q = |p: f64| (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1000.0);
@@ -523,6 +559,8 @@ struct RemoteWrite {
 /// output's).
 type SeriesKey = (String, Vec<(String, String)>);
 
+/// The counters of a stream of windows summed up to the latest, for the
+/// outputs whose counters keep counting across windows (remote write, OTLP).
 #[derive(Default)]
 struct Totals {
     requests: u64,
@@ -530,6 +568,16 @@ struct Totals {
     bytes_in: u64,
     bytes_out: u64,
     dropped_iterations: u64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &Row) {
+        self.requests += r.requests;
+        self.errors += r.errors;
+        self.bytes_in += r.bytes_in;
+        self.bytes_out += r.bytes_out;
+        self.dropped_iterations += r.dropped_iterations;
+    }
 }
 
 impl RemoteWrite {
@@ -564,11 +612,7 @@ impl RemoteWrite {
             // Stamped at the window's end: its figures are complete then.
             let t = (r.time_ms + r.duration_ms) as i64;
             let tot = &mut self.totals;
-            tot.requests += r.requests;
-            tot.errors += r.errors;
-            tot.bytes_in += r.bytes_in;
-            tot.bytes_out += r.bytes_out;
-            tot.dropped_iterations += r.dropped_iterations;
+            tot.add(r);
             add("testbed_load_requests_total", &[], t, tot.requests as f64);
             add("testbed_load_errors_total", &[], t, tot.errors as f64);
             add(
@@ -592,21 +636,8 @@ impl RemoteWrite {
             add("testbed_load_requests_per_second", &[], t, r.rps);
             add("testbed_load_vus", &[], t, r.vus as f64);
             add("testbed_load_in_flight", &[], t, r.in_flight as f64);
-            for (q, v) in [
-                ("0.5", r.p50_ms),
-                ("0.9", r.p90_ms),
-                ("0.95", r.p95_ms),
-                ("0.99", r.p99_ms),
-                ("1", r.max_ms),
-            ] {
-                if let Some(v) = v {
-                    add(
-                        "testbed_load_latency_seconds",
-                        &[("quantile", q)],
-                        t,
-                        v / 1000.0,
-                    );
-                }
+            for (q, v) in r.quantiles_s() {
+                add("testbed_load_latency_seconds", &[("quantile", q)], t, v);
             }
         }
         by_name

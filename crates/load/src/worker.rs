@@ -146,6 +146,23 @@ async fn unpaused(control: &Control, state: &mut tokio::sync::watch::Receiver<cr
     }
 }
 
+/// Waits out a pause: true once the run goes on, false once it is stopped
+/// (paused or not) — the first thing each turn of a scheduling loop asks.
+async fn running(
+    control: &Control,
+    state: &mut tokio::sync::watch::Receiver<crate::RunState>,
+) -> bool {
+    loop {
+        if control.is_stopped() {
+            return false;
+        }
+        if !control.is_paused() {
+            return true;
+        }
+        unpaused(control, state).await;
+    }
+}
+
 /// Closes a window each second even when nothing completes.
 async fn ticker(w: Rc<Worker>) {
     loop {
@@ -569,12 +586,8 @@ async fn closed(w: Rc<Worker>) {
     let mut spawned = 0u64;
     let mut state = control.subscribe();
     loop {
-        if control.is_stopped() {
+        if !running(&control, &mut state).await {
             return;
-        }
-        if control.is_paused() {
-            unpaused(&control, &mut state).await;
-            continue;
         }
         let t = control.active_at(Instant::now()).as_secs_f64();
         if t >= total {
@@ -648,12 +661,8 @@ async fn open(w: Rc<Worker>) {
     let mut next = sched.advance(0.0, w.id as f64);
     let mut burst = 0u32;
     loop {
-        if control.is_stopped() {
+        if !running(&control, &mut state).await {
             return;
-        }
-        if control.is_paused() {
-            unpaused(&control, &mut state).await;
-            continue;
         }
         let at = next.unwrap_or(total);
         let due = control.wall_at(at);

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::{Poster, Row, Sink};
+use super::{LatencyBuckets, Poster, Row, Sink};
 
 /// Histogram bucket bounds, in seconds: OpenTelemetry's advice for
 /// `http.client.request.duration` with finer steps below 5 ms for fast
@@ -52,18 +52,12 @@ pub(super) struct Otlp {
     totals: Totals,
 }
 
+/// Everything cumulative points carry: the counters and the latency
+/// histogram, summed over every window so far.
 #[derive(Default)]
 struct Totals {
-    requests: u64,
-    errors: u64,
-    dropped_iterations: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    buckets: Vec<u64>,
-    count: u64,
-    sum_s: f64,
-    min_s: Option<f64>,
-    max_s: Option<f64>,
+    counters: super::Totals,
+    latency: LatencyBuckets,
 }
 
 fn kv(key: &str, value: &str) -> KeyValue {
@@ -132,22 +126,9 @@ impl Otlp {
         for r in rows {
             // Stamped at the window's end: its figures are complete then.
             let t = ms_to_ns(r.time_ms + r.duration_ms);
-            let tot = &mut self.totals;
-            tot.requests += r.requests;
-            tot.errors += r.errors;
-            tot.dropped_iterations += r.dropped_iterations;
-            tot.bytes_in += r.bytes_in;
-            tot.bytes_out += r.bytes_out;
-            let l = &r.latency;
-            tot.buckets.resize(l.counts.len().max(tot.buckets.len()), 0);
-            for (b, c) in tot.buckets.iter_mut().zip(&l.counts) {
-                *b += c;
-            }
-            tot.count += l.count;
-            tot.sum_s += l.sum_s;
-            tot.min_s = combine(tot.min_s, l.min_s, f64::min);
-            tot.max_s = combine(tot.max_s, l.max_s, f64::max);
-
+            self.totals.counters.add(r);
+            self.totals.latency.add(&r.latency);
+            let (tot, hist) = (&self.totals.counters, &self.totals.latency);
             requests.push(point(t, int(tot.requests), None));
             errors.push(point(t, int(tot.errors), None));
             dropped.push(point(t, int(tot.dropped_iterations), None));
@@ -156,33 +137,22 @@ impl Otlp {
             rate.push(point(t, number_data_point::Value::AsDouble(r.rps), None));
             vus.push(point(t, int(r.vus), None));
             in_flight.push(point(t, int(r.in_flight), None));
-            for (q, v) in [
-                ("0.5", r.p50_ms),
-                ("0.9", r.p90_ms),
-                ("0.95", r.p95_ms),
-                ("0.99", r.p99_ms),
-                ("1", r.max_ms),
-            ] {
-                if let Some(v) = v {
-                    latency.push(point(
-                        t,
-                        number_data_point::Value::AsDouble(v / 1000.0),
-                        Some(kv("quantile", q)),
-                    ));
-                }
+            for (q, v) in r.quantiles_s() {
+                let v = number_data_point::Value::AsDouble(v);
+                latency.push(point(t, v, Some(kv("quantile", q))));
             }
-            let mut buckets = tot.buckets.clone();
+            let mut buckets = hist.counts.clone();
             buckets.resize(LATENCY_BOUNDS_S.len() + 1, 0);
             duration.push(HistogramDataPoint {
                 attributes: attrs.clone(),
                 start_time_unix_nano: start,
                 time_unix_nano: t,
-                count: tot.count,
-                sum: Some(tot.sum_s),
+                count: hist.count,
+                sum: Some(hist.sum_s),
                 bucket_counts: buckets,
                 explicit_bounds: LATENCY_BOUNDS_S.to_vec(),
-                min: tot.min_s,
-                max: tot.max_s,
+                min: hist.min_s,
+                max: hist.max_s,
                 ..Default::default()
             });
         }
@@ -282,13 +252,6 @@ impl Otlp {
 }
 
 /// `a` and `b` combined by `f`, either alone when the other is unset.
-fn combine(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(f(a, b)),
-        (a, b) => a.or(b),
-    }
-}
-
 impl Sink for Otlp {
     fn write(&mut self, rows: &[Row]) -> Result<(), String> {
         use prost::Message as _;
