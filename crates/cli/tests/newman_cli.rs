@@ -581,6 +581,54 @@ fn folder_bail_and_exit_codes_follow_newman() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("time limit (300 ms)"), "{}", text(&out));
 
+    // A directory for a report gets Newman's default name inside it;
+    // --silent prints no request lines.
+    let out = testbed_in(
+        dir.path(),
+        &strings(&[
+            "api",
+            "run",
+            &file,
+            "--silent",
+            "-r",
+            "cli,junit",
+            "--reporter-junit-export",
+            "reports/",
+        ]),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!text(&out).contains("→ a1"), "{}", text(&out));
+    let written: Vec<String> = std::fs::read_dir(dir.path().join("reports"))
+        .expect("reports/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        written.len() == 1
+            && written[0].starts_with("newman-run-report-")
+            && written[0].ends_with(".xml"),
+        "{written:?}"
+    );
+    // The file outputs describe one collection's run: two collections are
+    // refused before anything runs.
+    let out = testbed_in(
+        dir.path(),
+        &strings(&[
+            "api",
+            "run",
+            &file,
+            &slow.display().to_string(),
+            "--export-environment",
+            "e.json",
+        ]),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--export-environment"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("e.json").exists());
+
     // Bad option values and unreadable files: exit 2, naming the option or file.
     for (args, names) in [
         (vec!["--delay-request", "soon"], "--delay-request"),

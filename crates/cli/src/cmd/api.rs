@@ -140,6 +140,9 @@ pub struct NewmanArgs {
     /// Accepted for Newman's CI lines; the output is the same.
     #[arg(long)]
     pub verbose: bool,
+    /// No cli reporter output (the closing summary line stays).
+    #[arg(long)]
+    pub silent: bool,
     /// Exit 0 even when tests fail (bad input still exits 2).
     #[arg(short = 'x', long)]
     pub suppress_exit_code: bool,
@@ -270,7 +273,7 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         n.reporters.iter().map(String::as_str).collect()
     };
-    let quiet = a.quiet || !reporters.contains(&"cli");
+    let quiet = a.quiet || n.silent || !reporters.contains(&"cli");
     let ascii = n.disable_unicode;
     let collections = files::CollectionOptions {
         folders: n.folders.clone(),
@@ -371,10 +374,17 @@ fn newman_outputs(n: &NewmanArgs, reporters: &[&str]) -> Vec<&'static str> {
     out
 }
 
-/// Newman's default report path: `newman/newman-run-report-<time>.<ext>`.
-fn default_report_path(ext: &str) -> PathBuf {
+/// Where a reporter writes: the path given, or Newman's default
+/// `newman/newman-run-report-<time>.<ext>`; a given directory (existing, or
+/// written with a trailing `/`) gets the default name inside it, as in Newman.
+fn report_path(given: Option<&PathBuf>, ext: &str) -> PathBuf {
     let t = chrono::Utc::now().format("%Y-%m-%d-%H-%M-%S-%3f-0");
-    PathBuf::from("newman").join(format!("newman-run-report-{t}.{ext}"))
+    let name = format!("newman-run-report-{t}.{ext}");
+    match given {
+        None => PathBuf::from("newman").join(name),
+        Some(p) if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') => p.join(name),
+        Some(p) => p.clone(),
+    }
 }
 
 fn write_file(path: &std::path::Path, body: &str) -> anyhow::Result<()> {
@@ -423,17 +433,11 @@ fn write_newman_outputs(
         write_file(p, &pretty(&doc))?;
     }
     if reporters.contains(&"json") {
-        let p = n
-            .reporter_json_export
-            .clone()
-            .unwrap_or_else(|| default_report_path("json"));
+        let p = report_path(n.reporter_json_export.as_ref(), "json");
         write_file(&p, &pretty(&postman::newman_json(run)))?;
     }
     if reporters.contains(&"junit") {
-        let p = n
-            .reporter_junit_export
-            .clone()
-            .unwrap_or_else(|| default_report_path("xml"));
+        let p = report_path(n.reporter_junit_export.as_ref(), "xml");
         write_file(&p, &testbed_report::to_junit(report)?)?;
     }
     Ok(())
