@@ -325,30 +325,27 @@ impl Client {
         .into())
     }
 
+    /// Sends `request` with the token: the answer when it is a success,
+    /// else the API's error (with how to log in again on a 401).
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("connecting to {}", self.server))?;
+        Self::check_authed(resp).await
+    }
+
     /// GETs `path` and decodes the answer as `T`: an API type of
     /// [`testbed_api`] where fields are read, `serde_json::Value` where the
     /// answer is passed through as it came (`--json`).
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("connecting to {}", self.server))?;
-        let body = Self::check_authed(resp).await?.bytes().await?;
-        decode_bytes(&format!("GET {path}"), &body)
+        let resp = self.send(self.http.get(self.url(path))).await?;
+        decode_bytes(&format!("GET {path}"), &resp.bytes().await?)
     }
 
     pub async fn get_text(&self, path: &str) -> anyhow::Result<(String, Option<String>)> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("connecting to {}", self.server))?;
-        let resp = Self::check_authed(resp).await?;
+        let resp = self.send(self.http.get(self.url(path))).await?;
         let status = resp
             .headers()
             .get("x-task-status")
@@ -359,14 +356,7 @@ impl Client {
 
     /// A POST without a body whose answer has none either (204).
     pub async fn post_empty(&self, path: &str) -> anyhow::Result<()> {
-        let resp = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("connecting to {}", self.server))?;
-        Self::check_authed(resp).await?;
+        self.send(self.http.post(self.url(path))).await?;
         Ok(())
     }
 
@@ -375,16 +365,8 @@ impl Client {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .with_context(|| format!("connecting to {}", self.server))?;
-        let answer = Self::check_authed(resp).await?.bytes().await?;
-        decode_bytes(&format!("POST {path}"), &answer)
+        let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
+        decode_bytes(&format!("POST {path}"), &resp.bytes().await?)
     }
 }
 

@@ -2,7 +2,7 @@
 //! the test: the `--json` report, and exit codes for thresholds and bad input.
 
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use testbed_load::output::otlp_proto::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -11,93 +11,8 @@ use testbed_load::output::otlp_proto::metrics::v1::{
     metric::Data, number_data_point, HistogramDataPoint, NumberDataPoint,
 };
 use testbed_load::output::prost::Message as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A keep-alive HTTP/1.1 server on 127.0.0.1 answering each request with
-/// what `reply` makes of its head and body: its address.
-fn http_server(
-    reply: impl Fn(&str, Vec<u8>) -> String + Send + Sync + 'static,
-) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let reply = Arc::new(reply);
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((mut s, _)) = listener.accept().await {
-                let reply = reply.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    while let Some((head, body)) = read_request(&mut s, &mut buf).await {
-                        if s.write_all(reply(&head, body).as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-    });
-    addr
-}
-
-/// The next request on `s` (head and body, by its Content-Length); None
-/// once the connection ends.
-async fn read_request(
-    s: &mut tokio::net::TcpStream,
-    buf: &mut Vec<u8>,
-) -> Option<(String, Vec<u8>)> {
-    let mut chunk = [0u8; 8192];
-    let mut more = async |buf: &mut Vec<u8>| match s.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-    };
-    let end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        if !more(buf).await {
-            return None;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let len: usize = header(&head, "content-length").parse().unwrap_or(0);
-    while buf.len() < end + len {
-        if !more(buf).await {
-            return None;
-        }
-    }
-    let body = buf.drain(..end + len).skip(end).collect();
-    Some((head, body))
-}
-
-/// A header's value in a request head ("" when absent).
-fn header(head: &str, name: &str) -> String {
-    head.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-        .unwrap_or_default()
-}
-
-/// A server answering every request `200 ok`, counting them.
-fn serve() -> (String, Arc<AtomicU64>) {
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
-    let addr = http_server(move |_, _| {
-        c.fetch_add(1, Ordering::SeqCst);
-        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string()
-    });
-    (format!("http://{addr}/"), count)
-}
+use crate::common::{header, http_server, serve};
 
 fn testbed(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_testbed"))

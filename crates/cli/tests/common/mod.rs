@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const ADMIN_PASSWORD: &str = "admin-secret-1";
 pub const JOIN_TOKEN: &str = "test-join-token";
@@ -547,13 +548,15 @@ where
     }
 }
 
-/// A keep-alive HTTP/1.1 server answering every request `200 ok`, counting them.
-pub fn serve() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+/// A keep-alive HTTP/1.1 server on 127.0.0.1 answering each request with
+/// what `reply` makes of its head and body: its address.
+pub fn http_server(
+    reply: impl Fn(&str, Vec<u8>) -> String + Send + Sync + 'static,
+) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let c = count.clone();
+    let addr = listener.local_addr().unwrap();
+    let reply = std::sync::Arc::new(reply);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -562,27 +565,11 @@ pub fn serve() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((mut s, _)) = listener.accept().await {
-                let c = c.clone();
+                let reply = reply.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let end = loop {
-                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break p + 4;
-                            }
-                            match tokio::io::AsyncReadExt::read(&mut s, &mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        buf.drain(..end);
-                        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if tokio::io::AsyncWriteExt::write_all(&mut s, reply)
-                            .await
-                            .is_err()
-                        {
+                    while let Some((head, body)) = read_request(&mut s, &mut buf).await {
+                        if s.write_all(reply(&head, body).as_bytes()).await.is_err() {
                             return;
                         }
                     }
@@ -590,7 +577,61 @@ pub fn serve() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
             }
         });
     });
-    (url, count)
+    addr
+}
+
+/// The next request on `s` (head and body, by its Content-Length); None
+/// once the connection ends.
+async fn read_request(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    let mut chunk = [0u8; 8192];
+    let mut more = async |buf: &mut Vec<u8>| match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    };
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if !more(buf).await {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let len: usize = header(&head, "content-length").parse().unwrap_or(0);
+    while buf.len() < end + len {
+        if !more(buf).await {
+            return None;
+        }
+    }
+    let body = buf.drain(..end + len).skip(end).collect();
+    Some((head, body))
+}
+
+/// A header's value in a request head ("" when absent).
+pub fn header(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// A keep-alive HTTP/1.1 server answering every request `200 ok`, counting them.
+pub fn serve() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = count.clone();
+    let addr = http_server(move |_, _| {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string()
+    });
+    (format!("http://{addr}/"), count)
 }
 
 impl Platform {
