@@ -432,10 +432,20 @@ pub async fn run_detailed(loaded: &Loaded, opts: &Options) -> Ran {
         .buffered(jobs)
         .collect()
         .await;
-    let mut collections = Vec::new();
+    let mut collections: Vec<CollectionRun> = Vec::new();
     for (suites, run) in done {
         report.suites.extend(suites);
         collections.extend(run);
+    }
+    // One collection: the report says what its own did (format, iterations)
+    // and carries newman's counts, as the json reporter's `run.stats`, so the
+    // canonical JSON report has them too.
+    if let ([_], [c]) = (inputs.as_slice(), collections.as_slice()) {
+        report.properties.extend(c.run.report.properties.clone());
+        report.properties.insert(
+            "newman.stats".into(),
+            postman::newman_stats(&c.run.stats).to_string(),
+        );
     }
     report.finished_at = Some(chrono::Utc::now());
     Ran {

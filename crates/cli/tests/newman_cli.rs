@@ -377,11 +377,21 @@ fn the_json_reporter_and_the_table_give_newmans_recorded_counts() {
             }
         }
         let report = dir.path().join(format!("{name}.json"));
+        let canonical = dir.path().join(format!("{name}.testbed.json"));
         args.extend(strings(&["-r", "cli,json", "--reporter-json-export"]));
         args.push(report.display().to_string());
+        args.push("--json".into());
+        args.push(canonical.display().to_string());
         let out = testbed_in(dir.path(), &args);
         let all = text(&out);
         let stats = &read_json(&report, &all)["run"]["stats"];
+        // Testbed's own JSON report carries the same counts.
+        let props = &read_json(&canonical, &all)["properties"];
+        let in_report: Value = props["newman.stats"]
+            .as_str()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_else(|| panic!("{name}: no newman.stats in {props}"));
+        assert_eq!(&in_report, stats, "{name}");
         let newman = &case["newman"];
         let mut ours = Map::new();
         for row in newman.as_object().expect("rows").keys() {
