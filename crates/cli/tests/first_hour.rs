@@ -67,22 +67,6 @@ fn drain(p: &Proc, timeout: Duration) -> String {
     }
 }
 
-/// Waits for `p` to exit by itself.
-fn wait_exit(p: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
-    let mut c = p.child.take().expect("running");
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(st)) = c.try_wait() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            panic!("{} did not end within {timeout:?}", p.name);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn without_a_login_the_run_is_local_said_so_and_quiet() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,7 +233,7 @@ async fn logged_in_the_run_goes_to_that_server_and_cancels_say_cancelled() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{:?}", text(&o));
-    let status = wait_exit(&mut run, Duration::from_secs(30));
+    let status = run.wait_exit(Duration::from_secs(30));
     let all = drain(&run, Duration::from_secs(5));
     assert_eq!(status.code(), Some(2), "{all}");
     assert!(all.contains("Result: CANCELLED"), "{all}");
@@ -347,7 +331,7 @@ fn an_interrupted_local_run_says_cancelled() {
         .arg("-TERM")
         .arg(pid.to_string())
         .status();
-    let status = wait_exit(&mut run, Duration::from_secs(30));
+    let status = run.wait_exit(Duration::from_secs(30));
     let all = drain(&run, Duration::from_secs(5));
     assert_eq!(status.code(), Some(2), "{all}");
     assert!(all.contains("Result: CANCELLED"), "{all}");

@@ -108,19 +108,31 @@ impl Proc {
 
     /// SIGINT, as Ctrl-C; returns the exit status.
     pub fn interrupt(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
+        let pid = self.child.as_ref().expect("running").id();
         let _ = Command::new("kill")
             .arg("-INT")
-            .arg(c.id().to_string())
+            .arg(pid.to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        self.exit_within(Duration::from_secs(15), "after SIGINT")
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.exit_within(timeout, "")
+    }
+
+    /// Its exit status once it exits; killed, and the test failed, when it
+    /// has not within `timeout` (`after` says of what, for the message).
+    fn exit_within(&mut self, timeout: Duration, after: &str) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(st)) = c.try_wait() {
                 return st;
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                panic!("{} did not stop on SIGINT", self.name);
+                panic!("{} did not end within {timeout:?} {after}", self.name);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -643,14 +655,9 @@ impl Platform {
         let (s, _) = p.post("/api/groups", json!({"name": "platforms"})).await;
         assert_eq!(s, 201);
         for a in ["local-1", "local-2"] {
-            let r = p
-                .http
-                .put(format!("{}/api/groups/platforms/agents/{a}", p.url))
-                .bearer_auth(&p.token)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
+            let path = format!("/api/groups/platforms/agents/{a}");
+            let (s, b) = p.call(reqwest::Method::PUT, &path, None).await;
+            assert_eq!(s, 200, "{b}");
         }
         let plan = format!(
             "name: kit\nsteps:\n  - id: kit\n    plugin: tap\n    method: run\n    target: {{each: {{group: platforms}}}}\n    params: {{path: \"{}\"}}\n",
