@@ -445,19 +445,13 @@ async fn metrics_count_real_work_by_route_template() {
         .post(&format!("/api/tasks/{sleeper}/cancel"), json!({}))
         .await;
     assert_eq!(s, 202, "cancel");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, _, body) = scrape(&p.url, Some(METRICS_TOKEN)).await;
-        let now = parse(&body);
-        if value(&now, "testbed_websocket_sessions", &[("kind", "task_log")]) == 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the closed session is still counted: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    scrape_until(
+        &p.url,
+        Some(METRICS_TOKEN),
+        "the closed session uncounted",
+        |s| value(s, "testbed_websocket_sessions", &[("kind", "task_log")]) == 0.0,
+    )
+    .await;
 
     // /metrics is not an API operation: not in the OpenAPI document.
     let (s, spec) = p.get("/api/openapi.json").await;

@@ -320,27 +320,20 @@ async fn a_collector_that_is_down_costs_spans_not_tasks() {
     // The loss is said once and counted.
     p.proc
         .wait_line("exporting traces to", Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let body = reqwest::get(format!("http://{metrics}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let dropped = body
-            .lines()
+    let scrape = || async {
+        let r = reqwest::get(format!("http://{metrics}/metrics")).await;
+        r.unwrap().text().await.unwrap()
+    };
+    let dropped = |body: &String| {
+        body.lines()
             .find_map(|l| l.strip_prefix("testbed_trace_spans_dropped_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        if dropped.is_some_and(|n| n >= 1.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no dropped spans counted:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|n| n >= 1.0)
+    };
+    common::poll(Duration::from_secs(30), scrape, dropped, |body| {
+        format!("no dropped spans counted:\n{body}")
+    })
+    .await;
     let (s, _) = p.get_text("/healthz").await;
     assert_eq!(s, 200);
 }
