@@ -176,3 +176,58 @@ async fn root_agent_drops_task_privileges_to_run_as() {
     assert_eq!(agents["root"], true);
     assert_eq!(agents["run_as"], "nobody");
 }
+
+/// A stalled write (here the object store that takes the task's log, frozen
+/// for longer than half the agent's lease) holds up the server's handling of
+/// that agent's messages, but not its answers to the agent's pings: the
+/// agent's fence must not take the stall for a silent server and kill its
+/// running task.
+#[tokio::test]
+async fn a_stalled_write_does_not_kill_running_tasks() {
+    let Some(s3) = Moto::start(&[]).await else {
+        eprintln!("SKIP a_stalled_write_does_not_kill_running_tasks: no `moto_server` on PATH");
+        return;
+    };
+    s3.create_bucket("stall").await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let store = format!("redb:{}", dir.path().join("s.redb").display());
+    // A 20 s lease: the agent heartbeats every 6 s and pings every 3 s; its
+    // fence fires after 10 s of silence; the lease has at least 13 s left
+    // when the stall begins.
+    let p = Platform::server_env(
+        &store,
+        "s3://stall/logs",
+        &listen,
+        &["--lease-ttl", "20"],
+        &s3.env(),
+    )
+    .await;
+    let _a = agent(&p.url, "patient", &dir.path().join("agent"), &[]);
+    p.wait_agents(1).await;
+    let task = p
+        .run_shell("patient", "sh", "-c 'sleep 2; echo stalled; sleep 14'")
+        .await;
+    p.wait_status(&task, "running", Duration::from_secs(10))
+        .await;
+
+    // Frozen before the task writes its line, thawed 11.5 s after it: the
+    // line's log chunk blocks the session that long, over the fence's 10 s
+    // and under what the lease has left.
+    let pid = s3.proc.child.as_ref().unwrap().id();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(13_500)).await;
+    signal("-CONT");
+
+    let t = p.wait_task(&task, Duration::from_secs(60)).await;
+    assert_eq!(t["status"], "succeeded", "the stall killed the task: {t}");
+    assert_eq!(p.log(&task).await, "stalled\n");
+}

@@ -13,7 +13,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::request::Parts;
 use axum::response::Response;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use testbed_core::agent::{AgentLiveness, AgentProfile, AgentRecord};
 use testbed_core::keys;
 use testbed_core::protocol::{AgentMessage, Hello, ServerMessage, PROTOCOL_VERSION};
@@ -164,10 +164,27 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
 
     reconcile(&state, uuid, &hello, &tx).await?;
 
+    // The socket is read by a task of its own, so the agent's pings are
+    // answered while this loop waits on the store: a slow commit (a busy
+    // disk's fsync) must not look like a silent server, or the agent's fence
+    // kills its tasks after half the lease. The inbox is bounded, so an agent
+    // that outruns the store is held back by TCP, not by our memory.
+    let (inbox_tx, mut inbox) = mpsc::channel::<Incoming>(INBOX);
+    let reader = tokio::spawn(async move {
+        loop {
+            let incoming = stream.next().await;
+            let last = !matches!(incoming, Some(Ok(_)));
+            if inbox_tx.send(incoming).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    let _reader = AbortOnDrop(reader);
+
     let mut lease = lease;
     // A message read ahead while gathering results (see below), handled
     // next.
-    let mut carried: Option<Option<Result<Message, axum::Error>>> = None;
+    let mut carried: Option<Incoming> = None;
     // When the liveness record was last written with heartbeat figures
     // (never yet: the first heartbeat brings the first metrics).
     let mut written_at: Option<std::time::Instant> = None;
@@ -186,7 +203,7 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
                     }
                     continue;
                 }
-                incoming = stream.next() => incoming,
+                incoming = inbox.recv() => incoming.flatten(),
             },
         };
         match incoming {
@@ -227,10 +244,11 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
                         Err(e) => tracing::warn!(%uuid, "unreadable agent message: {e}"),
                     }
                     if results.len() < dispatch::SETTLE_BATCH {
-                        match stream.next().now_or_never() {
-                            Some(Some(Ok(Message::Text(text)))) => next = Some(text),
-                            Some(other) => carried = Some(other),
-                            None => {}
+                        match inbox.try_recv() {
+                            Ok(Some(Ok(Message::Text(text)))) => next = Some(text),
+                            Ok(other) => carried = Some(other),
+                            Err(mpsc::error::TryRecvError::Disconnected) => carried = Some(None),
+                            Err(mpsc::error::TryRecvError::Empty) => {}
                         }
                     }
                 }
@@ -288,6 +306,21 @@ async fn settle(
         let _ = tx.send(ServerMessage::Ack { task_id });
     }
     Ok(())
+}
+
+/// What the socket gave: a message, an error, or its end (`None`).
+type Incoming = Option<Result<Message, axum::Error>>;
+
+/// Messages read from an agent's socket and not yet handled.
+const INBOX: usize = 256;
+
+/// Stops the socket's reader when the session ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 enum End {
