@@ -241,17 +241,9 @@ pub async fn assignment_relay(state: AppState) {
 async fn relist_load(state: &AppState) -> Result<i64, testbed_store::StoreError> {
     let rev = state.store.revision().await?;
     let mut all = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = state
-            .store
-            .range(keys::ASSIGN, after.as_deref(), 1000)
-            .await?;
-        all.extend(page.kvs.iter().filter_map(|kv| keys::parse_assign(&kv.key)));
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = Some(last.key.clone()),
-            _ => break,
-        }
+    let mut pages = records::Pages::new(&state.store, keys::ASSIGN, 1000);
+    while let Some(kvs) = pages.next().await? {
+        all.extend(kvs.iter().filter_map(|kv| keys::parse_assign(&kv.key)));
     }
     state.sessions.load.reset(all);
     Ok(rev)
@@ -487,13 +479,9 @@ pub async fn sweep_lost(state: &AppState) -> Result<(), records::RecordError> {
     let live = crate::placement::live_agents(&state.store).await?;
     // Only read when some task is held.
     let mut reserved: Option<BTreeMap<uuid::Uuid, String>> = None;
-    let mut after: Option<String> = None;
-    loop {
-        let page = state
-            .store
-            .range(keys::ASSIGN, after.as_deref(), 1000)
-            .await?;
-        for kv in &page.kvs {
+    let mut pages = records::Pages::new(&state.store, keys::ASSIGN, 1000);
+    while let Some(kvs) = pages.next().await? {
+        for kv in &kvs {
             let Some((agent, task_id)) = keys::parse_assign(&kv.key) else {
                 continue;
             };
@@ -531,11 +519,8 @@ pub async fn sweep_lost(state: &AppState) -> Result<(), records::RecordError> {
             // An assignment whose task is gone or settled is garbage.
             state.store.delete(&kv.key).await?;
         }
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = Some(last.key.clone()),
-            _ => return Ok(()),
-        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

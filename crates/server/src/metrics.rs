@@ -770,19 +770,13 @@ async fn scan(
     prefix: &str,
     mut each: impl FnMut(&[u8]),
 ) -> Result<(), StoreError> {
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .range(prefix, after.as_deref(), TASK_SCAN_PAGE)
-            .await?;
-        for kv in &page.kvs {
+    let mut pages = crate::records::Pages::new(store, prefix, TASK_SCAN_PAGE);
+    while let Some(kvs) = pages.next().await? {
+        for kv in &kvs {
             each(&kv.value);
         }
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = Some(last.key.clone()),
-            _ => return Ok(()),
-        }
     }
+    Ok(())
 }
 
 /// Tasks, runs and their steps by status. A record that does not decode is

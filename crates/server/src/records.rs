@@ -4,7 +4,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use testbed_store::{Compare, DynStore, LeaseId, StoreError};
+use testbed_store::{Compare, DynStore, KeyValue, LeaseId, StoreError};
 use thiserror::Error;
 
 use crate::error::ApiError;
@@ -128,41 +128,71 @@ where
     })
 }
 
-/// Every record under `prefix` whose key satisfies `keep`, paging through
-/// the store so no single read is unbounded.
+/// The key-values under a prefix, read a page at a time so that no single
+/// read is unbounded: `while let Some(kvs) = pages.next().await? { … }`.
+pub struct Pages<'a> {
+    store: &'a DynStore,
+    prefix: &'a str,
+    size: usize,
+    /// The last key read; the next page starts after it.
+    after: Option<String>,
+    done: bool,
+}
+
+impl<'a> Pages<'a> {
+    /// Pages of up to `size` key-values under `prefix`.
+    pub fn new(store: &'a DynStore, prefix: &'a str, size: usize) -> Self {
+        Pages {
+            store,
+            prefix,
+            size,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next page, `None` once every key has been read.
+    pub async fn next(&mut self) -> std::result::Result<Option<Vec<KeyValue>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .store
+            .range(self.prefix, self.after.as_deref(), self.size)
+            .await?;
+        match (page.more, page.kvs.last()) {
+            (true, Some(last)) => self.after = Some(last.key.clone()),
+            _ => self.done = true,
+        }
+        Ok(Some(page.kvs))
+    }
+}
+
+/// Every record under `prefix` whose key satisfies `keep`.
 pub async fn list<T: DeserializeOwned>(
     store: &DynStore,
     prefix: &str,
     keep: impl Fn(&str) -> bool,
 ) -> Result<Vec<(String, T)>> {
     let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.range(prefix, after.as_deref(), 500).await?;
-        for kv in &page.kvs {
-            if keep(&kv.key) {
-                out.push((kv.key.clone(), decode(&kv.key, &kv.value)?));
-            }
-        }
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = Some(last.key.clone()),
-            _ => return Ok(out),
+    let mut pages = Pages::new(store, prefix, 500);
+    while let Some(kvs) = pages.next().await? {
+        for kv in kvs.into_iter().filter(|kv| keep(&kv.key)) {
+            let value = decode(&kv.key, &kv.value)?;
+            out.push((kv.key, value));
         }
     }
+    Ok(out)
 }
 
 /// How many keys are under `prefix`.
 pub async fn count(store: &DynStore, prefix: &str) -> Result<usize> {
     let mut n = 0;
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.range(prefix, after.as_deref(), 1000).await?;
-        n += page.kvs.len();
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = Some(last.key.clone()),
-            _ => return Ok(n),
-        }
+    let mut pages = Pages::new(store, prefix, 1000);
+    while let Some(kvs) = pages.next().await? {
+        n += kvs.len();
     }
+    Ok(n)
 }
 
 /// Atomically increments the counter at `key`, returning the new value.
