@@ -98,24 +98,20 @@ pub async fn serve(
                 backoff = Duration::ZERO;
                 let Some(address) = per_address.take(peer.ip(), limits.max_connections_per_address)
                 else {
-                    stats.refused.fetch_add(1, Ordering::Relaxed);
-                    if let Some(n) = address_report.note() {
-                        tracing::warn!(
-                            limit = limits.max_connections_per_address,
-                            "per-address connection limit reached: closed {n} new connection(s), the last from {peer}"
-                        );
-                    }
+                    let limit = limits.max_connections_per_address;
+                    refused(
+                        &stats,
+                        &mut address_report,
+                        "per-address connection",
+                        limit,
+                        peer,
+                    );
                     drop(tcp);
                     continue;
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    stats.refused.fetch_add(1, Ordering::Relaxed);
-                    if let Some(n) = refused_report.note() {
-                        tracing::warn!(
-                            limit = limits.max_connections,
-                            "connection limit reached: closed {n} new connection(s), the last from {peer}"
-                        );
-                    }
+                    let limit = limits.max_connections;
+                    refused(&stats, &mut refused_report, "connection", limit, peer);
                     drop(tcp);
                     continue;
                 };
@@ -224,6 +220,24 @@ struct Slot {
 struct ThrottledLog {
     last: Option<Instant>,
     pending: u64,
+}
+
+/// Counts a connection closed at once because `what` limit is reached, and
+/// says so (at most every ten seconds, through `report`).
+fn refused(
+    stats: &ListenStats,
+    report: &mut ThrottledLog,
+    what: &str,
+    limit: usize,
+    peer: std::net::SocketAddr,
+) {
+    stats.refused.fetch_add(1, Ordering::Relaxed);
+    if let Some(n) = report.note() {
+        tracing::warn!(
+            limit,
+            "{what} limit reached: closed {n} new connection(s), the last from {peer}"
+        );
+    }
 }
 
 impl ThrottledLog {
