@@ -726,3 +726,265 @@ fn a_cookie_jar_round_trips_between_runs() {
     let out = testbed_in(dir.path(), &strings(&["api", "run", &read]));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+// ------------------------------------------------------------ proxies
+
+/// What a forward proxy saw: each request's first line (an absolute-form
+/// target for `http:`, `CONNECT host:port` for `https:`) and its
+/// `Proxy-Authorization` header.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// A forward proxy on 127.0.0.1, as a CI job's would be. Whatever host a
+/// request names, it forwards plain requests to `http_origin` and tunnels
+/// `CONNECT`s to `tls_origin`, so names that exist nowhere (`.invalid`) are
+/// reachable only through it. Each forwarded request gets `Connection: close`,
+/// so every request of the client arrives as a new head here.
+fn forward_proxy(
+    http_origin: std::net::SocketAddr,
+    tls_origin: std::net::SocketAddr,
+) -> (String, Seen) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    fn pipe(mut from: TcpStream, mut to: TcpStream) {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Seen::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().expect("clone"));
+                let mut first = String::new();
+                if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                    return;
+                }
+                let first = first.trim_end().to_string();
+                let mut headers = Vec::new();
+                let mut auth = None;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let (name, value) = line.split_once(':').unwrap_or((&line, ""));
+                    if name.eq_ignore_ascii_case("proxy-authorization") {
+                        auth = Some(value.trim().to_string());
+                    } else if !name.eq_ignore_ascii_case("connection")
+                        && !name.eq_ignore_ascii_case("proxy-connection")
+                    {
+                        headers.push(line);
+                    }
+                }
+                log.lock().expect("log").push((first.clone(), auth));
+                let mut parts = first.split(' ');
+                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let mut client = client;
+                if method == "CONNECT" {
+                    let origin = TcpStream::connect(tls_origin).expect("tls origin");
+                    client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .expect("write");
+                    pipe(origin.try_clone().expect("clone"), client);
+                    pipe(reader.into_inner(), origin);
+                    return;
+                }
+                // The origin gets the origin-form target, as from a client.
+                let path = target
+                    .split_once("://")
+                    .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+                    .unwrap_or("/");
+                let mut origin = TcpStream::connect(http_origin).expect("origin");
+                let head = format!(
+                    "{method} {path} HTTP/1.1\r\n{}Connection: close\r\n\r\n",
+                    headers.concat()
+                );
+                origin.write_all(head.as_bytes()).expect("write");
+                // What the reader already buffered of a body goes first.
+                origin.write_all(reader.buffer()).expect("write");
+                pipe(origin.try_clone().expect("clone"), client);
+                pipe(reader.into_inner(), origin);
+            });
+        }
+    });
+    (format!("127.0.0.1:{}", addr.port()), seen)
+}
+
+/// `openssl s_server -www` on 127.0.0.1 with a fresh self-signed
+/// certificate: a real HTTPS server for the `CONNECT` tunnel to end at.
+struct TlsOrigin {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for TlsOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_origin(dir: &Path) -> TlsOrigin {
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=secure.invalid", "-keyout", "key.pem", "-out"])
+        .arg("cert.pem")
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/test installs it)");
+    assert!(made.status.success(), "{}", text(&made));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let child = Command::new("openssl")
+        .args([
+            "s_server", "-quiet", "-www", "-cert", "cert.pem", "-key", "key.pem",
+        ])
+        .args(["-accept", &addr.to_string()])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let origin = TlsOrigin { child, addr };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return origin;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("openssl s_server did not listen on {addr}");
+}
+
+/// `testbed ARGS` in `dir` with exactly the proxy variables in `env`.
+fn testbed_with_proxies(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_testbed"));
+    cmd.args(args).current_dir(dir).env("TESTBED_LOG", "error");
+    for name in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("running testbed")
+}
+
+/// Newman's proxies: `HTTP_PROXY` (with its credentials) for `http:` URLs,
+/// `NO_PROXY` hosts sent direct, and `https:` URLs through a `CONNECT`
+/// tunnel of the lower-case `http_proxy` when no HTTPS proxy is set.
+#[test]
+fn proxies_from_the_environment_as_newman_uses_them() {
+    let base = serve();
+    let echo: std::net::SocketAddr = base.trim_start_matches("http://").parse().expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = tls_origin(dir.path());
+    let (proxy, seen) = forward_proxy(echo, tls.addr);
+
+    // `origin.invalid` resolves nowhere: only the proxy can answer for it.
+    let file = dir.path().join("proxy.postman_collection.json");
+    std::fs::write(
+        &file,
+        collection(json!([
+            item(
+                "proxied",
+                "http://origin.invalid/get?via=proxy",
+                "pm.test('through the proxy', () => {\n\
+                   pm.response.to.have.status(200);\n\
+                   pm.expect(pm.response.json().url).to.equal('http://origin.invalid/get?via=proxy');\n\
+                 });"
+            ),
+            item(
+                "direct",
+                &format!("http://localhost:{}/get?via=direct", echo.port()),
+                "pm.test('direct', () => pm.response.to.have.status(200));"
+            ),
+        ])),
+    )
+    .expect("write");
+    let file = file.display().to_string();
+    let args = strings(&["api", "run", &file]);
+    let out = testbed_with_proxies(
+        dir.path(),
+        &args,
+        &[
+            ("HTTP_PROXY", &format!("http://tester:s3cret@{proxy}")),
+            ("NO_PROXY", "example.test, localhost"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got = seen.lock().expect("log").clone();
+    assert_eq!(
+        got,
+        vec![(
+            "GET http://origin.invalid/get?via=proxy HTTP/1.1".to_string(),
+            // base64("tester:s3cret")
+            Some("Basic dGVzdGVyOnMzY3JldA==".to_string())
+        )],
+        "{}",
+        text(&out)
+    );
+
+    // Without the proxy the same run fails: the proxied name resolves nowhere.
+    let out = testbed_with_proxies(dir.path(), &args, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // https: a CONNECT tunnel through the lower-case http_proxy, as
+    // postman-request falls back to it; -k for the self-signed certificate.
+    seen.lock().expect("log").clear();
+    let file = dir.path().join("tls.postman_collection.json");
+    std::fs::write(
+        &file,
+        collection(json!([item(
+            "tunnelled",
+            "https://secure.invalid/",
+            "pm.test('through the tunnel', () => pm.response.to.have.status(200));"
+        )])),
+    )
+    .expect("write");
+    let file = file.display().to_string();
+    let out = testbed_with_proxies(
+        dir.path(),
+        &strings(&["api", "run", &file, "-k"]),
+        &[("http_proxy", &format!("http://{proxy}"))],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got = seen.lock().expect("log").clone();
+    assert_eq!(
+        got.iter()
+            .map(|(line, _)| line.as_str())
+            .collect::<Vec<_>>(),
+        ["CONNECT secure.invalid:443 HTTP/1.1"],
+        "{}",
+        text(&out)
+    );
+
+    // A proxy address that is not one is named, not silently skipped.
+    let out = testbed_with_proxies(
+        dir.path(),
+        &strings(&["api", "run", &file, "-k"]),
+        &[("HTTPS_PROXY", "socks5://127.0.0.1:1")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("HTTPS_PROXY=socks5://127.0.0.1:1"),
+        "{}",
+        text(&out)
+    );
+}

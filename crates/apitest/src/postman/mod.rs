@@ -22,6 +22,7 @@ pub mod data;
 pub mod jar;
 mod libs;
 mod locate;
+mod proxy;
 pub mod newman;
 pub mod run;
 mod script;

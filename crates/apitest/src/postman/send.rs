@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::collection::{Auth, Body, FormValue, Header, Request, Url};
 use super::jar::RunJar;
+use super::proxy::EnvProxies;
 use super::vars::{self, Scopes};
 use crate::transport::http::classify;
 use crate::TransportError;
@@ -696,7 +697,17 @@ pub(crate) fn client(
     } else {
         reqwest::redirect::Policy::none()
     };
-    reqwest::Client::builder()
+    // Proxies are Newman's (HTTP_PROXY, HTTPS_PROXY, NO_PROXY and their
+    // lower-case forms, read as postman-request reads them), so reqwest's own
+    // reading of the environment, which differs (see proxy.rs), is off.
+    let proxies = EnvProxies::from_env()?;
+    let mut builder = reqwest::Client::builder().no_proxy();
+    if !proxies.is_empty() {
+        builder = builder.proxy(reqwest::Proxy::custom(move |url| {
+            proxies.for_url(url).cloned()
+        }));
+    }
+    builder
         .cookie_provider(jar.clone())
         .redirect(redirects)
         .timeout(timeout)
