@@ -79,19 +79,11 @@ pub async fn agents(store: &DynStore) -> Result<Vec<AgentView>, RecordError> {
 /// The uuids of live agents.
 pub async fn live_agents(store: &DynStore) -> Result<BTreeSet<Uuid>, RecordError> {
     let mut out = BTreeSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.range(keys::AGENTS, after.as_deref(), 1000).await?;
-        for kv in &page.kvs {
-            if let Some(uuid) = keys::parse_agent_alive(&kv.key) {
-                out.insert(uuid);
-            }
-        }
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = Some(last.key.clone()),
-            _ => return Ok(out),
-        }
+    let mut pages = crate::records::Pages::new(store, keys::AGENTS, 1000);
+    while let Some(kvs) = pages.next().await? {
+        out.extend(kvs.iter().filter_map(|kv| keys::parse_agent_alive(&kv.key)));
     }
+    Ok(out)
 }
 
 /// Groups reserved by some run: group name → run id.

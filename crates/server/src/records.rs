@@ -151,6 +151,13 @@ impl<'a> Pages<'a> {
         }
     }
 
+    /// Starts after `key` (keys sort bytewise) instead of at the prefix's
+    /// first key; `None` reads from the start.
+    pub fn starting_after(mut self, key: Option<String>) -> Self {
+        self.after = key;
+        self
+    }
+
     /// The next page, `None` once every key has been read.
     pub async fn next(&mut self) -> std::result::Result<Option<Vec<KeyValue>>, StoreError> {
         if self.done {

@@ -17,7 +17,7 @@ use testbed_core::run::{Run, StepState};
 use testbed_store::{Compare, DynStore, TxnOp};
 use uuid::Uuid;
 
-use crate::records::RecordError;
+use crate::records::{Pages, RecordError};
 pub use testbed_api::runs::RunSummary;
 
 /// The run-level record's schema version in this layout.
@@ -39,6 +39,23 @@ pub struct StepRecord {
 
 impl StepRecord {
     pub const KIND: &'static str = "run_step";
+
+    /// The put that writes step `step` of run `id` in `state`.
+    fn put(id: Uuid, step: &str, state: &StepState) -> Result<TxnOp, RecordError> {
+        let key = keys::run_step(&id, step);
+        let rec = StepRecord {
+            kind: StepRecord::KIND.into(),
+            v: 1,
+            run_id: id,
+            step: step.to_string(),
+            state: state.clone(),
+        };
+        Ok(TxnOp::Put {
+            value: encode(&key, &rec)?,
+            key,
+            lease: None,
+        })
+    }
 }
 
 /// A run as read from the store, with the revisions its writes compare on.
@@ -93,17 +110,12 @@ pub async fn load(store: &DynStore, id: &Uuid) -> Result<Option<Loaded>, RecordE
     }
     let mut step_revs = HashMap::new();
     let prefix = keys::run_steps_prefix(id);
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.range(&prefix, after.as_deref(), 500).await?;
-        for kv in &page.kvs {
+    let mut pages = Pages::new(store, &prefix, 500);
+    while let Some(kvs) = pages.next().await? {
+        for kv in &kvs {
             let rec: StepRecord = decode(&kv.key, &kv.value)?;
             step_revs.insert(rec.step.clone(), kv.mod_revision);
             run.steps.insert(rec.step, rec.state);
-        }
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = Some(last.key.clone()),
-            _ => break,
         }
     }
     // A step whose record is not written yet is pending; the API shows
@@ -144,23 +156,10 @@ pub async fn write(
         let Some(state) = l.run.steps.get(s) else {
             continue;
         };
-        let key = keys::run_step(&id, s);
-        let rec = StepRecord {
-            kind: StepRecord::KIND.into(),
-            v: 1,
-            run_id: id,
-            step: s.clone(),
-            state: state.clone(),
-        };
-        let value = encode(&key, &rec)?;
         pending.push((
-            key.clone(),
+            keys::run_step(&id, s),
             compare(l.step_revs.get(s)),
-            TxnOp::Put {
-                key,
-                value,
-                lease: None,
-            },
+            StepRecord::put(id, s, state)?,
         ));
     }
     let chunks: Vec<Vec<(String, Compare, TxnOp)>> = {
@@ -319,22 +318,10 @@ pub async fn split(store: &DynStore, l: &Loaded) -> Result<bool, RecordError> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     for chunk in steps.chunks(TXN_OPS) {
-        let mut ops = Vec::new();
-        for (s, state) in chunk {
-            let key = keys::run_step(&id, s);
-            let rec = StepRecord {
-                kind: StepRecord::KIND.into(),
-                v: 1,
-                run_id: id,
-                step: s.clone(),
-                state: state.clone(),
-            };
-            ops.push(TxnOp::Put {
-                value: encode(&key, &rec)?,
-                key,
-                lease: None,
-            });
-        }
+        let ops = chunk
+            .iter()
+            .map(|(s, state)| StepRecord::put(id, s, state))
+            .collect::<Result<Vec<_>, _>>()?;
         store.txn(&[], ops).await?;
     }
     let moved = Loaded {
@@ -407,10 +394,9 @@ pub async fn migrate(store: &DynStore) -> Result<usize, RecordError> {
         return Ok(0);
     }
     let mut moved = 0;
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.range(keys::RUNS, after.as_deref(), 500).await?;
-        for kv in &page.kvs {
+    let mut pages = Pages::new(store, keys::RUNS, 500);
+    while let Some(kvs) = pages.next().await? {
+        for kv in &kvs {
             let Some(id) = keys::parse_run(&kv.key) else {
                 continue;
             };
@@ -448,10 +434,6 @@ pub async fn migrate(store: &DynStore) -> Result<usize, RecordError> {
                 let _ = split(store, &l).await?;
             }
             moved += 1;
-        }
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = Some(last.key.clone()),
-            _ => break,
         }
     }
     store

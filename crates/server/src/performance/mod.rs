@@ -288,11 +288,11 @@ async fn read_live(
 ) -> ApiResult<Vec<(Uuid, LiveSecond)>> {
     let prefix = keys::perf_live_prefix(execution);
     // Keys sort by second (zero-padded): start just before `from`'s.
-    let mut after = (from > 0).then(|| format!("{prefix}{:020}", from - 1) + "0");
+    let after = (from > 0).then(|| format!("{prefix}{:020}", from - 1) + "0");
     let mut out = Vec::new();
-    loop {
-        let page = state.store.range(&prefix, after.as_deref(), 500).await?;
-        for kv in &page.kvs {
+    let mut pages = crate::records::Pages::new(&state.store, &prefix, 500).starting_after(after);
+    while let Some(kvs) = pages.next().await? {
+        for kv in &kvs {
             let task = kv
                 .key
                 .rsplit('/')
@@ -304,11 +304,8 @@ async fn read_live(
             };
             out.push((task, second));
         }
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = Some(last.key.clone()),
-            _ => return Ok(out),
-        }
     }
+    Ok(out)
 }
 
 /// Merges stored seconds per second, across tasks.

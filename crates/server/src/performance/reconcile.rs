@@ -111,18 +111,12 @@ impl Executions {
 
     async fn sweep_all(&mut self, state: &AppState) -> ApiResult<()> {
         let mut ids = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = state.store.range(ACTIVE, after.as_deref(), 500).await?;
+        let mut pages = crate::records::Pages::new(&state.store, ACTIVE, 500);
+        while let Some(kvs) = pages.next().await? {
             ids.extend(
-                page.kvs
-                    .iter()
+                kvs.iter()
                     .filter_map(|kv| kv.key.strip_prefix(ACTIVE).map(str::to_string)),
             );
-            match (page.more, page.kvs.last()) {
-                (true, Some(last)) => after = Some(last.key.clone()),
-                _ => break,
-            }
         }
         self.applied.retain(|id, _| ids.contains(id));
         for id in ids {
