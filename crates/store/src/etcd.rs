@@ -413,6 +413,17 @@ impl Conn {
         Err(classify_status(status, &text))
     }
 
+    /// Calls `path` with a request naming only `key`, and decodes the answer.
+    async fn call_key<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        key: &str,
+        idempotent: bool,
+    ) -> Result<T> {
+        let body = json!({ "key": B64.encode(self.key(key)) });
+        parse(&self.call(path, body, idempotent).await?)
+    }
+
     /// POSTs `body` to `path`, failing over between endpoints and retrying
     /// within [`RETRY_WINDOW`]. `idempotent` requests are also retried when
     /// their outcome is unknown. Re-authenticates once if the token is
@@ -705,14 +716,7 @@ fn first_stream_message<T: DeserializeOwned + Default>(
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let c = &self.conn;
-        let resp: RangeResp = parse(
-            &c.call(
-                "/v3/kv/range",
-                json!({ "key": B64.encode(c.key(key)) }),
-                true,
-            )
-            .await?,
-        )?;
+        let resp: RangeResp = c.call_key("/v3/kv/range", key, true).await?;
         match resp.kvs.into_iter().next() {
             Some(kv) => c.to_kv(kv),
             None => Ok(None),
@@ -737,15 +741,7 @@ impl Store for EtcdStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let c = &self.conn;
-        let resp: DeleteResp = parse(
-            &c.call(
-                "/v3/kv/deleterange",
-                json!({ "key": B64.encode(c.key(key)) }),
-                false,
-            )
-            .await?,
-        )?;
+        let resp: DeleteResp = self.conn.call_key("/v3/kv/deleterange", key, false).await?;
         Ok(resp.deleted > 0)
     }
 
