@@ -6,6 +6,9 @@
 #   bench/results.sh [N ...]                  (default: 100000 1000000)
 #   bench/results.sh 100000 1000000 10000000  (10M takes a few minutes)
 #   TESTBED=/path/to/testbed bench/results.sh (another build, e.g. an older one)
+#   ROWS=run bench/results.sh 10000000       (only `tck run` and `tck run --json`)
+#
+# Allure, for comparison: bench/allure.sh (its own results format and HTML).
 #
 # Rows: `tck run` alone; with --json --junit --html; the HTML opened in
 # headless Chromium (bench/html_open.py: first paint, list ready, a search) when
@@ -63,6 +66,13 @@ EOF
   echo
   echo "== $N test points"
   printf '%-44s %s\n' "testbed tck run" "$(measure "$TESTBED" tck run "$D/kit")"
+  if [ "${ROWS:-all}" = run ]; then
+    printf '%-44s %s\n' "testbed tck run --json" \
+      "$(measure "$TESTBED" tck run "$D/kit" --json "$D/r.json")"
+    printf '  %-42s %s\n' "JSON" "$(size "$D/r.json" "$N")"
+    rm -rf "$D"
+    continue
+  fi
   printf '%-44s %s\n' "testbed tck run --json --junit --html" \
     "$(measure "$TESTBED" tck run "$D/kit" --json "$D/r.json" --junit "$D/r.xml" --html "$D/r.html")"
   printf '  %-42s %s\n' "JSON" "$(size "$D/r.json" "$N")"
