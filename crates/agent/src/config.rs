@@ -129,7 +129,10 @@ impl AgentConfig {
 
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg: AgentConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            let (line, column) = e
+                .span()
+                .map(|s| testbed_core::line_col(text, s.start))
+                .unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -172,14 +175,6 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
         out.insert(k.to_string(), v.to_string());
     }
     Ok(out)
-}
-
-/// 1-based line and column of byte offset `at` in `text`.
-pub fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

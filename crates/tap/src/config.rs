@@ -108,7 +108,7 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| {
         let offset = e.span().map(|s| s.start).unwrap_or(0);
-        let (line, column) = line_col(text, offset);
+        let (line, column) = testbed_core::line_col(text, offset);
         ConfigError::Syntax {
             path: path.to_path_buf(),
             line,
@@ -116,13 +116,6 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
             message: e.message().to_string(),
         }
     })
-}
-
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset.min(text.len())).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]
