@@ -192,28 +192,15 @@ fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
 /// else a minimal instance (required properties only).
 fn example(spec: &Value, schema: &Value, depth: usize) -> Value {
     let s = resolve(spec, schema);
-    if let Some(e) = s.get("example") {
-        return e.clone();
-    }
-    if let Some(e) = s
-        .get("examples")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-    {
-        return e.clone();
-    }
-    if let Some(d) = s.get("default") {
-        return d.clone();
-    }
-    if let Some(e) = s
-        .get("enum")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-    {
-        return e.clone();
-    }
-    if let Some(c) = s.get("const") {
-        return c.clone();
+    let first = |key: &str| s.get(key)?.as_array()?.first();
+    let given = s
+        .get("example")
+        .or_else(|| first("examples"))
+        .or_else(|| s.get("default"))
+        .or_else(|| first("enum"))
+        .or_else(|| s.get("const"));
+    if let Some(v) = given {
+        return v.clone();
     }
     if depth > 8 {
         return Value::Null;
