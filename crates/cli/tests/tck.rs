@@ -804,8 +804,8 @@ fn reset_peak(pid: u32) {
 /// stored report (`DATA_DIR/blobs/reports/ID.json`, gzip-compressed JSON) is
 /// then replaced by one of 200,000 cases. A kit of that size run through the
 /// `tap` plugin would be the honest way in, but a task result still carries
-/// its report as one JSON value, which at this size does not finish in the
-/// debug build's time (issue 15: what is left).
+/// its report as one JSON value, which at this size is over the agent
+/// connection's message limit (issue 15: what is left).
 #[tokio::test]
 async fn server_streams_a_large_report_in_bounded_memory() {
     const N: usize = 200_000;
