@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::placement::{self, Fleet, Refusal};
-use crate::records::{self, RecordError};
+use crate::records::{self, put_op, RecordError};
 use crate::state::AppState;
 
 pub use crate::placement::{agents, live_agents, AgentView};
@@ -161,16 +161,8 @@ pub async fn release_held(state: &AppState, agent: Uuid, task_id: Uuid) -> Resul
         task.reason = None;
         a.task = Some(Box::new(task.clone()));
         let ops = vec![
-            TxnOp::Put {
-                key: task_key.clone(),
-                value: encode(&task_key, &task)?,
-                lease: None,
-            },
-            TxnOp::Put {
-                key: assign_key.clone(),
-                value: encode(&assign_key, &a)?,
-                lease: None,
-            },
+            put_op(task_key.clone(), &task)?,
+            put_op(assign_key.clone(), &a)?,
         ];
         let compares = [
             (task_key.clone(), Compare::ModRevision(task_rev)),
@@ -183,13 +175,6 @@ pub async fn release_held(state: &AppState, agent: Uuid, task_id: Uuid) -> Resul
         }
     }
     Ok(())
-}
-
-fn encode<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, RecordError> {
-    serde_json::to_vec(v).map_err(|source| RecordError::Encode {
-        key: key.to_string(),
-        source,
-    })
 }
 
 /// Tasks assigned to `agent` and not yet finished, counted in the store (the
@@ -284,11 +269,7 @@ pub async fn settle_from(
             let key = keys::task(task_id);
             let mut t = task.clone();
             apply_outcome(&mut t, outcome, *stored_len);
-            ops.push(TxnOp::Put {
-                key: key.clone(),
-                value: encode(&key, &t)?,
-                lease: None,
-            });
+            ops.push(put_op(key.clone(), &t)?);
             ops.push(TxnOp::Delete {
                 key: keys::assign(&agent, task_id),
             });
@@ -354,11 +335,7 @@ async fn settle_read(
         apply_outcome(&mut t, outcome, stored_len);
         // The result and the release of the assignment are one write.
         let ops = vec![
-            TxnOp::Put {
-                key: key.clone(),
-                value: encode(&key, &t)?,
-                lease: None,
-            },
+            put_op(key.clone(), &t)?,
             TxnOp::Delete {
                 key: keys::assign(&t.agent_uuid, &task_id),
             },
@@ -537,18 +514,7 @@ async fn create_held(
     };
     // Task and assignment in one write: an agent never sees an assignment
     // without its task, and a crash never leaves a task without one.
-    let ops = vec![
-        TxnOp::Put {
-            key: key.clone(),
-            value: encode(&key, task)?,
-            lease: None,
-        },
-        TxnOp::Put {
-            key: assign_key,
-            value: encode(&key, &assignment)?,
-            lease: None,
-        },
-    ];
+    let ops = vec![put_op(key.clone(), task)?, put_op(assign_key, &assignment)?];
     // Counted before the write, so the next placement on this replica sees
     // it even if the task is done before this call returns; the watch
     // confirms (or, should the write fail, the next re-list corrects) it.

@@ -4,7 +4,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use testbed_store::{Compare, DynStore, KeyValue, LeaseId, StoreError};
+use testbed_store::{Compare, DynStore, KeyValue, LeaseId, StoreError, TxnOp};
 use thiserror::Error;
 
 use crate::error::ApiError;
@@ -50,6 +50,15 @@ fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|source| RecordError::Encode {
         key: key.to_string(),
         source,
+    })
+}
+
+/// A transaction's put of `value` at `key`, without a lease.
+pub fn put_op<T: Serialize>(key: String, value: &T) -> Result<TxnOp> {
+    Ok(TxnOp::Put {
+        value: encode(&key, value)?,
+        key,
+        lease: None,
     })
 }
 

@@ -17,7 +17,7 @@ use testbed_core::run::{Run, StepState};
 use testbed_store::{Compare, DynStore, TxnOp};
 use uuid::Uuid;
 
-use crate::records::{Pages, RecordError};
+use crate::records::{put_op, Pages, RecordError};
 pub use testbed_api::runs::RunSummary;
 
 /// The run-level record's schema version in this layout.
@@ -50,11 +50,7 @@ impl StepRecord {
             step: step.to_string(),
             state: state.clone(),
         };
-        Ok(TxnOp::Put {
-            value: encode(&key, &rec)?,
-            key,
-            lease: None,
-        })
+        put_op(key, &rec)
     }
 }
 
@@ -68,13 +64,6 @@ pub struct Loaded {
     pub step_revs: HashMap<String, i64>,
     /// A `v: 1` record: its steps are inline in the run-level record.
     pub inline: bool,
-}
-
-fn encode<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, RecordError> {
-    serde_json::to_vec(v).map_err(|source| RecordError::Encode {
-        key: key.to_string(),
-        source,
-    })
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RecordError> {
@@ -214,17 +203,9 @@ fn add_run_level(
 ) -> Result<(), RecordError> {
     let key = keys::run(&l.run.id);
     compares.push((key.clone(), compare(Some(&l.run_rev))));
-    ops.push(TxnOp::Put {
-        value: encode(&key, &run_level(&l.run))?,
-        key,
-        lease: None,
-    });
+    ops.push(put_op(key, &run_level(&l.run))?);
     let key = keys::run_index(&l.run.id);
-    ops.push(TxnOp::Put {
-        value: encode(&key, &RunSummary::of(&l.run))?,
-        key,
-        lease: None,
-    });
+    ops.push(put_op(key, &RunSummary::of(&l.run))?);
     Ok(())
 }
 
@@ -271,17 +252,9 @@ where
                 return Ok(Some(run));
             }
             let compares = vec![(key.clone(), Compare::ModRevision(rev))];
-            let mut ops = vec![TxnOp::Put {
-                value: encode(&key, &run)?,
-                key: key.clone(),
-                lease: None,
-            }];
+            let mut ops = vec![put_op(key.clone(), &run)?];
             let ikey = keys::run_index(id);
-            ops.push(TxnOp::Put {
-                value: encode(&ikey, &RunSummary::of(&run))?,
-                key: ikey,
-                lease: None,
-            });
+            ops.push(put_op(ikey, &RunSummary::of(&run))?);
             if store.txn(&compares, ops).await?.is_some() {
                 return Ok(Some(run));
             }
@@ -415,11 +388,7 @@ pub async fn migrate(store: &DynStore) -> Result<usize, RecordError> {
                 store
                     .txn(
                         &[(ikey.clone(), Compare::Absent)],
-                        vec![TxnOp::Put {
-                            value: encode(&ikey, &RunSummary::of(&run))?,
-                            key: ikey,
-                            lease: None,
-                        }],
+                        vec![put_op(ikey, &RunSummary::of(&run))?],
                     )
                     .await?;
             } else {

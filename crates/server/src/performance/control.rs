@@ -14,7 +14,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use testbed_core::task::{NewTask, Task};
-use testbed_store::{Compare, TxnOp};
+use testbed_store::Compare;
 use uuid::Uuid;
 
 use super::config::AgentSel;
@@ -326,16 +326,8 @@ pub async fn start(
 async fn record(state: &AppState, exec: &Execution, active: &Active) -> ApiResult<()> {
     let key = execution_key(&exec.execution_id);
     let ops = vec![
-        TxnOp::Put {
-            key: key.clone(),
-            value: serde_json::to_vec(exec)?,
-            lease: None,
-        },
-        TxnOp::Put {
-            key: active_key(&exec.execution_id),
-            value: serde_json::to_vec(active)?,
-            lease: None,
-        },
+        crate::records::put_op(key.clone(), exec)?,
+        crate::records::put_op(active_key(&exec.execution_id), active)?,
     ];
     match state
         .store
