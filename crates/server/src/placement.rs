@@ -227,6 +227,12 @@ pub struct Candidates<'a> {
     pub held: bool,
 }
 
+/// The agents of `from` that `keep` keeps: each placement stage narrows the
+/// one before it.
+fn narrow<'a>(from: &[&'a AgentView], keep: impl Fn(&AgentView) -> bool) -> Vec<&'a AgentView> {
+    from.iter().copied().filter(|a| keep(a)).collect()
+}
+
 pub fn for_request<'a>(
     fleet: &'a Fleet,
     plugin: &str,
@@ -251,11 +257,7 @@ pub fn for_request<'a>(
     {
         return Err(Refusal::Offline { host: host.into() });
     }
-    let carrying: Vec<&AgentView> = live
-        .iter()
-        .copied()
-        .filter(|a| a.record.plugin(plugin).is_some())
-        .collect();
+    let carrying = narrow(&live, |a| a.record.plugin(plugin).is_some());
     if carrying.is_empty() {
         return Err(Refusal::Field {
             field: "/plugin",
@@ -272,11 +274,7 @@ pub fn for_request<'a>(
             ),
         });
     }
-    let with_method: Vec<&AgentView> = carrying
-        .iter()
-        .copied()
-        .filter(|a| a.carries(plugin, method))
-        .collect();
+    let with_method = narrow(&carrying, |a| a.carries(plugin, method));
     if with_method.is_empty() {
         return Err(Refusal::Field {
             field: "/method",
@@ -291,11 +289,7 @@ pub fn for_request<'a>(
             ),
         });
     }
-    let matching: Vec<&AgentView> = with_method
-        .iter()
-        .copied()
-        .filter(|a| a.record.matches_host(host))
-        .collect();
+    let matching = narrow(&with_method, |a| a.record.matches_host(host));
     if matching.is_empty() {
         let message = if host_is_live {
             format!(
@@ -314,11 +308,7 @@ pub fn for_request<'a>(
         });
     }
     let reserved = fleet.reservations(None);
-    let free: Vec<&AgentView> = matching
-        .iter()
-        .copied()
-        .filter(|a| !reserved.contains_key(&a.record.uuid))
-        .collect();
+    let free = narrow(&matching, |a| !reserved.contains_key(&a.record.uuid));
     Ok(if free.is_empty() {
         Candidates {
             agents: matching,
@@ -423,11 +413,7 @@ impl Load {
                 return Some(same);
             }
         }
-        let others: Vec<&AgentView> = eligible
-            .iter()
-            .copied()
-            .filter(|a| a.record.uuid != previous)
-            .collect();
+        let others = narrow(eligible, |a| a.record.uuid != previous);
         self.least_loaded(&others)
             .or_else(|| eligible.iter().copied().find(|a| a.record.uuid == previous))
     }
