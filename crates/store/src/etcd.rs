@@ -424,6 +424,14 @@ impl Conn {
         parse(&self.call(path, body, idempotent).await?)
     }
 
+    /// Calls `path` with a request naming only `lease`; an error says when
+    /// the lease is gone.
+    async fn call_lease(&self, path: &str, lease: LeaseId, idempotent: bool) -> Result<Bytes> {
+        self.call(path, json!({ "ID": lease.to_string() }), idempotent)
+            .await
+            .map_err(|e| for_lease(e, lease))
+    }
+
     /// POSTs `body` to `path`, failing over between endpoints and retrying
     /// within [`RETRY_WINDOW`]. `idempotent` requests are also retried when
     /// their outcome is unknown. Re-authenticates once if the token is
@@ -541,13 +549,7 @@ impl Conn {
         leases.dedup();
         if leases.len() > 1 {
             for &lease in &leases {
-                let resp = self
-                    .call(
-                        "/v3/lease/timetolive",
-                        json!({ "ID": lease.to_string() }),
-                        true,
-                    )
-                    .await;
+                let resp = self.call_lease("/v3/lease/timetolive", lease, true).await;
                 // A missing lease comes back with TTL -1.
                 if let Ok(resp) = resp.and_then(|bytes| parse::<KeepAliveResp>(&bytes)) {
                     if resp.ttl < 0 {
@@ -876,13 +878,8 @@ impl Store for EtcdStore {
         loop {
             let bytes = self
                 .conn
-                .call(
-                    "/v3/lease/keepalive",
-                    json!({ "ID": lease.to_string() }),
-                    true,
-                )
-                .await
-                .map_err(|e| for_lease(e, lease))?;
+                .call_lease("/v3/lease/keepalive", lease, true)
+                .await?;
             match first_stream_message::<KeepAliveResp>(&bytes)? {
                 Ok(resp) if resp.ttl > 0 => return Ok(()),
                 // An expired or unknown lease comes back with TTL 0.
@@ -905,13 +902,8 @@ impl Store for EtcdStore {
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         self.conn
-            .call(
-                "/v3/lease/revoke",
-                json!({ "ID": lease.to_string() }),
-                false,
-            )
-            .await
-            .map_err(|e| for_lease(e, lease))?;
+            .call_lease("/v3/lease/revoke", lease, false)
+            .await?;
         Ok(())
     }
 
