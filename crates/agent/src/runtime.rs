@@ -819,6 +819,9 @@ impl Agent {
                 (TaskStatus::Error, None, None, Some(e.to_string()))
             }
         };
+        let (status, value, error) = self
+            .bound_result(id, &work_dir, &log, status, value, error)
+            .await;
         drop(log);
         drop(metrics);
         let span = tracing::Span::current();
@@ -964,6 +967,85 @@ fn split_utf8(s: &str, max: usize) -> Vec<&str> {
         rest = b;
     }
     out
+}
+
+/// The most a task's result may weigh in its message: the server refuses
+/// larger messages, and a refused result would be resent at every reconnect
+/// while the task never settles. The rest of the message (ids, times, the
+/// error) fits in the margin.
+const MAX_RESULT_BYTES: usize = testbed_core::protocol::MAX_MESSAGE_BYTES - 128 * 1024;
+/// The most of a task's error message that is sent (a plugin's error may
+/// quote a process's whole output).
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+/// Where a result too large for its message is kept.
+const RESULT_ARTIFACT: &str = "result.json";
+
+impl Agent {
+    /// A result too large for its message goes up as the task's artifact
+    /// `result.json` instead, and the task ends in error saying so: the
+    /// server cannot judge what it was not sent.
+    async fn bound_result(
+        &self,
+        id: Uuid,
+        work_dir: &Path,
+        log: &LogSink,
+        status: TaskStatus,
+        value: Option<serde_json::Value>,
+        error: Option<String>,
+    ) -> (TaskStatus, Option<serde_json::Value>, Option<String>) {
+        let error = error.map(|mut e| {
+            if e.len() > MAX_ERROR_BYTES {
+                let mut end = MAX_ERROR_BYTES;
+                while !e.is_char_boundary(end) {
+                    end -= 1;
+                }
+                e.truncate(end);
+                e.push_str(" […]");
+            }
+            e
+        });
+        let Some(value) = value else {
+            return (status, None, error);
+        };
+        let bytes = match serde_json::to_vec(&value) {
+            Ok(b) if b.len() <= MAX_RESULT_BYTES => return (status, Some(value), error),
+            Ok(b) => b,
+            Err(e) => {
+                return (
+                    TaskStatus::Error,
+                    None,
+                    Some(format!("encoding the task's result: {e}")),
+                )
+            }
+        };
+        drop(value);
+        let size = bytes.len();
+        let path = work_dir.join(".testbed-result.json");
+        let kept = match tokio::fs::write(&path, &bytes).await {
+            Ok(()) => {
+                drop(bytes);
+                HttpArtifacts {
+                    agent: self.clone(),
+                }
+                .upload(id, RESULT_ARTIFACT, &path)
+                .await
+                .map(|_| ())
+            }
+            Err(e) => Err(PluginError::io("writing the task's result", e)),
+        };
+        let mut msg = format!(
+            "the task's result is {size} bytes, over the {MAX_RESULT_BYTES} a result may carry \
+             to the server (run a kit this large with `testbed tck run`, or split it)"
+        );
+        match kept {
+            Ok(()) => msg.push_str(&format!(
+                "; it is kept whole as the task's artifact `{RESULT_ARTIFACT}`"
+            )),
+            Err(e) => msg.push_str(&format!("; keeping it as an artifact failed: {e}")),
+        }
+        log.line(&format!("[testbed] error: {msg}"));
+        (TaskStatus::Error, None, Some(msg))
+    }
 }
 
 struct HttpArtifacts {

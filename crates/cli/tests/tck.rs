@@ -907,3 +907,56 @@ async fn server_streams_a_large_report_in_bounded_memory() {
         );
     }
 }
+
+/// A kit whose report is too large for one agent message (the server refuses
+/// those, and the agent used to resend it at every reconnect while the task
+/// never settled) ends in error, naming the limit, with the whole report kept
+/// as the task's artifact.
+#[tokio::test]
+async fn a_result_too_large_for_its_message_is_kept_as_an_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = crate::common::Platform::up(dir.path(), 1, &[]).await;
+    let kit = dir.path().join("huge.pl");
+    let cases = 150_000;
+    std::fs::write(
+        &kit,
+        format!(
+            "#!/usr/bin/perl\nprint \"1..{cases}\\n\"; print \"ok $_ - case $_\\n\" for 1..{cases};\n"
+        ),
+    )
+    .unwrap();
+    let task = p
+        .run(
+            "tap",
+            "local-1",
+            "run",
+            serde_json::json!({"path": kit.display().to_string()}),
+        )
+        .await;
+    let t = p.wait_task(&task, Duration::from_secs(120)).await;
+    assert_eq!(t["status"], "error", "{t}");
+    let error = t["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("over the") && error.contains("artifact `result.json`"),
+        "{error}"
+    );
+    let artifacts = t["artifacts"].as_array().expect("artifacts");
+    let url = artifacts
+        .iter()
+        .find(|a| a["name"] == "result.json")
+        .and_then(|a| a["url"].as_str())
+        .unwrap_or_else(|| panic!("no result.json artifact: {t}"));
+    let (status, body) = p.get_text(url).await;
+    assert_eq!(status, 200);
+    assert!(body.len() > 4 * 1024 * 1024, "{} bytes", body.len());
+    let report: serde_json::Value = serde_json::from_str(&body).expect("the artifact is JSON");
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!("case {cases}")),
+        "the last case is kept"
+    );
+    // The agent stays connected and takes the next task.
+    let next = p.run_shell("local-1", "echo", "next").await;
+    let n = p.wait_task(&next, Duration::from_secs(30)).await;
+    assert_eq!(n["status"], "succeeded", "{n}");
+}

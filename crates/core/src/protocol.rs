@@ -25,6 +25,10 @@ use crate::task::{Task, TaskOutcome};
 /// Version of this protocol; the server refuses agents of another major.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The largest message either side accepts. An agent keeps what would not
+/// fit (a huge task result) out of its messages rather than have it refused.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {

@@ -67,7 +67,7 @@ pub async fn upgrade(
         )
     };
     Ok(ws
-        .max_message_size(4 * 1024 * 1024)
+        .max_message_size(testbed_core::protocol::MAX_MESSAGE_BYTES)
         // tungstenite's defaults (128 KiB each way) would cost a quarter of
         // a megabyte per agent; agent messages are small and sent at once.
         .read_buffer_size(8 * 1024)
