@@ -20,8 +20,8 @@ use uuid::Uuid;
 use super::config::AgentSel;
 use super::reconcile::Active;
 use super::{
-    active_key, execution_key, plan_key, report_key, windows_blob, ExecTask, Execution, LoadTest,
-    PerfReport, PerfStatus, PLANS, REPORTS,
+    active_key, execution_key, plan_key, plan_shows, report_key, windows_blob, ExecTask, Execution,
+    LoadTest, PerfReport, PerfStatus, PLANS, REPORTS,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::records;
@@ -437,15 +437,7 @@ pub async fn act(
         )));
     }
     let execution_id = exec.execution_id.clone();
-    records::update::<LoadTest, _>(&state.store, &plan_key(exec.plan_id), |p| {
-        if p.last_execution.as_deref() == Some(execution_id.as_str()) && p.status != to {
-            p.status = to;
-            true
-        } else {
-            false
-        }
-    })
-    .await?;
+    plan_shows(state, exec.plan_id, &execution_id, to).await?;
     // Rewritten unchanged: the leader's watch on the index sees it at once.
     records::update::<Active, _>(&state.store, &active_key(&execution_id), |_| true).await?;
     Ok((updated, now))

@@ -529,7 +529,21 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         Err(e) => tracing::warn!(%execution, "encoding windows: {e}"),
     }
     let status = exec.status;
-    records::update::<LoadTest, _>(&state.store, &plan_key(exec.plan_id), |p| {
+    plan_shows(state, exec.plan_id, execution, status).await?;
+    tracing::info!(%execution, report_id, requests = agg.requests, "performance execution ended: {status}");
+    Ok(())
+}
+
+/// A load test shows its latest execution's status: sets it to `status`
+/// while `execution` is still the latest (a newer start has moved it on
+/// otherwise).
+async fn plan_shows(
+    state: &AppState,
+    plan_id: u64,
+    execution: &str,
+    status: PerfStatus,
+) -> ApiResult<()> {
+    records::update::<LoadTest, _>(&state.store, &plan_key(plan_id), |p| {
         if p.last_execution.as_deref() == Some(execution) && p.status != status {
             p.status = status;
             true
@@ -538,7 +552,6 @@ async fn finalize(state: &AppState, execution: &str, tasks: &[Task]) -> ApiResul
         }
     })
     .await?;
-    tracing::info!(%execution, report_id, requests = agg.requests, "performance execution ended: {status}");
     Ok(())
 }
 
