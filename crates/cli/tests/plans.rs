@@ -356,6 +356,18 @@ async fn testcases_environments_and_results() {
     assert_eq!(r["run_id"], id.as_str());
     let (_, rs) = p.get("/api/results?environment=staging").await;
     assert_eq!(rs["total"], 1);
+    let (_, rs) = p.get("/api/results?testcase=greet&status=pass").await;
+    assert_eq!(rs["total"], 1, "{rs}");
+    assert_eq!(rs["results"][0]["environment"], "staging", "{rs}");
+    // A test case's results are its own, not those of names it begins.
+    let (_, rs) = p.get("/api/results?testcase=gree").await;
+    assert_eq!(rs["total"], 0, "{rs}");
+    let (_, rs) = p.get("/api/results?page=2").await;
+    assert_eq!(
+        (rs["total"].as_u64(), rs["results"].as_array().map(Vec::len)),
+        (Some(1), Some(0)),
+        "{rs}"
+    );
 
     // A plan naming a missing test case or environment is refused.
     let (s, _) = p

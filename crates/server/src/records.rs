@@ -39,7 +39,7 @@ impl From<RecordError> for ApiError {
 
 pub type Result<T> = std::result::Result<T, RecordError>;
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|source| RecordError::Decode {
         key: key.to_string(),
         source,

@@ -41,6 +41,17 @@ impl PageQuery {
         Ok(())
     }
 
+    /// A page gathered from items offered one at a time: it holds one
+    /// page, however many items there are.
+    pub fn collector<T>(&self) -> PageCollector<T> {
+        PageCollector {
+            skip: (self.page - 1).saturating_mul(self.page_size),
+            query: self.clone(),
+            total: 0,
+            results: Vec::new(),
+        }
+    }
+
     pub fn apply<T>(&self, items: Vec<T>) -> Page<T> {
         let total = items.len();
         let results = items
@@ -58,6 +69,33 @@ impl PageQuery {
     }
 }
 
+/// See [`PageQuery::collector`].
+pub struct PageCollector<T> {
+    query: PageQuery,
+    skip: usize,
+    total: usize,
+    results: Vec<T>,
+}
+
+impl<T> PageCollector<T> {
+    /// Counts `item`, keeping it if it falls on the page.
+    pub fn offer(&mut self, item: T) {
+        if self.total >= self.skip && self.results.len() < self.query.page_size {
+            self.results.push(item);
+        }
+        self.total += 1;
+    }
+
+    pub fn finish(self) -> Page<T> {
+        Page {
+            total: self.total,
+            page: self.query.page,
+            page_size: self.query.page_size,
+            results: self.results,
+        }
+    }
+}
+
 /// Names of stored resources: what can safely be a store key segment and a
 /// URL path segment (the rule is [`keys::is_valid_name`]).
 pub fn check_name(field: &str, name: &str) -> ApiResult<()> {
@@ -65,5 +103,34 @@ pub fn check_name(field: &str, name: &str) -> ApiResult<()> {
         Ok(())
     } else {
         Err(ApiError::field(field, keys::name_rule(128)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The collector gives the page `apply` gives over the whole list.
+    #[test]
+    fn collector_pages_like_apply() {
+        for n in [0usize, 1, 5, 20, 21, 57] {
+            for page in [1usize, 2, 3, 10, MAX_PAGE] {
+                for page_size in [1usize, 3, 20, 1000] {
+                    let q = PageQuery { page, page_size };
+                    let whole = q.apply((0..n).collect::<Vec<_>>());
+                    let mut c = q.collector();
+                    (0..n).for_each(|i| c.offer(i));
+                    let streamed = c.finish();
+                    assert_eq!(
+                        streamed.total, whole.total,
+                        "n={n} page={page} size={page_size}"
+                    );
+                    assert_eq!(
+                        streamed.results, whole.results,
+                        "n={n} page={page} size={page_size}"
+                    );
+                }
+            }
+        }
     }
 }

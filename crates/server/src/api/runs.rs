@@ -430,16 +430,27 @@ pub async fn list_results(
     Query(f): Query<ResultFilter>,
 ) -> ApiResult<Json<Page<ResultRecord>>> {
     p.check()?;
-    let all: Vec<ResultRecord> =
-        records::list::<ResultRecord>(&state.store, keys::RESULTS, |_| true)
-            .await?
-            .into_iter()
-            .map(|(_, r)| r)
-            .filter(|r| f.testcase.as_ref().is_none_or(|t| &r.testcase == t))
-            .filter(|r| f.environment.as_ref().is_none_or(|e| &r.environment == e))
-            .filter(|r| f.status.as_ref().is_none_or(|s| &r.status == s))
-            .collect();
-    Ok(Json(p.apply(all)))
+    // Results are one per test case and environment, so there may be very
+    // many: they are read a store page at a time and only the asked-for
+    // page is kept. A test case's results share a key prefix.
+    let prefix = match &f.testcase {
+        Some(t) if keys::is_valid_name(t, 200) => format!("{}{t}/", keys::RESULTS),
+        _ => keys::RESULTS.to_string(),
+    };
+    let mut page = p.collector();
+    let mut pages = records::Pages::new(&state.store, &prefix, 500);
+    while let Some(kvs) = pages.next().await? {
+        for kv in kvs {
+            let r: ResultRecord = records::decode(&kv.key, &kv.value)?;
+            if f.testcase.as_ref().is_none_or(|t| &r.testcase == t)
+                && f.environment.as_ref().is_none_or(|e| &r.environment == e)
+                && f.status.as_ref().is_none_or(|s| &r.status == s)
+            {
+                page.offer(r);
+            }
+        }
+    }
+    Ok(Json(page.finish()))
 }
 
 /// The latest result of a test case in an environment.
