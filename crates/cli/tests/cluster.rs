@@ -553,7 +553,10 @@ async fn an_execution_outlives_the_replica_that_started_it() {
     // Every answered request, give or take the two in flight at the stop.
     let total = r["summary"]["total_requests"].as_u64().unwrap();
     let served = count.load(SeqCst);
-    assert!(total <= served && total + 2 >= served, "{served} served: {r}");
+    assert!(
+        total <= served && total + 2 >= served,
+        "{served} served: {r}"
+    );
     let windows = r["metrics"]["response_times"]["timestamps"]
         .as_array()
         .unwrap()
