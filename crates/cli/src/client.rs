@@ -130,6 +130,11 @@ fn load_file() -> Option<Credentials> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// The largest stored report (canonical JSON) the client downloads: a bound
+/// on the temporary disk a mistaken or hostile server can make it fill. A
+/// passing case is about 40 bytes, so this is some 200 million cases.
+pub const MAX_REPORT_BYTES: u64 = 8 << 30;
+
 pub struct Client {
     pub server: String,
     pub token: String,
@@ -352,6 +357,61 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         Ok((resp.text().await?, status))
+    }
+
+    /// GETs `path` into an anonymous temporary file (in the OS temporary
+    /// directory, already unlinked, so it goes when the file is closed, even
+    /// if this process is killed), chunk by chunk as the answer arrives, and
+    /// returns it at its start: a body of any size costs a chunk of memory.
+    /// Refuses an answer of more than `limit` bytes, before reading it when
+    /// the server says its length; an error answer is the API's error.
+    pub async fn download(&self, path: &str, limit: u64) -> anyhow::Result<std::fs::File> {
+        use std::io::{Seek, Write};
+        let mut resp = self.send(self.http.get(self.url(path))).await?;
+        let too_large = |n: u64| {
+            anyhow::anyhow!(
+                "the answer is {n} bytes or more, over the limit of {limit} bytes ({} MiB)",
+                limit >> 20
+            )
+        };
+        if let Some(n) = resp.content_length().filter(|n| *n > limit) {
+            return Err(too_large(n));
+        }
+        let tmp = tempfile::tempfile().context("creating a temporary file for the download")?;
+        // Written here rather than through `tokio::fs`, whose writes copy each
+        // chunk to a blocking thread: a chunk into the page cache takes
+        // microseconds, and the copies cost memory (two downloads at once, as
+        // `tck compare` makes, grew the peak by megabytes).
+        let mut file = std::io::BufWriter::with_capacity(256 * 1024, tmp);
+        let mut written: u64 = 0;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .with_context(|| format!("reading the answer from {}", self.server))?
+        {
+            written += chunk.len() as u64;
+            if written > limit {
+                return Err(too_large(written));
+            }
+            file.write_all(&chunk)
+                .context("writing the download to a temporary file")?;
+        }
+        let mut file = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("writing the download to a temporary file")?;
+        file.rewind()
+            .context("reading back the downloaded temporary file")?;
+        Ok(file)
+    }
+
+    /// The stored report `id` in the canonical JSON, downloaded with
+    /// [`Self::download`] (bounded by [`MAX_REPORT_BYTES`]) for
+    /// `testbed_report::read_compact` to read as it would a local file.
+    pub async fn download_report(&self, id: &str) -> anyhow::Result<std::fs::File> {
+        self.download(&format!("/api/reports/{id}?format=json"), MAX_REPORT_BYTES)
+            .await
+            .with_context(|| format!("downloading stored report {id}"))
     }
 
     /// A POST without a body whose answer has none either (204).

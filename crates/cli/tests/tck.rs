@@ -794,24 +794,15 @@ fn reset_peak(pid: u32) {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("clear_refs");
 }
 
-/// A stored report of 200,000 cases downloaded from the real server in every
-/// format, and compared with itself: the server renders as the client reads,
-/// so its peak memory grows by far less than the rendered size (rendering a
-/// body whole costs at least its size, twice while the buffer grows). Also
-/// checks the bodies are complete and the counts right.
-///
-/// The report gets into the store as a run's report: a one-step plan, whose
-/// stored report (`DATA_DIR/blobs/reports/ID.json`, gzip-compressed JSON) is
-/// then replaced by one of 200,000 cases. A kit of that size run through the
-/// `tap` plugin would be the honest way in, but a task result still carries
-/// its report as one JSON value, which at this size is over the agent
-/// connection's message limit (issue 15: what is left).
-#[tokio::test]
-async fn server_streams_a_large_report_in_bounded_memory() {
-    const N: usize = 200_000;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let p = crate::common::Platform::up(&data, 1, &[]).await;
+/// Stores a report of `n` passing cases in one suite, `big.t`, but for
+/// `case 777`, which fails with "boom 777", on `p` (`testbed up` over `data`):
+/// a one-step plan's run, whose stored report
+/// (`DATA_DIR/blobs/reports/ID.json`, gzip-compressed JSON) is then replaced.
+/// A kit of that size run through the `tap` plugin would be the honest way in,
+/// but a task result still carries its report as one JSON value, which at
+/// this size is over the agent connection's message limit (issue 15: what is
+/// left). Returns the report's id.
+async fn store_large_report(p: &crate::common::Platform, data: &Path, n: usize) -> String {
     let plan = "name: big\nsteps:\n  - id: hello\n    plugin: linux_system\n    method: run_shell\n    params: {command: echo, args: hi}\n";
     let run = p.start_run(plan, serde_json::json!({})).await;
     let run = p.wait_run(&run, Duration::from_secs(60)).await;
@@ -820,7 +811,7 @@ async fn server_streams_a_large_report_in_bounded_memory() {
     assert!(blob.is_file(), "no stored report at {}", blob.display());
     let mut big = Report::new(id.clone(), "big", chrono::Utc::now());
     let mut suite = Suite::new("big.t");
-    suite.cases = (1..=N)
+    suite.cases = (1..=n)
         .map(|i| {
             let mut c = testbed_report::Case::new(
                 format!("case {i}"),
@@ -838,7 +829,22 @@ async fn server_streams_a_large_report_in_bounded_memory() {
         .collect();
     big.suites.push(suite);
     std::fs::write(&blob, testbed_report::to_stored(&big).unwrap()).unwrap();
-    drop(big);
+    id
+}
+
+/// A stored report of 200,000 cases downloaded from the real server in every
+/// format, and compared with itself: the server renders as the client reads,
+/// so its peak memory grows by far less than the rendered size (rendering a
+/// body whole costs at least its size, twice while the buffer grows). Also
+/// checks the bodies are complete and the counts right. The report gets into
+/// the store through [`store_large_report`].
+#[tokio::test]
+async fn server_streams_a_large_report_in_bounded_memory() {
+    const N: usize = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let p = crate::common::Platform::up(&data, 1, &[]).await;
+    let id = store_large_report(&p, &data, N).await;
     let pid = p.proc.child.as_ref().expect("server process").id();
 
     let download = |path: String| {
@@ -906,6 +912,168 @@ async fn server_streams_a_large_report_in_bounded_memory() {
             "downloading {format} grew the server's peak by {kib} KiB (bodies: {grown:?}, {total} bytes in all)"
         );
     }
+}
+
+/// `testbed ARGS` as a client of `p`, under `/usr/bin/time -f` when it
+/// exists: its output and its peak resident memory (KiB), the time line taken
+/// out of its stderr.
+fn client_measured(
+    p: &crate::common::Platform,
+    cfg: &Path,
+    args: &[&str],
+) -> (Output, Option<u64>) {
+    const MARK: &str = "testbed-peak-kib=";
+    let time = Path::new("/usr/bin/time");
+    let mut cmd = if time.is_file() {
+        let mut c = Command::new(time);
+        c.args(["-f", &format!("{MARK}%M"), env!("CARGO_BIN_EXE_testbed")]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_testbed"))
+    };
+    let mut out = cmd
+        .args(args)
+        .env("TESTBED_SERVER", &p.url)
+        .env("TESTBED_TOKEN", &p.token)
+        .env("TESTBED_CONFIG_DIR", cfg)
+        .env("TESTBED_LOG", "error")
+        .output()
+        .expect("running testbed");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut peak = None;
+    let mut kept = String::new();
+    for line in stderr.lines() {
+        match line.strip_prefix(MARK) {
+            Some(kib) => peak = kib.trim().parse().ok(),
+            // GNU time's own line about the exit status.
+            None if line.starts_with("Command exited with non-zero status") => {}
+            None => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    out.stderr = kept.into_bytes();
+    (out, peak)
+}
+
+/// `tck problems`, `tck compare` and `report convert` given a stored report's
+/// id (or a prefix of it) say what they say of the same report as a local
+/// file, and download it to a temporary file read as it streams. So what the
+/// client's peak memory costs by id over reading the local file (the HTTP
+/// client, TLS roots, the download's chunks) is the same for a report of
+/// 200,000 cases (an 8 MB body) as for one of 1,000: before, the whole body
+/// was held, twice over while it became a `String`. A report that is not
+/// stored is an error naming it and the server's answer.
+#[tokio::test]
+async fn stored_reports_stream_through_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("cfg");
+    let p = crate::common::Platform::up(&data, 1, &[]).await;
+    // (cases, peaks (what, by id KiB, of the file KiB), body KiB)
+    let mut measured = Vec::new();
+    for n in [1_000, 200_000] {
+        let id = store_large_report(&p, &data, n).await;
+        let (status, body) = p.get_text(&format!("/api/reports/{id}?format=json")).await;
+        assert_eq!(status, 200, "{body}");
+        let local = dir.path().join(format!("local-{n}.json"));
+        std::fs::write(&local, &body).unwrap();
+        let body_kib = body.len() as u64 / 1024;
+        drop(body);
+        let cases: [(&str, Vec<&str>, Vec<&str>, i32); 4] = [
+            (
+                "problems",
+                vec!["tck", "problems", &id],
+                vec!["tck", "problems", arg(&local)],
+                1,
+            ),
+            (
+                "compare",
+                vec!["tck", "compare", &id, &id],
+                vec!["tck", "compare", arg(&local), arg(&local)],
+                0,
+            ),
+            (
+                "convert",
+                vec!["report", "convert", &id, "--to", "tap"],
+                vec!["report", "convert", arg(&local), "--to", "tap"],
+                0,
+            ),
+            // A unique prefix of the id, as `report show` takes.
+            (
+                "problems (prefix)",
+                vec!["tck", "problems", &id[..8]],
+                vec!["tck", "problems", arg(&local)],
+                1,
+            ),
+        ];
+        let mut peaks = Vec::new();
+        for (what, stored, file, code) in &cases {
+            let (by_id, id_peak) = client_measured(&p, &cfg, stored);
+            let (by_file, file_peak) = client_measured(&p, &cfg, file);
+            assert_eq!(
+                by_file.status.code(),
+                Some(*code),
+                "{what} of the file: {}",
+                text(&by_file)
+            );
+            assert_eq!(
+                by_id.status.code(),
+                Some(*code),
+                "{what} by id: {}",
+                text(&by_id)
+            );
+            assert!(
+                by_id.stdout == by_file.stdout,
+                "{what}: by id and of the file differ:\n{}\n---\n{}",
+                text(&by_id),
+                text(&by_file)
+            );
+            if *what == "problems" {
+                let said = String::from_utf8_lossy(&by_id.stdout);
+                assert!(said.contains("big.t :: case 777 [fail] boom 777"), "{said}");
+                assert!(said.contains("\n1 problem(s) to fix"), "{said}");
+            }
+            if *what == "convert" {
+                let tap = String::from_utf8_lossy(&by_id.stdout);
+                assert_eq!(tap.lines().filter(|l| l.starts_with("ok ")).count(), n - 1);
+            }
+            peaks.push((*what, id_peak, file_peak));
+        }
+        measured.push((n, peaks, body_kib));
+    }
+    eprintln!(
+        "client peak RSS (cases, [(what, by id KiB, of the file KiB)], body KiB): {measured:?}"
+    );
+    let (small, large) = (&measured[0], &measured[1]);
+    let body_kib = large.2;
+    for ((what, small_id, small_file), (_, large_id, large_file)) in small.1.iter().zip(&large.1) {
+        let (Some(small_id), Some(small_file), Some(large_id), Some(large_file)) =
+            (small_id, small_file, large_id, large_file)
+        else {
+            eprintln!("no /usr/bin/time -f %M here: the client's peak memory is not checked");
+            break;
+        };
+        let (small_cost, large_cost) = (
+            small_id.saturating_sub(*small_file),
+            large_id.saturating_sub(*large_file),
+        );
+        assert!(
+            large_cost < small_cost + body_kib / 2,
+            "{what} by id cost {large_cost} KiB more than of the file for {body_kib} KiB of \
+             JSON, {small_cost} KiB for a small report: the download is held in memory \
+             ({measured:?})"
+        );
+    }
+
+    // Not stored: the id and the server's answer.
+    let missing = "00000000-0000-4000-8000-000000000000";
+    let (out, _) = client_measured(&p, &cfg, &["tck", "problems", missing]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains(&format!("stored report {missing}")), "{said}");
+    assert!(said.contains("(404)"), "{said}");
 }
 
 /// A kit whose report is too large for one agent message (the server refuses

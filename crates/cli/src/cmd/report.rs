@@ -36,9 +36,10 @@ pub enum ReportCmd {
         #[arg(long, default_value = "summary")]
         format: String,
     },
-    /// Convert a JSON report file to another format.
+    /// Convert a JSON report file (or a stored report) to another format.
     Convert {
-        /// A report in the canonical JSON format.
+        /// A report in the canonical JSON format, or a stored report's id
+        /// (when no such file exists).
         file: PathBuf,
         /// summary, json, junit, tap or html.
         #[arg(long)]
@@ -94,13 +95,13 @@ pub async fn report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
         }
         ReportCmd::Show { id, format } => {
             let c = Client::from_env()?;
-            let id = c.resolve(IdKind::Report, &id).await?;
-            let (text, _) = c
-                .get_text(&format!("/api/reports/{id}?format=json"))
-                .await?;
             let format = format_named(&format)?;
-            let r = testbed_report::read_compact(text.as_bytes())?;
-            drop(text);
+            let id = c.resolve(IdKind::Report, &id).await?;
+            // Downloaded to a temporary file and read from there as it
+            // streams, as a local file is: never the whole JSON in memory.
+            let file = c.download_report(&id).await?;
+            let r = testbed_report::read_compact(file)
+                .with_context(|| format!("reading stored report {id}"))?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             format.write(&r, &mut out)?;
@@ -115,10 +116,8 @@ pub async fn report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
             let format = format_named(&to)?;
             // Read and written as they stream, so a report of a million cases
             // converts in bounded memory.
-            let f = std::fs::File::open(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let r =
-                testbed_report::read_compact(f).with_context(|| format!("{}", file.display()))?;
+            let (f, what) = super::tck::open_report(&file).await?;
+            let r = testbed_report::read_compact(f).with_context(|| what.clone())?;
             match output {
                 Some(p) => super::tck::write_report_file(&p, format, &r)?,
                 None => {

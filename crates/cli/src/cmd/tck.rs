@@ -185,32 +185,40 @@ pub(crate) fn write_report_file(
     Ok(())
 }
 
-/// A JSON report file or, when no such file exists, the id of a report stored
-/// on the server (`TESTBED_SERVER`, as for `testbed report show`); read as it
-/// streams, into the compact form.
-async fn load_report(path: &Path) -> anyhow::Result<CompactReport> {
-    let text = if path.exists() {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        // On a blocking thread: `compare` reads its two reports at once, one
-        // per core, which halves its time at a million cases.
+/// A JSON report file or, when no such file exists, the id (or a unique
+/// prefix of it) of a report stored on the server (`TESTBED_SERVER`, as for
+/// `testbed report show`), downloaded to a temporary file: either way opened
+/// for [`testbed_report::read_compact`] to read as it streams. Also returns
+/// what to call it in errors.
+pub(crate) async fn open_report(path: &Path) -> anyhow::Result<(std::fs::File, String)> {
+    if path.exists() {
         let what = path.display().to_string();
-        return tokio::task::spawn_blocking(move || testbed_report::read_compact(file))
-            .await
-            .with_context(|| format!("reading {what}"))?
-            .with_context(|| format!("reading {what}"));
-    } else {
-        let id = path.display().to_string();
-        let client = crate::client::Client::from_env()
-            .with_context(|| format!("{id} is not a file; fetching it as a stored report"))?;
-        let (text, _) = client
-            .get_text(&format!("/api/reports/{id}?format=json"))
-            .await
-            .with_context(|| format!("{id} is not a file, nor a stored report"))?;
-        text
-    };
-    testbed_report::read_compact(text.as_bytes())
-        .with_context(|| format!("reading {}", path.display()))
+        let file = std::fs::File::open(path).with_context(|| format!("reading {what}"))?;
+        return Ok((file, what));
+    }
+    let given = path.display().to_string();
+    let client = crate::client::Client::from_env()
+        .with_context(|| format!("{given} is not a file; fetching it as a stored report"))?;
+    let not_stored = || format!("{given} is not a file, nor a stored report");
+    let id = client
+        .resolve(crate::client::IdKind::Report, &given)
+        .await
+        .with_context(not_stored)?;
+    let file = client.download_report(&id).await.with_context(not_stored)?;
+    Ok((file, format!("stored report {id}")))
+}
+
+/// [`open_report`], read into the compact form: memory grows with the cases'
+/// names and the failures, never with the size of the JSON.
+async fn load_report(path: &Path) -> anyhow::Result<CompactReport> {
+    let (file, what) = open_report(path).await?;
+    // On a blocking thread: `compare` reads its two reports at once, one per
+    // core, which halves its time at a million cases.
+    let ctx = || format!("reading {what}");
+    tokio::task::spawn_blocking(move || testbed_report::read_compact(file))
+        .await
+        .with_context(ctx)?
+        .with_context(ctx)
 }
 
 async fn problems_cmd(a: ProblemsArgs) -> anyhow::Result<ExitCode> {
