@@ -204,7 +204,11 @@ pub(crate) async fn open_report(path: &Path) -> anyhow::Result<(std::fs::File, S
         .resolve(crate::client::IdKind::Report, &given)
         .await
         .with_context(not_stored)?;
-    let file = client.download_report(&id).await.with_context(not_stored)?;
+    // The download's error names the report and gives the server's answer.
+    let file = client
+        .download_report(&id)
+        .await
+        .with_context(|| format!("{given} is not a file"))?;
     Ok((file, format!("stored report {id}")))
 }
 
