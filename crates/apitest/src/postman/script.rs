@@ -1043,4 +1043,97 @@ mod tests {
         }
         eprintln!("{:?} per script", t.elapsed() / n);
     }
+
+    /// Where a script's time goes (the same script as `script_speed`), to
+    /// tell what is worth making cheaper:
+    /// `cargo test --release -p testbed-apitest --lib script_phases -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a timing aid, not a check"]
+    fn script_phases() {
+        let n = 1000u32;
+        let text = input().to_string();
+        let src = "pm.test('status', () => pm.response.to.have.status(200));\npm.test('body', () => pm.expect(pm.response.json().id).to.equal(7));";
+        let names = [
+            "runtime",
+            "context",
+            "prelude: load bytecode",
+            "prelude: evaluate",
+            "script",
+            "output",
+            "free",
+        ];
+        let mut sum = [Duration::ZERO; 7];
+        for _ in 0..n {
+            let mut at = [Instant::now(); 8];
+            let rt = Runtime::new().unwrap();
+            rt.set_memory_limit(32 << 20);
+            rt.set_max_stack_size(STACK_LIMIT);
+            at[1] = Instant::now();
+            let ctx = Context::full(&rt).unwrap();
+            at[2] = Instant::now();
+            ctx.with(|ctx| {
+                let g = ctx.globals();
+                g.set("__input", text.clone()).unwrap();
+                g.set(
+                    "__lib",
+                    Function::new(ctx.clone(), super::super::libs::load).unwrap(),
+                )
+                .unwrap();
+                g.set("__now", Function::new(ctx.clone(), || 0.0f64).unwrap())
+                    .unwrap();
+                g.set(
+                    "__dynamic",
+                    Function::new(ctx.clone(), |name: String| vars::dynamic_value(&name)).unwrap(),
+                )
+                .unwrap();
+                // SAFETY: as in `load_prelude`.
+                let m = unsafe { Module::load(ctx.clone(), prelude_bytecode().unwrap()) }.unwrap();
+                at[3] = Instant::now();
+                let (_m, done) = m.eval().unwrap();
+                assert_eq!(done.state(), PromiseState::Resolved);
+            });
+            at[4] = Instant::now();
+            ctx.with(|ctx| ctx.eval::<(), _>(src).unwrap());
+            at[5] = Instant::now();
+            ctx.with(|ctx| {
+                let f: Function = ctx.globals().get("__output").unwrap();
+                f.call::<_, String>(()).unwrap();
+            });
+            at[6] = Instant::now();
+            drop(ctx);
+            drop(rt);
+            at[7] = Instant::now();
+            for (i, s) in sum.iter_mut().enumerate() {
+                *s += at[i + 1] - at[i];
+            }
+        }
+        for (name, d) in names.iter().zip(sum) {
+            eprintln!("{name}: {:?} per script", d / n);
+        }
+    }
+
+    /// Why every script gets a runtime of its own rather than a fresh context
+    /// in a runtime kept for the next script: a context that was given a Rust
+    /// function (`__now`, `__lib`…) is not freed with it, nor by a collection,
+    /// only with its runtime, so a kept runtime would keep every script's
+    /// context. If this fails, the engine now frees such contexts and a
+    /// runtime could be reused (about 0.1 ms of a script's 0.9, see
+    /// `script_phases`).
+    #[test]
+    fn a_context_with_rust_functions_lives_as_long_as_its_runtime() {
+        let rt = Runtime::new().unwrap();
+        let objects = |rt: &Runtime| {
+            rt.run_gc();
+            rt.memory_usage().obj_count
+        };
+        drop(Context::full(&rt).unwrap());
+        assert_eq!(objects(&rt), 0, "a plain context is freed");
+        let ctx = Context::full(&rt).unwrap();
+        ctx.with(|ctx| {
+            let f = Function::new(ctx.clone(), || 1.0f64).unwrap();
+            ctx.globals().set("__f", f).unwrap();
+        });
+        drop(ctx);
+        assert!(objects(&rt) > 0, "a context with a Rust function is kept");
+    }
 }
