@@ -1027,16 +1027,23 @@ async fn run_script(
     let source = source.to_string();
     let label = label.to_string();
     // The engine blocks for up to the time limit; keep it off the async workers.
-    match tokio::task::spawn_blocking(move || script::run(&source, &label, &input, limits, sender))
-        .await
-    {
+    // The result comes back before the script's runtime is freed, so the run
+    // goes on while the blocking thread frees it.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _freeing = tokio::task::spawn_blocking(move || {
+        script::run_then(&source, &label, &input, limits, sender, |run| {
+            // The run may have been dropped meanwhile; nobody is left to tell.
+            let _ = tx.send(run);
+        })
+    });
+    match rx.await {
         Ok(run) => run,
-        Err(e) => ScriptRun {
+        Err(_) => ScriptRun {
             output: script::Output::default(),
             failure: Some(script::Failure {
                 stop: Stop::Engine,
                 name: "Error".into(),
-                message: format!("the script thread failed: {e}"),
+                message: "the script thread failed before it gave a result".into(),
             }),
         },
     }
