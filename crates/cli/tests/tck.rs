@@ -1059,8 +1059,11 @@ async fn stored_reports_stream_through_the_client() {
             small_id.saturating_sub(*small_file),
             large_id.saturating_sub(*large_file),
         );
+        // A download held in memory costs at least its body (the old code
+        // held it twice, and compare makes two); buffers in flight on a busy
+        // machine can reach half of it, so the bound is one body.
         assert!(
-            large_cost < small_cost + body_kib / 2,
+            large_cost < small_cost + body_kib,
             "{what} by id cost {large_cost} KiB more than of the file for {body_kib} KiB of \
              JSON, {small_cost} KiB for a small report: the download is held in memory \
              ({measured:?})"
