@@ -553,6 +553,10 @@ struct RemoteWrite {
     client: Result<Poster, String>,
     /// Running totals, so counters keep counting across windows.
     totals: Totals,
+    /// The last sample time sent: Prometheus refuses a second sample at
+    /// the same time ("duplicate sample for timestamp"), which a short last
+    /// window ending where its predecessor did would otherwise give.
+    last_ms: i64,
 }
 
 /// A series: its metric name and the labels of its own (beside the
@@ -589,6 +593,7 @@ impl RemoteWrite {
             labels: all,
             client: Poster::new(),
             totals: Totals::default(),
+            last_ms: 0,
         }
     }
 
@@ -610,7 +615,8 @@ impl RemoteWrite {
         };
         for r in rows {
             // Stamped at the window's end: its figures are complete then.
-            let t = (r.time_ms + r.duration_ms) as i64;
+            let t = ((r.time_ms + r.duration_ms) as i64).max(self.last_ms + 1);
+            self.last_ms = t;
             let tot = &mut self.totals;
             tot.add(r);
             add("testbed_load_requests_total", &[], t, tot.requests as f64);
@@ -783,6 +789,21 @@ mod remote {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_write_samples_never_share_a_time() {
+        let mut rw = RemoteWrite::new("http://127.0.0.1:9/api/v1/write".into(), &[]);
+        let full = Row::of(&Window::empty(0, 1_700_000_000));
+        // A short last window that ends where the one before it did.
+        let mut last = Row::of(&Window::empty(1, 1_700_000_001));
+        last.duration_ms = 0;
+        let series = rw.series(&[full, last]);
+        for s in &series {
+            let times: Vec<i64> = s.samples.iter().map(|x| x.timestamp).collect();
+            assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+        }
+        assert!(!series.is_empty());
+    }
 
     #[test]
     fn specs_parse_or_name_the_problem() {
