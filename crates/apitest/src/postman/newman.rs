@@ -117,12 +117,7 @@ fn table(s: &mut String, run: &PostmanRun) {
         ("prerequest-scripts", st.prerequest_scripts),
         ("assertions", st.assertions),
     ];
-    let times: Vec<f64> = run
-        .executions
-        .iter()
-        .filter_map(|e| e.response.as_ref())
-        .map(|r| r.time.as_secs_f64() * 1000.0)
-        .collect();
+    let times = response_times_ms(run);
     let received: usize = run
         .executions
         .iter()
@@ -336,12 +331,7 @@ pub fn newman_json(run: &PostmanRun) -> Value {
             e
         })
         .collect();
-    let times: Vec<f64> = run
-        .executions
-        .iter()
-        .filter_map(|e| e.response.as_ref())
-        .map(|r| r.time.as_secs_f64() * 1000.0)
-        .collect();
+    let times = response_times_ms(run);
     let n = times.len().max(1) as f64;
     let mean = times.iter().sum::<f64>() / n;
     let sd = (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / n).sqrt();
@@ -411,6 +401,15 @@ fn human(d: Duration) -> String {
     } else {
         format!("{}m {:.1}s", ms / 60_000, (ms % 60_000) as f64 / 1000.0)
     }
+}
+
+/// The response times of a run's requests that got an answer, in ms.
+fn response_times_ms(run: &PostmanRun) -> Vec<f64> {
+    run.executions
+        .iter()
+        .filter_map(|e| e.response.as_ref())
+        .map(|r| r.time.as_secs_f64() * 1000.0)
+        .collect()
 }
 
 #[cfg(test)]
