@@ -957,6 +957,80 @@ fn client_measured(
     (out, peak)
 }
 
+/// `testbed run` concludes a run whose plan step ran a kit of 80,000 test
+/// points (one failing) against a real server: the summary and the JSON
+/// report give the counts, and the client's peak memory grows from 1,000
+/// points to 80,000 by far less than the report costs as `Case` records (it
+/// used to read the report whole, as text and then a `Case` a point: about
+/// 25 MB more at 80,000). 80,000 keeps the task's result under the agent
+/// message limit.
+#[tokio::test]
+async fn testbed_run_concludes_a_large_run_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    let p = crate::common::Platform::up(&dir.path().join("data"), 1, &[]).await;
+    let mut measured = Vec::new();
+    for n in [1_000usize, 80_000] {
+        let kit = dir.path().join(format!("kit-{n}.pl"));
+        std::fs::write(
+            &kit,
+            format!(
+                "#!/usr/bin/perl\nprint \"1..{n}\\n\";\nfor my $i (1..{n}) {{ print $i == 777 ? \"not ok $i - case $i\\n\" : \"ok $i - case $i\\n\" }}\n"
+            ),
+        )
+        .unwrap();
+        let plan = dir.path().join(format!("plan-{n}.yaml"));
+        std::fs::write(
+            &plan,
+            format!(
+                "name: big-{n}\nsteps:\n  - id: kit\n    plugin: tap\n    method: run\n    params: {{path: \"{}\"}}\n",
+                kit.display()
+            ),
+        )
+        .unwrap();
+        let json = dir.path().join(format!("report-{n}.json"));
+        let (out, peak) = client_measured(&p, &cfg, &["run", arg(&plan), "--json", arg(&json)]);
+        let said = text(&out);
+        // One point fails, so the step and the run fail.
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // The step's own case and the kit's points.
+        assert!(
+            stdout.contains(&format!("Tests={}", n + 1)),
+            "{n}: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("Passed={}, Failed=2,", n - 1)),
+            "{n}: {stdout}"
+        );
+        let report = testbed_report::read_compact(std::fs::File::open(&json).unwrap()).unwrap();
+        let sum = report.summary();
+        assert_eq!((sum.total, sum.failed), (n + 1, 2), "{n}");
+        assert!(
+            report
+                .lists
+                .iter()
+                .flat_map(|l| l.whole())
+                .any(|(_, c)| c.name == "case 777" && c.outcome == Outcome::Fail),
+            "{n}: the failing point is in the report"
+        );
+        measured.push((n, peak, std::fs::metadata(&json).unwrap().len() / 1024));
+    }
+    eprintln!("testbed run peak RSS (points, KiB, JSON KiB): {measured:?}");
+    let (Some(small), Some(large)) = (measured[0].1, measured[1].1) else {
+        eprintln!("no /usr/bin/time -f %M here: the client's peak memory is not checked");
+        return;
+    };
+    // The compact form costs about 15 bytes a passing point (1.2 MB at
+    // 80,000); the report read whole cost about 300 (text, then a `Case`).
+    let grown = large.saturating_sub(small);
+    assert!(
+        grown < 8 * 1024,
+        "testbed run's peak grew by {grown} KiB from 1,000 to 80,000 points: the report is \
+         held whole ({measured:?})"
+    );
+}
+
 /// `tck problems`, `tck compare` and `report convert` given a stored report's
 /// id (or a prefix of it) say what they say of the same report as a local
 /// file, and download it to a temporary file read as it streams. So what the
