@@ -1,284 +1,20 @@
 //! `testbed api run` as a drop-in for `newman run`: Newman's options and
 //! exit codes, its json reporter's counts, its exports and cookie jar files,
 //! through the real binary against a real HTTP server on 127.0.0.1 that
-//! answers like postman-echo.com for the endpoints used here.
+//! answers like postman-echo.com (`testbed_testsupport::echo`, the server
+//! Newman's counts were recorded against).
 //!
 //! The counts are compared with those Newman itself recorded for the corpus
-//! of crates/apitest/tests/fixtures/newman (counts.json; the collections that
-//! need only the endpoints served here).
+//! of crates/apitest/tests/fixtures/newman (counts.json).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use axum::extract::{OriginalUri, Path as UrlPath, RawQuery};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
-use axum::Router;
 use serde_json::{json, Map, Value};
-
-// ------------------------------------------------------------ echo server
-
-fn percent_decode(s: &str) -> String {
-    let s = s.replace('+', " ");
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
-            if let Ok(n) = u8::from_str_radix(hex, 16) {
-                out.push(n);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-/// Query arguments as postman-echo gives them: a repeated name becomes a list.
-fn args(query: Option<&str>) -> Value {
-    let mut out = Map::new();
-    for (k, v) in pairs(query.unwrap_or("")) {
-        let v = Value::String(v);
-        match out.get_mut(&k) {
-            None => {
-                out.insert(k, v);
-            }
-            Some(Value::Array(list)) => list.push(v),
-            Some(first) => *first = Value::Array(vec![first.clone(), v]),
-        }
-    }
-    Value::Object(out)
-}
-
-fn headers_json(headers: &HeaderMap) -> Value {
-    let mut out = Map::new();
-    for (k, v) in headers {
-        out.insert(
-            k.as_str().to_string(),
-            Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        );
-    }
-    Value::Object(out)
-}
-
-fn json_reply(status: StatusCode, v: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        v.to_string(),
-    )
-        .into_response()
-}
-
-async fn echo_get(
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    OriginalUri(uri): OriginalUri,
-) -> Response {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    json_reply(
-        StatusCode::OK,
-        &json!({
-            "args": args(query.as_deref()),
-            "headers": headers_json(&headers),
-            "url": format!("http://{host}{uri}"),
-        }),
-    )
-}
-
-/// The text fields of a `multipart/form-data` body.
-fn multipart_fields(content_type: &str, body: &[u8]) -> Map<String, Value> {
-    let mut out = Map::new();
-    let Some(boundary) = content_type.split("boundary=").nth(1) else {
-        return out;
-    };
-    let boundary = format!("--{}", boundary.trim_matches('"'));
-    let text = String::from_utf8_lossy(body);
-    for part in text.split(boundary.as_str()) {
-        let Some((head, value)) = part.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let Some(name) = head
-            .split("name=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-        else {
-            continue;
-        };
-        let value = value.strip_suffix("\r\n").unwrap_or(value);
-        out.insert(name.to_string(), Value::String(value.to_string()));
-    }
-    out
-}
-
-async fn echo_body(
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: axum::body::Bytes,
-) -> Response {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let mut form = Map::new();
-    let mut data = Value::String(String::new());
-    let mut json_body = Value::Null;
-    if ct.starts_with("application/x-www-form-urlencoded") {
-        form = args(Some(&String::from_utf8_lossy(&body)))
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-    } else if ct.starts_with("multipart/form-data") {
-        form = multipart_fields(&ct, &body);
-    } else {
-        let text = String::from_utf8_lossy(&body).into_owned();
-        json_body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        data = Value::String(text);
-    }
-    json_reply(
-        StatusCode::OK,
-        &json!({
-            "args": args(query.as_deref()), "data": data, "files": {}, "form": form,
-            "headers": headers_json(&headers), "json": json_body,
-        }),
-    )
-}
-
-async fn response_headers(RawQuery(query): RawQuery) -> Response {
-    let set = args(query.as_deref());
-    let mut r = json_reply(StatusCode::OK, &set);
-    for (k, v) in set.as_object().into_iter().flatten() {
-        if let (Ok(name), Some(Ok(value))) = (
-            header::HeaderName::from_bytes(k.as_bytes()),
-            v.as_str().map(HeaderValue::from_str),
-        ) {
-            r.headers_mut().insert(name, value);
-        }
-    }
-    r
-}
-
-async fn cookies(headers: HeaderMap) -> Response {
-    let mut out = Map::new();
-    for h in headers.get_all(header::COOKIE) {
-        for pair in h.to_str().unwrap_or("").split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=') {
-                out.insert(k.to_string(), Value::String(v.to_string()));
-            }
-        }
-    }
-    json_reply(StatusCode::OK, &json!({"cookies": out}))
-}
-
-/// Sets each query argument as a cookie and redirects to `/cookies`, as
-/// postman-echo does.
-async fn cookies_set(RawQuery(query): RawQuery) -> Response {
-    let mut r = (StatusCode::FOUND, [(header::LOCATION, "/cookies")]).into_response();
-    for (k, v) in pairs(query.as_deref().unwrap_or("")) {
-        let c = HeaderValue::from_str(&format!("{k}={v}; Path=/")).expect("cookie");
-        r.headers_mut().append(header::SET_COOKIE, c);
-    }
-    r
-}
-
-async fn status(UrlPath(code): UrlPath<u16>) -> Response {
-    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
-    json_reply(code, &json!({"status": code.as_u16()}))
-}
-
-async fn delay(UrlPath(ms): UrlPath<u64>) -> Response {
-    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    json_reply(StatusCode::OK, &json!({"delay": ms}))
-}
-
-fn echo_app() -> Router {
-    Router::new()
-        .route("/get", any(echo_get))
-        .route("/post", any(echo_body))
-        .route("/put", any(echo_body))
-        .route("/response-headers", get(response_headers))
-        .route("/cookies", get(cookies))
-        .route("/cookies/set", get(cookies_set))
-        .route("/status/{code}", get(status))
-        .route("/delay/{ms}", get(delay))
-}
-
-/// The server on a thread of its own, so that the blocking `testbed` runs of
-/// a test never starve it.
-fn serve() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            axum::serve(listener, echo_app()).await.expect("serve");
-        });
-    });
-    format!("http://{addr}")
-}
+use testbed_testsupport::echo::serve_in_thread;
+use testbed_testsupport::newman::{fixture, localized};
 
 // ------------------------------------------------------------ helpers
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../apitest/tests/fixtures/newman")
-}
-
-/// A fixture with postman-echo.com pointed at `base`, as record.js did for
-/// Newman: in URL texts, and in URL objects whose `host` is
-/// `["postman-echo", "com"]`.
-fn localized(name: &str, base: &str) -> String {
-    let text = std::fs::read_to_string(fixtures().join(name)).expect("fixture");
-    let host = base.trim_start_matches("http://");
-    let text = text
-        .replace("https://postman-echo.com", base)
-        .replace("http://postman-echo.com", base)
-        .replace("postman-echo.com", host);
-    let Ok(mut doc) = serde_json::from_str::<Value>(&text) else {
-        return text;
-    };
-    let (ip, port) = host.split_once(':').expect("host:port");
-    fn walk(v: &mut Value, ip: &str, port: &str) {
-        match v {
-            Value::Object(o) => {
-                if o.get("host") == Some(&json!(["postman-echo", "com"])) {
-                    o.insert("host".into(), json!(ip.split('.').collect::<Vec<_>>()));
-                    o.insert("port".into(), json!(port));
-                    o.insert("protocol".into(), json!("http"));
-                }
-                o.values_mut().for_each(|v| walk(v, ip, port));
-            }
-            Value::Array(a) => a.iter_mut().for_each(|v| walk(v, ip, port)),
-            _ => {}
-        }
-    }
-    walk(&mut doc, ip, port);
-    doc.to_string()
-}
 
 /// `testbed ARGS` in `dir`.
 fn testbed_in(dir: &Path, args: &[String]) -> Output {
@@ -336,30 +72,18 @@ fn executed(report: &Value) -> Vec<String> {
 
 // ------------------------------------------------------------ tests
 
-/// Collections of the corpus that call endpoints beyond the ones served
-/// here (compression, signing auth helpers); tests/newman.rs covers them.
-const NEEDS_MORE: &[&str] = &[
-    "newman-gzip-test",
-    "hawk-auth-test",
-    "oauth1-var-in-url-params",
-    "helper",
-];
-
 #[test]
 fn the_json_reporter_and_the_table_give_newmans_recorded_counts() {
-    let base = serve();
+    let base = serve_in_thread();
     let dir = tempfile::tempdir().expect("tempdir");
     let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("counts.json")).expect("counts.json"),
+        &std::fs::read_to_string(fixture("counts.json")).expect("counts.json"),
     )
     .expect("counts.json");
     let mut compared = 0;
     let mut mismatches = Vec::new();
     for case in doc["cases"].as_array().expect("cases") {
         let name = case["name"].as_str().expect("name");
-        if NEEDS_MORE.contains(&name) {
-            continue;
-        }
         let mut args = vec!["api".to_string(), "run".to_string()];
         for (key, flag) in [
             ("collection", ""),
@@ -430,7 +154,7 @@ fn the_json_reporter_and_the_table_give_newmans_recorded_counts() {
 /// `testbed api run` and nothing else changed.
 #[test]
 fn a_newman_ci_line_runs_with_only_the_command_name_changed() {
-    let base = serve();
+    let base = serve_in_thread();
     let dir = tempfile::tempdir().expect("tempdir");
     let items = json!([
         {"name": "users", "item": [
@@ -516,7 +240,7 @@ fn a_newman_ci_line_runs_with_only_the_command_name_changed() {
 
 #[test]
 fn folder_bail_and_exit_codes_follow_newman() {
-    let base = serve();
+    let base = serve_in_thread();
     let dir = tempfile::tempdir().expect("tempdir");
     let ok = "pm.test('ok', () => pm.response.to.have.status(200));";
     let items = json!([
@@ -662,7 +386,7 @@ fn folder_bail_and_exit_codes_follow_newman() {
 
 #[test]
 fn a_cookie_jar_round_trips_between_runs() {
-    let base = serve();
+    let base = serve_in_thread();
     let dir = tempfile::tempdir().expect("tempdir");
     // Run 1: the server sets a cookie; the exported jar holds it.
     let set = dir.path().join("set.postman_collection.json");
@@ -891,7 +615,7 @@ fn testbed_with_proxies(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Ou
 /// tunnel of the lower-case `http_proxy` when no HTTPS proxy is set.
 #[test]
 fn proxies_from_the_environment_as_newman_uses_them() {
-    let base = serve();
+    let base = serve_in_thread();
     let echo: std::net::SocketAddr = base.trim_start_matches("http://").parse().expect("addr");
     let dir = tempfile::tempdir().expect("tempdir");
     let tls = tls_origin(dir.path());

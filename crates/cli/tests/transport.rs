@@ -13,24 +13,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
+use testbed_testsupport::openssl;
 
 /// A private CA made with `openssl`, issuing certificates for 127.0.0.1.
 struct Ca {
     dir: PathBuf,
     name: String,
-}
-
-fn openssl(args: &[&str], dir: &Path) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is installed (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `openssl req` for a new P-256 key in `key`: a request in `out` for
@@ -53,7 +41,7 @@ fn new_ec_key(dir: &Path, key: &str, out: &str, subject: &str, self_signed: bool
         "-subj",
         subject,
     ]);
-    openssl(&args, dir);
+    openssl(dir, &args);
 }
 
 /// A fresh `pki` folder under `dir` for CAs and their certificates.
@@ -103,6 +91,7 @@ impl Ca {
         let ca_pem = format!("{}.pem", self.name);
         let ca_key = format!("{}.key", self.name);
         openssl(
+            d,
             &[
                 "x509",
                 "-req",
@@ -121,7 +110,6 @@ impl Ca {
                 "-extfile",
                 &ext,
             ],
-            d,
         );
         (d.join(crt), d.join(key))
     }

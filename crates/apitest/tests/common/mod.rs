@@ -2,20 +2,7 @@
 //! `openssl` command.
 
 use std::path::Path;
-use std::process::Command;
-
-pub fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("the TLS test needs the `openssl` command: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use testbed_testsupport::openssl;
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
 pub fn certificates(dir: &Path) {
