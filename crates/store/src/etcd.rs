@@ -913,15 +913,17 @@ impl Store for EtcdStore {
 }
 
 fn compare_json(key: &str, compare: Compare) -> Value {
-    // A missing key has mod_revision 0, so "absent" is "mod_revision == 0".
-    let revision = match compare {
-        Compare::Absent => 0,
-        Compare::ModRevision(rev) => rev,
+    // A missing key has mod_revision 0, so "absent" is "mod_revision == 0"
+    // and "present" is "mod_revision > 0".
+    let (result, revision) = match compare {
+        Compare::Absent => ("EQUAL", 0),
+        Compare::ModRevision(rev) => ("EQUAL", rev),
+        Compare::Present => ("GREATER", 0),
     };
     json!({
         "key": key,
         "target": "MOD",
-        "result": "EQUAL",
+        "result": result,
         "mod_revision": revision.to_string(),
     })
 }

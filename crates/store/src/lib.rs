@@ -107,10 +107,16 @@ pub trait Store: Send + Sync + 'static {
             .txn(&[(key.to_owned(), compare)], vec![op])
             .await?
             .is_some();
-        // A compare that held on a revision > 0 proved the key existed in
-        // the same atomic step, so the delete removed it; `Absent` (or a
-        // revision of 0) matched a missing key, which deletes nothing.
-        Ok(held && matches!(compare, Compare::ModRevision(rev) if rev > 0))
+        // A compare that held on a revision > 0 (or `Present`) proved the
+        // key existed in the same atomic step, so the delete removed it;
+        // `Absent` (or a revision of 0) matched a missing key, which deletes
+        // nothing.
+        Ok(held
+            && match compare {
+                Compare::ModRevision(rev) => rev > 0,
+                Compare::Present => true,
+                Compare::Absent => false,
+            })
     }
 
     /// The store's current revision (the revision of the latest write).

@@ -118,7 +118,8 @@ impl Default for RedbOptions {
 /// The embedded [`Store`] backend.
 ///
 /// Needs a tokio runtime (with timers enabled) for its async methods, as
-/// reads run on the blocking pool and the lease reaper and watchers are
+/// range reads run on the blocking pool (single-key reads, which take
+/// microseconds, run inline) and the lease reaper and watchers are
 /// tasks; writes go to the store's own writer thread. `open` itself is
 /// synchronous and may be called outside a runtime: the lease reaper then
 /// starts on the first store call made inside one. Dropping the last handle
@@ -815,6 +816,7 @@ impl Batch<'_> {
         Ok(match compare {
             Compare::Absent => current == 0,
             Compare::ModRevision(rev) => current == rev,
+            Compare::Present => current > 0,
         })
     }
 
@@ -1161,8 +1163,13 @@ async fn deliver(revision: &Revision, prefix: &str, out: &mpsc::Sender<Result<Ev
 #[async_trait]
 impl Store for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let key = key.to_owned();
-        self.blocking(move |i| i.get(&key)).await
+        // Inline, not on the blocking pool: one key from a read snapshot
+        // takes microseconds (redb readers never wait for the writer's
+        // fsync: it drops its lock before flushing), less than the two
+        // thread wake-ups a hand-off costs, and every API request makes
+        // this read (the caller's user record).
+        self.ensure_reaper();
+        self.inner.get(key)
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64> {
@@ -1210,8 +1217,9 @@ impl Store for RedbStore {
     }
 
     async fn revision(&self) -> Result<i64> {
-        self.blocking(|i| i.revision_and_oldest().map(|(rev, _)| rev))
-            .await
+        // Inline for the same reason as `get`: two meta rows.
+        self.ensure_reaper();
+        self.inner.revision_and_oldest().map(|(rev, _)| rev)
     }
 
     /// A `from_revision` of 0 (or less) means "changes after now".
@@ -1219,7 +1227,8 @@ impl Store for RedbStore {
         // Subscribe before reading anything, so every revision committed
         // after the reads below is also in the subscription: no gap.
         let live = self.inner.events.subscribe();
-        let (current, oldest) = self.blocking(|i| i.revision_and_oldest()).await?;
+        self.ensure_reaper();
+        let (current, oldest) = self.inner.revision_and_oldest()?;
         let next = if from_revision <= 0 {
             current + 1
         } else {

@@ -39,6 +39,10 @@ pub enum Compare {
     Absent,
     /// The key must exist with exactly this `mod_revision`.
     ModRevision(i64),
+    /// The key must exist, whatever its revision (a guard on a key that is
+    /// rewritten often, such as an agent's liveness record, where any
+    /// revision is as good as another).
+    Present,
 }
 
 /// One write of a multi-key transaction ([`crate::Store::txn`]).

@@ -77,6 +77,7 @@ macro_rules! conformance {
                 range_does_not_leak_sibling_prefix,
                 cas_put,
                 cas_delete,
+                cas_present,
                 watch_replays_history_then_live,
                 watch_from_now_sees_only_new_changes,
                 watch_sees_deletes,
@@ -407,6 +408,44 @@ mod cases {
             "a missing key never matches a revision"
         );
         assert_eq!(s.get("/cas-missing").await.unwrap(), None);
+    }
+
+    /// `Present` holds for a key at any revision and never for a missing
+    /// (or deleted) one; a transaction guarded by it writes nothing when it
+    /// fails.
+    pub async fn cas_present(s: &DynStore) {
+        let r1 = s.put("/present", b"1".to_vec(), None).await.unwrap();
+        let guarded = |key: &str| vec![cmp(key, Compare::Present)];
+        assert!(s
+            .txn(&guarded("/present"), vec![put_op("/present/a", "x")])
+            .await
+            .unwrap()
+            .is_some());
+        s.put("/present", b"2".to_vec(), None).await.unwrap();
+        assert!(
+            s.txn(&guarded("/present"), vec![put_op("/present/b", "x")])
+                .await
+                .unwrap()
+                .is_some(),
+            "any revision will do, not only the one first seen ({r1})"
+        );
+        assert_eq!(
+            s.txn(&guarded("/absent"), vec![put_op("/present/c", "x")])
+                .await
+                .unwrap(),
+            None,
+            "a missing key is not present"
+        );
+        assert_eq!(s.get("/present/c").await.unwrap(), None);
+        assert!(s.txn_delete("/present", Compare::Present).await.unwrap());
+        assert_eq!(
+            s.txn(&guarded("/present"), vec![put_op("/present/d", "x")])
+                .await
+                .unwrap(),
+            None,
+            "a deleted key is not present"
+        );
+        assert!(!s.txn_delete("/present", Compare::Present).await.unwrap());
     }
 
     pub async fn cas_delete(s: &DynStore) {
