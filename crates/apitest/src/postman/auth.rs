@@ -14,6 +14,19 @@ fn p<'a>(params: &'a [(String, String)], key: &str) -> &'a str {
     Auth::param(params, key)
 }
 
+/// The `timestamp` parameter, or the current Unix time in seconds when it
+/// is empty (OAuth 1.0 and Hawk both sign with it).
+fn timestamp_or_now(params: &[(String, String)]) -> String {
+    match p(params, "timestamp") {
+        "" => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .to_string(),
+        t => t.to_string(),
+    }
+}
+
 fn hex_md5(s: &str) -> String {
     let d = Md5::digest(s.as_bytes());
     d.iter().map(|b| format!("{b:02x}")).collect()
@@ -158,14 +171,7 @@ pub(crate) fn oauth1(
         "" => "HMAC-SHA1",
         m => m,
     };
-    let timestamp = match p(params, "timestamp") {
-        "" => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            .to_string(),
-        t => t.to_string(),
-    };
+    let timestamp = timestamp_or_now(params);
     let nonce = match p(params, "nonce") {
         "" => uuid::Uuid::new_v4().simple().to_string(),
         n => n.to_string(),
@@ -261,14 +267,7 @@ pub(crate) fn hawk(
         ),
         other => return Err(format!("Hawk algorithm {other}")),
     };
-    let ts = match p(params, "timestamp") {
-        "" => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            .to_string(),
-        t => t.to_string(),
-    };
+    let ts = timestamp_or_now(params);
     let nonce = match p(params, "nonce") {
         "" => uuid::Uuid::new_v4().simple().to_string()[..6].to_string(),
         n => n.to_string(),
