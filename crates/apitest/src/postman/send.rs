@@ -12,7 +12,7 @@ use super::collection::{Auth, Body, FormValue, Header, Request, Url};
 use super::jar::RunJar;
 use super::proxy::EnvProxies;
 use super::vars::{self, Scopes};
-use crate::transport::http::classify;
+use crate::transport::http::{classify, header_pairs};
 use crate::TransportError;
 
 /// A request ready to send.
@@ -760,16 +760,7 @@ pub(crate) async fn send(
     cookies.sort();
     let code = resp.status().as_u16();
     let reason = resp.status().canonical_reason().unwrap_or("").to_string();
-    let headers: Vec<(String, String)> = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(resp.headers());
     let wire = resp
         .bytes()
         .await

@@ -209,16 +209,7 @@ impl HttpClient {
         let started = Instant::now();
         let resp = rb.send().await.map_err(|e| classify(&e, timeout))?;
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = header_pairs(resp.headers());
         let body = resp.bytes().await.map_err(|e| classify(&e, timeout))?;
         let mut reply = Reply {
             status: Some(i64::from(status)),
@@ -244,6 +235,20 @@ fn text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// A reply's headers as (name, value) pairs in their order, a value that is
+/// not UTF-8 read lossily: the shape YAML suites and Postman scripts see.
+pub(crate) fn header_pairs(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Says why a request got no answer, in the transport layer's terms and
