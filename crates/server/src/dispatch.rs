@@ -85,8 +85,74 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
         return Err(ApiError::validation(problems));
     }
 
-    let fleet = Fleet::read(&state.store).await?;
-    let candidates = placement::for_request(&fleet, &req.plugin, &req.method, &req.host).map_err(
+    // On this replica's view of the fleet first: no store read. Only an
+    // unheld placement is written from it, guarded (see `placement::guard`);
+    // a refusal, a held task or a guard the store refuses is decided again
+    // on a fresh read, so what the caller is told never rests on a view
+    // that was behind.
+    let load = &state.sessions.load;
+    if let Some(Ok(placed)) = state.sessions.fleet.with(|f| place(f, load, &req)) {
+        if placed.held.is_none() {
+            let task = placed.task(&req, created_by);
+            if create_guarded(state, &task, None, &placed.guard).await? {
+                return Ok(task);
+            }
+        }
+    }
+    for _ in 0..PLACE_ATTEMPTS {
+        let fleet = Fleet::read(&state.store).await?;
+        let placed = place(&fleet, load, &req)?;
+        let task = placed.task(&req, created_by);
+        if create_guarded(state, &task, placed.held.clone(), &placed.guard).await? {
+            if let Some(why) = &placed.held {
+                tracing::info!(task = %task.id, agent = %task.agent_name, "task held: {why}");
+            }
+            return Ok(task);
+        }
+    }
+    Err(ApiError::conflict(
+        "the agents matching this request kept changing (going offline, or being reserved) \
+         while the task was placed; try again",
+    ))
+}
+
+/// Placements of one task made again on a fresh read when the store refuses
+/// the guard: each refusal means the fleet changed in between.
+const PLACE_ATTEMPTS: usize = 4;
+
+/// Where a one-off task goes, decided on one picture of the fleet.
+struct Placed {
+    agent_uuid: Uuid,
+    agent_name: String,
+    /// Why it waits (every matching agent is reserved).
+    held: Option<String>,
+    /// What the decision relied on, for the create transaction to check
+    /// (empty for a held task: the controller releases it when the
+    /// reservation it waits for ends, whenever that is).
+    guard: Vec<(String, Compare)>,
+}
+
+impl Placed {
+    fn task(&self, req: &SubmitRequest, created_by: &str) -> Task {
+        Task::queued(NewTask {
+            id: Uuid::new_v4(),
+            plugin: req.plugin.clone(),
+            method: req.method.clone(),
+            parameters: req.parameters.clone(),
+            host: req.host.clone(),
+            agent_uuid: self.agent_uuid,
+            agent_name: self.agent_name.clone(),
+            created_by: created_by.to_string(),
+            run: None,
+            reason: self.held.clone(),
+        })
+    }
+}
+
+/// Chooses the agent of a one-off task: eligibility, the parameters checked
+/// against the method's schema, the least loaded candidate.
+fn place(fleet: &Fleet, load: &placement::Load, req: &SubmitRequest) -> ApiResult<Placed> {
+    let candidates = placement::for_request(fleet, &req.plugin, &req.method, &req.host).map_err(
         |r| match r {
             Refusal::Offline { host } => {
                 ApiError::conflict(format!("every agent matching host `{host}` is offline"))
@@ -106,7 +172,7 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
             .map_err(ApiError::validation)?;
     }
 
-    let Some(agent) = state.sessions.load.least_loaded(&candidates.agents) else {
+    let Some(agent) = load.least_loaded(&candidates.agents) else {
         return Err(ApiError::unavailable("no eligible agent"));
     };
     // Agents of a group reserved by a run take no other work: a task aimed
@@ -116,23 +182,16 @@ pub async fn submit(state: &AppState, req: SubmitRequest, created_by: &str) -> A
     } else {
         None
     };
-    let task = Task::queued(NewTask {
-        id: Uuid::new_v4(),
-        plugin: req.plugin,
-        method: req.method,
-        parameters: req.parameters,
-        host: req.host,
+    Ok(Placed {
         agent_uuid: agent.record.uuid,
         agent_name: agent.record.profile.name.clone(),
-        created_by: created_by.to_string(),
-        run: None,
-        reason: held.clone(),
-    });
-    if let Some(why) = &held {
-        tracing::info!(task = %task.id, agent = %task.agent_name, "task held: {why}");
-    }
-    create_held(state, &task, held).await?;
-    Ok(task)
+        guard: if held.is_none() {
+            placement::guard(&agent.record)
+        } else {
+            Vec::new()
+        },
+        held,
+    })
 }
 
 /// Reservations ([`placement::reservations`]) of every registered agent,
@@ -492,15 +551,18 @@ pub async fn set_paused(
 /// Creates `task` and its assignment unless the task already exists (a
 /// controller that crashed after creating it finds it again). Idempotent.
 pub async fn create(state: &AppState, task: &Task) -> Result<(), RecordError> {
-    create_held(state, task, None).await
+    create_guarded(state, task, None, &[]).await.map(|_| ())
 }
 
-/// [`create`], the assignment held back for `held`'s reason when given.
-async fn create_held(
+/// [`create`], the assignment held back for `held`'s reason when given, and
+/// only if every compare of `guard` holds too. Whether it was written: false
+/// when the task existed or the guard failed (then nothing was written).
+async fn create_guarded(
     state: &AppState,
     task: &Task,
     held: Option<String>,
-) -> Result<(), RecordError> {
+    guard: &[(String, Compare)],
+) -> Result<bool, RecordError> {
     let key = keys::task(&task.id);
     let assign_key = keys::assign(&task.agent_uuid, &task.id);
     let assignment = Assignment {
@@ -519,12 +581,21 @@ async fn create_held(
     // it even if the task is done before this call returns; the watch
     // confirms (or, should the write fail, the next re-list corrects) it.
     state.sessions.load.assigned(task.agent_uuid, task.id);
-    match state.store.txn(&[(key, Compare::Absent)], ops).await {
-        Ok(written) => {
-            if written.is_some() {
-                crate::engine::trace::dispatched(task);
+    let mut compares = Vec::with_capacity(1 + guard.len());
+    compares.push((key, Compare::Absent));
+    compares.extend_from_slice(guard);
+    match state.store.txn(&compares, ops).await {
+        Ok(Some(_)) => {
+            crate::engine::trace::dispatched(task);
+            Ok(true)
+        }
+        Ok(None) => {
+            // Without a guard the task already exists, assigned (keep it
+            // counted); a failed guard wrote nothing.
+            if !guard.is_empty() {
+                state.sessions.load.released(task.agent_uuid, task.id);
             }
-            Ok(())
+            Ok(false)
         }
         Err(e) => {
             state.sessions.load.released(task.agent_uuid, task.id);

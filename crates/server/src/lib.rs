@@ -233,6 +233,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         }));
     }
     let relay = tokio::spawn(controller::assignment_relay(state.clone()));
+    let fleet = tokio::spawn(placement::follow(state.clone()));
     let ctrl = tokio::spawn(controller::run_controller(state.clone()));
     tracing::info!(%addr, store = %state.store.describe(), blobs = %state.blobs.describe(), "server listening");
     Ok(Server {
@@ -245,7 +246,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         metrics_addr,
         shutdown,
         tasks: {
-            tasks.extend([relay, ctrl]);
+            tasks.extend([relay, fleet, ctrl]);
             tasks
         },
     })

@@ -4,8 +4,14 @@
 //! ([`crate::performance`]) all place work here, so they agree on what
 //! "eligible" and "least loaded" mean.
 //!
-//! Eligibility is read from the store (agent records, their liveness keys,
-//! group reservations) once per decision. Load is not: counting every
+//! Eligibility (agent records, their liveness keys, group reservations) of a
+//! one-off task is decided on this replica's [`FleetView`], a copy of those
+//! keys kept by a store watch, so placing a task reads nothing; the create
+//! transaction re-checks in the store what an unheld placement relied on
+//! ([`guard`]: the agent is live, none of its groups is reserved), and a
+//! decision the view cannot make or the store refuses is made again from a
+//! fresh read ([`Fleet::read`]). Plan steps and load tests still read the
+//! store once per decision. Load is not read either: counting every
 //! candidate's `/assign/{agent}/…` keys per decision cost one store read per
 //! candidate. Each replica keeps the set of outstanding assignments per agent
 //! in memory ([`Load`]) instead, fed by the assignment watch every replica
@@ -16,16 +22,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use serde_json::Value;
 use testbed_core::agent::{AgentLiveness, AgentRecord};
 use testbed_core::keys;
 use testbed_core::plan::TargetSpec;
 use testbed_core::run::GroupLock;
-use testbed_store::DynStore;
+use testbed_store::{Compare, DynStore, Event, EventKind, KeyValue};
 use uuid::Uuid;
 
 use crate::records::{self, RecordError};
+use crate::state::AppState;
 
 /// An agent registration with its liveness, if live.
 #[derive(Debug, Clone)]
@@ -65,6 +75,14 @@ pub async fn agents(store: &DynStore) -> Result<Vec<AgentView>, RecordError> {
             records.insert(uuid, record);
         }
     }
+    Ok(paired(records, alive))
+}
+
+/// Agent records with their liveness, in registration order (then uuid).
+fn paired(
+    records: BTreeMap<Uuid, AgentRecord>,
+    mut alive: BTreeMap<Uuid, AgentLiveness>,
+) -> Vec<AgentView> {
     let mut out: Vec<AgentView> = records
         .into_iter()
         .map(|(uuid, record)| AgentView {
@@ -73,7 +91,7 @@ pub async fn agents(store: &DynStore) -> Result<Vec<AgentView>, RecordError> {
         })
         .collect();
     out.sort_by_key(|a| a.record.id);
-    Ok(out)
+    out
 }
 
 /// The uuids of live agents.
@@ -185,6 +203,7 @@ pub fn eligible<'a>(
 }
 
 /// What placement needs to know about the fleet for one decision.
+#[derive(Default)]
 pub struct Fleet {
     pub agents: Vec<AgentView>,
     pub locks: BTreeMap<String, Uuid>,
@@ -202,6 +221,258 @@ impl Fleet {
     /// Agents reserved by a run other than `run`, with why.
     pub fn reservations(&self, run: Option<Uuid>) -> BTreeMap<Uuid, String> {
         reservations(&self.agents, &self.locks, run)
+    }
+}
+
+/// What an unheld placement on `agent` relies on, as compares for the
+/// transaction that writes the work: the agent is live, and none of its
+/// groups is reserved. A decision made on a view that was behind the store
+/// (an agent that just died, a group a run on any replica just reserved)
+/// then writes nothing, and is made again from a fresh read, so no replica
+/// puts other work on a reserved group however late its view is.
+pub fn guard(agent: &AgentRecord) -> Vec<(String, Compare)> {
+    let mut out = Vec::with_capacity(1 + agent.profile.groups.len());
+    out.push((keys::agent_alive(&agent.uuid), Compare::Present));
+    for g in &agent.profile.groups {
+        out.push((keys::group_lock(g), Compare::Absent));
+    }
+    out
+}
+
+/// The group of a `/groups/{name}/lock` key.
+fn lock_group(key: &str) -> Option<&str> {
+    key.strip_prefix(keys::GROUPS)?.strip_suffix("/lock")
+}
+
+/// This replica's copy of what placement reads from the store (agent
+/// records, their liveness, group reservations), kept by [`follow`]: a
+/// listing, then a watch of `/agents/` and `/groups/`. Placing a one-off task
+/// on it reads nothing from the store; it may be behind the store by the
+/// watch's delay, which [`guard`] makes safe.
+#[derive(Default)]
+pub struct FleetView {
+    state: Mutex<ViewState>,
+}
+
+#[derive(Default)]
+struct ViewState {
+    /// The view is built and its watch runs. While not (at start, after a
+    /// broken watch) placement reads the store instead.
+    following: bool,
+    fleet: Fleet,
+    /// Where each agent is in `fleet.agents` (kept in registration order).
+    index: HashMap<Uuid, usize>,
+    /// Liveness records whose agent record is not known (yet).
+    orphans: HashMap<Uuid, AgentLiveness>,
+}
+
+impl ViewState {
+    fn reindex(&mut self, from: usize) {
+        for (i, a) in self.fleet.agents.iter().enumerate().skip(from) {
+            self.index.insert(a.record.uuid, i);
+        }
+    }
+
+    fn remove_record(&mut self, uuid: &Uuid) {
+        if let Some(i) = self.index.remove(uuid) {
+            let gone = self.fleet.agents.remove(i);
+            if let Some(alive) = gone.alive {
+                self.orphans.insert(*uuid, alive);
+            }
+            self.reindex(i);
+        }
+    }
+
+    fn set_record(&mut self, record: AgentRecord) {
+        let uuid = record.uuid;
+        if let Some(&i) = self.index.get(&uuid) {
+            if self.fleet.agents[i].record.id == record.id {
+                self.fleet.agents[i].record = record;
+                return;
+            }
+            self.remove_record(&uuid);
+        }
+        let alive = self.orphans.remove(&uuid);
+        let at = self
+            .fleet
+            .agents
+            .partition_point(|a| (a.record.id, a.record.uuid) < (record.id, uuid));
+        self.fleet.agents.insert(at, AgentView { record, alive });
+        self.reindex(at);
+    }
+
+    fn set_alive(&mut self, uuid: Uuid, alive: Option<AgentLiveness>) {
+        match (self.index.get(&uuid), alive) {
+            (Some(&i), alive) => self.fleet.agents[i].alive = alive,
+            (None, Some(alive)) => {
+                self.orphans.insert(uuid, alive);
+            }
+            (None, None) => {
+                self.orphans.remove(&uuid);
+            }
+        }
+    }
+
+    fn apply(&mut self, kind: EventKind, key: &str, value: &[u8]) {
+        let put = kind == EventKind::Put;
+        if let Some(uuid) = keys::parse_agent_alive(key) {
+            // Unreadable liveness counts as not live, as in `agents`.
+            let alive = if put {
+                serde_json::from_slice(value).ok()
+            } else {
+                None
+            };
+            self.set_alive(uuid, alive);
+        } else if let Some(uuid) = keys::parse_agent(key) {
+            match put.then(|| serde_json::from_slice::<AgentRecord>(value)) {
+                Some(Ok(record)) if record.uuid == uuid => self.set_record(record),
+                Some(Ok(_)) | Some(Err(_)) => {
+                    // `agents` refuses to place anything then; the view
+                    // leaves the agent out (nothing is placed on it).
+                    tracing::warn!(%key, "fleet view: unreadable agent record");
+                    self.remove_record(&uuid);
+                }
+                None => self.remove_record(&uuid),
+            }
+        } else if let Some(group) = lock_group(key) {
+            match put.then(|| serde_json::from_slice::<GroupLock>(value)) {
+                Some(Ok(lock)) => {
+                    self.fleet.locks.insert(group.to_string(), lock.run_id);
+                }
+                // An unreadable lock: the guard's compare on the key (it
+                // must be absent) sends any placement on the group's agents
+                // to a store read, which reports it.
+                Some(Err(_)) | None => {
+                    self.fleet.locks.remove(group);
+                }
+            }
+        }
+    }
+}
+
+impl FleetView {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ViewState> {
+        // Every update leaves the state whole, so a panic elsewhere cannot
+        // have torn it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the view, or `None` while the view does not follow the
+    /// store. `f` runs under the view's lock: keep it short, no waiting.
+    pub fn with<R>(&self, f: impl FnOnce(&Fleet) -> R) -> Option<R> {
+        let state = self.lock();
+        state.following.then(|| f(&state.fleet))
+    }
+
+    /// Replaces the view with a listing of `/agents/` and the group locks;
+    /// the view follows the store from now on.
+    fn reset(&self, agents: Vec<KeyValue>, locks: Vec<KeyValue>) {
+        let mut records = BTreeMap::new();
+        let mut alive = BTreeMap::new();
+        for kv in agents {
+            if let Some(uuid) = keys::parse_agent_alive(&kv.key) {
+                if let Ok(l) = serde_json::from_slice::<AgentLiveness>(&kv.value) {
+                    alive.insert(uuid, l);
+                }
+            } else if let Some(uuid) = keys::parse_agent(&kv.key) {
+                match serde_json::from_slice::<AgentRecord>(&kv.value) {
+                    Ok(r) if r.uuid == uuid => {
+                        records.insert(uuid, r);
+                    }
+                    _ => tracing::warn!(key = %kv.key, "fleet view: unreadable agent record"),
+                }
+            }
+        }
+        let mut fresh = ViewState {
+            following: true,
+            orphans: alive
+                .iter()
+                .filter(|(uuid, _)| !records.contains_key(uuid))
+                .map(|(uuid, l)| (*uuid, l.clone()))
+                .collect(),
+            fleet: Fleet {
+                agents: paired(records, alive),
+                locks: BTreeMap::new(),
+            },
+            index: HashMap::new(),
+        };
+        fresh.reindex(0);
+        for kv in locks {
+            fresh.apply(EventKind::Put, &kv.key, &kv.value);
+        }
+        *self.lock() = fresh;
+    }
+
+    /// Applies one change from the watch.
+    fn apply(&self, ev: &Event) {
+        self.lock().apply(ev.kind, &ev.kv.key, &ev.kv.value);
+    }
+
+    /// The watch broke: placement reads the store until the view is rebuilt.
+    fn stop_following(&self) {
+        self.lock().following = false;
+    }
+}
+
+/// Keeps `state.sessions.fleet` in step with the store until shutdown:
+/// lists, then watches from the revision read before the listing (replaying
+/// a change the listing already holds converges, as each event sets or
+/// removes one key's value); on any error the view stops being used, and is
+/// rebuilt after a back-off.
+pub async fn follow(state: AppState) {
+    let view = &state.sessions.fleet;
+    let mut wait = Duration::from_millis(100);
+    while !state.shutdown.is_cancelled() {
+        match follow_once(&state, view).await {
+            Ok(()) => return,
+            Err(e) => {
+                view.stop_following();
+                tracing::warn!("fleet view: {e}; placement reads the store meanwhile");
+            }
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Why the fleet view stopped following the store.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error(transparent)]
+    Store(#[from] testbed_store::StoreError),
+    #[error("the store's watch ended")]
+    Ended,
+}
+
+async fn follow_once(state: &AppState, view: &FleetView) -> Result<(), FollowError> {
+    let from = state.store.revision().await? + 1;
+    let mut agents = Vec::new();
+    let mut pages = records::Pages::new(&state.store, keys::AGENTS, 1000);
+    while let Some(kvs) = pages.next().await? {
+        agents.extend(kvs);
+    }
+    let mut locks = Vec::new();
+    let mut pages = records::Pages::new(&state.store, keys::GROUPS, 1000);
+    while let Some(kvs) = pages.next().await? {
+        locks.extend(kvs.into_iter().filter(|kv| lock_group(&kv.key).is_some()));
+    }
+    let mut agent_events = state.store.watch(keys::AGENTS, from).await?;
+    let mut group_events = state.store.watch(keys::GROUPS, from).await?;
+    view.reset(agents, locks);
+    loop {
+        let next = tokio::select! {
+            _ = state.shutdown.cancelled() => return Ok(()),
+            ev = agent_events.next() => ev,
+            ev = group_events.next() => ev,
+        };
+        match next {
+            Some(Ok(ev)) => view.apply(&ev),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(FollowError::Ended),
+        }
     }
 }
 

@@ -26,6 +26,8 @@ pub struct AgentSessions {
     tasks: broadcast::Sender<Uuid>,
     /// Outstanding work per agent, for placement.
     pub load: crate::placement::Load,
+    /// The agents and reservations placement decides on, kept by a watch.
+    pub fleet: crate::placement::FleetView,
 }
 
 impl Default for AgentSessions {
@@ -35,6 +37,7 @@ impl Default for AgentSessions {
             next_session: Default::default(),
             tasks: broadcast::channel(4096).0,
             load: Default::default(),
+            fleet: Default::default(),
         }
     }
 }
