@@ -106,6 +106,9 @@ pub type Cache = HashMap<Uuid, Cached>;
 struct Changes {
     steps: BTreeSet<String>,
     run: bool,
+    /// Tasks the changed steps start (their first attempts and retries),
+    /// written with the step records that name them.
+    tasks: Vec<Task>,
 }
 
 /// The agents and reservations, read when a step needs placing (at most
@@ -235,7 +238,7 @@ async fn reconcile_run(
     cache: &mut Cache,
     only: Option<&BTreeSet<String>>,
 ) -> Result<(), RecordError> {
-    for _ in 0..8 {
+    for attempt in 0..8 {
         let c = match cache.entry(id) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => match load(state, id).await? {
@@ -260,8 +263,12 @@ async fn reconcile_run(
             if ch.steps.is_empty() && !ch.run {
                 return Ok(true);
             }
-            let steps: Vec<String> = ch.steps.iter().cloned().collect();
-            run_store::write(&state.store, &mut c.l, &steps, ch.run).await
+            // A first attempt writes each new task in the transaction of
+            // the step record that names it; a redo (something changed, or
+            // a task of that id exists already: a controller that died
+            // between the two writes of an older version) creates the
+            // tasks first, finding existing ones, then writes the records.
+            write_changes(state, c, &ch, attempt == 0).await
         }
         .await;
         match outcome {
@@ -276,15 +283,97 @@ async fn reconcile_run(
             }
             // Someone else changed the run meanwhile: read it again.
             Ok(false) => {
+                forget_load(state, &ch.tasks);
                 cache.remove(&id);
             }
             Err(e) => {
+                forget_load(state, &ch.tasks);
                 cache.remove(&id);
                 return Err(e);
             }
         }
     }
     Ok(())
+}
+
+/// The placement load of tasks that were counted when queued but may not
+/// have been written. Should some have been (an earlier transaction of a
+/// write that then failed), the assignment watch counts them again, or
+/// the next re-list of `/assign/` does.
+fn forget_load(state: &AppState, tasks: &[Task]) {
+    for t in tasks {
+        state.sessions.load.released(t.agent_uuid, t.id);
+    }
+}
+
+/// Writes what a reconcile changed: the step records, the run-level record
+/// when it changed, and the tasks the steps start. `merge`: each task goes
+/// in the transaction of its step's record (one commit for a chain's step
+/// instead of two; the start of a wide plan in a few transactions instead
+/// of one per task), so a crash leaves either both or neither. Otherwise,
+/// and for a step with too many tasks for one transaction, the tasks are
+/// created first (an existing one is found, not doubled) and the records
+/// after, so a crash in between leaves tasks whose step is still pending,
+/// which the next reconcile finds again under the same ids.
+async fn write_changes(
+    state: &AppState,
+    c: &mut Cached,
+    ch: &Changes,
+    merge: bool,
+) -> Result<bool, RecordError> {
+    let mut along: HashMap<String, run_store::Along> = HashMap::new();
+    let mut per_step: HashMap<&str, usize> = HashMap::new();
+    for t in &ch.tasks {
+        if let Some(r) = &t.run {
+            *per_step.entry(r.step.as_str()).or_default() += 1;
+        }
+    }
+    let mut merged: Vec<&Task> = Vec::new();
+    for t in &ch.tasks {
+        let step = t.run.as_ref().map(|r| r.step.as_str());
+        // The step's record, and per task its put and its assignment's,
+        // within one transaction's operations.
+        let fits = step.is_some_and(|s| 2 * per_step[s] < run_store::TXN_OPS);
+        match step {
+            Some(s) if merge && fits && ch.steps.contains(s) => {
+                let (key, ops) = create_ops(t)?;
+                let a = along.entry(s.to_string()).or_default();
+                a.compares.push((key, Compare::Absent));
+                a.ops.extend(ops);
+                merged.push(t);
+            }
+            _ => dispatch::create(state, t).await?,
+        }
+    }
+    let steps: Vec<String> = ch.steps.iter().cloned().collect();
+    let written = run_store::write(&state.store, &mut c.l, &steps, ch.run, along).await?;
+    if written {
+        for t in merged {
+            trace::dispatched(t);
+        }
+    }
+    Ok(written)
+}
+
+/// The puts that create `task` and its assignment (as [`dispatch::create`]
+/// writes them: the assignment carries the task, so the relay sends it
+/// without reading it), and the task's key, to compare absent.
+fn create_ops(task: &Task) -> Result<(String, Vec<testbed_store::TxnOp>), RecordError> {
+    let key = keys::task(&task.id);
+    let assignment = dispatch::Assignment {
+        kind: dispatch::Assignment::KIND.into(),
+        v: 1,
+        task_id: task.id,
+        cancel: false,
+        paused: None,
+        held: None,
+        task: Some(Box::new(task.clone())),
+    };
+    let ops = vec![
+        records::put_op(key.clone(), task)?,
+        records::put_op(keys::assign(&task.agent_uuid, &task.id), &assignment)?,
+    ];
+    Ok((key, ops))
 }
 
 fn now() -> chrono::DateTime<chrono::Utc> {
@@ -466,8 +555,8 @@ async fn visit(
             st.reason = Some("run cancelled".into());
             st.finished_at = Some(now());
         }
-        StepStatus::Pending => start_step(state, c, &spec, fleet).await?,
-        _ => advance_step(state, c, &spec, fleet, known).await?,
+        StepStatus::Pending => start_step(state, c, &spec, fleet, &mut ch.tasks).await?,
+        _ => advance_step(state, c, &spec, fleet, known, &mut ch.tasks).await?,
     }
     if c.l.run.steps.get(id) != before.as_ref() {
         ch.steps.insert(id.to_string());
@@ -591,6 +680,7 @@ async fn start_step(
     c: &mut Cached,
     spec: &StepSpec,
     fleet: &mut Fleet,
+    tasks: &mut Vec<Task>,
 ) -> Result<(), RecordError> {
     {
         let run = &c.l.run;
@@ -729,10 +819,9 @@ async fn start_step(
             }
         }
         let tid = task_id(&run.id, &spec.id, i, 1);
-        create_task(
+        tasks.push(queue_task(
             state, run, &spec.id, i, 1, agent, &r.plugin, &r.method, params,
-        )
-        .await?;
+        ));
         st.instances.push(Instance {
             agent_uuid: agent.record.uuid,
             agent_name: agent.record.profile.name.clone(),
@@ -784,8 +873,12 @@ async fn least_loaded<'a>(
         .unwrap_or(candidates[0]))
 }
 
+/// The task of attempt `attempt` of a step's instance on `agent`, to be
+/// written with the step's record ([`write_changes`]). It counts in the
+/// agent's load from now, so the next placement of this reconcile (a wide
+/// plan places many at once) sees it.
 #[allow(clippy::too_many_arguments)]
-async fn create_task(
+fn queue_task(
     state: &AppState,
     run: &Run,
     step: &str,
@@ -795,7 +888,7 @@ async fn create_task(
     plugin: &str,
     method: &str,
     params: Value,
-) -> Result<(), RecordError> {
+) -> Task {
     let id = task_id(&run.id, step, instance, attempt);
     let task = Task::queued(testbed_core::task::NewTask {
         id,
@@ -814,7 +907,8 @@ async fn create_task(
         }),
         reason: None,
     });
-    dispatch::create(state, &task).await
+    state.sessions.load.assigned(task.agent_uuid, task.id);
+    task
 }
 
 async fn advance_step(
@@ -823,6 +917,7 @@ async fn advance_step(
     spec: &StepSpec,
     fleet: &mut Fleet,
     known: &WatchedTasks,
+    tasks: &mut Vec<Task>,
 ) -> Result<(), RecordError> {
     let Some(mut st) = c.l.run.steps.get(&spec.id).cloned() else {
         return Ok(());
@@ -906,7 +1001,7 @@ async fn advance_step(
                     );
                     if let Some(agent) = agent {
                         let attempt = inst.attempt + 1;
-                        create_task(
+                        tasks.push(queue_task(
                             state,
                             run,
                             &spec.id,
@@ -916,8 +1011,7 @@ async fn advance_step(
                             &r.plugin,
                             &r.method,
                             task.parameters.clone(),
-                        )
-                        .await?;
+                        ));
                         inst.previous.push(tid);
                         inst.task_id = Some(task_id(&run.id, &spec.id, idx, attempt));
                         inst.attempt = attempt;

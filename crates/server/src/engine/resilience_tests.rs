@@ -107,6 +107,7 @@ fn state_over(store: DynStore, dir: &std::path::Path) -> AppState {
         perf: Default::default(),
         loops: Default::default(),
         metrics: Default::default(),
+        counters: Default::default(),
     }))
 }
 
@@ -570,5 +571,223 @@ async fn runs_in_the_single_record_layout_are_migrated_and_finish() {
         listed.contains(&active.id) && listed.contains(&done.id),
         "{listed:?}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A real store that "dies" at the `nth` transaction creating a task
+/// (putting an `/assign/` key): that transaction is committed, its caller
+/// is told the store failed, and every call after it fails, as if the
+/// controller had been killed the moment its commit landed.
+struct DiesAtCreate {
+    inner: DynStore,
+    nth: u32,
+    seen: Mutex<u32>,
+    dead: std::sync::atomic::AtomicBool,
+}
+
+impl DiesAtCreate {
+    fn dead(&self) -> bool {
+        self.dead.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn check(&self) -> Result<()> {
+        if self.dead() {
+            return Err(StoreError::Unavailable("killed".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for DiesAtCreate {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.check()?;
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64> {
+        self.check()?;
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.check()?;
+        self.inner.delete(key).await
+    }
+    async fn range(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page> {
+        self.check()?;
+        self.inner.range(prefix, after, limit).await
+    }
+    async fn txn(&self, compares: &[(String, Compare)], ops: Vec<TxnOp>) -> Result<Option<i64>> {
+        self.check()?;
+        let creates = ops
+            .iter()
+            .any(|op| matches!(op, TxnOp::Put { key, .. } if key.starts_with(keys::ASSIGN)));
+        let dies = creates && {
+            let mut seen = self.seen.lock().unwrap();
+            *seen += 1;
+            *seen == self.nth
+        };
+        let out = self.inner.txn(compares, ops).await;
+        if dies {
+            self.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(StoreError::Unavailable("killed after the commit".into()));
+        }
+        out
+    }
+    async fn revision(&self) -> Result<i64> {
+        self.check()?;
+        self.inner.revision().await
+    }
+    async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream> {
+        self.check()?;
+        self.inner.watch(prefix, from_revision).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        self.check()?;
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        self.check()?;
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.check()?;
+        self.inner.revoke_lease(lease).await
+    }
+    fn describe(&self) -> String {
+        "dies at a create".into()
+    }
+}
+
+const CHAIN3: &str = "name: chain\nsteps:\n  - id: a\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n  - id: b\n    depends_on: [a]\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n  - id: c\n    depends_on: [b]\n    plugin: linux_system\n    method: run_shell\n    params: {command: \"true\"}\n";
+
+/// The run's tasks in the store, by id.
+async fn run_tasks(store: &DynStore, run: Uuid) -> HashMap<Uuid, Task> {
+    let page = store.range(keys::TASKS, None, 0).await.unwrap();
+    page.kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Task>(&kv.value).ok())
+        .filter(|t| t.run.as_ref().is_some_and(|r| r.run_id == run))
+        .map(|t| (t.id, t))
+        .collect()
+}
+
+/// A step's task is written in the same transaction as the step record
+/// that names it: killed the moment that commit lands, the controller
+/// leaves no task its step does not know (nor a step naming a task that
+/// does not exist), and a restarted one finishes the run with one task per
+/// step. (Written apart, as before, the kill left the task with its step
+/// still pending, found again only by its derived id.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_a_step_start_the_step_and_its_task_are_stored_together() {
+    let dir = std::env::temp_dir().join(format!("testbed-engine-{}", Uuid::new_v4()));
+    let inner: DynStore = Arc::new(RedbStore::open(dir.join("s.redb")).unwrap());
+    // The first create is step a's, the second step b's.
+    let dying = Arc::new(DiesAtCreate {
+        inner: inner.clone(),
+        nth: 2,
+        seen: Mutex::new(0),
+        dead: Default::default(),
+    });
+    let first = state_over(dying.clone(), &dir);
+    add_agent(&first).await;
+    let run = create_plan_run(&first, CHAIN3).await;
+    let engine = Engine::start(&first).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dying.dead() {
+        assert!(Instant::now() < deadline, "step b never started");
+        complete_queued(&first).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.stop().await;
+
+    // What the killed controller left: every task named by its step's
+    // record, every running instance's task stored.
+    let tasks = run_tasks(&inner, run.id).await;
+    let l = super::run_store::load(&inner, &run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let named: Vec<Uuid> = l
+        .run
+        .steps
+        .values()
+        .flat_map(|s| s.instances.iter())
+        .flat_map(|i| i.task_id.into_iter().chain(i.previous.iter().copied()))
+        .collect();
+    for id in tasks.keys() {
+        assert!(
+            named.contains(id),
+            "task {id} is stored but no step names it: {:?}",
+            l.run.steps
+        );
+    }
+    for id in &named {
+        assert!(tasks.contains_key(id), "a step names task {id}, not stored");
+    }
+    assert_eq!(
+        l.run.steps["b"].status,
+        testbed_core::run::StepStatus::Running,
+        "{:?}",
+        l.run.steps
+    );
+
+    // Restarted over the same store: the run finishes, one task a step.
+    let second = state_over(inner.clone(), &dir);
+    let engine = Engine::start(&second).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        complete_queued(&second).await;
+        if let Some(r) = ended(&second, run.id, deadline, "the restarted run stuck").await {
+            break r;
+        }
+    };
+    engine.stop().await;
+    assert_eq!(done.status, RunStatus::Passed, "{:?}", done.steps);
+    assert_eq!(run_tasks(&inner, run.id).await.len(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A task already stored under the id of a step's first attempt (left by
+/// a controller that wrote tasks and step records apart and died in
+/// between) is taken as the step's task, not doubled: the transaction
+/// that would write it with the step's record finds it, and the engine
+/// then records the step naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_stored_before_its_step_record_is_adopted() {
+    let (state, dir) = temp_state();
+    let (agent, _) = add_agent(&state).await;
+    let run = create_plan_run(&state, CHAIN3).await;
+    let id = super::task_id(&run.id, "a", 0, 1);
+    let orphan = Task::queued(testbed_core::task::NewTask {
+        id,
+        plugin: "linux_system".into(),
+        method: "run_shell".into(),
+        parameters: serde_json::json!({"command": "true"}),
+        host: "sim".into(),
+        agent_uuid: agent,
+        agent_name: "sim".into(),
+        created_by: "test".into(),
+        run: Some(testbed_core::task::RunRef {
+            run_id: run.id,
+            step: "a".into(),
+            instance: 0,
+            attempt: 1,
+        }),
+        reason: None,
+    });
+    crate::dispatch::create(&state, &orphan).await.unwrap();
+
+    let engine = Engine::start(&state).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        complete_queued(&state).await;
+        if let Some(r) = ended(&state, run.id, deadline, "the run stuck").await {
+            break r;
+        }
+    };
+    engine.stop().await;
+    assert_eq!(done.status, RunStatus::Passed, "{:?}", done.steps);
+    assert_eq!(done.steps["a"].instances[0].task_id, Some(id));
+    assert!(done.steps["a"].instances[0].previous.is_empty());
+    assert_eq!(run_tasks(&state.store, run.id).await.len(), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -23,8 +23,18 @@ pub use testbed_api::runs::RunSummary;
 /// The run-level record's schema version in this layout.
 pub const RUN_V: u32 = 2;
 
-/// etcd's default cap on the operations of one transaction is 128.
-const TXN_OPS: usize = 120;
+/// etcd's default cap on the operations (and on the compares) of one
+/// transaction is 128; this leaves room for the run-level record's two.
+pub const TXN_OPS: usize = 120;
+
+/// Writes that must land in the same transaction as a step's record: the
+/// tasks (and their assignments) that the step's new state names, so the
+/// record and what it names are stored together or not at all.
+#[derive(Debug, Default)]
+pub struct Along {
+    pub compares: Vec<(String, Compare)>,
+    pub ops: Vec<TxnOp>,
+}
 
 /// One step's record: its state, plus what names it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,46 +139,66 @@ fn compare(rev: Option<&i64>) -> Compare {
 }
 
 /// Writes the given steps, and the run-level record (with its summary) when
-/// `run_changed`, each compared with the revision it was read at. Steps go
-/// first and the run-level record last, so a run is never seen ended with
-/// a step still running. Returns false when something changed meanwhile
-/// (nothing of that batch written: read again and redo).
+/// `run_changed`, each compared with the revision it was read at; a step's
+/// [`Along`] (the tasks it starts) goes in the same transaction as its
+/// record. Steps go first and the run-level record last, so a run is never
+/// seen ended with a step still running. Many steps are split into
+/// transactions of at most [`TXN_OPS`] operations, a step never across two
+/// (a step whose writes exceed that alone is written alone; the engine
+/// keeps its steps under it). Returns false when something changed
+/// meanwhile (nothing of that transaction written: read again and redo).
 pub async fn write(
     store: &DynStore,
     l: &mut Loaded,
     steps: &[String],
     run_changed: bool,
+    mut along: HashMap<String, Along>,
 ) -> Result<bool, RecordError> {
     let id = l.run.id;
-    let mut pending: Vec<(String, Compare, TxnOp)> = Vec::new();
+    // One unit per step: its record's compare and put, and what goes along.
+    let mut units: Vec<(Option<String>, Along)> = Vec::new();
     for s in steps {
         let Some(state) = l.run.steps.get(s) else {
             continue;
         };
-        pending.push((
-            keys::run_step(&id, s),
-            compare(l.step_revs.get(s)),
-            StepRecord::put(id, s, state)?,
-        ));
-    }
-    let chunks: Vec<Vec<(String, Compare, TxnOp)>> = {
-        let mut out = Vec::new();
-        let mut it = pending.into_iter().peekable();
-        while it.peek().is_some() {
-            out.push(it.by_ref().take(TXN_OPS).collect());
+        let mut unit = Along {
+            compares: vec![(keys::run_step(&id, s), compare(l.step_revs.get(s)))],
+            ops: vec![StepRecord::put(id, s, state)?],
+        };
+        if let Some(a) = along.remove(s) {
+            unit.compares.extend(a.compares);
+            unit.ops.extend(a.ops);
         }
-        out
-    };
+        units.push((Some(s.clone()), unit));
+    }
+    // Writes for a step not written (none, as the engine calls this) still
+    // go, on their own.
+    units.extend(along.into_values().map(|a| (None, a)));
+    let mut chunks: Vec<Vec<(Option<String>, Along)>> = Vec::new();
+    let (mut n_ops, mut n_cmp) = (0, 0);
+    for u in units {
+        let (o, c) = (u.1.ops.len(), u.1.compares.len());
+        let fits = n_ops + o <= TXN_OPS && n_cmp + c <= TXN_OPS;
+        match chunks.last_mut() {
+            Some(last) if fits => last.push(u),
+            _ => {
+                chunks.push(vec![u]);
+                (n_ops, n_cmp) = (0, 0);
+            }
+        }
+        n_ops += o;
+        n_cmp += c;
+    }
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
         let last = i + 1 == n;
         let mut compares = Vec::new();
         let mut ops = Vec::new();
         let mut written = Vec::new();
-        for (key, cmp, op) in chunk {
-            written.push(key.clone());
-            compares.push((key, cmp));
-            ops.push(op);
+        for (step, unit) in chunk {
+            written.extend(step);
+            compares.extend(unit.compares);
+            ops.extend(unit.ops);
         }
         if last && run_changed {
             add_run_level(l, &mut compares, &mut ops)?;
@@ -176,10 +206,8 @@ pub async fn write(
         let Some(rev) = store.txn(&compares, ops).await? else {
             return Ok(false);
         };
-        for key in written {
-            if let Some(step) = key.rsplit('/').next() {
-                l.step_revs.insert(step.to_string(), rev);
-            }
+        for step in written {
+            l.step_revs.insert(step, rev);
         }
         if last && run_changed {
             l.run_rev = rev;
@@ -220,7 +248,7 @@ pub async fn create(store: &DynStore, run: &Run) -> Result<(), RecordError> {
         inline: false,
     };
     let steps: Vec<String> = run.steps.keys().cloned().collect();
-    if !write(store, &mut l, &steps, true).await? {
+    if !write(store, &mut l, &steps, true, HashMap::new()).await? {
         return Err(RecordError::Contended {
             key: keys::run(&run.id),
         });
