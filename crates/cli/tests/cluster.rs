@@ -296,6 +296,31 @@ async fn a_misconfigured_object_store_stops_the_start() {
     );
 }
 
+/// A load agent `loader` holding its session with replica `b`, seen by both
+/// replicas, and a plan `name` created through replica `a`: two users for
+/// `hold_time` seconds against a counting target. The agent (kept running
+/// while held), the plan's id and the target's request count.
+async fn plan_with_agent_on(
+    a: &Platform,
+    b: &Platform,
+    dir: &std::path::Path,
+    name: &str,
+    hold_time: u64,
+) -> (Proc, u64, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let agent = agent(&b.url, "loader", &dir.join("agent"), &["--plugins", "load"]);
+    b.wait_agents(1).await;
+    a.wait_agents(1).await;
+    let (target, count) = serve();
+    let plan = a
+        .perf_plan(
+            name,
+            json!({"concurrent_users": 2, "hold_time": hold_time, "test_type": "load",
+                "target_url": target, "request_timeout": 2000}),
+        )
+        .await;
+    (agent, plan["id"].as_u64().unwrap(), count)
+}
+
 /// A load test started through one replica whose load agent holds its
 /// session with the other: the live WebSocket and the metrics endpoint of
 /// the starting replica show the agent's seconds (relayed through the
@@ -306,27 +331,8 @@ async fn live_load_metrics_show_on_every_replica() {
     use tokio_tungstenite::tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
     let (_etcd, a, b) = two_replicas(dir.path()).await;
-    let _agent = agent(
-        &b.url,
-        "loader",
-        &dir.path().join("agent"),
-        &["--plugins", "load"],
-    );
-    b.wait_agents(1).await;
-    a.wait_agents(1).await;
-    let (target, count) = serve();
-    let plan = a
-        .perf_plan(
-            "relayed",
-            json!({"concurrent_users": 2, "hold_time": 4, "test_type": "load",
-                "target_url": target, "request_timeout": 2000}),
-        )
-        .await;
-    let id = plan["id"].as_u64().unwrap();
-    let (s, started) = a
-        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
-        .await;
-    assert_eq!(s, 200, "{started}");
+    let (_agent, id, count) = plan_with_agent_on(&a, &b, dir.path(), "relayed", 4).await;
+    let started = a.start_perf(id).await;
     let exec = started["execution_id"].as_str().unwrap().to_string();
     let ws_url = started["websocket_url"].as_str().unwrap();
     assert!(ws_url.contains(&a.url.replace("http://", "")), "{ws_url}");
@@ -442,27 +448,8 @@ async fn the_report_holds_the_figures_of_agents_on_another_replica() {
     let dir = tempfile::tempdir().unwrap();
     let (_etcd, a, b) = two_replicas(dir.path()).await;
     wait_leader(&a).await;
-    let _agent = agent(
-        &b.url,
-        "loader",
-        &dir.path().join("agent"),
-        &["--plugins", "load"],
-    );
-    b.wait_agents(1).await;
-    a.wait_agents(1).await;
-    let (target, count) = serve();
-    let plan = a
-        .perf_plan(
-            "elsewhere",
-            json!({"concurrent_users": 2, "hold_time": 3, "test_type": "load",
-                "target_url": target, "request_timeout": 2000}),
-        )
-        .await;
-    let id = plan["id"].as_u64().unwrap();
-    let (s, started) = a
-        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
-        .await;
-    assert_eq!(s, 200, "{started}");
+    let (_agent, id, count) = plan_with_agent_on(&a, &b, dir.path(), "elsewhere", 3).await;
+    a.start_perf(id).await;
     let r = perf_report(&a, id, Duration::from_secs(40)).await;
     assert_eq!(r["status"], "completed", "{r}");
     assert_eq!(
@@ -513,10 +500,7 @@ async fn an_execution_outlives_the_replica_that_started_it() {
         )
         .await;
     let id = plan["id"].as_u64().unwrap();
-    let (s, started) = a
-        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
-        .await;
-    assert_eq!(s, 200, "{started}");
+    a.start_perf(id).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while count.load(SeqCst) == 0 {
         assert!(std::time::Instant::now() < deadline, "no load");

@@ -1165,10 +1165,7 @@ async fn load_gauges_follow_a_running_execution() {
         )
         .await;
     let id = plan["id"].as_u64().unwrap();
-    let (s, started) = p
-        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
-        .await;
-    assert_eq!(s, 200, "{started}");
+    p.start_perf(id).await;
 
     let live = scrape_until(&url, None, "a running execution", |s| {
         value(s, "testbed_load_requests_per_second", &[]) > 0.0

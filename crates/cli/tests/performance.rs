@@ -177,10 +177,7 @@ async fn plans_runs_live_metrics_and_reports() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["name"], "steady-2");
 
-    let (s, started) = p
-        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
-        .await;
-    assert_eq!(s, 200, "{started}");
+    let started = p.start_perf(id).await;
     assert_eq!(started["status"], "running");
     let (s, b) = p
         .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
@@ -272,10 +269,7 @@ async fn plans_runs_live_metrics_and_reports() {
         .post(&format!("/api/performance/plans/{long}/pause/"), json!({}))
         .await;
     assert_eq!(s, 409);
-    let (s, b) = p
-        .post(&format!("/api/performance/plans/{long}/start/"), json!({}))
-        .await;
-    assert_eq!(s, 200, "{b}");
+    p.start_perf(long).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let before = count.load(Ordering::SeqCst);
     let (s, b) = p
@@ -393,10 +387,7 @@ async fn load_is_split_across_agents() {
             "test_type": "load", "target_url": url, "agents": 2}),
     )
     .await;
-    let (s, b) = p
-        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
-        .await;
-    assert_eq!(s, 200, "{b}");
+    p.start_perf(id).await;
     let r = report(&p, id, 1).await;
     let total = r["summary"]["total_requests"].as_u64().unwrap();
     assert!(total > 0);
@@ -448,10 +439,7 @@ async fn a_lost_load_agent_is_recorded_and_the_rest_carry_on() {
         json!({"concurrent_users": 2, "hold_time": 8, "target_url": url, "agents": 2}),
     )
     .await;
-    let (s, b) = p
-        .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
-        .await;
-    assert_eq!(s, 200, "{b}");
+    p.start_perf(id).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     doomed.kill9();
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -685,6 +685,16 @@ impl Platform {
         assert_eq!(s, 201, "{plan}");
         plan
     }
+
+    /// Starts performance plan `id`; returns the answer (execution id,
+    /// WebSocket URL), which must be a 200.
+    pub async fn start_perf(&self, id: u64) -> Value {
+        let (s, started) = self
+            .post(&format!("/api/performance/plans/{id}/start/"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{started}");
+        started
+    }
 }
 
 /// A real S3-compatible server: moto's server mode (PyPI `moto[server]`,
