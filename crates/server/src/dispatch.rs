@@ -186,7 +186,7 @@ fn place(fleet: &Fleet, load: &placement::Load, req: &SubmitRequest) -> ApiResul
         agent_uuid: agent.record.uuid,
         agent_name: agent.record.profile.name.clone(),
         guard: if held.is_none() {
-            placement::guard(&agent.record)
+            placement::guard(agent)
         } else {
             Vec::new()
         },

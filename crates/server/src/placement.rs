@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use serde_json::Value;
 use testbed_core::agent::{AgentLiveness, AgentRecord};
 use testbed_core::keys;
 use testbed_core::plan::TargetSpec;
@@ -42,6 +41,10 @@ use crate::state::AppState;
 pub struct AgentView {
     pub record: AgentRecord,
     pub alive: Option<AgentLiveness>,
+    /// The `mod_revision` of the agent record as read (0: unknown), which
+    /// [`guard`] checks: the record changes only when the agent registers
+    /// again or its groups are edited.
+    pub revision: i64,
 }
 
 impl AgentView {
@@ -59,20 +62,19 @@ impl AgentView {
 
 /// Every registered agent, with liveness, from one pass over `/agents/`.
 pub async fn agents(store: &DynStore) -> Result<Vec<AgentView>, RecordError> {
-    let mut records: BTreeMap<Uuid, AgentRecord> = BTreeMap::new();
+    let mut records: BTreeMap<Uuid, (AgentRecord, i64)> = BTreeMap::new();
     let mut alive: BTreeMap<Uuid, AgentLiveness> = BTreeMap::new();
-    let all: Vec<(String, Value)> = records::list(store, keys::AGENTS, |_| true).await?;
-    for (key, value) in all {
-        if let Some(uuid) = keys::parse_agent_alive(&key) {
-            if let Ok(l) = serde_json::from_value(value) {
-                alive.insert(uuid, l);
+    let mut pages = records::Pages::new(store, keys::AGENTS, 500);
+    while let Some(kvs) = pages.next().await? {
+        for kv in kvs {
+            if let Some(uuid) = keys::parse_agent_alive(&kv.key) {
+                if let Ok(l) = serde_json::from_slice(&kv.value) {
+                    alive.insert(uuid, l);
+                }
+            } else if let Some(uuid) = keys::parse_agent(&kv.key) {
+                let record = records::decode(&kv.key, &kv.value)?;
+                records.insert(uuid, (record, kv.mod_revision));
             }
-        } else if let Some(uuid) = keys::parse_agent(&key) {
-            let record = serde_json::from_value(value).map_err(|source| RecordError::Decode {
-                key: key.clone(),
-                source,
-            })?;
-            records.insert(uuid, record);
         }
     }
     Ok(paired(records, alive))
@@ -80,14 +82,15 @@ pub async fn agents(store: &DynStore) -> Result<Vec<AgentView>, RecordError> {
 
 /// Agent records with their liveness, in registration order (then uuid).
 fn paired(
-    records: BTreeMap<Uuid, AgentRecord>,
+    records: BTreeMap<Uuid, (AgentRecord, i64)>,
     mut alive: BTreeMap<Uuid, AgentLiveness>,
 ) -> Vec<AgentView> {
     let mut out: Vec<AgentView> = records
         .into_iter()
-        .map(|(uuid, record)| AgentView {
+        .map(|(uuid, (record, revision))| AgentView {
             alive: alive.remove(&uuid),
             record,
+            revision,
         })
         .collect();
     out.sort_by_key(|a| a.record.id);
@@ -225,15 +228,24 @@ impl Fleet {
 }
 
 /// What an unheld placement on `agent` relies on, as compares for the
-/// transaction that writes the work: the agent is live, and none of its
+/// transaction that writes the work: the agent is live, its record (its
+/// groups, its plugins) is the one the decision read, and none of its
 /// groups is reserved. A decision made on a view that was behind the store
-/// (an agent that just died, a group a run on any replica just reserved)
-/// then writes nothing, and is made again from a fresh read, so no replica
-/// puts other work on a reserved group however late its view is.
-pub fn guard(agent: &AgentRecord) -> Vec<(String, Compare)> {
-    let mut out = Vec::with_capacity(1 + agent.profile.groups.len());
-    out.push((keys::agent_alive(&agent.uuid), Compare::Present));
-    for g in &agent.profile.groups {
+/// (an agent that just died or joined a group, a group a run on any replica
+/// just reserved) then writes nothing, and is made again from a fresh
+/// read, so no replica puts other work on a reserved group however late
+/// its view is.
+pub fn guard(agent: &AgentView) -> Vec<(String, Compare)> {
+    let record = &agent.record;
+    let mut out = Vec::with_capacity(2 + record.profile.groups.len());
+    out.push((keys::agent_alive(&record.uuid), Compare::Present));
+    if agent.revision > 0 {
+        out.push((
+            keys::agent(&record.uuid),
+            Compare::ModRevision(agent.revision),
+        ));
+    }
+    for g in &record.profile.groups {
         out.push((keys::group_lock(g), Compare::Absent));
     }
     out
@@ -283,11 +295,12 @@ impl ViewState {
         }
     }
 
-    fn set_record(&mut self, record: AgentRecord) {
+    fn set_record(&mut self, record: AgentRecord, revision: i64) {
         let uuid = record.uuid;
         if let Some(&i) = self.index.get(&uuid) {
             if self.fleet.agents[i].record.id == record.id {
                 self.fleet.agents[i].record = record;
+                self.fleet.agents[i].revision = revision;
                 return;
             }
             self.remove_record(&uuid);
@@ -297,7 +310,14 @@ impl ViewState {
             .fleet
             .agents
             .partition_point(|a| (a.record.id, a.record.uuid) < (record.id, uuid));
-        self.fleet.agents.insert(at, AgentView { record, alive });
+        self.fleet.agents.insert(
+            at,
+            AgentView {
+                record,
+                alive,
+                revision,
+            },
+        );
         self.reindex(at);
     }
 
@@ -313,7 +333,8 @@ impl ViewState {
         }
     }
 
-    fn apply(&mut self, kind: EventKind, key: &str, value: &[u8]) {
+    fn apply(&mut self, kind: EventKind, kv: &KeyValue) {
+        let (key, value) = (kv.key.as_str(), kv.value.as_slice());
         let put = kind == EventKind::Put;
         if let Some(uuid) = keys::parse_agent_alive(key) {
             // Unreadable liveness counts as not live, as in `agents`.
@@ -325,7 +346,7 @@ impl ViewState {
             self.set_alive(uuid, alive);
         } else if let Some(uuid) = keys::parse_agent(key) {
             match put.then(|| serde_json::from_slice::<AgentRecord>(value)) {
-                Some(Ok(record)) if record.uuid == uuid => self.set_record(record),
+                Some(Ok(record)) if record.uuid == uuid => self.set_record(record, kv.mod_revision),
                 Some(Ok(_)) | Some(Err(_)) => {
                     // `agents` refuses to place anything then; the view
                     // leaves the agent out (nothing is placed on it).
@@ -377,7 +398,7 @@ impl FleetView {
             } else if let Some(uuid) = keys::parse_agent(&kv.key) {
                 match serde_json::from_slice::<AgentRecord>(&kv.value) {
                     Ok(r) if r.uuid == uuid => {
-                        records.insert(uuid, r);
+                        records.insert(uuid, (r, kv.mod_revision));
                     }
                     _ => tracing::warn!(key = %kv.key, "fleet view: unreadable agent record"),
                 }
@@ -398,14 +419,14 @@ impl FleetView {
         };
         fresh.reindex(0);
         for kv in locks {
-            fresh.apply(EventKind::Put, &kv.key, &kv.value);
+            fresh.apply(EventKind::Put, &kv);
         }
         *self.lock() = fresh;
     }
 
     /// Applies one change from the watch.
     fn apply(&self, ev: &Event) {
-        self.lock().apply(ev.kind, &ev.kv.key, &ev.kv.value);
+        self.lock().apply(ev.kind, &ev.kv);
     }
 
     /// The watch broke: placement reads the store until the view is rebuilt.
@@ -736,6 +757,7 @@ mod tests {
                 registered_at: now,
                 last_seen_at: now,
             },
+            revision: 0,
             alive: Some(AgentLiveness {
                 kind: AgentLiveness::KIND.into(),
                 v: 1,
