@@ -2,8 +2,6 @@
 //! requires a client certificate: a private CA, mutual TLS, `insecure`, and
 //! what happens without them. Certificates come from the `openssl` command.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
@@ -89,7 +87,7 @@ fn uuid_like() -> u128 {
 #[tokio::test]
 async fn private_ca_client_certificates_and_insecure() {
     let dir = tempfile::tempdir().expect("tempdir");
-    common::certificates(dir.path());
+    testbed_testsupport::certificates(dir.path());
     let base = tls_server(dir.path()).await;
 
     for (tls, expected, what) in [

@@ -2,8 +2,6 @@
 //! server (plain and with mutual TLS, certificates from the `openssl`
 //! command), a `qemu-system-x86_64` monitor, and `sh`/`python3`.
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -647,7 +645,7 @@ fn grpc_proto_errors() {
 #[tokio::test]
 async fn grpc_etcd_mutual_tls() {
     let certs = tempfile::tempdir().unwrap();
-    common::certificates(certs.path());
+    testbed_testsupport::certificates(certs.path());
     // Starting waits until a Status call with CA + client certificate works.
     let etcd = Etcd::start_tls(certs.path()).await;
     let port = etcd.client_port;

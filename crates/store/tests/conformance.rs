@@ -1780,25 +1780,25 @@ mod etcd_specific {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tls_with_client_certificates() {
         let certs = tempfile::tempdir().unwrap();
-        make_certs(certs.path());
+        testbed_testsupport::certificates(certs.path());
         let file = |name: &str| certs.path().join(name);
         let tls_args: Vec<String> = vec![
             "--cert-file".into(),
-            file("server.crt").display().to_string(),
+            file("server.pem").display().to_string(),
             "--key-file".into(),
             file("server.key").display().to_string(),
             "--trusted-ca-file".into(),
-            file("ca.crt").display().to_string(),
+            file("ca.pem").display().to_string(),
             "--client-cert-auth".into(),
         ];
         let args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
-        let mut identity = std::fs::read(file("client.crt")).unwrap();
+        let mut identity = std::fs::read(file("client.pem")).unwrap();
         identity.extend(std::fs::read(file("client.key")).unwrap());
         let cluster = EtcdCluster::start_with_tls(&args, identity).await;
         let spec = cluster.spec().replace("etcd://", "etcds://");
         let opts = EtcdOptions {
-            ca_file: Some(file("ca.crt")),
-            cert_file: Some(file("client.crt")),
+            ca_file: Some(file("ca.pem")),
+            cert_file: Some(file("client.pem")),
             key_file: Some(file("client.key")),
             ..Default::default()
         };
@@ -1814,89 +1814,6 @@ mod etcd_specific {
             Err(e) => e,
         };
         assert!(matches!(err, StoreError::InvalidSpec(_)), "{err:?}");
-    }
-
-    fn make_certs(dir: &Path) {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap_or_else(|e| panic!("the TLS test needs the `openssl` command: {e}"));
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(&[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=testbed-test-ca",
-            ],
-        ]
-        .concat());
-        for (name, usage) in [
-            ("server", "serverAuth,clientAuth"),
-            ("client", "clientAuth"),
-        ] {
-            let (key, csr, crt, ext) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-                format!("{name}.ext"),
-            );
-            std::fs::write(
-                dir.join(&ext),
-                format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
-            )
-            .unwrap();
-            run(&[
-                &["req"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    &key,
-                    "-out",
-                    &csr,
-                    "-subj",
-                    &format!("/CN={name}"),
-                ],
-            ]
-            .concat());
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ]);
-        }
     }
 }
 
