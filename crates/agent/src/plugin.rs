@@ -34,6 +34,7 @@ pub use serde::Deserialize;
 pub use serde_json::{json, Map, Value};
 pub use testbed_core::agent::{MethodSpec, PluginSpec};
 pub use testbed_core::task::{Artifact, TaskStatus};
+pub use testbed_report::View;
 pub use tokio_util::sync::CancellationToken;
 pub use uuid::Uuid;
 
@@ -82,25 +83,91 @@ impl PluginOutput {
     /// The output of a plugin whose work ends in a test report (`tap`,
     /// `api`): the summary goes to the log, the report into the result (where
     /// the plan's report picks it up), and the task fails when a test did.
-    pub fn from_report(
-        report: &testbed_report::Report,
-        log: &LogSink,
-    ) -> Result<Self, PluginError> {
-        for line in testbed_report::to_summary(report).lines() {
-            log.line(line);
+    ///
+    /// A report whose JSON form is at most [`INLINE_REPORT_BYTES`] travels
+    /// inside the result as `report`. A larger one (a kit of a million test
+    /// points) is written, gzip-compressed as the server stores reports, to
+    /// [`REPORT_FILE`] in the work directory as it renders, and the result
+    /// says `report_blob: {bytes, summary}`: the agent uploads the file
+    /// before it sends the result, and the server reads the report from the
+    /// blob store. Either way memory does not grow with the rendered report.
+    pub fn from_report<V: View>(report: &V, ctx: &TaskContext) -> Result<Self, PluginError> {
+        let mut text = Vec::new();
+        testbed_report::write_summary(report, &mut text)
+            .map_err(|e| PluginError::Failed(format!("summarising the report: {e}")))?;
+        for line in String::from_utf8_lossy(&text).lines() {
+            ctx.log.line(line);
         }
-        let ok = report.summary().ok;
-        let value = serde_json::to_value(report).map_err(|e| PluginError::Failed(e.to_string()))?;
+        drop(text);
+        let summary = testbed_report::view::summary(report);
+        let mut inline = Capped {
+            buf: Vec::new(),
+            cap: INLINE_REPORT_BYTES,
+        };
+        let result = if testbed_report::write_json(report, &mut inline).is_ok() {
+            let value: Value = serde_json::from_slice(&inline.buf)
+                .map_err(|e| PluginError::Failed(format!("reading the report back: {e}")))?;
+            serde_json::json!({ "report": value })
+        } else {
+            drop(inline);
+            let path = ctx.work_dir.join(REPORT_FILE);
+            let bytes = write_report_file(report, &path).map_err(|e| {
+                PluginError::io(format!("writing the report to {}", path.display()), e)
+            })?;
+            serde_json::json!({ "report_blob": { "bytes": bytes, "summary": summary } })
+        };
         Ok(PluginOutput {
-            status: if ok {
+            status: if summary.ok {
                 TaskStatus::Succeeded
             } else {
                 TaskStatus::Failed
             },
-            exit_code: Some(if ok { 0 } else { 1 }),
-            result: serde_json::json!({ "report": value }),
+            exit_code: Some(if summary.ok { 0 } else { 1 }),
+            result,
         })
     }
+}
+
+/// The largest report (its JSON form) that travels inside a task's result.
+/// Well under the protocol's 4 MiB message, and small enough for the store:
+/// an inline result is kept in the task's record and in its run step's, and
+/// etcd refuses requests over 1.5 MiB. Above it a report goes up as a blob
+/// ([`PluginOutput::from_report`]), which costs one HTTP request more.
+pub const INLINE_REPORT_BYTES: usize = 256 * 1024;
+
+/// Where in a task's work directory [`PluginOutput::from_report`] writes a
+/// report too large to go inline; the agent uploads it from there, and
+/// nothing else, when the result says `report_blob`.
+pub const REPORT_FILE: &str = ".testbed-report.json.gz";
+
+/// A writer that refuses to grow past `cap`: rendering a report inline stops
+/// as soon as it is too large, without rendering the rest.
+struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.cap {
+            return Err(std::io::Error::other("over the inline report size"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes `report` to `path` in the stored form (gzip-compressed JSON, one
+/// case a line) as it renders; returns the file's size.
+fn write_report_file<V: View>(report: &V, path: &Path) -> std::io::Result<u64> {
+    let file = std::fs::File::create(path)?;
+    let file = testbed_report::write_stored(report, std::io::BufWriter::new(file))?;
+    let file = file.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(file.metadata()?.len())
 }
 
 #[derive(Debug, Error)]

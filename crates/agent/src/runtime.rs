@@ -36,6 +36,7 @@ use crate::config::AgentConfig;
 use crate::metrics::{hostname, Sampler};
 use crate::plugin::{
     ArtifactSink, Control, DynPlugin, ExecSettings, LogSink, MetricSink, PluginError, TaskContext,
+    REPORT_FILE,
 };
 use crate::plugins;
 use crate::prometheus::AgentMetrics;
@@ -1007,6 +1008,16 @@ impl Agent {
         let Some(value) = value else {
             return (status, None, error);
         };
+        if value.get("report_blob").is_some() {
+            // The report went to a file (too large for the result): it
+            // goes up before the result that refers to it, so the server
+            // never holds a result whose report it cannot read.
+            if let Err(e) = self.upload_report(id, &work_dir.join(REPORT_FILE)).await {
+                let msg = format!("the task's report could not be kept: {e}");
+                log.line(&format!("[testbed] error: {msg}"));
+                return (TaskStatus::Error, None, Some(msg));
+            }
+        }
         let bytes = match serde_json::to_vec(&value) {
             Ok(b) if b.len() <= MAX_RESULT_BYTES => return (status, Some(value), error),
             Ok(b) => b,
@@ -1045,6 +1056,75 @@ impl Agent {
         }
         log.line(&format!("[testbed] error: {msg}"));
         (TaskStatus::Error, None, Some(msg))
+    }
+}
+
+/// How often an upload is tried when the server cannot be reached or
+/// answers 5xx (a restart, a failover), with a pause growing by a second.
+const UPLOAD_TRIES: u32 = 3;
+/// Bytes read from a file and sent at a time while it uploads.
+const UPLOAD_CHUNK: usize = 64 * 1024;
+
+impl Agent {
+    /// Uploads a task's report file to `PUT /api/agent/tasks/{id}/report`,
+    /// streamed in [`UPLOAD_CHUNK`]s with its length declared, so a
+    /// connection cut short is an incomplete request the server discards
+    /// (it keeps a report only once all of it arrived).
+    async fn upload_report(&self, task: Uuid, path: &Path) -> Result<(), PluginError> {
+        let url = format!(
+            "{}/api/agent/tasks/{task}/report",
+            self.shared.config.server.trim_end_matches('/')
+        );
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.put_file(&url, path).await {
+                Ok(resp) if resp.status().is_success() => return Ok(()),
+                Ok(resp) if resp.status().is_server_error() && tries < UPLOAD_TRIES => {}
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    return Err(PluginError::Failed(format!(
+                        "uploading the report: {status}: {text}"
+                    )));
+                }
+                Err(e) if tries < UPLOAD_TRIES => {
+                    tracing::warn!(%task, "uploading the report (try {tries}): {e}");
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_secs(u64::from(tries))).await;
+        }
+    }
+
+    /// `PUT url` with the file at `path` as the body, streamed.
+    async fn put_file(&self, url: &str, path: &Path) -> Result<reqwest::Response, PluginError> {
+        let shared = &self.shared;
+        let credential = lock(&shared.credential)
+            .clone()
+            .ok_or_else(|| PluginError::Failed("not connected to a server".into()))?;
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| PluginError::io(format!("opening {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| PluginError::io(format!("reading {}", path.display()), e))?
+            .len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            UPLOAD_CHUNK,
+        ));
+        shared
+            .http
+            .put(url)
+            .bearer_auth(credential)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| PluginError::Failed(format!("uploading {}: {e}", path.display())))
     }
 }
 

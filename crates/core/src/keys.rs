@@ -225,6 +225,14 @@ pub fn artifact_blob(task: &Uuid, name: &str) -> String {
     format!("tasks/{task}/artifacts/{name}")
 }
 
+/// Blob path of the test report a task uploaded (gzip-compressed JSON, the
+/// stored form of `testbed-report`) when it was too large to travel inside
+/// the task's result. Derived from the task id, never from what the agent
+/// says, so an agent can only fill its own task's report.
+pub fn task_report_blob(task: &Uuid) -> String {
+    format!("tasks/{task}/report.json.gz")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

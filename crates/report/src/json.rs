@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
-use crate::model::{Case, Report, Suite, REPORT_KIND, REPORT_VERSION};
+use crate::model::{Case, Report, Suite, Summary, REPORT_KIND, REPORT_VERSION};
 use crate::view::{CaseList, CompactReport, View};
 use crate::ReportError;
 
@@ -48,6 +48,13 @@ pub fn from_json(text: &str) -> Result<Report, ReportError> {
 /// and nothing else, which is what it reads back as. [`to_json`] is this, to a
 /// string.
 pub fn write_json<V: View>(v: &V, w: &mut dyn Write) -> io::Result<()> {
+    write_json_open(v, w)?;
+    close_json(w)
+}
+
+/// [`write_json`] but for the end of the suites' array, so that more suites
+/// can follow ([`copy_suites`]); [`close_json`] ends the document.
+pub fn write_json_open<V: View>(v: &V, w: &mut dyn Write) -> io::Result<()> {
     let r = v.head();
     let head = Head {
         kind: &r.kind,
@@ -85,7 +92,214 @@ pub fn write_json<V: View>(v: &V, w: &mut dyn Write) -> io::Result<()> {
         }
         w.write_all(b"]}")?;
     }
+    Ok(())
+}
+
+/// Ends a document begun with [`write_json_open`].
+pub fn close_json(w: &mut dyn Write) -> io::Result<()> {
     w.write_all(b"]}\n")
+}
+
+/// What [`copy_suites`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    pub suites: usize,
+    /// The counts of the cases copied (`duration_ms` is 0).
+    pub summary: Summary,
+}
+
+/// Copies the suites of a report in the form [`write_json`] writes (a line
+/// for the report's fields, one for each suite's, one per case: what
+/// [`write_stored`] compresses) from `input` into a document being written
+/// to `out` by [`write_json_open`], after the `written` suites already
+/// there. Each suite's fields go through `edit` (a platform, a property);
+/// each case is copied as it is, a line at a time, its outcome counted, so
+/// memory does not grow with the report. A document that ends before its
+/// last suite is closed (cut short), or that is not in that form, is an
+/// error naming the line.
+pub fn copy_suites(
+    input: impl io::BufRead,
+    out: &mut dyn Write,
+    written: usize,
+    edit: &mut dyn FnMut(&mut Suite),
+) -> Result<Copied, ReportError> {
+    let mut copier = Copier {
+        input,
+        line: Vec::new(),
+        at: 0,
+    };
+    let io_error = ReportError::Write;
+    let mut copied = Copied {
+        suites: 0,
+        summary: crate::view::empty_summary(0),
+    };
+    // The report's own fields: only the kind and version matter here.
+    let mut rest = {
+        let line = copier.next_line()?;
+        let (head, rest) = copier.split_open(line, b",\"suites\":[")?;
+        let head: HeadKind = copier.parse(&head)?;
+        if head.kind != REPORT_KIND {
+            return Err(ReportError::WrongKind(head.kind));
+        }
+        if head.v != REPORT_VERSION {
+            return Err(ReportError::UnsupportedVersion {
+                found: head.v,
+                supported: REPORT_VERSION,
+            });
+        }
+        rest
+    };
+    // After the suites' `[` or a suite's `]}`: another suite, or the end.
+    loop {
+        match rest.as_slice() {
+            b"]}" | b"]}]}" => break,
+            b"" | b"," => {}
+            _ => return Err(copier.error("expected a suite or the end of the suites")),
+        }
+        let line = copier.next_line()?;
+        let (head, after) = copier.split_open(line, b",\"cases\":[")?;
+        let mut suite: Suite = copier.parse(&head)?;
+        edit(&mut suite);
+        out.write_all(if written + copied.suites == 0 {
+            b"\n"
+        } else {
+            b",\n"
+        })
+        .map_err(io_error)?;
+        write_suite_open(out, &suite).map_err(io_error)?;
+        copied.suites += 1;
+        let mut first = true;
+        let mut after_case = after;
+        // Cases, each a line: `{…}` then `,` (more), `]},` (more suites) or
+        // `]}]}` (the end); an empty suite's `]}…` is on its own line.
+        while after_case.is_empty() || after_case == b"," {
+            let line = copier.next_line()?;
+            let (end, outcome) = copier.case_end(&line)?;
+            out.write_all(if first { b"\n" } else { b",\n" })
+                .map_err(io_error)?;
+            out.write_all(&line[..end]).map_err(io_error)?;
+            crate::view::add(&mut copied.summary, outcome);
+            first = false;
+            after_case = line[end..].to_vec();
+        }
+        out.write_all(b"]}").map_err(io_error)?;
+        rest = match after_case.as_slice() {
+            b"]}," => b",".to_vec(),
+            b"]}]}" => b"]}".to_vec(),
+            _ => return Err(copier.error("expected `,` or the end of the suite after a case")),
+        };
+    }
+    let s = &mut copied.summary;
+    s.ok = s.failed == 0 && s.errors == 0;
+    // Nothing may follow the document.
+    if copier.next_line_opt()?.is_some_and(|l| !l.is_empty()) {
+        return Err(copier.error("more after the end of the report"));
+    }
+    Ok(copied)
+}
+
+/// A suite's fields as [`write_json`] writes them, up to its `"cases":[`.
+fn write_suite_open(w: &mut dyn Write, suite: &Suite) -> io::Result<()> {
+    let head = SuiteHead {
+        name: &suite.name,
+        platform: suite.platform.as_deref(),
+        properties: &suite.properties,
+        started_at: suite.started_at.as_ref(),
+        duration_ms: suite.duration_ms,
+        diagnostics: &suite.diagnostics,
+    };
+    open_object(w, &head)?;
+    w.write_all(b",\"cases\":[")
+}
+
+#[derive(serde::Deserialize)]
+struct HeadKind {
+    kind: String,
+    v: u32,
+}
+
+#[derive(serde::Deserialize)]
+struct CaseOutcome {
+    outcome: crate::model::Outcome,
+}
+
+/// The line reader of [`copy_suites`].
+struct Copier<R> {
+    input: R,
+    line: Vec<u8>,
+    /// The number of the last line read, from 1.
+    at: usize,
+}
+
+impl<R: io::BufRead> Copier<R> {
+    fn error(&self, message: &str) -> ReportError {
+        ReportError::Json {
+            line: self.at,
+            column: 1,
+            message: message.to_string(),
+        }
+    }
+
+    fn next_line_opt(&mut self) -> Result<Option<Vec<u8>>, ReportError> {
+        self.line.clear();
+        let n = self
+            .input
+            .read_until(b'\n', &mut self.line)
+            .map_err(|e| ReportError::Json {
+                line: self.at + 1,
+                column: 1,
+                message: format!("reading the report: {e}"),
+            })?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.at += 1;
+        if self.line.last() == Some(&b'\n') {
+            self.line.pop();
+        }
+        Ok(Some(std::mem::take(&mut self.line)))
+    }
+
+    fn next_line(&mut self) -> Result<Vec<u8>, ReportError> {
+        self.next_line_opt()?.ok_or_else(|| {
+            self.error("the report ends before its last suite is closed (cut short)")
+        })
+    }
+
+    /// Splits a line `{fields…,"key":[rest` into the object `{fields…}` and
+    /// `rest`. The marker cannot occur inside a string (its quotes would be
+    /// escaped), nor as a key of a map of strings.
+    fn split_open(&self, line: Vec<u8>, marker: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ReportError> {
+        let at = line
+            .windows(marker.len())
+            .position(|w| w == marker)
+            .ok_or_else(|| self.error("not a report in the stored form (one case a line)"))?;
+        let mut head = line[..at].to_vec();
+        head.push(b'}');
+        Ok((head, line[at + marker.len()..].to_vec()))
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, ReportError> {
+        serde_json::from_slice(bytes).map_err(|e| ReportError::Json {
+            line: self.at,
+            column: e.column(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Where the case object that starts `line` ends, and its outcome.
+    fn case_end(&self, line: &[u8]) -> Result<(usize, crate::model::Outcome), ReportError> {
+        let mut cases = serde_json::Deserializer::from_slice(line).into_iter::<CaseOutcome>();
+        match cases.next() {
+            Some(Ok(c)) => Ok((cases.byte_offset(), c.outcome)),
+            Some(Err(e)) => Err(ReportError::Json {
+                line: self.at,
+                column: e.column(),
+                message: e.to_string(),
+            }),
+            None => Err(self.error("expected a case")),
+        }
+    }
 }
 
 /// Writes `value` (a JSON object) without its closing brace.
@@ -444,13 +658,62 @@ impl<'de> Visitor<'de> for CaseSeed<'_> {
 /// The report as stored by the server: its JSON ([`write_json`]),
 /// gzip-compressed (a passing case then costs a few bytes).
 pub fn to_stored(v: &impl View) -> io::Result<Vec<u8>> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    write_stored(v, Vec::new())
+}
+
+/// [`to_stored`] to any writer (a file), as it goes: memory does not grow
+/// with the report. Returns the writer, the gzip stream finished.
+pub fn write_stored<W: Write>(v: &impl View, out: W) -> io::Result<W> {
+    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::new(6));
     {
         let mut w = io::BufWriter::with_capacity(256 * 1024, &mut gz);
         write_json(v, &mut w)?;
         w.flush()?;
     }
     gz.finish()
+}
+
+/// [`write_stored`] of `v`'s suites followed by those `more` writes (with
+/// [`copy_suites`], given the writer and the number of suites already
+/// written): one stored report assembled as it streams.
+pub fn write_stored_with<W: Write>(
+    v: &impl View,
+    out: W,
+    more: impl FnOnce(&mut dyn Write, usize) -> Result<(), ReportError>,
+) -> Result<W, ReportError> {
+    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::new(6));
+    {
+        let mut w = io::BufWriter::with_capacity(256 * 1024, &mut gz);
+        write_json_open(v, &mut w).map_err(ReportError::Write)?;
+        more(&mut w, v.head().suites.len())?;
+        close_json(&mut w).map_err(ReportError::Write)?;
+        w.flush().map_err(ReportError::Write)?;
+    }
+    gz.finish().map_err(ReportError::Write)
+}
+
+/// [`copy_suites`] from a stored report as it streams, gzip-compressed
+/// ([`write_stored`]) or plain: a compressed stream cut short is an error.
+pub fn copy_stored_suites(
+    stored: impl Read,
+    out: &mut dyn Write,
+    written: usize,
+    edit: &mut dyn FnMut(&mut Suite),
+) -> Result<Copied, ReportError> {
+    let mut input = io::BufReader::with_capacity(64 * 1024, stored);
+    let gzip = io::BufRead::fill_buf(&mut input)
+        .map_err(|e| ReportError::Json {
+            line: 1,
+            column: 1,
+            message: format!("reading the report: {e}"),
+        })?
+        .starts_with(&[0x1f, 0x8b]);
+    if gzip {
+        let plain = io::BufReader::with_capacity(64 * 1024, flate2::bufread::GzDecoder::new(input));
+        copy_suites(plain, out, written, edit)
+    } else {
+        copy_suites(input, out, written, edit)
+    }
 }
 
 /// Reads a stored report, compressed ([`to_stored`]) or plain JSON (as reports

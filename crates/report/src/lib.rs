@@ -31,7 +31,10 @@ mod text;
 pub mod view;
 
 pub use html::{to_html, write_html};
-pub use json::{from_json, read_compact, read_stored, to_json, to_stored, write_json};
+pub use json::{
+    close_json, copy_stored_suites, copy_suites, from_json, read_compact, read_stored, to_json,
+    to_stored, write_json, write_json_open, write_stored, write_stored_with, Copied,
+};
 pub use junit::{to_junit, write_junit};
 pub use model::{Case, Link, Outcome, Report, Suite, Summary, REPORT_KIND, REPORT_VERSION};
 pub use summary::{to_summary, write_summary};
@@ -57,6 +60,9 @@ pub enum ReportError {
     /// The XML writer failed.
     #[error("cannot write XML: {0}")]
     Xml(#[from] std::io::Error),
+    /// Writing a report ([`copy_suites`]) failed.
+    #[error("cannot write the report: {0}")]
+    Write(std::io::Error),
     /// An unknown format name was given to [`Format::from_str`].
     #[error("unknown report format {0:?} (expected json, junit, tap, summary or html)")]
     UnknownFormat(String),

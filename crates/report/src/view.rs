@@ -301,7 +301,7 @@ impl View for CompactReport {
     }
 }
 
-fn empty_summary(duration_ms: u64) -> Summary {
+pub(crate) fn empty_summary(duration_ms: u64) -> Summary {
     Summary {
         total: 0,
         passed: 0,
@@ -315,7 +315,7 @@ fn empty_summary(duration_ms: u64) -> Summary {
     }
 }
 
-fn add(sum: &mut Summary, o: Outcome) {
+pub(crate) fn add(sum: &mut Summary, o: Outcome) {
     sum.total += 1;
     match o {
         Outcome::Pass => sum.passed += 1,

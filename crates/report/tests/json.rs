@@ -267,3 +267,97 @@ fn streaming_cases_read_as_from_json_does() {
         assert_eq!(a, b, "{bad}");
     }
 }
+
+/// Suites copied a line at a time from a stored report into another being
+/// written read back as the suites themselves (escaped names, a message
+/// quoting the stored form's own markers, an empty suite, fields of each
+/// suite edited), counted as they went; a stored report cut short at any
+/// line, or that is not in the one-case-a-line form, is an error.
+#[test]
+fn suites_copied_from_a_stored_report_read_back_whole() {
+    let created = chrono::DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let mut task = Report::new("t", "kit", created);
+    let mut a = testbed_report::Suite::new("a.t");
+    a.cases = (1..=50)
+        .map(|i| testbed_report::Case::new(format!("case \"{i}\"\n"), Outcome::Pass))
+        .collect();
+    let mut odd = testbed_report::Case::new("odd", Outcome::Fail);
+    odd.message = Some("said ,\"cases\":[ and ]},\n]}]}".into());
+    odd.duration_ms = 7;
+    a.cases.insert(10, odd);
+    a.cases
+        .push(testbed_report::Case::new("last", Outcome::Skip));
+    task.suites.push(a);
+    task.suites.push(testbed_report::Suite::new("empty.t"));
+    let mut b = testbed_report::Suite::new("b.t");
+    b.cases
+        .push(testbed_report::Case::new("only", Outcome::Pass));
+    task.suites.push(b);
+    let stored = testbed_report::to_stored(&task).unwrap();
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&stored[..]), &mut plain).unwrap();
+
+    let mut run = Report::new("r", "plan", created);
+    let mut own = testbed_report::Suite::new("plan");
+    own.cases
+        .push(testbed_report::Case::new("step", Outcome::Pass));
+    run.suites.push(own);
+    let mut out = Vec::new();
+    testbed_report::write_json_open(&run, &mut out).unwrap();
+    let copied = testbed_report::copy_suites(&plain[..], &mut out, 1, &mut |s| {
+        s.platform = Some("agent-1".into());
+    })
+    .unwrap();
+    testbed_report::close_json(&mut out).unwrap();
+    assert_eq!(copied.suites, 3);
+    assert_eq!(
+        (
+            copied.summary.total,
+            copied.summary.failed,
+            copied.summary.skipped
+        ),
+        (53, 1, 1)
+    );
+    assert!(!copied.summary.ok);
+    let back = testbed_report::from_json(std::str::from_utf8(&out).unwrap()).unwrap();
+    assert_eq!(back.suites.len(), 4);
+    for (got, want) in back.suites[1..].iter().zip(&task.suites) {
+        assert_eq!(got.platform.as_deref(), Some("agent-1"));
+        assert_eq!((&got.name, &got.cases), (&want.name, &want.cases));
+    }
+    // Into a document with no suites yet.
+    let mut out = Vec::new();
+    testbed_report::write_json_open(&Report::new("r", "plan", created), &mut out).unwrap();
+    testbed_report::copy_suites(&plain[..], &mut out, 0, &mut |_| {}).unwrap();
+    testbed_report::close_json(&mut out).unwrap();
+    let back = testbed_report::from_json(std::str::from_utf8(&out).unwrap()).unwrap();
+    assert_eq!(back.suites, task.suites);
+
+    // Cut short after any whole line, or mid-line: never read as whole.
+    let ends: Vec<usize> = plain
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i + 1)
+        .collect();
+    for &cut in ends[..ends.len() - 1].iter().chain([&(plain.len() / 2)]) {
+        let r = testbed_report::copy_suites(&plain[..cut], &mut Vec::new(), 0, &mut |_| {});
+        assert!(r.is_err(), "cut at {cut} of {}: {r:?}", plain.len());
+    }
+    // The compressed form as it streams: whole, and cut short anywhere
+    // (mid-stream, or only its gzip trailer missing).
+    let copied =
+        testbed_report::copy_stored_suites(&stored[..], &mut Vec::new(), 0, &mut |_| {}).unwrap();
+    assert_eq!(copied.summary.total, 53);
+    for cut in [stored.len() / 2, stored.len() - 8, stored.len() - 1] {
+        let r = testbed_report::copy_stored_suites(&stored[..cut], &mut Vec::new(), 0, &mut |_| {});
+        assert!(r.is_err(), "cut at {cut} of {}: {r:?}", stored.len());
+    }
+    // Pretty-printed JSON is a report, but not in the form copied here.
+    let pretty = serde_json::to_string_pretty(&task).unwrap();
+    assert!(
+        testbed_report::copy_suites(pretty.as_bytes(), &mut Vec::new(), 0, &mut |_| {}).is_err()
+    );
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -46,6 +46,12 @@ pub enum BlobError {
 const MULTIPART_OVER: usize = 16 * 1024 * 1024;
 /// Part size of multipart uploads (S3's minimum is 5 MiB).
 const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Part size of a blob written as it streams in ([`Blobs::writer`]): S3's
+/// minimum, so an upload holds little in memory whatever its size.
+pub const STREAM_PART: usize = 5 * 1024 * 1024;
+/// Parts of a streamed blob in flight at once: with the part being filled,
+/// a streamed upload holds at most three parts (15 MiB).
+const STREAM_PARTS_IN_FLIGHT: usize = 2;
 
 #[derive(Clone)]
 pub struct Blobs {
@@ -212,6 +218,17 @@ impl Blobs {
         Ok(())
     }
 
+    /// A blob written as its data arrives, in [`STREAM_PART`]s. It appears
+    /// only when [`BlobWriter::finish`] completes: an upload cut short (or
+    /// aborted, or whose writer is dropped) leaves no object behind, and
+    /// never part of one under the blob's name.
+    pub async fn writer(&self, path: &str) -> Result<BlobWriter, BlobError> {
+        let upload = self.store.put_multipart(&Path::from(path)).await?;
+        Ok(BlobWriter {
+            inner: WriteMultipart::new_with_chunk_size(upload, STREAM_PART),
+        })
+    }
+
     pub async fn get(&self, path: &str) -> Result<Option<Bytes>, BlobError> {
         match self.store.get(&Path::from(path)).await {
             Ok(r) => Ok(Some(r.bytes().await?)),
@@ -312,6 +329,143 @@ impl Blobs {
     }
 }
 
+/// A blob read as it streams, from a blocking thread (`std::io::Read`, for
+/// parsers that are synchronous): each chunk of the object store's stream is
+/// awaited on the runtime, so memory holds one chunk whatever the size.
+pub struct SyncBlobReader {
+    handle: tokio::runtime::Handle,
+    stream: futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    chunk: Bytes,
+}
+
+impl std::io::Read for SyncBlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.handle.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// A [`BlobWriter`] written from a blocking thread (`std::io::Write`), handed
+/// on in pieces of [`SYNC_PIECE`] bytes.
+pub struct SyncBlobWriter {
+    handle: tokio::runtime::Handle,
+    writer: BlobWriter,
+    piece: Vec<u8>,
+}
+
+/// What a [`SyncBlobWriter`] gathers before handing it to its writer.
+const SYNC_PIECE: usize = 256 * 1024;
+
+impl SyncBlobWriter {
+    fn hand_on(&mut self) -> Result<(), BlobError> {
+        if self.piece.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::replace(
+            &mut self.piece,
+            Vec::with_capacity(SYNC_PIECE),
+        ));
+        self.handle.block_on(self.writer.write(piece))
+    }
+
+    /// Makes the blob appear, whole ([`BlobWriter::finish`]).
+    pub fn finish(mut self) -> Result<(), BlobError> {
+        self.hand_on()?;
+        self.handle.block_on(self.writer.finish())
+    }
+
+    /// Drops what was written ([`BlobWriter::abort`]).
+    pub fn abort(self) {
+        self.handle.block_on(self.writer.abort())
+    }
+}
+
+impl std::io::Write for SyncBlobWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.piece.extend_from_slice(data);
+        if self.piece.len() >= SYNC_PIECE {
+            self.hand_on().map_err(std::io::Error::other)?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Blobs {
+    /// The blob at `path` and its size, to read as it streams from a
+    /// blocking thread (never from a runtime thread: it waits on `handle`);
+    /// `None` when there is none.
+    pub fn open_sync(
+        &self,
+        handle: &tokio::runtime::Handle,
+        path: &str,
+    ) -> Result<Option<(u64, SyncBlobReader)>, BlobError> {
+        match handle.block_on(self.store.get(&Path::from(path))) {
+            Ok(r) => Ok(Some((
+                r.meta.size as u64,
+                SyncBlobReader {
+                    handle: handle.clone(),
+                    stream: r.into_stream(),
+                    chunk: Bytes::new(),
+                },
+            ))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`Blobs::writer`] for a blocking thread (see [`Blobs::open_sync`]).
+    pub fn writer_sync(
+        &self,
+        handle: &tokio::runtime::Handle,
+        path: &str,
+    ) -> Result<SyncBlobWriter, BlobError> {
+        Ok(SyncBlobWriter {
+            handle: handle.clone(),
+            writer: handle.block_on(self.writer(path))?,
+            piece: Vec::with_capacity(SYNC_PIECE),
+        })
+    }
+}
+
+/// See [`Blobs::writer`].
+pub struct BlobWriter {
+    inner: WriteMultipart,
+}
+
+impl BlobWriter {
+    /// Adds `data`, first waiting while [`STREAM_PARTS_IN_FLIGHT`] parts
+    /// are uploading (back pressure on whoever sends the data).
+    pub async fn write(&mut self, data: Bytes) -> Result<(), BlobError> {
+        self.inner.wait_for_capacity(STREAM_PARTS_IN_FLIGHT).await?;
+        self.inner.put(data);
+        Ok(())
+    }
+
+    /// Uploads what is left and makes the blob appear, whole.
+    pub async fn finish(self) -> Result<(), BlobError> {
+        self.inner.finish().await?;
+        Ok(())
+    }
+
+    /// Drops what was written; the blob does not appear.
+    pub async fn abort(self) {
+        if let Err(e) = self.inner.abort().await {
+            tracing::debug!("aborting a blob upload: {e}");
+        }
+    }
+}
+
 fn config(spec: &str, what: &str) -> BlobError {
     BlobError::Config {
         spec: spec.to_string(),
@@ -400,6 +554,27 @@ mod tests {
             );
         }
         let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_blob_appears_only_when_finished() {
+        let dir = std::env::temp_dir().join(format!("testbed-blobs-{}", Uuid::new_v4()));
+        let blobs = Blobs::local(&dir).unwrap();
+        let part = Bytes::from(vec![3u8; STREAM_PART / 2 + 1]);
+        let mut w = blobs.writer("r/whole").await.unwrap();
+        for _ in 0..5 {
+            w.write(part.clone()).await.unwrap();
+            assert_eq!(blobs.get("r/whole").await.unwrap(), None);
+        }
+        w.finish().await.unwrap();
+        let got = blobs.get("r/whole").await.unwrap().unwrap();
+        assert_eq!(got.len(), part.len() * 5);
+        let mut w = blobs.writer("r/cut").await.unwrap();
+        w.write(part.clone()).await.unwrap();
+        w.write(part).await.unwrap();
+        w.abort().await;
+        assert_eq!(blobs.get("r/cut").await.unwrap(), None);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

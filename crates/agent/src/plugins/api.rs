@@ -103,6 +103,6 @@ impl Plugin for Api {
             r = files::run(&loaded, &opts) => r,
             _ = ctx.cancel.cancelled() => return Err(PluginError::Cancelled),
         };
-        PluginOutput::from_report(&report, &ctx.log)
+        PluginOutput::from_report(&report, ctx)
     }
 }

@@ -68,12 +68,12 @@ impl Plugin for Tap {
         };
         ctx.log.line(&format!("running kit {}", p.path));
         let mut report = tokio::select! {
-            r = testbed_tap::run_kit(&cfg) => r.map_err(|e| PluginError::Failed(e.to_string()))?,
+            r = testbed_tap::run_kit_compact(&cfg) => r.map_err(|e| PluginError::Failed(e.to_string()))?,
             _ = ctx.cancel.cancelled() => return Err(PluginError::Cancelled),
         };
         if let Some(e) = &expect {
-            e.apply(&mut report);
+            e.apply_compact(&mut report);
         }
-        PluginOutput::from_report(&report, &ctx.log)
+        PluginOutput::from_report(&report, ctx)
     }
 }

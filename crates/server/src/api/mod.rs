@@ -117,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(tasks::cancel))
         .routes(routes!(tasks::artifact))
         .routes(routes!(tasks::upload_artifact))
+        .routes(routes!(tasks::upload_report))
         .routes(routes!(tasks::follow))
         .routes(routes!(
             resources::list_testcases,

@@ -246,6 +246,99 @@ pub async fn upload_artifact(
     Ok(Json(artifact))
 }
 
+/// What the server kept of a task's report upload.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ReportUpload {
+    /// Bytes stored (the compressed report).
+    pub bytes: u64,
+}
+
+/// Upload the test report of a task whose report is too large to travel
+/// inside its result (agents only, with their credential): the stored form
+/// of `testbed-report` (gzip-compressed JSON), as it streams. It is written
+/// to the blob store in parts as it arrives, so the server holds a few parts
+/// whatever its size, and appears only once all of it arrived: a request cut
+/// short keeps nothing. At most the server's artifact limit (512 MiB).
+#[utoipa::path(put, path = "/api/agent/tasks/{id}/report", tag = "agent",
+    params(("id" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/gzip"),
+    responses((status = 200, body = ReportUpload), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upload_report(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<ReportUpload>> {
+    let id = parse_id(&id)?;
+    let task = load(&state, &id).await?;
+    if task.agent_uuid != agent.uuid {
+        return Err(ApiError::forbidden("this task belongs to another agent"));
+    }
+    let limit = state.settings.max_artifact;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a task's report may be at most {limit} bytes compressed (the server's \
+                 artifact limit); split the kit"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let blob_error = |e: crate::blobs::BlobError| ApiError::internal(e.to_string());
+    let mut writer = state
+        .blobs
+        .writer(&keys::task_report_blob(&id))
+        .await
+        .map_err(blob_error)?;
+    let mut stream = body.into_data_stream();
+    let mut size: u64 = 0;
+    let mut magic: Vec<u8> = Vec::with_capacity(2);
+    let failed = loop {
+        let chunk = match stream.next().await {
+            None => break None,
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => {
+                break Some(ApiError::bad_request(format!(
+                    "reading the report upload after {size} bytes: {e}; nothing was kept"
+                )))
+            }
+        };
+        size += chunk.len() as u64;
+        if size > limit as u64 {
+            break Some(too_large());
+        }
+        if magic.len() < 2 {
+            magic.extend(chunk.iter().take(2 - magic.len()));
+        }
+        if let Err(e) = writer.write(chunk).await {
+            break Some(blob_error(e));
+        }
+    };
+    let failed = failed.or_else(|| {
+        (magic != [0x1f, 0x8b]).then(|| {
+            ApiError::field(
+                "/body",
+                "a report upload is gzip-compressed report JSON (the stored form)",
+            )
+        })
+    });
+    if let Some(e) = failed {
+        writer.abort().await;
+        return Err(e);
+    }
+    writer.finish().await.map_err(blob_error)?;
+    Ok(Json(ReportUpload { bytes: size }))
+}
+
 /// The task's log, live: everything so far, then new output as it comes.
 /// Closes with code 1000 and the final status as the reason when the task
 /// ends. Authenticate with the bearer header or `?token=`.
