@@ -4,16 +4,19 @@
 //! run them into one report.
 
 use std::fmt;
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
-use testbed_report::Report;
+use testbed_report::{Case, Report};
 
-use crate::postman;
+use crate::postman::{self, NewmanJson, Transcript};
 use crate::runner::{self, RunOptions};
+use crate::spool::{Spool, SpoolList, SpooledReport};
 use crate::suite::{self, Suite};
 
 pub type Echo = runner::Echo;
@@ -73,19 +76,22 @@ pub struct CollectionOptions {
     pub working_dir: Option<PathBuf>,
 }
 
-/// One collection's run, with everything newman's reporters and exports use.
+/// One collection's run, with everything newman's reporters and exports use
+/// (its report's suites without their cases, and no requests: those went
+/// where [`run_streamed`] was told).
 #[derive(Debug, Clone)]
 pub struct CollectionRun {
     pub file: PathBuf,
     pub run: postman::PostmanRun,
 }
 
-/// What [`run_detailed`] gives: the report of every file, and each
-/// collection's own run.
-#[derive(Debug, Clone)]
-pub struct Ran {
-    pub report: Report,
+/// What [`run_streamed`] gives: the report of every file, its cases on
+/// disk; each collection's own run; and newman's JSON reporter, when asked
+/// for, with every request of the run's one collection.
+pub struct Streamed {
+    pub report: SpooledReport,
     pub collections: Vec<CollectionRun>,
+    pub newman_json: Option<NewmanJson>,
 }
 
 /// One problem of one input file, printed as `file:line:column: path: message`.
@@ -361,20 +367,152 @@ fn vars_file(text: &str, path: &Path) -> Result<Map<String, Value>, Vec<FileProb
     }
 }
 
-/// What one input gave: its suites, and its run when it is a collection.
-type InputRun = (Vec<testbed_report::Suite>, Option<CollectionRun>);
+/// Where one input's cases go as they end.
+enum Keep {
+    /// Kept, each suite's in a list ([`run`]).
+    Whole(Vec<Vec<Case>>),
+    /// Written to disk, each suite's in a list ([`run_streamed`]).
+    Spooled {
+        spool: Spool,
+        lists: Vec<SpoolList>,
+        /// The first case that could not be written.
+        error: Option<io::Error>,
+    },
+}
+
+impl Keep {
+    /// Adds a case of the input's suite number `suite`.
+    fn push(&mut self, suite: usize, case: Case) {
+        match self {
+            Keep::Whole(suites) => {
+                if suites.len() <= suite {
+                    suites.resize_with(suite + 1, Vec::new);
+                }
+                suites[suite].push(case);
+            }
+            Keep::Spooled {
+                spool,
+                lists,
+                error,
+            } => {
+                if lists.len() <= suite {
+                    lists.resize_with(suite + 1, SpoolList::new);
+                }
+                if let Err(e) = lists[suite].push(spool, &case) {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+    }
+}
+
+/// A collection's observer: its cases to [`Keep`], each request to newman's
+/// CLI transcript and JSON reporter as it ends, and nothing kept per request.
+struct Observe<'a> {
+    keep: &'a mut Keep,
+    transcript: Option<(Transcript, Echo)>,
+    json: Option<&'a mut NewmanJson>,
+}
+
+impl postman::Observer for Observe<'_> {
+    fn case(&mut self, suite: usize, case: Case) {
+        self.keep.push(suite, case);
+    }
+
+    fn execution(&mut self, ex: postman::Execution) {
+        if let Some((t, echo)) = &mut self.transcript {
+            let text = t.request(&ex);
+            // The echo adds the newline the text ends with.
+            echo(text.strip_suffix('\n').unwrap_or(&text));
+        }
+        if let Some(json) = &mut self.json {
+            json.request(&ex);
+        }
+    }
+}
+
+/// What one input gave: its suites (without their cases), where their cases
+/// went, its run when it is a collection, and newman's JSON reporter when it
+/// had it.
+struct InputRun {
+    suites: Vec<testbed_report::Suite>,
+    keep: Keep,
+    collection: Option<CollectionRun>,
+    json: Option<NewmanJson>,
+}
 
 type SuitesFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = InputRun> + Send + 'a>>;
 
 /// Runs loaded inputs into one report, `opts.jobs` files at a time; the
 /// report lists them in the order given either way.
 pub async fn run(loaded: &Loaded, opts: &Options) -> Report {
-    run_detailed(loaded, opts).await.report
+    let (mut report, done) = run_inputs(loaded, opts, || Keep::Whole(Vec::new()), None).await;
+    for input in done {
+        let Keep::Whole(cases) = input.keep else {
+            continue;
+        };
+        let mut cases = cases.into_iter();
+        for mut suite in input.suites {
+            suite.cases = cases.next().unwrap_or_default();
+            report.suites.push(suite);
+        }
+    }
+    report
 }
 
-/// [`run`], with each collection's own run as well (newman's counts,
-/// variables and cookies as the run left them).
-pub async fn run_detailed(loaded: &Loaded, opts: &Options) -> Ran {
+/// [`run`], with each case written to `spool` (an empty file, best an
+/// unlinked temporary one) as it ends rather than kept, and each request
+/// handed to newman's CLI transcript (`opts.echo`) and to `newman_json`
+/// as it ends: memory holds a few bytes a case (its name and where it is)
+/// and the failures, whatever the number of iterations. With `newman_json`,
+/// the inputs are one collection, whose requests it gets.
+pub async fn run_streamed(
+    loaded: &Loaded,
+    opts: &Options,
+    spool: File,
+    newman_json: Option<NewmanJson>,
+) -> io::Result<Streamed> {
+    let spool = Spool::new(spool);
+    let keep = || Keep::Spooled {
+        spool: spool.clone(),
+        lists: Vec::new(),
+        error: None,
+    };
+    let (mut head, done) = run_inputs(loaded, opts, keep, newman_json).await;
+    let mut all = Vec::new();
+    let mut collections = Vec::new();
+    let mut newman_json = None;
+    for input in done {
+        let Keep::Spooled {
+            mut lists, error, ..
+        } = input.keep
+        else {
+            continue;
+        };
+        if let Some(e) = error {
+            return Err(e);
+        }
+        lists.resize_with(input.suites.len().max(lists.len()), SpoolList::new);
+        head.suites.extend(input.suites);
+        all.extend(lists);
+        collections.extend(input.collection);
+        newman_json = newman_json.or(input.json);
+    }
+    Ok(Streamed {
+        report: SpooledReport::new(head, all, spool)?,
+        collections,
+        newman_json,
+    })
+}
+
+/// Runs every input, each one's cases into a `keep()` of its own; the
+/// report's suites are left to the caller, which has their cases.
+async fn run_inputs(
+    loaded: &Loaded,
+    opts: &Options,
+    mut keep: impl FnMut() -> Keep,
+    mut newman_json: Option<NewmanJson>,
+) -> (Report, Vec<InputRun>) {
     let inputs = &loaded.inputs;
     // A variables file stands in for the environment's name.
     let env_name = match &loaded.env_file {
@@ -418,8 +556,14 @@ pub async fn run_detailed(loaded: &Loaded, opts: &Options) -> Ran {
             echo: echo.clone(),
         };
         let vars = &vars;
+        let keep = keep();
+        // The one collection's, when asked for.
+        let json = match input {
+            Input::Collection { .. } => newman_json.take(),
+            Input::Suite(_) => None,
+        };
         runs.push(Box::pin(async move {
-            let done = run_input(input, &suite_opts, vars, loaded, opts).await;
+            let done = run_input(input, &suite_opts, vars, loaded, opts, keep, json).await;
             if let (Some(e), Ok(h)) = (&opts.echo, held.lock()) {
                 for line in h.iter() {
                     e(line);
@@ -432,15 +576,17 @@ pub async fn run_detailed(loaded: &Loaded, opts: &Options) -> Ran {
         .buffered(jobs)
         .collect()
         .await;
-    let mut collections: Vec<CollectionRun> = Vec::new();
-    for (suites, run) in done {
-        report.suites.extend(suites);
-        collections.extend(run);
-    }
     // One collection: the report says what its own did (format, iterations)
     // and carries newman's counts, as the json reporter's `run.stats`, so the
     // canonical JSON report has them too.
-    if let ([_], [c]) = (inputs.as_slice(), collections.as_slice()) {
+    if let (
+        [_],
+        [InputRun {
+            collection: Some(c),
+            ..
+        }],
+    ) = (inputs.as_slice(), done.as_slice())
+    {
         report.properties.extend(c.run.report.properties.clone());
         report.properties.insert(
             "newman.stats".into(),
@@ -448,10 +594,7 @@ pub async fn run_detailed(loaded: &Loaded, opts: &Options) -> Ran {
         );
     }
     report.finished_at = Some(chrono::Utc::now());
-    Ran {
-        report,
-        collections,
-    }
+    (report, done)
 }
 
 async fn run_input(
@@ -460,9 +603,19 @@ async fn run_input(
     vars: &Map<String, Value>,
     loaded: &Loaded,
     opts: &Options,
+    mut keep: Keep,
+    mut json: Option<NewmanJson>,
 ) -> InputRun {
     match input {
-        Input::Suite(s) => (vec![runner::run_suite(s, suite_opts).await], None),
+        Input::Suite(s) => {
+            let suite = runner::run_suite_into(s, suite_opts, &mut |c| keep.push(0, c)).await;
+            InputRun {
+                suites: vec![suite],
+                keep,
+                collection: None,
+                json,
+            }
+        }
         Input::Collection { collection, file } => {
             let mut environment = postman::Vars::new();
             environment.name = loaded.env_name.clone();
@@ -496,18 +649,37 @@ async fn run_input(
                 cookies: loaded.cookies.clone(),
                 ..defaults
             };
-            let run = postman::run(collection, run_opts).await;
-            if let Some(e) = &suite_opts.echo {
-                e(&postman::newman_summary(&run));
+            // newman's CLI output as the run goes: each request when it ends.
+            let echo = suite_opts.echo.clone();
+            if let Some(e) = &echo {
+                let name = if collection.name.is_empty() {
+                    "collection"
+                } else {
+                    &collection.name
+                };
+                e(&Transcript::head(name));
             }
-            let suites = run.report.suites.clone();
-            (
-                suites,
-                Some(CollectionRun {
+            let transcript = echo.map(|e| (Transcript::new(run_opts.planned_iterations()), e));
+            let run = {
+                let mut observe = Observe {
+                    keep: &mut keep,
+                    transcript,
+                    json: json.as_mut(),
+                };
+                postman::run_observed(collection, run_opts, &mut observe).await
+            };
+            if let Some(e) = &suite_opts.echo {
+                e(&Transcript::tail(&run));
+            }
+            InputRun {
+                suites: run.report.suites.clone(),
+                keep,
+                collection: Some(CollectionRun {
                     file: file.clone(),
                     run,
                 }),
-            )
+                json,
+            }
         }
     }
 }

@@ -657,6 +657,19 @@ fn echo_case(opts: &RunOptions, case: &Case) {
 
 /// Runs one suite.
 pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suite {
+    let mut cases = Vec::new();
+    let mut out = run_suite_into(suite, opts, &mut |c| cases.push(c)).await;
+    out.cases = cases;
+    out
+}
+
+/// [`run_suite`], handing each case to `sink` as it ends instead of keeping
+/// it: the suite returned has no cases.
+pub async fn run_suite_into(
+    suite: &Suite,
+    opts: &RunOptions,
+    sink: &mut (dyn FnMut(Case) + Send),
+) -> testbed_report::Suite {
     let mut out = testbed_report::Suite::new(suite.name.clone());
     out.started_at = Some(Utc::now());
     out.properties
@@ -681,7 +694,9 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
     let mut scope = match initial_scope(suite, opts) {
         Ok(s) => s,
         Err(e) => {
-            out.cases = all_cases(Outcome::Error, &e, &Scope::new());
+            all_cases(Outcome::Error, &e, &Scope::new())
+                .into_iter()
+                .for_each(&mut *sink);
             out.diagnostics.push(e);
             return out;
         }
@@ -689,7 +704,9 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
     for r in &suite.requires {
         if let Some(why) = unmet(r, &scope).await {
             echo(opts, &format!("  skipped: {why}"));
-            out.cases = all_cases(Outcome::Skip, &why, &scope);
+            all_cases(Outcome::Skip, &why, &scope)
+                .into_iter()
+                .for_each(&mut *sink);
             out.diagnostics.push(format!("skipped: {why}"));
             return out;
         }
@@ -705,7 +722,9 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
     if let Err(f) = &setup {
         let msg = format!("setup failed: {}", f.message);
         echo(opts, &format!("  {msg}"));
-        out.cases = all_cases(Outcome::Error, &msg, &scope);
+        all_cases(Outcome::Error, &msg, &scope)
+            .into_iter()
+            .for_each(&mut *sink);
         out.diagnostics.push(msg);
     } else {
         // Set by the first failure or error when the suite is fail_fast.
@@ -719,7 +738,7 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
                     let mut c = Case::new(n, Outcome::Skip);
                     c.message = Some(format!("not run: fail_fast, after `{first}`"));
                     echo_case(opts, &c);
-                    out.cases.push(c);
+                    sink(c);
                 }
                 continue;
             }
@@ -729,7 +748,7 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
                     let mut c = Case::new(t.name.clone(), Outcome::Error);
                     c.message = Some(e);
                     echo_case(opts, &c);
-                    out.cases.push(c);
+                    sink(c);
                     continue;
                 }
             };
@@ -738,7 +757,7 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
                     let mut c = Case::new(name, Outcome::Skip);
                     c.message = Some(format!("not run: fail_fast, after `{first}`"));
                     echo_case(opts, &c);
-                    out.cases.push(c);
+                    sink(c);
                     continue;
                 }
                 let case = run_test(&conns, t, name, item, &scope).await;
@@ -746,7 +765,7 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
                 if suite.fail_fast && matches!(case.outcome, Outcome::Fail | Outcome::Error) {
                     stopped = Some(case.name.clone());
                 }
-                out.cases.push(case);
+                sink(case);
             }
         }
     }
@@ -762,7 +781,7 @@ pub async fn run_suite(suite: &Suite, opts: &RunOptions) -> testbed_report::Suit
         c.message = Some(f.message);
         c.output = f.output;
         echo_case(opts, &c);
-        out.cases.push(c);
+        sink(c);
     }
     out.duration_ms = started.elapsed().as_millis() as u64;
     out

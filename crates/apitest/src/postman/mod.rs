@@ -32,10 +32,12 @@ pub mod vars;
 pub use collection::{load, Collection};
 pub use data::{load_data, DataFormat};
 pub use jar::{cookie_jar_json, load_cookie_jar, JarCookie};
-pub use newman::{ascii, newman_json, newman_scope, newman_stats, newman_summary};
+pub use newman::{
+    ascii, newman_json, newman_scope, newman_stats, newman_summary, NewmanJson, Transcript,
+};
 pub use run::{
-    run, AssertionResult, ConsoleLine, Count, Execution, Failure, PostmanRun, ResponseInfo,
-    RunOptions, Stats,
+    run, run_observed, AssertionResult, ConsoleLine, Count, Execution, Failure, Observer,
+    PostmanRun, ResponseInfo, RunOptions, Stats, Timings,
 };
 pub use vars::{load_environment, Vars};
 

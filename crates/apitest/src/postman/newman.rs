@@ -2,6 +2,8 @@
 //! tests as they ran, the summary table, and the numbered failures.
 
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufWriter, Write as _};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -11,40 +13,82 @@ use super::collection::Listen;
 use super::run::{Count, Execution, PostmanRun, Stats};
 use super::vars::Vars;
 
-/// The run as newman's CLI reporter prints it.
+/// The run as newman's CLI reporter prints it: [`Transcript`]'s head, each
+/// request, and its tail, in one string.
 pub fn newman_summary(run: &PostmanRun) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "newman\n\n{}", run.report.name);
-    let mut folder: Option<String> = None;
-    let mut iteration = None;
+    let iterations = run
+        .report
+        .properties
+        .get("iterations")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(run.stats.iterations.executed);
+    let mut s = Transcript::head(&run.report.name);
+    s.push('\n');
+    let mut t = Transcript::new(iterations);
     for ex in &run.executions {
-        if run.stats.iterations.executed > 1 && iteration != Some(ex.iteration) {
-            iteration = Some(ex.iteration);
-            let _ = write!(
-                s,
-                "\nIteration {}/{}\n",
-                ex.iteration + 1,
-                run.stats.iterations.executed
-            );
-            folder = None;
+        s.push_str(&t.request(ex));
+    }
+    s.push_str(&Transcript::tail(run));
+    s
+}
+
+/// newman's CLI reporter as a run goes, a piece at a time: [`Self::head`]
+/// before the first request, [`Self::request`] as each ends, [`Self::tail`]
+/// (the table and the failures) at the end. Printed one after the other,
+/// each with a newline added (as `println!` does) but for a request's, whose
+/// own last newline stands for it, they are [`newman_summary`].
+pub struct Transcript {
+    /// The iterations the run is to make (`Iteration 2/5`, as newman counts).
+    iterations: usize,
+    folder: Option<String>,
+    iteration: Option<usize>,
+}
+
+impl Transcript {
+    pub fn new(iterations: usize) -> Self {
+        Transcript {
+            iterations,
+            folder: None,
+            iteration: None,
+        }
+    }
+
+    /// What comes before the first request (without its last newline).
+    pub fn head(collection: &str) -> String {
+        format!("newman\n\n{collection}")
+    }
+
+    /// One request as it ran, after the iteration's and the folder's heading
+    /// when it starts one; ends with a newline.
+    pub fn request(&mut self, ex: &Execution) -> String {
+        let mut s = String::new();
+        if self.iterations > 1 && self.iteration != Some(ex.iteration) {
+            self.iteration = Some(ex.iteration);
+            let _ = write!(s, "\nIteration {}/{}\n", ex.iteration + 1, self.iterations);
+            self.folder = None;
         }
         let path = ex.folders.join(" / ");
-        if !path.is_empty() && folder.as_deref() != Some(path.as_str()) {
+        if !path.is_empty() && self.folder.as_deref() != Some(path.as_str()) {
             let _ = write!(s, "\n❏ {path}");
         }
-        folder = Some(path);
+        self.folder = Some(path);
         request(&mut s, ex);
+        s
     }
-    s.push('\n');
-    table(&mut s, run);
-    failures(&mut s, run);
-    if !run.unsupported.is_empty() {
-        let _ = writeln!(s, "\nunsupported (each is counted as an error):");
-        for u in &run.unsupported {
-            let _ = writeln!(s, "  - {u}");
+
+    /// The summary table, the numbered failures and what was unsupported.
+    pub fn tail(run: &PostmanRun) -> String {
+        let mut s = String::from("\n");
+        table(&mut s, run);
+        failures(&mut s, run);
+        if !run.unsupported.is_empty() {
+            let _ = writeln!(s, "\nunsupported (each is counted as an error):");
+            for u in &run.unsupported {
+                let _ = writeln!(s, "  - {u}");
+            }
         }
+        s
     }
-    s
 }
 
 fn request(s: &mut String, ex: &Execution) {
@@ -117,26 +161,18 @@ fn table(s: &mut String, run: &PostmanRun) {
         ("prerequest-scripts", st.prerequest_scripts),
         ("assertions", st.assertions),
     ];
-    let times = response_times_ms(run);
-    let received: usize = run
-        .executions
-        .iter()
-        .filter_map(|e| e.response.as_ref())
-        .map(|r| r.size)
-        .sum();
+    let t = &run.timings;
     let mut notes = vec![
         format!("total run duration: {}", human(run.duration)),
-        format!("total data received: {} (approx)", bytes(received)),
+        format!("total data received: {} (approx)", bytes(t.received)),
     ];
-    if !times.is_empty() {
-        let n = times.len() as f64;
-        let mean = times.iter().sum::<f64>() / n;
-        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = times.iter().copied().fold(0.0, f64::max);
-        let sd = (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / n).sqrt();
+    if t.count > 0 {
         notes.push(format!(
             "average response time: {:.0}ms [min: {:.0}ms, max: {:.0}ms, s.d.: {:.0}ms]",
-            mean, min, max, sd
+            t.mean_ms(),
+            t.min_ms,
+            t.max_ms,
+            t.sd_ms()
         ));
     }
     let inner = notes
@@ -262,22 +298,80 @@ pub fn newman_scope(vars: &Vars, scope: &str, default_name: &str) -> Value {
 /// The run as newman's JSON reporter (`-r json`) writes it: `collection`,
 /// `environment`, `globals` and `run` with `stats`, `timings`,
 /// `executions` and `failures` (each with its `source`, the request it came
-/// from, and its `error`).
+/// from, and its `error`). [`NewmanJson`] writes the same document as a run
+/// goes.
 pub fn newman_json(run: &PostmanRun) -> Value {
-    // Which request each numbered failure belongs to.
-    let mut sources: Vec<Option<&Execution>> = vec![None; run.failures.len()];
+    let mut sources = Vec::new();
     for ex in &run.executions {
-        for a in &ex.assertions {
-            if let Some(slot) = a.failure.and_then(|n| sources.get_mut(n.wrapping_sub(1))) {
-                *slot = Some(ex);
-            }
-        }
+        note_sources(&mut sources, ex);
     }
+    let executions: Vec<Value> = run.executions.iter().map(execution_json).collect();
+    document(run, &sources, Value::Array(executions))
+}
+
+/// Which request a numbered failure came from: its name, its folders and
+/// its iteration.
+#[derive(Debug, Clone)]
+struct Source {
+    name: String,
+    folders: String,
+    iteration: usize,
+}
+
+/// Notes the request of each failure among `ex`'s assertions, at the
+/// failure's number (1-based) less one.
+fn note_sources(sources: &mut Vec<Option<Source>>, ex: &Execution) {
+    for a in &ex.assertions {
+        let Some(i) = a.failure.and_then(|n| n.checked_sub(1)) else {
+            continue;
+        };
+        if sources.len() <= i {
+            sources.resize(i + 1, None);
+        }
+        sources[i] = Some(Source {
+            name: ex.name.clone(),
+            folders: ex.folders.join(" / "),
+            iteration: ex.iteration,
+        });
+    }
+}
+
+/// One entry of `run.executions`.
+fn execution_json(ex: &Execution) -> Value {
+    let mut e = json!({
+        "cursor": {"iteration": ex.iteration},
+        "item": {"name": ex.name},
+        "request": {"method": ex.method, "url": ex.url},
+        "assertions": ex.assertions.iter().map(|a| {
+            let mut v = json!({"assertion": a.name, "skipped": a.outcome == Outcome::Skip});
+            if a.outcome.is_failure() {
+                v["error"] = json!({"message": a.message});
+            }
+            v
+        }).collect::<Vec<_>>(),
+    });
+    if let Some(r) = &ex.response {
+        e["response"] = json!({
+            "code": r.code,
+            "status": r.reason,
+            "responseTime": u64::try_from(r.time.as_millis()).unwrap_or(u64::MAX),
+            "responseSize": r.size,
+        });
+    }
+    if let Some(err) = &ex.error {
+        e["requestError"] = json!({"message": err});
+    }
+    e
+}
+
+/// The reporter's document, with `executions` as given.
+fn document(run: &PostmanRun, sources: &[Option<Source>], executions: Value) -> Value {
     let failures: Vec<Value> = run
         .failures
         .iter()
-        .zip(&sources)
-        .map(|(f, ex)| {
+        .enumerate()
+        .map(|(i, f)| {
+            let ex = sources.get(i).and_then(Option::as_ref);
             let message = if f.message.is_empty() {
                 &f.title
             } else {
@@ -289,7 +383,7 @@ pub fn newman_json(run: &PostmanRun) -> Value {
             }
             let source = ex.map_or(f.inside.as_str(), |ex| ex.name.as_str());
             let parent = ex
-                .map(|ex| ex.folders.join(" / "))
+                .map(|ex| ex.folders.clone())
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| run.report.name.clone());
             json!({
@@ -301,40 +395,7 @@ pub fn newman_json(run: &PostmanRun) -> Value {
             })
         })
         .collect();
-    let executions: Vec<Value> = run
-        .executions
-        .iter()
-        .map(|ex| {
-            let mut e = json!({
-                "cursor": {"iteration": ex.iteration},
-                "item": {"name": ex.name},
-                "request": {"method": ex.method, "url": ex.url},
-                "assertions": ex.assertions.iter().map(|a| {
-                    let mut v = json!({"assertion": a.name, "skipped": a.outcome == Outcome::Skip});
-                    if a.outcome.is_failure() {
-                        v["error"] = json!({"message": a.message});
-                    }
-                    v
-                }).collect::<Vec<_>>(),
-            });
-            if let Some(r) = &ex.response {
-                e["response"] = json!({
-                    "code": r.code,
-                    "status": r.reason,
-                    "responseTime": u64::try_from(r.time.as_millis()).unwrap_or(u64::MAX),
-                    "responseSize": r.size,
-                });
-            }
-            if let Some(err) = &ex.error {
-                e["requestError"] = json!({"message": err});
-            }
-            e
-        })
-        .collect();
-    let times = response_times_ms(run);
-    let n = times.len().max(1) as f64;
-    let mean = times.iter().sum::<f64>() / n;
-    let sd = (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let t = &run.timings;
     let ms = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
     json!({
         "collection": {"info": {"name": run.report.name}},
@@ -343,19 +404,103 @@ pub fn newman_json(run: &PostmanRun) -> Value {
         "run": {
             "stats": newman_stats(&run.stats),
             "timings": {
-                "responseAverage": mean,
-                "responseMin": if times.is_empty() { 0.0 } else { times.iter().copied().fold(f64::INFINITY, f64::min) },
-                "responseMax": times.iter().copied().fold(0.0, f64::max),
-                "responseSd": sd,
+                "responseAverage": t.mean_ms(),
+                "responseMin": if t.count == 0 { 0.0 } else { t.min_ms },
+                "responseMax": t.max_ms,
+                "responseSd": t.sd_ms(),
                 "started": ms(run.report.started_at),
                 "completed": ms(run.report.finished_at),
             },
             "executions": executions,
-            "transfers": {"responseTotal": run.executions.iter().filter_map(|e| e.response.as_ref()).map(|r| r.size).sum::<usize>()},
+            "transfers": {"responseTotal": t.received},
             "failures": failures,
             "error": Value::Null,
         },
     })
+}
+
+/// Stands in for `run.executions` in the document until the entries
+/// written so far take its place.
+const EXECUTIONS_MARK: &str = "\u{0}testbed: executions\u{0}";
+
+/// The indentation of an entry of `run.executions` in the pretty-printed
+/// document (two spaces a level: the document, `run`, the array).
+const ENTRY_INDENT: &str = "      ";
+
+/// newman's JSON reporter as a run goes: each request's entry of
+/// `run.executions` is written to a file (an unlinked temporary one) as it
+/// ends, and [`NewmanJson::finish`] writes the document around them, the
+/// same text as `serde_json::to_string_pretty(&newman_json(run))` — without
+/// holding a value per request.
+pub struct NewmanJson {
+    out: BufWriter<File>,
+    entries: usize,
+    sources: Vec<Option<Source>>,
+    /// The first write that failed: requests end where no error can go.
+    error: Option<io::Error>,
+}
+
+impl NewmanJson {
+    /// Entries go to `spool`, an empty file open for reading and writing.
+    pub fn new(spool: File) -> Self {
+        NewmanJson {
+            out: BufWriter::with_capacity(256 * 1024, spool),
+            entries: 0,
+            sources: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Adds a request's entry.
+    pub fn request(&mut self, ex: &Execution) {
+        note_sources(&mut self.sources, ex);
+        if self.error.is_some() {
+            return;
+        }
+        let written = serde_json::to_string_pretty(&execution_json(ex))
+            .map_err(io::Error::other)
+            .and_then(|text| {
+                if self.entries > 0 {
+                    self.out.write_all(b",\n")?;
+                }
+                for (i, line) in text.lines().enumerate() {
+                    if i > 0 {
+                        self.out.write_all(b"\n")?;
+                    }
+                    self.out.write_all(ENTRY_INDENT.as_bytes())?;
+                    self.out.write_all(line.as_bytes())?;
+                }
+                Ok(())
+            });
+        match written {
+            Ok(()) => self.entries += 1,
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// Writes the document of `run` (the run these requests were of) to `w`.
+    pub fn finish(self, run: &PostmanRun, w: &mut dyn io::Write) -> io::Result<()> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let mut spool = self.out.into_inner().map_err(|e| e.into_error())?;
+        let doc = document(run, &self.sources, json!(EXECUTIONS_MARK));
+        let text = serde_json::to_string_pretty(&doc).map_err(io::Error::other)?;
+        let mark = serde_json::to_string(EXECUTIONS_MARK).map_err(io::Error::other)?;
+        let (before, after) = text
+            .split_once(&mark)
+            .ok_or_else(|| io::Error::other("the executions' place is not in the document"))?;
+        w.write_all(before.as_bytes())?;
+        if self.entries == 0 {
+            w.write_all(b"[]")?;
+        } else {
+            w.write_all(b"[\n")?;
+            io::Seek::rewind(&mut spool)?;
+            io::copy(&mut spool, w)?;
+            w.write_all(format!("\n{}]", &ENTRY_INDENT[2..]).as_bytes())?;
+        }
+        w.write_all(after.as_bytes())
+    }
 }
 
 /// `text` with newman's `--disable-unicode` symbols: plain ASCII for the
@@ -403,18 +548,141 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// The response times of a run's requests that got an answer, in ms.
-fn response_times_ms(run: &PostmanRun) -> Vec<f64> {
-    run.executions
-        .iter()
-        .filter_map(|e| e.response.as_ref())
-        .map(|r| r.time.as_secs_f64() * 1000.0)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::postman::run::{AssertionResult, Failure, ResponseInfo, Timings};
+    use crate::postman::Vars;
+
+    fn execution(i: usize, name: &str, folders: &[&str], failure: Option<usize>) -> Execution {
+        let response = (i % 3 != 2).then(|| ResponseInfo {
+            code: 200,
+            reason: "OK".into(),
+            size: 100 + i,
+            time: Duration::from_millis(3 + i as u64),
+        });
+        Execution {
+            iteration: i,
+            name: name.into(),
+            folders: folders.iter().map(|f| f.to_string()).collect(),
+            method: "GET".into(),
+            url: format!("http://127.0.0.1/get?i={i}&q=\"x\""),
+            error: response
+                .is_none()
+                .then(|| "connect refused\nsecond line".to_string()),
+            response,
+            skipped: false,
+            assertions: vec![
+                AssertionResult {
+                    name: "status is 200".into(),
+                    outcome: Outcome::Pass,
+                    message: None,
+                    failure: None,
+                },
+                AssertionResult {
+                    name: "a \"quoted\" test".into(),
+                    outcome: if failure.is_some() {
+                        Outcome::Fail
+                    } else {
+                        Outcome::Skip
+                    },
+                    message: failure.map(|_| "expected 1 to be 2".to_string()),
+                    failure,
+                },
+            ],
+            console: Vec::new(),
+            started_at: chrono::Utc::now(),
+            duration: Duration::from_millis(5),
+        }
+    }
+
+    /// Everything but the ids and times newman_scope makes up on each call.
+    fn steady(text: &str) -> String {
+        text.lines()
+            .filter(|l| !l.contains("\"id\":") && !l.contains("_postman_exported_at"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The JSON reporter written as the run goes is the document
+    /// `newman_json` gives, to the byte: with no request, and with several,
+    /// failures among them.
+    #[test]
+    fn the_streamed_json_reporter_writes_newman_json() {
+        for n in [0, 1, 5] {
+            let executions: Vec<Execution> = (0..n)
+                .map(|i| {
+                    let folders: &[&str] = if i % 2 == 0 { &[] } else { &["F", "G"] };
+                    execution(i, &format!("req {i}"), folders, (i == 3).then_some(2))
+                })
+                .collect();
+            let mut timings = Timings::default();
+            for r in executions.iter().filter_map(|e| e.response.as_ref()) {
+                timings.add(r);
+            }
+            let failure = |kind: &str| Failure {
+                kind: kind.into(),
+                title: "a \"quoted\" test".into(),
+                message: "expected 1 to be 2".into(),
+                at: "assertion:1 in test-script".into(),
+                inside: "F / G / req 3".into(),
+            };
+            let mut report = testbed_report::Report::new("r", "coll", chrono::Utc::now());
+            report.started_at = Some(chrono::Utc::now());
+            report.finished_at = Some(chrono::Utc::now());
+            let mut run = PostmanRun {
+                report,
+                stats: Stats::default(),
+                failures: vec![failure("SelectionError"), failure("AssertionError")],
+                unsupported: Vec::new(),
+                console: Vec::new(),
+                executions: Vec::new(),
+                timings,
+                duration: Duration::from_millis(40),
+                environment: Vars::new(),
+                globals: Vars::new(),
+                collection_variables: Vars::new(),
+                cookies: Vec::new(),
+            };
+            let mut streamed = NewmanJson::new(tempfile::tempfile().unwrap());
+            for ex in &executions {
+                streamed.request(ex);
+            }
+            let mut text = Vec::new();
+            streamed.finish(&run, &mut text).unwrap();
+            run.executions = executions;
+            let whole = serde_json::to_string_pretty(&newman_json(&run)).unwrap();
+            assert_eq!(
+                steady(&String::from_utf8(text).unwrap()),
+                steady(&whole),
+                "{n} requests"
+            );
+        }
+    }
+
+    /// The running sums give what the list of times gave.
+    #[test]
+    fn timings_are_the_list_s() {
+        let times = [3.0, 250.0, 7.5, 7.5, 1200.25, 0.5];
+        let mut t = Timings::default();
+        for ms in times {
+            t.add(&ResponseInfo {
+                code: 200,
+                reason: "OK".into(),
+                size: 10,
+                time: Duration::from_secs_f64(ms / 1000.0),
+            });
+        }
+        let n = times.len() as f64;
+        let mean = times.iter().sum::<f64>() / n;
+        let sd = (times.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!((t.mean_ms() - mean).abs() < 1e-9, "{} {mean}", t.mean_ms());
+        assert!((t.sd_ms() - sd).abs() < 1e-9, "{} {sd}", t.sd_ms());
+        assert!((t.min_ms - 0.5).abs() < 1e-9 && (t.max_ms - 1200.25).abs() < 1e-9);
+        assert_eq!(t.received, 60);
+        assert_eq!(Timings::default().mean_ms(), 0.0);
+    }
 
     #[test]
     fn sizes_and_durations() {

@@ -62,6 +62,14 @@ pub struct RunOptions {
     pub working_dir: Option<PathBuf>,
 }
 
+impl RunOptions {
+    /// How many iterations the run is to make: `iterations`, or one per row
+    /// of `data`, or one.
+    pub fn planned_iterations(&self) -> usize {
+        self.iterations.unwrap_or(self.data.len()).max(1)
+    }
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
@@ -165,18 +173,102 @@ pub struct Execution {
     pub duration: Duration,
 }
 
+/// The response times of a run's answered requests and the bytes they
+/// brought, as newman's summary table and JSON reporter give them: kept as
+/// running sums, not a time per request, so that a run of a million
+/// requests costs what a run of one does.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Requests that got an answer.
+    pub count: u64,
+    /// Their response times in ms, summed in the order they came.
+    pub sum_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    /// The sum of squared differences from the mean (Welford's), for the
+    /// standard deviation without keeping every time.
+    m2: f64,
+    /// Bytes of every answer's body.
+    pub received: usize,
+}
+
+impl Timings {
+    pub fn add(&mut self, r: &ResponseInfo) {
+        let t = r.time.as_secs_f64() * 1000.0;
+        self.count += 1;
+        let before = if self.count == 1 {
+            t
+        } else {
+            self.sum_ms / (self.count - 1) as f64
+        };
+        self.sum_ms += t;
+        let mean = self.sum_ms / self.count as f64;
+        self.m2 += (t - before) * (t - mean);
+        if self.count == 1 || t < self.min_ms {
+            self.min_ms = t;
+        }
+        self.max_ms = self.max_ms.max(t);
+        self.received += r.size;
+    }
+
+    /// The mean response time; 0 without any.
+    pub fn mean_ms(&self) -> f64 {
+        self.sum_ms / self.count.max(1) as f64
+    }
+
+    /// The population standard deviation, as newman gives it; 0 without any.
+    pub fn sd_ms(&self) -> f64 {
+        (self.m2.max(0.0) / self.count.max(1) as f64).sqrt()
+    }
+}
+
+/// Where a run's cases and requests go as each ends ([`run_observed`]), so
+/// that a caller may write them out rather than hold them.
+pub trait Observer: Send {
+    /// A case of the report's suite number `suite` (suites are numbered as
+    /// the run first meets them; [`PostmanRun::report`] lists them, without
+    /// their cases, in that order).
+    fn case(&mut self, suite: usize, case: Case);
+    /// A request ended (after its cases).
+    fn execution(&mut self, execution: Execution);
+}
+
+/// Keeps everything: [`run`]'s observer.
+#[derive(Default)]
+struct Collect {
+    cases: Vec<Vec<Case>>,
+    executions: Vec<Execution>,
+}
+
+impl Observer for Collect {
+    fn case(&mut self, suite: usize, case: Case) {
+        if self.cases.len() <= suite {
+            self.cases.resize_with(suite + 1, Vec::new);
+        }
+        self.cases[suite].push(case);
+    }
+    fn execution(&mut self, execution: Execution) {
+        self.executions.push(execution);
+    }
+}
+
 /// Everything a run produced.
 #[derive(Debug, Clone)]
 pub struct PostmanRun {
+    /// The report; from [`run_observed`], its suites without their cases
+    /// (the observer had them).
     pub report: Report,
     pub stats: Stats,
     pub failures: Vec<Failure>,
     /// Each use of something this engine does not implement, e.g.
     /// `request 'Login': auth type 'oauth2'`. Each also failed a test.
     pub unsupported: Vec<String>,
-    /// `console.*` output, each line prefixed with the request's name.
+    /// `console.*` output, each line prefixed with the request's name (from
+    /// [`run`]; the observer of [`run_observed`] has each request's own).
     pub console: Vec<String>,
+    /// Every request as it ran (from [`run`]; empty from [`run_observed`]).
     pub executions: Vec<Execution>,
+    pub timings: Timings,
     pub duration: Duration,
     /// The scopes as the scripts left them (newman's `--export-*`).
     pub environment: Vars,
@@ -196,6 +288,32 @@ impl PostmanRun {
 /// Runs `collection`. Never fails as a whole: what goes wrong ends up in the
 /// report as errors.
 pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
+    let mut all = Collect::default();
+    let mut run = run_observed(collection, options, &mut all).await;
+    for (suite, cases) in run.report.suites.iter_mut().zip(all.cases) {
+        suite.cases = cases;
+    }
+    run.console = all
+        .executions
+        .iter()
+        .flat_map(|ex| {
+            ex.console
+                .iter()
+                .map(move |l| format!("{}: {}", ex.name, l.text))
+        })
+        .collect();
+    run.executions = all.executions;
+    run
+}
+
+/// [`run`], handing each case and each request to `observer` as it ends
+/// instead of keeping them: the run then holds its counts, its failures and
+/// its variables, whatever the number of requests.
+pub async fn run_observed(
+    collection: &Collection,
+    options: RunOptions,
+    observer: &mut dyn Observer,
+) -> PostmanRun {
     let started_at = Utc::now();
     let t0 = Instant::now();
     let mut scopes = Scopes {
@@ -220,7 +338,7 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
     if let Some(env) = &options.environment.name {
         report.properties.insert("environment".into(), env.clone());
     }
-    let iterations = options.iterations.unwrap_or(options.data.len()).max(1);
+    let iterations = options.planned_iterations();
     report
         .properties
         .insert("iterations".into(), iterations.to_string());
@@ -250,9 +368,9 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
         stats: Stats::default(),
         failures: Vec::new(),
         unsupported: Vec::new(),
-        console: Vec::new(),
-        executions: Vec::new(),
+        timings: Timings::default(),
         suites: Vec::new(),
+        observer,
     };
 
     let mut iterations = iterations;
@@ -343,8 +461,9 @@ pub async fn run(collection: &Collection, options: RunOptions) -> PostmanRun {
         stats: runner.stats,
         failures: runner.failures,
         unsupported: runner.unsupported,
-        console: runner.console,
-        executions: runner.executions,
+        console: Vec::new(),
+        executions: Vec::new(),
+        timings: runner.timings,
         duration: t0.elapsed(),
         environment: runner.scopes.environment,
         globals: runner.scopes.globals,
@@ -378,7 +497,7 @@ fn flatten<'c>(items: &'c [Item], parents: &mut Vec<&'c Folder>, out: &mut Vec<E
     }
 }
 
-struct Runner<'c> {
+struct Runner<'c, 'o> {
     collection: &'c Collection,
     collection_name: String,
     options: RunOptions,
@@ -389,9 +508,10 @@ struct Runner<'c> {
     stats: Stats,
     failures: Vec<Failure>,
     unsupported: Vec<String>,
-    console: Vec<String>,
-    executions: Vec<Execution>,
+    timings: Timings,
+    /// The suites met so far, without their cases: those go to `observer`.
     suites: Vec<Suite>,
+    observer: &'o mut dyn Observer,
 }
 
 /// What one request left for the loop.
@@ -435,7 +555,7 @@ fn case(name: String, outcome: Outcome, message: Option<String>) -> Case {
     c
 }
 
-impl<'c> Runner<'c> {
+impl<'c> Runner<'c, '_> {
     fn suite(&mut self, e: &Entry<'c>) -> usize {
         let name = if e.folders.is_empty() {
             self.collection_name.clone()
@@ -488,11 +608,10 @@ impl<'c> Runner<'c> {
             inside: self.collection_name.clone(),
         });
         let s = self.top_suite();
-        self.suites[s].cases.push(case(
-            format!("folder '{wanted}'"),
-            Outcome::Error,
-            Some(message),
-        ));
+        self.observer.case(
+            s,
+            case(format!("folder '{wanted}'"), Outcome::Error, Some(message)),
+        );
     }
 
     /// The run's time limit ran out while `e` was running.
@@ -509,11 +628,14 @@ impl<'c> Runner<'c> {
             inside: request_name(e.item),
         });
         let s = self.suite(e);
-        self.suites[s].cases.push(case(
-            format!("{} › run time limit", request_name(e.item)),
-            Outcome::Error,
-            Some(message),
-        ));
+        self.observer.case(
+            s,
+            case(
+                format!("{} › run time limit", request_name(e.item)),
+                Outcome::Error,
+                Some(message),
+            ),
+        );
     }
 
     fn loop_error(&mut self, e: &Entry<'c>, iteration: usize, iterations: usize) {
@@ -528,11 +650,15 @@ impl<'c> Runner<'c> {
             inside: request_name(e.item),
         });
         let s = self.suite(e);
-        self.suites[s].cases.push(case(
-            format!("{} › setNextRequest", request_name(e.item)) + &suffix(iteration, iterations),
-            Outcome::Error,
-            Some(message),
-        ));
+        self.observer.case(
+            s,
+            case(
+                format!("{} › setNextRequest", request_name(e.item))
+                    + &suffix(iteration, iterations),
+                Outcome::Error,
+                Some(message),
+            ),
+        );
     }
 
     fn auth(&self, e: &Entry<'c>) -> Option<&'c Auth> {
@@ -739,6 +865,9 @@ impl<'c> Runner<'c> {
             s.started_at = Some(started_at);
         }
         s.duration_ms += u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        if let Some(r) = &cur.record.response {
+            self.timings.add(r);
+        }
         for mut c in cur.cases {
             c.duration_ms = case_ms;
             c.started_at = Some(started_at);
@@ -747,9 +876,9 @@ impl<'c> Runner<'c> {
                 c.properties
                     .insert("iteration".into(), (iteration + 1).to_string());
             }
-            s.cases.push(c);
+            self.observer.case(suite, c);
         }
-        self.executions.push(cur.record);
+        self.observer.execution(cur.record);
         EntryOutcome {
             failed,
             next: cur.next,
@@ -888,7 +1017,6 @@ impl<'c> Runner<'c> {
             cur.next = Some(out.next.name);
         }
         for line in out.console {
-            self.console.push(format!("{}: {line}", cur.name));
             cur.record.console.push(ConsoleLine {
                 phase: listen,
                 text: line,

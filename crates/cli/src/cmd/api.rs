@@ -336,19 +336,31 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
+    // Cases and newman's JSON reporter's requests go to unlinked temporary
+    // files as they end, and the reports are written from there: a run of
+    // many iterations holds a few bytes a case, not the run.
+    let spool = tempfile::tempfile().context("creating a temporary file for the cases")?;
+    let newman_json = if reporters.contains(&"json") {
+        Some(postman::NewmanJson::new(tempfile::tempfile().context(
+            "creating a temporary file for the json reporter",
+        )?))
+    } else {
+        None
+    };
     let ran = tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map(|rt| rt.block_on(files::run_detailed(&loaded, &opts)))
+            .map(|rt| rt.block_on(files::run_streamed(&loaded, &opts, spool, newman_json)))
     })
     .await
     .context("the test runner stopped")?
-    .context("starting the test runner")?;
+    .context("starting the test runner")?
+    .context("writing the run's cases to a temporary file")?;
     if let Some(c) = ran.collections.first() {
-        write_newman_outputs(&a.newman, &reporters, c, &ran.report)?;
+        write_newman_outputs(&a.newman, &reporters, c, &ran.report, ran.newman_json)?;
     }
-    let code = a.reports.conclude(&ran.report)?;
+    let code = a.reports.conclude_view(&ran.report)?;
     Ok(if a.newman.suppress_exit_code {
         ExitCode::SUCCESS
     } else {
@@ -387,10 +399,15 @@ fn report_path(given: Option<&PathBuf>, ext: &str) -> PathBuf {
     }
 }
 
-fn write_file(path: &std::path::Path, body: &str) -> anyhow::Result<()> {
+fn create_parent(path: &std::path::Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+fn write_file(path: &std::path::Path, body: &str) -> anyhow::Result<()> {
+    create_parent(path)?;
     std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -398,11 +415,15 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
 
+/// Newman's file outputs of the run of `c`: its exports, the JSON reporter's
+/// document (`json`, which has every request) and the JUnit reporter's
+/// report (the run's `report`), each written as it is rendered.
 fn write_newman_outputs(
     n: &NewmanArgs,
     reporters: &[&str],
     c: &files::CollectionRun,
-    report: &testbed_report::Report,
+    report: &testbed_apitest::spool::SpooledReport,
+    json: Option<postman::NewmanJson>,
 ) -> anyhow::Result<()> {
     let run = &c.run;
     if let Some(p) = &n.export_environment {
@@ -432,13 +453,18 @@ fn write_newman_outputs(
             .collect();
         write_file(p, &pretty(&doc))?;
     }
-    if reporters.contains(&"json") {
+    if let Some(json) = json {
         let p = report_path(n.reporter_json_export.as_ref(), "json");
-        write_file(&p, &pretty(&postman::newman_json(run)))?;
+        let ctx = || format!("writing {}", p.display());
+        create_parent(&p)?;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&p).with_context(ctx)?);
+        json.finish(run, &mut w).with_context(ctx)?;
+        std::io::Write::flush(&mut w).with_context(ctx)?;
     }
     if reporters.contains(&"junit") {
         let p = report_path(n.reporter_junit_export.as_ref(), "xml");
-        write_file(&p, &testbed_report::to_junit(report)?)?;
+        create_parent(&p)?;
+        super::tck::write_report_file(&p, testbed_report::Format::Junit, report)?;
     }
     Ok(())
 }

@@ -75,6 +75,24 @@ impl ReportFiles {
         Ok(())
     }
 
+    /// [`Self::conclude`] for any [`testbed_report::View`]: the files are
+    /// written and the summary printed as they are rendered.
+    pub fn conclude_view(
+        &self,
+        report: &impl testbed_report::View,
+    ) -> anyhow::Result<std::process::ExitCode> {
+        self.write_view(report)?;
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        testbed_report::write_summary(report, &mut out).context("writing the summary")?;
+        std::io::Write::flush(&mut out).context("writing the summary")?;
+        Ok(if testbed_report::view::summary(report).ok {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::from(1)
+        })
+    }
+
     /// Writes every requested format of `report`.
     pub fn write(&self, report: &testbed_report::Report) -> anyhow::Result<()> {
         // Through a temporary file and a rename, so a CI job that reads the
