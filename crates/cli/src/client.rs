@@ -349,6 +349,24 @@ impl Client {
         decode_bytes(&format!("GET {path}"), &resp.bytes().await?)
     }
 
+    /// GETs the paged list at `path` for an `ls` command: with `json` its
+    /// `results` are printed as they came, as the `--json` array
+    /// (docs/cli.md), and the answer is `None`; otherwise the page is
+    /// decoded as `P` for the table.
+    pub async fn list_page<P: DeserializeOwned>(
+        &self,
+        path: &str,
+        json: bool,
+    ) -> anyhow::Result<Option<P>> {
+        let mut page: serde_json::Value = self.get(path).await?;
+        if json {
+            let rows = page["results"].as_array().cloned().unwrap_or_default();
+            crate::output::print_json_list(&rows)?;
+            return Ok(None);
+        }
+        decode(&format!("GET {path}"), page.take()).map(Some)
+    }
+
     pub async fn get_text(&self, path: &str) -> anyhow::Result<(String, Option<String>)> {
         let resp = self.send(self.http.get(self.url(path))).await?;
         let status = resp

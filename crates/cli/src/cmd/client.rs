@@ -377,13 +377,9 @@ pub async fn tasks(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
             if let Some(a) = agent {
                 path.push_str(&format!("&agent={}", query_value(&a)));
             }
-            let mut page: Value = c.get(&path).await?;
-            if json {
-                let rows = page["results"].as_array().cloned().unwrap_or_default();
-                output::print_json_list(&rows)?;
+            let Some(page) = c.list_page::<TaskPage>(&path, json).await? else {
                 return Ok(ExitCode::SUCCESS);
-            }
-            let page: TaskPage = client::decode(&format!("GET {path}"), page.take())?;
+            };
             let mut table =
                 output::table(["ID", "PLUGIN.METHOD", "AGENT", "STATUS", "EXIT", "CREATED"]);
             for TaskView { task: t, .. } in &page.results {

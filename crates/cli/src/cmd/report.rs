@@ -6,14 +6,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 
-use serde_json::Value;
 use std::io::Write;
 use testbed_report::Format;
 
 use testbed_api::page::Page;
 use testbed_api::reports::ReportRecord;
 
-use crate::client::{self, Client, IdKind};
+use crate::client::{Client, IdKind};
 use crate::output;
 
 #[derive(Subcommand, Debug)]
@@ -67,13 +66,9 @@ pub async fn report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
         ReportCmd::Ls { limit, json } => {
             let c = Client::from_env()?;
             let path = format!("/api/reports?page_size={limit}");
-            let mut page: Value = c.get(&path).await?;
-            if json {
-                let rows = page["results"].as_array().cloned().unwrap_or_default();
-                output::print_json_list(&rows)?;
+            let Some(page) = c.list_page::<Page<ReportRecord>>(&path, json).await? else {
                 return Ok(ExitCode::SUCCESS);
-            }
-            let page: Page<ReportRecord> = client::decode(&format!("GET {path}"), page.take())?;
+            };
             let mut t = output::table([
                 "ID", "NAME", "RESULT", "TOTAL", "PASSED", "FAILED", "ERRORS", "SKIPPED", "CREATED",
             ]);

@@ -64,13 +64,9 @@ pub async fn runs(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
             if let Some(s) = status {
                 path.push_str(&format!("&status={}", query_value(&s)));
             }
-            let mut page: Value = c.get(&path).await?;
-            if json {
-                let rows = page["results"].as_array().cloned().unwrap_or_default();
-                output::print_json_list(&rows)?;
+            let Some(page) = c.list_page::<Page<RunSummary>>(&path, json).await? else {
                 return Ok(ExitCode::SUCCESS);
-            }
-            let page: Page<RunSummary> = client::decode(&format!("GET {path}"), page.take())?;
+            };
             let mut t = output::table(["ID", "PLAN", "STATUS", "BY", "CREATED", "REPORT"]);
             for r in &page.results {
                 t.add_row([
