@@ -107,32 +107,93 @@ struct Changes {
     steps: BTreeSet<String>,
     run: bool,
     /// Tasks the changed steps start (their first attempts and retries),
-    /// written with the step records that name them.
-    tasks: Vec<Task>,
+    /// written with the step records that name them, each with what its
+    /// placement relied on ([`Fleet::guard`]).
+    tasks: Vec<(Task, Vec<(String, Compare)>)>,
 }
 
-/// The agents and reservations, read when a step needs placing (at most
-/// once per reconcile).
+/// The agents and reservations, taken when a step needs placing (at most
+/// once per reconcile): from this replica's fleet view
+/// ([`crate::placement::FleetView`], kept by a watch: no store read), or,
+/// when `fresh` (a redo after a write the store refused) or while the view
+/// does not follow the store, read from the store.
 #[derive(Default)]
 struct Fleet {
-    view: Option<(Vec<AgentView>, BTreeSet<Uuid>)>,
+    fresh: bool,
+    view: Option<Placing>,
+}
+
+/// The agents, those reserved by other runs, and the reservations as the
+/// view had them (`None` when read from the store: nothing to guard then,
+/// as before the view).
+#[derive(Default)]
+struct Placing {
+    agents: Vec<AgentView>,
+    excluded: BTreeSet<Uuid>,
+    locks: Option<BTreeMap<String, Uuid>>,
 }
 
 impl Fleet {
-    async fn get(
-        &mut self,
-        state: &AppState,
-        run: Uuid,
-    ) -> Result<&(Vec<AgentView>, BTreeSet<Uuid>), RecordError> {
+    fn new(fresh: bool) -> Fleet {
+        Fleet { fresh, view: None }
+    }
+
+    async fn get(&mut self, state: &AppState, run: Uuid) -> Result<&Placing, RecordError> {
+        if self.view.is_none() && !self.fresh {
+            if let Some((agents, locks)) = state
+                .sessions
+                .fleet
+                .with(|f| (f.agents.clone(), f.locks.clone()))
+            {
+                let excluded = targets::reserved_elsewhere(&agents, &locks, Some(run));
+                self.view = Some(Placing {
+                    agents,
+                    excluded,
+                    locks: Some(locks),
+                });
+            }
+        }
         if self.view.is_none() {
             // Sent together: on etcd each read is a round trip of its own.
             let (agents, locks) =
                 tokio::try_join!(dispatch::agents(&state.store), targets::locks(&state.store))?;
             let excluded = targets::reserved_elsewhere(&agents, &locks, Some(run));
-            self.view = Some((agents, excluded));
+            self.view = Some(Placing {
+                agents,
+                excluded,
+                locks: None,
+            });
         }
         // Filled just above.
         Ok(self.view.get_or_insert_with(Default::default))
+    }
+}
+
+impl Placing {
+    /// What placing work on `agent` for run `run` relied on, when decided
+    /// on the view (which may be behind the store by the watch's delay):
+    /// the agent is live and registered as seen, and each of its groups is
+    /// unreserved — or reserved by this run, which only this engine
+    /// releases. The transaction writing the task checks these; if one
+    /// fails nothing is written and the reconcile is done again on a fresh
+    /// read of the store.
+    fn guard(&self, agent: &AgentView, run: Uuid) -> Vec<(String, Compare)> {
+        let Some(locks) = &self.locks else {
+            return Vec::new();
+        };
+        let mut out = vec![(keys::agent_alive(&agent.record.uuid), Compare::Present)];
+        if agent.revision > 0 {
+            out.push((
+                keys::agent(&agent.record.uuid),
+                Compare::ModRevision(agent.revision),
+            ));
+        }
+        for g in &agent.record.profile.groups {
+            if locks.get(g) != Some(&run) {
+                out.push((keys::group_lock(g), Compare::Absent));
+            }
+        }
+        out
     }
 }
 
@@ -259,7 +320,8 @@ async fn reconcile_run(
         // What is held in memory is changed in place; on any failure it is
         // dropped, so the next attempt starts again from the store.
         let outcome = async {
-            step_forward(state, c, lease, known, only, &mut ch).await?;
+            // A redo places on a fresh read of the store, not on the view.
+            step_forward(state, c, lease, known, only, &mut ch, attempt > 0).await?;
             if ch.steps.is_empty() && !ch.run {
                 return Ok(true);
             }
@@ -300,8 +362,8 @@ async fn reconcile_run(
 /// have been written. Should some have been (an earlier transaction of a
 /// write that then failed), the assignment watch counts them again, or
 /// the next re-list of `/assign/` does.
-fn forget_load(state: &AppState, tasks: &[Task]) {
-    for t in tasks {
+fn forget_load(state: &AppState, tasks: &[(Task, Vec<(String, Compare)>)]) {
+    for (t, _) in tasks {
         state.sessions.load.released(t.agent_uuid, t.id);
     }
 }
@@ -321,35 +383,54 @@ async fn write_changes(
     ch: &Changes,
     merge: bool,
 ) -> Result<bool, RecordError> {
+    // Each step's tasks with their guards, as one unit of the step's
+    // transaction.
     let mut along: HashMap<String, run_store::Along> = HashMap::new();
-    let mut per_step: HashMap<&str, usize> = HashMap::new();
-    for t in &ch.tasks {
-        if let Some(r) = &t.run {
-            *per_step.entry(r.step.as_str()).or_default() += 1;
-        }
-    }
-    let mut merged: Vec<&Task> = Vec::new();
-    for t in &ch.tasks {
-        let step = t.run.as_ref().map(|r| r.step.as_str());
-        // The step's record, and per task its put and its assignment's,
-        // within one transaction's operations.
-        let fits = step.is_some_and(|s| 2 * per_step[s] < run_store::TXN_OPS);
-        match step {
-            Some(s) if merge && fits && ch.steps.contains(s) => {
+    let mut apart: Vec<&Task> = Vec::new();
+    for (t, guard) in &ch.tasks {
+        match t.run.as_ref().map(|r| r.step.as_str()) {
+            Some(s) if merge && ch.steps.contains(s) => {
                 let (key, ops) = create_ops(t)?;
                 let a = along.entry(s.to_string()).or_default();
                 a.compares.push((key, Compare::Absent));
+                for g in guard {
+                    if !a.compares.contains(g) {
+                        a.compares.push(g.clone());
+                    }
+                }
                 a.ops.extend(ops);
-                merged.push(t);
             }
-            _ => dispatch::create(state, t).await?,
+            _ => apart.push(t),
         }
+    }
+    // A step with more than one transaction holds (a fan-out to many
+    // agents) has its tasks created apart, first.
+    let too_big: Vec<String> = along
+        .iter()
+        .filter(|(_, a)| {
+            a.ops.len() >= run_store::TXN_OPS || a.compares.len() >= run_store::TXN_OPS
+        })
+        .map(|(s, _)| s.clone())
+        .collect();
+    for s in too_big {
+        along.remove(&s);
+        apart.extend(
+            ch.tasks
+                .iter()
+                .map(|(t, _)| t)
+                .filter(|t| t.run.as_ref().is_some_and(|r| r.step == s)),
+        );
+    }
+    for t in &apart {
+        dispatch::create(state, t).await?;
     }
     let steps: Vec<String> = ch.steps.iter().cloned().collect();
     let written = run_store::write(&state.store, &mut c.l, &steps, ch.run, along).await?;
     if written {
-        for t in merged {
-            trace::dispatched(t);
+        for (t, _) in &ch.tasks {
+            if !apart.iter().any(|a| a.id == t.id) {
+                trace::dispatched(t);
+            }
         }
     }
     Ok(written)
@@ -387,8 +468,9 @@ async fn step_forward(
     known: &WatchedTasks,
     only: Option<&BTreeSet<String>>,
     ch: &mut Changes,
+    fresh: bool,
 ) -> Result<(), RecordError> {
-    let mut fleet = Fleet::default();
+    let mut fleet = Fleet::new(fresh);
     {
         let run = &mut c.l.run;
         if run.status == RunStatus::Pending {
@@ -680,7 +762,7 @@ async fn start_step(
     c: &mut Cached,
     spec: &StepSpec,
     fleet: &mut Fleet,
-    tasks: &mut Vec<Task>,
+    tasks: &mut Vec<(Task, Vec<(String, Compare)>)>,
 ) -> Result<(), RecordError> {
     {
         let run = &c.l.run;
@@ -754,7 +836,8 @@ async fn start_step(
             }
         }
     }
-    let (agents, excluded) = fleet.get(state, run.id).await?;
+    let placing = fleet.get(state, run.id).await?;
+    let (agents, excluded) = (&placing.agents, &placing.excluded);
     let candidates = targets::eligible(agents, &r.selector, &r.plugin, &r.method, excluded);
     if candidates.is_empty() {
         let ready = *st.ready_at.get_or_insert_with(now);
@@ -819,9 +902,10 @@ async fn start_step(
             }
         }
         let tid = task_id(&run.id, &spec.id, i, 1);
-        tasks.push(queue_task(
+        let task = queue_task(
             state, run, &spec.id, i, 1, agent, &r.plugin, &r.method, params,
-        ));
+        );
+        tasks.push((task, placing.guard(agent, run.id)));
         st.instances.push(Instance {
             agent_uuid: agent.record.uuid,
             agent_name: agent.record.profile.name.clone(),
@@ -917,7 +1001,7 @@ async fn advance_step(
     spec: &StepSpec,
     fleet: &mut Fleet,
     known: &WatchedTasks,
-    tasks: &mut Vec<Task>,
+    tasks: &mut Vec<(Task, Vec<(String, Compare)>)>,
 ) -> Result<(), RecordError> {
     let Some(mut st) = c.l.run.steps.get(&spec.id).cloned() else {
         return Ok(());
@@ -990,7 +1074,8 @@ async fn advance_step(
                 };
                 if inst.attempt <= r.retries && !run.cancel_requested {
                     let lost = status == TaskStatus::Lost;
-                    let (agents, excluded) = fleet.get(state, run.id).await?;
+                    let placing = fleet.get(state, run.id).await?;
+                    let (agents, excluded) = (&placing.agents, &placing.excluded);
                     let agent = retry_agent(
                         &state.sessions.load,
                         agents,
@@ -1001,7 +1086,7 @@ async fn advance_step(
                     );
                     if let Some(agent) = agent {
                         let attempt = inst.attempt + 1;
-                        tasks.push(queue_task(
+                        let retry = queue_task(
                             state,
                             run,
                             &spec.id,
@@ -1011,7 +1096,8 @@ async fn advance_step(
                             &r.plugin,
                             &r.method,
                             task.parameters.clone(),
-                        ));
+                        );
+                        tasks.push((retry, placing.guard(agent, run.id)));
                         inst.previous.push(tid);
                         inst.task_id = Some(task_id(&run.id, &spec.id, idx, attempt));
                         inst.attempt = attempt;

@@ -791,3 +791,129 @@ async fn a_task_stored_before_its_step_record_is_adopted() {
     assert_eq!(run_tasks(&state.store, run.id).await.len(), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A real store whose watches of `/groups/` deliver nothing: a fleet view
+/// built over it never learns of a reservation made after its listing.
+struct DeafToGroups {
+    inner: DynStore,
+}
+
+#[async_trait]
+impl Store for DeafToGroups {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn range(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page> {
+        self.inner.range(prefix, after, limit).await
+    }
+    async fn txn(&self, compares: &[(String, Compare)], ops: Vec<TxnOp>) -> Result<Option<i64>> {
+        self.inner.txn(compares, ops).await
+    }
+    async fn revision(&self) -> Result<i64> {
+        self.inner.revision().await
+    }
+    async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream> {
+        if prefix == keys::GROUPS {
+            return Ok(Box::pin(futures_util::stream::pending()));
+        }
+        self.inner.watch(prefix, from_revision).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.inner.revoke_lease(lease).await
+    }
+    fn describe(&self) -> String {
+        "deaf to /groups/".into()
+    }
+}
+
+/// Steps are placed on this replica's fleet view (no store read), which
+/// may be behind the store: the task is written only if what the placement
+/// relied on still holds. Here the view never hears of a reservation of
+/// the only agent's group by another run; the step must wait for it to
+/// end all the same, then run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placed_on_a_view_behind_the_store_a_step_still_respects_a_reservation() {
+    use testbed_core::agent::AgentRecord;
+    use testbed_core::run::{GroupLock, StepStatus};
+    let dir = std::env::temp_dir().join(format!("testbed-engine-{}", Uuid::new_v4()));
+    let inner: DynStore = Arc::new(RedbStore::open(dir.join("s.redb")).unwrap());
+    let state = state_over(Arc::new(DeafToGroups { inner }), &dir);
+    let (agent, _) = add_agent(&state).await;
+    let (mut record, _) = crate::records::get::<AgentRecord>(&state.store, &keys::agent(&agent))
+        .await
+        .unwrap()
+        .unwrap();
+    record.profile.groups = vec!["lab".into()];
+    crate::records::put(&state.store, &keys::agent(&agent), &record, None)
+        .await
+        .unwrap();
+    let view = tokio::spawn(crate::placement::follow(state.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.sessions.fleet.with(|f| f.agents.len()) != Some(1) {
+        assert!(Instant::now() < deadline, "the fleet view never followed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Reserved by another run, after the view's listing.
+    let lock = GroupLock {
+        run_id: Uuid::new_v4(),
+        since: testbed_core::now(),
+    };
+    crate::records::put(&state.store, &keys::group_lock("lab"), &lock, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        state.sessions.fleet.with(|f| f.locks.len()),
+        Some(0),
+        "the view saw the reservation: this test shows nothing"
+    );
+
+    let run = create_plan_run(&state, CHAIN3).await;
+    let engine = Engine::start(&state).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (r, _) = load_run(&state, run.id).await;
+        let a = &r.steps["a"];
+        assert!(
+            a.instances.is_empty() && run_tasks(&state.store, run.id).await.is_empty(),
+            "a task was placed on a reserved agent: {a:?}"
+        );
+        if a.reason.as_deref().is_some_and(|w| w.contains("reserved")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "step a never said why it waits: {a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The reservation ends (the view still knows nothing of it): the run
+    // goes on, on that agent.
+    state.store.delete(&keys::group_lock("lab")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        complete_queued(&state).await;
+        if let Some(r) = ended(&state, run.id, deadline, "the run stuck").await {
+            break r;
+        }
+    };
+    engine.stop().await;
+    state.shutdown.cancel();
+    let _ = view.await;
+    assert_eq!(done.status, RunStatus::Passed, "{:?}", done.steps);
+    assert_eq!(done.steps["a"].status, StepStatus::Passed);
+    assert_eq!(done.steps["a"].instances[0].agent_uuid, agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
