@@ -6,11 +6,10 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use support::Harness;
+use support::{assert_methods, Harness};
 use tempfile::TempDir;
 use testbed_agent::plugin::{Plugin, PluginError, PluginOutput};
 use testbed_agent::plugins::build_server::BuildServer;
-use testbed_core::schema::check_schema;
 use testbed_core::task::TaskStatus;
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -68,11 +67,7 @@ async fn build(h: &Harness, params: Value) -> Result<PluginOutput, PluginError> 
 fn spec_offers_the_linux_methods_and_build() {
     let spec = BuildServer.spec();
     assert_eq!(spec.name, "build_server");
-    let names: Vec<_> = spec.methods.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["run_shell", "system_information", "build"]);
-    for m in &spec.methods {
-        check_schema(&m.schema).unwrap();
-    }
+    assert_methods(&spec, &["run_shell", "system_information", "build"]);
 }
 
 #[tokio::test]

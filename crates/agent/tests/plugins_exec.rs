@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
-use support::{write_script, Harness};
+use support::{assert_methods, write_script, Harness};
 use tempfile::TempDir;
 use testbed_agent::plugin::{DynPlugin, PluginError};
 use testbed_agent::plugins::exec::{load_dir, ExecPluginError};
-use testbed_core::schema::{check_schema, validate};
+use testbed_core::schema::validate;
 use testbed_core::task::TaskStatus;
 
 fn echo_example() -> PathBuf {
@@ -57,10 +57,8 @@ async fn the_example_describes_itself() {
     let plugin = load_one(dir.path()).await;
     let spec = plugin.spec();
     assert_eq!(spec.name, "echo");
-    let names: Vec<_> = spec.methods.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["echo", "fail"]);
+    assert_methods(&spec, &["echo", "fail"]);
     for m in &spec.methods {
-        check_schema(&m.schema).unwrap();
         assert!(!m.description.is_empty());
     }
     let schema = &spec.method("echo").unwrap().schema;

@@ -5,10 +5,10 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{read_pid, wait_gone, Harness};
+use support::{assert_methods, read_pid, wait_gone, Harness};
 use testbed_agent::plugin::{Plugin, PluginError, PluginOutput};
 use testbed_agent::plugins::linux_system::LinuxSystem;
-use testbed_core::schema::{check_schema, validate};
+use testbed_core::schema::validate;
 use testbed_core::task::TaskStatus;
 
 const SEED_DESCRIPTION: &str =
@@ -22,11 +22,7 @@ async fn run_shell(h: &Harness, params: Value) -> Result<PluginOutput, PluginErr
 fn spec_matches_seed_002() {
     let spec = LinuxSystem.spec();
     assert_eq!(spec.name, "linux_system");
-    let names: Vec<_> = spec.methods.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["run_shell", "system_information"]);
-    for m in &spec.methods {
-        check_schema(&m.schema).unwrap();
-    }
+    assert_methods(&spec, &["run_shell", "system_information"]);
     assert_eq!(
         spec.method("run_shell").unwrap().description,
         SEED_DESCRIPTION

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tempfile::TempDir;
-use testbed_agent::plugin::{ArtifactSink, ExecSettings, LogSink, PluginError, TaskContext};
+use testbed_agent::plugin::{
+    ArtifactSink, ExecSettings, LogSink, PluginError, PluginSpec, TaskContext,
+};
+use testbed_core::schema::check_schema;
 use testbed_core::task::Artifact;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
@@ -202,4 +205,14 @@ pub fn write_script(path: &Path, body: &str) {
         "writing {}",
         path.display()
     );
+}
+
+/// `spec` offers exactly the methods `names`, in that order, each with a
+/// valid JSON schema for its parameters.
+pub fn assert_methods(spec: &PluginSpec, names: &[&str]) {
+    let offered: Vec<_> = spec.methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(offered, names);
+    for m in &spec.methods {
+        check_schema(&m.schema).unwrap_or_else(|e| panic!("{}: {e}", m.name));
+    }
 }
