@@ -798,10 +798,10 @@ fn reset_peak(pid: u32) {
 /// `case 777`, which fails with "boom 777", on `p` (`testbed up` over `data`):
 /// a one-step plan's run, whose stored report
 /// (`DATA_DIR/blobs/reports/ID.json`, gzip-compressed JSON) is then replaced.
-/// A kit of that size run through the `tap` plugin would be the honest way in,
-/// but a task result still carries its report as one JSON value, which at
-/// this size is over the agent connection's message limit (issue 15: what is
-/// left). Returns the report's id.
+/// A kit of that size run through the `tap` plugin is the honest way in (see
+/// [`a_plan_step_with_a_kit_too_large_for_a_message_reports_every_case`]);
+/// writing the stored report directly is quicker for tests that only read
+/// it. Returns the report's id.
 async fn store_large_report(p: &crate::common::Platform, data: &Path, n: usize) -> String {
     let plan = "name: big\nsteps:\n  - id: hello\n    plugin: linux_system\n    method: run_shell\n    params: {command: echo, args: hi}\n";
     let run = p.start_run(plan, serde_json::json!({})).await;
@@ -1254,4 +1254,123 @@ async fn a_plan_step_with_a_kit_too_large_for_a_message_reports_every_case() {
          {} bytes of the report's JSON: it was held whole",
         json.len()
     );
+}
+
+/// An agent killed (SIGKILL) halfway through uploading a large report: the
+/// upload goes through a proxy that passes on the request's head and the
+/// first 32 KiB of its body, then holds the connection until the agent is
+/// dead and drops it, so the server sees a body cut short. The server keeps
+/// nothing under the report's name, the agent never sent a result, and the
+/// task is `lost` once the lease runs out: the step and the run fail and the
+/// run's report counts none of the kit's cases, never part of them as a pass.
+/// (Multi-threaded: the proxy runs while the test waits on the agent's output.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_upload_leaves_no_report_and_its_task_is_lost() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const N: usize = 250_000;
+    let dir = tempfile::tempdir().unwrap();
+    let p = crate::common::Platform::server_in(dir.path(), &["--lease-ttl", "3"]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = p
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let (cut_tx, mut cut_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (upstream, cut_tx, held) = (upstream.clone(), cut_tx.clone(), held.clone());
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                // The head of a connection's first request says what it is for.
+                let mut head = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let end = loop {
+                    let n = client.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let line = String::from_utf8_lossy(
+                    &head[..head.iter().position(|b| *b == b'\r').unwrap_or(0)],
+                )
+                .into_owned();
+                let report = line
+                    .strip_prefix("PUT /api/agent/tasks/")
+                    .and_then(|rest| rest.strip_suffix("/report HTTP/1.1"));
+                let Some(task) = report.map(str::to_string) else {
+                    let _ = server.write_all(&head).await;
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    return;
+                };
+                while head.len() < end + 32 * 1024 {
+                    let n = client.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                server
+                    .write_all(&head[..head.len().min(end + 32 * 1024)])
+                    .await
+                    .unwrap();
+                let _ = cut_tx.send(task);
+                held.notified().await;
+                // Dropping both ends: the server's request ends mid-body.
+            });
+        }
+    });
+    let mut agent = crate::common::agent(
+        &proxy,
+        "kit-1",
+        &dir.path().join("agent"),
+        &["--plugins", "linux_system,tap"],
+    );
+    agent.wait_line("connected to", Duration::from_secs(30));
+    let kit = dir.path().join("huge.pl");
+    std::fs::write(
+        &kit,
+        format!("#!/usr/bin/perl\nprint \"1..{N}\\n\"; print \"ok $_ - case $_\\n\" for 1..{N};\n"),
+    )
+    .unwrap();
+    let plan = format!(
+        "name: huge\nsteps:\n  - id: kit\n    plugin: tap\n    method: run\n    params: {{path: \"{}\"}}\n",
+        kit.display()
+    );
+    let run = p.start_run(&plan, serde_json::json!({})).await;
+    let task = tokio::time::timeout(Duration::from_secs(120), cut_rx.recv())
+        .await
+        .expect("the agent uploads its report")
+        .expect("the proxy's report");
+    agent.kill9();
+    release.notify_one();
+
+    let t = p.wait_status(&task, "lost", Duration::from_secs(60)).await;
+    assert!(t["result"].is_null(), "{t}");
+    let blob = dir
+        .path()
+        .join("blobs/tasks")
+        .join(&task)
+        .join("report.json.gz");
+    let run = p.wait_run(&run, Duration::from_secs(60)).await;
+    assert_ne!(run["status"], "passed", "{run}");
+    assert!(
+        !blob.exists(),
+        "a report cut short is kept at {}",
+        blob.display()
+    );
+    let id = run["report_id"].as_str().expect("report id");
+    let (status, json) = p.get_text(&format!("/api/reports/{id}?format=json")).await;
+    assert_eq!(status, 200);
+    let report = testbed_report::read_compact(json.as_bytes()).unwrap();
+    let s = report.summary();
+    assert_eq!((s.total, s.passed), (1, 0), "{s:?}");
+    assert!(!s.ok);
 }
