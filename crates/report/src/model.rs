@@ -188,28 +188,12 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Counted as the views count (`crate::view`), so a report in memory and
+    /// one read back compact give the same figures.
     fn of<'a>(cases: impl IntoIterator<Item = &'a Case>, duration_ms: u64) -> Summary {
-        let mut s = Summary {
-            total: 0,
-            passed: 0,
-            failed: 0,
-            errors: 0,
-            skipped: 0,
-            xfailed: 0,
-            xpassed: 0,
-            duration_ms,
-            ok: true,
-        };
+        let mut s = crate::view::empty_summary(duration_ms);
         for case in cases {
-            s.total += 1;
-            match case.outcome {
-                Outcome::Pass => s.passed += 1,
-                Outcome::Fail => s.failed += 1,
-                Outcome::Error => s.errors += 1,
-                Outcome::Skip => s.skipped += 1,
-                Outcome::Xfail => s.xfailed += 1,
-                Outcome::Xpass => s.xpassed += 1,
-            }
+            crate::view::add(&mut s, case.outcome);
         }
         s.ok = s.failed == 0 && s.errors == 0;
         s
