@@ -547,3 +547,67 @@ async fn an_execution_outlives_the_replica_that_started_it() {
         .len();
     assert!(windows < 45, "stopped well short of the hold: {windows} s");
 }
+
+/// A group reserved by a run (its lock taken by whichever replica leads the
+/// controller) takes no one-off work through either replica: each
+/// replica's fleet view follows the reservation through the store, and a
+/// view that has not seen it yet is caught by the guard of the transaction
+/// that writes the task. Tasks submitted while it lasts wait, held, and run
+/// once it ends.
+#[tokio::test]
+async fn a_reservation_holds_one_off_tasks_on_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_etcd, a, b) = two_replicas(dir.path()).await;
+    let _agent = agent(&a.url, "lab-agent", &dir.path().join("agent"), &[]);
+    a.wait_agents(1).await;
+    b.wait_agents(1).await;
+    let (s, g) = b.post("/api/groups", json!({"name": "lab"})).await;
+    assert_eq!(s, 201, "{g}");
+    let (s, g) = b
+        .call(
+            reqwest::Method::PUT,
+            "/api/groups/lab/agents/lab-agent",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{g}");
+    // Before the reservation, either replica places work on the agent.
+    for p in [&a, &b] {
+        let t = p
+            .run(
+                "linux_system",
+                "lab-agent",
+                "run_shell",
+                json!({"command": "true"}),
+            )
+            .await;
+        let t = p.wait_task(&t, Duration::from_secs(20)).await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+    }
+    let owner = "name: owner\nreserve: lab\nsteps:\n  - id: hold\n    plugin: linux_system\n    method: run_shell\n    target: {group: lab}\n    params: {command: sleep, args: \"4\"}\n";
+    let run = b.start_run(owner, json!({})).await;
+    b.wait_step(&run, "hold", "running").await;
+    let mut held = Vec::new();
+    for p in [&a, &b] {
+        let (s, t) = p
+            .post("/v2.1/testcases", json!({"plugin": "linux_system", "host": "lab-agent", "method": "run_shell", "parameters": {"command": "echo", "args": "after"}}))
+            .await;
+        assert_eq!(s, 201, "{t}");
+        let id = t["task_id"].as_str().unwrap().to_string();
+        let t = p.task(&id).await;
+        assert_eq!(t["status"], "queued", "{t}");
+        let reason = t["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("group `lab` is reserved by run") && reason.contains(run.as_str()),
+            "{t}"
+        );
+        held.push((p, id));
+    }
+    let done = b.wait_run(&run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "passed", "{done}");
+    for (p, id) in held {
+        let t = p.wait_task(&id, Duration::from_secs(20)).await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+        assert_eq!(p.log(&id).await, "after\n");
+    }
+}

@@ -731,6 +731,10 @@ pub async fn load_agents(
 }
 
 #[cfg(test)]
+#[path = "placement_tests.rs"]
+mod view_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use testbed_core::agent::AgentProfile;
