@@ -1592,21 +1592,7 @@ async fn session_cookie_is_secure_over_https() {
         .status()
         .expect("openssl (scripts/test installs it)");
     assert!(status.success());
-    let port = free_port();
-    let mut cmd = Command::new(bin());
-    cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--store")
-        .arg(format!("redb:{}", d.join("s.redb").display()))
-        .arg("--blobs")
-        .arg(d.join("blobs"))
-        .arg("--tls-cert")
-        .arg(d.join("cert.pem"))
-        .arg("--tls-key")
-        .arg(d.join("key.pem"))
-        .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
-    let proc = Proc::spawn("tls server", cmd);
-    proc.wait_line("Testbed is listening on ", Duration::from_secs(60));
+    let (_server, _, port) = tls_server_proc(d, &d.join("cert.pem"), &d.join("key.pem"), &[]);
     let url = format!("https://127.0.0.1:{port}");
     // The test's own throwaway certificate.
     let http = reqwest::Client::builder()

@@ -178,22 +178,8 @@ async fn tls_server(
     ca: &Path,
     extra: &[&str],
 ) -> (Platform, u16, String) {
-    let port = free_port();
-    let mut cmd = Command::new(bin());
-    cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--store")
-        .arg(format!("redb:{}", dir.join("s.redb").display()))
-        .arg("--blobs")
-        .arg(dir.join("blobs"))
-        .arg("--tls-cert")
-        .arg(cert)
-        .arg("--tls-key")
-        .arg(key)
-        .args(extra)
-        .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
-    let proc = Proc::spawn("tls server", cmd);
-    let url = last_word(&proc.wait_line("Testbed is listening on ", Duration::from_secs(60)));
+    let (proc, listening, port) = tls_server_proc(dir, cert, key, extra);
+    let url = last_word(&listening);
     assert_eq!(url, format!("https://127.0.0.1:{port}"));
     let fingerprint = last_word(&proc.wait_line(
         "TLS certificate SHA-256 fingerprint: ",

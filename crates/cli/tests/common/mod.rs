@@ -347,6 +347,29 @@ pub async fn post_as(
     .await
 }
 
+/// `testbed server` over HTTPS with `cert` and `key` on a fresh port, its
+/// store and blobs in `dir`, with the tests' admin password and join token:
+/// the process, once it printed its "listening" line, that line, and the port.
+pub fn tls_server_proc(dir: &Path, cert: &Path, key: &Path, extra: &[&str]) -> (Proc, String, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(bin());
+    cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--store")
+        .arg(format!("redb:{}", dir.join("s.redb").display()))
+        .arg("--blobs")
+        .arg(dir.join("blobs"))
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .args(extra)
+        .env("TESTBED_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("TESTBED_JOIN_TOKEN", JOIN_TOKEN);
+    let proc = Proc::spawn("tls server", cmd);
+    let listening = proc.wait_line("Testbed is listening on ", Duration::from_secs(60));
+    (proc, listening, port)
+}
+
 /// A separate `testbed agent` process.
 pub fn agent(url: &str, name: &str, state: &Path, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(bin());
