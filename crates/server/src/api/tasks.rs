@@ -7,7 +7,6 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use testbed_core::keys;
@@ -213,22 +212,39 @@ pub async fn upload_artifact(
         return Err(ApiError::forbidden("this task belongs to another agent"));
     }
     let limit = state.settings.max_artifact;
+    // Written to the blob store in parts as it arrives (as task reports
+    // are): the server holds a few parts, not the artifact, and an upload
+    // cut short keeps nothing.
+    let mut writer = state
+        .blobs
+        .writer(&keys::artifact_blob(&id, &name))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut stream = body.into_data_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(ApiError::new(
+    let mut size: u64 = 0;
+    let failed = loop {
+        let chunk = match stream.next().await {
+            None => break None,
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => break Some(ApiError::bad_request(format!("reading upload: {e}"))),
+        };
+        size += chunk.len() as u64;
+        if size > limit as u64 {
+            break Some(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("artifact larger than {limit} bytes"),
             ));
         }
-        buf.extend_from_slice(&chunk);
+        if let Err(e) = writer.write(chunk).await {
+            break Some(ApiError::internal(e.to_string()));
+        }
+    };
+    if let Some(e) = failed {
+        writer.abort().await;
+        return Err(e);
     }
-    let size = buf.len() as u64;
-    state
-        .blobs
-        .put(&keys::artifact_blob(&id, &name), Bytes::from(buf))
+    writer
+        .finish()
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let artifact = Artifact {
