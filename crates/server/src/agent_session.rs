@@ -7,6 +7,7 @@
 //! revoke the lease, which gives the agent one TTL to reconnect (to any
 //! replica) without its tasks being declared lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -70,7 +71,10 @@ pub async fn upgrade(
         .max_message_size(testbed_core::protocol::MAX_MESSAGE_BYTES)
         // tungstenite's defaults (128 KiB each way) would cost a quarter of
         // a megabyte per agent; agent messages are small and sent at once.
-        .read_buffer_size(8 * 1024)
+        // The read buffer is what an idle session keeps (a larger message
+        // grows it for its own length), so it is sized for a heartbeat: at
+        // 8 KiB it was a fifth of what the server held per agent.
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             if let Err(e) = serve(state, socket, joiner).await {
@@ -97,91 +101,46 @@ impl From<ApiError> for SessionError {
     }
 }
 
+/// What a session keeps once the agent is registered. The hello and the
+/// agent record are not kept: with a fleet of thousands of agents, every
+/// byte a session holds is multiplied by the fleet.
+struct Opened {
+    uuid: Uuid,
+    name: String,
+    lease: LeaseId,
+    alive_key: String,
+    liveness: AgentLiveness,
+    session: u64,
+}
+
 async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(), SessionError> {
     let (mut sink, mut stream) = socket.split();
-    let hello = match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
-        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<AgentMessage>(&text) {
-            Ok(AgentMessage::Hello(h)) => h,
-            Ok(_) => return refuse(&mut sink, "the first message must be hello").await,
-            Err(e) => return refuse(&mut sink, &format!("unreadable hello: {e}")).await,
-        },
-        _ => return Err(SessionError::Protocol("no hello within 10 s".into())),
-    };
-    if hello.protocol != PROTOCOL_VERSION {
-        return refuse(
-            &mut sink,
-            &format!(
-                "protocol {} not supported (server speaks {PROTOCOL_VERSION})",
-                hello.protocol
-            ),
-        )
-        .await;
-    }
-    for p in &hello.profile.plugins {
-        for m in &p.methods {
-            if let Err(e) = testbed_core::schema::check_schema(&m.schema) {
-                return refuse(
-                    &mut sink,
-                    &format!("{}.{}: invalid schema: {e}", p.name, m.name),
-                )
-                .await;
-            }
-        }
-    }
-    let uuid = match (&joiner, hello.uuid) {
-        (Joiner::Agent(id), _) => *id,
-        (Joiner::Token, Some(id)) => id,
-        (Joiner::Token, None) => Uuid::new_v4(),
-    };
-
-    let record = register(&state, uuid, &hello).await?;
-    let lease = state.store.grant_lease(state.settings.lease_ttl).await?;
-    let alive_key = keys::agent_alive(&uuid);
-    let mut liveness = AgentLiveness {
-        kind: AgentLiveness::KIND.into(),
-        v: 1,
-        replica: state.replica.clone(),
-        connected_at: testbed_core::now(),
-        heartbeat_at: testbed_core::now(),
-        running: hello.running.len() as u32,
-        metrics: Default::default(),
-    };
-    records::put(&state.store, &alive_key, &liveness, Some(lease)).await?;
-
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
-    let session = state.sessions.attach(uuid, tx.clone());
-    let credential = state.auth.issue_agent(&uuid, CREDENTIAL_TTL)?;
-    let ttl = state.settings.lease_ttl.as_secs().max(1);
-    let welcome = ServerMessage::Welcome {
-        uuid,
-        id: record.id,
-        credential,
-        lease_ttl_secs: ttl,
-        heartbeat_secs: (ttl / 3).max(1),
+    // Boxed, like every store call below: the session's task holds its
+    // future for as long as the agent stays, and an inline future is as
+    // large as the largest one it awaits.
+    let Some(opened) = Box::pin(open(&state, &mut sink, &mut stream, joiner, &tx)).await? else {
+        return Ok(());
     };
-    send(&mut sink, &welcome).await?;
-    tracing::info!(agent = %record.profile.name, %uuid, id = record.id, "agent connected");
-
-    reconcile(&state, uuid, &hello, &tx).await?;
+    let Opened {
+        uuid,
+        name,
+        mut lease,
+        alive_key,
+        mut liveness,
+        session,
+    } = opened;
+    let ttl = state.settings.lease_ttl.as_secs().max(1);
 
     // The socket is read by a task of its own, so the agent's pings are
     // answered while this loop waits on the store: a slow commit (a busy
     // disk's fsync) must not look like a silent server, or the agent's fence
     // kills its tasks after half the lease. The inbox is bounded, so an agent
     // that outruns the store is held back by TCP, not by our memory.
-    let (inbox_tx, mut inbox) = mpsc::channel::<Incoming>(INBOX);
-    let reader = tokio::spawn(async move {
-        loop {
-            let incoming = stream.next().await;
-            let last = !matches!(incoming, Some(Ok(_)));
-            if inbox_tx.send(incoming).await.is_err() || last {
-                break;
-            }
-        }
-    });
+    let inbox = Arc::new(Inbox::new());
+    let reader = tokio::spawn(read_socket(stream, inbox.clone()));
     let _reader = AbortOnDrop(reader);
 
-    let mut lease = lease;
     // A message read ahead while gathering results (see below), handled
     // next.
     let mut carried: Option<Incoming> = None;
@@ -203,7 +162,7 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
                     }
                     continue;
                 }
-                incoming = inbox.recv() => incoming.flatten(),
+                incoming = inbox.recv() => incoming,
             },
         };
         match incoming {
@@ -227,7 +186,8 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
                             liveness.running = running;
                             liveness.metrics = metrics;
                             let (kept, wrote) =
-                                keep_alive(&state, lease, &alive_key, &liveness, write).await?;
+                                Box::pin(keep_alive(&state, lease, &alive_key, &liveness, write))
+                                    .await?;
                             lease = kept;
                             if wrote {
                                 written_at = Some(now);
@@ -238,21 +198,20 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
                         }
                         Ok(other) => {
                             // In order: what came before it is settled first.
-                            settle(&state, uuid, &mut results, &tx).await?;
-                            handle(&state, uuid, other, &tx).await?;
+                            Box::pin(settle(&state, uuid, &mut results, &tx)).await?;
+                            Box::pin(handle(&state, uuid, other, &tx)).await?;
                         }
                         Err(e) => tracing::warn!(%uuid, "unreadable agent message: {e}"),
                     }
                     if results.len() < dispatch::SETTLE_BATCH {
                         match inbox.try_recv() {
-                            Ok(Some(Ok(Message::Text(text)))) => next = Some(text),
-                            Ok(other) => carried = Some(other),
-                            Err(mpsc::error::TryRecvError::Disconnected) => carried = Some(None),
-                            Err(mpsc::error::TryRecvError::Empty) => {}
+                            Some(Some(Ok(Message::Text(text)))) => next = Some(text),
+                            Some(other) => carried = Some(other),
+                            None => {}
                         }
                     }
                 }
-                settle(&state, uuid, &mut results, &tx).await?;
+                Box::pin(settle(&state, uuid, &mut results, &tx)).await?;
             }
             Some(Ok(Message::Close(_))) => break End::Closed,
             Some(Ok(_)) => {}
@@ -261,30 +220,202 @@ async fn serve(state: AppState, socket: WebSocket, joiner: Joiner) -> Result<(),
     };
     state.sessions.detach(uuid, session);
     match end {
-        // The agent said goodbye: it is gone now, not one TTL from now.
         // The agent said goodbye. With nothing outstanding it is gone now,
         // not one TTL from now. With tasks outstanding the lease is kept: the
         // agent stops them as it exits, and a task is declared lost (and a
         // step may retry it elsewhere) only once the lease has run out, so a
         // retry never overlaps a task still being stopped.
-        End::Closed => match dispatch::outstanding(&state, &uuid).await {
+        End::Closed => match Box::pin(dispatch::outstanding(&state, &uuid)).await {
             Ok(0) => {
-                let _ = state.store.revoke_lease(lease).await;
-                tracing::info!(agent = %record.profile.name, "agent disconnected");
+                let _ = Box::pin(state.store.revoke_lease(lease)).await;
+                tracing::info!(agent = %name, "agent disconnected");
             }
             Ok(n) => tracing::info!(
-                agent = %record.profile.name,
+                agent = %name,
                 "agent disconnected with {n} task(s) outstanding; they are lost in {ttl} s unless it reconnects"
             ),
             Err(e) => {
-                tracing::warn!(agent = %record.profile.name, "agent disconnected; counting its tasks: {e}")
+                tracing::warn!(agent = %name, "agent disconnected; counting its tasks: {e}")
             }
         },
         End::Dropped | End::Shutdown | End::Replaced => {
-            tracing::info!(agent = %record.profile.name, "agent connection lost; lease runs out in {ttl} s unless it reconnects");
+            tracing::info!(agent = %name, "agent connection lost; lease runs out in {ttl} s unless it reconnects");
         }
     }
     Ok(())
+}
+
+/// The opening of a session: the agent's hello, its registration, its
+/// lease and liveness record, the welcome, and the resending of what it
+/// should be running. `None` when the agent was refused (and told why).
+async fn open<S>(
+    state: &AppState,
+    sink: &mut S,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    joiner: Joiner,
+    tx: &mpsc::UnboundedSender<ServerMessage>,
+) -> Result<Option<Opened>, SessionError>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let hello = match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<AgentMessage>(&text) {
+            Ok(AgentMessage::Hello(h)) => h,
+            Ok(_) => return refuse(sink, "the first message must be hello").await,
+            Err(e) => return refuse(sink, &format!("unreadable hello: {e}")).await,
+        },
+        _ => return Err(SessionError::Protocol("no hello within 10 s".into())),
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        return refuse(
+            sink,
+            &format!(
+                "protocol {} not supported (server speaks {PROTOCOL_VERSION})",
+                hello.protocol
+            ),
+        )
+        .await;
+    }
+    for p in &hello.profile.plugins {
+        for m in &p.methods {
+            if let Err(e) = testbed_core::schema::check_schema(&m.schema) {
+                return refuse(sink, &format!("{}.{}: invalid schema: {e}", p.name, m.name)).await;
+            }
+        }
+    }
+    let uuid = match (&joiner, hello.uuid) {
+        (Joiner::Agent(id), _) => *id,
+        (Joiner::Token, Some(id)) => id,
+        (Joiner::Token, None) => Uuid::new_v4(),
+    };
+
+    let record = register(state, uuid, &hello).await?;
+    let lease = state.store.grant_lease(state.settings.lease_ttl).await?;
+    let alive_key = keys::agent_alive(&uuid);
+    let liveness = AgentLiveness {
+        kind: AgentLiveness::KIND.into(),
+        v: 1,
+        replica: state.replica.clone(),
+        connected_at: testbed_core::now(),
+        heartbeat_at: testbed_core::now(),
+        running: hello.running.len() as u32,
+        metrics: Default::default(),
+    };
+    records::put(&state.store, &alive_key, &liveness, Some(lease)).await?;
+
+    let session = state.sessions.attach(uuid, tx.clone());
+    let credential = state.auth.issue_agent(&uuid, CREDENTIAL_TTL)?;
+    let ttl = state.settings.lease_ttl.as_secs().max(1);
+    let welcome = ServerMessage::Welcome {
+        uuid,
+        id: record.id,
+        credential,
+        lease_ttl_secs: ttl,
+        heartbeat_secs: (ttl / 3).max(1),
+    };
+    if let Err(e) = send(sink, &welcome).await {
+        state.sessions.detach(uuid, session);
+        return Err(e);
+    }
+    tracing::info!(agent = %record.profile.name, %uuid, id = record.id, "agent connected");
+
+    if let Err(e) = reconcile(state, uuid, &hello, tx).await {
+        state.sessions.detach(uuid, session);
+        return Err(e);
+    }
+    Ok(Some(Opened {
+        uuid,
+        name: record.profile.name,
+        lease,
+        alive_key,
+        liveness,
+        session,
+    }))
+}
+
+/// Reads the socket into the inbox until it ends; the end (`None` or an
+/// error) is the last thing queued.
+async fn read_socket(mut stream: futures_util::stream::SplitStream<WebSocket>, inbox: Arc<Inbox>) {
+    // However this task ends (aborted with its session, or a panic), the
+    // session sees the end of the socket rather than waiting forever.
+    struct Ended(Arc<Inbox>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.push(None);
+        }
+    }
+    let ended = Ended(inbox);
+    loop {
+        let incoming = stream.next().await;
+        let last = !matches!(incoming, Some(Ok(_)));
+        match ended.0.room.acquire().await {
+            Ok(permit) => permit.forget(),
+            // Never closed; ends the reading if it were.
+            Err(_) => break,
+        }
+        ended.0.push(incoming);
+        if last {
+            break;
+        }
+    }
+}
+
+/// Messages read from an agent's socket and not yet handled, at most
+/// [`INBOX`]. A queue that costs nothing while empty: a tokio channel
+/// allocates a block of 32 slots up front, which a fleet of idle agents
+/// pays once per agent.
+struct Inbox {
+    queue: std::sync::Mutex<std::collections::VecDeque<Incoming>>,
+    /// Wakes the session when something was queued.
+    ready: tokio::sync::Notify,
+    /// Free places: the reader waits for one before queueing.
+    room: tokio::sync::Semaphore,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Inbox {
+            queue: Default::default(),
+            ready: tokio::sync::Notify::new(),
+            room: tokio::sync::Semaphore::new(INBOX),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Incoming>> {
+        // A single push or pop per critical section: nothing half-done.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, incoming: Incoming) {
+        self.lock().push_back(incoming);
+        // One waiter at most (the session); a wake-up with nobody waiting
+        // is kept for its next `recv`.
+        self.ready.notify_one();
+    }
+
+    /// The next message if one is queued.
+    fn try_recv(&self) -> Option<Incoming> {
+        let mut queue = self.lock();
+        let incoming = queue.pop_front()?;
+        if queue.is_empty() && queue.capacity() > 16 {
+            // A burst is over: give its room back.
+            queue.shrink_to_fit();
+        }
+        drop(queue);
+        self.room.add_permits(1);
+        Some(incoming)
+    }
+
+    /// The next message, waiting for one. Cancel-safe: nothing is taken
+    /// from the queue until it returns.
+    async fn recv(&self) -> Incoming {
+        loop {
+            if let Some(incoming) = self.try_recv() {
+                return incoming;
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// Settles the results gathered so far and acks them (even unknown ones,
@@ -330,7 +461,7 @@ enum End {
     Replaced,
 }
 
-async fn refuse<S>(sink: &mut S, message: &str) -> Result<(), SessionError>
+async fn refuse<S, T>(sink: &mut S, message: &str) -> Result<T, SessionError>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
@@ -411,7 +542,12 @@ async fn register(
         {
             return Ok(r);
         }
-        let id = records::next_counter(&state.store, &keys::counter("agent_id")).await?;
+        // Through the replica's coalescing counter: a fleet registering at
+        // once would otherwise contend on this one key.
+        let id = state
+            .counters
+            .next(&state.store, &keys::counter("agent_id"))
+            .await?;
         let mut record = AgentRecord {
             kind: AgentRecord::KIND.into(),
             v: 1,

@@ -204,6 +204,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         perf: Default::default(),
         loops: Default::default(),
         metrics,
+        counters: Default::default(),
     }));
 
     let app = api::router(state.clone());

@@ -2,6 +2,8 @@
 //! compare-and-swap update loop every writer uses so concurrent replicas
 //! never overwrite each other's changes.
 
+use std::collections::HashMap;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use testbed_store::{Compare, DynStore, KeyValue, LeaseId, StoreError, TxnOp};
@@ -213,6 +215,12 @@ pub async fn count(store: &DynStore, prefix: &str) -> Result<usize> {
 
 /// Atomically increments the counter at `key`, returning the new value.
 pub async fn next_counter(store: &DynStore, key: &str) -> Result<u64> {
+    add_to_counter(store, key, 1).await
+}
+
+/// Atomically adds `n` to the counter at `key`, returning the new value (so
+/// the numbers `new - n + 1 ..= new` are the caller's).
+async fn add_to_counter(store: &DynStore, key: &str, n: u64) -> Result<u64> {
     for _ in 0..64 {
         let (current, compare) = match store.get(key).await? {
             Some(kv) => (
@@ -224,7 +232,7 @@ pub async fn next_counter(store: &DynStore, key: &str) -> Result<u64> {
             ),
             None => (0, Compare::Absent),
         };
-        let next = current + 1;
+        let next = current + n;
         if store
             .txn_put(key, compare, next.to_string().into_bytes(), None)
             .await?
@@ -236,4 +244,166 @@ pub async fn next_counter(store: &DynStore, key: &str) -> Result<u64> {
     Err(RecordError::Contended {
         key: key.to_string(),
     })
+}
+
+/// Numbers from store counters, for callers that may ask for many at once
+/// (a fleet of agents registering). Each caller doing its own
+/// read-and-compare-and-swap makes all but one of them fail per commit and
+/// retry, so that under a few hundred concurrent registrations most gave up
+/// after their 64 tries and the agents backed off and reconnected. Here the
+/// requests for one counter made on this replica meanwhile are served
+/// together: one leader adds their number to the counter with one
+/// compare-and-swap and hands out the numbers in between, so the numbers
+/// stay consecutive and only other replicas contend for the key.
+#[derive(Default)]
+pub struct Counters {
+    queues: CounterQueues,
+}
+
+/// Requests waiting for the next compare-and-swap of one counter.
+#[derive(Default)]
+struct CounterQueue {
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<u64>>>,
+}
+
+type CounterQueues = std::sync::Arc<std::sync::Mutex<HashMap<String, CounterQueue>>>;
+
+fn lock_queues(queues: &CounterQueues) -> std::sync::MutexGuard<'_, HashMap<String, CounterQueue>> {
+    // Every critical section is a single map operation: a poisoned lock
+    // holds nothing half-done.
+    queues.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Counters {
+    /// The next number of the counter at `key` (as [`next_counter`]).
+    pub async fn next(&self, store: &DynStore, key: &str) -> Result<u64> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut queues = lock_queues(&self.queues);
+            match queues.get_mut(key) {
+                // A leader is at work on this counter: it takes this request
+                // with its next batch.
+                Some(q) => {
+                    q.waiting.push(tx);
+                    false
+                }
+                None => {
+                    queues.insert(key.to_string(), CounterQueue { waiting: vec![tx] });
+                    true
+                }
+            }
+        };
+        if lead {
+            // On a task of its own, so a caller that stops waiting (its
+            // connection dropped) does not strand the others.
+            tokio::spawn(serve_counter(
+                self.queues.clone(),
+                store.clone(),
+                key.to_string(),
+            ));
+        }
+        match rx.await {
+            Ok(answer) => answer,
+            // The leader task died (a panic) before answering.
+            Err(_) => Err(RecordError::Store(StoreError::Unavailable(format!(
+                "taking a number from {key} failed"
+            )))),
+        }
+    }
+}
+
+/// Serves the requests queued for `key` a batch at a time until none is
+/// left, then removes the queue (the next request starts a new leader).
+async fn serve_counter(queues: CounterQueues, store: DynStore, key: String) {
+    // A panic in here removes the queue, so later requests are not left
+    // behind a leader that is gone; requests still queued then see their
+    // sender dropped. (Disarmed on the normal way out, which removes the
+    // queue under the same lock that saw it empty: a new leader may have
+    // queued since.)
+    struct Remove<'a>(&'a CounterQueues, &'a str, bool);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            if self.2 {
+                lock_queues(self.0).remove(self.1);
+            }
+        }
+    }
+    let mut guard = Remove(&queues, &key, true);
+    loop {
+        let batch = {
+            let mut map = lock_queues(&queues);
+            match map.get_mut(&key) {
+                Some(q) if !q.waiting.is_empty() => std::mem::take(&mut q.waiting),
+                _ => {
+                    map.remove(&key);
+                    guard.2 = false;
+                    return;
+                }
+            }
+        };
+        let n = batch.len() as u64;
+        match add_to_counter(&store, &key, n).await {
+            Ok(last) => {
+                for (i, w) in batch.into_iter().enumerate() {
+                    // An error only means that caller stopped waiting: its
+                    // number is skipped, as a failed registration's is.
+                    let _ = w.send(Ok(last - n + 1 + i as u64));
+                }
+            }
+            Err(e) => {
+                // The first request gets the error itself, the others its
+                // like (a store error is not `Clone`).
+                let like = || match &e {
+                    RecordError::Contended { key } => RecordError::Contended { key: key.clone() },
+                    other => RecordError::Store(StoreError::Unavailable(other.to_string())),
+                };
+                let mut rest = batch.into_iter();
+                let first = rest.next();
+                for w in rest {
+                    let _ = w.send(Err(like()));
+                }
+                if let Some(w) = first {
+                    let _ = w.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A fleet registering at once: every request gets a number, the
+    /// numbers are consecutive and distinct, and the counter ends at their
+    /// count. Each caller doing its own compare-and-swap failed most of
+    /// these with `Contended`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_get_consecutive_numbers() {
+        let dir = std::env::temp_dir().join(format!("testbed-counters-{}", uuid::Uuid::new_v4()));
+        let store: DynStore = Arc::new(testbed_store::RedbStore::open(dir.join("s.redb")).unwrap());
+        let counters = Arc::new(Counters::default());
+        let key = "/counters/test";
+        let mut joins = Vec::new();
+        for _ in 0..500 {
+            let (store, counters) = (store.clone(), counters.clone());
+            joins.push(tokio::spawn(
+                async move { counters.next(&store, key).await },
+            ));
+        }
+        let mut got = Vec::new();
+        for j in joins {
+            got.push(j.await.unwrap().unwrap());
+        }
+        got.sort_unstable();
+        assert_eq!(got, (1..=500).collect::<Vec<u64>>());
+        // The queue is gone once served, and a later request carries on.
+        assert!(lock_queues(&counters.queues).is_empty());
+        assert_eq!(counters.next(&store, key).await.unwrap(), 501);
+        assert_eq!(next_counter(&store, key).await.unwrap(), 502);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -67,6 +67,8 @@ pub struct Inner {
     pub loops: crate::controller::Loops,
     /// What `/metrics` shows.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Store counters that many callers draw from at once (agent ids).
+    pub counters: crate::records::Counters,
 }
 
 #[derive(Clone)]
