@@ -367,6 +367,87 @@ fn vars_file(text: &str, path: &Path) -> Result<Map<String, Value>, Vec<FileProb
     }
 }
 
+/// The echoed text of a file run beside others, held back until it ends:
+/// in an unlinked temporary file, so that a long transcript costs no memory
+/// (in memory only when no such file can be made).
+struct Held {
+    file: Option<io::BufWriter<File>>,
+    lines: Vec<String>,
+}
+
+impl Held {
+    fn new() -> Self {
+        Held {
+            file: unlinked_file().ok().map(io::BufWriter::new),
+            lines: Vec::new(),
+        }
+    }
+
+    /// Keeps one echo's text (which may span lines), length first.
+    fn push(&mut self, text: &str) {
+        use io::Write;
+        if let Some(f) = &mut self.file {
+            let len = (text.len() as u64).to_le_bytes();
+            if f.write_all(&len)
+                .and_then(|()| f.write_all(text.as_bytes()))
+                .is_ok()
+            {
+                return;
+            }
+            // Written partly: what is in the file is still replayed whole,
+            // so the rest is lost; a full disk is the only cause.
+            self.file = None;
+        }
+        self.lines.push(text.to_string());
+    }
+
+    /// Echoes what was held, each text as it came.
+    fn replay(&mut self, echo: &Echo) {
+        use io::{Read, Seek};
+        if let Some(f) = self.file.take() {
+            let read = f
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|mut f| {
+                    f.rewind()?;
+                    let mut r = io::BufReader::new(f);
+                    let mut len = [0u8; 8];
+                    let mut text = Vec::new();
+                    loop {
+                        match r.read_exact(&mut len) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                            Err(e) => return Err(e),
+                        }
+                        text.resize(usize::try_from(u64::from_le_bytes(len)).unwrap_or(0), 0);
+                        r.read_exact(&mut text)?;
+                        echo(&String::from_utf8_lossy(&text));
+                    }
+                });
+            if let Err(e) = read {
+                echo(&format!(
+                    "(the rest of this file's output could not be read back: {e})"
+                ));
+            }
+        }
+        for line in self.lines.drain(..) {
+            echo(&line);
+        }
+    }
+}
+
+/// A new temporary file, already unlinked: it goes away with its handle.
+fn unlinked_file() -> io::Result<File> {
+    let path = std::env::temp_dir().join(format!("testbed-api-{}", uuid::Uuid::new_v4()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
 /// Where one input's cases go as they end.
 enum Keep {
     /// Kept, each suite's in a list ([`run`]).
@@ -535,7 +616,7 @@ async fn run_inputs(
     for input in inputs {
         // In parallel, a file's lines are held back and printed together
         // when it ends, so the transcripts of two files never interleave.
-        let held = Arc::new(Mutex::new(Vec::<String>::new()));
+        let held = Arc::new(Mutex::new(Held::new()));
         let echo: Option<Echo> = match (&opts.echo, jobs) {
             (None, _) => None,
             (Some(e), 1) => Some(e.clone()),
@@ -543,7 +624,7 @@ async fn run_inputs(
                 let held = held.clone();
                 Some(Arc::new(move |l: &str| {
                     if let Ok(mut h) = held.lock() {
-                        h.push(l.to_string());
+                        h.push(l);
                     }
                 }))
             }
@@ -564,10 +645,8 @@ async fn run_inputs(
         };
         runs.push(Box::pin(async move {
             let done = run_input(input, &suite_opts, vars, loaded, opts, keep, json).await;
-            if let (Some(e), Ok(h)) = (&opts.echo, held.lock()) {
-                for line in h.iter() {
-                    e(line);
-                }
+            if let (Some(e), Ok(mut h)) = (&opts.echo, held.lock()) {
+                h.replay(e);
             }
             done
         }));
@@ -711,7 +790,33 @@ fn iteration_data(opts: &Options) -> Result<Vec<postman::Vars>, Vec<FileProblem>
 
 #[cfg(test)]
 mod tests {
-    use super::is_collection;
+    use super::{is_collection, Echo, Held};
+    use std::sync::{Arc, Mutex};
+
+    /// Held text comes back as it was echoed, one echo at a time, from the
+    /// file.
+    #[test]
+    fn held_output_is_replayed_as_it_came() {
+        let mut held = Held::new();
+        assert!(held.file.is_some(), "a temporary file");
+        let texts = [
+            "newman\n\nmany",
+            "",
+            "\n→ ping\n  GET http://x/ [200 OK, 1B, 1ms]",
+            "é ✓",
+        ];
+        for t in texts {
+            held.push(t);
+        }
+        assert!(held.lines.is_empty(), "nothing kept in memory");
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let echo: Echo = {
+            let got = got.clone();
+            Arc::new(move |l: &str| got.lock().unwrap().push(l.to_string()))
+        };
+        held.replay(&echo);
+        assert_eq!(*got.lock().unwrap(), texts);
+    }
 
     #[test]
     fn collections_are_told_from_suites_by_their_content() {
