@@ -190,6 +190,7 @@ pub async fn write(
         n_cmp += c;
     }
     let n = chunks.len();
+    let mut prepared = Vec::with_capacity(n);
     for (i, chunk) in chunks.into_iter().enumerate() {
         let last = i + 1 == n;
         let mut compares = Vec::new();
@@ -203,15 +204,40 @@ pub async fn write(
         if last && run_changed {
             add_run_level(l, &mut compares, &mut ops)?;
         }
+        prepared.push((compares, ops, written));
+    }
+    // The steps' transactions are independent of one another and go
+    // together (one group commit on the embedded store, pipelined on
+    // etcd); the one with the run-level record goes after they all
+    // committed.
+    let tail = if run_changed { prepared.pop() } else { None };
+    let results =
+        futures_util::future::join_all(prepared.into_iter().map(
+            |(compares, ops, written)| async move { (store.txn(&compares, ops).await, written) },
+        ))
+        .await;
+    let mut refused = false;
+    for (result, written) in results {
+        match result? {
+            Some(rev) => {
+                for step in written {
+                    l.step_revs.insert(step, rev);
+                }
+            }
+            None => refused = true,
+        }
+    }
+    if refused {
+        return Ok(false);
+    }
+    if let Some((compares, ops, written)) = tail {
         let Some(rev) = store.txn(&compares, ops).await? else {
             return Ok(false);
         };
         for step in written {
             l.step_revs.insert(step, rev);
         }
-        if last && run_changed {
-            l.run_rev = rev;
-        }
+        l.run_rev = rev;
     }
     if n == 0 && run_changed {
         let (mut compares, mut ops) = (Vec::new(), Vec::new());
