@@ -955,8 +955,7 @@ async fn the_api_plugin_runs_a_suite_inside_a_plan() {
     let task = p
         .run("api", "local-1", "run_suite", json!({"suite": suite}))
         .await;
-    let t = p.wait_task(&task, Duration::from_secs(60)).await;
-    assert_eq!(t["status"], "succeeded", "{t}");
+    let t = p.wait_succeeded(&task, Duration::from_secs(60)).await;
     assert_eq!(
         t["result"]["report"]["suites"][0]["cases"][0]["name"], "up",
         "{t}"

@@ -36,16 +36,8 @@ async fn two_replicas_serve_the_same_data() {
         "etcd-agent"
     );
 
-    let task = b
-        .run(
-            "linux_system",
-            "etcd-agent",
-            "run_shell",
-            json!({"command": "echo", "args": "through replica b"}),
-        )
-        .await;
-    let t = b.wait_task(&task, Duration::from_secs(20)).await;
-    assert_eq!(t["status"], "succeeded", "{t}");
+    let task = b.run_shell("etcd-agent", "echo", "through replica b").await;
+    b.wait_succeeded(&task, Duration::from_secs(20)).await;
     assert_eq!(b.log(&task).await, "through replica b\n");
     assert_eq!(a.log(&task).await, "through replica b\n");
     // A token from one replica works on the other.
@@ -73,16 +65,8 @@ async fn one_etcd_member_down_does_not_stop_the_platform() {
     // The first endpoint the server knows goes away.
     etcd.stop(0);
     for i in 0..3 {
-        let task = p
-            .run(
-                "linux_system",
-                "steady",
-                "run_shell",
-                json!({"command": "echo", "args": format!("round {i}")}),
-            )
-            .await;
-        let t = p.wait_task(&task, Duration::from_secs(30)).await;
-        assert_eq!(t["status"], "succeeded", "{t}");
+        let task = p.run_shell("steady", "echo", &format!("round {i}")).await;
+        p.wait_succeeded(&task, Duration::from_secs(30)).await;
         assert_eq!(p.log(&task).await, format!("round {i}\n"));
     }
     // The agent's lease is still kept alive through the remaining members.
@@ -172,11 +156,10 @@ async fn replicas_share_blobs_through_an_object_store() {
     let _agent = agent(&a.url, "s3-agent", &dir.path().join("agent"), &[]);
     b.wait_agents(1).await;
     let task = a
-        .run(
-            "linux_system",
+        .run_shell(
             "s3-agent",
-            "run_shell",
-            json!({"command": "sh", "args": "-c 'echo first line; sleep 3; echo second line'"}),
+            "sh",
+            "-c 'echo first line; sleep 3; echo second line'",
         )
         .await;
     // While it runs, B merges the chunks A stored.
@@ -194,8 +177,7 @@ async fn replicas_share_blobs_through_an_object_store() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(b.task(&task).await["status"], "running");
-    let t = b.wait_task(&task, Duration::from_secs(30)).await;
-    assert_eq!(t["status"], "succeeded", "{t}");
+    b.wait_succeeded(&task, Duration::from_secs(30)).await;
     assert_eq!(b.log(&task).await, "first line\nsecond line\n");
     assert_eq!(a.log(&task).await, "first line\nsecond line\n");
     // The log is one object in the bucket, under the prefix; the chunks
@@ -581,8 +563,7 @@ async fn a_reservation_holds_one_off_tasks_on_every_replica() {
                 json!({"command": "true"}),
             )
             .await;
-        let t = p.wait_task(&t, Duration::from_secs(20)).await;
-        assert_eq!(t["status"], "succeeded", "{t}");
+        p.wait_succeeded(&t, Duration::from_secs(20)).await;
     }
     let owner = "name: owner\nreserve: lab\nsteps:\n  - id: hold\n    plugin: linux_system\n    method: run_shell\n    target: {group: lab}\n    params: {command: sleep, args: \"4\"}\n";
     let run = b.start_run(owner, json!({})).await;
@@ -606,8 +587,7 @@ async fn a_reservation_holds_one_off_tasks_on_every_replica() {
     let done = b.wait_run(&run, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "passed", "{done}");
     for (p, id) in held {
-        let t = p.wait_task(&id, Duration::from_secs(20)).await;
-        assert_eq!(t["status"], "succeeded", "{t}");
+        p.wait_succeeded(&id, Duration::from_secs(20)).await;
         assert_eq!(p.log(&id).await, "after\n");
     }
 }

@@ -64,8 +64,7 @@ async fn server_killed_mid_task_loses_nothing() {
     p.kill_and_restart_in(dir.path(), &[]).await;
 
     // The agent reconnects, the task completes once, and its whole log lands.
-    let t = p.wait_task(&long, Duration::from_secs(30)).await;
-    assert_eq!(t["status"], "succeeded", "{t}");
+    p.wait_succeeded(&long, Duration::from_secs(30)).await;
     assert_eq!(p.log(&long).await, "start\ndone\n");
     assert_eq!(
         std::fs::read_to_string(&runs).unwrap(),
@@ -169,8 +168,7 @@ async fn root_agent_drops_task_privileges_to_run_as() {
     );
     p.wait_agents(2).await;
     let task = p.run_shell("dropped", "id", "-un").await;
-    let t = p.wait_task(&task, Duration::from_secs(20)).await;
-    assert_eq!(t["status"], "succeeded", "{t} {}", p.log(&task).await);
+    p.wait_succeeded(&task, Duration::from_secs(20)).await;
     assert_eq!(p.log(&task).await, "nobody\n");
     let (_, agents) = p.get("/api/agents/dropped").await;
     assert_eq!(agents["root"], true);

@@ -206,16 +206,8 @@ async fn metrics_count_real_work_by_route_template() {
 
     // Real work: a task that succeeds, its record read by id, a wrong
     // login, a path no route matches.
-    let id = p
-        .run(
-            "linux_system",
-            "local-1",
-            "run_shell",
-            json!({"command": "echo", "args": "metrics"}),
-        )
-        .await;
-    let task = p.wait_task(&id, Duration::from_secs(60)).await;
-    assert_eq!(task["status"], "succeeded", "{task}");
+    let id = p.run_shell("local-1", "echo", "metrics").await;
+    p.wait_succeeded(&id, Duration::from_secs(60)).await;
     let (s, _) = p.get(&format!("/api/tasks/{id}")).await;
     assert_eq!(s, 200);
     let (s, _) = p.get(&format!("/api/tasks/{id}/log")).await;
@@ -237,14 +229,7 @@ async fn metrics_count_real_work_by_route_template() {
     assert_eq!(done["status"], "passed", "{done}");
 
     // A log follower open while we scrape: one task_log session.
-    let sleeper = p
-        .run(
-            "linux_system",
-            "local-1",
-            "run_shell",
-            json!({"command": "sleep", "args": "60"}),
-        )
-        .await;
+    let sleeper = p.run_shell("local-1", "sleep", "60").await;
     p.wait_status(&sleeper, "running", Duration::from_secs(60))
         .await;
     let ws_url = format!(
@@ -1036,15 +1021,7 @@ async fn dispatch_queues_and_reconcile_follow_real_work() {
     // Three sleepers on one slot: one runs, two wait.
     let mut sleepers = Vec::new();
     for _ in 0..3 {
-        sleepers.push(
-            p.run(
-                "linux_system",
-                "narrow",
-                "run_shell",
-                json!({"command": "sleep", "args": "60"}),
-            )
-            .await,
-        );
+        sleepers.push(p.run_shell("narrow", "sleep", "60").await);
     }
     p.wait_status(&sleepers[0], "running", Duration::from_secs(60))
         .await;

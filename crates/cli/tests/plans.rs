@@ -554,8 +554,7 @@ async fn reserved_group_takes_no_other_work() {
     assert!(g["reserved_by"].is_null(), "{g}");
     let later = p.wait_run(&second, Duration::from_secs(20)).await;
     assert_eq!(later["status"], "passed", "{later}");
-    let t = p.wait_task(&one_off, Duration::from_secs(20)).await;
-    assert_eq!(t["status"], "succeeded", "{t}");
+    let t = p.wait_succeeded(&one_off, Duration::from_secs(20)).await;
     assert!(t["reason"].is_null(), "{t}");
     assert_eq!(p.log(&one_off).await, "after the reservation\n");
 }

@@ -52,15 +52,9 @@ async fn seed_002_slaves_and_testcases() {
     // The seed's test case, verbatim but for the host.
     std::fs::write(dir.path().join("marker-file.txt"), "x").unwrap();
     let task = p
-        .run(
-            "linux_system",
-            "local-1",
-            "run_shell",
-            json!({"command": "ls", "args": format!("-alt {}", dir.path().display())}),
-        )
+        .run_shell("local-1", "ls", &format!("-alt {}", dir.path().display()))
         .await;
-    let t = p.wait_task(&task, Duration::from_secs(30)).await;
-    assert_eq!(t["status"], "succeeded", "{t}");
+    let t = p.wait_succeeded(&task, Duration::from_secs(30)).await;
     assert_eq!(t["exit_code"], 0);
     assert_eq!(t["agent_name"], "local-1");
     assert!(t["started_at"].is_string() && t["finished_at"].is_string());
@@ -83,8 +77,7 @@ async fn seed_002_slaves_and_testcases() {
     let task = p
         .run("linux_system", "local-2", "system_information", json!({}))
         .await;
-    let t = p.wait_task(&task, Duration::from_secs(30)).await;
-    assert_eq!(t["status"], "succeeded", "{t}");
+    let t = p.wait_succeeded(&task, Duration::from_secs(30)).await;
     assert!(t["result"]["hostname"].is_string(), "{t}");
 
     // Task list paginates.
@@ -325,12 +318,7 @@ async fn cancel_kills_the_process_group() {
     let pidfile = dir.path().join("grandchild.pid");
     let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
     let task = p
-        .run(
-            "linux_system",
-            "local-1",
-            "run_shell",
-            json!({"command": "sh", "args": shell_quote(&["-c", &script])}),
-        )
+        .run_shell("local-1", "sh", &shell_quote(&["-c", &script]))
         .await;
     p.wait_status(&task, "running", Duration::from_secs(10))
         .await;
@@ -396,8 +384,7 @@ async fn exec_plugin_on_an_agent() {
             json!({"message": "hi there", "repeat": 3}),
         )
         .await;
-    let t = p.wait_task(&task, Duration::from_secs(30)).await;
-    assert_eq!(t["status"], "succeeded", "{t}");
+    let t = p.wait_succeeded(&task, Duration::from_secs(30)).await;
     assert_eq!(t["result"]["repeat"], 3);
     assert_eq!(p.log(&task).await.matches("hi there").count(), 3);
 
@@ -452,8 +439,7 @@ async fn build_collects_artifacts() {
             json!({"repo": repo.display().to_string(), "ref": "v1", "command": "sh build.sh", "artifacts": {"app": "out/app.txt"}}),
         )
         .await;
-    let t = p.wait_task(&task, Duration::from_secs(60)).await;
-    assert_eq!(t["status"], "succeeded", "{t}\n{}", p.log(&task).await);
+    let t = p.wait_succeeded(&task, Duration::from_secs(60)).await;
     let artifacts = t["artifacts"].as_array().unwrap();
     assert_eq!(artifacts.len(), 1, "{t}");
     let (s, body) = p.get_text(artifacts[0]["url"].as_str().unwrap()).await;

@@ -359,8 +359,7 @@ async fn agents_join_over_tls_only_when_they_trust_the_server() {
     );
     p.wait_agents(1).await;
     let id = p.run_shell("tls-ca", "echo", "over tls").await;
-    let t = p.wait_task(&id, Duration::from_secs(30)).await;
-    assert_eq!(t["status"], "succeeded", "{t}");
+    p.wait_succeeded(&id, Duration::from_secs(30)).await;
     assert!(p.log(&id).await.contains("over tls"));
 
     // The command-line client trusts the CA given by TESTBED_CA_FILE, for
@@ -491,8 +490,7 @@ async fn agents_join_over_tls_only_when_they_trust_the_server() {
                 json!({"repo": repo.display().to_string(), "ref": "v1", "command": "sh build.sh", "artifacts": {"app": "out/app.txt"}}),
             )
             .await;
-        let t = p.wait_task(&id, Duration::from_secs(60)).await;
-        assert_eq!(t["status"], "succeeded", "{t}\n{}", p.log(&id).await);
+        let t = p.wait_succeeded(&id, Duration::from_secs(60)).await;
         let url = t["artifacts"][0]["url"]
             .as_str()
             .expect("an artifact")
@@ -660,8 +658,7 @@ async fn up_refuses_plain_http_on_a_public_address_unless_insecure() {
     let p = tls_platform(proc, format!("https://127.0.0.1:{port}"), &ca.pem()).await;
     p.wait_agents(1).await;
     let id = p.run_shell("local-1", "echo", "local over tls").await;
-    let t = p.wait_task(&id, Duration::from_secs(30)).await;
-    assert_eq!(t["status"], "succeeded", "{t}");
+    p.wait_succeeded(&id, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

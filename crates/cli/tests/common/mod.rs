@@ -267,6 +267,16 @@ impl Platform {
         .await
     }
 
+    /// [`Platform::wait_task`], checking that the task succeeded (its log in
+    /// the message when not); the task.
+    pub async fn wait_succeeded(&self, id: &str, timeout: Duration) -> Value {
+        let t = self.wait_task(id, timeout).await;
+        if t["status"] != "succeeded" {
+            panic!("task {id} did not succeed: {t}\n{}", self.log(id).await);
+        }
+        t
+    }
+
     pub async fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
         self.wait_task_until(id, timeout, status, |t| t["status"] == status)
             .await
