@@ -12,6 +12,13 @@ use testbed_store::{DynStore, EtcdOptions};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The bench server's `/metrics` token.
+const METRICS_TOKEN: &str = "bench-metrics";
+
+/// Sums and counts of the server's latency histograms, by series (name and
+/// labels), from one read of `/metrics`.
+pub type Timings = std::collections::BTreeMap<String, (f64, f64)>;
+
 pub struct Bench {
     pub server: testbed_server::Server,
     pub store: DynStore,
@@ -46,6 +53,10 @@ impl Bench {
             blobs: Blobs::local(&dir.path().join("blobs"))?,
             settings: Settings {
                 max_body: 16 * 1024 * 1024,
+                metrics: testbed_server::metrics::MetricsSettings {
+                    token: Some(METRICS_TOKEN.into()),
+                    listen: None,
+                },
                 ..Settings::default()
             },
             admin_password: Some("bench-password".into()),
@@ -97,6 +108,36 @@ impl Bench {
             stop,
             _dir: dir,
         })
+    }
+
+    /// The server's latency histograms whose names contain one of `names`.
+    pub async fn timings(&self, names: &[&str]) -> anyhow::Result<Timings> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let mut out = Timings::new();
+        for line in text.lines().filter(|l| names.iter().any(|n| l.contains(n))) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let key = |base: &str| format!("{base}{{{labels}");
+            if let Some(base) = name.strip_suffix("_sum") {
+                out.entry(key(base)).or_default().0 = v;
+            } else if let Some(base) = name.strip_suffix("_count") {
+                out.entry(key(base)).or_default().1 = v;
+            }
+        }
+        Ok(out)
     }
 
     pub async fn shutdown(self) {

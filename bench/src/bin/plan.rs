@@ -25,7 +25,19 @@ struct Args {
     /// summary record: shows what that polling cost.
     #[arg(long)]
     poll_api: bool,
+    /// After each plan, where its time went: per step, the count and mean
+    /// of the server's reconciles, store operations and dispatch latency
+    /// (from `/metrics`, the difference across the plan).
+    #[arg(long)]
+    timings: bool,
 }
+
+/// The histograms `--timings` prints.
+const TIMED: &[&str] = &[
+    "testbed_reconcile_duration",
+    "testbed_store_operation_duration",
+    "testbed_dispatch_latency",
+];
 
 fn plan(name: &str, steps: usize, chain: bool) -> String {
     let mut y = format!("name: {name}\nsteps:\n");
@@ -44,6 +56,11 @@ async fn main() -> anyhow::Result<()> {
     let bench = testbed_bench::Bench::start(&args.store, args.agents).await?;
     let (url, token, http) = (&bench.url, &bench.token, &bench.http);
     for (shape, chain) in [("wide", false), ("chain", true)] {
+        let before = if args.timings {
+            bench.timings(TIMED).await?
+        } else {
+            Default::default()
+        };
         let t0 = Instant::now();
         let run: Value = http
             .post(format!("{url}/api/runs"))
@@ -104,6 +121,19 @@ async fn main() -> anyhow::Result<()> {
             secs,
             secs * 1000.0 / args.steps as f64
         );
+        if args.timings {
+            for (series, (sum, count)) in bench.timings(TIMED).await? {
+                let (s0, c0) = before.get(&series).copied().unwrap_or_default();
+                let n = count - c0;
+                if n > 0.0 {
+                    println!(
+                        "  {series}: {:.2} per step, mean {:.3} ms",
+                        n / args.steps as f64,
+                        (sum - s0) * 1000.0 / n
+                    );
+                }
+            }
+        }
     }
     bench.shutdown().await;
     Ok(())
