@@ -1157,37 +1157,12 @@ async fn openapi_check_leaves_a_servers_data_alone() {
 /// `testbed api run ARGS` under `/usr/bin/time`: the output and the peak
 /// RSS in KiB (`None` where GNU time is not installed).
 fn api_run_measured(dir: &Path, args: &[&str]) -> (Output, Option<u64>) {
-    const MARK: &str = "testbed-peak-kib=";
-    let time = Path::new("/usr/bin/time");
-    let mut cmd = if time.is_file() {
-        let mut c = Command::new(time);
-        c.args(["-f", &format!("{MARK}%M"), env!("CARGO_BIN_EXE_testbed")]);
-        c
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_testbed"))
-    };
-    let mut out = cmd
-        .current_dir(dir)
-        .args(["api", "run"])
-        .args(args)
-        .env("TESTBED_LOG", "error")
-        .output()
-        .expect("running testbed");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let mut peak = None;
-    let mut kept = String::new();
-    for line in stderr.lines() {
-        match line.strip_prefix(MARK) {
-            Some(kib) => peak = kib.trim().parse().ok(),
-            None if line.starts_with("Command exited with non-zero status") => {}
-            None => {
-                kept.push_str(line);
-                kept.push('\n');
-            }
-        }
-    }
-    out.stderr = kept.into_bytes();
-    (out, peak)
+    common::testbed_measured(|c| {
+        c.current_dir(dir)
+            .args(["api", "run"])
+            .args(args)
+            .env("TESTBED_LOG", "error");
+    })
 }
 
 /// A Postman collection run for 20,000 iterations against a local HTTP

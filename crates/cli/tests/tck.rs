@@ -914,47 +914,20 @@ async fn server_streams_a_large_report_in_bounded_memory() {
     }
 }
 
-/// `testbed ARGS` as a client of `p`, under `/usr/bin/time -f` when it
-/// exists: its output and its peak resident memory (KiB), the time line taken
-/// out of its stderr.
+/// `testbed ARGS` as a client of `p`, with its peak resident memory
+/// ([`crate::common::testbed_measured`]).
 fn client_measured(
     p: &crate::common::Platform,
     cfg: &Path,
     args: &[&str],
 ) -> (Output, Option<u64>) {
-    const MARK: &str = "testbed-peak-kib=";
-    let time = Path::new("/usr/bin/time");
-    let mut cmd = if time.is_file() {
-        let mut c = Command::new(time);
-        c.args(["-f", &format!("{MARK}%M"), env!("CARGO_BIN_EXE_testbed")]);
-        c
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_testbed"))
-    };
-    let mut out = cmd
-        .args(args)
-        .env("TESTBED_SERVER", &p.url)
-        .env("TESTBED_TOKEN", &p.token)
-        .env("TESTBED_CONFIG_DIR", cfg)
-        .env("TESTBED_LOG", "error")
-        .output()
-        .expect("running testbed");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let mut peak = None;
-    let mut kept = String::new();
-    for line in stderr.lines() {
-        match line.strip_prefix(MARK) {
-            Some(kib) => peak = kib.trim().parse().ok(),
-            // GNU time's own line about the exit status.
-            None if line.starts_with("Command exited with non-zero status") => {}
-            None => {
-                kept.push_str(line);
-                kept.push('\n');
-            }
-        }
-    }
-    out.stderr = kept.into_bytes();
-    (out, peak)
+    crate::common::testbed_measured(|c| {
+        c.args(args)
+            .env("TESTBED_SERVER", &p.url)
+            .env("TESTBED_TOKEN", &p.token)
+            .env("TESTBED_CONFIG_DIR", cfg)
+            .env("TESTBED_LOG", "error");
+    })
 }
 
 /// `testbed run` concludes a run whose plan step ran a kit of 80,000 test

@@ -380,6 +380,42 @@ pub fn tls_server_proc(dir: &Path, cert: &Path, key: &Path, extra: &[&str]) -> (
     (proc, listening, port)
 }
 
+/// `testbed`, set up by `configure` (arguments, environment, directory),
+/// under `/usr/bin/time -f` when it exists: its output, GNU time's lines
+/// taken out of its stderr, and its peak resident memory in KiB (`None`
+/// without GNU time).
+pub fn testbed_measured(
+    configure: impl FnOnce(&mut Command),
+) -> (std::process::Output, Option<u64>) {
+    const MARK: &str = "testbed-peak-kib=";
+    let time = Path::new("/usr/bin/time");
+    let mut cmd = if time.is_file() {
+        let mut c = Command::new(time);
+        c.args(["-f", &format!("{MARK}%M"), env!("CARGO_BIN_EXE_testbed")]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_testbed"))
+    };
+    configure(&mut cmd);
+    let mut out = cmd.output().expect("running testbed");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut peak = None;
+    let mut kept = String::new();
+    for line in stderr.lines() {
+        match line.strip_prefix(MARK) {
+            Some(kib) => peak = kib.trim().parse().ok(),
+            // GNU time's own line about the exit status.
+            None if line.starts_with("Command exited with non-zero status") => {}
+            None => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    out.stderr = kept.into_bytes();
+    (out, peak)
+}
+
 /// A separate `testbed agent` process.
 pub fn agent(url: &str, name: &str, state: &Path, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(bin());
