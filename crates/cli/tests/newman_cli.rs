@@ -52,12 +52,16 @@ fn item(name: &str, url: &str, test: &str) -> Value {
     })
 }
 
-fn collection(items: Value) -> String {
-    json!({
+/// Writes a v2.1 collection of `items` to `dir/NAME.postman_collection.json`;
+/// its path, as an argument.
+fn write_collection(dir: &Path, name: &str, items: Value) -> String {
+    let path = dir.join(format!("{name}.postman_collection.json"));
+    let doc = json!({
         "info": {"name": "drop-in", "schema": "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"},
         "item": items,
-    })
-    .to_string()
+    });
+    std::fs::write(&path, doc.to_string()).expect("write");
+    path.display().to_string()
 }
 
 /// `run.executions[].item.name` of a json reporter file.
@@ -169,11 +173,7 @@ fn a_newman_ci_line_runs_with_only_the_command_name_changed() {
             item("never run", &format!("{base}/status/500"), "pm.test('x', () => pm.response.to.have.status(200));"),
         ]},
     ]);
-    std::fs::write(
-        dir.path().join("api.postman_collection.json"),
-        collection(items),
-    )
-    .expect("write");
+    write_collection(dir.path(), "api", items);
     std::fs::write(
         dir.path().join("ci.postman_environment.json"),
         json!({"name": "ci", "values": [{"key": "token", "value": "none", "enabled": true}]})
@@ -248,9 +248,7 @@ fn folder_bail_and_exit_codes_follow_newman() {
         {"name": "B", "item": [item("b1", &format!("{base}/get"), ok)]},
         {"name": "C", "item": [item("c1", &format!("{base}/get"), ok)]},
     ]);
-    let file = dir.path().join("c.postman_collection.json");
-    std::fs::write(&file, collection(items)).expect("write");
-    let file = file.display().to_string();
+    let file = write_collection(dir.path(), "c", items);
     let run = |extra: &[&str]| {
         let report = dir.path().join("r.json");
         let _ = std::fs::remove_file(&report);
@@ -296,21 +294,14 @@ fn folder_bail_and_exit_codes_follow_newman() {
     assert_eq!(code, Some(1), "{all}");
     assert!(names.is_empty(), "{all}");
     // --timeout: the whole run's limit ends a slow run with an error.
-    let slow = dir.path().join("slow.postman_collection.json");
-    std::fs::write(
-        &slow,
-        collection(json!([item("slow", &format!("{base}/delay/3000"), ok)])),
-    )
-    .expect("write");
+    let slow = write_collection(
+        dir.path(),
+        "slow",
+        json!([item("slow", &format!("{base}/delay/3000"), ok)]),
+    );
     let out = testbed_in(
         dir.path(),
-        &strings(&[
-            "api",
-            "run",
-            &slow.display().to_string(),
-            "--timeout",
-            "300",
-        ]),
+        &strings(&["api", "run", &slow, "--timeout", "300"]),
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("time limit (300 ms)"), "{}", text(&out));
@@ -346,14 +337,7 @@ fn folder_bail_and_exit_codes_follow_newman() {
     // refused before anything runs.
     let out = testbed_in(
         dir.path(),
-        &strings(&[
-            "api",
-            "run",
-            &file,
-            &slow.display().to_string(),
-            "--export-environment",
-            "e.json",
-        ]),
+        &strings(&["api", "run", &file, &slow, "--export-environment", "e.json"]),
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
@@ -389,25 +373,14 @@ fn a_cookie_jar_round_trips_between_runs() {
     let base = serve_in_thread();
     let dir = tempfile::tempdir().expect("tempdir");
     // Run 1: the server sets a cookie; the exported jar holds it.
-    let set = dir.path().join("set.postman_collection.json");
-    std::fs::write(
-        &set,
-        collection(json!([item(
-            "set",
-            &format!("{base}/cookies/set?flavour=oat"),
-            ""
-        )])),
-    )
-    .expect("write");
+    let set = write_collection(
+        dir.path(),
+        "set",
+        json!([item("set", &format!("{base}/cookies/set?flavour=oat"), "")]),
+    );
     let out = testbed_in(
         dir.path(),
-        &strings(&[
-            "api",
-            "run",
-            &set.display().to_string(),
-            "--export-cookie-jar",
-            "jar.json",
-        ]),
+        &strings(&["api", "run", &set, "--export-cookie-jar", "jar.json"]),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let jar = read_json(&dir.path().join("jar.json"), &text(&out));
@@ -426,10 +399,10 @@ fn a_cookie_jar_round_trips_between_runs() {
         "hostOnly": true, "creation": "2026-01-01T00:00:00.000Z",
     }));
     std::fs::write(dir.path().join("jar2.json"), jar.to_string()).expect("write");
-    let read = dir.path().join("read.postman_collection.json");
-    std::fs::write(
-        &read,
-        collection(json!([item(
+    let read = write_collection(
+        dir.path(),
+        "read",
+        json!([item(
             "read",
             &format!("{base}/cookies"),
             "pm.test('sent', () => {\n\
@@ -437,10 +410,8 @@ fn a_cookie_jar_round_trips_between_runs() {
                pm.expect(c.flavour).to.equal('oat');\n\
                pm.expect(c.handmade).to.equal('yes');\n\
              });"
-        )])),
-    )
-    .expect("write");
-    let read = read.display().to_string();
+        )]),
+    );
     let out = testbed_in(
         dir.path(),
         &strings(&["api", "run", &read, "--cookie-jar", "jar2.json"]),
@@ -622,10 +593,7 @@ fn proxies_from_the_environment_as_newman_uses_them() {
     let (proxy, seen) = forward_proxy(echo, tls.addr);
 
     // `origin.invalid` resolves nowhere: only the proxy can answer for it.
-    let file = dir.path().join("proxy.postman_collection.json");
-    std::fs::write(
-        &file,
-        collection(json!([
+    let file = write_collection(dir.path(), "proxy", json!([
             item(
                 "proxied",
                 "http://origin.invalid/get?via=proxy",
@@ -639,10 +607,7 @@ fn proxies_from_the_environment_as_newman_uses_them() {
                 &format!("http://localhost:{}/get?via=direct", echo.port()),
                 "pm.test('direct', () => pm.response.to.have.status(200));"
             ),
-        ])),
-    )
-    .expect("write");
-    let file = file.display().to_string();
+        ]));
     let args = strings(&["api", "run", &file]);
     let out = testbed_with_proxies(
         dir.path(),
@@ -672,17 +637,15 @@ fn proxies_from_the_environment_as_newman_uses_them() {
     // https: a CONNECT tunnel through the lower-case http_proxy, as
     // postman-request falls back to it; -k for the self-signed certificate.
     seen.lock().expect("log").clear();
-    let file = dir.path().join("tls.postman_collection.json");
-    std::fs::write(
-        &file,
-        collection(json!([item(
+    let file = write_collection(
+        dir.path(),
+        "tls",
+        json!([item(
             "tunnelled",
             "https://secure.invalid/",
             "pm.test('through the tunnel', () => pm.response.to.have.status(200));"
-        )])),
-    )
-    .expect("write");
-    let file = file.display().to_string();
+        )]),
+    );
     let out = testbed_with_proxies(
         dir.path(),
         &strings(&["api", "run", &file, "-k"]),
