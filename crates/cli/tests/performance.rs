@@ -347,30 +347,18 @@ async fn plans_runs_live_metrics_and_reports() {
     assert!(labels.contains(&json!("Connection Error")), "{r}");
     assert!(r["summary"]["error_count"].as_u64().unwrap() > 0);
 
-    // Deletes answer with a message.
+    // Deletes answer with a message, and what they delete is gone.
     let rid = r["id"].as_u64().unwrap();
-    let (s, b) = send(
-        &p,
-        reqwest::Method::DELETE,
-        &format!("/api/performance/reports/{rid}/"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200);
-    assert!(b["message"].is_string());
-    let (s, _) = p.get(&format!("/api/performance/reports/{rid}/")).await;
-    assert_eq!(s, 404);
-    let (s, b) = send(
-        &p,
-        reqwest::Method::DELETE,
-        &format!("/api/performance/plans/{refused}/"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200);
-    assert!(b["message"].is_string());
-    let (s, _) = p.get(&format!("/api/performance/plans/{refused}/")).await;
-    assert_eq!(s, 404);
+    for path in [
+        format!("/api/performance/reports/{rid}/"),
+        format!("/api/performance/plans/{refused}/"),
+    ] {
+        let (s, b) = send(&p, reqwest::Method::DELETE, &path, None).await;
+        assert_eq!(s, 200, "DELETE {path}: {b}");
+        assert!(b["message"].is_string(), "DELETE {path}: {b}");
+        let (s, _) = p.get(&path).await;
+        assert_eq!(s, 404, "GET {path} after its DELETE");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
