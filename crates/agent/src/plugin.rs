@@ -111,7 +111,16 @@ impl PluginOutput {
         } else {
             drop(inline);
             let path = ctx.work_dir.join(REPORT_FILE);
-            let bytes = write_report_file(report, &path).map_err(|e| {
+            // Seconds of compression at a million cases: off the runtime's
+            // worker (its heartbeats and log pumps go on) where it can be.
+            let write = || write_report_file(report, &path);
+            let written = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(write)
+                }
+                _ => write(),
+            };
+            let bytes = written.map_err(|e| {
                 PluginError::io(format!("writing the report to {}", path.display()), e)
             })?;
             serde_json::json!({ "report_blob": { "bytes": bytes, "summary": summary } })
