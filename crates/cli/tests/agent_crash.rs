@@ -238,42 +238,24 @@ async fn leftover_groups_recorded_in_the_state_dir_are_reaped_at_start() {
             .spawn()
             .unwrap()
     };
+    // The record of `child`'s group as an agent that is gone (the owner:
+    // a pid no longer alive) left it.
+    let leave_record = |child: &std::process::Child, start: u64, boot: &str| {
+        std::fs::write(
+            groups.join(format!("{}.group", child.id())),
+            record(child.id() as i32, start, boot, (i32::MAX - 1, 1)),
+        )
+        .unwrap()
+    };
     // What a dead agent whose watcher died too would leave behind.
     let mut leftover = spawn();
-    std::fs::write(
-        groups.join(format!("{}.group", leftover.id())),
-        record(
-            leftover.id() as i32,
-            start_time(leftover.id()),
-            boot,
-            (i32::MAX - 1, 1),
-        ),
-    )
-    .unwrap();
+    leave_record(&leftover, start_time(leftover.id()), boot);
     // A record whose pid now belongs to someone else (another start time)
     // and one from before a reboot: neither may be killed.
     let mut stranger = spawn();
-    std::fs::write(
-        groups.join(format!("{}.group", stranger.id())),
-        record(
-            stranger.id() as i32,
-            start_time(stranger.id()) + 1,
-            boot,
-            (i32::MAX - 1, 1),
-        ),
-    )
-    .unwrap();
+    leave_record(&stranger, start_time(stranger.id()) + 1, boot);
     let mut old_boot = spawn();
-    std::fs::write(
-        groups.join(format!("{}.group", old_boot.id())),
-        record(
-            old_boot.id() as i32,
-            start_time(old_boot.id()),
-            "another-boot",
-            (i32::MAX - 1, 1),
-        ),
-    )
-    .unwrap();
+    leave_record(&old_boot, start_time(old_boot.id()), "another-boot");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let grandchild: Vec<i32> = group_alive(leftover.id() as i32);
     assert_eq!(grandchild.len(), 2, "{grandchild:?}");
