@@ -679,7 +679,12 @@ impl Agent {
             }
             ServerMessage::Ack { task_id } => {
                 let removed = lock(&self.shared.tasks).remove(&task_id);
-                if removed.is_some() {
+                // A task that printed nothing has no log file (see `pump_log`).
+                let silent = matches!(
+                    &removed,
+                    Some(Entry::Finished { outcome }) if outcome.log_bytes == 0
+                );
+                if removed.is_some() && !silent {
                     let path = self.log_path(&task_id);
                     tokio::spawn(async move {
                         let _ = tokio::fs::remove_file(path).await;
@@ -886,13 +891,12 @@ async fn pump_log(
     path: PathBuf,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
 ) -> u64 {
-    let mut file = match tokio::fs::File::create(&path).await {
-        Ok(f) => Some(f),
-        Err(e) => {
-            tracing::warn!("cannot keep log of {task} at {}: {e}", path.display());
-            None
-        }
-    };
+    // The file is made with the first output: most short tasks print
+    // nothing, and creating (then, on the ack, deleting) an empty file was
+    // two blocking-pool trips per task. Replay finds no file and sends no
+    // log, which is what an empty log is.
+    let mut file: Option<tokio::fs::File> = None;
+    let mut tried = false;
     let mut offset: u64 = 0;
     let mut pending = String::new();
     let mut open = true;
@@ -913,6 +917,16 @@ async fn pump_log(
         }
         if pending.is_empty() {
             continue;
+        }
+        if !tried {
+            tried = true;
+            file = match tokio::fs::File::create(&path).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!("cannot keep log of {task} at {}: {e}", path.display());
+                    None
+                }
+            };
         }
         if let Some(f) = file.as_mut() {
             if let Err(e) = f.write_all(pending.as_bytes()).await {
