@@ -112,75 +112,103 @@ struct Changes {
     tasks: Vec<(Task, Vec<(String, Compare)>)>,
 }
 
-/// The agents and reservations, taken when a step needs placing (at most
-/// once per reconcile): from this replica's fleet view
-/// ([`crate::placement::FleetView`], kept by a watch: no store read), or,
-/// when `fresh` (a redo after a write the store refused) or while the view
-/// does not follow the store, read from the store.
+/// Where steps are placed from: this replica's fleet view
+/// ([`crate::placement::FleetView`], kept by a watch: no store read, and
+/// nothing copied but the agents chosen), or, when `fresh` (a redo after a
+/// write the store refused) or while the view does not follow the store,
+/// the store, read at most once per reconcile.
 #[derive(Default)]
 struct Fleet {
     fresh: bool,
-    view: Option<Placing>,
+    read: Option<crate::placement::Fleet>,
 }
 
-/// The agents, those reserved by other runs, and the reservations as the
-/// view had them (`None` when read from the store: nothing to guard then,
-/// as before the view).
-#[derive(Default)]
-struct Placing {
-    agents: Vec<AgentView>,
-    excluded: BTreeSet<Uuid>,
-    locks: Option<BTreeMap<String, Uuid>>,
+/// What one placement decision sees: every agent and the reservations,
+/// from the view or from the store.
+struct Seen<'a> {
+    agents: &'a [AgentView],
+    locks: &'a BTreeMap<String, Uuid>,
+    run: Uuid,
+    from_view: bool,
 }
 
 impl Fleet {
     fn new(fresh: bool) -> Fleet {
-        Fleet { fresh, view: None }
+        Fleet { fresh, read: None }
     }
 
-    async fn get(&mut self, state: &AppState, run: Uuid) -> Result<&Placing, RecordError> {
-        if self.view.is_none() && !self.fresh {
-            if let Some((agents, locks)) = state
-                .sessions
-                .fleet
-                .with(|f| (f.agents.clone(), f.locks.clone()))
-            {
-                let excluded = targets::reserved_elsewhere(&agents, &locks, Some(run));
-                self.view = Some(Placing {
-                    agents,
-                    excluded,
-                    locks: Some(locks),
-                });
+    /// Runs the decision `decide` on the view (under its lock: `decide`
+    /// only chooses and copies what it chose), or on the store's agents.
+    async fn decide<R>(
+        &mut self,
+        state: &AppState,
+        run: Uuid,
+        decide: impl Fn(&Seen) -> R,
+    ) -> Result<R, RecordError> {
+        if !self.fresh && self.read.is_none() {
+            let on_view = state.sessions.fleet.with(|f| {
+                decide(&Seen {
+                    agents: &f.agents,
+                    locks: &f.locks,
+                    run,
+                    from_view: true,
+                })
+            });
+            if let Some(out) = on_view {
+                return Ok(out);
             }
         }
-        if self.view.is_none() {
-            // Sent together: on etcd each read is a round trip of its own.
-            let (agents, locks) =
-                tokio::try_join!(dispatch::agents(&state.store), targets::locks(&state.store))?;
-            let excluded = targets::reserved_elsewhere(&agents, &locks, Some(run));
-            self.view = Some(Placing {
-                agents,
-                excluded,
-                locks: None,
-            });
-        }
-        // Filled just above.
-        Ok(self.view.get_or_insert_with(Default::default))
+        let read = match self.read.take() {
+            Some(read) => read,
+            None => crate::placement::Fleet::read(&state.store).await?,
+        };
+        let out = decide(&Seen {
+            agents: &read.agents,
+            locks: &read.locks,
+            run,
+            from_view: false,
+        });
+        self.read = Some(read);
+        Ok(out)
     }
 }
 
-impl Placing {
-    /// What placing work on `agent` for run `run` relied on, when decided
-    /// on the view (which may be behind the store by the watch's delay):
-    /// the agent is live and registered as seen, and each of its groups is
-    /// unreserved — or reserved by this run, which only this engine
-    /// releases. The transaction writing the task checks these; if one
-    /// fails nothing is written and the reconcile is done again on a fresh
-    /// read of the store.
-    fn guard(&self, agent: &AgentView, run: Uuid) -> Vec<(String, Compare)> {
-        let Some(locks) = &self.locks else {
+impl Seen<'_> {
+    /// Live agents that match the step's selector and carry its method;
+    /// without those reserved by another run unless `with_reserved`.
+    fn eligible(&self, r: &Resolved, with_reserved: bool) -> Vec<&AgentView> {
+        targets::eligible(
+            self.agents,
+            &r.selector,
+            &r.plugin,
+            &r.method,
+            &BTreeSet::new(),
+        )
+        .into_iter()
+        .filter(|a| with_reserved || !self.reserved(a))
+        .collect()
+    }
+
+    /// In a group another run reserved.
+    fn reserved(&self, a: &AgentView) -> bool {
+        a.record
+            .profile
+            .groups
+            .iter()
+            .any(|g| self.locks.get(g).is_some_and(|holder| *holder != self.run))
+    }
+
+    /// What placing work on `agent` relied on, when decided on the view
+    /// (which may be behind the store by the watch's delay): the agent is
+    /// live and registered as seen, and each of its groups is unreserved —
+    /// or reserved by this run, which only this engine releases. The
+    /// transaction writing the task checks these; if one fails nothing is
+    /// written and the reconcile is done again on a fresh read of the store.
+    /// Nothing to guard when read from the store, as before the view.
+    fn guard(&self, agent: &AgentView) -> Vec<(String, Compare)> {
+        if !self.from_view {
             return Vec::new();
-        };
+        }
         let mut out = vec![(keys::agent_alive(&agent.record.uuid), Compare::Present)];
         if agent.revision > 0 {
             out.push((
@@ -189,12 +217,21 @@ impl Placing {
             ));
         }
         for g in &agent.record.profile.groups {
-            if locks.get(g) != Some(&run) {
+            if self.locks.get(g) != Some(&self.run) {
                 out.push((keys::group_lock(g), Compare::Absent));
             }
         }
         out
     }
+}
+
+/// Where a step goes, as decided on the fleet.
+enum Choice {
+    /// No agent may take it now; `reserved`: some would, but are reserved.
+    Wait { reserved: bool },
+    /// These agents (one, or every candidate for `each`), with the guards
+    /// of the tasks placed on them.
+    On(Vec<(AgentView, Vec<(String, Compare)>)>),
 }
 
 /// Reconciles every active run once, every step of each. `deep` reads each
@@ -836,17 +873,34 @@ async fn start_step(
             }
         }
     }
-    let placing = fleet.get(state, run.id).await?;
-    let (agents, excluded) = (&placing.agents, &placing.excluded);
-    let candidates = targets::eligible(agents, &r.selector, &r.plugin, &r.method, excluded);
-    if candidates.is_empty() {
+    let load = &state.sessions.load;
+    let choice = fleet
+        .decide(state, run.id, |seen| {
+            let candidates = seen.eligible(&r, false);
+            if candidates.is_empty() {
+                // Say so when it is a reservation that keeps the step waiting.
+                return Choice::Wait {
+                    reserved: !seen.eligible(&r, true).is_empty(),
+                };
+            }
+            let chosen = if r.each {
+                candidates
+            } else {
+                // `candidates` is not empty here.
+                vec![load.least_loaded(&candidates).unwrap_or(candidates[0])]
+            };
+            Choice::On(
+                chosen
+                    .into_iter()
+                    .map(|a| (a.clone(), seen.guard(a)))
+                    .collect(),
+            )
+        })
+        .await?;
+    if let Choice::Wait { reserved } = choice {
         let ready = *st.ready_at.get_or_insert_with(now);
         let waited = (now() - ready).to_std().unwrap_or_default();
         let limit = run.spec.pending_timeout();
-        // Say so when it is a reservation that keeps the step waiting.
-        let reserved =
-            !targets::eligible(agents, &r.selector, &r.plugin, &r.method, &BTreeSet::new())
-                .is_empty();
         let wanted = targets::wanted(&r.selector, &r.plugin, &r.method, reserved);
         if waited >= limit {
             finish_step(
@@ -867,13 +921,11 @@ async fn start_step(
         run.steps.insert(spec.id.clone(), st);
         return Ok(());
     }
-    let chosen: Vec<&AgentView> = if r.each {
-        candidates
-    } else {
-        vec![least_loaded(state, &candidates).await?]
+    let Choice::On(chosen) = choice else {
+        return Ok(());
     };
     st.instances = Vec::new();
-    for (i, agent) in chosen.iter().enumerate() {
+    for (i, (agent, guard)) in chosen.iter().enumerate() {
         let mut isc = sc.clone();
         isc["agent"] = json!({"name": agent.record.profile.name, "host": agent.record.profile.host, "uuid": agent.record.uuid, "labels": agent.record.profile.labels});
         let params = match template::render(&r.params, &isc) {
@@ -905,7 +957,7 @@ async fn start_step(
         let task = queue_task(
             state, run, &spec.id, i, 1, agent, &r.plugin, &r.method, params,
         );
-        tasks.push((task, placing.guard(agent, run.id)));
+        tasks.push((task, guard.clone()));
         st.instances.push(Instance {
             agent_uuid: agent.record.uuid,
             agent_name: agent.record.profile.name.clone(),
@@ -928,33 +980,6 @@ async fn start_step(
     let _ = r.testcase;
     run.steps.insert(spec.id.clone(), st);
     Ok(())
-}
-
-/// Where attempt n+1 of an instance runs ([`crate::placement::Load::retry`]):
-/// a failed attempt on the same agent while it lives, a lost one on the
-/// least loaded other eligible agent.
-fn retry_agent<'a>(
-    load: &crate::placement::Load,
-    agents: &'a [AgentView],
-    r: &Resolved,
-    excluded: &BTreeSet<Uuid>,
-    previous: Uuid,
-    lost: bool,
-) -> Option<&'a AgentView> {
-    let eligible = targets::eligible(agents, &r.selector, &r.plugin, &r.method, excluded);
-    load.retry(agents, &eligible, previous, lost)
-}
-
-async fn least_loaded<'a>(
-    state: &AppState,
-    candidates: &[&'a AgentView],
-) -> Result<&'a AgentView, RecordError> {
-    // From the replica's in-memory load; `candidates` is never empty here.
-    Ok(state
-        .sessions
-        .load
-        .least_loaded(candidates)
-        .unwrap_or(candidates[0]))
 }
 
 /// The task of attempt `attempt` of a step's instance on `agent`, to be
@@ -1074,17 +1099,18 @@ async fn advance_step(
                 };
                 if inst.attempt <= r.retries && !run.cancel_requested {
                     let lost = status == TaskStatus::Lost;
-                    let placing = fleet.get(state, run.id).await?;
-                    let (agents, excluded) = (&placing.agents, &placing.excluded);
-                    let agent = retry_agent(
-                        &state.sessions.load,
-                        agents,
-                        &r,
-                        excluded,
-                        inst.agent_uuid,
-                        lost,
-                    );
-                    if let Some(agent) = agent {
+                    let (load, previous) = (&state.sessions.load, inst.agent_uuid);
+                    // A failed attempt on the same agent while it lives, a
+                    // lost one on the least loaded other eligible agent
+                    // ([`crate::placement::Load::retry`]).
+                    let agent = fleet
+                        .decide(state, run.id, |seen| {
+                            let eligible = seen.eligible(&r, false);
+                            load.retry(seen.agents, &eligible, previous, lost)
+                                .map(|a| (a.clone(), seen.guard(a)))
+                        })
+                        .await?;
+                    if let Some((agent, guard)) = &agent {
                         let attempt = inst.attempt + 1;
                         let retry = queue_task(
                             state,
@@ -1097,7 +1123,7 @@ async fn advance_step(
                             &r.method,
                             task.parameters.clone(),
                         );
-                        tasks.push((retry, placing.guard(agent, run.id)));
+                        tasks.push((retry, guard.clone()));
                         inst.previous.push(tid);
                         inst.task_id = Some(task_id(&run.id, &spec.id, idx, attempt));
                         inst.attempt = attempt;
