@@ -10,8 +10,10 @@
 //! transaction re-checks in the store what an unheld placement relied on
 //! ([`guard`]: the agent is live, none of its groups is reserved), and a
 //! decision the view cannot make or the store refuses is made again from a
-//! fresh read ([`Fleet::read`]). Plan steps and load tests still read the
-//! store once per decision. Load is not read either: counting every
+//! fresh read ([`Fleet::read`]). Plan steps are placed on the same view
+//! (the engine guards its tasks alike, a group reserved by the step's own
+//! run allowed); load tests still read the store once per decision. Load
+//! is not read either: counting every
 //! candidate's `/assign/{agent}/…` keys per decision cost one store read per
 //! candidate. Each replica keeps the set of outstanding assignments per agent
 //! in memory ([`Load`]) instead, fed by the assignment watch every replica
