@@ -335,13 +335,7 @@ async fn plans_runs_live_metrics_and_reports() {
         json!({"concurrent_users": 1, "hold_time": 1, "target_url": format!("http://127.0.0.1:{port}/")}),
     )
     .await;
-    let (s, b) = p
-        .post(
-            &format!("/api/performance/plans/{refused}/start/"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
+    p.start_perf(refused).await;
     let r = report(&p, refused, 1).await;
     let labels = r["metrics"]["errors"]["labels"].as_array().unwrap();
     assert!(labels.contains(&json!("Connection Error")), "{r}");
