@@ -917,3 +917,60 @@ async fn placed_on_a_view_behind_the_store_a_step_still_respects_a_reservation()
     assert_eq!(done.steps["a"].instances[0].agent_uuid, agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A wide plan starts in several transactions sent together; when one is
+/// refused (here: a task of one of its steps is already stored) the others
+/// still commit, and the redo starts the refused ones' steps on a fresh
+/// read, taking the stored task over: every step runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_start_with_one_refused_transaction_runs_every_step_once() {
+    let (state, dir) = temp_state();
+    let (agent, _) = add_agent(&state).await;
+    let mut plan = String::from("name: wide\nsteps:\n");
+    for i in 0..100 {
+        plan.push_str(&format!(
+            "  - id: s{i:03}\n    plugin: linux_system\n    method: run_shell\n    params: {{command: \"true\"}}\n"
+        ));
+    }
+    let run = create_plan_run(&state, &plan).await;
+    // A step in the middle of the plan, so in neither the first nor the
+    // last transaction of its start.
+    let id = super::task_id(&run.id, "s057", 0, 1);
+    let orphan = Task::queued(testbed_core::task::NewTask {
+        id,
+        plugin: "linux_system".into(),
+        method: "run_shell".into(),
+        parameters: serde_json::json!({"command": "true"}),
+        host: "sim".into(),
+        agent_uuid: agent,
+        agent_name: "sim".into(),
+        created_by: "test".into(),
+        run: Some(testbed_core::task::RunRef {
+            run_id: run.id,
+            step: "s057".into(),
+            instance: 0,
+            attempt: 1,
+        }),
+        reason: None,
+    });
+    crate::dispatch::create(&state, &orphan).await.unwrap();
+
+    let engine = Engine::start(&state).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        complete_queued(&state).await;
+        if let Some(r) = ended(&state, run.id, deadline, "the wide run stuck").await {
+            break r;
+        }
+    };
+    engine.stop().await;
+    assert_eq!(done.status, RunStatus::Passed, "{:?}", done.steps);
+    assert_eq!(done.steps["s057"].instances[0].task_id, Some(id));
+    let tasks = run_tasks(&state.store, run.id).await;
+    assert_eq!(tasks.len(), 100, "a step ran twice or not at all");
+    for (name, st) in &done.steps {
+        assert_eq!(st.instances.len(), 1, "{name}: {st:?}");
+        assert_eq!(st.instances[0].attempt, 1, "{name}: {st:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
