@@ -780,7 +780,7 @@ for my $i (1 .. {N}) {{
 
 /// Peak resident memory of a process since the last [`reset_peak`], in KiB
 /// (`VmHWM` of `/proc/PID/status`).
-fn peak_kib(pid: u32) -> u64 {
+pub(crate) fn peak_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()
@@ -790,7 +790,7 @@ fn peak_kib(pid: u32) -> u64 {
 }
 
 /// Starts a new peak-memory measurement: `VmHWM` falls to the current RSS.
-fn reset_peak(pid: u32) {
+pub(crate) fn reset_peak(pid: u32) {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("clear_refs");
 }
 

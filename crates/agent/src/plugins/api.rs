@@ -2,6 +2,11 @@
 //! `testbed-apitest`, so a plan step reaches systems that only this agent can
 //! reach (a Docker socket, a QMP socket, a lab vCenter). The suite can be a
 //! path on the agent or travel inline in the plan.
+//!
+//! Cases are written to an unlinked file in the task's work directory as
+//! they end ([`files::run_streamed`]) and the report is rendered from there,
+//! so a collection of many iterations holds a few bytes a case on the agent;
+//! a report over the inline size goes up as a blob ([`PluginOutput::from_report`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +44,14 @@ struct RunSuite {
     /// files run at the same time
     #[schemars(range(min = 1, max = 64))]
     jobs: Option<u64>,
+    /// iterations of each collection (newman's `-n`); by default one per
+    /// data row, or one
+    #[schemars(range(min = 1))]
+    iterations: Option<u64>,
+    /// iteration data for collections on the agent (newman's `-d`): a JSON
+    /// array of objects or a CSV file
+    #[schemars(length(min = 1))]
+    data: Option<String>,
 }
 
 #[async_trait]
@@ -88,6 +101,10 @@ impl Plugin for Api {
             jobs: p
                 .jobs
                 .map_or(1, |j| usize::try_from(j).unwrap_or(usize::MAX)),
+            iterations: p
+                .iterations
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            data: p.data.map(PathBuf::from),
             echo: Some(Arc::new(move |l: &str| {
                 for line in l.lines() {
                     log.line(line);
@@ -99,10 +116,18 @@ impl Plugin for Api {
             let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
             PluginError::invalid(if inline { "suite" } else { "path" }, all.join("\n"))
         })?;
-        let report = tokio::select! {
-            r = files::run(&loaded, &opts) => r,
+        // Unlinked at once: nothing is left behind, whatever becomes of the task.
+        let spool = std::fs::create_dir_all(&ctx.work_dir)
+            .and_then(|()| tempfile::tempfile_in(&ctx.work_dir))
+            .map_err(|e| {
+                let at = ctx.work_dir.display();
+                PluginError::io(format!("creating a file for the cases in {at}"), e)
+            })?;
+        let ran = tokio::select! {
+            r = files::run_streamed(&loaded, &opts, spool, None) => r,
             _ = ctx.cancel.cancelled() => return Err(PluginError::Cancelled),
-        };
-        PluginOutput::from_report(&report, ctx)
+        }
+        .map_err(|e| PluginError::io("writing the run's cases to disk", e))?;
+        PluginOutput::from_report(&ran.report, ctx)
     }
 }
