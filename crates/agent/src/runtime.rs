@@ -840,8 +840,6 @@ impl Agent {
         // complete when it learns the task ended.
         let _ = metrics_pump.await;
         let log_bytes = pump.await.unwrap_or(0);
-        let _ = tokio::fs::remove_dir_all(&work_dir).await;
-        drop(permit);
         self.shared
             .metrics
             .task_finished(&task.plugin, status, accepted.elapsed(), ran);
@@ -864,6 +862,12 @@ impl Agent {
             task_id: id,
             outcome,
         });
+        // The work directory goes after the result (its removal is a
+        // blocking-pool trip that no longer delays the round trip; nothing
+        // reads the directory after the plugin ended), and the slot with it,
+        // so the agent never holds more directories than its capacity.
+        let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        drop(permit);
     }
 }
 
