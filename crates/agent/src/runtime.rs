@@ -1166,7 +1166,7 @@ impl Agent {
             .put(url)
             .bearer_auth(credential)
             .header(reqwest::header::CONTENT_LENGTH, len)
-            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body)
             .send()
             .await

@@ -271,13 +271,15 @@ pub struct ReportUpload {
 
 /// Upload the test report of a task whose report is too large to travel
 /// inside its result (agents only, with their credential): the stored form
-/// of `testbed-report` (gzip-compressed JSON), as it streams. It is written
+/// of `testbed-report` (gzip-compressed JSON), as it streams. Declared as
+/// `application/octet-stream`, like artifacts: the server checks the gzip
+/// magic bytes, not the header. It is written
 /// to the blob store in parts as it arrives, so the server holds a few parts
 /// whatever its size, and appears only once all of it arrived: a request cut
 /// short keeps nothing. At most the server's artifact limit (512 MiB).
 #[utoipa::path(put, path = "/api/agent/tasks/{id}/report", tag = "agent",
     params(("id" = String, Path)),
-    request_body(content = Vec<u8>, content_type = "application/gzip"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = ReportUpload), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn upload_report(
