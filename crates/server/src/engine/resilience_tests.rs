@@ -224,6 +224,40 @@ async fn complete_queued(state: &AppState) {
     }
 }
 
+/// Settles every queued task as succeeded until run `id` ends; panics,
+/// saying `stuck`, after `within`.
+async fn settle_until_ended(state: &AppState, id: Uuid, within: Duration, stuck: &str) -> Run {
+    let deadline = Instant::now() + within;
+    loop {
+        complete_queued(state).await;
+        if let Some(r) = ended(state, id, deadline, stuck).await {
+            return r;
+        }
+    }
+}
+
+/// The task a controller that died between writing a step's task and its
+/// step record would have left: attempt 1 of instance 0 of `step`.
+fn orphan_task(run: Uuid, step: &str, agent: Uuid) -> Task {
+    Task::queued(testbed_core::task::NewTask {
+        id: super::task_id(&run, step, 0, 1),
+        plugin: "linux_system".into(),
+        method: "run_shell".into(),
+        parameters: serde_json::json!({"command": "true"}),
+        host: "sim".into(),
+        agent_uuid: agent,
+        agent_name: "sim".into(),
+        created_by: "test".into(),
+        run: Some(testbed_core::task::RunRef {
+            run_id: run,
+            step: step.into(),
+            instance: 0,
+            attempt: 1,
+        }),
+        reason: None,
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_move_while_the_engine_watches_break() {
     let dir = std::env::temp_dir().join(format!("testbed-engine-{}", Uuid::new_v4()));
@@ -756,34 +790,12 @@ async fn a_task_stored_before_its_step_record_is_adopted() {
     let (state, dir) = temp_state();
     let (agent, _) = add_agent(&state).await;
     let run = create_plan_run(&state, CHAIN3).await;
-    let id = super::task_id(&run.id, "a", 0, 1);
-    let orphan = Task::queued(testbed_core::task::NewTask {
-        id,
-        plugin: "linux_system".into(),
-        method: "run_shell".into(),
-        parameters: serde_json::json!({"command": "true"}),
-        host: "sim".into(),
-        agent_uuid: agent,
-        agent_name: "sim".into(),
-        created_by: "test".into(),
-        run: Some(testbed_core::task::RunRef {
-            run_id: run.id,
-            step: "a".into(),
-            instance: 0,
-            attempt: 1,
-        }),
-        reason: None,
-    });
+    let orphan = orphan_task(run.id, "a", agent);
+    let id = orphan.id;
     crate::dispatch::create(&state, &orphan).await.unwrap();
 
     let engine = Engine::start(&state).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let done = loop {
-        complete_queued(&state).await;
-        if let Some(r) = ended(&state, run.id, deadline, "the run stuck").await {
-            break r;
-        }
-    };
+    let done = settle_until_ended(&state, run.id, Duration::from_secs(20), "the run stuck").await;
     engine.stop().await;
     assert_eq!(done.status, RunStatus::Passed, "{:?}", done.steps);
     assert_eq!(done.steps["a"].instances[0].task_id, Some(id));
@@ -902,13 +914,7 @@ async fn placed_on_a_view_behind_the_store_a_step_still_respects_a_reservation()
     // The reservation ends (the view still knows nothing of it): the run
     // goes on, on that agent.
     state.store.delete(&keys::group_lock("lab")).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let done = loop {
-        complete_queued(&state).await;
-        if let Some(r) = ended(&state, run.id, deadline, "the run stuck").await {
-            break r;
-        }
-    };
+    let done = settle_until_ended(&state, run.id, Duration::from_secs(20), "the run stuck").await;
     engine.stop().await;
     state.shutdown.cancel();
     let _ = view.await;
@@ -935,34 +941,18 @@ async fn a_wide_start_with_one_refused_transaction_runs_every_step_once() {
     let run = create_plan_run(&state, &plan).await;
     // A step in the middle of the plan, so in neither the first nor the
     // last transaction of its start.
-    let id = super::task_id(&run.id, "s057", 0, 1);
-    let orphan = Task::queued(testbed_core::task::NewTask {
-        id,
-        plugin: "linux_system".into(),
-        method: "run_shell".into(),
-        parameters: serde_json::json!({"command": "true"}),
-        host: "sim".into(),
-        agent_uuid: agent,
-        agent_name: "sim".into(),
-        created_by: "test".into(),
-        run: Some(testbed_core::task::RunRef {
-            run_id: run.id,
-            step: "s057".into(),
-            instance: 0,
-            attempt: 1,
-        }),
-        reason: None,
-    });
+    let orphan = orphan_task(run.id, "s057", agent);
+    let id = orphan.id;
     crate::dispatch::create(&state, &orphan).await.unwrap();
 
     let engine = Engine::start(&state).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        complete_queued(&state).await;
-        if let Some(r) = ended(&state, run.id, deadline, "the wide run stuck").await {
-            break r;
-        }
-    };
+    let done = settle_until_ended(
+        &state,
+        run.id,
+        Duration::from_secs(30),
+        "the wide run stuck",
+    )
+    .await;
     engine.stop().await;
     assert_eq!(done.status, RunStatus::Passed, "{:?}", done.steps);
     assert_eq!(done.steps["s057"].instances[0].task_id, Some(id));
