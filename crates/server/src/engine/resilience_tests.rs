@@ -330,14 +330,14 @@ async fn runs_move_while_the_engine_watches_break() {
     let second = super::create_run(&state, spec, None, Default::default(), None, "test")
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        complete_queued(&state).await;
-        if let Some(r) = ended(&state, second.id, deadline, "second run stuck").await {
-            assert_eq!(r.status, RunStatus::Passed, "{:?}", r.steps);
-            break;
-        }
-    }
+    let r = settle_until_ended(
+        &state,
+        second.id,
+        Duration::from_secs(20),
+        "second run stuck",
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Passed, "{:?}", r.steps);
     assert!(state.loops.failing().is_empty());
 
     engine.stop().await;
@@ -567,13 +567,8 @@ async fn runs_in_the_single_record_layout_are_migrated_and_finish() {
         .unwrap();
 
     let engine = Engine::start(&state).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let finished = loop {
-        complete_queued(&state).await;
-        if let Some(r) = ended(&state, active.id, deadline, "old run stuck").await {
-            break r;
-        }
-    };
+    let finished =
+        settle_until_ended(&state, active.id, Duration::from_secs(20), "old run stuck").await;
     engine.stop().await;
     assert_eq!(finished.status, RunStatus::Passed, "{:?}", finished.steps);
     assert_eq!(finished.steps["a"].status, StepStatus::Passed);
