@@ -236,6 +236,16 @@ async fn a_view_in_step_with_the_store_places_without_reading_it() {
     assert!(assignment(&f.state, &task).await.held.is_none());
 }
 
+/// `task` is held for run's reservation of `lab`, not sent to the reserved
+/// agent.
+fn assert_held_for_lab(task: &Task, run: Uuid) {
+    let reason = task.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("group `lab` is reserved by run") && reason.contains(&run.to_string()),
+        "held for the reservation, not sent to the reserved agent: {task:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_the_view_has_not_seen_holds_the_task() {
     let f = fixture();
@@ -252,11 +262,7 @@ async fn a_reservation_the_view_has_not_seen_holds_the_task() {
     let task = dispatch::submit(&f.state, request("a"), "test")
         .await
         .unwrap();
-    let reason = task.reason.clone().unwrap_or_default();
-    assert!(
-        reason.contains("group `lab` is reserved by run") && reason.contains(&run.to_string()),
-        "held for the reservation, not sent to the reserved agent: {task:?}"
-    );
+    assert_held_for_lab(&task, run);
     let a = assignment(&f.state, &task).await;
     assert!(a.held.is_some(), "{a:?}");
     assert_eq!(
@@ -283,11 +289,7 @@ async fn a_group_the_view_does_not_know_the_agent_joined_is_respected() {
     let task = dispatch::submit(&f.state, request("a"), "test")
         .await
         .unwrap();
-    let reason = task.reason.clone().unwrap_or_default();
-    assert!(
-        reason.contains("group `lab` is reserved by run") && reason.contains(&run.to_string()),
-        "{task:?}"
-    );
+    assert_held_for_lab(&task, run);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
