@@ -27,6 +27,8 @@ pub mod placement;
 pub mod records;
 pub mod sessions;
 pub mod state;
+#[cfg(test)]
+mod test_fixtures;
 pub mod tls;
 
 use std::net::SocketAddr;

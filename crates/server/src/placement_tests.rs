@@ -10,19 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use testbed_core::agent::{AgentLiveness, AgentProfile, AgentRecord, MethodSpec, PluginSpec};
+use testbed_core::agent::AgentRecord;
 use testbed_core::keys;
 use testbed_core::run::GroupLock;
 use testbed_core::task::Task;
 use testbed_store::{
     Compare, DynStore, KeyValue, LeaseId, Page, RedbStore, Result, Store, TxnOp, WatchStream,
 };
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::dispatch::{self, Assignment, SubmitRequest};
 use crate::records;
-use crate::state::{AppState, Inner, Settings};
+use crate::state::AppState;
+use crate::test_fixtures::{put_agent, state_over, TestAgent};
 
 /// The real store, counting the range reads made through it.
 struct Counting {
@@ -101,7 +101,7 @@ fn fixture() -> Fixture {
         inner: Arc::new(RedbStore::open(dir.path().join("store.redb")).unwrap()),
         ranges: AtomicUsize::new(0),
     });
-    let state = replica(counting.clone(), dir.path());
+    let state = state_over(counting.clone(), dir.path());
     Fixture {
         state,
         counting,
@@ -109,69 +109,16 @@ fn fixture() -> Fixture {
     }
 }
 
-/// A replica's state over `store` (several may share one store).
-fn replica(store: DynStore, dir: &std::path::Path) -> AppState {
-    AppState(Arc::new(Inner {
-        store,
-        blobs: crate::blobs::Blobs::local(&dir.join("blobs")).unwrap(),
-        auth: crate::auth::Auth::new(b"test-secret", "join".into(), Duration::from_secs(60)),
-        sessions: Default::default(),
-        settings: Settings::default(),
-        replica: "test".into(),
-        shutdown: CancellationToken::new(),
-        leading: Default::default(),
-        perf: Default::default(),
-        loops: Default::default(),
-        metrics: Default::default(),
-        counters: Default::default(),
-    }))
-}
-
 /// Registers a live agent `name` (its host too) in `groups`; its uuid.
 async fn add_agent(state: &AppState, id: u64, name: &str, groups: &[&str]) -> Uuid {
-    let uuid = Uuid::new_v4();
-    let record = AgentRecord {
-        kind: AgentRecord::KIND.into(),
-        v: 1,
-        uuid,
+    let agent = TestAgent {
         id,
-        profile: AgentProfile {
-            name: name.into(),
-            host: name.into(),
-            labels: Default::default(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            plugins: vec![PluginSpec {
-                name: "noop".into(),
-                methods: vec![MethodSpec {
-                    name: "noop".into(),
-                    description: String::new(),
-                    schema: serde_json::json!({"type": "object"}),
-                }],
-            }],
-            capacity: 4,
-            version: "test".into(),
-            root: false,
-            run_as: None,
-        },
-        registered_at: testbed_core::now(),
-        last_seen_at: testbed_core::now(),
+        name,
+        groups,
+        plugin: "noop",
+        method: "noop",
     };
-    records::put(&state.store, &keys::agent(&uuid), &record, None)
-        .await
-        .unwrap();
-    let alive = AgentLiveness {
-        kind: AgentLiveness::KIND.into(),
-        v: 1,
-        replica: "test".into(),
-        connected_at: testbed_core::now(),
-        heartbeat_at: testbed_core::now(),
-        running: 0,
-        metrics: Default::default(),
-    };
-    records::put(&state.store, &keys::agent_alive(&uuid), &alive, None)
-        .await
-        .unwrap();
-    uuid
+    put_agent(state, agent, None).await
 }
 
 /// Builds the view from the store as it is now; nothing follows the store
@@ -333,7 +280,7 @@ async fn an_agent_the_view_has_not_seen_yet_is_found() {
 async fn every_replicas_view_follows_the_store() {
     let f = fixture();
     // A second replica over the same store, as two servers over one etcd.
-    let other = replica(f.state.store.clone(), f.dir.path());
+    let other = state_over(f.state.store.clone(), f.dir.path());
     let a = add_agent(&f.state, 1, "a", &["lab"]).await;
     let followers = [
         tokio::spawn(super::follow(f.state.clone())),

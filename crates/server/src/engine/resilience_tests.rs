@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use testbed_core::agent::{AgentLiveness, AgentProfile, AgentRecord, MethodSpec, PluginSpec};
 use testbed_core::keys;
 use testbed_core::run::{Run, RunStatus};
 use testbed_core::task::{Task, TaskOutcome, TaskStatus};
@@ -21,7 +20,8 @@ use testbed_store::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::state::{AppState, Inner, Settings};
+use crate::state::AppState;
+use crate::test_fixtures::{put_agent, state_over, TestAgent};
 
 /// A real (redb) store whose watches misbehave, in turn, the first times
 /// each prefix is watched: the first asks the store for revision 1, which
@@ -94,69 +94,17 @@ impl Store for Flaky {
     }
 }
 
-fn state_over(store: DynStore, dir: &std::path::Path) -> AppState {
-    AppState(Arc::new(Inner {
-        store,
-        blobs: crate::blobs::Blobs::local(&dir.join("blobs")).unwrap(),
-        auth: crate::auth::Auth::new(b"test-secret", "join".into(), Duration::from_secs(60)),
-        sessions: Default::default(),
-        settings: Settings::default(),
-        replica: "test".into(),
-        shutdown: CancellationToken::new(),
-        leading: Default::default(),
-        perf: Default::default(),
-        loops: Default::default(),
-        metrics: Default::default(),
-        counters: Default::default(),
-    }))
-}
-
 /// Registers a live agent; returns its uuid and the lease of its liveness.
 async fn add_agent(state: &AppState) -> (Uuid, LeaseId) {
-    let uuid = Uuid::new_v4();
-    let record = AgentRecord {
-        kind: AgentRecord::KIND.into(),
-        v: 1,
-        uuid,
-        id: 1,
-        profile: AgentProfile {
-            name: "sim".into(),
-            host: "sim".into(),
-            labels: Default::default(),
-            groups: Vec::new(),
-            plugins: vec![PluginSpec {
-                name: "linux_system".into(),
-                methods: vec![MethodSpec {
-                    name: "run_shell".into(),
-                    description: String::new(),
-                    schema: serde_json::json!({"type": "object"}),
-                }],
-            }],
-            capacity: 4,
-            version: "test".into(),
-            root: false,
-            run_as: None,
-        },
-        registered_at: testbed_core::now(),
-        last_seen_at: testbed_core::now(),
-    };
-    crate::records::put(&state.store, &keys::agent(&uuid), &record, None)
-        .await
-        .unwrap();
     let lease = long_lease(state).await;
-    let alive = AgentLiveness {
-        kind: AgentLiveness::KIND.into(),
-        v: 1,
-        replica: "test".into(),
-        connected_at: testbed_core::now(),
-        heartbeat_at: testbed_core::now(),
-        running: 0,
-        metrics: Default::default(),
+    let agent = TestAgent {
+        id: 1,
+        name: "sim",
+        groups: &[],
+        plugin: "linux_system",
+        method: "run_shell",
     };
-    crate::records::put(&state.store, &keys::agent_alive(&uuid), &alive, Some(lease))
-        .await
-        .unwrap();
-    (uuid, lease)
+    (put_agent(state, agent, Some(lease)).await, lease)
 }
 
 /// Plays the agent: every queued task succeeds at once.
