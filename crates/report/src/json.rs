@@ -70,16 +70,7 @@ pub fn write_json_open<V: View>(v: &V, w: &mut dyn Write) -> io::Result<()> {
     w.write_all(b",\"suites\":[")?;
     for (s, suite) in r.suites.iter().enumerate() {
         w.write_all(if s == 0 { b"\n" } else { b",\n" })?;
-        let head = SuiteHead {
-            name: &suite.name,
-            platform: suite.platform.as_deref(),
-            properties: &suite.properties,
-            started_at: suite.started_at.as_ref(),
-            duration_ms: suite.duration_ms,
-            diagnostics: &suite.diagnostics,
-        };
-        open_object(w, &head)?;
-        w.write_all(b",\"cases\":[")?;
+        write_suite_open(w, suite)?;
         for i in 0..v.case_count(s) {
             w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
             if v.is_bare(s, i) {
@@ -198,7 +189,8 @@ pub fn copy_suites(
     Ok(copied)
 }
 
-/// A suite's fields as [`write_json`] writes them, up to its `"cases":[`.
+/// A suite's fields, up to its `"cases":[` (written by [`write_json`] and
+/// [`copy_suites`] alike).
 fn write_suite_open(w: &mut dyn Write, suite: &Suite) -> io::Result<()> {
     let head = SuiteHead {
         name: &suite.name,
