@@ -15,12 +15,17 @@ use crate::state::{AppState, Inner, Settings};
 /// A replica's state over `store` (several may share one store), its blobs
 /// under `dir`.
 pub fn state_over(store: DynStore, dir: &std::path::Path) -> AppState {
+    state_with(store, dir, Settings::default())
+}
+
+/// [`state_over`] with `settings`.
+pub fn state_with(store: DynStore, dir: &std::path::Path, settings: Settings) -> AppState {
     AppState(Arc::new(Inner {
         store,
         blobs: crate::blobs::Blobs::local(&dir.join("blobs")).unwrap(),
         auth: crate::auth::Auth::new(b"test-secret", "join".into(), Duration::from_secs(60)),
         sessions: Default::default(),
-        settings: Settings::default(),
+        settings,
         replica: "test".into(),
         shutdown: CancellationToken::new(),
         leading: Default::default(),

@@ -212,41 +212,22 @@ pub async fn upload_artifact(
         return Err(ApiError::forbidden("this task belongs to another agent"));
     }
     let limit = state.settings.max_artifact;
-    // Written to the blob store in parts as it arrives (as task reports
-    // are): the server holds a few parts, not the artifact, and an upload
-    // cut short keeps nothing.
-    let mut writer = state
-        .blobs
-        .writer(&keys::artifact_blob(&id, &name))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut stream = body.into_data_stream();
-    let mut size: u64 = 0;
-    let failed = loop {
-        let chunk = match stream.next().await {
-            None => break None,
-            Some(Ok(chunk)) => chunk,
-            Some(Err(e)) => break Some(ApiError::bad_request(format!("reading upload: {e}"))),
-        };
-        size += chunk.len() as u64;
-        if size > limit as u64 {
-            break Some(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("artifact larger than {limit} bytes"),
-            ));
-        }
-        if let Err(e) = writer.write(chunk).await {
-            break Some(ApiError::internal(e.to_string()));
-        }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("artifact larger than {limit} bytes"),
+        )
     };
-    if let Some(e) = failed {
-        writer.abort().await;
-        return Err(e);
-    }
-    writer
-        .finish()
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let size = body_to_blob(
+        &state,
+        &keys::artifact_blob(&id, &name),
+        body,
+        "artifact",
+        too_large,
+        |_| None,
+        UPLOAD_IDLE,
+    )
+    .await?;
     let artifact = Artifact {
         name: name.clone(),
         size,
@@ -260,6 +241,72 @@ pub async fn upload_artifact(
     })
     .await?;
     Ok(Json(artifact))
+}
+
+/// How long an upload may send nothing before it is given up.
+const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
+/// Streams an agent's upload into the blob at `key` in parts as it arrives
+/// (the server holds a few parts, whatever the size); the blob appears only
+/// once all of it arrived and `refuse` (shown its first bytes) found nothing
+/// wrong, so an upload cut short, too large (`too_large`, past the server's
+/// artifact limit), idle for `idle` ([`UPLOAD_IDLE`]) or refused keeps
+/// nothing.
+/// Returns its size.
+async fn body_to_blob(
+    state: &AppState,
+    key: &str,
+    body: Body,
+    what: &str,
+    too_large: impl Fn() -> ApiError,
+    refuse: impl FnOnce(&[u8]) -> Option<ApiError>,
+    idle: Duration,
+) -> ApiResult<u64> {
+    const HEAD: usize = 16;
+    let limit = state.settings.max_artifact as u64;
+    // A declared Content-Length past the limit is refused before any of it
+    // is read or stored.
+    if axum::body::HttpBody::size_hint(&body).lower() > limit {
+        return Err(too_large());
+    }
+    let blob_error = |e: crate::blobs::BlobError| ApiError::internal(e.to_string());
+    let mut writer = state.blobs.writer(key).await.map_err(blob_error)?;
+    let mut stream = body.into_data_stream();
+    let mut size: u64 = 0;
+    let mut head: Vec<u8> = Vec::with_capacity(HEAD);
+    let failed = loop {
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                break Some(ApiError::bad_request(format!(
+                    "the {what} sent nothing for {:?} after {size} bytes; nothing was kept",
+                    idle
+                )))
+            }
+            Ok(None) => break None,
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(e))) => {
+                break Some(ApiError::bad_request(format!(
+                    "reading the {what} after {size} bytes: {e}; nothing was kept"
+                )))
+            }
+        };
+        size += chunk.len() as u64;
+        if size > limit {
+            break Some(too_large());
+        }
+        if head.len() < HEAD {
+            head.extend(chunk.iter().take(HEAD - head.len()));
+        }
+        if let Err(e) = writer.write(chunk).await {
+            break Some(blob_error(e));
+        }
+    };
+    if let Some(e) = failed.or_else(|| refuse(&head)) {
+        writer.abort().await;
+        return Err(e);
+    }
+    writer.finish().await.map_err(blob_error)?;
+    Ok(size)
 }
 
 /// What the server kept of a task's report upload.
@@ -286,7 +333,6 @@ pub async fn upload_report(
     State(state): State<AppState>,
     agent: AgentCaller,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<ReportUpload>> {
     let id = parse_id(&id)?;
@@ -304,56 +350,23 @@ pub async fn upload_report(
             ),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let blob_error = |e: crate::blobs::BlobError| ApiError::internal(e.to_string());
-    let mut writer = state
-        .blobs
-        .writer(&keys::task_report_blob(&id))
-        .await
-        .map_err(blob_error)?;
-    let mut stream = body.into_data_stream();
-    let mut size: u64 = 0;
-    let mut magic: Vec<u8> = Vec::with_capacity(2);
-    let failed = loop {
-        let chunk = match stream.next().await {
-            None => break None,
-            Some(Ok(chunk)) => chunk,
-            Some(Err(e)) => {
-                break Some(ApiError::bad_request(format!(
-                    "reading the report upload after {size} bytes: {e}; nothing was kept"
-                )))
-            }
-        };
-        size += chunk.len() as u64;
-        if size > limit as u64 {
-            break Some(too_large());
-        }
-        if magic.len() < 2 {
-            magic.extend(chunk.iter().take(2 - magic.len()));
-        }
-        if let Err(e) = writer.write(chunk).await {
-            break Some(blob_error(e));
-        }
-    };
-    let failed = failed.or_else(|| {
-        (magic != [0x1f, 0x8b]).then(|| {
-            ApiError::field(
-                "/body",
-                "a report upload is gzip-compressed report JSON (the stored form)",
-            )
-        })
-    });
-    if let Some(e) = failed {
-        writer.abort().await;
-        return Err(e);
-    }
-    writer.finish().await.map_err(blob_error)?;
+    let size = body_to_blob(
+        &state,
+        &keys::task_report_blob(&id),
+        body,
+        "report upload",
+        too_large,
+        |head| {
+            (!head.starts_with(&[0x1f, 0x8b])).then(|| {
+                ApiError::field(
+                    "/body",
+                    "a report upload is gzip-compressed report JSON (the stored form)",
+                )
+            })
+        },
+        UPLOAD_IDLE,
+    )
+    .await?;
     Ok(Json(ReportUpload { bytes: size }))
 }
 
@@ -437,5 +450,101 @@ async fn wait_for(rx: &mut tokio::sync::broadcast::Receiver<Uuid>, id: Uuid) {
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::{Body, Bytes};
+    use testbed_store::RedbStore;
+
+    use super::*;
+    use crate::state::Settings;
+
+    fn state(max_artifact: usize) -> (AppState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path().join("s.redb")).unwrap();
+        let settings = Settings {
+            max_artifact,
+            ..Settings::default()
+        };
+        let state = crate::test_fixtures::state_with(Arc::new(store), dir.path(), settings);
+        (state, dir)
+    }
+
+    fn too_large() -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too large")
+    }
+
+    /// A body that sends `chunks`, then, if `stall`, nothing ever again.
+    fn body(chunks: Vec<&'static [u8]>, stall: bool) -> Body {
+        let sent = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c))),
+        );
+        if stall {
+            Body::from_stream(sent.chain(futures_util::stream::pending()))
+        } else {
+            Body::from_stream(sent)
+        }
+    }
+
+    async fn upload(state: &AppState, b: Body) -> ApiResult<u64> {
+        let gzip = |head: &[u8]| {
+            (!head.starts_with(&[0x1f, 0x8b])).then(|| ApiError::field("/body", "not gzip"))
+        };
+        let idle = Duration::from_millis(200);
+        body_to_blob(state, "t/blob", b, "upload", too_large, gzip, idle).await
+    }
+
+    #[tokio::test]
+    async fn a_whole_upload_is_kept_and_a_refused_one_is_not() {
+        let (state, _dir) = state(1024);
+        assert_eq!(
+            upload(&state, body(vec![b"\x1f", b"\x8b rest"], false))
+                .await
+                .unwrap(),
+            7
+        );
+        assert_eq!(state.blobs.size("t/blob").await.unwrap(), Some(7));
+        state.blobs.delete("t/blob").await.unwrap();
+
+        let e = upload(&state, body(vec![b"plain text"], false))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{e:?}");
+        assert_eq!(state.blobs.size("t/blob").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_upload_past_the_limit_keeps_nothing() {
+        let (state, _dir) = state(8);
+        // Declared too large (its length is known up front): refused.
+        let declared = Body::from(vec![0x1f_u8; 9]);
+        let e = upload(&state, declared).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{e:?}");
+        // Streamed past it.
+        let e = upload(&state, body(vec![b"\x1f\x8b123", b"4567"], false))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{e:?}");
+        assert_eq!(state.blobs.size("t/blob").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_idle_upload_is_given_up_and_keeps_nothing() {
+        let (state, _dir) = state(1024);
+        let e = upload(&state, body(vec![b"\x1f\x8b12"], true))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e:?}");
+        assert!(
+            e.message.contains("sent nothing for 200ms after 4 bytes"),
+            "{e:?}"
+        );
+        assert_eq!(state.blobs.size("t/blob").await.unwrap(), None);
     }
 }
